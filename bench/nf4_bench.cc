@@ -1,0 +1,70 @@
+// NF4 + double quantization dequantization throughput on the CPU, next to the machine's own
+// memory copy bandwidth. Bytes are counted as read + written:
+//   dequantize: n/2 packed + n/64 absmax_q + n/16384*4 nested (read) + 4n float32 (written)
+//   memcpy:     size read + size written
+// Run: build/bench/nf4_bench --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/nf4_tensor.h"
+#include "kernels/cpu/nf4.h"
+
+namespace qlorad {
+namespace {
+
+std::vector<float> Gaussian(int64_t n) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = g(rng);
+  return x;
+}
+
+void BM_MemcpyBandwidth(benchmark::State& state) {
+  const int64_t bytes = state.range(0) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+}
+BENCHMARK(BM_MemcpyBandwidth)->Arg(64)->Arg(256)->UseRealTime();
+
+// A [rows, 4096] weight: rows=4096 is a LLaMA-7B attention projection, 11008 its MLP.
+void BM_Nf4DqDequantize(benchmark::State& state) {
+  const int64_t n = state.range(0) * 4096;
+  const std::vector<float> x = Gaussian(n);
+  auto t = QuantizeNf4(x.data(), {state.range(0), 4096});
+  std::vector<float> out(n);
+  for (auto _ : state) {
+    t->DequantizeTo(out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const int64_t bytes = t->StorageBytes() + 4 * n;
+  state.SetBytesProcessed(state.iterations() * bytes);
+  state.counters["params/s"] =
+      benchmark::Counter(static_cast<double>(n) * state.iterations(), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Nf4DqDequantize)->Arg(4096)->Arg(11008)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+void BM_Nf4DqQuantize(benchmark::State& state) {
+  const int64_t n = state.range(0) * 4096;
+  const std::vector<float> x = Gaussian(n);
+  for (auto _ : state) {
+    auto t = QuantizeNf4(x.data(), {state.range(0), 4096});
+    benchmark::DoNotOptimize(t);
+  }
+  state.SetBytesProcessed(state.iterations() * 4 * n);
+}
+BENCHMARK(BM_Nf4DqQuantize)->Arg(4096)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace qlorad
+
+BENCHMARK_MAIN();

@@ -1,0 +1,186 @@
+// The CPU Device: float32 everywhere, GEMMs through kernels::GemmF32 (BLAS when available),
+// NF4 weights dequantized into one workspace that grows to the largest layer.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "engine/device.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace qlorad {
+namespace {
+
+struct Counters {
+  std::atomic<int64_t> base_weights{0};
+  std::atomic<int64_t> activations{0};
+};
+
+class CpuBuffer : public DeviceBuffer {
+ public:
+  CpuBuffer(std::shared_ptr<Counters> counters, std::atomic<int64_t>* counter, int64_t n)
+      : counters_(std::move(counters)), counter_(counter), data_(n) {
+    *counter_ += n * 4;
+  }
+  CpuBuffer(std::shared_ptr<Counters> counters, std::atomic<int64_t>* counter, std::vector<float> v)
+      : counters_(std::move(counters)), counter_(counter), data_(std::move(v)) {
+    *counter_ += static_cast<int64_t>(data_.size()) * 4;
+  }
+  ~CpuBuffer() override { *counter_ -= static_cast<int64_t>(data_.size()) * 4; }
+  float* data() override { return data_.data(); }
+  const float* data() const override { return data_.data(); }
+  int64_t size() const override { return static_cast<int64_t>(data_.size()); }
+
+ private:
+  std::shared_ptr<Counters> counters_;  // keeps `counter_` alive
+  std::atomic<int64_t>* counter_;
+  std::vector<float> data_;
+};
+
+class CpuLinear : public DeviceLinear {
+ public:
+  CpuLinear(std::shared_ptr<Counters> counters, Nf4Tensor nf4, std::vector<float> values,
+            bool quantized, int64_t out, int64_t in)
+      : counters_(std::move(counters)),
+        nf4_(std::move(nf4)),
+        values_(std::move(values)),
+        quantized_(quantized),
+        out_(out),
+        in_(in) {
+    counters_->base_weights += bytes();
+  }
+  ~CpuLinear() override { counters_->base_weights -= bytes(); }
+  int64_t out_features() const override { return out_; }
+  int64_t in_features() const override { return in_; }
+  bool quantized() const override { return quantized_; }
+  int64_t bytes() const override {
+    return quantized_ ? nf4_.StorageBytes() : static_cast<int64_t>(values_.size()) * 4;
+  }
+  const Nf4Tensor& nf4() const { return nf4_; }
+  const std::vector<float>& values() const { return values_; }
+
+ private:
+  std::shared_ptr<Counters> counters_;
+  Nf4Tensor nf4_;
+  std::vector<float> values_;
+  bool quantized_;
+  int64_t out_, in_;
+};
+
+class CpuDevice : public Device {
+ public:
+  explicit CpuDevice(int threads) {
+#ifdef _OPENMP
+    if (threads > 0) omp_set_num_threads(threads);
+#endif
+    (void)threads;
+  }
+
+  std::string name() const override {
+    return absl::StrCat("cpu:0 (gemm: ", kernels::GemmBackendName(), ")");
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) override {
+    if (floats < 0) return absl::InvalidArgumentError("negative allocation");
+    try {
+      return std::unique_ptr<DeviceBuffer>(
+          new CpuBuffer(counters_, &counters_->activations, floats));
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cpu: cannot allocate ", floats * 4, " bytes"));
+    }
+  }
+  void CopyFromHost(const float* host, int64_t n, float* device) override {
+    std::memcpy(device, host, n * sizeof(float));
+  }
+  void CopyToHost(const float* device, int64_t n, float* host) override {
+    std::memcpy(host, device, n * sizeof(float));
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(const Nf4Tensor* nf4,
+                                                             const std::vector<float>* values,
+                                                             int64_t out, int64_t in) override {
+    if (nf4 != nullptr) {
+      if (nf4->numel != out * in) return absl::InvalidArgumentError("NF4 weight size mismatch");
+      return std::unique_ptr<DeviceLinear>(new CpuLinear(counters_, *nf4, {}, true, out, in));
+    }
+    if (values == nullptr || static_cast<int64_t>(values->size()) != out * in) {
+      return absl::InvalidArgumentError("float32 weight size mismatch");
+    }
+    return std::unique_ptr<DeviceLinear>(new CpuLinear(counters_, {}, *values, false, out, in));
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) override {
+    return std::unique_ptr<DeviceBuffer>(new CpuBuffer(counters_, &counters_->base_weights, v));
+  }
+
+  void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) override {
+    const auto& lin = static_cast<const CpuLinear&>(w);
+    const float* weights = lin.values().data();
+    if (lin.quantized()) {
+      const int64_t n = lin.out_features() * lin.in_features();
+      if (static_cast<int64_t>(workspace_.size()) < n) workspace_.resize(n);
+      lin.nf4().DequantizeTo(workspace_.data());
+      weights = workspace_.data();
+    }
+    MatmulTransposed(weights, lin.out_features(), lin.in_features(), x, tokens, y);
+  }
+
+  void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
+                        float* y) override {
+    kernels::GemmF32(false, true, tokens, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  }
+
+  void Embedding(const float* table, int64_t dim, const int32_t* ids, int64_t tokens,
+                 float* out) override {
+    for (int64_t t = 0; t < tokens; ++t) std::memcpy(out + t * dim, table + ids[t] * dim, dim * 4);
+  }
+  void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+               float* y) override {
+    kernels::RmsNormForward(x, w, rows, dim, eps, y);
+  }
+  void Rope(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
+            float theta) override {
+    kernels::RopeApply(x, positions, tokens, heads, head_dim, theta);
+  }
+  void CausalAttention(const float* q, const float* k, const float* v, const AttentionDims& d,
+                       float* out) override {
+    kernels::AttentionShape s{d.tokens, d.kv_tokens, d.first_pos, d.heads, d.kv_heads, d.head_dim};
+    kernels::CausalAttentionForward(q, k, v, d.kv_heads * d.head_dim, s, out);
+  }
+  void Swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    kernels::SwigluForward(gate, up, n, out);
+  }
+  void AddInPlace(float* y, const float* x, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  DeviceMemoryUsage memory_usage() const override {
+    DeviceMemoryUsage u;
+    u.base_weights = counters_->base_weights;
+    u.activations = counters_->activations;
+    u.workspace = static_cast<int64_t>(workspace_.capacity()) * 4;
+    return u;
+  }
+
+ private:
+  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
+  std::vector<float> workspace_;
+};
+
+}  // namespace
+
+std::unique_ptr<Device> CreateCpuDevice(int threads) {
+  return std::make_unique<CpuDevice>(threads);
+}
+
+}  // namespace qlorad

@@ -1,0 +1,91 @@
+// The backend interface (DESIGN.md): one Device per CPU socket group or GPU. The model code is
+// written once against it; the CPU implementation (float32, BLAS) is the numerical reference
+// and a CUDA implementation (bf16 compute, fp32 accumulation) follows with the same contracts.
+//
+// Buffers hold float32 values in the device's memory; pointers passed to ops are device
+// pointers. A Device is not thread-safe: one thread drives it at a time (it owns one
+// dequantization workspace).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/nf4_tensor.h"
+
+namespace qlorad {
+
+// Memory the engine holds on a device, by category (the metrics DESIGN.md lists).
+struct DeviceMemoryUsage {
+  int64_t base_weights = 0;
+  int64_t workspace = 0;
+  int64_t activations = 0;
+};
+
+// A float32 buffer in device memory, freed when destroyed.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual float* data() = 0;
+  virtual const float* data() const = 0;
+  virtual int64_t size() const = 0;  // in floats
+};
+
+// A frozen base-model linear weight [out, in] as the device holds it: NF4 + double quant
+// (dequantized into the workspace for each use) or float32.
+class DeviceLinear {
+ public:
+  virtual ~DeviceLinear() = default;
+  virtual int64_t out_features() const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual bool quantized() const = 0;
+  virtual int64_t bytes() const = 0;
+};
+
+struct AttentionDims {
+  int64_t tokens = 0, kv_tokens = 0, first_pos = 0, heads = 0, kv_heads = 0, head_dim = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual std::string name() const = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) = 0;
+  virtual void CopyFromHost(const float* host, int64_t n, float* device) = 0;
+  virtual void CopyToHost(const float* device, int64_t n, float* host) = 0;
+
+  // Places a frozen weight on the device: `nf4` when not null, else the float32 `values`.
+  virtual absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(
+      const Nf4Tensor* nf4, const std::vector<float>* values, int64_t out, int64_t in) = 0;
+  // Places a float32 tensor (norm weights, embeddings) on the device.
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) = 0;
+
+  // y[t, :] = W x[t, :] for t < tokens (x: [tokens, in], y: [tokens, out]); an NF4 weight is
+  // dequantized into the workspace first.
+  virtual void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) = 0;
+  // y[t, :] = x[t, :] W^T for a float32 matrix W [out, in] held in a buffer (tied LM head).
+  virtual void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x,
+                                int64_t tokens, float* y) = 0;
+  virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
+                         float* out) = 0;
+  virtual void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                       float* y) = 0;
+  // Rotates [tokens, heads, head_dim] in place (Hugging Face layout).
+  virtual void Rope(float* x, const int32_t* host_positions, int64_t tokens, int64_t heads,
+                    int64_t head_dim, float theta) = 0;
+  // q: [T, H, hd]; k, v: [S, KV, hd] dense; out: [T, H, hd].
+  virtual void CausalAttention(const float* q, const float* k, const float* v,
+                               const AttentionDims& dims, float* out) = 0;
+  virtual void Swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
+
+  virtual DeviceMemoryUsage memory_usage() const = 0;
+};
+
+// The CPU reference backend. `threads` <= 0 keeps the OpenMP/BLAS default.
+std::unique_ptr<Device> CreateCpuDevice(int threads = 0);
+
+}  // namespace qlorad

@@ -1,0 +1,256 @@
+// qlora-engine: the engine without the daemon.
+//   qlora-engine convert-llama2c --checkpoint FILE --tokenizer FILE --out DIR
+//   qlora-engine quantize --model DIR|FILE.gguf --out DIR [--no-double-quant]
+//   qlora-engine generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N
+//                         --temperature T [--top-p P] [--seed S] [--fp32]
+// Errors go to stderr with a non-zero exit status; `generate` prints only the text on stdout.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "engine/device.h"
+#include "engine/generate.h"
+#include "engine/llama2c.h"
+#include "engine/llama_model.h"
+#include "engine/model_source.h"
+#include "engine/nf4_checkpoint.h"
+#include "engine/status_macros.h"
+
+namespace qlorad {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: qlora-engine <command> [options]\n"
+    "commands:\n"
+    "  convert-llama2c --checkpoint FILE --tokenizer FILE --out DIR\n"
+    "      llama2.c checkpoint + tokenizer (tokenizer.model or llama2.c .bin) -> Hugging Face dir\n"
+    "  quantize --model DIR|FILE.gguf --out DIR [--no-double-quant]\n"
+    "      write the bitsandbytes 4-bit (NF4) layout; prints bits/param and the weight error\n"
+    "  generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N --temperature T\n"
+    "           [--top-p P] [--seed S] [--fp32]\n"
+    "      print generated text (base weights NF4 + double quantization unless --fp32)\n";
+
+// --name value pairs and --switches, validated against what the command accepts.
+class Args {
+ public:
+  static absl::StatusOr<Args> Parse(int argc, char** argv, const std::set<std::string>& values,
+                                    const std::set<std::string>& switches) {
+    Args a;
+    for (int i = 0; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0)
+        return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+      std::string name = arg.substr(2), value;
+      bool has_value = false;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        has_value = true;
+      }
+      if (switches.count(name)) {
+        if (has_value)
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+        a.switches_.insert(name);
+      } else if (values.count(name)) {
+        if (!has_value) {
+          if (i + 1 >= argc)
+            return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+          value = argv[++i];
+        }
+        a.values_[name] = value;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("unknown option --", name));
+      }
+    }
+    return a;
+  }
+  bool Has(const std::string& n) const { return values_.count(n) || switches_.count(n); }
+  absl::StatusOr<std::string> Required(const std::string& n) const {
+    auto it = values_.find(n);
+    if (it == values_.end())
+      return absl::InvalidArgumentError(absl::StrCat("missing required option --", n));
+    return it->second;
+  }
+  std::string Get(const std::string& n, const std::string& fallback) const {
+    auto it = values_.find(n);
+    return it == values_.end() ? fallback : it->second;
+  }
+  absl::StatusOr<double> Number(const std::string& n, double fallback) const {
+    auto it = values_.find(n);
+    if (it == values_.end()) return fallback;
+    double v;
+    if (!absl::SimpleAtod(it->second, &v) || !std::isfinite(v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", n, " must be a number, got '", it->second, "'"));
+    }
+    return v;
+  }
+  absl::StatusOr<int64_t> Integer(const std::string& n, int64_t fallback) const {
+    auto it = values_.find(n);
+    if (it == values_.end()) return fallback;
+    int64_t v;
+    if (!absl::SimpleAtoi(it->second, &v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", n, " must be an integer, got '", it->second, "'"));
+    }
+    return v;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::set<std::string> switches_;
+};
+
+absl::Status ConvertLlama2c(int argc, char** argv) {
+  ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv, {"checkpoint", "tokenizer", "out"}, {}));
+  ASSIGN_OR_RETURN(std::string ck, a.Required("checkpoint"));
+  ASSIGN_OR_RETURN(std::string tok, a.Required("tokenizer"));
+  ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  RETURN_IF_ERROR(ConvertLlama2cToHf(ck, tok, out));
+  std::cerr << "wrote Hugging Face model to " << out << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Quantize(int argc, char** argv) {
+  ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv, {"model", "out"}, {"no-double-quant"}));
+  ASSIGN_OR_RETURN(std::string model, a.Required("model"));
+  ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  ASSIGN_OR_RETURN(ModelSource src, OpenModelSource(model));
+  if (!src.prequantized.empty())
+    return absl::FailedPreconditionError(absl::StrCat(model, " is already 4-bit quantized"));
+  // Keep the originals of the linear weights to measure the quantization error.
+  std::map<std::string, std::vector<float>> originals;
+  for (const TensorSlot& s : TensorSlots(src.weights)) {
+    if (s.is_linear) originals[s.name] = *s.data;
+  }
+  Nf4Options options;
+  options.double_quant = !a.Has("no-double-quant");
+  ASSIGN_OR_RETURN(
+      auto quantized,
+      SaveNf4Checkpoint(src.weights, src.tokenizer ? src.tokenizer->serialized_proto() : "", out,
+                        options));
+  int64_t params = 0, bytes = 0;
+  double sq_err = 0.0, sq_ref = 0.0, max_err = 0.0;
+  for (const auto& [name, t] : quantized) {
+    params += t.numel;
+    bytes += t.StorageBytes();
+    const std::vector<float> deq = t.Dequantize();
+    const std::vector<float>& ref = originals[name];
+    for (size_t i = 0; i < deq.size(); ++i) {
+      const double e = static_cast<double>(deq[i]) - ref[i];
+      sq_err += e * e;
+      sq_ref += static_cast<double>(ref[i]) * ref[i];
+      max_err = std::max(max_err, std::fabs(e));
+    }
+  }
+  std::printf("quantized %zu linear weights, %lld parameters, %lld bytes: %.4f bits/param (%s)\n",
+              quantized.size(), static_cast<long long>(params), static_cast<long long>(bytes),
+              8.0 * bytes / params, options.double_quant ? "NF4 + double quantization" : "NF4");
+  std::printf("error against the original weights: rms %.6g, relative rms %.4f, max abs %.6g\n",
+              std::sqrt(sq_err / params), std::sqrt(sq_err / sq_ref), max_err);
+  std::printf("wrote %s\n", out.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status GenerateCommand(int argc, char** argv) {
+  ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
+                                       {"model", "prompt", "max-tokens", "temperature", "top-p",
+                                        "seed", "threads"},
+                                       {"fp32"}));
+  ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
+  SamplingOptions so;
+  ASSIGN_OR_RETURN(so.max_new_tokens, a.Integer("max-tokens", 256));
+  ASSIGN_OR_RETURN(double temperature, a.Number("temperature", 1.0));
+  ASSIGN_OR_RETURN(double top_p, a.Number("top-p", 1.0));
+  ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", 0));
+  ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
+  so.temperature = static_cast<float>(temperature);
+  so.top_p = static_cast<float>(top_p);
+  so.seed = static_cast<uint64_t>(seed);
+  RETURN_IF_ERROR(ValidateSamplingOptions(so));
+
+  ASSIGN_OR_RETURN(ModelSource src, OpenModelSource(model_path));
+  if (!src.tokenizer)
+    return absl::FailedPreconditionError(absl::StrCat(model_path, " has no tokenizer.model"));
+  ModelOptions mo;
+  mo.quantize = !a.Has("fp32");
+  if (a.Has("fp32") && !src.prequantized.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(model_path, " holds 4-bit weights; --fp32 needs the original model"));
+  }
+  std::unique_ptr<Device> device = CreateCpuDevice(static_cast<int>(threads));
+  const Tokenizer& tok = *src.tokenizer;
+  ASSIGN_OR_RETURN(auto model, LlamaModel::Create(std::move(src.weights), device.get(), mo,
+                                                  std::move(src.prequantized)));
+  std::vector<int32_t> prompt = {tok.bos_id()};
+  const std::string prompt_text = a.Get("prompt", "");
+  if (!prompt_text.empty()) {
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(prompt_text));
+    prompt.insert(prompt.end(), ids.begin(), ids.end());
+  }
+  // Stream the text: decode the whole sequence each step and print what is new, so that
+  // byte-fallback pieces forming one UTF-8 character come out whole.
+  std::vector<int32_t> all = prompt;
+  ASSIGN_OR_RETURN(std::string printed, tok.Decode(all));  // the prompt: not printed
+  absl::Status stream_status;
+  auto on_token = [&](int32_t id) {
+    all.push_back(id);
+    auto text = tok.Decode(all);
+    if (!text.ok()) {
+      stream_status = text.status();
+      return false;
+    }
+    if (text->size() > printed.size() && text->compare(0, printed.size(), printed) == 0) {
+      std::fputs(text->c_str() + printed.size(), stdout);
+      std::fflush(stdout);
+      printed = *text;
+    }
+    return true;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, prompt, so, on_token));
+  RETURN_IF_ERROR(stream_status);
+  std::fputs("\n", stdout);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tokens/s, %s, %s]\n", r.tokens.size(), secs,
+               r.tokens.size() / std::max(secs, 1e-9), model->quantized() ? "NF4+DQ" : "fp32",
+               device->name().c_str());
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  absl::Status s;
+  if (cmd == "convert-llama2c") {
+    s = ConvertLlama2c(argc - 2, argv + 2);
+  } else if (cmd == "quantize") {
+    s = Quantize(argc - 2, argv + 2);
+  } else if (cmd == "generate") {
+    s = GenerateCommand(argc - 2, argv + 2);
+  } else {
+    std::fprintf(stderr, "qlora-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+    return 2;
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "qlora-engine %s: %s\n", cmd.c_str(), std::string(s.message()).c_str());
+    return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace qlorad
+
+int main(int argc, char** argv) { return qlorad::Main(argc, argv); }

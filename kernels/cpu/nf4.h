@@ -1,0 +1,73 @@
+// CPU reference kernels for 4-bit NormalFloat (NF4) blockwise quantization and the 8-bit
+// blockwise quantization that double quantization applies to the NF4 absmax values.
+// Bit-compatible with bitsandbytes (see ../shared/REFERENCE.md). The CUDA kernels in
+// kernels/cuda/ have the same contracts and are tested against these.
+//
+// All functions are pure and thread-safe; they parallelise over blocks internally.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace qlorad::kernels {
+
+// The 16 NF4 code values, index 0..15 (QLoRA appendix / bitsandbytes).
+inline constexpr std::array<float, 16> kNf4Code = {
+    -1.0f,
+    -0.6961928009986877f,
+    -0.5250730514526367f,
+    -0.39491748809814453f,
+    -0.28444138169288635f,
+    -0.18477343022823334f,
+    -0.09105003625154495f,
+    0.0f,
+    0.07958029955625534f,
+    0.16093020141124725f,
+    0.24611230194568634f,
+    0.33791524171829224f,
+    0.44070982933044434f,
+    0.5626170039176941f,
+    0.7229568362236023f,
+    1.0f,
+};
+
+// The signed dynamic 8-bit map of bitsandbytes' create_dynamic_map(signed=True), computed in
+// float32 exactly as that function does (torch.linspace semantics included), sorted ascending:
+// index 0 = -0.99296875, 127 = 0, 255 = 1.0.
+const std::array<float, 256>& SignedDynamicMap();
+
+// Index of the NF4 code nearest to `x` (x already divided by the block's absmax). Thresholds are
+// the midpoints between adjacent codes; a value exactly on a midpoint takes the lower code, as
+// the bitsandbytes decision tree does.
+uint8_t Nf4Index(float x);
+
+// Index into a sorted 256-entry `code` of the value nearest to `x`; on an exact midpoint the
+// lower index wins.
+uint8_t NearestCodeIndex(const float* code, float x);
+
+// Quantizes n float32 values to NF4 in blocks of `blocksize` (the last block may be partial).
+// Writes (n+1)/2 bytes to `packed` (first element of a pair in the high nibble, an odd tail
+// padded with a zero nibble) and ceil(n/blocksize) float32 absmax values.
+void Nf4QuantizeBlockwise(const float* x, int64_t n, int blocksize, uint8_t* packed, float* absmax);
+
+// Inverse of Nf4QuantizeBlockwise: out[i] = code[index] * absmax[i / blocksize].
+void Nf4DequantizeBlockwise(const uint8_t* packed, const float* absmax, int64_t n, int blocksize,
+                            float* out);
+
+// 8-bit blockwise quantization on a sorted 256-entry `code` (bitsandbytes quantize_blockwise):
+// each block of `blocksize` values keeps its absmax; each value stores the index of the code
+// nearest to x / absmax. Writes n bytes and ceil(n/blocksize) absmax values.
+void QuantizeBlockwise8(const float* x, int64_t n, int blocksize, const float* code, uint8_t* q,
+                        float* absmax);
+
+// out[i] = code[q[i]] * absmax[i / blocksize] + offset.
+void DequantizeBlockwise8(const uint8_t* q, const float* absmax, int64_t n, int blocksize,
+                          const float* code, float offset, float* out);
+
+// Fused NF4 + double-quantization dequantization, the hot path of the training forward pass:
+// the block absmax is code8[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset.
+void Nf4DequantizeDoubleQuant(const uint8_t* packed, const uint8_t* absmax_q,
+                              const float* nested_absmax, const float* code8, float offset,
+                              int64_t n, int blocksize, int nested_blocksize, float* out);
+
+}  // namespace qlorad::kernels

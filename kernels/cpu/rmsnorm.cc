@@ -1,0 +1,21 @@
+#include "kernels/cpu/rmsnorm.h"
+
+#include <cmath>
+
+namespace qlorad::kernels {
+
+void RmsNormForward(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,
+                    float* inv_rms) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    double ss = 0.0;  // Accumulate in double: rows can be long and values large.
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
+    if (inv_rms != nullptr) inv_rms[r] = inv;
+    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+}  // namespace qlorad::kernels

@@ -1,0 +1,122 @@
+#include "kernels/cuda/nf4_dequant.h"
+
+namespace qlorad::kernels::cuda {
+namespace {
+
+__constant__ float kNf4CodeDevice[16] = {-1.0f,
+                                         -0.6961928009986877f,
+                                         -0.5250730514526367f,
+                                         -0.39491748809814453f,
+                                         -0.28444138169288635f,
+                                         -0.18477343022823334f,
+                                         -0.09105003625154495f,
+                                         0.0f,
+                                         0.07958029955625534f,
+                                         0.16093020141124725f,
+                                         0.24611230194568634f,
+                                         0.33791524171829224f,
+                                         0.44070982933044434f,
+                                         0.5626170039176941f,
+                                         0.7229568362236023f,
+                                         1.0f};
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* code8, int64_t b) {
+  return code8[a.absmax_q[b]] * a.nested_absmax[b / a.nested_blocksize] + a.offset;
+}
+
+// Vectorized path: each thread reads 16 packed bytes (32 values, half of a 64-block) with one
+// 16-byte load and writes 32 outputs with 16-byte stores.
+template <typename T>
+__global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
+  __shared__ float code8[256];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) code8[i] = a.code8[i];
+  __syncthreads();
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint4 raw = reinterpret_cast<const uint4*>(a.packed)[c];
+    const int64_t first = c * 32;
+    const float scale = BlockScale(a, code8, first / a.blocksize);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    T vals[32];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+#pragma unroll
+      for (int byte = 0; byte < 4; ++byte) {
+        const uint32_t v = (words[w] >> (8 * byte)) & 0xFFu;
+        vals[w * 8 + byte * 2] = FromFloat<T>(kNf4CodeDevice[v >> 4] * scale);
+        vals[w * 8 + byte * 2 + 1] = FromFloat<T>(kNf4CodeDevice[v & 0xFu] * scale);
+      }
+    }
+    constexpr int kPerStore = 16 / sizeof(T);
+    uint4* dst = reinterpret_cast<uint4*>(out + first);
+#pragma unroll
+    for (int s = 0; s < 32 / kPerStore; ++s) dst[s] = reinterpret_cast<const uint4*>(vals)[s];
+  }
+}
+
+// Scalar path for the tail (or unaligned pointers): one element per thread.
+template <typename T>
+__global__ void DequantScalar(Nf4DqArgs a, int64_t begin, T* __restrict__ out) {
+  for (int64_t i = begin + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < a.n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint8_t byte = a.packed[i / 2];
+    const uint8_t q = (i % 2 == 0) ? (byte >> 4) : (byte & 0xF);
+    out[i] = FromFloat<T>(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
+  }
+}
+
+template <typename T>
+cudaError_t Launch(const Nf4DqArgs& a, T* out, cudaStream_t stream) {
+  if (a.packed == nullptr || a.absmax_q == nullptr || a.nested_absmax == nullptr ||
+      a.code8 == nullptr || out == nullptr || a.n < 0 || a.blocksize <= 0 || a.blocksize % 2 != 0 ||
+      a.nested_blocksize <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.n == 0) return cudaSuccess;
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(a.packed) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  // A 32-value chunk must lie inside one absmax block.
+  const bool vec_ok = aligned && a.blocksize % 32 == 0;
+  const int64_t chunks = vec_ok ? a.n / 32 : 0;
+  constexpr int kThreads = 256;
+  if (chunks > 0) {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int64_t want = (chunks + kThreads - 1) / kThreads;
+    const int grid = static_cast<int>(want < sms * 16LL ? want : sms * 16LL);
+    DequantVec16<T><<<grid, kThreads, 0, stream>>>(a, chunks, out);
+  }
+  const int64_t begin = chunks * 32;
+  if (begin < a.n) {
+    const int64_t rest = a.n - begin;
+    const int grid = static_cast<int>(
+        (rest + kThreads - 1) / kThreads < 4096 ? (rest + kThreads - 1) / kThreads : 4096);
+    DequantScalar<T><<<grid, kThreads, 0, stream>>>(a, begin, out);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t Nf4DequantizeDoubleQuantBf16(const Nf4DqArgs& args, __nv_bfloat16* out,
+                                         cudaStream_t stream) {
+  return Launch(args, out, stream);
+}
+
+cudaError_t Nf4DequantizeDoubleQuantF32(const Nf4DqArgs& args, float* out, cudaStream_t stream) {
+  return Launch(args, out, stream);
+}
+
+}  // namespace qlorad::kernels::cuda

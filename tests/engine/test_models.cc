@@ -1,0 +1,54 @@
+#include "tests/engine/test_models.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "engine/llama2c.h"
+#include "gtest/gtest.h"
+
+namespace qlorad::testing {
+namespace fs = std::filesystem;
+
+const int kStoriesGreedy32[32] = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315,
+                                  421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408,
+                                  419, 292, 411, 322, 265, 282, 295, 433, 426, 385};
+const char kStoriesGreedyText[] =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+    "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n"
+    "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. "
+    "She said, \"I want to play with your ball, but I can't find it.\"\n"
+    "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what "
+    "to do.\"\n"
+    "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to "
+    "do.\" Her mom said, \"Don't worry, Lily. We can help you.";
+
+std::string ModelsDir() {
+  if (const char* env = std::getenv("QLORAD_TEST_MODELS"); env != nullptr && *env) return env;
+  return QLORAD_TEST_MODELS_DIR;
+}
+
+std::string Stories260kDir() { return ModelsDir() + "/stories260K"; }
+std::string Stories260kGguf() { return Stories260kDir() + "/stories260K.gguf"; }
+std::string GoldenDir() { return QLORAD_GOLDEN_DIR; }
+
+std::string TempDir(const std::string& name) {
+  const char* base = std::getenv("TEST_TMPDIR");
+  fs::path dir = fs::path(base ? base : fs::temp_directory_path().string()) /
+                 ("qlorad_test_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+std::string Stories260kHf() {
+  static const std::string dir = [] {
+    const std::string out = TempDir("stories260K_hf");
+    const absl::Status s = ConvertLlama2cToHf(Stories260kDir() + "/stories260K.bin",
+                                              Stories260kDir() + "/tok512.model", out);
+    EXPECT_TRUE(s.ok()) << s;
+    return out;
+  }();
+  return dir;
+}
+
+}  // namespace qlorad::testing

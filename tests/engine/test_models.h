@@ -1,0 +1,20 @@
+// Locates the shared test models (../shared/models or $QLORAD_TEST_MODELS) and converts
+// stories260K to a Hugging Face directory once per test binary.
+#pragma once
+
+#include <string>
+
+namespace qlorad::testing {
+
+std::string ModelsDir();
+std::string Stories260kDir();  // the llama2.c fixture folder
+std::string Stories260kHf();   // converted once, in a temp folder
+std::string Stories260kGguf();
+std::string GoldenDir();
+std::string TempDir(const std::string& name);  // a fresh empty folder
+
+// The first 32 greedy token ids after BOS published for stories260K (SOURCE.md).
+extern const int kStoriesGreedy32[32];
+extern const char kStoriesGreedyText[];
+
+}  // namespace qlorad::testing

@@ -1,0 +1,51 @@
+// A minimal check harness for the GPU tests. They build on the GPU machine with nothing but
+// CUDA and CMake (no GoogleTest there), register with ctest under the label "gpu", and exit
+// with 77 (ctest SKIP_RETURN_CODE) and a clear message when no CUDA device is present.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace qlorad::gpu_check {
+
+inline int failures = 0;
+
+#define GPU_CHECK(cond, ...)                                                        \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      ++::qlorad::gpu_check::failures;                                              \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                                            \
+      std::fprintf(stderr, "\n");                                                   \
+    }                                                                               \
+  } while (0)
+
+#define CUDA_OK(expr)                                                                             \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+// Returns false (after printing why) when no CUDA device can be used.
+inline bool HaveCudaDevice() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    std::printf("SKIPPED: no CUDA device (%s)\n",
+                e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    return false;
+  }
+  return true;
+}
+
+inline int Finish(const char* name) {
+  std::printf("%s: %s (%d failed checks)\n", name, failures == 0 ? "PASSED" : "FAILED", failures);
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace qlorad::gpu_check

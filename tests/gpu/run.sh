@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on the lent GPU machine (CUDA + CMake there, no service libraries):
+# builds kernels/ and the GPU tests with nothing else, runs `ctest -L gpu`, then the GPU
+# benchmarks, and prints one short table last. Full logs go under $OUT (default ./gpu-out).
+#   bash tests/gpu/run.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-$(pwd)/gpu-out}"
+mkdir -p "$out"
+jobs="$(nproc 2>/dev/null || echo 4)"
+arch="${CUDA_ARCH:-90}"
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.max.sm,driver_version --format=csv
+  nvcc --version | tail -2
+  cmake --version | head -1
+  echo "libraries the engine needs (present?):"
+  for h in absl/status/status.h gtest/gtest.h nlohmann/json.hpp sentencepiece_processor.h cblas.h benchmark/benchmark.h; do
+    found=$(ls /usr/include/$h /usr/local/include/$h /usr/include/*/$h 2>/dev/null | head -1)
+    echo "  $h: ${found:-missing}"
+  done
+  python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1
+  python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tail -1
+} > "$out/machine.txt" 2>&1
+
+status=0
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_KERNELS_ONLY=ON -DQLORAD_USE_BLAS=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" > "$out/configure.log" 2>&1 || status=1
+if [ $status -eq 0 ]; then
+  cmake --build build-gpu -j "$jobs" > "$out/build.log" 2>&1 || status=2
+fi
+if [ $status -eq 0 ]; then
+  (cd build-gpu && ctest -L gpu --output-on-failure) > "$out/ctest.log" 2>&1 || status=3
+  build-gpu/tests/gpu/nf4_dequant_gpu_bench > "$out/bench.log" 2>&1 || status=4
+fi
+
+echo "== machine"; cat "$out/machine.txt"
+case $status in
+  1) echo "== configure FAILED"; tail -30 "$out/configure.log" ;;
+  2) echo "== build FAILED"; grep -E "error|Error" "$out/build.log" | head -30 ;;
+esac
+[ -f "$out/ctest.log" ] && { echo "== ctest -L gpu"; grep -E "tests passed|Passed|Failed|SKIPPED|CHECK failed|Not Run" "$out/ctest.log" | head -30; }
+[ -f "$out/bench.log" ] && { echo "== benchmarks"; cat "$out/bench.log"; }
+exit $status
