@@ -121,12 +121,33 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(const std::string& json_text,
   }
   if (!(s = ReadFloat(j, source, "rms_norm_eps", &c.rms_norm_eps)).ok()) return s;
   if (!(s = ReadFloat(j, source, "rope_theta", &c.rope_theta)).ok()) return s;
+  // transformers >= 5 writes {"rope_parameters": {"rope_theta": ..., "rope_type": "default"}}.
+  if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+    const auto& rp = j["rope_parameters"];
+    if (!rp.is_object()) return Field(source, "rope_parameters", "must be an object");
+    if (rp.contains("rope_type") && rp["rope_type"] != "default") {
+      return Field(source, "rope_parameters.rope_type",
+                   "is not 'default'; RoPE scaling is not supported yet");
+    }
+    if (!(s = ReadFloat(rp, source, "rope_theta", &c.rope_theta)).ok()) return s;
+  }
   if (j.contains("tie_word_embeddings")) {
     if (!j["tie_word_embeddings"].is_boolean())
       return Field(source, "tie_word_embeddings", "must be a boolean");
     c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
   }
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"];
+  if (j.contains("dtype") && j["dtype"].is_string())
+    c.torch_dtype = j["dtype"];  // transformers >= 5
+  if (j.contains("head_dim") && !j["head_dim"].is_null()) {
+    int64_t head_dim = 0;
+    if (!(s = ReadInt(j, source, "head_dim", true, &head_dim)).ok()) return s;
+    if (c.num_attention_heads > 0 && head_dim * c.num_attention_heads != c.hidden_size) {
+      return Field(
+          source, "head_dim",
+          absl::StrCat("is ", head_dim, "; only hidden_size / num_attention_heads is supported"));
+    }
+  }
   if (auto v = c.Validate(); !v.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", v.message()));
   }

@@ -23,14 +23,15 @@ const std::array<float, 15>& Nf4Thresholds() {
 }
 
 // torch.linspace(start, end, steps) for float32 on the CPU: the step is computed in float, the
-// first half counts up from start and the second half down from end.
+// first half counts up from start and the second half down from end, each value one fused
+// multiply-add (torch's vectorized kernel), so one rounding.
 std::vector<float> TorchLinspaceF32(float start, float end, int steps) {
   std::vector<float> out(steps);
   const float step = (end - start) / static_cast<float>(steps - 1);
   const int halfway = steps / 2;
   for (int i = 0; i < steps; ++i) {
-    out[i] = i < halfway ? start + step * static_cast<float>(i)
-                         : end - step * static_cast<float>(steps - i - 1);
+    out[i] = i < halfway ? std::fma(step, static_cast<float>(i), start)
+                         : std::fma(-step, static_cast<float>(steps - i - 1), end);
   }
   return out;
 }
@@ -67,9 +68,9 @@ const std::array<float, 256>& SignedDynamicMap() {
 
 uint8_t Nf4Index(float x) {
   const auto& mid = Nf4Thresholds();
-  // Count thresholds strictly below x: equal to a midpoint keeps the lower code. NaN (a block
-  // of zeros divided by its zero absmax) compares false everywhere and maps to index 0, as in
-  // bitsandbytes; it dequantizes to code[0] * 0 = 0.
+  // Count the thresholds strictly below x: a value equal to a midpoint keeps the lower code
+  // (torch.bucketize with right=False, as bitsandbytes' CPU path does). NaN sorts past the end.
+  if (std::isnan(x)) return 15;
   uint8_t idx = 0;
   for (int i = 0; i < 15; ++i) idx += x > mid[i] ? 1 : 0;
   return idx;
@@ -87,20 +88,28 @@ uint8_t NearestCodeIndex(const float* code, float x) {
 
 void Nf4QuantizeBlockwise(const float* x, int64_t n, int blocksize, uint8_t* packed,
                           float* absmax) {
+  // bitsandbytes' rules (tests/golden/README.md, rule A): a full block multiplies by the float32
+  // reciprocal of its absmax (at least 1e-38, so an all-zero block maps to code 0.0); the partial
+  // last block divides by max(absmax, 1e-38) and stores that value; scaled values are clamped
+  // to [-1, 1]; an odd count is padded with the code of 0.0 (nibble 7).
+  constexpr float kTiny = 1e-38f;
   const int64_t blocks = NumBlocks(n, blocksize);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min<int64_t>(n, begin + blocksize);
+    const bool full = end - begin == blocksize;
     float amax = 0.0f;
     for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(x[i]));
-    absmax[b] = amax;
-    const float inv = 1.0f / amax;  // bitsandbytes multiplies by the reciprocal.
+    const float denom = std::max(amax, kTiny);
+    absmax[b] = full ? amax : denom;
+    const float inv = 1.0f / denom;
     for (int64_t i = begin; i < end; ++i) {
-      const uint8_t q = Nf4Index(x[i] * inv);
+      const float scaled = std::clamp(full ? x[i] * inv : x[i] / denom, -1.0f, 1.0f);
+      const uint8_t q = Nf4Index(scaled);
       uint8_t& byte = packed[i / 2];
       if (i % 2 == 0) {
-        byte = static_cast<uint8_t>(q << 4);
+        byte = static_cast<uint8_t>(q << 4 | (i + 1 == n ? kNf4ZeroIndex : 0));
       } else {
         byte = static_cast<uint8_t>(byte | q);
       }

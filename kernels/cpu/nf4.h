@@ -31,6 +31,9 @@ inline constexpr std::array<float, 16> kNf4Code = {
     1.0f,
 };
 
+// Index of the code 0.0, used for padding and all-zero blocks.
+inline constexpr uint8_t kNf4ZeroIndex = 7;
+
 // The signed dynamic 8-bit map of bitsandbytes' create_dynamic_map(signed=True), computed in
 // float32 exactly as that function does (torch.linspace semantics included), sorted ascending:
 // index 0 = -0.99296875, 127 = 0, 255 = 1.0.
@@ -45,9 +48,10 @@ uint8_t Nf4Index(float x);
 // lower index wins.
 uint8_t NearestCodeIndex(const float* code, float x);
 
-// Quantizes n float32 values to NF4 in blocks of `blocksize` (the last block may be partial).
-// Writes (n+1)/2 bytes to `packed` (first element of a pair in the high nibble, an odd tail
-// padded with a zero nibble) and ceil(n/blocksize) float32 absmax values.
+// Quantizes n float32 values to NF4 in blocks of `blocksize` (the last block may be partial),
+// bit-exactly as bitsandbytes' CPU quantize_4bit does. Writes (n+1)/2 bytes to `packed` (first
+// element of a pair in the high nibble, an odd tail padded with the nibble of 0.0) and
+// ceil(n/blocksize) float32 absmax values (a partial block stores max(absmax, 1e-38)).
 void Nf4QuantizeBlockwise(const float* x, int64_t n, int blocksize, uint8_t* packed, float* absmax);
 
 // Inverse of Nf4QuantizeBlockwise: out[i] = code[index] * absmax[i / blocksize].
@@ -56,7 +60,9 @@ void Nf4DequantizeBlockwise(const uint8_t* packed, const float* absmax, int64_t 
 
 // 8-bit blockwise quantization on a sorted 256-entry `code` (bitsandbytes quantize_blockwise):
 // each block of `blocksize` values keeps its absmax; each value stores the index of the code
-// nearest to x / absmax. Writes n bytes and ceil(n/blocksize) absmax values.
+// nearest to x * (1/absmax), as bitsandbytes' CUDA kernel does (its CPU library rounds through
+// a 65536-entry table instead, which near zero can pick a farther code). An all-zero block
+// stores index 0. Writes n bytes and ceil(n/blocksize) absmax values.
 void QuantizeBlockwise8(const float* x, int64_t n, int blocksize, const float* code, uint8_t* q,
                         float* absmax);
 

@@ -31,6 +31,17 @@ TEST(ModelConfig, RoundTripsThroughJson) {
   EXPECT_EQ(again->torch_dtype, "bfloat16");
 }
 
+TEST(ModelConfig, ReadsTransformers5RopeParametersAndHeadDim) {
+  auto c = ParseLlamaConfig(R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
+      "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
+      "head_dim": 8, "dtype": "float32",
+      "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}})",
+                            "cfg.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_theta, 500000.0f);
+  EXPECT_EQ(c->torch_dtype, "float32");
+}
+
 void ExpectError(const std::string& json, const std::string& needle) {
   auto c = ParseLlamaConfig(json, "cfg.json");
   ASSERT_FALSE(c.ok());
@@ -54,6 +65,13 @@ TEST(ModelConfig, ErrorsNameTheField) {
               "num_key_value_heads");
   ExpectError(R"({"model_type": "llama", "rope_scaling": {"type": "linear", "factor": 2}})",
               "rope_scaling");
+  ExpectError(R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 1,
+                  "num_hidden_layers": 1, "num_attention_heads": 8, "vocab_size": 1,
+                  "rope_parameters": {"rope_theta": 1e6, "rope_type": "llama3"}})",
+              "rope_parameters.rope_type");
+  ExpectError(R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 1,
+                  "num_hidden_layers": 1, "num_attention_heads": 8, "vocab_size": 1, "head_dim": 16})",
+              "head_dim");
   ExpectError(R"({"model_type": "llama", "hidden_size": 0, "intermediate_size": 1,
                   "num_hidden_layers": 1, "num_attention_heads": 1, "vocab_size": 1})",
               "hidden_size must be positive");

@@ -54,7 +54,7 @@ TEST(Nf4Quantize, HandComputedBlockLayout) {
   EXPECT_EQ(packed[7], 0x10);
   EXPECT_EQ(packed[8], 0xFE);
   EXPECT_EQ(packed[32], 0xF0);  // 0.5 -> 15 (high), -0.5 -> 0 (low)
-  EXPECT_EQ(packed[33], 0x70);  // 0.0 -> 7, padded with a zero low nibble
+  EXPECT_EQ(packed[33], 0x77);  // 0.0 -> 7, padded with the nibble of 0.0 (7)
   std::vector<float> back(67);
   Nf4DequantizeBlockwise(packed.data(), absmax.data(), 67, 64, back.data());
   for (int i = 0; i < 67; ++i) EXPECT_EQ(back[i], x[i]) << i;
@@ -66,6 +66,7 @@ TEST(Nf4Quantize, AllZeroBlockDequantizesToZero) {
   float absmax = -1;
   Nf4QuantizeBlockwise(x.data(), 64, 64, packed.data(), &absmax);
   EXPECT_EQ(absmax, 0.0f);
+  for (uint8_t b : packed) EXPECT_EQ(b, 0x77);  // every value takes the code of 0.0
   std::vector<float> back(64, 1.0f);
   Nf4DequantizeBlockwise(packed.data(), &absmax, 64, 64, back.data());
   for (float v : back) EXPECT_EQ(v, 0.0f);
