@@ -2,9 +2,10 @@
 // memory copy bandwidth. Bytes are counted as read + written:
 //   dequantize: n/2 packed + n/64 absmax_q + n/16384*4 nested (read) + 4n float32 (written)
 //   memcpy:     size read + size written
-// Run: build/bench/nf4_bench --benchmark_counters_tabular=true
+// Run: build/bench/nf4_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -34,6 +35,23 @@ void BM_MemcpyBandwidth(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2 * bytes);
 }
 BENCHMARK(BM_MemcpyBandwidth)->Arg(64)->Arg(256)->UseRealTime();
+
+// The same copy split across the OpenMP threads the dequantization uses: the fair ceiling.
+void BM_ParallelCopyBandwidth(benchmark::State& state) {
+  const int64_t bytes = state.range(0) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  constexpr int64_t kChunk = 1 << 20;
+  for (auto _ : state) {
+#pragma omp parallel for schedule(static)
+    for (int64_t off = 0; off < bytes; off += kChunk) {
+      std::memcpy(dst.data() + off, src.data() + off, std::min(kChunk, bytes - off));
+    }
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+}
+BENCHMARK(BM_ParallelCopyBandwidth)->Arg(256)->UseRealTime();
 
 // A [rows, 4096] weight: rows=4096 is a LLaMA-7B attention projection, 11008 its MLP.
 void BM_Nf4DqDequantize(benchmark::State& state) {
