@@ -49,8 +49,12 @@ absl::Status ValidateWeights(LlamaWeights& w) {
   return absl::OkStatus();
 }
 
-std::vector<float> PermuteMetaToHf(const std::vector<float>& w, int64_t heads, int64_t head_dim,
-                                   int64_t cols) {
+namespace {
+
+// Row r of the Meta layout (pair i, element j of head h: r = h*hd + 2i + j) is row
+// h*hd + j*hd/2 + i of the Hugging Face layout.
+std::vector<float> PermuteRows(const std::vector<float>& w, int64_t heads, int64_t head_dim,
+                               int64_t cols, bool meta_to_hf) {
   std::vector<float> out(w.size());
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < heads; ++h) {
@@ -58,27 +62,24 @@ std::vector<float> PermuteMetaToHf(const std::vector<float>& w, int64_t heads, i
       for (int64_t j = 0; j < 2; ++j) {
         const int64_t meta_row = h * head_dim + 2 * i + j;
         const int64_t hf_row = h * head_dim + j * half + i;
-        std::memcpy(&out[hf_row * cols], &w[meta_row * cols], cols * sizeof(float));
+        const int64_t from = meta_to_hf ? meta_row : hf_row, to = meta_to_hf ? hf_row : meta_row;
+        std::memcpy(&out[to * cols], &w[from * cols], cols * sizeof(float));
       }
     }
   }
   return out;
 }
 
+}  // namespace
+
+std::vector<float> PermuteMetaToHf(const std::vector<float>& w, int64_t heads, int64_t head_dim,
+                                   int64_t cols) {
+  return PermuteRows(w, heads, head_dim, cols, /*meta_to_hf=*/true);
+}
+
 std::vector<float> PermuteHfToMeta(const std::vector<float>& w, int64_t heads, int64_t head_dim,
                                    int64_t cols) {
-  std::vector<float> out(w.size());
-  const int64_t half = head_dim / 2;
-  for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t i = 0; i < half; ++i) {
-      for (int64_t j = 0; j < 2; ++j) {
-        const int64_t meta_row = h * head_dim + 2 * i + j;
-        const int64_t hf_row = h * head_dim + j * half + i;
-        std::memcpy(&out[meta_row * cols], &w[hf_row * cols], cols * sizeof(float));
-      }
-    }
-  }
-  return out;
+  return PermuteRows(w, heads, head_dim, cols, /*meta_to_hf=*/false);
 }
 
 }  // namespace qlorad

@@ -218,6 +218,7 @@ absl::Status GenerateCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, prompt, so, on_token));
   RETURN_IF_ERROR(stream_status);
   std::fputs("\n", stdout);
+  std::fflush(stdout);  // the text before the timing line on a shared terminal
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tokens/s, %s, %s]\n", r.tokens.size(), secs,

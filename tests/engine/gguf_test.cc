@@ -15,6 +15,7 @@
 namespace qlorad {
 namespace {
 
+using ::qlorad::testing::GreedyFromBos;
 using ::qlorad::testing::kStoriesGreedy32;
 using ::qlorad::testing::Stories260kDir;
 using ::qlorad::testing::Stories260kGguf;
@@ -52,18 +53,9 @@ TEST(Gguf, TokenizerAndGreedyTextMatchTheHfConversion) {
   EXPECT_EQ(src->format, "gguf");
   EXPECT_EQ(*src->tokenizer->Encode("Once upon a time"),
             (std::vector<int32_t>{403, 407, 261, 378}));
-  auto device = CreateCpuDevice();
-  ModelOptions mo;
-  mo.quantize = false;
-  auto model = LlamaModel::Create(std::move(src->weights), device.get(), mo);
-  ASSERT_TRUE(model.ok()) << model.status();
-  SamplingOptions so;
-  so.temperature = 0;
-  so.max_new_tokens = 32;
-  auto r = Generate(**model, {1}, so);
-  ASSERT_TRUE(r.ok());
-  ASSERT_EQ(r->tokens.size(), 32u);
-  for (int i = 0; i < 32; ++i) EXPECT_EQ(r->tokens[i], kStoriesGreedy32[i]) << i;
+  auto tokens = GreedyFromBos(std::move(src->weights), 32);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  for (int i = 0; i < 32; ++i) EXPECT_EQ((*tokens)[i], kStoriesGreedy32[i]) << i;
 }
 
 TEST(Gguf, CorruptFilesAreRejectedWithClearErrors) {
@@ -241,17 +233,9 @@ TEST(Gguf, F16TensorsLoadAndStillGenerateThePublishedText) {
     const float ref = f32->weights.layers[2].q_proj[i];
     ASSERT_NEAR(f16->weights.layers[2].q_proj[i], ref, std::fabs(ref) / 1024 + 1e-7) << i;
   }
-  auto device = CreateCpuDevice();
-  ModelOptions mo;
-  mo.quantize = false;
-  auto model = LlamaModel::Create(std::move(f16->weights), device.get(), mo);
-  ASSERT_TRUE(model.ok());
-  SamplingOptions so;
-  so.temperature = 0;
-  so.max_new_tokens = 16;
-  auto r = Generate(**model, {1}, so);
-  ASSERT_TRUE(r.ok());
-  for (int i = 0; i < 16; ++i) EXPECT_EQ(r->tokens[i], kStoriesGreedy32[i]) << i;
+  auto tokens = GreedyFromBos(std::move(f16->weights), 16);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  for (int i = 0; i < 16; ++i) EXPECT_EQ((*tokens)[i], kStoriesGreedy32[i]) << i;
 }
 
 TEST(Gguf, OtherArchitecturesAndQuantizedTypesAreRefusedByName) {

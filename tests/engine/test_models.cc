@@ -3,7 +3,11 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "engine/device.h"
+#include "engine/generate.h"
 #include "engine/llama2c.h"
+#include "engine/llama_model.h"
+#include "engine/status_macros.h"
 #include "gtest/gtest.h"
 
 namespace qlorad::testing {
@@ -49,6 +53,19 @@ std::string Stories260kHf() {
     return out;
   }();
   return dir;
+}
+
+absl::StatusOr<std::vector<int32_t>> GreedyFromBos(LlamaWeights weights, int64_t n, bool quantize) {
+  auto device = CreateCpuDevice();
+  ModelOptions mo;
+  mo.quantize = quantize;
+  ASSIGN_OR_RETURN(auto model, LlamaModel::Create(std::move(weights), device.get(), mo));
+  SamplingOptions so;
+  so.temperature = 0.0f;
+  so.max_new_tokens = n;
+  so.stop_at_eos = false;
+  ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, {1}, so));
+  return r.tokens;
 }
 
 }  // namespace qlorad::testing

@@ -2,7 +2,12 @@
 // stories260K to a Hugging Face directory once per test binary.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/llama_weights.h"
 
 namespace qlorad::testing {
 
@@ -12,6 +17,10 @@ std::string Stories260kHf();   // converted once, in a temp folder
 std::string Stories260kGguf();
 std::string GoldenDir();
 std::string TempDir(const std::string& name);  // a fresh empty folder
+
+// Greedy decoding of `n` tokens from BOS (id 1) with float32 (or NF4+DQ) base weights.
+absl::StatusOr<std::vector<int32_t>> GreedyFromBos(LlamaWeights weights, int64_t n,
+                                                   bool quantize = false);
 
 // The first 32 greedy token ids after BOS published for stories260K (SOURCE.md).
 extern const int kStoriesGreedy32[32];
