@@ -8,6 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_train.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -125,14 +128,15 @@ class CpuDevice : public Device {
 
   void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) override {
     const auto& lin = static_cast<const CpuLinear&>(w);
-    const float* weights = lin.values().data();
-    if (lin.quantized()) {
-      const int64_t n = lin.out_features() * lin.in_features();
-      if (static_cast<int64_t>(workspace_.size()) < n) workspace_.resize(n);
-      lin.nf4().DequantizeTo(workspace_.data());
-      weights = workspace_.data();
-    }
-    MatmulTransposed(weights, lin.out_features(), lin.in_features(), x, tokens, y);
+    MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
+  }
+
+  void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens, float* dx,
+                           bool accumulate) override {
+    const auto& lin = static_cast<const CpuLinear&>(w);
+    kernels::GemmF32(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dy,
+                     lin.out_features(), Weights(lin), lin.in_features(), accumulate ? 1.0f : 0.0f,
+                     dx, lin.in_features());
   }
 
   void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
@@ -144,13 +148,13 @@ class CpuDevice : public Device {
                  float* out) override {
     for (int64_t t = 0; t < tokens; ++t) std::memcpy(out + t * dim, table + ids[t] * dim, dim * 4);
   }
-  void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
-               float* y) override {
-    kernels::RmsNormForward(x, w, rows, dim, eps, y);
+  void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,
+               float* inv_rms) override {
+    kernels::RmsNormForward(x, w, rows, dim, eps, y, inv_rms);
   }
   void Rope(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
-            float theta) override {
-    kernels::RopeApply(x, positions, tokens, heads, head_dim, theta);
+            float theta, bool inverse) override {
+    kernels::RopeApply(x, positions, tokens, heads, head_dim, theta, inverse);
   }
   void CausalAttention(const float* q, const float* k, const float* v, const AttentionDims& d,
                        float* out) override {
@@ -164,6 +168,57 @@ class CpuDevice : public Device {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
 
+  void Gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override {
+    kernels::GemmF32(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                       int64_t rows, int64_t dim, float* dx) override {
+    kernels::RmsNormBackward(x, w, inv_rms, dy, rows, dim, dx);
+  }
+  void AttentionTrainForward(const float* q, const float* k, const float* v,
+                             const int32_t* segments, const TrainAttentionDims& d, float* out,
+                             float* probs) override {
+    kernels::AttentionTrainForward(q, k, v, segments, {d.tokens, d.heads, d.kv_heads, d.head_dim},
+                                   out, probs);
+  }
+  void AttentionTrainBackward(const float* q, const float* k, const float* v, const float* probs,
+                              const float* dout, const TrainAttentionDims& d, float* dq,
+                              float* dk, float* dv) override {
+    kernels::AttentionTrainBackward(q, k, v, probs, dout,
+                                    {d.tokens, d.heads, d.kv_heads, d.head_dim}, dq, dk, dv);
+  }
+  void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
+                      float* dgate, float* dup) override {
+    kernels::SwigluBackward(gate, up, dout, n, dgate, dup);
+  }
+  double CrossEntropyForwardBackward(float* logits, const int32_t* targets, int64_t rows,
+                                     int64_t vocab, float scale) override {
+    return kernels::CrossEntropyForwardBackward(logits, targets, rows, vocab, scale);
+  }
+  double CrossEntropyLoss(const float* logits, const int32_t* targets, int64_t rows,
+                          int64_t vocab) override {
+    return kernels::CrossEntropyLoss(logits, targets, rows, vocab);
+  }
+  void Dropout(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream,
+               float* out) override {
+    kernels::DropoutApply(x, n, p, seed, stream, out);
+  }
+  void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
+             const kernels::AdamWParams& p) override {
+    kernels::AdamWStep(params, grads, m, v, n, p);
+  }
+  double SumSquares(const float* x, int64_t n) override {
+    double s = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    return s;
+  }
+  void Scale(float* x, int64_t n, float alpha) override {
+    for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+  }
+  void Fill(float* x, int64_t n, float value) override { std::fill(x, x + n, value); }
+
   DeviceMemoryUsage memory_usage() const override {
     DeviceMemoryUsage u;
     u.base_weights = counters_->base_weights;
@@ -173,6 +228,16 @@ class CpuDevice : public Device {
   }
 
  private:
+  // The weight as float32: the values themselves, or the NF4 weight dequantized into the
+  // workspace (valid until the next call).
+  const float* Weights(const CpuLinear& lin) {
+    if (!lin.quantized()) return lin.values().data();
+    const int64_t n = lin.out_features() * lin.in_features();
+    if (static_cast<int64_t>(workspace_.size()) < n) workspace_.resize(n);
+    lin.nf4().DequantizeTo(workspace_.data());
+    return workspace_.data();
+  }
+
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   std::vector<float> workspace_;
 };

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/nf4_tensor.h"
+#include "kernels/cpu/adamw.h"
 
 namespace qlorad {
 
@@ -48,6 +49,11 @@ struct AttentionDims {
   int64_t tokens = 0, kv_tokens = 0, first_pos = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
 
+// One training row: T tokens with all their keys (no cache), heads as in AttentionDims.
+struct TrainAttentionDims {
+  int64_t tokens = 0, heads = 0, kv_heads = 0, head_dim = 0;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -71,16 +77,57 @@ class Device {
                                 int64_t tokens, float* y) = 0;
   virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
                          float* out) = 0;
+  // `inv_rms` (optional, [rows]) keeps 1/rms of each row for the backward pass.
   virtual void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
-                       float* y) = 0;
-  // Rotates [tokens, heads, head_dim] in place (Hugging Face layout).
+                       float* y, float* inv_rms = nullptr) = 0;
+  // Rotates [tokens, heads, head_dim] in place (Hugging Face layout); `inverse` rotates back,
+  // which is the backward pass of the rotation.
   virtual void Rope(float* x, const int32_t* host_positions, int64_t tokens, int64_t heads,
-                    int64_t head_dim, float theta) = 0;
+                    int64_t head_dim, float theta, bool inverse = false) = 0;
   // q: [T, H, hd]; k, v: [S, KV, hd] dense; out: [T, H, hd].
   virtual void CausalAttention(const float* q, const float* k, const float* v,
                                const AttentionDims& dims, float* out) = 0;
   virtual void Swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
+
+  // --- Training. Gradient contract (as in llm.c): parameter gradients accumulate (+=),
+  // activation gradients are written (=) unless the method says otherwise.
+
+  // Row-major C = alpha * op(A) op(B) + beta * C on device pointers.
+  virtual void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                    float* c, int64_t ldc) = 0;
+  // dx[t, :] (=, or += when `accumulate`) dy[t, :] W for the frozen W [out, in] (dequantized
+  // into the workspace first when NF4).
+  virtual void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens,
+                                   float* dx, bool accumulate) = 0;
+  virtual void RmsNormBackward(const float* x, const float* w, const float* inv_rms,
+                               const float* dy, int64_t rows, int64_t dim, float* dx) = 0;
+  // Causal (block-diagonal by `host_segments` when not null) attention of one row; `probs`
+  // [H, T, T] is kept for the backward pass.
+  virtual void AttentionTrainForward(const float* q, const float* k, const float* v,
+                                     const int32_t* host_segments, const TrainAttentionDims& d,
+                                     float* out, float* probs) = 0;
+  virtual void AttentionTrainBackward(const float* q, const float* k, const float* v,
+                                      const float* probs, const float* dout,
+                                      const TrainAttentionDims& d, float* dq, float* dk,
+                                      float* dv) = 0;
+  virtual void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
+                              float* dgate, float* dup) = 0;
+  // Overwrites logits [rows, vocab] with scale * (softmax - onehot) (zero rows where the host
+  // target is < 0) and returns the summed loss of the target rows.
+  virtual double CrossEntropyForwardBackward(float* logits, const int32_t* host_targets,
+                                             int64_t rows, int64_t vocab, float scale) = 0;
+  virtual double CrossEntropyLoss(const float* logits, const int32_t* host_targets, int64_t rows,
+                                  int64_t vocab) = 0;
+  // out[i] = x[i] / (1-p) or 0, from a counter-based stream (kernels/cpu/dropout.h).
+  virtual void Dropout(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream,
+                       float* out) = 0;
+  virtual void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
+                     const kernels::AdamWParams& p) = 0;
+  virtual double SumSquares(const float* x, int64_t n) = 0;
+  virtual void Scale(float* x, int64_t n, float alpha) = 0;
+  virtual void Fill(float* x, int64_t n, float value) = 0;
 
   virtual DeviceMemoryUsage memory_usage() const = 0;
 };

@@ -48,7 +48,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     std::vector<float>().swap(values);  // free the float32 copy as we go
     return placed;
   };
-  const int64_t h = c.hidden_size, kv = c.kv_dim(), im = c.intermediate_size;
   ASSIGN_OR_RETURN(m->embed_, device->UploadF32(weights.embed_tokens));
   ASSIGN_OR_RETURN(m->norm_, device->UploadF32(weights.norm));
   if (!c.tie_word_embeddings) {
@@ -60,15 +59,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     Layer& dst = m->layers_[l];
     ASSIGN_OR_RETURN(dst.input_norm, device->UploadF32(src.input_layernorm));
     ASSIGN_OR_RETURN(dst.post_norm, device->UploadF32(src.post_attention_layernorm));
-    ASSIGN_OR_RETURN(dst.q, place_linear(LinearModulePath(l, "q_proj"), src.q_proj, h, h));
-    ASSIGN_OR_RETURN(dst.k, place_linear(LinearModulePath(l, "k_proj"), src.k_proj, kv, h));
-    ASSIGN_OR_RETURN(dst.v, place_linear(LinearModulePath(l, "v_proj"), src.v_proj, kv, h));
-    ASSIGN_OR_RETURN(dst.o, place_linear(LinearModulePath(l, "o_proj"), src.o_proj, h, h));
-    ASSIGN_OR_RETURN(dst.gate,
-                     place_linear(LinearModulePath(l, "gate_proj"), src.gate_proj, im, h));
-    ASSIGN_OR_RETURN(dst.up, place_linear(LinearModulePath(l, "up_proj"), src.up_proj, im, h));
-    ASSIGN_OR_RETURN(dst.down,
-                     place_linear(LinearModulePath(l, "down_proj"), src.down_proj, h, im));
+    for (int mod = 0; mod < 7; ++mod) {
+      const auto [in, out] = LinearShape(c, mod);
+      std::vector<float>* values[7] = {&src.q_proj, &src.k_proj, &src.v_proj, &src.o_proj,
+                                       &src.gate_proj, &src.up_proj, &src.down_proj};
+      ASSIGN_OR_RETURN(dst.linear[mod], place_linear(LinearModulePath(l, kLinearModuleNames[mod]),
+                                                     *values[mod], out, in));
+    }
   }
   return m;
 }
@@ -87,8 +84,27 @@ absl::StatusOr<std::unique_ptr<LlamaModel::KvCache>> LlamaModel::NewKvCache(
   return cache;
 }
 
+const float* LlamaModel::lm_head() const {
+  return config_.tie_word_embeddings ? embed_->data() : lm_head_->data();
+}
+
+void LlamaModel::ApplyLinear(int64_t layer, int module, const float* x, int64_t tokens, float* y,
+                             const LoraWeights* lora, float* scratch) {
+  const DeviceLinear& w = *layers_[layer].linear[module];
+  device_->Linear(w, x, tokens, y);
+  const LoraSlot* slot = lora != nullptr ? lora->layout->Find(layer, module) : nullptr;
+  if (slot == nullptr) return;
+  const int64_t r = lora->rank;
+  // h = x A^T [tokens, r]; y += s h B^T.
+  device_->Gemm(false, true, tokens, r, slot->in, 1.0f, x, slot->in, lora->params + slot->a_offset,
+                slot->in, 0.0f, scratch, r);
+  device_->Gemm(false, true, tokens, slot->out, r, lora->scale, scratch, r,
+                lora->params + slot->b_offset, r, 1.0f, y, slot->out);
+}
+
 absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* cache,
-                                 bool all_logits, std::vector<float>* logits) {
+                                 bool all_logits, std::vector<float>* logits,
+                                 const LoraWeights* lora) {
   const LlamaConfig& c = config_;
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (T == 0) return absl::InvalidArgumentError("no tokens to run");
@@ -115,28 +131,30 @@ absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* ca
   ASSIGN_OR_RETURN(auto proj, device_->Alloc(T * h));
   ASSIGN_OR_RETURN(auto gate, device_->Alloc(T * im));
   ASSIGN_OR_RETURN(auto up, device_->Alloc(T * im));
+  ASSIGN_OR_RETURN(auto lora_scratch, device_->Alloc(lora != nullptr ? T * lora->rank : 0));
+  float* ls = lora_scratch->data();
 
   device_->Embedding(embed_->data(), h, tokens.data(), T, x->data());
-  for (Layer& L : layers_) {
-    const size_t l = &L - layers_.data();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& L = layers_[l];
     float* kc = cache->k_[l]->data() + pos0 * kv;
     float* vc = cache->v_[l]->data() + pos0 * kv;
     device_->RmsNorm(x->data(), L.input_norm->data(), T, h, c.rms_norm_eps, xn->data());
-    device_->Linear(*L.q, xn->data(), T, q->data());
-    device_->Linear(*L.k, xn->data(), T, kc);
-    device_->Linear(*L.v, xn->data(), T, vc);
+    ApplyLinear(l, 0, xn->data(), T, q->data(), lora, ls);
+    ApplyLinear(l, 1, xn->data(), T, kc, lora, ls);
+    ApplyLinear(l, 2, xn->data(), T, vc, lora, ls);
     device_->Rope(q->data(), positions.data(), T, c.num_attention_heads, hd, c.rope_theta);
     device_->Rope(kc, positions.data(), T, c.num_key_value_heads, hd, c.rope_theta);
     AttentionDims dims{T, pos0 + T, pos0, c.num_attention_heads, c.num_key_value_heads, hd};
     device_->CausalAttention(q->data(), cache->k_[l]->data(), cache->v_[l]->data(), dims,
                              attn->data());
-    device_->Linear(*L.o, attn->data(), T, proj->data());
+    ApplyLinear(l, 3, attn->data(), T, proj->data(), lora, ls);
     device_->AddInPlace(x->data(), proj->data(), T * h);
     device_->RmsNorm(x->data(), L.post_norm->data(), T, h, c.rms_norm_eps, xn->data());
-    device_->Linear(*L.gate, xn->data(), T, gate->data());
-    device_->Linear(*L.up, xn->data(), T, up->data());
+    ApplyLinear(l, 4, xn->data(), T, gate->data(), lora, ls);
+    ApplyLinear(l, 5, xn->data(), T, up->data(), lora, ls);
     device_->Swiglu(gate->data(), up->data(), T * im, gate->data());
-    device_->Linear(*L.down, gate->data(), T, proj->data());
+    ApplyLinear(l, 6, gate->data(), T, proj->data(), lora, ls);
     device_->AddInPlace(x->data(), proj->data(), T * h);
   }
   cache->length_ += T;
@@ -144,8 +162,7 @@ absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* ca
   const float* last = x->data() + (T - rows) * h;
   device_->RmsNorm(last, norm_->data(), rows, h, c.rms_norm_eps, xn->data());
   ASSIGN_OR_RETURN(auto out, device_->Alloc(rows * c.vocab_size));
-  const float* head = c.tie_word_embeddings ? embed_->data() : lm_head_->data();
-  device_->MatmulTransposed(head, c.vocab_size, h, xn->data(), rows, out->data());
+  device_->MatmulTransposed(lm_head(), c.vocab_size, h, xn->data(), rows, out->data());
   logits->resize(rows * c.vocab_size);
   device_->CopyToHost(out->data(), rows * c.vocab_size, logits->data());
   return absl::OkStatus();

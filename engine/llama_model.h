@@ -3,6 +3,7 @@
 // key/value cache for incremental decoding. Not thread-safe (it drives one Device).
 #pragma once
 
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -10,10 +11,19 @@
 
 #include "absl/status/statusor.h"
 #include "engine/device.h"
+#include "engine/lora.h"
 #include "engine/llama_weights.h"
 #include "engine/nf4_tensor.h"
 
 namespace qlorad {
+
+// A LoRA adapter applied unmerged at inference: parameters on the model's device.
+struct LoraWeights {
+  const LoraLayout* layout = nullptr;
+  const float* params = nullptr;  // device pointer, layout->num_params() floats
+  int64_t rank = 0;
+  float scale = 0.0f;
+};
 
 struct ModelOptions {
   bool quantize = true;  // NF4 + double quantization for the seven linear projections
@@ -52,16 +62,28 @@ class LlamaModel {
   absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int64_t capacity) const;
 
   // Runs `tokens` at positions cache->length().. and appends them to the cache. Writes the
-  // logits of every new token ([tokens, vocab]) or only of the last one.
+  // logits of every new token ([tokens, vocab]) or only of the last one. `lora`, when given,
+  // is applied unmerged (no dropout).
   absl::Status Forward(const std::vector<int32_t>& tokens, KvCache* cache, bool all_logits,
-                       std::vector<float>* logits);
+                       std::vector<float>* logits, const LoraWeights* lora = nullptr);
 
- private:
+  // The frozen weights on the device, for the training graph.
   struct Layer {
     std::unique_ptr<DeviceBuffer> input_norm, post_norm;
-    std::unique_ptr<DeviceLinear> q, k, v, o, gate, up, down;
+    // Indexed like kLinearModuleNames: q, k, v, o, gate, up, down.
+    std::array<std::unique_ptr<DeviceLinear>, 7> linear;
   };
+  const std::vector<Layer>& layers() const { return layers_; }
+  const float* embed() const { return embed_->data(); }
+  const float* final_norm() const { return norm_->data(); }
+  // The output head [vocab, hidden]: the embedding when tied.
+  const float* lm_head() const;
+
+ private:
   LlamaModel() = default;
+  // y = W x (+ s B A x when `lora` targets this module); `scratch` holds [tokens, rank].
+  void ApplyLinear(int64_t layer, int module, const float* x, int64_t tokens, float* y,
+                   const LoraWeights* lora, float* scratch);
 
   LlamaConfig config_;
   Device* device_ = nullptr;

@@ -18,4 +18,19 @@ void RmsNormForward(const float* x, const float* w, int64_t rows, int64_t dim, f
   }
 }
 
+void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                     int64_t rows, int64_t dim, float* dx) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    const float* dyr = dy + r * dim;
+    float* dxr = dx + r * dim;
+    const float inv = inv_rms[r];
+    double dot = 0.0;
+    for (int64_t i = 0; i < dim; ++i) dot += static_cast<double>(w[i]) * dyr[i] * xr[i];
+    const float c = static_cast<float>(dot) * inv * inv * inv / static_cast<float>(dim);
+    for (int64_t i = 0; i < dim; ++i) dxr[i] = inv * w[i] * dyr[i] - c * xr[i];
+  }
+}
+
 }  // namespace qlorad::kernels

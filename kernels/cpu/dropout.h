@@ -1,0 +1,25 @@
+// Dropout with a counter-based random stream: element i of a stream keeps its value with
+// probability 1-p, decided by a hash of (seed, stream, i). The same mask is reproduced in the
+// backward pass, on any device and any thread count, with nothing stored.
+#pragma once
+
+#include <cstdint>
+
+namespace qlorad::kernels {
+
+// True when element `index` of `stream` is kept.
+inline bool DropoutKeep(uint64_t seed, uint64_t stream, uint64_t index, float p) {
+  // splitmix64 finalizer over the three counters.
+  uint64_t z = seed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (index * 0xD1B54A32D192ED03ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  // 24 random bits against p: the same comparison in float on every device.
+  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+// out[i] = keep(i) ? x[i] / (1-p) : 0 (out may alias x). Used forward and, on the gradient,
+// backward.
+void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream, float* out);
+
+}  // namespace qlorad::kernels

@@ -1,0 +1,184 @@
+// Hand-written backward pass against central finite differences, for every LoRA parameter
+// kind (A and B of each of the seven target modules), through the frozen base, with packing,
+// masked targets, dropout and activation checkpointing.
+#include <cmath>
+#include <random>
+
+#include "engine/device.h"
+#include "engine/llama_model.h"
+#include "engine/lora.h"
+#include "engine/lora_training.h"
+#include "gtest/gtest.h"
+
+namespace qlorad {
+namespace {
+
+LlamaWeights RandomTinyModel(uint32_t seed) {
+  LlamaWeights w;
+  LlamaConfig& c = w.config;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 37;
+  c.max_position_embeddings = 64;
+  c.tie_word_embeddings = false;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 0.5f);
+  for (const TensorSlot& s : TensorSlots(w)) {
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    s.data->resize(n);
+    for (float& v : *s.data) v = s.shape.size() == 1 ? 1.0f + 0.2f * g(rng) : g(rng);
+  }
+  return w;
+}
+
+MicroBatch TwoRows() {
+  // Row 0: one example of 7 tokens. Row 1: two packed examples (4 + 3 tokens).
+  MicroBatch b;
+  b.rows = 2;
+  b.seq_len = 7;
+  b.tokens = {1, 5, 9, 13, 17, 21, 25, 1, 3, 6, 9, 1, 30, 31};
+  b.positions = {0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 0, 1, 2};
+  b.segments = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1};
+  b.targets = {-1, 9, 13, -1, 21, 25, 2, 3, 6, 9, -1, 30, 31, 2};
+  return b;
+}
+
+struct Case {
+  bool quantize;
+  float dropout;
+  bool checkpointing;
+};
+
+class LoraGradientTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LoraGradientTest, MatchesCentralFiniteDifferences) {
+  const Case tc = GetParam();
+  auto device = CreateCpuDevice();
+  ModelOptions mo;
+  mo.quantize = tc.quantize;
+  mo.nf4.blocksize = 16;
+  auto model = LlamaModel::Create(RandomTinyModel(7), device.get(), mo);
+  ASSERT_TRUE(model.ok()) << model.status();
+  LoraConfig lc;
+  lc.rank = 3;
+  lc.alpha = 6.0f;
+  lc.dropout = tc.dropout;
+  const LoraLayout layout((*model)->config(), lc);
+  ASSERT_EQ(layout.slots().size(), 14u);
+  // Random A and B (B = 0 at initialisation would make every A gradient zero).
+  std::vector<float> params(layout.num_params());
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 0.3f);
+  for (float& p : params) p = g(rng);
+  TrainingGraphOptions go;
+  go.dropout = tc.dropout;
+  go.activation_checkpointing = tc.checkpointing;
+  LoraTrainingGraph graph(model->get(), &layout, lc, go);
+  const MicroBatch batch = TwoRows();
+  const float scale = 1.0f / static_cast<float>(batch.num_targets());
+  std::vector<float> grads(params.size(), 0.0f), scratch(params.size());
+  auto loss_at = [&](const std::vector<float>& p) {
+    std::fill(scratch.begin(), scratch.end(), 0.0f);
+    auto l = graph.ForwardBackward(batch, p.data(), scratch.data(), scale, /*seed=*/99, /*step=*/3);
+    EXPECT_TRUE(l.ok());
+    return *l * scale;
+  };
+  ASSERT_TRUE(graph.ForwardBackward(batch, params.data(), grads.data(), scale, 99, 3).ok());
+  int checked = 0;
+  for (const LoraSlot& s : layout.slots()) {
+    for (const bool is_a : {true, false}) {
+      const int64_t base = is_a ? s.a_offset : s.b_offset;
+      const int64_t count = is_a ? lc.rank * s.in : s.out * lc.rank;
+      for (int64_t probe : {int64_t{0}, count / 2, count - 1}) {
+        const int64_t i = base + probe;
+        const float eps = 1e-2f;
+        std::vector<float> plus = params, minus = params;
+        plus[i] += eps;
+        minus[i] -= eps;
+        const double fd = (loss_at(plus) - loss_at(minus)) / (2.0 * eps);
+        EXPECT_NEAR(grads[i], fd, 1e-3 + 3e-2 * std::fabs(fd))
+            << "layer " << s.layer << " module " << s.module << (is_a ? " A[" : " B[") << probe << "]";
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 14 * 2 * 3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, LoraGradientTest,
+                         ::testing::Values(Case{false, 0.0f, false}, Case{true, 0.0f, false},
+                                           Case{false, 0.3f, false}, Case{true, 0.3f, true}));
+
+TEST(LoraGradient, CheckpointingGivesTheSameGradients) {
+  auto device = CreateCpuDevice();
+  ModelOptions mo;
+  mo.quantize = false;
+  auto model = LlamaModel::Create(RandomTinyModel(3), device.get(), mo);
+  ASSERT_TRUE(model.ok());
+  LoraConfig lc;
+  lc.rank = 2;
+  lc.dropout = 0.1f;
+  const LoraLayout layout((*model)->config(), lc);
+  std::vector<float> params = InitLoraParams(layout, lc);
+  for (size_t i = 0; i < params.size(); ++i) params[i] += 0.01f * static_cast<float>(i % 7);
+  std::vector<float> g1(params.size()), g2(params.size());
+  TrainingGraphOptions plain, ckpt;
+  plain.dropout = ckpt.dropout = 0.1f;
+  ckpt.activation_checkpointing = true;
+  LoraTrainingGraph a(model->get(), &layout, lc, plain), b(model->get(), &layout, lc, ckpt);
+  const MicroBatch batch = TwoRows();
+  auto la = a.ForwardBackward(batch, params.data(), g1.data(), 0.1f, 5, 1);
+  auto lb = b.ForwardBackward(batch, params.data(), g2.data(), 0.1f, 5, 1);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  EXPECT_EQ(*la, *lb);
+  EXPECT_EQ(g1, g2);
+}
+
+TEST(LoraLayout, TrainableParametersAreRTimesInPlusOut) {
+  LlamaConfig c = RandomTinyModel(1).config;
+  LoraConfig lc;
+  lc.rank = 4;
+  // Per layer: q 16+16, k 16+8, v 16+8, o 16+16, gate 16+24, up 16+24, down 24+16.
+  EXPECT_EQ(LoraLayout(c, lc).num_params(), 2 * 4 * (32 + 24 + 24 + 32 + 40 + 40 + 40));
+  lc.target_modules = {"q_proj", "v_proj"};
+  EXPECT_EQ(LoraLayout(c, lc).num_params(), 2 * 4 * (32 + 24));
+  // The REFERENCE.md example: a 512 x 512 layer with r = 2 trains 2,048 parameters.
+  LlamaConfig wide = c;
+  wide.hidden_size = 512;
+  wide.num_attention_heads = 8;
+  wide.num_key_value_heads = 8;
+  wide.num_hidden_layers = 1;
+  lc.rank = 2;
+  lc.target_modules = {"q_proj"};
+  EXPECT_EQ(LoraLayout(wide, lc).num_params(), 2048);
+}
+
+TEST(LoraInit, PeftInitialisation) {
+  LlamaConfig c = RandomTinyModel(1).config;
+  LoraConfig lc;
+  lc.rank = 8;
+  lc.seed = 42;
+  const LoraLayout layout(c, lc);
+  const auto p = InitLoraParams(layout, lc);
+  for (const LoraSlot& s : layout.slots()) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(s.in));
+    float amax = 0;
+    for (int64_t i = 0; i < lc.rank * s.in; ++i) amax = std::max(amax, std::fabs(p[s.a_offset + i]));
+    EXPECT_LE(amax, bound);
+    EXPECT_GT(amax, 0.8f * bound);  // the uniform range is actually used
+    for (int64_t i = 0; i < s.out * lc.rank; ++i) ASSERT_EQ(p[s.b_offset + i], 0.0f);
+  }
+  EXPECT_EQ(InitLoraParams(layout, lc), p);  // same seed, same adapter
+  lc.seed = 43;
+  EXPECT_NE(InitLoraParams(layout, lc), p);
+  EXPECT_FLOAT_EQ(lc.scale(), 32.0f / 8);
+  lc.use_rslora = true;
+  EXPECT_FLOAT_EQ(lc.scale(), 32.0f / std::sqrt(8.0f));
+}
+
+}  // namespace
+}  // namespace qlorad
