@@ -57,7 +57,8 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SamplingOptions& o
 
 absl::StatusOr<GenerationResult> Generate(LlamaModel& model, const std::vector<int32_t>& prompt,
                                           const SamplingOptions& options,
-                                          const std::function<bool(int32_t)>& on_token) {
+                                          const std::function<bool(int32_t)>& on_token,
+                                          const LoraWeights* lora) {
   RETURN_IF_ERROR(ValidateSamplingOptions(options));
   if (prompt.empty())
     return absl::InvalidArgumentError("the prompt has no tokens (start it with BOS)");
@@ -74,7 +75,7 @@ absl::StatusOr<GenerationResult> Generate(LlamaModel& model, const std::vector<i
   std::vector<float> logits;
   std::vector<int32_t> step = prompt;
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {
-    RETURN_IF_ERROR(model.Forward(step, cache.get(), /*all_logits=*/false, &logits));
+    RETURN_IF_ERROR(model.Forward(step, cache.get(), /*all_logits=*/false, &logits, lora));
     const int32_t next = SampleToken(logits.data(), c.vocab_size, options, rng);
     if (options.stop_at_eos && next == c.eos_token_id) {
       result.stopped_at_eos = true;

@@ -33,8 +33,10 @@ struct GenerationResult {
 
 // `prompt` must be non-empty (start it with BOS). `on_token` (optional) sees each new token as
 // it is produced and may return false to stop.
+// `lora`, when given, is applied unmerged.
 absl::StatusOr<GenerationResult> Generate(LlamaModel& model, const std::vector<int32_t>& prompt,
                                           const SamplingOptions& options,
-                                          const std::function<bool(int32_t)>& on_token = {});
+                                          const std::function<bool(int32_t)>& on_token = {},
+                                          const LoraWeights* lora = nullptr);
 
 }  // namespace qlorad

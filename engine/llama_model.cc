@@ -168,11 +168,12 @@ absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* ca
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> MeanNll(LlamaModel& model, const std::vector<int32_t>& tokens) {
+absl::StatusOr<double> MeanNll(LlamaModel& model, const std::vector<int32_t>& tokens,
+                               const LoraWeights* lora) {
   if (tokens.size() < 2) return absl::InvalidArgumentError("need at least two tokens to score");
   ASSIGN_OR_RETURN(auto cache, model.NewKvCache(static_cast<int64_t>(tokens.size())));
   std::vector<float> logits;
-  RETURN_IF_ERROR(model.Forward(tokens, cache.get(), /*all_logits=*/true, &logits));
+  RETURN_IF_ERROR(model.Forward(tokens, cache.get(), /*all_logits=*/true, &logits, lora));
   const int64_t V = model.config().vocab_size;
   double total = 0.0;
   for (size_t t = 0; t + 1 < tokens.size(); ++t) {

@@ -95,6 +95,7 @@ class LlamaModel {
 };
 
 // Mean negative log-likelihood (nats/token) of tokens[1..] given the ones before them.
-absl::StatusOr<double> MeanNll(LlamaModel& model, const std::vector<int32_t>& tokens);
+absl::StatusOr<double> MeanNll(LlamaModel& model, const std::vector<int32_t>& tokens,
+                               const LoraWeights* lora = nullptr);
 
 }  // namespace qlorad

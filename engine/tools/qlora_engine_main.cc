@@ -16,12 +16,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
+#include "engine/device_adapter.h"
 #include "engine/generate.h"
 #include "engine/llama2c.h"
 #include "engine/llama_model.h"
 #include "engine/model_source.h"
 #include "engine/nf4_checkpoint.h"
+#include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
+#include "engine/tools/args.h"
+#include "engine/tools/commands.h"
 
 namespace qlorad {
 namespace {
@@ -35,78 +39,20 @@ constexpr char kUsage[] =
     "      write the bitsandbytes 4-bit (NF4) layout; prints bits/param and the weight error\n"
     "  generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N --temperature T\n"
     "           [--top-p P] [--seed S] [--fp32]\n"
-    "      print generated text (base weights NF4 + double quantization unless --fp32)\n";
-
-// --name value pairs and --switches, validated against what the command accepts.
-class Args {
- public:
-  static absl::StatusOr<Args> Parse(int argc, char** argv, const std::set<std::string>& values,
-                                    const std::set<std::string>& switches) {
-    Args a;
-    for (int i = 0; i < argc; ++i) {
-      std::string arg = argv[i];
-      if (arg.rfind("--", 0) != 0)
-        return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
-      std::string name = arg.substr(2), value;
-      bool has_value = false;
-      if (auto eq = name.find('='); eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-        has_value = true;
-      }
-      if (switches.count(name)) {
-        if (has_value)
-          return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
-        a.switches_.insert(name);
-      } else if (values.count(name)) {
-        if (!has_value) {
-          if (i + 1 >= argc)
-            return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
-          value = argv[++i];
-        }
-        a.values_[name] = value;
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("unknown option --", name));
-      }
-    }
-    return a;
-  }
-  bool Has(const std::string& n) const { return values_.count(n) || switches_.count(n); }
-  absl::StatusOr<std::string> Required(const std::string& n) const {
-    auto it = values_.find(n);
-    if (it == values_.end())
-      return absl::InvalidArgumentError(absl::StrCat("missing required option --", n));
-    return it->second;
-  }
-  std::string Get(const std::string& n, const std::string& fallback) const {
-    auto it = values_.find(n);
-    return it == values_.end() ? fallback : it->second;
-  }
-  absl::StatusOr<double> Number(const std::string& n, double fallback) const {
-    auto it = values_.find(n);
-    if (it == values_.end()) return fallback;
-    double v;
-    if (!absl::SimpleAtod(it->second, &v) || !std::isfinite(v)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", n, " must be a number, got '", it->second, "'"));
-    }
-    return v;
-  }
-  absl::StatusOr<int64_t> Integer(const std::string& n, int64_t fallback) const {
-    auto it = values_.find(n);
-    if (it == values_.end()) return fallback;
-    int64_t v;
-    if (!absl::SimpleAtoi(it->second, &v)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", n, " must be an integer, got '", it->second, "'"));
-    }
-    return v;
-  }
-
- private:
-  std::map<std::string, std::string> values_;
-  std::set<std::string> switches_;
-};
+    "           [--adapter DIR]\n"
+    "      print generated text (base weights NF4 + double quantization unless --fp32)\n"
+    "  train --model DIR|FILE.gguf --data FILE.jsonl [--valid FILE.jsonl] --out DIR [--rank R]\n"
+    "        [--alpha A] [--dropout P] [--targets LIST|all-linear] [--lr LR]\n"
+    "        [--schedule cosine|linear|constant] [--warmup-ratio X] [--epochs N | --max-steps N]\n"
+    "        [--batch-size B] [--grad-accum G] [--seq-len T] [--packing] [--seed S] [--resume DIR]\n"
+    "        [--eval-every N] [--early-stopping N] [--checkpoint-every N] [--checkpoint-dir DIR]\n"
+    "        [--weight-decay W] [--max-grad-norm G] [--rslora] [--export-rslora-as-plain]\n"
+    "        [--activation-checkpointing] [--fp32] [--threads N]\n"
+    "      train a LoRA adapter on the NF4 base; writes a PEFT adapter directory at --out\n"
+    "  eval --model DIR|FILE.gguf --data FILE.jsonl [--adapter DIR] [--seq-len T] [--fp32]\n"
+    "      loss per target token and perplexity\n"
+    "  merge --model DIR --adapter DIR --out DIR [--dtype float32|bfloat16|float16]\n"
+    "      merge the adapter into the original (not NF4) weights; writes a Hugging Face dir\n";
 
 absl::Status ConvertLlama2c(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv, {"checkpoint", "tokenizer", "out"}, {}));
@@ -162,7 +108,7 @@ absl::Status Quantize(int argc, char** argv) {
 absl::Status GenerateCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
                                        {"model", "prompt", "max-tokens", "temperature", "top-p",
-                                        "seed", "threads"},
+                                        "seed", "threads", "adapter"},
                                        {"fp32"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   SamplingOptions so;
@@ -187,8 +133,14 @@ absl::Status GenerateCommand(int argc, char** argv) {
   }
   std::unique_ptr<Device> device = CreateCpuDevice(static_cast<int>(threads));
   const Tokenizer& tok = *src.tokenizer;
+  const LlamaConfig config = src.weights.config;
   ASSIGN_OR_RETURN(auto model, LlamaModel::Create(std::move(src.weights), device.get(), mo,
                                                   std::move(src.prequantized)));
+  std::unique_ptr<DeviceAdapter> adapter;
+  if (a.Has("adapter")) {
+    ASSIGN_OR_RETURN(PeftAdapter peft, LoadPeftAdapter(a.Get("adapter", ""), config));
+    ASSIGN_OR_RETURN(adapter, DeviceAdapter::Create(device.get(), config, peft.config, peft.params));
+  }
   std::vector<int32_t> prompt = {tok.bos_id()};
   const std::string prompt_text = a.Get("prompt", "");
   if (!prompt_text.empty()) {
@@ -215,7 +167,7 @@ absl::Status GenerateCommand(int argc, char** argv) {
     return true;
   };
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, prompt, so, on_token));
+  ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, prompt, so, on_token, adapter ? adapter->weights() : nullptr));
   RETURN_IF_ERROR(stream_status);
   std::fputs("\n", stdout);
   std::fflush(stdout);  // the text before the timing line on a shared terminal
@@ -240,6 +192,12 @@ int Main(int argc, char** argv) {
     s = Quantize(argc - 2, argv + 2);
   } else if (cmd == "generate") {
     s = GenerateCommand(argc - 2, argv + 2);
+  } else if (cmd == "train") {
+    s = TrainCommand(argc - 2, argv + 2);
+  } else if (cmd == "eval") {
+    s = EvalCommand(argc - 2, argv + 2);
+  } else if (cmd == "merge") {
+    s = MergeCommand(argc - 2, argv + 2);
   } else {
     std::fprintf(stderr, "qlora-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;

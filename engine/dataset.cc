@@ -1,0 +1,231 @@
+#include "engine/dataset.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace qlorad {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::StatusOr<Json> ParseLine(const std::string& line) {
+  Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  return j;
+}
+
+absl::Status CheckKeys(const Json& j, std::initializer_list<const char*> allowed) {
+  for (const auto& [key, value] : j.items()) {
+    if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected field '", key, "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StringField(const Json& j, const char* key) {
+  if (!j.contains(key)) return absl::InvalidArgumentError(absl::StrCat("missing field '", key, "'"));
+  if (!j[key].is_string()) return absl::InvalidArgumentError(absl::StrCat("field '", key, "' must be a string"));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateParsed(const Json& j) {
+  if (j.contains("messages")) {
+    RETURN_IF_ERROR(CheckKeys(j, {"messages"}));
+    const Json& m = j["messages"];
+    if (!m.is_array() || m.empty()) return absl::InvalidArgumentError("field 'messages' must be a non-empty array");
+    bool has_assistant = false;
+    for (size_t i = 0; i < m.size(); ++i) {
+      const std::string where = absl::StrCat("messages[", i, "]");
+      if (!m[i].is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
+      if (!m[i].contains("role") || !m[i]["role"].is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ".role must be a string"));
+      }
+      const std::string role = m[i]["role"];
+      if (role != "system" && role != "user" && role != "assistant") {
+        return absl::InvalidArgumentError(absl::StrCat(where, ".role must be system, user or assistant, got '", role, "'"));
+      }
+      if (!m[i].contains("content") || !m[i]["content"].is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ".content must be a string"));
+      }
+      for (const auto& [key, value] : m[i].items()) {
+        if (key != "role" && key != "content") return absl::InvalidArgumentError(absl::StrCat(where, " has unexpected field '", key, "'"));
+      }
+      has_assistant |= role == "assistant";
+    }
+    if (!has_assistant) return absl::InvalidArgumentError("'messages' has no assistant turn to learn from");
+    return absl::OkStatus();
+  }
+  if (j.contains("prompt") || j.contains("completion")) {
+    RETURN_IF_ERROR(CheckKeys(j, {"prompt", "completion"}));
+    RETURN_IF_ERROR(StringField(j, "prompt"));
+    RETURN_IF_ERROR(StringField(j, "completion"));
+    if (j["completion"].get<std::string>().empty()) return absl::InvalidArgumentError("field 'completion' is empty");
+    return absl::OkStatus();
+  }
+  if (j.contains("text")) {
+    RETURN_IF_ERROR(CheckKeys(j, {"text"}));
+    RETURN_IF_ERROR(StringField(j, "text"));
+    if (j["text"].get<std::string>().empty()) return absl::InvalidArgumentError("field 'text' is empty");
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("expected one of {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}");
+}
+
+// Appends the tokens of `text` with the given target flag.
+absl::Status Append(const Tokenizer& tok, const std::string& text, bool target, TokenizedExample* ex) {
+  if (text.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(text));
+  ex->tokens.insert(ex->tokens.end(), ids.begin(), ids.end());
+  ex->is_target.insert(ex->is_target.end(), ids.size(), target ? 1 : 0);
+  return absl::OkStatus();
+}
+
+void AppendToken(int32_t id, bool target, TokenizedExample* ex) {
+  ex->tokens.push_back(id);
+  ex->is_target.push_back(target ? 1 : 0);
+}
+
+std::string RoleHeader(const std::string& role) {
+  if (role == "system") return "### System:\n";
+  if (role == "user") return "### User:\n";
+  return "### Assistant:\n";
+}
+
+absl::StatusOr<TokenizedExample> Tokenize(const Json& j, const Tokenizer& tok) {
+  TokenizedExample ex;
+  AppendToken(tok.bos_id(), false, &ex);
+  if (j.contains("messages")) {
+    for (const Json& m : j["messages"]) {
+      const std::string role = m["role"], content = m["content"];
+      if (role == "assistant") {
+        RETURN_IF_ERROR(Append(tok, RoleHeader(role), false, &ex));
+        RETURN_IF_ERROR(Append(tok, content, true, &ex));
+        AppendToken(tok.eos_id(), true, &ex);
+      } else {
+        RETURN_IF_ERROR(Append(tok, RoleHeader(role) + content + "\n\n", false, &ex));
+      }
+    }
+  } else if (j.contains("prompt")) {
+    RETURN_IF_ERROR(Append(tok, j["prompt"].get<std::string>(), false, &ex));
+    RETURN_IF_ERROR(Append(tok, j["completion"].get<std::string>(), true, &ex));
+    AppendToken(tok.eos_id(), true, &ex);
+  } else {
+    RETURN_IF_ERROR(Append(tok, j["text"].get<std::string>(), true, &ex));
+    AppendToken(tok.eos_id(), true, &ex);
+  }
+  return ex;
+}
+
+}  // namespace
+
+int64_t TokenizedExample::num_targets() const {
+  return std::count(is_target.begin(), is_target.end(), 1);
+}
+
+int64_t TrainingRow::num_targets() const {
+  return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
+}
+
+absl::Status ValidateExampleJson(const std::string& line) {
+  ASSIGN_OR_RETURN(Json j, ParseLine(line));
+  return ValidateParsed(j);
+}
+
+absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& text,
+                                                            const Tokenizer& tokenizer,
+                                                            const std::string& source) {
+  std::vector<TokenizedExample> out;
+  int64_t line_no = 0;
+  for (absl::string_view raw : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    std::string line(raw);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    auto fail = [&](const absl::Status& s) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ":", line_no, ": ", s.message()));
+    };
+    auto j = ParseLine(line);
+    if (!j.ok()) return fail(j.status());
+    if (auto s = ValidateParsed(*j); !s.ok()) return fail(s);
+    auto ex = Tokenize(*j, tokenizer);
+    if (!ex.ok()) return fail(ex.status());
+    if (ex->num_targets() == 0) return fail(absl::InvalidArgumentError("no target token to learn from"));
+    ex->line = line_no;
+    out.push_back(std::move(*ex));
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no examples"));
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
+                                                      const Tokenizer& tokenizer) {
+  Json j = Json::parse(messages_json, nullptr, false);
+  if (j.is_discarded() || !j.is_array()) return absl::InvalidArgumentError("messages must be a JSON array");
+  TokenizedExample ex;
+  AppendToken(tokenizer.bos_id(), false, &ex);
+  for (const Json& m : j) {
+    if (!m.is_object() || !m.contains("role") || !m.contains("content") || !m["role"].is_string() || !m["content"].is_string()) {
+      return absl::InvalidArgumentError("each message needs string 'role' and 'content'");
+    }
+    const std::string role = m["role"], content = m["content"];
+    if (role == "assistant") {
+      RETURN_IF_ERROR(Append(tokenizer, RoleHeader(role), false, &ex));
+      RETURN_IF_ERROR(Append(tokenizer, content, false, &ex));
+      AppendToken(tokenizer.eos_id(), false, &ex);
+    } else {
+      RETURN_IF_ERROR(Append(tokenizer, RoleHeader(role) + content + "\n\n", false, &ex));
+    }
+  }
+  RETURN_IF_ERROR(Append(tokenizer, RoleHeader("assistant"), false, &ex));
+  return ex.tokens;
+}
+
+absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
+                                                   const RowOptions& options,
+                                                   const std::string& source) {
+  const int64_t T = options.seq_len;
+  if (T < 2) return absl::InvalidArgumentError(absl::StrCat("seq_len must be at least 2, got ", T));
+  std::vector<TrainingRow> rows;
+  TrainingRow current;
+  int32_t segment = 0;
+  auto flush = [&]() {
+    if (current.tokens.empty()) return;
+    while (static_cast<int64_t>(current.tokens.size()) < T) {
+      current.tokens.push_back(0);
+      current.positions.push_back(0);
+      current.segments.push_back(-1);
+      current.targets.push_back(-1);
+    }
+    rows.push_back(std::move(current));
+    current = TrainingRow();
+    segment = 0;
+  };
+  for (const TokenizedExample& ex : examples) {
+    const int64_t len = std::min<int64_t>(static_cast<int64_t>(ex.tokens.size()), T);
+    // Targets: position i predicts token i+1 when that token is a target.
+    int64_t kept_targets = 0;
+    for (int64_t i = 1; i < len; ++i) kept_targets += ex.is_target[i];
+    if (kept_targets == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ":", ex.line, ": no target token within the sequence length of ", T,
+                                                     " (the example has ", ex.tokens.size(), " tokens)"));
+    }
+    if (!options.packing || static_cast<int64_t>(current.tokens.size()) + len > T) flush();
+    for (int64_t i = 0; i < len; ++i) {
+      current.tokens.push_back(ex.tokens[i]);
+      current.positions.push_back(static_cast<int32_t>(i));
+      current.segments.push_back(segment);
+      current.targets.push_back(i + 1 < len && ex.is_target[i + 1] ? ex.tokens[i + 1] : -1);
+    }
+    ++segment;
+  }
+  flush();
+  return rows;
+}
+
+}  // namespace qlorad

@@ -1,0 +1,67 @@
+// Training data: JSONL examples, tokenized with the model's tokenizer, with a loss mask that
+// comes from the structure of each example (never from "token == pad"):
+//   {"text": T}                        [BOS] T [EOS]        loss on T and EOS
+//   {"prompt": P, "completion": C}     [BOS] P C [EOS]      loss on C and EOS
+//   {"messages": [{"role", "content"}, ...]}  the chat template below; loss on assistant turns
+// Each part is tokenized on its own (SentencePiece puts its word-boundary marker at the start of
+// each part), so at inference the same prompt tokenized alone is followed by what was trained.
+//
+// Chat template (roles system, user, assistant; at least one assistant turn):
+//   [BOS] "### System:\n{content}\n\n" "### User:\n{content}\n\n"
+//         "### Assistant:\n" {content} [EOS]   ...repeated per turn
+// Loss on each assistant {content} and the EOS that ends it; headers and other turns are context.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/tokenizer.h"
+
+namespace qlorad {
+
+struct TokenizedExample {
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> is_target;  // token i is predicted from tokens[0..i-1] and counts in the loss
+  int64_t line = 0;                // 1-based line in the source file
+  int64_t num_targets() const;
+};
+
+// Checks one JSONL line's shape without tokenizing (for upload-time validation). Errors name
+// the field; the caller adds the line number.
+absl::Status ValidateExampleJson(const std::string& line);
+
+// Parses and tokenizes a whole JSONL text. Blank lines are skipped. The first bad line fails
+// the whole set with "<source>:<line>: <what is wrong>"; so does an example with no target
+// token. An empty set is an error.
+absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& text,
+                                                            const Tokenizer& tokenizer,
+                                                            const std::string& source);
+
+// The prompt of a chat conversation for generation: everything up to and including the next
+// "### Assistant:\n" header.
+absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
+                                                      const Tokenizer& tokenizer);
+
+// One training row of exactly seq_len tokens: one example (truncated if longer), or several
+// packed ones that never attend to each other; padded at the end.
+struct TrainingRow {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> positions;  // restart at 0 for each packed example
+  std::vector<int32_t> segments;   // example index within the row; -1 for padding
+  std::vector<int32_t> targets;    // next target token or -1
+  int64_t num_targets() const;
+};
+
+struct RowOptions {
+  int64_t seq_len = 512;
+  bool packing = false;
+};
+
+// Fails with the line number of an example that keeps no target token within seq_len.
+absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
+                                                   const RowOptions& options,
+                                                   const std::string& source);
+
+}  // namespace qlorad

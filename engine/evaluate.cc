@@ -1,0 +1,40 @@
+#include "engine/evaluate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/status_macros.h"
+
+namespace qlorad {
+
+absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
+                                            const std::vector<TokenizedExample>& examples,
+                                            int64_t max_tokens, const LoraWeights* lora) {
+  EvalResult r;
+  double total = 0.0;
+  const int64_t V = model.config().vocab_size;
+  std::vector<float> logits;
+  for (const TokenizedExample& ex : examples) {
+    const int64_t len = std::min<int64_t>(static_cast<int64_t>(ex.tokens.size()), max_tokens);
+    if (len < 2) continue;
+    const std::vector<int32_t> tokens(ex.tokens.begin(), ex.tokens.begin() + len);
+    ASSIGN_OR_RETURN(auto cache, model.NewKvCache(len));
+    RETURN_IF_ERROR(model.Forward(tokens, cache.get(), /*all_logits=*/true, &logits, lora));
+    for (int64_t i = 1; i < len; ++i) {
+      if (!ex.is_target[i]) continue;
+      const float* row = logits.data() + (i - 1) * V;
+      const float mx = *std::max_element(row, row + V);
+      double sum = 0.0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+      total += std::log(sum) + mx - row[tokens[i]];
+      ++r.target_tokens;
+    }
+    ++r.examples;
+  }
+  if (r.target_tokens == 0) return absl::InvalidArgumentError("no target tokens to evaluate");
+  r.loss = total / static_cast<double>(r.target_tokens);
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+}  // namespace qlorad

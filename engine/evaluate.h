@@ -1,0 +1,25 @@
+// Loss and perplexity of a model (optionally with an unmerged adapter) on tokenized examples,
+// through the inference forward pass: the sum of -log p(target) over every target token.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/dataset.h"
+#include "engine/llama_model.h"
+
+namespace qlorad {
+
+struct EvalResult {
+  double loss = 0.0;  // mean per target token
+  double perplexity = 0.0;
+  int64_t target_tokens = 0;
+  int64_t examples = 0;
+};
+
+// Examples longer than `max_tokens` are truncated to it (their remaining targets counted).
+absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
+                                            const std::vector<TokenizedExample>& examples,
+                                            int64_t max_tokens, const LoraWeights* lora = nullptr);
+
+}  // namespace qlorad

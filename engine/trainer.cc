@@ -1,0 +1,310 @@
+#include "engine/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "engine/mapped_file.h"
+#include "engine/peft_adapter.h"
+#include "engine/safetensors.h"
+#include "engine/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace qlorad {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kCheckpointVersion = 1;
+
+std::vector<float> ToHost(Device* device, const DeviceBuffer& b) {
+  std::vector<float> out(b.size());
+  device->CopyToHost(b.data(), b.size(), out.data());
+  return out;
+}
+
+}  // namespace
+
+absl::Status TrainerOptions::Validate() const {
+  RETURN_IF_ERROR(lora.Validate());
+  auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
+  if (!(learning_rate > 0.0) || !std::isfinite(learning_rate)) return bad(absl::StrCat("learning_rate must be positive, got ", learning_rate));
+  if (!(warmup_ratio >= 0.0 && warmup_ratio < 1.0)) return bad(absl::StrCat("warmup_ratio must be in [0, 1), got ", warmup_ratio));
+  if (epochs <= 0 && max_steps <= 0) return bad("give epochs > 0 or max_steps > 0");
+  if (max_steps < 0) return bad(absl::StrCat("max_steps must be >= 0, got ", max_steps));
+  if (batch_size <= 0) return bad(absl::StrCat("batch_size must be positive, got ", batch_size));
+  if (grad_accum <= 0) return bad(absl::StrCat("grad_accum must be positive, got ", grad_accum));
+  if (!(weight_decay >= 0.0)) return bad(absl::StrCat("weight_decay must be >= 0, got ", weight_decay));
+  if (eval_every < 0) return bad("eval_every must be >= 0");
+  if (early_stopping_patience < 0) return bad("early_stopping_patience must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
+                                                        std::vector<TrainingRow> train,
+                                                        std::vector<TrainingRow> valid,
+                                                        const TrainerOptions& options) {
+  RETURN_IF_ERROR(options.Validate());
+  if (train.empty()) return absl::InvalidArgumentError("the training set has no rows");
+  if (options.early_stopping_patience > 0 && valid.empty()) {
+    return absl::InvalidArgumentError("early stopping needs a validation set");
+  }
+  const int64_t seq_len = static_cast<int64_t>(train[0].tokens.size());
+  for (const auto* set : {&train, &valid}) {
+    for (const TrainingRow& r : *set) {
+      if (static_cast<int64_t>(r.tokens.size()) != seq_len) return absl::InvalidArgumentError("rows have different lengths");
+    }
+  }
+  if (seq_len > model->config().max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", seq_len, " exceeds the model's context of ", model->config().max_position_embeddings));
+  }
+  auto t = std::unique_ptr<Trainer>(new Trainer());
+  t->model_ = model;
+  t->device_ = model->device();
+  t->options_ = options;
+  t->options_.lora.seed = options.seed;
+  t->layout_ = std::make_unique<LoraLayout>(model->config(), t->options_.lora);
+  TrainingGraphOptions go;
+  go.dropout = options.lora.dropout;
+  go.activation_checkpointing = options.activation_checkpointing;
+  t->graph_ = std::make_unique<LoraTrainingGraph>(model, t->layout_.get(), t->options_.lora, go);
+  t->train_ = std::move(train);
+  t->valid_ = std::move(valid);
+  const int64_t per_step = options.batch_size * options.grad_accum;
+  t->steps_per_epoch_ = (static_cast<int64_t>(t->train_.size()) + per_step - 1) / per_step;
+  t->total_steps_ = options.max_steps > 0 ? options.max_steps : options.epochs * t->steps_per_epoch_;
+  t->warmup_steps_ = WarmupSteps(options.warmup_ratio, t->total_steps_);
+  const int64_t n = t->layout_->num_params();
+  ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n));
+  ASSIGN_OR_RETURN(t->d_grads_, t->device_->Alloc(n));
+  ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n));
+  ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n));
+  const std::vector<float> init = InitLoraParams(*t->layout_, t->options_.lora);
+  t->device_->CopyFromHost(init.data(), n, t->d_params_->data());
+  t->device_->Fill(t->d_m_->data(), n, 0.0f);
+  t->device_->Fill(t->d_v_->data(), n, 0.0f);
+  return t;
+}
+
+Trainer::~Trainer() = default;
+
+std::vector<float> Trainer::params() const { return ToHost(device_, *d_params_); }
+
+std::vector<int64_t> Trainer::EpochOrder(int64_t epoch) const {
+  std::vector<int64_t> order(train_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) + 1);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  return order;
+}
+
+MicroBatch Trainer::Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
+                           int64_t begin, int64_t end) const {
+  MicroBatch b;
+  b.rows = end - begin;
+  b.seq_len = static_cast<int64_t>(rows[0].tokens.size());
+  for (int64_t i = begin; i < end; ++i) {
+    const TrainingRow& r = rows[order.empty() ? i : order[i]];
+    b.tokens.insert(b.tokens.end(), r.tokens.begin(), r.tokens.end());
+    b.positions.insert(b.positions.end(), r.positions.begin(), r.positions.end());
+    b.segments.insert(b.segments.end(), r.segments.begin(), r.segments.end());
+    b.targets.insert(b.targets.end(), r.targets.begin(), r.targets.end());
+  }
+  return b;
+}
+
+absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& rows) {
+  if (rows.empty()) return absl::FailedPreconditionError("no validation rows");
+  double loss = 0.0;
+  int64_t targets = 0;
+  for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += options_.batch_size) {
+    const int64_t end = std::min<int64_t>(rows.size(), begin + options_.batch_size);
+    const MicroBatch b = Gather(rows, {}, begin, end);
+    ASSIGN_OR_RETURN(double l, graph_->Loss(b, d_params_->data()));
+    loss += l;
+    targets += b.num_targets();
+  }
+  return loss / static_cast<double>(targets);
+}
+
+absl::StatusOr<StepReport> Trainer::Step() {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t epoch = step_ / steps_per_epoch_;
+  const std::vector<int64_t> order = EpochOrder(epoch);
+  const int64_t per_step = options_.batch_size * options_.grad_accum;
+  const int64_t begin = (step_ % steps_per_epoch_) * per_step;
+  const int64_t end = std::min<int64_t>(train_.size(), begin + per_step);
+  int64_t targets = 0, tokens = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    targets += train_[order[i]].num_targets();
+    for (int32_t s : train_[order[i]].segments) tokens += s >= 0;
+  }
+  const int64_t n = layout_->num_params();
+  device_->Fill(d_grads_->data(), n, 0.0f);
+  // The loss of the whole step is normalised by its target tokens across all micro-batches,
+  // so accumulation gives the gradient of one large batch.
+  const float scale = 1.0f / static_cast<float>(std::max<int64_t>(1, targets));
+  double loss_sum = 0.0;
+  for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
+    const MicroBatch b = Gather(train_, order, mb, std::min(end, mb + options_.batch_size));
+    ASSIGN_OR_RETURN(double l, graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(), scale, options_.seed, step_));
+    loss_sum += l;
+  }
+  StepReport r;
+  r.epoch = epoch;
+  r.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, targets));
+  r.tokens = tokens;
+  if (!std::isfinite(r.loss)) {
+    return absl::FailedPreconditionError(absl::StrCat("loss became ", r.loss, " at step ", step_ + 1, "; lower the learning rate"));
+  }
+  if (!first_loss_) first_loss_ = r.loss;
+  const double limit = std::max(options_.blowup_factor * *first_loss_, *first_loss_ + options_.blowup_margin);
+  if (r.loss > limit) {
+    return absl::FailedPreconditionError(absl::StrCat("loss blew up at step ", step_ + 1, ": ", r.loss, " against ", *first_loss_,
+                                                      " at the first step; lower the learning rate"));
+  }
+  r.grad_norm = std::sqrt(device_->SumSquares(d_grads_->data(), n));
+  if (!std::isfinite(r.grad_norm)) {
+    return absl::FailedPreconditionError(absl::StrCat("gradient norm became ", r.grad_norm, " at step ", step_ + 1));
+  }
+  if (options_.max_grad_norm > 0.0 && r.grad_norm > options_.max_grad_norm) {
+    device_->Scale(d_grads_->data(), n, static_cast<float>(options_.max_grad_norm / (r.grad_norm + 1e-6)));
+  }
+  r.learning_rate = LearningRateAt(options_.schedule, options_.learning_rate, step_, warmup_steps_, total_steps_);
+  kernels::AdamWParams ap;
+  ap.lr = static_cast<float>(r.learning_rate);
+  ap.beta1 = static_cast<float>(options_.adam_beta1);
+  ap.beta2 = static_cast<float>(options_.adam_beta2);
+  ap.eps = static_cast<float>(options_.adam_eps);
+  ap.weight_decay = static_cast<float>(options_.weight_decay);
+  ap.step = step_ + 1;
+  device_->AdamW(d_params_->data(), d_grads_->data(), d_m_->data(), d_v_->data(), n, ap);
+  ++step_;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  seconds_ += secs;
+  ++timed_steps_;
+  r.step = step_;
+  r.total_steps = total_steps_;
+  r.tokens_per_second = tokens / std::max(secs, 1e-9);
+  r.eta_seconds = seconds_ / timed_steps_ * static_cast<double>(total_steps_ - step_);
+  return r;
+}
+
+absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
+  if (valid_.empty()) return absl::OkStatus();
+  const bool due = options_.eval_every > 0 && step_ % options_.eval_every == 0;
+  if (!due && !force) return absl::OkStatus();
+  ASSIGN_OR_RETURN(double loss, EvaluateLoss(valid_));
+  report->eval_loss = loss;
+  if (!best_eval_ || loss < *best_eval_) {
+    best_eval_ = loss;
+    evals_without_improvement_ = 0;
+    if (options_.early_stopping_patience > 0) best_params_ = params();
+  } else if (options_.early_stopping_patience > 0 &&
+             ++evals_without_improvement_ >= options_.early_stopping_patience) {
+    // Keep the best adapter seen, as load_best_model_at_end does.
+    stopped_early_ = true;
+    device_->CopyFromHost(best_params_.data(), best_params_.size(), d_params_->data());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::RunUntil(int64_t last, const std::function<bool(const StepReport&)>& on_step) {
+  last = std::min(last, total_steps_);
+  while (step_ < last && !stopped_early_) {
+    ASSIGN_OR_RETURN(StepReport r, Step());
+    RETURN_IF_ERROR(MaybeEvaluate(&r, step_ == total_steps_));
+    if (on_step && !on_step(r)) return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
+                          int64_t checkpoint_every, const std::string& checkpoint_dir) {
+  while (step_ < total_steps_ && !stopped_early_) {
+    RETURN_IF_ERROR(RunUntil(step_ + 1, on_step));
+    if (checkpoint_every > 0 && !checkpoint_dir.empty() && step_ % checkpoint_every == 0) {
+      RETURN_IF_ERROR(SaveCheckpoint(checkpoint_dir));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
+  // Write a sibling folder, then swap it in: a crash leaves the old checkpoint or the new one.
+  const std::string tmp = dir + ".partial";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  RETURN_IF_ERROR(SavePeftAdapter(tmp, model_->config(), options_.lora, params()));
+  SafetensorsWriter w;
+  w.SetMetadata("format", "pt");
+  const int64_t n = layout_->num_params();
+  w.AddF32("exp_avg", {n}, ToHost(device_, *d_m_));
+  w.AddF32("exp_avg_sq", {n}, ToHost(device_, *d_v_));
+  if (!best_params_.empty()) w.AddF32("best_params", {n}, best_params_);
+  RETURN_IF_ERROR(w.WriteTo((fs::path(tmp) / "optimizer.safetensors").string()));
+  nlohmann::ordered_json state = {
+      {"version", kCheckpointVersion},
+      {"step", step_},
+      {"total_steps", total_steps_},
+      {"seed", options_.seed},
+      {"num_params", n},
+      {"train_rows", train_.size()},
+      {"evals_without_improvement", evals_without_improvement_},
+      {"stopped_early", stopped_early_},
+  };
+  if (first_loss_) state["first_loss"] = *first_loss_;
+  if (best_eval_) state["best_eval_loss"] = *best_eval_;
+  RETURN_IF_ERROR(WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
+  const std::string old = dir + ".old";
+  fs::remove_all(old, ec);
+  if (fs::exists(dir)) fs::rename(dir, old, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot move the old checkpoint ", dir, ": ", ec.message()));
+  fs::rename(tmp, dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot move the checkpoint into ", dir, ": ", ec.message()));
+  fs::remove_all(old, ec);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString((fs::path(dir) / "trainer_state.json").string()));
+  nlohmann::json st = nlohmann::json::parse(text, nullptr, false);
+  if (st.is_discarded() || !st.is_object() || st.value("version", 0) != kCheckpointVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: not a version ", kCheckpointVersion, " checkpoint"));
+  }
+  const int64_t n = layout_->num_params();
+  auto mismatch = [&](const std::string& what) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, ": the checkpoint was written with a different ", what, "; resume with the options it was trained with"));
+  };
+  if (st.value("num_params", int64_t{-1}) != n) return mismatch("adapter shape");
+  if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
+  if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
+  if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");
+  ASSIGN_OR_RETURN(PeftAdapter adapter, LoadPeftAdapter(dir, model_->config()));
+  if (adapter.config.rank != options_.lora.rank || adapter.config.target_modules != options_.lora.target_modules) {
+    return mismatch("rank or target modules");
+  }
+  ASSIGN_OR_RETURN(auto opt, SafetensorsFile::Open((fs::path(dir) / "optimizer.safetensors").string()));
+  ASSIGN_OR_RETURN(std::vector<float> m, opt->ReadF32("exp_avg"));
+  ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadF32("exp_avg_sq"));
+  if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n) return mismatch("optimizer state size");
+  best_params_.clear();
+  if (opt->Has("best_params")) {
+    ASSIGN_OR_RETURN(best_params_, opt->ReadF32("best_params"));
+  }
+  device_->CopyFromHost(adapter.params.data(), n, d_params_->data());
+  device_->CopyFromHost(m.data(), n, d_m_->data());
+  device_->CopyFromHost(v.data(), n, d_v_->data());
+  step_ = st["step"].get<int64_t>();
+  evals_without_improvement_ = st.value("evals_without_improvement", int64_t{0});
+  stopped_early_ = st.value("stopped_early", false);
+  first_loss_.reset();
+  best_eval_.reset();
+  if (st.contains("first_loss")) first_loss_ = st["first_loss"].get<double>();
+  if (st.contains("best_eval_loss")) best_eval_ = st["best_eval_loss"].get<double>();
+  return absl::OkStatus();
+}
+
+}  // namespace qlorad

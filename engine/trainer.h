@@ -1,0 +1,124 @@
+// The QLoRA training loop: data order, micro-batches and gradient accumulation, AdamW with a
+// warmup schedule and global-norm clipping, validation and early stopping, a loss watchdog, and
+// checkpoints that resume exactly (bitwise on the CPU for the same thread count).
+//
+// Data order is a function of (seed, epoch): a seeded permutation of the rows each epoch, and
+// optimizer step s takes the rows [s' * B * G, (s' + 1) * B * G) of its epoch's permutation
+// (s' = s mod steps_per_epoch; the last step of an epoch may be short). Dropout masks are a
+// function of (seed, step). A checkpoint therefore needs only the step, the adapter, the AdamW
+// moments and the early-stopping state. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/dataset.h"
+#include "engine/llama_model.h"
+#include "engine/lora.h"
+#include "engine/lora_training.h"
+#include "engine/lr_schedule.h"
+
+namespace qlorad {
+
+// Defaults are the common ones (REFERENCE.md): r 16, alpha 32, dropout 0.05, all linear layers,
+// lr 2e-4, cosine with 3% warmup, max grad norm 1.0, weight decay 0.
+struct TrainerOptions {
+  LoraConfig lora;
+  double learning_rate = 2e-4;
+  LrSchedule schedule = LrSchedule::kCosine;
+  double warmup_ratio = 0.03;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;  // > 0 overrides epochs
+  int64_t batch_size = 8;
+  int64_t grad_accum = 1;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  uint64_t seed = 0;            // data order, dropout and initialisation (recorded)
+  int64_t eval_every = 0;       // validation loss every N steps (and at the end); 0: only at the end
+  int64_t early_stopping_patience = 0;  // stop after N evaluations without improvement; 0: off
+  bool activation_checkpointing = false;
+  // Watchdog: fail when the step loss exceeds max(blowup_factor x the first step's loss,
+  // first loss + blowup_margin), or is NaN/inf.
+  double blowup_factor = 4.0;
+  double blowup_margin = 5.0;
+
+  absl::Status Validate() const;
+};
+
+struct StepReport {
+  int64_t step = 0;         // optimizer steps completed
+  int64_t total_steps = 0;
+  int64_t epoch = 0;
+  double loss = 0.0;        // mean over the step's target tokens
+  double learning_rate = 0.0;
+  double grad_norm = 0.0;   // before clipping
+  int64_t tokens = 0;       // tokens processed in this step (padding excluded)
+  double tokens_per_second = 0.0;
+  double eta_seconds = 0.0;
+  std::optional<double> eval_loss;
+};
+
+class Trainer {
+ public:
+  // `model` must outlive the trainer. Rows come from BuildRows; `valid` may be empty.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(LlamaModel* model,
+                                                         std::vector<TrainingRow> train,
+                                                         std::vector<TrainingRow> valid,
+                                                         const TrainerOptions& options);
+  ~Trainer();
+
+  // Runs until the last step, early stopping, or `on_step` returning false (a cancellation:
+  // returns CANCELLED). The watchdog fails the run with FAILED_PRECONDITION naming the step.
+  // `checkpoint_every` > 0 writes a checkpoint to `checkpoint_dir` every N steps.
+  absl::Status Run(const std::function<bool(const StepReport&)>& on_step = {},
+                   int64_t checkpoint_every = 0, const std::string& checkpoint_dir = "");
+  // Runs up to (not beyond) `step` optimizer steps in total.
+  absl::Status RunUntil(int64_t step, const std::function<bool(const StepReport&)>& on_step = {});
+
+  // Directory: the PEFT adapter plus optimizer.safetensors and trainer_state.json.
+  absl::Status SaveCheckpoint(const std::string& dir) const;
+  absl::Status LoadCheckpoint(const std::string& dir);
+
+  // Mean validation loss per target token (no dropout).
+  absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows);
+
+  // The adapter's current parameters (a host copy), in layout() order.
+  std::vector<float> params() const;
+  const LoraLayout& layout() const { return *layout_; }
+  const TrainerOptions& options() const { return options_; }
+  int64_t step() const { return step_; }
+  int64_t total_steps() const { return total_steps_; }
+  bool stopped_early() const { return stopped_early_; }
+  std::optional<double> best_eval_loss() const { return best_eval_; }
+
+ private:
+  Trainer() = default;
+  absl::StatusOr<StepReport> Step();
+  std::vector<int64_t> EpochOrder(int64_t epoch) const;
+  MicroBatch Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
+                    int64_t begin, int64_t end) const;
+  absl::Status MaybeEvaluate(StepReport* report, bool force);
+
+  LlamaModel* model_ = nullptr;
+  Device* device_ = nullptr;
+  TrainerOptions options_;
+  std::unique_ptr<LoraLayout> layout_;
+  std::unique_ptr<LoraTrainingGraph> graph_;
+  std::vector<TrainingRow> train_, valid_;
+  std::unique_ptr<DeviceBuffer> d_params_, d_grads_, d_m_, d_v_;
+  int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
+  std::optional<double> first_loss_, best_eval_;
+  std::vector<float> best_params_;
+  int64_t evals_without_improvement_ = 0;
+  bool stopped_early_ = false;
+  double seconds_ = 0.0;
+  int64_t timed_steps_ = 0;
+};
+
+}  // namespace qlorad
