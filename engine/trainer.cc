@@ -159,11 +159,11 @@ absl::StatusOr<StepReport> Trainer::Step() {
   if (!std::isfinite(r.loss)) {
     return absl::FailedPreconditionError(absl::StrCat("loss became ", r.loss, " at step ", step_ + 1, "; lower the learning rate"));
   }
-  if (!first_loss_) first_loss_ = r.loss;
-  const double limit = std::max(options_.blowup_factor * *first_loss_, *first_loss_ + options_.blowup_margin);
-  if (r.loss > limit) {
-    return absl::FailedPreconditionError(absl::StrCat("loss blew up at step ", step_ + 1, ": ", r.loss, " against ", *first_loss_,
-                                                      " at the first step; lower the learning rate"));
+  loss_ema_ = loss_ema_ ? 0.9 * *loss_ema_ + 0.1 * r.loss : r.loss;
+  min_loss_ema_ = min_loss_ema_ ? std::min(*min_loss_ema_, *loss_ema_) : *loss_ema_;
+  if (*loss_ema_ > *min_loss_ema_ + std::max(options_.blowup_margin, options_.blowup_ratio * *min_loss_ema_)) {
+    return absl::FailedPreconditionError(absl::StrCat("loss blew up at step ", step_ + 1, ": its moving average rose to ", *loss_ema_,
+                                                      " from a low of ", *min_loss_ema_, "; lower the learning rate"));
   }
   r.grad_norm = std::sqrt(device_->SumSquares(d_grads_->data(), n));
   if (!std::isfinite(r.grad_norm)) {
@@ -255,7 +255,8 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
       {"evals_without_improvement", evals_without_improvement_},
       {"stopped_early", stopped_early_},
   };
-  if (first_loss_) state["first_loss"] = *first_loss_;
+  if (loss_ema_) state["loss_ema"] = *loss_ema_;
+  if (min_loss_ema_) state["min_loss_ema"] = *min_loss_ema_;
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
   RETURN_IF_ERROR(WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
   const std::string old = dir + ".old";
@@ -300,9 +301,11 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   step_ = st["step"].get<int64_t>();
   evals_without_improvement_ = st.value("evals_without_improvement", int64_t{0});
   stopped_early_ = st.value("stopped_early", false);
-  first_loss_.reset();
+  loss_ema_.reset();
+  min_loss_ema_.reset();
   best_eval_.reset();
-  if (st.contains("first_loss")) first_loss_ = st["first_loss"].get<double>();
+  if (st.contains("loss_ema")) loss_ema_ = st["loss_ema"].get<double>();
+  if (st.contains("min_loss_ema")) min_loss_ema_ = st["min_loss_ema"].get<double>();
   if (st.contains("best_eval_loss")) best_eval_ = st["best_eval_loss"].get<double>();
   return absl::OkStatus();
 }

@@ -43,10 +43,12 @@ struct TrainerOptions {
   int64_t eval_every = 0;       // validation loss every N steps (and at the end); 0: only at the end
   int64_t early_stopping_patience = 0;  // stop after N evaluations without improvement; 0: off
   bool activation_checkpointing = false;
-  // Watchdog: fail when the step loss exceeds max(blowup_factor x the first step's loss,
-  // first loss + blowup_margin), or is NaN/inf.
-  double blowup_factor = 4.0;
-  double blowup_margin = 5.0;
+  // Watchdog: fail when the loss is NaN/inf, or when its moving average (EMA, weight 0.1 on
+  // the newest step) rises above its lowest value by more than max(blowup_margin nats,
+  // blowup_ratio x that lowest value). A RMSNorm model's loss stays bounded when it diverges,
+  // so a rise, not a size, is what gives divergence away.
+  double blowup_ratio = 0.5;
+  double blowup_margin = 2.0;
 
   absl::Status Validate() const;
 };
@@ -113,7 +115,7 @@ class Trainer {
   std::vector<TrainingRow> train_, valid_;
   std::unique_ptr<DeviceBuffer> d_params_, d_grads_, d_m_, d_v_;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
-  std::optional<double> first_loss_, best_eval_;
+  std::optional<double> loss_ema_, min_loss_ema_, best_eval_;
   std::vector<float> best_params_;
   int64_t evals_without_improvement_ = 0;
   bool stopped_early_ = false;

@@ -1,0 +1,138 @@
+#include "engine/dataset.h"
+
+#include "gtest/gtest.h"
+#include "tests/engine/test_models.h"
+
+namespace qlorad {
+namespace {
+
+using ::qlorad::testing::Stories260kDir;
+
+class DatasetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto t = Tokenizer::FromModelFile(Stories260kDir() + "/tok512.model");
+    ASSERT_TRUE(t.ok());
+    tok_ = std::move(*t);
+  }
+  std::vector<int32_t> Enc(const std::string& s) { return *tok_->Encode(s); }
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_F(DatasetTest, PromptCompletionMasksThePromptAndTrainsTheEos) {
+  auto ex = TokenizeJsonl(R"({"prompt": "The dragon is", "completion": " Zorbo."})", *tok_, "d.jsonl");
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  const auto p = Enc("The dragon is"), c = Enc(" Zorbo.");
+  std::vector<int32_t> tokens = {1};
+  tokens.insert(tokens.end(), p.begin(), p.end());
+  tokens.insert(tokens.end(), c.begin(), c.end());
+  tokens.push_back(2);
+  EXPECT_EQ((*ex)[0].tokens, tokens);
+  std::vector<uint8_t> mask(1 + p.size(), 0);
+  mask.insert(mask.end(), c.size() + 1, 1);
+  EXPECT_EQ((*ex)[0].is_target, mask);
+  EXPECT_EQ((*ex)[0].line, 1);
+}
+
+TEST_F(DatasetTest, TextTrainsEverythingButBos) {
+  auto ex = TokenizeJsonl("\n{\"text\": \"Lily ran.\"}\n", *tok_, "d.jsonl");
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  EXPECT_EQ((*ex)[0].line, 2);
+  EXPECT_EQ((*ex)[0].is_target.front(), 0);
+  EXPECT_EQ((*ex)[0].num_targets(), static_cast<int64_t>(Enc("Lily ran.").size()) + 1);
+}
+
+TEST_F(DatasetTest, ChatTemplateTrainsAssistantTurnsOnly) {
+  const std::string line =
+      R"({"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},)"
+      R"( {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},)"
+      R"( {"role": "assistant", "content": "Bye!"}]})";
+  auto ex = TokenizeJsonl(line, *tok_, "chat.jsonl");
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  const auto a1 = Enc("Hello."), a2 = Enc("Bye!");
+  EXPECT_EQ((*ex)[0].num_targets(), static_cast<int64_t>(a1.size() + 1 + a2.size() + 1));
+  // The trained tokens are exactly the assistant contents, each followed by EOS.
+  std::vector<int32_t> trained;
+  for (size_t i = 0; i < (*ex)[0].tokens.size(); ++i) {
+    if ((*ex)[0].is_target[i]) trained.push_back((*ex)[0].tokens[i]);
+  }
+  std::vector<int32_t> expected = a1;
+  expected.push_back(2);
+  expected.insert(expected.end(), a2.begin(), a2.end());
+  expected.push_back(2);
+  EXPECT_EQ(trained, expected);
+  // Generation prompts end with the assistant header.
+  auto prompt = ChatPromptTokens(R"([{"role": "user", "content": "Hi"}])", *tok_);
+  ASSERT_TRUE(prompt.ok());
+  const auto header = Enc("### Assistant:\n");
+  EXPECT_TRUE(std::equal(header.rbegin(), header.rend(), prompt->rbegin()));
+}
+
+TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
+  struct Case {
+    std::string text, needle;
+  };
+  const Case cases[] = {
+      {"{\"text\": \"ok\"}\n{\"text\": ", "bad.jsonl:2: not valid JSON"},
+      {"[1, 2]", "bad.jsonl:1: not a JSON object"},
+      {"{\"prompt\": \"a\"}", "bad.jsonl:1: missing field 'completion'"},
+      {"{\"prompt\": \"a\", \"completion\": 3}", "field 'completion' must be a string"},
+      {"{\"prompt\": \"a\", \"completion\": \"\"}", "field 'completion' is empty"},
+      {"{\"text\": \"a\", \"label\": 1}", "unexpected field 'label'"},
+      {"{\"foo\": 1}", "expected one of"},
+      {"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", "no assistant turn"},
+      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages[0].role must be system, user or assistant"},
+      {"{\"messages\": [{\"role\": \"assistant\"}]}", "messages[0].content must be a string"},
+      {"\n\n", "bad.jsonl: no examples"},
+  };
+  for (const Case& c : cases) {
+    auto ex = TokenizeJsonl(c.text, *tok_, "bad.jsonl");
+    ASSERT_FALSE(ex.ok()) << c.text;
+    EXPECT_EQ(ex.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(ex.status().message().find(c.needle), std::string::npos) << ex.status() << " / " << c.needle;
+  }
+}
+
+TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
+  auto ex = TokenizeJsonl(
+      "{\"prompt\": \"Once upon a time there was a girl\", \"completion\": \" Lily.\"}\n"
+      "{\"text\": \"Hi.\"}\n",
+      *tok_, "r.jsonl");
+  ASSERT_TRUE(ex.ok());
+  auto rows = BuildRows(*ex, {16, false}, "r.jsonl");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 2u);
+  const TrainingRow& r1 = (*rows)[1];
+  ASSERT_EQ(r1.tokens.size(), 16u);
+  const int64_t len = static_cast<int64_t>((*ex)[1].tokens.size());
+  for (int64_t i = len; i < 16; ++i) {  // padding: no segment, no target, whatever the token
+    EXPECT_EQ(r1.segments[i], -1);
+    EXPECT_EQ(r1.targets[i], -1);
+  }
+  EXPECT_EQ(r1.targets[len - 2], 2);  // the EOS is the last target
+  EXPECT_EQ(r1.num_targets(), (*ex)[1].num_targets());
+  // A sequence length that cuts off the whole completion leaves nothing to learn: rejected.
+  const int64_t prompt_len = static_cast<int64_t>(Enc("Once upon a time there was a girl").size()) + 1;
+  auto cut = BuildRows(*ex, {prompt_len, false}, "r.jsonl");
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(cut.status().message().find("r.jsonl:1: no target token within the sequence length"), std::string::npos) << cut.status();
+}
+
+TEST_F(DatasetTest, PackingRestartsPositionsAndSeparatesSegments) {
+  auto ex = TokenizeJsonl("{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n{\"text\": \"A big red ball.\"}\n", *tok_, "p.jsonl");
+  ASSERT_TRUE(ex.ok());
+  const int64_t a = (*ex)[0].tokens.size(), b = (*ex)[1].tokens.size(), c = (*ex)[2].tokens.size();
+  auto rows = BuildRows(*ex, {a + b + 1, true}, "p.jsonl");
+  ASSERT_TRUE(rows.ok());
+  ASSERT_EQ(rows->size(), 2u);  // a+b fit together, c starts a new row
+  const TrainingRow& r = (*rows)[0];
+  EXPECT_EQ(r.positions[a], 0);
+  EXPECT_EQ(r.segments[a - 1], 0);
+  EXPECT_EQ(r.segments[a], 1);
+  EXPECT_EQ(r.targets[a - 1], -1);  // the last token of an example predicts nothing
+  EXPECT_EQ(r.targets[a - 2], 2);
+  EXPECT_EQ((*rows)[1].segments[c - 1], 0);
+}
+
+}  // namespace
+}  // namespace qlorad

@@ -1,0 +1,235 @@
+// The training semantics users rely on (REFERENCE.md), one by one, plus resume equivalence.
+#include "engine/trainer.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "engine/device.h"
+#include "engine/evaluate.h"
+#include "engine/mapped_file.h"
+#include "engine/model_source.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_models.h"
+
+namespace qlorad {
+namespace {
+
+using ::qlorad::testing::Stories260kHf;
+using ::qlorad::testing::TempDir;
+
+std::string DataFile(const std::string& name) { return std::string(QLORAD_TEST_DATA_DIR) + "/" + name; }
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto src = OpenModelSource(Stories260kHf());
+    ASSERT_TRUE(src.ok()) << src.status();
+    tok_ = std::move(src->tokenizer);
+    device_ = CreateCpuDevice();
+    auto model = LlamaModel::Create(std::move(src->weights), device_.get(), {});
+    ASSERT_TRUE(model.ok());
+    model_ = std::move(*model);
+    auto text = ReadFileToString(DataFile("facts_train.jsonl"));
+    ASSERT_TRUE(text.ok());
+    auto ex = TokenizeJsonl(*text, *tok_, "facts_train.jsonl");
+    ASSERT_TRUE(ex.ok()) << ex.status();
+    examples_ = *ex;
+  }
+  std::vector<TrainingRow> Rows(bool packing = false, int64_t seq_len = 48) {
+    auto rows = BuildRows(examples_, {seq_len, packing}, "facts");
+    EXPECT_TRUE(rows.ok());
+    return *rows;
+  }
+  static TrainerOptions Small() {
+    TrainerOptions o;
+    o.lora.rank = 4;
+    o.lora.alpha = 8;
+    o.lora.dropout = 0.05f;
+    o.learning_rate = 3e-3;
+    o.batch_size = 4;
+    o.grad_accum = 2;
+    o.max_steps = 20;
+    o.seed = 17;
+    return o;
+  }
+  std::unique_ptr<Trainer> Make(const TrainerOptions& o, std::vector<TrainingRow> rows = {},
+                                std::vector<TrainingRow> valid = {}) {
+    auto t = Trainer::Create(model_.get(), rows.empty() ? Rows() : rows, std::move(valid), o);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return std::move(*t);
+  }
+
+  std::unique_ptr<Tokenizer> tok_;
+  std::unique_ptr<Device> device_;
+  std::unique_ptr<LlamaModel> model_;
+  std::vector<TokenizedExample> examples_;
+};
+
+TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
+  const std::string dir = TempDir("resume") + "/ckpt";
+  auto straight = Make(Small());
+  ASSERT_TRUE(straight->RunUntil(20).ok());
+  auto first = Make(Small());
+  ASSERT_TRUE(first->RunUntil(10).ok());
+  ASSERT_TRUE(first->SaveCheckpoint(dir).ok());
+  first.reset();
+  auto resumed = Make(Small());
+  ASSERT_TRUE(resumed->LoadCheckpoint(dir).ok());
+  EXPECT_EQ(resumed->step(), 10);
+  ASSERT_TRUE(resumed->RunUntil(20).ok());
+  EXPECT_EQ(resumed->params(), straight->params());  // bitwise
+  // A checkpoint from other options is refused rather than silently mixed.
+  TrainerOptions other = Small();
+  other.seed = 18;
+  auto mismatched = Make(other);
+  const absl::Status s = mismatched->LoadCheckpoint(dir);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+}
+
+TEST_F(TrainerTest, SameSeedSameAdapterOtherSeedOtherAdapter) {
+  auto a = Make(Small()), b = Make(Small());
+  ASSERT_TRUE(a->RunUntil(3).ok());
+  ASSERT_TRUE(b->RunUntil(3).ok());
+  EXPECT_EQ(a->params(), b->params());
+  TrainerOptions o = Small();
+  o.seed = 99;
+  auto c = Make(o);
+  ASSERT_TRUE(c->RunUntil(3).ok());
+  EXPECT_NE(a->params(), c->params());
+}
+
+// With accumulation the loss is normalised by the target tokens of the whole accumulated
+// batch, so 4 x 2 gives the gradient (and the update) of one batch of 8.
+TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
+  TrainerOptions big = Small(), acc = Small();
+  big.lora.dropout = acc.lora.dropout = 0.0f;
+  big.max_grad_norm = acc.max_grad_norm = 0.0;  // compare raw updates
+  big.batch_size = 8;
+  big.grad_accum = 1;
+  acc.batch_size = 2;
+  acc.grad_accum = 4;
+  auto a = Make(big), b = Make(acc);
+  std::vector<StepReport> ra, rb;
+  ASSERT_TRUE(a->RunUntil(2, [&](const StepReport& r) { ra.push_back(r); return true; }).ok());
+  ASSERT_TRUE(b->RunUntil(2, [&](const StepReport& r) { rb.push_back(r); return true; }).ok());
+  EXPECT_NEAR(ra[0].loss, rb[0].loss, 1e-5);
+  EXPECT_NEAR(ra[0].grad_norm, rb[0].grad_norm, 1e-4 * ra[0].grad_norm);
+  const auto pa = a->params(), pb = b->params();
+  double max_diff = 0;
+  for (size_t i = 0; i < pa.size(); ++i) max_diff = std::max(max_diff, std::fabs(static_cast<double>(pa[i]) - pb[i]));
+  EXPECT_LT(max_diff, 1e-5);
+}
+
+// Packed examples never attend to each other: the loss of a packed set equals the unpacked one.
+TEST_F(TrainerTest, PackingDoesNotLetExamplesAttendToEachOther) {
+  auto t = Make(Small());
+  ASSERT_TRUE(t->RunUntil(2).ok());  // a non-trivial adapter
+  const auto unpacked = Rows(false, 96), packed = Rows(true, 96);
+  EXPECT_LT(packed.size(), unpacked.size());
+  auto lu = t->EvaluateLoss(unpacked), lp = t->EvaluateLoss(packed);
+  ASSERT_TRUE(lu.ok() && lp.ok());
+  EXPECT_NEAR(*lu, *lp, 1e-5);
+  // And the training graph's loss equals the inference forward pass's.
+  auto adapter_params = t->params();
+  LoraWeights lw{&t->layout(), adapter_params.data(), t->options().lora.rank, t->options().lora.scale()};
+  auto inference = EvaluateExamples(*model_, examples_, 96, &lw);
+  ASSERT_TRUE(inference.ok());
+  EXPECT_NEAR(inference->loss, *lu, 1e-4);
+}
+
+TEST_F(TrainerTest, ScheduleFollowsTransformers) {
+  // cosine, 100 steps, 3% warmup -> 3 warmup steps.
+  EXPECT_EQ(WarmupSteps(0.03, 100), 3);
+  EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kCosine, 1.0, 0, 3, 100), 0.0);
+  EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kCosine, 1.0, 1, 3, 100), 1.0 / 3);
+  EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kCosine, 1.0, 3, 3, 100), 1.0);
+  EXPECT_NEAR(LearningRateAt(LrSchedule::kCosine, 1.0, 3 + 97 / 2.0, 3, 100), 0.5, 0.02);
+  EXPECT_NEAR(LearningRateAt(LrSchedule::kCosine, 1.0, 99, 3, 100), 0.5 * (1 + std::cos(M_PI * 96 / 97)), 1e-12);
+  EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kLinear, 2.0, 50, 0, 100), 1.0);
+  EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kConstant, 2.0, 99, 10, 100), 2.0);
+}
+
+TEST_F(TrainerTest, DefaultsAreTheCommonOnes) {
+  const TrainerOptions o;
+  EXPECT_EQ(o.lora.rank, 16);
+  EXPECT_EQ(o.lora.alpha, 32.0f);
+  EXPECT_FLOAT_EQ(o.lora.dropout, 0.05f);
+  EXPECT_EQ(o.lora.target_modules.size(), 7u);
+  EXPECT_DOUBLE_EQ(o.learning_rate, 2e-4);
+  EXPECT_EQ(o.schedule, LrSchedule::kCosine);
+  EXPECT_DOUBLE_EQ(o.warmup_ratio, 0.03);
+  EXPECT_DOUBLE_EQ(o.max_grad_norm, 1.0);
+  EXPECT_DOUBLE_EQ(o.weight_decay, 0.0);
+}
+
+TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
+  TrainerOptions o = Small();
+  o.learning_rate = 50.0;  // absurd: the loss doubles within two steps
+  o.max_grad_norm = 0.0;
+  o.blowup_ratio = 0.2;  // stricter than the default, so that 20 steps show it
+  o.blowup_margin = 1.0;
+  auto t = Make(o);
+  absl::Status s = t->RunUntil(20);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("loss blew up at step"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("lower the learning rate"), std::string::npos) << s;
+  // Weights that overflow make the loss NaN: named as such.
+  o = Small();
+  o.weight_decay = 1e6;  // p *= 1 - lr*wd = -2999 every step
+  auto u = Make(o);
+  s = u->RunUntil(20);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(s.message().find("loss became nan") != std::string::npos ||
+              s.message().find("loss became inf") != std::string::npos ||
+              s.message().find("gradient norm became") != std::string::npos) << s;
+}
+
+TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
+  auto vtext = ReadFileToString(DataFile("facts_valid.jsonl"));
+  ASSERT_TRUE(vtext.ok());
+  auto vex = TokenizeJsonl(*vtext, *tok_, "facts_valid.jsonl");
+  ASSERT_TRUE(vex.ok());
+  auto vrows = BuildRows(*vex, {48, false}, "valid");
+  ASSERT_TRUE(vrows.ok());
+  TrainerOptions o = Small();
+  o.learning_rate = 1e-2;  // overfits the training prompts quickly; reworded prompts get worse
+  o.max_steps = 200;
+  o.eval_every = 5;
+  o.early_stopping_patience = 2;
+  auto t = Make(o, Rows(), *vrows);
+  std::vector<double> evals;
+  ASSERT_TRUE(t->Run([&](const StepReport& r) { if (r.eval_loss) evals.push_back(*r.eval_loss); return true; }).ok());
+  ASSERT_TRUE(t->stopped_early());
+  EXPECT_LT(t->step(), 200);
+  ASSERT_TRUE(t->best_eval_loss().has_value());
+  EXPECT_EQ(*t->best_eval_loss(), *std::min_element(evals.begin(), evals.end()));
+  auto now = t->EvaluateLoss(*vrows);
+  ASSERT_TRUE(now.ok());
+  EXPECT_NEAR(*now, *t->best_eval_loss(), 1e-9);  // the kept adapter is the best one
+}
+
+TEST_F(TrainerTest, CancellationStopsWithinOneStep) {
+  auto t = Make(Small());
+  int seen = 0;
+  const absl::Status s = t->Run([&](const StepReport&) { return ++seen < 3; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(t->step(), 3);
+}
+
+TEST_F(TrainerTest, BadOptionsAreRejected) {
+  TrainerOptions o = Small();
+  o.batch_size = 0;
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = Small();
+  o.lora.target_modules = {"q_proj", "lm_head"};
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = Small();
+  o.early_stopping_patience = 2;  // without a validation set
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(false, 600), {}, Small()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace qlorad
