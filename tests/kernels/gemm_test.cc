@@ -28,8 +28,16 @@ TEST_P(GemmTest, MatchesDoubleReferenceWithAlphaBeta) {
   const auto [ta, tb] = GetParam();
   std::mt19937 rng(std::random_device{}());
   std::normal_distribution<float> dist;
-  for (int trial = 0; trial < 4; ++trial) {
-    const int m = 1 + rng() % 37, n = 1 + rng() % 41, k = 1 + rng() % 53;
+  // Small shapes, and shapes large enough that the BLAS path splits the output across threads
+  // (by rows when m >= n, by columns otherwise).
+  const int shapes[][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {300, 70, 40}, {45, 260, 33}, {129, 131, 37}};
+  for (int trial = 0; trial < 7; ++trial) {
+    int m = 1 + rng() % 37, n = 1 + rng() % 41, k = 1 + rng() % 53;
+    if (shapes[trial][0] != 0) {
+      m = shapes[trial][0];
+      n = shapes[trial][1];
+      k = shapes[trial][2];
+    }
     std::vector<float> a(m * k), b(k * n), c0(m * n);
     for (auto& v : a) v = dist(rng);
     for (auto& v : b) v = dist(rng);
