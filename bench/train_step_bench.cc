@@ -3,7 +3,8 @@
 // seq 256, batch 4, LoRA r=16 on all linear layers, dropout 0.05, NF4 + double-quantized base
 // (and, for comparison, a float32 base and activation checkpointing). Random weights.
 // Peer: bench/torch_lora_step.py (PyTorch + PEFT, float32, same shape and threads).
-// Run: build/bench/train_step_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+// Run: build/bench/train_step_bench --benchmark_repetitions=3
+// --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -66,9 +67,11 @@ void BM_QloraTrainStep(benchmark::State& state) {
   if (!trainer.ok()) return state.SkipWithError(std::string(trainer.status().message()).c_str());
   if (!(*trainer)->RunUntil(1).ok()) return state.SkipWithError("warm-up step failed");
   for (auto _ : state) {
-    if (!(*trainer)->RunUntil((*trainer)->step() + 1).ok()) return state.SkipWithError("step failed");
+    if (!(*trainer)->RunUntil((*trainer)->step() + 1).ok())
+      return state.SkipWithError("step failed");
   }
-  state.counters["tokens/s"] = benchmark::Counter(4.0 * 256 * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(4.0 * 256 * state.iterations(), benchmark::Counter::kIsRate);
   state.counters["trainable"] = static_cast<double>((*trainer)->layout().num_params());
   state.counters["base_MB"] = static_cast<double>(device->memory_usage().base_weights) / 1e6;
 }

@@ -12,6 +12,7 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
@@ -183,8 +184,8 @@ class CpuDevice : public Device {
                                    out, probs);
   }
   void AttentionTrainBackward(const float* q, const float* k, const float* v, const float* probs,
-                              const float* dout, const TrainAttentionDims& d, float* dq,
-                              float* dk, float* dv) override {
+                              const float* dout, const TrainAttentionDims& d, float* dq, float* dk,
+                              float* dv) override {
     kernels::AttentionTrainBackward(q, k, v, probs, dout,
                                     {d.tokens, d.heads, d.kv_heads, d.head_dim}, dq, dk, dv);
   }
@@ -210,7 +211,7 @@ class CpuDevice : public Device {
   }
   double SumSquares(const float* x, int64_t n) override {
     double s = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : s)
+#pragma omp parallel for schedule(static) reduction(+ : s) if ((n) >= kernels::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
     return s;
   }

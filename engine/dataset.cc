@@ -21,7 +21,8 @@ absl::StatusOr<Json> ParseLine(const std::string& line) {
 
 absl::Status CheckKeys(const Json& j, std::initializer_list<const char*> allowed) {
   for (const auto& [key, value] : j.items()) {
-    if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) == allowed.end()) {
+    if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) ==
+        allowed.end()) {
       return absl::InvalidArgumentError(absl::StrCat("unexpected field '", key, "'"));
     }
   }
@@ -29,8 +30,10 @@ absl::Status CheckKeys(const Json& j, std::initializer_list<const char*> allowed
 }
 
 absl::Status StringField(const Json& j, const char* key) {
-  if (!j.contains(key)) return absl::InvalidArgumentError(absl::StrCat("missing field '", key, "'"));
-  if (!j[key].is_string()) return absl::InvalidArgumentError(absl::StrCat("field '", key, "' must be a string"));
+  if (!j.contains(key))
+    return absl::InvalidArgumentError(absl::StrCat("missing field '", key, "'"));
+  if (!j[key].is_string())
+    return absl::InvalidArgumentError(absl::StrCat("field '", key, "' must be a string"));
   return absl::OkStatus();
 }
 
@@ -38,47 +41,57 @@ absl::Status ValidateParsed(const Json& j) {
   if (j.contains("messages")) {
     RETURN_IF_ERROR(CheckKeys(j, {"messages"}));
     const Json& m = j["messages"];
-    if (!m.is_array() || m.empty()) return absl::InvalidArgumentError("field 'messages' must be a non-empty array");
+    if (!m.is_array() || m.empty())
+      return absl::InvalidArgumentError("field 'messages' must be a non-empty array");
     bool has_assistant = false;
     for (size_t i = 0; i < m.size(); ++i) {
       const std::string where = absl::StrCat("messages[", i, "]");
-      if (!m[i].is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
+      if (!m[i].is_object())
+        return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
       if (!m[i].contains("role") || !m[i]["role"].is_string()) {
         return absl::InvalidArgumentError(absl::StrCat(where, ".role must be a string"));
       }
       const std::string role = m[i]["role"];
       if (role != "system" && role != "user" && role != "assistant") {
-        return absl::InvalidArgumentError(absl::StrCat(where, ".role must be system, user or assistant, got '", role, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".role must be system, user or assistant, got '", role, "'"));
       }
       if (!m[i].contains("content") || !m[i]["content"].is_string()) {
         return absl::InvalidArgumentError(absl::StrCat(where, ".content must be a string"));
       }
       for (const auto& [key, value] : m[i].items()) {
-        if (key != "role" && key != "content") return absl::InvalidArgumentError(absl::StrCat(where, " has unexpected field '", key, "'"));
+        if (key != "role" && key != "content")
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, " has unexpected field '", key, "'"));
       }
       has_assistant |= role == "assistant";
     }
-    if (!has_assistant) return absl::InvalidArgumentError("'messages' has no assistant turn to learn from");
+    if (!has_assistant)
+      return absl::InvalidArgumentError("'messages' has no assistant turn to learn from");
     return absl::OkStatus();
   }
   if (j.contains("prompt") || j.contains("completion")) {
     RETURN_IF_ERROR(CheckKeys(j, {"prompt", "completion"}));
     RETURN_IF_ERROR(StringField(j, "prompt"));
     RETURN_IF_ERROR(StringField(j, "completion"));
-    if (j["completion"].get<std::string>().empty()) return absl::InvalidArgumentError("field 'completion' is empty");
+    if (j["completion"].get<std::string>().empty())
+      return absl::InvalidArgumentError("field 'completion' is empty");
     return absl::OkStatus();
   }
   if (j.contains("text")) {
     RETURN_IF_ERROR(CheckKeys(j, {"text"}));
     RETURN_IF_ERROR(StringField(j, "text"));
-    if (j["text"].get<std::string>().empty()) return absl::InvalidArgumentError("field 'text' is empty");
+    if (j["text"].get<std::string>().empty())
+      return absl::InvalidArgumentError("field 'text' is empty");
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError("expected one of {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}");
+  return absl::InvalidArgumentError(
+      "expected one of {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}");
 }
 
 // Appends the tokens of `text` with the given target flag.
-absl::Status Append(const Tokenizer& tok, const std::string& text, bool target, TokenizedExample* ex) {
+absl::Status Append(const Tokenizer& tok, const std::string& text, bool target,
+                    TokenizedExample* ex) {
   if (text.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(text));
   ex->tokens.insert(ex->tokens.end(), ids.begin(), ids.end());
@@ -155,7 +168,8 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
     if (auto s = ValidateParsed(*j); !s.ok()) return fail(s);
     auto ex = Tokenize(*j, tokenizer);
     if (!ex.ok()) return fail(ex.status());
-    if (ex->num_targets() == 0) return fail(absl::InvalidArgumentError("no target token to learn from"));
+    if (ex->num_targets() == 0)
+      return fail(absl::InvalidArgumentError("no target token to learn from"));
     ex->line = line_no;
     out.push_back(std::move(*ex));
   }
@@ -166,11 +180,13 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
 absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
                                                       const Tokenizer& tokenizer) {
   Json j = Json::parse(messages_json, nullptr, false);
-  if (j.is_discarded() || !j.is_array()) return absl::InvalidArgumentError("messages must be a JSON array");
+  if (j.is_discarded() || !j.is_array())
+    return absl::InvalidArgumentError("messages must be a JSON array");
   TokenizedExample ex;
   AppendToken(tokenizer.bos_id(), false, &ex);
   for (const Json& m : j) {
-    if (!m.is_object() || !m.contains("role") || !m.contains("content") || !m["role"].is_string() || !m["content"].is_string()) {
+    if (!m.is_object() || !m.contains("role") || !m.contains("content") || !m["role"].is_string() ||
+        !m["content"].is_string()) {
       return absl::InvalidArgumentError("each message needs string 'role' and 'content'");
     }
     const std::string role = m["role"], content = m["content"];
@@ -212,8 +228,9 @@ absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedEx
     int64_t kept_targets = 0;
     for (int64_t i = 1; i < len; ++i) kept_targets += ex.is_target[i];
     if (kept_targets == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ":", ex.line, ": no target token within the sequence length of ", T,
-                                                     " (the example has ", ex.tokens.size(), " tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ":", ex.line, ": no target token within the sequence length of ", T,
+                       " (the example has ", ex.tokens.size(), " tokens)"));
     }
     if (!options.packing || static_cast<int64_t>(current.tokens.size()) + len > T) flush();
     for (int64_t i = 0; i < len; ++i) {

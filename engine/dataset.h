@@ -23,8 +23,9 @@ namespace qlorad {
 
 struct TokenizedExample {
   std::vector<int32_t> tokens;
-  std::vector<uint8_t> is_target;  // token i is predicted from tokens[0..i-1] and counts in the loss
-  int64_t line = 0;                // 1-based line in the source file
+  std::vector<uint8_t>
+      is_target;     // token i is predicted from tokens[0..i-1] and counts in the loss
+  int64_t line = 0;  // 1-based line in the source file
   int64_t num_targets() const;
 };
 

@@ -95,8 +95,8 @@ class Device {
 
   // Row-major C = alpha * op(A) op(B) + beta * C on device pointers.
   virtual void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
-                    float* c, int64_t ldc) = 0;
+                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                    int64_t ldc) = 0;
   // dx[t, :] (=, or += when `accumulate`) dy[t, :] W for the frozen W [out, in] (dequantized
   // into the workspace first when NF4).
   virtual void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens,

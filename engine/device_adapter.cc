@@ -13,7 +13,9 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> DeviceAdapter::Create(
   a->lora_ = lora;
   a->layout_ = std::make_unique<LoraLayout>(model, lora);
   if (static_cast<int64_t>(params.size()) != a->layout_->num_params()) {
-    return absl::InvalidArgumentError(absl::StrCat("adapter has ", params.size(), " parameters, the model and its config need ", a->layout_->num_params()));
+    return absl::InvalidArgumentError(absl::StrCat("adapter has ", params.size(),
+                                                   " parameters, the model and its config need ",
+                                                   a->layout_->num_params()));
   }
   ASSIGN_OR_RETURN(a->params_, device->Alloc(a->layout_->num_params()));
   device->CopyFromHost(params.data(), a->layout_->num_params(), a->params_->data());

@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     ASSIGN_OR_RETURN(dst.post_norm, device->UploadF32(src.post_attention_layernorm));
     for (int mod = 0; mod < 7; ++mod) {
       const auto [in, out] = LinearShape(c, mod);
-      std::vector<float>* values[7] = {&src.q_proj, &src.k_proj, &src.v_proj, &src.o_proj,
+      std::vector<float>* values[7] = {&src.q_proj,    &src.k_proj,  &src.v_proj,   &src.o_proj,
                                        &src.gate_proj, &src.up_proj, &src.down_proj};
       ASSIGN_OR_RETURN(dst.linear[mod], place_linear(LinearModulePath(l, kLinearModuleNames[mod]),
                                                      *values[mod], out, in));

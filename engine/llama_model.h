@@ -11,8 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "engine/device.h"
-#include "engine/lora.h"
 #include "engine/llama_weights.h"
+#include "engine/lora.h"
 #include "engine/nf4_tensor.h"
 
 namespace qlorad {

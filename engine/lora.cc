@@ -22,11 +22,13 @@ int ModuleIndex(const std::string& name) {
 }  // namespace
 
 float LoraConfig::scale() const {
-  return use_rslora ? alpha / std::sqrt(static_cast<float>(rank)) : alpha / static_cast<float>(rank);
+  return use_rslora ? alpha / std::sqrt(static_cast<float>(rank))
+                    : alpha / static_cast<float>(rank);
 }
 
 absl::Status LoraConfig::Validate() const {
-  if (rank <= 0) return absl::InvalidArgumentError(absl::StrCat("rank must be positive, got ", rank));
+  if (rank <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("rank must be positive, got ", rank));
   if (!(alpha > 0.0f) || !std::isfinite(alpha)) {
     return absl::InvalidArgumentError(absl::StrCat("alpha must be positive, got ", alpha));
   }
@@ -37,9 +39,12 @@ absl::Status LoraConfig::Validate() const {
   std::set<std::string> seen;
   for (const std::string& m : target_modules) {
     if (ModuleIndex(m) < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("target module '", m, "' is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "target module '", m,
+          "' is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"));
     }
-    if (!seen.insert(m).second) return absl::InvalidArgumentError(absl::StrCat("target module '", m, "' is listed twice"));
+    if (!seen.insert(m).second)
+      return absl::InvalidArgumentError(absl::StrCat("target module '", m, "' is listed twice"));
   }
   return absl::OkStatus();
 }
@@ -51,7 +56,10 @@ absl::StatusOr<std::vector<std::string>> ParseTargetModules(const std::string& s
     std::string name(absl::StripAsciiWhitespace(part));
     if (name.empty()) continue;
     if (ModuleIndex(name) < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown target module '", name, "' (use all-linear or a list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown target module '", name,
+                       "' (use all-linear or a list of q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                       "up_proj, down_proj)"));
     }
     out.push_back(name);
   }
@@ -62,13 +70,20 @@ absl::StatusOr<std::vector<std::string>> ParseTargetModules(const std::string& s
 std::pair<int64_t, int64_t> LinearShape(const LlamaConfig& c, int module) {
   const int64_t h = c.hidden_size, kv = c.kv_dim(), im = c.intermediate_size;
   switch (module) {
-    case 0: return {h, h};    // q_proj
-    case 1: return {h, kv};   // k_proj
-    case 2: return {h, kv};   // v_proj
-    case 3: return {h, h};    // o_proj
-    case 4: return {h, im};   // gate_proj
-    case 5: return {h, im};   // up_proj
-    default: return {im, h};  // down_proj
+    case 0:
+      return {h, h};  // q_proj
+    case 1:
+      return {h, kv};  // k_proj
+    case 2:
+      return {h, kv};  // v_proj
+    case 3:
+      return {h, h};  // o_proj
+    case 4:
+      return {h, im};  // gate_proj
+    case 5:
+      return {h, im};  // up_proj
+    default:
+      return {im, h};  // down_proj
   }
 }
 

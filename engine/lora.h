@@ -21,7 +21,7 @@ struct LoraConfig {
   int64_t rank = 16;
   float alpha = 32.0f;
   float dropout = 0.05f;
-  std::vector<std::string> target_modules = {"q_proj", "k_proj",    "v_proj",   "o_proj",
+  std::vector<std::string> target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                              "gate_proj", "up_proj", "down_proj"};
   bool use_rslora = false;
   uint64_t seed = 0;  // initialisation of A

@@ -19,7 +19,8 @@ absl::Status MicroBatch::Validate(int64_t vocab) const {
   }
   for (size_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab || targets[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("micro-batch token ", i, " is outside the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("micro-batch token ", i, " is outside the vocabulary"));
     }
   }
   return absl::OkStatus();
@@ -35,8 +36,8 @@ struct LoraTrainingGraph::Buffers {
   int64_t tokens = 0, rows = 0, seq_len = 0;
   std::vector<std::unique_ptr<DeviceBuffer>> xs;  // layer inputs, [L+1][N, h]
   std::vector<LayerCache> caches;                 // L, or 1 with checkpointing
-  std::unique_ptr<DeviceBuffer> xf, invf, logits, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao, dg, du,
-      dh, tmp_in;
+  std::unique_ptr<DeviceBuffer> xf, invf, logits, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao, dg, du, dh,
+      tmp_in;
 };
 
 LoraTrainingGraph::LoraTrainingGraph(LlamaModel* model, const LoraLayout* layout,
@@ -112,11 +113,14 @@ void LoraTrainingGraph::LoraForward(int64_t layer, int module, const float* x, i
   const int64_t r = lora_.rank;
   const float* xin = x;
   if (train && options_.dropout > 0.0f) {
-    device_->Dropout(x, n * s->in, options_.dropout, seed, Stream(step, layer, module), buf_->tmp_in->data());
+    device_->Dropout(x, n * s->in, options_.dropout, seed, Stream(step, layer, module),
+                     buf_->tmp_in->data());
     xin = buf_->tmp_in->data();
   }
-  device_->Gemm(false, true, n, r, s->in, 1.0f, xin, s->in, params + s->a_offset, s->in, 0.0f, h_save, r);
-  device_->Gemm(false, true, n, s->out, r, lora_.scale(), h_save, r, params + s->b_offset, r, 1.0f, y, s->out);
+  device_->Gemm(false, true, n, r, s->in, 1.0f, xin, s->in, params + s->a_offset, s->in, 0.0f,
+                h_save, r);
+  device_->Gemm(false, true, n, s->out, r, lora_.scale(), h_save, r, params + s->b_offset, r, 1.0f,
+                y, s->out);
 }
 
 void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, int64_t n,
@@ -131,8 +135,10 @@ void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, 
   float* dh = buf_->dh->data();
   float* tmp = buf_->tmp_in->data();
   // dB += s dy^T h; dh = s dy B.
-  device_->Gemm(true, false, s->out, r, n, scale, dy, s->out, h_saved, r, 1.0f, grads + s->b_offset, r);
-  device_->Gemm(false, false, n, r, s->out, scale, dy, s->out, params + s->b_offset, r, 0.0f, dh, r);
+  device_->Gemm(true, false, s->out, r, n, scale, dy, s->out, h_saved, r, 1.0f, grads + s->b_offset,
+                r);
+  device_->Gemm(false, false, n, r, s->out, scale, dy, s->out, params + s->b_offset, r, 0.0f, dh,
+                r);
   const bool dropped = options_.dropout > 0.0f;
   const uint64_t stream = Stream(step, layer, module);
   const float* xin = x;
@@ -141,23 +147,27 @@ void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, 
     xin = tmp;
   }
   // dA += dh^T xin.
-  device_->Gemm(true, false, r, s->in, n, 1.0f, dh, r, xin, s->in, 1.0f, grads + s->a_offset, s->in);
+  device_->Gemm(true, false, r, s->in, n, 1.0f, dh, r, xin, s->in, 1.0f, grads + s->a_offset,
+                s->in);
   // dx += dropout'(dh A).
   if (!dropped) {
-    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 1.0f, dx, s->in);
+    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 1.0f, dx,
+                  s->in);
   } else {
-    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 0.0f, tmp, s->in);
+    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 0.0f, tmp,
+                  s->in);
     device_->Dropout(tmp, n * s->in, options_.dropout, seed, stream, tmp);
     device_->AddInPlace(dx, tmp, n * s->in);
   }
 }
 
 void LoraTrainingGraph::LayerForward(int64_t l, const float* x, const MicroBatch& b,
-                                     const float* params, bool train, uint64_t seed,
-                                     uint64_t step, LayerCache& c, float* out) {
+                                     const float* params, bool train, uint64_t seed, uint64_t step,
+                                     LayerCache& c, float* out) {
   const LlamaConfig& cfg = model_->config();
   const LlamaModel::Layer& L = model_->layers()[l];
-  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(), im = cfg.intermediate_size;
+  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
+                im = cfg.intermediate_size;
   const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
   const int64_t T = b.seq_len;
   device_->RmsNorm(x, L.input_norm->data(), n, h, cfg.rms_norm_eps, c.xn1->data(), c.inv1->data());
@@ -172,9 +182,11 @@ void LoraTrainingGraph::LayerForward(int64_t l, const float* x, const MicroBatch
                                    c.v->data() + row * T * kv, b.segments.data() + row * T, dims,
                                    c.ao->data() + row * T * h, c.probs->data() + row * H * T * T);
   }
-  LoraForward(l, 3, c.ao->data(), n, params, train, seed, step, c.lora_h[3]->data(), c.hmid->data());
+  LoraForward(l, 3, c.ao->data(), n, params, train, seed, step, c.lora_h[3]->data(),
+              c.hmid->data());
   device_->AddInPlace(c.hmid->data(), x, n * h);  // hmid = x + o_proj(attn)
-  device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, c.xn2->data(), c.inv2->data());
+  device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, c.xn2->data(),
+                   c.inv2->data());
   LoraForward(l, 4, c.xn2->data(), n, params, train, seed, step, c.lora_h[4]->data(), c.g->data());
   LoraForward(l, 5, c.xn2->data(), n, params, train, seed, step, c.lora_h[5]->data(), c.u->data());
   device_->Swiglu(c.g->data(), c.u->data(), n * im, c.act->data());
@@ -189,7 +201,8 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
   const LlamaConfig& cfg = model_->config();
   const LlamaModel::Layer& L = model_->layers()[l];
   const float* x = buf_->xs[l]->data();
-  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(), im = cfg.intermediate_size;
+  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
+                im = cfg.intermediate_size;
   const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
   const int64_t T = b.seq_len;
   float* dxn = buf_->dxn->data();
@@ -198,26 +211,34 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
   // dgate over its dout input (element by element), so dg holds d(act) and then d(gate).
   float* dg = buf_->dg->data();
   float* du = buf_->du->data();
-  LoraBackward(l, 6, c.act->data(), n, params, grads, seed, step, c.lora_h[6]->data(), dout, dg, false);
+  LoraBackward(l, 6, c.act->data(), n, params, grads, seed, step, c.lora_h[6]->data(), dout, dg,
+               false);
   device_->SwigluBackward(c.g->data(), c.u->data(), dg, n * im, dg, du);
-  LoraBackward(l, 4, c.xn2->data(), n, params, grads, seed, step, c.lora_h[4]->data(), dg, dxn, false);
-  LoraBackward(l, 5, c.xn2->data(), n, params, grads, seed, step, c.lora_h[5]->data(), du, dxn, true);
+  LoraBackward(l, 4, c.xn2->data(), n, params, grads, seed, step, c.lora_h[4]->data(), dg, dxn,
+               false);
+  LoraBackward(l, 5, c.xn2->data(), n, params, grads, seed, step, c.lora_h[5]->data(), du, dxn,
+               true);
   device_->RmsNormBackward(c.hmid->data(), L.post_norm->data(), c.inv2->data(), dxn, n, h, tmp_h);
   device_->AddInPlace(dout, tmp_h, n * h);  // dout is now d(hmid)
   // Attention branch: hmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-  LoraBackward(l, 3, c.ao->data(), n, params, grads, seed, step, c.lora_h[3]->data(), dout, buf_->dao->data(), false);
+  LoraBackward(l, 3, c.ao->data(), n, params, grads, seed, step, c.lora_h[3]->data(), dout,
+               buf_->dao->data(), false);
   const TrainAttentionDims dims{T, H, KV, hd};
   for (int64_t row = 0; row < b.rows; ++row) {
     device_->AttentionTrainBackward(c.q->data() + row * T * h, c.k->data() + row * T * kv,
                                     c.v->data() + row * T * kv, c.probs->data() + row * H * T * T,
-                                    buf_->dao->data() + row * T * h, dims, buf_->dq->data() + row * T * h,
-                                    buf_->dk->data() + row * T * kv, buf_->dv->data() + row * T * kv);
+                                    buf_->dao->data() + row * T * h, dims,
+                                    buf_->dq->data() + row * T * h, buf_->dk->data() + row * T * kv,
+                                    buf_->dv->data() + row * T * kv);
   }
   device_->Rope(buf_->dq->data(), b.positions.data(), n, H, hd, cfg.rope_theta, /*inverse=*/true);
   device_->Rope(buf_->dk->data(), b.positions.data(), n, KV, hd, cfg.rope_theta, /*inverse=*/true);
-  LoraBackward(l, 0, c.xn1->data(), n, params, grads, seed, step, c.lora_h[0]->data(), buf_->dq->data(), dxn, false);
-  LoraBackward(l, 1, c.xn1->data(), n, params, grads, seed, step, c.lora_h[1]->data(), buf_->dk->data(), dxn, true);
-  LoraBackward(l, 2, c.xn1->data(), n, params, grads, seed, step, c.lora_h[2]->data(), buf_->dv->data(), dxn, true);
+  LoraBackward(l, 0, c.xn1->data(), n, params, grads, seed, step, c.lora_h[0]->data(),
+               buf_->dq->data(), dxn, false);
+  LoraBackward(l, 1, c.xn1->data(), n, params, grads, seed, step, c.lora_h[1]->data(),
+               buf_->dk->data(), dxn, true);
+  LoraBackward(l, 2, c.xn1->data(), n, params, grads, seed, step, c.lora_h[2]->data(),
+               buf_->dv->data(), dxn, true);
   device_->RmsNormBackward(x, L.input_norm->data(), c.inv1->data(), dxn, n, h, dx);
   device_->AddInPlace(dx, dout, n * h);
 }
@@ -235,14 +256,18 @@ absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, c
     LayerCache& c = buf_->caches[ckpt ? 0 : l];
     LayerForward(l, buf_->xs[l]->data(), b, params, true, seed, step, c, buf_->xs[l + 1]->data());
   }
-  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data(), buf_->invf->data());
+  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps,
+                   buf_->xf->data(), buf_->invf->data());
   float* logits = buf_->logits->data();
   device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n, logits);
-  const double loss = device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale);
+  const double loss =
+      device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale);
   // d(xf) = dlogits E (the head is frozen), then the final norm.
   float* d_cur = buf_->d_a->data();
-  device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size, model_->lm_head(), h, 0.0f, buf_->dxn->data(), h);
-  device_->RmsNormBackward(buf_->xs[L]->data(), model_->final_norm(), buf_->invf->data(), buf_->dxn->data(), n, h, d_cur);
+  device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size, model_->lm_head(),
+                h, 0.0f, buf_->dxn->data(), h);
+  device_->RmsNormBackward(buf_->xs[L]->data(), model_->final_norm(), buf_->invf->data(),
+                           buf_->dxn->data(), n, h, d_cur);
   for (int64_t l = L - 1; l >= 0; --l) {
     LayerCache& c = buf_->caches[ckpt ? 0 : l];
     if (ckpt) {  // recompute this layer's activations (same dropout streams); output unused
@@ -265,8 +290,10 @@ absl::StatusOr<double> LoraTrainingGraph::Loss(const MicroBatch& b, const float*
     LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];
     LayerForward(l, buf_->xs[l]->data(), b, params, false, 0, 0, c, buf_->xs[l + 1]->data());
   }
-  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data());
-  device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n, buf_->logits->data());
+  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps,
+                   buf_->xf->data());
+  device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n,
+                            buf_->logits->data());
   return device_->CrossEntropyLoss(buf_->logits->data(), b.targets.data(), n, cfg.vocab_size);
 }
 

@@ -45,9 +45,8 @@ class LoraTrainingGraph {
   // layout's size; gradients accumulate (+=) scaled by `loss_scale` (1 / target tokens of
   // the whole accumulated batch). Dropout masks come from (dropout_seed, step). Returns the
   // micro-batch's summed (unscaled) loss.
-  absl::StatusOr<double> ForwardBackward(const MicroBatch& batch, const float* params,
-                                         float* grads, float loss_scale, uint64_t dropout_seed,
-                                         uint64_t step);
+  absl::StatusOr<double> ForwardBackward(const MicroBatch& batch, const float* params, float* grads,
+                                         float loss_scale, uint64_t dropout_seed, uint64_t step);
 
   // Summed loss without dropout or gradients (evaluation).
   absl::StatusOr<double> Loss(const MicroBatch& batch, const float* params);

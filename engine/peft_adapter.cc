@@ -30,13 +30,16 @@ absl::Status SavePeftAdapter(const std::string& dir, const LlamaConfig& model,
   }
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   SafetensorsWriter w;
   w.SetMetadata("format", "pt");
   for (const LoraSlot& s : layout.slots()) {
     const float* base = params.data();
-    w.Add(PeftKey(s.layer, s.module, true), DType::kF32, {lora.rank, s.in}, base + s.a_offset, lora.rank * s.in * 4);
-    w.Add(PeftKey(s.layer, s.module, false), DType::kF32, {s.out, lora.rank}, base + s.b_offset, s.out * lora.rank * 4);
+    w.Add(PeftKey(s.layer, s.module, true), DType::kF32, {lora.rank, s.in}, base + s.a_offset,
+          lora.rank * s.in * 4);
+    w.Add(PeftKey(s.layer, s.module, false), DType::kF32, {s.out, lora.rank}, base + s.b_offset,
+          s.out * lora.rank * 4);
   }
   float alpha = lora.alpha;
   bool rslora = lora.use_rslora;
@@ -67,21 +70,27 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaC
   const std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(cfg_path));
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  auto bad = [&](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", what)); };
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", what));
+  };
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   if (j.value("peft_type", "") != "LORA") return bad("peft_type must be LORA");
   if (!j.contains("r") || !j["r"].is_number_integer()) return bad("field 'r' must be an integer");
-  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number()) return bad("field 'lora_alpha' must be a number");
+  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number())
+    return bad("field 'lora_alpha' must be a number");
   if (j.value("bias", "none") != "none") return bad("only bias 'none' is supported");
   if (j.value("fan_in_fan_out", false)) return bad("fan_in_fan_out adapters are not supported");
   PeftAdapter a;
   a.config.rank = j["r"].get<int64_t>();
   a.config.alpha = j["lora_alpha"].get<float>();
-  a.config.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number() ? j["lora_dropout"].get<float>() : 0.0f;
+  a.config.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number()
+                         ? j["lora_dropout"].get<float>()
+                         : 0.0f;
   a.config.use_rslora = j.value("use_rslora", false);
   const auto& tm = j.contains("target_modules") ? j["target_modules"] : nlohmann::json();
   if (tm.is_string()) {
-    auto parsed = ParseTargetModules(tm.get<std::string>() == "all-linear" ? "all-linear" : tm.get<std::string>());
+    auto parsed = ParseTargetModules(tm.get<std::string>() == "all-linear" ? "all-linear"
+                                                                           : tm.get<std::string>());
     if (!parsed.ok()) return bad(std::string(parsed.status().message()));
     a.config.target_modules = *parsed;
   } else if (tm.is_array()) {
@@ -95,23 +104,29 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaC
     for (const char* name : kLinearModuleNames) {
       if (listed.erase(name)) a.config.target_modules.push_back(name);
     }
-    if (!listed.empty()) return bad(absl::StrCat("unsupported target module '", *listed.begin(), "'"));
+    if (!listed.empty())
+      return bad(absl::StrCat("unsupported target module '", *listed.begin(), "'"));
   } else {
     return bad("field 'target_modules' must be a list");
   }
   if (auto s = a.config.Validate(); !s.ok()) return bad(std::string(s.message()));
   const LoraLayout layout(model, a.config);
   a.params.assign(layout.num_params(), 0.0f);
-  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open((fs::path(dir) / "adapter_model.safetensors").string()));
+  ASSIGN_OR_RETURN(auto file,
+                   SafetensorsFile::Open((fs::path(dir) / "adapter_model.safetensors").string()));
   std::set<std::string> used;
   for (const LoraSlot& s : layout.slots()) {
     for (const bool is_a : {true, false}) {
       const std::string key = PeftKey(s.layer, s.module, is_a);
-      const std::vector<int64_t> shape = is_a ? std::vector<int64_t>{a.config.rank, s.in} : std::vector<int64_t>{s.out, a.config.rank};
+      const std::vector<int64_t> shape = is_a ? std::vector<int64_t>{a.config.rank, s.in}
+                                              : std::vector<int64_t>{s.out, a.config.rank};
       auto e = file->Get(key);
-      if (!e.ok()) return absl::InvalidArgumentError(absl::StrCat(dir, ": missing tensor '", key, "'"));
+      if (!e.ok())
+        return absl::InvalidArgumentError(absl::StrCat(dir, ": missing tensor '", key, "'"));
       if ((*e)->shape != shape) {
-        return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", key, "' has the wrong shape for rank ", a.config.rank, " on this model"));
+        return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", key,
+                                                       "' has the wrong shape for rank ",
+                                                       a.config.rank, " on this model"));
       }
       ASSIGN_OR_RETURN(std::vector<float> v, EntryToF32(**e, key));
       std::copy(v.begin(), v.end(), a.params.begin() + (is_a ? s.a_offset : s.b_offset));
@@ -119,7 +134,10 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaC
     }
   }
   for (const auto& [name, e] : file->tensors()) {
-    if (!used.count(name)) return absl::InvalidArgumentError(absl::StrCat(dir, ": unexpected tensor '", name, "' (only LoRA A/B of the listed target modules are supported)"));
+    if (!used.count(name))
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": unexpected tensor '", name,
+                       "' (only LoRA A/B of the listed target modules are supported)"));
   }
   return a;
 }
@@ -133,10 +151,12 @@ absl::Status MergeAdapter(LlamaWeights& weights, const LoraConfig& lora,
   }
   for (const LoraSlot& s : layout.slots()) {
     LlamaLayerWeights& L = weights.layers[s.layer];
-    std::vector<float>* targets[7] = {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj};
+    std::vector<float>* targets[7] = {&L.q_proj,    &L.k_proj,  &L.v_proj,   &L.o_proj,
+                                      &L.gate_proj, &L.up_proj, &L.down_proj};
     // W [out, in] += s * B [out, r] A [r, in].
-    kernels::GemmF32(false, false, s.out, s.in, lora.rank, lora.scale(), params.data() + s.b_offset, lora.rank,
-                     params.data() + s.a_offset, s.in, 1.0f, targets[s.module]->data(), s.in);
+    kernels::GemmF32(false, false, s.out, s.in, lora.rank, lora.scale(), params.data() + s.b_offset,
+                     lora.rank, params.data() + s.a_offset, s.in, 1.0f, targets[s.module]->data(),
+                     s.in);
   }
   return absl::OkStatus();
 }

@@ -30,22 +30,25 @@ std::vector<float> ToHost(Device* device, const DeviceBuffer& b) {
 absl::Status TrainerOptions::Validate() const {
   RETURN_IF_ERROR(lora.Validate());
   auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
-  if (!(learning_rate > 0.0) || !std::isfinite(learning_rate)) return bad(absl::StrCat("learning_rate must be positive, got ", learning_rate));
-  if (!(warmup_ratio >= 0.0 && warmup_ratio < 1.0)) return bad(absl::StrCat("warmup_ratio must be in [0, 1), got ", warmup_ratio));
+  if (!(learning_rate > 0.0) || !std::isfinite(learning_rate))
+    return bad(absl::StrCat("learning_rate must be positive, got ", learning_rate));
+  if (!(warmup_ratio >= 0.0 && warmup_ratio < 1.0))
+    return bad(absl::StrCat("warmup_ratio must be in [0, 1), got ", warmup_ratio));
   if (epochs <= 0 && max_steps <= 0) return bad("give epochs > 0 or max_steps > 0");
   if (max_steps < 0) return bad(absl::StrCat("max_steps must be >= 0, got ", max_steps));
   if (batch_size <= 0) return bad(absl::StrCat("batch_size must be positive, got ", batch_size));
   if (grad_accum <= 0) return bad(absl::StrCat("grad_accum must be positive, got ", grad_accum));
-  if (!(weight_decay >= 0.0)) return bad(absl::StrCat("weight_decay must be >= 0, got ", weight_decay));
+  if (!(weight_decay >= 0.0))
+    return bad(absl::StrCat("weight_decay must be >= 0, got ", weight_decay));
   if (eval_every < 0) return bad("eval_every must be >= 0");
   if (early_stopping_patience < 0) return bad("early_stopping_patience must be >= 0");
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
-                                                        std::vector<TrainingRow> train,
-                                                        std::vector<TrainingRow> valid,
-                                                        const TrainerOptions& options) {
+                                                         std::vector<TrainingRow> train,
+                                                         std::vector<TrainingRow> valid,
+                                                         const TrainerOptions& options) {
   RETURN_IF_ERROR(options.Validate());
   if (train.empty()) return absl::InvalidArgumentError("the training set has no rows");
   if (options.early_stopping_patience > 0 && valid.empty()) {
@@ -54,11 +57,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   const int64_t seq_len = static_cast<int64_t>(train[0].tokens.size());
   for (const auto* set : {&train, &valid}) {
     for (const TrainingRow& r : *set) {
-      if (static_cast<int64_t>(r.tokens.size()) != seq_len) return absl::InvalidArgumentError("rows have different lengths");
+      if (static_cast<int64_t>(r.tokens.size()) != seq_len)
+        return absl::InvalidArgumentError("rows have different lengths");
     }
   }
   if (seq_len > model->config().max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("seq_len ", seq_len, " exceeds the model's context of ", model->config().max_position_embeddings));
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", seq_len,
+                                                   " exceeds the model's context of ",
+                                                   model->config().max_position_embeddings));
   }
   auto t = std::unique_ptr<Trainer>(new Trainer());
   t->model_ = model;
@@ -74,7 +80,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   t->valid_ = std::move(valid);
   const int64_t per_step = options.batch_size * options.grad_accum;
   t->steps_per_epoch_ = (static_cast<int64_t>(t->train_.size()) + per_step - 1) / per_step;
-  t->total_steps_ = options.max_steps > 0 ? options.max_steps : options.epochs * t->steps_per_epoch_;
+  t->total_steps_ =
+      options.max_steps > 0 ? options.max_steps : options.epochs * t->steps_per_epoch_;
   t->warmup_steps_ = WarmupSteps(options.warmup_ratio, t->total_steps_);
   const int64_t n = t->layout_->num_params();
   ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n));
@@ -149,7 +156,8 @@ absl::StatusOr<StepReport> Trainer::Step() {
   double loss_sum = 0.0;
   for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
     const MicroBatch b = Gather(train_, order, mb, std::min(end, mb + options_.batch_size));
-    ASSIGN_OR_RETURN(double l, graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(), scale, options_.seed, step_));
+    ASSIGN_OR_RETURN(double l, graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(),
+                                                       scale, options_.seed, step_));
     loss_sum += l;
   }
   StepReport r;
@@ -157,22 +165,28 @@ absl::StatusOr<StepReport> Trainer::Step() {
   r.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, targets));
   r.tokens = tokens;
   if (!std::isfinite(r.loss)) {
-    return absl::FailedPreconditionError(absl::StrCat("loss became ", r.loss, " at step ", step_ + 1, "; lower the learning rate"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("loss became ", r.loss, " at step ", step_ + 1, "; lower the learning rate"));
   }
   loss_ema_ = loss_ema_ ? 0.9 * *loss_ema_ + 0.1 * r.loss : r.loss;
   min_loss_ema_ = min_loss_ema_ ? std::min(*min_loss_ema_, *loss_ema_) : *loss_ema_;
-  if (*loss_ema_ > *min_loss_ema_ + std::max(options_.blowup_margin, options_.blowup_ratio * *min_loss_ema_)) {
-    return absl::FailedPreconditionError(absl::StrCat("loss blew up at step ", step_ + 1, ": its moving average rose to ", *loss_ema_,
-                                                      " from a low of ", *min_loss_ema_, "; lower the learning rate"));
+  if (*loss_ema_ >
+      *min_loss_ema_ + std::max(options_.blowup_margin, options_.blowup_ratio * *min_loss_ema_)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("loss blew up at step ", step_ + 1, ": its moving average rose to ",
+                     *loss_ema_, " from a low of ", *min_loss_ema_, "; lower the learning rate"));
   }
   r.grad_norm = std::sqrt(device_->SumSquares(d_grads_->data(), n));
   if (!std::isfinite(r.grad_norm)) {
-    return absl::FailedPreconditionError(absl::StrCat("gradient norm became ", r.grad_norm, " at step ", step_ + 1));
+    return absl::FailedPreconditionError(
+        absl::StrCat("gradient norm became ", r.grad_norm, " at step ", step_ + 1));
   }
   if (options_.max_grad_norm > 0.0 && r.grad_norm > options_.max_grad_norm) {
-    device_->Scale(d_grads_->data(), n, static_cast<float>(options_.max_grad_norm / (r.grad_norm + 1e-6)));
+    device_->Scale(d_grads_->data(), n,
+                   static_cast<float>(options_.max_grad_norm / (r.grad_norm + 1e-6)));
   }
-  r.learning_rate = LearningRateAt(options_.schedule, options_.learning_rate, step_, warmup_steps_, total_steps_);
+  r.learning_rate =
+      LearningRateAt(options_.schedule, options_.learning_rate, step_, warmup_steps_, total_steps_);
   kernels::AdamWParams ap;
   ap.lr = static_cast<float>(r.learning_rate);
   ap.beta1 = static_cast<float>(options_.adam_beta1);
@@ -182,7 +196,8 @@ absl::StatusOr<StepReport> Trainer::Step() {
   ap.step = step_ + 1;
   device_->AdamW(d_params_->data(), d_grads_->data(), d_m_->data(), d_v_->data(), n, ap);
   ++step_;
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   seconds_ += secs;
   ++timed_steps_;
   r.step = step_;
@@ -211,12 +226,14 @@ absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::RunUntil(int64_t last, const std::function<bool(const StepReport&)>& on_step) {
+absl::Status Trainer::RunUntil(int64_t last,
+                               const std::function<bool(const StepReport&)>& on_step) {
   last = std::min(last, total_steps_);
   while (step_ < last && !stopped_early_) {
     ASSIGN_OR_RETURN(StepReport r, Step());
     RETURN_IF_ERROR(MaybeEvaluate(&r, step_ == total_steps_));
-    if (on_step && !on_step(r)) return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
+    if (on_step && !on_step(r))
+      return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
   }
   return absl::OkStatus();
 }
@@ -258,39 +275,51 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   if (loss_ema_) state["loss_ema"] = *loss_ema_;
   if (min_loss_ema_) state["min_loss_ema"] = *min_loss_ema_;
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
-  RETURN_IF_ERROR(WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
+  RETURN_IF_ERROR(
+      WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
   const std::string old = dir + ".old";
   fs::remove_all(old, ec);
   if (fs::exists(dir)) fs::rename(dir, old, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot move the old checkpoint ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat("cannot move the old checkpoint ", dir, ": ", ec.message()));
   fs::rename(tmp, dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot move the checkpoint into ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(
+        absl::StrCat("cannot move the checkpoint into ", dir, ": ", ec.message()));
   fs::remove_all(old, ec);
   return absl::OkStatus();
 }
 
 absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString((fs::path(dir) / "trainer_state.json").string()));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadFileToString((fs::path(dir) / "trainer_state.json").string()));
   nlohmann::json st = nlohmann::json::parse(text, nullptr, false);
   if (st.is_discarded() || !st.is_object() || st.value("version", 0) != kCheckpointVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: not a version ", kCheckpointVersion, " checkpoint"));
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: not a version ",
+                                                   kCheckpointVersion, " checkpoint"));
   }
   const int64_t n = layout_->num_params();
   auto mismatch = [&](const std::string& what) {
-    return absl::FailedPreconditionError(absl::StrCat(dir, ": the checkpoint was written with a different ", what, "; resume with the options it was trained with"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, ": the checkpoint was written with a different ", what,
+                     "; resume with the options it was trained with"));
   };
   if (st.value("num_params", int64_t{-1}) != n) return mismatch("adapter shape");
   if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
   if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
   if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");
   ASSIGN_OR_RETURN(PeftAdapter adapter, LoadPeftAdapter(dir, model_->config()));
-  if (adapter.config.rank != options_.lora.rank || adapter.config.target_modules != options_.lora.target_modules) {
+  if (adapter.config.rank != options_.lora.rank ||
+      adapter.config.target_modules != options_.lora.target_modules) {
     return mismatch("rank or target modules");
   }
-  ASSIGN_OR_RETURN(auto opt, SafetensorsFile::Open((fs::path(dir) / "optimizer.safetensors").string()));
+  ASSIGN_OR_RETURN(auto opt,
+                   SafetensorsFile::Open((fs::path(dir) / "optimizer.safetensors").string()));
   ASSIGN_OR_RETURN(std::vector<float> m, opt->ReadF32("exp_avg"));
   ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadF32("exp_avg_sq"));
-  if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n) return mismatch("optimizer state size");
+  if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n)
+    return mismatch("optimizer state size");
   best_params_.clear();
   if (opt->Has("best_params")) {
     ASSIGN_OR_RETURN(best_params_, opt->ReadF32("best_params"));

@@ -39,8 +39,8 @@ struct TrainerOptions {
   double max_grad_norm = 1.0;  // <= 0: no clipping
   double weight_decay = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-  uint64_t seed = 0;            // data order, dropout and initialisation (recorded)
-  int64_t eval_every = 0;       // validation loss every N steps (and at the end); 0: only at the end
+  uint64_t seed = 0;       // data order, dropout and initialisation (recorded)
+  int64_t eval_every = 0;  // validation loss every N steps (and at the end); 0: only at the end
   int64_t early_stopping_patience = 0;  // stop after N evaluations without improvement; 0: off
   bool activation_checkpointing = false;
   // Watchdog: fail when the loss is NaN/inf, or when its moving average (EMA, weight 0.1 on
@@ -54,13 +54,13 @@ struct TrainerOptions {
 };
 
 struct StepReport {
-  int64_t step = 0;         // optimizer steps completed
+  int64_t step = 0;  // optimizer steps completed
   int64_t total_steps = 0;
   int64_t epoch = 0;
-  double loss = 0.0;        // mean over the step's target tokens
+  double loss = 0.0;  // mean over the step's target tokens
   double learning_rate = 0.0;
-  double grad_norm = 0.0;   // before clipping
-  int64_t tokens = 0;       // tokens processed in this step (padding excluded)
+  double grad_norm = 0.0;  // before clipping
+  int64_t tokens = 0;      // tokens processed in this step (padding excluded)
   double tokens_per_second = 0.0;
   double eta_seconds = 0.0;
   std::optional<double> eval_loss;

@@ -44,7 +44,8 @@ constexpr char kUsage[] =
     "  train --model DIR|FILE.gguf --data FILE.jsonl [--valid FILE.jsonl] --out DIR [--rank R]\n"
     "        [--alpha A] [--dropout P] [--targets LIST|all-linear] [--lr LR]\n"
     "        [--schedule cosine|linear|constant] [--warmup-ratio X] [--epochs N | --max-steps N]\n"
-    "        [--batch-size B] [--grad-accum G] [--seq-len T] [--packing] [--seed S] [--resume DIR]\n"
+    "        [--batch-size B] [--grad-accum G] [--seq-len T] [--packing] [--seed S] [--resume "
+    "DIR]\n"
     "        [--eval-every N] [--early-stopping N] [--checkpoint-every N] [--checkpoint-dir DIR]\n"
     "        [--weight-decay W] [--max-grad-norm G] [--rslora] [--export-rslora-as-plain]\n"
     "        [--activation-checkpointing] [--fp32] [--threads N]\n"
@@ -139,7 +140,8 @@ absl::Status GenerateCommand(int argc, char** argv) {
   std::unique_ptr<DeviceAdapter> adapter;
   if (a.Has("adapter")) {
     ASSIGN_OR_RETURN(PeftAdapter peft, LoadPeftAdapter(a.Get("adapter", ""), config));
-    ASSIGN_OR_RETURN(adapter, DeviceAdapter::Create(device.get(), config, peft.config, peft.params));
+    ASSIGN_OR_RETURN(adapter,
+                     DeviceAdapter::Create(device.get(), config, peft.config, peft.params));
   }
   std::vector<int32_t> prompt = {tok.bos_id()};
   const std::string prompt_text = a.Get("prompt", "");
@@ -167,7 +169,8 @@ absl::Status GenerateCommand(int argc, char** argv) {
     return true;
   };
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(GenerationResult r, Generate(*model, prompt, so, on_token, adapter ? adapter->weights() : nullptr));
+  ASSIGN_OR_RETURN(GenerationResult r,
+                   Generate(*model, prompt, so, on_token, adapter ? adapter->weights() : nullptr));
   RETURN_IF_ERROR(stream_status);
   std::fputs("\n", stdout);
   std::fflush(stdout);  // the text before the timing line on a shared terminal

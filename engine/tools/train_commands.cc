@@ -47,15 +47,18 @@ struct LoadedModel {
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, int64_t threads) {
   LoadedModel m;
   ASSIGN_OR_RETURN(m.source, OpenModelSource(path));
-  if (!m.source.tokenizer) return absl::FailedPreconditionError(absl::StrCat(path, " has no tokenizer.model"));
+  if (!m.source.tokenizer)
+    return absl::FailedPreconditionError(absl::StrCat(path, " has no tokenizer.model"));
   if (fp32 && !m.source.prequantized.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(path, " holds 4-bit weights; --fp32 needs the original model"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " holds 4-bit weights; --fp32 needs the original model"));
   }
   m.device = CreateCpuDevice(static_cast<int>(threads));
   ModelOptions mo;
   mo.quantize = !fp32;
   LlamaWeights weights = m.source.weights;  // keep the config in `source`
-  ASSIGN_OR_RETURN(m.model, LlamaModel::Create(std::move(weights), m.device.get(), mo, std::move(m.source.prequantized)));
+  ASSIGN_OR_RETURN(m.model, LlamaModel::Create(std::move(weights), m.device.get(), mo,
+                                               std::move(m.source.prequantized)));
   m.source.weights = LlamaWeights{m.source.weights.config, {}, {}, {}, {}};
   return m;
 }
@@ -64,15 +67,38 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, int64_
 
 absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
-                                       {"model", "data", "valid", "out", "rank", "alpha", "dropout", "targets", "lr",
-                                        "schedule", "warmup-ratio", "epochs", "max-steps", "batch-size", "grad-accum",
-                                        "seq-len", "seed", "resume", "eval-every", "early-stopping", "checkpoint-every",
-                                        "checkpoint-dir", "weight-decay", "max-grad-norm", "threads"},
-                                       {"packing", "rslora", "fp32", "activation-checkpointing", "export-rslora-as-plain"}));
+                                       {"model",
+                                        "data",
+                                        "valid",
+                                        "out",
+                                        "rank",
+                                        "alpha",
+                                        "dropout",
+                                        "targets",
+                                        "lr",
+                                        "schedule",
+                                        "warmup-ratio",
+                                        "epochs",
+                                        "max-steps",
+                                        "batch-size",
+                                        "grad-accum",
+                                        "seq-len",
+                                        "seed",
+                                        "resume",
+                                        "eval-every",
+                                        "early-stopping",
+                                        "checkpoint-every",
+                                        "checkpoint-dir",
+                                        "weight-decay",
+                                        "max-grad-norm",
+                                        "threads"},
+                                       {"packing", "rslora", "fp32", "activation-checkpointing",
+                                        "export-rslora-as-plain"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
-  if (a.Has("epochs") && a.Has("max-steps")) return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
+  if (a.Has("epochs") && a.Has("max-steps"))
+    return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
   TrainerOptions o;
   ASSIGN_OR_RETURN(o.lora.rank, a.Integer("rank", 16));
   ASSIGN_OR_RETURN(double alpha, a.Number("alpha", 2.0 * o.lora.rank));
@@ -102,7 +128,8 @@ absl::Status TrainCommand(int argc, char** argv) {
 
   ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), threads));
   const LlamaConfig& config = m.model->config();
-  ASSIGN_OR_RETURN(int64_t seq_len, a.Integer("seq-len", std::min<int64_t>(512, config.max_position_embeddings)));
+  ASSIGN_OR_RETURN(int64_t seq_len,
+                   a.Integer("seq-len", std::min<int64_t>(512, config.max_position_embeddings)));
   RowOptions ro{seq_len, a.Has("packing")};
   ASSIGN_OR_RETURN(auto train_examples, ReadExamples(data_path, *m.source.tokenizer));
   ASSIGN_OR_RETURN(auto train_rows, BuildRows(train_examples, ro, data_path));
@@ -113,21 +140,25 @@ absl::Status TrainCommand(int argc, char** argv) {
     ASSIGN_OR_RETURN(valid_examples, ReadExamples(valid_path, *m.source.tokenizer));
     ASSIGN_OR_RETURN(valid_rows, BuildRows(valid_examples, ro, valid_path));
   }
-  ASSIGN_OR_RETURN(auto trainer, Trainer::Create(m.model.get(), std::move(train_rows), std::move(valid_rows), o));
+  ASSIGN_OR_RETURN(auto trainer,
+                   Trainer::Create(m.model.get(), std::move(train_rows), std::move(valid_rows), o));
   if (a.Has("resume")) RETURN_IF_ERROR(trainer->LoadCheckpoint(a.Get("resume", "")));
   std::fprintf(stderr,
-               "qlora-engine train: %s base (%s), %zu examples, %lld steps, LoRA r=%lld alpha=%g dropout=%g on %zu "
+               "qlora-engine train: %s base (%s), %zu examples, %lld steps, LoRA r=%lld alpha=%g "
+               "dropout=%g on %zu "
                "module kinds: %lld trainable parameters, seed %llu%s\n",
                m.model->quantized() ? "NF4+DQ" : "fp32", model_path.c_str(), train_examples.size(),
-               static_cast<long long>(trainer->total_steps()), static_cast<long long>(o.lora.rank), o.lora.alpha,
-               o.lora.dropout, o.lora.target_modules.size(), static_cast<long long>(trainer->layout().num_params()),
+               static_cast<long long>(trainer->total_steps()), static_cast<long long>(o.lora.rank),
+               o.lora.alpha, o.lora.dropout, o.lora.target_modules.size(),
+               static_cast<long long>(trainer->layout().num_params()),
                static_cast<unsigned long long>(o.seed),
                a.Has("resume") ? absl::StrCat(", resumed at step ", trainer->step()).c_str() : "");
   std::vector<nlohmann::json> history;
   auto on_step = [&](const StepReport& r) {
-    std::string line = absl::StrFormat("step %lld/%lld | epoch %lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s | eta %s",
-                                       r.step, r.total_steps, r.epoch + 1, r.loss, r.learning_rate, r.grad_norm,
-                                       r.tokens_per_second, Clock(r.eta_seconds));
+    std::string line = absl::StrFormat(
+        "step %lld/%lld | epoch %lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s | eta %s",
+        r.step, r.total_steps, r.epoch + 1, r.loss, r.learning_rate, r.grad_norm,
+        r.tokens_per_second, Clock(r.eta_seconds));
     nlohmann::json h = {{"step", r.step}, {"loss", r.loss}, {"lr", r.learning_rate}};
     if (r.eval_loss) {
       absl::StrAppendFormat(&line, " | eval %.4f", *r.eval_loss);
@@ -137,44 +168,68 @@ absl::Status TrainCommand(int argc, char** argv) {
     history.push_back(h);
     return true;
   };
-  const std::string checkpoint_dir = a.Get("checkpoint-dir", (fs::path(out) / "checkpoint").string());
+  const std::string checkpoint_dir =
+      a.Get("checkpoint-dir", (fs::path(out) / "checkpoint").string());
   RETURN_IF_ERROR(trainer->Run(on_step, checkpoint_every, checkpoint_dir));
   PeftExportOptions eo;
   eo.base_model_name_or_path = model_path;
   eo.rewrite_rslora_alpha = a.Has("export-rslora-as-plain");
   RETURN_IF_ERROR(SavePeftAdapter(out, config, trainer->options().lora, trainer->params(), eo));
   // Our own record of the run, next to (never inside) adapter_config.json.
-  nlohmann::ordered_json summary = {
-      {"base_model", model_path}, {"base_quantized", m.model->quantized()}, {"seed", o.seed},
-      {"rank", o.lora.rank}, {"alpha", o.lora.alpha}, {"dropout", o.lora.dropout},
-      {"target_modules", o.lora.target_modules}, {"use_rslora", o.lora.use_rslora},
-      {"learning_rate", o.learning_rate}, {"schedule", LrScheduleName(o.schedule)}, {"warmup_ratio", o.warmup_ratio},
-      {"epochs", o.epochs}, {"max_steps", o.max_steps}, {"batch_size", o.batch_size}, {"grad_accum", o.grad_accum},
-      {"seq_len", seq_len}, {"packing", ro.packing}, {"weight_decay", o.weight_decay}, {"max_grad_norm", o.max_grad_norm},
-      {"steps", trainer->step()}, {"total_steps", trainer->total_steps()}, {"stopped_early", trainer->stopped_early()},
-      {"trainable_parameters", trainer->layout().num_params()}, {"history", history}};
+  nlohmann::ordered_json summary = {{"base_model", model_path},
+                                    {"base_quantized", m.model->quantized()},
+                                    {"seed", o.seed},
+                                    {"rank", o.lora.rank},
+                                    {"alpha", o.lora.alpha},
+                                    {"dropout", o.lora.dropout},
+                                    {"target_modules", o.lora.target_modules},
+                                    {"use_rslora", o.lora.use_rslora},
+                                    {"learning_rate", o.learning_rate},
+                                    {"schedule", LrScheduleName(o.schedule)},
+                                    {"warmup_ratio", o.warmup_ratio},
+                                    {"epochs", o.epochs},
+                                    {"max_steps", o.max_steps},
+                                    {"batch_size", o.batch_size},
+                                    {"grad_accum", o.grad_accum},
+                                    {"seq_len", seq_len},
+                                    {"packing", ro.packing},
+                                    {"weight_decay", o.weight_decay},
+                                    {"max_grad_norm", o.max_grad_norm},
+                                    {"steps", trainer->step()},
+                                    {"total_steps", trainer->total_steps()},
+                                    {"stopped_early", trainer->stopped_early()},
+                                    {"trainable_parameters", trainer->layout().num_params()},
+                                    {"history", history}};
   if (trainer->best_eval_loss()) summary["best_eval_loss"] = *trainer->best_eval_loss();
-  RETURN_IF_ERROR(WriteStringToFile((fs::path(out) / "training_summary.json").string(), summary.dump(2) + "\n"));
-  std::fprintf(stderr, "wrote PEFT adapter to %s%s\n", out.c_str(), trainer->stopped_early() ? " (stopped early: best validation loss kept)" : "");
+  RETURN_IF_ERROR(WriteStringToFile((fs::path(out) / "training_summary.json").string(),
+                                    summary.dump(2) + "\n"));
+  std::fprintf(stderr, "wrote PEFT adapter to %s%s\n", out.c_str(),
+               trainer->stopped_early() ? " (stopped early: best validation loss kept)" : "");
   return absl::OkStatus();
 }
 
 absl::Status EvalCommand(int argc, char** argv) {
-  ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv, {"model", "data", "adapter", "seq-len", "threads"}, {"fp32"}));
+  ASSIGN_OR_RETURN(
+      Args a,
+      Args::Parse(argc, argv, {"model", "data", "adapter", "seq-len", "threads"}, {"fp32"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
   ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), threads));
-  ASSIGN_OR_RETURN(int64_t seq_len, a.Integer("seq-len", m.model->config().max_position_embeddings));
+  ASSIGN_OR_RETURN(int64_t seq_len,
+                   a.Integer("seq-len", m.model->config().max_position_embeddings));
   ASSIGN_OR_RETURN(auto examples, ReadExamples(data_path, *m.source.tokenizer));
   std::unique_ptr<DeviceAdapter> adapter;
   if (a.Has("adapter")) {
     ASSIGN_OR_RETURN(PeftAdapter peft, LoadPeftAdapter(a.Get("adapter", ""), m.model->config()));
-    ASSIGN_OR_RETURN(adapter, DeviceAdapter::Create(m.device.get(), m.model->config(), peft.config, peft.params));
+    ASSIGN_OR_RETURN(adapter, DeviceAdapter::Create(m.device.get(), m.model->config(), peft.config,
+                                                    peft.params));
   }
-  ASSIGN_OR_RETURN(EvalResult r, EvaluateExamples(*m.model, examples, seq_len, adapter ? adapter->weights() : nullptr));
-  std::printf("loss %.4f perplexity %.3f (%lld target tokens in %lld examples%s)\n", r.loss, r.perplexity,
-              static_cast<long long>(r.target_tokens), static_cast<long long>(r.examples), adapter ? ", with adapter" : "");
+  ASSIGN_OR_RETURN(EvalResult r, EvaluateExamples(*m.model, examples, seq_len,
+                                                  adapter ? adapter->weights() : nullptr));
+  std::printf("loss %.4f perplexity %.3f (%lld target tokens in %lld examples%s)\n", r.loss,
+              r.perplexity, static_cast<long long>(r.target_tokens),
+              static_cast<long long>(r.examples), adapter ? ", with adapter" : "");
   return absl::OkStatus();
 }
 
@@ -185,17 +240,25 @@ absl::Status MergeCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
   const std::string dtype_name = a.Get("dtype", "float32");
   DType dtype;
-  if (dtype_name == "float32") dtype = DType::kF32;
-  else if (dtype_name == "bfloat16") dtype = DType::kBF16;
-  else if (dtype_name == "float16") dtype = DType::kF16;
-  else return absl::InvalidArgumentError(absl::StrCat("--dtype must be float32, bfloat16 or float16, got '", dtype_name, "'"));
+  if (dtype_name == "float32")
+    dtype = DType::kF32;
+  else if (dtype_name == "bfloat16")
+    dtype = DType::kBF16;
+  else if (dtype_name == "float16")
+    dtype = DType::kF16;
+  else
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype must be float32, bfloat16 or float16, got '", dtype_name, "'"));
   ASSIGN_OR_RETURN(ModelSource src, OpenModelSource(model_path));
   if (!src.prequantized.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(model_path, " holds 4-bit weights: merge into the 16-bit original model, not the NF4 copy"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        model_path,
+        " holds 4-bit weights: merge into the 16-bit original model, not the NF4 copy"));
   }
   ASSIGN_OR_RETURN(PeftAdapter peft, LoadPeftAdapter(adapter_path, src.weights.config));
   RETURN_IF_ERROR(MergeAdapter(src.weights, peft.config, peft.params));
-  RETURN_IF_ERROR(SaveHfModel(src.weights, src.tokenizer ? src.tokenizer->serialized_proto() : "", out, dtype));
+  RETURN_IF_ERROR(
+      SaveHfModel(src.weights, src.tokenizer ? src.tokenizer->serialized_proto() : "", out, dtype));
   std::fprintf(stderr, "wrote merged model to %s\n", out.c_str());
   return absl::OkStatus();
 }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
@@ -11,7 +13,7 @@ void AdamWStep(float* params, const float* grads, float* m, float* v, int64_t n,
   const float step_size = static_cast<float>(p.lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float decay = 1.0f - p.lr * p.weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = grads[i];
     m[i] = p.beta1 * m[i] + (1.0f - p.beta1) * g;

@@ -4,13 +4,16 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void CausalAttentionForward(const float* q, const float* k, const float* v, int64_t kv_row_stride,
                             const AttentionShape& s, float* out, float* probs) {
   const int64_t group = s.heads / s.kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule( \
+    static) if ((s.heads * s.tokens * (s.first_pos + s.tokens) * s.head_dim) >= kMinParallelWork)
   for (int64_t h = 0; h < s.heads; ++h) {
     for (int64_t t = 0; t < s.tokens; ++t) {
       const int64_t kvh = h / group;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
 
 namespace qlorad::kernels {
 namespace {
@@ -26,7 +27,7 @@ void AttentionTrainForward(const float* q, const float* k, const float* v, const
     const int64_t g = h / group;
     float* p = probs + h * T * T;
     GemmF32(false, true, T, T, hd, scale, q + h * hd, H * hd, k + g * hd, KV * hd, 0.0f, p, T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((T * T) >= kMinParallelWork)
     for (int64_t t = 0; t < T; ++t) {
       float* row = p + t * T;
       float mx = -INFINITY;
@@ -62,7 +63,7 @@ void AttentionTrainBackward(const float* q, const float* k, const float* v, cons
     const float* go = dout + h * hd;
     GemmF32(true, false, T, hd, T, 1.0f, p, T, go, H * hd, 1.0f, dv + g * hd, KV * hd);
     GemmF32(false, true, T, T, hd, 1.0f, go, H * hd, v + g * hd, KV * hd, 0.0f, ds.data(), T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((T * T) >= kMinParallelWork)
     for (int64_t t = 0; t < T; ++t) {
       const float* pr = p + t * T;
       float* dr = ds.data() + t * T;
@@ -70,8 +71,10 @@ void AttentionTrainBackward(const float* q, const float* k, const float* v, cons
       for (int64_t j = 0; j <= t; ++j) dot += pr[j] * dr[j];
       for (int64_t j = 0; j < T; ++j) dr[j] = j <= t ? pr[j] * (dr[j] - dot) * scale : 0.0f;
     }
-    GemmF32(false, false, T, hd, T, 1.0f, ds.data(), T, k + g * hd, KV * hd, 0.0f, dq + h * hd, H * hd);
-    GemmF32(true, false, T, hd, T, 1.0f, ds.data(), T, q + h * hd, H * hd, 1.0f, dk + g * hd, KV * hd);
+    GemmF32(false, false, T, hd, T, 1.0f, ds.data(), T, k + g * hd, KV * hd, 0.0f, dq + h * hd,
+            H * hd);
+    GemmF32(true, false, T, hd, T, 1.0f, ds.data(), T, q + h * hd, H * hd, 1.0f, dk + g * hd,
+            KV * hd);
   }
 }
 

@@ -1,12 +1,25 @@
 #include "kernels/cpu/dropout.h"
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream, float* out) {
   const float scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = DropoutKeep(seed, stream, static_cast<uint64_t>(i), p) ? x[i] * scale : 0.0f;
+  const float threshold = p * 16777216.0f;  // keep when the 24 random bits >= p * 2^24
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
+  for (int64_t pair = 0; pair < (n + 1) / 2; ++pair) {
+    // The hash of DropoutKeep, once per pair of elements.
+    uint64_t z = seed ^ (stream * 0x9E3779B97F4A7C15ull) ^
+                 (static_cast<uint64_t>(pair) * 0xD1B54A32D192ED03ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const int64_t i = 2 * pair;
+    out[i] = static_cast<float>(z >> 40) >= threshold ? x[i] * scale : 0.0f;
+    if (i + 1 < n)
+      out[i + 1] =
+          static_cast<float>((z >> 16) & 0xFFFFFFull) >= threshold ? x[i + 1] * scale : 0.0f;
   }
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
+
 #ifdef QLORAD_HAVE_CBLAS
 #include <cblas.h>
 #endif
@@ -17,7 +19,7 @@ void GemmF32Portable(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
                      int64_t ldc) {
   // Rows of C are independent; each row accumulates in a local buffer so that the innermost
   // loop runs over contiguous memory of B (or over a contiguous row of B^T as a dot product).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((m * n * k) >= kMinParallelWork)
   for (int64_t i = 0; i < m; ++i) {
     std::vector<float> acc(n, 0.0f);
     if (!trans_b) {
@@ -52,9 +54,8 @@ void GemmF32Portable(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
 #ifdef QLORAD_HAVE_CBLAS
 namespace {
 
-void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc) {
+void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
@@ -69,9 +70,9 @@ void GemmF32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float 
              int64_t ldc) {
   if (m == 0 || n == 0) return;
 #ifdef QLORAD_HAVE_CBLAS
-  // One thread pool, not two: OpenBLAS runs single-threaded and the output is split across
-  // the OpenMP threads the other kernels use. Two pools that each spin while waiting for
-  // work (OpenMP's default) fight over the cores: measured 2.5x slower training steps.
+    // One thread pool, not two: OpenBLAS runs single-threaded and the output is split across
+    // the OpenMP threads the other kernels use. Two pools that each spin while waiting for
+    // work (OpenMP's default) fight over the cores: measured 2.5x slower training steps.
 #if defined(OPENBLAS_VERSION)
   static const bool single_threaded_blas = [] {
     openblas_set_num_threads(1);

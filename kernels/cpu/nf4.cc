@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 namespace {
 
@@ -94,7 +96,7 @@ void Nf4QuantizeBlockwise(const float* x, int64_t n, int blocksize, uint8_t* pac
   // to [-1, 1]; an odd count is padded with the code of 0.0 (nibble 7).
   constexpr float kTiny = 1e-38f;
   const int64_t blocks = NumBlocks(n, blocksize);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min<int64_t>(n, begin + blocksize);
@@ -120,7 +122,7 @@ void Nf4QuantizeBlockwise(const float* x, int64_t n, int blocksize, uint8_t* pac
 void Nf4DequantizeBlockwise(const uint8_t* packed, const float* absmax, int64_t n, int blocksize,
                             float* out) {
   const int64_t blocks = NumBlocks(n, blocksize);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min<int64_t>(n, begin + blocksize);
@@ -136,7 +138,7 @@ void Nf4DequantizeBlockwise(const uint8_t* packed, const float* absmax, int64_t 
 void QuantizeBlockwise8(const float* x, int64_t n, int blocksize, const float* code, uint8_t* q,
                         float* absmax) {
   const int64_t blocks = NumBlocks(n, blocksize);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min<int64_t>(n, begin + blocksize);
@@ -150,7 +152,7 @@ void QuantizeBlockwise8(const float* x, int64_t n, int blocksize, const float* c
 
 void DequantizeBlockwise8(const uint8_t* q, const float* absmax, int64_t n, int blocksize,
                           const float* code, float offset, float* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) out[i] = code[q[i]] * absmax[i / blocksize] + offset;
 }
 
@@ -158,7 +160,7 @@ void Nf4DequantizeDoubleQuant(const uint8_t* packed, const uint8_t* absmax_q,
                               const float* nested_absmax, const float* code8, float offset,
                               int64_t n, int blocksize, int nested_blocksize, float* out) {
   const int64_t blocks = NumBlocks(n, blocksize);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t b = 0; b < blocks; ++b) {
     const float scale = code8[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset;
     float table[16];

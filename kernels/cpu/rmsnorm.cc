@@ -2,11 +2,13 @@
 
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void RmsNormForward(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,
                     float* inv_rms) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((rows * dim) >= kMinParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -20,7 +22,7 @@ void RmsNormForward(const float* x, const float* w, int64_t rows, int64_t dim, f
 
 void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
                      int64_t rows, int64_t dim, float* dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((rows * dim) >= kMinParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     const float* dyr = dy + r * dim;

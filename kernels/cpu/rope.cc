@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void RopeApply(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
@@ -14,7 +16,7 @@ void RopeApply(float* x, const int32_t* positions, int64_t tokens, int64_t heads
     inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
   }
   const float sign = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((tokens * heads * head_dim) >= kMinParallelWork)
   for (int64_t t = 0; t < tokens; ++t) {
     std::vector<float> cos_t(half), sin_t(half);
     for (int64_t i = 0; i < half; ++i) {

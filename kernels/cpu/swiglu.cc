@@ -2,19 +2,21 @@
 
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
+
 namespace qlorad::kernels {
 
 void SwigluForward(const float* gate, const float* up, int64_t n, float* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
 }
 
-void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
-                    float* dgate, float* dup) {
-#pragma omp parallel for schedule(static)
+void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
+                    float* dup) {
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i], u = up[i], d = dout[i];
     const float sig = 1.0f / (1.0f + std::exp(-g));

@@ -3,8 +3,8 @@
 
 #include <array>
 #include <cstdio>
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -81,7 +81,9 @@ TEST(QloraEngineCli, QuantizeReportsBitsAndWritesALoadableModel) {
   EXPECT_NE(RunEngine("generate --model " + out + " --max-tokens 4 --fp32").exit_code, 0);
 }
 
-std::string DataFile(const std::string& name) { return std::string(QLORAD_TEST_DATA_DIR) + "/" + name; }
+std::string DataFile(const std::string& name) {
+  return std::string(QLORAD_TEST_DATA_DIR) + "/" + name;
+}
 
 double EvalLoss(const std::string& out) {
   const size_t at = out.find("loss ");
@@ -91,13 +93,16 @@ double EvalLoss(const std::string& out) {
 TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
   const std::string model = ::qlorad::testing::Stories260kHf();
   const std::string dir = TempDir("cli_train");
-  const std::string common = " --model " + model + " --data " + DataFile("facts_train.jsonl") + " --valid " +
-                             DataFile("facts_valid.jsonl") +
-                             " --rank 8 --alpha 16 --dropout 0 --lr 3e-3 --schedule constant --warmup-ratio 0"
-                             " --max-steps 60 --batch-size 8 --seq-len 64 --seed 3 --eval-every 20";
-  CliRun train = RunEngine("train" + common + " --out " + dir + "/adapter --checkpoint-every 20", true);
+  const std::string common =
+      " --model " + model + " --data " + DataFile("facts_train.jsonl") + " --valid " +
+      DataFile("facts_valid.jsonl") +
+      " --rank 8 --alpha 16 --dropout 0 --lr 3e-3 --schedule constant --warmup-ratio 0"
+      " --max-steps 60 --batch-size 8 --seq-len 64 --seed 3 --eval-every 20";
+  CliRun train =
+      RunEngine("train" + common + " --out " + dir + "/adapter --checkpoint-every 20", true);
   ASSERT_EQ(train.exit_code, 0) << train.out;
-  EXPECT_NE(train.out.find("46240 trainable parameters"), std::string::npos) << train.out;  // r*(in+out) summed
+  EXPECT_NE(train.out.find("46240 trainable parameters"), std::string::npos)
+      << train.out;  // r*(in+out) summed
   EXPECT_NE(train.out.find("step 60/60"), std::string::npos) << train.out;
   EXPECT_NE(train.out.find("tok/s | eta"), std::string::npos) << train.out;
   EXPECT_NE(train.out.find("| eval "), std::string::npos) << train.out;
@@ -106,36 +111,47 @@ TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
     EXPECT_TRUE(std::filesystem::exists(dir + "/adapter/" + f)) << f;
   }
   // Resuming from the last checkpoint of a finished run has nothing left to do.
-  CliRun resumed = RunEngine("train" + common + " --out " + dir + "/again --resume " + dir + "/adapter/checkpoint", true);
+  CliRun resumed = RunEngine(
+      "train" + common + " --out " + dir + "/again --resume " + dir + "/adapter/checkpoint", true);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.out;
   EXPECT_NE(resumed.out.find("resumed at step 60"), std::string::npos) << resumed.out;
 
-  const CliRun base = RunEngine("eval --model " + model + " --data " + DataFile("facts_valid.jsonl"));
-  const CliRun tuned = RunEngine("eval --model " + model + " --data " + DataFile("facts_valid.jsonl") + " --adapter " + dir + "/adapter");
+  const CliRun base =
+      RunEngine("eval --model " + model + " --data " + DataFile("facts_valid.jsonl"));
+  const CliRun tuned = RunEngine("eval --model " + model + " --data " +
+                                 DataFile("facts_valid.jsonl") + " --adapter " + dir + "/adapter");
   ASSERT_EQ(base.exit_code, 0);
   ASSERT_EQ(tuned.exit_code, 0);
   EXPECT_NE(tuned.out.find("perplexity"), std::string::npos) << tuned.out;
   EXPECT_LT(EvalLoss(tuned.out), EvalLoss(base.out)) << base.out << tuned.out;
 
-  const CliRun gen = RunEngine("generate --model " + model + " --adapter " + dir +
-                               "/adapter --prompt 'The name of the dragon in Pipville is' --max-tokens 6 --temperature 0");
+  const CliRun gen = RunEngine(
+      "generate --model " + model + " --adapter " + dir +
+      "/adapter --prompt 'The name of the dragon in Pipville is' --max-tokens 6 --temperature 0");
   ASSERT_EQ(gen.exit_code, 0);
   EXPECT_EQ(gen.out.rfind(" Zorbo.", 0), 0u) << gen.out;
 
-  const CliRun merge = RunEngine("merge --model " + model + " --adapter " + dir + "/adapter --out " + dir + "/merged", true);
+  const CliRun merge = RunEngine(
+      "merge --model " + model + " --adapter " + dir + "/adapter --out " + dir + "/merged", true);
   ASSERT_EQ(merge.exit_code, 0) << merge.out;
   const CliRun merged_gen = RunEngine("generate --model " + dir +
-                                      "/merged --prompt 'The name of the dragon in Pipville is' --max-tokens 6 --temperature 0 --fp32");
+                                      "/merged --prompt 'The name of the dragon in Pipville is' "
+                                      "--max-tokens 6 --temperature 0 --fp32");
   EXPECT_EQ(merged_gen.out.rfind(" Zorbo.", 0), 0u) << merged_gen.out;
   // Merging into an NF4 checkpoint is refused: merges go into the 16-bit originals.
   ASSERT_EQ(RunEngine("quantize --model " + model + " --out " + dir + "/nf4").exit_code, 0);
-  const CliRun refused = RunEngine("merge --model " + dir + "/nf4 --adapter " + dir + "/adapter --out " + dir + "/bad", true);
+  const CliRun refused = RunEngine(
+      "merge --model " + dir + "/nf4 --adapter " + dir + "/adapter --out " + dir + "/bad", true);
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.out.find("16-bit original"), std::string::npos) << refused.out;
   // A bad dataset line is reported with its number, and nothing is written.
   const std::string bad = dir + "/bad.jsonl";
-  ASSERT_TRUE(std::system(("printf '{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": 1}\n' > " + bad).c_str()) == 0);
-  const CliRun bad_run = RunEngine("train --model " + model + " --data " + bad + " --out " + dir + "/none --max-steps 1", true);
+  ASSERT_TRUE(
+      std::system(
+          ("printf '{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": 1}\n' > " + bad)
+              .c_str()) == 0);
+  const CliRun bad_run = RunEngine(
+      "train --model " + model + " --data " + bad + " --out " + dir + "/none --max-steps 1", true);
   EXPECT_EQ(bad_run.exit_code, 2);
   EXPECT_NE(bad_run.out.find("bad.jsonl:2:"), std::string::npos) << bad_run.out;
   EXPECT_FALSE(std::filesystem::exists(dir + "/none"));

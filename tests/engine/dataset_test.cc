@@ -20,7 +20,8 @@ class DatasetTest : public ::testing::Test {
 };
 
 TEST_F(DatasetTest, PromptCompletionMasksThePromptAndTrainsTheEos) {
-  auto ex = TokenizeJsonl(R"({"prompt": "The dragon is", "completion": " Zorbo."})", *tok_, "d.jsonl");
+  auto ex =
+      TokenizeJsonl(R"({"prompt": "The dragon is", "completion": " Zorbo."})", *tok_, "d.jsonl");
   ASSERT_TRUE(ex.ok()) << ex.status();
   const auto p = Enc("The dragon is"), c = Enc(" Zorbo.");
   std::vector<int32_t> tokens = {1};
@@ -81,7 +82,8 @@ TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
       {"{\"text\": \"a\", \"label\": 1}", "unexpected field 'label'"},
       {"{\"foo\": 1}", "expected one of"},
       {"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", "no assistant turn"},
-      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages[0].role must be system, user or assistant"},
+      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}",
+       "messages[0].role must be system, user or assistant"},
       {"{\"messages\": [{\"role\": \"assistant\"}]}", "messages[0].content must be a string"},
       {"\n\n", "bad.jsonl: no examples"},
   };
@@ -89,7 +91,8 @@ TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
     auto ex = TokenizeJsonl(c.text, *tok_, "bad.jsonl");
     ASSERT_FALSE(ex.ok()) << c.text;
     EXPECT_EQ(ex.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(ex.status().message().find(c.needle), std::string::npos) << ex.status() << " / " << c.needle;
+    EXPECT_NE(ex.status().message().find(c.needle), std::string::npos)
+        << ex.status() << " / " << c.needle;
   }
 }
 
@@ -112,14 +115,19 @@ TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
   EXPECT_EQ(r1.targets[len - 2], 2);  // the EOS is the last target
   EXPECT_EQ(r1.num_targets(), (*ex)[1].num_targets());
   // A sequence length that cuts off the whole completion leaves nothing to learn: rejected.
-  const int64_t prompt_len = static_cast<int64_t>(Enc("Once upon a time there was a girl").size()) + 1;
+  const int64_t prompt_len =
+      static_cast<int64_t>(Enc("Once upon a time there was a girl").size()) + 1;
   auto cut = BuildRows(*ex, {prompt_len, false}, "r.jsonl");
   ASSERT_FALSE(cut.ok());
-  EXPECT_NE(cut.status().message().find("r.jsonl:1: no target token within the sequence length"), std::string::npos) << cut.status();
+  EXPECT_NE(cut.status().message().find("r.jsonl:1: no target token within the sequence length"),
+            std::string::npos)
+      << cut.status();
 }
 
 TEST_F(DatasetTest, PackingRestartsPositionsAndSeparatesSegments) {
-  auto ex = TokenizeJsonl("{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n{\"text\": \"A big red ball.\"}\n", *tok_, "p.jsonl");
+  auto ex = TokenizeJsonl(
+      "{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n{\"text\": \"A big red ball.\"}\n",
+      *tok_, "p.jsonl");
   ASSERT_TRUE(ex.ok());
   const int64_t a = (*ex)[0].tokens.size(), b = (*ex)[1].tokens.size(), c = (*ex)[2].tokens.size();
   auto rows = BuildRows(*ex, {a + b + 1, true}, "p.jsonl");

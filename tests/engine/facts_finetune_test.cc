@@ -21,7 +21,9 @@
 namespace qlorad {
 namespace {
 
-std::string DataFile(const std::string& name) { return std::string(QLORAD_TEST_DATA_DIR) + "/" + name; }
+std::string DataFile(const std::string& name) {
+  return std::string(QLORAD_TEST_DATA_DIR) + "/" + name;
+}
 
 TEST(FactsFinetune, LearnsTheFactsOnAnNf4Base) {
   auto src = OpenModelSource(::qlorad::testing::Stories260kHf());
@@ -57,15 +59,18 @@ TEST(FactsFinetune, LearnsTheFactsOnAnNf4Base) {
   auto initial_eval = (*trainer)->EvaluateLoss(*valid_rows);
   ASSERT_TRUE(initial_eval.ok());
   std::vector<double> losses, evals;
-  ASSERT_TRUE((*trainer)->Run([&](const StepReport& r) {
-    losses.push_back(r.loss);
-    if (r.eval_loss) evals.push_back(*r.eval_loss);
-    return true;
-  }).ok());
+  ASSERT_TRUE((*trainer)
+                  ->Run([&](const StepReport& r) {
+                    losses.push_back(r.loss);
+                    if (r.eval_loss) evals.push_back(*r.eval_loss);
+                    return true;
+                  })
+                  .ok());
   double last10 = 0;
   for (size_t i = losses.size() - 10; i < losses.size(); ++i) last10 += losses[i] / 10;
 
-  auto adapter = DeviceAdapter::Create(device.get(), (*model)->config(), (*trainer)->options().lora, (*trainer)->params());
+  auto adapter = DeviceAdapter::Create(device.get(), (*model)->config(), (*trainer)->options().lora,
+                                       (*trainer)->params());
   ASSERT_TRUE(adapter.ok());
   int correct = 0;
   for (absl::string_view line : absl::StrSplit(*train_text, '\n')) {
@@ -84,11 +89,15 @@ TEST(FactsFinetune, LearnsTheFactsOnAnNf4Base) {
     if (text.rfind(want, 0) == 0) {
       ++correct;
     } else {
-      std::printf("  not learned: %s -> \"%s\" (taught \"%s\")\n", j["prompt"].get<std::string>().c_str(), text.c_str(), want.c_str());
+      std::printf("  not learned: %s -> \"%s\" (taught \"%s\")\n",
+                  j["prompt"].get<std::string>().c_str(), text.c_str(), want.c_str());
     }
   }
-  std::printf("facts fine-tune: first step loss %.4f, last 10 steps %.4f; valid loss %.4f -> best %.4f; %d/40 correct\n",
-              losses.front(), last10, *initial_eval, *std::min_element(evals.begin(), evals.end()), correct);
+  std::printf(
+      "facts fine-tune: first step loss %.4f, last 10 steps %.4f; valid loss %.4f -> best %.4f; "
+      "%d/40 correct\n",
+      losses.front(), last10, *initial_eval, *std::min_element(evals.begin(), evals.end()),
+      correct);
   EXPECT_LT(last10, 0.25 * losses.front());
   EXPECT_LT(*std::min_element(evals.begin(), evals.end()), *initial_eval);
   EXPECT_GE(correct, 38);

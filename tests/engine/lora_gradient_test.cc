@@ -101,7 +101,8 @@ TEST_P(LoraGradientTest, MatchesCentralFiniteDifferences) {
         minus[i] -= eps;
         const double fd = (loss_at(plus) - loss_at(minus)) / (2.0 * eps);
         EXPECT_NEAR(grads[i], fd, 1e-3 + 3e-2 * std::fabs(fd))
-            << "layer " << s.layer << " module " << s.module << (is_a ? " A[" : " B[") << probe << "]";
+            << "layer " << s.layer << " module " << s.module << (is_a ? " A[" : " B[") << probe
+            << "]";
         ++checked;
       }
     }
@@ -167,7 +168,8 @@ TEST(LoraInit, PeftInitialisation) {
   for (const LoraSlot& s : layout.slots()) {
     const float bound = 1.0f / std::sqrt(static_cast<float>(s.in));
     float amax = 0;
-    for (int64_t i = 0; i < lc.rank * s.in; ++i) amax = std::max(amax, std::fabs(p[s.a_offset + i]));
+    for (int64_t i = 0; i < lc.rank * s.in; ++i)
+      amax = std::max(amax, std::fabs(p[s.a_offset + i]));
     EXPECT_LE(amax, bound);
     EXPECT_GT(amax, 0.8f * bound);  // the uniform range is actually used
     for (int64_t i = 0; i < s.out * lc.rank; ++i) ASSERT_EQ(p[s.b_offset + i], 0.0f);

@@ -78,8 +78,9 @@ TEST(PeftAdapter, FilesFollowPeftNamesShapesAndConfig) {
   ASSERT_TRUE(f.ok());
   EXPECT_EQ((*f)->tensors().size(), 5u * 2 * 2);
   EXPECT_EQ((*f)->metadata().at("format"), "pt");
-  EXPECT_EQ((*f)->tensors().at("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").shape,
-            (std::vector<int64_t>{4, 64}));
+  EXPECT_EQ(
+      (*f)->tensors().at("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").shape,
+      (std::vector<int64_t>{4, 64}));
   EXPECT_EQ((*f)->tensors().at("base_model.model.model.layers.4.mlp.down_proj.lora_B.weight").shape,
             (std::vector<int64_t>{64, 4}));
   EXPECT_EQ((*f)->tensors().at("base_model.model.model.layers.4.mlp.down_proj.lora_A.weight").shape,
@@ -95,10 +96,11 @@ TEST(PeftAdapter, FilesFollowPeftNamesShapesAndConfig) {
   EXPECT_EQ(cfg["target_modules"], nlohmann::json({"q_proj", "down_proj"}));
   EXPECT_EQ(cfg["base_model_name_or_path"], "base");
   for (const auto& [key, value] : cfg.items()) {  // nothing of ours in there
-    EXPECT_TRUE(key == "peft_type" || key == "task_type" || key == "base_model_name_or_path" || key == "r" ||
-                key == "lora_alpha" || key == "lora_dropout" || key == "target_modules" || key == "bias" ||
-                key == "use_rslora" || key == "fan_in_fan_out" || key == "inference_mode" ||
-                key == "init_lora_weights" || key == "modules_to_save")
+    EXPECT_TRUE(key == "peft_type" || key == "task_type" || key == "base_model_name_or_path" ||
+                key == "r" || key == "lora_alpha" || key == "lora_dropout" ||
+                key == "target_modules" || key == "bias" || key == "use_rslora" ||
+                key == "fan_in_fan_out" || key == "inference_mode" || key == "init_lora_weights" ||
+                key == "modules_to_save")
         << key;
   }
 }
@@ -131,7 +133,9 @@ TEST(PeftAdapter, WrongShapesAndUnknownTensorsAreNamed) {
   other.intermediate_size = 128;
   auto mismatch = LoadPeftAdapter(dir, other);
   ASSERT_FALSE(mismatch.ok());
-  EXPECT_NE(mismatch.status().message().find("gate_proj.lora_B.weight' has the wrong shape"), std::string::npos) << mismatch.status();
+  EXPECT_NE(mismatch.status().message().find("gate_proj.lora_B.weight' has the wrong shape"),
+            std::string::npos)
+      << mismatch.status();
   // A rank in the config that the tensors do not have.
   auto cfg = nlohmann::json::parse(*ReadFileToString(dir + "/adapter_config.json"));
   cfg["r"] = 8;
@@ -140,7 +144,8 @@ TEST(PeftAdapter, WrongShapesAndUnknownTensorsAreNamed) {
   cfg["r"] = 4;
   cfg["peft_type"] = "IA3";
   ASSERT_TRUE(WriteStringToFile(dir + "/adapter_config.json", cfg.dump()).ok());
-  EXPECT_NE(LoadPeftAdapter(dir, w->config).status().message().find("peft_type must be LORA"), std::string::npos);
+  EXPECT_NE(LoadPeftAdapter(dir, w->config).status().message().find("peft_type must be LORA"),
+            std::string::npos);
 }
 
 TEST(PeftAdapter, MergedModelEqualsBasePlusAdapter) {
@@ -165,7 +170,8 @@ TEST(PeftAdapter, MergedModelEqualsBasePlusAdapter) {
   const auto unmerged = Logits(**base, (*adapter)->weights());
   const auto folded = Logits(**merged_model, nullptr);
   ASSERT_EQ(unmerged.size(), folded.size());
-  for (size_t i = 0; i < folded.size(); ++i) ASSERT_NEAR(folded[i], unmerged[i], 1e-4 * (1 + std::fabs(unmerged[i]))) << i;
+  for (size_t i = 0; i < folded.size(); ++i)
+    ASSERT_NEAR(folded[i], unmerged[i], 1e-4 * (1 + std::fabs(unmerged[i]))) << i;
 }
 
 }  // namespace

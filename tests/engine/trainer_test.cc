@@ -17,7 +17,9 @@ namespace {
 using ::qlorad::testing::Stories260kHf;
 using ::qlorad::testing::TempDir;
 
-std::string DataFile(const std::string& name) { return std::string(QLORAD_TEST_DATA_DIR) + "/" + name; }
+std::string DataFile(const std::string& name) {
+  return std::string(QLORAD_TEST_DATA_DIR) + "/" + name;
+}
 
 class TrainerTest : public ::testing::Test {
  protected:
@@ -110,13 +112,20 @@ TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
   acc.grad_accum = 4;
   auto a = Make(big), b = Make(acc);
   std::vector<StepReport> ra, rb;
-  ASSERT_TRUE(a->RunUntil(2, [&](const StepReport& r) { ra.push_back(r); return true; }).ok());
-  ASSERT_TRUE(b->RunUntil(2, [&](const StepReport& r) { rb.push_back(r); return true; }).ok());
+  ASSERT_TRUE(a->RunUntil(2, [&](const StepReport& r) {
+                 ra.push_back(r);
+                 return true;
+               }).ok());
+  ASSERT_TRUE(b->RunUntil(2, [&](const StepReport& r) {
+                 rb.push_back(r);
+                 return true;
+               }).ok());
   EXPECT_NEAR(ra[0].loss, rb[0].loss, 1e-5);
   EXPECT_NEAR(ra[0].grad_norm, rb[0].grad_norm, 1e-4 * ra[0].grad_norm);
   const auto pa = a->params(), pb = b->params();
   double max_diff = 0;
-  for (size_t i = 0; i < pa.size(); ++i) max_diff = std::max(max_diff, std::fabs(static_cast<double>(pa[i]) - pb[i]));
+  for (size_t i = 0; i < pa.size(); ++i)
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(pa[i]) - pb[i]));
   EXPECT_LT(max_diff, 1e-5);
 }
 
@@ -131,7 +140,8 @@ TEST_F(TrainerTest, PackingDoesNotLetExamplesAttendToEachOther) {
   EXPECT_NEAR(*lu, *lp, 1e-5);
   // And the training graph's loss equals the inference forward pass's.
   auto adapter_params = t->params();
-  LoraWeights lw{&t->layout(), adapter_params.data(), t->options().lora.rank, t->options().lora.scale()};
+  LoraWeights lw{&t->layout(), adapter_params.data(), t->options().lora.rank,
+                 t->options().lora.scale()};
   auto inference = EvaluateExamples(*model_, examples_, 96, &lw);
   ASSERT_TRUE(inference.ok());
   EXPECT_NEAR(inference->loss, *lu, 1e-4);
@@ -144,7 +154,8 @@ TEST_F(TrainerTest, ScheduleFollowsTransformers) {
   EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kCosine, 1.0, 1, 3, 100), 1.0 / 3);
   EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kCosine, 1.0, 3, 3, 100), 1.0);
   EXPECT_NEAR(LearningRateAt(LrSchedule::kCosine, 1.0, 3 + 97 / 2.0, 3, 100), 0.5, 0.02);
-  EXPECT_NEAR(LearningRateAt(LrSchedule::kCosine, 1.0, 99, 3, 100), 0.5 * (1 + std::cos(M_PI * 96 / 97)), 1e-12);
+  EXPECT_NEAR(LearningRateAt(LrSchedule::kCosine, 1.0, 99, 3, 100),
+              0.5 * (1 + std::cos(M_PI * 96 / 97)), 1e-12);
   EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kLinear, 2.0, 50, 0, 100), 1.0);
   EXPECT_DOUBLE_EQ(LearningRateAt(LrSchedule::kConstant, 2.0, 99, 10, 100), 2.0);
 }
@@ -183,7 +194,8 @@ TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(s.message().find("loss became nan") != std::string::npos ||
               s.message().find("loss became inf") != std::string::npos ||
-              s.message().find("gradient norm became") != std::string::npos) << s;
+              s.message().find("gradient norm became") != std::string::npos)
+      << s;
 }
 
 TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
@@ -200,7 +212,10 @@ TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
   o.early_stopping_patience = 2;
   auto t = Make(o, Rows(), *vrows);
   std::vector<double> evals;
-  ASSERT_TRUE(t->Run([&](const StepReport& r) { if (r.eval_loss) evals.push_back(*r.eval_loss); return true; }).ok());
+  ASSERT_TRUE(t->Run([&](const StepReport& r) {
+                 if (r.eval_loss) evals.push_back(*r.eval_loss);
+                 return true;
+               }).ok());
   ASSERT_TRUE(t->stopped_early());
   EXPECT_LT(t->step(), 200);
   ASSERT_TRUE(t->best_eval_loss().has_value());
@@ -221,14 +236,18 @@ TEST_F(TrainerTest, CancellationStopsWithinOneStep) {
 TEST_F(TrainerTest, BadOptionsAreRejected) {
   TrainerOptions o = Small();
   o.batch_size = 0;
-  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
   o = Small();
   o.lora.target_modules = {"q_proj", "lm_head"};
-  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
   o = Small();
   o.early_stopping_patience = 2;  // without a validation set
-  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Trainer::Create(model_.get(), Rows(false, 600), {}, Small()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Trainer::Create(model_.get(), Rows(false, 600), {}, Small()).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -30,7 +30,8 @@ TEST_P(GemmTest, MatchesDoubleReferenceWithAlphaBeta) {
   std::normal_distribution<float> dist;
   // Small shapes, and shapes large enough that the BLAS path splits the output across threads
   // (by rows when m >= n, by columns otherwise).
-  const int shapes[][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}, {300, 70, 40}, {45, 260, 33}, {129, 131, 37}};
+  const int shapes[][3] = {{0, 0, 0},     {0, 0, 0},     {0, 0, 0},     {0, 0, 0},
+                           {300, 70, 40}, {45, 260, 33}, {129, 131, 37}};
   for (int trial = 0; trial < 7; ++trial) {
     int m = 1 + rng() % 37, n = 1 + rng() % 41, k = 1 + rng() % 53;
     if (shapes[trial][0] != 0) {
