@@ -1,0 +1,126 @@
+#include "storage/kv_store.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace qlorad::storage {
+namespace {
+namespace fs = std::filesystem;
+
+std::string FreshDir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("qlorad_kv_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(dir);
+  return dir.string();
+}
+
+TEST(KvStore, ValuesSurviveReopenAndFamiliesAreSeparate) {
+  const std::string dir = FreshDir("reopen");
+  {
+    auto db = KvStore::Open(dir);
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->Put(Family::kJobs, "acme/job-1", "running").ok());
+    ASSERT_TRUE((*db)->Put(Family::kAdapters, "acme/job-1", "other family").ok());
+    // A large value goes to a blob file and reads back whole.
+    ASSERT_TRUE((*db)->Put(Family::kDatasets, "acme/ds-1", std::string(300000, 'x')).ok());
+  }
+  auto db = KvStore::Open(dir);
+  ASSERT_TRUE(db.ok()) << db.status();
+  EXPECT_EQ(*(*db)->Get(Family::kJobs, "acme/job-1"), "running");
+  EXPECT_EQ(*(*db)->Get(Family::kAdapters, "acme/job-1"), "other family");
+  EXPECT_EQ((*db)->Get(Family::kDatasets, "acme/ds-1")->size(), 300000u);
+  EXPECT_EQ((*db)->Get(Family::kModels, "acme/job-1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(KvStore, WriteSetIsAtomicAndDeletePrefixRemovesOneRangeOnly) {
+  auto db = KvStore::Open(FreshDir("batch"));
+  ASSERT_TRUE(db.ok());
+  WriteSet w;
+  for (const char* k : {"t1/a1/meta", "t1/a1/file/adapter_config.json", "t1/a10/meta", "t2/a1/meta"}) {
+    w.Put(Family::kAdapters, k, k);
+  }
+  w.Put(Family::kJobs, "t1/j1", "SUCCEEDED");
+  ASSERT_TRUE((*db)->Write(w).ok());
+  WriteSet del;
+  del.DeletePrefix(Family::kAdapters, "t1/a1/");
+  del.Put(Family::kJobs, "t1/j1", "adapter deleted");
+  ASSERT_TRUE((*db)->Write(del).ok());
+  std::vector<std::string> left;
+  ASSERT_TRUE((*db)->Scan(Family::kAdapters, "", [&](std::string_view k, std::string_view) {
+    left.emplace_back(k);
+    return true;
+  }).ok());
+  EXPECT_EQ(left, (std::vector<std::string>{"t1/a10/meta", "t2/a1/meta"}));
+  EXPECT_EQ(*(*db)->Get(Family::kJobs, "t1/j1"), "adapter deleted");
+}
+
+TEST(KvStore, ScanIsOrderedPrefixBoundAndResumable) {
+  auto db = KvStore::Open(FreshDir("scan"));
+  ASSERT_TRUE(db.ok());
+  for (int i = 0; i < 15; ++i) {
+    ASSERT_TRUE((*db)->Put(Family::kEvents, *StoreKey({"t", "j", SequenceKeyPart(i)}), std::to_string(i)).ok());
+  }
+  ASSERT_TRUE((*db)->Put(Family::kEvents, "t/j2/x", "other job").ok());
+  std::vector<std::string> seen;
+  auto collect = [&](std::string_view, std::string_view v) {
+    seen.emplace_back(v);
+    return seen.size() < 5;
+  };
+  ASSERT_TRUE((*db)->Scan(Family::kEvents, "t/j/", collect).ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+  seen.clear();
+  ASSERT_TRUE((*db)->Scan(Family::kEvents, "t/j/", [&](std::string_view, std::string_view v) {
+    seen.emplace_back(v);
+    return true;
+  }, *StoreKey({"t", "j", SequenceKeyPart(12)})).ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"13", "14"}));  // numeric order, other job excluded
+}
+
+TEST(KvStore, KeysRejectSlashesAndEmptyParts) {
+  EXPECT_EQ(*StoreKey({"acme", "job-1"}), "acme/job-1");
+  EXPECT_FALSE(StoreKey({"acme/evil", "x"}).ok());
+  EXPECT_FALSE(StoreKey({"", "x"}).ok());
+  EXPECT_LT(SequenceKeyPart(9), SequenceKeyPart(10));
+}
+
+// A synced write survives the process being killed right after it returns.
+TEST(KvStore, SyncedWritesSurviveKill9) {
+  const std::string dir = FreshDir("kill");
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto db = KvStore::Open(dir);
+    if (!db.ok()) _exit(3);
+    WriteSet w;
+    w.Put(Family::kJobs, "t/j", "RUNNING");
+    w.Put(Family::kEvents, "t/j/00000000000000000001", "state change");
+    if (!(*db)->Write(w).ok()) _exit(4);
+    ::kill(::getpid(), SIGKILL);  // no destructor, no flush
+    _exit(5);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  auto db = KvStore::Open(dir);
+  ASSERT_TRUE(db.ok()) << db.status();
+  EXPECT_EQ(*(*db)->Get(Family::kJobs, "t/j"), "RUNNING");
+  EXPECT_EQ(*(*db)->Get(Family::kEvents, "t/j/00000000000000000001"), "state change");
+}
+
+TEST(KvStore, CheckpointIsAConsistentCopy) {
+  auto db = KvStore::Open(FreshDir("src"));
+  ASSERT_TRUE(db.ok());
+  ASSERT_TRUE((*db)->Put(Family::kModels, "stories", "registered").ok());
+  const std::string copy = FreshDir("copy");
+  ASSERT_TRUE((*db)->Checkpoint(copy).ok());
+  auto opened = KvStore::Open(copy);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(*(*opened)->Get(Family::kModels, "stories"), "registered");
+}
+
+}  // namespace
+}  // namespace qlorad::storage
