@@ -28,7 +28,8 @@ rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.s
 }  // namespace
 
 const char* FamilyName(Family f) {
-  static const char* kNames[kNumFamilies] = {"models", "datasets", "jobs", "events", "checkpoints", "adapters", "meta"};
+  static const char* kNames[kNumFamilies] = {"models",      "datasets", "jobs", "events",
+                                             "checkpoints", "adapters", "meta"};
   return kNames[static_cast<int>(f)];
 }
 
@@ -38,12 +39,15 @@ WriteSet::~WriteSet() = default;
 void WriteSet::Put(Family f, std::string_view key, std::string_view value) {
   ops_.push_back({Op::kPut, f, std::string(key), std::string(value)});
 }
-void WriteSet::Delete(Family f, std::string_view key) { ops_.push_back({Op::kDelete, f, std::string(key), {}}); }
+void WriteSet::Delete(Family f, std::string_view key) {
+  ops_.push_back({Op::kDelete, f, std::string(key), {}});
+}
 void WriteSet::DeletePrefix(Family f, std::string_view prefix) {
   ops_.push_back({Op::kDeletePrefix, f, std::string(prefix), {}});
 }
 
-absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& dir, const KvStoreOptions& options) {
+absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& dir,
+                                                       const KvStoreOptions& options) {
   rocksdb::Options db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
@@ -75,12 +79,15 @@ KvStore::~KvStore() {
   db_->Close();
 }
 
-rocksdb::ColumnFamilyHandle* KvStore::Handle(Family f) const { return handles_[static_cast<int>(f) + 1]; }
+rocksdb::ColumnFamilyHandle* KvStore::Handle(Family f) const {
+  return handles_[static_cast<int>(f) + 1];
+}
 
 absl::StatusOr<std::string> KvStore::Get(Family f, std::string_view key) const {
   std::string value;
   const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Handle(f), ToSlice(key), &value);
-  if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat(FamilyName(f), " has no key ", std::string(key)));
+  if (s.IsNotFound())
+    return absl::NotFoundError(absl::StrCat(FamilyName(f), " has no key ", std::string(key)));
   if (auto st = FromRocks(s, "read"); !st.ok()) return st;
   return value;
 }
@@ -141,15 +148,18 @@ absl::Status KvStore::Scan(Family f, std::string_view prefix,
 int64_t KvStore::ApproximateSize() const {
   uint64_t total = 0, v = 0;
   for (int i = 0; i < kNumFamilies; ++i) {
-    if (db_->GetIntProperty(Handle(static_cast<Family>(i)), "rocksdb.total-sst-files-size", &v)) total += v;
-    if (db_->GetIntProperty(Handle(static_cast<Family>(i)), "rocksdb.total-blob-file-size", &v)) total += v;
+    if (db_->GetIntProperty(Handle(static_cast<Family>(i)), "rocksdb.total-sst-files-size", &v))
+      total += v;
+    if (db_->GetIntProperty(Handle(static_cast<Family>(i)), "rocksdb.total-blob-file-size", &v))
+      total += v;
   }
   return static_cast<int64_t>(total);
 }
 
 absl::Status KvStore::Checkpoint(const std::string& dir) const {
   rocksdb::Checkpoint* raw = nullptr;
-  if (auto s = FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "checkpoint"); !s.ok()) return s;
+  if (auto s = FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "checkpoint"); !s.ok())
+    return s;
   std::unique_ptr<rocksdb::Checkpoint> cp(raw);
   return FromRocks(cp->CreateCheckpoint(dir), absl::StrCat("checkpoint to ", dir));
 }
@@ -158,7 +168,8 @@ absl::StatusOr<std::string> StoreKey(std::initializer_list<std::string_view> par
   std::string key;
   for (std::string_view p : parts) {
     if (p.empty() || p.find('/') != std::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("bad key part '", std::string(p), "': empty or containing '/'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad key part '", std::string(p), "': empty or containing '/'"));
     }
     if (!key.empty()) key.push_back('/');
     key.append(p);

@@ -13,7 +13,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("qlorad_kv_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path dir =
+      fs::temp_directory_path() / ("qlorad_kv_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   return dir.string();
 }
@@ -40,7 +41,8 @@ TEST(KvStore, WriteSetIsAtomicAndDeletePrefixRemovesOneRangeOnly) {
   auto db = KvStore::Open(FreshDir("batch"));
   ASSERT_TRUE(db.ok());
   WriteSet w;
-  for (const char* k : {"t1/a1/meta", "t1/a1/file/adapter_config.json", "t1/a10/meta", "t2/a1/meta"}) {
+  for (const char* k :
+       {"t1/a1/meta", "t1/a1/file/adapter_config.json", "t1/a10/meta", "t2/a1/meta"}) {
     w.Put(Family::kAdapters, k, k);
   }
   w.Put(Family::kJobs, "t1/j1", "SUCCEEDED");
@@ -50,10 +52,13 @@ TEST(KvStore, WriteSetIsAtomicAndDeletePrefixRemovesOneRangeOnly) {
   del.Put(Family::kJobs, "t1/j1", "adapter deleted");
   ASSERT_TRUE((*db)->Write(del).ok());
   std::vector<std::string> left;
-  ASSERT_TRUE((*db)->Scan(Family::kAdapters, "", [&](std::string_view k, std::string_view) {
-    left.emplace_back(k);
-    return true;
-  }).ok());
+  ASSERT_TRUE((*db)
+                  ->Scan(Family::kAdapters, "",
+                         [&](std::string_view k, std::string_view) {
+                           left.emplace_back(k);
+                           return true;
+                         })
+                  .ok());
   EXPECT_EQ(left, (std::vector<std::string>{"t1/a10/meta", "t2/a1/meta"}));
   EXPECT_EQ(*(*db)->Get(Family::kJobs, "t1/j1"), "adapter deleted");
 }
@@ -62,7 +67,10 @@ TEST(KvStore, ScanIsOrderedPrefixBoundAndResumable) {
   auto db = KvStore::Open(FreshDir("scan"));
   ASSERT_TRUE(db.ok());
   for (int i = 0; i < 15; ++i) {
-    ASSERT_TRUE((*db)->Put(Family::kEvents, *StoreKey({"t", "j", SequenceKeyPart(i)}), std::to_string(i)).ok());
+    ASSERT_TRUE(
+        (*db)
+            ->Put(Family::kEvents, *StoreKey({"t", "j", SequenceKeyPart(i)}), std::to_string(i))
+            .ok());
   }
   ASSERT_TRUE((*db)->Put(Family::kEvents, "t/j2/x", "other job").ok());
   std::vector<std::string> seen;
@@ -73,10 +81,15 @@ TEST(KvStore, ScanIsOrderedPrefixBoundAndResumable) {
   ASSERT_TRUE((*db)->Scan(Family::kEvents, "t/j/", collect).ok());
   EXPECT_EQ(seen, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
   seen.clear();
-  ASSERT_TRUE((*db)->Scan(Family::kEvents, "t/j/", [&](std::string_view, std::string_view v) {
-    seen.emplace_back(v);
-    return true;
-  }, *StoreKey({"t", "j", SequenceKeyPart(12)})).ok());
+  ASSERT_TRUE((*db)
+                  ->Scan(
+                      Family::kEvents, "t/j/",
+                      [&](std::string_view, std::string_view v) {
+                        seen.emplace_back(v);
+                        return true;
+                      },
+                      *StoreKey({"t", "j", SequenceKeyPart(12)}))
+                  .ok());
   EXPECT_EQ(seen, (std::vector<std::string>{"13", "14"}));  // numeric order, other job excluded
 }
 

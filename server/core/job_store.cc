@@ -1,0 +1,225 @@
+#include "server/core/job_store.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"  // header-only
+
+namespace qlorad::core {
+namespace {
+
+using storage::Family;
+using storage::StoreKey;
+using storage::WriteSet;
+
+google::protobuf::Timestamp Now() { return google::protobuf::util::TimeUtil::GetCurrentTime(); }
+
+absl::StatusOr<v1::Job> ParseJob(std::string_view bytes) {
+  v1::Job job;
+  if (!job.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("a stored job record does not parse");
+  }
+  return job;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> JobStore::LastSequence(const std::string& tenant,
+                                               const std::string& id) const {
+  ASSIGN_OR_RETURN(std::string key, StoreKey({"jobseq", tenant, id}));
+  auto v = db_->Get(Family::kMeta, key);
+  if (absl::IsNotFound(v.status())) return 0;
+  if (!v.ok()) return v.status();
+  int64_t seq = 0;
+  if (!absl::SimpleAtoi(*v, &seq)) return absl::DataLossError("bad event counter");
+  return seq;
+}
+
+absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& idempotency_key,
+                                         const std::string& fingerprint) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::string key, StoreKey({job.tenant(), job.id()}));
+  std::string idem_key;
+  if (!idempotency_key.empty()) {
+    ASSIGN_OR_RETURN(idem_key, StoreKey({"idem", job.tenant(), idempotency_key}));
+    auto existing = db_->Get(Family::kMeta, idem_key);
+    if (existing.ok()) {
+      const size_t sep = existing->find('\n');
+      const std::string job_id = existing->substr(0, sep);
+      if (sep == std::string::npos || existing->substr(sep + 1) != fingerprint) {
+        return absl::AlreadyExistsError(absl::StrCat("idempotency key '", idempotency_key,
+                                                     "' was used for job ", job_id,
+                                                     " with a different request"));
+      }
+      return Get(job.tenant(), job_id);
+    }
+    if (!absl::IsNotFound(existing.status())) return existing.status();
+  }
+  if (db_->Get(Family::kJobs, key).ok())
+    return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " exists"));
+  v1::Job stored = job;
+  stored.set_state(v1::VALIDATING);
+  *stored.mutable_create_time() = Now();
+  v1::JobEvent event;
+  event.set_sequence(1);
+  *event.mutable_time() = stored.create_time();
+  event.mutable_state_change()->set_to(v1::VALIDATING);
+  event.mutable_state_change()->set_reason("created");
+  ASSIGN_OR_RETURN(std::string event_key,
+                   StoreKey({job.tenant(), job.id(), storage::SequenceKeyPart(1)}));
+  ASSIGN_OR_RETURN(std::string seq_key, StoreKey({"jobseq", job.tenant(), job.id()}));
+  WriteSet w;
+  w.Put(Family::kJobs, key, stored.SerializeAsString());
+  w.Put(Family::kEvents, event_key, event.SerializeAsString());
+  w.Put(Family::kMeta, seq_key, "1");
+  if (!idem_key.empty()) w.Put(Family::kMeta, idem_key, absl::StrCat(job.id(), "\n", fingerprint));
+  RETURN_IF_ERROR(db_->Write(w));
+  return stored;
+}
+
+absl::StatusOr<v1::Job> JobStore::Get(const std::string& tenant, const std::string& id) const {
+  auto key = StoreKey({tenant, id});
+  if (!key.ok()) return absl::NotFoundError(absl::StrCat("no job ", id));
+  auto bytes = db_->Get(Family::kJobs, *key);
+  if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("no job ", id));
+  if (!bytes.ok()) return bytes.status();
+  return ParseJob(*bytes);
+}
+
+absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::string& id,
+                                        const std::function<absl::Status(v1::Job&)>& change,
+                                        v1::JobEvent* event) {
+  ASSIGN_OR_RETURN(v1::Job job, Get(tenant, id));
+  RETURN_IF_ERROR(change(job));
+  ASSIGN_OR_RETURN(int64_t seq, LastSequence(tenant, id));
+  ++seq;
+  event->set_sequence(seq);
+  *event->mutable_time() = Now();
+  ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, id}));
+  ASSIGN_OR_RETURN(std::string event_key, StoreKey({tenant, id, storage::SequenceKeyPart(seq)}));
+  ASSIGN_OR_RETURN(std::string seq_key, StoreKey({"jobseq", tenant, id}));
+  WriteSet w;
+  w.Put(Family::kJobs, key, job.SerializeAsString());
+  w.Put(Family::kEvents, event_key, event->SerializeAsString());
+  w.Put(Family::kMeta, seq_key, absl::StrCat(seq));
+  RETURN_IF_ERROR(db_->Write(w));
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobStore::Transition(const std::string& tenant, const std::string& id,
+                                             JobState to, const std::string& reason,
+                                             const std::function<void(v1::Job&)>& mutate) {
+  absl::MutexLock lock(&mu_);
+  v1::JobEvent event;
+  event.mutable_state_change()->set_to(static_cast<v1::JobState>(static_cast<int>(to)));
+  event.mutable_state_change()->set_reason(reason);
+  return Apply(
+      tenant, id,
+      [&](v1::Job& job) -> absl::Status {
+        const JobState from = static_cast<JobState>(static_cast<int>(job.state()));
+        RETURN_IF_ERROR(CheckTransition(from, to));
+        event.mutable_state_change()->set_from(job.state());
+        if (mutate) mutate(job);
+        job.set_state(static_cast<v1::JobState>(static_cast<int>(to)));
+        if (to == JobState::kRunning) *job.mutable_start_time() = Now();
+        if (IsTerminal(to)) *job.mutable_end_time() = Now();
+        return absl::OkStatus();
+      },
+      &event);
+}
+
+absl::StatusOr<v1::Job> JobStore::Record(const std::string& tenant, const std::string& id,
+                                         const std::function<void(v1::Job&)>& mutate,
+                                         v1::JobEvent event) {
+  absl::MutexLock lock(&mu_);
+  return Apply(
+      tenant, id,
+      [&](v1::Job& job) -> absl::Status {
+        const v1::JobState state = job.state();
+        if (mutate) mutate(job);
+        if (job.state() != state)
+          return absl::InternalError("Record cannot change a job's state; use Transition");
+        return absl::OkStatus();
+      },
+      &event);
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobStore::List(const std::string& tenant,
+                                                    const std::vector<v1::JobState>& states,
+                                                    int page_size,
+                                                    const std::string& page_token) const {
+  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant}));
+  prefix += "/";
+  std::string start;
+  if (!page_token.empty()) {
+    ASSIGN_OR_RETURN(start, StoreKey({tenant, page_token}));
+  }
+  std::vector<v1::Job> out;
+  absl::Status parse_error;
+  RETURN_IF_ERROR(db_->Scan(
+      Family::kJobs, prefix,
+      [&](std::string_view, std::string_view value) {
+        auto job = ParseJob(value);
+        if (!job.ok()) {
+          parse_error = job.status();
+          return false;
+        }
+        if (states.empty() ||
+            std::find(states.begin(), states.end(), job->state()) != states.end()) {
+          out.push_back(std::move(*job));
+        }
+        return page_size <= 0 || static_cast<int>(out.size()) < page_size;
+      },
+      start));
+  RETURN_IF_ERROR(parse_error);
+  return out;
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& tenant,
+                                                           const std::string& id,
+                                                           int64_t after_sequence,
+                                                           int limit) const {
+  ASSIGN_OR_RETURN(v1::Job job, Get(tenant, id));  // NOT_FOUND for unknown or foreign jobs
+  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id}));
+  prefix += "/";
+  std::string start;
+  if (after_sequence > 0) {
+    ASSIGN_OR_RETURN(start, StoreKey({tenant, id, storage::SequenceKeyPart(after_sequence)}));
+  }
+  std::vector<v1::JobEvent> out;
+  absl::Status parse_error;
+  RETURN_IF_ERROR(db_->Scan(
+      Family::kEvents, prefix,
+      [&](std::string_view, std::string_view value) {
+        v1::JobEvent e;
+        if (!e.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          parse_error = absl::DataLossError("a stored job event does not parse");
+          return false;
+        }
+        out.push_back(std::move(e));
+        return limit <= 0 || static_cast<int>(out.size()) < limit;
+      },
+      start));
+  RETURN_IF_ERROR(parse_error);
+  return out;
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished() const {
+  std::vector<v1::Job> out;
+  absl::Status parse_error;
+  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
+    auto job = ParseJob(value);
+    if (!job.ok()) {
+      parse_error = job.status();
+      return false;
+    }
+    if (!IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))))
+      out.push_back(std::move(*job));
+    return true;
+  }));
+  RETURN_IF_ERROR(parse_error);
+  return out;
+}
+
+}  // namespace qlorad::core

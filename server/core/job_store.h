@@ -1,0 +1,63 @@
+// Persistence of jobs and their events in the node's KvStore. Every state change writes the job
+// record, its event and the event counter in one synced write, so a job and its history never
+// disagree after a crash. Records are qlorad.v1 messages (stable by the API's versioning rules).
+// Keys are tenant-prefixed: another tenant's job reads as NOT_FOUND. Thread-safe: writes are
+// serialized by a mutex (read-modify-write of records and counters).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "qlorad/v1/jobs.pb.h"
+#include "server/core/job_state.h"
+#include "storage/kv_store.h"
+
+namespace qlorad::core {
+
+class JobStore {
+ public:
+  explicit JobStore(storage::KvStore* db) : db_(db) {}
+
+  // Stores a new job (state VALIDATING) with its first event. With an idempotency key already
+  // used by the tenant: the stored job when `fingerprint` matches, ALREADY_EXISTS otherwise.
+  // Returns the stored job.
+  absl::StatusOr<v1::Job> Create(const v1::Job& job, const std::string& idempotency_key,
+                                 const std::string& fingerprint) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<v1::Job> Get(const std::string& tenant, const std::string& id) const;
+
+  // Checks the edge, applies `mutate` (may be empty) to the record, sets the state and appends
+  // a StateChange event, atomically. Returns the updated job.
+  absl::StatusOr<v1::Job> Transition(const std::string& tenant, const std::string& id, JobState to,
+                                     const std::string& reason,
+                                     const std::function<void(v1::Job&)>& mutate = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Updates fields other than the state and appends `event` (sequence and time are filled in).
+  absl::StatusOr<v1::Job> Record(const std::string& tenant, const std::string& id,
+                                 const std::function<void(v1::Job&)>& mutate, v1::JobEvent event)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The tenant's jobs in id order, filtered by state (empty: all); `page_token` is the last id
+  // of the previous page.
+  absl::StatusOr<std::vector<v1::Job>> List(const std::string& tenant,
+                                            const std::vector<v1::JobState>& states, int page_size,
+                                            const std::string& page_token) const;
+  absl::StatusOr<std::vector<v1::JobEvent>> Events(const std::string& tenant, const std::string& id,
+                                                   int64_t after_sequence, int limit) const;
+  // Every job of every tenant not in a terminal state (restart recovery).
+  absl::StatusOr<std::vector<v1::Job>> Unfinished() const;
+
+ private:
+  absl::StatusOr<int64_t> LastSequence(const std::string& tenant, const std::string& id) const;
+  absl::StatusOr<v1::Job> Apply(const std::string& tenant, const std::string& id,
+                                const std::function<absl::Status(v1::Job&)>& change,
+                                v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  storage::KvStore* db_;
+  absl::Mutex mu_;
+};
+
+}  // namespace qlorad::core

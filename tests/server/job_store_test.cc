@@ -1,0 +1,140 @@
+#include "server/core/job_store.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "gtest/gtest.h"
+
+namespace qlorad::core {
+namespace {
+namespace fs = std::filesystem;
+
+class JobStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("qlorad_jobstore_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    Reopen();
+  }
+  void Reopen() {
+    store_.reset();
+    db_.reset();
+    auto db = storage::KvStore::Open(dir_);
+    ASSERT_TRUE(db.ok()) << db.status();
+    db_ = std::move(*db);
+    store_ = std::make_unique<JobStore>(db_.get());
+  }
+  static v1::Job NewJob(const std::string& tenant, const std::string& id) {
+    v1::Job j;
+    j.set_tenant(tenant);
+    j.set_id(id);
+    j.set_model("stories260K");
+    return j;
+  }
+  std::string dir_;
+  std::unique_ptr<storage::KvStore> db_;
+  std::unique_ptr<JobStore> store_;
+};
+
+TEST_F(JobStoreTest, LifecycleWritesOneEventPerChangeAndSurvivesReopen) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "job-1"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "job-1", JobState::kQueued, "validated").ok());
+  ASSERT_TRUE(store_
+                  ->Transition("acme", "job-1", JobState::kRunning, "placed on cpu:0",
+                               [](v1::Job& j) { j.set_device("cpu:0"); })
+                  .ok());
+  v1::JobEvent progress;
+  progress.mutable_progress()->set_step(5);
+  progress.mutable_progress()->set_loss(1.25);
+  ASSERT_TRUE(store_
+                  ->Record(
+                      "acme", "job-1", [](v1::Job& j) { j.set_steps_completed(5); }, progress)
+                  .ok());
+  Reopen();
+  auto job = store_->Get("acme", "job-1");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::RUNNING);
+  EXPECT_EQ(job->device(), "cpu:0");
+  EXPECT_EQ(job->steps_completed(), 5);
+  EXPECT_TRUE(job->has_start_time());
+  auto events = store_->Events("acme", "job-1", 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 4u);
+  EXPECT_EQ((*events)[0].state_change().to(), v1::VALIDATING);
+  EXPECT_EQ((*events)[2].state_change().from(), v1::QUEUED);
+  EXPECT_EQ((*events)[2].state_change().to(), v1::RUNNING);
+  EXPECT_EQ((*events)[3].progress().step(), 5);
+  for (size_t i = 0; i < events->size(); ++i)
+    EXPECT_EQ((*events)[i].sequence(), static_cast<int64_t>(i + 1));
+  auto after = store_->Events("acme", "job-1", 2, 1);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), 1u);
+  EXPECT_EQ((*after)[0].sequence(), 3);
+}
+
+TEST_F(JobStoreTest, IllegalTransitionsAreRefusedAndChangeNothing) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "j"), "", "").ok());
+  auto bad = store_->Transition("acme", "j", JobState::kSucceeded, "skipping ahead");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->Transition("acme", "j", JobState::kCancelled, "user").ok());
+  EXPECT_EQ(store_->Transition("acme", "j", JobState::kQueued, "again").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Get("acme", "j")->state(), v1::CANCELLED);
+  EXPECT_TRUE(store_->Get("acme", "j")->has_end_time());
+  EXPECT_EQ(store_->Events("acme", "j", 0, 0)->size(), 2u);
+  // Record may not sneak in a state change.
+  EXPECT_FALSE(
+      store_->Record("acme", "j", [](v1::Job& job) { job.set_state(v1::RUNNING); }, {}).ok());
+}
+
+TEST_F(JobStoreTest, TenantsAreIsolated) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "j1"), "", "").ok());
+  ASSERT_TRUE(store_->Create(NewJob("acme2", "j2"), "", "").ok());
+  EXPECT_EQ(store_->Get("acme2", "j1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Events("acme2", "j1", 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Transition("acme2", "j1", JobState::kQueued, "").status().code(),
+            absl::StatusCode::kNotFound);
+  auto listed = store_->List("acme", {}, 0, "");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);  // "acme/" does not prefix "acme2/"
+  EXPECT_EQ((*listed)[0].id(), "j1");
+  EXPECT_EQ(store_->Get("acme", "../acme2/j2").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobStoreTest, IdempotencyKeyReturnsTheSameJobOrRefusesAnotherRequest) {
+  auto first = store_->Create(NewJob("acme", "j1"), "key-1", "request-A");
+  ASSERT_TRUE(first.ok());
+  auto again = store_->Create(NewJob("acme", "j2"), "key-1", "request-A");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->id(), "j1");
+  EXPECT_EQ(store_->Get("acme", "j2").status().code(), absl::StatusCode::kNotFound);
+  auto other = store_->Create(NewJob("acme", "j3"), "key-1", "request-B");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  // Keys are per tenant.
+  EXPECT_TRUE(store_->Create(NewJob("beta", "j4"), "key-1", "request-B").ok());
+}
+
+TEST_F(JobStoreTest, ListFiltersPagesAndFindsUnfinishedJobs) {
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(store_->Create(NewJob("acme", "j" + std::to_string(i)), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "j1", JobState::kQueued, "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "j2", JobState::kFailed, "").ok());
+  auto queued = store_->List("acme", {v1::QUEUED}, 0, "");
+  ASSERT_TRUE(queued.ok());
+  ASSERT_EQ(queued->size(), 1u);
+  auto page1 = store_->List("acme", {}, 2, "");
+  auto page2 = store_->List("acme", {}, 2, (*page1)[1].id());
+  ASSERT_TRUE(page1.ok() && page2.ok());
+  EXPECT_EQ((*page1)[0].id(), "j0");
+  EXPECT_EQ((*page2)[0].id(), "j2");
+  auto unfinished = store_->Unfinished();
+  ASSERT_TRUE(unfinished.ok());
+  EXPECT_EQ(unfinished->size(), 4u);  // all but the failed one
+}
+
+}  // namespace
+}  // namespace qlorad::core
