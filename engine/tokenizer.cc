@@ -2,18 +2,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/mapped_file.h"
-#include "engine/sp_processor.h"
+#include "engine/sp_model.h"
 #include "engine/status_macros.h"
 
 namespace qlorad {
-namespace {
-
-absl::Status FromSp(const std::string& error, const std::string& context) {
-  if (error.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(context, ": ", error));
-}
-
-}  // namespace
 
 Tokenizer::~Tokenizer() = default;
 
@@ -25,18 +17,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelFile(const std::s
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerializedProto(std::string proto) {
+  auto model = SentencePieceModel::Parse(proto);
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot load SentencePiece model: ", model.status().message()));
+  }
   auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
-  t->sp_ = std::make_unique<SpProcessor>();
-  RETURN_IF_ERROR(
-      FromSp(t->sp_->LoadFromSerializedProto(proto), "cannot load SentencePiece model"));
+  t->sp_ = std::move(*model);
   t->proto_ = std::move(proto);
   return t;
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
-  std::vector<int> ids;
-  RETURN_IF_ERROR(FromSp(sp_->Encode(std::string(text), &ids), "tokenizer encode"));
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  return sp_->Encode(text);
 }
 
 absl::StatusOr<std::string> Tokenizer::Decode(const std::vector<int32_t>& ids) const {
@@ -46,15 +39,12 @@ absl::StatusOr<std::string> Tokenizer::Decode(const std::vector<int32_t>& ids) c
           absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab_size()));
     }
   }
-  std::string text;
-  RETURN_IF_ERROR(
-      FromSp(sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text), "tokenizer decode"));
-  return text;
+  return sp_->Decode(ids);
 }
 
 std::string Tokenizer::PieceText(int32_t id) const {
   if (id < 0 || id >= vocab_size() || sp_->IsControl(id)) return "";
-  std::string piece = sp_->IdToPiece(id);
+  const std::string& piece = sp_->IdToPiece(id);
   if (sp_->IsByte(id)) {
     // "<0xAB>" -> the raw byte.
     return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));

@@ -1,6 +1,6 @@
-// Text <-> token ids through libsentencepiece, from a tokenizer.model file or from a model
-// proto built out of an embedded vocabulary (GGUF, llama2.c). Thread-safe after construction
-// (SentencePieceProcessor's encode/decode are const).
+// Text <-> token ids with a SentencePiece BPE model (engine/sp_model.h), from a tokenizer.model
+// file or from a model proto built out of an embedded vocabulary (GGUF, llama2.c). Thread-safe
+// after construction.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,7 @@
 
 namespace qlorad {
 
-class SpProcessor;
+class SentencePieceModel;
 
 class Tokenizer {
  public:
@@ -35,7 +35,7 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
-  std::unique_ptr<SpProcessor> sp_;
+  std::unique_ptr<SentencePieceModel> sp_;
   std::string proto_;
 };
 

@@ -3,6 +3,7 @@
 #include <set>
 #include <utility>
 
+#include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "qlorad/v1/jobs.pb.h"
 
@@ -39,6 +40,20 @@ TEST(JobState, NumbersAndNamesMatchTheApi) {
   for (JobState s : kAll) {
     EXPECT_EQ(v1::JobState_Name(static_cast<v1::JobState>(static_cast<int>(s))), JobStateName(s));
   }
+}
+
+// The daemon loads the engine (tokenizer included) and libprotobuf into one process; with
+// Debian's libsentencepiece this crashed before main (docs/engine.md).
+TEST(DaemonProcess, EngineTokenizerAndProtobufLiveTogether) {
+  auto tok =
+      Tokenizer::FromModelFile(std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/tok512.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(*(*tok)->Encode("Once upon a time"), (std::vector<int32_t>{403, 407, 261, 378}));
+  v1::Job job;
+  job.set_id("j");
+  v1::Job parsed;
+  ASSERT_TRUE(parsed.ParseFromString(job.SerializeAsString()));
+  EXPECT_EQ(parsed.id(), "j");
 }
 
 }  // namespace

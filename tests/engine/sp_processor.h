@@ -1,6 +1,7 @@
-// A thin wrapper over sentencepiece::SentencePieceProcessor with no Abseil in its interface.
-// libsentencepiece's header declares its own `absl::string_view`, which clashes with the real
-// Abseil's, so only sp_processor.cc includes it, and it includes no Abseil header.
+// The reference for engine/sp_model.h in tests: libsentencepiece itself, behind a thin wrapper
+// with no Abseil in its interface (libsentencepiece's header declares its own
+// `absl::string_view`, which clashes with the real Abseil's, so only sp_processor.cc includes
+// it, and it includes no Abseil header). Only test binaries that load no libprotobuf may link it.
 #pragma once
 
 #include <memory>

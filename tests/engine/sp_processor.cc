@@ -1,4 +1,4 @@
-#include "engine/sp_processor.h"
+#include "tests/engine/sp_processor.h"
 
 #include <sentencepiece_processor.h>
 
