@@ -1,0 +1,121 @@
+#include "server/core/dataset_store.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/dataset.h"
+#include "engine/status_macros.h"
+#include "server/core/ids.h"
+#include "server/core/tenants.h"
+
+namespace qlorad::core {
+namespace {
+
+using storage::Family;
+using storage::StoreKey;
+
+absl::StatusOr<v1::Dataset> ParseMeta(std::string_view bytes) {
+  v1::Dataset d;
+  if (!d.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("a stored dataset record does not parse");
+  }
+  return d;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, const std::string& name,
+                                                 const std::string& content,
+                                                 int64_t max_total_bytes) {
+  // Validate everything first: a bad upload stores nothing.
+  int64_t examples = 0, line_no = 0;
+  for (absl::string_view raw : absl::StrSplit(content, '\n')) {
+    ++line_no;
+    std::string line(raw);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    if (auto s = ValidateExampleJson(line); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("line ", line_no, ": ", s.message()));
+    }
+    ++examples;
+  }
+  if (examples == 0) return absl::InvalidArgumentError("the dataset has no examples");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(int64_t used, BytesUsed(tenant));
+  const int64_t size = static_cast<int64_t>(content.size());
+  if (used + size > max_total_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("dataset quota exceeded: ", used,
+                                                     " bytes stored + ", size,
+                                                     " uploaded > limit of ", max_total_bytes));
+  }
+  v1::Dataset d;
+  d.set_id(NewId("ds"));
+  d.set_name(name);
+  d.set_examples(examples);
+  d.set_bytes(size);
+  d.set_sha256(Sha256Hex(content));
+  *d.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  ASSIGN_OR_RETURN(std::string meta_key, StoreKey({tenant, d.id(), "meta"}));
+  ASSIGN_OR_RETURN(std::string data_key, StoreKey({tenant, d.id(), "data"}));
+  storage::WriteSet w;
+  w.Put(Family::kDatasets, meta_key, d.SerializeAsString());
+  w.Put(Family::kDatasets, data_key, content);
+  RETURN_IF_ERROR(db_->Write(w));
+  return d;
+}
+
+absl::StatusOr<v1::Dataset> DatasetStore::Get(const std::string& tenant,
+                                              const std::string& id) const {
+  auto key = StoreKey({tenant, id, "meta"});
+  if (!key.ok()) return absl::NotFoundError(absl::StrCat("no dataset ", id));
+  auto bytes = db_->Get(Family::kDatasets, *key);
+  if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("no dataset ", id));
+  if (!bytes.ok()) return bytes.status();
+  return ParseMeta(*bytes);
+}
+
+absl::StatusOr<std::string> DatasetStore::Content(const std::string& tenant,
+                                                  const std::string& id) const {
+  RETURN_IF_ERROR(Get(tenant, id).status());
+  ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, id, "data"}));
+  return db_->Get(Family::kDatasets, key);
+}
+
+absl::StatusOr<std::vector<v1::Dataset>> DatasetStore::List(const std::string& tenant) const {
+  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant}));
+  prefix += "/";
+  std::vector<v1::Dataset> out;
+  absl::Status error;
+  RETURN_IF_ERROR(
+      db_->Scan(Family::kDatasets, prefix, [&](std::string_view key, std::string_view value) {
+        if (key.size() < 5 || key.substr(key.size() - 5) != "/meta") return true;
+        auto d = ParseMeta(value);
+        if (!d.ok()) {
+          error = d.status();
+          return false;
+        }
+        out.push_back(std::move(*d));
+        return true;
+      }));
+  RETURN_IF_ERROR(error);
+  return out;
+}
+
+absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(Get(tenant, id).status());
+  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id}));
+  storage::WriteSet w;
+  w.DeletePrefix(Family::kDatasets, prefix + "/");
+  return db_->Write(w);
+}
+
+absl::StatusOr<int64_t> DatasetStore::BytesUsed(const std::string& tenant) const {
+  ASSIGN_OR_RETURN(std::vector<v1::Dataset> all, List(tenant));
+  int64_t total = 0;
+  for (const v1::Dataset& d : all) total += d.bytes();
+  return total;
+}
+
+}  // namespace qlorad::core

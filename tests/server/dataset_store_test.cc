@@ -1,0 +1,72 @@
+#include "server/core/dataset_store.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "gtest/gtest.h"
+#include "server/core/tenants.h"
+
+namespace qlorad::core {
+namespace {
+namespace fs = std::filesystem;
+
+class DatasetStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = (fs::temp_directory_path() /
+                             ("qlorad_ds_" + std::to_string(::getpid()) + "_" +
+                              ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+                                .string();
+    fs::remove_all(dir);
+    auto db = storage::KvStore::Open(dir);
+    ASSERT_TRUE(db.ok());
+    db_ = std::move(*db);
+    store_ = std::make_unique<DatasetStore>(db_.get());
+  }
+  std::unique_ptr<storage::KvStore> db_;
+  std::unique_ptr<DatasetStore> store_;
+};
+
+const char kGood[] = "{\"prompt\": \"a\", \"completion\": \" b\"}\n\n{\"text\": \"hello\"}\n";
+
+TEST_F(DatasetStoreTest, StoresCountsHashesAndReadsBack) {
+  auto d = store_->Create("acme", "facts", kGood, 1 << 20);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->examples(), 2);
+  EXPECT_EQ(d->bytes(), static_cast<int64_t>(sizeof(kGood) - 1));
+  EXPECT_EQ(d->sha256(), Sha256Hex(kGood));
+  EXPECT_EQ(d->id().rfind("ds-", 0), 0u);
+  EXPECT_EQ(*store_->Content("acme", d->id()), kGood);
+  EXPECT_EQ(store_->List("acme")->size(), 1u);
+  EXPECT_EQ(*store_->BytesUsed("acme"), d->bytes());
+}
+
+TEST_F(DatasetStoreTest, TheFirstBadLineIsNamedAndNothingIsStored) {
+  const std::string bad = std::string(kGood) + "{\"text\": \"ok\"}\n{\"prompt\": 3}\n";
+  auto d = store_->Create("acme", "bad", bad, 1 << 20);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(d.status().message().find("line 5:"), std::string::npos) << d.status();
+  EXPECT_TRUE(store_->List("acme")->empty());
+  EXPECT_EQ(store_->Create("acme", "empty", "\n \n", 1 << 20).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(DatasetStoreTest, QuotaTenantIsolationAndDelete) {
+  auto d = store_->Create("acme", "a", kGood, 100);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(store_->Create("acme", "b", kGood, 100).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store_->Create("beta", "b", kGood, 100).ok());  // quotas are per tenant
+  EXPECT_EQ(store_->Get("beta", d->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Content("beta", d->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Delete("beta", d->id()).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store_->Delete("acme", d->id()).ok());
+  EXPECT_EQ(store_->Get("acme", d->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store_->BytesUsed("acme"), 0);
+  EXPECT_EQ(store_->List("beta")->size(), 1u);
+}
+
+}  // namespace
+}  // namespace qlorad::core
