@@ -1,0 +1,77 @@
+#include "server/core/model_store.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "engine/gguf.h"
+#include "engine/nf4_checkpoint.h"
+#include "gtest/gtest.h"
+
+namespace qlorad::core {
+namespace {
+namespace fs = std::filesystem;
+
+std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf"; }
+
+class ModelStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("qlorad_ms_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    auto db = storage::KvStore::Open(dir_ + "/db");
+    ASSERT_TRUE(db.ok());
+    db_ = std::move(*db);
+    store_ = std::make_unique<ModelStore>(db_.get());
+  }
+  std::string dir_;
+  std::unique_ptr<storage::KvStore> db_;
+  std::unique_ptr<ModelStore> store_;
+};
+
+TEST_F(ModelStoreTest, RegistersAValidatedModelIdempotently) {
+  auto m = store_->Register("stories260K", Gguf());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->format(), "gguf");
+  EXPECT_EQ(m->parameter_count(), 260032);
+  EXPECT_EQ(m->architecture().num_key_value_heads(), 4);
+  auto again = store_->Register("stories260K", Gguf());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->create_time().seconds(), m->create_time().seconds());
+  EXPECT_EQ(store_->Register("stories260K", "/elsewhere").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(store_->List()->size(), 1u);
+  ASSERT_TRUE(store_->Delete("stories260K").ok());
+  EXPECT_EQ(store_->Get("stories260K").status().code(), absl::StatusCode::kNotFound);
+}
+
+// The size the scheduler counts per device equals what quantizing the model really stores.
+TEST_F(ModelStoreTest, LoadedBytesMatchTheQuantizedModel) {
+  auto g = LoadGgufModel(Gguf());
+  ASSERT_TRUE(g.ok());
+  const int64_t estimate = LoadedModelBytes(g->weights.config);
+  auto q = SaveNf4Checkpoint(g->weights, "", dir_ + "/q");
+  ASSERT_TRUE(q.ok());
+  int64_t actual = 0;
+  for (const auto& [name, t] : *q) actual += t.StorageBytes();
+  actual += 4 * (512 * 64 + 5 * 2 * 64 + 64);  // float32 embedding (tied head) and norms
+  EXPECT_EQ(estimate, actual);
+}
+
+TEST_F(ModelStoreTest, BadNamesAndBadModelsAreRejectedWithReasons) {
+  EXPECT_EQ(store_->Register("bad/name", Gguf()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto missing = store_->Register("ghost", "/nonexistent/model");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("/nonexistent/model"), std::string::npos)
+      << missing.status();
+  EXPECT_TRUE(store_->List()->empty());
+}
+
+}  // namespace
+}  // namespace qlorad::core
