@@ -1,0 +1,89 @@
+#include "server/core/adapter_store.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+#include "engine/gguf.h"
+#include "engine/lora.h"
+#include "engine/peft_adapter.h"
+#include "gtest/gtest.h"
+
+namespace qlorad::core {
+namespace {
+namespace fs = std::filesystem;
+
+class AdapterStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("qlorad_as_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    auto db = storage::KvStore::Open(dir_ + "/db");
+    ASSERT_TRUE(db.ok());
+    db_ = std::move(*db);
+    store_ = std::make_unique<AdapterStore>(db_.get());
+    auto g = LoadGgufModel(std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf");
+    ASSERT_TRUE(g.ok());
+    config_ = g->weights.config;
+    lora_.rank = 4;
+    params_.resize(LoraLayout(config_, lora_).num_params());
+    std::mt19937 rng(5);
+    std::normal_distribution<float> n(0.0f, 0.1f);
+    for (float& p : params_) p = n(rng);
+    ASSERT_TRUE(SavePeftAdapter(dir_ + "/peft", config_, lora_, params_).ok());
+  }
+  v1::Adapter Meta() const {
+    v1::Adapter a;
+    a.set_name("facts");
+    a.set_base_model("stories260K");
+    a.set_rank(4);
+    return a;
+  }
+  std::string dir_;
+  std::unique_ptr<storage::KvStore> db_;
+  std::unique_ptr<AdapterStore> store_;
+  LlamaConfig config_;
+  LoraConfig lora_;
+  std::vector<float> params_;
+};
+
+TEST_F(AdapterStoreTest, StoredFilesLoadBackIntoTheEngineUnchanged) {
+  auto a = store_->Create("acme", Meta(), dir_ + "/peft", 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->id().rfind("ad-", 0), 0u);
+  EXPECT_GT(a->bytes(), static_cast<int64_t>(params_.size() * 4));
+  auto files = store_->Files("acme", a->id());
+  ASSERT_TRUE(files.ok());
+  EXPECT_EQ(files->size(), 2u);
+  ASSERT_TRUE(store_->ExportToDir("acme", a->id(), dir_ + "/out").ok());
+  auto loaded = LoadPeftAdapter(dir_ + "/out", config_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->params, params_);
+}
+
+TEST_F(AdapterStoreTest, EachAdapterIsItsOwnModuleTenantScopedAndCounted) {
+  auto a1 = store_->Create("acme", Meta(), dir_ + "/peft", 2);
+  auto a2 = store_->Create("acme", Meta(), dir_ + "/peft", 2);
+  ASSERT_TRUE(a1.ok() && a2.ok());
+  EXPECT_EQ(store_->Create("acme", Meta(), dir_ + "/peft", 2).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_->Get("beta", a1->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Files("beta", a1->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Delete("beta", a1->id()).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store_->Delete("acme", a1->id()).ok());
+  EXPECT_EQ(store_->Files("acme", a1->id()).status().code(), absl::StatusCode::kNotFound);
+  auto left = store_->Files("acme", a2->id());  // the other module is untouched
+  ASSERT_TRUE(left.ok());
+  EXPECT_EQ(left->size(), 2u);
+  EXPECT_EQ(store_->List("acme")->size(), 1u);
+  EXPECT_EQ(store_->Create("acme", Meta(), dir_ + "/missing", 10).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace qlorad::core
