@@ -9,6 +9,7 @@
 #include "engine/lora.h"
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
+#include "tests/server/test_dirs.h"
 
 namespace qlorad::core {
 namespace {
@@ -17,12 +18,7 @@ namespace fs = std::filesystem;
 class AdapterStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("qlorad_as_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = ::qlorad::testing::FreshTestDir("as");
     auto db = storage::KvStore::Open(dir_ + "/db");
     ASSERT_TRUE(db.ok());
     db_ = std::move(*db);

@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "server/core/tenants.h"
+#include "tests/server/test_dirs.h"
 
 namespace qlorad::core {
 namespace {
@@ -14,11 +15,7 @@ namespace fs = std::filesystem;
 class DatasetStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string dir = (fs::temp_directory_path() /
-                             ("qlorad_ds_" + std::to_string(::getpid()) + "_" +
-                              ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-                                .string();
-    fs::remove_all(dir);
+    const std::string dir = ::qlorad::testing::FreshTestDir("ds");
     auto db = storage::KvStore::Open(dir);
     ASSERT_TRUE(db.ok());
     db_ = std::move(*db);

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "gtest/gtest.h"
+#include "tests/server/test_dirs.h"
 
 namespace qlorad::core {
 namespace {
@@ -13,11 +14,7 @@ namespace fs = std::filesystem;
 class JobStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("qlorad_jobstore_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
+    dir_ = ::qlorad::testing::FreshTestDir("jobstore");
     Reopen();
   }
   void Reopen() {

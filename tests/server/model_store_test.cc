@@ -7,6 +7,7 @@
 #include "engine/gguf.h"
 #include "engine/nf4_checkpoint.h"
 #include "gtest/gtest.h"
+#include "tests/server/test_dirs.h"
 
 namespace qlorad::core {
 namespace {
@@ -17,12 +18,7 @@ std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/
 class ModelStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("qlorad_ms_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = ::qlorad::testing::FreshTestDir("ms");
     auto db = storage::KvStore::Open(dir_ + "/db");
     ASSERT_TRUE(db.ok());
     db_ = std::move(*db);
