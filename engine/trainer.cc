@@ -99,12 +99,14 @@ Trainer::~Trainer() = default;
 
 std::vector<float> Trainer::params() const { return ToHost(device_, *d_params_); }
 
-std::vector<int64_t> Trainer::EpochOrder(int64_t epoch) const {
-  std::vector<int64_t> order(train_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+const std::vector<int64_t>& Trainer::EpochOrder(int64_t epoch) {
+  if (epoch == order_epoch_) return order_;
+  order_.resize(train_.size());
+  for (size_t i = 0; i < order_.size(); ++i) order_[i] = static_cast<int64_t>(i);
   std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) + 1);
-  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
-  return order;
+  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng() % i]);
+  order_epoch_ = epoch;
+  return order_;
 }
 
 MicroBatch Trainer::Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
@@ -139,7 +141,7 @@ absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& row
 absl::StatusOr<StepReport> Trainer::Step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t epoch = step_ / steps_per_epoch_;
-  const std::vector<int64_t> order = EpochOrder(epoch);
+  const std::vector<int64_t>& order = EpochOrder(epoch);
   const int64_t per_step = options_.batch_size * options_.grad_accum;
   const int64_t begin = (step_ % steps_per_epoch_) * per_step;
   const int64_t end = std::min<int64_t>(train_.size(), begin + per_step);

@@ -102,7 +102,8 @@ class Trainer {
  private:
   Trainer() = default;
   absl::StatusOr<StepReport> Step();
-  std::vector<int64_t> EpochOrder(int64_t epoch) const;
+  // The seeded row permutation of `epoch`, computed once per epoch (not per step).
+  const std::vector<int64_t>& EpochOrder(int64_t epoch);
   MicroBatch Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
                     int64_t begin, int64_t end) const;
   absl::Status MaybeEvaluate(StepReport* report, bool force);
@@ -113,6 +114,8 @@ class Trainer {
   std::unique_ptr<LoraLayout> layout_;
   std::unique_ptr<LoraTrainingGraph> graph_;
   std::vector<TrainingRow> train_, valid_;
+  std::vector<int64_t> order_;
+  int64_t order_epoch_ = -1;
   std::unique_ptr<DeviceBuffer> d_params_, d_grads_, d_m_, d_v_;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
   std::optional<double> loss_ema_, min_loss_ema_, best_eval_;

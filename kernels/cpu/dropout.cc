@@ -9,12 +9,8 @@ void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t st
   const float threshold = p * 16777216.0f;  // keep when the 24 random bits >= p * 2^24
 #pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t pair = 0; pair < (n + 1) / 2; ++pair) {
-    // The hash of DropoutKeep, once per pair of elements.
-    uint64_t z = seed ^ (stream * 0x9E3779B97F4A7C15ull) ^
-                 (static_cast<uint64_t>(pair) * 0xD1B54A32D192ED03ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    // DropoutKeep's bits, computed once per pair of elements.
+    const uint64_t z = DropoutPairBits(seed, stream, static_cast<uint64_t>(pair));
     const int64_t i = 2 * pair;
     out[i] = static_cast<float>(z >> 40) >= threshold ? x[i] * scale : 0.0f;
     if (i + 1 < n)
