@@ -24,6 +24,7 @@
 #include "engine/nf4_checkpoint.h"
 #include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
+#include "engine/text_stream.h"
 #include "engine/tools/args.h"
 #include "engine/tools/commands.h"
 
@@ -149,23 +150,16 @@ absl::Status GenerateCommand(int argc, char** argv) {
     ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(prompt_text));
     prompt.insert(prompt.end(), ids.begin(), ids.end());
   }
-  // Stream the text: decode the whole sequence each step and print what is new, so that
-  // byte-fallback pieces forming one UTF-8 character come out whole.
-  std::vector<int32_t> all = prompt;
-  ASSIGN_OR_RETURN(std::string printed, tok.Decode(all));  // the prompt: not printed
+  ASSIGN_OR_RETURN(TextStream stream, TextStream::Start(tok, prompt));  // the prompt: not printed
   absl::Status stream_status;
   auto on_token = [&](int32_t id) {
-    all.push_back(id);
-    auto text = tok.Decode(all);
+    auto text = stream.Push(id);
     if (!text.ok()) {
       stream_status = text.status();
       return false;
     }
-    if (text->size() > printed.size() && text->compare(0, printed.size(), printed) == 0) {
-      std::fputs(text->c_str() + printed.size(), stdout);
-      std::fflush(stdout);
-      printed = *text;
-    }
+    std::fputs(text->c_str(), stdout);
+    std::fflush(stdout);
     return true;
   };
   const auto start = std::chrono::steady_clock::now();

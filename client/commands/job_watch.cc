@@ -1,0 +1,118 @@
+// `jobs watch` (and `jobs create --watch`): WatchJob until the job ends, then its outcome.
+#include <algorithm>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/commands/jobs.h"
+#include "engine/status_macros.h"
+#include "qlorad/v1/jobs.grpc.pb.h"
+
+namespace qlorad::ctl {
+namespace {
+
+using v1::JobService;
+
+// A stream that ends cleanly while the job still runs (the daemon handing over, say) is resumed
+// from the last event seen; this many resumes in a row without a new event give up.
+constexpr int kMaxIdleResumes = 3;
+constexpr absl::Duration kResumePause = absl::Seconds(1);
+
+// Text mode: events as lines on stdout; progress on stderr, as one line rewritten in place
+// when stderr is a terminal, else one line per event.
+class EventPrinter {
+ public:
+  explicit EventPrinter(bool live) : live_(live) {}
+  ~EventPrinter() { EndLiveLine(); }
+
+  void Print(const v1::JobEvent& event) {
+    if (event.has_progress()) {
+      if (live_) {
+        std::cerr << "\r" << FormatProgress(event.progress()) << "\x1b[K" << std::flush;
+        live_line_shown_ = true;
+      } else {
+        std::cerr << FormatProgress(event.progress()) << "\n" << std::flush;
+      }
+      return;
+    }
+    EndLiveLine();
+    std::cout << FormatEvent(event) << "\n" << std::flush;
+  }
+
+  // Keeps the last progress line on screen and moves below it.
+  void EndLiveLine() {
+    if (!live_line_shown_) return;
+    std::cerr << "\n" << std::flush;
+    live_line_shown_ = false;
+  }
+
+ private:
+  const bool live_;
+  bool live_line_shown_ = false;
+};
+
+bool Finished(v1::JobState state) {
+  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED;
+}
+
+absl::Status Conclude(const Invocation& invocation, const v1::Job& job) {
+  if (invocation.json()) RETURN_IF_ERROR(PrintJson(job));
+  switch (job.state()) {
+    case v1::SUCCEEDED:
+      if (!invocation.json()) std::cout << "adapter: " << job.adapter_id() << "\n" << std::flush;
+      return absl::OkStatus();
+    case v1::FAILED:
+      return ExitError(kExitJobFailed,
+                       absl::StrCat("job ", job.id(), " FAILED: ", FormatJobError(job.error())));
+    default:
+      return ExitError(kExitJobCancelled, absl::StrCat("job ", job.id(), " was CANCELLED"));
+  }
+}
+
+}  // namespace
+
+absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64_t after_sequence) {
+  auto stub = JobService::NewStub(invocation.channel);
+  EventPrinter printer(!invocation.json() && StderrIsTerminal());
+  int idle_resumes = 0;
+  for (;;) {
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    request.set_after_sequence(after_sequence);
+    auto context = invocation.Context(std::nullopt);
+    auto reader = stub->WatchJob(context.get(), request);
+    v1::JobEvent event;
+    bool new_events = false;
+    while (reader->Read(&event)) {
+      new_events = true;
+      after_sequence = std::max(after_sequence, event.sequence());
+      if (!invocation.json()) {
+        printer.Print(event);
+        continue;
+      }
+      if (absl::Status printed = PrintJson(event); !printed.ok()) {
+        context->TryCancel();
+        (void)reader->Finish();
+        return printed;
+      }
+    }
+    printer.EndLiveLine();
+    RETURN_IF_ERROR(RpcStatus(reader->Finish()));
+
+    v1::GetJobRequest get;
+    get.set_id(id);
+    v1::Job job;
+    auto get_context = invocation.Context(kUnaryTimeout);
+    RETURN_IF_ERROR(RpcStatus(stub->GetJob(get_context.get(), get, &job)));
+    if (Finished(job.state())) return Conclude(invocation, job);
+    idle_resumes = new_events ? 0 : idle_resumes + 1;
+    if (idle_resumes >= kMaxIdleResumes) {
+      return absl::UnavailableError(absl::StrCat("the event stream of job ", id,
+                                                 " keeps ending while the job is ",
+                                                 v1::JobState_Name(job.state())));
+    }
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(kResumePause));
+  }
+}
+
+}  // namespace qlorad::ctl

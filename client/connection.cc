@@ -1,0 +1,71 @@
+#include "client/connection.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace qlorad::client {
+namespace {
+
+std::string EnvOr(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? std::string(value) : fallback;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open TLS root file '", path, "'"));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat("cannot read '", path, "'"));
+  return contents.str();
+}
+
+}  // namespace
+
+ConnectionOptions ConnectionOptionsFromEnvironment() {
+  ConnectionOptions options;
+  options.server = EnvOr("QLORAD_SERVER", options.server);
+  options.token = EnvOr("QLORAD_TOKEN", options.token);
+  return options;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOptions& options) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_ca_file.empty()) {
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    absl::StatusOr<std::string> roots = ReadFile(options.tls_ca_file);
+    if (!roots.ok()) return roots.status();
+    if (roots->empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS root file '", options.tls_ca_file, "' is empty"));
+    }
+    ssl.pem_root_certs = *std::move(roots);
+    credentials = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(options.max_message_bytes);
+  arguments.SetMaxSendMessageSize(options.max_message_bytes);
+  return grpc::CreateCustomChannel(options.server, credentials, arguments);
+}
+
+std::unique_ptr<grpc::ClientContext> MakeClientContext(const ConnectionOptions& options,
+                                                       std::optional<absl::Duration> timeout) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  if (!options.token.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", options.token));
+  }
+  if (timeout.has_value()) context->set_deadline(absl::ToChronoTime(absl::Now() + *timeout));
+  return context;
+}
+
+absl::Status ToAbslStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+}  // namespace qlorad::client

@@ -1,0 +1,314 @@
+"""The qlorad client: one channel, one method per RPC, errors as QloradError."""
+
+import os
+import time
+
+import grpc
+
+from ._gen.qlorad.v1 import (
+    adapters_pb2, adapters_pb2_grpc, datasets_pb2, datasets_pb2_grpc, inference_pb2,
+    inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, limits_pb2, limits_pb2_grpc, models_pb2,
+    models_pb2_grpc)
+
+UPLOAD_CHUNK_BYTES = 1 << 20
+TERMINAL_STATES = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
+_HYPERPARAMETERS = frozenset(jobs_pb2.Hyperparameters.DESCRIPTOR.fields_by_name)
+
+
+class QloradError(Exception):
+    """A failed call. .code is the gRPC status name ("NOT_FOUND", "UNAVAILABLE", ...), .message
+    the server's text. Also raised, with code "INTERNAL", when a download stream breaks the
+    protocol (unsafe file name, a file cut short)."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc_error(cls, e):
+        code = e.code() if callable(getattr(e, "code", None)) else None
+        details = e.details() if callable(getattr(e, "details", None)) else None
+        return cls(code.name if code is not None else "UNKNOWN", details or str(e))
+
+
+def _is_bytes(x):
+    return isinstance(x, (bytes, bytearray, memoryview))
+
+
+class Client:
+    """A connection to qlorad.
+
+    target: "host:port". token: the API key sent as "authorization: Bearer <token>"; None takes
+    $QLORAD_TOKEN, "" sends none. root_certificates: PEM bytes, or a path to a PEM file, for TLS;
+    None is a plaintext channel. timeout: deadline in seconds of each unary call (None: none);
+    streaming calls take their own.
+    """
+
+    def __init__(self, target="127.0.0.1:50051", token=None, root_certificates=None,
+                 max_message_bytes=64 << 20, timeout=None):
+        if token is None:
+            token = os.environ.get("QLORAD_TOKEN", "")
+        self._metadata = (("authorization", "Bearer " + token),) if token else ()
+        self.timeout = timeout
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if root_certificates is not None:
+            if not _is_bytes(root_certificates):
+                with open(root_certificates, "rb") as f:
+                    root_certificates = f.read()
+            creds = grpc.ssl_channel_credentials(root_certificates=bytes(root_certificates))
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._adapters = adapters_pb2_grpc.AdapterServiceStub(self._channel)
+        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
+        self._limits = limits_pb2_grpc.LimitsServiceStub(self._channel)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _unary(self, method, request):
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise QloradError.from_rpc_error(e) from None
+
+    def _stream(self, method, request, timeout=None):
+        """Iterates a server stream; closing the iterator early cancels the call."""
+        call = method(request, metadata=self._metadata, timeout=timeout)
+        try:
+            for item in call:
+                yield item
+        except grpc.RpcError as e:
+            raise QloradError.from_rpc_error(e) from None
+        finally:
+            call.cancel()  # no-op once the call has ended
+
+    # -- models (admin) -------------------------------------------------------------------------
+
+    def register_model(self, name, path):
+        return self._unary(self._models.RegisterModel,
+                           models_pb2.RegisterModelRequest(name=name, path=str(path)))
+
+    def list_models(self):
+        return list(self._unary(self._models.ListModels, models_pb2.ListModelsRequest()).models)
+
+    def get_model(self, name):
+        return self._unary(self._models.GetModel, models_pb2.GetModelRequest(name=name))
+
+    def delete_model(self, name):
+        self._unary(self._models.DeleteModel, models_pb2.DeleteModelRequest(name=name))
+
+    # -- datasets -------------------------------------------------------------------------------
+
+    def upload_dataset(self, path_or_bytes, name=None):
+        """Uploads JSONL (a path, or the bytes); returns the stored Dataset. name defaults to the
+        file's base name."""
+        if _is_bytes(path_or_bytes):
+            data = bytes(path_or_bytes)
+            f = None
+            if name is None:
+                name = ""
+        else:
+            f = open(path_or_bytes, "rb")  # open here: a missing file is an OSError, not an RPC
+            if name is None:
+                name = os.path.basename(os.fspath(path_or_bytes))
+
+        def requests():
+            yield datasets_pb2.UploadDatasetRequest(header=datasets_pb2.DatasetHeader(name=name))
+            if f is None:
+                for i in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                    yield datasets_pb2.UploadDatasetRequest(chunk=data[i:i + UPLOAD_CHUNK_BYTES])
+            else:
+                while True:
+                    chunk = f.read(UPLOAD_CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
+
+        try:
+            return self._unary(self._datasets.UploadDataset, requests())
+        finally:
+            if f is not None:
+                f.close()
+
+    def list_datasets(self):
+        return list(self._unary(self._datasets.ListDatasets,
+                                datasets_pb2.ListDatasetsRequest()).datasets)
+
+    def get_dataset(self, id):
+        return self._unary(self._datasets.GetDataset, datasets_pb2.GetDatasetRequest(id=id))
+
+    def delete_dataset(self, id):
+        self._unary(self._datasets.DeleteDataset, datasets_pb2.DeleteDatasetRequest(id=id))
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def create_job(self, model, training_dataset, validation_dataset="", suffix="", labels=None,
+                   idempotency_key="", priority=0, **hyperparameters):
+        """Queues a fine-tune job; returns the Job. Keyword arguments beyond these are
+        Hyperparameters fields (rank=8, learning_rate=2e-4, target_modules=["q_proj"], ...);
+        None leaves a field unset (the server's default)."""
+        unknown = sorted(set(hyperparameters) - _HYPERPARAMETERS)
+        if unknown:
+            raise TypeError(f"create_job() got unknown hyperparameters: {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(_HYPERPARAMETERS))})")
+        hp = jobs_pb2.Hyperparameters()
+        for key, value in hyperparameters.items():
+            if value is None:
+                continue
+            if key == "target_modules":
+                if isinstance(value, str):
+                    value = [value]
+                hp.target_modules.extend(value)
+            else:
+                setattr(hp, key, value)
+        request = jobs_pb2.CreateJobRequest(
+            model=model, training_dataset=training_dataset, validation_dataset=validation_dataset,
+            hyperparameters=hp, suffix=suffix, labels=dict(labels or {}),
+            idempotency_key=idempotency_key, priority=priority)
+        return self._unary(self._jobs.CreateJob, request)
+
+    def get_job(self, id):
+        return self._unary(self._jobs.GetJob, jobs_pb2.GetJobRequest(id=id))
+
+    def list_jobs(self, states=None, labels=None):
+        """All the tenant's jobs (every page), optionally only those in states (JobState values
+        or names like "RUNNING") carrying all of labels."""
+        states = [jobs_pb2.JobState.Value(s) if isinstance(s, str) else s for s in states or ()]
+        jobs, token = [], ""
+        while True:
+            page = self._unary(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(
+                states=states, labels=dict(labels or {}), page_token=token))
+            jobs.extend(page.jobs)
+            if not page.next_page_token or page.next_page_token == token:
+                return jobs
+            token = page.next_page_token
+
+    def cancel_job(self, id):
+        return self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=id))
+
+    def job_events(self, id, after_sequence=0):
+        """The job's stored events after after_sequence (every page), as a list."""
+        events = []
+        while True:
+            page = self._unary(self._jobs.ListJobEvents, jobs_pb2.ListJobEventsRequest(
+                id=id, after_sequence=after_sequence))
+            events.extend(page.events)
+            if not page.events or page.next_after_sequence <= after_sequence:
+                return events
+            after_sequence = page.next_after_sequence
+
+    def watch_job(self, id, after_sequence=0, timeout=None):
+        """Iterator of JobEvent: the stored ones after after_sequence, then live ones until the
+        job ends. Closing it (or breaking out of a for loop over it) cancels the stream."""
+        return self._stream(self._jobs.WatchJob,
+                            jobs_pb2.WatchJobRequest(id=id, after_sequence=after_sequence),
+                            timeout=timeout)
+
+    def wait_job(self, id, on_event=None, timeout=None):
+        """Follows the job's events (on_event(event) for each) until it ends; returns the final
+        Job. timeout (seconds) bounds the whole wait: QloradError("DEADLINE_EXCEEDED") past it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QloradError("DEADLINE_EXCEEDED", f"job {id} still running after {timeout}s")
+            for event in self.watch_job(id, after_sequence=after, timeout=remaining):
+                after = max(after, event.sequence)
+                if on_event is not None:
+                    on_event(event)
+            job = self.get_job(id)
+            if job.state in TERMINAL_STATES:
+                return job
+            time.sleep(0.2)  # the stream ended early (server restart?): pick up where it left
+
+    # -- adapters -------------------------------------------------------------------------------
+
+    def list_adapters(self):
+        return list(self._unary(self._adapters.ListAdapters,
+                                adapters_pb2.ListAdaptersRequest()).adapters)
+
+    def get_adapter(self, id):
+        return self._unary(self._adapters.GetAdapter, adapters_pb2.GetAdapterRequest(id=id))
+
+    def delete_adapter(self, id):
+        self._unary(self._adapters.DeleteAdapter, adapters_pb2.DeleteAdapterRequest(id=id))
+
+    def download_adapter(self, id, out_dir, rslora_as_plain=False, timeout=None):
+        """Writes the adapter's PEFT files into out_dir (created if needed); returns their paths
+        in the order received. Each file is written to a .part file and renamed when whole."""
+        os.makedirs(out_dir, exist_ok=True)
+        request = adapters_pb2.DownloadAdapterRequest(id=id, rslora_as_plain=rslora_as_plain)
+        paths, seen = [], set()
+        current, f = None, None  # name and .part file of the file being received
+        stream = self._stream(self._adapters.DownloadAdapter, request, timeout=timeout)
+        try:
+            for chunk in stream:
+                name = chunk.file_name or current
+                if name is None:
+                    raise QloradError("INTERNAL", "download: a chunk without a file name")
+                if name != current:
+                    if current is not None:
+                        raise QloradError("INTERNAL", f"download: {current} cut short")
+                    if (name in (".", "..") or "/" in name or "\\" in name or ".." in name
+                            or "\0" in name):
+                        raise QloradError("INTERNAL", f"download: unsafe file name {name!r}")
+                    if name in seen:
+                        raise QloradError("INTERNAL", f"download: {name} sent twice")
+                    seen.add(name)
+                    current = name
+                    f = open(os.path.join(out_dir, name + ".part"), "wb")
+                f.write(chunk.data)
+                if chunk.end_of_file:
+                    f.close()
+                    f = None
+                    path = os.path.join(out_dir, name)
+                    os.replace(path + ".part", path)
+                    paths.append(path)
+                    current = None
+            if current is not None:
+                raise QloradError("INTERNAL", f"download: {current} cut short")
+        finally:
+            stream.close()
+            if f is not None:
+                f.close()
+                try:
+                    os.unlink(os.path.join(out_dir, current + ".part"))
+                except OSError:
+                    pass
+        return paths
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def generate(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0, top_p=1.0,
+                 seed=0, timeout=None):
+        """The generated text (the stream's pieces joined)."""
+        request = inference_pb2.GenerateRequest(
+            model=model, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p, seed=seed)
+        return "".join(r.text for r in self._stream(self._inference.Generate, request,
+                                                     timeout=timeout))
+
+    def evaluate(self, model, adapter_id, dataset_id):
+        return self._unary(self._inference.Evaluate, inference_pb2.EvaluateRequest(
+            model=model, adapter_id=adapter_id, dataset_id=dataset_id))
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def get_limits(self, model=""):
+        return self._unary(self._limits.GetLimits, limits_pb2.GetLimitsRequest(model=model))

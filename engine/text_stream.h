@@ -1,0 +1,29 @@
+// Streams generated text: decodes the whole sequence after each new token and hands out only
+// what is new, so that byte-fallback pieces forming one UTF-8 character come out whole.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/tokenizer.h"
+
+namespace qlorad {
+
+class TextStream {
+ public:
+  // The prompt's text is taken as already seen (never handed out).
+  static absl::StatusOr<TextStream> Start(const Tokenizer& tokenizer, std::vector<int32_t> prompt);
+  // The text the new token completes; empty while a character is still partial.
+  absl::StatusOr<std::string> Push(int32_t token);
+
+ private:
+  TextStream(const Tokenizer& tokenizer, std::vector<int32_t> ids, std::string text)
+      : tokenizer_(&tokenizer), ids_(std::move(ids)), text_(std::move(text)) {}
+  const Tokenizer* tokenizer_;
+  std::vector<int32_t> ids_;
+  std::string text_;
+};
+
+}  // namespace qlorad

@@ -1,0 +1,149 @@
+#include "server/core/inference_runner.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "engine/dataset.h"
+#include "engine/device_adapter.h"
+#include "engine/evaluate.h"
+#include "engine/generate.h"
+#include "engine/peft_adapter.h"
+#include "engine/status_macros.h"
+#include "engine/text_stream.h"
+#include "server/core/ids.h"
+
+namespace qlorad::core {
+namespace fs = std::filesystem;
+namespace {
+
+absl::StatusOr<v1::Model> FindModel(ModelStore* models, const std::string& name) {
+  if (name.empty()) return absl::InvalidArgumentError("model: required");
+  auto m = models->Get(name);
+  if (absl::IsNotFound(m.status()) || absl::IsInvalidArgument(m.status()))
+    return absl::NotFoundError(absl::StrCat("model: no base model named '", name, "'"));
+  return m;
+}
+
+// The tenant's adapter placed on `device`, or null for an empty id.
+absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapters, Device* device,
+                                                           const std::string& tenant,
+                                                           const std::string& id,
+                                                           const LlamaConfig& config,
+                                                           const std::string& scratch) {
+  if (id.empty()) return std::unique_ptr<DeviceAdapter>();
+  auto meta = adapters->Get(tenant, id);
+  if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
+    return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
+  if (!meta.ok()) return meta.status();
+  const std::string dir = (fs::path(scratch) / NewId("load")).string();
+  absl::Status exported = adapters->ExportToDir(tenant, id, dir);
+  absl::StatusOr<PeftAdapter> peft =
+      exported.ok() ? LoadPeftAdapter(dir, config) : absl::StatusOr<PeftAdapter>(exported);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!peft.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "adapter_id: adapter '", id, "' does not fit this model: ", peft.status().message()));
+  }
+  return DeviceAdapter::Create(device, config, peft->config, peft->params);
+}
+
+}  // namespace
+
+InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
+                                 std::string scratch_dir, int threads)
+    : models_(models),
+      datasets_(datasets),
+      adapters_(adapters),
+      scratch_dir_(std::move(scratch_dir)) {
+  device_ = CreateCpuDevice(threads);
+  pool_ = std::make_unique<ModelPool>(device_.get());
+}
+
+absl::StatusOr<std::string> InferenceRunner::Generate(
+    const std::string& tenant, const v1::GenerateRequest& req,
+    const std::function<bool(const std::string&)>& on_text) {
+  ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
+  SamplingOptions so;
+  so.max_new_tokens = req.max_tokens() > 0 ? req.max_tokens() : 64;
+  if (so.max_new_tokens > 4096) return absl::InvalidArgumentError("max_tokens: at most 4096");
+  so.temperature = req.temperature();
+  so.top_p = req.top_p() > 0.0f ? req.top_p() : 1.0f;
+  so.seed = req.seed();
+  if (absl::Status s = ValidateSamplingOptions(so); !s.ok()) {
+    return absl::InvalidArgumentError(s.message());
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<PooledModel> pooled, pool_->Acquire(model));
+  const LlamaConfig& config = pooled->model->config();
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<DeviceAdapter> adapter,
+      LoadAdapter(adapters_, device_.get(), tenant, req.adapter_id(), config, scratch_dir_));
+  const Tokenizer& tok = *pooled->tokenizer;
+  std::vector<int32_t> prompt = {tok.bos_id()};
+  if (!req.prompt().empty()) {
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(req.prompt()));
+    prompt.insert(prompt.end(), ids.begin(), ids.end());
+  }
+  if (static_cast<int64_t>(prompt.size()) + so.max_new_tokens > config.max_position_embeddings) {
+    so.max_new_tokens =
+        std::max<int64_t>(0, config.max_position_embeddings - static_cast<int64_t>(prompt.size()));
+    if (so.max_new_tokens == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt.size(),
+                                                     " tokens fill the model's context of ",
+                                                     config.max_position_embeddings));
+    }
+  }
+  ASSIGN_OR_RETURN(TextStream stream, TextStream::Start(tok, prompt));
+  absl::Status stream_status;
+  bool client_left = false;
+  auto on_token = [&](int32_t id) {
+    auto text = stream.Push(id);
+    if (!text.ok()) {
+      stream_status = text.status();
+      return false;
+    }
+    if (!text->empty() && !on_text(*text)) {
+      client_left = true;
+      return false;
+    }
+    return true;
+  };
+  ASSIGN_OR_RETURN(GenerationResult r, qlorad::Generate(*pooled->model, prompt, so, on_token,
+                                                        adapter ? adapter->weights() : nullptr));
+  RETURN_IF_ERROR(stream_status);
+  if (client_left) return absl::CancelledError("the client left");
+  return std::string(r.stopped_at_eos ? "eos" : "max_tokens");
+}
+
+absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string& tenant,
+                                                               const v1::EvaluateRequest& req) {
+  ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
+  if (req.dataset_id().empty()) return absl::InvalidArgumentError("dataset_id: required");
+  auto content = datasets_->Content(tenant, req.dataset_id());
+  if (absl::IsNotFound(content.status()) || absl::IsInvalidArgument(content.status()))
+    return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
+  if (!content.ok()) return content.status();
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<PooledModel> pooled, pool_->Acquire(model));
+  const LlamaConfig& config = pooled->model->config();
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<DeviceAdapter> adapter,
+      LoadAdapter(adapters_, device_.get(), tenant, req.adapter_id(), config, scratch_dir_));
+  auto examples = TokenizeJsonl(*content, *pooled->tokenizer, req.dataset_id());
+  if (!examples.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset_id: ", examples.status().message()));
+  }
+  ASSIGN_OR_RETURN(EvalResult r,
+                   EvaluateExamples(*pooled->model, *examples, config.max_position_embeddings,
+                                    adapter ? adapter->weights() : nullptr));
+  v1::EvaluateResponse out;
+  out.set_loss(r.loss);
+  out.set_perplexity(r.perplexity);
+  out.set_target_tokens(r.target_tokens);
+  out.set_examples(r.examples);
+  return out;
+}
+
+}  // namespace qlorad::core

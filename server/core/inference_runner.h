@@ -1,0 +1,45 @@
+// Generation and evaluation with a tenant's adapter applied unmerged on a base model, on a CPU
+// device of its own (never a training worker's, whose engine only that worker drives). Base
+// models are loaded once into this runner's pool; requests run one at a time.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/device.h"
+#include "qlorad/v1/inference.pb.h"
+#include "server/core/adapter_store.h"
+#include "server/core/dataset_store.h"
+#include "server/core/model_pool.h"
+#include "server/core/model_store.h"
+
+namespace qlorad::core {
+
+class InferenceRunner {
+ public:
+  InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
+                  std::string scratch_dir, int threads);
+
+  // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
+  // returning false (the client left) stops generation. Returns the finish reason.
+  absl::StatusOr<std::string> Generate(const std::string& tenant, const v1::GenerateRequest& req,
+                                       const std::function<bool(const std::string&)>& on_text)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& tenant,
+                                                const v1::EvaluateRequest& req)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  ModelStore* models_;
+  DatasetStore* datasets_;
+  AdapterStore* adapters_;
+  std::string scratch_dir_;
+  absl::Mutex mu_;
+  std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace qlorad::core

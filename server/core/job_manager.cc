@@ -1,0 +1,889 @@
+#include "server/core/job_manager.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/dataset.h"
+#include "engine/device.h"
+#include "engine/mapped_file.h"
+#include "engine/peft_adapter.h"
+#include "engine/status_macros.h"
+#include "engine/trainer.h"
+#include "server/core/ids.h"
+#include "server/core/job_state.h"
+#include "server/core/model_pool.h"
+
+namespace qlorad::core {
+namespace fs = std::filesystem;
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+constexpr const char* kTokensFile = "qlorad_tokens_trained";
+
+absl::Status Field(const std::string& field, const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
+}
+
+bool ValidName(const std::string& s, size_t max_len) {
+  if (s.size() > max_len) return false;
+  for (char c : s) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
+int64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : int64_t{8} << 30;
+}
+
+}  // namespace
+
+struct JobManager::Worker {
+  std::string name;
+  int threads = 0;
+  int64_t budget = 0;
+  std::thread thread;
+  std::unique_ptr<Device> device;
+  std::unique_ptr<ModelPool> pool;
+  // Reserved bytes of admitted jobs (their estimates), for admission and DeviceInfo.
+  std::atomic<int64_t> jobs_bytes{0};
+  std::atomic<int> jobs_running{0};
+};
+
+struct JobManager::ActiveJob {
+  v1::Job job;
+  QueuedJob entry;
+  std::shared_ptr<PooledModel> model;
+  std::unique_ptr<Trainer> trainer;
+  std::shared_ptr<std::atomic<bool>> cancel;
+  std::chrono::steady_clock::time_point last_progress{};
+  int64_t tokens = 0;
+  double last_loss = 0.0;
+  double eta = 0.0;
+  absl::Status failure;
+  std::string failure_parameter;
+  bool failure_is_user = false;
+};
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerStores& stores,
+                                                               const JobManagerOptions& options) {
+  auto m = std::unique_ptr<JobManager>(new JobManager(stores, options));
+  std::vector<std::string> names;
+  if (options.devices.empty() || options.devices == "auto") {
+    names.push_back("cpu:0");
+  } else {
+    for (absl::string_view d : absl::StrSplit(options.devices, ',', absl::SkipEmpty())) {
+      names.emplace_back(d);
+    }
+  }
+  std::set<std::string> seen;
+  for (const std::string& n : names) {
+    int index = 0;
+    if (n.rfind("cpu:", 0) != 0 || !absl::SimpleAtoi(n.substr(4), &index) || index < 0) {
+      if (n.rfind("cuda:", 0) == 0) {
+        return absl::UnimplementedError(absl::StrCat(
+            "--devices: ", n, ": this build has no CUDA device backend yet; use cpu:N"));
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("--devices: '", n, "' is not a device (cpu:0, cpu:1, ... or auto)"));
+    }
+    if (!seen.insert(n).second)
+      return absl::InvalidArgumentError(absl::StrCat("--devices: ", n, " is listed twice"));
+  }
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int n = static_cast<int>(names.size());
+  for (const std::string& name : names) {
+    auto w = std::make_unique<Worker>();
+    w->name = name;
+    w->threads =
+        options.threads_per_device > 0 ? options.threads_per_device : std::max(1, cores / n);
+    w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                : PhysicalMemoryBytes() / 2 / n;
+    m->workers_.push_back(std::move(w));
+  }
+  if (m->options_.scratch_dir.empty()) {
+    m->options_.scratch_dir = (fs::temp_directory_path() / "qlorad-scratch").string();
+  }
+  std::error_code ec;
+  fs::create_directories(m->options_.scratch_dir, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", m->options_.scratch_dir, ": ", ec.message()));
+  }
+  return m;
+}
+
+JobManager::JobManager(const JobManagerStores& stores, const JobManagerOptions& options)
+    : stores_(stores), options_(options) {}
+
+JobManager::~JobManager() { Shutdown(); }
+
+int64_t JobManager::MaxDeviceBudget() const {
+  int64_t best = 0;
+  for (const auto& w : workers_) best = std::max(best, w->budget);
+  return best;
+}
+
+absl::StatusOr<QueuedJob> JobManager::QueueEntry(const v1::Job& job) const {
+  QueuedJob q;
+  q.tenant = job.tenant();
+  q.id = job.id();
+  q.priority = job.priority();
+  q.model = job.model();
+  auto model = stores_.models->Get(job.model());
+  if (model.ok()) {
+    q.model_bytes = model->quantized_bytes();
+    q.job_bytes = JobMemoryBytes(ConfigFromModel(*model), job.resolved());
+  }
+  return q;
+}
+
+absl::Status JobManager::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (started_) return absl::FailedPreconditionError("the job manager is already started");
+    started_ = true;
+  }
+  ASSIGN_OR_RETURN(std::vector<v1::Job> unfinished, stores_.jobs->Unfinished());
+  // Oldest first, so that FIFO order survives a restart.
+  std::sort(unfinished.begin(), unfinished.end(), [](const v1::Job& a, const v1::Job& b) {
+    return TimeUtil::TimestampToNanoseconds(a.create_time()) <
+           TimeUtil::TimestampToNanoseconds(b.create_time());
+  });
+  for (const v1::Job& job : unfinished) {
+    if (job.state() == v1::QUEUED) {
+      Requeue(job);
+      continue;
+    }
+    const std::string reason =
+        job.state() == v1::RUNNING
+            ? absl::StrCat("the daemon restarted; resuming from the last checkpoint (step ",
+                           job.steps_completed(), " was reached)")
+            : "validated; queued after a restart";
+    auto moved = stores_.jobs->Transition(job.tenant(), job.id(), JobState::kQueued, reason,
+                                          [](v1::Job& j) { j.clear_device(); });
+    if (!moved.ok()) return moved.status();
+    Requeue(*moved);
+  }
+  for (auto& w : workers_) {
+    Worker* raw = w.get();
+    w->thread = std::thread([this, raw] { WorkerLoop(raw); });
+  }
+  return absl::OkStatus();
+}
+
+void JobManager::Requeue(const v1::Job& job) {
+  auto entry = QueueEntry(job);
+  absl::MutexLock lock(&mu_);
+  QueuedJob q = *entry;
+  q.arrival = arrivals_++;
+  queue_.push_back(std::move(q));
+  cancel_flags_[job.id()] = std::make_shared<std::atomic<bool>>(false);
+  work_cv_.SignalAll();
+}
+
+void JobManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    work_cv_.SignalAll();
+  }
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+void JobManager::Notify() const {
+  absl::MutexLock lock(&change_mu_);
+  ++changes_;
+  change_cv_.SignalAll();
+}
+
+int64_t JobManager::ChangeCounter() const {
+  absl::MutexLock lock(&change_mu_);
+  return changes_;
+}
+
+void JobManager::WaitForChange(int64_t seen, absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&change_mu_);
+  while (changes_ <= seen) {
+    if (change_cv_.WaitWithDeadline(&change_mu_, deadline)) return;
+  }
+}
+
+int JobManager::ActiveJobs(const std::string& tenant) const {
+  absl::MutexLock lock(&mu_);
+  int n = 0;
+  for (const QueuedJob& q : queue_) n += q.tenant == tenant;
+  auto it = running_by_tenant_.find(tenant);
+  return n + (it == running_by_tenant_.end() ? 0 : it->second);
+}
+
+absl::StatusOr<bool> JobManager::ModelInUse(const std::string& model) const {
+  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, stores_.jobs->Unfinished());
+  for (const v1::Job& j : jobs) {
+    if (j.model() == model) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<bool> JobManager::DatasetInUse(const std::string& tenant,
+                                              const std::string& dataset) const {
+  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, stores_.jobs->Unfinished());
+  for (const v1::Job& j : jobs) {
+    if (j.tenant() == tenant &&
+        (j.training_dataset() == dataset || j.validation_dataset() == dataset)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
+                                              const v1::CreateJobRequest& req) {
+  if (req.model().empty()) return absl::InvalidArgumentError("model: required");
+  auto model = stores_.models->Get(req.model());
+  if (absl::IsNotFound(model.status()) || absl::IsInvalidArgument(model.status())) {
+    return absl::NotFoundError(absl::StrCat("model: no base model named '", req.model(), "'"));
+  }
+  if (!model.ok()) return model.status();
+  if (req.training_dataset().empty())
+    return absl::InvalidArgumentError("training_dataset: required");
+  for (const auto& [field, id] :
+       {std::pair<std::string, std::string>{"training_dataset", req.training_dataset()},
+        {"validation_dataset", req.validation_dataset()}}) {
+    if (id.empty()) continue;
+    auto ds = stores_.datasets->Get(tenant.name, id);
+    if (absl::IsNotFound(ds.status()) || absl::IsInvalidArgument(ds.status())) {
+      return absl::NotFoundError(absl::StrCat(field, ": no dataset '", id, "'"));
+    }
+    if (!ds.ok()) return ds.status();
+  }
+  if (!ValidName(req.suffix(), 40))
+    return absl::InvalidArgumentError("suffix: at most 40 characters of [a-zA-Z0-9._-]");
+  if (req.labels_size() > 32) return absl::InvalidArgumentError("labels: at most 32 labels");
+  for (const auto& [k, v] : req.labels()) {
+    if (k.empty() || !ValidName(k, 63) || v.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "labels: key '", k, "' must be 1-63 characters of [a-zA-Z0-9._-], values at most 256"));
+    }
+  }
+  if (req.priority() < -1000 || req.priority() > 1000)
+    return absl::InvalidArgumentError("priority: must be in [-1000, 1000]");
+  if (req.idempotency_key().size() > 128 || req.idempotency_key().find('/') != std::string::npos)
+    return absl::InvalidArgumentError("idempotency_key: at most 128 characters, no '/'");
+  ASSIGN_OR_RETURN(v1::Hyperparameters resolved,
+                   ResolveHyperparameters(req.hyperparameters(), *model, options_.limits,
+                                          !req.validation_dataset().empty()));
+  const int64_t job_bytes = JobMemoryBytes(ConfigFromModel(*model), resolved);
+  const int64_t budget = MaxDeviceBudget();
+  if (job_bytes + model->quantized_bytes() > budget) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "hyperparameters.batch_size: the job needs about ", job_bytes + model->quantized_bytes(),
+        " bytes (base model ", model->quantized_bytes(), " + training ", job_bytes,
+        ") and the largest device offers ", budget, "; lower batch_size or seq_len"));
+  }
+
+  v1::Job job;
+  job.set_id(NewId("job"));
+  job.set_tenant(tenant.name);
+  job.set_model(req.model());
+  job.set_training_dataset(req.training_dataset());
+  job.set_validation_dataset(req.validation_dataset());
+  *job.mutable_requested() = req.hyperparameters();
+  *job.mutable_resolved() = resolved;
+  job.set_suffix(req.suffix());
+  *job.mutable_labels() = req.labels();
+  job.set_priority(req.priority());
+  job.set_queue_position(-1);
+
+  absl::MutexLock create_lock(&create_mu_);
+  if (ActiveJobs(tenant.name) >= tenant.limits.max_concurrent_jobs) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tenant '", tenant.name, "' already has ", tenant.limits.max_concurrent_jobs,
+                     " queued or running jobs (its limit); wait for one to finish"));
+  }
+  ASSIGN_OR_RETURN(v1::Job stored,
+                   stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
+  if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
+  ASSIGN_OR_RETURN(stored,
+                   stores_.jobs->Transition(tenant.name, job.id(), JobState::kQueued, "validated"));
+  Requeue(stored);
+  Notify();
+  return WithLiveFields(stored);
+}
+
+v1::Job JobManager::WithLiveFields(v1::Job job) const {
+  absl::MutexLock lock(&mu_);
+  job.set_queue_position(-1);
+  if (job.state() == v1::QUEUED) {
+    const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
+    for (size_t i = 0; i < order.size(); ++i) {
+      if (queue_[order[i]].id == job.id()) job.set_queue_position(static_cast<int32_t>(i));
+    }
+  }
+  if (job.state() == v1::RUNNING) {
+    auto it = live_.find(job.id());
+    if (it != live_.end() && it->second.steps >= job.steps_completed()) {
+      job.set_steps_completed(it->second.steps);
+      job.set_total_steps(it->second.total_steps);
+      job.set_tokens_trained(it->second.tokens);
+      job.set_last_loss(it->second.loss);
+      job.set_eta_seconds(it->second.eta_seconds);
+    }
+  }
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& tenant, const std::string& id) const {
+  ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
+  return WithLiveFields(std::move(job));
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobManager::ListJobs(
+    const std::string& tenant, const std::vector<v1::JobState>& states,
+    const std::map<std::string, std::string>& labels, int page_size, const std::string& page_token,
+    std::string* next_page_token) const {
+  if (page_size <= 0 || page_size > 1000) page_size = 100;
+  std::vector<v1::Job> out;
+  std::string cursor = page_token;
+  next_page_token->clear();
+  // Labels filter after the store's page; keep reading pages until this one is full.
+  while (static_cast<int>(out.size()) < page_size) {
+    ASSIGN_OR_RETURN(std::vector<v1::Job> page,
+                     stores_.jobs->List(tenant, states, page_size, cursor));
+    for (v1::Job& j : page) {
+      cursor = j.id();
+      bool match = true;
+      for (const auto& [k, v] : labels) {
+        auto it = j.labels().find(k);
+        match = match && it != j.labels().end() && it->second == v;
+      }
+      if (match) out.push_back(WithLiveFields(std::move(j)));
+      if (static_cast<int>(out.size()) == page_size) {
+        *next_page_token = cursor;
+        return out;
+      }
+    }
+    if (static_cast<int>(page.size()) < page_size) break;
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const std::string& id,
+                                              absl::Duration wait) {
+  ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
+  if (job.state() == v1::CANCELLED) return job;
+  if (IsTerminal(static_cast<JobState>(job.state()))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+  }
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
+  auto queued =
+      std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+  if (queued != queue_.end()) {
+    queue_.erase(queued);
+    cancel_flags_.erase(id);
+    ASSIGN_OR_RETURN(v1::Job done,
+                     stores_.jobs->Transition(
+                         tenant, id, JobState::kCancelled, "cancelled by the client while queued",
+                         [](v1::Job& j) { *j.mutable_end_time() = TimeUtil::GetCurrentTime(); }));
+    Notify();
+    work_cv_.SignalAll();
+    return done;
+  }
+  auto flag = cancel_flags_.find(id);
+  if (flag != cancel_flags_.end()) flag->second->store(true);
+  // The worker stops it after the current step; wait for the record to say so.
+  while (absl::Now() < deadline) {
+    if (cancel_flags_.count(id) == 0) break;
+    work_cv_.WaitWithDeadline(&mu_, deadline);
+  }
+  auto now = stores_.jobs->Get(tenant, id);
+  if (!now.ok()) return now.status();
+  return *now;
+}
+
+std::vector<DeviceInfo> JobManager::Devices() const {
+  std::vector<DeviceInfo> out;
+  for (const auto& w : workers_) {
+    DeviceInfo d;
+    d.name = w->name;
+    d.memory_budget = w->budget;
+    if (w->pool) {
+      d.base_model_bytes = w->pool->ResidentBytes();
+      d.base_models_loaded = w->pool->LoadedCount();
+    }
+    d.memory_reserved = d.base_model_bytes + w->jobs_bytes.load();
+    d.jobs_running = w->jobs_running.load();
+    out.push_back(d);
+  }
+  return out;
+}
+
+void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
+                             std::vector<QueuedJob>* admitted) {
+  std::set<std::string> models_admitted;
+  while (static_cast<int>(active.size() + admitted->size()) < options_.max_jobs_per_device &&
+         !queue_.empty()) {
+    const size_t next = QueueOrder(queue_, running_by_tenant_)[0];
+    const QueuedJob& q = queue_[next];
+    bool loaded = false;
+    for (const auto& a : active) loaded = loaded || a->entry.model == q.model;
+    loaded = loaded || models_admitted.count(q.model) || w->pool->IsLoaded(q.model);
+    int64_t pending = 0;
+    for (const QueuedJob& p : *admitted) pending += p.job_bytes;
+    for (const std::string& m : models_admitted) {
+      if (!w->pool->IsLoaded(m)) {
+        for (const QueuedJob& p : *admitted) {
+          if (p.model == m) {
+            pending += p.model_bytes;
+            break;
+          }
+        }
+      }
+    }
+    const int64_t needed = q.job_bytes + (loaded ? 0 : q.model_bytes);
+    int64_t available = w->budget - w->pool->ResidentBytes() - w->jobs_bytes.load() - pending;
+    if (needed > available) {
+      // Unused base models make room; otherwise the job waits for this device or another
+      // (jobs never overtake each other, so a large job is not starved by small ones).
+      if (loaded || needed > available + w->pool->UnusedBytes()) break;
+      available += w->pool->EvictUnused();
+      if (needed > available) break;
+    }
+    models_admitted.insert(q.model);
+    admitted->push_back(q);
+    ++running_by_tenant_[q.tenant];
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+  }
+}
+
+void JobManager::WorkerLoop(Worker* w) {
+#ifdef _OPENMP
+  omp_set_num_threads(w->threads);  // this thread's parallel regions
+#endif
+  w->device = CreateCpuDevice(w->threads);
+  w->pool = std::make_unique<ModelPool>(w->device.get());
+  std::vector<std::unique_ptr<ActiveJob>> active;
+  while (true) {
+    std::vector<QueuedJob> admitted;
+    bool stopping = false;
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && active.empty() && queue_.empty()) {
+        work_cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
+      }
+      stopping = stopping_;
+      if (!stopping) AdmitLocked(w, active, &admitted);
+    }
+    if (stopping) break;
+    for (const QueuedJob& q : admitted) {
+      w->jobs_bytes += q.job_bytes;
+      std::unique_ptr<ActiveJob> a = StartJob(w, q);
+      if (a) {
+        ++w->jobs_running;
+        active.push_back(std::move(a));
+      } else {
+        w->jobs_bytes -= q.job_bytes;
+        absl::MutexLock lock(&mu_);
+        --running_by_tenant_[q.tenant];
+        cancel_flags_.erase(q.id);
+        work_cv_.SignalAll();
+      }
+    }
+    if (active.empty()) {
+      // Nothing fits yet (or every admitted job failed to start): wait for a change.
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(200));
+      continue;
+    }
+    for (auto it = active.begin(); it != active.end();) {
+      const StepOutcome outcome = RunStep(w, **it);
+      if (outcome == StepOutcome::kContinue) {
+        ++it;
+        continue;
+      }
+      Finish(w, **it, outcome);
+      Release(**it);
+      w->jobs_bytes -= (*it)->entry.job_bytes;
+      --w->jobs_running;
+      it = active.erase(it);
+    }
+  }
+  // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
+  for (auto& a : active) {
+    absl::Status saved = SaveCheckpoint(*a);
+    const int64_t step = a->trainer->step();
+    auto moved = stores_.jobs->Transition(
+        a->job.tenant(), a->job.id(), JobState::kQueued,
+        saved.ok() ? absl::StrCat("the daemon is shutting down; resumes from step ", step)
+                   : absl::StrCat("the daemon is shutting down; the checkpoint failed (",
+                                  saved.message(), "); resumes from the previous one"),
+        [&](v1::Job& j) {
+          j.clear_device();
+          if (saved.ok()) j.set_steps_completed(step);
+        });
+    if (!moved.ok()) {
+      std::fprintf(stderr, "qlorad: job %s: %s\n", a->job.id().c_str(),
+                   std::string(moved.status().message()).c_str());
+    }
+    Release(*a);
+  }
+  active.clear();
+  Notify();
+}
+
+void JobManager::Release(ActiveJob& a) {
+  absl::MutexLock lock(&mu_);
+  --running_by_tenant_[a.job.tenant()];
+  if (running_by_tenant_[a.job.tenant()] <= 0) running_by_tenant_.erase(a.job.tenant());
+  cancel_flags_.erase(a.job.id());
+  live_.erase(a.job.id());
+  work_cv_.SignalAll();
+}
+
+void JobManager::FailJob(const std::string& tenant, const std::string& id,
+                         const absl::Status& status, const std::string& parameter,
+                         bool user_error) {
+  v1::JobError error;
+  error.set_code(absl::StatusCodeToString(status.code()));
+  error.set_message(std::string(status.message()));
+  error.set_parameter(parameter);
+  error.set_user_error(user_error);
+  v1::JobEvent event;
+  *event.mutable_error() = error;
+  (void)stores_.jobs->Record(tenant, id, {}, event);
+  auto moved =
+      stores_.jobs->Transition(tenant, id, JobState::kFailed,
+                               absl::StrCat(error.code(), ": ", error.message()), [&](v1::Job& j) {
+                                 *j.mutable_error() = error;
+                                 *j.mutable_end_time() = TimeUtil::GetCurrentTime();
+                                 j.set_eta_seconds(0);
+                               });
+  if (!moved.ok()) {
+    std::fprintf(stderr, "qlorad: job %s: cannot record its failure: %s\n", id.c_str(),
+                 std::string(moved.status().message()).c_str());
+  }
+  (void)stores_.checkpoints->Delete(tenant, id);
+  Notify();
+}
+
+std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const QueuedJob& q) {
+  auto a = std::make_unique<ActiveJob>();
+  a->entry = q;
+  {
+    absl::MutexLock lock(&mu_);
+    auto flag = cancel_flags_.find(q.id);
+    a->cancel =
+        flag != cancel_flags_.end() ? flag->second : std::make_shared<std::atomic<bool>>(false);
+    cancel_flags_[q.id] = a->cancel;
+  }
+  auto job = stores_.jobs->Get(q.tenant, q.id);
+  if (!job.ok()) {
+    std::fprintf(stderr, "qlorad: queued job %s vanished: %s\n", q.id.c_str(),
+                 std::string(job.status().message()).c_str());
+    return nullptr;
+  }
+  a->job = *job;
+  if (a->job.state() != v1::QUEUED) return nullptr;  // cancelled meanwhile
+  auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
+    FailJob(q.tenant, q.id, s, parameter, user);
+    return nullptr;
+  };
+  auto model = stores_.models->Get(q.model);
+  if (!model.ok()) {
+    return fail(absl::NotFoundError(absl::StrCat("base model '", q.model, "' is gone")), "model",
+                true);
+  }
+  auto pooled = w->pool->Acquire(*model);
+  if (!pooled.ok()) return fail(pooled.status(), "model", false);
+  a->model = *pooled;
+  const v1::Hyperparameters& r = a->job.resolved();
+  std::vector<TrainingRow> rows[2];
+  const std::string ids[2] = {a->job.training_dataset(), a->job.validation_dataset()};
+  const char* fields[2] = {"training_dataset", "validation_dataset"};
+  for (int k = 0; k < 2; ++k) {
+    if (ids[k].empty()) continue;
+    auto content = stores_.datasets->Content(q.tenant, ids[k]);
+    if (!content.ok()) return fail(Field(fields[k], content.status()), fields[k], true);
+    auto examples = TokenizeJsonl(*content, *a->model->tokenizer, ids[k]);
+    if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
+    auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
+    if (!built.ok()) return fail(Field(fields[k], built.status()), fields[k], true);
+    rows[k] = std::move(*built);
+  }
+  auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]),
+                                 TrainerOptionsFrom(r));
+  if (!trainer.ok()) {
+    const bool oom = absl::IsResourceExhausted(trainer.status());
+    return fail(trainer.status(), oom ? "" : "hyperparameters", !oom);
+  }
+  a->trainer = std::move(*trainer);
+  const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
+  auto restored = stores_.checkpoints->Restore(q.tenant, q.id, dir);
+  std::string reason = "started";
+  if (restored.ok() && *restored) {
+    absl::Status loaded = a->trainer->LoadCheckpoint(dir);
+    if (!loaded.ok()) return fail(loaded, "", false);
+    auto tokens = ReadFileToString((fs::path(dir) / kTokensFile).string());
+    if (tokens.ok()) (void)absl::SimpleAtoi(*tokens, &a->tokens);
+    reason = absl::StrCat("resumed from the checkpoint at step ", a->trainer->step());
+  } else if (!restored.ok()) {
+    return fail(restored.status(), "", false);
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  const int64_t total = a->trainer->total_steps();
+  const int64_t step = a->trainer->step();
+  auto running =
+      stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning, reason, [&](v1::Job& j) {
+        j.set_device(w->name);
+        j.set_total_steps(total);
+        j.set_steps_completed(step);
+        j.set_tokens_trained(a->tokens);
+        if (!j.has_start_time()) *j.mutable_start_time() = TimeUtil::GetCurrentTime();
+      });
+  if (!running.ok()) {
+    std::fprintf(stderr, "qlorad: job %s cannot start: %s\n", q.id.c_str(),
+                 std::string(running.status().message()).c_str());
+    return nullptr;
+  }
+  a->job = *running;
+  Notify();
+  // A crash between storing the adapter and recording success leaves the adapter: finish.
+  auto adapters = stores_.adapters->List(q.tenant);
+  if (adapters.ok()) {
+    for (const v1::Adapter& ad : *adapters) {
+      if (ad.job_id() != q.id) continue;
+      (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
+                                     "finished before the restart", [&](v1::Job& j) {
+                                       j.set_adapter_id(ad.id());
+                                       *j.mutable_end_time() = TimeUtil::GetCurrentTime();
+                                     });
+      Notify();
+      return nullptr;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    live_[q.id] = Live{step, total, a->tokens, 0.0, 0.0};
+  }
+  a->last_progress = std::chrono::steady_clock::now();
+  return a;
+}
+
+absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
+  const std::string dir = (fs::path(options_.scratch_dir) / (a.job.id() + "-checkpoint")).string();
+  RETURN_IF_ERROR(a.trainer->SaveCheckpoint(dir));
+  {
+    std::ofstream out(fs::path(dir) / kTokensFile, std::ios::trunc);
+    out << a.tokens;
+  }
+  absl::Status s = stores_.checkpoints->Save(a.job.tenant(), a.job.id(), dir);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  RETURN_IF_ERROR(s);
+  v1::JobEvent event;
+  event.mutable_checkpoint()->set_step(a.trainer->step());
+  const int64_t step = a.trainer->step();
+  const int64_t tokens = a.tokens;
+  RETURN_IF_ERROR(stores_.jobs
+                      ->Record(
+                          a.job.tenant(), a.job.id(),
+                          [&](v1::Job& j) {
+                            j.set_steps_completed(step);
+                            j.set_tokens_trained(tokens);
+                          },
+                          event)
+                      .status());
+  Notify();
+  return absl::OkStatus();
+}
+
+JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
+  (void)w;
+  if (a.cancel->load()) return StepOutcome::kCancelled;
+  StepReport report;
+  bool stepped = false;
+  absl::Status s = a.trainer->RunUntil(a.trainer->step() + 1, [&](const StepReport& r) {
+    report = r;
+    stepped = true;
+    return true;
+  });
+  if (!s.ok()) {
+    a.failure = s;
+    if (absl::IsFailedPrecondition(s)) {  // the watchdog: the loss diverged
+      a.failure_parameter = "hyperparameters.learning_rate";
+      a.failure_is_user = true;
+    } else if (absl::IsResourceExhausted(s)) {
+      a.failure = absl::ResourceExhaustedError(
+          absl::StrCat("out of memory on ", w->name, ": ", s.message()));
+    }
+    return StepOutcome::kFailed;
+  }
+  const bool done = a.trainer->step() >= a.trainer->total_steps() || a.trainer->stopped_early();
+  if (stepped) {
+    a.tokens += report.tokens;
+    a.last_loss = report.loss;
+    a.eta = report.eta_seconds;
+    {
+      absl::MutexLock lock(&mu_);
+      live_[a.job.id()] =
+          Live{report.step, report.total_steps, a.tokens, report.loss, report.eta_seconds};
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const double since = std::chrono::duration<double>(now - a.last_progress).count();
+    if (report.step == 1 || done || report.eval_loss ||
+        since >= options_.progress_interval_seconds) {
+      a.last_progress = now;
+      v1::JobEvent event;
+      v1::TrainingProgress* p = event.mutable_progress();
+      p->set_step(report.step);
+      p->set_total_steps(report.total_steps);
+      p->set_loss(report.loss);
+      p->set_learning_rate(report.learning_rate);
+      p->set_grad_norm(report.grad_norm);
+      p->set_tokens_per_second(report.tokens_per_second);
+      p->set_eta_seconds(report.eta_seconds);
+      p->set_epoch(report.epoch);
+      const int64_t tokens = a.tokens;
+      auto recorded = stores_.jobs->Record(
+          a.job.tenant(), a.job.id(),
+          [&](v1::Job& j) {
+            j.set_steps_completed(report.step);
+            j.set_total_steps(report.total_steps);
+            j.set_tokens_trained(tokens);
+            j.set_last_loss(report.loss);
+            j.set_eta_seconds(report.eta_seconds);
+          },
+          event);
+      if (recorded.ok() && report.eval_loss) {
+        v1::JobEvent eval;
+        eval.mutable_eval()->set_step(report.step);
+        eval.mutable_eval()->set_loss(*report.eval_loss);
+        const std::optional<double> best = a.trainer->best_eval_loss();
+        recorded = stores_.jobs->Record(
+            a.job.tenant(), a.job.id(),
+            [&](v1::Job& j) {
+              if (best) j.set_best_eval_loss(*best);
+            },
+            eval);
+      }
+      if (!recorded.ok()) {
+        a.failure = recorded.status();
+        return StepOutcome::kFailed;
+      }
+      Notify();
+    }
+  }
+  if (done) return StepOutcome::kSucceeded;
+  if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {
+    absl::Status saved = SaveCheckpoint(a);
+    if (!saved.ok()) {
+      v1::JobEvent warning;
+      warning.set_warning(
+          absl::StrCat("checkpoint at step ", a.trainer->step(), " failed: ", saved.message()));
+      (void)stores_.jobs->Record(a.job.tenant(), a.job.id(), {}, warning);
+      Notify();
+    }
+  }
+  return StepOutcome::kContinue;
+}
+
+void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
+  (void)w;
+  const std::string& tenant = a.job.tenant();
+  const std::string& id = a.job.id();
+  const int64_t step = a.trainer->step();
+  if (outcome == StepOutcome::kFailed) {
+    FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
+    return;
+  }
+  if (outcome == StepOutcome::kCancelled) {
+    (void)stores_.checkpoints->Delete(tenant, id);
+    auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
+                                          absl::StrCat("cancelled by the client after step ", step),
+                                          [&](v1::Job& j) {
+                                            j.set_steps_completed(step);
+                                            j.set_tokens_trained(a.tokens);
+                                            j.set_eta_seconds(0);
+                                            *j.mutable_end_time() = TimeUtil::GetCurrentTime();
+                                          });
+    if (!moved.ok()) {
+      std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                   std::string(moved.status().message()).c_str());
+    }
+    Notify();
+    return;
+  }
+  const LlamaConfig& config = a.model->model->config();
+  const TrainerOptions& o = a.trainer->options();
+  const std::string dir = (fs::path(options_.scratch_dir) / (id + "-adapter")).string();
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  PeftExportOptions eo;
+  eo.base_model_name_or_path = a.job.model();
+  absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.trainer->params(), eo);
+  if (!saved.ok()) {
+    FailJob(tenant, id, saved, "", false);
+    return;
+  }
+  v1::Adapter meta;
+  meta.set_name(absl::StrCat(a.job.model(), "-", a.job.suffix().empty() ? id : a.job.suffix()));
+  meta.set_job_id(id);
+  meta.set_base_model(a.job.model());
+  meta.set_rank(o.lora.rank);
+  meta.set_alpha(o.lora.alpha);
+  for (const std::string& m : o.lora.target_modules) meta.add_target_modules(m);
+  meta.set_trainable_parameters(a.trainer->layout().num_params());
+  meta.set_final_loss(a.last_loss);
+  if (a.trainer->best_eval_loss()) meta.set_best_eval_loss(*a.trainer->best_eval_loss());
+  const Tenant* t = stores_.tenants->Find(tenant);
+  const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
+  auto adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
+  fs::remove_all(dir, ec);
+  if (!adapter.ok()) {
+    FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
+    return;
+  }
+  const std::string reason =
+      a.trainer->stopped_early()
+          ? absl::StrCat("stopped early at step ", step, "; the best adapter is kept")
+          : absl::StrCat("finished ", step, " steps");
+  const std::optional<double> best = a.trainer->best_eval_loss();
+  auto moved = stores_.jobs->Transition(tenant, id, JobState::kSucceeded, reason, [&](v1::Job& j) {
+    j.set_adapter_id(adapter->id());
+    j.set_steps_completed(step);
+    j.set_tokens_trained(a.tokens);
+    j.set_last_loss(a.last_loss);
+    j.set_eta_seconds(0);
+    if (best) j.set_best_eval_loss(*best);
+    *j.mutable_end_time() = TimeUtil::GetCurrentTime();
+  });
+  if (!moved.ok()) {
+    std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                 std::string(moved.status().message()).c_str());
+  }
+  (void)stores_.checkpoints->Delete(tenant, id);
+  Notify();
+}
+
+}  // namespace qlorad::core

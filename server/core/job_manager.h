@@ -1,0 +1,156 @@
+// The job manager: validates and queues fine-tune jobs, and runs them on one worker thread per
+// device. It knows nothing of gRPC (the services call it).
+//
+// Scheduling: one global queue (job_queue.h: priority, fair share, FIFO). A device worker
+// admits the next job when its memory estimate fits the device's budget beside the jobs
+// already there, counting each base model once per device (model_pool.h shares it); jobs never
+// overtake one another. A worker keeps up to `max_jobs_per_device` jobs resident and gives
+// each one optimizer step in turn, so small jobs make progress beside large ones and a device's
+// engine is only ever driven from its own thread.
+//
+// Durability: every state change, progress record and event goes through JobStore (synced).
+// Checkpoints go to RocksDB every `checkpoint_every` steps and at shutdown. On start, jobs found
+// RUNNING (a crash, kill -9) or QUEUED are queued again; a job with a checkpoint resumes from
+// it and ends with the adapter an uninterrupted run gives (bitwise on the same thread count).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "qlorad/v1/jobs.pb.h"
+#include "server/core/adapter_store.h"
+#include "server/core/checkpoint_store.h"
+#include "server/core/dataset_store.h"
+#include "server/core/job_queue.h"
+#include "server/core/job_spec.h"
+#include "server/core/job_store.h"
+#include "server/core/model_store.h"
+#include "server/core/tenants.h"
+
+namespace qlorad::core {
+
+struct JobManagerOptions {
+  // "cpu:0,cpu:1"; "auto" is one CPU device (GPUs come with the CUDA backend).
+  std::string devices = "auto";
+  int threads_per_device = 0;       // 0: the machine's cores shared among the devices
+  int64_t device_memory_bytes = 0;  // a CPU device's budget; 0: half the RAM among the devices
+  int max_jobs_per_device = 4;
+  int64_t checkpoint_every = 50;  // steps; 0: only at shutdown
+  // Progress events at most this often (the first and last step, and evaluations, always).
+  double progress_interval_seconds = 1.0;
+  ServerLimits limits;
+  std::string scratch_dir;  // temporary files (checkpoint and adapter folders)
+};
+
+struct JobManagerStores {
+  JobStore* jobs;
+  ModelStore* models;
+  DatasetStore* datasets;
+  AdapterStore* adapters;
+  CheckpointStore* checkpoints;
+  const TenantRegistry* tenants;
+};
+
+struct DeviceInfo {
+  std::string name;
+  int64_t memory_budget = 0;
+  int64_t memory_reserved = 0;  // base models + admitted jobs' estimates
+  int64_t base_model_bytes = 0;
+  int base_models_loaded = 0;
+  int jobs_running = 0;
+};
+
+class JobManager {
+ public:
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(const JobManagerStores& stores,
+                                                            const JobManagerOptions& options);
+  ~JobManager();  // Shutdown()
+
+  // Requeues what the store holds unfinished, then starts the device workers.
+  absl::Status Start();
+  // Checkpoints running jobs and marks them QUEUED (they resume on the next start), then stops
+  // the workers. Idempotent.
+  void Shutdown();
+
+  absl::StatusOr<v1::Job> CreateJob(const Tenant& tenant, const v1::CreateJobRequest& request);
+  absl::StatusOr<v1::Job> GetJob(const std::string& tenant, const std::string& id) const;
+  absl::StatusOr<std::vector<v1::Job>> ListJobs(const std::string& tenant,
+                                                const std::vector<v1::JobState>& states,
+                                                const std::map<std::string, std::string>& labels,
+                                                int page_size, const std::string& page_token,
+                                                std::string* next_page_token) const;
+  // Queued jobs end at once; a running job stops after its current step (waits for it, up to
+  // `wait`). Cancelling a cancelled job returns it; other finished jobs: FAILED_PRECONDITION.
+  absl::StatusOr<v1::Job> CancelJob(const std::string& tenant, const std::string& id,
+                                    absl::Duration wait = absl::Seconds(30));
+
+  // A counter that rises with every job write; WaitForChange blocks until it passes `seen` or
+  // the timeout ends (watch streams poll the store after each change).
+  int64_t ChangeCounter() const;
+  void WaitForChange(int64_t seen, absl::Duration timeout) const;
+
+  // Queued and running jobs of the tenant (the concurrent-jobs quota).
+  int ActiveJobs(const std::string& tenant) const;
+  // Whether an unfinished job uses the model, or the tenant's dataset.
+  absl::StatusOr<bool> ModelInUse(const std::string& model) const;
+  absl::StatusOr<bool> DatasetInUse(const std::string& tenant, const std::string& dataset) const;
+
+  std::vector<DeviceInfo> Devices() const;
+  const JobManagerOptions& options() const { return options_; }
+  int64_t MaxDeviceBudget() const;
+
+ private:
+  struct Worker;
+  struct ActiveJob;
+  enum class StepOutcome { kContinue, kSucceeded, kFailed, kCancelled };
+
+  JobManager(const JobManagerStores& stores, const JobManagerOptions& options);
+  void WorkerLoop(Worker* w);
+  void AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
+                   std::vector<QueuedJob>* admitted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
+  StepOutcome RunStep(Worker* w, ActiveJob& a);
+  void Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
+  void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
+               const std::string& parameter, bool user_error);
+  absl::Status SaveCheckpoint(ActiveJob& a);
+  void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<QueuedJob> QueueEntry(const v1::Job& job) const;
+  void Notify() const;
+  void Release(ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
+  v1::Job WithLiveFields(v1::Job job) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  JobManagerStores stores_;
+  JobManagerOptions options_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar work_cv_;  // queue changes, finished jobs, shutdown
+  std::vector<QueuedJob> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t arrivals_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int> running_by_tenant_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> cancel_flags_ ABSL_GUARDED_BY(mu_);
+  struct Live {
+    int64_t steps = 0, total_steps = 0, tokens = 0;
+    double loss = 0.0, eta_seconds = 0.0;
+  };
+  std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);  // by job id, while running
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex create_mu_;  // quota check and creation together
+
+  mutable absl::Mutex change_mu_;
+  mutable absl::CondVar change_cv_;
+  mutable int64_t changes_ ABSL_GUARDED_BY(change_mu_) = 0;
+};
+
+}  // namespace qlorad::core

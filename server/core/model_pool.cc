@@ -1,0 +1,74 @@
+#include "server/core/model_pool.h"
+
+#include "absl/strings/str_cat.h"
+#include "engine/model_source.h"
+#include "engine/status_macros.h"
+
+namespace qlorad::core {
+
+absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model& model) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = models_.find(model.name());
+    if (it != models_.end()) return it->second;
+  }
+  // Loading takes a while and only this device's worker loads, so no lock is held meanwhile.
+  ASSIGN_OR_RETURN(ModelSource source, OpenModelSource(model.source_path()));
+  if (!source.tokenizer) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", model.name(), "' lost its tokenizer at ", model.source_path()));
+  }
+  auto pooled = std::make_shared<PooledModel>();
+  pooled->name = model.name();
+  pooled->bytes = model.quantized_bytes();
+  pooled->tokenizer = std::move(source.tokenizer);
+  ModelOptions options;
+  options.quantize = true;
+  ASSIGN_OR_RETURN(pooled->model, LlamaModel::Create(std::move(source.weights), device_, options,
+                                                     std::move(source.prequantized)));
+  absl::MutexLock lock(&mu_);
+  models_[model.name()] = pooled;
+  return pooled;
+}
+
+bool ModelPool::IsLoaded(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  return models_.count(name) > 0;
+}
+
+int64_t ModelPool::ResidentBytes() const {
+  absl::MutexLock lock(&mu_);
+  int64_t total = 0;
+  for (const auto& [name, m] : models_) total += m->bytes;
+  return total;
+}
+
+int64_t ModelPool::UnusedBytes() const {
+  absl::MutexLock lock(&mu_);
+  int64_t total = 0;
+  for (const auto& [name, m] : models_) {
+    if (m.use_count() == 1) total += m->bytes;
+  }
+  return total;
+}
+
+int ModelPool::LoadedCount() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(models_.size());
+}
+
+int64_t ModelPool::EvictUnused() {
+  absl::MutexLock lock(&mu_);
+  int64_t freed = 0;
+  for (auto it = models_.begin(); it != models_.end();) {
+    if (it->second.use_count() == 1) {
+      freed += it->second->bytes;
+      it = models_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return freed;
+}
+
+}  // namespace qlorad::core

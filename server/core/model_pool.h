@@ -1,0 +1,50 @@
+// The base models loaded on one device, each loaded and NF4-quantized once and shared by every
+// job on that device (the base weights are frozen, so sharing is read-only). A model stays
+// loaded while any job holds it; unused models are evicted when memory is needed. Not
+// thread-safe: one device worker owns it. Stats are readable from other threads.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/device.h"
+#include "engine/llama_model.h"
+#include "engine/tokenizer.h"
+#include "qlorad/v1/models.pb.h"
+
+namespace qlorad::core {
+
+struct PooledModel {
+  std::string name;
+  int64_t bytes = 0;  // the registry's loaded-size estimate (counted once per device)
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<LlamaModel> model;
+};
+
+class ModelPool {
+ public:
+  explicit ModelPool(Device* device) : device_(device) {}
+
+  // The loaded model, loading it from its registered path on first use.
+  absl::StatusOr<std::shared_ptr<PooledModel>> Acquire(const v1::Model& model)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  bool IsLoaded(const std::string& name) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Bytes of every loaded model, and of those no job holds.
+  int64_t ResidentBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t UnusedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+  int LoadedCount() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Drops models no job holds; returns the bytes freed.
+  int64_t EvictUnused() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  Device* device_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<PooledModel>> models_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace qlorad::core

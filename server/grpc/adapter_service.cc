@@ -1,0 +1,87 @@
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "server/grpc/call.h"
+#include "server/grpc/services.h"
+
+namespace qlorad::server {
+namespace {
+
+constexpr size_t kChunkBytes = 1 << 20;
+
+// For serving stacks that ignore rsLoRA: lora_alpha * sqrt(r) with use_rslora false gives the
+// same scale alpha / sqrt(r).
+absl::StatusOr<std::string> RsloraAsPlain(const std::string& config_json) {
+  nlohmann::json j = nlohmann::json::parse(config_json, nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError("stored adapter_config.json does not parse");
+  if (j.value("use_rslora", false)) {
+    const double r = j.value("r", 0.0);
+    j["lora_alpha"] = j.value("lora_alpha", 0.0) * std::sqrt(r);
+    j["use_rslora"] = false;
+  }
+  return j.dump(2);
+}
+
+}  // namespace
+
+grpc::Status AdapterServiceImpl::ListAdapters(grpc::ServerContext* c,
+                                              const v1::ListAdaptersRequest*,
+                                              v1::ListAdaptersResponse* out) {
+  Call call(c, "ListAdapters", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto list = node_->adapters->List(call.tenant().name);
+  if (list.ok()) {
+    for (v1::Adapter& a : *list) *out->add_adapters() = std::move(a);
+  }
+  return call.Finish(list.status());
+}
+
+grpc::Status AdapterServiceImpl::GetAdapter(grpc::ServerContext* c,
+                                            const v1::GetAdapterRequest* req, v1::Adapter* out) {
+  Call call(c, "GetAdapter", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto a = node_->adapters->Get(call.tenant().name, req->id());
+  if (a.ok()) *out = *a;
+  return call.Finish(a.status());
+}
+
+grpc::Status AdapterServiceImpl::DownloadAdapter(grpc::ServerContext* c,
+                                                 const v1::DownloadAdapterRequest* req,
+                                                 grpc::ServerWriter<v1::AdapterFileChunk>* writer) {
+  Call call(c, "DownloadAdapter", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto files = node_->adapters->Files(call.tenant().name, req->id());
+  if (!files.ok()) return call.Finish(files.status());
+  // adapter_config.json first, as the API promises (the map is in name order already).
+  for (auto& [name, data] : *files) {
+    if (name == "adapter_config.json" && req->rslora_as_plain()) {
+      auto rewritten = RsloraAsPlain(data);
+      if (!rewritten.ok()) return call.Finish(rewritten.status());
+      data = *rewritten;
+    }
+    size_t offset = 0;
+    do {
+      v1::AdapterFileChunk chunk;
+      chunk.set_file_name(name);
+      const size_t n = std::min(kChunkBytes, data.size() - offset);
+      chunk.set_data(data.substr(offset, n));
+      offset += n;
+      chunk.set_end_of_file(offset == data.size());
+      if (!writer->Write(chunk)) return call.Finish(absl::CancelledError("the client went away"));
+    } while (offset < data.size());
+  }
+  return call.Finish(absl::OkStatus());
+}
+
+grpc::Status AdapterServiceImpl::DeleteAdapter(grpc::ServerContext* c,
+                                               const v1::DeleteAdapterRequest* req,
+                                               v1::DeleteAdapterResponse*) {
+  Call call(c, "DeleteAdapter", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto a = node_->adapters->Get(call.tenant().name, req->id());
+  if (!a.ok()) return call.Finish(a.status());
+  return call.Finish(node_->adapters->Delete(call.tenant().name, req->id()));
+}
+
+}  // namespace qlorad::server

@@ -1,0 +1,65 @@
+#include "server/grpc/call.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace qlorad::server {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+Call::Call(grpc::ServerContext* context, const char* method, const core::TenantRegistry& tenants)
+    : context_(context),
+      method_(method),
+      tenants_(tenants),
+      start_(std::chrono::steady_clock::now()) {}
+
+Call::~Call() {
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+  // logfmt: one line per call, values quoted when they may hold spaces.
+  std::string line = absl::StrCat(
+      "ts=", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
+      " level=", result_.ok() ? "info" : "warn", " msg=rpc method=", method_,
+      " tenant=", tenant_ ? tenant_->name : "-", " peer=", context_->peer(),
+      " code=", absl::StatusCodeToString(result_.code()), " ms=", absl::StrFormat("%.1f", ms));
+  if (!result_.ok()) {
+    absl::StrAppend(&line, " error=\"",
+                    absl::StrReplaceAll(result_.message(), {{"\"", "'"}, {"\n", " "}}), "\"");
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+absl::Status Call::Authenticate() {
+  const auto& md = context_->client_metadata();
+  auto it = md.find("authorization");
+  std::string_view header;
+  if (it != md.end()) header = std::string_view(it->second.data(), it->second.size());
+  auto tenant = tenants_.Authenticate(header);
+  if (!tenant.ok()) return tenant.status();
+  tenant_ = *tenant;
+  return absl::OkStatus();
+}
+
+absl::Status Call::AuthenticateAdmin() {
+  if (absl::Status s = Authenticate(); !s.ok()) return s;
+  if (!tenant_->admin) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(method_, " needs an admin key; tenant '", tenant_->name, "' is not an admin"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status Call::Finish(const absl::Status& s) {
+  result_ = s;
+  return ToGrpc(s);
+}
+
+}  // namespace qlorad::server

@@ -1,0 +1,40 @@
+// One RPC's bookkeeping: authenticates the caller from its "authorization" metadata, converts
+// absl::Status to grpc::Status, and writes one structured log line when the call ends
+// (time, method, tenant, peer, code, duration). Every handler starts with a Call.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/core/tenants.h"
+
+namespace qlorad::server {
+
+grpc::Status ToGrpc(const absl::Status& s);
+
+class Call {
+ public:
+  Call(grpc::ServerContext* context, const char* method, const core::TenantRegistry& tenants);
+  ~Call();
+
+  // UNAUTHENTICATED unless a known key came with the call.
+  absl::Status Authenticate();
+  // Authenticate, then PERMISSION_DENIED unless the key is an admin's.
+  absl::Status AuthenticateAdmin();
+  const core::Tenant& tenant() const { return *tenant_; }
+  // Records the outcome for the log line and converts it.
+  grpc::Status Finish(const absl::Status& s);
+
+ private:
+  grpc::ServerContext* context_;
+  const char* method_;
+  const core::TenantRegistry& tenants_;
+  const core::Tenant* tenant_ = nullptr;
+  absl::Status result_ = absl::UnknownError("the handler did not finish");
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace qlorad::server

@@ -1,0 +1,78 @@
+#include "absl/strings/str_cat.h"
+#include "server/grpc/call.h"
+#include "server/grpc/services.h"
+
+namespace qlorad::server {
+
+grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
+                                               grpc::ServerReader<v1::UploadDatasetRequest>* reader,
+                                               v1::Dataset* out) {
+  Call call(c, "UploadDataset", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  const core::Tenant& tenant = call.tenant();
+  v1::UploadDatasetRequest msg;
+  if (!reader->Read(&msg) || !msg.has_header()) {
+    return call.Finish(
+        absl::InvalidArgumentError("header: the first message of an upload must be the header"));
+  }
+  const std::string name = msg.header().name();
+  auto used = node_->datasets->BytesUsed(tenant.name);
+  if (!used.ok()) return call.Finish(used.status());
+  const int64_t room = std::min(node_->max_upload_bytes, tenant.limits.max_dataset_bytes - *used);
+  std::string content;
+  while (reader->Read(&msg)) {
+    if (!msg.has_chunk() && msg.has_header()) {
+      return call.Finish(absl::InvalidArgumentError("header: sent twice in one upload"));
+    }
+    content += msg.chunk();
+    // Stop reading as soon as the upload cannot fit: nothing is stored.
+    if (static_cast<int64_t>(content.size()) > room) {
+      return call.Finish(absl::ResourceExhaustedError(
+          absl::StrCat("the upload exceeds the ", room, " bytes left of tenant '", tenant.name,
+                       "' (dataset quota ", tenant.limits.max_dataset_bytes, ", per-upload limit ",
+                       node_->max_upload_bytes, ")")));
+    }
+  }
+  auto ds = node_->datasets->Create(tenant.name, name, content, tenant.limits.max_dataset_bytes);
+  if (ds.ok()) *out = *ds;
+  return call.Finish(ds.status());
+}
+
+grpc::Status DatasetServiceImpl::ListDatasets(grpc::ServerContext* c,
+                                              const v1::ListDatasetsRequest*,
+                                              v1::ListDatasetsResponse* out) {
+  Call call(c, "ListDatasets", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto list = node_->datasets->List(call.tenant().name);
+  if (list.ok()) {
+    for (v1::Dataset& d : *list) *out->add_datasets() = std::move(d);
+  }
+  return call.Finish(list.status());
+}
+
+grpc::Status DatasetServiceImpl::GetDataset(grpc::ServerContext* c,
+                                            const v1::GetDatasetRequest* req, v1::Dataset* out) {
+  Call call(c, "GetDataset", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto ds = node_->datasets->Get(call.tenant().name, req->id());
+  if (ds.ok()) *out = *ds;
+  return call.Finish(ds.status());
+}
+
+grpc::Status DatasetServiceImpl::DeleteDataset(grpc::ServerContext* c,
+                                               const v1::DeleteDatasetRequest* req,
+                                               v1::DeleteDatasetResponse*) {
+  Call call(c, "DeleteDataset", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto ds = node_->datasets->Get(call.tenant().name, req->id());
+  if (!ds.ok()) return call.Finish(ds.status());
+  auto in_use = node_->manager->DatasetInUse(call.tenant().name, req->id());
+  if (!in_use.ok()) return call.Finish(in_use.status());
+  if (*in_use) {
+    return call.Finish(absl::FailedPreconditionError(
+        absl::StrCat("dataset ", req->id(), " is used by an unfinished job")));
+  }
+  return call.Finish(node_->datasets->Delete(call.tenant().name, req->id()));
+}
+
+}  // namespace qlorad::server

@@ -1,0 +1,64 @@
+#include "absl/strings/str_cat.h"
+#include "server/grpc/call.h"
+#include "server/grpc/services.h"
+
+namespace qlorad::server {
+
+grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::GenerateRequest* req,
+                                            grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  Call call(c, "Generate", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  int tokens = 0;
+  auto reason = node_->inference->Generate(call.tenant().name, *req, [&](const std::string& text) {
+    v1::GenerateResponse r;
+    r.set_text(text);
+    r.set_tokens(++tokens);
+    return !c->IsCancelled() && writer->Write(r);
+  });
+  if (!reason.ok()) return call.Finish(reason.status());
+  v1::GenerateResponse last;
+  last.set_tokens(tokens);
+  last.set_finished(true);
+  last.set_finish_reason(*reason);
+  writer->Write(last);
+  return call.Finish(absl::OkStatus());
+}
+
+grpc::Status InferenceServiceImpl::Evaluate(grpc::ServerContext* c, const v1::EvaluateRequest* req,
+                                            v1::EvaluateResponse* out) {
+  Call call(c, "Evaluate", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto r = node_->inference->Evaluate(call.tenant().name, *req);
+  if (r.ok()) *out = *r;
+  return call.Finish(r.status());
+}
+
+grpc::Status LimitsServiceImpl::GetLimits(grpc::ServerContext* c, const v1::GetLimitsRequest* req,
+                                          v1::Limits* out) {
+  Call call(c, "GetLimits", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  std::optional<v1::Model> model;
+  if (!req->model().empty()) {
+    auto m = node_->models->Get(req->model());
+    if (!m.ok()) {
+      return call.Finish(
+          absl::NotFoundError(absl::StrCat("model: no base model named '", req->model(), "'")));
+    }
+    model = *m;
+  }
+  *out = core::LimitsFor(node_->manager->options().limits, model ? &*model : nullptr);
+  const core::Tenant& t = call.tenant();
+  out->set_max_concurrent_jobs(t.limits.max_concurrent_jobs);
+  out->set_max_dataset_bytes(t.limits.max_dataset_bytes);
+  out->set_max_adapters(t.limits.max_adapters);
+  auto used = node_->datasets->BytesUsed(t.name);
+  if (!used.ok()) return call.Finish(used.status());
+  out->set_dataset_bytes_used(*used);
+  auto adapters = node_->adapters->List(t.name);
+  if (!adapters.ok()) return call.Finish(adapters.status());
+  out->set_adapters_used(static_cast<int64_t>(adapters->size()));
+  out->set_active_jobs(node_->manager->ActiveJobs(t.name));
+  return call.Finish(absl::OkStatus());
+}
+
+}  // namespace qlorad::server

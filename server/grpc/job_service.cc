@@ -1,0 +1,107 @@
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/core/job_state.h"
+#include "server/grpc/call.h"
+#include "server/grpc/services.h"
+
+namespace qlorad::server {
+
+grpc::Status JobServiceImpl::CreateJob(grpc::ServerContext* c, const v1::CreateJobRequest* req,
+                                       v1::Job* out) {
+  Call call(c, "CreateJob", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto job = node_->manager->CreateJob(call.tenant(), *req);
+  if (job.ok()) *out = *job;
+  return call.Finish(job.status());
+}
+
+grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* c, const v1::GetJobRequest* req,
+                                    v1::Job* out) {
+  Call call(c, "GetJob", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto job = node_->manager->GetJob(call.tenant().name, req->id());
+  if (job.ok()) *out = *job;
+  return call.Finish(job.status());
+}
+
+grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobsRequest* req,
+                                      v1::ListJobsResponse* out) {
+  Call call(c, "ListJobs", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  if (req->page_size() < 0) {
+    return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
+  }
+  std::vector<v1::JobState> states;
+  for (int s : req->states()) states.push_back(static_cast<v1::JobState>(s));
+  std::map<std::string, std::string> labels(req->labels().begin(), req->labels().end());
+  std::string next;
+  auto jobs = node_->manager->ListJobs(call.tenant().name, states, labels, req->page_size(),
+                                       req->page_token(), &next);
+  if (jobs.ok()) {
+    for (v1::Job& j : *jobs) *out->add_jobs() = std::move(j);
+    out->set_next_page_token(next);
+  }
+  return call.Finish(jobs.status());
+}
+
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJobRequest* req,
+                                       v1::Job* out) {
+  Call call(c, "CancelJob", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto job = node_->manager->CancelJob(call.tenant().name, req->id());
+  if (job.ok()) *out = *job;
+  return call.Finish(job.status());
+}
+
+grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
+                                           const v1::ListJobEventsRequest* req,
+                                           v1::ListJobEventsResponse* out) {
+  Call call(c, "ListJobEvents", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  const int page = req->page_size() > 0 ? std::min(req->page_size(), 1000) : 100;
+  auto job = node_->jobs->Get(call.tenant().name, req->id());
+  if (!job.ok()) return call.Finish(job.status());
+  auto events = node_->jobs->Events(call.tenant().name, req->id(), req->after_sequence(), page);
+  if (!events.ok()) return call.Finish(events.status());
+  for (v1::JobEvent& e : *events) *out->add_events() = std::move(e);
+  if (static_cast<int>(out->events_size()) == page) {
+    out->set_next_after_sequence(out->events(page - 1).sequence());
+  }
+  return call.Finish(absl::OkStatus());
+}
+
+grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* c, const v1::WatchJobRequest* req,
+                                      grpc::ServerWriter<v1::JobEvent>* writer) {
+  Call call(c, "WatchJob", *node_->tenants);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  const std::string& tenant = call.tenant().name;
+  int64_t after = req->after_sequence();
+  while (true) {
+    // Read the change counter before the store: a write after this read wakes the wait below.
+    const int64_t seen = node_->manager->ChangeCounter();
+    auto job = node_->jobs->Get(tenant, req->id());
+    if (!job.ok()) return call.Finish(job.status());
+    // Drain every event stored so far, in pages.
+    while (true) {
+      auto events = node_->jobs->Events(tenant, req->id(), after, 256);
+      if (!events.ok()) return call.Finish(events.status());
+      for (const v1::JobEvent& e : *events) {
+        if (!writer->Write(e)) {
+          return call.Finish(absl::CancelledError("the client went away"));
+        }
+        after = e.sequence();
+      }
+      if (events->size() < 256) break;
+    }
+    // The job's final record is written with its last event, so a terminal state read above
+    // means every event has been sent.
+    if (core::IsTerminal(static_cast<core::JobState>(job->state()))) break;
+    if (c->IsCancelled()) return call.Finish(absl::CancelledError("the client went away"));
+    node_->manager->WaitForChange(seen, absl::Seconds(1));
+  }
+  return call.Finish(absl::OkStatus());
+}
+
+}  // namespace qlorad::server

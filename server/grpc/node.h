@@ -1,0 +1,32 @@
+// Everything the gRPC services share: the stores over one RocksDB, the tenants, the job
+// manager and the inference runner. Owned by the daemon's main; services hold a pointer.
+#pragma once
+
+#include <memory>
+
+#include "server/core/adapter_store.h"
+#include "server/core/checkpoint_store.h"
+#include "server/core/dataset_store.h"
+#include "server/core/inference_runner.h"
+#include "server/core/job_manager.h"
+#include "server/core/job_store.h"
+#include "server/core/model_store.h"
+#include "server/core/tenants.h"
+#include "storage/kv_store.h"
+
+namespace qlorad::server {
+
+struct Node {
+  std::unique_ptr<storage::KvStore> db;
+  std::unique_ptr<core::TenantRegistry> tenants;
+  std::unique_ptr<core::JobStore> jobs;
+  std::unique_ptr<core::ModelStore> models;
+  std::unique_ptr<core::DatasetStore> datasets;
+  std::unique_ptr<core::AdapterStore> adapters;
+  std::unique_ptr<core::CheckpointStore> checkpoints;
+  std::unique_ptr<core::JobManager> manager;
+  std::unique_ptr<core::InferenceRunner> inference;
+  int64_t max_upload_bytes = int64_t{1} << 30;
+};
+
+}  // namespace qlorad::server

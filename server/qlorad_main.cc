@@ -1,0 +1,280 @@
+// qlorad: the fine-tuning daemon. Flags (dashes or underscores), an optional --config file of
+// "name = value" lines (the command line wins), and embedded defaults that run on one host as
+// is: listen on 127.0.0.1:50051, keep data in ./qlorad-data, and on first start create a
+// tenants file there with one admin tenant whose key is written to <data-dir>/admin.key.
+// SIGTERM or SIGINT: stop taking calls, checkpoint running jobs (they resume on the next
+// start), exit 0.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/mapped_file.h"
+#include "engine/status_macros.h"
+#include "server/grpc/node.h"
+#include "server/grpc/services.h"
+
+ABSL_FLAG(std::string, config, "", "A file of 'name = value' lines, one flag each; # comments");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port here once serving");
+ABSL_FLAG(std::string, data_dir, "qlorad-data", "RocksDB and scratch files");
+ABSL_FLAG(std::string, tenants, "",
+          "Tenants JSON (keys hashed); default <data-dir>/tenants.json, created on first start "
+          "with an admin tenant");
+ABSL_FLAG(std::string, devices, "auto", "cpu:0,cpu:1,... or auto");
+ABSL_FLAG(int32_t, threads_per_device, 0, "Compute threads per CPU device; 0: cores / devices");
+ABSL_FLAG(int64_t, device_memory_bytes, 0, "Memory budget of a CPU device; 0: RAM/2 / devices");
+ABSL_FLAG(int32_t, max_jobs_per_device, 4, "Jobs resident on one device, taking turns");
+ABSL_FLAG(int64_t, checkpoint_every, 50, "Checkpoint running jobs every N steps (0: at exit)");
+ABSL_FLAG(double, progress_interval, 1.0, "Seconds between stored progress events of a job");
+ABSL_FLAG(int64_t, max_rank, 256, "Largest LoRA rank accepted");
+ABSL_FLAG(int64_t, max_seq_len, 4096, "Longest training sequence accepted");
+ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either direction");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
+ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the generation/evaluation device; 0: all");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (TLS when given with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+
+namespace qlorad {
+namespace {
+namespace fs = std::filesystem;
+
+void Log(const std::string& level, const std::string& msg) {
+  std::fprintf(stderr, "ts=%s level=%s msg=\"%s\"\n",
+               absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()).c_str(),
+               level.c_str(), msg.c_str());
+}
+
+// "--data-dir" -> "--data_dir" (absl flag names are identifiers).
+std::string NormalizeFlag(const std::string& arg) {
+  if (arg.rfind("--", 0) != 0 || arg == "--") return arg;
+  const size_t eq = arg.find('=');
+  std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+  for (char& ch : name) ch = ch == '-' ? '_' : ch;
+  return "--" + name + (eq == std::string::npos ? "" : arg.substr(eq));
+}
+
+absl::StatusOr<std::vector<std::string>> ConfigArgs(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  std::vector<std::string> out;
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    line = absl::StripAsciiWhitespace(line.substr(0, line.find('#')));
+    if (line.empty()) continue;
+    const size_t eq = line.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line_no, ": expected 'name = value'"));
+    }
+    absl::string_view name = absl::StripAsciiWhitespace(line.substr(0, eq));
+    absl::ConsumePrefix(&name, "--");
+    out.push_back(
+        NormalizeFlag(absl::StrCat("--", std::string(name), "=",
+                                   std::string(absl::StripAsciiWhitespace(line.substr(eq + 1))))));
+  }
+  return out;
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& data, bool secret) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    if (secret) ::chmod(tmp.c_str(), 0600);
+    out << data;
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// On first start without --tenants: one admin tenant with a fresh random key.
+absl::StatusOr<std::string> DefaultTenantsFile(const std::string& data_dir) {
+  const std::string path = (fs::path(data_dir) / "tenants.json").string();
+  if (fs::exists(path)) return path;
+  std::random_device rd;
+  std::string key = "qlorad_";
+  static const char* kHex = "0123456789abcdef";
+  for (int i = 0; i < 40; ++i) key.push_back(kHex[rd() & 15]);
+  const std::string key_file = (fs::path(data_dir) / "admin.key").string();
+  RETURN_IF_ERROR(WriteFileAtomically(key_file, key + "\n", true));
+  RETURN_IF_ERROR(WriteFileAtomically(
+      path,
+      absl::StrCat("{\"tenants\": [{\"name\": \"admin\", \"key_sha256\": \"", core::Sha256Hex(key),
+                   "\", \"admin\": true,\n  \"limits\": {\"max_concurrent_jobs\": 8, "
+                   "\"max_dataset_bytes\": 1073741824, \"max_adapters\": 1000}}]}\n"),
+      false));
+  Log("info", absl::StrCat("created ", path, " with tenant 'admin'; its key is in ", key_file));
+  return path;
+}
+
+absl::Status Run() {
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  std::error_code ec;
+  fs::create_directories(data_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("--data-dir ", data_dir, ": ", ec.message()));
+  std::string tenants_path = absl::GetFlag(FLAGS_tenants);
+  if (tenants_path.empty()) {
+    ASSIGN_OR_RETURN(tenants_path, DefaultTenantsFile(data_dir));
+  }
+
+  server::Node node;
+  ASSIGN_OR_RETURN(node.tenants, core::TenantRegistry::FromFile(tenants_path));
+  ASSIGN_OR_RETURN(node.db, storage::KvStore::Open((fs::path(data_dir) / "db").string()));
+  node.jobs = std::make_unique<core::JobStore>(node.db.get());
+  node.models = std::make_unique<core::ModelStore>(node.db.get());
+  node.datasets = std::make_unique<core::DatasetStore>(node.db.get());
+  node.adapters = std::make_unique<core::AdapterStore>(node.db.get());
+  node.checkpoints = std::make_unique<core::CheckpointStore>(node.db.get());
+  node.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  const std::string scratch = (fs::path(data_dir) / "scratch").string();
+  fs::remove_all(scratch, ec);  // leftovers of a previous run
+
+  core::JobManagerOptions mo;
+  mo.devices = absl::GetFlag(FLAGS_devices);
+  mo.threads_per_device = absl::GetFlag(FLAGS_threads_per_device);
+  mo.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
+  mo.max_jobs_per_device = std::max(1, absl::GetFlag(FLAGS_max_jobs_per_device));
+  mo.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  mo.progress_interval_seconds = absl::GetFlag(FLAGS_progress_interval);
+  mo.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
+  mo.limits.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
+  mo.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  mo.scratch_dir = scratch;
+  ASSIGN_OR_RETURN(
+      node.manager,
+      core::JobManager::Create({node.jobs.get(), node.models.get(), node.datasets.get(),
+                                node.adapters.get(), node.checkpoints.get(), node.tenants.get()},
+                               mo));
+  node.inference = std::make_unique<core::InferenceRunner>(node.models.get(), node.datasets.get(),
+                                                           node.adapters.get(), scratch,
+                                                           absl::GetFlag(FLAGS_inference_threads));
+  RETURN_IF_ERROR(node.manager->Start());
+
+  server::ModelServiceImpl models(&node);
+  server::DatasetServiceImpl datasets(&node);
+  server::JobServiceImpl jobs(&node);
+  server::AdapterServiceImpl adapters(&node);
+  server::InferenceServiceImpl inference(&node);
+  server::LimitsServiceImpl limits(&node);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  if (!cert.empty() || !key.empty()) {
+    if (cert.empty() || key.empty())
+      return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+    grpc::SslServerCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(std::string cert_pem, ReadFileToString(cert));
+    ASSIGN_OR_RETURN(std::string key_pem, ReadFileToString(key));
+    ssl.pem_key_cert_pairs.push_back({key_pem, cert_pem});
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, creds, &port);
+  const int max_message = static_cast<int>(
+      std::min<int64_t>(absl::GetFlag(FLAGS_max_message_bytes), std::numeric_limits<int>::max()));
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  for (grpc::Service* s : std::initializer_list<grpc::Service*>{&models, &datasets, &jobs,
+                                                                &adapters, &inference, &limits}) {
+    builder.RegisterService(s);
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    node.manager->Shutdown();
+    return absl::UnavailableError(absl::StrCat("--listen ", listen, ": cannot listen there"));
+  }
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    RETURN_IF_ERROR(
+        WriteFileAtomically(absl::GetFlag(FLAGS_port_file), absl::StrCat(port, "\n"), false));
+  }
+  std::string devices;
+  for (const core::DeviceInfo& d : node.manager->Devices()) {
+    absl::StrAppend(&devices, devices.empty() ? "" : ",", d.name, "(", d.memory_budget >> 20,
+                    " MiB)");
+  }
+  Log("info", absl::StrCat("serving on port ", port, " (", listen, ", ",
+                           cert.empty() ? "plaintext" : "TLS", "), data ", data_dir, ", ",
+                           node.tenants->size(), " tenants, devices ", devices));
+
+  // Signals were blocked in every thread (see Main), so this thread alone receives them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  sigwait(&set, &sig);
+  Log("info", absl::StrCat("received ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                           "; stopping: no new calls, running jobs checkpointed"));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  node.manager->Shutdown();
+  server->Wait();
+  Log("info", "stopped");
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  // Block the stop signals before any thread starts; Run() waits for them with sigwait.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  absl::SetProgramUsageMessage(
+      "qlorad --listen HOST:PORT --data-dir DIR --tenants FILE --devices cpu:0 [--config FILE]");
+  std::vector<std::string> args = {argv[0]};
+  std::string config;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = NormalizeFlag(argv[i]);
+    if (a == "--config" && i + 1 < argc) a = "--config=" + std::string(argv[++i]);
+    if (a.rfind("--config=", 0) == 0) config = a.substr(9);
+    args.push_back(a);
+  }
+  if (!config.empty()) {
+    auto extra = ConfigArgs(config);
+    if (!extra.ok()) {
+      Log("error", std::string(extra.status().message()));
+      return 2;
+    }
+    // The config file's flags go first, so the command line overrides them.
+    args.insert(args.begin() + 1, extra->begin(), extra->end());
+  }
+  std::vector<char*> cargs;
+  for (std::string& a : args) cargs.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(cargs.size()), cargs.data());
+  absl::Status s = Run();
+  if (!s.ok()) {
+    Log("error", std::string(s.message()));
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace qlorad
+
+int main(int argc, char** argv) { return qlorad::Main(argc, argv); }

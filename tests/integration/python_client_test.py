@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""End-to-end test of the daemon through the Python client (client/python).
+
+    QLORAD_BINARY=build/server/qlorad python3 tests/integration/python_client_test.py [-v] [-k name]
+
+Starts $QLORAD_BINARY on a free port with a fresh data folder and three tenants (ops: admin;
+acme: limited; globex), then registers stories260K, uploads tests/data/facts_train.jsonl,
+fine-tunes, downloads, generates, evaluates and cancels through the API.
+Environment: QLORAD_BINARY (required; exit 77 = skipped without it), QLORAD_TEST_MODELS
+(default <repo>/../shared/models), QLORAD_KEEP_TMP=1 keeps the temporary folder.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+from pathlib import Path
+
+SKIP = 77
+REPO = Path(__file__).resolve().parent.parent.parent
+BINARY = os.environ.get("QLORAD_BINARY", "")
+MODELS = Path(os.environ.get("QLORAD_TEST_MODELS", str(REPO.parent / "shared" / "models")))
+MODEL_PATH = MODELS / "stories260K" / "stories260K.gguf"
+TRAIN = REPO / "tests" / "data" / "facts_train.jsonl"
+KEYS = {"ops": "ops-key", "acme": "acme-key", "globex": "globex-key"}
+RPC_TIMEOUT = 120      # seconds, each unary call
+TRAIN_TIMEOUT = 900    # seconds, a whole 20-step job on a shared CPU
+
+if not BINARY or not os.path.isfile(BINARY) or not os.access(BINARY, os.X_OK):
+    print(f"python_client_test: skipped, QLORAD_BINARY is {'unset' if not BINARY else 'missing'}"
+          f"{'' if not BINARY else ': ' + BINARY} (point it at the qlorad daemon)")
+    sys.exit(SKIP)
+if not MODEL_PATH.is_file():
+    print(f"python_client_test: skipped, no test model at {MODEL_PATH} (set QLORAD_TEST_MODELS)")
+    sys.exit(SKIP)
+
+sys.path.insert(0, str(REPO / "client" / "python"))
+from qlorad_client import TERMINAL_STATES, Client, QloradError, jobs_pb2  # noqa: E402
+
+JobState = jobs_pb2.JobState
+_tmp = None  # the temporary folder; main() prints the daemon's log from it when a test failed
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _log_tail(limit=20000):
+    try:
+        text = (Path(_tmp) / "qlorad.log").read_text(errors="replace")
+    except (OSError, TypeError):
+        return "(no daemon log)"
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def _state(s):
+    return JobState.Name(s)
+
+
+class PythonClientTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        global _tmp
+        _tmp = tempfile.mkdtemp(prefix="qlorad-pytest-")
+        cls.tmp = Path(_tmp)
+        tenants = {"tenants": [
+            {"name": "ops", "key_sha256": _sha256(b"ops-key"), "admin": True},
+            {"name": "acme", "key_sha256": _sha256(b"acme-key"), "admin": False,
+             "limits": {"max_concurrent_jobs": 2, "max_dataset_bytes": 1048576,
+                        "max_adapters": 10}},
+            {"name": "globex", "key_sha256": _sha256(b"globex-key"), "admin": False},
+        ]}
+        (cls.tmp / "tenants.json").write_text(json.dumps(tenants, indent=2))
+        port_file = cls.tmp / "port"
+        cls.log = open(cls.tmp / "qlorad.log", "wb")
+        cmd = [BINARY, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+               "--data-dir", str(cls.tmp / "data"), "--tenants", str(cls.tmp / "tenants.json"),
+               "--devices", "cpu:0", "--checkpoint-every", "5"]
+        cls.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=cls.log,
+                                    stderr=subprocess.STDOUT)
+        port, deadline = None, time.monotonic() + 30
+        while time.monotonic() < deadline and cls.proc.poll() is None:
+            try:
+                text = port_file.read_text().strip()
+                if text.isdigit() and int(text) > 0:
+                    port = int(text)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        if port is None:
+            why = (f"exited with {cls.proc.returncode}" if cls.proc.poll() is not None
+                   else "wrote no port file within 30 s")
+            cls._stop_daemon()
+            raise RuntimeError(f"qlorad {why}: {' '.join(cmd)}")  # main() prints its log
+        cls.target = f"127.0.0.1:{port}"
+        cls.clients = {name: Client(cls.target, token=key, timeout=RPC_TIMEOUT)
+                       for name, key in KEYS.items()}
+        cls.ops, cls.acme, cls.globex = (cls.clients[n] for n in ("ops", "acme", "globex"))
+        cls._dataset = None
+
+    @classmethod
+    def tearDownClass(cls):
+        for c in getattr(cls, "clients", {}).values():
+            c.close()
+        hung = cls._stop_daemon()
+        if hung:
+            raise AssertionError("qlorad did not exit within 30 s of SIGTERM (killed)")
+
+    @classmethod
+    def _stop_daemon(cls):
+        """SIGTERM, 30 s, then SIGKILL; True when it had to be killed."""
+        hung = False
+        if cls.proc.poll() is None:
+            cls.proc.send_signal(signal.SIGTERM)
+            try:
+                cls.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                hung = True
+                cls.proc.kill()
+                cls.proc.wait()
+        cls.log.close()
+        return hung
+
+    # -- shared fixtures (each test can run alone with -k) ----------------------------------
+
+    @classmethod
+    def model(cls):
+        """Registers "stories" (idempotent) and returns its name."""
+        cls.ops.register_model("stories", str(MODEL_PATH))
+        return "stories"
+
+    @classmethod
+    def dataset(cls):
+        """acme's upload of facts_train.jsonl, made once."""
+        if cls._dataset is None:
+            cls._dataset = cls.acme.upload_dataset(str(TRAIN))
+        return cls._dataset
+
+    def assertRpcError(self, code, fn, *args, contains=None, **kwargs):
+        with self.assertRaises(QloradError) as cm:
+            fn(*args, **kwargs)
+        self.assertEqual(cm.exception.code, code, cm.exception.message)
+        if contains is not None:
+            self.assertIn(contains, cm.exception.message)
+        return cm.exception
+
+    def finish(self, job_id):
+        """Cancels a job unless it has ended, and waits for the end (keeps acme's two slots
+        free for the next test)."""
+        try:
+            self.acme.cancel_job(job_id)
+        except QloradError as e:
+            if e.code != "FAILED_PRECONDITION":
+                raise
+        return self.acme.wait_job(job_id, timeout=TRAIN_TIMEOUT)
+
+    # -- (a) models, authentication, authorization ------------------------------------------
+
+    def test_a_models_and_auth(self):
+        m = self.ops.register_model("stories", str(MODEL_PATH))
+        self.assertEqual(m.name, "stories")
+        self.assertEqual(m.format, "gguf")
+        self.assertGreater(m.architecture.vocab_size, 0)
+        self.assertGreater(m.parameter_count, 0)
+        again = self.ops.register_model("stories", str(MODEL_PATH))  # idempotent
+        self.assertEqual(again.source_path, m.source_path)
+        self.assertIn("stories", [x.name for x in self.ops.list_models()])
+        self.assertEqual(self.ops.get_model("stories").name, "stories")
+
+        self.assertRpcError("PERMISSION_DENIED", self.acme.register_model, "mine",
+                            str(MODEL_PATH))
+        self.assertRpcError("PERMISSION_DENIED", self.acme.list_models)
+        with Client(self.target, token="", timeout=RPC_TIMEOUT) as anonymous:
+            self.assertRpcError("UNAUTHENTICATED", anonymous.register_model, "stories",
+                                str(MODEL_PATH))
+            self.assertRpcError("UNAUTHENTICATED", anonymous.list_datasets)
+        with Client(self.target, token="not-a-key", timeout=RPC_TIMEOUT) as stranger:
+            self.assertRpcError("UNAUTHENTICATED", stranger.get_limits)
+
+        limits = self.acme.get_limits()
+        self.assertEqual(limits.max_concurrent_jobs, 2)
+        self.assertEqual(limits.max_dataset_bytes, 1048576)
+        self.assertEqual(limits.max_adapters, 10)
+
+    # -- (b) datasets -----------------------------------------------------------------------
+
+    def test_b_datasets(self):
+        data = TRAIN.read_bytes()
+        expected_examples = sum(1 for line in data.splitlines() if line.strip())
+        ds = self.dataset()
+        self.assertTrue(ds.id)
+        self.assertEqual(ds.examples, expected_examples)
+        self.assertEqual(ds.bytes, len(data))
+        self.assertEqual(ds.sha256, _sha256(data))
+        self.assertEqual(self.acme.get_dataset(ds.id).sha256, ds.sha256)
+        self.assertIn(ds.id, [d.id for d in self.acme.list_datasets()])
+        # Tenant-scoped: globex cannot see it.
+        self.assertRpcError("NOT_FOUND", self.globex.get_dataset, ds.id)
+        self.assertNotIn(ds.id, [d.id for d in self.globex.list_datasets()])
+
+        before = len(self.acme.list_datasets())
+        lines = data.splitlines(keepends=True)
+        bad = b"".join(lines[:2]) + b'{"prompt": "cut short", "completion": \n' + b"".join(lines[3:])
+        self.assertRpcError("INVALID_ARGUMENT", self.acme.upload_dataset, bad, name="bad",
+                            contains="line 3")
+        self.assertEqual(len(self.acme.list_datasets()), before)
+
+    # -- (c) a job from start to end, and what it made --------------------------------------
+
+    def test_c_job_lifecycle(self):
+        model, ds = self.model(), self.dataset()
+        job = self.acme.create_job(
+            model=model, training_dataset=ds.id, rank=4, alpha=8, dropout=0.0,
+            learning_rate=3e-3, schedule="constant", warmup_ratio=0.0, max_steps=20,
+            batch_size=8, seq_len=64, seed=1, labels={"test": "lifecycle"})
+        try:
+            self.assertIn(_state(job.state), ("QUEUED", "RUNNING"))
+            self.assertEqual(job.tenant, "acme")
+            self.assertEqual(job.requested.rank, 4)
+            self.assertIn(job.id, [j.id for j in self.acme.list_jobs(labels={"test": "lifecycle"})])
+
+            events = []
+            final = self.acme.wait_job(job.id, on_event=events.append, timeout=TRAIN_TIMEOUT)
+        finally:
+            if self.acme.get_job(job.id).state not in TERMINAL_STATES:
+                self.finish(job.id)
+        self.assertEqual(_state(final.state), "SUCCEEDED", final.error)
+
+        seqs = [e.sequence for e in events]
+        self.assertEqual(seqs, sorted(set(seqs)), "event sequences not increasing")
+        states = [_state(e.state_change.to) for e in events if e.WhichOneof("kind") == "state_change"]
+        self.assertIn("RUNNING", states)
+        self.assertEqual(states[-1], "SUCCEEDED")
+        self.assertLess(states.index("RUNNING"), states.index("SUCCEEDED"))
+        steps = [e.progress.step for e in events if e.WhichOneof("kind") == "progress"]
+        self.assertTrue(steps, "no progress events")
+        self.assertEqual(steps, sorted(steps), f"progress steps decrease: {steps}")
+        self.assertGreaterEqual(steps[0], 1)
+        self.assertEqual(steps[-1], 20)
+        for e in events:
+            if e.WhichOneof("kind") == "progress":
+                self.assertTrue(math.isfinite(e.progress.loss), e)
+        # The stored events are the ones streamed.
+        self.assertEqual([e.sequence for e in self.acme.job_events(job.id)], seqs)
+
+        self.assertEqual(final.steps_completed, 20)
+        self.assertTrue(final.adapter_id)
+        self.assertEqual(final.resolved.rank, 4)
+        self.assertRpcError("NOT_FOUND", self.globex.get_job, job.id)
+        self.assertRpcError("NOT_FOUND", self.globex.get_adapter, final.adapter_id)
+
+        adapter = self.acme.get_adapter(final.adapter_id)
+        self.assertEqual(adapter.job_id, job.id)
+        self.assertEqual(adapter.rank, 4)
+        self.assertIn(adapter.id, [a.id for a in self.acme.list_adapters()])
+
+        out = self.tmp / "download"
+        paths = self.acme.download_adapter(final.adapter_id, str(out))
+        names = sorted(os.path.basename(p) for p in paths)
+        self.assertEqual(names, ["adapter_config.json", "adapter_model.safetensors"])
+        config = json.loads((out / "adapter_config.json").read_text())
+        self.assertEqual(config["r"], 4)
+        self.assertEqual(config["peft_type"], "LORA")
+        st = (out / "adapter_model.safetensors").read_bytes()
+        self.assertGreater(len(st), 8)
+        (header_len,) = struct.unpack("<Q", st[:8])
+        header = json.loads(st[8:8 + header_len])
+        self.assertTrue(any("lora_A" in k for k in header), list(header)[:5])
+
+        text = self.acme.generate(model, "The name of the dragon in Pipville is",
+                                  adapter_id=final.adapter_id, max_tokens=16)
+        self.assertIsInstance(text, str)
+        self.assertTrue(text, "empty generation")
+
+        tuned = self.acme.evaluate(model, final.adapter_id, ds.id)
+        base = self.acme.evaluate(model, "", ds.id)
+        self.assertTrue(math.isfinite(tuned.loss), tuned)
+        self.assertTrue(math.isfinite(base.loss), base)
+        self.assertGreater(tuned.target_tokens, 0)
+        self.assertLess(tuned.loss, base.loss)
+
+    # -- (d) bad requests -------------------------------------------------------------------
+
+    def test_d_bad_input(self):
+        model, ds = self.model(), self.dataset()
+        small = dict(rank=4, alpha=8, max_steps=2, batch_size=4, seq_len=32, seed=1)
+        self.assertRpcError("INVALID_ARGUMENT", self.acme.create_job, model, ds.id,
+                            **dict(small, rank=0), contains="rank")
+        self.assertRpcError("INVALID_ARGUMENT", self.acme.create_job, model, ds.id,
+                            **dict(small, learning_rate=-1.0), contains="learning_rate")
+        self.assertRpcError("NOT_FOUND", self.acme.create_job, "no-such-model", ds.id, **small)
+        self.assertRpcError("NOT_FOUND", self.acme.create_job, model, "no-such-dataset", **small)
+        with self.assertRaises(TypeError):
+            self.acme.create_job(model, ds.id, rnak=4)
+
+        key = "idem-" + uuid.uuid4().hex
+        first = self.acme.create_job(model, ds.id, idempotency_key=key, **small)
+        try:
+            same = self.acme.create_job(model, ds.id, idempotency_key=key, **small)
+            self.assertEqual(same.id, first.id)
+            self.assertRpcError("ALREADY_EXISTS", self.acme.create_job, model, ds.id,
+                                idempotency_key=key, **dict(small, max_steps=3))
+        finally:
+            self.finish(first.id)
+
+    # -- (e) cancelling a running job -------------------------------------------------------
+
+    def test_e_cancel(self):
+        model, ds = self.model(), self.dataset()
+        job = self.acme.create_job(model, ds.id, rank=4, alpha=8, max_steps=100000, batch_size=8,
+                                   seq_len=64, seed=1)
+        try:
+            watch = self.acme.watch_job(job.id, timeout=TRAIN_TIMEOUT)
+            try:
+                for event in watch:
+                    if event.WhichOneof("kind") == "progress":
+                        break
+                else:
+                    self.fail(f"job ended before any progress: {self.acme.get_job(job.id)}")
+            finally:
+                watch.close()
+            self.assertEqual(_state(self.acme.get_job(job.id).state), "RUNNING")
+            cancelled = self.acme.cancel_job(job.id)
+            self.assertIn(_state(cancelled.state), ("RUNNING", "CANCELLED"))
+            final = self.acme.wait_job(job.id, timeout=120)
+        finally:
+            if self.acme.get_job(job.id).state not in TERMINAL_STATES:
+                self.finish(job.id)
+        self.assertEqual(_state(final.state), "CANCELLED")
+        self.assertFalse(final.adapter_id)
+        self.assertLess(final.steps_completed, 100000)
+
+
+def main():
+    program = unittest.main(exit=False)
+    ok = program.result.wasSuccessful()
+    if not ok:
+        print(f"\n--- qlorad log ({_tmp}) ---\n{_log_tail()}\n---", file=sys.stderr)
+    if _tmp and not os.environ.get("QLORAD_KEEP_TMP"):
+        shutil.rmtree(_tmp, ignore_errors=True)
+    elif _tmp:
+        print(f"python_client_test: kept {_tmp}", file=sys.stderr)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

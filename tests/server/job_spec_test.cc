@@ -1,0 +1,96 @@
+#include "server/core/job_spec.h"
+
+#include "gtest/gtest.h"
+
+namespace qlorad::core {
+namespace {
+
+v1::Model TinyModel() {
+  v1::Model m;
+  m.set_name("tiny");
+  auto* a = m.mutable_architecture();
+  a->set_hidden_size(64);
+  a->set_intermediate_size(172);
+  a->set_num_hidden_layers(5);
+  a->set_num_attention_heads(8);
+  a->set_num_key_value_heads(4);
+  a->set_vocab_size(512);
+  a->set_max_position_embeddings(512);
+  return m;
+}
+
+TEST(JobSpecTest, DefaultsAreTheEnginesAndEveryValueIsRecorded) {
+  auto r = ResolveHyperparameters({}, TinyModel(), {}, false);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rank(), 16);
+  EXPECT_FLOAT_EQ(r->alpha(), 32.0f);
+  EXPECT_FLOAT_EQ(r->dropout(), 0.05f);
+  EXPECT_EQ(r->target_modules_size(), 7);
+  EXPECT_DOUBLE_EQ(r->learning_rate(), 2e-4);
+  EXPECT_EQ(r->schedule(), "cosine");
+  EXPECT_EQ(r->epochs(), 1);
+  EXPECT_EQ(r->max_steps(), 0);
+  EXPECT_EQ(r->batch_size(), 8);
+  EXPECT_EQ(r->seq_len(), 512);  // min(512, the model's context)
+  EXPECT_TRUE(r->has_seed());
+  EXPECT_DOUBLE_EQ(r->max_grad_norm(), 1.0);
+}
+
+TEST(JobSpecTest, ErrorsNameTheField) {
+  struct Case {
+    std::function<void(v1::Hyperparameters&)> set;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& h) { h.set_rank(0); }, "hyperparameters.rank"},
+      {[](auto& h) { h.set_rank(257); }, "hyperparameters.rank"},
+      {[](auto& h) { h.set_learning_rate(-1); }, "hyperparameters.learning_rate"},
+      {[](auto& h) { h.set_dropout(1.0f); }, "hyperparameters.dropout"},
+      {[](auto& h) { h.set_schedule("step"); }, "hyperparameters.schedule"},
+      {[](auto& h) { h.add_target_modules("qq_proj"); }, "hyperparameters.target_modules"},
+      {[](auto& h) { h.set_seq_len(513); }, "hyperparameters.seq_len"},
+      {[](auto& h) { h.set_batch_size(0); }, "hyperparameters.batch_size"},
+      {[](auto& h) {
+         h.set_epochs(2);
+         h.set_max_steps(5);
+       },
+       "hyperparameters.max_steps"},
+      {[](auto& h) { h.set_early_stopping_patience(2); },
+       "hyperparameters.early_stopping_patience"},
+  };
+  for (const Case& c : cases) {
+    v1::Hyperparameters h;
+    c.set(h);
+    auto r = ResolveHyperparameters(h, TinyModel(), {}, false);
+    ASSERT_FALSE(r.ok()) << c.field;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_EQ(std::string(r.status().message()).rfind(c.field + ":", 0), 0u) << r.status();
+  }
+}
+
+TEST(JobSpecTest, MemoryEstimateGrowsWithBatchAndRank) {
+  auto small = ResolveHyperparameters({}, TinyModel(), {}, false);
+  v1::Hyperparameters big_req;
+  big_req.set_batch_size(32);
+  big_req.set_rank(64);
+  auto big = ResolveHyperparameters(big_req, TinyModel(), {}, false);
+  ASSERT_TRUE(small.ok() && big.ok());
+  const LlamaConfig c = ConfigFromModel(TinyModel());
+  EXPECT_GT(JobMemoryBytes(c, *big), 3 * JobMemoryBytes(c, *small));
+  // The LoRA state alone: r (in + out) per adapted linear, 20 bytes a parameter.
+  EXPECT_GT(JobMemoryBytes(c, *small), 20 * 16 * (64 + 64) * 5);
+}
+
+TEST(JobSpecTest, FingerprintIgnoresMapOrderButNotValues) {
+  v1::CreateJobRequest a, b;
+  (*a.mutable_labels())["x"] = "1";
+  (*a.mutable_labels())["y"] = "2";
+  (*b.mutable_labels())["y"] = "2";
+  (*b.mutable_labels())["x"] = "1";
+  EXPECT_EQ(RequestFingerprint(a), RequestFingerprint(b));
+  b.mutable_hyperparameters()->set_rank(4);
+  EXPECT_NE(RequestFingerprint(a), RequestFingerprint(b));
+}
+
+}  // namespace
+}  // namespace qlorad::core
