@@ -1,0 +1,102 @@
+#include "tests/integration/daemon_process.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "server/core/tenants.h"
+
+namespace qlorad::testing {
+namespace fs = std::filesystem;
+
+DaemonProcess::DaemonProcess(std::string dir, std::vector<std::string> extra_flags)
+    : dir_(std::move(dir)), flags_(std::move(extra_flags)) {
+  fs::create_directories(dir_);
+  std::ofstream t(fs::path(dir_) / "tenants.json");
+  t << "{\"tenants\": ["
+    << "{\"name\": \"ops\", \"key_sha256\": \"" << core::Sha256Hex(kOpsKey)
+    << "\", \"admin\": true},"
+    << "{\"name\": \"acme\", \"key_sha256\": \"" << core::Sha256Hex(kAcmeKey)
+    << "\", \"limits\": {\"max_concurrent_jobs\": 3, \"max_dataset_bytes\": 65536, "
+       "\"max_adapters\": 10}},"
+    << "{\"name\": \"globex\", \"key_sha256\": \"" << core::Sha256Hex(kGlobexKey) << "\"}]}\n";
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (pid_ > 0) Stop(SIGKILL, 10);
+}
+
+bool DaemonProcess::Start() {
+  const std::string port_file = (fs::path(dir_) / "port").string();
+  fs::remove(port_file);
+  std::vector<std::string> args = {QLORAD_DAEMON_BINARY, "--listen=127.0.0.1:0",
+                                   "--port-file=" + port_file,
+                                   "--data-dir=" + (fs::path(dir_) / "data").string(),
+                                   "--tenants=" + (fs::path(dir_) / "tenants.json").string()};
+  args.insert(args.end(), flags_.begin(), flags_.end());
+  const std::string log_path = (fs::path(dir_) / "qlorad.log").string();
+  pid_ = fork();
+  if (pid_ == 0) {
+    const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  for (int i = 0; i < 300; ++i) {
+    std::ifstream in(port_file);
+    if (in >> port_ && port_ > 0) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+int DaemonProcess::Stop(int sig, int timeout_s) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, sig);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      return 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+  return -1;
+}
+
+std::string DaemonProcess::log() const {
+  std::ifstream in(fs::path(dir_) / "qlorad.log");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string Stories260kGguf() {
+  const char* env = std::getenv("QLORAD_TEST_MODELS");
+  const fs::path base = env && *env ? fs::path(env) : fs::path(QLORAD_TEST_MODELS_DIR);
+  const fs::path p = base / "stories260K" / "stories260K.gguf";
+  return fs::exists(p) ? p.string() : "";
+}
+
+}  // namespace qlorad::testing

@@ -1,0 +1,354 @@
+// End to end through the qloractl binary against the real daemon: the job lifecycle, the
+// adapter download loading back into the engine with the server's results, tenant isolation,
+// and every bad input with its status code and message, with nothing lost.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/dataset.h"
+#include "engine/device_adapter.h"
+#include "engine/evaluate.h"
+#include "engine/generate.h"
+#include "engine/llama_model.h"
+#include "engine/model_source.h"
+#include "engine/peft_adapter.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/daemon_process.h"
+#include "tests/server/test_dirs.h"
+
+namespace qlorad::testing {
+namespace {
+namespace fs = std::filesystem;
+
+struct CtlResult {
+  int code = -1;
+  std::string out, err;
+  nlohmann::json json() const { return nlohmann::json::parse(out); }
+};
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class QloractlTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    gguf_ = new std::string(Stories260kGguf());
+    if (gguf_->empty()) return;
+    dir_ = new std::string(
+        (fs::temp_directory_path() / ("qlorad_ctl_" + std::to_string(getpid()))).string());
+    fs::remove_all(*dir_);
+    daemon_ = new DaemonProcess(*dir_, {"--devices=cpu:0", "--progress-interval=0"});
+    if (!daemon_->Start()) {
+      ADD_FAILURE() << daemon_->log();
+      return;
+    }
+    // Shared fixtures: the model and acme's facts dataset.
+    Run(kOpsKey, {"models", "register", "stories", *gguf_});
+    auto up = Run(kAcmeKey, {"-o", "json", "datasets", "upload", Data("facts_train.jsonl")});
+    dataset_ = new std::string(up.json()["id"].get<std::string>());
+  }
+  static void TearDownTestSuite() {
+    if (daemon_) {
+      daemon_->Stop(SIGTERM);
+      delete daemon_;
+      daemon_ = nullptr;
+    }
+    if (dir_) fs::remove_all(*dir_);
+  }
+  void SetUp() override {
+    if (gguf_->empty()) GTEST_SKIP() << "stories260K.gguf not found (QLORAD_TEST_MODELS)";
+    ASSERT_TRUE(daemon_ && daemon_->running());
+  }
+
+  static std::string Data(const std::string& name) {
+    return std::string(QLORAD_TEST_DATA_DIR) + "/" + name;
+  }
+  static std::string WriteFile(const std::string& name, const std::string& content) {
+    const std::string path = *dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+  }
+
+  // Runs qloractl with `token` (empty: none) against the daemon.
+  static CtlResult Run(const std::string& token, std::vector<std::string> args) {
+    static int n = 0;
+    const std::string err_path = *dir_ + "/ctl-stderr-" + std::to_string(++n);
+    std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server " + daemon_->address();
+    if (!token.empty()) cmd += " --token " + token;
+    for (const std::string& a : args) {
+      std::string quoted = "'";
+      for (char c : a) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      cmd += " " + quoted + "'";
+    }
+    cmd += " 2>" + err_path;
+    CtlResult r;
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, got);
+    const int status = pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.err = Slurp(err_path);
+    return r;
+  }
+
+  // A finished facts job of acme's: its id and adapter id.
+  static std::pair<std::string, std::string> TrainedJob() {
+    static std::pair<std::string, std::string>* done = nullptr;
+    if (done) return *done;
+    auto r =
+        Run(kAcmeKey,
+            {"jobs",        "create", "--model",      "stories",  "--train",        *dataset_,
+             "--rank",      "8",      "--alpha",      "16",       "--dropout",      "0",
+             "--lr",        "3e-3",   "--schedule",   "constant", "--warmup-ratio", "0",
+             "--max-steps", "60",     "--batch-size", "8",        "--seq-len",      "64",
+             "--seed",      "0",      "--suffix",     "facts",    "--label",        "team=search",
+             "--watch"});
+    EXPECT_EQ(r.code, 0) << r.err << daemon_->log();
+    const size_t at = r.out.find("adapter: ");
+    EXPECT_NE(at, std::string::npos) << r.out;
+    const std::string adapter = r.out.substr(at + 9, r.out.find('\n', at) - at - 9);
+    const size_t job_at = r.out.find("job ");
+    const std::string job = r.out.substr(job_at + 4, r.out.find(' ', job_at + 4) - job_at - 4);
+    done = new std::pair<std::string, std::string>(job, adapter);
+    return *done;
+  }
+
+  static void ExpectError(const CtlResult& r, const std::string& code, const std::string& text) {
+    EXPECT_EQ(r.code, 1) << r.out << r.err;
+    EXPECT_NE(r.err.find("qloractl: " + code + ": "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(text), std::string::npos) << r.err;
+  }
+
+  static std::string* gguf_;
+  static std::string* dir_;
+  static std::string* dataset_;
+  static DaemonProcess* daemon_;
+};
+
+std::string* QloractlTest::gguf_ = nullptr;
+std::string* QloractlTest::dir_ = nullptr;
+std::string* QloractlTest::dataset_ = nullptr;
+DaemonProcess* QloractlTest::daemon_ = nullptr;
+
+TEST_F(QloractlTest, JobLifecycleAndWatch) {
+  const auto [job, adapter] = TrainedJob();
+  auto got = Run(kAcmeKey, {"-o", "json", "jobs", "get", job});
+  ASSERT_EQ(got.code, 0) << got.err;
+  const nlohmann::json j = got.json();
+  EXPECT_EQ(j["state"], "SUCCEEDED");
+  EXPECT_EQ(j["stepsCompleted"], "60");
+  EXPECT_EQ(j["totalSteps"], "60");
+  EXPECT_EQ(j["adapterId"], adapter);
+  EXPECT_EQ(j["resolved"]["rank"], "8");
+  EXPECT_EQ(j["resolved"]["targetModules"].size(), 7u);  // the default, recorded
+  EXPECT_LT(j["lastLoss"].get<double>(), 1.5);  // from 7.8 at step 1 (REFERENCE: facts set)
+
+  // The watch replays the whole history of a finished job, in order.
+  auto watch = Run(kAcmeKey, {"-o", "json", "jobs", "watch", job});
+  ASSERT_EQ(watch.code, 0) << watch.err;
+  std::istringstream lines(watch.out);
+  std::string line;
+  int64_t last_seq = 0, last_step = 0, progress = 0;
+  std::vector<std::string> states;
+  while (std::getline(lines, line)) {
+    const nlohmann::json e = nlohmann::json::parse(line);
+    if (!e.contains("sequence")) continue;  // the final Job line
+    const int64_t seq = std::stoll(e["sequence"].get<std::string>());
+    EXPECT_GT(seq, last_seq);
+    last_seq = seq;
+    if (e.contains("stateChange")) states.push_back(e["stateChange"]["to"]);
+    if (e.contains("progress")) {
+      const int64_t step = std::stoll(e["progress"]["step"].get<std::string>());
+      EXPECT_GT(step, last_step);
+      last_step = step;
+      ++progress;
+    }
+  }
+  EXPECT_EQ(states, (std::vector<std::string>{"VALIDATING", "QUEUED", "RUNNING", "SUCCEEDED"}));
+  EXPECT_EQ(last_step, 60);
+  EXPECT_EQ(progress, 60);  // --progress-interval=0: every step
+
+  auto listed = Run(
+      kAcmeKey, {"-o", "json", "jobs", "list", "--state", "succeeded", "--label", "team=search"});
+  ASSERT_EQ(listed.code, 0) << listed.err;
+  EXPECT_EQ(listed.json()["jobs"].size(), 1u);
+  auto none = Run(kAcmeKey, {"-o", "json", "jobs", "list", "--label", "team=other"});
+  EXPECT_FALSE(none.json().contains("jobs"));
+}
+
+TEST_F(QloractlTest, DownloadedAdapterGivesTheServersResultsInTheEngine) {
+  const auto [job, adapter] = TrainedJob();
+  const std::string out = *dir_ + "/adapter";
+  auto dl = Run(kAcmeKey, {"adapters", "download", adapter, "--out", out});
+  ASSERT_EQ(dl.code, 0) << dl.err;
+  const nlohmann::json config = nlohmann::json::parse(Slurp(out + "/adapter_config.json"));
+  EXPECT_EQ(config["r"], 8);
+  EXPECT_EQ(config["peft_type"], "LORA");
+
+  auto eval = Run(kAcmeKey, {"-o", "json", "eval", "--model", "stories", "--adapter", adapter,
+                             "--dataset", *dataset_});
+  ASSERT_EQ(eval.code, 0) << eval.err;
+  const double server_loss = eval.json()["loss"].get<double>();
+  const std::string prompt = "The name of the dragon in Pipville is";
+  auto gen = Run(kAcmeKey, {"generate", "--model", "stories", "--adapter", adapter, "--prompt",
+                            prompt, "--max-tokens", "12", "--temperature", "0"});
+  ASSERT_EQ(gen.code, 0) << gen.err;
+
+  // The same computations in this process, on the downloaded PEFT files.
+  auto source = OpenModelSource(*gguf_);
+  ASSERT_TRUE(source.ok());
+  auto device = CreateCpuDevice(1);
+  const LlamaConfig cfg = source->weights.config;
+  auto model = LlamaModel::Create(std::move(source->weights), device.get(), ModelOptions{},
+                                  std::move(source->prequantized));
+  ASSERT_TRUE(model.ok());
+  auto peft = LoadPeftAdapter(out, cfg);
+  ASSERT_TRUE(peft.ok()) << peft.status();
+  auto on_device = DeviceAdapter::Create(device.get(), cfg, peft->config, peft->params);
+  ASSERT_TRUE(on_device.ok());
+  auto examples = TokenizeJsonl(Slurp(Data("facts_train.jsonl")), *source->tokenizer, "facts");
+  ASSERT_TRUE(examples.ok());
+  auto local =
+      EvaluateExamples(**model, *examples, cfg.max_position_embeddings, (*on_device)->weights());
+  ASSERT_TRUE(local.ok());
+  EXPECT_NEAR(local->loss, server_loss, 1e-5 * server_loss);
+  auto base = EvaluateExamples(**model, *examples, cfg.max_position_embeddings);
+  EXPECT_LT(local->loss, base->loss - 1.0);  // the adapter learned the facts
+
+  std::vector<int32_t> ids = {source->tokenizer->bos_id()};
+  auto p = source->tokenizer->Encode(prompt);
+  ids.insert(ids.end(), p->begin(), p->end());
+  SamplingOptions so;
+  so.max_new_tokens = 12;
+  auto greedy = Generate(**model, ids, so, {}, (*on_device)->weights());
+  ASSERT_TRUE(greedy.ok());
+  std::vector<int32_t> all = ids;
+  all.insert(all.end(), greedy->tokens.begin(), greedy->tokens.end());
+  auto text = source->tokenizer->Decode(all);
+  auto prompt_text = source->tokenizer->Decode(ids);
+  EXPECT_EQ(gen.out, text->substr(prompt_text->size()) + "\n");
+}
+
+TEST_F(QloractlTest, TenantsSeeOnlyTheirOwnObjects) {
+  const auto [job, adapter] = TrainedJob();
+  ExpectError(Run(kGlobexKey, {"jobs", "get", job}), "NOT_FOUND", job);
+  ExpectError(Run(kGlobexKey, {"adapters", "get", adapter}), "NOT_FOUND", adapter);
+  ExpectError(Run(kGlobexKey, {"datasets", "get", *dataset_}), "NOT_FOUND", *dataset_);
+  ExpectError(Run(kGlobexKey, {"jobs", "cancel", job}), "NOT_FOUND", job);
+  ExpectError(Run(kGlobexKey, {"adapters", "delete", adapter}), "NOT_FOUND", adapter);
+  ExpectError(
+      Run(kGlobexKey, {"eval", "--model", "stories", "--adapter", adapter, "--dataset", *dataset_}),
+      "NOT_FOUND", "");
+  auto list = Run(kGlobexKey, {"-o", "json", "jobs", "list"});
+  EXPECT_FALSE(list.json().contains("jobs"));
+  // Acme's objects are all still there.
+  EXPECT_EQ(Run(kAcmeKey, {"adapters", "get", adapter}).code, 0);
+}
+
+TEST_F(QloractlTest, AuthErrors) {
+  ExpectError(Run("", {"datasets", "list"}), "UNAUTHENTICATED", "authorization");
+  ExpectError(Run("wrong-key", {"datasets", "list"}), "UNAUTHENTICATED", "unknown API key");
+  ExpectError(Run(kAcmeKey, {"models", "register", "m2", *gguf_}), "PERMISSION_DENIED", "admin");
+  ExpectError(Run(kAcmeKey, {"models", "delete", "stories"}), "PERMISSION_DENIED", "admin");
+  auto usage = Run(kAcmeKey, {"jobs", "create", "--model", "stories"});
+  EXPECT_EQ(usage.code, 2);
+}
+
+TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
+  const std::string before = Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out;
+  auto create = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"jobs",    "create",  "--model",     "stories",
+                                     "--train", *dataset_, "--max-steps", "5"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Run(kAcmeKey, args);
+  };
+  ExpectError(create({"--rank", "0"}), "INVALID_ARGUMENT", "hyperparameters.rank");
+  ExpectError(create({"--rank", "1024"}), "INVALID_ARGUMENT", "hyperparameters.rank");
+  ExpectError(create({"--lr", "-0.001"}), "INVALID_ARGUMENT", "hyperparameters.learning_rate");
+  ExpectError(create({"--seq-len", "100000"}), "INVALID_ARGUMENT", "hyperparameters.seq_len");
+  ExpectError(create({"--targets", "q_proj,bogus"}), "INVALID_ARGUMENT",
+              "hyperparameters.target_modules");
+  ExpectError(create({"--batch-size", "100000"}), "INVALID_ARGUMENT", "hyperparameters.batch_size");
+  ExpectError(Run(kAcmeKey, {"jobs", "create", "--model", "nope", "--train", *dataset_}),
+              "NOT_FOUND", "model: no base model named 'nope'");
+  ExpectError(Run(kAcmeKey, {"jobs", "create", "--model", "stories", "--train", "ds-nope"}),
+              "NOT_FOUND", "training_dataset");
+  ExpectError(Run(kAcmeKey, {"jobs", "get", "job-0000"}), "NOT_FOUND", "job-0000");
+  ExpectError(Run(kAcmeKey, {"jobs", "cancel", "job-0000"}), "NOT_FOUND", "job-0000");
+  EXPECT_EQ(Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out, before);
+}
+
+TEST_F(QloractlTest, IdempotencyKeys) {
+  auto first = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                              *dataset_, "--max-steps", "3", "--idempotency-key", "k1"});
+  ASSERT_EQ(first.code, 0) << first.err;
+  auto again = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                              *dataset_, "--max-steps", "3", "--idempotency-key", "k1"});
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(first.json()["id"], again.json()["id"]);
+  ExpectError(Run(kAcmeKey, {"jobs", "create", "--model", "stories", "--train", *dataset_,
+                             "--max-steps", "4", "--idempotency-key", "k1"}),
+              "ALREADY_EXISTS", "k1");
+  EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", first.json()["id"]}).code, 0);
+}
+
+TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {
+  const size_t before = Run(kAcmeKey, {"-o", "json", "datasets", "list"}).json()["datasets"].size();
+  ExpectError(Run(kAcmeKey, {"datasets", "upload",
+                             WriteFile("bad.jsonl",
+                                       "{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n"
+                                       "{\"text\": 3}\n")}),
+              "INVALID_ARGUMENT", "line 3");
+  ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("empty.jsonl", "")}),
+              "INVALID_ARGUMENT", "");
+  ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("broken.jsonl", "{\"text\": ")}),
+              "INVALID_ARGUMENT", "line 1");
+  // acme's quota is 64 KiB in all.
+  const std::string big_line = "{\"text\": \"" + std::string(1000, 'a') + "\"}\n";
+  std::string big;
+  while (big.size() < 70000) big += big_line;
+  ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("big.jsonl", big)}),
+              "RESOURCE_EXHAUSTED", "acme");
+  EXPECT_EQ(Run(kAcmeKey, {"-o", "json", "datasets", "list"}).json()["datasets"].size(), before);
+  // A dataset a job still uses cannot be deleted; a model in use neither.
+  auto running = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                                *dataset_, "--max-steps", "100000"});
+  ASSERT_EQ(running.code, 0) << running.err;
+  ExpectError(Run(kAcmeKey, {"datasets", "delete", *dataset_}), "FAILED_PRECONDITION", "used");
+  ExpectError(Run(kOpsKey, {"models", "delete", "stories"}), "FAILED_PRECONDITION", "used");
+  auto cancelled = Run(kAcmeKey, {"-o", "json", "jobs", "cancel", running.json()["id"]});
+  ASSERT_EQ(cancelled.code, 0) << cancelled.err;
+  EXPECT_EQ(cancelled.json()["state"], "CANCELLED");
+}
+
+TEST_F(QloractlTest, ConcurrentJobQuota) {
+  // acme may hold 3 queued or running jobs.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto r = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                            *dataset_, "--max-steps", "100000"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    ids.push_back(r.json()["id"]);
+  }
+  ExpectError(Run(kAcmeKey, {"jobs", "create", "--model", "stories", "--train", *dataset_}),
+              "RESOURCE_EXHAUSTED", "limit");
+  auto limits = Run(kAcmeKey, {"-o", "json", "limits"});
+  EXPECT_EQ(limits.json()["activeJobs"], "3");
+  for (const std::string& id : ids) EXPECT_EQ(Run(kAcmeKey, {"jobs", "cancel", id}).code, 0);
+  auto r = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                          *dataset_, "--max-steps", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", r.json()["id"]}).code, 0);
+}
+
+}  // namespace
+}  // namespace qlorad::testing
