@@ -59,7 +59,7 @@ adapters:
 inference:
   generate --model M [--adapter ID] --prompt TEXT [--max-tokens N] [--temperature X]
            [--top-p X] [--seed N]     stream the generated text
-  eval --model M --adapter ID --dataset ID     loss, perplexity, target tokens, examples
+  eval --model M [--adapter ID] --dataset ID   loss, perplexity, target tokens, examples
 
 limits [--model M]             what the server accepts and what this tenant uses
 

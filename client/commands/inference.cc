@@ -56,7 +56,7 @@ absl::Status Evaluate(const Invocation& invocation) {
   const ParsedArgs& args = invocation.args;
   v1::EvaluateRequest request;
   ASSIGN_OR_RETURN(*request.mutable_model(), args.Required("model"));
-  ASSIGN_OR_RETURN(*request.mutable_adapter_id(), args.Required("adapter"));
+  request.set_adapter_id(args.Get("adapter").value_or(""));  // empty: the base model alone
   ASSIGN_OR_RETURN(*request.mutable_dataset_id(), args.Required("dataset"));
   v1::EvaluateResponse response;
   auto context = invocation.Context(kSlowTimeout);

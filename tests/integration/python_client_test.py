@@ -341,6 +341,27 @@ class PythonClientTest(unittest.TestCase):
         self.assertFalse(final.adapter_id)
         self.assertLess(final.steps_completed, 100000)
 
+    def test_f_health_and_reflection(self):
+        """Standard gRPC health checking and server reflection, called as raw methods (the
+        messages are tiny enough to write by hand)."""
+        import grpc
+        with grpc.insecure_channel(self.target) as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                        request_serializer=None, response_deserializer=None)
+            # HealthCheckResponse{status: SERVING (1)} is field 1 varint 1; no auth needed.
+            self.assertEqual(check(b"", timeout=RPC_TIMEOUT), b"\x08\x01")
+            reflect = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=None, response_deserializer=None)
+            # ServerReflectionRequest{list_services: ""} is field 7, length 0.
+            replies = list(reflect(iter([b"\x3a\x00"]), timeout=RPC_TIMEOUT))
+        self.assertEqual(len(replies), 1)
+        for service in (b"qlorad.v1.JobService", b"qlorad.v1.DatasetService",
+                        b"qlorad.v1.AdapterService", b"qlorad.v1.ModelService",
+                        b"qlorad.v1.InferenceService", b"qlorad.v1.LimitsService",
+                        b"grpc.health.v1.Health"):
+            self.assertIn(service, replies[0])
+
 
 def main():
     program = unittest.main(exit=False)

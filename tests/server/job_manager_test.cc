@@ -1,0 +1,214 @@
+// The job manager without gRPC: devices, admission by memory with the base model counted once
+// per device, waiting jobs, cancellation, and jobs failing on their own input.
+#include "server/core/job_manager.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/server/test_dirs.h"
+
+namespace qlorad::core {
+namespace {
+
+std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf"; }
+
+std::string Facts() {
+  std::ifstream in(std::string(QLORAD_TEST_DATA_DIR) + "/facts_train.jsonl");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class JobManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::qlorad::testing::FreshTestDir("jm");
+    auto db = storage::KvStore::Open(dir_ + "/db");
+    ASSERT_TRUE(db.ok());
+    db_ = std::move(*db);
+    jobs_ = std::make_unique<JobStore>(db_.get());
+    models_ = std::make_unique<ModelStore>(db_.get());
+    datasets_ = std::make_unique<DatasetStore>(db_.get());
+    adapters_ = std::make_unique<AdapterStore>(db_.get());
+    checkpoints_ = std::make_unique<CheckpointStore>(db_.get());
+    auto tenants = TenantRegistry::FromJson(
+        R"({"tenants": [{"name": "a", "key_sha256": ")" + Sha256Hex("ka") +
+            R"(", "limits": {"max_concurrent_jobs": 8}},
+                        {"name": "b", "key_sha256": ")" +
+            Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8}}]})",
+        "test");
+    ASSERT_TRUE(tenants.ok()) << tenants.status();
+    tenants_ = std::move(*tenants);
+    auto model = models_->Register("stories", Gguf());
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    for (const char* t : {"a", "b"}) {
+      auto ds = datasets_->Create(t, "facts", Facts(), 1 << 20);
+      ASSERT_TRUE(ds.ok());
+      dataset_[t] = ds->id();
+    }
+  }
+  void TearDown() override {
+    if (manager_) manager_->Shutdown();
+  }
+
+  void StartManager(JobManagerOptions o) {
+    o.scratch_dir = dir_ + "/scratch";
+    o.progress_interval_seconds = 0;
+    if (o.threads_per_device == 0) o.threads_per_device = 1;
+    auto m = JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                 checkpoints_.get(), tenants_.get()},
+                                o);
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = std::move(*m);
+    ASSERT_TRUE(manager_->Start().ok());
+  }
+
+  v1::CreateJobRequest Request(const std::string& tenant, int64_t steps) {
+    v1::CreateJobRequest req;
+    req.set_model("stories");
+    req.set_training_dataset(dataset_[tenant]);
+    req.mutable_hyperparameters()->set_rank(4);
+    req.mutable_hyperparameters()->set_max_steps(steps);
+    req.mutable_hyperparameters()->set_batch_size(4);
+    req.mutable_hyperparameters()->set_seq_len(64);
+    return req;
+  }
+
+  int64_t JobBytes() {
+    v1::Hyperparameters h = Request("a", 1).hyperparameters();
+    auto r = ResolveHyperparameters(h, model_, {}, false);
+    return JobMemoryBytes(ConfigFromModel(model_), *r);
+  }
+
+  // Polls until `pred` holds for the job (or 60 s pass).
+  v1::Job WaitFor(const std::string& tenant, const std::string& id,
+                  const std::function<bool(const v1::Job&)>& pred) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (absl::Now() < deadline) {
+      auto j = manager_->GetJob(tenant, id);
+      EXPECT_TRUE(j.ok());
+      if (pred(*j)) return *j;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ADD_FAILURE() << "timed out waiting for job " << id;
+    return *manager_->GetJob(tenant, id);
+  }
+
+  const Tenant& T(const std::string& name) { return *tenants_->Find(name); }
+
+  std::string dir_;
+  std::unique_ptr<storage::KvStore> db_;
+  std::unique_ptr<JobStore> jobs_;
+  std::unique_ptr<ModelStore> models_;
+  std::unique_ptr<DatasetStore> datasets_;
+  std::unique_ptr<AdapterStore> adapters_;
+  std::unique_ptr<CheckpointStore> checkpoints_;
+  std::unique_ptr<TenantRegistry> tenants_;
+  std::unique_ptr<JobManager> manager_;
+  v1::Model model_;
+  std::map<std::string, std::string> dataset_;
+};
+
+auto IsRunning = [](const v1::Job& j) { return j.state() == v1::RUNNING; };
+auto HasEnded = [](const v1::Job& j) {
+  return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED || j.state() == v1::CANCELLED;
+};
+
+TEST_F(JobManagerTest, TwoDevicesRunTwoJobsAtOnce) {
+  StartManager({.devices = "cpu:0,cpu:1", .max_jobs_per_device = 1});
+  auto a = manager_->CreateJob(T("a"), Request("a", 100000));
+  auto b = manager_->CreateJob(T("b"), Request("b", 100000));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const v1::Job ra = WaitFor("a", a->id(), IsRunning);
+  const v1::Job rb = WaitFor("b", b->id(), IsRunning);
+  EXPECT_NE(ra.device(), rb.device());
+  for (const DeviceInfo& d : manager_->Devices()) {
+    EXPECT_EQ(d.jobs_running, 1) << d.name;
+    EXPECT_EQ(d.base_models_loaded, 1) << d.name;  // each device loads its own copy
+  }
+  EXPECT_EQ(manager_->CancelJob("a", a->id())->state(), v1::CANCELLED);
+  EXPECT_EQ(manager_->CancelJob("b", b->id())->state(), v1::CANCELLED);
+}
+
+TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
+  // Room for the model once and two jobs, not for the model twice: both jobs must fit.
+  const int64_t budget = model_.quantized_bytes() + 2 * JobBytes() + model_.quantized_bytes() / 2;
+  StartManager({.devices = "cpu:0", .device_memory_bytes = budget, .max_jobs_per_device = 4});
+  auto a = manager_->CreateJob(T("a"), Request("a", 100000));
+  auto b = manager_->CreateJob(T("b"), Request("b", 100000));
+  ASSERT_TRUE(a.ok() && b.ok());
+  WaitFor("a", a->id(), IsRunning);
+  WaitFor("b", b->id(), IsRunning);
+  const DeviceInfo d = manager_->Devices()[0];
+  EXPECT_EQ(d.base_models_loaded, 1);
+  EXPECT_EQ(d.jobs_running, 2);
+  EXPECT_EQ(d.memory_reserved, model_.quantized_bytes() + 2 * JobBytes());
+
+  // A third job does not fit: it waits at the head of the queue, and starts when one ends.
+  auto c = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(c.ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  auto waiting = manager_->GetJob("a", c->id());
+  EXPECT_EQ(waiting->state(), v1::QUEUED);
+  EXPECT_EQ(waiting->queue_position(), 0);
+  ASSERT_EQ(manager_->CancelJob("b", b->id())->state(), v1::CANCELLED);
+  const v1::Job done = WaitFor("a", c->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(manager_->CancelJob("a", a->id())->state(), v1::CANCELLED);
+}
+
+TEST_F(JobManagerTest, AJobLargerThanEveryDeviceIsRefusedAtCreation) {
+  StartManager({.devices = "cpu:0", .device_memory_bytes = JobBytes()});
+  auto r = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("hyperparameters.batch_size"), absl::string_view::npos);
+  EXPECT_TRUE(jobs_->List("a", {}, 10, "")->empty());
+}
+
+TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
+  StartManager({.devices = "cpu:0", .max_jobs_per_device = 2});
+  // Every example longer than seq_len keeps no target within it once its prompt fills it.
+  std::string long_prompts;
+  for (int i = 0; i < 3; ++i) {
+    long_prompts += "{\"prompt\": \"" + std::string(400, 'x') + "\", \"completion\": \"y\"}\n";
+  }
+  auto ds = datasets_->Create("b", "long", long_prompts, 1 << 20);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  v1::CreateJobRequest bad = Request("b", 5);
+  bad.set_training_dataset(ds->id());
+  auto good = manager_->CreateJob(T("a"), Request("a", 5));
+  auto failing = manager_->CreateJob(T("b"), bad);
+  ASSERT_TRUE(good.ok() && failing.ok());
+  const v1::Job f = WaitFor("b", failing->id(), HasEnded);
+  EXPECT_EQ(f.state(), v1::FAILED);
+  EXPECT_TRUE(f.error().user_error());
+  EXPECT_EQ(f.error().parameter(), "training_dataset");
+  // "<dataset id>:<line>: ...", like a compiler's file:line.
+  EXPECT_NE(f.error().message().find(ds->id() + ":1: no target token"), std::string::npos)
+      << f.error().message();
+  EXPECT_EQ(WaitFor("a", good->id(), HasEnded).state(), v1::SUCCEEDED);
+}
+
+TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
+  JobManagerOptions o;
+  o.devices = "gpu0";
+  EXPECT_EQ(JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                checkpoints_.get(), tenants_.get()},
+                               o)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  o.devices = "cpu:0,cpu:0";
+  EXPECT_FALSE(JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                   checkpoints_.get(), tenants_.get()},
+                                  o)
+                   .ok());
+}
+
+}  // namespace
+}  // namespace qlorad::core
