@@ -113,6 +113,9 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
         options.threads_per_device > 0 ? options.threads_per_device : std::max(1, cores / n);
     w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
                                                 : PhysicalMemoryBytes() / 2 / n;
+    // Made here, before the worker threads start, so that Devices() never races with them.
+    w->device = CreateCpuDevice(w->threads);
+    w->pool = std::make_unique<ModelPool>(w->device.get());
     m->workers_.push_back(std::move(w));
   }
   if (m->options_.scratch_dir.empty()) {
@@ -169,6 +172,11 @@ absl::Status JobManager::Start() {
       Requeue(job);
       continue;
     }
+    if (job.state() != v1::RUNNING && job.state() != v1::VALIDATING) {
+      std::fprintf(stderr, "qlorad: job %s/%s has state %d; left alone\n", job.tenant().c_str(),
+                   job.id().c_str(), static_cast<int>(job.state()));
+      continue;
+    }
     const std::string reason =
         job.state() == v1::RUNNING
             ? absl::StrCat("the daemon restarted; resuming from the last checkpoint (step ",
@@ -176,9 +184,14 @@ absl::Status JobManager::Start() {
             : "validated; queued after a restart";
     auto moved = stores_.jobs->Transition(job.tenant(), job.id(), JobState::kQueued, reason,
                                           [](v1::Job& j) { j.clear_device(); });
-    if (!moved.ok()) return moved.status();
+    if (!moved.ok()) {  // one bad record must not keep the daemon from starting
+      std::fprintf(stderr, "qlorad: cannot requeue job %s/%s: %s\n", job.tenant().c_str(),
+                   job.id().c_str(), std::string(moved.status().message()).c_str());
+      continue;
+    }
     Requeue(*moved);
   }
+  stop_requested_ = false;
   for (auto& w : workers_) {
     Worker* raw = w.get();
     w->thread = std::thread([this, raw] { WorkerLoop(raw); });
@@ -201,6 +214,7 @@ void JobManager::Shutdown() {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
+    stop_requested_ = true;
     work_cv_.SignalAll();
   }
   for (auto& w : workers_) {
@@ -314,10 +328,26 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   job.set_queue_position(-1);
 
   absl::MutexLock create_lock(&create_mu_);
-  if (ActiveJobs(tenant.name) >= tenant.limits.max_concurrent_jobs) {
+  ASSIGN_OR_RETURN(const bool retry,
+                   stores_.jobs->IdempotencyKeyUsed(tenant.name, req.idempotency_key()));
+  if (retry) {  // the stored job, or ALREADY_EXISTS when the request differs; no quota applies
+    ASSIGN_OR_RETURN(v1::Job stored,
+                     stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
+    return WithLiveFields(stored);
+  }
+  const int active = ActiveJobs(tenant.name);
+  if (active >= tenant.limits.max_concurrent_jobs) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' already has ", tenant.limits.max_concurrent_jobs,
                      " queued or running jobs (its limit); wait for one to finish"));
+  }
+  // Each job ends with an adapter: refuse now rather than after hours of training.
+  ASSIGN_OR_RETURN(std::vector<v1::Adapter> adapters, stores_.adapters->List(tenant.name));
+  if (static_cast<int64_t>(adapters.size()) + active >= tenant.limits.max_adapters) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("tenant '", tenant.name, "' holds ", adapters.size(), " adapters and has ",
+                     active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
+                     " adapters: delete one first"));
   }
   ASSIGN_OR_RETURN(v1::Job stored,
                    stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
@@ -410,7 +440,15 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     return done;
   }
   auto flag = cancel_flags_.find(id);
-  if (flag != cancel_flags_.end()) flag->second->store(true);
+  if (flag == cancel_flags_.end()) {
+    // Neither queued nor on a worker (a store write failed on its way): nothing else will end
+    // it, so end it here.
+    ASSIGN_OR_RETURN(v1::Job done, stores_.jobs->Transition(tenant, id, JobState::kCancelled,
+                                                            "cancelled by the client"));
+    Notify();
+    return done;
+  }
+  flag->second->store(true);
   // The worker stops it after the current step; wait for the record to say so.
   while (absl::Now() < deadline) {
     if (cancel_flags_.count(id) == 0) break;
@@ -460,13 +498,23 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
         }
       }
     }
+    if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
+      // It can never fit (the devices changed since it was queued): StartJob fails it, so
+      // that it does not hold up the jobs behind it.
+      admitted->push_back(q);
+      ++running_by_tenant_[q.tenant];
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+      continue;
+    }
     const int64_t needed = q.job_bytes + (loaded ? 0 : q.model_bytes);
     int64_t available = w->budget - w->pool->ResidentBytes() - w->jobs_bytes.load() - pending;
     if (needed > available) {
       // Unused base models make room; otherwise the job waits for this device or another
       // (jobs never overtake each other, so a large job is not starved by small ones).
       if (loaded || needed > available + w->pool->UnusedBytes()) break;
-      available += w->pool->EvictUnused();
+      std::set<std::string> keep = models_admitted;
+      for (const auto& a : active) keep.insert(a->entry.model);
+      available += w->pool->EvictUnused(keep);
       if (needed > available) break;
     }
     models_admitted.insert(q.model);
@@ -480,8 +528,6 @@ void JobManager::WorkerLoop(Worker* w) {
 #ifdef _OPENMP
   omp_set_num_threads(w->threads);  // this thread's parallel regions
 #endif
-  w->device = CreateCpuDevice(w->threads);
-  w->pool = std::make_unique<ModelPool>(w->device.get());
   std::vector<std::unique_ptr<ActiveJob>> active;
   while (true) {
     std::vector<QueuedJob> admitted;
@@ -516,11 +562,13 @@ void JobManager::WorkerLoop(Worker* w) {
       continue;
     }
     for (auto it = active.begin(); it != active.end();) {
+      if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       const StepOutcome outcome = RunStep(w, **it);
       if (outcome == StepOutcome::kContinue) {
         ++it;
         continue;
       }
+      ReleaseQuota((*it)->job.tenant());
       Finish(w, **it, outcome);
       Release(**it);
       w->jobs_bytes -= (*it)->entry.job_bytes;
@@ -530,6 +578,12 @@ void JobManager::WorkerLoop(Worker* w) {
   }
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
   for (auto& a : active) {
+    ReleaseQuota(a->job.tenant());
+    if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
+      Finish(w, *a, StepOutcome::kCancelled);
+      Release(*a);
+      continue;
+    }
     absl::Status saved = SaveCheckpoint(*a);
     const int64_t step = a->trainer->step();
     auto moved = stores_.jobs->Transition(
@@ -551,13 +605,26 @@ void JobManager::WorkerLoop(Worker* w) {
   Notify();
 }
 
+void JobManager::ReleaseQuota(const std::string& tenant) {
+  absl::MutexLock lock(&mu_);
+  if (--running_by_tenant_[tenant] <= 0) running_by_tenant_.erase(tenant);
+}
+
 void JobManager::Release(ActiveJob& a) {
   absl::MutexLock lock(&mu_);
-  --running_by_tenant_[a.job.tenant()];
-  if (running_by_tenant_[a.job.tenant()] <= 0) running_by_tenant_.erase(a.job.tenant());
   cancel_flags_.erase(a.job.id());
   live_.erase(a.job.id());
   work_cv_.SignalAll();
+}
+
+void JobManager::CancelStarting(const std::string& tenant, const std::string& id,
+                                const char* reason) {
+  auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled, reason);
+  if (!moved.ok()) {
+    std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                 std::string(moved.status().message()).c_str());
+  }
+  Notify();
 }
 
 void JobManager::FailJob(const std::string& tenant, const std::string& id,
@@ -604,10 +671,38 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   }
   a->job = *job;
   if (a->job.state() != v1::QUEUED) return nullptr;  // cancelled meanwhile
+  if (a->cancel->load()) {  // cancelled between admission and now: no setup
+    CancelStarting(q.tenant, q.id, "cancelled by the client before it started");
+    return nullptr;
+  }
   auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
     FailJob(q.tenant, q.id, s, parameter, user);
     return nullptr;
   };
+  // A crash between storing the adapter and recording success leaves the adapter: finish.
+  auto adapters = stores_.adapters->List(q.tenant);
+  if (adapters.ok()) {
+    for (const v1::Adapter& ad : *adapters) {
+      if (ad.job_id() != q.id) continue;
+      auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
+                                              "its adapter was stored before a restart");
+      if (running.ok()) {
+        (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
+                                       "finished before the restart",
+                                       [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
+        (void)stores_.checkpoints->Delete(q.tenant, q.id);
+      }
+      Notify();
+      return nullptr;
+    }
+  }
+  if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
+    return fail(absl::ResourceExhaustedError(
+                    absl::StrCat("the job needs about ", q.job_bytes + q.model_bytes,
+                                 " bytes and the largest device now offers ", MaxDeviceBudget(),
+                                 "; lower batch_size or seq_len")),
+                "hyperparameters.batch_size", true);
+  }
   auto model = stores_.models->Get(q.model);
   if (!model.ok()) {
     return fail(absl::NotFoundError(absl::StrCat("base model '", q.model, "' is gone")), "model",
@@ -668,20 +763,6 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   }
   a->job = *running;
   Notify();
-  // A crash between storing the adapter and recording success leaves the adapter: finish.
-  auto adapters = stores_.adapters->List(q.tenant);
-  if (adapters.ok()) {
-    for (const v1::Adapter& ad : *adapters) {
-      if (ad.job_id() != q.id) continue;
-      (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
-                                     "finished before the restart", [&](v1::Job& j) {
-                                       j.set_adapter_id(ad.id());
-                                       *j.mutable_end_time() = TimeUtil::GetCurrentTime();
-                                     });
-      Notify();
-      return nullptr;
-    }
-  }
   {
     absl::MutexLock lock(&mu_);
     live_[q.id] = Live{step, total, a->tokens, 0.0, 0.0};
@@ -818,7 +899,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     return;
   }
   if (outcome == StepOutcome::kCancelled) {
-    (void)stores_.checkpoints->Delete(tenant, id);
+    // The state first: a crash in between must not leave a RUNNING job without its checkpoint.
     auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
                                           absl::StrCat("cancelled by the client after step ", step),
                                           [&](v1::Job& j) {
@@ -830,6 +911,8 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     if (!moved.ok()) {
       std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
                    std::string(moved.status().message()).c_str());
+    } else {
+      (void)stores_.checkpoints->Delete(tenant, id);
     }
     Notify();
     return;

@@ -126,7 +126,12 @@ class JobManager {
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<QueuedJob> QueueEntry(const v1::Job& job) const;
   void Notify() const;
+  // The job no longer counts as running for its tenant (before its terminal write, so that a
+  // client told "ended" can start the next one at once).
+  void ReleaseQuota(const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
+  // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
+  void CancelStarting(const std::string& tenant, const std::string& id, const char* reason);
   v1::Job WithLiveFields(v1::Job job) const ABSL_LOCKS_EXCLUDED(mu_);
 
   JobManagerStores stores_;
@@ -145,6 +150,7 @@ class JobManager {
   };
   std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);  // by job id, while running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> stop_requested_{false};  // read by workers between steps
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex create_mu_;  // quota check and creation together
 

@@ -36,6 +36,16 @@ absl::StatusOr<int64_t> JobStore::LastSequence(const std::string& tenant,
   return seq;
 }
 
+absl::StatusOr<bool> JobStore::IdempotencyKeyUsed(const std::string& tenant,
+                                                  const std::string& idempotency_key) const {
+  if (idempotency_key.empty()) return false;
+  ASSIGN_OR_RETURN(std::string key, StoreKey({"idem", tenant, idempotency_key}));
+  auto existing = db_->Get(Family::kMeta, key);
+  if (absl::IsNotFound(existing.status())) return false;
+  if (!existing.ok()) return existing.status();
+  return true;
+}
+
 absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& idempotency_key,
                                          const std::string& fingerprint) {
   absl::MutexLock lock(&mu_);
@@ -122,7 +132,8 @@ absl::StatusOr<v1::Job> JobStore::Transition(const std::string& tenant, const st
         event.mutable_state_change()->set_from(job.state());
         if (mutate) mutate(job);
         job.set_state(static_cast<v1::JobState>(static_cast<int>(to)));
-        if (to == JobState::kRunning) *job.mutable_start_time() = Now();
+        // A resumed job keeps the time it first started.
+        if (to == JobState::kRunning && !job.has_start_time()) *job.mutable_start_time() = Now();
         if (IsTerminal(to)) *job.mutable_end_time() = Now();
         return absl::OkStatus();
       },

@@ -28,6 +28,9 @@ class JobStore {
   absl::StatusOr<v1::Job> Create(const v1::Job& job, const std::string& idempotency_key,
                                  const std::string& fingerprint) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::Job> Get(const std::string& tenant, const std::string& id) const;
+  // Whether the tenant already created a job with this key (a retry: quotas do not apply).
+  absl::StatusOr<bool> IdempotencyKeyUsed(const std::string& tenant,
+                                          const std::string& idempotency_key) const;
 
   // Checks the edge, applies `mutate` (may be empty) to the record, sets the state and appends
   // a StateChange event, atomically. Returns the updated job.

@@ -57,11 +57,11 @@ int ModelPool::LoadedCount() const {
   return static_cast<int>(models_.size());
 }
 
-int64_t ModelPool::EvictUnused() {
+int64_t ModelPool::EvictUnused(const std::set<std::string>& keep) {
   absl::MutexLock lock(&mu_);
   int64_t freed = 0;
   for (auto it = models_.begin(); it != models_.end();) {
-    if (it->second.use_count() == 1) {
+    if (it->second.use_count() == 1 && keep.count(it->first) == 0) {
       freed += it->second->bytes;
       it = models_.erase(it);
     } else {

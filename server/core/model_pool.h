@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,9 @@ class ModelPool {
   int64_t ResidentBytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t UnusedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int LoadedCount() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Drops models no job holds; returns the bytes freed.
-  int64_t EvictUnused() ABSL_LOCKS_EXCLUDED(mu_);
+  // Drops models no job holds, except those in `keep` (admitted, not yet held); returns the
+  // bytes freed.
+  int64_t EvictUnused(const std::set<std::string>& keep = {}) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   Device* device_;

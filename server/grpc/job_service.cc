@@ -1,3 +1,5 @@
+#include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -50,7 +52,11 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJ
                                        v1::Job* out) {
   Call call(c, "CancelJob", *node_->tenants);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
-  auto job = node_->manager->CancelJob(call.tenant().name, req->id());
+  // Waits for a running job to stop (one step), within the caller's deadline.
+  const absl::Duration left = absl::FromChrono(c->deadline() - std::chrono::system_clock::now());
+  auto job = node_->manager->CancelJob(
+      call.tenant().name, req->id(),
+      std::clamp(left - absl::Milliseconds(200), absl::ZeroDuration(), absl::Seconds(30)));
   if (job.ok()) *out = *job;
   return call.Finish(job.status());
 }

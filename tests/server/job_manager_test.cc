@@ -38,14 +38,16 @@ class JobManagerTest : public ::testing::Test {
         R"({"tenants": [{"name": "a", "key_sha256": ")" + Sha256Hex("ka") +
             R"(", "limits": {"max_concurrent_jobs": 8}},
                         {"name": "b", "key_sha256": ")" +
-            Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8}}]})",
+            Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8}},
+                        {"name": "c", "key_sha256": ")" +
+            Sha256Hex("kc") + R"(", "limits": {"max_concurrent_jobs": 8, "max_adapters": 1}}]})",
         "test");
     ASSERT_TRUE(tenants.ok()) << tenants.status();
     tenants_ = std::move(*tenants);
     auto model = models_->Register("stories", Gguf());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
-    for (const char* t : {"a", "b"}) {
+    for (const char* t : {"a", "b", "c"}) {
       auto ds = datasets_->Create(t, "facts", Facts(), 1 << 20);
       ASSERT_TRUE(ds.ok());
       dataset_[t] = ds->id();
@@ -192,6 +194,40 @@ TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
   EXPECT_NE(f.error().message().find(ds->id() + ":1: no target token"), std::string::npos)
       << f.error().message();
   EXPECT_EQ(WaitFor("a", good->id(), HasEnded).state(), v1::SUCCEEDED);
+}
+
+TEST_F(JobManagerTest, TheAdapterQuotaIsCheckedBeforeTraining) {
+  StartManager({.devices = "cpu:0"});
+  auto first = manager_->CreateJob(T("c"), Request("c", 2));
+  ASSERT_TRUE(first.ok()) << first.status();
+  // One adapter allowed and one job already on its way to it.
+  auto second = manager_->CreateJob(T("c"), Request("c", 2));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(WaitFor("c", first->id(), HasEnded).state(), v1::SUCCEEDED);
+  EXPECT_EQ(manager_->CreateJob(T("c"), Request("c", 2)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(adapters_->List("c")->size(), 1u);
+}
+
+TEST_F(JobManagerTest, AnIdempotentRetryIsAnsweredEvenAtTheJobLimit) {
+  StartManager({.devices = "cpu:0"});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 8; ++i) {
+    v1::CreateJobRequest req = Request("a", 100000);
+    req.set_idempotency_key("key-" + std::to_string(i));
+    auto job = manager_->CreateJob(T("a"), req);
+    ASSERT_TRUE(job.ok()) << job.status();
+    ids.push_back(job->id());
+  }
+  v1::CreateJobRequest ninth = Request("a", 100000);
+  EXPECT_EQ(manager_->CreateJob(T("a"), ninth).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  v1::CreateJobRequest retry = Request("a", 100000);
+  retry.set_idempotency_key("key-0");
+  auto again = manager_->CreateJob(T("a"), retry);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->id(), ids[0]);
+  for (const std::string& id : ids) EXPECT_EQ(manager_->CancelJob("a", id)->state(), v1::CANCELLED);
 }
 
 TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
