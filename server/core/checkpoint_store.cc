@@ -64,4 +64,18 @@ absl::Status CheckpointStore::Delete(const std::string& tenant, const std::strin
   return db_->Write(w);
 }
 
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> CheckpointStore::List() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  RETURN_IF_ERROR(db_->Scan(Family::kCheckpoints, "", [&](std::string_view key, std::string_view) {
+    const size_t a = key.find('/');
+    const size_t b = a == std::string_view::npos ? a : key.find('/', a + 1);
+    if (b == std::string_view::npos) return true;
+    std::pair<std::string, std::string> job(std::string(key.substr(0, a)),
+                                            std::string(key.substr(a + 1, b - a - 1)));
+    if (out.empty() || out.back() != job) out.push_back(std::move(job));
+    return true;
+  }));
+  return out;
+}
+
 }  // namespace qlorad::core

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "storage/kv_store.h"
@@ -20,6 +22,8 @@ class CheckpointStore {
   absl::StatusOr<bool> Restore(const std::string& tenant, const std::string& job,
                                const std::string& dir) const;
   absl::Status Delete(const std::string& tenant, const std::string& job);
+  // (tenant, job) of every stored checkpoint.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> List() const;
 
  private:
   storage::KvStore* db_;

@@ -191,6 +191,17 @@ absl::Status JobManager::Start() {
     }
     Requeue(*moved);
   }
+  // Checkpoints of jobs that ended (a crash between the final write and the cleanup).
+  auto checkpoints = stores_.checkpoints->List();
+  if (checkpoints.ok()) {
+    for (const auto& [tenant, id] : *checkpoints) {
+      auto job = stores_.jobs->Get(tenant, id);
+      if (absl::IsNotFound(job.status()) ||
+          (job.ok() && IsTerminal(static_cast<JobState>(job->state())))) {
+        (void)stores_.checkpoints->Delete(tenant, id);
+      }
+    }
+  }
   stop_requested_ = false;
   for (auto& w : workers_) {
     Worker* raw = w.get();
