@@ -1,0 +1,82 @@
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/train_ops.h"
+
+namespace qlorad::kernels::cuda {
+namespace {
+using detail::BlockReduce;
+using detail::Load;
+using detail::Store;
+
+constexpr int kThreads = 256;
+
+// One block per row.
+template <typename T>
+__global__ void RmsNormForwardKernel(const T* __restrict__ x, const float* __restrict__ w,
+                                     int64_t dim, float eps, T* __restrict__ y,
+                                     float* __restrict__ inv_rms) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * dim;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = Load(xr, i);
+    ss += v * v;
+  }
+  ss = BlockReduce<false>(ss, scratch);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  if (inv_rms != nullptr && threadIdx.x == 0) inv_rms[row] = inv;
+  T* yr = y + row * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) Store(yr, i, Load(xr, i) * inv * w[i]);
+}
+
+template <typename T>
+__global__ void RmsNormBackwardKernel(const T* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ inv_rms, const T* __restrict__ dy,
+                                      int64_t dim, T* __restrict__ dx) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * dim;
+  const T* dyr = dy + row * dim;
+  float dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dot += w[i] * Load(dyr, i) * Load(xr, i);
+  dot = BlockReduce<false>(dot, scratch);
+  const float r = inv_rms[row];
+  const float k = r * r * r / static_cast<float>(dim) * dot;
+  T* dxr = dx + row * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    Store(dxr, i, r * w[i] * Load(dyr, i) - k * Load(xr, i));
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t RmsNormForward(const T* x, const float* w, int64_t rows, int64_t dim, float eps, T* y,
+                           float* inv_rms, cudaStream_t stream) {
+  if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  RmsNormForwardKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, dim, eps,
+                                                                                  y, inv_rms);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t RmsNormBackward(const T* x, const float* w, const float* inv_rms, const T* dy,
+                            int64_t rows, int64_t dim, T* dx, cudaStream_t stream) {
+  if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  RmsNormBackwardKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, inv_rms,
+                                                                                   dy, dim, dx);
+  return cudaGetLastError();
+}
+
+#define QLORAD_INSTANTIATE(T)                                                                  \
+  template cudaError_t RmsNormForward<T>(const T*, const float*, int64_t, int64_t, float, T*,  \
+                                         float*, cudaStream_t);                                \
+  template cudaError_t RmsNormBackward<T>(const T*, const float*, const float*, const T*,      \
+                                          int64_t, int64_t, T*, cudaStream_t);
+QLORAD_INSTANTIATE(float)
+QLORAD_INSTANTIATE(__nv_bfloat16)
+#undef QLORAD_INSTANTIATE
+
+}  // namespace qlorad::kernels::cuda

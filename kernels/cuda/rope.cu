@@ -1,0 +1,54 @@
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/train_ops.h"
+
+namespace qlorad::kernels::cuda {
+namespace {
+using detail::GridFor;
+using detail::Load;
+using detail::Store;
+
+// One thread per (token, head, i < head_dim/2) pair. inv_freq as transformers computes it in
+// float32 (pow in double, then rounded, to match the host's std::pow(float) closely).
+template <typename T>
+__global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positions,
+                           int64_t pairs, int64_t heads, int64_t head_dim, float theta,
+                           float sign) {
+  const int64_t half = head_dim / 2;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < pairs;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = k % half;
+    const int64_t th = k / half;  // token * heads + head
+    const int64_t t = th / heads;
+    const float inv_freq = static_cast<float>(
+        1.0 / pow(static_cast<double>(theta),
+                  static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(head_dim))));
+    const float angle = static_cast<float>(positions[t]) * inv_freq;
+    float s, c;
+    sincosf(angle, &s, &c);
+    s *= sign;
+    T* v = x + th * head_dim;
+    const float a = Load(v, i), b = Load(v, i + half);
+    Store(v, i, a * c - b * s);
+    Store(v, i + half, b * c + a * s);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t heads,
+                      int64_t head_dim, float theta, bool inverse, cudaStream_t stream) {
+  if (tokens < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const int64_t pairs = tokens * heads * (head_dim / 2);
+  if (pairs == 0) return cudaSuccess;
+  RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim,
+                                                          theta, inverse ? -1.0f : 1.0f);
+  return cudaGetLastError();
+}
+
+template cudaError_t RopeApply<float>(float*, const int32_t*, int64_t, int64_t, int64_t, float,
+                                      bool, cudaStream_t);
+template cudaError_t RopeApply<__nv_bfloat16>(__nv_bfloat16*, const int32_t*, int64_t, int64_t,
+                                              int64_t, float, bool, cudaStream_t);
+
+}  // namespace qlorad::kernels::cuda

@@ -1,0 +1,264 @@
+// CPU-vs-CUDA checks of the training kernels (kernels/cuda/train_ops.h) on fresh random inputs
+// each run (the seed is printed): float32 against the CPU twins within float rounding, and
+// bfloat16 (inputs rounded to bf16, the CPU fed the same rounded values) within bf16 rounding.
+// Outputs are filled with NaN first, so an element a kernel fails to write is caught.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/dropout.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+#include "kernels/cuda/train_ops.h"
+#include "tests/gpu/gpu_check.h"
+
+namespace qlorad {
+namespace {
+namespace kc = kernels::cuda;
+using bf16 = __nv_bfloat16;
+
+std::mt19937_64 rng;
+
+std::vector<float> Random(int64_t n, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Device memory for the test's lifetime (RAII); filled with NaN (all bits set) when made.
+template <typename T>
+struct Dev {
+  explicit Dev(int64_t n) : n(n) {
+    CUDA_OK(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(T)));
+    CUDA_OK(cudaMemset(p, 0xFF, std::max<int64_t>(n, 1) * sizeof(T)));
+  }
+  Dev(const Dev&) = delete;
+  ~Dev() { cudaFree(p); }
+  T* p = nullptr;
+  int64_t n;
+};
+
+template <typename T>
+T To(float v);
+template <>
+float To<float>(float v) {
+  return v;
+}
+template <>
+bf16 To<bf16>(float v) {
+  return __float2bfloat16(v);
+}
+float ToF(float v) { return v; }
+float ToF(bf16 v) { return __bfloat162float(v); }
+
+// Copies `host` into a fresh device buffer of T (rounding to bf16 when T is), and rounds `host`
+// the same way, so the CPU sees exactly what the GPU sees.
+template <typename T>
+Dev<T>* Upload(std::vector<float>& host) {
+  std::vector<T> t(host.size());
+  for (size_t i = 0; i < host.size(); ++i) {
+    t[i] = To<T>(host[i]);
+    host[i] = ToF(t[i]);
+  }
+  auto* d = new Dev<T>(static_cast<int64_t>(host.size()));
+  CUDA_OK(cudaMemcpy(d->p, t.data(), t.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <typename T>
+std::vector<float> Download(const Dev<T>& d) {
+  std::vector<T> t(d.n);
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemcpy(t.data(), d.p, d.n * sizeof(T), cudaMemcpyDeviceToHost));
+  std::vector<float> out(d.n);
+  for (int64_t i = 0; i < d.n; ++i) out[i] = ToF(t[i]);
+  return out;
+}
+
+// |got - want| <= atol + rtol |want| everywhere, and every element written (finite).
+void Compare(const std::string& what, const std::vector<float>& got,
+             const std::vector<float>& want, float rtol, float atol) {
+  GPU_CHECK(got.size() == want.size(), "%s: %zu values, want %zu", what.c_str(), got.size(),
+            want.size());
+  int64_t bad = 0, worst = -1;
+  float worst_err = 0.0f;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    const float err = std::fabs(got[i] - want[i]);
+    if (!std::isfinite(got[i]) || err > atol + rtol * std::fabs(want[i])) {
+      ++bad;
+      if (worst < 0 || !(err <= worst_err)) {
+        worst = static_cast<int64_t>(i);
+        worst_err = err;
+      }
+    }
+  }
+  GPU_CHECK(bad == 0, "%s: %lld of %zu values off, e.g. [%lld] got %g want %g", what.c_str(),
+            static_cast<long long>(bad), got.size(), static_cast<long long>(worst),
+            worst >= 0 ? got[worst] : 0.0f, worst >= 0 ? want[worst] : 0.0f);
+  std::printf("  %-40s %zu values checked\n", what.c_str(), got.size());
+}
+
+template <typename T>
+constexpr float Rtol() {
+  return sizeof(T) == 4 ? 2e-5f : 1.6e-2f;  // float rounding / bf16's 8-bit mantissa
+}
+template <typename T>
+const char* Name() {
+  return sizeof(T) == 4 ? "f32" : "bf16";
+}
+
+template <typename T>
+void RmsNorm() {
+  const int64_t rows = 37, dim = 1000;
+  std::vector<float> x = Random(rows * dim, 2.0f), w = Random(dim), dy = Random(rows * dim);
+  for (float& v : w) v = 1.0f + 0.1f * v;
+  std::unique_ptr<Dev<T>> dx_in(Upload<T>(x)), ddy(Upload<T>(dy));
+  Dev<float> dw(dim), dinv(rows);
+  CUDA_OK(cudaMemcpy(dw.p, w.data(), dim * 4, cudaMemcpyHostToDevice));
+  Dev<T> dyo(rows * dim), ddx(rows * dim);
+  CUDA_OK(kc::RmsNormForward<T>(dx_in->p, dw.p, rows, dim, 1e-5f, dyo.p, dinv.p, nullptr));
+  CUDA_OK(kc::RmsNormBackward<T>(dx_in->p, dw.p, dinv.p, ddy->p, rows, dim, ddx.p, nullptr));
+  std::vector<float> y(rows * dim), inv(rows), dxw(rows * dim);
+  kernels::RmsNormForward(x.data(), w.data(), rows, dim, 1e-5f, y.data(), inv.data());
+  kernels::RmsNormBackward(x.data(), w.data(), inv.data(), dy.data(), rows, dim, dxw.data());
+  const std::string n = Name<T>();
+  Compare("rmsnorm forward " + n, Download(dyo), y, Rtol<T>(), 1e-5f);
+  Compare("rmsnorm inv_rms " + n, Download(dinv), inv, 2e-5f, 0.0f);
+  // The backward is a difference of two terms: its error scales with the larger term.
+  Compare("rmsnorm backward " + n, Download(ddx), dxw, Rtol<T>(), sizeof(T) == 4 ? 1e-5f : 2e-2f);
+}
+
+template <typename T>
+void Rope() {
+  const int64_t tokens = 300, heads = 6, head_dim = 64;
+  std::vector<float> x = Random(tokens * heads * head_dim);
+  std::vector<int32_t> pos(tokens);
+  for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>((t * 7) % 2048);
+  Dev<int32_t> dpos(tokens);
+  CUDA_OK(cudaMemcpy(dpos.p, pos.data(), tokens * 4, cudaMemcpyHostToDevice));
+  for (bool inverse : {false, true}) {
+    std::vector<float> xi = x;
+    std::unique_ptr<Dev<T>> d(Upload<T>(xi));
+    CUDA_OK(kc::RopeApply<T>(d->p, dpos.p, tokens, heads, head_dim, 10000.0f, inverse, nullptr));
+    kernels::RopeApply(xi.data(), pos.data(), tokens, heads, head_dim, 10000.0f, inverse);
+    // Angles up to ~2000 rad: cos/sin of a float angle differ by a few ulp of the angle.
+    Compare(std::string("rope ") + (inverse ? "inverse " : "") + Name<T>(), Download(*d), xi,
+            Rtol<T>(), sizeof(T) == 4 ? 5e-4f : 2e-2f);
+  }
+}
+
+template <typename T>
+void Swiglu() {
+  const int64_t n = 100003;
+  std::vector<float> g = Random(n, 3.0f), u = Random(n), dout = Random(n);
+  std::unique_ptr<Dev<T>> dg(Upload<T>(g)), du(Upload<T>(u)), dd(Upload<T>(dout));
+  Dev<T> out(n), dgate(n), dup(n);
+  CUDA_OK(kc::SwigluForward<T>(dg->p, du->p, n, out.p, nullptr));
+  CUDA_OK(kc::SwigluBackward<T>(dg->p, du->p, dd->p, n, dgate.p, dup.p, nullptr));
+  std::vector<float> o(n), dgw(n), duw(n);
+  kernels::SwigluForward(g.data(), u.data(), n, o.data());
+  kernels::SwigluBackward(g.data(), u.data(), dout.data(), n, dgw.data(), duw.data());
+  const std::string nm = Name<T>();
+  Compare("swiglu forward " + nm, Download(out), o, Rtol<T>(), 1e-6f);
+  Compare("swiglu backward dgate " + nm, Download(dgate), dgw, Rtol<T>(), 1e-6f);
+  Compare("swiglu backward dup " + nm, Download(dup), duw, Rtol<T>(), 1e-6f);
+}
+
+template <typename T>
+void CrossEntropy() {
+  const int64_t rows = 41, vocab = 32000;
+  std::vector<float> logits = Random(rows * vocab, 4.0f);
+  std::vector<int32_t> targets(rows);
+  std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
+  for (int64_t r = 0; r < rows; ++r) targets[r] = r % 5 == 3 ? -1 : pick(rng);
+  std::unique_ptr<Dev<T>> d(Upload<T>(logits));
+  Dev<int32_t> dt(rows);
+  Dev<float> loss(rows);
+  CUDA_OK(cudaMemcpy(dt.p, targets.data(), rows * 4, cudaMemcpyHostToDevice));
+  const float scale = 1.0f / 33.0f;
+  CUDA_OK(kc::CrossEntropyForwardBackward<T>(d->p, dt.p, rows, vocab, scale, loss.p, nullptr));
+  const double want_total =
+      kernels::CrossEntropyForwardBackward(logits.data(), targets.data(), rows, vocab, scale);
+  const std::vector<float> row_loss = Download(loss);
+  double total = 0.0;
+  for (float l : row_loss) total += l;
+  GPU_CHECK(std::fabs(total - want_total) <= 1e-5 * std::fabs(want_total), "loss %g want %g",
+            total, want_total);
+  // Gradients are tiny (scale / vocab): compare with an absolute floor below bf16's resolution.
+  Compare(std::string("cross-entropy dlogits ") + Name<T>(), Download(*d), logits, Rtol<T>(),
+          sizeof(T) == 4 ? 1e-9f : 1e-6f);
+}
+
+void AdamW() {
+  const int64_t n = 50001;
+  std::vector<float> p = Random(n), g = Random(n, 0.01f), m = Random(n, 0.001f),
+                     v = Random(n, 0.001f);
+  for (float& x : v) x = x * x;
+  std::unique_ptr<Dev<float>> dp(Upload<float>(p)), dg(Upload<float>(g)), dm(Upload<float>(m)),
+      dv(Upload<float>(v));
+  kernels::AdamWParams ap;
+  ap.lr = 3e-3f;
+  ap.weight_decay = 0.01f;
+  for (int step = 1; step <= 3; ++step) {
+    ap.step = step;
+    CUDA_OK(kc::AdamWStep(dp->p, dg->p, dm->p, dv->p, n, ap, nullptr));
+    kernels::AdamWStep(p.data(), g.data(), m.data(), v.data(), n, ap);
+  }
+  Compare("adamw params", Download(*dp), p, 1e-5f, 1e-7f);
+  Compare("adamw m", Download(*dm), m, 1e-5f, 1e-9f);
+  Compare("adamw v", Download(*dv), v, 1e-5f, 1e-12f);
+}
+
+template <typename T>
+void Dropout() {
+  const int64_t n = 77777;  // odd: the last pair has one element
+  std::vector<float> x = Random(n);
+  std::unique_ptr<Dev<T>> d(Upload<T>(x));
+  Dev<T> out(n);
+  CUDA_OK(kc::DropoutApply<T>(d->p, n, 0.1f, 1234, 56, out.p, nullptr));
+  std::vector<float> want(n);
+  kernels::DropoutApply(x.data(), n, 0.1f, 1234, 56, want.data());
+  const std::vector<float> got = Download(out);
+  int64_t mask_mismatch = 0, dropped = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    mask_mismatch += (got[i] == 0.0f) != (want[i] == 0.0f) && x[i] != 0.0f;
+    dropped += want[i] == 0.0f;
+  }
+  GPU_CHECK(mask_mismatch == 0, "%lld elements dropped on one side only",
+            static_cast<long long>(mask_mismatch));
+  GPU_CHECK(dropped > n / 20 && dropped < n / 5, "dropped %lld of %lld at p=0.1",
+            static_cast<long long>(dropped), static_cast<long long>(n));
+  Compare(std::string("dropout ") + Name<T>(), got, want, Rtol<T>(), 0.0f);
+}
+
+}  // namespace
+}  // namespace qlorad
+
+int main() {
+  if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
+  const uint64_t seed = std::random_device{}();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  qlorad::rng.seed(seed);
+  qlorad::RmsNorm<float>();
+  qlorad::RmsNorm<__nv_bfloat16>();
+  qlorad::Rope<float>();
+  qlorad::Rope<__nv_bfloat16>();
+  qlorad::Swiglu<float>();
+  qlorad::Swiglu<__nv_bfloat16>();
+  qlorad::CrossEntropy<float>();
+  qlorad::CrossEntropy<__nv_bfloat16>();
+  qlorad::AdamW();
+  qlorad::Dropout<float>();
+  qlorad::Dropout<__nv_bfloat16>();
+  return qlorad::gpu_check::Finish("train_ops_gpu_test");
+}
