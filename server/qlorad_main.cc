@@ -37,7 +37,8 @@ ABSL_FLAG(std::string, data_dir, "qlorad-data", "RocksDB and scratch files");
 ABSL_FLAG(std::string, tenants, "",
           "Tenants JSON (keys hashed); default <data-dir>/tenants.json, created on first start "
           "with an admin tenant");
-ABSL_FLAG(std::string, devices, "auto", "cpu:0,cpu:1,... or auto");
+ABSL_FLAG(std::string, devices, "auto",
+          "auto (every GPU, else cpu:0), or a list of cuda:N and cpu:N");
 ABSL_FLAG(int32_t, threads_per_device, 0, "Compute threads per CPU device; 0: cores / devices");
 ABSL_FLAG(int64_t, device_memory_bytes, 0, "Memory budget of a CPU device; 0: RAM/2 / devices");
 ABSL_FLAG(int32_t, max_jobs_per_device, 4, "Jobs resident on one device, taking turns");

@@ -13,8 +13,7 @@ using detail::Store;
 
 __global__ void AdamWKernel(float* __restrict__ params, const float* __restrict__ grads,
                             float* __restrict__ m, float* __restrict__ v, int64_t n, float beta1,
-                            float beta2, float eps, float decay, float step_size,
-                            float bc2_sqrt) {
+                            float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = grads[i];
@@ -48,8 +47,8 @@ cudaError_t AdamWStep(float* params, const float* grads, float* m, float* v, int
   const float step_size = static_cast<float>(p.lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float decay = 1.0f - p.lr * p.weight_decay;
-  AdamWKernel<<<GridFor(n, 256), 256, 0, stream>>>(params, grads, m, v, n, p.beta1, p.beta2,
-                                                    p.eps, decay, step_size, bc2_sqrt);
+  AdamWKernel<<<GridFor(n, 256), 256, 0, stream>>>(params, grads, m, v, n, p.beta1, p.beta2, p.eps,
+                                                   decay, step_size, bc2_sqrt);
   return cudaGetLastError();
 }
 
@@ -58,8 +57,8 @@ cudaError_t DropoutApply(const T* x, int64_t n, float p, uint64_t seed, uint64_t
                          cudaStream_t stream) {
   if (n < 0 || !(p >= 0.0f && p < 1.0f)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  DropoutKernel<T><<<GridFor(n, 256), 256, 0, stream>>>(x, n, p, 1.0f / (1.0f - p), seed,
-                                                         stream_id, out);
+  DropoutKernel<T>
+      <<<GridFor(n, 256), 256, 0, stream>>>(x, n, p, 1.0f / (1.0f - p), seed, stream_id, out);
   return cudaGetLastError();
 }
 

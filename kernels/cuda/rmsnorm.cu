@@ -55,8 +55,8 @@ cudaError_t RmsNormForward(const T* x, const float* w, int64_t rows, int64_t dim
                            float* inv_rms, cudaStream_t stream) {
   if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RmsNormForwardKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, dim, eps,
-                                                                                  y, inv_rms);
+  RmsNormForwardKernel<T>
+      <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, dim, eps, y, inv_rms);
   return cudaGetLastError();
 }
 
@@ -65,16 +65,16 @@ cudaError_t RmsNormBackward(const T* x, const float* w, const float* inv_rms, co
                             int64_t rows, int64_t dim, T* dx, cudaStream_t stream) {
   if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RmsNormBackwardKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, inv_rms,
-                                                                                   dy, dim, dx);
+  RmsNormBackwardKernel<T>
+      <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, inv_rms, dy, dim, dx);
   return cudaGetLastError();
 }
 
-#define QLORAD_INSTANTIATE(T)                                                                  \
-  template cudaError_t RmsNormForward<T>(const T*, const float*, int64_t, int64_t, float, T*,  \
-                                         float*, cudaStream_t);                                \
-  template cudaError_t RmsNormBackward<T>(const T*, const float*, const float*, const T*,      \
-                                          int64_t, int64_t, T*, cudaStream_t);
+#define QLORAD_INSTANTIATE(T)                                                                      \
+  template cudaError_t RmsNormForward<T>(const T*, const float*, int64_t, int64_t, float, T*,      \
+                                         float*, cudaStream_t);                                    \
+  template cudaError_t RmsNormBackward<T>(const T*, const float*, const float*, const T*, int64_t, \
+                                          int64_t, T*, cudaStream_t);
 QLORAD_INSTANTIATE(float)
 QLORAD_INSTANTIATE(__nv_bfloat16)
 #undef QLORAD_INSTANTIATE

@@ -10,9 +10,8 @@ using detail::Store;
 // One thread per (token, head, i < head_dim/2) pair. inv_freq as transformers computes it in
 // float32 (pow in double, then rounded, to match the host's std::pow(float) closely).
 template <typename T>
-__global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positions,
-                           int64_t pairs, int64_t heads, int64_t head_dim, float theta,
-                           float sign) {
+__global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positions, int64_t pairs,
+                           int64_t heads, int64_t head_dim, float theta, float sign) {
   const int64_t half = head_dim / 2;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < pairs;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -42,7 +41,7 @@ cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t he
   const int64_t pairs = tokens * heads * (head_dim / 2);
   if (pairs == 0) return cudaSuccess;
   RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim,
-                                                          theta, inverse ? -1.0f : 1.0f);
+                                                         theta, inverse ? -1.0f : 1.0f);
   return cudaGetLastError();
 }
 

@@ -19,8 +19,8 @@ __global__ void SwigluForwardKernel(const T* gate, const T* up, int64_t n, T* ou
 }
 
 template <typename T>
-__global__ void SwigluBackwardKernel(const T* gate, const T* up, const T* dout, int64_t n,
-                                     T* dgate, T* dup) {
+__global__ void SwigluBackwardKernel(const T* gate, const T* up, const T* dout, int64_t n, T* dgate,
+                                     T* dup) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = Load(gate, i), u = Load(up, i), d = Load(dout, i);
@@ -50,9 +50,9 @@ cudaError_t SwigluBackward(const T* gate, const T* up, const T* dout, int64_t n,
   return cudaGetLastError();
 }
 
-#define QLORAD_INSTANTIATE(T)                                                                   \
-  template cudaError_t SwigluForward<T>(const T*, const T*, int64_t, T*, cudaStream_t);         \
-  template cudaError_t SwigluBackward<T>(const T*, const T*, const T*, int64_t, T*, T*,         \
+#define QLORAD_INSTANTIATE(T)                                                           \
+  template cudaError_t SwigluForward<T>(const T*, const T*, int64_t, T*, cudaStream_t); \
+  template cudaError_t SwigluBackward<T>(const T*, const T*, const T*, int64_t, T*, T*, \
                                          cudaStream_t);
 QLORAD_INSTANTIATE(float)
 QLORAD_INSTANTIATE(__nv_bfloat16)

@@ -32,8 +32,8 @@ cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t he
 template <typename T>
 cudaError_t SwigluForward(const T* gate, const T* up, int64_t n, T* out, cudaStream_t stream);
 template <typename T>
-cudaError_t SwigluBackward(const T* gate, const T* up, const T* dout, int64_t n, T* dgate,
-                           T* dup, cudaStream_t stream);
+cudaError_t SwigluBackward(const T* gate, const T* up, const T* dout, int64_t n, T* dgate, T* dup,
+                           cudaStream_t stream);
 
 // logits [rows, vocab] overwritten with scale * (softmax - onehot(target)) (zeros for rows with
 // target < 0); row_loss[r] = -log softmax[target] (0 for ignored rows), float32, for the caller

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/cuda_device.h"
 #include "engine/dataset.h"
 #include "engine/device.h"
 #include "engine/mapped_file.h"
@@ -84,37 +85,52 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
   auto m = std::unique_ptr<JobManager>(new JobManager(stores, options));
   std::vector<std::string> names;
   if (options.devices.empty() || options.devices == "auto") {
-    names.push_back("cpu:0");
+    // Every GPU, or one CPU device where there is none.
+    const int gpus = CudaDeviceCount();
+    for (int i = 0; i < gpus; ++i) names.push_back(absl::StrCat("cuda:", i));
+    if (gpus == 0) names.push_back("cpu:0");
   } else {
     for (absl::string_view d : absl::StrSplit(options.devices, ',', absl::SkipEmpty())) {
       names.emplace_back(d);
     }
   }
   std::set<std::string> seen;
+  int cpu_devices = 0;
   for (const std::string& n : names) {
     int index = 0;
-    if (n.rfind("cpu:", 0) != 0 || !absl::SimpleAtoi(n.substr(4), &index) || index < 0) {
-      if (n.rfind("cuda:", 0) == 0) {
-        return absl::UnimplementedError(absl::StrCat(
-            "--devices: ", n, ": this build has no CUDA device backend yet; use cpu:N"));
-      }
-      return absl::InvalidArgumentError(
-          absl::StrCat("--devices: '", n, "' is not a device (cpu:0, cpu:1, ... or auto)"));
+    const bool cpu = n.rfind("cpu:", 0) == 0, gpu = n.rfind("cuda:", 0) == 0;
+    if (!(cpu || gpu) || !absl::SimpleAtoi(n.substr(cpu ? 4 : 5), &index) || index < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--devices: '", n, "' is not a device (cpu:0, cuda:0, a comma-separated list, or auto)"));
     }
     if (!seen.insert(n).second)
       return absl::InvalidArgumentError(absl::StrCat("--devices: ", n, " is listed twice"));
+    cpu_devices += cpu;
   }
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  const int n = static_cast<int>(names.size());
   for (const std::string& name : names) {
     auto w = std::make_unique<Worker>();
     w->name = name;
-    w->threads =
-        options.threads_per_device > 0 ? options.threads_per_device : std::max(1, cores / n);
-    w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
-                                                : PhysicalMemoryBytes() / 2 / n;
     // Made here, before the worker threads start, so that Devices() never races with them.
-    w->device = CreateCpuDevice(w->threads);
+    if (name.rfind("cuda:", 0) == 0) {
+      const int ordinal = std::stoi(name.substr(5));
+      auto device = CreateCudaDevice(ordinal);
+      if (!device.ok()) {
+        return absl::Status(device.status().code(),
+                            absl::StrCat("--devices: ", device.status().message()));
+      }
+      w->device = std::move(*device);
+      w->threads = 1;
+      // Room for the CUDA context and allocator slack: admit up to 90% of the card.
+      w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                  : CudaDeviceMemoryBytes(ordinal) / 10 * 9;
+    } else {
+      w->threads = options.threads_per_device > 0 ? options.threads_per_device
+                                                  : std::max(1, cores / cpu_devices);
+      w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                  : PhysicalMemoryBytes() / 2 / cpu_devices;
+      w->device = CreateCpuDevice(w->threads);
+    }
     w->pool = std::make_unique<ModelPool>(w->device.get());
     m->workers_.push_back(std::move(w));
   }

@@ -39,7 +39,7 @@
 namespace qlorad::core {
 
 struct JobManagerOptions {
-  // "cpu:0,cpu:1"; "auto" is one CPU device (GPUs come with the CUDA backend).
+  // "cuda:0,cpu:0,..."; "auto": every GPU, or one CPU device where there is none.
   std::string devices = "auto";
   int threads_per_device = 0;       // 0: the machine's cores shared among the devices
   int64_t device_memory_bytes = 0;  // a CPU device's budget; 0: half the RAM among the devices

@@ -25,8 +25,16 @@ arch="${CUDA_ARCH:-90}"
 } > "$out/machine.txt" 2>&1
 
 status=0
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_KERNELS_ONLY=ON -DQLORAD_USE_BLAS=OFF \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" > "$out/configure.log" 2>&1 || status=1
+# The engine too (its CUDA device test) when Abseil and nlohmann-json are there; else kernels.
+scope=engine
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_GPU_CHECK=ON -DQLORAD_USE_BLAS=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" > "$out/configure.log" 2>&1 || {
+  scope=kernels
+  rm -rf build-gpu
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_KERNELS_ONLY=ON -DQLORAD_USE_BLAS=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" >> "$out/configure.log" 2>&1 || status=1
+}
+echo "build scope: $scope" >> "$out/machine.txt"
 if [ $status -eq 0 ]; then
   cmake --build build-gpu -j "$jobs" > "$out/build.log" 2>&1 || status=2
 fi

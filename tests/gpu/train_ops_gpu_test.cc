@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -86,8 +86,8 @@ std::vector<float> Download(const Dev<T>& d) {
 }
 
 // |got - want| <= atol + rtol |want| everywhere, and every element written (finite).
-void Compare(const std::string& what, const std::vector<float>& got,
-             const std::vector<float>& want, float rtol, float atol) {
+void Compare(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
+             float rtol, float atol) {
   GPU_CHECK(got.size() == want.size(), "%s: %zu values, want %zu", what.c_str(), got.size(),
             want.size());
   int64_t bad = 0, worst = -1;
@@ -192,8 +192,8 @@ void CrossEntropy() {
   const std::vector<float> row_loss = Download(loss);
   double total = 0.0;
   for (float l : row_loss) total += l;
-  GPU_CHECK(std::fabs(total - want_total) <= 1e-5 * std::fabs(want_total), "loss %g want %g",
-            total, want_total);
+  GPU_CHECK(std::fabs(total - want_total) <= 1e-5 * std::fabs(want_total), "loss %g want %g", total,
+            want_total);
   // Gradients are tiny (scale / vocab): compare with an absolute floor below bf16's resolution.
   Compare(std::string("cross-entropy dlogits ") + Name<T>(), Download(*d), logits, Rtol<T>(),
           sizeof(T) == 4 ? 1e-9f : 1e-6f);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/time/clock.h"
+#include "engine/cuda_device.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
 
@@ -239,6 +240,22 @@ TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  o.devices = "cuda:x";
+  EXPECT_EQ(JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                checkpoints_.get(), tenants_.get()},
+                               o)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  if (CudaDeviceCount() == 0) {  // a GPU named where there is none: refused, naming it
+    o.devices = "cpu:0,cuda:0";
+    auto r = JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                 checkpoints_.get(), tenants_.get()},
+                                o);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("--devices: cuda:0"), absl::string_view::npos)
+        << r.status();
+  }
   o.devices = "cpu:0,cpu:0";
   EXPECT_FALSE(JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
                                    checkpoints_.get(), tenants_.get()},

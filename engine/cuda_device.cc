@@ -1,0 +1,527 @@
+// The CUDA Device (engine/cuda_device.h). All work goes to one stream; the host waits only when
+// it reads a result (copies to the host, losses, sums of squares).
+#include "engine/cuda_device.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/nf4.h"
+#include "kernels/cuda/attention_ops.h"
+#include "kernels/cuda/nf4_dequant.h"
+#include "kernels/cuda/train_ops.h"
+
+namespace qlorad {
+namespace {
+namespace kc = kernels::cuda;
+
+struct Counters {
+  int64_t base_weights = 0, workspace = 0, activations = 0;
+};
+
+// Device memory owned by one object, released when it goes away.
+class CudaMemory {
+ public:
+  CudaMemory() = default;
+  CudaMemory(const CudaMemory&) = delete;
+  CudaMemory& operator=(const CudaMemory&) = delete;
+  ~CudaMemory() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  cudaError_t Allocate(size_t bytes) {
+    if (p_ != nullptr) cudaFree(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    const cudaError_t e = cudaMalloc(&p_, bytes > 0 ? bytes : 1);
+    if (e == cudaSuccess) bytes_ = bytes;
+    return e;
+  }
+  void* get() const { return p_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+class CudaBuffer : public DeviceBuffer {
+ public:
+  CudaBuffer(std::shared_ptr<Counters> counters, int64_t Counters::*category, int64_t floats)
+      : counters_(std::move(counters)), category_(category), floats_(floats) {}
+  ~CudaBuffer() override { (*counters_).*category_ -= floats_ * 4; }
+  cudaError_t Allocate() {
+    const cudaError_t e = mem_.Allocate(static_cast<size_t>(floats_) * 4);
+    if (e == cudaSuccess)
+      (*counters_).*category_ += floats_ * 4;
+    else
+      floats_ = 0;
+    return e;
+  }
+  float* data() override { return static_cast<float*>(mem_.get()); }
+  const float* data() const override { return static_cast<const float*>(mem_.get()); }
+  int64_t size() const override { return floats_; }
+
+ private:
+  std::shared_ptr<Counters> counters_;
+  int64_t Counters::*category_;
+  int64_t floats_;
+  CudaMemory mem_;
+};
+
+class CudaLinear : public DeviceLinear {
+ public:
+  CudaLinear(int64_t out, int64_t in, bool quantized) : out_(out), in_(in), quantized_(quantized) {}
+  int64_t out_features() const override { return out_; }
+  int64_t in_features() const override { return in_; }
+  bool quantized() const override { return quantized_; }
+  int64_t bytes() const override {
+    return static_cast<int64_t>(packed.bytes() + absmax_q.bytes() + nested.bytes() +
+                                values.bytes());
+  }
+
+  CudaMemory packed, absmax_q, nested, values;  // NF4 + double quant, or float32 values
+  float offset = 0.0f;
+  int blocksize = 64, nested_blocksize = 256;
+  int64_t numel = 0;
+
+ private:
+  int64_t out_, in_;
+  bool quantized_;
+};
+
+class CudaDevice : public Device {
+ public:
+  static absl::StatusOr<std::unique_ptr<Device>> Create(int ordinal) {
+    auto d = std::unique_ptr<CudaDevice>(new CudaDevice(ordinal));
+    cudaError_t e = cudaSetDevice(ordinal);
+    if (e != cudaSuccess) {
+      return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
+    }
+    cudaDeviceProp prop{};
+    if ((e = cudaGetDeviceProperties(&prop, ordinal)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&d->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
+      return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
+    }
+    d->device_name_ = prop.name;
+    if (cublasCreate(&d->blas_) != CUBLAS_STATUS_SUCCESS) {
+      return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": cuBLAS did not start"));
+    }
+    cublasSetStream(d->blas_, d->stream_);
+    // Plain float32 GEMMs: the CUDA backend must agree with the CPU reference first.
+    cublasSetMathMode(d->blas_, CUBLAS_PEDANTIC_MATH);
+    const auto& code8 = kernels::SignedDynamicMap();
+    if ((e = d->code8_.Allocate(256 * 4)) != cudaSuccess ||
+        (e = cudaMemcpy(d->code8_.get(), code8.data(), 256 * 4, cudaMemcpyHostToDevice)) !=
+            cudaSuccess ||
+        (e = d->partial_.Allocate(1024 * sizeof(double))) != cudaSuccess) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
+    }
+    return std::unique_ptr<Device>(std::move(d));
+  }
+
+  ~CudaDevice() override {
+    cudaSetDevice(ordinal_);
+    if (blas_ != nullptr) cublasDestroy(blas_);
+    if (stream_ != nullptr) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  std::string name() const override {
+    return absl::StrCat("cuda:", ordinal_, " (", device_name_, ")");
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) override {
+    if (floats < 0) return absl::InvalidArgumentError("negative allocation");
+    Enter();
+    auto b = std::make_unique<CudaBuffer>(counters_, &Counters::activations, floats);
+    if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
+      cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
+      return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
+                                                       " bytes: ", cudaGetErrorString(e)));
+    }
+    return std::unique_ptr<DeviceBuffer>(std::move(b));
+  }
+
+  void CopyFromHost(const float* host, int64_t n, float* device) override {
+    Enter();
+    Check(cudaMemcpyAsync(device, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy to device");
+    Check(cudaStreamSynchronize(stream_), "copy to device");  // `host` may go away on return
+  }
+
+  void CopyToHost(const float* device, int64_t n, float* host) override {
+    Enter();
+    Check(cudaMemcpyAsync(host, device, n * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
+    Check(cudaStreamSynchronize(stream_), "copy to host");
+    if (failed_) std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(const Nf4Tensor* nf4,
+                                                             const std::vector<float>* values,
+                                                             int64_t out, int64_t in) override {
+    Enter();
+    if (nf4 != nullptr && nf4->numel != out * in)
+      return absl::InvalidArgumentError("NF4 weight size mismatch");
+    // NF4 without double quantization is rare (our models always use it): keep it as floats.
+    std::vector<float> dequantized;
+    if (nf4 != nullptr && !nf4->double_quant) {
+      dequantized = nf4->Dequantize();
+      values = &dequantized;
+    }
+    const bool quantized = nf4 != nullptr && nf4->double_quant;
+    if (!quantized && (values == nullptr || static_cast<int64_t>(values->size()) != out * in))
+      return absl::InvalidArgumentError("float32 weight size mismatch");
+    auto lin = std::make_unique<CudaLinear>(out, in, quantized);
+    cudaError_t e = cudaSuccess;
+    auto put = [&](CudaMemory& m, const void* src, size_t bytes) {
+      if (e == cudaSuccess) e = m.Allocate(bytes);
+      if (e == cudaSuccess) e = cudaMemcpy(m.get(), src, bytes, cudaMemcpyHostToDevice);
+    };
+    if (quantized) {
+      put(lin->packed, nf4->packed.data(), nf4->packed.size());
+      put(lin->absmax_q, nf4->absmax_q.data(), nf4->absmax_q.size());
+      put(lin->nested, nf4->nested_absmax.data(), nf4->nested_absmax.size() * 4);
+      lin->offset = nf4->offset;
+      lin->blocksize = nf4->blocksize;
+      lin->nested_blocksize = nf4->nested_blocksize;
+      lin->numel = nf4->numel;
+    } else {
+      put(lin->values, values->data(), values->size() * 4);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name(), ": cannot place a weight: ", cudaGetErrorString(e)));
+    }
+    counters_->base_weights += lin->bytes();
+    return std::unique_ptr<DeviceLinear>(std::move(lin));
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) override {
+    Enter();
+    auto b = std::make_unique<CudaBuffer>(counters_, &Counters::base_weights,
+                                          static_cast<int64_t>(v.size()));
+    cudaError_t e = b->Allocate();
+    if (e == cudaSuccess) e = cudaMemcpy(b->data(), v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name(), ": cannot place a tensor: ", cudaGetErrorString(e)));
+    }
+    return std::unique_ptr<DeviceBuffer>(std::move(b));
+  }
+
+  void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
+  }
+
+  void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
+                        float* y) override {
+    Gemm(false, true, tokens, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  }
+
+  void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
+                 float* out) override {
+    const int32_t* ids = HostInts(host_ids, tokens, &ids_);
+    Check(kc::EmbeddingGather(table, dim, ids, tokens, out, stream_), "embedding");
+  }
+
+  void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,
+               float* inv_rms) override {
+    Enter();
+    // The kernel reads a row fully before writing it, so x and y may alias.
+    Check(kc::RmsNormForward<float>(x, w, rows, dim, eps, y, inv_rms, stream_), "rmsnorm");
+  }
+
+  void Rope(float* x, const int32_t* host_positions, int64_t tokens, int64_t heads,
+            int64_t head_dim, float theta, bool inverse) override {
+    const int32_t* pos = HostInts(host_positions, tokens, &positions_);
+    Check(kc::RopeApply<float>(x, pos, tokens, heads, head_dim, theta, inverse, stream_), "rope");
+  }
+
+  void CausalAttention(const float* q, const float* k, const float* v, const AttentionDims& d,
+                       float* out) override {
+    const int64_t H = d.heads, KV = d.kv_heads, hd = d.head_dim, T = d.tokens, S = d.kv_tokens;
+    float* scores = Scratch(&scores_, H * T * S);
+    if (scores == nullptr) return;
+    AttentionCore(q, k, v, H, KV, hd, T, S, d.first_pos, nullptr, scores, out);
+  }
+
+  void Swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    Enter();
+    Check(kc::SwigluForward<float>(gate, up, n, out, stream_), "swiglu");
+  }
+
+  void AddInPlace(float* y, const float* x, int64_t n) override {
+    Enter();
+    Check(kc::AddInPlace(y, x, n, stream_), "add");
+  }
+
+  void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override {
+    Enter();
+    if (m == 0 || n == 0) return;
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const cublasStatus_t s = cublasSgemm(
+        blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
+        static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc));
+    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS sgemm failed (status ", s, ")"));
+  }
+
+  void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens, float* dx,
+                           bool accumulate) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    Gemm(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dy, lin.out_features(),
+         Weights(lin), lin.in_features(), accumulate ? 1.0f : 0.0f, dx, lin.in_features());
+  }
+
+  void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                       int64_t rows, int64_t dim, float* dx) override {
+    Enter();
+    Check(kc::RmsNormBackward<float>(x, w, inv_rms, dy, rows, dim, dx, stream_), "rmsnorm bwd");
+  }
+
+  void AttentionTrainForward(const float* q, const float* k, const float* v,
+                             const int32_t* host_segments, const TrainAttentionDims& d, float* out,
+                             float* probs) override {
+    const int32_t* segments =
+        host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
+    AttentionCore(q, k, v, d.heads, d.kv_heads, d.head_dim, d.tokens, d.tokens, 0, segments, probs,
+                  out);
+  }
+
+  // dV_g += P_h^T dO_h; dP = dO_h V_g^T; dS = P (dP - rowsum(P dP)) scale; dQ_h = dS K_g;
+  // dK_g += dS^T Q_h (as kernels/cpu/attention_train.cc).
+  void AttentionTrainBackward(const float* q, const float* k, const float* v, const float* probs,
+                              const float* dout, const TrainAttentionDims& d, float* dq, float* dk,
+                              float* dv) override {
+    const int64_t H = d.heads, KV = d.kv_heads, hd = d.head_dim, T = d.tokens;
+    const int64_t group = H / KV;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    float* dp = Scratch(&scores_, T * T);
+    if (dp == nullptr) return;
+    Fill(dk, T * KV * hd, 0.0f);
+    Fill(dv, T * KV * hd, 0.0f);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      const float* p = probs + h * T * T;
+      Gemm(true, false, T, hd, T, 1.0f, p, T, dout + h * hd, H * hd, 1.0f, dv + g * hd, KV * hd);
+      Gemm(false, true, T, T, hd, 1.0f, dout + h * hd, H * hd, v + g * hd, KV * hd, 0.0f, dp, T);
+      Check(kc::SoftmaxBackwardRows(p, dp, T, T, scale, stream_), "softmax bwd");
+      Gemm(false, false, T, hd, T, 1.0f, dp, T, k + g * hd, KV * hd, 0.0f, dq + h * hd, H * hd);
+      Gemm(true, false, T, hd, T, 1.0f, dp, T, q + h * hd, H * hd, 1.0f, dk + g * hd, KV * hd);
+    }
+  }
+
+  void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
+                      float* dgate, float* dup) override {
+    Enter();
+    Check(kc::SwigluBackward<float>(gate, up, dout, n, dgate, dup, stream_), "swiglu bwd");
+  }
+
+  double CrossEntropyForwardBackward(float* logits, const int32_t* host_targets, int64_t rows,
+                                     int64_t vocab, float scale) override {
+    const int32_t* targets = HostInts(host_targets, rows, &targets_);
+    float* loss = Scratch(&row_loss_, rows);
+    if (loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
+    Check(
+        kc::CrossEntropyForwardBackward<float>(logits, targets, rows, vocab, scale, loss, stream_),
+        "cross-entropy");
+    return SumRowLoss(loss, rows);
+  }
+
+  double CrossEntropyLoss(const float* logits, const int32_t* host_targets, int64_t rows,
+                          int64_t vocab) override {
+    const int32_t* targets = HostInts(host_targets, rows, &targets_);
+    float* loss = Scratch(&row_loss_, rows);
+    if (loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
+    Check(kc::CrossEntropyRowLoss(logits, targets, rows, vocab, loss, stream_), "loss");
+    return SumRowLoss(loss, rows);
+  }
+
+  void Dropout(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream,
+               float* out) override {
+    Enter();
+    Check(kc::DropoutApply<float>(x, n, p, seed, stream, out, stream_), "dropout");
+  }
+
+  void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
+             const kernels::AdamWParams& p) override {
+    Enter();
+    Check(kc::AdamWStep(params, grads, m, v, n, p, stream_), "adamw");
+  }
+
+  double SumSquares(const float* x, int64_t n) override {
+    Enter();
+    const int blocks = kc::SumSquaresBlocks(n);
+    Check(kc::SumSquaresPartial(x, n, static_cast<double*>(partial_.get()), stream_),
+          "sum of squares");
+    std::vector<double> partial(blocks);
+    Check(cudaMemcpyAsync(partial.data(), partial_.get(), blocks * sizeof(double),
+                          cudaMemcpyDeviceToHost, stream_),
+          "sum of squares");
+    Check(cudaStreamSynchronize(stream_), "sum of squares");
+    if (failed_) return std::numeric_limits<double>::quiet_NaN();
+    double s = 0.0;
+    for (double v : partial) s += v;
+    return s;
+  }
+
+  void Scale(float* x, int64_t n, float alpha) override {
+    Enter();
+    Check(kc::ScaleInPlace(x, n, alpha, stream_), "scale");
+  }
+
+  void Fill(float* x, int64_t n, float value) override {
+    Enter();
+    Check(kc::FillValue(x, n, value, stream_), "fill");
+  }
+
+  DeviceMemoryUsage memory_usage() const override {
+    DeviceMemoryUsage u;
+    u.base_weights = counters_->base_weights;
+    u.activations = counters_->activations;
+    u.workspace = static_cast<int64_t>(workspace_.bytes() + scores_.bytes() + row_loss_.bytes() +
+                                       ids_.bytes() + positions_.bytes() + targets_.bytes() +
+                                       segments_.bytes() + partial_.bytes() + code8_.bytes());
+    return u;
+  }
+
+ private:
+  explicit CudaDevice(int ordinal) : ordinal_(ordinal) {}
+
+  // The calling thread may be new to this device (the daemon's worker, a test thread).
+  void Enter() { cudaSetDevice(ordinal_); }
+
+  void Fail(const std::string& what) {
+    if (!failed_) std::fprintf(stderr, "qlorad: %s: %s\n", name().c_str(), what.c_str());
+    failed_ = true;
+  }
+  void Check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) Fail(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+  }
+
+  // A scratch buffer of at least `floats`, grown (never shrunk) as needed; null after a failure.
+  float* Scratch(CudaMemory* m, int64_t floats) {
+    Enter();
+    const size_t bytes = static_cast<size_t>(floats) * 4;
+    if (m->bytes() < bytes) {
+      Check(cudaStreamSynchronize(stream_), "scratch");  // the old buffer may still be in use
+      if (const cudaError_t e = m->Allocate(bytes); e != cudaSuccess) {
+        Check(e, "scratch allocation");
+        return nullptr;
+      }
+    }
+    return static_cast<float*>(m->get());
+  }
+
+  // Copies `n` host ints into a device scratch buffer.
+  const int32_t* HostInts(const int32_t* host, int64_t n, CudaMemory* m) {
+    float* d = Scratch(m, n);  // int32 and float have the same size
+    if (d == nullptr) return nullptr;
+    Check(cudaMemcpyAsync(d, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy ids");
+    // The host array may change after return; pageable copies are staged before returning,
+    // but synchronize to be certain.
+    Check(cudaStreamSynchronize(stream_), "copy ids");
+    return reinterpret_cast<const int32_t*>(d);
+  }
+
+  double SumRowLoss(const float* loss, int64_t rows) {
+    std::vector<float> host(rows);
+    Check(cudaMemcpyAsync(host.data(), loss, rows * 4, cudaMemcpyDeviceToHost, stream_), "loss");
+    Check(cudaStreamSynchronize(stream_), "loss");
+    if (failed_) return std::numeric_limits<double>::quiet_NaN();
+    double total = 0.0;
+    for (float l : host) total += l;
+    return total;
+  }
+
+  // The weight of `lin` as float32 [out, in]: its own buffer, or dequantized into the shared
+  // workspace (valid until the next dequantization).
+  const float* Weights(const CudaLinear& lin) {
+    if (!lin.quantized()) return static_cast<const float*>(lin.values.get());
+    float* ws = Scratch(&workspace_, lin.numel);
+    if (ws == nullptr) return nullptr;
+    kc::Nf4DqArgs a;
+    a.packed = static_cast<const uint8_t*>(lin.packed.get());
+    a.absmax_q = static_cast<const uint8_t*>(lin.absmax_q.get());
+    a.nested_absmax = static_cast<const float*>(lin.nested.get());
+    a.code8 = static_cast<const float*>(code8_.get());
+    a.offset = lin.offset;
+    a.n = lin.numel;
+    a.blocksize = lin.blocksize;
+    a.nested_blocksize = lin.nested_blocksize;
+    Check(kc::Nf4DequantizeDoubleQuantF32(a, ws, stream_), "nf4 dequantize");
+    return ws;
+  }
+
+  // Per query head h (kv head g = h / (H/KV)): S = scale Q_h K_g^T, masked softmax, O_h = P V_g.
+  void AttentionCore(const float* q, const float* k, const float* v, int64_t H, int64_t KV,
+                     int64_t hd, int64_t T, int64_t S, int64_t first_pos, const int32_t* segments,
+                     float* probs, float* out) {
+    const int64_t group = H / KV;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      Gemm(false, true, T, S, hd, scale, q + h * hd, H * hd, k + g * hd, KV * hd, 0.0f,
+           probs + h * T * S, S);
+    }
+    Check(kc::MaskedSoftmaxRows(probs, H, T, S, first_pos, segments, stream_), "softmax");
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      Gemm(false, false, T, hd, S, 1.0f, probs + h * T * S, S, v + g * hd, KV * hd, 0.0f,
+           out + h * hd, H * hd);
+    }
+  }
+
+  int ordinal_;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  bool failed_ = false;
+  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
+  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, ids_, positions_, targets_,
+      segments_;
+};
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+int64_t CudaDeviceMemoryBytes(int ordinal) {
+  size_t free_bytes = 0, total = 0;
+  if (cudaSetDevice(ordinal) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int64_t>(total);
+}
+
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal) {
+  const int n = CudaDeviceCount();
+  if (ordinal < 0 || ordinal >= n) {
+    return absl::NotFoundError(
+        absl::StrCat("cuda:", ordinal, ": no such device (", n, " CUDA devices usable)"));
+  }
+  return CudaDevice::Create(ordinal);
+}
+
+}  // namespace qlorad

@@ -1,0 +1,26 @@
+// The CUDA backend of the engine (float32 activations and weights in device memory, NF4 linear
+// weights dequantized layer by layer into one reusable workspace, cuBLAS for every GEMM, the
+// kernels of kernels/cuda). Builds only where a CUDA compiler is found; elsewhere the factory
+// says so. One device per ordinal; a Device is driven from one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/device.h"
+
+namespace qlorad {
+
+// Number of usable CUDA devices (0 when the build has no CUDA, no driver or no GPU).
+int CudaDeviceCount();
+
+// Total memory of CUDA device `ordinal` in bytes (0 when unknown).
+int64_t CudaDeviceMemoryBytes(int ordinal);
+
+// The device `ordinal`. A CUDA error inside an operation is reported once on stderr and makes
+// every later host read NaN, so the trainer's watchdog fails the job instead of training on
+// garbage.
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal);
+
+}  // namespace qlorad

@@ -1,0 +1,17 @@
+// Builds without a CUDA compiler: no CUDA device can be made.
+#include "absl/status/status.h"
+#include "engine/cuda_device.h"
+
+namespace qlorad {
+
+int CudaDeviceCount() { return 0; }
+
+int64_t CudaDeviceMemoryBytes(int) { return 0; }
+
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal) {
+  (void)ordinal;
+  return absl::UnimplementedError(
+      "this build of qlorad has no CUDA backend (it was built without a CUDA compiler)");
+}
+
+}  // namespace qlorad

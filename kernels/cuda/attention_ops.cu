@@ -1,0 +1,189 @@
+#include "kernels/cuda/attention_ops.h"
+#include "kernels/cuda/elementwise.cuh"
+
+namespace qlorad::kernels::cuda {
+namespace {
+using detail::BlockReduce;
+using detail::GridFor;
+
+constexpr int kRowThreads = 256;
+
+__device__ __forceinline__ bool Visible(int64_t t, int64_t j, int64_t first_pos,
+                                        const int32_t* segments) {
+  return j <= first_pos + t && (segments == nullptr || segments[j] == segments[t]);
+}
+
+// One block per (head, query) row.
+__global__ void MaskedSoftmaxKernel(float* scores, int64_t T, int64_t S, int64_t first_pos,
+                                    const int32_t* segments) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int64_t t = row % T;
+  float* r = scores + row * S;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    if (Visible(t, j, first_pos, segments)) mx = fmaxf(mx, r[j]);
+  }
+  mx = BlockReduce<true>(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    const float e = Visible(t, j, first_pos, segments) ? expf(r[j] - mx) : 0.0f;
+    r[j] = e;
+    sum += e;
+  }
+  sum = BlockReduce<false>(sum, scratch);
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) r[j] *= inv;
+}
+
+__global__ void SoftmaxBackwardKernel(const float* p, float* dp, int64_t S, float scale) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const float* pr = p + row * S;
+  float* dr = dp + row * S;
+  float dot = 0.0f;
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) dot += pr[j] * dr[j];
+  dot = BlockReduce<false>(dot, scratch);
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) {
+    dr[j] = pr[j] != 0.0f ? pr[j] * (dr[j] - dot) * scale : 0.0f;
+  }
+}
+
+__global__ void GatherKernel(const float* table, int64_t dim, const int32_t* ids, int64_t n,
+                             float* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = table[static_cast<int64_t>(ids[i / dim]) * dim + i % dim];
+  }
+}
+
+__global__ void AddKernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void ScaleKernel(float* x, int64_t n, float alpha) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] *= alpha;
+  }
+}
+
+__global__ void FillKernel(float* x, int64_t n, float value) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = value;
+  }
+}
+
+constexpr int kSumThreads = 256;
+
+__global__ void SumSquaresKernel(const float* x, int64_t n, double* partial) {
+  __shared__ double warp_sums[kSumThreads / 32];
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s += static_cast<double>(x[i]) * x[i];
+  }
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kSumThreads / 32; ++w) total += warp_sums[w];
+    partial[blockIdx.x] = total;
+  }
+}
+
+__global__ void RowLossKernel(const float* logits, const int32_t* targets, int64_t vocab,
+                              float* row_loss) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int32_t target = targets[r];
+  if (target < 0) {
+    if (threadIdx.x == 0) row_loss[r] = 0.0f;
+    return;
+  }
+  const float* row = logits + r * vocab;
+  float mx = -INFINITY;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i]);
+  mx = BlockReduce<true>(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(row[i] - mx);
+  sum = BlockReduce<false>(sum, scratch);
+  if (threadIdx.x == 0) row_loss[r] = logf(sum) + mx - row[target];
+}
+
+bool RowsOk(int64_t rows) { return rows >= 0 && rows <= 0x7fffffff; }
+
+}  // namespace
+
+cudaError_t MaskedSoftmaxRows(float* scores, int64_t heads, int64_t T, int64_t S, int64_t first_pos,
+                              const int32_t* segments, cudaStream_t stream) {
+  if (heads <= 0 || T < 0 || S <= 0 || !RowsOk(heads * T) || (segments && first_pos != 0))
+    return cudaErrorInvalidValue;
+  if (T == 0) return cudaSuccess;
+  MaskedSoftmaxKernel<<<static_cast<unsigned>(heads * T), kRowThreads, 0, stream>>>(
+      scores, T, S, first_pos, segments);
+  return cudaGetLastError();
+}
+
+cudaError_t SoftmaxBackwardRows(const float* p, float* dp, int64_t rows, int64_t S, float scale,
+                                cudaStream_t stream) {
+  if (!RowsOk(rows) || S <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  SoftmaxBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(p, dp, S, scale);
+  return cudaGetLastError();
+}
+
+cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids, int64_t tokens,
+                            float* out, cudaStream_t stream) {
+  if (dim <= 0 || tokens < 0) return cudaErrorInvalidValue;
+  if (tokens == 0) return cudaSuccess;
+  GatherKernel<<<GridFor(tokens * dim, 256), 256, 0, stream>>>(table, dim, ids, tokens * dim, out);
+  return cudaGetLastError();
+}
+
+cudaError_t AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  AddKernel<<<GridFor(n, 256), 256, 0, stream>>>(y, x, n);
+  return cudaGetLastError();
+}
+
+cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  ScaleKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, alpha);
+  return cudaGetLastError();
+}
+
+cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  FillKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, value);
+  return cudaGetLastError();
+}
+
+int SumSquaresBlocks(int64_t n) {
+  const int64_t b = (n + kSumThreads * 8 - 1) / (kSumThreads * 8);
+  return static_cast<int>(b < 1 ? 1 : (b > 1024 ? 1024 : b));
+}
+
+cudaError_t SumSquaresPartial(const float* x, int64_t n, double* partial, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  SumSquaresKernel<<<SumSquaresBlocks(n), kSumThreads, 0, stream>>>(x, n, partial);
+  return cudaGetLastError();
+}
+
+cudaError_t CrossEntropyRowLoss(const float* logits, const int32_t* targets, int64_t rows,
+                                int64_t vocab, float* row_loss, cudaStream_t stream) {
+  if (!RowsOk(rows) || vocab <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  RowLossKernel<<<static_cast<unsigned>(rows), 512, 0, stream>>>(logits, targets, vocab, row_loss);
+  return cudaGetLastError();
+}
+
+}  // namespace qlorad::kernels::cuda

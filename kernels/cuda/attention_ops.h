@@ -1,0 +1,36 @@
+// CUDA pieces of GEMM-based attention and the small device utilities the engine's CUDA device
+// needs (float32). The score and probability layout is the CPU's: [H, T, S] rows, one row per
+// (head, query), S keys.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace qlorad::kernels::cuda {
+
+// In place over scores [heads * T, S] (already scaled): key j is visible to query t when
+// j <= first_pos + t and, with `segments` (device, [S], first_pos must be 0), when
+// segments[j] == segments[t]. Writes the softmax over visible keys and zeros elsewhere.
+cudaError_t MaskedSoftmaxRows(float* scores, int64_t heads, int64_t T, int64_t S, int64_t first_pos,
+                              const int32_t* segments, cudaStream_t stream);
+
+// Softmax backward in place over dp [heads * T, S]: ds = p * (dp - rowsum(p * dp)) * scale,
+// zero where p is zero (masked).
+cudaError_t SoftmaxBackwardRows(const float* p, float* dp, int64_t rows, int64_t S, float scale,
+                                cudaStream_t stream);
+
+// out[t, :] = table[ids[t], :] (ids on the device).
+cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids, int64_t tokens,
+                            float* out, cudaStream_t stream);
+cudaError_t AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream);
+cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
+cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
+// partial[b] (double, `blocks` of them, see SumSquaresBlocks) = partial sums of x^2.
+int SumSquaresBlocks(int64_t n);
+cudaError_t SumSquaresPartial(const float* x, int64_t n, double* partial, cudaStream_t stream);
+// row_loss[r] = -log softmax(logits[r])[target] (0 for target < 0); logits untouched.
+cudaError_t CrossEntropyRowLoss(const float* logits, const int32_t* targets, int64_t rows,
+                                int64_t vocab, float* row_loss, cudaStream_t stream);
+
+}  // namespace qlorad::kernels::cuda
