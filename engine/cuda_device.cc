@@ -97,8 +97,9 @@ class CudaLinear : public DeviceLinear {
 
 class CudaDevice : public Device {
  public:
-  static absl::StatusOr<std::unique_ptr<Device>> Create(int ordinal) {
-    auto d = std::unique_ptr<CudaDevice>(new CudaDevice(ordinal));
+  static absl::StatusOr<std::unique_ptr<Device>> Create(int ordinal,
+                                                        const CudaDeviceOptions& options) {
+    auto d = std::unique_ptr<CudaDevice>(new CudaDevice(ordinal, options));
     cudaError_t e = cudaSetDevice(ordinal);
     if (e != cudaSuccess) {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
@@ -113,8 +114,8 @@ class CudaDevice : public Device {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": cuBLAS did not start"));
     }
     cublasSetStream(d->blas_, d->stream_);
-    // Plain float32 GEMMs: the CUDA backend must agree with the CPU reference first.
-    cublasSetMathMode(d->blas_, CUBLAS_PEDANTIC_MATH);
+    // Plain float32 GEMMs stay exactly float32 (no TF32) unless bf16 GEMMs are asked for.
+    cublasSetMathMode(d->blas_, options.bf16_gemm ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
     const auto& code8 = kernels::SignedDynamicMap();
     if ((e = d->code8_.Allocate(256 * 4)) != cudaSuccess ||
         (e = cudaMemcpy(d->code8_.get(), code8.data(), 256 * 4, cudaMemcpyHostToDevice)) !=
@@ -136,7 +137,8 @@ class CudaDevice : public Device {
   }
 
   std::string name() const override {
-    return absl::StrCat("cuda:", ordinal_, " (", device_name_, ")");
+    return absl::StrCat("cuda:", ordinal_, " (", device_name_,
+                        options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", ")");
   }
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) override {
@@ -272,11 +274,14 @@ class CudaDevice : public Device {
     Enter();
     if (m == 0 || n == 0) return;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    const cublasStatus_t s = cublasSgemm(
+    const cublasStatus_t s = cublasGemmEx(
         blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
-        static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc));
-    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS sgemm failed (status ", s, ")"));
+        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_32F,
+        static_cast<int>(ldb), a, CUDA_R_32F, static_cast<int>(lda), &beta, c, CUDA_R_32F,
+        static_cast<int>(ldc),
+        options_.bf16_gemm ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC,
+        CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS GEMM failed (status ", s, ")"));
   }
 
   void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens, float* dx,
@@ -399,7 +404,8 @@ class CudaDevice : public Device {
   }
 
  private:
-  explicit CudaDevice(int ordinal) : ordinal_(ordinal) {}
+  CudaDevice(int ordinal, const CudaDeviceOptions& options)
+      : ordinal_(ordinal), options_(options) {}
 
   // The calling thread may be new to this device (the daemon's worker, a test thread).
   void Enter() { cudaSetDevice(ordinal_); }
@@ -486,6 +492,7 @@ class CudaDevice : public Device {
   }
 
   int ordinal_;
+  CudaDeviceOptions options_;
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -515,13 +522,14 @@ int64_t CudaDeviceMemoryBytes(int ordinal) {
   return static_cast<int64_t>(total);
 }
 
-absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal) {
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
+                                                         const CudaDeviceOptions& options) {
   const int n = CudaDeviceCount();
   if (ordinal < 0 || ordinal >= n) {
     return absl::NotFoundError(
         absl::StrCat("cuda:", ordinal, ": no such device (", n, " CUDA devices usable)"));
   }
-  return CudaDevice::Create(ordinal);
+  return CudaDevice::Create(ordinal, options);
 }
 
 }  // namespace qlorad

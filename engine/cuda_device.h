@@ -18,9 +18,17 @@ int CudaDeviceCount();
 // Total memory of CUDA device `ordinal` in bytes (0 when unknown).
 int64_t CudaDeviceMemoryBytes(int ordinal);
 
+struct CudaDeviceOptions {
+  // GEMMs on bf16 tensor cores with float32 accumulation (cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF:
+  // float32 data, inputs rounded to bf16 inside the GEMM), the QLoRA setting. false: plain
+  // float32 GEMMs, for checks against the CPU reference.
+  bool bf16_gemm = true;
+};
+
 // The device `ordinal`. A CUDA error inside an operation is reported once on stderr and makes
 // every later host read NaN, so the trainer's watchdog fails the job instead of training on
 // garbage.
-absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal);
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
+                                                         const CudaDeviceOptions& options = {});
 
 }  // namespace qlorad

@@ -8,8 +8,10 @@ int CudaDeviceCount() { return 0; }
 
 int64_t CudaDeviceMemoryBytes(int) { return 0; }
 
-absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal) {
+absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
+                                                         const CudaDeviceOptions& options) {
   (void)ordinal;
+  (void)options;
   return absl::UnimplementedError(
       "this build of qlorad has no CUDA backend (it was built without a CUDA compiler)");
 }
