@@ -41,6 +41,13 @@ fi
 if [ $status -eq 0 ]; then
   (cd build-gpu && ctest -L gpu --output-on-failure) > "$out/ctest.log" 2>&1 || status=3
   build-gpu/tests/gpu/nf4_dequant_gpu_bench > "$out/bench.log" 2>&1 || status=4
+  if [ -x build-gpu/tests/gpu/train_step_gpu_bench ]; then
+    # One decoder layer, then the whole 7B shape, beside PyTorch + PEFT in bf16.
+    for layers in 1 32; do
+      timeout 240 build-gpu/tests/gpu/train_step_gpu_bench --layers $layers >> "$out/bench.log" 2>&1 || status=4
+      timeout 240 python3 bench/torch_lora_step_gpu.py --layers $layers >> "$out/bench.log" 2>&1 || status=4
+    done
+  fi
 fi
 
 echo "== machine"; cat "$out/machine.txt"

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""PyTorch + PEFT peer of tests/gpu/train_step_gpu_bench on a GPU: one LoRA training step of a
+LLaMA-shaped model in bf16 (random weights made on the GPU), r=16 on every linear layer, AdamW,
+batch x seq random tokens. Prints one JSON line: step time, tokens/s, peak GPU memory.
+
+  python3 bench/torch_lora_step_gpu.py [--layers 32] [--seq 2048] [--batch 1] [--steps 3]
+"""
+import argparse
+import json
+import time
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=11008)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3)
+    a = p.parse_args()
+
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
+        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
+        max_position_embeddings=max(a.seq, 2048), tie_word_embeddings=False)
+    t0 = time.perf_counter()
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    lora = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, lora)
+    model.train()
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    load_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times, loss = [], float("nan")
+    for step in range(a.steps + 1):
+        ids = torch.randint(3, a.vocab, (a.batch, a.seq), device="cuda")
+        torch.cuda.synchronize()
+        s = time.perf_counter()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step > 0:
+            times.append(time.perf_counter() - s)
+        loss = float(out.loss)
+    mean = sum(times) / len(times)
+    print(json.dumps({
+        "peer": "torch+peft bf16", "layers": a.layers,
+        "hidden": a.hidden, "seq": a.seq, "batch": a.batch, "rank": a.rank,
+        "load_s": round(load_s, 1), "step_s": round(mean, 4),
+        "tokens_per_s": round(a.batch * a.seq / mean, 1), "loss": round(loss, 4),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "gpu": torch.cuda.get_device_name(0)}))
+
+
+if __name__ == "__main__":
+    main()
