@@ -26,6 +26,8 @@ namespace {
 
 struct Counters {
   std::atomic<int64_t> base_weights{0};
+  std::atomic<int64_t> adapters{0};
+  std::atomic<int64_t> optimizer{0};
   std::atomic<int64_t> activations{0};
 };
 
@@ -93,11 +95,13 @@ class CpuDevice : public Device {
     return absl::StrCat("cpu:0 (gemm: ", kernels::GemmBackendName(), ")");
   }
 
-  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) override {
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
+    std::atomic<int64_t>* counter = kind == BufferKind::kAdapter     ? &counters_->adapters
+                                    : kind == BufferKind::kOptimizer ? &counters_->optimizer
+                                                                     : &counters_->activations;
     try {
-      return std::unique_ptr<DeviceBuffer>(
-          new CpuBuffer(counters_, &counters_->activations, floats));
+      return std::unique_ptr<DeviceBuffer>(new CpuBuffer(counters_, counter, floats));
     } catch (const std::bad_alloc&) {
       return absl::ResourceExhaustedError(
           absl::StrCat("cpu: cannot allocate ", floats * 4, " bytes"));
@@ -223,6 +227,8 @@ class CpuDevice : public Device {
   DeviceMemoryUsage memory_usage() const override {
     DeviceMemoryUsage u;
     u.base_weights = counters_->base_weights;
+    u.adapters = counters_->adapters;
+    u.optimizer_device = counters_->optimizer;  // host memory is this device's memory
     u.activations = counters_->activations;
     u.workspace = static_cast<int64_t>(workspace_.capacity()) * 4;
     return u;

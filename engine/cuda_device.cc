@@ -22,13 +22,14 @@ namespace {
 namespace kc = kernels::cuda;
 
 struct Counters {
-  int64_t base_weights = 0, workspace = 0, activations = 0;
+  int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0;
 };
 
 // Device memory owned by one object, released when it goes away.
 class CudaMemory {
  public:
   CudaMemory() = default;
+  explicit CudaMemory(bool managed) : managed_(managed) {}
   CudaMemory(const CudaMemory&) = delete;
   CudaMemory& operator=(const CudaMemory&) = delete;
   ~CudaMemory() {
@@ -38,7 +39,8 @@ class CudaMemory {
     if (p_ != nullptr) cudaFree(p_);
     p_ = nullptr;
     bytes_ = 0;
-    const cudaError_t e = cudaMalloc(&p_, bytes > 0 ? bytes : 1);
+    const cudaError_t e = managed_ ? cudaMallocManaged(&p_, bytes > 0 ? bytes : 1)
+                                   : cudaMalloc(&p_, bytes > 0 ? bytes : 1);
     if (e == cudaSuccess) bytes_ = bytes;
     return e;
   }
@@ -48,12 +50,22 @@ class CudaMemory {
  private:
   void* p_ = nullptr;
   size_t bytes_ = 0;
+  bool managed_ = false;
 };
 
 class CudaBuffer : public DeviceBuffer {
  public:
-  CudaBuffer(std::shared_ptr<Counters> counters, int64_t Counters::*category, int64_t floats)
-      : counters_(std::move(counters)), category_(category), floats_(floats) {}
+  // Optimizer state lives in managed memory so that it can be paged to the host.
+  CudaBuffer(std::shared_ptr<Counters> counters, int64_t Counters::*category, int64_t floats,
+             bool managed = false)
+      : counters_(std::move(counters)), category_(category), floats_(floats), mem_(managed) {}
+  // Moves the bytes between categories (paging) without reallocating.
+  void Recount(int64_t Counters::*category) {
+    (*counters_).*category_ -= floats_ * 4;
+    category_ = category;
+    (*counters_).*category_ += floats_ * 4;
+  }
+  int64_t Counters::*category() const { return category_; }
   ~CudaBuffer() override { (*counters_).*category_ -= floats_ * 4; }
   cudaError_t Allocate() {
     const cudaError_t e = mem_.Allocate(static_cast<size_t>(floats_) * 4);
@@ -141,16 +153,54 @@ class CudaDevice : public Device {
                         options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", ")");
   }
 
-  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) override {
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
     Enter();
-    auto b = std::make_unique<CudaBuffer>(counters_, &Counters::activations, floats);
+    const bool optimizer = kind == BufferKind::kOptimizer;
+    if (optimizer) {
+      // Managed memory can oversubscribe the card silently; never ask for more than is free.
+      size_t free_bytes = 0, total = 0;
+      cudaMemGetInfo(&free_bytes, &total);
+      if (static_cast<size_t>(floats) * 4 > free_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(name(), ": optimizer state of ",
+                                                         floats * 4, " bytes exceeds the ",
+                                                         free_bytes, " bytes free"));
+      }
+    }
+    auto b = std::make_unique<CudaBuffer>(counters_,
+                                          optimizer ? &Counters::optimizer_device
+                                          : kind == BufferKind::kAdapter ? &Counters::adapters
+                                                                         : &Counters::activations,
+                                          floats, optimizer);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
       return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
                                                        " bytes: ", cudaGetErrorString(e)));
     }
     return std::unique_ptr<DeviceBuffer>(std::move(b));
+  }
+
+  void SetResident(DeviceBuffer& buffer, bool resident) override {
+    auto& b = static_cast<CudaBuffer&>(buffer);
+    const bool now = b.category() != &Counters::optimizer_host;
+    if (b.category() != &Counters::optimizer_device && b.category() != &Counters::optimizer_host)
+      return;  // only optimizer state pages
+    if (now == resident || b.size() == 0) return;
+    Enter();
+#if CUDART_VERSION >= 13000
+    cudaMemLocation target{};
+    target.type = resident ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
+    target.id = resident ? ordinal_ : 0;
+    Check(cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target),
+          "page advise");
+    Check(cudaMemPrefetchAsync(b.data(), b.size() * 4, target, 0, stream_), "page prefetch");
+#else
+    const int target = resident ? ordinal_ : cudaCpuDeviceId;
+    Check(cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target),
+          "page advise");
+    Check(cudaMemPrefetchAsync(b.data(), b.size() * 4, target, stream_), "page prefetch");
+#endif
+    b.Recount(resident ? &Counters::optimizer_device : &Counters::optimizer_host);
   }
 
   void CopyFromHost(const float* host, int64_t n, float* device) override {
@@ -396,7 +446,15 @@ class CudaDevice : public Device {
   DeviceMemoryUsage memory_usage() const override {
     DeviceMemoryUsage u;
     u.base_weights = counters_->base_weights;
+    u.adapters = counters_->adapters;
+    u.optimizer_device = counters_->optimizer_device;
+    u.optimizer_host = counters_->optimizer_host;
     u.activations = counters_->activations;
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) == cudaSuccess) {
+      u.device_total = static_cast<int64_t>(total);
+      u.device_free = static_cast<int64_t>(free_bytes);
+    }
     u.workspace = static_cast<int64_t>(workspace_.bytes() + scores_.bytes() + row_loss_.bytes() +
                                        ids_.bytes() + positions_.bytes() + targets_.bytes() +
                                        segments_.bytes() + partial_.bytes() + code8_.bytes());

@@ -21,9 +21,17 @@ namespace qlorad {
 // Memory the engine holds on a device, by category (the metrics DESIGN.md lists).
 struct DeviceMemoryUsage {
   int64_t base_weights = 0;
-  int64_t workspace = 0;
+  int64_t adapters = 0;          // LoRA parameters and their gradients
+  int64_t optimizer_device = 0;  // AdamW moments resident on the device
+  int64_t optimizer_host = 0;    // AdamW moments paged out to host memory
   int64_t activations = 0;
+  int64_t workspace = 0;
+  // The device's own figures (cudaMemGetInfo on a GPU); 0 where the device has none.
+  int64_t device_total = 0, device_free = 0;
 };
+
+// What a buffer holds, for the accounting above and for paging.
+enum class BufferKind { kActivations, kAdapter, kOptimizer };
 
 // A float32 buffer in device memory, freed when destroyed.
 class DeviceBuffer {
@@ -59,7 +67,14 @@ class Device {
   virtual ~Device() = default;
   virtual std::string name() const = 0;
 
-  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats) = 0;
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(
+      int64_t floats, BufferKind kind = BufferKind::kActivations) = 0;
+  // Paged optimizer memory (QLoRA): a kOptimizer buffer can move to host memory while its job
+  // does not need it (false) and back before the optimizer step (true). No-op on the CPU.
+  virtual void SetResident(DeviceBuffer& buffer, bool resident) {
+    (void)buffer;
+    (void)resident;
+  }
   virtual void CopyFromHost(const float* host, int64_t n, float* device) = 0;
   virtual void CopyToHost(const float* device, int64_t n, float* host) = 0;
 

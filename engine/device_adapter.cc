@@ -17,7 +17,7 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> DeviceAdapter::Create(
                                                    " parameters, the model and its config need ",
                                                    a->layout_->num_params()));
   }
-  ASSIGN_OR_RETURN(a->params_, device->Alloc(a->layout_->num_params()));
+  ASSIGN_OR_RETURN(a->params_, device->Alloc(a->layout_->num_params(), BufferKind::kAdapter));
   device->CopyFromHost(params.data(), a->layout_->num_params(), a->params_->data());
   a->view_ = {a->layout_.get(), a->params_->data(), lora.rank, lora.scale()};
   return a;

@@ -84,10 +84,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
       options.max_steps > 0 ? options.max_steps : options.epochs * t->steps_per_epoch_;
   t->warmup_steps_ = WarmupSteps(options.warmup_ratio, t->total_steps_);
   const int64_t n = t->layout_->num_params();
-  ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n));
-  ASSIGN_OR_RETURN(t->d_grads_, t->device_->Alloc(n));
-  ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n));
-  ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n));
+  ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n, BufferKind::kAdapter));
+  ASSIGN_OR_RETURN(t->d_grads_, t->device_->Alloc(n, BufferKind::kAdapter));
+  ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n, BufferKind::kOptimizer));
+  ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n, BufferKind::kOptimizer));
   const std::vector<float> init = InitLoraParams(*t->layout_, t->options_.lora);
   t->device_->CopyFromHost(init.data(), n, t->d_params_->data());
   t->device_->Fill(t->d_m_->data(), n, 0.0f);
@@ -196,7 +196,15 @@ absl::StatusOr<StepReport> Trainer::Step() {
   ap.eps = static_cast<float>(options_.adam_eps);
   ap.weight_decay = static_cast<float>(options_.weight_decay);
   ap.step = step_ + 1;
+  if (options_.paged_optimizer) {  // the moments come in for the update only
+    device_->SetResident(*d_m_, true);
+    device_->SetResident(*d_v_, true);
+  }
   device_->AdamW(d_params_->data(), d_grads_->data(), d_m_->data(), d_v_->data(), n, ap);
+  if (options_.paged_optimizer) {
+    device_->SetResident(*d_m_, false);
+    device_->SetResident(*d_v_, false);
+  }
   ++step_;
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -43,6 +43,9 @@ struct TrainerOptions {
   int64_t eval_every = 0;  // validation loss every N steps (and at the end); 0: only at the end
   int64_t early_stopping_patience = 0;  // stop after N evaluations without improvement; 0: off
   bool activation_checkpointing = false;
+  // Paged optimizer memory (QLoRA): the AdamW moments live in host memory and come to the
+  // device only for the optimizer step (a GPU device; no effect on the CPU).
+  bool paged_optimizer = false;
   // Watchdog: fail when the loss is NaN/inf, or when its moving average (EMA, weight 0.1 on
   // the newest step) rises above its lowest value by more than max(blowup_margin nats,
   // blowup_ratio x that lowest value). A RMSNorm model's loss stays bounded when it diverges,

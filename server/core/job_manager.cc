@@ -752,8 +752,11 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     if (!built.ok()) return fail(Field(fields[k], built.status()), fields[k], true);
     rows[k] = std::move(*built);
   }
-  auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]),
-                                 TrainerOptionsFrom(r));
+  TrainerOptions to = TrainerOptionsFrom(r);
+  // On a GPU the AdamW moments stay in host memory between optimizer steps (paged, as QLoRA
+  // does), so jobs waiting for their turn hold less of the card.
+  to.paged_optimizer = w->name.rfind("cuda:", 0) == 0;
+  auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]), to);
   if (!trainer.ok()) {
     const bool oom = absl::IsResourceExhausted(trainer.status());
     return fail(trainer.status(), oom ? "" : "hyperparameters", !oom);

@@ -178,6 +178,22 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
                                  static_cast<int64_t>(adapters[0].size()));
   std::printf("  adapter after 3 AdamW steps: relative error %.2e\n", e);
   GPU_CHECK(e < 1e-3, "adapters differ after 3 steps: %g", e);
+
+  // Paged optimizer memory changes where the moments live, not their values.
+  o.paged_optimizer = true;
+  auto model = LlamaModel::Create(weights, gpu, ModelOptions{});
+  auto t = Trainer::Create(model->get(), rows, {}, o);
+  GPU_CHECK(t.ok(), "paged trainer: %s", std::string(t.status().message()).c_str());
+  if (!t.ok()) return;
+  absl::Status s = (*t)->Run();
+  GPU_CHECK(s.ok(), "paged run: %s", std::string(s.message()).c_str());
+  GPU_CHECK((*t)->params() == adapters[1], "the paged run's adapter differs from the resident one");
+  const DeviceMemoryUsage u = gpu->memory_usage();
+  const int64_t moments = 2 * 4 * static_cast<int64_t>(adapters[1].size());
+  GPU_CHECK(u.optimizer_host >= moments, "optimizer_host %lld bytes, want >= %lld",
+            static_cast<long long>(u.optimizer_host), static_cast<long long>(moments));
+  std::printf("  paged optimizer: same adapter; %lld bytes of moments on the host\n",
+              static_cast<long long>(u.optimizer_host));
 }
 
 }  // namespace
