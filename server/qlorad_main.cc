@@ -29,6 +29,8 @@
 #include "engine/status_macros.h"
 #include "server/grpc/node.h"
 #include "server/grpc/services.h"
+#include "server/metrics/http_exposer.h"
+#include "server/metrics/names.h"
 
 ABSL_FLAG(std::string, config, "", "A file of 'name = value' lines, one flag each; # comments");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address; port 0 picks a free port");
@@ -50,6 +52,9 @@ ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either direction");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the generation/evaluation device; 0: all");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
+          "Prometheus pull endpoint (GET /metrics), its own port; empty: off; port 0: any");
+ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port here once serving");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (TLS when given with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 
@@ -139,8 +144,17 @@ absl::Status Run() {
   }
 
   server::Node node;
+  node.metrics = std::make_unique<metrics::Registry>();
+  metrics::DeclareDaemonMetrics(*node.metrics);
   ASSIGN_OR_RETURN(node.tenants, core::TenantRegistry::FromFile(tenants_path));
   ASSIGN_OR_RETURN(node.db, storage::KvStore::Open((fs::path(data_dir) / "db").string()));
+  node.metrics->AddCollector([db = node.db.get()](metrics::Registry& r) {
+    r.Set(metrics::kRocksdbSize, {}, static_cast<double>(db->ApproximateSize()));
+    r.Set(metrics::kRocksdbWriteStopped, {},
+          static_cast<double>(db->IntProperty("rocksdb.is-write-stopped")));
+    r.Set(metrics::kRocksdbDelayedRate, {},
+          static_cast<double>(db->IntProperty("rocksdb.actual-delayed-write-rate")));
+  });
   node.jobs = std::make_unique<core::JobStore>(node.db.get());
   node.models = std::make_unique<core::ModelStore>(node.db.get());
   node.datasets = std::make_unique<core::DatasetStore>(node.db.get());
@@ -161,15 +175,28 @@ absl::Status Run() {
   mo.limits.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
   mo.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   mo.scratch_dir = scratch;
-  ASSIGN_OR_RETURN(
-      node.manager,
-      core::JobManager::Create({node.jobs.get(), node.models.get(), node.datasets.get(),
-                                node.adapters.get(), node.checkpoints.get(), node.tenants.get()},
-                               mo));
+  ASSIGN_OR_RETURN(node.manager, core::JobManager::Create(
+                                     {node.jobs.get(), node.models.get(), node.datasets.get(),
+                                      node.adapters.get(), node.checkpoints.get(),
+                                      node.tenants.get(), node.metrics.get()},
+                                     mo));
   node.inference = std::make_unique<core::InferenceRunner>(node.models.get(), node.datasets.get(),
                                                            node.adapters.get(), scratch,
                                                            absl::GetFlag(FLAGS_inference_threads));
   RETURN_IF_ERROR(node.manager->Start());
+  std::unique_ptr<metrics::HttpExposer> exposer;
+  if (const std::string m = absl::GetFlag(FLAGS_metrics_listen); !m.empty()) {
+    auto started = metrics::HttpExposer::Start(m, node.metrics.get());
+    if (!started.ok()) {
+      node.manager->Shutdown();
+      return started.status();
+    }
+    exposer = std::move(*started);
+    if (!absl::GetFlag(FLAGS_metrics_port_file).empty()) {
+      RETURN_IF_ERROR(WriteFileAtomically(absl::GetFlag(FLAGS_metrics_port_file),
+                                          absl::StrCat(exposer->port(), "\n"), false));
+    }
+  }
 
   server::ModelServiceImpl models(&node);
   server::DatasetServiceImpl datasets(&node);
@@ -217,9 +244,10 @@ absl::Status Run() {
     absl::StrAppend(&devices, devices.empty() ? "" : ",", d.name, "(", d.memory_budget >> 20,
                     " MiB)");
   }
-  Log("info", absl::StrCat("serving on port ", port, " (", listen, ", ",
-                           cert.empty() ? "plaintext" : "TLS", "), data ", data_dir, ", ",
-                           node.tenants->size(), " tenants, devices ", devices));
+  Log("info",
+      absl::StrCat("serving on port ", port, " (", listen, ", ", cert.empty() ? "plaintext" : "TLS",
+                   "), data ", data_dir, ", ", node.tenants->size(), " tenants, devices ", devices,
+                   exposer ? absl::StrCat(", metrics on port ", exposer->port()) : ""));
 
   // Signals were blocked in every thread (see Main), so this thread alone receives them.
   sigset_t set;

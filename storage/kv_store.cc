@@ -156,6 +156,11 @@ int64_t KvStore::ApproximateSize() const {
   return static_cast<int64_t>(total);
 }
 
+int64_t KvStore::IntProperty(const std::string& property) const {
+  uint64_t v = 0;
+  return db_->GetIntProperty(property, &v) ? static_cast<int64_t>(v) : 0;
+}
+
 absl::Status KvStore::Checkpoint(const std::string& dir) const {
   rocksdb::Checkpoint* raw = nullptr;
   if (auto s = FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "checkpoint"); !s.ok())

@@ -78,6 +78,9 @@ class KvStore {
                     std::string_view start_after = {}) const;
   // Approximate bytes on disk (SST + blob files) of the whole database.
   int64_t ApproximateSize() const;
+  // A database-wide RocksDB integer property (e.g. "rocksdb.actual-delayed-write-rate",
+  // "rocksdb.is-write-stopped"); 0 when unknown.
+  int64_t IntProperty(const std::string& property) const;
   // A consistent copy of the database in `dir` (RocksDB checkpoint: hard links where possible).
   absl::Status Checkpoint(const std::string& dir) const;
 

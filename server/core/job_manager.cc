@@ -25,6 +25,7 @@
 #include "server/core/ids.h"
 #include "server/core/job_state.h"
 #include "server/core/model_pool.h"
+#include "server/metrics/names.h"
 
 namespace qlorad::core {
 namespace fs = std::filesystem;
@@ -63,6 +64,14 @@ struct JobManager::Worker {
   // Reserved bytes of admitted jobs (their estimates), for admission and DeviceInfo.
   std::atomic<int64_t> jobs_bytes{0};
   std::atomic<int> jobs_running{0};
+  // The device's memory accounting, published by the worker thread (which alone drives it).
+  absl::Mutex usage_mu;
+  DeviceMemoryUsage usage ABSL_GUARDED_BY(usage_mu);
+  void PublishUsage() {
+    const DeviceMemoryUsage u = device->memory_usage();
+    absl::MutexLock lock(&usage_mu);
+    usage = u;
+  }
 };
 
 struct JobManager::ActiveJob {
@@ -217,6 +226,9 @@ absl::Status JobManager::Start() {
         (void)stores_.checkpoints->Delete(tenant, id);
       }
     }
+  }
+  if (stores_.metrics != nullptr) {
+    stores_.metrics->AddCollector([this](metrics::Registry& r) { CollectMetrics(r); });
   }
   stop_requested_ = false;
   for (auto& w : workers_) {
@@ -462,6 +474,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
                      stores_.jobs->Transition(
                          tenant, id, JobState::kCancelled, "cancelled by the client while queued",
                          [](v1::Job& j) { *j.mutable_end_time() = TimeUtil::GetCurrentTime(); }));
+    JobEnded(id, "cancelled");
     Notify();
     work_cv_.SignalAll();
     return done;
@@ -472,6 +485,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     // it, so end it here.
     ASSIGN_OR_RETURN(v1::Job done, stores_.jobs->Transition(tenant, id, JobState::kCancelled,
                                                             "cancelled by the client"));
+    JobEnded(id, "cancelled");
     Notify();
     return done;
   }
@@ -497,6 +511,10 @@ std::vector<DeviceInfo> JobManager::Devices() const {
       d.base_models_loaded = w->pool->LoadedCount();
     }
     d.memory_reserved = d.base_model_bytes + w->jobs_bytes.load();
+    {
+      absl::MutexLock lock(&w->usage_mu);
+      d.usage = w->usage;
+    }
     d.jobs_running = w->jobs_running.load();
     out.push_back(d);
   }
@@ -582,6 +600,7 @@ void JobManager::WorkerLoop(Worker* w) {
         work_cv_.SignalAll();
       }
     }
+    w->PublishUsage();
     if (active.empty()) {
       // Nothing fits yet (or every admitted job failed to start): wait for a change.
       absl::MutexLock lock(&mu_);
@@ -651,6 +670,7 @@ void JobManager::CancelStarting(const std::string& tenant, const std::string& id
     std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
                  std::string(moved.status().message()).c_str());
   }
+  JobEnded(id, "cancelled");
   Notify();
 }
 
@@ -677,7 +697,51 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
                  std::string(moved.status().message()).c_str());
   }
   (void)stores_.checkpoints->Delete(tenant, id);
+  JobEnded(id, "failed");
   Notify();
+}
+
+void JobManager::JobEnded(const std::string& id, const char* result) {
+  if (stores_.metrics == nullptr) return;
+  stores_.metrics->Remove(metrics::kJobLoss, {id});
+  stores_.metrics->Remove(metrics::kJobProgress, {id});
+  stores_.metrics->Add(metrics::kJobsFinished, {result}, 1);
+}
+
+void JobManager::CollectMetrics(metrics::Registry& r) {
+  for (const DeviceInfo& d : Devices()) {
+    const DeviceMemoryUsage& u = d.usage;
+    const int64_t engine =
+        u.base_weights + u.adapters + u.optimizer_device + u.activations + u.workspace;
+    // A GPU reports the card's own figures; a CPU device its budget and the engine's use.
+    const int64_t total = u.device_total > 0 ? u.device_total : d.memory_budget;
+    const int64_t used = u.device_total > 0 ? u.device_total - u.device_free : engine;
+    r.Set(metrics::kDeviceMemory, {d.name, "total"}, static_cast<double>(total));
+    r.Set(metrics::kDeviceMemory, {d.name, "used"}, static_cast<double>(used));
+    r.Set(metrics::kDeviceMemory, {d.name, "free"},
+          static_cast<double>(std::max<int64_t>(0, total - used)));
+    const std::pair<const char*, int64_t> categories[] = {
+        {"base_weights", u.base_weights},         {"adapters", u.adapters},
+        {"optimizer_device", u.optimizer_device}, {"optimizer_host", u.optimizer_host},
+        {"activations", u.activations},           {"workspace", u.workspace}};
+    for (const auto& [category, bytes] : categories) {
+      r.Set(metrics::kEngineMemory, {d.name, category}, static_cast<double>(bytes));
+    }
+    r.Set(metrics::kBaseModelsLoaded, {d.name}, d.base_models_loaded);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    r.Set(metrics::kQueueDepth, {}, static_cast<double>(queue_.size()));
+  }
+  auto counts = stores_.jobs->CountByState();
+  if (counts.ok()) {
+    for (int s = v1::VALIDATING; s <= v1::CANCELLED; ++s) {
+      const auto state = static_cast<v1::JobState>(s);
+      auto it = counts->find(state);
+      r.Set(metrics::kJobs, {v1::JobState_Name(state)},
+            it == counts->end() ? 0.0 : static_cast<double>(it->second));
+    }
+  }
 }
 
 std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const QueuedJob& q) {
@@ -834,11 +898,14 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (a.cancel->load()) return StepOutcome::kCancelled;
   StepReport report;
   bool stepped = false;
+  const auto started = std::chrono::steady_clock::now();
   absl::Status s = a.trainer->RunUntil(a.trainer->step() + 1, [&](const StepReport& r) {
     report = r;
     stepped = true;
     return true;
   });
+  const double step_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (!s.ok()) {
     a.failure = s;
     if (absl::IsFailedPrecondition(s)) {  // the watchdog: the loss diverged
@@ -851,6 +918,14 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     return StepOutcome::kFailed;
   }
   const bool done = a.trainer->step() >= a.trainer->total_steps() || a.trainer->stopped_early();
+  if (stepped && stores_.metrics != nullptr) {
+    metrics::Registry& m = *stores_.metrics;
+    m.Add(metrics::kTrainedTokens, {w->name}, static_cast<double>(report.tokens));
+    m.Observe(metrics::kStepDuration, {w->name}, step_seconds);
+    m.Set(metrics::kJobLoss, {a.job.id()}, report.loss);
+    m.Set(metrics::kJobProgress, {a.job.id()},
+          report.total_steps > 0 ? static_cast<double>(report.step) / report.total_steps : 0.0);
+  }
   if (stepped) {
     a.tokens += report.tokens;
     a.last_loss = report.loss;
@@ -944,6 +1019,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     } else {
       (void)stores_.checkpoints->Delete(tenant, id);
     }
+    JobEnded(id, "cancelled");
     Notify();
     return;
   }
@@ -996,6 +1072,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
                  std::string(moved.status().message()).c_str());
   }
   (void)stores_.checkpoints->Delete(tenant, id);
+  JobEnded(id, "succeeded");
   Notify();
 }
 

@@ -35,6 +35,7 @@
 #include "server/core/job_store.h"
 #include "server/core/model_store.h"
 #include "server/core/tenants.h"
+#include "server/metrics/registry.h"
 
 namespace qlorad::core {
 
@@ -58,10 +59,12 @@ struct JobManagerStores {
   AdapterStore* adapters;
   CheckpointStore* checkpoints;
   const TenantRegistry* tenants;
+  metrics::Registry* metrics = nullptr;  // optional: training and device metrics go here
 };
 
 struct DeviceInfo {
   std::string name;
+  DeviceMemoryUsage usage;  // the engine's accounting, as of the worker's last round
   int64_t memory_budget = 0;
   int64_t memory_reserved = 0;  // base models + admitted jobs' estimates
   int64_t base_model_bytes = 0;
@@ -126,6 +129,9 @@ class JobManager {
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<QueuedJob> QueueEntry(const v1::Job& job) const;
   void Notify() const;
+  // Metrics of a job that ended: its per-job series go away, the result is counted.
+  void JobEnded(const std::string& id, const char* result);
+  void CollectMetrics(metrics::Registry& r);
   // The job no longer counts as running for its tenant (before its terminal write, so that a
   // client told "ended" can start the next one at once).
   void ReleaseQuota(const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);

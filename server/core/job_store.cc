@@ -216,6 +216,16 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
   return out;
 }
 
+absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
+  std::map<v1::JobState, int64_t> counts;
+  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
+    auto job = ParseJob(value);
+    if (job.ok()) ++counts[job->state()];
+    return true;
+  }));
+  return counts;
+}
+
 absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished() const {
   std::vector<v1::Job> out;
   absl::Status parse_error;

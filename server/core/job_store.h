@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,8 @@ class JobStore {
                                             const std::string& page_token) const;
   absl::StatusOr<std::vector<v1::JobEvent>> Events(const std::string& tenant, const std::string& id,
                                                    int64_t after_sequence, int limit) const;
+  // Jobs of every tenant by state (metrics).
+  absl::StatusOr<std::map<v1::JobState, int64_t>> CountByState() const;
   // Every job of every tenant not in a terminal state (restart recovery).
   absl::StatusOr<std::vector<v1::Job>> Unfinished() const;
 

@@ -28,7 +28,7 @@ absl::StatusOr<std::string> RsloraAsPlain(const std::string& config_json) {
 grpc::Status AdapterServiceImpl::ListAdapters(grpc::ServerContext* c,
                                               const v1::ListAdaptersRequest*,
                                               v1::ListAdaptersResponse* out) {
-  Call call(c, "ListAdapters", *node_->tenants);
+  Call call(c, "ListAdapters", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto list = node_->adapters->List(call.tenant().name);
   if (list.ok()) {
@@ -39,7 +39,7 @@ grpc::Status AdapterServiceImpl::ListAdapters(grpc::ServerContext* c,
 
 grpc::Status AdapterServiceImpl::GetAdapter(grpc::ServerContext* c,
                                             const v1::GetAdapterRequest* req, v1::Adapter* out) {
-  Call call(c, "GetAdapter", *node_->tenants);
+  Call call(c, "GetAdapter", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto a = node_->adapters->Get(call.tenant().name, req->id());
   if (a.ok()) *out = *a;
@@ -49,7 +49,7 @@ grpc::Status AdapterServiceImpl::GetAdapter(grpc::ServerContext* c,
 grpc::Status AdapterServiceImpl::DownloadAdapter(grpc::ServerContext* c,
                                                  const v1::DownloadAdapterRequest* req,
                                                  grpc::ServerWriter<v1::AdapterFileChunk>* writer) {
-  Call call(c, "DownloadAdapter", *node_->tenants);
+  Call call(c, "DownloadAdapter", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto files = node_->adapters->Files(call.tenant().name, req->id());
   if (!files.ok()) return call.Finish(files.status());
@@ -77,7 +77,7 @@ grpc::Status AdapterServiceImpl::DownloadAdapter(grpc::ServerContext* c,
 grpc::Status AdapterServiceImpl::DeleteAdapter(grpc::ServerContext* c,
                                                const v1::DeleteAdapterRequest* req,
                                                v1::DeleteAdapterResponse*) {
-  Call call(c, "DeleteAdapter", *node_->tenants);
+  Call call(c, "DeleteAdapter", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto a = node_->adapters->Get(call.tenant().name, req->id());
   if (!a.ok()) return call.Finish(a.status());

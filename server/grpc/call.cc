@@ -7,6 +7,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/metrics/names.h"
 
 namespace qlorad::server {
 
@@ -15,10 +16,11 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-Call::Call(grpc::ServerContext* context, const char* method, const core::TenantRegistry& tenants)
+Call::Call(grpc::ServerContext* context, const char* method, const Node& node)
     : context_(context),
       method_(method),
-      tenants_(tenants),
+      tenants_(*node.tenants),
+      metrics_(node.metrics.get()),
       start_(std::chrono::steady_clock::now()) {}
 
 Call::~Call() {
@@ -35,6 +37,10 @@ Call::~Call() {
                     absl::StrReplaceAll(result_.message(), {{"\"", "'"}, {"\n", " "}}), "\"");
   }
   std::fprintf(stderr, "%s\n", line.c_str());
+  if (metrics_ != nullptr) {
+    metrics_->Add(metrics::kGrpcRequests, {method_, absl::StatusCodeToString(result_.code())}, 1);
+    metrics_->Observe(metrics::kGrpcDuration, {method_}, ms / 1000.0);
+  }
 }
 
 absl::Status Call::Authenticate() {

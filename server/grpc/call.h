@@ -1,6 +1,7 @@
 // One RPC's bookkeeping: authenticates the caller from its "authorization" metadata, converts
-// absl::Status to grpc::Status, and writes one structured log line when the call ends
-// (time, method, tenant, peer, code, duration). Every handler starts with a Call.
+// absl::Status to grpc::Status, writes one structured log line when the call ends (time,
+// method, tenant, peer, code, duration) and counts it in the node's metrics. Every handler
+// starts with a Call.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -10,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "server/core/tenants.h"
+#include "server/grpc/node.h"
 
 namespace qlorad::server {
 
@@ -17,7 +19,7 @@ grpc::Status ToGrpc(const absl::Status& s);
 
 class Call {
  public:
-  Call(grpc::ServerContext* context, const char* method, const core::TenantRegistry& tenants);
+  Call(grpc::ServerContext* context, const char* method, const Node& node);
   ~Call();
 
   // UNAUTHENTICATED unless a known key came with the call.
@@ -32,6 +34,7 @@ class Call {
   grpc::ServerContext* context_;
   const char* method_;
   const core::TenantRegistry& tenants_;
+  metrics::Registry* metrics_;
   const core::Tenant* tenant_ = nullptr;
   absl::Status result_ = absl::UnknownError("the handler did not finish");
   std::chrono::steady_clock::time_point start_;

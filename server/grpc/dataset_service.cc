@@ -7,7 +7,7 @@ namespace qlorad::server {
 grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
                                                grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                                v1::Dataset* out) {
-  Call call(c, "UploadDataset", *node_->tenants);
+  Call call(c, "UploadDataset", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   const core::Tenant& tenant = call.tenant();
   v1::UploadDatasetRequest msg;
@@ -41,7 +41,7 @@ grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
 grpc::Status DatasetServiceImpl::ListDatasets(grpc::ServerContext* c,
                                               const v1::ListDatasetsRequest*,
                                               v1::ListDatasetsResponse* out) {
-  Call call(c, "ListDatasets", *node_->tenants);
+  Call call(c, "ListDatasets", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto list = node_->datasets->List(call.tenant().name);
   if (list.ok()) {
@@ -52,7 +52,7 @@ grpc::Status DatasetServiceImpl::ListDatasets(grpc::ServerContext* c,
 
 grpc::Status DatasetServiceImpl::GetDataset(grpc::ServerContext* c,
                                             const v1::GetDatasetRequest* req, v1::Dataset* out) {
-  Call call(c, "GetDataset", *node_->tenants);
+  Call call(c, "GetDataset", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto ds = node_->datasets->Get(call.tenant().name, req->id());
   if (ds.ok()) *out = *ds;
@@ -62,7 +62,7 @@ grpc::Status DatasetServiceImpl::GetDataset(grpc::ServerContext* c,
 grpc::Status DatasetServiceImpl::DeleteDataset(grpc::ServerContext* c,
                                                const v1::DeleteDatasetRequest* req,
                                                v1::DeleteDatasetResponse*) {
-  Call call(c, "DeleteDataset", *node_->tenants);
+  Call call(c, "DeleteDataset", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto ds = node_->datasets->Get(call.tenant().name, req->id());
   if (!ds.ok()) return call.Finish(ds.status());

@@ -6,7 +6,7 @@ namespace qlorad::server {
 
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::GenerateRequest* req,
                                             grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  Call call(c, "Generate", *node_->tenants);
+  Call call(c, "Generate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   int tokens = 0;
   auto reason = node_->inference->Generate(call.tenant().name, *req, [&](const std::string& text) {
@@ -26,7 +26,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::Ge
 
 grpc::Status InferenceServiceImpl::Evaluate(grpc::ServerContext* c, const v1::EvaluateRequest* req,
                                             v1::EvaluateResponse* out) {
-  Call call(c, "Evaluate", *node_->tenants);
+  Call call(c, "Evaluate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto r = node_->inference->Evaluate(call.tenant().name, *req);
   if (r.ok()) *out = *r;
@@ -35,7 +35,7 @@ grpc::Status InferenceServiceImpl::Evaluate(grpc::ServerContext* c, const v1::Ev
 
 grpc::Status LimitsServiceImpl::GetLimits(grpc::ServerContext* c, const v1::GetLimitsRequest* req,
                                           v1::Limits* out) {
-  Call call(c, "GetLimits", *node_->tenants);
+  Call call(c, "GetLimits", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   std::optional<v1::Model> model;
   if (!req->model().empty()) {

@@ -12,7 +12,7 @@ namespace qlorad::server {
 
 grpc::Status JobServiceImpl::CreateJob(grpc::ServerContext* c, const v1::CreateJobRequest* req,
                                        v1::Job* out) {
-  Call call(c, "CreateJob", *node_->tenants);
+  Call call(c, "CreateJob", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto job = node_->manager->CreateJob(call.tenant(), *req);
   if (job.ok()) *out = *job;
@@ -21,7 +21,7 @@ grpc::Status JobServiceImpl::CreateJob(grpc::ServerContext* c, const v1::CreateJ
 
 grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* c, const v1::GetJobRequest* req,
                                     v1::Job* out) {
-  Call call(c, "GetJob", *node_->tenants);
+  Call call(c, "GetJob", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto job = node_->manager->GetJob(call.tenant().name, req->id());
   if (job.ok()) *out = *job;
@@ -30,7 +30,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* c, const v1::GetJobRequ
 
 grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobsRequest* req,
                                       v1::ListJobsResponse* out) {
-  Call call(c, "ListJobs", *node_->tenants);
+  Call call(c, "ListJobs", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   if (req->page_size() < 0) {
     return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
@@ -50,7 +50,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobs
 
 grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJobRequest* req,
                                        v1::Job* out) {
-  Call call(c, "CancelJob", *node_->tenants);
+  Call call(c, "CancelJob", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   // Waits for a running job to stop (one step), within the caller's deadline.
   const absl::Duration left = absl::FromChrono(c->deadline() - std::chrono::system_clock::now());
@@ -64,7 +64,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJ
 grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
                                            const v1::ListJobEventsRequest* req,
                                            v1::ListJobEventsResponse* out) {
-  Call call(c, "ListJobEvents", *node_->tenants);
+  Call call(c, "ListJobEvents", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   const int page = req->page_size() > 0 ? std::min(req->page_size(), 1000) : 100;
   auto job = node_->jobs->Get(call.tenant().name, req->id());
@@ -80,7 +80,7 @@ grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
 
 grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* c, const v1::WatchJobRequest* req,
                                       grpc::ServerWriter<v1::JobEvent>* writer) {
-  Call call(c, "WatchJob", *node_->tenants);
+  Call call(c, "WatchJob", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   const std::string& tenant = call.tenant().name;
   int64_t after = req->after_sequence();

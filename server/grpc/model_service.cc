@@ -6,7 +6,7 @@ namespace qlorad::server {
 
 grpc::Status ModelServiceImpl::RegisterModel(grpc::ServerContext* c,
                                              const v1::RegisterModelRequest* req, v1::Model* out) {
-  Call call(c, "RegisterModel", *node_->tenants);
+  Call call(c, "RegisterModel", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
   if (req->path().empty()) return call.Finish(absl::InvalidArgumentError("path: required"));
   auto model = node_->models->Register(req->name(), req->path());
@@ -16,7 +16,7 @@ grpc::Status ModelServiceImpl::RegisterModel(grpc::ServerContext* c,
 
 grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext* c, const v1::ListModelsRequest*,
                                           v1::ListModelsResponse* out) {
-  Call call(c, "ListModels", *node_->tenants);
+  Call call(c, "ListModels", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
   auto models = node_->models->List();
   if (models.ok()) {
@@ -27,7 +27,7 @@ grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext* c, const v1::List
 
 grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext* c, const v1::GetModelRequest* req,
                                         v1::Model* out) {
-  Call call(c, "GetModel", *node_->tenants);
+  Call call(c, "GetModel", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
   auto model = node_->models->Get(req->name());
   if (model.ok()) *out = *model;
@@ -37,7 +37,7 @@ grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext* c, const v1::GetMod
 grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* c,
                                            const v1::DeleteModelRequest* req,
                                            v1::DeleteModelResponse*) {
-  Call call(c, "DeleteModel", *node_->tenants);
+  Call call(c, "DeleteModel", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
   auto in_use = node_->manager->ModelInUse(req->name());
   if (!in_use.ok()) return call.Finish(in_use.status());

@@ -12,11 +12,13 @@
 #include "server/core/job_store.h"
 #include "server/core/model_store.h"
 #include "server/core/tenants.h"
+#include "server/metrics/registry.h"
 #include "storage/kv_store.h"
 
 namespace qlorad::server {
 
 struct Node {
+  std::unique_ptr<metrics::Registry> metrics;  // made first, so that it outlives its users
   std::unique_ptr<storage::KvStore> db;
   std::unique_ptr<core::TenantRegistry> tenants;
   std::unique_ptr<core::JobStore> jobs;

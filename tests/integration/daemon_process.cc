@@ -36,10 +36,14 @@ DaemonProcess::~DaemonProcess() {
 bool DaemonProcess::Start() {
   const std::string port_file = (fs::path(dir_) / "port").string();
   fs::remove(port_file);
-  std::vector<std::string> args = {QLORAD_DAEMON_BINARY, "--listen=127.0.0.1:0",
-                                   "--port-file=" + port_file,
-                                   "--data-dir=" + (fs::path(dir_) / "data").string(),
-                                   "--tenants=" + (fs::path(dir_) / "tenants.json").string()};
+  std::vector<std::string> args = {
+      QLORAD_DAEMON_BINARY,
+      "--listen=127.0.0.1:0",
+      "--port-file=" + port_file,
+      "--data-dir=" + (fs::path(dir_) / "data").string(),
+      "--tenants=" + (fs::path(dir_) / "tenants.json").string(),
+      "--metrics-listen=127.0.0.1:0",
+      "--metrics-port-file=" + (fs::path(dir_) / "metrics_port").string()};
   args.insert(args.end(), flags_.begin(), flags_.end());
   const std::string log_path = (fs::path(dir_) / "qlorad.log").string();
   pid_ = fork();

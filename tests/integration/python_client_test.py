@@ -85,7 +85,8 @@ class PythonClientTest(unittest.TestCase):
         cls.log = open(cls.tmp / "qlorad.log", "wb")
         cmd = [BINARY, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                "--data-dir", str(cls.tmp / "data"), "--tenants", str(cls.tmp / "tenants.json"),
-               "--devices", "cpu:0", "--checkpoint-every", "5"]
+               "--devices", "cpu:0", "--checkpoint-every", "5",
+               "--metrics-listen", "127.0.0.1:0"]
         cls.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=cls.log,
                                     stderr=subprocess.STDOUT)
         port, deadline = None, time.monotonic() + 30

@@ -17,6 +17,7 @@
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/http_get.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/server/test_dirs.h"
 
@@ -236,6 +237,48 @@ TEST_F(QloractlTest, DownloadedAdapterGivesTheServersResultsInTheEngine) {
   auto text = source->tokenizer->Decode(all);
   auto prompt_text = source->tokenizer->Decode(ids);
   EXPECT_EQ(gen.out, text->substr(prompt_text->size()) + "\n");
+}
+
+// The daemon's Prometheus endpoint after a finished job.
+std::string ScrapeMetrics(const std::string& dir) {
+  std::ifstream in(dir + "/metrics_port");
+  int port = 0;
+  in >> port;
+  const std::string response = HttpGet(port, "/metrics");
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+double Sample(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series + " ");
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
+}
+
+TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
+  const auto [job, adapter] = TrainedJob();
+  const std::string text = ScrapeMetrics(*dir_);
+  ASSERT_FALSE(text.empty());
+  EXPECT_GE(Sample(text, "qlorad_trained_tokens_total{device=\"cpu:0\"}"), 60 * 8 * 10);
+  EXPECT_GE(Sample(text, "qlorad_jobs_finished_total{result=\"succeeded\"}"), 1);
+  EXPECT_GE(Sample(text, "qlorad_step_duration_seconds_count{device=\"cpu:0\"}"), 60);
+  EXPECT_GT(Sample(text, "qlorad_engine_memory_bytes{device=\"cpu:0\",category=\"base_weights\"}"),
+            0);
+  EXPECT_GT(Sample(text, "qlorad_device_memory_bytes{device=\"cpu:0\",state=\"total\"}"), 0);
+  EXPECT_EQ(Sample(text, "qlorad_base_models_loaded{device=\"cpu:0\"}"), 1);
+  EXPECT_GE(Sample(text, "qlorad_jobs{state=\"SUCCEEDED\"}"), 1);
+  EXPECT_GE(Sample(text, "qlorad_grpc_requests_total{method=\"CreateJob\",code=\"OK\"}"), 1);
+  // A finished job's own series are gone.
+  EXPECT_EQ(text.find("job_id=\"" + job + "\""), std::string::npos);
+}
+
+TEST_F(QloractlTest, MetricsPassPromtool) {
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus, in scripts/install-deps)";
+  }
+  TrainedJob();
+  const std::string path = WriteFile("metrics.txt", ScrapeMetrics(*dir_));
+  const std::string cmd = "promtool check metrics < " + path + " > " + path + ".out 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << Slurp(path + ".out");
 }
 
 TEST_F(QloractlTest, TenantsSeeOnlyTheirOwnObjects) {

@@ -1,0 +1,79 @@
+#include <string>
+
+#include "gtest/gtest.h"
+#include "server/metrics/http_exposer.h"
+#include "server/metrics/registry.h"
+#include "tests/http_get.h"
+
+namespace qlorad::metrics {
+namespace {
+
+TEST(MetricsRegistryTest, TextExpositionOfEveryType) {
+  Registry r;
+  r.Declare("jobs_total", Registry::Type::kCounter, "Jobs that\nended.", {"result"});
+  r.Declare("queue_depth", Registry::Type::kGauge, "Queued jobs.", {});
+  r.Declare("step_seconds", Registry::Type::kHistogram, "Step time.", {"device"}, {0.1, 1});
+  r.Add("jobs_total", {"ok"}, 2);
+  r.Add("jobs_total", {"ok"}, 1);
+  r.Add("jobs_total", {"a\"b\\c"}, 1);
+  r.Add("jobs_total", {"ok"}, -5);  // counters never go down
+  r.Set("queue_depth", {}, 4);
+  r.Observe("step_seconds", {"cpu:0"}, 0.05);
+  r.Observe("step_seconds", {"cpu:0"}, 0.5);
+  r.Observe("step_seconds", {"cpu:0"}, 3);
+  EXPECT_EQ(r.Serialize(),
+            "# HELP jobs_total Jobs that\\nended.\n"
+            "# TYPE jobs_total counter\n"
+            "jobs_total{result=\"a\\\"b\\\\c\"} 1\n"
+            "jobs_total{result=\"ok\"} 3\n"
+            "# HELP queue_depth Queued jobs.\n"
+            "# TYPE queue_depth gauge\n"
+            "queue_depth 4\n"
+            "# HELP step_seconds Step time.\n"
+            "# TYPE step_seconds histogram\n"
+            "step_seconds_bucket{device=\"cpu:0\",le=\"0.1\"} 1\n"
+            "step_seconds_bucket{device=\"cpu:0\",le=\"1\"} 2\n"
+            "step_seconds_bucket{device=\"cpu:0\",le=\"+Inf\"} 3\n"
+            "step_seconds_sum{device=\"cpu:0\"} 3.55\n"
+            "step_seconds_count{device=\"cpu:0\"} 3\n");
+}
+
+TEST(MetricsRegistryTest, SeriesGoAwayAndCollectorsRunAtEachScrape) {
+  Registry r;
+  r.Declare("job_loss", Registry::Type::kGauge, "Loss.", {"job_id"});
+  r.Set("job_loss", {"j1"}, 1.5);
+  r.Set("job_loss", {"j2"}, 2.5);
+  r.Remove("job_loss", {"j1"});
+  int scrapes = 0;
+  r.AddCollector([&](Registry& reg) { reg.Set("job_loss", {"j3"}, ++scrapes); });
+  std::string text = r.Serialize();
+  EXPECT_EQ(text.find("j1"), std::string::npos);
+  EXPECT_NE(text.find("job_loss{job_id=\"j2\"} 2.5"), std::string::npos);
+  EXPECT_NE(text.find("job_loss{job_id=\"j3\"} 1"), std::string::npos);
+  text = r.Serialize();
+  EXPECT_NE(text.find("job_loss{job_id=\"j3\"} 2"), std::string::npos);
+}
+
+using ::qlorad::testing::HttpGet;
+
+TEST(HttpExposerTest, ServesMetricsOnItsOwnPort) {
+  Registry r;
+  r.Declare("up_gauge", Registry::Type::kGauge, "Up.", {});
+  r.Set("up_gauge", {}, 1);
+  auto e = HttpExposer::Start("127.0.0.1:0", &r);
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_GT((*e)->port(), 0);
+  const std::string ok = HttpGet((*e)->port(), "/metrics");
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << ok;
+  EXPECT_NE(ok.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+  EXPECT_NE(ok.find("\r\n\r\n# HELP up_gauge Up.\n# TYPE up_gauge gauge\nup_gauge 1\n"),
+            std::string::npos);
+  EXPECT_EQ(HttpGet((*e)->port(), "/other").rfind("HTTP/1.1 404", 0), 0u);
+  EXPECT_FALSE(HttpExposer::Start("127.0.0.1:notaport", &r).ok());
+  // The port is taken: a clear error, no crash.
+  EXPECT_EQ(HttpExposer::Start("127.0.0.1:" + std::to_string((*e)->port()), &r).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace qlorad::metrics
