@@ -25,6 +25,30 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 
 }  // namespace
 
+int PodForTenant(const std::string& tenant, int replicas) {
+  int best = 0;
+  uint64_t best_score = 0;
+  for (int i = 0; i < replicas; ++i) {
+    const std::string key = tenant + "/" + std::to_string(i);
+    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
+    for (unsigned char c : key) h = (h ^ c) * 0x100000001b3ull;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;  // splitmix64 finalizer
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    if (i == 0 || h > best_score) {
+      best = i;
+      best_score = h;
+    }
+  }
+  return best;
+}
+
+std::string StatefulSetPodAddress(const std::string& statefulset, int ordinal,
+                                  const std::string& service, const std::string& ns, int port) {
+  return absl::StrCat(statefulset, "-", ordinal, ".", service, ".", ns,
+                      ".svc.cluster.local:", port);
+}
+
 ConnectionOptions ConnectionOptionsFromEnvironment() {
   ConnectionOptions options;
   options.server = EnvOr("QLORAD_SERVER", options.server);

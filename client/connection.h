@@ -43,6 +43,16 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOpt
 std::unique_ptr<grpc::ClientContext> MakeClientContext(
     const ConnectionOptions& options, std::optional<absl::Duration> timeout = std::nullopt);
 
+// Routing a tenant to its pod of a qlorad StatefulSet, with no cluster manager: rendezvous
+// (highest-random-weight) hashing over the pod ordinals, so that every client computes the same
+// pod and growing the set from N to N+1 pods moves only the tenants the new pod wins (about
+// 1/(N+1) of them). The score of (tenant, ordinal) is the splitmix64 finalizer of the 64-bit
+// FNV-1a hash of "<tenant>/<ordinal>"; clients in other languages reproduce it from this.
+int PodForTenant(const std::string& tenant, int replicas);
+// "<statefulset>-<ordinal>.<service>.<namespace>.svc.cluster.local:<port>".
+std::string StatefulSetPodAddress(const std::string& statefulset, int ordinal,
+                                  const std::string& service, const std::string& ns, int port);
+
 // The same code and message as an absl::Status (the two code sets are numerically equal).
 absl::Status ToAbslStatus(const grpc::Status& status);
 

@@ -1,5 +1,6 @@
 // qloractl: the command-line client of qlorad. Usage below (kUsage); exit statuses in
 // client/cli/errors.h. Flags are parsed here only and copied into the Invocation.
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -22,6 +23,10 @@ global flags (anywhere on the line):
   --server HOST:PORT   daemon address (default $QLORAD_SERVER, else 127.0.0.1:50051)
   --token KEY          API key, sent as "authorization: Bearer KEY" (default $QLORAD_TOKEN)
   --tls-ca FILE        use TLS, trusting the root certificates in FILE (default: plaintext)
+  --statefulset NAME --replicas N --tenant T [--service S] [--namespace NS] [--port P]
+                       instead of --server, on a cluster: the tenant's pod of the StatefulSet
+                       (rendezvous hashing, stable as pods are added; service NAME-headless,
+                       namespace default, port 50051 unless given; $QLORAD_TENANT)
   -o json|text         output format (default text); json prints the response messages in the
                        canonical proto3 JSON mapping, one per line
   --timeout SECONDS    deadline of each call (default 30 s; 1 h for models register and eval;
@@ -68,8 +73,10 @@ exit status: 0 success; 1 RPC or local error ("qloractl: NOT_FOUND: <message>");
 )";
 
 const std::vector<FlagDef>& GlobalFlags() {
-  static const std::vector<FlagDef> flags = {{"server"},  {"token"},       {"tls-ca"},  {"o"},
-                                             {"timeout"}, {"help", false}, {"h", false}};
+  static const std::vector<FlagDef> flags = {
+      {"server"},      {"token"},     {"tls-ca"},      {"o"},        {"timeout"},
+      {"help", false}, {"h", false},  {"statefulset"}, {"replicas"}, {"tenant"},
+      {"service"},     {"namespace"}, {"port"}};
   return flags;
 }
 
@@ -131,6 +138,25 @@ absl::StatusOr<const Command*> FindCommand(const std::vector<Command>& commands,
 absl::StatusOr<Invocation> MakeInvocation(const ParsedArgs& args) {
   client::ConnectionOptions connection = client::ConnectionOptionsFromEnvironment();
   connection.server = args.Get("server").value_or(connection.server);
+  if (args.Get("statefulset").has_value()) {
+    // A cluster: the tenant's pod of the StatefulSet, by rendezvous hashing (connection.h).
+    if (args.Get("server").has_value()) {
+      return UsageError("--server and --statefulset: give one or the other");
+    }
+    ASSIGN_OR_RETURN(std::optional<int64_t> replicas, args.Int("replicas", 1, 10000));
+    if (!replicas.has_value()) return UsageError("--statefulset needs --replicas N");
+    std::string tenant = args.Get("tenant").value_or("");
+    if (tenant.empty() && std::getenv("QLORAD_TENANT") != nullptr) {
+      tenant = std::getenv("QLORAD_TENANT");
+    }
+    if (tenant.empty()) return UsageError("--statefulset needs --tenant NAME (or $QLORAD_TENANT)");
+    ASSIGN_OR_RETURN(std::optional<int64_t> port, args.Int("port", 1, 65535));
+    const std::string set = *args.Get("statefulset");
+    connection.server = client::StatefulSetPodAddress(
+        set, client::PodForTenant(tenant, static_cast<int>(*replicas)),
+        args.Get("service").value_or(set + "-headless"), args.Get("namespace").value_or("default"),
+        static_cast<int>(port.value_or(50051)));
+  }
   if (connection.server.empty()) return UsageError("--server: expected HOST:PORT");
   connection.token = args.Get("token").value_or(connection.token);
   connection.tls_ca_file = args.Get("tls-ca").value_or("");
