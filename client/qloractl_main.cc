@@ -68,6 +68,9 @@ inference:
 
 limits [--model M]             what the server accepts and what this tenant uses
 
+admin (admin key):
+  admin backup PATH            a consistent copy of the node's RocksDB in a new server folder
+
 exit status: 0 success; 1 RPC or local error ("qloractl: NOT_FOUND: <message>");
 2 usage error; 3 watched job FAILED; 4 watched job CANCELLED.
 )";
@@ -83,7 +86,7 @@ const std::vector<FlagDef>& GlobalFlags() {
 std::vector<Command> AllCommands() {
   std::vector<Command> all;
   for (auto group : {ModelCommands, DatasetCommands, JobCommands, AdapterCommands,
-                     InferenceCommands, LimitsCommands}) {
+                     InferenceCommands, LimitsCommands, AdminCommands}) {
     for (Command& command : group()) all.push_back(std::move(command));
   }
   return all;

@@ -204,6 +204,7 @@ absl::Status Run() {
   server::AdapterServiceImpl adapters(&node);
   server::InferenceServiceImpl inference(&node);
   server::LimitsServiceImpl limits(&node);
+  server::AdminServiceImpl admin(&node);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -227,7 +228,7 @@ absl::Status Run() {
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
   for (grpc::Service* s : std::initializer_list<grpc::Service*>{&models, &datasets, &jobs,
-                                                                &adapters, &inference, &limits}) {
+                                                                &adapters, &inference, &limits, &admin}) {
     builder.RegisterService(s);
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

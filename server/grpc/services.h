@@ -4,6 +4,7 @@
 #pragma once
 
 #include "qlorad/v1/adapters.grpc.pb.h"
+#include "qlorad/v1/admin.grpc.pb.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
 #include "qlorad/v1/inference.grpc.pb.h"
 #include "qlorad/v1/jobs.grpc.pb.h"
@@ -88,6 +89,16 @@ class InferenceServiceImpl final : public v1::InferenceService::Service {
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
   grpc::Status Evaluate(grpc::ServerContext* c, const v1::EvaluateRequest* req,
                         v1::EvaluateResponse* out) override;
+
+ private:
+  Node* node_;
+};
+
+class AdminServiceImpl final : public v1::AdminService::Service {
+ public:
+  explicit AdminServiceImpl(Node* node) : node_(node) {}
+  grpc::Status BackupDatabase(grpc::ServerContext* c, const v1::BackupDatabaseRequest* req,
+                              v1::BackupDatabaseResponse* out) override;
 
  private:
   Node* node_;

@@ -6,6 +6,7 @@
 #include "engine/model_source.h"
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
+#include "qlorad/v1/admin.grpc.pb.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/rpc_client.h"
 #include "tests/server/test_dirs.h"
@@ -175,6 +176,67 @@ TEST_F(RecoveryTest, SigtermCheckpointsRunningJobsAndTheyResume) {
   }
   EXPECT_TRUE(shutdown_requeue);
   EXPECT_GT(FirstStepAfterRequeue(*events), 10);
+}
+
+absl::StatusOr<v1::BackupDatabaseResponse> Backup(const std::string& address,
+                                                  const std::string& key, const std::string& path) {
+  client::ConnectionOptions o;
+  o.server = address;
+  o.token = key;
+  auto channel = client::CreateChannel(o);
+  auto context = client::MakeClientContext(o, absl::Seconds(120));
+  v1::BackupDatabaseRequest req;
+  req.set_path(path);
+  v1::BackupDatabaseResponse out;
+  absl::Status s = client::ToAbslStatus(
+      v1::AdminService::NewStub(*channel)->BackupDatabase(context.get(), req, &out));
+  if (!s.ok()) return s;
+  return out;
+}
+
+TEST_F(RecoveryTest, ABackupTakenWhileServingRestoresIntoANewDaemon) {
+  v1::CreateJobRequest small = TwinRequest(dataset_);
+  small.mutable_hyperparameters()->set_max_steps(5);
+  auto job = Acme().CreateJob(small);
+  ASSERT_TRUE(job.ok());
+  const v1::Job done = WaitForEnd(job->id());
+  ASSERT_EQ(done.state(), v1::SUCCEEDED);
+  const std::vector<float> params = AdapterParams(done.adapter_id());
+
+  const std::string backup = dir_ + "/backup";
+  EXPECT_EQ(Backup(daemon_->address(), kAcmeKey, backup).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Backup(daemon_->address(), kOpsKey, "relative/dir").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto taken = Backup(daemon_->address(), kOpsKey, backup);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_GT(taken->bytes(), 0);
+  EXPECT_EQ(Backup(daemon_->address(), kOpsKey, backup).status().code(),
+            absl::StatusCode::kAlreadyExists);
+
+  // Restore: the backup folder becomes the database of a fresh daemon.
+  const std::string restored_dir = dir_ + "-restored";
+  std::filesystem::remove_all(restored_dir);
+  std::filesystem::create_directories(restored_dir + "/data");
+  std::filesystem::rename(backup, restored_dir + "/data/db");
+  DaemonProcess restored(restored_dir, {"--devices=cpu:0", "--threads-per-device=1"});
+  ASSERT_TRUE(restored.Start()) << restored.log();
+  RpcClient acme(restored.address(), kAcmeKey);
+  auto again = acme.GetJob(job->id());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->state(), v1::SUCCEEDED);
+  EXPECT_EQ(again->adapter_id(), done.adapter_id());
+  const std::string dl = restored_dir + "/adapter";
+  ASSERT_TRUE(acme.Download(done.adapter_id(), dl).ok());
+  auto source = OpenModelSource(gguf_);
+  auto peft = LoadPeftAdapter(dl, source->weights.config);
+  ASSERT_TRUE(peft.ok()) << peft.status();
+  EXPECT_EQ(peft->params, params);
+  auto datasets = acme.ListDatasets();
+  ASSERT_TRUE(datasets.ok());
+  EXPECT_EQ(datasets->size(), 1u);
+  EXPECT_EQ(restored.Stop(SIGTERM), 0);
+  std::filesystem::remove_all(restored_dir);
 }
 
 TEST_F(RecoveryTest, CancelStopsARunningJobWithinAStep) {
