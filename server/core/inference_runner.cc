@@ -61,6 +61,16 @@ InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, Ada
   pool_ = std::make_unique<ModelPool>(device_.get());
 }
 
+absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string& tenant,
+                                                              const v1::Model& model,
+                                                              const std::string& adapter_id) {
+  Loaded l;
+  ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
+  ASSIGN_OR_RETURN(l.adapter, LoadAdapter(adapters_, device_.get(), tenant, adapter_id,
+                                          l.model->model->config(), scratch_dir_));
+  return l;
+}
+
 absl::StatusOr<std::string> InferenceRunner::Generate(
     const std::string& tenant, const v1::GenerateRequest& req,
     const std::function<bool(const std::string&)>& on_text) {
@@ -75,11 +85,10 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
     return absl::InvalidArgumentError(s.message());
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::shared_ptr<PooledModel> pooled, pool_->Acquire(model));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
+  const std::shared_ptr<PooledModel>& pooled = loaded.model;
+  const std::unique_ptr<DeviceAdapter>& adapter = loaded.adapter;
   const LlamaConfig& config = pooled->model->config();
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<DeviceAdapter> adapter,
-      LoadAdapter(adapters_, device_.get(), tenant, req.adapter_id(), config, scratch_dir_));
   const Tokenizer& tok = *pooled->tokenizer;
   std::vector<int32_t> prompt = {tok.bos_id()};
   if (!req.prompt().empty()) {
@@ -126,11 +135,10 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
     return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
   if (!content.ok()) return content.status();
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::shared_ptr<PooledModel> pooled, pool_->Acquire(model));
+  ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
+  const std::shared_ptr<PooledModel>& pooled = loaded.model;
+  const std::unique_ptr<DeviceAdapter>& adapter = loaded.adapter;
   const LlamaConfig& config = pooled->model->config();
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<DeviceAdapter> adapter,
-      LoadAdapter(adapters_, device_.get(), tenant, req.adapter_id(), config, scratch_dir_));
   auto examples = TokenizeJsonl(*content, *pooled->tokenizer, req.dataset_id());
   if (!examples.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("dataset_id: ", examples.status().message()));

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/device.h"
+#include "engine/device_adapter.h"
 #include "qlorad/v1/inference.pb.h"
 #include "server/core/adapter_store.h"
 #include "server/core/dataset_store.h"
@@ -33,6 +34,15 @@ class InferenceRunner {
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // The base model from the pool and the tenant's adapter on this runner's device (none for
+  // an empty id).
+  struct Loaded {
+    std::shared_ptr<PooledModel> model;
+    std::unique_ptr<DeviceAdapter> adapter;
+  };
+  absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
+                              const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   ModelStore* models_;
   DatasetStore* datasets_;
   AdapterStore* adapters_;

@@ -201,8 +201,7 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
 
 int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
-  const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = qlorad::gpu_check::FreshSeed();
   qlorad::rng.seed(seed);
   // float32 GEMMs: the comparison with the CPU is then limited by float rounding alone.
   qlorad::CudaDeviceOptions exact;

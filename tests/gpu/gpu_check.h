@@ -5,8 +5,10 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 
 namespace qlorad::gpu_check {
 
@@ -41,6 +43,13 @@ inline bool HaveCudaDevice() {
     return false;
   }
   return true;
+}
+
+// A fresh seed for this run's random inputs, printed so that a failure can be replayed.
+inline uint64_t FreshSeed() {
+  const uint64_t seed = std::random_device{}();
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  return seed;
 }
 
 inline int Finish(const char* name) {

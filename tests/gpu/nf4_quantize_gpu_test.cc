@@ -73,8 +73,7 @@ void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n) {
 
 int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
-  const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = qlorad::gpu_check::FreshSeed();
   std::mt19937_64 rng(seed);
   qlorad::QuantizeMatchesCpu(rng, 4096 * 4096);
   qlorad::QuantizeMatchesCpu(rng, 11008 * 37 + 33);  // odd, partial last block

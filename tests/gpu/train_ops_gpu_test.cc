@@ -246,8 +246,7 @@ void Dropout() {
 
 int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
-  const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = qlorad::gpu_check::FreshSeed();
   qlorad::rng.seed(seed);
   qlorad::RmsNorm<float>();
   qlorad::RmsNorm<__nv_bfloat16>();
