@@ -1,5 +1,6 @@
 // Builds without a CUDA compiler: no CUDA device can be made.
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "engine/cuda_device.h"
 
 namespace qlorad {
@@ -10,10 +11,9 @@ int64_t CudaDeviceMemoryBytes(int) { return 0; }
 
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
                                                          const CudaDeviceOptions& options) {
-  (void)ordinal;
   (void)options;
-  return absl::UnimplementedError(
-      "this build of qlorad has no CUDA backend (it was built without a CUDA compiler)");
+  return absl::UnimplementedError(absl::StrCat(
+      "cuda:", ordinal, ": this build has no CUDA backend (it was built without a CUDA compiler)"));
 }
 
 }  // namespace qlorad
