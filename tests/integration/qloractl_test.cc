@@ -281,6 +281,33 @@ TEST_F(QloractlTest, MetricsPassPromtool) {
   EXPECT_EQ(std::system(cmd.c_str()), 0) << Slurp(path + ".out");
 }
 
+// TLS: a daemon started with a certificate answers qloractl --tls-ca and refuses plaintext.
+TEST_F(QloractlTest, TlsWithAServerCertificate) {
+  if (std::system("command -v openssl >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "openssl not installed (Debian package openssl, in scripts/install-deps)";
+  }
+  const std::string tls = *dir_ + "/tls";
+  fs::create_directories(tls);
+  const std::string make_cert =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+      tls + "/key.pem -out " + tls + "/cert.pem >" + tls + "/openssl.log 2>&1";
+  ASSERT_EQ(std::system(make_cert.c_str()), 0) << Slurp(tls + "/openssl.log");
+  DaemonProcess secure(*dir_ + "/tls-daemon", {"--devices=cpu:0", "--tls-cert=" + tls + "/cert.pem",
+                                               "--tls-key=" + tls + "/key.pem"});
+  ASSERT_TRUE(secure.Start()) << secure.log();
+  auto run = [&](std::vector<std::string> extra) {
+    std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server " + secure.address() +
+                      " --token " + kAcmeKey + " --timeout 10";
+    for (const std::string& e : extra) cmd += " " + e;
+    cmd += " limits >/dev/null 2>&1";
+    return std::system(cmd.c_str());
+  };
+  EXPECT_EQ(run({"--tls-ca", tls + "/cert.pem"}), 0) << secure.log();
+  EXPECT_NE(run({}), 0);  // plaintext to a TLS port fails
+  EXPECT_EQ(secure.Stop(SIGTERM), 0);
+}
+
 TEST_F(QloractlTest, TenantsSeeOnlyTheirOwnObjects) {
   const auto [job, adapter] = TrainedJob();
   ExpectError(Run(kGlobexKey, {"jobs", "get", job}), "NOT_FOUND", job);
