@@ -71,6 +71,9 @@ limits [--model M]             what the server accepts and what this tenant uses
 admin (admin key):
   admin backup PATH            a consistent copy of the node's RocksDB in a new server folder
 
+route                          print the address the flags lead to (with --statefulset: which
+                               pod holds the tenant); no call is made
+
 exit status: 0 success; 1 RPC or local error ("qloractl: NOT_FOUND: <message>");
 2 usage error; 3 watched job FAILED; 4 watched job CANCELLED.
 )";

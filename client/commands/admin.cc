@@ -1,4 +1,7 @@
 // qloractl admin backup PATH: a consistent copy of the node's RocksDB on the server.
+// qloractl route: the address the global flags lead to (with --statefulset: the tenant's pod).
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "client/cli/command.h"
 #include "engine/status_macros.h"
@@ -19,8 +22,15 @@ absl::Status Backup(const Invocation& invocation) {
   });
 }
 
+absl::Status Route(const Invocation& invocation) {
+  std::printf("%s\n", invocation.connection.server.c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-std::vector<Command> AdminCommands() { return {{"admin", "backup", {"PATH"}, {}, Backup}}; }
+std::vector<Command> AdminCommands() {
+  return {{"admin", "backup", {"PATH"}, {}, Backup}, {"route", "", {}, {}, Route}};
+}
 
 }  // namespace qlorad::ctl

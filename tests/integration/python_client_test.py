@@ -44,7 +44,8 @@ if not MODEL_PATH.is_file():
     sys.exit(SKIP)
 
 sys.path.insert(0, str(REPO / "client" / "python"))
-from qlorad_client import TERMINAL_STATES, Client, QloradError, jobs_pb2  # noqa: E402
+from qlorad_client import (TERMINAL_STATES, Client, QloradError, jobs_pb2,  # noqa: E402
+                           statefulset_target)
 
 JobState = jobs_pb2.JobState
 _tmp = None  # the temporary folder; main() prints the daemon's log from it when a test failed
@@ -362,6 +363,18 @@ class PythonClientTest(unittest.TestCase):
                         b"qlorad.v1.InferenceService", b"qlorad.v1.LimitsService",
                         b"grpc.health.v1.Health"):
             self.assertIn(service, replies[0])
+
+    def test_g_routing_matches_qloractl(self):
+        """The Python client sends a tenant to the same StatefulSet pod as qloractl."""
+        ctl = os.environ.get("QLORAD_CTL", "")
+        self.assertTrue(ctl and os.access(ctl, os.X_OK), "QLORAD_CTL must name qloractl")
+        for replicas in (1, 2, 3, 5, 8):
+            for tenant in ("acme", "globex", "initech", "t-17", "umbrella"):
+                out = subprocess.run(
+                    [ctl, "--statefulset", "qlorad", "--replicas", str(replicas), "--tenant",
+                     tenant, "--namespace", "ml", "route"],
+                    capture_output=True, text=True, check=True).stdout.strip()
+                self.assertEqual(out, statefulset_target(tenant, replicas, namespace="ml"))
 
 
 def main():

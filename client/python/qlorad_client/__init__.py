@@ -84,10 +84,12 @@ _ensure_stubs()
 from ._gen.qlorad.v1 import (  # noqa: E402
     adapters_pb2, datasets_pb2, inference_pb2, jobs_pb2, limits_pb2, models_pb2)
 from .client import Client, QloradError, TERMINAL_STATES  # noqa: E402
+from .routing import pod_for_tenant, statefulset_target  # noqa: E402
 
 JobState = jobs_pb2.JobState
 
 __all__ = [
-    "Client", "QloradError", "JobState", "TERMINAL_STATES",
+    "Client", "QloradError", "JobState", "TERMINAL_STATES", "pod_for_tenant",
+    "statefulset_target",
     "adapters_pb2", "datasets_pb2", "inference_pb2", "jobs_pb2", "limits_pb2", "models_pb2",
 ]
