@@ -18,7 +18,11 @@ import time
 import unittest
 from pathlib import Path
 
-import yaml
+try:
+    import yaml
+except ImportError:  # an interpreter outside Debian's (pyenv): use the apt package python3-yaml
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import yaml
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEPLOY = REPO / "deploy"
