@@ -88,7 +88,14 @@ class CudaBuffer : public DeviceBuffer {
 
 class CudaLinear : public DeviceLinear {
  public:
-  CudaLinear(int64_t out, int64_t in, bool quantized) : out_(out), in_(in), quantized_(quantized) {}
+  CudaLinear(std::shared_ptr<Counters> counters, int64_t out, int64_t in, bool quantized)
+      : counters_(std::move(counters)), out_(out), in_(in), quantized_(quantized) {}
+  ~CudaLinear() override { counters_->base_weights -= counted_; }
+  // Adds this weight's bytes to the device's base-weight count (taken back when it goes).
+  void Count() {
+    counted_ = bytes();
+    counters_->base_weights += counted_;
+  }
   int64_t out_features() const override { return out_; }
   int64_t in_features() const override { return in_; }
   bool quantized() const override { return quantized_; }
@@ -103,6 +110,8 @@ class CudaLinear : public DeviceLinear {
   int64_t numel = 0;
 
  private:
+  std::shared_ptr<Counters> counters_;
+  int64_t counted_ = 0;
   int64_t out_, in_;
   bool quantized_;
 };
@@ -231,7 +240,7 @@ class CudaDevice : public Device {
     const bool quantized = nf4 != nullptr && nf4->double_quant;
     if (!quantized && (values == nullptr || static_cast<int64_t>(values->size()) != out * in))
       return absl::InvalidArgumentError("float32 weight size mismatch");
-    auto lin = std::make_unique<CudaLinear>(out, in, quantized);
+    auto lin = std::make_unique<CudaLinear>(counters_, out, in, quantized);
     cudaError_t e = cudaSuccess;
     auto put = [&](CudaMemory& m, const void* src, size_t bytes) {
       if (e == cudaSuccess) e = m.Allocate(bytes);
@@ -253,7 +262,7 @@ class CudaDevice : public Device {
       return absl::ResourceExhaustedError(
           absl::StrCat(name(), ": cannot place a weight: ", cudaGetErrorString(e)));
     }
-    counters_->base_weights += lin->bytes();
+    lin->Count();
     return std::unique_ptr<DeviceLinear>(std::move(lin));
   }
 
@@ -494,10 +503,9 @@ class CudaDevice : public Device {
   const int32_t* HostInts(const int32_t* host, int64_t n, CudaMemory* m) {
     float* d = Scratch(m, n);  // int32 and float have the same size
     if (d == nullptr) return nullptr;
+    // A copy from pageable memory returns once the bytes are staged, so the host array may
+    // change afterwards; the scratch buffer is reused in stream order. No wait needed.
     Check(cudaMemcpyAsync(d, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy ids");
-    // The host array may change after return; pageable copies are staged before returning,
-    // but synchronize to be certain.
-    Check(cudaStreamSynchronize(stream_), "copy ids");
     return reinterpret_cast<const int32_t*>(d);
   }
 

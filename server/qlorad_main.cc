@@ -99,6 +99,8 @@ absl::StatusOr<std::vector<std::string>> ConfigArgs(const std::string& path) {
   return out;
 }
 
+// Like the engine's WriteStringToFile, but a secret's file is made owner-only before the
+// secret is written into it (which that function cannot do: it creates its own file).
 absl::Status WriteFileAtomically(const std::string& path, const std::string& data, bool secret) {
   const std::string tmp = path + ".tmp";
   {
@@ -227,8 +229,8 @@ absl::Status Run() {
       std::min<int64_t>(absl::GetFlag(FLAGS_max_message_bytes), std::numeric_limits<int>::max()));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
-  for (grpc::Service* s : std::initializer_list<grpc::Service*>{&models, &datasets, &jobs,
-                                                                &adapters, &inference, &limits, &admin}) {
+  for (grpc::Service* s : std::initializer_list<grpc::Service*>{
+           &models, &datasets, &jobs, &adapters, &inference, &limits, &admin}) {
     builder.RegisterService(s);
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -83,7 +83,6 @@ struct JobManager::ActiveJob {
   std::chrono::steady_clock::time_point last_progress{};
   int64_t tokens = 0;
   double last_loss = 0.0;
-  double eta = 0.0;
   absl::Status failure;
   std::string failure_parameter;
   bool failure_is_user = false;
@@ -166,7 +165,7 @@ int64_t JobManager::MaxDeviceBudget() const {
   return best;
 }
 
-absl::StatusOr<QueuedJob> JobManager::QueueEntry(const v1::Job& job) const {
+QueuedJob JobManager::QueueEntry(const v1::Job& job) const {
   QueuedJob q;
   q.tenant = job.tenant();
   q.id = job.id();
@@ -239,9 +238,8 @@ absl::Status JobManager::Start() {
 }
 
 void JobManager::Requeue(const v1::Job& job) {
-  auto entry = QueueEntry(job);
+  QueuedJob q = QueueEntry(job);
   absl::MutexLock lock(&mu_);
-  QueuedJob q = *entry;
   q.arrival = arrivals_++;
   queue_.push_back(std::move(q));
   cancel_flags_[job.id()] = std::make_shared<std::atomic<bool>>(false);
@@ -364,7 +362,6 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   job.set_suffix(req.suffix());
   *job.mutable_labels() = req.labels();
   job.set_priority(req.priority());
-  job.set_queue_position(-1);
 
   absl::MutexLock create_lock(&create_mu_);
   ASSIGN_OR_RETURN(const bool retry,
@@ -399,15 +396,26 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
 }
 
 v1::Job JobManager::WithLiveFields(v1::Job job) const {
+  std::vector<v1::Job> one = {std::move(job)};
+  ApplyLiveFields(one);
+  return std::move(one[0]);
+}
+
+void JobManager::ApplyLiveFields(std::vector<v1::Job>& jobs) const {
   absl::MutexLock lock(&mu_);
-  job.set_queue_position(-1);
-  if (job.state() == v1::QUEUED) {
+  // The queue's order is computed once for all the jobs asked about.
+  std::map<std::string, int32_t> position;
+  for (const v1::Job& j : jobs) {
+    if (j.state() != v1::QUEUED) continue;
     const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
-    for (size_t i = 0; i < order.size(); ++i) {
-      if (queue_[order[i]].id == job.id()) job.set_queue_position(static_cast<int32_t>(i));
-    }
+    for (size_t i = 0; i < order.size(); ++i)
+      position[queue_[order[i]].id] = static_cast<int32_t>(i);
+    break;
   }
-  if (job.state() == v1::RUNNING) {
+  for (v1::Job& job : jobs) {
+    auto pos = position.find(job.id());
+    job.set_queue_position(pos == position.end() ? -1 : pos->second);
+    if (job.state() != v1::RUNNING) continue;
     auto it = live_.find(job.id());
     if (it != live_.end() && it->second.steps >= job.steps_completed()) {
       job.set_steps_completed(it->second.steps);
@@ -417,7 +425,6 @@ v1::Job JobManager::WithLiveFields(v1::Job job) const {
       job.set_eta_seconds(it->second.eta_seconds);
     }
   }
-  return job;
 }
 
 absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& tenant, const std::string& id) const {
@@ -444,14 +451,16 @@ absl::StatusOr<std::vector<v1::Job>> JobManager::ListJobs(
         auto it = j.labels().find(k);
         match = match && it != j.labels().end() && it->second == v;
       }
-      if (match) out.push_back(WithLiveFields(std::move(j)));
+      if (match) out.push_back(std::move(j));
       if (static_cast<int>(out.size()) == page_size) {
         *next_page_token = cursor;
+        ApplyLiveFields(out);
         return out;
       }
     }
     if (static_cast<int>(page.size()) < page_size) break;
   }
+  ApplyLiveFields(out);
   return out;
 }
 
@@ -471,9 +480,8 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     queue_.erase(queued);
     cancel_flags_.erase(id);
     ASSIGN_OR_RETURN(v1::Job done,
-                     stores_.jobs->Transition(
-                         tenant, id, JobState::kCancelled, "cancelled by the client while queued",
-                         [](v1::Job& j) { *j.mutable_end_time() = TimeUtil::GetCurrentTime(); }));
+                     stores_.jobs->Transition(tenant, id, JobState::kCancelled,
+                                              "cancelled by the client while queued"));
     JobEnded(id, "cancelled");
     Notify();
     work_cv_.SignalAll();
@@ -524,9 +532,12 @@ std::vector<DeviceInfo> JobManager::Devices() const {
 void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
                              std::vector<QueuedJob>* admitted) {
   std::set<std::string> models_admitted;
-  while (static_cast<int>(active.size() + admitted->size()) < options_.max_jobs_per_device &&
-         !queue_.empty()) {
-    const size_t next = QueueOrder(queue_, running_by_tenant_)[0];
+  // One ordering per call: admitting a job raises its tenant's share exactly as QueueOrder
+  // counts the jobs placed ahead, so walking this order matches recomputing it each time.
+  const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
+  std::set<size_t> taken;
+  for (size_t next : order) {
+    if (static_cast<int>(active.size() + admitted->size()) >= options_.max_jobs_per_device) break;
     const QueuedJob& q = queue_[next];
     bool loaded = false;
     for (const auto& a : active) loaded = loaded || a->entry.model == q.model;
@@ -548,7 +559,7 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
       // that it does not hold up the jobs behind it.
       admitted->push_back(q);
       ++running_by_tenant_[q.tenant];
-      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+      taken.insert(next);
       continue;
     }
     const int64_t needed = q.job_bytes + (loaded ? 0 : q.model_bytes);
@@ -565,7 +576,11 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
     models_admitted.insert(q.model);
     admitted->push_back(q);
     ++running_by_tenant_[q.tenant];
-    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+    taken.insert(next);
+  }
+  // Erase from the back so that the indices of the rest stay valid.
+  for (auto it = taken.rbegin(); it != taken.rend(); ++it) {
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
   }
 }
 
@@ -615,7 +630,7 @@ void JobManager::WorkerLoop(Worker* w) {
         continue;
       }
       ReleaseQuota((*it)->job.tenant());
-      Finish(w, **it, outcome);
+      Finish(**it, outcome);
       Release(**it);
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
@@ -626,7 +641,7 @@ void JobManager::WorkerLoop(Worker* w) {
   for (auto& a : active) {
     ReleaseQuota(a->job.tenant());
     if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
-      Finish(w, *a, StepOutcome::kCancelled);
+      Finish(*a, StepOutcome::kCancelled);
       Release(*a);
       continue;
     }
@@ -689,7 +704,6 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
       stores_.jobs->Transition(tenant, id, JobState::kFailed,
                                absl::StrCat(error.code(), ": ", error.message()), [&](v1::Job& j) {
                                  *j.mutable_error() = error;
-                                 *j.mutable_end_time() = TimeUtil::GetCurrentTime();
                                  j.set_eta_seconds(0);
                                });
   if (!moved.ok()) {
@@ -848,7 +862,6 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
         j.set_total_steps(total);
         j.set_steps_completed(step);
         j.set_tokens_trained(a->tokens);
-        if (!j.has_start_time()) *j.mutable_start_time() = TimeUtil::GetCurrentTime();
       });
   if (!running.ok()) {
     std::fprintf(stderr, "qlorad: job %s cannot start: %s\n", q.id.c_str(),
@@ -894,7 +907,6 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 }
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
-  (void)w;
   if (a.cancel->load()) return StepOutcome::kCancelled;
   StepReport report;
   bool stepped = false;
@@ -929,7 +941,6 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (stepped) {
     a.tokens += report.tokens;
     a.last_loss = report.loss;
-    a.eta = report.eta_seconds;
     {
       absl::MutexLock lock(&mu_);
       live_[a.job.id()] =
@@ -994,8 +1005,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   return StepOutcome::kContinue;
 }
 
-void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
-  (void)w;
+void JobManager::Finish(ActiveJob& a, StepOutcome outcome) {
   const std::string& tenant = a.job.tenant();
   const std::string& id = a.job.id();
   const int64_t step = a.trainer->step();
@@ -1011,7 +1021,6 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
                                             j.set_steps_completed(step);
                                             j.set_tokens_trained(a.tokens);
                                             j.set_eta_seconds(0);
-                                            *j.mutable_end_time() = TimeUtil::GetCurrentTime();
                                           });
     if (!moved.ok()) {
       std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
@@ -1065,7 +1074,6 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     j.set_last_loss(a.last_loss);
     j.set_eta_seconds(0);
     if (best) j.set_best_eval_loss(*best);
-    *j.mutable_end_time() = TimeUtil::GetCurrentTime();
   });
   if (!moved.ok()) {
     std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),

@@ -122,12 +122,13 @@ class JobManager {
                    std::vector<QueuedJob>* admitted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
-  void Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
+  void Finish(ActiveJob& a, StepOutcome outcome);
   void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
                const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<QueuedJob> QueueEntry(const v1::Job& job) const;
+  // Sizes from the registered model (zero when it is gone: StartJob then fails the job).
+  QueuedJob QueueEntry(const v1::Job& job) const;
   void Notify() const;
   // Metrics of a job that ended: its per-job series go away, the result is counted.
   void JobEnded(const std::string& id, const char* result);
@@ -138,7 +139,9 @@ class JobManager {
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
   void CancelStarting(const std::string& tenant, const std::string& id, const char* reason);
+  // Queue positions and a running job's live progress, which the stored record lags behind.
   v1::Job WithLiveFields(v1::Job job) const ABSL_LOCKS_EXCLUDED(mu_);
+  void ApplyLiveFields(std::vector<v1::Job>& jobs) const ABSL_LOCKS_EXCLUDED(mu_);
 
   JobManagerStores stores_;
   JobManagerOptions options_;

@@ -217,6 +217,7 @@ int main() {
   qlorad::TrainerAgrees(cpu.get(), gpu->get());
   // The QLoRA setting: GEMMs on bf16 tensor cores (inputs rounded to 8 mantissa bits).
   auto fast = qlorad::CreateCudaDevice(0);
+  GPU_CHECK(fast.ok(), "bf16 device: %s", std::string(fast.status().message()).c_str());
   if (fast.ok()) {
     std::printf("%s\n", (*fast)->name().c_str());
     qlorad::TrainingStepAgrees(cpu.get(), fast->get(), 1e-2, 5e-2);

@@ -19,6 +19,7 @@
 #include "engine/cuda_device.h"
 #include "engine/llama_model.h"
 #include "engine/trainer.h"
+#include "kernels/cpu/dropout.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace qlorad {
@@ -37,16 +38,13 @@ bool Has(int argc, char** argv, const char* name) {
   return false;
 }
 
-// Uniform in [-a, a] from a counter hash: fast and parallel, so a 7B model is made in seconds.
+// Uniform in [-a, a] from the dropout's counter hash: fast and parallel, so a 7B model is made in
+// seconds.
 void FillRandom(std::vector<float>& v, uint64_t stream, float a) {
   const int64_t n = static_cast<int64_t>(v.size());
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    uint64_t z =
-        (stream * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const uint64_t z = kernels::DropoutPairBits(0, stream, static_cast<uint64_t>(i));
     v[i] = a * (static_cast<float>(z >> 40) / 8388608.0f - 1.0f);
   }
 }

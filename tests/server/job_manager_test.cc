@@ -116,13 +116,21 @@ class JobManagerTest : public ::testing::Test {
   std::map<std::string, std::string> dataset_;
 };
 
+JobManagerOptions Options(const std::string& devices, int64_t budget = 0, int max_jobs = 4) {
+  JobManagerOptions o;
+  o.devices = devices;
+  o.device_memory_bytes = budget;
+  o.max_jobs_per_device = max_jobs;
+  return o;
+}
+
 auto IsRunning = [](const v1::Job& j) { return j.state() == v1::RUNNING; };
 auto HasEnded = [](const v1::Job& j) {
   return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED || j.state() == v1::CANCELLED;
 };
 
 TEST_F(JobManagerTest, TwoDevicesRunTwoJobsAtOnce) {
-  StartManager({.devices = "cpu:0,cpu:1", .max_jobs_per_device = 1});
+  StartManager(Options("cpu:0,cpu:1", 0, 1));
   auto a = manager_->CreateJob(T("a"), Request("a", 100000));
   auto b = manager_->CreateJob(T("b"), Request("b", 100000));
   ASSERT_TRUE(a.ok() && b.ok());
@@ -140,7 +148,7 @@ TEST_F(JobManagerTest, TwoDevicesRunTwoJobsAtOnce) {
 TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
   // Room for the model once and two jobs, not for the model twice: both jobs must fit.
   const int64_t budget = model_.quantized_bytes() + 2 * JobBytes() + model_.quantized_bytes() / 2;
-  StartManager({.devices = "cpu:0", .device_memory_bytes = budget, .max_jobs_per_device = 4});
+  StartManager(Options("cpu:0", budget, 4));
   auto a = manager_->CreateJob(T("a"), Request("a", 100000));
   auto b = manager_->CreateJob(T("b"), Request("b", 100000));
   ASSERT_TRUE(a.ok() && b.ok());
@@ -165,7 +173,7 @@ TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
 }
 
 TEST_F(JobManagerTest, AJobLargerThanEveryDeviceIsRefusedAtCreation) {
-  StartManager({.devices = "cpu:0", .device_memory_bytes = JobBytes()});
+  StartManager(Options("cpu:0", JobBytes()));
   auto r = manager_->CreateJob(T("a"), Request("a", 3));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
@@ -174,7 +182,7 @@ TEST_F(JobManagerTest, AJobLargerThanEveryDeviceIsRefusedAtCreation) {
 }
 
 TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
-  StartManager({.devices = "cpu:0", .max_jobs_per_device = 2});
+  StartManager(Options("cpu:0", 0, 2));
   // Every example longer than seq_len keeps no target within it once its prompt fills it.
   std::string long_prompts;
   for (int i = 0; i < 3; ++i) {
@@ -198,7 +206,7 @@ TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
 }
 
 TEST_F(JobManagerTest, TheAdapterQuotaIsCheckedBeforeTraining) {
-  StartManager({.devices = "cpu:0"});
+  StartManager(Options("cpu:0"));
   auto first = manager_->CreateJob(T("c"), Request("c", 2));
   ASSERT_TRUE(first.ok()) << first.status();
   // One adapter allowed and one job already on its way to it.
@@ -211,7 +219,7 @@ TEST_F(JobManagerTest, TheAdapterQuotaIsCheckedBeforeTraining) {
 }
 
 TEST_F(JobManagerTest, AnIdempotentRetryIsAnsweredEvenAtTheJobLimit) {
-  StartManager({.devices = "cpu:0"});
+  StartManager(Options("cpu:0"));
   std::vector<std::string> ids;
   for (int i = 0; i < 8; ++i) {
     v1::CreateJobRequest req = Request("a", 100000);
