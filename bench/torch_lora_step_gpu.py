@@ -4,6 +4,7 @@ LLaMA-shaped model in bf16 (random weights made on the GPU), r=16 on every linea
 batch x seq random tokens. Prints one JSON line: step time, tokens/s, peak GPU memory.
 
   python3 bench/torch_lora_step_gpu.py [--layers 32] [--seq 2048] [--batch 1] [--steps 3]
+                                       [--checkpointing]
 """
 import argparse
 import json
@@ -22,6 +23,8 @@ def main():
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--checkpointing", action="store_true",
+                   help="gradient checkpointing (recompute each layer in the backward)")
     a = p.parse_args()
 
     import peft
@@ -39,6 +42,9 @@ def main():
     lora = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                            "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    if a.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model = peft.get_peft_model(model, lora)
     model.train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
@@ -61,6 +67,7 @@ def main():
     print(json.dumps({
         "peer": "torch+peft bf16", "layers": a.layers,
         "hidden": a.hidden, "seq": a.seq, "batch": a.batch, "rank": a.rank,
+        "checkpointing": a.checkpointing, "attention": model.config._attn_implementation,
         "load_s": round(load_s, 1), "step_s": round(mean, 4),
         "tokens_per_s": round(a.batch * a.seq / mean, 1), "loss": round(loss, 4),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),

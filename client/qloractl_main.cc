@@ -47,6 +47,7 @@ jobs:
       [--schedule cosine|linear|constant] [--warmup-ratio X] [--epochs N] [--max-steps N]
       [--batch-size N] [--grad-accum N] [--seq-len N] [--weight-decay X] [--seed N]
       [--packing] [--eval-every N] [--early-stopping N] [--max-grad-norm X] [--rslora]
+      [--no-gradient-checkpointing]
       [--suffix S] [--label k=v]... [--idempotency-key K] [--priority N] [--watch]
                                queue a fine-tune; hyperparameters not given take the server's
                                defaults; --watch then follows it like `jobs watch`

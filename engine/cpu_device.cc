@@ -187,9 +187,10 @@ class CpuDevice : public Device {
     kernels::AttentionTrainForward(q, k, v, segments, {d.tokens, d.heads, d.kv_heads, d.head_dim},
                                    out, probs);
   }
-  void AttentionTrainBackward(const float* q, const float* k, const float* v, const float* probs,
-                              const float* dout, const TrainAttentionDims& d, float* dq, float* dk,
-                              float* dv) override {
+  void AttentionTrainBackward(const float* q, const float* k, const float* v,
+                              const int32_t* /*segments: zeros in probs*/, const float* /*out*/,
+                              const float* probs, const float* dout, const TrainAttentionDims& d,
+                              float* dq, float* dk, float* dv) override {
     kernels::AttentionTrainBackward(q, k, v, probs, dout,
                                     {d.tokens, d.heads, d.kv_heads, d.head_dim}, dq, dk, dv);
   }

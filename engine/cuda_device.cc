@@ -14,7 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/attention_ops.h"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/nf4_dequant.h"
+#include "kernels/cuda/nf4_quantize.h"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad {
@@ -131,6 +133,7 @@ class CudaDevice : public Device {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
     }
     d->device_name_ = prop.name;
+    cudaDeviceGetAttribute(&d->max_shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, ordinal);
     if (cublasCreate(&d->blas_) != CUBLAS_STATUS_SUCCESS) {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": cuBLAS did not start"));
     }
@@ -159,7 +162,7 @@ class CudaDevice : public Device {
 
   std::string name() const override {
     return absl::StrCat("cuda:", ordinal_, " (", device_name_,
-                        options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", ")");
+                        options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", FlashNote(), ")");
   }
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
@@ -266,6 +269,52 @@ class CudaDevice : public Device {
     return std::unique_ptr<DeviceLinear>(std::move(lin));
   }
 
+  // NF4 + double quantization on the card (kernels/cuda/nf4_quantize.h, bit-exact with the
+  // host's): the float32 values pass through a transient staging buffer.
+  absl::StatusOr<std::unique_ptr<DeviceLinear>> QuantizeLinear(const std::vector<float>& values,
+                                                               int64_t out, int64_t in,
+                                                               const Nf4Options& o) override {
+    const int64_t n = out * in;
+    if (!o.double_quant || n <= 0 || static_cast<int64_t>(values.size()) != n ||
+        o.blocksize != 64) {  // the dequantization kernel's vectorized path wants blocks of 64
+      return Device::QuantizeLinear(values, out, in, o);
+    }
+    Enter();
+    const int64_t blocks = (n + o.blocksize - 1) / o.blocksize;
+    const int64_t nested = (blocks + o.nested_blocksize - 1) / o.nested_blocksize;
+    auto lin = std::make_unique<CudaLinear>(counters_, out, in, true);
+    CudaMemory staging, absmax;
+    cudaError_t e = lin->packed.Allocate((n + 1) / 2);
+    if (e == cudaSuccess) e = lin->absmax_q.Allocate(blocks);
+    if (e == cudaSuccess) e = lin->nested.Allocate(nested * 4);
+    if (e == cudaSuccess) e = staging.Allocate(n * 4);
+    if (e == cudaSuccess) e = absmax.Allocate(blocks * 4);
+    if (e == cudaSuccess) {
+      e = cudaMemcpyAsync(staging.get(), values.data(), n * 4, cudaMemcpyHostToDevice, stream_);
+    }
+    kc::Nf4QuantizeOutputs q;
+    q.packed = static_cast<uint8_t*>(lin->packed.get());
+    q.absmax_q = static_cast<uint8_t*>(lin->absmax_q.get());
+    q.nested_absmax = static_cast<float*>(lin->nested.get());
+    q.absmax_scratch = static_cast<float*>(absmax.get());
+    if (e == cudaSuccess) {  // returns once the stream is done, so staging can go
+      e = kc::Nf4QuantizeDoubleQuant(static_cast<const float*>(staging.get()), n, o.blocksize,
+                                     o.nested_blocksize, &q, stream_);
+    }
+    if (e != cudaSuccess) {
+      cudaStreamSynchronize(stream_);  // nothing may still read staging when it is freed
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name(), ": cannot quantize a weight: ", cudaGetErrorString(e)));
+    }
+    lin->offset = q.offset;
+    lin->blocksize = o.blocksize;
+    lin->nested_blocksize = o.nested_blocksize;
+    lin->numel = n;
+    lin->Count();
+    return std::unique_ptr<DeviceLinear>(std::move(lin));
+  }
+
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) override {
     Enter();
     auto b = std::make_unique<CudaBuffer>(counters_, &Counters::base_weights,
@@ -282,6 +331,16 @@ class CudaDevice : public Device {
 
   void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
+    if (Bf16Linear(lin)) {
+      // y = x W^T on bf16 tensor cores: the weight dequantized straight to bf16 (half the bytes
+      // of float32), the activations rounded to bf16 as the GEMM would round them anyway.
+      const __nv_bfloat16* xb = ToBf16(x, tokens * lin.in_features());
+      const __nv_bfloat16* wb = WeightsBf16(lin);
+      if (xb == nullptr || wb == nullptr) return;
+      GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), xb, lin.in_features(),
+               wb, lin.in_features(), 0.0f, y, lin.out_features());
+      return;
+    }
     MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
   }
 
@@ -346,6 +405,14 @@ class CudaDevice : public Device {
   void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens, float* dx,
                            bool accumulate) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
+    if (Bf16Linear(lin)) {
+      const __nv_bfloat16* dyb = ToBf16(dy, tokens * lin.out_features());
+      const __nv_bfloat16* wb = WeightsBf16(lin);
+      if (dyb == nullptr || wb == nullptr) return;
+      GemmBf16(false, false, tokens, lin.in_features(), lin.out_features(), dyb, lin.out_features(),
+               wb, lin.in_features(), accumulate ? 1.0f : 0.0f, dx, lin.in_features());
+      return;
+    }
     Gemm(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dy, lin.out_features(),
          Weights(lin), lin.in_features(), accumulate ? 1.0f : 0.0f, dx, lin.in_features());
   }
@@ -356,20 +423,44 @@ class CudaDevice : public Device {
     Check(kc::RmsNormBackward<float>(x, w, inv_rms, dy, rows, dim, dx, stream_), "rmsnorm bwd");
   }
 
+  int64_t AttentionSavedFloats(const TrainAttentionDims& d) const override {
+    return Flash(d) ? d.heads * d.tokens : d.heads * d.tokens * d.tokens;
+  }
+
   void AttentionTrainForward(const float* q, const float* k, const float* v,
                              const int32_t* host_segments, const TrainAttentionDims& d, float* out,
-                             float* probs) override {
+                             float* saved) override {
+    Enter();
     const int32_t* segments =
         host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
-    AttentionCore(q, k, v, d.heads, d.kv_heads, d.head_dim, d.tokens, d.tokens, 0, segments, probs,
+    if (Flash(d)) {
+      Check(kc::FlashAttentionForward(q, k, v, segments, d.tokens, d.heads, d.kv_heads, d.head_dim,
+                                      out, saved, stream_),
+            "flash attention");
+      return;
+    }
+    AttentionCore(q, k, v, d.heads, d.kv_heads, d.head_dim, d.tokens, d.tokens, 0, segments, saved,
                   out);
   }
 
   // dV_g += P_h^T dO_h; dP = dO_h V_g^T; dS = P (dP - rowsum(P dP)) scale; dQ_h = dS K_g;
   // dK_g += dS^T Q_h (as kernels/cpu/attention_train.cc).
-  void AttentionTrainBackward(const float* q, const float* k, const float* v, const float* probs,
+  void AttentionTrainBackward(const float* q, const float* k, const float* v,
+                              const int32_t* host_segments, const float* out, const float* saved,
                               const float* dout, const TrainAttentionDims& d, float* dq, float* dk,
                               float* dv) override {
+    Enter();
+    if (Flash(d)) {
+      const int32_t* segments =
+          host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
+      float* delta = Scratch(&delta_, d.heads * d.tokens);
+      if (delta == nullptr) return;
+      Check(kc::FlashAttentionBackward(q, k, v, segments, out, saved, dout, d.tokens, d.heads,
+                                       d.kv_heads, d.head_dim, delta, dq, dk, dv, stream_),
+            "flash attention backward");
+      return;
+    }
+    const float* probs = saved;
     const int64_t H = d.heads, KV = d.kv_heads, hd = d.head_dim, T = d.tokens;
     const int64_t group = H / KV;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -464,15 +555,31 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace = static_cast<int64_t>(workspace_.bytes() + scores_.bytes() + row_loss_.bytes() +
-                                       ids_.bytes() + positions_.bytes() + targets_.bytes() +
-                                       segments_.bytes() + partial_.bytes() + code8_.bytes());
+    u.workspace = static_cast<int64_t>(
+        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.bytes() +
+        positions_.bytes() + targets_.bytes() + segments_.bytes() + partial_.bytes() +
+        code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() + act_bf16_.bytes());
     return u;
   }
 
  private:
   CudaDevice(int ordinal, const CudaDeviceOptions& options)
       : ordinal_(ordinal), options_(options) {}
+
+  // Flash attention where asked for, bf16 GEMMs are on, head_dim has kernels and the card gives
+  // a block the shared memory they need (fixed for the device's life, as the training graph
+  // sizes its buffers by AttentionSavedFloats).
+  bool Flash(const TrainAttentionDims& d) const {
+    return options_.flash_attention && options_.bf16_gemm &&
+           kc::FlashAttentionSupports(d.head_dim) &&
+           kc::FlashAttentionSharedBytes(d.head_dim) <= max_shared_optin_;
+  }
+  std::string FlashNote() const {
+    for (int hd : {128, 64, 32}) {
+      if (Flash({1, 1, 1, hd})) return absl::StrCat(", flash attention to head_dim ", hd);
+    }
+    return "";
+  }
 
   // The calling thread may be new to this device (the daemon's worker, a test thread).
   void Enter() { cudaSetDevice(ordinal_); }
@@ -519,12 +626,43 @@ class CudaDevice : public Device {
     return total;
   }
 
-  // The weight of `lin` as float32 [out, in]: its own buffer, or dequantized into the shared
-  // workspace (valid until the next dequantization).
-  const float* Weights(const CudaLinear& lin) {
-    if (!lin.quantized()) return static_cast<const float*>(lin.values.get());
-    float* ws = Scratch(&workspace_, lin.numel);
+  // NF4 weights go through bf16 GEMMs when bf16 GEMMs are on (float32 weights keep the
+  // float32-operand GEMM).
+  bool Bf16Linear(const CudaLinear& lin) const { return options_.bf16_gemm && lin.quantized(); }
+
+  // `n` floats rounded to bf16 in a scratch buffer (valid until the next call).
+  const __nv_bfloat16* ToBf16(const float* x, int64_t n) {
+    auto* out = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (n + 1) / 2));
+    if (out == nullptr) return nullptr;
+    Check(kc::ConvertToBf16(x, n, out, stream_), "to bf16");
+    return out;
+  }
+
+  // Row-major C = op(A) op(B) + beta C with bf16 A and B, float32 C and accumulation.
+  void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const __nv_bfloat16* a,
+                int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, float* c,
+                int64_t ldc) {
+    Enter();
+    if (m == 0 || n == 0) return;
+    const float alpha = 1.0f;
+    const cublasStatus_t s = cublasGemmEx(
+        blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
+        static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c, CUDA_R_32F,
+        static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS bf16 GEMM failed (status ", s, ")"));
+  }
+
+  // The NF4 weight of `lin` dequantized to bf16 [out, in] in the shared bf16 workspace (valid
+  // until the next dequantization).
+  const __nv_bfloat16* WeightsBf16(const CudaLinear& lin) {
+    auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (lin.numel + 1) / 2));
     if (ws == nullptr) return nullptr;
+    Check(kc::Nf4DequantizeDoubleQuantBf16(DequantArgs(lin), ws, stream_), "nf4 dequantize");
+    return ws;
+  }
+
+  kc::Nf4DqArgs DequantArgs(const CudaLinear& lin) const {
     kc::Nf4DqArgs a;
     a.packed = static_cast<const uint8_t*>(lin.packed.get());
     a.absmax_q = static_cast<const uint8_t*>(lin.absmax_q.get());
@@ -534,26 +672,53 @@ class CudaDevice : public Device {
     a.n = lin.numel;
     a.blocksize = lin.blocksize;
     a.nested_blocksize = lin.nested_blocksize;
-    Check(kc::Nf4DequantizeDoubleQuantF32(a, ws, stream_), "nf4 dequantize");
+    return a;
+  }
+
+  // The weight of `lin` as float32 [out, in]: its own buffer, or dequantized into the shared
+  // workspace (valid until the next dequantization).
+  const float* Weights(const CudaLinear& lin) {
+    if (!lin.quantized()) return static_cast<const float*>(lin.values.get());
+    float* ws = Scratch(&workspace_, lin.numel);
+    if (ws == nullptr) return nullptr;
+    Check(kc::Nf4DequantizeDoubleQuantF32(DequantArgs(lin), ws, stream_), "nf4 dequantize");
     return ws;
   }
 
+  // Row-major C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, X_i = x + i * stride_x.
+  void GemmBatched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, int64_t stride_a, const float* b, int64_t ldb,
+                   int64_t stride_b, float beta, float* c, int64_t ldc, int64_t stride_c,
+                   int64_t batch) {
+    Enter();
+    if (m == 0 || n == 0 || batch == 0) return;
+    const cublasStatus_t s = cublasGemmStridedBatchedEx(
+        blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_32F,
+        static_cast<int>(ldb), stride_b, a, CUDA_R_32F, static_cast<int>(lda), stride_a, &beta, c,
+        CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch),
+        options_.bf16_gemm ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC,
+        CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+      Fail(absl::StrCat("cuBLAS batched GEMM failed (status ", s, ")"));
+  }
+
   // Per query head h (kv head g = h / (H/KV)): S = scale Q_h K_g^T, masked softmax, O_h = P V_g.
+  // Heads h = g * group + j with the same j form one strided batch over g (all heads at once
+  // without GQA), so a decode step is a few launches, not two per head.
   void AttentionCore(const float* q, const float* k, const float* v, int64_t H, int64_t KV,
                      int64_t hd, int64_t T, int64_t S, int64_t first_pos, const int32_t* segments,
                      float* probs, float* out) {
     const int64_t group = H / KV;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t g = h / group;
-      Gemm(false, true, T, S, hd, scale, q + h * hd, H * hd, k + g * hd, KV * hd, 0.0f,
-           probs + h * T * S, S);
+    for (int64_t j = 0; j < group; ++j) {
+      GemmBatched(false, true, T, S, hd, scale, q + j * hd, H * hd, group * hd, k, KV * hd, hd,
+                  0.0f, probs + j * T * S, S, group * T * S, KV);
     }
     Check(kc::MaskedSoftmaxRows(probs, H, T, S, first_pos, segments, stream_), "softmax");
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t g = h / group;
-      Gemm(false, false, T, hd, S, 1.0f, probs + h * T * S, S, v + g * hd, KV * hd, 0.0f,
-           out + h * hd, H * hd);
+    for (int64_t j = 0; j < group; ++j) {
+      GemmBatched(false, false, T, hd, S, 1.0f, probs + j * T * S, S, group * T * S, v, KV * hd, hd,
+                  0.0f, out + j * hd, H * hd, group * hd, KV);
     }
   }
 
@@ -563,9 +728,10 @@ class CudaDevice : public Device {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   bool failed_ = false;
+  int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaMemory code8_, partial_, workspace_, scores_, row_loss_, ids_, positions_, targets_,
-      segments_;
+      segments_, delta_, workspace_bf16_, act_bf16_;
 };
 
 }  // namespace

@@ -23,6 +23,10 @@ struct CudaDeviceOptions {
   // float32 data, inputs rounded to bf16 inside the GEMM), the QLoRA setting. false: plain
   // float32 GEMMs, for checks against the CPU reference.
   bool bf16_gemm = true;
+  // Training attention by the flash kernels (kernels/cuda/flash_attention.h: bf16 tensor cores,
+  // one log-sum-exp kept per query instead of [H, T, T] probabilities) where head_dim allows
+  // and bf16 GEMMs are on; otherwise GEMM attention with a fused masked softmax.
+  bool flash_attention = true;
 };
 
 // The device `ordinal`. A CUDA error inside an operation is reported once on stderr and makes

@@ -81,6 +81,15 @@ class Device {
   // Places a frozen weight on the device: `nf4` when not null, else the float32 `values`.
   virtual absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(
       const Nf4Tensor* nf4, const std::vector<float>* values, int64_t out, int64_t in) = 0;
+  // Places a frozen weight given as float32 values [out, in], NF4-quantized with `options`:
+  // the bytes QuantizeNf4 makes on the host (a GPU quantizes on the card, bit-exact, which
+  // loads a large model in a fraction of the time).
+  virtual absl::StatusOr<std::unique_ptr<DeviceLinear>> QuantizeLinear(
+      const std::vector<float>& values, int64_t out, int64_t in, const Nf4Options& options) {
+    absl::StatusOr<Nf4Tensor> q = QuantizeNf4(values.data(), {out, in}, options);
+    if (!q.ok()) return q.status();
+    return UploadLinear(&*q, nullptr, out, in);
+  }
   // Places a float32 tensor (norm weights, embeddings) on the device.
   virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) = 0;
 
@@ -118,13 +127,22 @@ class Device {
                                    float* dx, bool accumulate) = 0;
   virtual void RmsNormBackward(const float* x, const float* w, const float* inv_rms,
                                const float* dy, int64_t rows, int64_t dim, float* dx) = 0;
-  // Causal (block-diagonal by `host_segments` when not null) attention of one row; `probs`
-  // [H, T, T] is kept for the backward pass.
+  // Floats of `saved` that one row's attention keeps between forward and backward: the
+  // probabilities [H, T, T] on the CPU, one log-sum-exp per (head, query) where a device runs
+  // flash attention.
+  virtual int64_t AttentionSavedFloats(const TrainAttentionDims& d) const {
+    return d.heads * d.tokens * d.tokens;
+  }
+  // Causal (block-diagonal by `host_segments` when not null) attention of one row; `saved`
+  // (AttentionSavedFloats) is kept for the backward pass.
   virtual void AttentionTrainForward(const float* q, const float* k, const float* v,
                                      const int32_t* host_segments, const TrainAttentionDims& d,
-                                     float* out, float* probs) = 0;
+                                     float* out, float* saved) = 0;
+  // Gradients of the forward above (q, k, v, segments, out and saved as it had them) from dout:
+  // dq [T, H, hd], dk and dv [T, KV, hd], written (=).
   virtual void AttentionTrainBackward(const float* q, const float* k, const float* v,
-                                      const float* probs, const float* dout,
+                                      const int32_t* host_segments, const float* out,
+                                      const float* saved, const float* dout,
                                       const TrainAttentionDims& d, float* dq, float* dk,
                                       float* dv) = 0;
   virtual void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,

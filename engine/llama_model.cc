@@ -39,8 +39,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
       }
       ASSIGN_OR_RETURN(placed, device->UploadLinear(&it->second, nullptr, out, in));
     } else if (options.quantize) {
-      ASSIGN_OR_RETURN(Nf4Tensor q, QuantizeNf4(values.data(), {out, in}, options.nf4));
-      ASSIGN_OR_RETURN(placed, device->UploadLinear(&q, nullptr, out, in));
+      ASSIGN_OR_RETURN(placed, device->QuantizeLinear(values, out, in, options.nf4));
     } else {
       ASSIGN_OR_RETURN(placed, device->UploadLinear(nullptr, &values, out, in));
     }

@@ -28,7 +28,8 @@ absl::Status MicroBatch::Validate(int64_t vocab) const {
 
 // Activations of one layer kept for its backward pass.
 struct LoraTrainingGraph::LayerCache {
-  std::unique_ptr<DeviceBuffer> xn1, inv1, q, k, v, probs, ao, hmid, xn2, inv2, g, u, act;
+  // attn: what the device keeps of the attention for its backward (Device::AttentionSavedFloats).
+  std::unique_ptr<DeviceBuffer> xn1, inv1, q, k, v, attn, ao, hmid, xn2, inv2, g, u, act;
   std::array<std::unique_ptr<DeviceBuffer>, 7> lora_h;  // x A^T per targeted module
 };
 
@@ -69,13 +70,15 @@ absl::Status LoraTrainingGraph::Prepare(int64_t n, int64_t rows, int64_t seq_len
   b->xs.resize(L + 1);
   for (auto& x : b->xs) RETURN_IF_ERROR(alloc(x, n * h));
   b->caches.resize(options_.activation_checkpointing ? 1 : L);
+  const int64_t attn_saved =
+      device_->AttentionSavedFloats({seq_len, H, c.num_key_value_heads, c.head_dim()});
   for (LayerCache& lc : b->caches) {
     RETURN_IF_ERROR(alloc(lc.xn1, n * h));
     RETURN_IF_ERROR(alloc(lc.inv1, n));
     RETURN_IF_ERROR(alloc(lc.q, n * h));
     RETURN_IF_ERROR(alloc(lc.k, n * kv));
     RETURN_IF_ERROR(alloc(lc.v, n * kv));
-    RETURN_IF_ERROR(alloc(lc.probs, rows * H * seq_len * seq_len));
+    RETURN_IF_ERROR(alloc(lc.attn, rows * attn_saved));
     RETURN_IF_ERROR(alloc(lc.ao, n * h));
     RETURN_IF_ERROR(alloc(lc.hmid, n * h));
     RETURN_IF_ERROR(alloc(lc.xn2, n * h));
@@ -177,10 +180,11 @@ void LoraTrainingGraph::LayerForward(int64_t l, const float* x, const MicroBatch
   device_->Rope(c.q->data(), b.positions.data(), n, H, hd, cfg.rope_theta);
   device_->Rope(c.k->data(), b.positions.data(), n, KV, hd, cfg.rope_theta);
   const TrainAttentionDims dims{T, H, KV, hd};
+  const int64_t attn_saved = device_->AttentionSavedFloats(dims);
   for (int64_t row = 0; row < b.rows; ++row) {
     device_->AttentionTrainForward(c.q->data() + row * T * h, c.k->data() + row * T * kv,
                                    c.v->data() + row * T * kv, b.segments.data() + row * T, dims,
-                                   c.ao->data() + row * T * h, c.probs->data() + row * H * T * T);
+                                   c.ao->data() + row * T * h, c.attn->data() + row * attn_saved);
   }
   LoraForward(l, 3, c.ao->data(), n, params, train, seed, step, c.lora_h[3]->data(),
               c.hmid->data());
@@ -224,12 +228,13 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
   LoraBackward(l, 3, c.ao->data(), n, params, grads, seed, step, c.lora_h[3]->data(), dout,
                buf_->dao->data(), false);
   const TrainAttentionDims dims{T, H, KV, hd};
+  const int64_t attn_saved = device_->AttentionSavedFloats(dims);
   for (int64_t row = 0; row < b.rows; ++row) {
-    device_->AttentionTrainBackward(c.q->data() + row * T * h, c.k->data() + row * T * kv,
-                                    c.v->data() + row * T * kv, c.probs->data() + row * H * T * T,
-                                    buf_->dao->data() + row * T * h, dims,
-                                    buf_->dq->data() + row * T * h, buf_->dk->data() + row * T * kv,
-                                    buf_->dv->data() + row * T * kv);
+    device_->AttentionTrainBackward(
+        c.q->data() + row * T * h, c.k->data() + row * T * kv, c.v->data() + row * T * kv,
+        b.segments.data() + row * T, c.ao->data() + row * T * h, c.attn->data() + row * attn_saved,
+        buf_->dao->data() + row * T * h, dims, buf_->dq->data() + row * T * h,
+        buf_->dk->data() + row * T * kv, buf_->dv->data() + row * T * kv);
   }
   device_->Rope(buf_->dq->data(), b.positions.data(), n, H, hd, cfg.rope_theta, /*inverse=*/true);
   device_->Rope(buf_->dk->data(), b.positions.data(), n, KV, hd, cfg.rope_theta, /*inverse=*/true);

@@ -196,15 +196,11 @@ absl::StatusOr<StepReport> Trainer::Step() {
   ap.eps = static_cast<float>(options_.adam_eps);
   ap.weight_decay = static_cast<float>(options_.weight_decay);
   ap.step = step_ + 1;
-  if (options_.paged_optimizer) {  // the moments come in for the update only
+  if (options_.paged_optimizer) {  // paged out while the job waited: bring them in
     device_->SetResident(*d_m_, true);
     device_->SetResident(*d_v_, true);
   }
   device_->AdamW(d_params_->data(), d_grads_->data(), d_m_->data(), d_v_->data(), n, ap);
-  if (options_.paged_optimizer) {
-    device_->SetResident(*d_m_, false);
-    device_->SetResident(*d_v_, false);
-  }
   ++step_;
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -215,6 +211,12 @@ absl::StatusOr<StepReport> Trainer::Step() {
   r.tokens_per_second = tokens / std::max(secs, 1e-9);
   r.eta_seconds = seconds_ / timed_steps_ * static_cast<double>(total_steps_ - step_);
   return r;
+}
+
+void Trainer::PageOutOptimizer() {
+  if (!options_.paged_optimizer) return;
+  device_->SetResident(*d_m_, false);
+  device_->SetResident(*d_v_, false);
 }
 
 absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {

@@ -43,8 +43,9 @@ struct TrainerOptions {
   int64_t eval_every = 0;  // validation loss every N steps (and at the end); 0: only at the end
   int64_t early_stopping_patience = 0;  // stop after N evaluations without improvement; 0: off
   bool activation_checkpointing = false;
-  // Paged optimizer memory (QLoRA): the AdamW moments live in host memory and come to the
-  // device only for the optimizer step (a GPU device; no effect on the CPU).
+  // Paged optimizer memory (QLoRA): the AdamW moments live in pageable (managed) memory that
+  // PageOutOptimizer sends to the host and the next optimizer step brings back (a GPU device;
+  // no effect on the CPU).
   bool paged_optimizer = false;
   // Watchdog: fail when the loss is NaN/inf, or when its moving average (EMA, weight 0.1 on
   // the newest step) rises above its lowest value by more than max(blowup_margin nats,
@@ -89,6 +90,11 @@ class Trainer {
   // Directory: the PEFT adapter plus optimizer.safetensors and trainer_state.json.
   absl::Status SaveCheckpoint(const std::string& dir) const;
   absl::Status LoadCheckpoint(const std::string& dir);
+
+  // With paged_optimizer: sends the AdamW moments to host memory until the next optimizer
+  // step brings them back, so a job that waits (while other jobs step on its device) holds
+  // only its adapter on the card. No-op otherwise.
+  void PageOutOptimizer();
 
   // Mean validation loss per target token (no dropout).
   absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows);

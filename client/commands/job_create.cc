@@ -54,6 +54,7 @@ absl::Status ParseHyperparameters(const ParsedArgs& args, v1::Hyperparameters* h
   RETURN_IF_ERROR(
       SetIfGiven(args.Double("max-grad-norm"), [&](double v) { h->set_max_grad_norm(v); }));
   if (args.Has("rslora")) h->set_use_rslora(true);
+  if (args.Has("no-gradient-checkpointing")) h->set_gradient_checkpointing(false);
   return absl::OkStatus();
 }
 
@@ -87,7 +88,9 @@ std::vector<FlagDef> CreateJobFlags() {
     flags.push_back({name});
   }
   flags.push_back({"label", /*takes_value=*/true, /*repeatable=*/true});
-  for (const char* name : {"packing", "rslora", "watch"}) flags.push_back({name, false});
+  for (const char* name : {"packing", "rslora", "no-gradient-checkpointing", "watch"}) {
+    flags.push_back({name, false});
+  }
   return flags;
 }
 

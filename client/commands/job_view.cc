@@ -38,6 +38,9 @@ std::string FormatHyperparameters(const v1::Hyperparameters& h) {
   }
   if (h.has_max_grad_norm()) add("max_grad_norm", FormatNumber(h.max_grad_norm()));
   if (h.has_use_rslora()) add("rslora", h.use_rslora() ? "true" : "false");
+  if (h.has_gradient_checkpointing()) {
+    add("gradient_checkpointing", h.gradient_checkpointing() ? "true" : "false");
+  }
   return parts.empty() ? "-" : absl::StrJoin(parts, " ");
 }
 

@@ -10,11 +10,8 @@ namespace qlorad::kernels {
 void RopeApply(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
                float theta, bool inverse) {
   const int64_t half = head_dim / 2;
-  // inv_freq[i] = 1 / theta^(2i/head_dim), in float32 as transformers computes it.
   std::vector<float> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
-  }
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = RopeInvFreq(theta, i, head_dim);
   const float sign = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static) if ((tokens * heads * head_dim) >= kMinParallelWork)
   for (int64_t t = 0; t < tokens; ++t) {

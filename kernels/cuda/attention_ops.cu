@@ -57,6 +57,14 @@ __global__ void GatherKernel(const float* table, int64_t dim, const int32_t* ids
   }
 }
 
+__global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t n,
+                                  __nv_bfloat16* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
 __global__ void AddKernel(float* y, const float* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -164,6 +172,13 @@ cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   FillKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, value);
+  return cudaGetLastError();
+}
+
+cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
   return cudaGetLastError();
 }
 

@@ -3,6 +3,7 @@
 // (head, query), S keys.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -26,6 +27,8 @@ cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids,
 cudaError_t AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream);
 cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
+// out[i] = x[i] rounded to bf16 (nearest even): the operand of a bf16 tensor-core GEMM.
+cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
 // partial[b] (double, `blocks` of them, see SumSquaresBlocks) = partial sums of x^2.
 int SumSquaresBlocks(int64_t n);
 cudaError_t SumSquaresPartial(const float* x, int64_t n, double* partial, cudaStream_t stream);

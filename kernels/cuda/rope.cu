@@ -1,3 +1,4 @@
+#include "kernels/cpu/rope.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/train_ops.h"
 
@@ -7,21 +8,24 @@ using detail::GridFor;
 using detail::Load;
 using detail::Store;
 
-// One thread per (token, head, i < head_dim/2) pair. inv_freq as transformers computes it in
-// float32 (pow in double, then rounded, to match the host's std::pow(float) closely).
+constexpr int kMaxHalf = 128;  // head_dim up to 256
+
+// inv_freq by value (a kernel parameter), computed once on the host exactly as the CPU twin does.
+struct InvFreq {
+  float v[kMaxHalf];
+};
+
+// One thread per (token, head, i < head_dim/2) pair.
 template <typename T>
 __global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positions, int64_t pairs,
-                           int64_t heads, int64_t head_dim, float theta, float sign) {
+                           int64_t heads, int64_t head_dim, InvFreq freq, float sign) {
   const int64_t half = head_dim / 2;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < pairs;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = k % half;
     const int64_t th = k / half;  // token * heads + head
     const int64_t t = th / heads;
-    const float inv_freq = static_cast<float>(
-        1.0 / pow(static_cast<double>(theta),
-                  static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(head_dim))));
-    const float angle = static_cast<float>(positions[t]) * inv_freq;
+    const float angle = static_cast<float>(positions[t]) * freq.v[i];
     float s, c;
     sincosf(angle, &s, &c);
     s *= sign;
@@ -37,11 +41,15 @@ __global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positi
 template <typename T>
 cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t heads,
                       int64_t head_dim, float theta, bool inverse, cudaStream_t stream) {
-  if (tokens < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) return cudaErrorInvalidValue;
+  if (tokens < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || head_dim / 2 > kMaxHalf) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t pairs = tokens * heads * (head_dim / 2);
   if (pairs == 0) return cudaSuccess;
-  RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim,
-                                                         theta, inverse ? -1.0f : 1.0f);
+  InvFreq freq{};
+  for (int64_t i = 0; i < head_dim / 2; ++i) freq.v[i] = RopeInvFreq(theta, i, head_dim);
+  RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim, freq,
+                                                         inverse ? -1.0f : 1.0f);
   return cudaGetLastError();
 }
 

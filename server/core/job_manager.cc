@@ -626,6 +626,8 @@ void JobManager::WorkerLoop(Worker* w) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       const StepOutcome outcome = RunStep(w, **it);
       if (outcome == StepOutcome::kContinue) {
+        // Other jobs step before this one again: its optimizer state waits in host memory.
+        if (active.size() > 1) (*it)->trainer->PageOutOptimizer();
         ++it;
         continue;
       }
@@ -831,8 +833,8 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     rows[k] = std::move(*built);
   }
   TrainerOptions to = TrainerOptionsFrom(r);
-  // On a GPU the AdamW moments stay in host memory between optimizer steps (paged, as QLoRA
-  // does), so jobs waiting for their turn hold less of the card.
+  // On a GPU the AdamW moments are pageable (as QLoRA does it): they wait in host memory while
+  // other jobs step on the card, so jobs waiting for their turn hold less of it.
   to.paged_optimizer = w->name.rfind("cuda:", 0) == 0;
   auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]), to);
   if (!trainer.ok()) {

@@ -131,6 +131,7 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
     return Bad("max_grad_norm",
                absl::StrCat("must be >= 0 (0: no clipping), got ", r.max_grad_norm()));
   r.set_use_rslora(req.has_use_rslora() && req.use_rslora());
+  r.set_gradient_checkpointing(!req.has_gradient_checkpointing() || req.gradient_checkpointing());
   RETURN_IF_ERROR(TrainerOptionsFrom(r).Validate());
   return r;
 }
@@ -142,6 +143,7 @@ TrainerOptions TrainerOptionsFrom(const v1::Hyperparameters& r) {
   o.lora.dropout = r.dropout();
   o.lora.target_modules.assign(r.target_modules().begin(), r.target_modules().end());
   o.lora.use_rslora = r.use_rslora();
+  o.activation_checkpointing = r.gradient_checkpointing();
   o.learning_rate = r.learning_rate();
   o.schedule = ParseLrSchedule(r.schedule()).value_or(LrSchedule::kCosine);
   o.warmup_ratio = r.warmup_ratio();
@@ -167,8 +169,12 @@ int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r) {
   const int64_t heads = c.num_attention_heads;
   const int64_t per_token_per_layer =
       12 * c.hidden_size + 4 * c.intermediate_size + heads * r.seq_len();
-  const int64_t activations =
-      tokens * (per_token_per_layer * c.num_hidden_layers + 2 * c.vocab_size) * 4;
+  // Every layer's activations are kept, or with gradient checkpointing each layer's input and
+  // one layer's activations (recomputed in the backward pass).
+  const int64_t kept_per_token = r.gradient_checkpointing()
+                                     ? c.hidden_size * c.num_hidden_layers + per_token_per_layer
+                                     : per_token_per_layer * c.num_hidden_layers;
+  const int64_t activations = tokens * (kept_per_token + 2 * c.vocab_size) * 4;
   const int64_t workspace = std::max(c.hidden_size, c.intermediate_size) *
                             std::max(c.hidden_size, c.intermediate_size) * 4;
   return params * 20 + activations + workspace;

@@ -31,7 +31,7 @@ std::vector<float> Normal(int64_t n, float stddev) {
 LlamaWeights RandomModel() {
   LlamaWeights w;
   LlamaConfig& c = w.config;
-  c.hidden_size = 128;
+  c.hidden_size = 256;  // head_dim 32: the flash-attention kernels run
   c.intermediate_size = 344;
   c.num_hidden_layers = 2;
   c.num_attention_heads = 8;
@@ -104,6 +104,38 @@ double RelativeError(const float* a, const float* b, int64_t n) {
     norm += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(diff / std::max(norm, 1e-30));
+}
+
+// A weight NF4-quantized on the card holds the host's bytes: pushed through an identity input
+// with float32 GEMMs (every product is w * 1 or w * 0, so exact), it reads back as the host's
+// dequantization bit for bit. 100 x 192: 300 blocks, a partial second nested block.
+void QuantizeOnCardMatchesHost(Device* gpu) {
+  const int64_t out = 100, in = 192;
+  const std::vector<float> w = Normal(out * in, 0.05f);
+  auto host = QuantizeNf4(w.data(), {out, in}, Nf4Options{});
+  auto lin = gpu->QuantizeLinear(w, out, in, Nf4Options{});
+  GPU_CHECK(host.ok() && lin.ok(), "quantize failed");
+  if (!host.ok() || !lin.ok()) return;
+  // StorageBytes counts the float offset too, which the card keeps as a field.
+  GPU_CHECK((*lin)->quantized() && (*lin)->bytes() + 4 == host->StorageBytes(),
+            "the card's weight takes %lld bytes, the host's %lld",
+            static_cast<long long>((*lin)->bytes()), static_cast<long long>(host->StorageBytes()));
+  std::vector<float> identity(in * in, 0.0f), y(in * out);
+  for (int64_t i = 0; i < in; ++i) identity[i * in + i] = 1.0f;
+  auto x = gpu->Alloc(in * in);
+  auto d_y = gpu->Alloc(in * out);
+  if (!x.ok() || !d_y.ok()) return;
+  gpu->CopyFromHost(identity.data(), in * in, (*x)->data());
+  gpu->Linear(**lin, (*x)->data(), in, (*d_y)->data());
+  gpu->CopyToHost((*d_y)->data(), in * out, y.data());
+  const std::vector<float> ref = host->Dequantize();
+  int64_t differ = 0;
+  for (int64_t t = 0; t < in; ++t) {
+    for (int64_t o = 0; o < out; ++o) differ += y[t * out + o] != ref[o * in + t];
+  }
+  GPU_CHECK(differ == 0, "%lld of %lld dequantized weights differ from the host's",
+            static_cast<long long>(differ), static_cast<long long>(out * in));
+  std::printf("  NF4 quantized on the card: the host's weights, bit for bit\n");
 }
 
 void TrainingStepAgrees(Device* cpu, Device* gpu, double loss_tol, double grad_tol) {
@@ -188,6 +220,8 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
   absl::Status s = (*t)->Run();
   GPU_CHECK(s.ok(), "paged run: %s", std::string(s.message()).c_str());
   GPU_CHECK((*t)->params() == adapters[1], "the paged run's adapter differs from the resident one");
+  GPU_CHECK(gpu->memory_usage().optimizer_host == 0, "moments left the card while training");
+  (*t)->PageOutOptimizer();  // what the daemon does while other jobs step on the card
   const DeviceMemoryUsage u = gpu->memory_usage();
   const int64_t moments = 2 * 4 * static_cast<int64_t>(adapters[1].size());
   GPU_CHECK(u.optimizer_host >= moments, "optimizer_host %lld bytes, want >= %lld",
@@ -213,13 +247,20 @@ int main() {
   }
   std::printf("%s\n", (*gpu)->name().c_str());
   auto cpu = qlorad::CreateCpuDevice();
+  qlorad::QuantizeOnCardMatchesHost(gpu->get());
   qlorad::TrainingStepAgrees(cpu.get(), gpu->get(), 1e-4, 1e-3);
   qlorad::TrainerAgrees(cpu.get(), gpu->get());
-  // The QLoRA setting: GEMMs on bf16 tensor cores (inputs rounded to 8 mantissa bits).
-  auto fast = qlorad::CreateCudaDevice(0);
-  GPU_CHECK(fast.ok(), "bf16 device: %s", std::string(fast.status().message()).c_str());
-  if (fast.ok()) {
+  // The QLoRA setting: GEMMs on bf16 tensor cores (inputs rounded to 8 mantissa bits), with
+  // flash attention (the default) and with GEMM attention.
+  for (const bool flash : {true, false}) {
+    qlorad::CudaDeviceOptions o;
+    o.flash_attention = flash;
+    auto fast = qlorad::CreateCudaDevice(0, o);
+    GPU_CHECK(fast.ok(), "bf16 device: %s", std::string(fast.status().message()).c_str());
+    if (!fast.ok()) continue;
     std::printf("%s\n", (*fast)->name().c_str());
+    GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
+              flash ? "off" : "on");
     qlorad::TrainingStepAgrees(cpu.get(), fast->get(), 1e-2, 5e-2);
   }
   return qlorad::gpu_check::Finish("cuda_train_step_gpu_test");

@@ -12,26 +12,11 @@
 
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/nf4_dequant.h"
+#include "tests/gpu/gpu_bench.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace {
-
-template <typename F>
-float TimeMs(F&& f, int iters) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  f();  // warm-up
-  cudaEventRecord(a);
-  for (int i = 0; i < iters; ++i) f();
-  cudaEventRecord(b);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / iters;
-}
+using qlorad::gpu_bench::TimeMs;
 
 double CopyBandwidth() {
   const size_t bytes = size_t{1} << 30;
@@ -93,29 +78,8 @@ void Dequant(int64_t rows, int64_t cols, double copy_gbs) {
 }
 
 void GemmRate() {
-  const int m = 8192, n = 8192, k = 8192;
-  __nv_bfloat16 *A, *B, *C;
-  CUDA_OK(cudaMalloc(&A, size_t{2} * m * k));
-  CUDA_OK(cudaMalloc(&B, size_t{2} * k * n));
-  CUDA_OK(cudaMalloc(&C, size_t{2} * m * n));
-  cudaMemset(A, 0, size_t{2} * m * k);
-  cudaMemset(B, 0, size_t{2} * k * n);
-  cublasHandle_t h;
-  cublasCreate(&h);
-  const float alpha = 1, beta = 0;
-  const float ms = TimeMs(
-      [&] {
-        cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_R_16BF, m, B,
-                     CUDA_R_16BF, k, &beta, C, CUDA_R_16BF, m, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT);
-      },
-      20);
-  std::printf("| gemm | cuBLAS bf16 %dx%dx%d, fp32 accumulate | %.0f TFLOP/s | |\n", m, n, k,
-              2.0 * m * n * k / (ms * 1e-3) / 1e12);
-  cublasDestroy(h);
-  cudaFree(A);
-  cudaFree(B);
-  cudaFree(C);
+  std::printf("| gemm | cuBLAS bf16 8192^3, fp32 accumulate | %.0f TFLOP/s | |\n",
+              qlorad::gpu_bench::MeasureBf16GemmTflops());
 }
 
 }  // namespace

@@ -41,12 +41,16 @@ fi
 if [ $status -eq 0 ]; then
   (cd build-gpu && ctest -L gpu --output-on-failure) > "$out/ctest.log" 2>&1 || status=3
   build-gpu/tests/gpu/nf4_dequant_gpu_bench > "$out/bench.log" 2>&1 || status=4
+  timeout 60 build-gpu/tests/gpu/flash_attention_gpu_bench >> "$out/bench.log" 2>&1 || status=4
   if [ -x build-gpu/tests/gpu/train_step_gpu_bench ]; then
-    # One decoder layer, then the whole 7B shape, beside PyTorch + PEFT in bf16.
+    # One decoder layer, then the whole 7B shape, beside PyTorch + PEFT in bf16 (with and
+    # without gradient checkpointing: ours checkpoints), then ours with GEMM attention.
     for layers in 1 32; do
       timeout 240 build-gpu/tests/gpu/train_step_gpu_bench --layers $layers >> "$out/bench.log" 2>&1 || status=4
       timeout 240 python3 bench/torch_lora_step_gpu.py --layers $layers >> "$out/bench.log" 2>&1 || status=4
     done
+    timeout 240 python3 bench/torch_lora_step_gpu.py --layers 32 --checkpointing >> "$out/bench.log" 2>&1 || status=4
+    timeout 240 build-gpu/tests/gpu/train_step_gpu_bench --layers 32 --gemm-attention >> "$out/bench.log" 2>&1 || status=4
   fi
 fi
 

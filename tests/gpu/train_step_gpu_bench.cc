@@ -4,7 +4,9 @@
 // every linear layer. A plain executable (the GPU machine has no Google Benchmark):
 //   train_step_gpu_bench [--layers 32] [--hidden 4096] [--intermediate 11008] [--heads 32]
 //                        [--kv-heads 32] [--vocab 32000] [--seq 2048] [--batch 1] [--rank 16]
-//                        [--steps 3] [--fp32-gemm]
+//                        [--steps 3] [--fp32-gemm] [--gemm-attention] [--no-checkpointing]
+// Activation checkpointing is on unless --no-checkpointing (each layer recomputed in the
+// backward, as QLoRA trains).
 // Prints one JSON line. Skips (exit 77) without a CUDA device.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -20,6 +22,7 @@
 #include "engine/llama_model.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/dropout.h"
+#include "tests/gpu/gpu_bench.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace qlorad {
@@ -49,36 +52,6 @@ void FillRandom(std::vector<float>& v, uint64_t stream, float a) {
   }
 }
 
-// The bf16 tensor-core GEMM rate (TFLOP/s) on 8192^3, the MFU ceiling.
-double MeasureBf16GemmTflops() {
-  const int n = 8192;
-  void *a, *b, *c;
-  CUDA_OK(cudaMalloc(&a, size_t{2} * n * n));
-  CUDA_OK(cudaMalloc(&b, size_t{2} * n * n));
-  CUDA_OK(cudaMalloc(&c, size_t{4} * n * n));
-  CUDA_OK(cudaMemset(a, 0, size_t{2} * n * n));
-  CUDA_OK(cudaMemset(b, 0, size_t{2} * n * n));
-  cublasHandle_t h;
-  cublasCreate(&h);
-  const float one = 1.0f, zero = 0.0f;
-  auto run = [&] {
-    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
-                 &zero, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  };
-  for (int i = 0; i < 3; ++i) run();
-  CUDA_OK(cudaDeviceSynchronize());
-  const int reps = 20;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) run();
-  CUDA_OK(cudaDeviceSynchronize());
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  cublasDestroy(h);
-  cudaFree(a);
-  cudaFree(b);
-  cudaFree(c);
-  return 2.0 * n * n * static_cast<double>(n) * reps / s / 1e12;
-}
-
 int Main(int argc, char** argv) {
   if (!gpu_check::HaveCudaDevice()) return 77;
   LlamaWeights w;
@@ -92,7 +65,7 @@ int Main(int argc, char** argv) {
   const int64_t seq = Flag(argc, argv, "--seq", 2048), batch = Flag(argc, argv, "--batch", 1);
   const int64_t rank = Flag(argc, argv, "--rank", 16), steps = Flag(argc, argv, "--steps", 3);
   c.max_position_embeddings = std::max<int64_t>(seq, 2048);
-  const double gemm_tflops = MeasureBf16GemmTflops();
+  const double gemm_tflops = gpu_bench::MeasureBf16GemmTflops();
 
   auto t0 = std::chrono::steady_clock::now();
   uint64_t stream = 1;
@@ -111,6 +84,7 @@ int Main(int argc, char** argv) {
   }
   CudaDeviceOptions o;
   o.bf16_gemm = !Has(argc, argv, "--fp32-gemm");
+  o.flash_attention = !Has(argc, argv, "--gemm-attention");
   auto device = CreateCudaDevice(0, o);
   if (!device.ok()) {
     std::fprintf(stderr, "%s\n", std::string(device.status().message()).c_str());
@@ -142,6 +116,7 @@ int Main(int argc, char** argv) {
   to.max_steps = steps + 1;
   to.batch_size = batch;
   to.warmup_ratio = 0.0;
+  to.activation_checkpointing = !Has(argc, argv, "--no-checkpointing");
   auto trainer = Trainer::Create(model->get(), rows, {}, to);
   if (!trainer.ok()) {
     std::fprintf(stderr, "trainer: %s\n", std::string(trainer.status().message()).c_str());
@@ -179,14 +154,15 @@ int Main(int argc, char** argv) {
   const double achieved = flops_per_token * tokens / mean / 1e12;
   const auto usage = (*device)->memory_usage();
   std::printf(
-      "{\"device\": \"%s\", \"layers\": %lld, \"hidden\": %lld, \"seq\": %lld, \"batch\": %lld, "
+      "{\"device\": \"%s\", \"checkpointing\": %s, \"layers\": %lld, \"hidden\": %lld, \"seq\": "
+      "%lld, \"batch\": %lld, "
       "\"rank\": %lld, \"params\": %lld, \"load_s\": %.1f, \"step_s\": %.4f, "
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
       "\"base_weights_gib\": %.2f, \"activations_gib\": %.2f, \"workspace_gib\": %.2f, "
       "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %.1f, \"mfu\": %.3f}\n",
-      (*device)->name().c_str(), static_cast<long long>(c.num_hidden_layers),
-      static_cast<long long>(c.hidden_size), static_cast<long long>(seq),
-      static_cast<long long>(batch), static_cast<long long>(rank),
+      (*device)->name().c_str(), to.activation_checkpointing ? "true" : "false",
+      static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
+      static_cast<long long>(seq), static_cast<long long>(batch), static_cast<long long>(rank),
       static_cast<long long>(all_params), load_s, mean, tokens / mean, loss,
       peak_used / 1073741824.0, usage.base_weights / 1073741824.0, usage.activations / 1073741824.0,
       usage.workspace / 1073741824.0, achieved, gemm_tflops, achieved / gemm_tflops);

@@ -389,9 +389,11 @@ TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {
   ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("big.jsonl", big)}),
               "RESOURCE_EXHAUSTED", "acme");
   EXPECT_EQ(Run(kAcmeKey, {"-o", "json", "datasets", "list"}).json()["datasets"].size(), before);
-  // A dataset a job still uses cannot be deleted; a model in use neither.
-  auto running = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
-                                *dataset_, "--max-steps", "100000"});
+  // A dataset a job still uses cannot be deleted; a model in use neither. Small steps, so that
+  // the cancel below returns within one step even on a loaded machine.
+  auto running =
+      Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train", *dataset_,
+                     "--max-steps", "100000", "--batch-size", "1", "--seq-len", "64"});
   ASSERT_EQ(running.code, 0) << running.err;
   ExpectError(Run(kAcmeKey, {"datasets", "delete", *dataset_}), "FAILED_PRECONDITION", "used");
   ExpectError(Run(kOpsKey, {"models", "delete", "stories"}), "FAILED_PRECONDITION", "used");

@@ -34,6 +34,7 @@ TEST(JobSpecTest, DefaultsAreTheEnginesAndEveryValueIsRecorded) {
   EXPECT_EQ(r->seq_len(), 512);  // min(512, the model's context)
   EXPECT_TRUE(r->has_seed());
   EXPECT_DOUBLE_EQ(r->max_grad_norm(), 1.0);
+  EXPECT_TRUE(r->gradient_checkpointing());
 }
 
 TEST(JobSpecTest, ErrorsNameTheField) {
@@ -79,6 +80,35 @@ TEST(JobSpecTest, MemoryEstimateGrowsWithBatchAndRank) {
   EXPECT_GT(JobMemoryBytes(c, *big), 3 * JobMemoryBytes(c, *small));
   // The LoRA state alone: r (in + out) per adapted linear, 20 bytes a parameter.
   EXPECT_GT(JobMemoryBytes(c, *small), 20 * 16 * (64 + 64) * 5);
+}
+
+// A Llama-7B-shaped job at seq 2048: keeping every layer's float32 activations needs
+// 32 layers x 2048 tokens x (12 h + 4 im + heads x seq) x 4 bytes = 41.6 GB; with gradient
+// checkpointing it keeps 32 layer inputs (1.07 GB), one layer (1.3 GB) and the logits, beside
+// the LoRA state (0.8 GB) and the dequantization workspace (0.5 GB).
+TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
+  v1::Model m = TinyModel();
+  auto* a = m.mutable_architecture();
+  a->set_hidden_size(4096);
+  a->set_intermediate_size(11008);
+  a->set_num_hidden_layers(32);
+  a->set_num_attention_heads(32);
+  a->set_num_key_value_heads(32);
+  a->set_vocab_size(32000);
+  a->set_max_position_embeddings(4096);
+  v1::Hyperparameters h;
+  h.set_seq_len(2048);
+  h.set_batch_size(1);
+  auto ckpt = ResolveHyperparameters(h, m, {}, false);
+  h.set_gradient_checkpointing(false);
+  auto full = ResolveHyperparameters(h, m, {}, false);
+  ASSERT_TRUE(ckpt.ok() && full.ok());
+  EXPECT_FALSE(full->gradient_checkpointing());
+  const LlamaConfig c = ConfigFromModel(m);
+  EXPECT_GT(JobMemoryBytes(c, *full), int64_t{41} * 1000 * 1000 * 1000);
+  EXPECT_LT(JobMemoryBytes(c, *ckpt), int64_t{5} * 1000 * 1000 * 1000);
+  EXPECT_TRUE(TrainerOptionsFrom(*ckpt).activation_checkpointing);
+  EXPECT_FALSE(TrainerOptionsFrom(*full).activation_checkpointing);
 }
 
 TEST(JobSpecTest, FingerprintIgnoresMapOrderButNotValues) {

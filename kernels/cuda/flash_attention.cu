@@ -1,0 +1,198 @@
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels/cuda/flash_attention.h"
+#include "kernels/flash_attention_body.h"
+
+namespace qlorad::kernels::cuda {
+namespace {
+namespace fl = kernels::flash;
+
+// The block context of kernels/flash_attention_body.h on the GPU: WMMA 16x16x16 bf16 tiles with
+// float accumulators (sm_80 and later).
+struct DeviceBlockContext {
+  using Bf16 = __nv_bfloat16;
+  int thread, block_x, block_y;
+
+  __device__ void SyncBlock() { __syncthreads(); }
+  __device__ void SyncWarp() { __syncwarp(); }
+  __device__ static Bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
+
+  template <bool kBColMajor>
+  __device__ void WarpMma16(const Bf16* a, int lda, const Bf16* b, int ldb, int ksteps, float* c,
+                            int ldc, bool accumulate) {
+    namespace w = nvcuda::wmma;
+    using BLayout = std::conditional_t<kBColMajor, w::col_major, w::row_major>;
+    w::fragment<w::accumulator, 16, 16, 16, float> acc;
+    if (accumulate) {
+      w::load_matrix_sync(acc, c, ldc, w::mem_row_major);
+    } else {
+      w::fill_fragment(acc, 0.0f);
+    }
+    for (int ks = 0; ks < ksteps; ++ks) {
+      w::fragment<w::matrix_a, 16, 16, 16, __nv_bfloat16, w::row_major> fa;
+      w::fragment<w::matrix_b, 16, 16, 16, __nv_bfloat16, BLayout> fb;
+      w::load_matrix_sync(fa, a + 16 * ks, lda);
+      w::load_matrix_sync(fb, kBColMajor ? b + 16 * ks : b + 16 * ks * ldb, ldb);
+      w::mma_sync(acc, fa, fb, acc);
+    }
+    w::store_matrix_sync(c, acc, ldc, w::mem_row_major);
+  }
+};
+
+__device__ DeviceBlockContext Context() {
+  return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
+          static_cast<int>(blockIdx.y)};
+}
+
+template <int HD>
+__global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  DeviceBlockContext cx = Context();
+  fl::FlashForwardBlock<HD>(cx, a, smem);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  DeviceBlockContext cx = Context();
+  fl::FlashBackwardKvBlock<HD>(cx, a, smem);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  DeviceBlockContext cx = Context();
+  fl::FlashBackwardQBlock<HD>(cx, a, smem);
+}
+
+// One thread per (head, query).
+template <int HD>
+__global__ void DeltaKernel(fl::FlashArgs a, float* delta) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<int64_t>(a.H) * a.T) return;
+  const int h = static_cast<int>(i / a.T), t = static_cast<int>(i % a.T);
+  delta[i] = fl::FlashDeltaRow<HD>(a, t, h);
+}
+
+// Launches `kernel` over (ceil(T / 64), blocks_y) with `smem` dynamic shared bytes, raising the
+// kernel's shared-memory limit first (over 48 KiB needs the opt-in).
+template <typename Kernel>
+cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t blocks_y, const fl::FlashArgs& a,
+                   cudaStream_t stream) {
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>((T + fl::kFlashTile - 1) / fl::kFlashTile),
+                  static_cast<unsigned>(blocks_y));
+  kernel<<<grid, fl::kFlashThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+fl::FlashArgs Args(const float* q, const float* k, const float* v, const int32_t* segments,
+                   int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
+  fl::FlashArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.segments = segments;
+  a.T = static_cast<int>(T);
+  a.H = static_cast<int>(H);
+  a.KV = static_cast<int>(KV);
+  a.scale = 1.0f / sqrtf(static_cast<float>(head_dim));
+  return a;
+}
+
+bool ValidShape(int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
+  return T > 0 && T < (int64_t{1} << 30) && H > 0 && KV > 0 && H % KV == 0 &&
+         FlashAttentionSupports(head_dim);
+}
+
+template <int HD>
+cudaError_t Forward(const fl::FlashArgs& a, cudaStream_t stream) {
+  return Launch(ForwardKernel<HD>, fl::FlashLayout<HD>::kFwdBytes, a.T, a.H, a, stream);
+}
+
+template <int HD>
+cudaError_t Backward(const fl::FlashArgs& a, float* delta, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(a.H) * a.T;
+  DeltaKernel<HD><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(a, delta);
+  cudaError_t e = cudaGetLastError();
+  fl::FlashArgs b = a;
+  b.delta = delta;
+  if (e == cudaSuccess)
+    e = Launch(BackwardKvKernel<HD>, fl::FlashLayout<HD>::kKvBytes, a.T, a.KV, b, stream);
+  if (e == cudaSuccess)
+    e = Launch(BackwardQKernel<HD>, fl::FlashLayout<HD>::kDqBytes, a.T, a.H, b, stream);
+  return e;
+}
+
+}  // namespace
+
+bool FlashAttentionSupports(int64_t head_dim) {
+  return head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+
+template <int HD>
+int64_t SharedBytes() {
+  using Lay = fl::FlashLayout<HD>;
+  return std::max({Lay::kFwdBytes, Lay::kKvBytes, Lay::kDqBytes});
+}
+
+int64_t FlashAttentionSharedBytes(int64_t head_dim) {
+  switch (head_dim) {
+    case 32:
+      return SharedBytes<32>();
+    case 64:
+      return SharedBytes<64>();
+    case 128:
+      return SharedBytes<128>();
+    default:
+      return 0;
+  }
+}
+
+cudaError_t FlashAttentionForward(const float* q, const float* k, const float* v,
+                                  const int32_t* segments, int64_t T, int64_t H, int64_t KV,
+                                  int64_t head_dim, float* out, float* lse, cudaStream_t stream) {
+  if (!ValidShape(T, H, KV, head_dim)) return cudaErrorInvalidValue;
+  fl::FlashArgs a = Args(q, k, v, segments, T, H, KV, head_dim);
+  a.out = out;
+  a.lse = lse;
+  switch (head_dim) {
+    case 32:
+      return Forward<32>(a, stream);
+    case 64:
+      return Forward<64>(a, stream);
+    default:
+      return Forward<128>(a, stream);
+  }
+}
+
+cudaError_t FlashAttentionBackward(const float* q, const float* k, const float* v,
+                                   const int32_t* segments, const float* out, const float* lse,
+                                   const float* dout, int64_t T, int64_t H, int64_t KV,
+                                   int64_t head_dim, float* delta, float* dq, float* dk, float* dv,
+                                   cudaStream_t stream) {
+  if (!ValidShape(T, H, KV, head_dim)) return cudaErrorInvalidValue;
+  fl::FlashArgs a = Args(q, k, v, segments, T, H, KV, head_dim);
+  a.out = const_cast<float*>(out);  // read only in the backward
+  a.lse = const_cast<float*>(lse);
+  a.dout = dout;
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  switch (head_dim) {
+    case 32:
+      return Backward<32>(a, delta, stream);
+    case 64:
+      return Backward<64>(a, delta, stream);
+    default:
+      return Backward<128>(a, delta, stream);
+  }
+}
+
+}  // namespace qlorad::kernels::cuda

@@ -1,0 +1,139 @@
+// Runs a CUDA block program written against the context of kernels/flash_attention_body.h on
+// the CPU: each block's threads are real threads sharing one shared-memory buffer, with real
+// barriers for __syncthreads and __syncwarp, so a missing barrier or a wrong index shows up as
+// a wrong result here rather than only on a GPU. bf16 rounds to nearest even as the GPU's
+// conversions do; a warp tile multiply takes bf16 inputs and accumulates in float, as tensor
+// cores do.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace qlorad::testing {
+
+// A reusable barrier for `count` threads.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    cv_.wait(lock, [&] { return generation_ != generation; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int count_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+};
+
+struct EmulatedBf16 {
+  uint16_t bits = 0;
+};
+
+inline EmulatedBf16 FloatToBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};  // NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+inline float Bf16ToFloat(EmulatedBf16 b) {
+  const uint32_t u = static_cast<uint32_t>(b.bits) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+struct EmulatedBlockShared {
+  explicit EmulatedBlockShared(int threads) : block(threads) {
+    for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
+  }
+  Barrier block;
+  std::vector<std::unique_ptr<Barrier>> warps;
+  std::atomic<int> violations{0};  // tile operands that break WMMA's alignment rules
+};
+
+struct EmulatedContext {
+  using Bf16 = EmulatedBf16;
+  int thread = 0, block_x = 0, block_y = 0;
+  EmulatedBlockShared* shared = nullptr;
+
+  void SyncBlock() { shared->block.Wait(); }
+  void SyncWarp() { shared->warps[thread / 32]->Wait(); }
+  static Bf16 ToBf16(float x) { return FloatToBf16(x); }
+
+  // Warp-collective: every lane calls it and lane 0 does the work, with no barrier of its own:
+  // the caller's code must order it after the lanes' earlier writes and before their later
+  // reads (__syncwarp), as on the GPU, or the other lanes race with lane 0 here. Operands must
+  // meet WMMA's rules (32-byte aligned tiles, leading dimensions a multiple of 16 bytes).
+  template <bool kBColMajor>
+  void WarpMma16(const Bf16* a, int lda, const Bf16* b, int ldb, int ksteps, float* c, int ldc,
+                 bool accumulate) {
+    if (thread % 32 == 0) {
+      auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 32 == 0; };
+      for (int ks = 0; ks < ksteps; ++ks) {
+        const Bf16* bk = kBColMajor ? b + 16 * ks : b + 16 * ks * ldb;
+        if (!aligned(a + 16 * ks) || !aligned(bk)) ++shared->violations;
+      }
+      if (!aligned(c) || lda % 8 != 0 || ldb % 8 != 0 || ldc % 4 != 0) ++shared->violations;
+      for (int m = 0; m < 16; ++m) {
+        for (int n = 0; n < 16; ++n) {
+          float sum = accumulate ? c[m * ldc + n] : 0.0f;
+          for (int kk = 0; kk < 16 * ksteps; ++kk) {
+            const Bf16 bv = kBColMajor ? b[n * ldb + kk] : b[kk * ldb + n];
+            sum += Bf16ToFloat(a[m * lda + kk]) * Bf16ToFloat(bv);
+          }
+          c[m * ldc + n] = sum;
+        }
+      }
+    }
+  }
+};
+
+// Runs `program(context, shared_memory)` for every block of a grid_x x grid_y grid, one block
+// at a time, each with `threads` threads and `smem_bytes` of shared memory (128-byte aligned, as
+// on the GPU) filled with a poison pattern (a program must not read what it did not write).
+// Returns the number of tile operands that broke WMMA's rules.
+template <class Program>
+int RunEmulatedGrid(int grid_x, int grid_y, int threads, int smem_bytes, Program program) {
+  int violations = 0;
+  for (int by = 0; by < grid_y; ++by) {
+    for (int bx = 0; bx < grid_x; ++bx) {
+      std::vector<unsigned char> smem(static_cast<size_t>(smem_bytes) + 128, 0xFF);  // NaNs
+      unsigned char* base = smem.data() + (128 - reinterpret_cast<uintptr_t>(smem.data()) % 128);
+      EmulatedBlockShared shared(threads);
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+          EmulatedContext cx;
+          cx.thread = t;
+          cx.block_x = bx;
+          cx.block_y = by;
+          cx.shared = &shared;
+          program(cx, base);
+        });
+      }
+      for (auto& th : pool) th.join();
+      violations += shared.violations.load();
+    }
+  }
+  return violations;
+}
+
+}  // namespace qlorad::testing
