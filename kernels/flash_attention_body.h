@@ -82,7 +82,8 @@ struct FlashLayout {
   static constexpr int kFwdO = kFwdP + kFlashTile * kLdTB * kBf;
   static constexpr int kFwdM = kFwdO + kFlashTile * kLdHF * kF;
   static constexpr int kFwdL = kFwdM + kFlashTile * kF;
-  static constexpr int kFwdBytes = kFwdL + kFlashTile * kF;
+  static constexpr int kFwdRed = kFwdL + kFlashTile * kF;  // per warp, lane: a partial max or sum
+  static constexpr int kFwdBytes = kFwdRed + kFlashThreads * kF;
 
   // dK/dV: K, V tiles (bf16), dK, dV accumulators (float), a 32-query Q and dO tile (bf16),
   // S^T and dP^T (float), P^T and dS^T (bf16), the 32 queries' lse and delta.
@@ -137,7 +138,7 @@ QLORAD_FLASH_FN float FlashDeltaRow(const FlashArgs& a, int t, int h) {
 }
 
 // Forward of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 query rows;
-// per key tile it computes S = Q K^T on tensor cores, its lanes 0..15 update the running max
+// per key tile it computes S = Q K^T on tensor cores, two lanes per row update the running max
 // and sum of their row (online softmax) and rescale the row's output accumulator, then the warp
 // adds P V. Writes out [T, H, HD] and lse [H, T].
 template <int HD, class C>
@@ -177,33 +178,46 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs& a, unsigned char*
                                   false);
     }
     cx.SyncWarp();
-    if (lane < 16) {
-      const int r = 16 * warp + lane, t = q0 + r;
+    {
+      // Two lanes per row: lane l takes row l % 16 and half l / 16 of the columns; they combine
+      // their partial max and sum through `red` (one float per lane of this warp).
+      const int r = 16 * warp + lane % 16, t = q0 + r, half = lane / 16;
+      const int j0 = half * (BN / 2), j1 = j0 + BN / 2;
       float* srow = s + r * Lay::kLdT;
       B* prow = p + r * Lay::kLdTB;
-      float tile_max = -INFINITY;
-      for (int j = 0; j < BN; ++j) {
+      float* red = reinterpret_cast<float*>(smem + Lay::kFwdRed) + 32 * warp;
+      float part = -INFINITY;
+      for (int j = j0; j < j1; ++j) {
         const float x = FlashVisible(a, t, k0 + j) ? srow[j] * a.scale : -INFINITY;
         srow[j] = x;
-        tile_max = x > tile_max ? x : tile_max;
+        part = x > part ? x : part;
       }
+      red[lane] = part;
+      cx.SyncWarp();
+      const float other = red[lane ^ 16];
+      const float tile_max = part > other ? part : other;
       const float old_max = row_max[r];
       const float new_max = tile_max > old_max ? tile_max : old_max;
       float alpha = 1.0f, sum = 0.0f;
       if (new_max == -INFINITY) {  // nothing visible yet (a row past T)
-        for (int j = 0; j < BN; ++j) prow[j] = C::ToBf16(0.0f);
+        for (int j = j0; j < j1; ++j) prow[j] = C::ToBf16(0.0f);
       } else {
         alpha = expf(old_max - new_max);  // 0 when old_max is -inf
-        for (int j = 0; j < BN; ++j) {
+        for (int j = j0; j < j1; ++j) {
           const float e = expf(srow[j] - new_max);
           sum += e;
           prow[j] = C::ToBf16(e);
         }
       }
-      row_max[r] = new_max;
-      row_sum[r] = row_sum[r] * alpha + sum;
+      cx.SyncWarp();  // both halves have read red (maxima) and row_max/row_sum
+      red[lane] = sum;
+      cx.SyncWarp();
+      if (half == 0) {
+        row_max[r] = new_max;
+        row_sum[r] = row_sum[r] * alpha + sum + red[lane + 16];
+      }
       float* orow = o + r * Lay::kLdHF;
-      for (int d = 0; d < HD; ++d) orow[d] *= alpha;
+      for (int d = half * (HD / 2); d < (half + 1) * (HD / 2); ++d) orow[d] *= alpha;
     }
     cx.SyncWarp();
     for (int c = 0; c < HD / 16; ++c) {
@@ -278,9 +292,9 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs& a, unsigned ch
                                     Lay::kLdQ, false);
       }
       cx.SyncWarp();
-      if (lane < 16) {
-        const int r = 16 * warp + lane, j = k0 + r;
-        for (int i = 0; i < BQ; ++i) {
+      {  // two lanes per key row, each half of the queries
+        const int r = 16 * warp + lane % 16, j = k0 + r, half = lane / 16;
+        for (int i = half * (BQ / 2); i < (half + 1) * (BQ / 2); ++i) {
           const int t = q0 + i;
           const bool visible = j < a.T && FlashVisible(a, t, j);
           const float pr = visible ? expf(st[r * Lay::kLdQ + i] * a.scale - lse[i]) : 0.0f;
@@ -356,9 +370,9 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs& a, unsigned cha
                                   Lay::kLdT, false);
     }
     cx.SyncWarp();
-    if (lane < 16) {
-      const int r = 16 * warp + lane, t = q0 + r;
-      for (int j = 0; j < BN; ++j) {
+    {  // two lanes per query row, each half of the keys
+      const int r = 16 * warp + lane % 16, t = q0 + r, half = lane / 16;
+      for (int j = half * (BN / 2); j < (half + 1) * (BN / 2); ++j) {
         const float pr =
             FlashVisible(a, t, k0 + j) ? expf(s[r * Lay::kLdT + j] * a.scale - lse[r]) : 0.0f;
         ds[r * Lay::kLdTB + j] = C::ToBf16(pr * (dp[r * Lay::kLdT + j] - delta[r]));

@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
+#include "server/core/record_layout.h"
 #include "server/grpc/node.h"
 #include "server/grpc/services.h"
 #include "server/metrics/http_exposer.h"
@@ -157,6 +158,14 @@ absl::Status Run() {
     r.Set(metrics::kRocksdbDelayedRate, {},
           static_cast<double>(db->IntProperty("rocksdb.actual-delayed-write-rate")));
   });
+  // Databases written before the metadata had its own key range move once, at start.
+  for (const storage::Family f : {storage::Family::kDatasets, storage::Family::kAdapters}) {
+    ASSIGN_OR_RETURN(const int64_t moved, core::MigrateRecordLayout(node.db.get(), f));
+    if (moved > 0) {
+      std::fprintf(stderr, "qlorad: moved %lld %s records to the current key layout\n",
+                   static_cast<long long>(moved), storage::FamilyName(f));
+    }
+  }
   node.jobs = std::make_unique<core::JobStore>(node.db.get());
   node.models = std::make_unique<core::ModelStore>(node.db.get());
   node.datasets = std::make_unique<core::DatasetStore>(node.db.get());

@@ -8,6 +8,7 @@
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
 #include "server/core/ids.h"
+#include "server/core/record_layout.h"
 
 namespace qlorad::core {
 namespace fs = std::filesystem;
@@ -48,7 +49,7 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
   meta.set_bytes(bytes);
   *meta.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
   storage::WriteSet w;
-  ASSIGN_OR_RETURN(std::string meta_key, StoreKey({tenant, meta.id(), "meta"}));
+  ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, meta.id()));
   w.Put(Family::kAdapters, meta_key, meta.SerializeAsString());
   for (const auto& [name, data] : files) {
     ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, meta.id(), "file", name}));
@@ -60,7 +61,7 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
 
 absl::StatusOr<v1::Adapter> AdapterStore::Get(const std::string& tenant,
                                               const std::string& id) const {
-  auto key = StoreKey({tenant, id, "meta"});
+  auto key = MetaKey(tenant, id);
   if (!key.ok()) return absl::NotFoundError(absl::StrCat("no adapter ", id));
   auto bytes = db_->Get(Family::kAdapters, *key);
   if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("no adapter ", id));
@@ -69,13 +70,11 @@ absl::StatusOr<v1::Adapter> AdapterStore::Get(const std::string& tenant,
 }
 
 absl::StatusOr<std::vector<v1::Adapter>> AdapterStore::List(const std::string& tenant) const {
-  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant}));
-  prefix += "/";
+  ASSIGN_OR_RETURN(const std::string prefix, MetaPrefix(tenant));
   std::vector<v1::Adapter> out;
   absl::Status error;
   RETURN_IF_ERROR(
-      db_->Scan(Family::kAdapters, prefix, [&](std::string_view key, std::string_view value) {
-        if (key.size() < 5 || key.substr(key.size() - 5) != "/meta") return true;
+      db_->Scan(Family::kAdapters, prefix, [&](std::string_view, std::string_view value) {
         auto a = ParseMeta(value);
         if (!a.ok()) {
           error = a.status();
@@ -118,7 +117,9 @@ absl::Status AdapterStore::Delete(const std::string& tenant, const std::string& 
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Get(tenant, id).status());
   ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id}));
+  ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, id));
   storage::WriteSet w;
+  w.Delete(Family::kAdapters, meta_key);
   w.DeletePrefix(Family::kAdapters, prefix + "/");
   return db_->Write(w);
 }

@@ -1,6 +1,7 @@
 // Tenants' adapters, each a separate module under its own key range of the adapters column
-// family: "<tenant>/<id>/meta" (a qlorad.v1.Adapter) and "<tenant>/<id>/file/<name>" for the
-// PEFT files (adapter_config.json, adapter_model.safetensors). Stored and deleted in one write.
+// family: "<tenant>/meta/<id>" (a qlorad.v1.Adapter, apart from the files: record_layout.h) and
+// "<tenant>/<id>/file/<name>" for the PEFT files (adapter_config.json,
+// adapter_model.safetensors). Stored and deleted in one write.
 // Thread-safe (quota checks and writes are serialized).
 #pragma once
 

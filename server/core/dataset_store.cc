@@ -7,6 +7,7 @@
 #include "engine/dataset.h"
 #include "engine/status_macros.h"
 #include "server/core/ids.h"
+#include "server/core/record_layout.h"
 #include "server/core/tenants.h"
 
 namespace qlorad::core {
@@ -56,7 +57,7 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
   d.set_bytes(size);
   d.set_sha256(Sha256Hex(content));
   *d.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
-  ASSIGN_OR_RETURN(std::string meta_key, StoreKey({tenant, d.id(), "meta"}));
+  ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, d.id()));
   ASSIGN_OR_RETURN(std::string data_key, StoreKey({tenant, d.id(), "data"}));
   storage::WriteSet w;
   w.Put(Family::kDatasets, meta_key, d.SerializeAsString());
@@ -67,7 +68,7 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
 
 absl::StatusOr<v1::Dataset> DatasetStore::Get(const std::string& tenant,
                                               const std::string& id) const {
-  auto key = StoreKey({tenant, id, "meta"});
+  auto key = MetaKey(tenant, id);
   if (!key.ok()) return absl::NotFoundError(absl::StrCat("no dataset ", id));
   auto bytes = db_->Get(Family::kDatasets, *key);
   if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("no dataset ", id));
@@ -83,13 +84,11 @@ absl::StatusOr<std::string> DatasetStore::Content(const std::string& tenant,
 }
 
 absl::StatusOr<std::vector<v1::Dataset>> DatasetStore::List(const std::string& tenant) const {
-  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant}));
-  prefix += "/";
+  ASSIGN_OR_RETURN(const std::string prefix, MetaPrefix(tenant));
   std::vector<v1::Dataset> out;
   absl::Status error;
   RETURN_IF_ERROR(
-      db_->Scan(Family::kDatasets, prefix, [&](std::string_view key, std::string_view value) {
-        if (key.size() < 5 || key.substr(key.size() - 5) != "/meta") return true;
+      db_->Scan(Family::kDatasets, prefix, [&](std::string_view, std::string_view value) {
         auto d = ParseMeta(value);
         if (!d.ok()) {
           error = d.status();
@@ -106,7 +105,9 @@ absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& 
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Get(tenant, id).status());
   ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id}));
+  ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, id));
   storage::WriteSet w;
+  w.Delete(Family::kDatasets, meta_key);
   w.DeletePrefix(Family::kDatasets, prefix + "/");
   return db_->Write(w);
 }

@@ -1,5 +1,5 @@
-// Tenants' datasets in the node's KvStore: "<tenant>/<id>/meta" (a qlorad.v1.Dataset) and
-// "<tenant>/<id>/data" (the JSONL bytes, in a blob file), written together. An upload is
+// Tenants' datasets in the node's KvStore: "<tenant>/meta/<id>" (a qlorad.v1.Dataset) and
+// "<tenant>/<id>/data" (the JSONL bytes, in a blob file), written together (record_layout.h). An upload is
 // validated line by line before anything is stored. Thread-safe (quota checks and writes are
 // serialized).
 #pragma once
