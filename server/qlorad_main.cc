@@ -53,6 +53,8 @@ ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either direction");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the generation/evaluation device; 0: all");
+ABSL_FLAG(int32_t, inference_cached_adapters, 4,
+          "Adapters kept placed on the generation/evaluation device between requests");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
           "Prometheus pull endpoint (GET /metrics), its own port; empty: off; port 0: any");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port here once serving");
@@ -191,9 +193,9 @@ absl::Status Run() {
                                       node.adapters.get(), node.checkpoints.get(),
                                       node.tenants.get(), node.metrics.get()},
                                      mo));
-  node.inference = std::make_unique<core::InferenceRunner>(node.models.get(), node.datasets.get(),
-                                                           node.adapters.get(), scratch,
-                                                           absl::GetFlag(FLAGS_inference_threads));
+  node.inference = std::make_unique<core::InferenceRunner>(
+      node.models.get(), node.datasets.get(), node.adapters.get(), scratch,
+      absl::GetFlag(FLAGS_inference_threads), absl::GetFlag(FLAGS_inference_cached_adapters));
   RETURN_IF_ERROR(node.manager->Start());
   std::unique_ptr<metrics::HttpExposer> exposer;
   if (const std::string m = absl::GetFlag(FLAGS_metrics_listen); !m.empty()) {

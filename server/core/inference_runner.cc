@@ -1,5 +1,6 @@
 #include "server/core/inference_runner.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -25,17 +26,12 @@ absl::StatusOr<v1::Model> FindModel(ModelStore* models, const std::string& name)
   return m;
 }
 
-// The tenant's adapter placed on `device`, or null for an empty id.
+// The tenant's adapter (known to exist) read from the store and placed on `device`.
 absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapters, Device* device,
                                                            const std::string& tenant,
                                                            const std::string& id,
                                                            const LlamaConfig& config,
                                                            const std::string& scratch) {
-  if (id.empty()) return std::unique_ptr<DeviceAdapter>();
-  auto meta = adapters->Get(tenant, id);
-  if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
-    return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
-  if (!meta.ok()) return meta.status();
   const std::string dir = (fs::path(scratch) / NewId("load")).string();
   absl::Status exported = adapters->ExportToDir(tenant, id, dir);
   absl::StatusOr<PeftAdapter> peft =
@@ -52,11 +48,12 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapter
 }  // namespace
 
 InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
-                                 std::string scratch_dir, int threads)
+                                 std::string scratch_dir, int threads, int cached_adapters)
     : models_(models),
       datasets_(datasets),
       adapters_(adapters),
-      scratch_dir_(std::move(scratch_dir)) {
+      scratch_dir_(std::move(scratch_dir)),
+      cached_adapters_(std::max(0, cached_adapters)) {
   device_ = CreateCpuDevice(threads);
   pool_ = std::make_unique<ModelPool>(device_.get());
 }
@@ -66,9 +63,44 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
                                                               const std::string& adapter_id) {
   Loaded l;
   ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
-  ASSIGN_OR_RETURN(l.adapter, LoadAdapter(adapters_, device_.get(), tenant, adapter_id,
-                                          l.model->model->config(), scratch_dir_));
+  if (!adapter_id.empty()) {
+    ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, model, adapter_id, l.model->model->config()));
+  }
   return l;
+}
+
+absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
+    const std::string& tenant, const v1::Model& model, const std::string& id,
+    const LlamaConfig& config) {
+  // Always asked of the store first: a deleted adapter is never served from the cache.
+  auto meta = adapters_->Get(tenant, id);
+  if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
+    return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
+  if (!meta.ok()) return meta.status();
+  // A model re-registered under the same name may have another shape: its time tells them apart.
+  const std::string key =
+      absl::StrCat(tenant, "/", id, "/", model.name(), "@", model.create_time().seconds(), ".",
+                   model.create_time().nanos());
+  for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+    if (it->key == key) {
+      cache_.splice(cache_.begin(), cache_, it);  // now the most recently used
+      return cache_.front().adapter;
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<DeviceAdapter> placed,
+                   LoadAdapter(adapters_, device_.get(), tenant, id, config, scratch_dir_));
+  ++adapter_loads_;
+  std::shared_ptr<const DeviceAdapter> adapter = std::move(placed);
+  if (cached_adapters_ > 0) {
+    cache_.push_front({key, adapter});
+    if (static_cast<int>(cache_.size()) > cached_adapters_) cache_.pop_back();
+  }
+  return adapter;
+}
+
+int64_t InferenceRunner::adapter_loads() const {
+  absl::MutexLock lock(&mu_);
+  return adapter_loads_;
 }
 
 absl::StatusOr<std::string> InferenceRunner::Generate(
@@ -87,7 +119,7 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
   const std::shared_ptr<PooledModel>& pooled = loaded.model;
-  const std::unique_ptr<DeviceAdapter>& adapter = loaded.adapter;
+  const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
   const LlamaConfig& config = pooled->model->config();
   const Tokenizer& tok = *pooled->tokenizer;
   std::vector<int32_t> prompt = {tok.bos_id()};
@@ -137,7 +169,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
   const std::shared_ptr<PooledModel>& pooled = loaded.model;
-  const std::unique_ptr<DeviceAdapter>& adapter = loaded.adapter;
+  const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
   const LlamaConfig& config = pooled->model->config();
   auto examples = TokenizeJsonl(*content, *pooled->tokenizer, req.dataset_id());
   if (!examples.ok()) {

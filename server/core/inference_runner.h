@@ -1,9 +1,13 @@
 // Generation and evaluation with a tenant's adapter applied unmerged on a base model, on a CPU
 // device of its own (never a training worker's, whose engine only that worker drives). Base
-// models are loaded once into this runner's pool; requests run one at a time.
+// models are loaded once into this runner's pool; the most recently used adapters stay placed
+// on the device (adapters never change once stored, and each use first checks that the
+// tenant still has it); requests run one at a time.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
 
@@ -21,8 +25,9 @@ namespace qlorad::core {
 
 class InferenceRunner {
  public:
+  // Keeps up to `cached_adapters` adapters placed on the device between requests.
   InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
-                  std::string scratch_dir, int threads);
+                  std::string scratch_dir, int threads, int cached_adapters = 4);
 
   // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
   // returning false (the client left) stops generation. Returns the finish reason.
@@ -33,23 +38,39 @@ class InferenceRunner {
                                                 const v1::EvaluateRequest& req)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Adapters read from the store and placed on the device so far (cache misses).
+  int64_t adapter_loads() const ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   // The base model from the pool and the tenant's adapter on this runner's device (none for
   // an empty id).
   struct Loaded {
     std::shared_ptr<PooledModel> model;
-    std::unique_ptr<DeviceAdapter> adapter;
+    std::shared_ptr<const DeviceAdapter> adapter;
   };
   absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
                               const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The tenant's adapter for `model`, from the cache or the store (then cached).
+  absl::StatusOr<std::shared_ptr<const DeviceAdapter>> Adapter(const std::string& tenant,
+                                                               const v1::Model& model,
+                                                               const std::string& id,
+                                                               const LlamaConfig& config)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ModelStore* models_;
   DatasetStore* datasets_;
   AdapterStore* adapters_;
   std::string scratch_dir_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);
+  struct CachedAdapter {
+    std::string key;  // tenant, adapter id, base model (name and registration time)
+    std::shared_ptr<const DeviceAdapter> adapter;
+  };
+  const int cached_adapters_;
+  std::list<CachedAdapter> cache_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  int64_t adapter_loads_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace qlorad::core
