@@ -12,18 +12,13 @@
 #include "gtest/gtest.h"
 #include "server/core/job_spec.h"
 #include "tests/server/test_dirs.h"
+#include "tests/server/test_inputs.h"
 
 namespace qlorad::core {
 namespace {
 
-std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf"; }
-
-std::string Facts() {
-  std::ifstream in(std::string(QLORAD_TEST_DATA_DIR) + "/facts_train.jsonl");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::qlorad::testing::FactsJsonl;
+using ::qlorad::testing::StoriesGguf;
 
 class InferenceRunnerTest : public ::testing::Test {
  protected:
@@ -35,10 +30,10 @@ class InferenceRunnerTest : public ::testing::Test {
     models_ = std::make_unique<ModelStore>(db_.get());
     datasets_ = std::make_unique<DatasetStore>(db_.get());
     adapters_ = std::make_unique<AdapterStore>(db_.get());
-    auto model = models_->Register("stories", Gguf());
+    auto model = models_->Register("stories", StoriesGguf());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
-    auto ds = datasets_->Create("a", "facts", Facts(), 1 << 20);
+    auto ds = datasets_->Create("a", "facts", FactsJsonl(), 1 << 20);
     ASSERT_TRUE(ds.ok());
     dataset_ = ds->id();
   }
@@ -108,7 +103,7 @@ TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
   const std::string id = StoreRandomAdapter("a", 3);
   ASSERT_TRUE(Loss(runner, "a", id).ok());  // now cached
   // Another tenant asking for it (with its own copy of the dataset) finds no such adapter.
-  auto ds_b = datasets_->Create("b", "facts", Facts(), 1 << 20);
+  auto ds_b = datasets_->Create("b", "facts", FactsJsonl(), 1 << 20);
   ASSERT_TRUE(ds_b.ok());
   v1::EvaluateRequest req;
   req.set_model("stories");

@@ -10,18 +10,13 @@
 #include "engine/cuda_device.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
+#include "tests/server/test_inputs.h"
 
 namespace qlorad::core {
 namespace {
 
-std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf"; }
-
-std::string Facts() {
-  std::ifstream in(std::string(QLORAD_TEST_DATA_DIR) + "/facts_train.jsonl");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::qlorad::testing::FactsJsonl;
+using ::qlorad::testing::StoriesGguf;
 
 class JobManagerTest : public ::testing::Test {
  protected:
@@ -45,11 +40,11 @@ class JobManagerTest : public ::testing::Test {
         "test");
     ASSERT_TRUE(tenants.ok()) << tenants.status();
     tenants_ = std::move(*tenants);
-    auto model = models_->Register("stories", Gguf());
+    auto model = models_->Register("stories", StoriesGguf());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
     for (const char* t : {"a", "b", "c"}) {
-      auto ds = datasets_->Create(t, "facts", Facts(), 1 << 20);
+      auto ds = datasets_->Create(t, "facts", FactsJsonl(), 1 << 20);
       ASSERT_TRUE(ds.ok());
       dataset_[t] = ds->id();
     }

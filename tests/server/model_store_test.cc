@@ -8,12 +8,13 @@
 #include "engine/nf4_checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
+#include "tests/server/test_inputs.h"
 
 namespace qlorad::core {
 namespace {
 namespace fs = std::filesystem;
 
-std::string Gguf() { return std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf"; }
+using ::qlorad::testing::StoriesGguf;
 
 class ModelStoreTest : public ::testing::Test {
  protected:
@@ -30,12 +31,12 @@ class ModelStoreTest : public ::testing::Test {
 };
 
 TEST_F(ModelStoreTest, RegistersAValidatedModelIdempotently) {
-  auto m = store_->Register("stories260K", Gguf());
+  auto m = store_->Register("stories260K", StoriesGguf());
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->format(), "gguf");
   EXPECT_EQ(m->parameter_count(), 260032);
   EXPECT_EQ(m->architecture().num_key_value_heads(), 4);
-  auto again = store_->Register("stories260K", Gguf());
+  auto again = store_->Register("stories260K", StoriesGguf());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->create_time().seconds(), m->create_time().seconds());
   EXPECT_EQ(store_->Register("stories260K", "/elsewhere").status().code(),
@@ -47,7 +48,7 @@ TEST_F(ModelStoreTest, RegistersAValidatedModelIdempotently) {
 
 // The size the scheduler counts per device equals what quantizing the model really stores.
 TEST_F(ModelStoreTest, LoadedBytesMatchTheQuantizedModel) {
-  auto g = LoadGgufModel(Gguf());
+  auto g = LoadGgufModel(StoriesGguf());
   ASSERT_TRUE(g.ok());
   const int64_t estimate = LoadedModelBytes(g->weights.config);
   auto q = SaveNf4Checkpoint(g->weights, "", dir_ + "/q");
@@ -59,7 +60,7 @@ TEST_F(ModelStoreTest, LoadedBytesMatchTheQuantizedModel) {
 }
 
 TEST_F(ModelStoreTest, BadNamesAndBadModelsAreRejectedWithReasons) {
-  EXPECT_EQ(store_->Register("bad/name", Gguf()).status().code(),
+  EXPECT_EQ(store_->Register("bad/name", StoriesGguf()).status().code(),
             absl::StatusCode::kInvalidArgument);
   auto missing = store_->Register("ghost", "/nonexistent/model");
   ASSERT_FALSE(missing.ok());
