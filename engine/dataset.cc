@@ -137,14 +137,6 @@ absl::StatusOr<TokenizedExample> Tokenize(const Json& j, const Tokenizer& tok) {
 
 }  // namespace
 
-int64_t TokenizedExample::num_targets() const {
-  return std::count(is_target.begin(), is_target.end(), 1);
-}
-
-int64_t TrainingRow::num_targets() const {
-  return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
-}
-
 absl::Status ValidateExampleJson(const std::string& line) {
   ASSIGN_OR_RETURN(Json j, ParseLine(line));
   return ValidateParsed(j);

@@ -3,21 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "engine/mapped_file.h"
-#include "engine/peft_adapter.h"
-#include "engine/safetensors.h"
 #include "engine/status_macros.h"
-#include "nlohmann/json.hpp"
 
 namespace qlorad {
-namespace fs = std::filesystem;
 namespace {
-
-constexpr int kCheckpointVersion = 1;
 
 std::vector<float> ToHost(Device* device, const DeviceBuffer& b) {
   std::vector<float> out(b.size());
@@ -247,107 +239,6 @@ absl::Status Trainer::RunUntil(int64_t last,
     if (on_step && !on_step(r))
       return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
   }
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
-                          int64_t checkpoint_every, const std::string& checkpoint_dir) {
-  while (step_ < total_steps_ && !stopped_early_) {
-    RETURN_IF_ERROR(RunUntil(step_ + 1, on_step));
-    if (checkpoint_every > 0 && !checkpoint_dir.empty() && step_ % checkpoint_every == 0) {
-      RETURN_IF_ERROR(SaveCheckpoint(checkpoint_dir));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
-  // Write a sibling folder, then swap it in: a crash leaves the old checkpoint or the new one.
-  const std::string tmp = dir + ".partial";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  RETURN_IF_ERROR(SavePeftAdapter(tmp, model_->config(), options_.lora, params()));
-  SafetensorsWriter w;
-  w.SetMetadata("format", "pt");
-  const int64_t n = layout_->num_params();
-  w.AddF32("exp_avg", {n}, ToHost(device_, *d_m_));
-  w.AddF32("exp_avg_sq", {n}, ToHost(device_, *d_v_));
-  if (!best_params_.empty()) w.AddF32("best_params", {n}, best_params_);
-  RETURN_IF_ERROR(w.WriteTo((fs::path(tmp) / "optimizer.safetensors").string()));
-  nlohmann::ordered_json state = {
-      {"version", kCheckpointVersion},
-      {"step", step_},
-      {"total_steps", total_steps_},
-      {"seed", options_.seed},
-      {"num_params", n},
-      {"train_rows", train_.size()},
-      {"evals_without_improvement", evals_without_improvement_},
-      {"stopped_early", stopped_early_},
-  };
-  if (loss_ema_) state["loss_ema"] = *loss_ema_;
-  if (min_loss_ema_) state["min_loss_ema"] = *min_loss_ema_;
-  if (best_eval_) state["best_eval_loss"] = *best_eval_;
-  RETURN_IF_ERROR(
-      WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
-  const std::string old = dir + ".old";
-  fs::remove_all(old, ec);
-  if (fs::exists(dir)) fs::rename(dir, old, ec);
-  if (ec)
-    return absl::InternalError(
-        absl::StrCat("cannot move the old checkpoint ", dir, ": ", ec.message()));
-  fs::rename(tmp, dir, ec);
-  if (ec)
-    return absl::InternalError(
-        absl::StrCat("cannot move the checkpoint into ", dir, ": ", ec.message()));
-  fs::remove_all(old, ec);
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
-  ASSIGN_OR_RETURN(std::string text,
-                   ReadFileToString((fs::path(dir) / "trainer_state.json").string()));
-  nlohmann::json st = nlohmann::json::parse(text, nullptr, false);
-  if (st.is_discarded() || !st.is_object() || st.value("version", 0) != kCheckpointVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: not a version ",
-                                                   kCheckpointVersion, " checkpoint"));
-  }
-  const int64_t n = layout_->num_params();
-  auto mismatch = [&](const std::string& what) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(dir, ": the checkpoint was written with a different ", what,
-                     "; resume with the options it was trained with"));
-  };
-  if (st.value("num_params", int64_t{-1}) != n) return mismatch("adapter shape");
-  if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
-  if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
-  if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");
-  ASSIGN_OR_RETURN(PeftAdapter adapter, LoadPeftAdapter(dir, model_->config()));
-  if (adapter.config.rank != options_.lora.rank ||
-      adapter.config.target_modules != options_.lora.target_modules) {
-    return mismatch("rank or target modules");
-  }
-  ASSIGN_OR_RETURN(auto opt,
-                   SafetensorsFile::Open((fs::path(dir) / "optimizer.safetensors").string()));
-  ASSIGN_OR_RETURN(std::vector<float> m, opt->ReadF32("exp_avg"));
-  ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadF32("exp_avg_sq"));
-  if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n)
-    return mismatch("optimizer state size");
-  best_params_.clear();
-  if (opt->Has("best_params")) {
-    ASSIGN_OR_RETURN(best_params_, opt->ReadF32("best_params"));
-  }
-  device_->CopyFromHost(adapter.params.data(), n, d_params_->data());
-  device_->CopyFromHost(m.data(), n, d_m_->data());
-  device_->CopyFromHost(v.data(), n, d_v_->data());
-  step_ = st["step"].get<int64_t>();
-  evals_without_improvement_ = st.value("evals_without_improvement", int64_t{0});
-  stopped_early_ = st.value("stopped_early", false);
-  loss_ema_.reset();
-  min_loss_ema_.reset();
-  best_eval_.reset();
-  if (st.contains("loss_ema")) loss_ema_ = st["loss_ema"].get<double>();
-  if (st.contains("min_loss_ema")) min_loss_ema_ = st["min_loss_ema"].get<double>();
-  if (st.contains("best_eval_loss")) best_eval_ = st["best_eval_loss"].get<double>();
   return absl::OkStatus();
 }
 

@@ -14,6 +14,7 @@
 #include "engine/lora.h"
 #include "engine/lora_training.h"
 #include "engine/trainer.h"
+#include "tests/common/random_model.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace qlorad {
@@ -29,8 +30,7 @@ std::vector<float> Normal(int64_t n, float stddev) {
 }
 
 LlamaWeights RandomModel() {
-  LlamaWeights w;
-  LlamaConfig& c = w.config;
+  LlamaConfig c;
   c.hidden_size = 256;  // head_dim 32: the flash-attention kernels run
   c.intermediate_size = 344;
   c.num_hidden_layers = 2;
@@ -38,16 +38,7 @@ LlamaWeights RandomModel() {
   c.num_key_value_heads = 4;
   c.vocab_size = 512;
   c.max_position_embeddings = 256;
-  for (TensorSlot& s : TensorSlots(w)) {
-    int64_t n = 1;
-    for (int64_t d : s.shape) n *= d;
-    const bool norm = s.shape.size() == 1;
-    *s.data = norm ? std::vector<float>(n, 1.0f) : Normal(n, 0.05f);
-    if (norm) {
-      for (float& x : *s.data) x += 0.1f * Normal(1, 1.0f)[0];
-    }
-  }
-  return w;
+  return testing::RandomLlamaWeights(c, rng, 0.05f, 0.1f);
 }
 
 MicroBatch RandomBatch(int64_t rows, int64_t seq, int64_t vocab) {
@@ -202,7 +193,7 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
     auto t = Trainer::Create(model->get(), rows, {}, o);
     GPU_CHECK(t.ok(), "trainer: %s", std::string(t.status().message()).c_str());
     if (!t.ok()) return;
-    absl::Status s = (*t)->Run();
+    absl::Status s = (*t)->RunUntil((*t)->total_steps());
     GPU_CHECK(s.ok(), "run: %s", std::string(s.message()).c_str());
     adapters[d] = (*t)->params();
   }
@@ -217,7 +208,7 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
   auto t = Trainer::Create(model->get(), rows, {}, o);
   GPU_CHECK(t.ok(), "paged trainer: %s", std::string(t.status().message()).c_str());
   if (!t.ok()) return;
-  absl::Status s = (*t)->Run();
+  absl::Status s = (*t)->RunUntil((*t)->total_steps());
   GPU_CHECK(s.ok(), "paged run: %s", std::string(s.message()).c_str());
   GPU_CHECK((*t)->params() == adapters[1], "the paged run's adapter differs from the resident one");
   GPU_CHECK(gpu->memory_usage().optimizer_host == 0, "moments left the card while training");

@@ -55,6 +55,7 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_GPU_CHECK=ON -DQLORA
     -DCMAKE_CUDA_ARCHITECTURES="$arch" >> "$out/configure.log" 2>&1 || status=1
 }
 echo "build scope: $scope" >> "$out/machine.txt"
+grep "qlorad: GPU check" "$out/configure.log" >> "$out/machine.txt"  # absl-lite? engine core only?
 if [ $status -eq 0 ]; then
   phase "build ($scope)"
   cmake --build build-gpu -j "$jobs" > "$out/build.log" 2>&1 || status=2

@@ -1,0 +1,29 @@
+// Random LLaMA weights for tests and benchmarks that need a model of a given shape but not a
+// trained one: linear weights and embeddings ~ N(0, stddev), norm weights 1 + N(0, norm_jitter).
+// Header-only and free of GoogleTest, so the GPU tests (plain executables) can use it too.
+#pragma once
+
+#include <cstdint>
+#include <random>
+
+#include "engine/llama_weights.h"
+
+namespace qlorad::testing {
+
+template <typename Rng>
+LlamaWeights RandomLlamaWeights(const LlamaConfig& config, Rng& rng, float stddev = 0.05f,
+                                float norm_jitter = 0.0f) {
+  LlamaWeights w;
+  w.config = config;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (TensorSlot& s : TensorSlots(w)) {
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    s.data->resize(n);
+    const bool norm = s.shape.size() == 1;
+    for (float& x : *s.data) x = norm ? 1.0f + norm_jitter * normal(rng) : stddev * normal(rng);
+  }
+  return w;
+}
+
+}  // namespace qlorad::testing
