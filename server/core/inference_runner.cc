@@ -49,12 +49,18 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapter
 
 InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
                                  std::string scratch_dir, int threads, int cached_adapters)
+    : InferenceRunner(models, datasets, adapters, std::move(scratch_dir), CreateCpuDevice(threads),
+                      cached_adapters) {}
+
+InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
+                                 std::string scratch_dir, std::unique_ptr<Device> device,
+                                 int cached_adapters)
     : models_(models),
       datasets_(datasets),
       adapters_(adapters),
       scratch_dir_(std::move(scratch_dir)),
       cached_adapters_(std::max(0, cached_adapters)) {
-  device_ = CreateCpuDevice(threads);
+  device_ = std::move(device);
   pool_ = std::make_unique<ModelPool>(device_.get());
 }
 

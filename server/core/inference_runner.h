@@ -1,5 +1,6 @@
-// Generation and evaluation with a tenant's adapter applied unmerged on a base model, on a CPU
-// device of its own (never a training worker's, whose engine only that worker drives). Base
+// Generation and evaluation with a tenant's adapter applied unmerged on a base model, on a
+// device of its own (a CPU device, or a CUDA device object of its own on a GPU; never a training
+// worker's, whose engine only that worker drives). Base
 // models are loaded once into this runner's pool; the most recently used adapters stay placed
 // on the device (adapters never change once stored, and each use first checks that the
 // tenant still has it); requests run one at a time.
@@ -25,9 +26,12 @@ namespace qlorad::core {
 
 class InferenceRunner {
  public:
-  // Keeps up to `cached_adapters` adapters placed on the device between requests.
+  // Keeps up to `cached_adapters` adapters placed on the device between requests. The first
+  // form runs on a CPU device of `threads` threads (0: all).
   InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
                   std::string scratch_dir, int threads, int cached_adapters = 4);
+  InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
+                  std::string scratch_dir, std::unique_ptr<Device> device, int cached_adapters);
 
   // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
   // returning false (the client left) stops generation. Returns the finish reason.

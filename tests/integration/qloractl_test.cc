@@ -140,6 +140,17 @@ std::string* QloractlTest::dir_ = nullptr;
 std::string* QloractlTest::dataset_ = nullptr;
 DaemonProcess* QloractlTest::daemon_ = nullptr;
 
+// A daemon asked for an inference device it cannot use does not start, and says which flag.
+TEST(QloradFlags, AnUnusableInferenceDeviceStopsTheStartNamingTheFlag) {
+  const std::string dir = FreshTestDir("flags");
+  int run = 0;
+  for (const char* flag : {"--inference-device=gpu7", "--inference-device=cuda:64"}) {
+    DaemonProcess daemon(dir + "/" + std::to_string(run++), {"--devices=cpu:0", flag});
+    EXPECT_FALSE(daemon.Start()) << flag;
+    EXPECT_NE(daemon.log().find("--inference-device"), std::string::npos) << daemon.log();
+  }
+}
+
 TEST_F(QloractlTest, JobLifecycleAndWatch) {
   const auto [job, adapter] = TrainedJob();
   auto got = Run(kAcmeKey, {"-o", "json", "jobs", "get", job});
