@@ -168,8 +168,8 @@ absl::Status Run() {
   for (const storage::Family f : {storage::Family::kDatasets, storage::Family::kAdapters}) {
     ASSIGN_OR_RETURN(const int64_t moved, core::MigrateRecordLayout(node.db.get(), f));
     if (moved > 0) {
-      std::fprintf(stderr, "qlorad: moved %lld %s records to the current key layout\n",
-                   static_cast<long long>(moved), storage::FamilyName(f));
+      Log("info", absl::StrCat("moved ", moved, " ", storage::FamilyName(f),
+                               " records to the current key layout"));
     }
   }
   node.jobs = std::make_unique<core::JobStore>(node.db.get());

@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapter
       exported.ok() ? LoadPeftAdapter(dir, config) : absl::StatusOr<PeftAdapter>(exported);
   std::error_code ec;
   fs::remove_all(dir, ec);
+  if (!exported.ok()) return exported;  // deleted meanwhile, or a storage error: as it is
   if (!peft.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "adapter_id: adapter '", id, "' does not fit this model: ", peft.status().message()));
@@ -83,7 +84,8 @@ absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
   if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
     return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
   if (!meta.ok()) return meta.status();
-  // A model re-registered under the same name may have another shape: its time tells them apart.
+  // A model re-registered under the same name may have another shape: its registration time
+  // tells them apart (the pool reloads it too).
   const std::string key =
       absl::StrCat(tenant, "/", id, "/", model.name(), "@", model.create_time().seconds(), ".",
                    model.create_time().nanos());

@@ -10,7 +10,10 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(model.name());
-    if (it != models_.end()) return it->second;
+    if (it != models_.end() && it->second->registered_seconds == model.create_time().seconds() &&
+        it->second->registered_nanos == model.create_time().nanos()) {
+      return it->second;
+    }
   }
   // Loading takes a while and only this device's worker loads, so no lock is held meanwhile.
   ASSIGN_OR_RETURN(ModelSource source, OpenModelSource(model.source_path()));
@@ -20,6 +23,8 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   }
   auto pooled = std::make_shared<PooledModel>();
   pooled->name = model.name();
+  pooled->registered_seconds = model.create_time().seconds();
+  pooled->registered_nanos = model.create_time().nanos();
   pooled->bytes = model.quantized_bytes();
   pooled->tokenizer = std::move(source.tokenizer);
   ModelOptions options;

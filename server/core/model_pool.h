@@ -22,6 +22,10 @@ namespace qlorad::core {
 
 struct PooledModel {
   std::string name;
+  // The registration it was loaded from: a model deleted and registered again under the same
+  // name (perhaps another checkpoint) is loaded anew, not served from the old weights.
+  int64_t registered_seconds = 0;
+  int32_t registered_nanos = 0;
   int64_t bytes = 0;  // the registry's loaded-size estimate (counted once per device)
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<LlamaModel> model;
@@ -31,7 +35,8 @@ class ModelPool {
  public:
   explicit ModelPool(Device* device) : device_(device) {}
 
-  // The loaded model, loading it from its registered path on first use.
+  // The loaded model, loading it from its registered path on first use (and again when the
+  // name was registered anew since).
   absl::StatusOr<std::shared_ptr<PooledModel>> Acquire(const v1::Model& model)
       ABSL_LOCKS_EXCLUDED(mu_);
   bool IsLoaded(const std::string& name) const ABSL_LOCKS_EXCLUDED(mu_);

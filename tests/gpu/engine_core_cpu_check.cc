@@ -1,7 +1,8 @@
 // The engine's compute core (qlorad_engine_core) on the CPU device, built the way the GPU check
 // builds it (on compat/absl-lite where the machine lacks Abseil): a LoRA adapter on a small
 // random model learns a repeating token pattern, and a bad option comes back as an error that
-// names it. Runs anywhere; on the GPU machine it shows the core that the GPU tests link works.
+// names it. Needs no GPU (it is built with the GPU tests, wherever a CUDA compiler is found); on
+// the GPU machine it shows that the core the GPU tests link works there.
 #include <cmath>
 #include <cstdio>
 #include <random>

@@ -98,6 +98,19 @@ TEST_F(InferenceRunnerTest, AdapterIsReadOnceThenServedFromTheCache) {
   EXPECT_EQ(runner.adapter_loads(), 3);
 }
 
+// Least recently used goes first: with room for two, A B A C keeps A (used last but one) and
+// drops B, so A is not read again (a first-in-first-out cache would drop A).
+TEST_F(InferenceRunnerTest, TheLeastRecentlyUsedAdapterIsDropped) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1,
+                         /*cached_adapters=*/2);
+  const std::string a = StoreRandomAdapter("a", 4), b = StoreRandomAdapter("a", 5),
+                    c = StoreRandomAdapter("a", 6);
+  for (const std::string& id : {a, b, a, c, a}) ASSERT_TRUE(Loss(runner, "a", id).ok());
+  EXPECT_EQ(runner.adapter_loads(), 3);
+  ASSERT_TRUE(Loss(runner, "a", b).ok());  // dropped when C came in
+  EXPECT_EQ(runner.adapter_loads(), 4);
+}
+
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
   InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
   const std::string id = StoreRandomAdapter("a", 3);

@@ -15,6 +15,7 @@ namespace strings_internal {
 inline void AppendPiece(std::string& out, std::string_view s) { out.append(s); }
 inline void AppendPiece(std::string& out, const char* s) { out.append(s); }
 inline void AppendPiece(std::string& out, const std::string& s) { out.append(s); }
+void AppendPiece(std::string& out, char c) = delete;  // as Abseil: say StrCat(std::string(1, c))
 template <typename T>
 std::enable_if_t<std::is_integral_v<T> || std::is_enum_v<T>> AppendPiece(std::string& out, T v) {
   if constexpr (std::is_enum_v<T>) {
