@@ -84,11 +84,9 @@ absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
   if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
     return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
   if (!meta.ok()) return meta.status();
-  // A model re-registered under the same name may have another shape: its registration time
+  // A model re-registered under the same name may have another shape: its registration record
   // tells them apart (the pool reloads it too).
-  const std::string key =
-      absl::StrCat(tenant, "/", id, "/", model.name(), "@", model.create_time().seconds(), ".",
-                   model.create_time().nanos());
+  const std::string key = absl::StrCat(tenant, "/", id, "/", model.SerializeAsString());
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
     if (it->key == key) {
       cache_.splice(cache_.begin(), cache_, it);  // now the most recently used

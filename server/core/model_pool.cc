@@ -10,8 +10,7 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(model.name());
-    if (it != models_.end() && it->second->registered_seconds == model.create_time().seconds() &&
-        it->second->registered_nanos == model.create_time().nanos()) {
+    if (it != models_.end() && it->second->registration == model.SerializeAsString()) {
       return it->second;
     }
   }
@@ -23,8 +22,7 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   }
   auto pooled = std::make_shared<PooledModel>();
   pooled->name = model.name();
-  pooled->registered_seconds = model.create_time().seconds();
-  pooled->registered_nanos = model.create_time().nanos();
+  pooled->registration = model.SerializeAsString();
   pooled->bytes = model.quantized_bytes();
   pooled->tokenizer = std::move(source.tokenizer);
   ModelOptions options;

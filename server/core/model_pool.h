@@ -22,10 +22,10 @@ namespace qlorad::core {
 
 struct PooledModel {
   std::string name;
-  // The registration it was loaded from: a model deleted and registered again under the same
-  // name (perhaps another checkpoint) is loaded anew, not served from the old weights.
-  int64_t registered_seconds = 0;
-  int32_t registered_nanos = 0;
+  // The registration record it was loaded from (path, time, shape): a model deleted and
+  // registered again under the same name (perhaps another checkpoint) is loaded anew, not
+  // served from the old weights.
+  std::string registration;
   int64_t bytes = 0;  // the registry's loaded-size estimate (counted once per device)
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<LlamaModel> model;

@@ -4,9 +4,11 @@
 
 #include <filesystem>
 
+#include "engine/device.h"
 #include "engine/gguf.h"
 #include "engine/nf4_checkpoint.h"
 #include "gtest/gtest.h"
+#include "server/core/model_pool.h"
 #include "tests/server/test_dirs.h"
 #include "tests/server/test_inputs.h"
 
@@ -68,6 +70,29 @@ TEST_F(ModelStoreTest, BadNamesAndBadModelsAreRejectedWithReasons) {
   EXPECT_NE(missing.status().message().find("/nonexistent/model"), std::string::npos)
       << missing.status();
   EXPECT_TRUE(store_->List()->empty());
+}
+
+// A device's pool serves a model once loaded, but a model deleted and registered again under the
+// same name (possibly another checkpoint) is loaded anew rather than served from the old weights.
+TEST_F(ModelStoreTest, APoolLoadsAModelRegisteredAnewUnderTheSameName) {
+  auto device = CreateCpuDevice(1);
+  ModelPool pool(device.get());
+  auto first = store_->Register("stories", StoriesGguf());
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto a = pool.Acquire(*first);
+  auto b = pool.Acquire(*first);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->get(), b->get());
+  ASSERT_TRUE(store_->Delete("stories").ok());
+  const std::string copy = dir_ + "/stories-copy.gguf";
+  std::filesystem::copy_file(StoriesGguf(), copy);
+  auto second = store_->Register("stories", copy);
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto c = pool.Acquire(*second);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(c->get(), a->get());
+  EXPECT_EQ(pool.Acquire(*second)->get(), c->get());
+  EXPECT_EQ(pool.LoadedCount(), 1);
 }
 
 }  // namespace
