@@ -129,6 +129,7 @@ QLORAD_FLASH_FN void FlashLoadTile(C& cx, const float* src, int T, int heads, in
 }
 
 // delta[h, t] = sum_d dout[t, h, d] * out[t, h, d] (the backward's row correction term).
+// (On the GPU a warp sums each row: kernels/cuda/flash_attention.cu, DeltaKernel.)
 template <int HD>
 QLORAD_FLASH_FN float FlashDeltaRow(const FlashArgs& a, int t, int h) {
   const int64_t base = (static_cast<int64_t>(t) * a.H + h) * HD;

@@ -69,13 +69,18 @@ __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashAr
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
 }
 
-// One thread per (head, query).
+// delta[h, t] = rowsum(dout * out) (fl::FlashDeltaRow): one warp per (head, query), its lanes
+// reading the row's HD contiguous floats together.
 template <int HD>
 __global__ void DeltaKernel(fl::FlashArgs a, float* delta) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<int64_t>(a.H) * a.T) return;
-  const int h = static_cast<int>(i / a.T), t = static_cast<int>(i % a.T);
-  delta[i] = fl::FlashDeltaRow<HD>(a, t, h);
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(a.H) * a.T) return;
+  const int h = static_cast<int>(row / a.T), t = static_cast<int>(row % a.T);
+  const int64_t base = (static_cast<int64_t>(t) * a.H + h) * HD;
+  float s = 0.0f;
+  for (int d = threadIdx.x % 32; d < HD; d += 32) s += a.dout[base + d] * a.out[base + d];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) delta[row] = s;
 }
 
 // Launches `kernel` over (ceil(T / 64), blocks_y) with `smem` dynamic shared bytes, raising the
@@ -119,7 +124,7 @@ cudaError_t Forward(const fl::FlashArgs& a, cudaStream_t stream) {
 template <int HD>
 cudaError_t Backward(const fl::FlashArgs& a, float* delta, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(a.H) * a.T;
-  DeltaKernel<HD><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(a, delta);
+  DeltaKernel<HD><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(a, delta);
   cudaError_t e = cudaGetLastError();
   fl::FlashArgs b = a;
   b.delta = delta;
