@@ -20,13 +20,12 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "engine/cuda_device.h"
+#include "engine/device_select.h"
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
 #include "server/core/record_layout.h"
@@ -55,7 +54,8 @@ ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either direction");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
 ABSL_FLAG(std::string, inference_device, "cpu",
-          "Device of Generate/Evaluate: cpu, or cuda:N (a device object of its own on that GPU)");
+          "Device of Generate/Evaluate: cpu, cuda:N (a device object of its own on that GPU), or "
+          "auto (cuda:0 where there is a GPU)");
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the CPU generation/evaluation device; 0: all");
 ABSL_FLAG(int32_t, inference_cached_adapters, 4,
           "Adapters kept placed on the generation/evaluation device between requests");
@@ -200,27 +200,15 @@ absl::Status Run() {
   // Generation and evaluation run on a device of their own: the CPU, or a CUDA device object
   // of their own (its base models are not in that card's training budget: lower
   // --device-memory-bytes by what they take).
-  const std::string inference_device = absl::GetFlag(FLAGS_inference_device);
-  std::unique_ptr<Device> inference_dev;
-  if (inference_device == "cpu") {
-    inference_dev = CreateCpuDevice(absl::GetFlag(FLAGS_inference_threads));
-  } else {
-    int ordinal = -1;
-    if (inference_device.rfind("cuda:", 0) != 0 ||
-        !absl::SimpleAtoi(inference_device.substr(5), &ordinal) || ordinal < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--inference-device: '", inference_device, "' is not cpu or cuda:N"));
-    }
-    auto cuda = CreateCudaDevice(ordinal);
-    if (!cuda.ok()) {
-      return absl::Status(cuda.status().code(),
-                          absl::StrCat("--inference-device: ", cuda.status().message()));
-    }
-    inference_dev = std::move(*cuda);
+  auto inference_dev =
+      OpenDevice(absl::GetFlag(FLAGS_inference_device), absl::GetFlag(FLAGS_inference_threads));
+  if (!inference_dev.ok()) {
+    return absl::Status(inference_dev.status().code(),
+                        absl::StrCat("--inference-device: ", inference_dev.status().message()));
   }
   node.inference = std::make_unique<core::InferenceRunner>(
       node.models.get(), node.datasets.get(), node.adapters.get(), scratch,
-      std::move(inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters));
+      std::move(*inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters));
   RETURN_IF_ERROR(node.manager->Start());
   std::unique_ptr<metrics::HttpExposer> exposer;
   if (const std::string m = absl::GetFlag(FLAGS_metrics_listen); !m.empty()) {

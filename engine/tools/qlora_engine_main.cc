@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
 #include "engine/device_adapter.h"
+#include "engine/device_select.h"
 #include "engine/generate.h"
 #include "engine/llama2c.h"
 #include "engine/llama_model.h"
@@ -39,7 +40,7 @@ constexpr char kUsage[] =
     "  quantize --model DIR|FILE.gguf --out DIR [--no-double-quant]\n"
     "      write the bitsandbytes 4-bit (NF4) layout; prints bits/param and the weight error\n"
     "  generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N --temperature T\n"
-    "           [--top-p P] [--seed S] [--fp32]\n"
+    "           [--top-p P] [--seed S] [--fp32] [--device cpu|cuda:N|auto]\n"
     "           [--adapter DIR]\n"
     "      print generated text (base weights NF4 + double quantization unless --fp32)\n"
     "  train --model DIR|FILE.gguf --data FILE.jsonl [--valid FILE.jsonl] --out DIR [--rank R]\n"
@@ -49,9 +50,10 @@ constexpr char kUsage[] =
     "DIR]\n"
     "        [--eval-every N] [--early-stopping N] [--checkpoint-every N] [--checkpoint-dir DIR]\n"
     "        [--weight-decay W] [--max-grad-norm G] [--rslora] [--export-rslora-as-plain]\n"
-    "        [--activation-checkpointing] [--fp32] [--threads N]\n"
+    "        [--activation-checkpointing] [--fp32] [--threads N] [--device cpu|cuda:N|auto]\n"
     "      train a LoRA adapter on the NF4 base; writes a PEFT adapter directory at --out\n"
     "  eval --model DIR|FILE.gguf --data FILE.jsonl [--adapter DIR] [--seq-len T] [--fp32]\n"
+    "       [--device cpu|cuda:N|auto]\n"
     "      loss per target token and perplexity\n"
     "  merge --model DIR --adapter DIR --out DIR [--dtype float32|bfloat16|float16]\n"
     "      merge the adapter into the original (not NF4) weights; writes a Hugging Face dir\n";
@@ -110,7 +112,7 @@ absl::Status Quantize(int argc, char** argv) {
 absl::Status GenerateCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
                                        {"model", "prompt", "max-tokens", "temperature", "top-p",
-                                        "seed", "threads", "adapter"},
+                                        "seed", "threads", "adapter", "device"},
                                        {"fp32"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   SamplingOptions so;
@@ -133,7 +135,12 @@ absl::Status GenerateCommand(int argc, char** argv) {
     return absl::FailedPreconditionError(
         absl::StrCat(model_path, " holds 4-bit weights; --fp32 needs the original model"));
   }
-  std::unique_ptr<Device> device = CreateCpuDevice(static_cast<int>(threads));
+  auto opened = OpenDevice(a.Get("device", "cpu"), static_cast<int>(threads));
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(),
+                        absl::StrCat("--device: ", opened.status().message()));
+  }
+  std::unique_ptr<Device> device = std::move(*opened);
   const Tokenizer& tok = *src.tokenizer;
   const LlamaConfig config = src.weights.config;
   ASSIGN_OR_RETURN(auto model, LlamaModel::Create(std::move(src.weights), device.get(), mo,

@@ -11,6 +11,7 @@
 #include "engine/dataset.h"
 #include "engine/device.h"
 #include "engine/device_adapter.h"
+#include "engine/device_select.h"
 #include "engine/evaluate.h"
 #include "engine/hf_model_io.h"
 #include "engine/llama_model.h"
@@ -44,7 +45,18 @@ struct LoadedModel {
   std::unique_ptr<LlamaModel> model;
 };
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, int64_t threads) {
+// The model on the device `--device` names (default cpu); an error names the flag.
+absl::StatusOr<std::unique_ptr<Device>> DeviceFromArgs(const Args& a, int64_t threads) {
+  auto device = OpenDevice(a.Get("device", "cpu"), static_cast<int>(threads));
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("--device: ", device.status().message()));
+  }
+  return device;
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, const Args& a,
+                                      int64_t threads) {
   LoadedModel m;
   ASSIGN_OR_RETURN(m.source, OpenModelSource(path));
   if (!m.source.tokenizer)
@@ -53,7 +65,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, int64_
     return absl::FailedPreconditionError(
         absl::StrCat(path, " holds 4-bit weights; --fp32 needs the original model"));
   }
-  m.device = CreateCpuDevice(static_cast<int>(threads));
+  ASSIGN_OR_RETURN(m.device, DeviceFromArgs(a, threads));
   ModelOptions mo;
   mo.quantize = !fp32;
   LlamaWeights weights = m.source.weights;  // keep the config in `source`
@@ -91,7 +103,8 @@ absl::Status TrainCommand(int argc, char** argv) {
                                         "checkpoint-dir",
                                         "weight-decay",
                                         "max-grad-norm",
-                                        "threads"},
+                                        "threads",
+                                        "device"},
                                        {"packing", "rslora", "fp32", "activation-checkpointing",
                                         "export-rslora-as-plain"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
@@ -126,7 +139,7 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
   RETURN_IF_ERROR(o.Validate());
 
-  ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), threads));
+  ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), a, threads));
   const LlamaConfig& config = m.model->config();
   ASSIGN_OR_RETURN(int64_t seq_len,
                    a.Integer("seq-len", std::min<int64_t>(512, config.max_position_embeddings)));
@@ -210,12 +223,12 @@ absl::Status TrainCommand(int argc, char** argv) {
 
 absl::Status EvalCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(
-      Args a,
-      Args::Parse(argc, argv, {"model", "data", "adapter", "seq-len", "threads"}, {"fp32"}));
+      Args a, Args::Parse(argc, argv, {"model", "data", "adapter", "seq-len", "threads", "device"},
+                          {"fp32"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
-  ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), threads));
+  ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), a, threads));
   ASSIGN_OR_RETURN(int64_t seq_len,
                    a.Integer("seq-len", m.model->config().max_position_embeddings));
   ASSIGN_OR_RETURN(auto examples, ReadExamples(data_path, *m.source.tokenizer));

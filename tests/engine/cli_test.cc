@@ -90,6 +90,26 @@ double EvalLoss(const std::string& out) {
   return at == std::string::npos ? -1.0 : std::stod(out.substr(at + 5));
 }
 
+// --device picks where the engine runs: "cpu" and "auto" (the CPU on a machine without a GPU,
+// as here and in CI) give the published greedy text; a name that is no device, or a GPU that is
+// not there, stops the command with the flag named.
+TEST(QloraEngineCli, DeviceFlagChoosesOrRefusesTheDevice) {
+  const std::string expected = kStoriesGreedyText;
+  for (const char* device : {"cpu", "auto"}) {
+    const CliRun gen = RunEngine("generate --model " + Stories260kGguf() +
+                                 " --max-tokens 60 --temperature 0 --fp32 --device " + device);
+    ASSERT_EQ(gen.exit_code, 0) << device;
+    EXPECT_EQ(gen.out.substr(0, 150), expected.substr(0, 150)) << device;
+  }
+  for (const char* device : {"gpu", "cuda:x", "cuda:63"}) {
+    const CliRun bad = RunEngine("eval --model " + Stories260kGguf() + " --data " +
+                                     DataFile("facts_valid.jsonl") + " --device " + device,
+                                 /*merge_stderr=*/true);
+    EXPECT_NE(bad.exit_code, 0) << device;
+    EXPECT_NE(bad.out.find("--device"), std::string::npos) << bad.out;
+  }
+}
+
 TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
   const std::string model = ::qlorad::testing::Stories260kHf();
   const std::string dir = TempDir("cli_train");
