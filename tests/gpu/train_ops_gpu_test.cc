@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,6 +19,7 @@
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
+#include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/train_ops.h"
 #include "tests/gpu/gpu_check.h"
 
@@ -241,6 +243,42 @@ void Dropout() {
   Compare(std::string("dropout ") + Name<T>(), got, want, Rtol<T>(), 0.0f);
 }
 
+// The activation rounding in front of the bf16 GEMMs: bit for bit the host's round-to-nearest-
+// even conversion, on random values, halfway cases, tiny and huge values, infinities and NaN.
+void ConvertToBf16() {
+  std::vector<float> x = Random(100003, 3.0f);
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int i = 0; i < 1000; ++i) {  // exact halfway points between two bf16 values
+    uint32_t u = (bits(rng) & 0xFFFF0000u) | 0x8000u;
+    if ((u & 0x7F800000u) == 0x7F800000u) u &= 0xBFFFFFFFu;  // keep them finite
+    std::memcpy(&x[i], &u, 4);
+  }
+  x[1000] = 1e-40f;
+  x[1001] = -3.0e38f;
+  x[1002] = INFINITY;
+  x[1003] = -INFINITY;
+  x[1004] = NAN;
+  Dev<float> in(static_cast<int64_t>(x.size()));
+  CUDA_OK(cudaMemcpy(in.p, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+  Dev<bf16> out(static_cast<int64_t>(x.size()));
+  CUDA_OK(kc::ConvertToBf16(in.p, static_cast<int64_t>(x.size()), out.p, nullptr));
+  std::vector<bf16> got(x.size());
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemcpy(got.data(), out.p, x.size() * 2, cudaMemcpyDeviceToHost));
+  int64_t bad = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const bf16 want = __float2bfloat16_rn(x[i]);
+    uint16_t g, w;
+    std::memcpy(&g, &got[i], 2);
+    std::memcpy(&w, &want, 2);
+    const bool both_nan = std::isnan(x[i]) && (g & 0x7FFF) > 0x7F80;
+    bad += g != w && !both_nan;
+  }
+  GPU_CHECK(bad == 0, "to bf16: %lld of %zu values rounded differently",
+            static_cast<long long>(bad), x.size());
+  std::printf("  %-40s %zu values checked\n", "to bf16 (activation rounding)", x.size());
+}
+
 }  // namespace
 }  // namespace qlorad
 
@@ -259,5 +297,6 @@ int main() {
   qlorad::AdamW();
   qlorad::Dropout<float>();
   qlorad::Dropout<__nv_bfloat16>();
+  qlorad::ConvertToBf16();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }
