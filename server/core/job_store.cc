@@ -85,7 +85,14 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
   w.Put(Family::kMeta, seq_key, "1");
   if (!idem_key.empty()) w.Put(Family::kMeta, idem_key, absl::StrCat(job.id(), "\n", fingerprint));
   RETURN_IF_ERROR(db_->Write(w));
+  Recount(std::nullopt, stored.state());
   return stored;
+}
+
+void JobStore::Recount(std::optional<v1::JobState> from, v1::JobState to) {
+  if (!counts_ || from == to) return;
+  if (from) --(*counts_)[*from];
+  ++(*counts_)[to];
 }
 
 absl::StatusOr<v1::Job> JobStore::Get(const std::string& tenant, const std::string& id) const {
@@ -101,6 +108,7 @@ absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::st
                                         const std::function<absl::Status(v1::Job&)>& change,
                                         v1::JobEvent* event) {
   ASSIGN_OR_RETURN(v1::Job job, Get(tenant, id));
+  const v1::JobState before = job.state();
   RETURN_IF_ERROR(change(job));
   ASSIGN_OR_RETURN(int64_t seq, LastSequence(tenant, id));
   ++seq;
@@ -114,6 +122,7 @@ absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::st
   w.Put(Family::kEvents, event_key, event->SerializeAsString());
   w.Put(Family::kMeta, seq_key, absl::StrCat(seq));
   RETURN_IF_ERROR(db_->Write(w));
+  Recount(before, job.state());
   return job;
 }
 
@@ -217,13 +226,17 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
 }
 
 absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
-  std::map<v1::JobState, int64_t> counts;
-  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
-    auto job = ParseJob(value);
-    if (job.ok()) ++counts[job->state()];
-    return true;
-  }));
-  return counts;
+  absl::MutexLock lock(&mu_);
+  if (!counts_) {
+    std::map<v1::JobState, int64_t> counts;
+    RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
+      auto job = ParseJob(value);
+      if (job.ok()) ++counts[job->state()];
+      return true;
+    }));
+    counts_ = std::move(counts);
+  }
+  return *counts_;
 }
 
 absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished() const {

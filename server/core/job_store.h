@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,8 +52,10 @@ class JobStore {
                                             const std::string& page_token) const;
   absl::StatusOr<std::vector<v1::JobEvent>> Events(const std::string& tenant, const std::string& id,
                                                    int64_t after_sequence, int limit) const;
-  // Jobs of every tenant by state (metrics).
-  absl::StatusOr<std::map<v1::JobState, int64_t>> CountByState() const;
+  // Jobs of every tenant by state (metrics): counted by one scan on first use, then kept
+  // current by this store's own writes (the only writer of job records), so a scrape costs
+  // nothing however many jobs the node has kept.
+  absl::StatusOr<std::map<v1::JobState, int64_t>> CountByState() const ABSL_LOCKS_EXCLUDED(mu_);
   // Every job of every tenant not in a terminal state (restart recovery).
   absl::StatusOr<std::vector<v1::Job>> Unfinished() const;
 
@@ -62,8 +65,13 @@ class JobStore {
                                 const std::function<absl::Status(v1::Job&)>& change,
                                 v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Moves one job from `from` to `to` in the kept counts (once they are counted).
+  void Recount(std::optional<v1::JobState> from, v1::JobState to)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   storage::KvStore* db_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
+  mutable std::optional<std::map<v1::JobState, int64_t>> counts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace qlorad::core

@@ -133,5 +133,40 @@ TEST_F(JobStoreTest, ListFiltersPagesAndFindsUnfinishedJobs) {
   EXPECT_EQ(unfinished->size(), 4u);  // all but the failed one
 }
 
+// The counts a scrape reads are counted once, then kept by the store's writes: after jobs are
+// created, moved through states, refused an illegal move and recorded, they equal a fresh count
+// of the stored records (a store reopened on the same database).
+TEST_F(JobStoreTest, CountsByStateStayEqualToTheStoredRecords) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "job-0"), "", "").ok());
+  auto before = store_->CountByState();  // counted now, kept from here on
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ((*before)[v1::VALIDATING], 1);
+  for (int i = 1; i <= 4; ++i) {
+    ASSERT_TRUE(store_->Create(NewJob("acme", "job-" + std::to_string(i)), "", "").ok());
+  }
+  ASSERT_TRUE(store_->Create(NewJob("globex", "job-9"), "k", "fp").ok());
+  ASSERT_TRUE(store_->Create(NewJob("globex", "job-10"), "k", "fp").ok());  // the same job back
+  for (const char* id : {"job-1", "job-2", "job-3"}) {
+    ASSERT_TRUE(store_->Transition("acme", id, JobState::kQueued, "validated").ok());
+  }
+  ASSERT_TRUE(store_->Transition("acme", "job-2", JobState::kRunning, "placed").ok());
+  ASSERT_TRUE(store_->Transition("acme", "job-3", JobState::kCancelled, "cancelled").ok());
+  EXPECT_FALSE(store_->Transition("acme", "job-3", JobState::kRunning, "illegal").ok());
+  v1::JobEvent progress;
+  progress.mutable_progress()->set_step(1);
+  ASSERT_TRUE(store_
+                  ->Record(
+                      "acme", "job-2", [](v1::Job&) {}, progress)
+                  .ok());
+  const auto kept = store_->CountByState();
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(kept->at(v1::VALIDATING), 3);  // job-0, job-4, job-9
+  EXPECT_EQ(kept->at(v1::QUEUED), 1);
+  EXPECT_EQ(kept->at(v1::RUNNING), 1);
+  EXPECT_EQ(kept->at(v1::CANCELLED), 1);
+  Reopen();
+  EXPECT_EQ(*store_->CountByState(), *kept);
+}
+
 }  // namespace
 }  // namespace qlorad::core
