@@ -1,5 +1,9 @@
 #include "kernels/cpu/dropout.h"
 
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -26,6 +30,30 @@ TEST(Dropout, ApplyAgreesWithKeepAndDropsAboutP) {
   EXPECT_NE(out, other);
   DropoutApply(x.data(), n, 0.3f, 8, 3, other.data());
   EXPECT_NE(out, other);
+}
+
+// The mask against tests/golden/dropout_masks.txt, written by an independent implementation of
+// the mask's definition (tests/golden/make_dropout_golden.py): the mask a resumed job regenerates
+// must never change between versions.
+TEST(Dropout, MasksMatchTheIndependentGolden) {
+  std::ifstream in(std::string(QLORAD_GOLDEN_DIR) + "/dropout_masks.txt");
+  ASSERT_TRUE(in) << "missing tests/golden/dropout_masks.txt";
+  std::string line;
+  int cases = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    uint64_t seed = 0, stream = 0;
+    std::string p_text, mask;
+    int64_t n = 0;
+    ASSERT_TRUE(fields >> seed >> stream >> p_text >> n >> mask) << line;
+    ASSERT_EQ(static_cast<int64_t>(mask.size()), n) << line;
+    const float p = std::stof(p_text);
+    std::string got(n, '0');
+    for (int64_t i = 0; i < n; ++i) got[i] = DropoutKeep(seed, stream, i, p) ? '1' : '0';
+    EXPECT_EQ(got, mask) << "seed " << seed << " stream " << stream << " p " << p_text;
+    ++cases;
+  }
+  EXPECT_EQ(cases, 4);
 }
 
 }  // namespace
