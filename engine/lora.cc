@@ -21,6 +21,10 @@ int ModuleIndex(const std::string& name) {
 
 }  // namespace
 
+float LoraConfig::PlainAlpha(float rslora_alpha, int64_t rank) {
+  return rslora_alpha * std::sqrt(static_cast<float>(rank));
+}
+
 float LoraConfig::scale() const {
   return use_rslora ? alpha / std::sqrt(static_cast<float>(rank))
                     : alpha / static_cast<float>(rank);

@@ -27,6 +27,10 @@ struct LoraConfig {
   uint64_t seed = 0;  // initialisation of A
 
   float scale() const;
+  // The plain lora_alpha with the same scale, for serving stacks that ignore rsLoRA:
+  // alpha / sqrt(r) == (alpha * sqrt(r)) / r. Computed in one place so that the exported and
+  // the downloaded adapter_config.json say the same number.
+  static float PlainAlpha(float rslora_alpha, int64_t rank);
   // rank > 0, alpha > 0, dropout in [0, 1), target names known and not repeated.
   absl::Status Validate() const;
 };

@@ -44,7 +44,7 @@ absl::Status SavePeftAdapter(const std::string& dir, const LlamaConfig& model,
   float alpha = lora.alpha;
   bool rslora = lora.use_rslora;
   if (options.rewrite_rslora_alpha && rslora) {
-    alpha = lora.alpha * std::sqrt(static_cast<float>(lora.rank));
+    alpha = LoraConfig::PlainAlpha(lora.alpha, lora.rank);
     rslora = false;
   }
   nlohmann::ordered_json cfg = {

@@ -1,6 +1,5 @@
-#include <cmath>
-
 #include "absl/strings/str_cat.h"
+#include "engine/lora.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc/call.h"
 #include "server/grpc/services.h"
@@ -10,14 +9,13 @@ namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
 
-// For serving stacks that ignore rsLoRA: lora_alpha * sqrt(r) with use_rslora false gives the
-// same scale alpha / sqrt(r).
+// For serving stacks that ignore rsLoRA: the plain alpha with the same scale and use_rslora
+// false, the number the engine's exporter writes (LoraConfig::PlainAlpha).
 absl::StatusOr<std::string> RsloraAsPlain(const std::string& config_json) {
   nlohmann::json j = nlohmann::json::parse(config_json, nullptr, false);
   if (j.is_discarded()) return absl::DataLossError("stored adapter_config.json does not parse");
   if (j.value("use_rslora", false)) {
-    const double r = j.value("r", 0.0);
-    j["lora_alpha"] = j.value("lora_alpha", 0.0) * std::sqrt(r);
+    j["lora_alpha"] = LoraConfig::PlainAlpha(j.value("lora_alpha", 0.0f), j.value("r", 0));
     j["use_rslora"] = false;
   }
   return j.dump(2);
