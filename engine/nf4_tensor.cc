@@ -5,6 +5,13 @@
 
 namespace qlorad {
 
+int64_t Nf4StorageBytes(int64_t numel, const Nf4Options& o) {
+  const int64_t blocks = (numel + o.blocksize - 1) / o.blocksize;
+  if (!o.double_quant) return (numel + 1) / 2 + 4 * blocks;
+  const int64_t nested = (blocks + o.nested_blocksize - 1) / o.nested_blocksize;
+  return (numel + 1) / 2 + blocks + 4 * nested + 4;
+}
+
 int64_t Nf4Tensor::StorageBytes() const {
   int64_t bytes = static_cast<int64_t>(packed.size());
   if (double_quant) {

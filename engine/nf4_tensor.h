@@ -46,4 +46,8 @@ struct Nf4Tensor {
 absl::StatusOr<Nf4Tensor> QuantizeNf4(const float* x, std::vector<int64_t> shape,
                                       const Nf4Options& options = {});
 
+// The StorageBytes of the tensor QuantizeNf4 makes of `numel` values, without making it (the
+// daemon's memory estimate of a base model).
+int64_t Nf4StorageBytes(int64_t numel, const Nf4Options& options = {});
+
 }  // namespace qlorad

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/llama_weights.h"
 #include "engine/model_source.h"
+#include "engine/nf4_tensor.h"
 #include "engine/status_macros.h"
 
 namespace qlorad::core {
@@ -21,12 +22,6 @@ bool ValidModelName(const std::string& n) {
   return true;
 }
 
-int64_t Nf4Bytes(int64_t numel) {
-  const int64_t blocks = (numel + 63) / 64;
-  const int64_t nested = (blocks + 255) / 256;
-  return (numel + 1) / 2 + blocks + 4 * nested + 4;
-}
-
 }  // namespace
 
 int64_t LoadedModelBytes(const LlamaConfig& c) {
@@ -36,7 +31,7 @@ int64_t LoadedModelBytes(const LlamaConfig& c) {
   for (const TensorSlot& slot : TensorSlots(shapes)) {
     int64_t n = 1;
     for (int64_t d : slot.shape) n *= d;
-    bytes += slot.is_linear ? Nf4Bytes(n) : 4 * n;
+    bytes += slot.is_linear ? Nf4StorageBytes(n) : 4 * n;
   }
   return bytes;
 }

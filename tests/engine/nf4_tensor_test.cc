@@ -78,6 +78,17 @@ TEST(Nf4Tensor, StorageCostMatchesTheQLoRAFormula) {
   EXPECT_DOUBLE_EQ(pq->BitsPerParameter(), 4.5);
   // Double quantization barely moves the weights.
   EXPECT_LT(RelRms(dq->Dequantize(), pq->Dequantize()), 0.01);
+  // The size predicted without quantizing (the daemon's estimate) is the size made, also for
+  // partial blocks and partial nested blocks.
+  for (const int64_t n : {int64_t{1}, int64_t{63}, int64_t{65}, int64_t{64 * 256 + 1}, out * in}) {
+    for (const bool double_quant : {true, false}) {
+      Nf4Options o;
+      o.double_quant = double_quant;
+      auto t = QuantizeNf4(x.data(), {n}, o);
+      ASSERT_TRUE(t.ok());
+      EXPECT_EQ(Nf4StorageBytes(n, o), t->StorageBytes()) << n << " " << double_quant;
+    }
+  }
 }
 
 TEST(Nf4Tensor, DoubleQuantizationLayout) {
