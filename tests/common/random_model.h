@@ -1,6 +1,7 @@
-// Random LLaMA weights for tests and benchmarks that need a model of a given shape but not a
-// trained one: linear weights and embeddings ~ N(0, stddev), norm weights 1 + N(0, norm_jitter).
-// Header-only and free of GoogleTest, so the GPU tests (plain executables) can use it too.
+// Random LLaMA weights for tests that need a model of a given shape but not a trained one (the
+// 7B GPU bench fills its weights with a parallel hash instead, for speed): linear weights and
+// embeddings ~ N(0, stddev), norm weights 1 + N(0, norm_jitter). Header-only and free of
+// GoogleTest, so the GPU tests (plain executables) can use it too.
 #pragma once
 
 #include <cstdint>

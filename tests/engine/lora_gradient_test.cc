@@ -9,13 +9,13 @@
 #include "engine/lora.h"
 #include "engine/lora_training.h"
 #include "gtest/gtest.h"
+#include "tests/common/random_model.h"
 
 namespace qlorad {
 namespace {
 
 LlamaWeights RandomTinyModel(uint32_t seed) {
-  LlamaWeights w;
-  LlamaConfig& c = w.config;
+  LlamaConfig c;
   c.hidden_size = 16;
   c.intermediate_size = 24;
   c.num_hidden_layers = 2;
@@ -25,14 +25,7 @@ LlamaWeights RandomTinyModel(uint32_t seed) {
   c.max_position_embeddings = 64;
   c.tie_word_embeddings = false;
   std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 0.5f);
-  for (const TensorSlot& s : TensorSlots(w)) {
-    int64_t n = 1;
-    for (int64_t d : s.shape) n *= d;
-    s.data->resize(n);
-    for (float& v : *s.data) v = s.shape.size() == 1 ? 1.0f + 0.2f * g(rng) : g(rng);
-  }
-  return w;
+  return ::qlorad::testing::RandomLlamaWeights(c, rng, 0.5f, 0.1f);
 }
 
 MicroBatch TwoRows() {

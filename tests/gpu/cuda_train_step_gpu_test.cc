@@ -22,12 +22,7 @@ namespace {
 
 std::mt19937_64 rng;
 
-std::vector<float> Normal(int64_t n, float stddev) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> Normal(int64_t n, float stddev) { return gpu_check::Normal(rng, n, stddev); }
 
 LlamaWeights RandomModel() {
   LlamaConfig c;

@@ -22,33 +22,10 @@ namespace kc = kernels::cuda;
 std::mt19937_64 rng;
 
 std::vector<float> Random(size_t n, float sd) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
+  return gpu_check::Normal(rng, static_cast<int64_t>(n), sd);
 }
-
-// Device copy of a host vector (RAII), or `n` NaNs.
 template <typename T>
-struct Dev {
-  explicit Dev(size_t n) : n(n) {
-    CUDA_OK(cudaMalloc(&p, (n > 0 ? n : 1) * sizeof(T)));
-    CUDA_OK(cudaMemset(p, 0xFF, (n > 0 ? n : 1) * sizeof(T)));
-  }
-  explicit Dev(const std::vector<T>& h) : Dev(h.size()) {
-    CUDA_OK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  Dev(const Dev&) = delete;
-  ~Dev() { cudaFree(p); }
-  std::vector<T> Get() const {
-    std::vector<T> h(n);
-    CUDA_OK(cudaDeviceSynchronize());
-    CUDA_OK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-  T* p = nullptr;
-  size_t n;
-};
+using Dev = gpu_check::DeviceArray<T>;
 
 // ||x - ref|| / ||ref||, and whether every element of x is finite.
 double RelativeError(const std::vector<float>& x, const std::vector<float>& ref, bool* finite) {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <vector>
 
 namespace qlorad::gpu_check {
 
@@ -51,6 +52,40 @@ inline uint64_t FreshSeed() {
   std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
   return seed;
 }
+
+// n values ~ N(0, sd) drawn from `rng`.
+template <typename Rng>
+std::vector<float> Normal(Rng& rng, int64_t n, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Device memory for a test's lifetime (RAII): `n` elements with every bit set (NaN for floats,
+// so an element a kernel fails to write shows), or a copy of a host vector.
+template <typename T>
+struct DeviceArray {
+  explicit DeviceArray(int64_t n) : n(n) {
+    CUDA_OK(cudaMalloc(&p, (n > 0 ? n : 1) * sizeof(T)));
+    CUDA_OK(cudaMemset(p, 0xFF, (n > 0 ? n : 1) * sizeof(T)));
+  }
+  explicit DeviceArray(const std::vector<T>& h) : DeviceArray(static_cast<int64_t>(h.size())) {
+    CUDA_OK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFree(p); }
+  // The contents, after the device finished its work.
+  std::vector<T> Get() const {
+    std::vector<T> h(n);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  T* p = nullptr;
+  int64_t n;
+};
 
 inline int Finish(const char* name) {
   std::printf("%s: %s (%d failed checks)\n", name, failures == 0 ? "PASSED" : "FAILED", failures);

@@ -16,9 +16,7 @@ namespace {
 
 void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n) {
   const int bs = 64, nbs = 256;
-  std::normal_distribution<float> d(0.0f, 0.02f);
-  std::vector<float> x(n);
-  for (float& v : x) v = d(rng);
+  std::vector<float> x = gpu_check::Normal(rng, n, 0.02f);
   for (int64_t i = 64; i < 128 && i < n; ++i) x[i] = 0.0f;  // an all-zero block
   const int64_t blocks = (n + bs - 1) / bs, nested = (blocks + nbs - 1) / nbs;
 

@@ -31,24 +31,10 @@ using bf16 = __nv_bfloat16;
 std::mt19937_64 rng;
 
 std::vector<float> Random(int64_t n, float scale = 1.0f) {
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
+  return gpu_check::Normal(rng, n, scale);
 }
-
-// Device memory for the test's lifetime (RAII); filled with NaN (all bits set) when made.
 template <typename T>
-struct Dev {
-  explicit Dev(int64_t n) : n(n) {
-    CUDA_OK(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(T)));
-    CUDA_OK(cudaMemset(p, 0xFF, std::max<int64_t>(n, 1) * sizeof(T)));
-  }
-  Dev(const Dev&) = delete;
-  ~Dev() { cudaFree(p); }
-  T* p = nullptr;
-  int64_t n;
-};
+using Dev = gpu_check::DeviceArray<T>;
 
 template <typename T>
 T To(float v);
