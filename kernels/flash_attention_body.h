@@ -43,7 +43,7 @@ struct FlashArgs {
   float* out = nullptr;               // [T, H, HD]  (forward output; backward input)
   float* lse = nullptr;               // [H, T] log-sum-exp of each query's scaled scores
   const float* dout = nullptr;        // [T, H, HD]
-  const float* delta = nullptr;       // [H, T] rowsum(dout * out), see FlashDeltaRow
+  const float* delta = nullptr;       // [H, T] rowsum(dout * out) (DeltaKernel)
   float* dq = nullptr;                // [T, H, HD] written
   float* dk = nullptr;                // [T, KV, HD] written
   float* dv = nullptr;                // [T, KV, HD] written
@@ -126,16 +126,6 @@ QLORAD_FLASH_FN void FlashLoadTile(C& cx, const float* src, int T, int heads, in
     const float x = t < T ? src[(static_cast<int64_t>(t) * heads + head) * HD + d] : 0.0f;
     dst[r * ld + d] = C::ToBf16(x);
   }
-}
-
-// delta[h, t] = sum_d dout[t, h, d] * out[t, h, d] (the backward's row correction term).
-// (On the GPU a warp sums each row: kernels/cuda/flash_attention.cu, DeltaKernel.)
-template <int HD>
-QLORAD_FLASH_FN float FlashDeltaRow(const FlashArgs& a, int t, int h) {
-  const int64_t base = (static_cast<int64_t>(t) * a.H + h) * HD;
-  float s = 0.0f;
-  for (int d = 0; d < HD; ++d) s += a.dout[base + d] * a.out[base + d];
-  return s;
 }
 
 // Forward of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 query rows;
@@ -297,7 +287,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs& a, unsigned ch
         const int r = 16 * warp + lane % 16, j = k0 + r, half = lane / 16;
         for (int i = half * (BQ / 2); i < (half + 1) * (BQ / 2); ++i) {
           const int t = q0 + i;
-          const bool visible = j < a.T && FlashVisible(a, t, j);
+          const bool visible = FlashVisible(a, t, j);  // implies j <= t < T
           const float pr = visible ? expf(st[r * Lay::kLdQ + i] * a.scale - lse[i]) : 0.0f;
           pt[r * Lay::kLdQB + i] = C::ToBf16(pr);
           dst[r * Lay::kLdQB + i] = C::ToBf16(pr * (dpt[r * Lay::kLdQ + i] - delta[i]));

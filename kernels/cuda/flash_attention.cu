@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashAr
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
 }
 
-// delta[h, t] = rowsum(dout * out) (fl::FlashDeltaRow): one warp per (head, query), its lanes
+// delta[h, t] = sum_d dout[t, h, d] out[t, h, d]: one warp per (head, query), its lanes
 // reading the row's HD contiguous floats together.
 template <int HD>
 __global__ void DeltaKernel(fl::FlashArgs a, float* delta) {

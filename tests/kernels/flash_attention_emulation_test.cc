@@ -40,10 +40,14 @@ void RunFlash(fl::FlashArgs& a) {
                                          [&](testing::EmulatedContext& cx, unsigned char* smem) {
                                            fl::FlashForwardBlock<HD>(cx, a, smem);
                                          });
-  // The delta pre-pass is one thread per (head, query) on the GPU.
-  std::vector<float> delta(static_cast<size_t>(a.H) * a.T);
-  for (int h = 0; h < a.H; ++h)
-    for (int t = 0; t < a.T; ++t) delta[h * a.T + t] = fl::FlashDeltaRow<HD>(a, t, h);
+  // The delta pre-pass (a plain kernel on the GPU): rowsum(dout * out) per (head, query).
+  std::vector<float> delta(static_cast<size_t>(a.H) * a.T, 0.0f);
+  for (int h = 0; h < a.H; ++h) {
+    for (int t = 0; t < a.T; ++t) {
+      const size_t base = (static_cast<size_t>(t) * a.H + h) * HD;
+      for (int d = 0; d < HD; ++d) delta[h * a.T + t] += a.dout[base + d] * a.out[base + d];
+    }
+  }
   a.delta = delta.data();
   violations += testing::RunEmulatedGrid(tiles, a.KV, fl::kFlashThreads, Lay::kKvBytes,
                                          [&](testing::EmulatedContext& cx, unsigned char* smem) {
