@@ -71,34 +71,35 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
   Loaded l;
   ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
   if (!adapter_id.empty()) {
-    ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, model, adapter_id, l.model->model->config()));
+    ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, adapter_id, l.model));
   }
   return l;
 }
 
 absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
-    const std::string& tenant, const v1::Model& model, const std::string& id,
-    const LlamaConfig& config) {
+    const std::string& tenant, const std::string& id, const std::shared_ptr<PooledModel>& model) {
   // Always asked of the store first: a deleted adapter is never served from the cache.
   auto meta = adapters_->Get(tenant, id);
   if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
     return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
   if (!meta.ok()) return meta.status();
-  // A model re-registered under the same name may have another shape: its registration record
-  // tells them apart (the pool reloads it too).
-  const std::string key = absl::StrCat(tenant, "/", id, "/", model.SerializeAsString());
+  // An entry counts only for the base model the pool serves now: a model registered anew under
+  // the same name (perhaps of another shape) is a new pooled model.
+  const std::string key = absl::StrCat(tenant, "/", id);
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-    if (it->key == key) {
+    if (it->key == key && it->model.lock() == model) {
       cache_.splice(cache_.begin(), cache_, it);  // now the most recently used
       return cache_.front().adapter;
     }
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<DeviceAdapter> placed,
-                   LoadAdapter(adapters_, device_.get(), tenant, id, config, scratch_dir_));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<DeviceAdapter> placed,
+      LoadAdapter(adapters_, device_.get(), tenant, id, model->model->config(), scratch_dir_));
   ++adapter_loads_;
   std::shared_ptr<const DeviceAdapter> adapter = std::move(placed);
   if (cached_adapters_ > 0) {
-    cache_.push_front({key, adapter});
+    std::erase_if(cache_, [&](const CachedAdapter& e) { return e.key == key; });  // stale model
+    cache_.push_front({key, model, adapter});
     if (static_cast<int>(cache_.size()) > cached_adapters_) cache_.pop_back();
   }
   return adapter;

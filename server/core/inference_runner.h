@@ -54,11 +54,9 @@ class InferenceRunner {
   };
   absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
                               const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The tenant's adapter for `model`, from the cache or the store (then cached).
-  absl::StatusOr<std::shared_ptr<const DeviceAdapter>> Adapter(const std::string& tenant,
-                                                               const v1::Model& model,
-                                                               const std::string& id,
-                                                               const LlamaConfig& config)
+  // The tenant's adapter for the pooled `model`, from the cache or the store (then cached).
+  absl::StatusOr<std::shared_ptr<const DeviceAdapter>> Adapter(
+      const std::string& tenant, const std::string& id, const std::shared_ptr<PooledModel>& model)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ModelStore* models_;
@@ -69,7 +67,8 @@ class InferenceRunner {
   std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);
   struct CachedAdapter {
-    std::string key;  // tenant, adapter id, base model (name and registration time)
+    std::string key;                   // tenant / adapter id
+    std::weak_ptr<PooledModel> model;  // placed for this base model (the pool's current one)
     std::shared_ptr<const DeviceAdapter> adapter;
   };
   const int cached_adapters_;

@@ -405,12 +405,11 @@ void JobManager::ApplyLiveFields(std::vector<v1::Job>& jobs) const {
   absl::MutexLock lock(&mu_);
   // The queue's order is computed once for all the jobs asked about.
   std::map<std::string, int32_t> position;
-  for (const v1::Job& j : jobs) {
-    if (j.state() != v1::QUEUED) continue;
+  if (std::any_of(jobs.begin(), jobs.end(),
+                  [](const v1::Job& j) { return j.state() == v1::QUEUED; })) {
     const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
     for (size_t i = 0; i < order.size(); ++i)
       position[queue_[order[i]].id] = static_cast<int32_t>(i);
-    break;
   }
   for (v1::Job& job : jobs) {
     auto pos = position.find(job.id());

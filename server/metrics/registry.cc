@@ -10,6 +10,22 @@
 namespace qlorad::metrics {
 namespace {
 
+// Escaped for the exposition format: backslash and newline, and in label values the quote.
+std::string Escape(const std::string& v, bool label_value) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '"' && label_value)
+      out += "\\\"";
+    else
+      out += c;
+  }
+  return out;
+}
+
 std::string Number(double v) {
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
@@ -27,7 +43,7 @@ std::string LabelSet(const std::vector<std::string>& names, const std::vector<st
   if (names.empty() && extra_name.empty()) return "";
   std::string out = "{";
   for (size_t i = 0; i < names.size(); ++i) {
-    absl::StrAppend(&out, i ? "," : "", names[i], "=\"", EscapeLabelValue(values[i]), "\"");
+    absl::StrAppend(&out, i ? "," : "", names[i], "=\"", Escape(values[i], true), "\"");
   }
   if (!extra_name.empty()) {
     absl::StrAppend(&out, names.empty() ? "" : ",", extra_name, "=\"", extra_value, "\"");
@@ -35,35 +51,7 @@ std::string LabelSet(const std::vector<std::string>& names, const std::vector<st
   return out + "}";
 }
 
-std::string EscapeHelp(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\')
-      out += "\\\\";
-    else if (c == '\n')
-      out += "\\n";
-    else
-      out += c;
-  }
-  return out;
-}
-
 }  // namespace
-
-std::string EscapeLabelValue(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\')
-      out += "\\\\";
-    else if (c == '"')
-      out += "\\\"";
-    else if (c == '\n')
-      out += "\\n";
-    else
-      out += c;
-  }
-  return out;
-}
 
 void Registry::Declare(const std::string& name, Type type, const std::string& help,
                        std::vector<std::string> label_names, std::vector<double> buckets) {
@@ -121,12 +109,6 @@ void Registry::Remove(const std::string& name, const std::vector<std::string>& l
   if (it != families_.end()) it->second.series.erase(labels);
 }
 
-void Registry::Clear(const std::string& name) {
-  absl::MutexLock lock(&mu_);
-  auto it = families_.find(name);
-  if (it != families_.end()) it->second.series.clear();
-}
-
 void Registry::AddCollector(std::function<void(Registry&)> collector) {
   absl::MutexLock lock(&mu_);
   collectors_.push_back(std::move(collector));
@@ -145,7 +127,7 @@ std::string Registry::Serialize() {
     const char* type = f.type == Type::kCounter ? "counter"
                        : f.type == Type::kGauge ? "gauge"
                                                 : "histogram";
-    absl::StrAppend(&out, "# HELP ", name, " ", EscapeHelp(f.help), "\n# TYPE ", name, " ", type,
+    absl::StrAppend(&out, "# HELP ", name, " ", Escape(f.help, false), "\n# TYPE ", name, " ", type,
                     "\n");
     for (const auto& [labels, s] : f.series) {
       if (f.type != Type::kHistogram) {

@@ -16,8 +16,6 @@
 
 namespace qlorad::metrics {
 
-using Labels = std::vector<std::pair<std::string, std::string>>;  // in the family's label order
-
 class Registry {
  public:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -36,8 +34,6 @@ class Registry {
                double value) ABSL_LOCKS_EXCLUDED(mu_);  // histograms
   void Remove(const std::string& name, const std::vector<std::string>& label_values)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Drops every series of a family (a gauge family refreshed whole at each scrape).
-  void Clear(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs before each serialization, outside the lock: sets gauges read from elsewhere
   // (device memory, queue depth).
@@ -67,8 +63,5 @@ class Registry {
   std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
   std::vector<std::function<void(Registry&)>> collectors_ ABSL_GUARDED_BY(mu_);
 };
-
-// A label value or help text escaped for the exposition format (\\, \", \n).
-std::string EscapeLabelValue(const std::string& v);
 
 }  // namespace qlorad::metrics

@@ -10,6 +10,7 @@
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
+#include "tests/server/test_inputs.h"
 
 namespace qlorad::core {
 namespace {
@@ -23,7 +24,7 @@ class AdapterStoreTest : public ::testing::Test {
     ASSERT_TRUE(db.ok());
     db_ = std::move(*db);
     store_ = std::make_unique<AdapterStore>(db_.get());
-    auto g = LoadGgufModel(std::string(QLORAD_TEST_MODELS_DIR) + "/stories260K/stories260K.gguf");
+    auto g = LoadGgufModel(::qlorad::testing::StoriesGguf());
     ASSERT_TRUE(g.ok());
     config_ = g->weights.config;
     lora_.rank = 4;
