@@ -51,9 +51,20 @@ class LoraTrainingGraph {
   // Summed loss without dropout or gradients (evaluation).
   absl::StatusOr<double> Loss(const MicroBatch& batch, const float* params);
 
+  // Floats of device memory the graph allocates for micro-batches of `rows` x `seq_len` with
+  // LoRA `rank` on a device whose attention keeps `attention_saved_per_row` floats a row
+  // (Device::AttentionSavedFloats): the list Prepare allocates, counted.
+  static int64_t ActivationFloats(const LlamaConfig& config, int64_t rank, bool checkpointing,
+                                  int64_t rows, int64_t seq_len, int64_t attention_saved_per_row);
+
  private:
   struct LayerCache;
   struct Buffers;
+  struct Shape;
+  static Shape ShapeOf(const LlamaConfig& c, int64_t rank, bool checkpointing, int64_t rows,
+                       int64_t seq_len, int64_t attention_saved_per_row);
+  template <typename Visit>
+  static absl::Status ForEachBuffer(const Shape& shape, Buffers& buffers, Visit&& visit);
   absl::Status Prepare(int64_t tokens, int64_t rows, int64_t seq_len);
   void LayerForward(int64_t layer, const float* x, const MicroBatch& b, const float* params,
                     bool train, uint64_t seed, uint64_t step, LayerCache& c, float* out);

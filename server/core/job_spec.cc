@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/llama_weights.h"
 #include "engine/lora.h"
+#include "engine/lora_training.h"
 #include "engine/lr_schedule.h"
 #include "engine/status_macros.h"
 #include "server/core/tenants.h"
@@ -165,16 +166,14 @@ int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r) {
   LoraConfig lora = TrainerOptionsFrom(r).lora;
   const LoraLayout layout(c, lora);
   const int64_t params = layout.num_params();
-  const int64_t tokens = r.batch_size() * r.seq_len();
-  const int64_t heads = c.num_attention_heads;
-  const int64_t per_token_per_layer =
-      12 * c.hidden_size + 4 * c.intermediate_size + heads * r.seq_len();
-  // Every layer's activations are kept, or with gradient checkpointing each layer's input and
-  // one layer's activations (recomputed in the backward pass).
-  const int64_t kept_per_token = r.gradient_checkpointing()
-                                     ? c.hidden_size * c.num_hidden_layers + per_token_per_layer
-                                     : per_token_per_layer * c.num_hidden_layers;
-  const int64_t activations = tokens * (kept_per_token + 2 * c.vocab_size) * 4;
+  // The training graph's own buffer list, with the attention of the CPU device (its
+  // probabilities, [heads, seq, seq] a row): the most any device keeps, as the job's device is
+  // chosen only when it starts.
+  const int64_t attention_saved = c.num_attention_heads * r.seq_len() * r.seq_len();
+  const int64_t activations =
+      LoraTrainingGraph::ActivationFloats(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
+                                          r.seq_len(), attention_saved) *
+      4;
   const int64_t workspace = std::max(c.hidden_size, c.intermediate_size) *
                             std::max(c.hidden_size, c.intermediate_size) * 4;
   return params * 20 + activations + workspace;

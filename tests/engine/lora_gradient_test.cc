@@ -132,6 +132,45 @@ TEST(LoraGradient, CheckpointingGivesTheSameGradients) {
   EXPECT_EQ(g1, g2);
 }
 
+// The memory plan is what the graph allocates (the daemon's admission estimate uses it), and a
+// kept layer costs, per token: 1/rms twice, q, the attention output and the residual (h each),
+// k and v (kv each), gate and up (im each), x A^T per module (r each), plus what the attention
+// keeps per row; the norms' and SwiGLU's outputs are made again instead.
+TEST(LoraGradient, MemoryPlanIsWhatTheGraphAllocates) {
+  for (const bool checkpointing : {false, true}) {
+    auto device = CreateCpuDevice();
+    ModelOptions mo;
+    mo.quantize = false;
+    auto model = LlamaModel::Create(RandomTinyModel(5), device.get(), mo);
+    ASSERT_TRUE(model.ok());
+    const LlamaConfig& c = (*model)->config();
+    LoraConfig lc;
+    lc.rank = 3;
+    const LoraLayout layout(c, lc);
+    TrainingGraphOptions go;
+    go.activation_checkpointing = checkpointing;
+    LoraTrainingGraph graph(model->get(), &layout, lc, go);
+    const MicroBatch batch = TwoRows();
+    std::vector<float> params = InitLoraParams(layout, lc), grads(params.size());
+    const int64_t before = device->memory_usage().activations;
+    ASSERT_TRUE(graph.ForwardBackward(batch, params.data(), grads.data(), 0.1f, 1, 0).ok());
+    const int64_t attn = device->AttentionSavedFloats(
+        {batch.seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
+    const int64_t planned = LoraTrainingGraph::ActivationFloats(c, lc.rank, checkpointing,
+                                                                batch.rows, batch.seq_len, attn);
+    EXPECT_EQ(device->memory_usage().activations - before, planned * 4)
+        << "checkpointing " << checkpointing;
+  }
+  LlamaConfig c = RandomTinyModel(1).config;
+  const int64_t rows = 3, seq = 10, attn = 55, r = 4;
+  const int64_t per_layer =
+      rows * seq * (2 + 3 * c.hidden_size + 2 * c.kv_dim() + 2 * c.intermediate_size + 7 * r) +
+      rows * attn;
+  EXPECT_EQ(LoraTrainingGraph::ActivationFloats(c, r, false, rows, seq, attn) -
+                LoraTrainingGraph::ActivationFloats(c, r, true, rows, seq, attn),
+            (c.num_hidden_layers - 1) * per_layer);
+}
+
 TEST(LoraLayout, TrainableParametersAreRTimesInPlusOut) {
   LlamaConfig c = RandomTinyModel(1).config;
   LoraConfig lc;

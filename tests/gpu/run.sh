@@ -67,11 +67,12 @@ if [ $status -eq 0 ]; then
   bench 60 $gpu/nf4_dequant_gpu_bench
   bench 60 $gpu/flash_attention_gpu_bench
   if [ -x $gpu/train_step_gpu_bench ]; then
-    # The whole 7B shape beside PyTorch + PEFT in bf16 (without and with gradient
-    # checkpointing: ours checkpoints), one decoder layer, then ours with GEMM attention.
+    # The whole 7B shape, ours and PyTorch + PEFT in bf16, each with and without gradient
+    # checkpointing; one decoder layer; then ours with GEMM attention.
     bench 150 $gpu/train_step_gpu_bench --layers 32
-    bench 150 python3 bench/torch_lora_step_gpu.py --layers 32
     bench 150 python3 bench/torch_lora_step_gpu.py --layers 32 --checkpointing
+    bench 150 $gpu/train_step_gpu_bench --layers 32 --no-checkpointing
+    bench 150 python3 bench/torch_lora_step_gpu.py --layers 32
     bench 60 $gpu/train_step_gpu_bench --layers 1
     bench 60 python3 bench/torch_lora_step_gpu.py --layers 1
     bench 150 $gpu/train_step_gpu_bench --layers 32 --gemm-attention

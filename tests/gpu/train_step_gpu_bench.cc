@@ -4,9 +4,11 @@
 // every linear layer. A plain executable (the GPU machine has no Google Benchmark):
 //   train_step_gpu_bench [--layers 32] [--hidden 4096] [--intermediate 11008] [--heads 32]
 //                        [--kv-heads 32] [--vocab 32000] [--seq 2048] [--batch 1] [--rank 16]
-//                        [--steps 3] [--fp32-gemm] [--gemm-attention] [--no-checkpointing]
+//                        [--steps 3] [--dropout 0.05] [--fp32-gemm] [--gemm-attention]
+//                        [--no-checkpointing]
 // Activation checkpointing is on unless --no-checkpointing (each layer recomputed in the
-// backward, as QLoRA trains).
+// backward, as QLoRA trains). LoRA dropout 0.05 as the PyTorch + PEFT peer
+// (bench/torch_lora_step_gpu.py) has it.
 // Prints one JSON line. Skips (exit 77) without a CUDA device.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -31,6 +33,12 @@ namespace {
 int64_t Flag(int argc, char** argv, const char* name, int64_t def) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
+  }
+  return def;
+}
+double FloatFlag(int argc, char** argv, const char* name, double def) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return std::atof(argv[i + 1]);
   }
   return def;
 }
@@ -113,6 +121,7 @@ int Main(int argc, char** argv) {
   TrainerOptions to;
   to.lora.rank = rank;
   to.lora.alpha = 2.0f * rank;
+  to.lora.dropout = static_cast<float>(FloatFlag(argc, argv, "--dropout", 0.05));
   to.max_steps = steps + 1;
   to.batch_size = batch;
   to.warmup_ratio = 0.0;
@@ -154,13 +163,13 @@ int Main(int argc, char** argv) {
   const double achieved = flops_per_token * tokens / mean / 1e12;
   const auto usage = (*device)->memory_usage();
   std::printf(
-      "{\"device\": \"%s\", \"checkpointing\": %s, \"layers\": %lld, \"hidden\": %lld, \"seq\": "
+      "{\"device\": \"%s\", \"checkpointing\": %s, \"dropout\": %.2f, \"layers\": %lld, \"hidden\": %lld, \"seq\": "
       "%lld, \"batch\": %lld, "
       "\"rank\": %lld, \"params\": %lld, \"load_s\": %.1f, \"step_s\": %.4f, "
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
       "\"base_weights_gib\": %.2f, \"activations_gib\": %.2f, \"workspace_gib\": %.2f, "
       "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %.1f, \"mfu\": %.3f}\n",
-      (*device)->name().c_str(), to.activation_checkpointing ? "true" : "false",
+      (*device)->name().c_str(), to.activation_checkpointing ? "true" : "false", to.lora.dropout,
       static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
       static_cast<long long>(seq), static_cast<long long>(batch), static_cast<long long>(rank),
       static_cast<long long>(all_params), load_s, mean, tokens / mean, loss,

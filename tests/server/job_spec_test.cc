@@ -82,10 +82,11 @@ TEST(JobSpecTest, MemoryEstimateGrowsWithBatchAndRank) {
   EXPECT_GT(JobMemoryBytes(c, *small), 20 * 16 * (64 + 64) * 5);
 }
 
-// A Llama-7B-shaped job at seq 2048: keeping every layer's float32 activations needs
-// 32 layers x 2048 tokens x (12 h + 4 im + heads x seq) x 4 bytes = 41.6 GB; with gradient
-// checkpointing it keeps 32 layer inputs (1.07 GB), one layer (1.3 GB) and the logits, beside
-// the LoRA state (0.8 GB) and the dequantization workspace (0.5 GB).
+// A Llama-7B-shaped job at seq 2048. A kept layer holds, per token, 2 + 3 h + 2 kv + 2 im +
+// 7 r floats plus the CPU's attention probabilities (heads x seq): 108,286 floats, 0.887 GB for
+// 2048 tokens. Keeping all 32 layers: 28.4 GB, with the 33 layer inputs (1.11 GB), the logits
+// and the one-layer gradient buffers (0.96 GB), the LoRA state (40M parameters, 0.8 GB) and
+// the dequantization workspace (0.48 GB): 31.7 GB. Checkpointing keeps one layer: 4.2 GB.
 TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
   v1::Model m = TinyModel();
   auto* a = m.mutable_architecture();
@@ -105,8 +106,11 @@ TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
   ASSERT_TRUE(ckpt.ok() && full.ok());
   EXPECT_FALSE(full->gradient_checkpointing());
   const LlamaConfig c = ConfigFromModel(m);
-  EXPECT_GT(JobMemoryBytes(c, *full), int64_t{41} * 1000 * 1000 * 1000);
-  EXPECT_LT(JobMemoryBytes(c, *ckpt), int64_t{5} * 1000 * 1000 * 1000);
+  const int64_t gb = 1000 * 1000 * 1000;
+  EXPECT_GT(JobMemoryBytes(c, *full), 31 * gb);
+  EXPECT_LT(JobMemoryBytes(c, *full), 32 * gb);
+  EXPECT_GT(JobMemoryBytes(c, *ckpt), 4 * gb);
+  EXPECT_LT(JobMemoryBytes(c, *ckpt), gb * 9 / 2);
   EXPECT_TRUE(TrainerOptionsFrom(*ckpt).activation_checkpointing);
   EXPECT_FALSE(TrainerOptionsFrom(*full).activation_checkpointing);
 }
