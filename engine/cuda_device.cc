@@ -7,11 +7,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_op_profiler.h"
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/flash_attention.h"
@@ -86,6 +88,12 @@ class CudaBuffer : public DeviceBuffer {
   int64_t Counters::*category_;
   int64_t floats_;
   CudaMemory mem_;
+};
+
+// Ints copied from the host (token ids, positions, segments, targets) and what they were.
+struct HostIntsCopy {
+  CudaMemory device;
+  std::vector<int32_t> held;
 };
 
 class CudaLinear : public DeviceLinear {
@@ -193,6 +201,7 @@ class CudaDevice : public Device {
   }
 
   void SetResident(DeviceBuffer& buffer, bool resident) override {
+    const auto timed = Time("optimizer paging");
     auto& b = static_cast<CudaBuffer&>(buffer);
     const bool now = b.category() != &Counters::optimizer_host;
     if (b.category() != &Counters::optimizer_device && b.category() != &Counters::optimizer_host)
@@ -216,12 +225,14 @@ class CudaDevice : public Device {
   }
 
   void CopyFromHost(const float* host, int64_t n, float* device) override {
+    const auto timed = Time("copy to device");
     Enter();
     Check(cudaMemcpyAsync(device, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy to device");
     Check(cudaStreamSynchronize(stream_), "copy to device");  // `host` may go away on return
   }
 
   void CopyToHost(const float* device, int64_t n, float* host) override {
+    const auto timed = Time("copy to host");
     Enter();
     Check(cudaMemcpyAsync(host, device, n * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     Check(cudaStreamSynchronize(stream_), "copy to host");
@@ -351,12 +362,14 @@ class CudaDevice : public Device {
 
   void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
                  float* out) override {
+    const auto timed = Time("embedding");
     const int32_t* ids = HostInts(host_ids, tokens, &ids_);
     Check(kc::EmbeddingGather(table, dim, ids, tokens, out, stream_), "embedding");
   }
 
   void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,
                float* inv_rms) override {
+    const auto timed = Time("rmsnorm");
     Enter();
     // The kernel reads a row fully before writing it, so x and y may alias.
     Check(kc::RmsNormForward<float>(x, w, rows, dim, eps, y, inv_rms, stream_), "rmsnorm");
@@ -364,12 +377,14 @@ class CudaDevice : public Device {
 
   void Rope(float* x, const int32_t* host_positions, int64_t tokens, int64_t heads,
             int64_t head_dim, float theta, bool inverse) override {
+    const auto timed = Time("rope");
     const int32_t* pos = HostInts(host_positions, tokens, &positions_);
     Check(kc::RopeApply<float>(x, pos, tokens, heads, head_dim, theta, inverse, stream_), "rope");
   }
 
   void CausalAttention(const float* q, const float* k, const float* v, const AttentionDims& d,
                        float* out) override {
+    const auto timed = Time("attention (inference)");
     const int64_t H = d.heads, KV = d.kv_heads, hd = d.head_dim, T = d.tokens, S = d.kv_tokens;
     float* scores = Scratch(&scores_, H * T * S);
     if (scores == nullptr) return;
@@ -377,11 +392,13 @@ class CudaDevice : public Device {
   }
 
   void Swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    const auto timed = Time("swiglu");
     Enter();
     Check(kc::SwigluForward<float>(gate, up, n, out, stream_), "swiglu");
   }
 
   void AddInPlace(float* y, const float* x, int64_t n) override {
+    const auto timed = Time("add");
     Enter();
     Check(kc::AddInPlace(y, x, n, stream_), "add");
   }
@@ -389,6 +406,7 @@ class CudaDevice : public Device {
   void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override {
+    const auto timed = Time("gemm, float32 operands (LoRA, LM head)");
     Enter();
     if (m == 0 || n == 0) return;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -419,6 +437,7 @@ class CudaDevice : public Device {
 
   void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
                        int64_t rows, int64_t dim, float* dx) override {
+    const auto timed = Time("rmsnorm backward");
     Enter();
     Check(kc::RmsNormBackward<float>(x, w, inv_rms, dy, rows, dim, dx, stream_), "rmsnorm bwd");
   }
@@ -430,6 +449,7 @@ class CudaDevice : public Device {
   void AttentionTrainForward(const float* q, const float* k, const float* v,
                              const int32_t* host_segments, const TrainAttentionDims& d, float* out,
                              float* saved) override {
+    const auto timed = Time(Flash(d) ? "flash attention forward" : "gemm attention forward");
     Enter();
     const int32_t* segments =
         host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
@@ -449,6 +469,7 @@ class CudaDevice : public Device {
                               const int32_t* host_segments, const float* out, const float* saved,
                               const float* dout, const TrainAttentionDims& d, float* dq, float* dk,
                               float* dv) override {
+    const auto timed = Time(Flash(d) ? "flash attention backward" : "gemm attention backward");
     Enter();
     if (Flash(d)) {
       const int32_t* segments =
@@ -481,12 +502,14 @@ class CudaDevice : public Device {
 
   void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
                       float* dgate, float* dup) override {
+    const auto timed = Time("swiglu backward");
     Enter();
     Check(kc::SwigluBackward<float>(gate, up, dout, n, dgate, dup, stream_), "swiglu bwd");
   }
 
   double CrossEntropyForwardBackward(float* logits, const int32_t* host_targets, int64_t rows,
                                      int64_t vocab, float scale) override {
+    const auto timed = Time("cross-entropy");
     const int32_t* targets = HostInts(host_targets, rows, &targets_);
     float* loss = Scratch(&row_loss_, rows);
     if (loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
@@ -498,6 +521,7 @@ class CudaDevice : public Device {
 
   double CrossEntropyLoss(const float* logits, const int32_t* host_targets, int64_t rows,
                           int64_t vocab) override {
+    const auto timed = Time("cross-entropy (loss only)");
     const int32_t* targets = HostInts(host_targets, rows, &targets_);
     float* loss = Scratch(&row_loss_, rows);
     if (loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
@@ -507,17 +531,20 @@ class CudaDevice : public Device {
 
   void Dropout(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream,
                float* out) override {
+    const auto timed = Time("dropout");
     Enter();
     Check(kc::DropoutApply<float>(x, n, p, seed, stream, out, stream_), "dropout");
   }
 
   void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
              const kernels::AdamWParams& p) override {
+    const auto timed = Time("adamw");
     Enter();
     Check(kc::AdamWStep(params, grads, m, v, n, p, stream_), "adamw");
   }
 
   double SumSquares(const float* x, int64_t n) override {
+    const auto timed = Time("sum of squares");
     Enter();
     const int blocks = kc::SumSquaresBlocks(n);
     Check(kc::SumSquaresPartial(x, n, static_cast<double*>(partial_.get()), stream_),
@@ -534,13 +561,25 @@ class CudaDevice : public Device {
   }
 
   void Scale(float* x, int64_t n, float alpha) override {
+    const auto timed = Time("scale");
     Enter();
     Check(kc::ScaleInPlace(x, n, alpha, stream_), "scale");
   }
 
   void Fill(float* x, int64_t n, float value) override {
+    const auto timed = Time("fill");
     Enter();
     Check(kc::FillValue(x, n, value, stream_), "fill");
+  }
+
+  bool StartProfile() {
+    Enter();
+    profiler_.Start();
+    return true;
+  }
+  std::vector<CudaOpTime> TakeProfile() {
+    Enter();
+    return profiler_.Take(stream_);
   }
 
   DeviceMemoryUsage memory_usage() const override {
@@ -555,10 +594,11 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace = static_cast<int64_t>(
-        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.bytes() +
-        positions_.bytes() + targets_.bytes() + segments_.bytes() + partial_.bytes() +
-        code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() + act_bf16_.bytes());
+    u.workspace = static_cast<int64_t>(workspace_.bytes() + scores_.bytes() + row_loss_.bytes() +
+                                       ids_.device.bytes() + positions_.device.bytes() +
+                                       targets_.device.bytes() + segments_.device.bytes() +
+                                       partial_.bytes() + code8_.bytes() + delta_.bytes() +
+                                       workspace_bf16_.bytes() + act_bf16_.bytes());
     return u;
   }
 
@@ -580,6 +620,9 @@ class CudaDevice : public Device {
     }
     return "";
   }
+
+  // Times the enclosing operation when profiling (StartCudaOpProfile).
+  CudaOpProfiler::Scope Time(const char* name) { return {&profiler_, name, stream_}; }
 
   // The calling thread may be new to this device (the daemon's worker, a test thread).
   void Enter() { cudaSetDevice(ordinal_); }
@@ -606,13 +649,21 @@ class CudaDevice : public Device {
     return static_cast<float*>(m->get());
   }
 
-  // Copies `n` host ints into a device scratch buffer.
-  const int32_t* HostInts(const int32_t* host, int64_t n, CudaMemory* m) {
-    float* d = Scratch(m, n);  // int32 and float have the same size
+  // `n` host ints in a device scratch buffer. The same positions (or segments) are asked for
+  // by every layer's RoPE (attention) forward and backward: a copy whose bytes the buffer
+  // already holds is skipped, which leaves a 32-layer step one copy of each instead of ~200.
+  const int32_t* HostInts(const int32_t* host, int64_t n, HostIntsCopy* c) {
+    if (static_cast<int64_t>(c->held.size()) == n && n > 0 &&
+        std::memcmp(c->held.data(), host, n * sizeof(int32_t)) == 0) {
+      return static_cast<const int32_t*>(c->device.get());
+    }
+    c->held.clear();
+    float* d = Scratch(&c->device, n);  // int32 and float have the same size
     if (d == nullptr) return nullptr;
     // A copy from pageable memory returns once the bytes are staged, so the host array may
     // change afterwards; the scratch buffer is reused in stream order. No wait needed.
     Check(cudaMemcpyAsync(d, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy ids");
+    c->held.assign(host, host + n);
     return reinterpret_cast<const int32_t*>(d);
   }
 
@@ -632,6 +683,7 @@ class CudaDevice : public Device {
 
   // `n` floats rounded to bf16 in a scratch buffer (valid until the next call).
   const __nv_bfloat16* ToBf16(const float* x, int64_t n) {
+    const auto timed = Time("round activations to bf16");
     auto* out = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (n + 1) / 2));
     if (out == nullptr) return nullptr;
     Check(kc::ConvertToBf16(x, n, out, stream_), "to bf16");
@@ -642,6 +694,7 @@ class CudaDevice : public Device {
   void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const __nv_bfloat16* a,
                 int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, float* c,
                 int64_t ldc) {
+    const auto timed = Time("gemm, bf16 operands (frozen linears)");
     Enter();
     if (m == 0 || n == 0) return;
     const float alpha = 1.0f;
@@ -656,6 +709,7 @@ class CudaDevice : public Device {
   // The NF4 weight of `lin` dequantized to bf16 [out, in] in the shared bf16 workspace (valid
   // until the next dequantization).
   const __nv_bfloat16* WeightsBf16(const CudaLinear& lin) {
+    const auto timed = Time("nf4 dequantize to bf16");
     auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (lin.numel + 1) / 2));
     if (ws == nullptr) return nullptr;
     Check(kc::Nf4DequantizeDoubleQuantBf16(DequantArgs(lin), ws, stream_), "nf4 dequantize");
@@ -679,6 +733,7 @@ class CudaDevice : public Device {
   // workspace (valid until the next dequantization).
   const float* Weights(const CudaLinear& lin) {
     if (!lin.quantized()) return static_cast<const float*>(lin.values.get());
+    const auto timed = Time("nf4 dequantize to float32");
     float* ws = Scratch(&workspace_, lin.numel);
     if (ws == nullptr) return nullptr;
     Check(kc::Nf4DequantizeDoubleQuantF32(DequantArgs(lin), ws, stream_), "nf4 dequantize");
@@ -730,8 +785,9 @@ class CudaDevice : public Device {
   bool failed_ = false;
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
-  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, ids_, positions_, targets_,
-      segments_, delta_, workspace_bf16_, act_bf16_;
+  CudaOpProfiler profiler_;
+  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_;
+  HostIntsCopy ids_, positions_, targets_, segments_;
 };
 
 }  // namespace
@@ -752,6 +808,16 @@ int64_t CudaDeviceMemoryBytes(int ordinal) {
     return 0;
   }
   return static_cast<int64_t>(total);
+}
+
+bool StartCudaOpProfile(Device* device) {
+  auto* cuda = dynamic_cast<CudaDevice*>(device);
+  return cuda != nullptr && cuda->StartProfile();
+}
+
+std::vector<CudaOpTime> TakeCudaOpProfile(Device* device) {
+  auto* cuda = dynamic_cast<CudaDevice*>(device);
+  return cuda != nullptr ? cuda->TakeProfile() : std::vector<CudaOpTime>{};
 }
 
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/device.h"
@@ -34,5 +36,19 @@ struct CudaDeviceOptions {
 // garbage.
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
                                                          const CudaDeviceOptions& options = {});
+
+// GPU time of one kind of device operation, summed over its calls.
+struct CudaOpTime {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0.0;
+};
+
+// For benchmarks: times the operations of CUDA `device` from now on (two CUDA events around
+// each, recorded in stream order: no waits are added). False where `device` is no CUDA device.
+bool StartCudaOpProfile(Device* device);
+// Waits for the device and returns the GPU time by operation since StartCudaOpProfile, longest
+// first; stops timing. Empty where nothing was timed.
+std::vector<CudaOpTime> TakeCudaOpProfile(Device* device);
 
 }  // namespace qlorad

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/cuda_device.h"
@@ -216,6 +217,28 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
               static_cast<long long>(u.optimizer_host));
 }
 
+// The op profile of a training step (what train_step_gpu_bench --profile prints) names its
+// kinds of work with their calls, GPU time in each, and attention by the path that ran.
+void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool flash) {
+  auto find = [&](const std::string& name) -> const CudaOpTime* {
+    for (const CudaOpTime& t : ops)
+      if (t.op == name) return &t;
+    return nullptr;
+  };
+  for (const char* name : {"gemm, bf16 operands (frozen linears)", "nf4 dequantize to bf16",
+                           "gemm, float32 operands (LoRA, LM head)", "rmsnorm", "cross-entropy",
+                           flash ? "flash attention backward" : "gemm attention backward"}) {
+    const CudaOpTime* t = find(name);
+    GPU_CHECK(t != nullptr && t->calls > 0 && t->ms > 0.0, "profile: no time for '%s'", name);
+  }
+  GPU_CHECK(find(flash ? "gemm attention forward" : "flash attention forward") == nullptr,
+            "profile: attention by the path that did not run");
+  for (size_t i = 1; i < ops.size(); ++i)
+    GPU_CHECK(ops[i - 1].ms >= ops[i].ms, "profile: not longest first");
+  std::printf("  op profile: %zu kinds of operation, longest '%s' %.2f ms\n", ops.size(),
+              ops.empty() ? "" : ops[0].op.c_str(), ops.empty() ? 0.0 : ops[0].ms);
+}
+
 }  // namespace
 }  // namespace qlorad
 
@@ -247,7 +270,9 @@ int main() {
     std::printf("%s\n", (*fast)->name().c_str());
     GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
               flash ? "off" : "on");
+    GPU_CHECK(qlorad::StartCudaOpProfile(fast->get()), "no profile on a CUDA device");
     qlorad::TrainingStepAgrees(cpu.get(), fast->get(), 1e-2, 5e-2);
+    qlorad::ProfileNamesTheStepsOperations(qlorad::TakeCudaOpProfile(fast->get()), flash);
   }
   return qlorad::gpu_check::Finish("cuda_train_step_gpu_test");
 }

@@ -5,7 +5,9 @@
 //   train_step_gpu_bench [--layers 32] [--hidden 4096] [--intermediate 11008] [--heads 32]
 //                        [--kv-heads 32] [--vocab 32000] [--seq 2048] [--batch 1] [--rank 16]
 //                        [--steps 3] [--dropout 0.05] [--fp32-gemm] [--gemm-attention]
-//                        [--no-checkpointing]
+//                        [--no-checkpointing] [--profile]
+// --profile: one more step with every device operation timed by CUDA events, printed as a
+// second JSON line (GPU milliseconds by operation, and how much of the step the GPU was busy).
 // Activation checkpointing is on unless --no-checkpointing (each layer recomputed in the
 // backward, as QLoRA trains). LoRA dropout 0.05 as the PyTorch + PEFT peer
 // (bench/torch_lora_step_gpu.py) has it.
@@ -60,6 +62,33 @@ void FillRandom(std::vector<float>& v, uint64_t stream, float a) {
   }
 }
 
+// One more step with the device's operations timed; prints them as one JSON line.
+int PrintProfile(Device* device, Trainer* trainer, int64_t last_step) {
+  if (!StartCudaOpProfile(device)) {
+    std::fprintf(stderr, "profile: not a CUDA device\n");
+    return 1;
+  }
+  const auto a = std::chrono::steady_clock::now();
+  const absl::Status st = trainer->RunUntil(last_step, nullptr);
+  const std::vector<CudaOpTime> ops = TakeCudaOpProfile(device);
+  const double step_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
+  if (!st.ok()) {
+    std::fprintf(stderr, "profiled step: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  double busy = 0.0;
+  for (const CudaOpTime& t : ops) busy += t.ms;
+  std::printf("{\"profiled_step_ms\": %.1f, \"gpu_busy_ms\": %.1f, \"ops\": [", step_ms, busy);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    std::printf("%s{\"op\": \"%s\", \"calls\": %lld, \"ms\": %.2f, \"share\": %.3f}", i ? ", " : "",
+                ops[i].op.c_str(), static_cast<long long>(ops[i].calls), ops[i].ms,
+                ops[i].ms / step_ms);
+  }
+  std::printf("]}\n");
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   if (!gpu_check::HaveCudaDevice()) return 77;
   LlamaWeights w;
@@ -107,7 +136,8 @@ int Main(int argc, char** argv) {
   }
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::vector<TrainingRow> rows(batch * (steps + 1));
+  const bool profile = Has(argc, argv, "--profile");
+  std::vector<TrainingRow> rows(batch * (steps + 2));
   for (size_t r = 0; r < rows.size(); ++r) {
     for (int64_t t = 0; t < seq; ++t) {
       rows[r].tokens.push_back(
@@ -122,7 +152,7 @@ int Main(int argc, char** argv) {
   to.lora.rank = rank;
   to.lora.alpha = 2.0f * rank;
   to.lora.dropout = static_cast<float>(FloatFlag(argc, argv, "--dropout", 0.05));
-  to.max_steps = steps + 1;
+  to.max_steps = steps + 2;
   to.batch_size = batch;
   to.warmup_ratio = 0.0;
   to.activation_checkpointing = !Has(argc, argv, "--no-checkpointing");
@@ -163,7 +193,8 @@ int Main(int argc, char** argv) {
   const double achieved = flops_per_token * tokens / mean / 1e12;
   const auto usage = (*device)->memory_usage();
   std::printf(
-      "{\"device\": \"%s\", \"checkpointing\": %s, \"dropout\": %.2f, \"layers\": %lld, \"hidden\": %lld, \"seq\": "
+      "{\"device\": \"%s\", \"checkpointing\": %s, \"dropout\": %.2f, \"layers\": %lld, "
+      "\"hidden\": %lld, \"seq\": "
       "%lld, \"batch\": %lld, "
       "\"rank\": %lld, \"params\": %lld, \"load_s\": %.1f, \"step_s\": %.4f, "
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
@@ -175,6 +206,7 @@ int Main(int argc, char** argv) {
       static_cast<long long>(all_params), load_s, mean, tokens / mean, loss,
       peak_used / 1073741824.0, usage.base_weights / 1073741824.0, usage.activations / 1073741824.0,
       usage.workspace / 1073741824.0, achieved, gemm_tflops, achieved / gemm_tflops);
+  if (profile) return PrintProfile(device->get(), trainer->get(), steps + 2);
   return 0;
 }
 
