@@ -198,9 +198,10 @@ class CpuDevice : public Device {
                       float* dgate, float* dup) override {
     kernels::SwigluBackward(gate, up, dout, n, dgate, dup);
   }
-  double CrossEntropyForwardBackward(float* logits, const int32_t* targets, int64_t rows,
-                                     int64_t vocab, float scale) override {
-    return kernels::CrossEntropyForwardBackward(logits, targets, rows, vocab, scale);
+  void CrossEntropyForwardBackward(float* logits, const int32_t* targets, int64_t rows,
+                                   int64_t vocab, float scale, float* loss_sum) override {
+    *loss_sum = static_cast<float>(
+        *loss_sum + kernels::CrossEntropyForwardBackward(logits, targets, rows, vocab, scale));
   }
   double CrossEntropyLoss(const float* logits, const int32_t* targets, int64_t rows,
                           int64_t vocab) override {
@@ -214,11 +215,11 @@ class CpuDevice : public Device {
              const kernels::AdamWParams& p) override {
     kernels::AdamWStep(params, grads, m, v, n, p);
   }
-  double SumSquares(const float* x, int64_t n) override {
+  void SumSquares(const float* x, int64_t n, float* out) override {
     double s = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : s) if ((n) >= kernels::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
-    return s;
+    *out = static_cast<float>(s);
   }
   void Scale(float* x, int64_t n, float alpha) override {
     for (int64_t i = 0; i < n; ++i) x[i] *= alpha;

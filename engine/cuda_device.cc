@@ -1,5 +1,6 @@
 // The CUDA Device (engine/cuda_device.h). All work goes to one stream; the host waits only when
-// it reads a result (copies to the host, losses, sums of squares).
+// it reads a result (copies to the host, an evaluation's loss): a training step's loss and
+// gradient norm stay on the card until the trainer reads both at once.
 #include "engine/cuda_device.h"
 
 #include <cublas_v2.h>
@@ -507,16 +508,16 @@ class CudaDevice : public Device {
     Check(kc::SwigluBackward<float>(gate, up, dout, n, dgate, dup, stream_), "swiglu bwd");
   }
 
-  double CrossEntropyForwardBackward(float* logits, const int32_t* host_targets, int64_t rows,
-                                     int64_t vocab, float scale) override {
+  void CrossEntropyForwardBackward(float* logits, const int32_t* host_targets, int64_t rows,
+                                   int64_t vocab, float scale, float* loss_sum) override {
     const auto timed = Time("cross-entropy");
     const int32_t* targets = HostInts(host_targets, rows, &targets_);
     float* loss = Scratch(&row_loss_, rows);
-    if (loss == nullptr) return std::numeric_limits<double>::quiet_NaN();
+    if (loss == nullptr) return;
     Check(
         kc::CrossEntropyForwardBackward<float>(logits, targets, rows, vocab, scale, loss, stream_),
         "cross-entropy");
-    return SumRowLoss(loss, rows);
+    Check(kc::AddSumInto(loss, rows, loss_sum, stream_), "loss sum");
   }
 
   double CrossEntropyLoss(const float* logits, const int32_t* host_targets, int64_t rows,
@@ -543,21 +544,11 @@ class CudaDevice : public Device {
     Check(kc::AdamWStep(params, grads, m, v, n, p, stream_), "adamw");
   }
 
-  double SumSquares(const float* x, int64_t n) override {
+  void SumSquares(const float* x, int64_t n, float* out) override {
     const auto timed = Time("sum of squares");
     Enter();
-    const int blocks = kc::SumSquaresBlocks(n);
-    Check(kc::SumSquaresPartial(x, n, static_cast<double*>(partial_.get()), stream_),
+    Check(kc::SumSquaresInto(x, n, static_cast<double*>(partial_.get()), out, stream_),
           "sum of squares");
-    std::vector<double> partial(blocks);
-    Check(cudaMemcpyAsync(partial.data(), partial_.get(), blocks * sizeof(double),
-                          cudaMemcpyDeviceToHost, stream_),
-          "sum of squares");
-    Check(cudaStreamSynchronize(stream_), "sum of squares");
-    if (failed_) return std::numeric_limits<double>::quiet_NaN();
-    double s = 0.0;
-    for (double v : partial) s += v;
-    return s;
   }
 
   void Scale(float* x, int64_t n, float alpha) override {

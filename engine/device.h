@@ -148,9 +148,10 @@ class Device {
   virtual void SwigluBackward(const float* gate, const float* up, const float* dout, int64_t n,
                               float* dgate, float* dup) = 0;
   // Overwrites logits [rows, vocab] with scale * (softmax - onehot) (zero rows where the host
-  // target is < 0) and returns the summed loss of the target rows.
-  virtual double CrossEntropyForwardBackward(float* logits, const int32_t* host_targets,
-                                             int64_t rows, int64_t vocab, float scale) = 0;
+  // target is < 0) and adds the summed loss of the target rows to `loss_sum` (one float in
+  // device memory): the trainer reads a step's loss once, not per micro-batch.
+  virtual void CrossEntropyForwardBackward(float* logits, const int32_t* host_targets, int64_t rows,
+                                           int64_t vocab, float scale, float* loss_sum) = 0;
   virtual double CrossEntropyLoss(const float* logits, const int32_t* host_targets, int64_t rows,
                                   int64_t vocab) = 0;
   // out[i] = x[i] / (1-p) or 0, from a counter-based stream (kernels/cpu/dropout.h).
@@ -158,7 +159,8 @@ class Device {
                        float* out) = 0;
   virtual void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
                      const kernels::AdamWParams& p) = 0;
-  virtual double SumSquares(const float* x, int64_t n) = 0;
+  // out[0] (device memory) = sum of x^2, accumulated in double.
+  virtual void SumSquares(const float* x, int64_t n, float* out) = 0;
   virtual void Scale(float* x, int64_t n, float alpha) = 0;
   virtual void Fill(float* x, int64_t n, float value) = 0;
 

@@ -43,8 +43,9 @@ struct LoraTrainingGraph::Buffers {
   std::vector<LayerCache> caches;                 // L, or 1 with checkpointing
   // xn: a norm's output, act: the SwiGLU output, made in the forward and made again in the
   // backward (one layer's worth, shared by all layers).
+  // loss: the one float the waiting ForwardBackward sums its loss into.
   std::unique_ptr<DeviceBuffer> xn, act, xf, invf, logits, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao,
-      dg, du, dh, tmp_in;
+      dg, du, dh, tmp_in, loss;
 };
 
 struct LoraTrainingGraph::Shape {
@@ -92,7 +93,7 @@ absl::Status LoraTrainingGraph::ForEachBuffer(const Shape& s, Buffers& b, Visit&
         Slot{&b.logits, n * s.vocab}, Slot{&b.d_a, n * s.h}, Slot{&b.d_b, n * s.h},
         Slot{&b.dxn, n * s.h}, Slot{&b.tmp_h, n * s.h}, Slot{&b.dq, n * s.h}, Slot{&b.dk, n * s.kv},
         Slot{&b.dv, n * s.kv}, Slot{&b.dao, n * s.h}, Slot{&b.dg, n * s.im}, Slot{&b.du, n * s.im},
-        Slot{&b.dh, n * s.r}, Slot{&b.tmp_in, n * std::max(s.h, s.im)}}) {
+        Slot{&b.dh, n * s.r}, Slot{&b.tmp_in, n * std::max(s.h, s.im)}, Slot{&b.loss, 1}}) {
     RETURN_IF_ERROR(visit(*buffer, floats));
   }
   return absl::OkStatus();
@@ -292,6 +293,19 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
 absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
                                                           float* grads, float loss_scale,
                                                           uint64_t seed, uint64_t step) {
+  RETURN_IF_ERROR(b.Validate(model_->config().vocab_size));
+  RETURN_IF_ERROR(Prepare(b.rows * b.seq_len, b.rows, b.seq_len));
+  float* loss = buf_->loss->data();
+  device_->Fill(loss, 1, 0.0f);
+  RETURN_IF_ERROR(ForwardBackward(b, params, grads, loss_scale, seed, step, loss));
+  float host = 0.0f;
+  device_->CopyToHost(loss, 1, &host);
+  return static_cast<double>(host);
+}
+
+absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
+                                                float* grads, float loss_scale, uint64_t seed,
+                                                uint64_t step, float* loss_sum) {
   const LlamaConfig& cfg = model_->config();
   RETURN_IF_ERROR(b.Validate(cfg.vocab_size));
   const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
@@ -306,8 +320,8 @@ absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, c
                    buf_->xf->data(), buf_->invf->data());
   float* logits = buf_->logits->data();
   device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n, logits);
-  const double loss =
-      device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale);
+  device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale,
+                                       loss_sum);
   // d(xf) = dlogits E (the head is frozen), then the final norm.
   float* d_cur = buf_->d_a->data();
   device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size, model_->lm_head(),
@@ -323,7 +337,7 @@ absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, c
     LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx);
     d_cur = dx;
   }
-  return loss;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<double> LoraTrainingGraph::Loss(const MicroBatch& b, const float* params) {

@@ -43,8 +43,13 @@ class LoraTrainingGraph {
 
   // Forward and backward of one micro-batch. `params` and `grads` are device arrays of the
   // layout's size; gradients accumulate (+=) scaled by `loss_scale` (1 / target tokens of
-  // the whole accumulated batch). Dropout masks come from (dropout_seed, step). Returns the
-  // micro-batch's summed (unscaled) loss.
+  // the whole accumulated batch). Dropout masks come from (dropout_seed, step). Adds the
+  // micro-batch's summed (unscaled) loss to `loss_sum`, one float in device memory, without
+  // waiting for the device.
+  absl::Status ForwardBackward(const MicroBatch& batch, const float* params, float* grads,
+                               float loss_scale, uint64_t dropout_seed, uint64_t step,
+                               float* loss_sum);
+  // The same, waiting for the micro-batch's summed loss and returning it.
   absl::StatusOr<double> ForwardBackward(const MicroBatch& batch, const float* params, float* grads,
                                          float loss_scale, uint64_t dropout_seed, uint64_t step);
 

@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   ASSIGN_OR_RETURN(t->d_grads_, t->device_->Alloc(n, BufferKind::kAdapter));
   ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n, BufferKind::kOptimizer));
   ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n, BufferKind::kOptimizer));
+  ASSIGN_OR_RETURN(t->d_step_sums_, t->device_->Alloc(2));
   const std::vector<float> init = InitLoraParams(*t->layout_, t->options_.lora);
   t->device_->CopyFromHost(init.data(), n, t->d_params_->data());
   t->device_->Fill(t->d_m_->data(), n, 0.0f);
@@ -144,19 +145,24 @@ absl::StatusOr<StepReport> Trainer::Step() {
   }
   const int64_t n = layout_->num_params();
   device_->Fill(d_grads_->data(), n, 0.0f);
+  float* sums = d_step_sums_->data();  // [0]: summed loss, [1]: squared gradient norm
+  device_->Fill(sums, 1, 0.0f);
   // The loss of the whole step is normalised by its target tokens across all micro-batches,
   // so accumulation gives the gradient of one large batch.
   const float scale = 1.0f / static_cast<float>(std::max<int64_t>(1, targets));
-  double loss_sum = 0.0;
   for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
     const MicroBatch b = Gather(train_, order, mb, std::min(end, mb + options_.batch_size));
-    ASSIGN_OR_RETURN(double l, graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(),
-                                                       scale, options_.seed, step_));
-    loss_sum += l;
+    RETURN_IF_ERROR(graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(), scale,
+                                            options_.seed, step_, sums));
   }
+  device_->SumSquares(d_grads_->data(), n, sums + 1);
+  // The step's one wait for the device: the checks below must see the loss and the gradient
+  // norm before the optimizer changes the adapter.
+  float host_sums[2] = {0.0f, 0.0f};
+  device_->CopyToHost(sums, 2, host_sums);
   StepReport r;
   r.epoch = epoch;
-  r.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, targets));
+  r.loss = host_sums[0] / static_cast<double>(std::max<int64_t>(1, targets));
   r.tokens = tokens;
   if (!std::isfinite(r.loss)) {
     return absl::FailedPreconditionError(
@@ -170,7 +176,7 @@ absl::StatusOr<StepReport> Trainer::Step() {
         absl::StrCat("loss blew up at step ", step_ + 1, ": its moving average rose to ",
                      *loss_ema_, " from a low of ", *min_loss_ema_, "; lower the learning rate"));
   }
-  r.grad_norm = std::sqrt(device_->SumSquares(d_grads_->data(), n));
+  r.grad_norm = std::sqrt(static_cast<double>(host_sums[1]));
   if (!std::isfinite(r.grad_norm)) {
     return absl::FailedPreconditionError(
         absl::StrCat("gradient norm became ", r.grad_norm, " at step ", step_ + 1));

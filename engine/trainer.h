@@ -126,6 +126,8 @@ class Trainer {
   std::vector<int64_t> order_;
   int64_t order_epoch_ = -1;
   std::unique_ptr<DeviceBuffer> d_params_, d_grads_, d_m_, d_v_;
+  // A step's summed loss and squared gradient norm, made on the device and read at once.
+  std::unique_ptr<DeviceBuffer> d_step_sums_;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
   std::optional<double> loss_ema_, min_loss_ema_, best_eval_;
   std::vector<float> best_params_;

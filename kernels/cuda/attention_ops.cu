@@ -105,6 +105,23 @@ __global__ void SumSquaresKernel(const float* x, int64_t n, double* partial) {
   }
 }
 
+// One block of kSumThreads: the sum of v[0, n) (double, fixed order) written to *out, or added
+// to it.
+template <typename T>
+__global__ void FinishSumKernel(const T* v, int64_t n, float* out, bool accumulate) {
+  __shared__ double warp_sums[kSumThreads / 32];
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += kSumThreads) s += static_cast<double>(v[i]);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kSumThreads / 32; ++w) total += warp_sums[w];
+    *out = static_cast<float>(accumulate ? *out + total : total);
+  }
+}
+
 __global__ void RowLossKernel(const float* logits, const int32_t* targets, int64_t vocab,
                               float* row_loss) {
   __shared__ float scratch[32];
@@ -187,9 +204,18 @@ int SumSquaresBlocks(int64_t n) {
   return static_cast<int>(b < 1 ? 1 : (b > 1024 ? 1024 : b));
 }
 
-cudaError_t SumSquaresPartial(const float* x, int64_t n, double* partial, cudaStream_t stream) {
+cudaError_t SumSquaresInto(const float* x, int64_t n, double* partial, float* out,
+                           cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
-  SumSquaresKernel<<<SumSquaresBlocks(n), kSumThreads, 0, stream>>>(x, n, partial);
+  const int blocks = SumSquaresBlocks(n);
+  SumSquaresKernel<<<blocks, kSumThreads, 0, stream>>>(x, n, partial);
+  FinishSumKernel<double><<<1, kSumThreads, 0, stream>>>(partial, blocks, out, false);
+  return cudaGetLastError();
+}
+
+cudaError_t AddSumInto(const float* x, int64_t n, float* out, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  FinishSumKernel<float><<<1, kSumThreads, 0, stream>>>(x, n, out, true);
   return cudaGetLastError();
 }
 

@@ -29,9 +29,14 @@ cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
 // out[i] = x[i] rounded to bf16 (nearest even): the operand of a bf16 tensor-core GEMM.
 cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
-// partial[b] (double, `blocks` of them, see SumSquaresBlocks) = partial sums of x^2.
+// *out = sum of x^2 (accumulated in double), on the card: the host reads it when it needs it.
+// `partial` is scratch of SumSquaresBlocks(n) doubles.
 int SumSquaresBlocks(int64_t n);
-cudaError_t SumSquaresPartial(const float* x, int64_t n, double* partial, cudaStream_t stream);
+cudaError_t SumSquaresInto(const float* x, int64_t n, double* partial, float* out,
+                           cudaStream_t stream);
+// *out += sum of x (accumulated in double in a fixed order): a micro-batch's row losses added to
+// the step's loss on the card.
+cudaError_t AddSumInto(const float* x, int64_t n, float* out, cudaStream_t stream);
 // row_loss[r] = -log softmax(logits[r])[target] (0 for target < 0); logits untouched.
 cudaError_t CrossEntropyRowLoss(const float* logits, const int32_t* targets, int64_t rows,
                                 int64_t vocab, float* row_loss, cudaStream_t stream);

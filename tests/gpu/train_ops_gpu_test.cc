@@ -265,6 +265,35 @@ void ConvertToBf16() {
   std::printf("  %-40s %zu values checked\n", "to bf16 (activation rounding)", x.size());
 }
 
+// The sums a training step keeps on the card (the squared gradient norm, written; a
+// micro-batch's row losses, added to the step's loss) against a double sum on the host, over
+// sizes around the reduction's block and grid boundaries.
+void DeviceSums() {
+  for (const int64_t n : {int64_t{1}, int64_t{255}, int64_t{2049}, int64_t{3000001}}) {
+    const std::vector<float> x = Random(n, 0.7f);
+    double squares = 0.0, sum = 0.0;
+    for (float v : x) {
+      squares += static_cast<double>(v) * v;
+      sum += v;
+    }
+    Dev<float> in(n), out(2);
+    Dev<double> partial(1024);
+    CUDA_OK(cudaMemcpy(in.p, x.data(), n * 4, cudaMemcpyHostToDevice));
+    const float start[2] = {NAN, 1.25f};  // [0] must be overwritten, [1] added to
+    CUDA_OK(cudaMemcpy(out.p, start, 8, cudaMemcpyHostToDevice));
+    CUDA_OK(kc::SumSquaresInto(in.p, n, partial.p, out.p, nullptr));
+    CUDA_OK(kc::AddSumInto(in.p, n, out.p + 1, nullptr));
+    const std::vector<float> got = Download(out);
+    GPU_CHECK(std::fabs(got[0] - squares) <= 1e-6 * squares + 1e-30,
+              "sum of squares of %lld: got %.9g want %.9g", static_cast<long long>(n), got[0],
+              squares);
+    GPU_CHECK(std::fabs(got[1] - (1.25 + sum)) <= 1e-6 * (std::fabs(sum) + 1.25),
+              "sum of %lld added to 1.25: got %.9g want %.9g", static_cast<long long>(n), got[1],
+              1.25 + sum);
+  }
+  std::printf("  %-40s 4 sizes checked\n", "sum of squares, sum into (step sums)");
+}
+
 }  // namespace
 }  // namespace qlorad
 
@@ -284,5 +313,6 @@ int main() {
   qlorad::Dropout<float>();
   qlorad::Dropout<__nv_bfloat16>();
   qlorad::ConvertToBf16();
+  qlorad::DeviceSums();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }
