@@ -88,38 +88,38 @@ __global__ void FillKernel(float* x, int64_t n, float value) {
 
 constexpr int kSumThreads = 256;
 
-__global__ void SumSquaresKernel(const float* x, int64_t n, double* partial) {
+// The block's sum of each thread's `s` (kSumThreads threads), valid in thread 0, in a fixed
+// order: the same inputs give the same bits on every run.
+__device__ double BlockSumDouble(double s) {
   __shared__ double warp_sums[kSumThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+  __syncthreads();
+  double total = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kSumThreads / 32; ++w) total += warp_sums[w];
+  }
+  return total;
+}
+
+__global__ void SumSquaresKernel(const float* x, int64_t n, double* partial) {
   double s = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     s += static_cast<double>(x[i]) * x[i];
   }
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kSumThreads / 32; ++w) total += warp_sums[w];
-    partial[blockIdx.x] = total;
-  }
+  const double total = BlockSumDouble(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
 // One block of kSumThreads: the sum of v[0, n) (double, fixed order) written to *out, or added
 // to it.
 template <typename T>
 __global__ void FinishSumKernel(const T* v, int64_t n, float* out, bool accumulate) {
-  __shared__ double warp_sums[kSumThreads / 32];
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += kSumThreads) s += static_cast<double>(v[i]);
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kSumThreads / 32; ++w) total += warp_sums[w];
-    *out = static_cast<float>(accumulate ? *out + total : total);
-  }
+  const double total = BlockSumDouble(s);
+  if (threadIdx.x == 0) *out = static_cast<float>(accumulate ? *out + total : total);
 }
 
 __global__ void RowLossKernel(const float* logits, const int32_t* targets, int64_t vocab,
