@@ -18,6 +18,7 @@
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/lora_dropout.h"
 #include "kernels/cuda/nf4_dequant.h"
 #include "kernels/cuda/nf4_quantize.h"
 #include "kernels/cuda/train_ops.h"
@@ -537,6 +538,36 @@ class CudaDevice : public Device {
     Check(kc::DropoutApply<float>(x, n, p, seed, stream, out, stream_), "dropout");
   }
 
+  // The mask applied where x is read (or dx written): dropout(x) is never stored.
+  void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
+                       uint64_t seed, uint64_t stream, float* h, float* scratch) override {
+    if (!kc::LoraDropoutSupports(r))
+      return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
+    const auto timed = Time("lora dropout down-projection");
+    Enter();
+    Check(kc::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, stream_), "lora dropout down");
+  }
+  void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
+                        uint64_t seed, uint64_t stream, float* da, float* scratch) override {
+    if (!kc::LoraDropoutSupports(r))
+      return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
+    const auto timed = Time("lora dropout grad A");
+    float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
+    if (partial == nullptr) return;
+    Check(kc::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, partial, da, stream_),
+          "lora dropout grad A");
+  }
+  void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
+                                float p, uint64_t seed, uint64_t stream, float* dx,
+                                float* scratch) override {
+    if (!kc::LoraDropoutSupports(r))
+      return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
+    const auto timed = Time("lora dropout input gradient");
+    Enter();
+    Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, stream_),
+          "lora dropout input gradient");
+  }
+
   void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
              const kernels::AdamWParams& p) override {
     const auto timed = Time("adamw");
@@ -585,11 +616,11 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace = static_cast<int64_t>(workspace_.bytes() + scores_.bytes() + row_loss_.bytes() +
-                                       ids_.device.bytes() + positions_.device.bytes() +
-                                       targets_.device.bytes() + segments_.device.bytes() +
-                                       partial_.bytes() + code8_.bytes() + delta_.bytes() +
-                                       workspace_bf16_.bytes() + act_bf16_.bytes());
+    u.workspace = static_cast<int64_t>(
+        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
+        positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
+        partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
+        act_bf16_.bytes() + lora_partial_.bytes());
     return u;
   }
 
@@ -777,7 +808,8 @@ class CudaDevice : public Device {
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaOpProfiler profiler_;
-  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_;
+  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_,
+      lora_partial_;
   HostIntsCopy ids_, positions_, targets_, segments_;
 };
 

@@ -157,6 +157,18 @@ class Device {
   // out[i] = x[i] / (1-p) or 0, from a counter-based stream (kernels/cpu/dropout.h).
   virtual void Dropout(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream,
                        float* out) = 0;
+  // LoRA's down-projection through dropout and its gradients (kernels/cpu/lora_dropout.h):
+  // h [n, r] = dropout(x) A^T; da [r, in] += dh^T dropout(x); dx [n, in] += dropout(dh A),
+  // dropout being Dropout's mask of (p, seed, stream) over [n, in]. `scratch` holds n * in
+  // floats the device may use: these defaults write dropout(x) there and run GEMMs; a GPU fuses
+  // the mask into its kernels instead (three memory passes per element instead of twelve).
+  virtual void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
+                               float p, uint64_t seed, uint64_t stream, float* h, float* scratch);
+  virtual void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
+                                float p, uint64_t seed, uint64_t stream, float* da, float* scratch);
+  virtual void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
+                                        int64_t r, float p, uint64_t seed, uint64_t stream,
+                                        float* dx, float* scratch);
   virtual void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
                      const kernels::AdamWParams& p) = 0;
   // out[0] (device memory) = sum of x^2, accumulated in double.

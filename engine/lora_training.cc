@@ -151,14 +151,13 @@ void LoraTrainingGraph::LoraForward(int64_t layer, int module, const float* x, i
   const LoraSlot* s = layout_->Find(layer, module);
   if (s == nullptr) return;
   const int64_t r = lora_.rank;
-  const float* xin = x;
   if (train && options_.dropout > 0.0f) {
-    device_->Dropout(x, n * s->in, options_.dropout, seed, Stream(step, layer, module),
-                     buf_->tmp_in->data());
-    xin = buf_->tmp_in->data();
+    device_->LoraDropoutDown(x, n, s->in, params + s->a_offset, r, options_.dropout, seed,
+                             Stream(step, layer, module), h_save, buf_->tmp_in->data());
+  } else {
+    device_->Gemm(false, true, n, r, s->in, 1.0f, x, s->in, params + s->a_offset, s->in, 0.0f,
+                  h_save, r);
   }
-  device_->Gemm(false, true, n, r, s->in, 1.0f, xin, s->in, params + s->a_offset, s->in, 0.0f,
-                h_save, r);
   device_->Gemm(false, true, n, s->out, r, lora_.scale(), h_save, r, params + s->b_offset, r, 1.0f,
                 y, s->out);
 }
@@ -179,25 +178,18 @@ void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, 
                 r);
   device_->Gemm(false, false, n, r, s->out, scale, dy, s->out, params + s->b_offset, r, 0.0f, dh,
                 r);
-  const bool dropped = options_.dropout > 0.0f;
-  const uint64_t stream = Stream(step, layer, module);
-  const float* xin = x;
-  if (dropped) {  // regenerate the dropped input from the same counter stream
-    device_->Dropout(x, n * s->in, options_.dropout, seed, stream, tmp);
-    xin = tmp;
-  }
-  // dA += dh^T xin.
-  device_->Gemm(true, false, r, s->in, n, 1.0f, dh, r, xin, s->in, 1.0f, grads + s->a_offset,
-                s->in);
-  // dx += dropout'(dh A).
-  if (!dropped) {
+  if (options_.dropout > 0.0f) {
+    // dA += dh^T dropout(x) and dx += dropout(dh A), the mask made again from its stream.
+    const uint64_t stream = Stream(step, layer, module);
+    device_->LoraDropoutGradA(x, dh, n, s->in, r, options_.dropout, seed, stream,
+                              grads + s->a_offset, tmp);
+    device_->LoraDropoutBackwardInput(dh, params + s->a_offset, n, s->in, r, options_.dropout, seed,
+                                      stream, dx, tmp);
+  } else {
+    device_->Gemm(true, false, r, s->in, n, 1.0f, dh, r, x, s->in, 1.0f, grads + s->a_offset,
+                  s->in);
     device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 1.0f, dx,
                   s->in);
-  } else {
-    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 0.0f, tmp,
-                  s->in);
-    device_->Dropout(tmp, n * s->in, options_.dropout, seed, stream, tmp);
-    device_->AddInPlace(dx, tmp, n * s->in);
   }
 }
 

@@ -225,9 +225,11 @@ void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool fla
       if (t.op == name) return &t;
     return nullptr;
   };
-  for (const char* name : {"gemm, bf16 operands (frozen linears)", "nf4 dequantize to bf16",
-                           "gemm, float32 operands (LoRA, LM head)", "rmsnorm", "cross-entropy",
-                           flash ? "flash attention backward" : "gemm attention backward"}) {
+  for (const char* name :
+       {"gemm, bf16 operands (frozen linears)", "nf4 dequantize to bf16",
+        "gemm, float32 operands (LoRA, LM head)", "rmsnorm", "cross-entropy",
+        "lora dropout down-projection", "lora dropout grad A", "lora dropout input gradient",
+        flash ? "flash attention backward" : "gemm attention backward"}) {
     const CudaOpTime* t = find(name);
     GPU_CHECK(t != nullptr && t->calls > 0 && t->ms > 0.0, "profile: no time for '%s'", name);
   }

@@ -16,10 +16,12 @@
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dropout.h"
+#include "kernels/cpu/lora_dropout.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/cuda/attention_ops.h"
+#include "kernels/cuda/lora_dropout.h"
 #include "kernels/cuda/train_ops.h"
 #include "tests/gpu/gpu_check.h"
 
@@ -265,6 +267,39 @@ void ConvertToBf16() {
   std::printf("  %-40s %zu values checked\n", "to bf16 (activation rounding)", x.size());
 }
 
+// The fused LoRA dropout kernels against their CPU twins: the down-projection, dA and the input
+// gradient through the mask, at a 7B-like width with ragged token and input counts, and ranks
+// below, at and above one 16-wide register chunk.
+void LoraDropout() {
+  for (const int64_t r : {int64_t{5}, int64_t{16}, int64_t{64}}) {
+    const int64_t n = 1029, in = 4099;
+    const float p = r == 64 ? 0.1f : 0.05f;
+    const uint64_t seed = rng(), stream = rng() % 100000;
+    std::vector<float> x = Random(n * in), a = Random(r * in, 0.05f), dh = Random(n * r, 0.5f),
+                       da0 = Random(r * in, 0.1f), dx0 = Random(n * in, 0.1f);
+    Dev<float> d_x(n * in), da_in(r * in), d_dh(n * r), d_a(r * in), h(n * r),
+        partial(kc::LoraDropoutPartialFloats(n, in, r)), ddx(n * in), dda(r * in);
+    CUDA_OK(cudaMemcpy(d_x.p, x.data(), n * in * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_a.p, a.data(), r * in * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_dh.p, dh.data(), n * r * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dda.p, da0.data(), r * in * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(ddx.p, dx0.data(), n * in * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(kc::LoraDropoutDown(d_x.p, n, in, d_a.p, r, p, seed, stream, h.p, nullptr));
+    CUDA_OK(
+        kc::LoraDropoutGradA(d_x.p, d_dh.p, n, in, r, p, seed, stream, partial.p, dda.p, nullptr));
+    CUDA_OK(kc::LoraDropoutBackwardInput(d_dh.p, d_a.p, n, in, r, p, seed, stream, ddx.p, nullptr));
+    std::vector<float> h_ref(n * r), da_ref = da0, dx_ref = dx0;
+    kernels::LoraDropoutDown(x.data(), n, in, a.data(), r, p, seed, stream, h_ref.data());
+    kernels::LoraDropoutGradA(x.data(), dh.data(), n, in, r, p, seed, stream, da_ref.data());
+    kernels::LoraDropoutBackwardInput(dh.data(), a.data(), n, in, r, p, seed, stream,
+                                      dx_ref.data());
+    const std::string rank = " r=" + std::to_string(r);
+    Compare("lora dropout down" + rank, Download(h), h_ref, 1e-4f, 1e-4f);
+    Compare("lora dropout grad A" + rank, Download(dda), da_ref, 1e-4f, 1e-4f);
+    Compare("lora dropout input grad" + rank, Download(ddx), dx_ref, 1e-4f, 1e-5f);
+  }
+}
+
 // The sums a training step keeps on the card (the squared gradient norm, written; a
 // micro-batch's row losses, added to the step's loss) against a double sum on the host, over
 // sizes around the reduction's block and grid boundaries.
@@ -314,5 +349,6 @@ int main() {
   qlorad::Dropout<__nv_bfloat16>();
   qlorad::ConvertToBf16();
   qlorad::DeviceSums();
+  qlorad::LoraDropout();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }

@@ -1,44 +1,43 @@
-// Runs a CUDA block program written against the context of kernels/flash_attention_body.h on
-// the CPU: each block's threads are real threads sharing one shared-memory buffer, with real
-// barriers for __syncthreads and __syncwarp, so a missing barrier or a wrong index shows up as
-// a wrong result here rather than only on a GPU. bf16 rounds to nearest even as the GPU's
-// conversions do; a warp tile multiply takes bf16 inputs and accumulates in float, as tensor
-// cores do.
+// Runs a CUDA block program written against the context of kernels/flash_attention_body.h (or
+// kernels/lora_dropout_body.h) on the CPU: each block's threads are real threads sharing one
+// shared-memory buffer, with real barriers for __syncthreads and __syncwarp, so a missing barrier
+// or a wrong index shows up as a wrong result here rather than only on a GPU. bf16 rounds to
+// nearest even as the GPU's conversions do; a warp tile multiply takes bf16 inputs and accumulates
+// in float, as tensor cores do.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 namespace qlorad::testing {
 
-// A reusable barrier for `count` threads.
+// A reusable barrier for `count` threads (an atomic generation counter: waiting threads sleep
+// on it through the kernel's futex, far cheaper than a mutex and condition variable when 256
+// emulated threads share two cores).
 class Barrier {
  public:
   explicit Barrier(int count) : count_(count) {}
   void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    const uint64_t generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
+    // Read before arriving: the generation cannot move on until this thread has arrived.
+    const uint32_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);  // published by the release below
+      generation_.fetch_add(1, std::memory_order_release);
+      generation_.notify_all();
       return;
     }
-    cv_.wait(lock, [&] { return generation_ != generation; });
+    generation_.wait(generation, std::memory_order_acquire);
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int count_;
-  int arrived_ = 0;
-  uint64_t generation_ = 0;
+  const int count_;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> generation_{0};
 };
 
 struct EmulatedBf16 {
@@ -61,12 +60,13 @@ inline float Bf16ToFloat(EmulatedBf16 b) {
 }
 
 struct EmulatedBlockShared {
-  explicit EmulatedBlockShared(int threads) : block(threads) {
+  explicit EmulatedBlockShared(int threads) : block(threads), lanes(threads) {
     for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
   }
   Barrier block;
   std::vector<std::unique_ptr<Barrier>> warps;
   std::atomic<int> violations{0};  // tile operands that break WMMA's alignment rules
+  std::vector<float> lanes;        // one slot per thread for warp reductions
 };
 
 struct EmulatedContext {
@@ -76,6 +76,15 @@ struct EmulatedContext {
 
   void SyncBlock() { shared->block.Wait(); }
   void SyncWarp() { shared->warps[thread / 32]->Wait(); }
+  // Warp-collective (all 32 lanes call it): the sum of v over the warp, in every lane.
+  float WarpSum(float v) {
+    shared->lanes[thread] = v;
+    SyncWarp();
+    float s = 0.0f;
+    for (int l = thread / 32 * 32; l < thread / 32 * 32 + 32; ++l) s += shared->lanes[l];
+    SyncWarp();  // no lane overwrites its slot before every lane has read it
+    return s;
+  }
   static Bf16 ToBf16(float x) { return FloatToBf16(x); }
 
   // Warp-collective: every lane calls it and lane 0 does the work, with no barrier of its own:
@@ -109,31 +118,34 @@ struct EmulatedContext {
 // Runs `program(context, shared_memory)` for every block of a grid_x x grid_y grid, one block
 // at a time, each with `threads` threads and `smem_bytes` of shared memory (128-byte aligned, as
 // on the GPU) filled with a poison pattern (a program must not read what it did not write).
+// The same `threads` host threads run every block in turn, meeting at a barrier between blocks.
 // Returns the number of tile operands that broke WMMA's rules.
 template <class Program>
 int RunEmulatedGrid(int grid_x, int grid_y, int threads, int smem_bytes, Program program) {
-  int violations = 0;
-  for (int by = 0; by < grid_y; ++by) {
-    for (int bx = 0; bx < grid_x; ++bx) {
-      std::vector<unsigned char> smem(static_cast<size_t>(smem_bytes) + 128, 0xFF);  // NaNs
-      unsigned char* base = smem.data() + (128 - reinterpret_cast<uintptr_t>(smem.data()) % 128);
-      EmulatedBlockShared shared(threads);
-      std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
+  std::vector<unsigned char> smem(static_cast<size_t>(smem_bytes) + 128);
+  unsigned char* base = smem.data() + (128 - reinterpret_cast<uintptr_t>(smem.data()) % 128);
+  EmulatedBlockShared shared(threads);
+  Barrier between_blocks(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int by = 0; by < grid_y; ++by) {
+        for (int bx = 0; bx < grid_x; ++bx) {
+          if (t == 0) std::fill(smem.begin(), smem.end(), 0xFF);  // NaNs
+          between_blocks.Wait();  // fresh shared memory before any thread starts the block
           EmulatedContext cx;
           cx.thread = t;
           cx.block_x = bx;
           cx.block_y = by;
           cx.shared = &shared;
           program(cx, base);
-        });
+          between_blocks.Wait();  // every thread is done with the block before the next one
+        }
       }
-      for (auto& th : pool) th.join();
-      violations += shared.violations.load();
-    }
+    });
   }
-  return violations;
+  for (auto& th : pool) th.join();
+  return shared.violations.load();
 }
 
 }  // namespace qlorad::testing

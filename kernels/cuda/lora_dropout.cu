@@ -1,0 +1,120 @@
+#include "kernels/cuda/lora_dropout.h"
+#include "kernels/lora_dropout_body.h"
+
+namespace qlorad::kernels::cuda {
+namespace {
+namespace lo = kernels::lora;
+
+// The block context of kernels/lora_dropout_body.h on the GPU.
+struct LoraBlockContext {
+  int thread, block_x, block_y;
+  __device__ void SyncBlock() { __syncthreads(); }
+  __device__ float WarpSum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+  }
+};
+
+__device__ LoraBlockContext Context() {
+  return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
+          static_cast<int>(blockIdx.y)};
+}
+
+__global__ void __launch_bounds__(lo::kLoraThreads) DownKernel(lo::LoraDropoutArgs a) {
+  __shared__ float smem[lo::kLoraThreads / 32 * lo::kDownRows * lo::kRankChunk];
+  LoraBlockContext cx = Context();
+  lo::DownBlock(cx, a, smem);
+}
+
+__global__ void __launch_bounds__(lo::kLoraThreads) GradAKernel(lo::LoraDropoutArgs a) {
+  __shared__ float smem[lo::kGradTokens * lo::kMaxRank];
+  LoraBlockContext cx = Context();
+  lo::GradABlock(cx, a, smem);
+}
+
+__global__ void __launch_bounds__(lo::kLoraThreads) FinishGradAKernel(lo::LoraDropoutArgs a) {
+  LoraBlockContext cx = Context();
+  lo::FinishGradABlock(cx, a);
+}
+
+__global__ void __launch_bounds__(lo::kLoraThreads) BackwardInputKernel(lo::LoraDropoutArgs a) {
+  __shared__ float smem[lo::kInputRows * lo::kMaxRank];
+  LoraBlockContext cx = Context();
+  lo::BackwardInputBlock(cx, a, smem);
+}
+
+unsigned Blocks(int64_t n, int64_t per_block) {
+  return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+bool SizesOk(int64_t n, int64_t in, int64_t r, float p) {
+  return n >= 0 && in >= 0 && LoraDropoutSupports(r) && p >= 0.0f && p < 1.0f &&
+         Blocks(in, lo::kLoraThreads) <= 65535 && lo::GradTokenBlocks(n) <= 65535;
+}
+
+lo::LoraDropoutArgs Args(int64_t n, int64_t in, int64_t r, float p, uint64_t seed,
+                         uint64_t stream_id) {
+  lo::LoraDropoutArgs a;
+  a.n = n;
+  a.in = in;
+  a.r = static_cast<int>(r);
+  a.p = p;
+  a.scale = 1.0f / (1.0f - p);  // DropoutApply's factor, bit for bit
+  a.seed = seed;
+  a.stream = stream_id;
+  return a;
+}
+
+}  // namespace
+
+bool LoraDropoutSupports(int64_t r) { return r >= 1 && r <= lo::kMaxRank; }
+
+int64_t LoraDropoutPartialFloats(int64_t n, int64_t in, int64_t r) {
+  return lo::GradTokenBlocks(n) * r * in;
+}
+
+cudaError_t LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
+                            float p, uint64_t seed, uint64_t stream_id, float* h,
+                            cudaStream_t stream) {
+  if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  args.x = x;
+  args.a = a;
+  args.h = h;
+  DownKernel<<<dim3(Blocks(n, lo::kDownRows), Blocks(r, lo::kRankChunk)), lo::kLoraThreads, 0,
+               stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
+                             float p, uint64_t seed, uint64_t stream_id, float* partial, float* da,
+                             cudaStream_t stream) {
+  if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
+  if (n == 0 || in == 0) return cudaSuccess;
+  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  args.x = x;
+  args.dh = dh;
+  args.partial = partial;
+  args.da = da;
+  GradAKernel<<<dim3(Blocks(in, lo::kLoraThreads), static_cast<unsigned>(lo::GradTokenBlocks(n))),
+                lo::kLoraThreads, 0, stream>>>(args);
+  FinishGradAKernel<<<Blocks(r * in, lo::kLoraThreads), lo::kLoraThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
+                                     int64_t r, float p, uint64_t seed, uint64_t stream_id,
+                                     float* dx, cudaStream_t stream) {
+  if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
+  if (n == 0 || in == 0) return cudaSuccess;
+  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  args.dh = dh;
+  args.a = a;
+  args.dx = dx;
+  BackwardInputKernel<<<dim3(Blocks(n, lo::kInputRows), Blocks(in, lo::kLoraThreads)),
+                        lo::kLoraThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace qlorad::kernels::cuda
