@@ -38,6 +38,7 @@ class CudaMemory {
   explicit CudaMemory(bool managed) : managed_(managed) {}
   CudaMemory(const CudaMemory&) = delete;
   CudaMemory& operator=(const CudaMemory&) = delete;
+  // cudaFree waits for the device, so work still reading the memory finishes first.
   ~CudaMemory() {
     if (p_ != nullptr) cudaFree(p_);
   }
@@ -541,7 +542,7 @@ class CudaDevice : public Device {
   // The mask applied where x is read (or dx written): dropout(x) is never stored.
   void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
                        uint64_t seed, uint64_t stream, float* h, float* scratch) override {
-    if (!kc::LoraDropoutSupports(r))
+    if (!kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
     const auto timed = Time("lora dropout down-projection");
     Enter();
@@ -549,7 +550,7 @@ class CudaDevice : public Device {
   }
   void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
                         uint64_t seed, uint64_t stream, float* da, float* scratch) override {
-    if (!kc::LoraDropoutSupports(r))
+    if (!kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
     const auto timed = Time("lora dropout grad A");
     float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
@@ -560,7 +561,7 @@ class CudaDevice : public Device {
   void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
                                 float p, uint64_t seed, uint64_t stream, float* dx,
                                 float* scratch) override {
-    if (!kc::LoraDropoutSupports(r))
+    if (!kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
     const auto timed = Time("lora dropout input gradient");
     Enter();
@@ -644,7 +645,11 @@ class CudaDevice : public Device {
   }
 
   // Times the enclosing operation when profiling (StartCudaOpProfile).
-  CudaOpProfiler::Scope Time(const char* name) { return {&profiler_, name, stream_}; }
+  // Selects the device first: the events belong to the device of the stream they time.
+  CudaOpProfiler::Scope Time(const char* name) {
+    Enter();
+    return {&profiler_, name, stream_};
+  }
 
   // The calling thread may be new to this device (the daemon's worker, a test thread).
   void Enter() { cudaSetDevice(ordinal_); }
@@ -675,6 +680,7 @@ class CudaDevice : public Device {
   // by every layer's RoPE (attention) forward and backward: a copy whose bytes the buffer
   // already holds is skipped, which leaves a 32-layer step one copy of each instead of ~200.
   const int32_t* HostInts(const int32_t* host, int64_t n, HostIntsCopy* c) {
+    Enter();  // the caller's kernel launch follows, even when no copy does
     if (static_cast<int64_t>(c->held.size()) == n && n > 0 &&
         std::memcmp(c->held.data(), host, n * sizeof(int32_t)) == 0) {
       return static_cast<const int32_t*>(c->device.get());
@@ -684,8 +690,9 @@ class CudaDevice : public Device {
     if (d == nullptr) return nullptr;
     // A copy from pageable memory returns once the bytes are staged, so the host array may
     // change afterwards; the scratch buffer is reused in stream order. No wait needed.
-    Check(cudaMemcpyAsync(d, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy ids");
-    c->held.assign(host, host + n);
+    const cudaError_t e = cudaMemcpyAsync(d, host, n * 4, cudaMemcpyHostToDevice, stream_);
+    Check(e, "copy ids");
+    if (e == cudaSuccess) c->held.assign(host, host + n);
     return reinterpret_cast<const int32_t*>(d);
   }
 

@@ -28,6 +28,8 @@ class CudaOpProfiler {
 
   void Start() {
     enabled_ = true;
+    broken_ = false;
+    depth_ = 0;
     used_ = 0;
   }
 
@@ -38,12 +40,12 @@ class CudaOpProfiler {
     Scope(CudaOpProfiler* p, const char* name, cudaStream_t stream) : p_(p), stream_(stream) {
       if (!p_->enabled_ || p_->depth_++ > 0) return;
       mark_ = p_->Next(name);
-      if (mark_ >= 0) cudaEventRecord(p_->marks_[mark_].start, stream_);
+      if (mark_ >= 0 && !p_->Ok(cudaEventRecord(p_->marks_[mark_].start, stream_))) mark_ = -1;
     }
     ~Scope() {
       if (!p_->enabled_) return;
       --p_->depth_;
-      if (mark_ >= 0) cudaEventRecord(p_->marks_[mark_].stop, stream_);
+      if (mark_ >= 0) p_->Ok(cudaEventRecord(p_->marks_[mark_].stop, stream_));
     }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
@@ -57,14 +59,14 @@ class CudaOpProfiler {
   // Waits for `stream`, returns the times since Start by operation, longest first, and stops.
   std::vector<CudaOpTime> Take(cudaStream_t stream) {
     std::vector<CudaOpTime> out;
-    if (!enabled_) return out;
+    const bool timed = enabled_ && !broken_;
     enabled_ = false;
     depth_ = 0;
-    if (cudaStreamSynchronize(stream) != cudaSuccess) return out;
+    if (!timed || cudaStreamSynchronize(stream) != cudaSuccess) return out;
     std::map<std::string, CudaOpTime> by_name;
     for (size_t i = 0; i < used_; ++i) {
       float ms = 0.0f;
-      if (cudaEventElapsedTime(&ms, marks_[i].start, marks_[i].stop) != cudaSuccess) continue;
+      if (!Ok(cudaEventElapsedTime(&ms, marks_[i].start, marks_[i].stop))) return {};
       CudaOpTime& t = by_name[marks_[i].name];
       t.op = marks_[i].name;
       ++t.calls;
@@ -83,12 +85,22 @@ class CudaOpProfiler {
     cudaEvent_t start, stop;
   };
 
+  // A failed event call must not surface as the next kernel's launch error (launchers return
+  // cudaGetLastError): it is cleared here and the profile is abandoned, not the device.
+  bool Ok(cudaError_t e) {
+    if (e == cudaSuccess) return true;
+    cudaGetLastError();
+    broken_ = true;
+    enabled_ = false;
+    return false;
+  }
+
   // The next event pair (made once, reused by later profiles); -1 if CUDA cannot make one.
   int64_t Next(const char* name) {
     if (used_ == marks_.size()) {
       Mark m{name, nullptr, nullptr};
-      if (cudaEventCreate(&m.start) != cudaSuccess) return -1;
-      if (cudaEventCreate(&m.stop) != cudaSuccess) {
+      if (!Ok(cudaEventCreate(&m.start))) return -1;
+      if (!Ok(cudaEventCreate(&m.stop))) {
         cudaEventDestroy(m.start);
         return -1;
       }
@@ -98,7 +110,7 @@ class CudaOpProfiler {
     return static_cast<int64_t>(used_++);
   }
 
-  bool enabled_ = false;
+  bool enabled_ = false, broken_ = false;
   int depth_ = 0;
   size_t used_ = 0;
   std::vector<Mark> marks_;

@@ -7,7 +7,7 @@
 //
 // The block programs are written once against a small context `C` so that the same code runs
 // on the GPU (kernels/cuda/lora_dropout.cu) and on the CPU under the block emulator
-// (tests/kernels/lora_dropout_emulation_test.cc). The context provides:
+// (tests/kernels/lora_dropout_test.cc). The context provides:
 //   int thread, block_x, block_y;   // threadIdx.x (0..kLoraThreads-1), blockIdx.x, blockIdx.y
 //   void SyncBlock();               // __syncthreads()
 //   float WarpSum(float v);         // the sum of v over the 32 lanes, in every lane

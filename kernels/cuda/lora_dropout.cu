@@ -48,8 +48,7 @@ unsigned Blocks(int64_t n, int64_t per_block) {
 }
 
 bool SizesOk(int64_t n, int64_t in, int64_t r, float p) {
-  return n >= 0 && in >= 0 && LoraDropoutSupports(r) && p >= 0.0f && p < 1.0f &&
-         Blocks(in, lo::kLoraThreads) <= 65535 && lo::GradTokenBlocks(n) <= 65535;
+  return LoraDropoutSupports(n, in, r) && p >= 0.0f && p < 1.0f;
 }
 
 lo::LoraDropoutArgs Args(int64_t n, int64_t in, int64_t r, float p, uint64_t seed,
@@ -67,7 +66,12 @@ lo::LoraDropoutArgs Args(int64_t n, int64_t in, int64_t r, float p, uint64_t see
 
 }  // namespace
 
-bool LoraDropoutSupports(int64_t r) { return r >= 1 && r <= lo::kMaxRank; }
+bool LoraDropoutSupports(int64_t n, int64_t in, int64_t r) {
+  // Grid y is at most 65535 (column blocks, token blocks of dA); grid x at most 2^31 - 1.
+  return n >= 0 && in >= 0 && r >= 1 && r <= lo::kMaxRank &&
+         (in + lo::kLoraThreads - 1) / lo::kLoraThreads <= 65535 &&
+         lo::GradTokenBlocks(n) <= 65535 && (n + lo::kDownRows - 1) / lo::kDownRows <= 0x7FFFFFFF;
+}
 
 int64_t LoraDropoutPartialFloats(int64_t n, int64_t in, int64_t r) {
   return lo::GradTokenBlocks(n) * r * in;

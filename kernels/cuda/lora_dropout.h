@@ -10,8 +10,9 @@
 
 namespace qlorad::kernels::cuda {
 
-// Whether the fused kernels take LoRA rank r.
-bool LoraDropoutSupports(int64_t r);
+// Whether the fused kernels take these sizes (ranks up to 64, grids within CUDA's limits);
+// where not, a caller runs the unfused composition.
+bool LoraDropoutSupports(int64_t n, int64_t in, int64_t r);
 
 // h [n, r] = dropout(x) A^T, x [n, in], A [r, in].
 cudaError_t LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,

@@ -174,8 +174,11 @@ int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r) {
       LoraTrainingGraph::ActivationFloats(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
                                           r.seq_len(), attention_saved) *
       4;
-  const int64_t workspace = std::max(c.hidden_size, c.intermediate_size) *
-                            std::max(c.hidden_size, c.intermediate_size) * 4;
+  // The largest layer's dequantization workspace, and the per-128-token partial sums of dA that
+  // a GPU's fused LoRA dropout keeps (kernels/cuda/lora_dropout.h).
+  const int64_t widest = std::max(c.hidden_size, c.intermediate_size);
+  const int64_t tokens = r.batch_size() * r.seq_len();
+  const int64_t workspace = widest * widest * 4 + (tokens + 127) / 128 * lora.rank * widest * 4;
   return params * 20 + activations + workspace;
 }
 

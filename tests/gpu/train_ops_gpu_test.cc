@@ -277,7 +277,7 @@ void LoraDropout() {
     const uint64_t seed = rng(), stream = rng() % 100000;
     std::vector<float> x = Random(n * in), a = Random(r * in, 0.05f), dh = Random(n * r, 0.5f),
                        da0 = Random(r * in, 0.1f), dx0 = Random(n * in, 0.1f);
-    Dev<float> d_x(n * in), da_in(r * in), d_dh(n * r), d_a(r * in), h(n * r),
+    Dev<float> d_x(n * in), d_dh(n * r), d_a(r * in), h(n * r),
         partial(kc::LoraDropoutPartialFloats(n, in, r)), ddx(n * in), dda(r * in);
     CUDA_OK(cudaMemcpy(d_x.p, x.data(), n * in * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d_a.p, a.data(), r * in * 4, cudaMemcpyHostToDevice));
