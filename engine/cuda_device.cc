@@ -358,6 +358,36 @@ class CudaDevice : public Device {
     MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
   }
 
+  // One bf16 GEMM over [x | h | 0] and [W | scale B | 0] (K = in + r rounded up to 8, so rows
+  // stay 16-byte aligned): the LoRA term costs K columns more, not a second pass over y. The
+  // weight is dequantized straight into its columns of the wider workspace.
+  void LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
+                  const float* b, int64_t r, float scale, float* y) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    const int64_t in = lin.in_features(), out = lin.out_features();
+    if (!Bf16Linear(lin) || in % 32 != 0 || r < 1)
+      return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
+    const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
+    auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (out * k + 1) / 2));
+    auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
+    if (ws == nullptr || xs == nullptr) return;
+    {
+      const auto timed = Time("nf4 dequantize to bf16");
+      kc::Nf4DqArgs a = DequantArgs(lin);
+      a.cols = in;
+      a.ld = k;
+      Check(kc::Nf4DequantizeDoubleQuantBf16(a, ws, stream_), "nf4 dequantize");
+    }
+    {
+      const auto timed = Time("round activations to bf16");
+      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
+      Check(kc::ConvertRowsToBf16(x, tokens, in, in, 1.0f, in, xs, k, stream_), "to bf16");
+      Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
+            "LoRA h to bf16");
+    }
+    GemmBf16(false, true, tokens, out, k, xs, k, ws, k, 0.0f, y, out);
+  }
+
   void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
                         float* y) override {
     Gemm(false, true, tokens, out, in, 1.0f, x, in, w, in, 0.0f, y, out);

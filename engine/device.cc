@@ -3,6 +3,13 @@
 
 namespace qlorad {
 
+void Device::LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
+                        const float* b, int64_t r, float scale, float* y) {
+  Linear(w, x, tokens, y);
+  const int64_t out = w.out_features();
+  Gemm(false, true, tokens, out, r, scale, h, r, b, r, 1.0f, y, out);
+}
+
 void Device::LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
                              float p, uint64_t seed, uint64_t stream, float* h, float* scratch) {
   Dropout(x, n * in, p, seed, stream, scratch);

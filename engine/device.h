@@ -117,6 +117,12 @@ class Device {
   // --- Training. Gradient contract (as in llm.c): parameter gradients accumulate (+=),
   // activation gradients are written (=) unless the method says otherwise.
 
+  // y = W x + scale h B^T: a frozen linear W [out, in] with its LoRA up-projection B [out, r]
+  // applied to h [tokens, r]. This default is Linear and then one GEMM that reads and writes y
+  // again; a GPU runs it as one GEMM over [x | h] and [W | scale B].
+  virtual void LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
+                          const float* b, int64_t r, float scale, float* y);
+
   // Row-major C = alpha * op(A) op(B) + beta * C on device pointers.
   virtual void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                     const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,

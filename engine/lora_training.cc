@@ -147,9 +147,12 @@ absl::Status LoraTrainingGraph::Prepare(int64_t n, int64_t rows, int64_t seq_len
 void LoraTrainingGraph::LoraForward(int64_t layer, int module, const float* x, int64_t n,
                                     const float* params, bool train, uint64_t seed, uint64_t step,
                                     float* h_save, float* y) {
-  device_->Linear(*model_->layers()[layer].linear[module], x, n, y);
+  const DeviceLinear& w = *model_->layers()[layer].linear[module];
   const LoraSlot* s = layout_->Find(layer, module);
-  if (s == nullptr) return;
+  if (s == nullptr) {
+    device_->Linear(w, x, n, y);
+    return;
+  }
   const int64_t r = lora_.rank;
   if (train && options_.dropout > 0.0f) {
     device_->LoraDropoutDown(x, n, s->in, params + s->a_offset, r, options_.dropout, seed,
@@ -158,8 +161,7 @@ void LoraTrainingGraph::LoraForward(int64_t layer, int module, const float* x, i
     device_->Gemm(false, true, n, r, s->in, 1.0f, x, s->in, params + s->a_offset, s->in, 0.0f,
                   h_save, r);
   }
-  device_->Gemm(false, true, n, s->out, r, lora_.scale(), h_save, r, params + s->b_offset, r, 1.0f,
-                y, s->out);
+  device_->LinearLora(w, x, n, h_save, params + s->b_offset, r, lora_.scale(), y);
 }
 
 void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, int64_t n,

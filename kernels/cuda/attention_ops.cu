@@ -65,6 +65,17 @@ __global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t n,
   }
 }
 
+__global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t rows, int64_t cols,
+                                      int64_t src_ld, float scale, int64_t padded,
+                                      __nv_bfloat16* __restrict__ dst, int64_t dst_ld) {
+  // A block per row (grid-stride), its threads along the row: no division per element.
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (int64_t c = threadIdx.x; c < padded; c += blockDim.x) {
+      dst[r * dst_ld + c] = __float2bfloat16_rn(c < cols ? scale * src[r * src_ld + c] : 0.0f);
+    }
+  }
+}
+
 __global__ void AddKernel(float* y, const float* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -196,6 +207,18 @@ cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStr
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int64_t src_ld,
+                              float scale, int64_t padded_cols, __nv_bfloat16* dst, int64_t dst_ld,
+                              cudaStream_t stream) {
+  if (rows < 0 || cols < 0 || padded_cols < cols || src_ld < cols || dst_ld < padded_cols)
+    return cudaErrorInvalidValue;
+  if (rows == 0 || padded_cols == 0) return cudaSuccess;
+  const unsigned grid = static_cast<unsigned>(rows < 65535 * 16 ? rows : 65535 * 16);
+  ConvertRowsBf16Kernel<<<grid, 256, 0, stream>>>(src, rows, cols, src_ld, scale, padded_cols, dst,
+                                                  dst_ld);
   return cudaGetLastError();
 }
 

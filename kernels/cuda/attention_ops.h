@@ -29,6 +29,12 @@ cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
 // out[i] = x[i] rounded to bf16 (nearest even): the operand of a bf16 tensor-core GEMM.
 cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
+// dst[r * dst_ld + c] = bf16(scale * src[r * src_ld + c]) for c < cols, and 0 for
+// cols <= c < padded_cols, r < rows: a block of columns of a wider bf16 matrix (the fused LoRA
+// GEMM's operands [x | h] and [W | scale B]).
+cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int64_t src_ld,
+                              float scale, int64_t padded_cols, __nv_bfloat16* dst, int64_t dst_ld,
+                              cudaStream_t stream);
 // *out = sum of x^2 (accumulated in double), on the card: the host reads it when it needs it.
 // `partial` is scratch of SumSquaresBlocks(n) doubles.
 int SumSquaresBlocks(int64_t n);

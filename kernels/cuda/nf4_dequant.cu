@@ -45,7 +45,9 @@ __global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
       }
     }
     constexpr int kPerStore = 16 / sizeof(T);
-    uint4* dst = reinterpret_cast<uint4*>(out + first);
+    // A chunk lies inside one row when cols is a multiple of 32 (Launch checks).
+    const int64_t at = a.cols > 0 ? first / a.cols * a.ld + first % a.cols : first;
+    uint4* dst = reinterpret_cast<uint4*>(out + at);
 #pragma unroll
     for (int s = 0; s < 32 / kPerStore; ++s) dst[s] = reinterpret_cast<const uint4*>(vals)[s];
   }
@@ -58,7 +60,8 @@ __global__ void DequantScalar(Nf4DqArgs a, int64_t begin, T* __restrict__ out) {
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint8_t byte = a.packed[i / 2];
     const uint8_t q = (i % 2 == 0) ? (byte >> 4) : (byte & 0xF);
-    out[i] = FromFloat<T>(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
+    const int64_t at = a.cols > 0 ? i / a.cols * a.ld + i % a.cols : i;
+    out[at] = FromFloat<T>(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
   }
 }
 
@@ -66,14 +69,16 @@ template <typename T>
 cudaError_t Launch(const Nf4DqArgs& a, T* out, cudaStream_t stream) {
   if (a.packed == nullptr || a.absmax_q == nullptr || a.nested_absmax == nullptr ||
       a.code8 == nullptr || out == nullptr || a.n < 0 || a.blocksize <= 0 || a.blocksize % 2 != 0 ||
-      a.nested_blocksize <= 0) {
+      a.nested_blocksize <= 0 || a.cols < 0 ||
+      (a.cols > 0 && (a.ld < a.cols || a.n % a.cols != 0))) {
     return cudaErrorInvalidValue;
   }
   if (a.n == 0) return cudaSuccess;
   const bool aligned =
       reinterpret_cast<uintptr_t>(a.packed) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  // A 32-value chunk must lie inside one absmax block.
-  const bool vec_ok = aligned && a.blocksize % 32 == 0;
+  // A 32-value chunk must lie inside one absmax block (and one row, with 16-byte aligned rows).
+  const bool rows_ok = a.cols == 0 || (a.cols % 32 == 0 && (a.ld * sizeof(T)) % 16 == 0);
+  const bool vec_ok = aligned && a.blocksize % 32 == 0 && rows_ok;
   const int64_t chunks = vec_ok ? a.n / 32 : 0;
   constexpr int kThreads = 256;
   if (chunks > 0) {

@@ -20,6 +20,10 @@ struct Nf4DqArgs {
   int64_t n = 0;
   int blocksize = 64;  // must be 64 (the QLoRA default) for the vectorized path
   int nested_blocksize = 256;
+  // Row-strided output, for a weight [n / cols, cols] placed in a wider matrix: element e goes
+  // to out[(e / cols) * ld + e % cols]. cols = 0: contiguous (out[e]). The vectorized path
+  // takes cols a multiple of 32 and ld a multiple of 16 bytes.
+  int64_t cols = 0, ld = 0;
 };
 
 // Returns cudaErrorInvalidValue for bad arguments (null pointers, blocksize other than a

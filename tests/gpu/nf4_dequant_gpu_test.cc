@@ -97,6 +97,55 @@ void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
     cudaFree(p);
 }
 
+// A weight [rows, cols] dequantized into a wider bf16 matrix (leading dimension cols + pad, as
+// the fused LoRA GEMM's workspace): every element where the contiguous output has it, bit for
+// bit, and the padding columns untouched. cols a multiple of 32 takes the vectorized path.
+void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
+  const int64_t n = rows * cols, ld = cols + pad;
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = g(rng);
+  const Quantized q = Quantize(x);
+  const std::vector<float> code8(kernels::SignedDynamicMap().begin(),
+                                 kernels::SignedDynamicMap().end());
+  kernels::cuda::Nf4DqArgs a;
+  a.packed = Upload(q.packed);
+  a.absmax_q = Upload(q.absmax_q);
+  a.nested_absmax = Upload(q.nested);
+  a.code8 = Upload(code8);
+  a.offset = q.offset;
+  a.n = n;
+  __nv_bfloat16* dense = Upload(std::vector<__nv_bfloat16>(n, __float2bfloat16(NAN)));
+  const __nv_bfloat16 sentinel = __float2bfloat16(12345.0f);
+  __nv_bfloat16* wide = Upload(std::vector<__nv_bfloat16>(rows * ld, sentinel));
+  CUDA_OK(kernels::cuda::Nf4DequantizeDoubleQuantBf16(a, dense, nullptr));
+  a.cols = cols;
+  a.ld = ld;
+  CUDA_OK(kernels::cuda::Nf4DequantizeDoubleQuantBf16(a, wide, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<__nv_bfloat16> got_dense(n), got_wide(rows * ld);
+  CUDA_OK(cudaMemcpy(got_dense.data(), dense, n * 2, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(got_wide.data(), wide, rows * ld * 2, cudaMemcpyDeviceToHost));
+  int64_t bad = 0, pad_touched = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < ld; ++c) {
+      const float w = __bfloat162float(got_wide[r * ld + c]);
+      if (c < cols) {
+        bad += std::memcmp(&got_wide[r * ld + c], &got_dense[r * cols + c], 2) != 0;
+      } else {
+        pad_touched += w != 12345.0f;
+      }
+    }
+  }
+  GPU_CHECK(bad == 0 && pad_touched == 0,
+            "strided %lld x %lld (+%lld): %lld elements differ, %lld padding elements written",
+            (long long)rows, (long long)cols, (long long)pad, (long long)bad,
+            (long long)pad_touched);
+  for (void* p : {(void*)a.packed, (void*)a.absmax_q, (void*)a.nested_absmax, (void*)a.code8,
+                  (void*)dense, (void*)wide})
+    cudaFree(p);
+}
+
 void CheckBadArguments() {
   kernels::cuda::Nf4DqArgs a;  // null pointers
   float* out = nullptr;
@@ -118,6 +167,9 @@ int main() {
     if (n < 100000) qlorad::CheckSize(n, rng, true);
   }
   for (int i = 0; i < 4; ++i) qlorad::CheckSize(1 + rng() % 200000, rng, false);
+  qlorad::CheckStrided(4096, 4096, 16, rng);  // a 7B attention weight and r 16
+  qlorad::CheckStrided(37, 96, 8, rng);
+  qlorad::CheckStrided(29, 100, 4, rng);  // cols not a multiple of 32: the scalar path
   qlorad::CheckBadArguments();
   return qlorad::gpu_check::Finish("nf4_dequant_gpu_test");
 }

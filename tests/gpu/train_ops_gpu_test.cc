@@ -267,6 +267,36 @@ void ConvertToBf16() {
   std::printf("  %-40s %zu values checked\n", "to bf16 (activation rounding)", x.size());
 }
 
+// Columns of a wider bf16 matrix from float rows (the fused LoRA GEMM's operands): bit for bit
+// the host's rounding of scale * x, zeros in the padding columns, nothing written beyond them.
+void ConvertRows() {
+  const int64_t rows = 301, cols = 21, src_ld = 27, padded = 24, dst_ld = 40;
+  const float scale = 2.0f;
+  const std::vector<float> src = Random(rows * src_ld, 3.0f);
+  Dev<float> d_src(rows * src_ld);
+  Dev<bf16> d_dst(rows * dst_ld);  // filled with 0xFF bytes: NaNs that must survive past padded
+  CUDA_OK(cudaMemcpy(d_src.p, src.data(), src.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(
+      kc::ConvertRowsToBf16(d_src.p, rows, cols, src_ld, scale, padded, d_dst.p, dst_ld, nullptr));
+  const std::vector<bf16> got = d_dst.Get();
+  int64_t bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < dst_ld; ++c) {
+      uint16_t g, w = 0xFFFF;
+      std::memcpy(&g, &got[r * dst_ld + c], 2);
+      if (c < padded) {
+        const bf16 want = __float2bfloat16_rn(c < cols ? scale * src[r * src_ld + c] : 0.0f);
+        std::memcpy(&w, &want, 2);
+      }
+      bad += g != w;
+    }
+  }
+  GPU_CHECK(bad == 0, "rows to bf16: %lld of %lld elements wrong", static_cast<long long>(bad),
+            static_cast<long long>(rows * dst_ld));
+  std::printf("  %-40s %lld values checked\n", "rows to bf16 (fused LoRA operands)",
+              static_cast<long long>(rows * dst_ld));
+}
+
 // The fused LoRA dropout kernels against their CPU twins: the down-projection, dA and the input
 // gradient through the mask, at a 7B-like width with ragged token and input counts, and ranks
 // below, at and above one 16-wide register chunk.
@@ -350,5 +380,6 @@ int main() {
   qlorad::ConvertToBf16();
   qlorad::DeviceSums();
   qlorad::LoraDropout();
+  qlorad::ConvertRows();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }
