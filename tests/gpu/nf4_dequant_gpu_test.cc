@@ -50,15 +50,8 @@ T* Upload(const std::vector<T>& v) {
   return d;
 }
 
-void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
-  std::normal_distribution<float> g(0.0f, 0.02f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = g(rng);
-  const Quantized q = Quantize(x);
-  std::vector<float> ref(n);
-  kernels::Nf4DequantizeDoubleQuant(q.packed.data(), q.absmax_q.data(), q.nested.data(),
-                                    kernels::SignedDynamicMap().data(), q.offset, n, 64, 256,
-                                    ref.data());
+// The quantized weight's arrays on the device (freed by the caller).
+kernels::cuda::Nf4DqArgs DeviceArgs(const Quantized& q, int64_t n) {
   const std::vector<float> code8(kernels::SignedDynamicMap().begin(),
                                  kernels::SignedDynamicMap().end());
   kernels::cuda::Nf4DqArgs a;
@@ -68,6 +61,19 @@ void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
   a.code8 = Upload(code8);
   a.offset = q.offset;
   a.n = n;
+  return a;
+}
+
+void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = g(rng);
+  const Quantized q = Quantize(x);
+  std::vector<float> ref(n);
+  kernels::Nf4DequantizeDoubleQuant(q.packed.data(), q.absmax_q.data(), q.nested.data(),
+                                    kernels::SignedDynamicMap().data(), q.offset, n, 64, 256,
+                                    ref.data());
+  kernels::cuda::Nf4DqArgs a = DeviceArgs(q, n);
   const int64_t shift = misalign_output ? 1 : 0;  // forces the scalar path
   std::vector<float> nan_f(n + shift, NAN);
   float* out_f = Upload(nan_f);
@@ -106,15 +112,7 @@ void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
   std::vector<float> x(n);
   for (auto& v : x) v = g(rng);
   const Quantized q = Quantize(x);
-  const std::vector<float> code8(kernels::SignedDynamicMap().begin(),
-                                 kernels::SignedDynamicMap().end());
-  kernels::cuda::Nf4DqArgs a;
-  a.packed = Upload(q.packed);
-  a.absmax_q = Upload(q.absmax_q);
-  a.nested_absmax = Upload(q.nested);
-  a.code8 = Upload(code8);
-  a.offset = q.offset;
-  a.n = n;
+  kernels::cuda::Nf4DqArgs a = DeviceArgs(q, n);
   __nv_bfloat16* dense = Upload(std::vector<__nv_bfloat16>(n, __float2bfloat16(NAN)));
   const __nv_bfloat16 sentinel = __float2bfloat16(12345.0f);
   __nv_bfloat16* wide = Upload(std::vector<__nv_bfloat16>(rows * ld, sentinel));
