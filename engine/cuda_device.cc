@@ -351,8 +351,8 @@ class CudaDevice : public Device {
       const __nv_bfloat16* xb = ToBf16(x, tokens * lin.in_features());
       const __nv_bfloat16* wb = WeightsBf16(lin);
       if (xb == nullptr || wb == nullptr) return;
-      GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), xb, lin.in_features(),
-               wb, lin.in_features(), 0.0f, y, lin.out_features());
+      GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), 1.0f, xb,
+               lin.in_features(), wb, lin.in_features(), 0.0f, y, lin.out_features());
       return;
     }
     MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
@@ -385,7 +385,7 @@ class CudaDevice : public Device {
       Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
             "LoRA h to bf16");
     }
-    GemmBf16(false, true, tokens, out, k, xs, k, ws, k, 0.0f, y, out);
+    GemmBf16(false, true, tokens, out, k, 1.0f, xs, k, ws, k, 0.0f, y, out);
   }
 
   void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
@@ -439,7 +439,7 @@ class CudaDevice : public Device {
   void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override {
-    const auto timed = Time("gemm, float32 operands (LoRA, LM head)");
+    const auto timed = Time("gemm, float32 operands");
     Enter();
     if (m == 0 || n == 0) return;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -460,12 +460,39 @@ class CudaDevice : public Device {
       const __nv_bfloat16* dyb = ToBf16(dy, tokens * lin.out_features());
       const __nv_bfloat16* wb = WeightsBf16(lin);
       if (dyb == nullptr || wb == nullptr) return;
-      GemmBf16(false, false, tokens, lin.in_features(), lin.out_features(), dyb, lin.out_features(),
-               wb, lin.in_features(), accumulate ? 1.0f : 0.0f, dx, lin.in_features());
+      GemmBf16(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dyb,
+               lin.out_features(), wb, lin.in_features(), accumulate ? 1.0f : 0.0f, dx,
+               lin.in_features());
       return;
     }
     Gemm(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dy, lin.out_features(),
          Weights(lin), lin.in_features(), accumulate ? 1.0f : 0.0f, dx, lin.in_features());
+  }
+
+  // dy rounded to bf16 once for the three GEMMs (dx = dy W, dB += scale dy^T h, dh = scale dy B),
+  // where the unfused default reads the float32 dy three times.
+  void LinearLoraBackward(const DeviceLinear& w, const float* dy, int64_t tokens, const float* h,
+                          const float* b, int64_t r, float scale, float* dx, bool accumulate,
+                          float* dh, float* db) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    if (!Bf16Linear(lin))
+      return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
+    const int64_t in = lin.in_features(), out = lin.out_features();
+    const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
+    const __nv_bfloat16* dyb = ToBf16(dy, tokens * out);
+    auto* lora =
+        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
+    const __nv_bfloat16* wb = WeightsBf16(lin);
+    if (dyb == nullptr || lora == nullptr || wb == nullptr) return;
+    {
+      const auto timed = Time("round activations to bf16");
+      Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
+      Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
+    }
+    GemmBf16(false, false, tokens, in, out, 1.0f, dyb, out, wb, in, accumulate ? 1.0f : 0.0f, dx,
+             in);
+    GemmBf16(true, false, out, r, tokens, scale, dyb, out, lora, r, 1.0f, db, r);
+    GemmBf16(false, false, tokens, r, out, scale, dyb, out, lora + h_elems, r, 0.0f, dh, r);
   }
 
   void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
@@ -651,7 +678,7 @@ class CudaDevice : public Device {
         workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
         positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
         partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
-        act_bf16_.bytes() + lora_partial_.bytes());
+        act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes());
     return u;
   }
 
@@ -749,14 +776,13 @@ class CudaDevice : public Device {
     return out;
   }
 
-  // Row-major C = op(A) op(B) + beta C with bf16 A and B, float32 C and accumulation.
-  void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const __nv_bfloat16* a,
-                int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, float* c,
-                int64_t ldc) {
-    const auto timed = Time("gemm, bf16 operands (frozen linears)");
+  // Row-major C = alpha op(A) op(B) + beta C with bf16 A and B, float32 C and accumulation.
+  void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const __nv_bfloat16* a, int64_t lda, const __nv_bfloat16* b, int64_t ldb,
+                float beta, float* c, int64_t ldc) {
+    const auto timed = Time("gemm, bf16 operands");
     Enter();
     if (m == 0 || n == 0) return;
-    const float alpha = 1.0f;
     const cublasStatus_t s = cublasGemmEx(
         blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
         static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
@@ -846,7 +872,7 @@ class CudaDevice : public Device {
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaOpProfiler profiler_;
   CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_,
-      lora_partial_;
+      lora_partial_, lora_bf16_;
   HostIntsCopy ids_, positions_, targets_, segments_;
 };
 

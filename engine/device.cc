@@ -10,6 +10,15 @@ void Device::LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, c
   Gemm(false, true, tokens, out, r, scale, h, r, b, r, 1.0f, y, out);
 }
 
+void Device::LinearLoraBackward(const DeviceLinear& w, const float* dy, int64_t tokens,
+                                const float* h, const float* b, int64_t r, float scale, float* dx,
+                                bool accumulate, float* dh, float* db) {
+  LinearBackwardInput(w, dy, tokens, dx, accumulate);
+  const int64_t out = w.out_features();
+  Gemm(true, false, out, r, tokens, scale, dy, out, h, r, 1.0f, db, r);
+  Gemm(false, false, tokens, r, out, scale, dy, out, b, r, 0.0f, dh, r);
+}
+
 void Device::LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
                              float p, uint64_t seed, uint64_t stream, float* h, float* scratch) {
   Dropout(x, n * in, p, seed, stream, scratch);

@@ -123,6 +123,13 @@ class Device {
   virtual void LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
                           const float* b, int64_t r, float scale, float* y);
 
+  // The backward of LinearLora: dx (=, or += when `accumulate`) dy W; dh = scale dy B; db +=
+  // scale dy^T h (dy [tokens, out], h [tokens, r]). This default is LinearBackwardInput and two
+  // float32-operand GEMMs; a GPU rounds dy to bf16 once for all three.
+  virtual void LinearLoraBackward(const DeviceLinear& w, const float* dy, int64_t tokens,
+                                  const float* h, const float* b, int64_t r, float scale, float* dx,
+                                  bool accumulate, float* dh, float* db);
+
   // Row-major C = alpha * op(A) op(B) + beta * C on device pointers.
   virtual void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                     const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,

@@ -168,18 +168,18 @@ void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, 
                                      const float* params, float* grads, uint64_t seed,
                                      uint64_t step, const float* h_saved, const float* dy,
                                      float* dx, bool accumulate) {
-  device_->LinearBackwardInput(*model_->layers()[layer].linear[module], dy, n, dx, accumulate);
+  const DeviceLinear& w = *model_->layers()[layer].linear[module];
   const LoraSlot* s = layout_->Find(layer, module);
-  if (s == nullptr) return;
+  if (s == nullptr) {
+    device_->LinearBackwardInput(w, dy, n, dx, accumulate);
+    return;
+  }
   const int64_t r = lora_.rank;
-  const float scale = lora_.scale();
   float* dh = buf_->dh->data();
   float* tmp = buf_->tmp_in->data();
-  // dB += s dy^T h; dh = s dy B.
-  device_->Gemm(true, false, s->out, r, n, scale, dy, s->out, h_saved, r, 1.0f, grads + s->b_offset,
-                r);
-  device_->Gemm(false, false, n, r, s->out, scale, dy, s->out, params + s->b_offset, r, 0.0f, dh,
-                r);
+  // dx (=/+=) dy W; dB += s dy^T h; dh = s dy B.
+  device_->LinearLoraBackward(w, dy, n, h_saved, params + s->b_offset, r, lora_.scale(), dx,
+                              accumulate, dh, grads + s->b_offset);
   if (options_.dropout > 0.0f) {
     // dA += dh^T dropout(x) and dx += dropout(dh A), the mask made again from its stream.
     const uint64_t stream = Stream(step, layer, module);

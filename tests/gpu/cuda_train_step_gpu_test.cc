@@ -226,9 +226,9 @@ void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool fla
     return nullptr;
   };
   for (const char* name :
-       {"gemm, bf16 operands (frozen linears)", "nf4 dequantize to bf16",
-        "gemm, float32 operands (LoRA, LM head)", "rmsnorm", "cross-entropy",
-        "lora dropout down-projection", "lora dropout grad A", "lora dropout input gradient",
+       {"gemm, bf16 operands", "nf4 dequantize to bf16", "gemm, float32 operands", "rmsnorm",
+        "cross-entropy", "lora dropout down-projection", "lora dropout grad A",
+        "lora dropout input gradient",
         flash ? "flash attention backward" : "gemm attention backward"}) {
     const CudaOpTime* t = find(name);
     GPU_CHECK(t != nullptr && t->calls > 0 && t->ms > 0.0, "profile: no time for '%s'", name);
