@@ -380,8 +380,11 @@ class CudaDevice : public Device {
     }
     {
       const auto timed = Time("round activations to bf16");
-      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
       Check(kc::ConvertRowsToBf16(x, tokens, in, in, 1.0f, in, xs, k, stream_), "to bf16");
+    }
+    {
+      const auto timed = Time("round LoRA operands to bf16");
+      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
       Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
             "LoRA h to bf16");
     }
@@ -485,7 +488,7 @@ class CudaDevice : public Device {
     const __nv_bfloat16* wb = WeightsBf16(lin);
     if (dyb == nullptr || lora == nullptr || wb == nullptr) return;
     {
-      const auto timed = Time("round activations to bf16");
+      const auto timed = Time("round LoRA operands to bf16");
       Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
       Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
     }

@@ -68,8 +68,10 @@ __global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t n,
 __global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t rows, int64_t cols,
                                       int64_t src_ld, float scale, int64_t padded,
                                       __nv_bfloat16* __restrict__ dst, int64_t dst_ld) {
-  // A block per row (grid-stride), its threads along the row: no division per element.
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  // Rows across blockIdx.x and threadIdx.y (grid-stride), columns along threadIdx.x: no
+  // division per element, and narrow rows (LoRA's r columns) pack 8 rows into a block.
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     for (int64_t c = threadIdx.x; c < padded; c += blockDim.x) {
       dst[r * dst_ld + c] = __float2bfloat16_rn(c < cols ? scale * src[r * src_ld + c] : 0.0f);
     }
@@ -216,9 +218,11 @@ cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int6
   if (rows < 0 || cols < 0 || padded_cols < cols || src_ld < cols || dst_ld < padded_cols)
     return cudaErrorInvalidValue;
   if (rows == 0 || padded_cols == 0) return cudaSuccess;
-  const unsigned grid = static_cast<unsigned>(rows < 65535 * 16 ? rows : 65535 * 16);
-  ConvertRowsBf16Kernel<<<grid, 256, 0, stream>>>(src, rows, cols, src_ld, scale, padded_cols, dst,
-                                                  dst_ld);
+  const dim3 block(padded_cols <= 32 ? 32 : 256, padded_cols <= 32 ? 8 : 1);
+  const int64_t blocks = (rows + block.y - 1) / block.y;
+  const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+  ConvertRowsBf16Kernel<<<grid, block, 0, stream>>>(src, rows, cols, src_ld, scale, padded_cols,
+                                                    dst, dst_ld);
   return cudaGetLastError();
 }
 

@@ -27,7 +27,8 @@ struct Nf4DqArgs {
 };
 
 // Returns cudaErrorInvalidValue for bad arguments (null pointers, blocksize other than a
-// positive even number), otherwise the launch status.
+// positive even number, with cols > 0: ld < cols or n not whole rows of cols), otherwise the
+// launch status.
 cudaError_t Nf4DequantizeDoubleQuantBf16(const Nf4DqArgs& args, __nv_bfloat16* out,
                                          cudaStream_t stream);
 cudaError_t Nf4DequantizeDoubleQuantF32(const Nf4DqArgs& args, float* out, cudaStream_t stream);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/cuda_device.h"
@@ -123,6 +124,60 @@ void QuantizeOnCardMatchesHost(Device* gpu) {
   GPU_CHECK(differ == 0, "%lld of %lld dequantized weights differ from the host's",
             static_cast<long long>(differ), static_cast<long long>(out * in));
   std::printf("  NF4 quantized on the card: the host's weights, bit for bit\n");
+}
+
+// The fused LoRA linear (one GEMM over [x | h] and [W | scale B]) and its backward (dy rounded
+// once) against Device's unfused defaults on the same card: the same bf16 products, so they
+// agree to float summation order. in 256 takes the fused path; r 16, and r 5 padded to 8.
+void LoraLinearFusionAgrees(Device* gpu) {
+  const int64_t out = 192, in = 256, tokens = 100;
+  const float scale = 2.0f;  // a power of two: round(scale B) = scale round(B)
+  auto put = [&](const std::vector<float>& v) {
+    auto b = gpu->Alloc(static_cast<int64_t>(v.size()));
+    GPU_CHECK(b.ok(), "alloc");
+    gpu->CopyFromHost(v.data(), static_cast<int64_t>(v.size()), (*b)->data());
+    return std::move(*b);
+  };
+  auto get = [&](const DeviceBuffer& b) {
+    std::vector<float> v(b.size());
+    gpu->CopyToHost(b.data(), b.size(), v.data());
+    return v;
+  };
+  for (const int64_t r : {int64_t{16}, int64_t{5}}) {
+    auto lin = gpu->QuantizeLinear(Normal(out * in, 0.05f), out, in, Nf4Options{});
+    GPU_CHECK(lin.ok(), "quantize failed");
+    if (!lin.ok()) return;
+    const DeviceLinear& w = **lin;
+    auto x = put(Normal(tokens * in, 1.0f)), h = put(Normal(tokens * r, 0.5f));
+    auto b = put(Normal(out * r, 0.1f)), dy = put(Normal(tokens * out, 0.3f));
+    const std::vector<float> dx0 = Normal(tokens * in, 0.2f), db0 = Normal(out * r, 0.1f);
+    auto y_fused = put(std::vector<float>(tokens * out)),
+         y_plain = put(std::vector<float>(tokens * out));
+    gpu->LinearLora(w, x->data(), tokens, h->data(), b->data(), r, scale, y_fused->data());
+    gpu->Device::LinearLora(w, x->data(), tokens, h->data(), b->data(), r, scale, y_plain->data());
+    const std::vector<float> yf = get(*y_fused), yp = get(*y_plain);
+    const double ey = RelativeError(yf.data(), yp.data(), tokens * out);
+    GPU_CHECK(ey < 1e-4, "r %lld: fused LoRA linear differs from the unfused by %g",
+              static_cast<long long>(r), ey);
+    auto dx_f = put(dx0), dx_p = put(dx0), db_f = put(db0), db_p = put(db0);
+    auto dh_f = put(std::vector<float>(tokens * r)), dh_p = put(std::vector<float>(tokens * r));
+    gpu->LinearLoraBackward(w, dy->data(), tokens, h->data(), b->data(), r, scale, dx_f->data(),
+                            true, dh_f->data(), db_f->data());
+    gpu->Device::LinearLoraBackward(w, dy->data(), tokens, h->data(), b->data(), r, scale,
+                                    dx_p->data(), true, dh_p->data(), db_p->data());
+    double worst = 0.0;
+    for (auto [name, f, p] :
+         {std::tuple{"dx", dx_f.get(), dx_p.get()}, std::tuple{"dh", dh_f.get(), dh_p.get()},
+          std::tuple{"dB", db_f.get(), db_p.get()}}) {
+      const std::vector<float> vf = get(*f), vp = get(*p);
+      const double e = RelativeError(vf.data(), vp.data(), static_cast<int64_t>(vf.size()));
+      GPU_CHECK(e < 1e-4, "r %lld: fused LoRA backward %s differs from the unfused by %g",
+                static_cast<long long>(r), name, e);
+      worst = std::max(worst, e);
+    }
+    std::printf("  fused LoRA linear r=%lld: relative error %.1e forward, %.1e backward\n",
+                static_cast<long long>(r), ey, worst);
+  }
 }
 
 void TrainingStepAgrees(Device* cpu, Device* gpu, double loss_tol, double grad_tol) {
@@ -272,6 +327,7 @@ int main() {
     std::printf("%s\n", (*fast)->name().c_str());
     GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
               flash ? "off" : "on");
+    if (flash) qlorad::LoraLinearFusionAgrees(fast->get());
     GPU_CHECK(qlorad::StartCudaOpProfile(fast->get()), "no profile on a CUDA device");
     qlorad::TrainingStepAgrees(cpu.get(), fast->get(), 1e-2, 5e-2);
     qlorad::ProfileNamesTheStepsOperations(qlorad::TakeCudaOpProfile(fast->get()), flash);

@@ -127,11 +127,10 @@ void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
   int64_t bad = 0, pad_touched = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < ld; ++c) {
-      const float w = __bfloat162float(got_wide[r * ld + c]);
       if (c < cols) {
         bad += std::memcmp(&got_wide[r * ld + c], &got_dense[r * cols + c], 2) != 0;
       } else {
-        pad_touched += w != 12345.0f;
+        pad_touched += std::memcmp(&got_wide[r * ld + c], &sentinel, 2) != 0;
       }
     }
   }
@@ -150,6 +149,21 @@ void CheckBadArguments() {
   CUDA_OK(cudaMalloc(&out, 64));
   GPU_CHECK(kernels::cuda::Nf4DequantizeDoubleQuantF32(a, out, nullptr) == cudaErrorInvalidValue,
             "null inputs accepted");
+  const Quantized q = Quantize(std::vector<float>(128, 0.5f));
+  kernels::cuda::Nf4DqArgs strided = DeviceArgs(q, 128);
+  strided.cols = 64;
+  strided.ld = 32;  // narrower than a row
+  GPU_CHECK(
+      kernels::cuda::Nf4DequantizeDoubleQuantF32(strided, out, nullptr) == cudaErrorInvalidValue,
+      "a row stride below the row length accepted");
+  strided.ld = 64;
+  strided.cols = 48;  // 128 values are not whole rows of 48
+  GPU_CHECK(
+      kernels::cuda::Nf4DequantizeDoubleQuantF32(strided, out, nullptr) == cudaErrorInvalidValue,
+      "a weight that is not whole rows accepted");
+  for (const void* p : {(const void*)strided.packed, (const void*)strided.absmax_q,
+                        (const void*)strided.nested_absmax, (const void*)strided.code8})
+    cudaFree(const_cast<void*>(p));
   cudaFree(out);
 }
 
