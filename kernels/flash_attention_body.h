@@ -118,6 +118,14 @@ struct FlashLayout {
 
 // Cooperatively converts rows [row0, row0 + rows) of one head of a [T, heads, HD] float tensor
 // into a bf16 tile [rows][ld]; rows past T become zeros.
+// The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
+// and blocks start in index order, so the heaviest tiles start first and the launch's tail is
+// made of light ones. (The dK/dV kernel's key tile j visits tiles - j query tiles: already
+// heaviest first.)
+QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_x) {
+  return (T + kFlashTile - 1) / kFlashTile - 1 - block_x;
+}
+
 template <int HD, class C>
 QLORAD_FLASH_FN void FlashLoadTile(C& cx, const float* src, int T, int heads, int head, int row0,
                                    int rows, typename C::Bf16* dst, int ld) {
@@ -145,7 +153,7 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs& a, unsigned char*
   float* o = reinterpret_cast<float*>(smem + Lay::kFwdO);
   float* row_max = reinterpret_cast<float*>(smem + Lay::kFwdM);
   float* row_sum = reinterpret_cast<float*>(smem + Lay::kFwdL);
-  const int h = cx.block_y, q0 = cx.block_x * BM, g = h / (a.H / a.KV);
+  const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs, Lay::kLdH);
@@ -333,7 +341,7 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs& a, unsigned cha
   B* ds = reinterpret_cast<B*>(smem + Lay::kDqDs);
   float* lse = reinterpret_cast<float*>(smem + Lay::kDqLse);
   float* delta = reinterpret_cast<float*>(smem + Lay::kDqDelta);
-  const int h = cx.block_y, q0 = cx.block_x * BM, g = h / (a.H / a.KV);
+  const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs, Lay::kLdH);
