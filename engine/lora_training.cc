@@ -232,7 +232,7 @@ void LoraTrainingGraph::LayerForward(int64_t l, const float* x, const MicroBatch
 
 void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const float* params,
                                       float* grads, uint64_t seed, uint64_t step, LayerCache& c,
-                                      float* dout, float* dx) {
+                                      float* dout, float* dx, bool recomputed) {
   // On entry `dout` is d(layer output); it is reused as d(hmid). `dx` receives d(layer input).
   const LlamaConfig& cfg = model_->config();
   const LlamaModel::Layer& L = model_->layers()[l];
@@ -248,13 +248,14 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
   // MLP branch: out = hmid + down(swiglu(gate(xn2), up(xn2))). The swiglu backward may write
   // dgate over its dout input (element by element), so dg holds d(act) and then d(gate).
   // act and xn2 are made again from what the layer kept (the same kernels on the same inputs:
-  // the forward's values).
+  // the forward's values), unless the layer was just recomputed and they are still there.
   float* dg = buf_->dg->data();
   float* du = buf_->du->data();
-  device_->Swiglu(c.g->data(), c.u->data(), n * im, act);
+  if (!recomputed) device_->Swiglu(c.g->data(), c.u->data(), n * im, act);
   LoraBackward(l, 6, act, n, params, grads, seed, step, c.lora_h[6]->data(), dout, dg, false);
   device_->SwigluBackward(c.g->data(), c.u->data(), dg, n * im, dg, du);
-  device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, xn);
+  if (!recomputed)
+    device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, xn);
   LoraBackward(l, 4, xn, n, params, grads, seed, step, c.lora_h[4]->data(), dg, dxn, false);
   LoraBackward(l, 5, xn, n, params, grads, seed, step, c.lora_h[5]->data(), du, dxn, true);
   device_->RmsNormBackward(c.hmid->data(), L.post_norm->data(), c.inv2->data(), dxn, n, h, tmp_h);
@@ -328,7 +329,7 @@ absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float
       LayerForward(l, buf_->xs[l]->data(), b, params, true, seed, step, c, buf_->xf->data());
     }
     float* dx = d_cur == buf_->d_a->data() ? buf_->d_b->data() : buf_->d_a->data();
-    LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx);
+    LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx, /*recomputed=*/ckpt);
     d_cur = dx;
   }
   return absl::OkStatus();

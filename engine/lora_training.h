@@ -73,8 +73,11 @@ class LoraTrainingGraph {
   absl::Status Prepare(int64_t tokens, int64_t rows, int64_t seq_len);
   void LayerForward(int64_t layer, const float* x, const MicroBatch& b, const float* params,
                     bool train, uint64_t seed, uint64_t step, LayerCache& c, float* out);
+  // `recomputed`: LayerForward of this layer ran just before (checkpointing), so the SwiGLU
+  // output and the post-attention norm's output are still in their scratch buffers.
   void LayerBackward(int64_t layer, const MicroBatch& b, const float* params, float* grads,
-                     uint64_t seed, uint64_t step, LayerCache& c, float* dout, float* dx);
+                     uint64_t seed, uint64_t step, LayerCache& c, float* dout, float* dx,
+                     bool recomputed);
   void LoraForward(int64_t layer, int module, const float* x, int64_t n, const float* params,
                    bool train, uint64_t seed, uint64_t step, float* h_save, float* y);
   void LoraBackward(int64_t layer, int module, const float* x, int64_t n, const float* params,
