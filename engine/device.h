@@ -174,7 +174,7 @@ class Device {
   // h [n, r] = dropout(x) A^T; da [r, in] += dh^T dropout(x); dx [n, in] += dropout(dh A),
   // dropout being Dropout's mask of (p, seed, stream) over [n, in]. `scratch` holds n * in
   // floats the device may use: these defaults write dropout(x) there and run GEMMs; a GPU fuses
-  // the mask into its kernels instead (three memory passes per element instead of twelve).
+  // the mask into its kernels instead (four float passes over the input instead of twelve).
   virtual void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
                                float p, uint64_t seed, uint64_t stream, float* h, float* scratch);
   virtual void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
