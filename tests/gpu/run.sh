@@ -87,6 +87,16 @@ case $status in
   2) echo "== build FAILED"; grep -E "error|Error" "$out/build.log" | head -30 ;;
 esac
 [ -f "$out/ctest.log" ] && { echo "== ctest -L gpu"; grep -E "tests passed|Passed|Failed|SKIPPED|CHECK failed|Not Run" "$out/ctest.log" | head -30; }
-[ -s "$out/bench.log" ] && { echo "== benchmarks"; cat "$out/bench.log"; }
+# The results only (JSON lines, failures, skips): warnings and tracebacks stay in bench.log.
+[ -s "$out/bench.log" ] && { echo "== benchmarks"; grep -E '^\{|FAILED|SKIPPED' "$out/bench.log" | grep -v '"ops"'; }
+# Each op profile as a short table: the ten kinds of work with the most GPU time.
+grep '"ops"' "$out/bench.log" 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    p = json.loads(line)
+    print("== op profile: step %.1f ms, GPU busy %.1f ms" % (p["profiled_step_ms"], p["gpu_busy_ms"]))
+    for o in p["ops"][:10]:
+        print("  %-40s %6d calls %9.2f ms %5.1f%%" % (o["op"], o["calls"], o["ms"], 100 * o["share"]))
+' 2>/dev/null
 echo "== phases (seconds since start)"; cat "$out/phases.txt"
 exit $status
