@@ -142,7 +142,8 @@ class Device {
                                const float* dy, int64_t rows, int64_t dim, float* dx) = 0;
   // Floats of `saved` that one row's attention keeps between forward and backward: the
   // probabilities [H, T, T] on the CPU, one log-sum-exp per (head, query) where a device runs
-  // flash attention.
+  // flash attention. A function of the dims and the device's fixed properties: any thread may
+  // ask (the daemon's admission estimate does).
   virtual int64_t AttentionSavedFloats(const TrainAttentionDims& d) const {
     return d.heads * d.tokens * d.tokens;
   }

@@ -165,6 +165,16 @@ int64_t JobManager::MaxDeviceBudget() const {
   return best;
 }
 
+int64_t JobManager::JobBytes(const LlamaConfig& c, const v1::Hyperparameters& r) const {
+  const TrainAttentionDims dims{r.seq_len(), c.num_attention_heads, c.num_key_value_heads,
+                                c.head_dim()};
+  int64_t attention = 0;
+  for (const auto& w : workers_)
+    attention = std::max(attention, w->device->AttentionSavedFloats(dims));
+  if (workers_.empty()) attention = CpuAttentionSavedPerRow(c, r);
+  return JobMemoryBytes(c, r, attention);
+}
+
 QueuedJob JobManager::QueueEntry(const v1::Job& job) const {
   QueuedJob q;
   q.tenant = job.tenant();
@@ -174,7 +184,7 @@ QueuedJob JobManager::QueueEntry(const v1::Job& job) const {
   auto model = stores_.models->Get(job.model());
   if (model.ok()) {
     q.model_bytes = model->quantized_bytes();
-    q.job_bytes = JobMemoryBytes(ConfigFromModel(*model), job.resolved());
+    q.job_bytes = JobBytes(ConfigFromModel(*model), job.resolved());
   }
   return q;
 }
@@ -342,7 +352,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   ASSIGN_OR_RETURN(v1::Hyperparameters resolved,
                    ResolveHyperparameters(req.hyperparameters(), *model, options_.limits,
                                           !req.validation_dataset().empty()));
-  const int64_t job_bytes = JobMemoryBytes(ConfigFromModel(*model), resolved);
+  const int64_t job_bytes = JobBytes(ConfigFromModel(*model), resolved);
   const int64_t budget = MaxDeviceBudget();
   if (job_bytes + model->quantized_bytes() > budget) {
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -162,17 +162,19 @@ TrainerOptions TrainerOptionsFrom(const v1::Hyperparameters& r) {
 
 RowOptions RowOptionsFrom(const v1::Hyperparameters& r) { return {r.seq_len(), r.packing()}; }
 
-int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r) {
+int64_t CpuAttentionSavedPerRow(const LlamaConfig& c, const v1::Hyperparameters& r) {
+  return c.num_attention_heads * r.seq_len() * r.seq_len();
+}
+
+int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r,
+                       int64_t attention_saved_per_row) {
   LoraConfig lora = TrainerOptionsFrom(r).lora;
   const LoraLayout layout(c, lora);
   const int64_t params = layout.num_params();
-  // The training graph's own buffer list, with the attention of the CPU device (its
-  // probabilities, [heads, seq, seq] a row): the most any device keeps, as the job's device is
-  // chosen only when it starts.
-  const int64_t attention_saved = c.num_attention_heads * r.seq_len() * r.seq_len();
+  // The training graph's own buffer list.
   const int64_t activations =
       LoraTrainingGraph::ActivationFloats(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
-                                          r.seq_len(), attention_saved) *
+                                          r.seq_len(), attention_saved_per_row) *
       4;
   // The largest layer's dequantization workspace, and the per-128-token partial sums of dA that
   // a GPU's fused LoRA dropout keeps (kernels/cuda/lora_dropout.h).

@@ -79,7 +79,8 @@ class JobManagerTest : public ::testing::Test {
   int64_t JobBytes() {
     v1::Hyperparameters h = Request("a", 1).hyperparameters();
     auto r = ResolveHyperparameters(h, model_, {}, false);
-    return JobMemoryBytes(ConfigFromModel(model_), *r);
+    const LlamaConfig c = ConfigFromModel(model_);
+    return JobMemoryBytes(c, *r, CpuAttentionSavedPerRow(c, *r));  // the tests' devices are CPUs
   }
 
   // Polls until `pred` holds for the job (or 60 s pass).

@@ -77,9 +77,10 @@ TEST(JobSpecTest, MemoryEstimateGrowsWithBatchAndRank) {
   auto big = ResolveHyperparameters(big_req, TinyModel(), {}, false);
   ASSERT_TRUE(small.ok() && big.ok());
   const LlamaConfig c = ConfigFromModel(TinyModel());
-  EXPECT_GT(JobMemoryBytes(c, *big), 3 * JobMemoryBytes(c, *small));
+  EXPECT_GT(JobMemoryBytes(c, *big, CpuAttentionSavedPerRow(c, *big)),
+            3 * JobMemoryBytes(c, *small, CpuAttentionSavedPerRow(c, *small)));
   // The LoRA state alone: r (in + out) per adapted linear, 20 bytes a parameter.
-  EXPECT_GT(JobMemoryBytes(c, *small), 20 * 16 * (64 + 64) * 5);
+  EXPECT_GT(JobMemoryBytes(c, *small, CpuAttentionSavedPerRow(c, *small)), 20 * 16 * (64 + 64) * 5);
 }
 
 // A Llama-7B-shaped job at seq 2048. A kept layer holds, per token, 2 + 3 h + 2 kv + 2 im +
@@ -107,10 +108,19 @@ TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
   EXPECT_FALSE(full->gradient_checkpointing());
   const LlamaConfig c = ConfigFromModel(m);
   const int64_t gb = 1000 * 1000 * 1000;
-  EXPECT_GT(JobMemoryBytes(c, *full), 31 * gb);
-  EXPECT_LT(JobMemoryBytes(c, *full), 32 * gb);
-  EXPECT_GT(JobMemoryBytes(c, *ckpt), 4 * gb);
-  EXPECT_LT(JobMemoryBytes(c, *ckpt), gb * 9 / 2);
+  auto on_cpu = [&](const v1::Hyperparameters& r) {
+    return JobMemoryBytes(c, r, CpuAttentionSavedPerRow(c, r));
+  };
+  EXPECT_GT(on_cpu(*full), 31 * gb);
+  EXPECT_LT(on_cpu(*full), 32 * gb);
+  EXPECT_GT(on_cpu(*ckpt), 4 * gb);
+  EXPECT_LT(on_cpu(*ckpt), gb * 9 / 2);
+  // On a flash-attention GPU a row keeps one log-sum-exp per (head, query), 32 x 2048 floats,
+  // instead of the 512 MiB of probabilities: the 32 kept layers hold 11.2 GB and the job
+  // 14.5 GB.
+  const int64_t flash = JobMemoryBytes(c, *full, 32 * 2048);
+  EXPECT_GT(flash, 14 * gb);
+  EXPECT_LT(flash, 15 * gb);
   EXPECT_TRUE(TrainerOptionsFrom(*ckpt).activation_checkpointing);
   EXPECT_FALSE(TrainerOptionsFrom(*full).activation_checkpointing);
 }
