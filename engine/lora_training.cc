@@ -122,10 +122,10 @@ uint64_t LoraTrainingGraph::Stream(uint64_t step, int64_t layer, int module) con
   return (step * static_cast<uint64_t>(model_->config().num_hidden_layers) + layer) * 7 + module;
 }
 
-absl::Status LoraTrainingGraph::Prepare(int64_t n, int64_t rows, int64_t seq_len) {
-  if (buf_ && buf_->tokens == n && buf_->rows == rows && buf_->seq_len == seq_len) {
-    return absl::OkStatus();
-  }
+absl::Status LoraTrainingGraph::Prepare(const MicroBatch& batch) {
+  RETURN_IF_ERROR(batch.Validate(model_->config().vocab_size));
+  const int64_t rows = batch.rows, seq_len = batch.seq_len, n = rows * seq_len;
+  if (buf_ && buf_->rows == rows && buf_->seq_len == seq_len) return absl::OkStatus();
   buf_.reset();  // free the old set before allocating a larger one
   auto b = std::make_unique<Buffers>();
   b->tokens = n;
@@ -288,11 +288,10 @@ void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const floa
 absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
                                                           float* grads, float loss_scale,
                                                           uint64_t seed, uint64_t step) {
-  RETURN_IF_ERROR(b.Validate(model_->config().vocab_size));
-  RETURN_IF_ERROR(Prepare(b.rows * b.seq_len, b.rows, b.seq_len));
+  RETURN_IF_ERROR(Prepare(b));
   float* loss = buf_->loss->data();
   device_->Fill(loss, 1, 0.0f);
-  RETURN_IF_ERROR(ForwardBackward(b, params, grads, loss_scale, seed, step, loss));
+  Run(b, params, grads, loss_scale, seed, step, loss);
   float host = 0.0f;
   device_->CopyToHost(loss, 1, &host);
   return static_cast<double>(host);
@@ -301,10 +300,15 @@ absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, c
 absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
                                                 float* grads, float loss_scale, uint64_t seed,
                                                 uint64_t step, float* loss_sum) {
+  RETURN_IF_ERROR(Prepare(b));
+  Run(b, params, grads, loss_scale, seed, step, loss_sum);
+  return absl::OkStatus();
+}
+
+void LoraTrainingGraph::Run(const MicroBatch& b, const float* params, float* grads,
+                            float loss_scale, uint64_t seed, uint64_t step, float* loss_sum) {
   const LlamaConfig& cfg = model_->config();
-  RETURN_IF_ERROR(b.Validate(cfg.vocab_size));
   const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
-  RETURN_IF_ERROR(Prepare(n, b.rows, b.seq_len));
   const bool ckpt = options_.activation_checkpointing;
   device_->Embedding(model_->embed(), h, b.tokens.data(), n, buf_->xs[0]->data());
   for (int64_t l = 0; l < L; ++l) {
@@ -332,14 +336,12 @@ absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float
     LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx, /*recomputed=*/ckpt);
     d_cur = dx;
   }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<double> LoraTrainingGraph::Loss(const MicroBatch& b, const float* params) {
+  RETURN_IF_ERROR(Prepare(b));
   const LlamaConfig& cfg = model_->config();
-  RETURN_IF_ERROR(b.Validate(cfg.vocab_size));
   const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
-  RETURN_IF_ERROR(Prepare(n, b.rows, b.seq_len));
   device_->Embedding(model_->embed(), h, b.tokens.data(), n, buf_->xs[0]->data());
   for (int64_t l = 0; l < L; ++l) {
     LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];

@@ -70,7 +70,11 @@ class LoraTrainingGraph {
                        int64_t seq_len, int64_t attention_saved_per_row);
   template <typename Visit>
   static absl::Status ForEachBuffer(const Shape& shape, Buffers& buffers, Visit&& visit);
-  absl::Status Prepare(int64_t tokens, int64_t rows, int64_t seq_len);
+  // Checks the micro-batch and allocates the buffers for its shape (kept while it repeats).
+  absl::Status Prepare(const MicroBatch& batch);
+  // ForwardBackward on a checked, prepared micro-batch.
+  void Run(const MicroBatch& batch, const float* params, float* grads, float loss_scale,
+           uint64_t dropout_seed, uint64_t step, float* loss_sum);
   void LayerForward(int64_t layer, const float* x, const MicroBatch& b, const float* params,
                     bool train, uint64_t seed, uint64_t step, LayerCache& c, float* out);
   // `recomputed`: LayerForward of this layer ran just before (checkpointing), so the SwiGLU
