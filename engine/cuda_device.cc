@@ -368,16 +368,9 @@ class CudaDevice : public Device {
     if (!Bf16Linear(lin) || in % 32 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
     const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
-    auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (out * k + 1) / 2));
+    __nv_bfloat16* ws = WeightsBf16(lin, k);
     auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
     if (ws == nullptr || xs == nullptr) return;
-    {
-      const auto timed = Time("nf4 dequantize to bf16");
-      kc::Nf4DqArgs a = DequantArgs(lin);
-      a.cols = in;
-      a.ld = k;
-      Check(kc::Nf4DequantizeDoubleQuantBf16(a, ws, stream_), "nf4 dequantize");
-    }
     {
       const auto timed = Time("round activations to bf16");
       Check(kc::ConvertRowsToBf16(x, tokens, in, in, 1.0f, in, xs, k, stream_), "to bf16");
@@ -461,11 +454,7 @@ class CudaDevice : public Device {
     const auto& lin = static_cast<const CudaLinear&>(w);
     if (Bf16Linear(lin)) {
       const __nv_bfloat16* dyb = ToBf16(dy, tokens * lin.out_features());
-      const __nv_bfloat16* wb = WeightsBf16(lin);
-      if (dyb == nullptr || wb == nullptr) return;
-      GemmBf16(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dyb,
-               lin.out_features(), wb, lin.in_features(), accumulate ? 1.0f : 0.0f, dx,
-               lin.in_features());
+      if (dyb != nullptr) BackwardInputBf16(lin, dyb, tokens, dx, accumulate);
       return;
     }
     Gemm(false, false, tokens, lin.in_features(), lin.out_features(), 1.0f, dy, lin.out_features(),
@@ -480,20 +469,18 @@ class CudaDevice : public Device {
     const auto& lin = static_cast<const CudaLinear&>(w);
     if (!Bf16Linear(lin))
       return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
-    const int64_t in = lin.in_features(), out = lin.out_features();
+    const int64_t out = lin.out_features();
     const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
     const __nv_bfloat16* dyb = ToBf16(dy, tokens * out);
     auto* lora =
         reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
-    const __nv_bfloat16* wb = WeightsBf16(lin);
-    if (dyb == nullptr || lora == nullptr || wb == nullptr) return;
+    if (dyb == nullptr || lora == nullptr) return;
     {
       const auto timed = Time("round LoRA operands to bf16");
       Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
       Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
     }
-    GemmBf16(false, false, tokens, in, out, 1.0f, dyb, out, wb, in, accumulate ? 1.0f : 0.0f, dx,
-             in);
+    BackwardInputBf16(lin, dyb, tokens, dx, accumulate);
     GemmBf16(true, false, out, r, tokens, scale, dyb, out, lora, r, 1.0f, db, r);
     GemmBf16(false, false, tokens, r, out, scale, dyb, out, lora + h_elems, r, 0.0f, dh, r);
   }
@@ -506,7 +493,7 @@ class CudaDevice : public Device {
   }
 
   int64_t AttentionSavedFloats(const TrainAttentionDims& d) const override {
-    return Flash(d) ? d.heads * d.tokens : d.heads * d.tokens * d.tokens;
+    return Flash(d) ? d.heads * d.tokens : AttentionProbabilityFloats(d);
   }
 
   void AttentionTrainForward(const float* q, const float* k, const float* v,
@@ -795,13 +782,30 @@ class CudaDevice : public Device {
   }
 
   // The NF4 weight of `lin` dequantized to bf16 [out, in] in the shared bf16 workspace (valid
-  // until the next dequantization).
-  const __nv_bfloat16* WeightsBf16(const CudaLinear& lin) {
+  // until the next dequantization); with `ld` > 0 its rows lie `ld` elements apart (LinearLora's
+  // wider [W | scale B]).
+  __nv_bfloat16* WeightsBf16(const CudaLinear& lin, int64_t ld = 0) {
     const auto timed = Time("nf4 dequantize to bf16");
-    auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (lin.numel + 1) / 2));
+    const int64_t elems = ld > 0 ? lin.out_features() * ld : lin.numel;
+    auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (elems + 1) / 2));
     if (ws == nullptr) return nullptr;
-    Check(kc::Nf4DequantizeDoubleQuantBf16(DequantArgs(lin), ws, stream_), "nf4 dequantize");
+    kc::Nf4DqArgs a = DequantArgs(lin);
+    if (ld > 0) {
+      a.cols = lin.in_features();
+      a.ld = ld;
+    }
+    Check(kc::Nf4DequantizeDoubleQuantBf16(a, ws, stream_), "nf4 dequantize");
     return ws;
+  }
+
+  // dx (=, or += when `accumulate`) dy W for a bf16 linear, dy already rounded to bf16.
+  void BackwardInputBf16(const CudaLinear& lin, const __nv_bfloat16* dyb, int64_t tokens, float* dx,
+                         bool accumulate) {
+    const __nv_bfloat16* wb = WeightsBf16(lin);
+    if (wb == nullptr) return;
+    const int64_t in = lin.in_features(), out = lin.out_features();
+    GemmBf16(false, false, tokens, in, out, 1.0f, dyb, out, wb, in, accumulate ? 1.0f : 0.0f, dx,
+             in);
   }
 
   kc::Nf4DqArgs DequantArgs(const CudaLinear& lin) const {

@@ -62,6 +62,12 @@ struct TrainAttentionDims {
   int64_t tokens = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
 
+// The attention probabilities [H, T, T] of one row: what GEMM attention keeps for its backward,
+// the most any device keeps.
+inline int64_t AttentionProbabilityFloats(const TrainAttentionDims& d) {
+  return d.heads * d.tokens * d.tokens;
+}
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -145,7 +151,7 @@ class Device {
   // flash attention. A function of the dims and the device's fixed properties: any thread may
   // ask (the daemon's admission estimate does).
   virtual int64_t AttentionSavedFloats(const TrainAttentionDims& d) const {
-    return d.heads * d.tokens * d.tokens;
+    return AttentionProbabilityFloats(d);
   }
   // Causal (block-diagonal by `host_segments` when not null) attention of one row; `saved`
   // (AttentionSavedFloats) is kept for the backward pass.

@@ -163,7 +163,8 @@ TrainerOptions TrainerOptionsFrom(const v1::Hyperparameters& r) {
 RowOptions RowOptionsFrom(const v1::Hyperparameters& r) { return {r.seq_len(), r.packing()}; }
 
 int64_t CpuAttentionSavedPerRow(const LlamaConfig& c, const v1::Hyperparameters& r) {
-  return c.num_attention_heads * r.seq_len() * r.seq_len();
+  return AttentionProbabilityFloats(
+      {r.seq_len(), c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
 }
 
 int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r,
