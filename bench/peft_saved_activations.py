@@ -5,28 +5,19 @@ forward pass are summed by storage through torch.autograd.graph.saved_tensors_ho
 weights excluded), for one and for two layers; the difference is one layer's keep. bf16, r=16
 on every linear layer, lora_dropout 0.05, the attention transformers picks (sdpa).
 
-  python3 bench/peft_saved_activations.py [--seq 512] [--hidden 4096] [--intermediate 11008]
+  python3 bench/peft_saved_activations.py [--seq 512] [--hidden 4096] [--intermediate 11008] ...
+(the model is bench/torch_lora_step_gpu.py's peer, built by its peft_llama)
 """
 import argparse
 import json
 
+from torch_lora_step_gpu import add_shape_args, peft_llama
+
 
 def saved_bytes(layers, a):
-    import peft
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=layers,
-        num_attention_heads=a.heads, num_key_value_heads=a.heads, vocab_size=a.vocab,
-        max_position_embeddings=max(a.seq, 2048), tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    lora = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
-                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    model = peft.get_peft_model(model, lora)
-    model.train()
+    model = peft_llama(a, layers)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -44,12 +35,7 @@ def saved_bytes(layers, a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=11008)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--rank", type=int, default=16)
+    add_shape_args(p, seq=512)
     a = p.parse_args()
     one, attention = saved_bytes(1, a)
     two, _ = saved_bytes(2, a)

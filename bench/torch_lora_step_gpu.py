@@ -11,17 +11,48 @@ import json
 import time
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--layers", type=int, default=32)
+def add_shape_args(p, seq=2048):
+    """The model and LoRA shape (LLaMA-7B and r 16 by default), shared with
+    bench/peft_saved_activations.py."""
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--intermediate", type=int, default=11008)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=32)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=seq)
     p.add_argument("--rank", type=int, default=16)
+
+
+def peft_llama(a, layers, checkpointing=False):
+    """A random LLaMA of shape `a` with `layers` decoder layers in bf16 (made on the current
+    default torch device), LoRA r a.rank, alpha 2r, dropout 0.05 on all seven linear layers, in
+    training mode."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=layers,
+        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
+        max_position_embeddings=max(a.seq, 2048), tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    lora = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = peft.get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--layers", type=int, default=32)
+    add_shape_args(p)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--checkpointing", action="store_true",
                    help="gradient checkpointing (recompute each layer in the backward)")
@@ -31,22 +62,9 @@ def main():
     import torch
     import transformers
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=a.layers,
-        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
-        max_position_embeddings=max(a.seq, 2048), tie_word_embeddings=False)
     t0 = time.perf_counter()
     with torch.device("cuda"):
-        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    lora = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
-                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    if a.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = peft.get_peft_model(model, lora)
-    model.train()
+        model = peft_llama(a, a.layers, a.checkpointing)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     load_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
