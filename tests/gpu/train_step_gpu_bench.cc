@@ -32,17 +32,20 @@
 namespace qlorad {
 namespace {
 
-int64_t Flag(int argc, char** argv, const char* name, int64_t def) {
+// The value after `name` on the command line, or null.
+const char* FlagValue(int argc, char** argv, const char* name) {
   for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
   }
-  return def;
+  return nullptr;
+}
+int64_t Flag(int argc, char** argv, const char* name, int64_t def) {
+  const char* v = FlagValue(argc, argv, name);
+  return v != nullptr ? std::atoll(v) : def;
 }
 double FloatFlag(int argc, char** argv, const char* name, double def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atof(argv[i + 1]);
-  }
-  return def;
+  const char* v = FlagValue(argc, argv, name);
+  return v != nullptr ? std::atof(v) : def;
 }
 bool Has(int argc, char** argv, const char* name) {
   for (int i = 1; i < argc; ++i) {
