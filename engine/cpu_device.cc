@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_train.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -29,6 +30,7 @@ struct Counters {
   std::atomic<int64_t> adapters{0};
   std::atomic<int64_t> optimizer{0};
   std::atomic<int64_t> activations{0};
+  std::atomic<int64_t> workspace{0};  // buffers of kind kWorkspace
 };
 
 class CpuBuffer : public DeviceBuffer {
@@ -99,6 +101,7 @@ class CpuDevice : public Device {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
     std::atomic<int64_t>* counter = kind == BufferKind::kAdapter     ? &counters_->adapters
                                     : kind == BufferKind::kOptimizer ? &counters_->optimizer
+                                    : kind == BufferKind::kWorkspace ? &counters_->workspace
                                                                      : &counters_->activations;
     try {
       return std::unique_ptr<DeviceBuffer>(new CpuBuffer(counters_, counter, floats));
@@ -172,6 +175,16 @@ class CpuDevice : public Device {
   void AddInPlace(float* y, const float* x, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
+  // The CPU keeps float32 activations unless asked (TrainingGraphOptions); its bf16 operations
+  // are Device's conversion defaults around these two.
+  void ToBf16(const float* x, int64_t n, Bf16* out) override {
+#pragma omp parallel for if (n >= kernels::kMinParallelWork)
+    for (int64_t i = 0; i < n; ++i) out[i].bits = F32ToBf16(x[i]);
+  }
+  void ToF32(const Bf16* x, int64_t n, float* out) override {
+#pragma omp parallel for if (n >= kernels::kMinParallelWork)
+    for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToF32(x[i].bits);
+  }
 
   void Gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
             int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override {
@@ -232,7 +245,7 @@ class CpuDevice : public Device {
     u.adapters = counters_->adapters;
     u.optimizer_device = counters_->optimizer;  // host memory is this device's memory
     u.activations = counters_->activations;
-    u.workspace = static_cast<int64_t>(workspace_.capacity()) * 4;
+    u.workspace = static_cast<int64_t>(workspace_.capacity()) * 4 + counters_->workspace;
     return u;
   }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,8 @@ namespace {
 namespace kc = kernels::cuda;
 
 struct Counters {
-  int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0;
+  int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0,
+          workspace = 0;
 };
 
 // Device memory owned by one object, released when it goes away.
@@ -192,8 +194,9 @@ class CudaDevice : public Device {
     }
     auto b = std::make_unique<CudaBuffer>(counters_,
                                           optimizer ? &Counters::optimizer_device
-                                          : kind == BufferKind::kAdapter ? &Counters::adapters
-                                                                         : &Counters::activations,
+                                          : kind == BufferKind::kAdapter   ? &Counters::adapters
+                                          : kind == BufferKind::kWorkspace ? &Counters::workspace
+                                                                           : &Counters::activations,
                                           floats, optimizer);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
@@ -348,7 +351,7 @@ class CudaDevice : public Device {
     if (Bf16Linear(lin)) {
       // y = x W^T on bf16 tensor cores: the weight dequantized straight to bf16 (half the bytes
       // of float32), the activations rounded to bf16 as the GEMM would round them anyway.
-      const __nv_bfloat16* xb = ToBf16(x, tokens * lin.in_features());
+      const __nv_bfloat16* xb = Bf16Copy(x, tokens * lin.in_features());
       const __nv_bfloat16* wb = WeightsBf16(lin);
       if (xb == nullptr || wb == nullptr) return;
       GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), 1.0f, xb,
@@ -453,7 +456,7 @@ class CudaDevice : public Device {
                            bool accumulate) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
     if (Bf16Linear(lin)) {
-      const __nv_bfloat16* dyb = ToBf16(dy, tokens * lin.out_features());
+      const __nv_bfloat16* dyb = Bf16Copy(dy, tokens * lin.out_features());
       if (dyb != nullptr) BackwardInputBf16(lin, dyb, tokens, dx, accumulate);
       return;
     }
@@ -471,7 +474,7 @@ class CudaDevice : public Device {
       return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
     const int64_t out = lin.out_features();
     const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
-    const __nv_bfloat16* dyb = ToBf16(dy, tokens * out);
+    const __nv_bfloat16* dyb = Bf16Copy(dy, tokens * out);
     auto* lora =
         reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
     if (dyb == nullptr || lora == nullptr) return;
@@ -589,7 +592,7 @@ class CudaDevice : public Device {
   // The mask applied where x is read (or dx written): dropout(x) is never stored.
   void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
                        uint64_t seed, uint64_t stream, float* h, float* scratch) override {
-    if (!kc::LoraDropoutSupports(n, in, r))
+    if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
     const auto timed = Time("lora dropout down-projection");
     Enter();
@@ -597,7 +600,7 @@ class CudaDevice : public Device {
   }
   void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
                         uint64_t seed, uint64_t stream, float* da, float* scratch) override {
-    if (!kc::LoraDropoutSupports(n, in, r))
+    if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
     const auto timed = Time("lora dropout grad A");
     float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
@@ -608,12 +611,216 @@ class CudaDevice : public Device {
   void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
                                 float p, uint64_t seed, uint64_t stream, float* dx,
                                 float* scratch) override {
-    if (!kc::LoraDropoutSupports(n, in, r))
+    if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
     const auto timed = Time("lora dropout input gradient");
     Enter();
     Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, stream_),
           "lora dropout input gradient");
+  }
+
+  // --- bf16 activations (Device's contracts): the same kernels instantiated for bf16, GEMMs
+  // that read bf16 activations and write bf16 outputs directly. What has no bf16 form here (GEMM
+  // attention, float32 weights, sizes the fused kernels do not take) takes Device's conversion
+  // defaults.
+  bool PrefersBf16Activations() const override {
+    return options_.bf16_gemm && options_.bf16_activations;
+  }
+  void ToBf16(const float* x, int64_t n, Bf16* out) override {
+    const auto timed = Time("round to bf16");
+    Check(kc::ConvertToBf16(x, n, B(out), stream_), "to bf16");
+  }
+  void ToF32(const Bf16* x, int64_t n, float* out) override {
+    const auto timed = Time("widen bf16 to float32");
+    Check(kc::ConvertToF32(B(x), n, out, stream_), "to float32");
+  }
+  void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
+                 Bf16* out) override {
+    const auto timed = Time("embedding");
+    const int32_t* ids = HostInts(host_ids, tokens, &ids_);
+    Check(kc::EmbeddingGather(table, dim, ids, tokens, B(out), stream_), "embedding");
+  }
+  void RmsNorm(const Bf16* x, const float* w, int64_t rows, int64_t dim, float eps, Bf16* y,
+               float* inv_rms) override {
+    const auto timed = Time("rmsnorm");
+    Check(kc::RmsNormForward(B(x), w, rows, dim, eps, B(y), inv_rms, stream_), "rmsnorm");
+  }
+  void RmsNormBackward(const Bf16* x, const float* w, const float* inv_rms, const Bf16* dy,
+                       int64_t rows, int64_t dim, Bf16* dx) override {
+    const auto timed = Time("rmsnorm backward");
+    Check(kc::RmsNormBackward(B(x), w, inv_rms, B(dy), rows, dim, B(dx), stream_), "rmsnorm bwd");
+  }
+  void Rope(Bf16* x, const int32_t* host_positions, int64_t tokens, int64_t heads, int64_t head_dim,
+            float theta, bool inverse) override {
+    const auto timed = Time("rope");
+    const int32_t* pos = HostInts(host_positions, tokens, &positions_);
+    Check(kc::RopeApply(B(x), pos, tokens, heads, head_dim, theta, inverse, stream_), "rope");
+  }
+  void AddInPlace(Bf16* y, const Bf16* x, int64_t n) override {
+    const auto timed = Time("add");
+    Check(kc::AddInPlace(B(y), B(x), n, stream_), "add");
+  }
+  void Swiglu(const Bf16* gate, const Bf16* up, int64_t n, Bf16* out) override {
+    const auto timed = Time("swiglu");
+    Check(kc::SwigluForward(B(gate), B(up), n, B(out), stream_), "swiglu");
+  }
+  void SwigluBackward(const Bf16* gate, const Bf16* up, const Bf16* dout, int64_t n, Bf16* dgate,
+                      Bf16* dup) override {
+    const auto timed = Time("swiglu backward");
+    Check(kc::SwigluBackward(B(gate), B(up), B(dout), n, B(dgate), B(dup), stream_), "swiglu bwd");
+  }
+
+  // Flash attention reads and writes bf16 directly; GEMM attention takes Device's conversion
+  // defaults (its probabilities are float32 anyway).
+  void AttentionTrainForward(const Bf16* q, const Bf16* k, const Bf16* v,
+                             const int32_t* host_segments, const TrainAttentionDims& d, Bf16* out,
+                             float* saved) override {
+    if (!Flash(d)) return Device::AttentionTrainForward(q, k, v, host_segments, d, out, saved);
+    const auto timed = Time("flash attention forward");
+    const int32_t* segments =
+        host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
+    Check(kc::FlashAttentionForward(B(q), B(k), B(v), segments, d.tokens, d.heads, d.kv_heads,
+                                    d.head_dim, B(out), saved, stream_),
+          "flash attention");
+  }
+  void AttentionTrainBackward(const Bf16* q, const Bf16* k, const Bf16* v,
+                              const int32_t* host_segments, const Bf16* out, const float* saved,
+                              const Bf16* dout, const TrainAttentionDims& d, Bf16* dq, Bf16* dk,
+                              Bf16* dv) override {
+    if (!Flash(d)) {
+      return Device::AttentionTrainBackward(q, k, v, host_segments, out, saved, dout, d, dq, dk,
+                                            dv);
+    }
+    const auto timed = Time("flash attention backward");
+    const int32_t* segments =
+        host_segments != nullptr ? HostInts(host_segments, d.tokens, &segments_) : nullptr;
+    float* delta = Scratch(&delta_, d.heads * d.tokens);
+    if (delta == nullptr) return;
+    Check(kc::FlashAttentionBackward(B(q), B(k), B(v), segments, B(out), saved, B(dout), d.tokens,
+                                     d.heads, d.kv_heads, d.head_dim, delta, B(dq), B(dk), B(dv),
+                                     stream_),
+          "flash attention backward");
+  }
+
+  void Linear(const DeviceLinear& w, const Bf16* x, int64_t tokens, Bf16* y) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    if (!Bf16Linear(lin)) return Device::Linear(w, x, tokens, y);
+    const __nv_bfloat16* wb = WeightsBf16(lin);
+    if (wb == nullptr) return;
+    GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), 1.0f, B(x),
+             lin.in_features(), wb, lin.in_features(), 0.0f, B(y), lin.out_features());
+  }
+
+  // As the float32 form: one GEMM over [x | h | 0] and [W | scale B | 0]; x's rows are copied
+  // into the wider operand (bf16 already: a copy, not a conversion).
+  void LinearLora(const DeviceLinear& w, const Bf16* x, int64_t tokens, const float* h,
+                  const float* b, int64_t r, float scale, Bf16* y) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    const int64_t in = lin.in_features(), out = lin.out_features();
+    if (!Bf16Linear(lin) || in % 32 != 0 || r < 1)
+      return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
+    const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
+    __nv_bfloat16* ws = WeightsBf16(lin, k);
+    auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
+    if (ws == nullptr || xs == nullptr) return;
+    {
+      const auto timed = Time("copy activations into the LoRA operand");
+      Check(cudaMemcpy2DAsync(xs, k * 2, x, in * 2, in * 2, tokens, cudaMemcpyDeviceToDevice,
+                              stream_),
+            "activations into [x | h]");
+    }
+    {
+      const auto timed = Time("round LoRA operands to bf16");
+      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
+      Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
+            "LoRA h to bf16");
+    }
+    GemmBf16(false, true, tokens, out, k, 1.0f, xs, k, ws, k, 0.0f, B(y), out);
+  }
+
+  void LinearBackwardInput(const DeviceLinear& w, const Bf16* dy, int64_t tokens, Bf16* dx,
+                           bool accumulate) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    if (!Bf16Linear(lin)) return Device::LinearBackwardInput(w, dy, tokens, dx, accumulate);
+    BackwardInputBf16(lin, B(dy), tokens, B(dx), accumulate);
+  }
+
+  void LinearLoraBackward(const DeviceLinear& w, const Bf16* dy, int64_t tokens, const float* h,
+                          const float* b, int64_t r, float scale, Bf16* dx, bool accumulate,
+                          float* dh, float* db) override {
+    const auto& lin = static_cast<const CudaLinear&>(w);
+    if (!Bf16Linear(lin))
+      return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
+    const int64_t out = lin.out_features();
+    const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
+    auto* lora =
+        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
+    if (lora == nullptr) return;
+    {
+      const auto timed = Time("round LoRA operands to bf16");
+      Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
+      Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
+    }
+    BackwardInputBf16(lin, B(dy), tokens, B(dx), accumulate);
+    GemmBf16(true, false, out, r, tokens, scale, B(dy), out, lora, r, 1.0f, db, r);
+    GemmBf16(false, false, tokens, r, out, scale, B(dy), out, lora + h_elems, r, 0.0f, dh, r);
+  }
+
+  // With dropout, the fused kernels reading bf16 x (and updating bf16 dx); without (p = 0),
+  // bf16 GEMMs on the activations as they are, A and dh rounded to bf16 (what a float32-data
+  // GEMM on bf16 tensor cores rounds them to). Sizes the fused kernels do not take go to
+  // Device's conversion defaults.
+  void LoraDropoutDown(const Bf16* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
+                       uint64_t seed, uint64_t stream, float* h, float* scratch) override {
+    if (p > 0.0f) {
+      if (!kc::LoraDropoutSupports(n, in, r))
+        return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
+      const auto timed = Time("lora dropout down-projection");
+      Check(kc::LoraDropoutDown(B(x), n, in, a, r, p, seed, stream, h, stream_),
+            "lora dropout down");
+      return;
+    }
+    const __nv_bfloat16* ab = Bf16Copy(a, r * in);
+    if (ab == nullptr) return;
+    GemmBf16(false, true, n, r, in, 1.0f, B(x), in, ab, in, 0.0f, h, r);
+  }
+  void LoraDropoutGradA(const Bf16* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
+                        uint64_t seed, uint64_t stream, float* da, float* scratch) override {
+    if (p > 0.0f) {
+      if (!kc::LoraDropoutSupports(n, in, r))
+        return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
+      const auto timed = Time("lora dropout grad A");
+      float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
+      if (partial == nullptr) return;
+      Check(kc::LoraDropoutGradA(B(x), dh, n, in, r, p, seed, stream, partial, da, stream_),
+            "lora dropout grad A");
+      return;
+    }
+    const __nv_bfloat16* dhb = Bf16Copy(dh, n * r);
+    if (dhb == nullptr) return;
+    GemmBf16(true, false, r, in, n, 1.0f, dhb, r, B(x), in, 1.0f, da, in);
+  }
+  void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
+                                float p, uint64_t seed, uint64_t stream, Bf16* dx,
+                                float* scratch) override {
+    if (p > 0.0f) {
+      if (!kc::LoraDropoutSupports(n, in, r))
+        return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
+      const auto timed = Time("lora dropout input gradient");
+      Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, B(dx), stream_),
+            "lora dropout input gradient");
+      return;
+    }
+    const int64_t dh_elems = (n * r + 7) / 8 * 8;  // A's copy starts 16-byte aligned
+    auto* lora =
+        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (dh_elems + r * in + 1) / 2));
+    if (lora == nullptr) return;
+    {
+      const auto timed = Time("round LoRA operands to bf16");
+      Check(kc::ConvertToBf16(dh, n * r, lora, stream_), "LoRA dh to bf16");
+      Check(kc::ConvertToBf16(a, r * in, lora + dh_elems, stream_), "LoRA A to bf16");
+    }
+    GemmBf16(false, false, n, in, r, 1.0f, lora, r, lora + dh_elems, in, 1.0f, B(dx), in);
   }
 
   void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
@@ -664,13 +871,20 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace = static_cast<int64_t>(
-        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
-        positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
-        partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
-        act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes());
+    u.workspace =
+        counters_->workspace +
+        static_cast<int64_t>(
+            workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
+            positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
+            partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
+            act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes() + conversion_.bytes());
     return u;
   }
+
+ protected:
+  // The bf16 defaults' float32 copies (an operation without a bf16 kernel here: GEMM attention,
+  // float32 weights, LoRA dropout), in a scratch buffer whose failure fails the device's work.
+  float* ConversionScratch(int64_t floats) override { return Scratch(&conversion_, floats); }
 
  private:
   CudaDevice(int ordinal, const CudaDeviceOptions& options)
@@ -753,12 +967,16 @@ class CudaDevice : public Device {
     return total;
   }
 
+  // Device's Bf16 and CUDA's __nv_bfloat16 are the same 16 bits.
+  static __nv_bfloat16* B(Bf16* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+  static const __nv_bfloat16* B(const Bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+
   // NF4 weights go through bf16 GEMMs when bf16 GEMMs are on (float32 weights keep the
   // float32-operand GEMM).
   bool Bf16Linear(const CudaLinear& lin) const { return options_.bf16_gemm && lin.quantized(); }
 
   // `n` floats rounded to bf16 in a scratch buffer (valid until the next call).
-  const __nv_bfloat16* ToBf16(const float* x, int64_t n) {
+  const __nv_bfloat16* Bf16Copy(const float* x, int64_t n) {
     const auto timed = Time("round activations to bf16");
     auto* out = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (n + 1) / 2));
     if (out == nullptr) return nullptr;
@@ -766,17 +984,21 @@ class CudaDevice : public Device {
     return out;
   }
 
-  // Row-major C = alpha op(A) op(B) + beta C with bf16 A and B, float32 C and accumulation.
+  // Row-major C = alpha op(A) op(B) + beta C with bf16 A and B, float32 accumulation and a
+  // float32 or bf16 C (C is read, accumulated in float32 and rounded once).
+  template <typename C>
   void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                 const __nv_bfloat16* a, int64_t lda, const __nv_bfloat16* b, int64_t ldb,
-                float beta, float* c, int64_t ldc) {
+                float beta, C* c, int64_t ldc) {
+    static_assert(std::is_same_v<C, float> || std::is_same_v<C, __nv_bfloat16>);
     const auto timed = Time("gemm, bf16 operands");
     Enter();
     if (m == 0 || n == 0) return;
+    const cudaDataType_t c_type = std::is_same_v<C, float> ? CUDA_R_32F : CUDA_R_16BF;
     const cublasStatus_t s = cublasGemmEx(
         blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
         static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
-        static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c, CUDA_R_32F,
+        static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c, c_type,
         static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS bf16 GEMM failed (status ", s, ")"));
   }
@@ -798,8 +1020,10 @@ class CudaDevice : public Device {
     return ws;
   }
 
-  // dx (=, or += when `accumulate`) dy W for a bf16 linear, dy already rounded to bf16.
-  void BackwardInputBf16(const CudaLinear& lin, const __nv_bfloat16* dyb, int64_t tokens, float* dx,
+  // dx (=, or += when `accumulate`) dy W for a bf16 linear, dy already rounded to bf16; dx
+  // float32 or bf16.
+  template <typename C>
+  void BackwardInputBf16(const CudaLinear& lin, const __nv_bfloat16* dyb, int64_t tokens, C* dx,
                          bool accumulate) {
     const __nv_bfloat16* wb = WeightsBf16(lin);
     if (wb == nullptr) return;
@@ -879,7 +1103,7 @@ class CudaDevice : public Device {
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaOpProfiler profiler_;
   CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_,
-      lora_partial_, lora_bf16_;
+      lora_partial_, lora_bf16_, conversion_;
   HostIntsCopy ids_, positions_, targets_, segments_;
 };
 

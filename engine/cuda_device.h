@@ -1,6 +1,6 @@
-// The CUDA backend of the engine (float32 activations and weights in device memory, NF4 linear
-// weights dequantized layer by layer into one reusable workspace, cuBLAS for every GEMM, the
-// kernels of kernels/cuda). Builds only where a CUDA compiler is found; elsewhere the factory
+// The CUDA backend of the engine (bf16 or float32 activations in device memory, NF4 linear
+// weights dequantized layer by layer into one reusable bf16 workspace, cuBLAS for every GEMM,
+// the kernels of kernels/cuda). Builds only where a CUDA compiler is found; elsewhere the factory
 // says so. One device per ordinal; a Device is driven from one thread at a time.
 #pragma once
 
@@ -29,6 +29,9 @@ struct CudaDeviceOptions {
   // one log-sum-exp kept per query instead of [H, T, T] probabilities) where head_dim allows
   // and bf16 GEMMs are on; otherwise GEMM attention with a fused masked softmax.
   bool flash_attention = true;
+  // Training graphs keep bf16 activations (Device::PrefersBf16Activations) where bf16 GEMMs
+  // are on: half the activation memory and elementwise traffic of float32.
+  bool bf16_activations = true;
 };
 
 // The device `ordinal`. A CUDA error inside an operation is reported once on stderr and makes

@@ -21,19 +21,29 @@ void Device::LinearLoraBackward(const DeviceLinear& w, const float* dy, int64_t 
 
 void Device::LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
                              float p, uint64_t seed, uint64_t stream, float* h, float* scratch) {
-  Dropout(x, n * in, p, seed, stream, scratch);
-  Gemm(false, true, n, r, in, 1.0f, scratch, in, a, in, 0.0f, h, r);
+  if (p > 0.0f) {
+    Dropout(x, n * in, p, seed, stream, scratch);
+    x = scratch;
+  }
+  Gemm(false, true, n, r, in, 1.0f, x, in, a, in, 0.0f, h, r);
 }
 
 void Device::LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
                               float p, uint64_t seed, uint64_t stream, float* da, float* scratch) {
-  Dropout(x, n * in, p, seed, stream, scratch);  // the forward's mask, made again
-  Gemm(true, false, r, in, n, 1.0f, dh, r, scratch, in, 1.0f, da, in);
+  if (p > 0.0f) {
+    Dropout(x, n * in, p, seed, stream, scratch);  // the forward's mask, made again
+    x = scratch;
+  }
+  Gemm(true, false, r, in, n, 1.0f, dh, r, x, in, 1.0f, da, in);
 }
 
 void Device::LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
                                       int64_t r, float p, uint64_t seed, uint64_t stream, float* dx,
                                       float* scratch) {
+  if (p <= 0.0f) {
+    Gemm(false, false, n, in, r, 1.0f, dh, r, a, in, 1.0f, dx, in);
+    return;
+  }
   Gemm(false, false, n, in, r, 1.0f, dh, r, a, in, 0.0f, scratch, in);
   Dropout(scratch, n * in, p, seed, stream, scratch);
   AddInPlace(dx, scratch, n * in);

@@ -31,7 +31,7 @@ struct DeviceMemoryUsage {
 };
 
 // What a buffer holds, for the accounting above and for paging.
-enum class BufferKind { kActivations, kAdapter, kOptimizer };
+enum class BufferKind { kActivations, kAdapter, kOptimizer, kWorkspace };
 
 // A float32 buffer in device memory, freed when destroyed.
 class DeviceBuffer {
@@ -40,6 +40,12 @@ class DeviceBuffer {
   virtual float* data() = 0;
   virtual const float* data() const = 0;
   virtual int64_t size() const = 0;  // in floats
+};
+
+// A bfloat16 value by its bits (the layout of CUDA's __nv_bfloat16): the element type of the
+// activations of a graph that keeps them in bf16 (Device::PrefersBf16Activations).
+struct Bf16 {
+  uint16_t bits;
 };
 
 // A frozen base-model linear weight [out, in] as the device holds it: NF4 + double quant
@@ -179,7 +185,8 @@ class Device {
                        float* out) = 0;
   // LoRA's down-projection through dropout and its gradients (kernels/cpu/lora_dropout.h):
   // h [n, r] = dropout(x) A^T; da [r, in] += dh^T dropout(x); dx [n, in] += dropout(dh A),
-  // dropout being Dropout's mask of (p, seed, stream) over [n, in]. `scratch` holds n * in
+  // dropout being Dropout's mask of (p, seed, stream) over [n, in], none when p = 0 (the plain
+  // GEMMs, for evaluation and training without dropout). `scratch` holds n * in
   // floats the device may use: these defaults write dropout(x) there and run GEMMs; a GPU fuses
   // the mask into its kernels instead (four float passes over the input instead of twelve).
   virtual void LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
@@ -189,6 +196,51 @@ class Device {
   virtual void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
                                         int64_t r, float p, uint64_t seed, uint64_t stream,
                                         float* dx, float* scratch);
+  // --- bf16 activations: the operations above with bfloat16 activations (inputs, outputs and
+  // activation gradients), float32 math inside, float32 weights, LoRA parameters, gradients,
+  // 1/rms and attention state. Outputs are rounded to bf16 (nearest even) once. The defaults
+  // (engine/device_bf16.cc) convert to float32, run the float32 operation and round the result,
+  // which defines the numbers a native bf16 kernel must match within float32 rounding; a GPU
+  // overrides them with kernels that read and write bf16, half the bytes.
+  // Whether this device's training graph should keep its activations in bf16.
+  virtual bool PrefersBf16Activations() const { return false; }
+  virtual void ToBf16(const float* x, int64_t n, Bf16* out) = 0;
+  virtual void ToF32(const Bf16* x, int64_t n, float* out) = 0;
+  virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
+                         Bf16* out);
+  virtual void RmsNorm(const Bf16* x, const float* w, int64_t rows, int64_t dim, float eps, Bf16* y,
+                       float* inv_rms = nullptr);
+  virtual void RmsNormBackward(const Bf16* x, const float* w, const float* inv_rms, const Bf16* dy,
+                               int64_t rows, int64_t dim, Bf16* dx);
+  virtual void Rope(Bf16* x, const int32_t* host_positions, int64_t tokens, int64_t heads,
+                    int64_t head_dim, float theta, bool inverse = false);
+  virtual void AddInPlace(Bf16* y, const Bf16* x, int64_t n);
+  virtual void Swiglu(const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);
+  virtual void SwigluBackward(const Bf16* gate, const Bf16* up, const Bf16* dout, int64_t n,
+                              Bf16* dgate, Bf16* dup);
+  virtual void AttentionTrainForward(const Bf16* q, const Bf16* k, const Bf16* v,
+                                     const int32_t* host_segments, const TrainAttentionDims& d,
+                                     Bf16* out, float* saved);
+  virtual void AttentionTrainBackward(const Bf16* q, const Bf16* k, const Bf16* v,
+                                      const int32_t* host_segments, const Bf16* out,
+                                      const float* saved, const Bf16* dout,
+                                      const TrainAttentionDims& d, Bf16* dq, Bf16* dk, Bf16* dv);
+  virtual void Linear(const DeviceLinear& w, const Bf16* x, int64_t tokens, Bf16* y);
+  virtual void LinearLora(const DeviceLinear& w, const Bf16* x, int64_t tokens, const float* h,
+                          const float* b, int64_t r, float scale, Bf16* y);
+  virtual void LinearBackwardInput(const DeviceLinear& w, const Bf16* dy, int64_t tokens, Bf16* dx,
+                                   bool accumulate);
+  virtual void LinearLoraBackward(const DeviceLinear& w, const Bf16* dy, int64_t tokens,
+                                  const float* h, const float* b, int64_t r, float scale, Bf16* dx,
+                                  bool accumulate, float* dh, float* db);
+  virtual void LoraDropoutDown(const Bf16* x, int64_t n, int64_t in, const float* a, int64_t r,
+                               float p, uint64_t seed, uint64_t stream, float* h, float* scratch);
+  virtual void LoraDropoutGradA(const Bf16* x, const float* dh, int64_t n, int64_t in, int64_t r,
+                                float p, uint64_t seed, uint64_t stream, float* da, float* scratch);
+  virtual void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
+                                        int64_t r, float p, uint64_t seed, uint64_t stream,
+                                        Bf16* dx, float* scratch);
+
   virtual void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
                      const kernels::AdamWParams& p) = 0;
   // out[0] (device memory) = sum of x^2, accumulated in double.
@@ -197,6 +249,15 @@ class Device {
   virtual void Fill(float* x, int64_t n, float value) = 0;
 
   virtual DeviceMemoryUsage memory_usage() const = 0;
+
+ protected:
+  // `floats` of device memory for the bf16 defaults' float32 copies, valid until the next call;
+  // null where it cannot be had (the default then writes nothing: a GPU reports the failure
+  // through its own error path). This default grows one buffer from Alloc.
+  virtual float* ConversionScratch(int64_t floats);
+
+ private:
+  std::unique_ptr<DeviceBuffer> conversion_scratch_;
 };
 
 // The CPU reference backend. `threads` <= 0 keeps the OpenMP/BLAS default.

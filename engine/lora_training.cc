@@ -1,6 +1,8 @@
 #include "engine/lora_training.h"
 
 #include <algorithm>
+#include <array>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,35 +29,30 @@ absl::Status MicroBatch::Validate(int64_t vocab) const {
   return absl::OkStatus();
 }
 
-// Activations of one layer kept for its backward pass. What one elementwise pass remakes from
-// these is not kept (the norms' outputs from their inputs and 1/rms, the SwiGLU output from
-// gate and up): that saves 2 h + im floats a token and layer, 29% of what a Llama-7B layer kept
-// with its input.
-struct LoraTrainingGraph::LayerCache {
-  // attn: what the device keeps of the attention for its backward (Device::AttentionSavedFloats).
-  std::unique_ptr<DeviceBuffer> inv1, q, k, v, attn, ao, hmid, inv2, g, u;
-  std::array<std::unique_ptr<DeviceBuffer>, 7> lora_h;  // x A^T per targeted module
+// The computation behind LoraTrainingGraph, for either activation type.
+class LoraTrainingGraph::Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual bool bf16() const = 0;
+  virtual Device* device() const = 0;
+  // Checks the micro-batch and allocates the buffers for its shape (kept while it repeats).
+  virtual absl::Status Prepare(const MicroBatch& batch) = 0;
+  // ForwardBackward on a checked, prepared micro-batch.
+  virtual void Run(const MicroBatch& batch, const float* params, float* grads, float loss_scale,
+                   uint64_t dropout_seed, uint64_t step, float* loss_sum) = 0;
+  virtual double Loss(const MicroBatch& batch, const float* params) = 0;
+  // The one float the waiting ForwardBackward sums its loss into.
+  virtual float* loss_slot() = 0;
 };
 
-struct LoraTrainingGraph::Buffers {
-  int64_t tokens = 0, rows = 0, seq_len = 0;
-  std::vector<std::unique_ptr<DeviceBuffer>> xs;  // layer inputs, [L+1][N, h]
-  std::vector<LayerCache> caches;                 // L, or 1 with checkpointing
-  // xn: a norm's output, act: the SwiGLU output, made in the forward and made again in the
-  // backward (one layer's worth, shared by all layers).
-  // loss: the one float the waiting ForwardBackward sums its loss into.
-  std::unique_ptr<DeviceBuffer> xn, act, xf, invf, logits, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao,
-      dg, du, dh, tmp_in, loss;
-};
+namespace {
 
-struct LoraTrainingGraph::Shape {
+struct Shape {
   int64_t tokens, rows, layers, layers_kept, h, kv, im, r, vocab, attn_saved_per_row;
 };
 
-LoraTrainingGraph::Shape LoraTrainingGraph::ShapeOf(const LlamaConfig& c, int64_t rank,
-                                                    bool checkpointing, int64_t rows,
-                                                    int64_t seq_len,
-                                                    int64_t attention_saved_per_row) {
+Shape ShapeOf(const LlamaConfig& c, int64_t rank, bool checkpointing, int64_t rows, int64_t seq_len,
+              int64_t attention_saved_per_row) {
   Shape s;
   s.tokens = rows * seq_len;
   s.rows = rows;
@@ -70,288 +67,371 @@ LoraTrainingGraph::Shape LoraTrainingGraph::ShapeOf(const LlamaConfig& c, int64_
   return s;
 }
 
-// Calls visit(buffer, floats) for every buffer of the graph: Prepare allocates them and
-// ActivationFloats counts them, so the memory estimate is the list the graph allocates.
+// Activations of one layer kept for its backward pass (T: the activation type). What one
+// elementwise pass remakes from these is not kept (the norms' outputs from their inputs and
+// 1/rms, the SwiGLU output from gate and up): that saves 2 h + im values a token and layer, 29%
+// of what a Llama-7B layer kept with its input.
+struct LayerCache {
+  // attn: what the device keeps of the attention for its backward (Device::AttentionSavedFloats).
+  std::unique_ptr<DeviceBuffer> inv1, attn, inv2;         // float32
+  std::unique_ptr<DeviceBuffer> q, k, v, ao, hmid, g, u;  // T
+  std::array<std::unique_ptr<DeviceBuffer>, 7> lora_h;    // x A^T per module, float32
+};
+
+struct Buffers {
+  int64_t tokens = 0, rows = 0, seq_len = 0;
+  std::vector<std::unique_ptr<DeviceBuffer>> xs;  // layer inputs, [L+1][N, h], T
+  std::vector<LayerCache> caches;                 // L, or 1 with checkpointing
+  // T: xn, a norm's output, and act, the SwiGLU output, made in the forward and made again in
+  // the backward (one layer's worth, shared by all layers), and the activation gradients.
+  std::unique_ptr<DeviceBuffer> xn, act, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao, dg, du;
+  // float32: the head (final norm, logits, loss), LoRA's dh and the float32 scratch of the
+  // LoRA dropout defaults. head_x and head_dx (the last layer's output and its gradient as
+  // float32) exist only with bf16 activations.
+  std::unique_ptr<DeviceBuffer> xf, invf, logits, dh, tmp_in, loss, head_x, head_dx;
+};
+
+// Calls visit(buffer, elements, element_bytes) for every buffer of the graph: Prepare allocates
+// them and ActivationBytes counts them, so the memory estimate is the list the graph allocates.
 template <typename Visit>
-absl::Status LoraTrainingGraph::ForEachBuffer(const Shape& s, Buffers& b, Visit&& visit) {
+absl::Status ForEachBuffer(const Shape& s, bool bf16, Buffers& b, Visit&& visit) {
   using Slot = std::pair<std::unique_ptr<DeviceBuffer>*, int64_t>;
+  const int act = bf16 ? 2 : 4;
   const int64_t n = s.tokens;
   b.xs.resize(s.layers + 1);
-  for (auto& x : b.xs) RETURN_IF_ERROR(visit(x, n * s.h));
+  for (auto& x : b.xs) RETURN_IF_ERROR(visit(x, n * s.h, act));
   b.caches.resize(s.layers_kept);
   for (LayerCache& c : b.caches) {
     for (auto [buffer, floats] :
-         {Slot{&c.inv1, n}, Slot{&c.q, n * s.h}, Slot{&c.k, n * s.kv}, Slot{&c.v, n * s.kv},
-          Slot{&c.attn, s.rows * s.attn_saved_per_row}, Slot{&c.ao, n * s.h},
-          Slot{&c.hmid, n * s.h}, Slot{&c.inv2, n}, Slot{&c.g, n * s.im}, Slot{&c.u, n * s.im}}) {
-      RETURN_IF_ERROR(visit(*buffer, floats));
+         {Slot{&c.inv1, n}, Slot{&c.attn, s.rows * s.attn_saved_per_row}, Slot{&c.inv2, n}}) {
+      RETURN_IF_ERROR(visit(*buffer, floats, 4));
     }
-    for (auto& lh : c.lora_h) RETURN_IF_ERROR(visit(lh, n * s.r));
+    for (auto [buffer, elems] :
+         {Slot{&c.q, n * s.h}, Slot{&c.k, n * s.kv}, Slot{&c.v, n * s.kv}, Slot{&c.ao, n * s.h},
+          Slot{&c.hmid, n * s.h}, Slot{&c.g, n * s.im}, Slot{&c.u, n * s.im}}) {
+      RETURN_IF_ERROR(visit(*buffer, elems, act));
+    }
+    for (auto& lh : c.lora_h) RETURN_IF_ERROR(visit(lh, n * s.r, 4));
+  }
+  for (auto [buffer, elems] :
+       {Slot{&b.xn, n * s.h}, Slot{&b.act, n * s.im}, Slot{&b.d_a, n * s.h}, Slot{&b.d_b, n * s.h},
+        Slot{&b.dxn, n * s.h}, Slot{&b.tmp_h, n * s.h}, Slot{&b.dq, n * s.h}, Slot{&b.dk, n * s.kv},
+        Slot{&b.dv, n * s.kv}, Slot{&b.dao, n * s.h}, Slot{&b.dg, n * s.im},
+        Slot{&b.du, n * s.im}}) {
+    RETURN_IF_ERROR(visit(*buffer, elems, act));
   }
   for (auto [buffer, floats] :
-       {Slot{&b.xn, n * s.h}, Slot{&b.act, n * s.im}, Slot{&b.xf, n * s.h}, Slot{&b.invf, n},
-        Slot{&b.logits, n * s.vocab}, Slot{&b.d_a, n * s.h}, Slot{&b.d_b, n * s.h},
-        Slot{&b.dxn, n * s.h}, Slot{&b.tmp_h, n * s.h}, Slot{&b.dq, n * s.h}, Slot{&b.dk, n * s.kv},
-        Slot{&b.dv, n * s.kv}, Slot{&b.dao, n * s.h}, Slot{&b.dg, n * s.im}, Slot{&b.du, n * s.im},
-        Slot{&b.dh, n * s.r}, Slot{&b.tmp_in, n * std::max(s.h, s.im)}, Slot{&b.loss, 1}}) {
-    RETURN_IF_ERROR(visit(*buffer, floats));
+       {Slot{&b.xf, n * s.h}, Slot{&b.invf, n}, Slot{&b.logits, n * s.vocab}, Slot{&b.dh, n * s.r},
+        Slot{&b.tmp_in, n * std::max(s.h, s.im)}, Slot{&b.loss, 1}}) {
+    RETURN_IF_ERROR(visit(*buffer, floats, 4));
+  }
+  if (bf16) {
+    RETURN_IF_ERROR(visit(b.head_x, n * s.h, 4));
+    RETURN_IF_ERROR(visit(b.head_dx, n * s.h, 4));
   }
   return absl::OkStatus();
 }
 
-int64_t LoraTrainingGraph::ActivationFloats(const LlamaConfig& c, int64_t rank, bool checkpointing,
-                                            int64_t rows, int64_t seq_len,
-                                            int64_t attention_saved_per_row) {
+// Floats of device memory that `elements` values of `bytes` each take.
+int64_t FloatsFor(int64_t elements, int bytes) { return (elements * bytes + 3) / 4; }
+
+}  // namespace
+
+int64_t LoraTrainingGraph::ActivationBytes(const LlamaConfig& c, int64_t rank, bool checkpointing,
+                                           int64_t rows, int64_t seq_len,
+                                           int64_t attention_saved_per_row, bool bf16) {
   int64_t total = 0;
   Buffers counted;  // only its vectors are sized: nothing is allocated
-  (void)ForEachBuffer(ShapeOf(c, rank, checkpointing, rows, seq_len, attention_saved_per_row),
-                      counted, [&](std::unique_ptr<DeviceBuffer>&, int64_t floats) {
-                        total += floats;
+  (void)ForEachBuffer(ShapeOf(c, rank, checkpointing, rows, seq_len, attention_saved_per_row), bf16,
+                      counted, [&](std::unique_ptr<DeviceBuffer>&, int64_t elements, int bytes) {
+                        total += FloatsFor(elements, bytes) * 4;
                         return absl::OkStatus();
                       });
   return total;
 }
 
-LoraTrainingGraph::LoraTrainingGraph(LlamaModel* model, const LoraLayout* layout,
-                                     const LoraConfig& lora, const TrainingGraphOptions& options)
-    : model_(model), device_(model->device()), layout_(layout), lora_(lora), options_(options) {}
+template <typename T>
+class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
+ public:
+  static constexpr bool kBf16 = std::is_same_v<T, Bf16>;
 
-LoraTrainingGraph::~LoraTrainingGraph() = default;
+  TypedGraph(LlamaModel* model, const LoraLayout* layout, const LoraConfig& lora,
+             const TrainingGraphOptions& options)
+      : model_(model), device_(model->device()), layout_(layout), lora_(lora), options_(options) {}
 
-uint64_t LoraTrainingGraph::Stream(uint64_t step, int64_t layer, int module) const {
-  return (step * static_cast<uint64_t>(model_->config().num_hidden_layers) + layer) * 7 + module;
-}
+  bool bf16() const override { return kBf16; }
+  Device* device() const override { return device_; }
+  float* loss_slot() override { return buf_->loss->data(); }
 
-absl::Status LoraTrainingGraph::Prepare(const MicroBatch& batch) {
-  RETURN_IF_ERROR(batch.Validate(model_->config().vocab_size));
-  const int64_t rows = batch.rows, seq_len = batch.seq_len, n = rows * seq_len;
-  if (buf_ && buf_->rows == rows && buf_->seq_len == seq_len) return absl::OkStatus();
-  buf_.reset();  // free the old set before allocating a larger one
-  auto b = std::make_unique<Buffers>();
-  b->tokens = n;
-  b->rows = rows;
-  b->seq_len = seq_len;
-  const LlamaConfig& c = model_->config();
-  const int64_t attn_saved = device_->AttentionSavedFloats(
-      {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
-  RETURN_IF_ERROR(ForEachBuffer(
-      ShapeOf(c, lora_.rank, options_.activation_checkpointing, rows, seq_len, attn_saved), *b,
-      [&](std::unique_ptr<DeviceBuffer>& dst, int64_t floats) -> absl::Status {
-        ASSIGN_OR_RETURN(dst, device_->Alloc(floats));
-        return absl::OkStatus();
-      }));
-  buf_ = std::move(b);
-  return absl::OkStatus();
-}
-
-void LoraTrainingGraph::LoraForward(int64_t layer, int module, const float* x, int64_t n,
-                                    const float* params, bool train, uint64_t seed, uint64_t step,
-                                    float* h_save, float* y) {
-  const DeviceLinear& w = *model_->layers()[layer].linear[module];
-  const LoraSlot* s = layout_->Find(layer, module);
-  if (s == nullptr) {
-    device_->Linear(w, x, n, y);
-    return;
+  absl::Status Prepare(const MicroBatch& batch) override {
+    RETURN_IF_ERROR(batch.Validate(model_->config().vocab_size));
+    const int64_t rows = batch.rows, seq_len = batch.seq_len, n = rows * seq_len;
+    if (buf_ && buf_->rows == rows && buf_->seq_len == seq_len) return absl::OkStatus();
+    buf_.reset();  // free the old set before allocating a larger one
+    auto b = std::make_unique<Buffers>();
+    b->tokens = n;
+    b->rows = rows;
+    b->seq_len = seq_len;
+    const LlamaConfig& c = model_->config();
+    const int64_t attn_saved = device_->AttentionSavedFloats(
+        {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
+    RETURN_IF_ERROR(ForEachBuffer(
+        ShapeOf(c, lora_.rank, options_.activation_checkpointing, rows, seq_len, attn_saved), kBf16,
+        *b, [&](std::unique_ptr<DeviceBuffer>& dst, int64_t elements, int bytes) -> absl::Status {
+          ASSIGN_OR_RETURN(dst, device_->Alloc(FloatsFor(elements, bytes)));
+          return absl::OkStatus();
+        }));
+    buf_ = std::move(b);
+    return absl::OkStatus();
   }
-  const int64_t r = lora_.rank;
-  if (train && options_.dropout > 0.0f) {
-    device_->LoraDropoutDown(x, n, s->in, params + s->a_offset, r, options_.dropout, seed,
-                             Stream(step, layer, module), h_save, buf_->tmp_in->data());
-  } else {
-    device_->Gemm(false, true, n, r, s->in, 1.0f, x, s->in, params + s->a_offset, s->in, 0.0f,
-                  h_save, r);
-  }
-  device_->LinearLora(w, x, n, h_save, params + s->b_offset, r, lora_.scale(), y);
-}
 
-void LoraTrainingGraph::LoraBackward(int64_t layer, int module, const float* x, int64_t n,
-                                     const float* params, float* grads, uint64_t seed,
-                                     uint64_t step, const float* h_saved, const float* dy,
-                                     float* dx, bool accumulate) {
-  const DeviceLinear& w = *model_->layers()[layer].linear[module];
-  const LoraSlot* s = layout_->Find(layer, module);
-  if (s == nullptr) {
-    device_->LinearBackwardInput(w, dy, n, dx, accumulate);
-    return;
+  void Run(const MicroBatch& b, const float* params, float* grads, float loss_scale, uint64_t seed,
+           uint64_t step, float* loss_sum) override {
+    const LlamaConfig& cfg = model_->config();
+    const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
+    const bool ckpt = options_.activation_checkpointing;
+    device_->Embedding(model_->embed(), h, b.tokens.data(), n, A(buf_->xs[0]));
+    for (int64_t l = 0; l < L; ++l) {
+      LayerCache& c = buf_->caches[ckpt ? 0 : l];
+      LayerForward(l, A(buf_->xs[l]), b, params, true, seed, step, c, A(buf_->xs[l + 1]));
+    }
+    const float* xl = HeadInput();
+    device_->RmsNorm(xl, model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data(),
+                     buf_->invf->data());
+    float* logits = buf_->logits->data();
+    device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n, logits);
+    device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale,
+                                         loss_sum);
+    // d(xf) = dlogits E (the head is frozen), then the final norm, in float32.
+    T* d_cur = A(buf_->d_a);
+    float* dxf = kBf16 ? buf_->head_dx->data() : F(buf_->dxn);
+    device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size,
+                  model_->lm_head(), h, 0.0f, dxf, h);
+    if constexpr (kBf16) {
+      // xf (the norm's output) is spent: it takes d(last layer output) before rounding.
+      device_->RmsNormBackward(xl, model_->final_norm(), buf_->invf->data(), dxf, n, h,
+                               buf_->xf->data());
+      device_->ToBf16(buf_->xf->data(), n * h, d_cur);
+    } else {
+      device_->RmsNormBackward(xl, model_->final_norm(), buf_->invf->data(), dxf, n, h, d_cur);
+    }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      LayerCache& c = buf_->caches[ckpt ? 0 : l];
+      if (ckpt) {  // recompute this layer's activations (same dropout streams); output unused
+        LayerForward(l, A(buf_->xs[l]), b, params, true, seed, step, c, A(buf_->tmp_h));
+      }
+      T* dx = d_cur == A(buf_->d_a) ? A(buf_->d_b) : A(buf_->d_a);
+      LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx, /*recomputed=*/ckpt);
+      d_cur = dx;
+    }
   }
-  const int64_t r = lora_.rank;
-  float* dh = buf_->dh->data();
-  float* tmp = buf_->tmp_in->data();
-  // dx (=/+=) dy W; dB += s dy^T h; dh = s dy B.
-  device_->LinearLoraBackward(w, dy, n, h_saved, params + s->b_offset, r, lora_.scale(), dx,
-                              accumulate, dh, grads + s->b_offset);
-  if (options_.dropout > 0.0f) {
+
+  double Loss(const MicroBatch& b, const float* params) override {
+    const LlamaConfig& cfg = model_->config();
+    const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
+    device_->Embedding(model_->embed(), h, b.tokens.data(), n, A(buf_->xs[0]));
+    for (int64_t l = 0; l < L; ++l) {
+      LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];
+      LayerForward(l, A(buf_->xs[l]), b, params, false, 0, 0, c, A(buf_->xs[l + 1]));
+    }
+    device_->RmsNorm(HeadInput(), model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data());
+    device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n,
+                              buf_->logits->data());
+    return device_->CrossEntropyLoss(buf_->logits->data(), b.targets.data(), n, cfg.vocab_size);
+  }
+
+ private:
+  static T* A(const std::unique_ptr<DeviceBuffer>& b) { return reinterpret_cast<T*>(b->data()); }
+  static float* F(const std::unique_ptr<DeviceBuffer>& b) { return b->data(); }
+
+  // The last layer's output as float32, for the head (final norm, LM head, cross-entropy).
+  const float* HeadInput() {
+    const int64_t L = model_->config().num_hidden_layers;
+    if constexpr (kBf16) {
+      device_->ToF32(A(buf_->xs[L]), buf_->tokens * model_->config().hidden_size,
+                     buf_->head_x->data());
+      return buf_->head_x->data();
+    } else {
+      return buf_->xs[L]->data();
+    }
+  }
+
+  uint64_t Stream(uint64_t step, int64_t layer, int module) const {
+    return (step * static_cast<uint64_t>(model_->config().num_hidden_layers) + layer) * 7 + module;
+  }
+
+  void LoraForward(int64_t layer, int module, const T* x, int64_t n, const float* params,
+                   bool train, uint64_t seed, uint64_t step, float* h_save, T* y) {
+    const DeviceLinear& w = *model_->layers()[layer].linear[module];
+    const LoraSlot* s = layout_->Find(layer, module);
+    if (s == nullptr) {
+      device_->Linear(w, x, n, y);
+      return;
+    }
+    const int64_t r = lora_.rank;
+    device_->LoraDropoutDown(x, n, s->in, params + s->a_offset, r, train ? options_.dropout : 0.0f,
+                             seed, Stream(step, layer, module), h_save, buf_->tmp_in->data());
+    device_->LinearLora(w, x, n, h_save, params + s->b_offset, r, lora_.scale(), y);
+  }
+
+  void LoraBackward(int64_t layer, int module, const T* x, int64_t n, const float* params,
+                    float* grads, uint64_t seed, uint64_t step, const float* h_saved, const T* dy,
+                    T* dx, bool accumulate) {
+    const DeviceLinear& w = *model_->layers()[layer].linear[module];
+    const LoraSlot* s = layout_->Find(layer, module);
+    if (s == nullptr) {
+      device_->LinearBackwardInput(w, dy, n, dx, accumulate);
+      return;
+    }
+    const int64_t r = lora_.rank;
+    float* dh = buf_->dh->data();
+    float* tmp = buf_->tmp_in->data();
+    // dx (=/+=) dy W; dB += s dy^T h; dh = s dy B.
+    device_->LinearLoraBackward(w, dy, n, h_saved, params + s->b_offset, r, lora_.scale(), dx,
+                                accumulate, dh, grads + s->b_offset);
     // dA += dh^T dropout(x) and dx += dropout(dh A), the mask made again from its stream.
     const uint64_t stream = Stream(step, layer, module);
     device_->LoraDropoutGradA(x, dh, n, s->in, r, options_.dropout, seed, stream,
                               grads + s->a_offset, tmp);
     device_->LoraDropoutBackwardInput(dh, params + s->a_offset, n, s->in, r, options_.dropout, seed,
                                       stream, dx, tmp);
-  } else {
-    device_->Gemm(true, false, r, s->in, n, 1.0f, dh, r, x, s->in, 1.0f, grads + s->a_offset,
-                  s->in);
-    device_->Gemm(false, false, n, s->in, r, 1.0f, dh, r, params + s->a_offset, s->in, 1.0f, dx,
-                  s->in);
   }
-}
 
-void LoraTrainingGraph::LayerForward(int64_t l, const float* x, const MicroBatch& b,
-                                     const float* params, bool train, uint64_t seed, uint64_t step,
-                                     LayerCache& c, float* out) {
-  const LlamaConfig& cfg = model_->config();
-  const LlamaModel::Layer& L = model_->layers()[l];
-  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
-                im = cfg.intermediate_size;
-  const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
-  const int64_t T = b.seq_len;
-  float* xn = buf_->xn->data();
-  float* act = buf_->act->data();
-  device_->RmsNorm(x, L.input_norm->data(), n, h, cfg.rms_norm_eps, xn, c.inv1->data());
-  LoraForward(l, 0, xn, n, params, train, seed, step, c.lora_h[0]->data(), c.q->data());
-  LoraForward(l, 1, xn, n, params, train, seed, step, c.lora_h[1]->data(), c.k->data());
-  LoraForward(l, 2, xn, n, params, train, seed, step, c.lora_h[2]->data(), c.v->data());
-  device_->Rope(c.q->data(), b.positions.data(), n, H, hd, cfg.rope_theta);
-  device_->Rope(c.k->data(), b.positions.data(), n, KV, hd, cfg.rope_theta);
-  const TrainAttentionDims dims{T, H, KV, hd};
-  const int64_t attn_saved = device_->AttentionSavedFloats(dims);
-  for (int64_t row = 0; row < b.rows; ++row) {
-    device_->AttentionTrainForward(c.q->data() + row * T * h, c.k->data() + row * T * kv,
-                                   c.v->data() + row * T * kv, b.segments.data() + row * T, dims,
-                                   c.ao->data() + row * T * h, c.attn->data() + row * attn_saved);
+  void LayerForward(int64_t l, const T* x, const MicroBatch& b, const float* params, bool train,
+                    uint64_t seed, uint64_t step, LayerCache& c, T* out) {
+    const LlamaConfig& cfg = model_->config();
+    const LlamaModel::Layer& L = model_->layers()[l];
+    const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
+                  im = cfg.intermediate_size;
+    const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
+    const int64_t T_ = b.seq_len;
+    T* xn = A(buf_->xn);
+    T* act = A(buf_->act);
+    T *q = A(c.q), *k = A(c.k), *v = A(c.v), *ao = A(c.ao), *hmid = A(c.hmid);
+    device_->RmsNorm(x, L.input_norm->data(), n, h, cfg.rms_norm_eps, xn, c.inv1->data());
+    LoraForward(l, 0, xn, n, params, train, seed, step, c.lora_h[0]->data(), q);
+    LoraForward(l, 1, xn, n, params, train, seed, step, c.lora_h[1]->data(), k);
+    LoraForward(l, 2, xn, n, params, train, seed, step, c.lora_h[2]->data(), v);
+    device_->Rope(q, b.positions.data(), n, H, hd, cfg.rope_theta);
+    device_->Rope(k, b.positions.data(), n, KV, hd, cfg.rope_theta);
+    const TrainAttentionDims dims{T_, H, KV, hd};
+    const int64_t attn_saved = device_->AttentionSavedFloats(dims);
+    for (int64_t row = 0; row < b.rows; ++row) {
+      device_->AttentionTrainForward(q + row * T_ * h, k + row * T_ * kv, v + row * T_ * kv,
+                                     b.segments.data() + row * T_, dims, ao + row * T_ * h,
+                                     c.attn->data() + row * attn_saved);
+    }
+    LoraForward(l, 3, ao, n, params, train, seed, step, c.lora_h[3]->data(), hmid);
+    device_->AddInPlace(hmid, x, n * h);  // hmid = x + o_proj(attn)
+    device_->RmsNorm(hmid, L.post_norm->data(), n, h, cfg.rms_norm_eps, xn, c.inv2->data());
+    LoraForward(l, 4, xn, n, params, train, seed, step, c.lora_h[4]->data(), A(c.g));
+    LoraForward(l, 5, xn, n, params, train, seed, step, c.lora_h[5]->data(), A(c.u));
+    device_->Swiglu(A(c.g), A(c.u), n * im, act);
+    LoraForward(l, 6, act, n, params, train, seed, step, c.lora_h[6]->data(), out);
+    device_->AddInPlace(out, hmid, n * h);  // out = hmid + down(act)
   }
-  LoraForward(l, 3, c.ao->data(), n, params, train, seed, step, c.lora_h[3]->data(),
-              c.hmid->data());
-  device_->AddInPlace(c.hmid->data(), x, n * h);  // hmid = x + o_proj(attn)
-  device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, xn, c.inv2->data());
-  LoraForward(l, 4, xn, n, params, train, seed, step, c.lora_h[4]->data(), c.g->data());
-  LoraForward(l, 5, xn, n, params, train, seed, step, c.lora_h[5]->data(), c.u->data());
-  device_->Swiglu(c.g->data(), c.u->data(), n * im, act);
-  LoraForward(l, 6, act, n, params, train, seed, step, c.lora_h[6]->data(), out);
-  device_->AddInPlace(out, c.hmid->data(), n * h);  // out = hmid + down(act)
-}
 
-void LoraTrainingGraph::LayerBackward(int64_t l, const MicroBatch& b, const float* params,
-                                      float* grads, uint64_t seed, uint64_t step, LayerCache& c,
-                                      float* dout, float* dx, bool recomputed) {
   // On entry `dout` is d(layer output); it is reused as d(hmid). `dx` receives d(layer input).
-  const LlamaConfig& cfg = model_->config();
-  const LlamaModel::Layer& L = model_->layers()[l];
-  const float* x = buf_->xs[l]->data();
-  const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
-                im = cfg.intermediate_size;
-  const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
-  const int64_t T = b.seq_len;
-  float* dxn = buf_->dxn->data();
-  float* tmp_h = buf_->tmp_h->data();
-  float* xn = buf_->xn->data();
-  float* act = buf_->act->data();
-  // MLP branch: out = hmid + down(swiglu(gate(xn2), up(xn2))). The swiglu backward may write
-  // dgate over its dout input (element by element), so dg holds d(act) and then d(gate).
-  // act and xn2 are made again from what the layer kept (the same kernels on the same inputs:
-  // the forward's values), unless the layer was just recomputed and they are still there.
-  float* dg = buf_->dg->data();
-  float* du = buf_->du->data();
-  if (!recomputed) device_->Swiglu(c.g->data(), c.u->data(), n * im, act);
-  LoraBackward(l, 6, act, n, params, grads, seed, step, c.lora_h[6]->data(), dout, dg, false);
-  device_->SwigluBackward(c.g->data(), c.u->data(), dg, n * im, dg, du);
-  if (!recomputed)
-    device_->RmsNorm(c.hmid->data(), L.post_norm->data(), n, h, cfg.rms_norm_eps, xn);
-  LoraBackward(l, 4, xn, n, params, grads, seed, step, c.lora_h[4]->data(), dg, dxn, false);
-  LoraBackward(l, 5, xn, n, params, grads, seed, step, c.lora_h[5]->data(), du, dxn, true);
-  device_->RmsNormBackward(c.hmid->data(), L.post_norm->data(), c.inv2->data(), dxn, n, h, tmp_h);
-  device_->AddInPlace(dout, tmp_h, n * h);  // dout is now d(hmid)
-  // Attention branch: hmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-  LoraBackward(l, 3, c.ao->data(), n, params, grads, seed, step, c.lora_h[3]->data(), dout,
-               buf_->dao->data(), false);
-  const TrainAttentionDims dims{T, H, KV, hd};
-  const int64_t attn_saved = device_->AttentionSavedFloats(dims);
-  for (int64_t row = 0; row < b.rows; ++row) {
-    device_->AttentionTrainBackward(
-        c.q->data() + row * T * h, c.k->data() + row * T * kv, c.v->data() + row * T * kv,
-        b.segments.data() + row * T, c.ao->data() + row * T * h, c.attn->data() + row * attn_saved,
-        buf_->dao->data() + row * T * h, dims, buf_->dq->data() + row * T * h,
-        buf_->dk->data() + row * T * kv, buf_->dv->data() + row * T * kv);
+  // `recomputed`: LayerForward of this layer ran just before (checkpointing), so the SwiGLU
+  // output and the post-attention norm's output are still in their scratch buffers.
+  void LayerBackward(int64_t l, const MicroBatch& b, const float* params, float* grads,
+                     uint64_t seed, uint64_t step, LayerCache& c, T* dout, T* dx, bool recomputed) {
+    const LlamaConfig& cfg = model_->config();
+    const LlamaModel::Layer& L = model_->layers()[l];
+    const T* x = A(buf_->xs[l]);
+    const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
+                  im = cfg.intermediate_size;
+    const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
+    const int64_t T_ = b.seq_len;
+    T* dxn = A(buf_->dxn);
+    T* tmp_h = A(buf_->tmp_h);
+    T* xn = A(buf_->xn);
+    T* act = A(buf_->act);
+    T *q = A(c.q), *k = A(c.k), *v = A(c.v), *ao = A(c.ao), *hmid = A(c.hmid), *g = A(c.g),
+      *u = A(c.u);
+    T *dq = A(buf_->dq), *dk = A(buf_->dk), *dv = A(buf_->dv), *dao = A(buf_->dao);
+    // MLP branch: out = hmid + down(swiglu(gate(xn2), up(xn2))). The swiglu backward may write
+    // dgate over its dout input (element by element), so dg holds d(act) and then d(gate).
+    // act and xn2 are made again from what the layer kept (the same kernels on the same inputs:
+    // the forward's values), unless the layer was just recomputed and they are still there.
+    T* dg = A(buf_->dg);
+    T* du = A(buf_->du);
+    if (!recomputed) device_->Swiglu(g, u, n * im, act);
+    LoraBackward(l, 6, act, n, params, grads, seed, step, c.lora_h[6]->data(), dout, dg, false);
+    device_->SwigluBackward(g, u, dg, n * im, dg, du);
+    if (!recomputed) device_->RmsNorm(hmid, L.post_norm->data(), n, h, cfg.rms_norm_eps, xn);
+    LoraBackward(l, 4, xn, n, params, grads, seed, step, c.lora_h[4]->data(), dg, dxn, false);
+    LoraBackward(l, 5, xn, n, params, grads, seed, step, c.lora_h[5]->data(), du, dxn, true);
+    device_->RmsNormBackward(hmid, L.post_norm->data(), c.inv2->data(), dxn, n, h, tmp_h);
+    device_->AddInPlace(dout, tmp_h, n * h);  // dout is now d(hmid)
+    // Attention branch: hmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))).
+    LoraBackward(l, 3, ao, n, params, grads, seed, step, c.lora_h[3]->data(), dout, dao, false);
+    const TrainAttentionDims dims{T_, H, KV, hd};
+    const int64_t attn_saved = device_->AttentionSavedFloats(dims);
+    for (int64_t row = 0; row < b.rows; ++row) {
+      device_->AttentionTrainBackward(q + row * T_ * h, k + row * T_ * kv, v + row * T_ * kv,
+                                      b.segments.data() + row * T_, ao + row * T_ * h,
+                                      c.attn->data() + row * attn_saved, dao + row * T_ * h, dims,
+                                      dq + row * T_ * h, dk + row * T_ * kv, dv + row * T_ * kv);
+    }
+    device_->Rope(dq, b.positions.data(), n, H, hd, cfg.rope_theta, /*inverse=*/true);
+    device_->Rope(dk, b.positions.data(), n, KV, hd, cfg.rope_theta, /*inverse=*/true);
+    device_->RmsNorm(x, L.input_norm->data(), n, h, cfg.rms_norm_eps, xn);  // xn1 again
+    LoraBackward(l, 0, xn, n, params, grads, seed, step, c.lora_h[0]->data(), dq, dxn, false);
+    LoraBackward(l, 1, xn, n, params, grads, seed, step, c.lora_h[1]->data(), dk, dxn, true);
+    LoraBackward(l, 2, xn, n, params, grads, seed, step, c.lora_h[2]->data(), dv, dxn, true);
+    device_->RmsNormBackward(x, L.input_norm->data(), c.inv1->data(), dxn, n, h, dx);
+    device_->AddInPlace(dx, dout, n * h);
   }
-  device_->Rope(buf_->dq->data(), b.positions.data(), n, H, hd, cfg.rope_theta, /*inverse=*/true);
-  device_->Rope(buf_->dk->data(), b.positions.data(), n, KV, hd, cfg.rope_theta, /*inverse=*/true);
-  device_->RmsNorm(x, L.input_norm->data(), n, h, cfg.rms_norm_eps, xn);  // xn1 again
-  LoraBackward(l, 0, xn, n, params, grads, seed, step, c.lora_h[0]->data(), buf_->dq->data(), dxn,
-               false);
-  LoraBackward(l, 1, xn, n, params, grads, seed, step, c.lora_h[1]->data(), buf_->dk->data(), dxn,
-               true);
-  LoraBackward(l, 2, xn, n, params, grads, seed, step, c.lora_h[2]->data(), buf_->dv->data(), dxn,
-               true);
-  device_->RmsNormBackward(x, L.input_norm->data(), c.inv1->data(), dxn, n, h, dx);
-  device_->AddInPlace(dx, dout, n * h);
+
+  LlamaModel* model_;
+  Device* device_;
+  const LoraLayout* layout_;
+  LoraConfig lora_;
+  TrainingGraphOptions options_;
+  std::unique_ptr<Buffers> buf_;
+};
+
+LoraTrainingGraph::LoraTrainingGraph(LlamaModel* model, const LoraLayout* layout,
+                                     const LoraConfig& lora, const TrainingGraphOptions& options) {
+  const bool bf16 = options.activations == ActivationPrecision::kBf16 ||
+                    (options.activations == ActivationPrecision::kDevicePreferred &&
+                     model->device()->PrefersBf16Activations());
+  if (bf16) {
+    graph_ = std::make_unique<TypedGraph<Bf16>>(model, layout, lora, options);
+  } else {
+    graph_ = std::make_unique<TypedGraph<float>>(model, layout, lora, options);
+  }
 }
+
+LoraTrainingGraph::~LoraTrainingGraph() = default;
+
+bool LoraTrainingGraph::bf16_activations() const { return graph_->bf16(); }
 
 absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
                                                           float* grads, float loss_scale,
                                                           uint64_t seed, uint64_t step) {
-  RETURN_IF_ERROR(Prepare(b));
-  float* loss = buf_->loss->data();
-  device_->Fill(loss, 1, 0.0f);
-  Run(b, params, grads, loss_scale, seed, step, loss);
+  RETURN_IF_ERROR(graph_->Prepare(b));
+  Device* device = graph_->device();
+  float* loss = graph_->loss_slot();
+  device->Fill(loss, 1, 0.0f);
+  graph_->Run(b, params, grads, loss_scale, seed, step, loss);
   float host = 0.0f;
-  device_->CopyToHost(loss, 1, &host);
+  device->CopyToHost(loss, 1, &host);
   return static_cast<double>(host);
 }
 
 absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,
                                                 float* grads, float loss_scale, uint64_t seed,
                                                 uint64_t step, float* loss_sum) {
-  RETURN_IF_ERROR(Prepare(b));
-  Run(b, params, grads, loss_scale, seed, step, loss_sum);
+  RETURN_IF_ERROR(graph_->Prepare(b));
+  graph_->Run(b, params, grads, loss_scale, seed, step, loss_sum);
   return absl::OkStatus();
 }
 
-void LoraTrainingGraph::Run(const MicroBatch& b, const float* params, float* grads,
-                            float loss_scale, uint64_t seed, uint64_t step, float* loss_sum) {
-  const LlamaConfig& cfg = model_->config();
-  const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
-  const bool ckpt = options_.activation_checkpointing;
-  device_->Embedding(model_->embed(), h, b.tokens.data(), n, buf_->xs[0]->data());
-  for (int64_t l = 0; l < L; ++l) {
-    LayerCache& c = buf_->caches[ckpt ? 0 : l];
-    LayerForward(l, buf_->xs[l]->data(), b, params, true, seed, step, c, buf_->xs[l + 1]->data());
-  }
-  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps,
-                   buf_->xf->data(), buf_->invf->data());
-  float* logits = buf_->logits->data();
-  device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n, logits);
-  device_->CrossEntropyForwardBackward(logits, b.targets.data(), n, cfg.vocab_size, loss_scale,
-                                       loss_sum);
-  // d(xf) = dlogits E (the head is frozen), then the final norm.
-  float* d_cur = buf_->d_a->data();
-  device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size, model_->lm_head(),
-                h, 0.0f, buf_->dxn->data(), h);
-  device_->RmsNormBackward(buf_->xs[L]->data(), model_->final_norm(), buf_->invf->data(),
-                           buf_->dxn->data(), n, h, d_cur);
-  for (int64_t l = L - 1; l >= 0; --l) {
-    LayerCache& c = buf_->caches[ckpt ? 0 : l];
-    if (ckpt) {  // recompute this layer's activations (same dropout streams); output unused
-      LayerForward(l, buf_->xs[l]->data(), b, params, true, seed, step, c, buf_->xf->data());
-    }
-    float* dx = d_cur == buf_->d_a->data() ? buf_->d_b->data() : buf_->d_a->data();
-    LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx, /*recomputed=*/ckpt);
-    d_cur = dx;
-  }
-}
-
 absl::StatusOr<double> LoraTrainingGraph::Loss(const MicroBatch& b, const float* params) {
-  RETURN_IF_ERROR(Prepare(b));
-  const LlamaConfig& cfg = model_->config();
-  const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
-  device_->Embedding(model_->embed(), h, b.tokens.data(), n, buf_->xs[0]->data());
-  for (int64_t l = 0; l < L; ++l) {
-    LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];
-    LayerForward(l, buf_->xs[l]->data(), b, params, false, 0, 0, c, buf_->xs[l + 1]->data());
-  }
-  device_->RmsNorm(buf_->xs[L]->data(), model_->final_norm(), n, h, cfg.rms_norm_eps,
-                   buf_->xf->data());
-  device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n,
-                            buf_->logits->data());
-  return device_->CrossEntropyLoss(buf_->logits->data(), b.targets.data(), n, cfg.vocab_size);
+  RETURN_IF_ERROR(graph_->Prepare(b));
+  return graph_->Loss(b, params);
 }
 
 }  // namespace qlorad

@@ -29,10 +29,19 @@ struct MicroBatch {
   absl::Status Validate(int64_t vocab) const;
 };
 
+// The element type of the activations a training graph keeps and passes between operations.
+// LoRA parameters, their gradients, 1/rms, attention state, logits and losses stay float32.
+enum class ActivationPrecision {
+  kDevicePreferred,  // bf16 where the device prefers it (a GPU), else float32
+  kFloat32,
+  kBf16,
+};
+
 struct TrainingGraphOptions {
   float dropout = 0.0f;
   // Keep only each layer's input and recompute the layer in the backward pass.
   bool activation_checkpointing = false;
+  ActivationPrecision activations = ActivationPrecision::kDevicePreferred;
 };
 
 class LoraTrainingGraph {
@@ -56,45 +65,22 @@ class LoraTrainingGraph {
   // Summed loss without dropout or gradients (evaluation).
   absl::StatusOr<double> Loss(const MicroBatch& batch, const float* params);
 
-  // Floats of device memory the graph allocates for micro-batches of `rows` x `seq_len` with
+  // Whether this graph keeps its activations in bf16 (the options and the device decide).
+  bool bf16_activations() const;
+
+  // Bytes of device memory the graph allocates for micro-batches of `rows` x `seq_len` with
   // LoRA `rank` on a device whose attention keeps `attention_saved_per_row` floats a row
-  // (Device::AttentionSavedFloats): the list Prepare allocates, counted.
-  static int64_t ActivationFloats(const LlamaConfig& config, int64_t rank, bool checkpointing,
-                                  int64_t rows, int64_t seq_len, int64_t attention_saved_per_row);
+  // (Device::AttentionSavedFloats), activations in bf16 or float32: the list Prepare allocates,
+  // counted.
+  static int64_t ActivationBytes(const LlamaConfig& config, int64_t rank, bool checkpointing,
+                                 int64_t rows, int64_t seq_len, int64_t attention_saved_per_row,
+                                 bool bf16_activations);
 
  private:
-  struct LayerCache;
-  struct Buffers;
-  struct Shape;
-  static Shape ShapeOf(const LlamaConfig& c, int64_t rank, bool checkpointing, int64_t rows,
-                       int64_t seq_len, int64_t attention_saved_per_row);
-  template <typename Visit>
-  static absl::Status ForEachBuffer(const Shape& shape, Buffers& buffers, Visit&& visit);
-  // Checks the micro-batch and allocates the buffers for its shape (kept while it repeats).
-  absl::Status Prepare(const MicroBatch& batch);
-  // ForwardBackward on a checked, prepared micro-batch.
-  void Run(const MicroBatch& batch, const float* params, float* grads, float loss_scale,
-           uint64_t dropout_seed, uint64_t step, float* loss_sum);
-  void LayerForward(int64_t layer, const float* x, const MicroBatch& b, const float* params,
-                    bool train, uint64_t seed, uint64_t step, LayerCache& c, float* out);
-  // `recomputed`: LayerForward of this layer ran just before (checkpointing), so the SwiGLU
-  // output and the post-attention norm's output are still in their scratch buffers.
-  void LayerBackward(int64_t layer, const MicroBatch& b, const float* params, float* grads,
-                     uint64_t seed, uint64_t step, LayerCache& c, float* dout, float* dx,
-                     bool recomputed);
-  void LoraForward(int64_t layer, int module, const float* x, int64_t n, const float* params,
-                   bool train, uint64_t seed, uint64_t step, float* h_save, float* y);
-  void LoraBackward(int64_t layer, int module, const float* x, int64_t n, const float* params,
-                    float* grads, uint64_t seed, uint64_t step, const float* h_saved,
-                    const float* dy, float* dx, bool accumulate);
-  uint64_t Stream(uint64_t step, int64_t layer, int module) const;
-
-  LlamaModel* model_;
-  Device* device_;
-  const LoraLayout* layout_;
-  LoraConfig lora_;
-  TrainingGraphOptions options_;
-  std::unique_ptr<Buffers> buf_;
+  class Graph;  // the computation, for one activation type (lora_training.cc)
+  template <typename T>
+  class TypedGraph;
+  std::unique_ptr<Graph> graph_;
 };
 
 }  // namespace qlorad

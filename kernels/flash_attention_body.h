@@ -26,6 +26,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/element.h"
+
 #if defined(__CUDACC__)
 #define QLORAD_FLASH_FN __device__ inline
 #else
@@ -34,19 +36,22 @@
 
 namespace qlorad::kernels::flash {
 
-// One training row: T tokens, all of them keys (no cache).
+// One training row: T tokens, all of them keys (no cache). X: the element type of q, k, v,
+// out, dout and the gradients (kernels/element.h: float32, or bf16 in the CUDA kernels);
+// lse and delta are float32.
+template <typename X>
 struct FlashArgs {
-  const float* q = nullptr;           // [T, H, HD]
-  const float* k = nullptr;           // [T, KV, HD]
-  const float* v = nullptr;           // [T, KV, HD]
+  const X* q = nullptr;               // [T, H, HD]
+  const X* k = nullptr;               // [T, KV, HD]
+  const X* v = nullptr;               // [T, KV, HD]
   const int32_t* segments = nullptr;  // [T] or null (one example in the row)
-  float* out = nullptr;               // [T, H, HD]  (forward output; backward input)
+  X* out = nullptr;                   // [T, H, HD]  (forward output; backward input)
   float* lse = nullptr;               // [H, T] log-sum-exp of each query's scaled scores
-  const float* dout = nullptr;        // [T, H, HD]
+  const X* dout = nullptr;            // [T, H, HD]
   const float* delta = nullptr;       // [H, T] rowsum(dout * out) (DeltaKernel)
-  float* dq = nullptr;                // [T, H, HD] written
-  float* dk = nullptr;                // [T, KV, HD] written
-  float* dv = nullptr;                // [T, KV, HD] written
+  X* dq = nullptr;                    // [T, H, HD] written
+  X* dk = nullptr;                    // [T, KV, HD] written
+  X* dv = nullptr;                    // [T, KV, HD] written
   int T = 0, H = 0, KV = 0;
   float scale = 1.0f;  // 1 / sqrt(HD)
 };
@@ -56,7 +61,8 @@ constexpr int kFlashTile = 64;        // queries per forward / dQ block, keys pe
 constexpr int kFlashBwdQueries = 32;  // queries per inner tile of the dK/dV kernel
 
 // Key j is visible to query t (both < T) when j <= t and both belong to the same segment.
-QLORAD_FLASH_FN bool FlashVisible(const FlashArgs& a, int t, int j) {
+template <typename X>
+QLORAD_FLASH_FN bool FlashVisible(const FlashArgs<X>& a, int t, int j) {
   return j <= t && t < a.T && (a.segments == nullptr || a.segments[j] == a.segments[t]);
 }
 
@@ -126,12 +132,13 @@ QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_x) {
   return (T + kFlashTile - 1) / kFlashTile - 1 - block_x;
 }
 
-template <int HD, class C>
-QLORAD_FLASH_FN void FlashLoadTile(C& cx, const float* src, int T, int heads, int head, int row0,
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int head, int row0,
                                    int rows, typename C::Bf16* dst, int ld) {
   for (int i = cx.thread; i < rows * HD; i += kFlashThreads) {
     const int r = i / HD, d = i % HD, t = row0 + r;
-    const float x = t < T ? src[(static_cast<int64_t>(t) * heads + head) * HD + d] : 0.0f;
+    const float x =
+        t < T ? Element<X>::Load(src[(static_cast<int64_t>(t) * heads + head) * HD + d]) : 0.0f;
     dst[r * ld + d] = C::ToBf16(x);
   }
 }
@@ -140,8 +147,8 @@ QLORAD_FLASH_FN void FlashLoadTile(C& cx, const float* src, int T, int heads, in
 // per key tile it computes S = Q K^T on tensor cores, two lanes per row update the running max
 // and sum of their row (online softmax) and rescale the row's output accumulator, then the warp
 // adds P V. Writes out [T, H, HD] and lse [H, T].
-template <int HD, class C>
-QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs& a, unsigned char* smem) {
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
   constexpr int BM = kFlashTile, BN = kFlashTile;
@@ -236,7 +243,8 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs& a, unsigned char*
   for (int i = cx.thread; i < BM * HD; i += kFlashThreads) {
     const int r = i / HD, d = i % HD, t = q0 + r;
     if (t < a.T) {
-      a.out[(static_cast<int64_t>(t) * a.H + h) * HD + d] = o[r * Lay::kLdHF + d] * row_sum[r];
+      a.out[(static_cast<int64_t>(t) * a.H + h) * HD + d] =
+          Element<X>::Round(o[r * Lay::kLdHF + d] * row_sum[r]);
     }
   }
 }
@@ -245,8 +253,8 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs& a, unsigned char*
 // for every query head of the group and every 32-query tile at or after the key tile it
 // recomputes P^T = exp(scale K Q^T - lse), forms dS^T = P^T (V dO^T - delta) and accumulates
 // dV += P^T dO and dK += dS^T Q. Writes dk and dv rows of this kv head (=).
-template <int HD, class C>
-QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs& a, unsigned char* smem) {
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
   constexpr int BN = kFlashTile, BQ = kFlashBwdQueries;
@@ -317,8 +325,8 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs& a, unsigned ch
     const int r = i / HD, d = i % HD, j = k0 + r;
     if (j < a.T) {
       const int64_t at = (static_cast<int64_t>(j) * a.KV + g) * HD + d;
-      a.dk[at] = dk[r * Lay::kLdHF + d] * a.scale;
-      a.dv[at] = dv[r * Lay::kLdHF + d];
+      a.dk[at] = Element<X>::Round(dk[r * Lay::kLdHF + d] * a.scale);
+      a.dv[at] = Element<X>::Round(dv[r * Lay::kLdHF + d]);
     }
   }
 }
@@ -326,8 +334,8 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs& a, unsigned ch
 // dQ of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 queries; per key
 // tile it recomputes P = exp(scale Q K^T - lse) and dP = dO V^T and accumulates
 // dQ += (P (dP - delta)) K. Writes dq rows of this head (=).
-template <int HD, class C>
-QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs& a, unsigned char* smem) {
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
   constexpr int BM = kFlashTile, BN = kFlashTile;
@@ -388,7 +396,8 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs& a, unsigned cha
   for (int i = cx.thread; i < BM * HD; i += kFlashThreads) {
     const int r = i / HD, d = i % HD, t = q0 + r;
     if (t < a.T) {
-      a.dq[(static_cast<int64_t>(t) * a.H + h) * HD + d] = acc[r * Lay::kLdHF + d] * a.scale;
+      a.dq[(static_cast<int64_t>(t) * a.H + h) * HD + d] =
+          Element<X>::Round(acc[r * Lay::kLdHF + d] * a.scale);
     }
   }
 }

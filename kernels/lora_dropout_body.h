@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/dropout.h"
+#include "kernels/element.h"
 
 #if defined(__CUDACC__)
 #define QLORAD_LORA_FN __device__ inline
@@ -36,8 +37,11 @@ constexpr int kGradTokens = 128;  // tokens per block of dA's partial sums
 constexpr int kInputRows = 8;     // tokens per block of the input gradient
 constexpr int kMaxRank = 64;      // the shared memory below is sized for it
 
+// X: the element type of x and dx (the activations, kernels/element.h: float32, or bf16 in
+// the CUDA kernels); everything else is float32. dx is rounded once after its add.
+template <typename X>
 struct LoraDropoutArgs {
-  const float* x = nullptr;   // [n, in], the module's input
+  const X* x = nullptr;       // [n, in], the module's input
   const float* a = nullptr;   // [r, in], LoRA A
   const float* dh = nullptr;  // [n, r], the gradient of h = dropout(x) A^T
   int64_t n = 0, in = 0;
@@ -47,7 +51,7 @@ struct LoraDropoutArgs {
   float* h = nullptr;        // [n, r]
   float* partial = nullptr;  // [GradTokenBlocks(n), r, in]
   float* da = nullptr;       // [r, in]
-  float* dx = nullptr;       // [n, in]
+  X* dx = nullptr;           // [n, in]
 };
 
 QLORAD_HOST_DEVICE inline int64_t GradTokenBlocks(int64_t n) {
@@ -55,7 +59,8 @@ QLORAD_HOST_DEVICE inline int64_t GradTokenBlocks(int64_t n) {
 }
 
 // Element (t, i) of dropout(v): the mask of element t * in + i of the stream, as DropoutApply.
-QLORAD_LORA_FN float Dropped(const LoraDropoutArgs& a, int64_t t, int64_t i, float v) {
+template <typename X>
+QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, int64_t t, int64_t i, float v) {
   return DropoutKeep(a.seed, a.stream, static_cast<uint64_t>(t * a.in + i), a.p) ? v * a.scale
                                                                                  : 0.0f;
 }
@@ -63,8 +68,8 @@ QLORAD_LORA_FN float Dropped(const LoraDropoutArgs& a, int64_t t, int64_t i, flo
 // h[t, j] = sum_i dropout(x)[t, i] A[j, i] for kDownRows tokens and kRankChunk ranks: grid
 // (ceil(n / kDownRows), ceil(r / kRankChunk)). Each thread sums a strided share of i, then
 // the warps' sums meet in shared memory (kLoraThreads / 32 * kDownRows * kRankChunk floats).
-template <class C>
-QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs& a, float* smem) {
+template <class C, typename X>
+QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kDownRows;
   const int j0 = cx.block_y * kRankChunk;
   float acc[kDownRows][kRankChunk];
@@ -78,7 +83,7 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs& a, float* smem) {
     }
     QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
       const int64_t t = t0 + rr;
-      const float v = t < a.n ? Dropped(a, t, i, a.x[t * a.in + i]) : 0.0f;
+      const float v = t < a.n ? Dropped(a, t, i, Element<X>::Load(a.x[t * a.in + i])) : 0.0f;
       QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr][jj] += v * w[jj];
     }
   }
@@ -105,8 +110,8 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs& a, float* smem) {
 // grid (ceil(in / kLoraThreads), GradTokenBlocks(n)), one column i per thread, the block's dh
 // rows in shared memory (kGradTokens * r floats). FinishGradABlock adds the blocks' partials
 // to dA in a fixed order, so results do not depend on scheduling (no atomics).
-template <class C>
-QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs& a, float* smem) {
+template <class C, typename X>
+QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   const int64_t i = static_cast<int64_t>(cx.block_x) * kLoraThreads + cx.thread;
   const int64_t t0 = static_cast<int64_t>(cx.block_y) * kGradTokens;
   const int64_t tokens = a.n - t0 < kGradTokens ? a.n - t0 : kGradTokens;
@@ -117,7 +122,7 @@ QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs& a, float* smem) {
     float acc[kRankChunk];
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[jj] = 0.0f;
     for (int64_t tt = 0; tt < tokens; ++tt) {
-      const float v = Dropped(a, t0 + tt, i, a.x[(t0 + tt) * a.in + i]);
+      const float v = Dropped(a, t0 + tt, i, Element<X>::Load(a.x[(t0 + tt) * a.in + i]));
       const float* d = smem + tt * a.r + j0;
       QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
         if (j0 + jj < a.r) acc[jj] += d[jj] * v;
@@ -132,8 +137,8 @@ QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs& a, float* smem) {
 
 // dA[e] += sum over token blocks b (in order) of partial[b, e], e < r * in: grid
 // (ceil(r * in / kLoraThreads), 1).
-template <class C>
-QLORAD_LORA_FN void FinishGradABlock(C& cx, const LoraDropoutArgs& a) {
+template <class C, typename X>
+QLORAD_LORA_FN void FinishGradABlock(C& cx, const LoraDropoutArgs<X>& a) {
   const int64_t e = static_cast<int64_t>(cx.block_x) * kLoraThreads + cx.thread;
   const int64_t size = static_cast<int64_t>(a.r) * a.in;
   if (e >= size) return;
@@ -146,8 +151,8 @@ QLORAD_LORA_FN void FinishGradABlock(C& cx, const LoraDropoutArgs& a) {
 // dx[t, i] += dropout(dh A)[t, i] for kInputRows tokens: grid (ceil(n / kInputRows),
 // ceil(in / kLoraThreads)), one column i per thread, the block's dh rows in shared memory
 // (kInputRows * r floats).
-template <class C>
-QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs& a, float* smem) {
+template <class C, typename X>
+QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kInputRows;
   const int64_t i = static_cast<int64_t>(cx.block_y) * kLoraThreads + cx.thread;
   const int rows = a.n - t0 < kInputRows ? static_cast<int>(a.n - t0) : kInputRows;
@@ -172,7 +177,10 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs& a, float* s
   }
   QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) {
     const int64_t t = t0 + rr;
-    if (rr < rows) a.dx[t * a.in + i] += Dropped(a, t, i, val[rr]);
+    if (rr < rows) {
+      X& d = a.dx[t * a.in + i];
+      d = Element<X>::Round(Element<X>::Load(d) + Dropped(a, t, i, val[rr]));
+    }
   }
 }
 

@@ -49,11 +49,12 @@ __global__ void SoftmaxBackwardKernel(const float* p, float* dp, int64_t S, floa
   }
 }
 
+template <typename T>
 __global__ void GatherKernel(const float* table, int64_t dim, const int32_t* ids, int64_t n,
-                             float* out) {
+                             T* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = table[static_cast<int64_t>(ids[i / dim]) * dim + i % dim];
+    detail::Store(out, i, table[static_cast<int64_t>(ids[i / dim]) * dim + i % dim]);
   }
 }
 
@@ -62,6 +63,14 @@ __global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t n,
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
+__global__ void ConvertF32Kernel(const __nv_bfloat16* __restrict__ x, int64_t n,
+                                 float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __bfloat162float(x[i]);
   }
 }
 
@@ -78,10 +87,11 @@ __global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t row
   }
 }
 
-__global__ void AddKernel(float* y, const float* x, int64_t n) {
+template <typename T>
+__global__ void AddKernel(T* y, const T* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] += x[i];
+    detail::Store(y, i, detail::Load(y, i) + detail::Load(x, i));
   }
 }
 
@@ -176,20 +186,30 @@ cudaError_t SoftmaxBackwardRows(const float* p, float* dp, int64_t rows, int64_t
   return cudaGetLastError();
 }
 
+template <typename T>
 cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids, int64_t tokens,
-                            float* out, cudaStream_t stream) {
+                            T* out, cudaStream_t stream) {
   if (dim <= 0 || tokens < 0) return cudaErrorInvalidValue;
   if (tokens == 0) return cudaSuccess;
   GatherKernel<<<GridFor(tokens * dim, 256), 256, 0, stream>>>(table, dim, ids, tokens * dim, out);
   return cudaGetLastError();
 }
 
-cudaError_t AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream) {
+template <typename T>
+cudaError_t AddInPlace(T* y, const T* x, int64_t n, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   AddKernel<<<GridFor(n, 256), 256, 0, stream>>>(y, x, n);
   return cudaGetLastError();
 }
+
+#define QLORAD_INSTANTIATE(T)                                                                 \
+  template cudaError_t EmbeddingGather<T>(const float*, int64_t, const int32_t*, int64_t, T*, \
+                                          cudaStream_t);                                      \
+  template cudaError_t AddInPlace<T>(T*, const T*, int64_t, cudaStream_t);
+QLORAD_INSTANTIATE(float)
+QLORAD_INSTANTIATE(__nv_bfloat16)
+#undef QLORAD_INSTANTIATE
 
 cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
@@ -209,6 +229,13 @@ cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStr
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t ConvertToF32(const __nv_bfloat16* x, int64_t n, float* out, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  ConvertF32Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
   return cudaGetLastError();
 }
 

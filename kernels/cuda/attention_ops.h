@@ -1,6 +1,6 @@
 // CUDA pieces of GEMM-based attention and the small device utilities the engine's CUDA device
-// needs (float32). The score and probability layout is the CPU's: [H, T, S] rows, one row per
-// (head, query), S keys.
+// needs (float32; the embedding gather and the add also for bf16 activations). The score and
+// probability layout is the CPU's: [H, T, S] rows, one row per (head, query), S keys.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,14 +21,19 @@ cudaError_t MaskedSoftmaxRows(float* scores, int64_t heads, int64_t T, int64_t S
 cudaError_t SoftmaxBackwardRows(const float* p, float* dp, int64_t rows, int64_t S, float scale,
                                 cudaStream_t stream);
 
-// out[t, :] = table[ids[t], :] (ids on the device).
+// out[t, :] = table[ids[t], :] (ids on the device), rounded to T (float or __nv_bfloat16).
+template <typename T>
 cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids, int64_t tokens,
-                            float* out, cudaStream_t stream);
-cudaError_t AddInPlace(float* y, const float* x, int64_t n, cudaStream_t stream);
+                            T* out, cudaStream_t stream);
+// y = y + x in float, rounded to T once.
+template <typename T>
+cudaError_t AddInPlace(T* y, const T* x, int64_t n, cudaStream_t stream);
 cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
 // out[i] = x[i] rounded to bf16 (nearest even): the operand of a bf16 tensor-core GEMM.
 cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
+// out[i] = x[i] widened to float32 (exact).
+cudaError_t ConvertToF32(const __nv_bfloat16* x, int64_t n, float* out, cudaStream_t stream);
 // dst[r * dst_ld + c] = bf16(scale * src[r * src_ld + c]) for c < cols, and 0 for
 // cols <= c < padded_cols, r < rows: a block of columns of a wider bf16 matrix (the fused LoRA
 // GEMM's operands [x | h] and [W | scale B]).

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/flash_attention_body.h"
 
@@ -48,22 +49,22 @@ __device__ DeviceBlockContext Context() {
           static_cast<int>(blockIdx.y)};
 }
 
-template <int HD>
-__global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs a) {
+template <int HD, typename X>
+__global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
   DeviceBlockContext cx = Context();
   fl::FlashForwardBlock<HD>(cx, a, smem);
 }
 
-template <int HD>
-__global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs a) {
+template <int HD, typename X>
+__global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
   DeviceBlockContext cx = Context();
   fl::FlashBackwardKvBlock<HD>(cx, a, smem);
 }
 
-template <int HD>
-__global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs a) {
+template <int HD, typename X>
+__global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
   DeviceBlockContext cx = Context();
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
@@ -71,22 +72,23 @@ __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashAr
 
 // delta[h, t] = sum_d dout[t, h, d] out[t, h, d]: one warp per (head, query), its lanes
 // reading the row's HD contiguous floats together.
-template <int HD>
-__global__ void DeltaKernel(fl::FlashArgs a, float* delta) {
+template <int HD, typename X>
+__global__ void DeltaKernel(fl::FlashArgs<X> a, float* delta) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (row >= static_cast<int64_t>(a.H) * a.T) return;
   const int h = static_cast<int>(row / a.T), t = static_cast<int>(row % a.T);
   const int64_t base = (static_cast<int64_t>(t) * a.H + h) * HD;
   float s = 0.0f;
-  for (int d = threadIdx.x % 32; d < HD; d += 32) s += a.dout[base + d] * a.out[base + d];
+  for (int d = threadIdx.x % 32; d < HD; d += 32)
+    s += Element<X>::Load(a.dout[base + d]) * Element<X>::Load(a.out[base + d]);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   if (threadIdx.x % 32 == 0) delta[row] = s;
 }
 
 // Launches `kernel` over (ceil(T / 64), blocks_y) with `smem` dynamic shared bytes, raising the
 // kernel's shared-memory limit first (over 48 KiB needs the opt-in).
-template <typename Kernel>
-cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t blocks_y, const fl::FlashArgs& a,
+template <typename Kernel, typename X>
+cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t blocks_y, const fl::FlashArgs<X>& a,
                    cudaStream_t stream) {
   const cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -97,9 +99,10 @@ cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t blocks_y, const f
   return cudaGetLastError();
 }
 
-fl::FlashArgs Args(const float* q, const float* k, const float* v, const int32_t* segments,
-                   int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
-  fl::FlashArgs a;
+template <typename X>
+fl::FlashArgs<X> Args(const X* q, const X* k, const X* v, const int32_t* segments, int64_t T,
+                      int64_t H, int64_t KV, int64_t head_dim) {
+  fl::FlashArgs<X> a;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -116,22 +119,22 @@ bool ValidShape(int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
          FlashAttentionSupports(head_dim);
 }
 
-template <int HD>
-cudaError_t Forward(const fl::FlashArgs& a, cudaStream_t stream) {
-  return Launch(ForwardKernel<HD>, fl::FlashLayout<HD>::kFwdBytes, a.T, a.H, a, stream);
+template <int HD, typename X>
+cudaError_t Forward(const fl::FlashArgs<X>& a, cudaStream_t stream) {
+  return Launch(ForwardKernel<HD, X>, fl::FlashLayout<HD>::kFwdBytes, a.T, a.H, a, stream);
 }
 
-template <int HD>
-cudaError_t Backward(const fl::FlashArgs& a, float* delta, cudaStream_t stream) {
+template <int HD, typename X>
+cudaError_t Backward(const fl::FlashArgs<X>& a, float* delta, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(a.H) * a.T;
-  DeltaKernel<HD><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(a, delta);
+  DeltaKernel<HD, X><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(a, delta);
   cudaError_t e = cudaGetLastError();
-  fl::FlashArgs b = a;
+  fl::FlashArgs<X> b = a;
   b.delta = delta;
   if (e == cudaSuccess)
-    e = Launch(BackwardKvKernel<HD>, fl::FlashLayout<HD>::kKvBytes, a.T, a.KV, b, stream);
+    e = Launch(BackwardKvKernel<HD, X>, fl::FlashLayout<HD>::kKvBytes, a.T, a.KV, b, stream);
   if (e == cudaSuccess)
-    e = Launch(BackwardQKernel<HD>, fl::FlashLayout<HD>::kDqBytes, a.T, a.H, b, stream);
+    e = Launch(BackwardQKernel<HD, X>, fl::FlashLayout<HD>::kDqBytes, a.T, a.H, b, stream);
   return e;
 }
 
@@ -160,11 +163,12 @@ int64_t FlashAttentionSharedBytes(int64_t head_dim) {
   }
 }
 
-cudaError_t FlashAttentionForward(const float* q, const float* k, const float* v,
-                                  const int32_t* segments, int64_t T, int64_t H, int64_t KV,
-                                  int64_t head_dim, float* out, float* lse, cudaStream_t stream) {
+template <typename X>
+cudaError_t FlashAttentionForward(const X* q, const X* k, const X* v, const int32_t* segments,
+                                  int64_t T, int64_t H, int64_t KV, int64_t head_dim, X* out,
+                                  float* lse, cudaStream_t stream) {
   if (!ValidShape(T, H, KV, head_dim)) return cudaErrorInvalidValue;
-  fl::FlashArgs a = Args(q, k, v, segments, T, H, KV, head_dim);
+  fl::FlashArgs<X> a = Args(q, k, v, segments, T, H, KV, head_dim);
   a.out = out;
   a.lse = lse;
   switch (head_dim) {
@@ -177,14 +181,14 @@ cudaError_t FlashAttentionForward(const float* q, const float* k, const float* v
   }
 }
 
-cudaError_t FlashAttentionBackward(const float* q, const float* k, const float* v,
-                                   const int32_t* segments, const float* out, const float* lse,
-                                   const float* dout, int64_t T, int64_t H, int64_t KV,
-                                   int64_t head_dim, float* delta, float* dq, float* dk, float* dv,
-                                   cudaStream_t stream) {
+template <typename X>
+cudaError_t FlashAttentionBackward(const X* q, const X* k, const X* v, const int32_t* segments,
+                                   const X* out, const float* lse, const X* dout, int64_t T,
+                                   int64_t H, int64_t KV, int64_t head_dim, float* delta, X* dq,
+                                   X* dk, X* dv, cudaStream_t stream) {
   if (!ValidShape(T, H, KV, head_dim)) return cudaErrorInvalidValue;
-  fl::FlashArgs a = Args(q, k, v, segments, T, H, KV, head_dim);
-  a.out = const_cast<float*>(out);  // read only in the backward
+  fl::FlashArgs<X> a = Args(q, k, v, segments, T, H, KV, head_dim);
+  a.out = const_cast<X*>(out);  // read only in the backward
   a.lse = const_cast<float*>(lse);
   a.dout = dout;
   a.dq = dq;
@@ -199,5 +203,16 @@ cudaError_t FlashAttentionBackward(const float* q, const float* k, const float* 
       return Backward<128>(a, delta, stream);
   }
 }
+
+#define QLORAD_INSTANTIATE(X)                                                                   \
+  template cudaError_t FlashAttentionForward<X>(const X*, const X*, const X*, const int32_t*,   \
+                                                int64_t, int64_t, int64_t, int64_t, X*, float*, \
+                                                cudaStream_t);                                  \
+  template cudaError_t FlashAttentionBackward<X>(                                               \
+      const X*, const X*, const X*, const int32_t*, const X*, const float*, const X*, int64_t,  \
+      int64_t, int64_t, int64_t, float*, X*, X*, X*, cudaStream_t);
+QLORAD_INSTANTIATE(float)
+QLORAD_INSTANTIATE(__nv_bfloat16)
+#undef QLORAD_INSTANTIATE
 
 }  // namespace qlorad::kernels::cuda

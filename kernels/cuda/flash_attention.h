@@ -1,6 +1,6 @@
 // Flash attention for training on the GPU (kernels/flash_attention_body.h): bf16 tensor-core
 // tiles with float32 accumulation and softmax, nothing of size T x T in memory. One training row
-// per call; inputs and outputs are float32 in the engine's layouts. CPU twin:
+// per call; inputs and outputs float32 or bf16 in the engine's layouts. CPU twin:
 // kernels/cpu/attention_train.h (which keeps the probabilities instead of the log-sum-exps).
 #pragma once
 
@@ -19,18 +19,22 @@ bool FlashAttentionSupports(int64_t head_dim);
 // attention: sm_86 and sm_89 cards allow 99 KB, too little for head_dim 128.
 int64_t FlashAttentionSharedBytes(int64_t head_dim);
 
+// X, the element type of q, k, v, out, dout and the gradients: float or __nv_bfloat16 (the
+// tiles are bf16 either way; bf16 outputs are rounded once). lse and delta are float32.
+
 // q [T, H, hd], k and v [T, KV, hd], segments [T] (device, nullable). Writes out [T, H, hd] and
 // lse [H, T] (the log-sum-exp of each query's scaled visible scores, kept for the backward).
-cudaError_t FlashAttentionForward(const float* q, const float* k, const float* v,
-                                  const int32_t* segments, int64_t T, int64_t H, int64_t KV,
-                                  int64_t head_dim, float* out, float* lse, cudaStream_t stream);
+template <typename X>
+cudaError_t FlashAttentionForward(const X* q, const X* k, const X* v, const int32_t* segments,
+                                  int64_t T, int64_t H, int64_t KV, int64_t head_dim, X* out,
+                                  float* lse, cudaStream_t stream);
 
 // Gradients from dout [T, H, hd] given the forward's out and lse: dq [T, H, hd], dk and dv
 // [T, KV, hd], all written (=). `delta` is [H, T] scratch.
-cudaError_t FlashAttentionBackward(const float* q, const float* k, const float* v,
-                                   const int32_t* segments, const float* out, const float* lse,
-                                   const float* dout, int64_t T, int64_t H, int64_t KV,
-                                   int64_t head_dim, float* delta, float* dq, float* dk, float* dv,
-                                   cudaStream_t stream);
+template <typename X>
+cudaError_t FlashAttentionBackward(const X* q, const X* k, const X* v, const int32_t* segments,
+                                   const X* out, const float* lse, const X* dout, int64_t T,
+                                   int64_t H, int64_t KV, int64_t head_dim, float* delta, X* dq,
+                                   X* dk, X* dv, cudaStream_t stream);
 
 }  // namespace qlorad::kernels::cuda

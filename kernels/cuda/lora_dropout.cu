@@ -1,3 +1,6 @@
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/lora_dropout.h"
 #include "kernels/lora_dropout_body.h"
 
@@ -20,24 +23,28 @@ __device__ LoraBlockContext Context() {
           static_cast<int>(blockIdx.y)};
 }
 
-__global__ void __launch_bounds__(lo::kLoraThreads) DownKernel(lo::LoraDropoutArgs a) {
+template <typename X>
+__global__ void __launch_bounds__(lo::kLoraThreads) DownKernel(lo::LoraDropoutArgs<X> a) {
   __shared__ float smem[lo::kLoraThreads / 32 * lo::kDownRows * lo::kRankChunk];
   LoraBlockContext cx = Context();
   lo::DownBlock(cx, a, smem);
 }
 
-__global__ void __launch_bounds__(lo::kLoraThreads) GradAKernel(lo::LoraDropoutArgs a) {
+template <typename X>
+__global__ void __launch_bounds__(lo::kLoraThreads) GradAKernel(lo::LoraDropoutArgs<X> a) {
   __shared__ float smem[lo::kGradTokens * lo::kMaxRank];
   LoraBlockContext cx = Context();
   lo::GradABlock(cx, a, smem);
 }
 
-__global__ void __launch_bounds__(lo::kLoraThreads) FinishGradAKernel(lo::LoraDropoutArgs a) {
+template <typename X>
+__global__ void __launch_bounds__(lo::kLoraThreads) FinishGradAKernel(lo::LoraDropoutArgs<X> a) {
   LoraBlockContext cx = Context();
   lo::FinishGradABlock(cx, a);
 }
 
-__global__ void __launch_bounds__(lo::kLoraThreads) BackwardInputKernel(lo::LoraDropoutArgs a) {
+template <typename X>
+__global__ void __launch_bounds__(lo::kLoraThreads) BackwardInputKernel(lo::LoraDropoutArgs<X> a) {
   __shared__ float smem[lo::kInputRows * lo::kMaxRank];
   LoraBlockContext cx = Context();
   lo::BackwardInputBlock(cx, a, smem);
@@ -51,9 +58,10 @@ bool SizesOk(int64_t n, int64_t in, int64_t r, float p) {
   return LoraDropoutSupports(n, in, r) && p >= 0.0f && p < 1.0f;
 }
 
-lo::LoraDropoutArgs Args(int64_t n, int64_t in, int64_t r, float p, uint64_t seed,
-                         uint64_t stream_id) {
-  lo::LoraDropoutArgs a;
+template <typename X>
+lo::LoraDropoutArgs<X> Args(int64_t n, int64_t in, int64_t r, float p, uint64_t seed,
+                            uint64_t stream_id) {
+  lo::LoraDropoutArgs<X> a;
   a.n = n;
   a.in = in;
   a.r = static_cast<int>(r);
@@ -77,48 +85,65 @@ int64_t LoraDropoutPartialFloats(int64_t n, int64_t in, int64_t r) {
   return lo::GradTokenBlocks(n) * r * in;
 }
 
-cudaError_t LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
-                            float p, uint64_t seed, uint64_t stream_id, float* h,
-                            cudaStream_t stream) {
+template <typename X>
+cudaError_t LoraDropoutDown(const X* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
+                            uint64_t seed, uint64_t stream_id, float* h, cudaStream_t stream) {
   if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  lo::LoraDropoutArgs<X> args = Args<X>(n, in, r, p, seed, stream_id);
   args.x = x;
   args.a = a;
   args.h = h;
-  DownKernel<<<dim3(Blocks(n, lo::kDownRows), Blocks(r, lo::kRankChunk)), lo::kLoraThreads, 0,
-               stream>>>(args);
+  DownKernel<X>
+      <<<dim3(Blocks(n, lo::kDownRows), Blocks(r, lo::kRankChunk)), lo::kLoraThreads, 0, stream>>>(
+          args);
   return cudaGetLastError();
 }
 
-cudaError_t LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
-                             float p, uint64_t seed, uint64_t stream_id, float* partial, float* da,
+template <typename X>
+cudaError_t LoraDropoutGradA(const X* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
+                             uint64_t seed, uint64_t stream_id, float* partial, float* da,
                              cudaStream_t stream) {
   if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
   if (n == 0 || in == 0) return cudaSuccess;
-  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  lo::LoraDropoutArgs<X> args = Args<X>(n, in, r, p, seed, stream_id);
   args.x = x;
   args.dh = dh;
   args.partial = partial;
   args.da = da;
-  GradAKernel<<<dim3(Blocks(in, lo::kLoraThreads), static_cast<unsigned>(lo::GradTokenBlocks(n))),
-                lo::kLoraThreads, 0, stream>>>(args);
-  FinishGradAKernel<<<Blocks(r * in, lo::kLoraThreads), lo::kLoraThreads, 0, stream>>>(args);
+  GradAKernel<X>
+      <<<dim3(Blocks(in, lo::kLoraThreads), static_cast<unsigned>(lo::GradTokenBlocks(n))),
+         lo::kLoraThreads, 0, stream>>>(args);
+  FinishGradAKernel<X><<<Blocks(r * in, lo::kLoraThreads), lo::kLoraThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
+template <typename X>
 cudaError_t LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
-                                     int64_t r, float p, uint64_t seed, uint64_t stream_id,
-                                     float* dx, cudaStream_t stream) {
+                                     int64_t r, float p, uint64_t seed, uint64_t stream_id, X* dx,
+                                     cudaStream_t stream) {
   if (!SizesOk(n, in, r, p)) return cudaErrorInvalidValue;
   if (n == 0 || in == 0) return cudaSuccess;
-  lo::LoraDropoutArgs args = Args(n, in, r, p, seed, stream_id);
+  lo::LoraDropoutArgs<X> args = Args<X>(n, in, r, p, seed, stream_id);
   args.dh = dh;
   args.a = a;
   args.dx = dx;
-  BackwardInputKernel<<<dim3(Blocks(n, lo::kInputRows), Blocks(in, lo::kLoraThreads)),
-                        lo::kLoraThreads, 0, stream>>>(args);
+  BackwardInputKernel<X><<<dim3(Blocks(n, lo::kInputRows), Blocks(in, lo::kLoraThreads)),
+                           lo::kLoraThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
+
+#define QLORAD_INSTANTIATE(X)                                                                    \
+  template cudaError_t LoraDropoutDown<X>(const X*, int64_t, int64_t, const float*, int64_t,     \
+                                          float, uint64_t, uint64_t, float*, cudaStream_t);      \
+  template cudaError_t LoraDropoutGradA<X>(const X*, const float*, int64_t, int64_t, int64_t,    \
+                                           float, uint64_t, uint64_t, float*, float*,            \
+                                           cudaStream_t);                                        \
+  template cudaError_t LoraDropoutBackwardInput<X>(const float*, const float*, int64_t, int64_t, \
+                                                   int64_t, float, uint64_t, uint64_t, X*,       \
+                                                   cudaStream_t);
+QLORAD_INSTANTIATE(float)
+QLORAD_INSTANTIATE(__nv_bfloat16)
+#undef QLORAD_INSTANTIATE
 
 }  // namespace qlorad::kernels::cuda

@@ -14,18 +14,22 @@ namespace qlorad::kernels::cuda {
 // where not, a caller runs the unfused composition.
 bool LoraDropoutSupports(int64_t n, int64_t in, int64_t r);
 
+// X, the element type of x and dx: float or __nv_bfloat16 (widened exactly; dx rounded once
+// after its add). Everything else is float32.
 // h [n, r] = dropout(x) A^T, x [n, in], A [r, in].
-cudaError_t LoraDropoutDown(const float* x, int64_t n, int64_t in, const float* a, int64_t r,
-                            float p, uint64_t seed, uint64_t stream_id, float* h,
-                            cudaStream_t stream);
+template <typename X>
+cudaError_t LoraDropoutDown(const X* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
+                            uint64_t seed, uint64_t stream_id, float* h, cudaStream_t stream);
 // da [r, in] += dh^T dropout(x); `partial` is scratch of LoraDropoutPartialFloats(n, in, r).
 int64_t LoraDropoutPartialFloats(int64_t n, int64_t in, int64_t r);
-cudaError_t LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r,
-                             float p, uint64_t seed, uint64_t stream_id, float* partial, float* da,
+template <typename X>
+cudaError_t LoraDropoutGradA(const X* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
+                             uint64_t seed, uint64_t stream_id, float* partial, float* da,
                              cudaStream_t stream);
 // dx [n, in] += dropout(dh A).
+template <typename X>
 cudaError_t LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in,
-                                     int64_t r, float p, uint64_t seed, uint64_t stream_id,
-                                     float* dx, cudaStream_t stream);
+                                     int64_t r, float p, uint64_t seed, uint64_t stream_id, X* dx,
+                                     cudaStream_t stream);
 
 }  // namespace qlorad::kernels::cuda

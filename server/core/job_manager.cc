@@ -169,10 +169,13 @@ int64_t JobManager::JobBytes(const LlamaConfig& c, const v1::Hyperparameters& r)
   const TrainAttentionDims dims{r.seq_len(), c.num_attention_heads, c.num_key_value_heads,
                                 c.head_dim()};
   int64_t attention = 0;
-  for (const auto& w : workers_)
+  bool bf16 = !workers_.empty();  // float32 activations where any device keeps them so
+  for (const auto& w : workers_) {
     attention = std::max(attention, w->device->AttentionSavedFloats(dims));
+    bf16 = bf16 && w->device->PrefersBf16Activations();
+  }
   if (workers_.empty()) attention = CpuAttentionSavedPerRow(c, r);
-  return JobMemoryBytes(c, r, attention);
+  return JobMemoryBytes(c, r, attention, bf16);
 }
 
 QueuedJob JobManager::QueueEntry(const v1::Job& job) const {

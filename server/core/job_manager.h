@@ -110,9 +110,10 @@ class JobManager {
   std::vector<DeviceInfo> Devices() const;
   const JobManagerOptions& options() const { return options_; }
   int64_t MaxDeviceBudget() const;
-  // JobMemoryBytes with the attention state of this daemon's devices (the largest among them:
-  // the job's device is chosen when it starts), so a GPU running flash attention is not charged
-  // the CPU's [heads, seq, seq] probabilities.
+  // JobMemoryBytes with the attention state and activation type of this daemon's devices (the
+  // largest among them: the job's device is chosen when it starts), so a GPU running flash
+  // attention on bf16 activations is not charged the CPU's [heads, seq, seq] probabilities and
+  // float32 activations.
   int64_t JobBytes(const LlamaConfig& config, const v1::Hyperparameters& resolved) const;
 
  private:

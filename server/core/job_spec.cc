@@ -168,15 +168,14 @@ int64_t CpuAttentionSavedPerRow(const LlamaConfig& c, const v1::Hyperparameters&
 }
 
 int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r,
-                       int64_t attention_saved_per_row) {
+                       int64_t attention_saved_per_row, bool bf16_activations) {
   LoraConfig lora = TrainerOptionsFrom(r).lora;
   const LoraLayout layout(c, lora);
   const int64_t params = layout.num_params();
   // The training graph's own buffer list.
   const int64_t activations =
-      LoraTrainingGraph::ActivationFloats(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
-                                          r.seq_len(), attention_saved_per_row) *
-      4;
+      LoraTrainingGraph::ActivationBytes(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
+                                         r.seq_len(), attention_saved_per_row, bf16_activations);
   // The largest layer's dequantization workspace, and the per-128-token partial sums of dA that
   // a GPU's fused LoRA dropout keeps (kernels/cuda/lora_dropout.h).
   const int64_t widest = std::max(c.hidden_size, c.intermediate_size);

@@ -46,13 +46,13 @@ RowOptions RowOptionsFrom(const v1::Hyperparameters& resolved);
 
 // Bytes a job holds on a device besides the shared base model: the LoRA parameters, gradients,
 // AdamW moments and best-so-far copy (20 bytes a parameter), the training graph's buffers for a
-// micro-batch (LoraTrainingGraph::ActivationFloats, with `attention_saved_per_row` floats of
+// micro-batch (LoraTrainingGraph::ActivationBytes, with `attention_saved_per_row` floats of
 // attention state a row: Device::AttentionSavedFloats of the device that will run it, or the
-// largest among the devices that might), and the dequantization workspace of the largest
-// linear layer. An estimate used for admission, stated so that operators can check it against
-// measured use.
+// largest among the devices that might; bf16 or float32 activations as that device prefers),
+// and the dequantization workspace of the largest linear layer. An estimate used for admission,
+// stated so that operators can check it against measured use.
 int64_t JobMemoryBytes(const LlamaConfig& config, const v1::Hyperparameters& resolved,
-                       int64_t attention_saved_per_row);
+                       int64_t attention_saved_per_row, bool bf16_activations = false);
 // The CPU device's attention state per row ([heads, seq, seq] probabilities): the most any
 // device keeps.
 int64_t CpuAttentionSavedPerRow(const LlamaConfig& config, const v1::Hyperparameters& resolved);

@@ -133,42 +133,54 @@ TEST(LoraGradient, CheckpointingGivesTheSameGradients) {
 }
 
 // The memory plan is what the graph allocates (the daemon's admission estimate uses it), and a
-// kept layer costs, per token: 1/rms twice, q, the attention output and the residual (h each),
-// k and v (kv each), gate and up (im each), x A^T per module (r each), plus what the attention
-// keeps per row; the norms' and SwiGLU's outputs are made again instead.
+// kept layer costs, per token: 1/rms twice and x A^T per module (r each) in float32, and q, the
+// attention output and the residual (h each), k and v (kv each), gate and up (im each) and the
+// layer's input (h) in the activation type, plus what the attention keeps per row; the norms'
+// and SwiGLU's outputs are made again instead.
 TEST(LoraGradient, MemoryPlanIsWhatTheGraphAllocates) {
-  for (const bool checkpointing : {false, true}) {
-    auto device = CreateCpuDevice();
-    ModelOptions mo;
-    mo.quantize = false;
-    auto model = LlamaModel::Create(RandomTinyModel(5), device.get(), mo);
-    ASSERT_TRUE(model.ok());
-    const LlamaConfig& c = (*model)->config();
-    LoraConfig lc;
-    lc.rank = 3;
-    const LoraLayout layout(c, lc);
-    TrainingGraphOptions go;
-    go.activation_checkpointing = checkpointing;
-    LoraTrainingGraph graph(model->get(), &layout, lc, go);
-    const MicroBatch batch = TwoRows();
-    std::vector<float> params = InitLoraParams(layout, lc), grads(params.size());
-    const int64_t before = device->memory_usage().activations;
-    ASSERT_TRUE(graph.ForwardBackward(batch, params.data(), grads.data(), 0.1f, 1, 0).ok());
-    const int64_t attn = device->AttentionSavedFloats(
-        {batch.seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
-    const int64_t planned = LoraTrainingGraph::ActivationFloats(c, lc.rank, checkpointing,
-                                                                batch.rows, batch.seq_len, attn);
-    EXPECT_EQ(device->memory_usage().activations - before, planned * 4)
-        << "checkpointing " << checkpointing;
+  for (const bool bf16 : {false, true}) {
+    for (const bool checkpointing : {false, true}) {
+      auto device = CreateCpuDevice();
+      ModelOptions mo;
+      mo.quantize = false;
+      auto model = LlamaModel::Create(RandomTinyModel(5), device.get(), mo);
+      ASSERT_TRUE(model.ok());
+      const LlamaConfig& c = (*model)->config();
+      LoraConfig lc;
+      lc.rank = 3;
+      const LoraLayout layout(c, lc);
+      TrainingGraphOptions go;
+      go.activation_checkpointing = checkpointing;
+      go.activations = bf16 ? ActivationPrecision::kBf16 : ActivationPrecision::kFloat32;
+      LoraTrainingGraph graph(model->get(), &layout, lc, go);
+      EXPECT_EQ(graph.bf16_activations(), bf16);
+      const MicroBatch batch = TwoRows();
+      std::vector<float> params = InitLoraParams(layout, lc), grads(params.size());
+      const int64_t before = device->memory_usage().activations;
+      // Allocates the graph's buffers; the CPU's bf16 operations convert in a scratch buffer of
+      // the device's, counted as workspace.
+      ASSERT_TRUE(graph.Loss(batch, params.data()).ok());
+      const int64_t attn = device->AttentionSavedFloats(
+          {batch.seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
+      const int64_t planned = LoraTrainingGraph::ActivationBytes(
+          c, lc.rank, checkpointing, batch.rows, batch.seq_len, attn, bf16);
+      EXPECT_EQ(device->memory_usage().activations - before, planned)
+          << "checkpointing " << checkpointing << " bf16 " << bf16;
+    }
   }
   LlamaConfig c = RandomTinyModel(1).config;
   const int64_t rows = 3, seq = 10, attn = 55, r = 4;
-  const int64_t per_layer =
-      rows * seq * (2 + 3 * c.hidden_size + 2 * c.kv_dim() + 2 * c.intermediate_size + 7 * r) +
-      rows * attn;
-  EXPECT_EQ(LoraTrainingGraph::ActivationFloats(c, r, false, rows, seq, attn) -
-                LoraTrainingGraph::ActivationFloats(c, r, true, rows, seq, attn),
-            (c.num_hidden_layers - 1) * per_layer);
+  for (const int act_bytes : {4, 2}) {
+    const int64_t per_layer =
+        rows * seq *
+            (4 * (2 + 7 * r) +
+             act_bytes * (3 * c.hidden_size + 2 * c.kv_dim() + 2 * c.intermediate_size)) +
+        rows * attn * 4;
+    const bool bf16 = act_bytes == 2;
+    EXPECT_EQ(LoraTrainingGraph::ActivationBytes(c, r, false, rows, seq, attn, bf16) -
+                  LoraTrainingGraph::ActivationBytes(c, r, true, rows, seq, attn, bf16),
+              (c.num_hidden_layers - 1) * per_layer);
+  }
 }
 
 TEST(LoraLayout, TrainableParametersAreRTimesInPlusOut) {

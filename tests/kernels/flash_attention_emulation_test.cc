@@ -32,7 +32,7 @@ double RelativeError(const std::vector<float>& x, const std::vector<float>& ref)
 }
 
 template <int HD>
-void RunFlash(fl::FlashArgs& a) {
+void RunFlash(fl::FlashArgs<float>& a) {
   using Lay = fl::FlashLayout<HD>;
   const int tiles = (a.T + fl::kFlashTile - 1) / fl::kFlashTile;
   int violations = 0;
@@ -95,7 +95,7 @@ void CheckAgainstCpu(const Shape& sh) {
   // Poisoned outputs: every element must be written.
   std::vector<float> out(q.size(), NAN), lse(size_t(H) * T, NAN), dq(q.size(), NAN),
       dk(k.size(), NAN), dv(v.size(), NAN);
-  fl::FlashArgs a;
+  fl::FlashArgs<float> a;
   a.q = q.data();
   a.k = k.data();
   a.v = v.data();
@@ -179,7 +179,7 @@ TEST(FlashAttentionEmulation, Deterministic) {
     for (float& f : *x) f = normal(rng);
   auto run = [&] {
     std::vector<float> r(T * H * HD * 2 + T * KV * HD * 2 + H * T);
-    fl::FlashArgs a;
+    fl::FlashArgs<float> a;
     a.q = q.data();
     a.k = k.data();
     a.v = v.data();

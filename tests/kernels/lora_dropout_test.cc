@@ -115,7 +115,7 @@ TEST_P(LoraDropoutTest, EmulatedBlocksMatchTheCpuTwins) {
   const Inputs in(c);
   SCOPED_TRACE(::testing::Message() << "seed=" << in.seed);
   const auto &x = in.x, &a = in.a, &dh = in.dh, &da0 = in.da0, &dx0 = in.dx0;
-  lo::LoraDropoutArgs args;
+  lo::LoraDropoutArgs<float> args;
   args.x = x.data();
   args.a = a.data();
   args.dh = dh.data();

@@ -121,6 +121,12 @@ TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
   const int64_t flash = JobMemoryBytes(c, *full, 32 * 2048);
   EXPECT_GT(flash, 14 * gb);
   EXPECT_LT(flash, 15 * gb);
+  // With bf16 activations (a GPU's default) a kept layer's 46,592 activation values a token
+  // take 2 bytes instead of 4 (1/rms and x A^T stay float32): the 32 layers hold 6.1 GB and the
+  // job, with float32 logits and head, 8.2 GB.
+  const int64_t flash_bf16 = JobMemoryBytes(c, *full, 32 * 2048, /*bf16_activations=*/true);
+  EXPECT_GT(flash_bf16, 8 * gb);
+  EXPECT_LT(flash_bf16, gb * 17 / 2);
   EXPECT_TRUE(TrainerOptionsFrom(*ckpt).activation_checkpointing);
   EXPECT_FALSE(TrainerOptionsFrom(*full).activation_checkpointing);
 }
