@@ -368,7 +368,7 @@ class CudaDevice : public Device {
                   const float* b, int64_t r, float scale, float* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
     const int64_t in = lin.in_features(), out = lin.out_features();
-    if (!Bf16Linear(lin) || in % 32 != 0 || r < 1)
+    if (!Bf16Linear(lin) || in % 8 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
     const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
     __nv_bfloat16* ws = WeightsBf16(lin, k);
@@ -717,7 +717,7 @@ class CudaDevice : public Device {
                   const float* b, int64_t r, float scale, Bf16* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
     const int64_t in = lin.in_features(), out = lin.out_features();
-    if (!Bf16Linear(lin) || in % 32 != 0 || r < 1)
+    if (!Bf16Linear(lin) || in % 8 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
     const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
     __nv_bfloat16* ws = WeightsBf16(lin, k);

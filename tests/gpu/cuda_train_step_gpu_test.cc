@@ -1,8 +1,9 @@
 // The engine's CUDA device against the CPU reference on a whole QLoRA training step: a random
 // LLaMA-shaped model (GQA, NF4 + double-quantized base), LoRA on every linear layer with
 // dropout, two packed examples per row; the loss and every LoRA gradient must agree, and so
-// must the adapter after a few optimizer steps through the Trainer. Fresh random weights each
-// run (the seed is printed). Skips (exit 77) without a CUDA device.
+// must the adapter after a few optimizer steps through the Trainer; with bf16 activations the
+// CPU rounds where the GPU does, and the GPU's bf16 kernels match Device's conversion defaults.
+// Fresh random weights each run (the seed is printed). Skips (exit 77) without a CUDA device.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -64,11 +65,13 @@ struct Result {
 };
 
 Result RunStep(Device* device, const LlamaWeights& weights, const LoraLayout& layout,
-               const LoraConfig& lora, const std::vector<float>& params, const MicroBatch& batch) {
+               const LoraConfig& lora, const std::vector<float>& params, const MicroBatch& batch,
+               ActivationPrecision activations) {
   auto model = LlamaModel::Create(weights, device, ModelOptions{});
   GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
   TrainingGraphOptions go;
   go.dropout = lora.dropout;
+  go.activations = activations;
   LoraTrainingGraph graph(model->get(), &layout, lora, go);
   auto p = device->Alloc(layout.num_params());
   auto g = device->Alloc(layout.num_params());
@@ -180,7 +183,205 @@ void LoraLinearFusionAgrees(Device* gpu) {
   }
 }
 
-void TrainingStepAgrees(Device* cpu, Device* gpu, double loss_tol, double grad_tol) {
+// Random bf16 values ~ N(0, sd) in a new device buffer of `n` elements.
+std::unique_ptr<DeviceBuffer> RandomBf16(Device* gpu, int64_t n, float sd) {
+  auto f = gpu->Alloc(n);
+  auto b = gpu->Alloc((n + 1) / 2);
+  GPU_CHECK(f.ok() && b.ok(), "alloc");
+  const std::vector<float> v = Normal(n, sd);
+  gpu->CopyFromHost(v.data(), n, (*f)->data());
+  gpu->ToBf16((*f)->data(), n, reinterpret_cast<Bf16*>((*b)->data()));
+  return std::move(*b);
+}
+
+Bf16* AsBf16(const std::unique_ptr<DeviceBuffer>& b) { return reinterpret_cast<Bf16*>(b->data()); }
+
+// A copy of a device bf16 buffer of `n` elements, widened to float on the host.
+std::vector<float> HostBf16(Device* gpu, const std::unique_ptr<DeviceBuffer>& b, int64_t n) {
+  auto f = gpu->Alloc(n);
+  GPU_CHECK(f.ok(), "alloc");
+  std::vector<float> v(n);
+  gpu->ToF32(AsBf16(b), n, (*f)->data());
+  gpu->CopyToHost((*f)->data(), n, v.data());
+  return v;
+}
+
+std::unique_ptr<DeviceBuffer> CopyOf(Device* gpu, const std::unique_ptr<DeviceBuffer>& b) {
+  auto c = gpu->Alloc(b->size());
+  GPU_CHECK(c.ok(), "alloc");
+  std::vector<float> host(b->size());
+  gpu->CopyToHost(b->data(), b->size(), host.data());
+  gpu->CopyFromHost(host.data(), b->size(), (*c)->data());
+  return std::move(*c);
+}
+
+// The CUDA device's bf16 kernels against Device's conversion defaults (float32 kernels between
+// exact widening and one rounding) on the same card and inputs. Elementwise kernels, flash
+// attention and the fused LoRA dropout do the same float32 arithmetic on the same widened
+// values: bit for bit. bf16-output GEMMs sum in another order than the float32-output GEMM
+// they are compared with, so an output may round to the neighbouring bf16 value (2^-8
+// relative): a few in a thousand, far below what a wrong layout or a lost accumulation does.
+void Bf16KernelsMatchDefaults(Device* gpu) {
+  const int64_t rows = 96, dim = 256, heads = 8, kv_heads = 4, hd = 32;
+  int checked = 0;
+  auto same = [&](const char* what, const std::unique_ptr<DeviceBuffer>& got,
+                  const std::unique_ptr<DeviceBuffer>& want, int64_t n, double tol) {
+    const std::vector<float> g = HostBf16(gpu, got, n), w = HostBf16(gpu, want, n);
+    const double e = RelativeError(g.data(), w.data(), n);
+    GPU_CHECK(tol == 0.0 ? g == w : e < tol, "bf16 %s: relative error %g against the default", what,
+              e);
+    ++checked;
+  };
+  std::vector<int32_t> positions(rows), ids(rows);
+  for (int64_t t = 0; t < rows; ++t) {
+    positions[t] = static_cast<int32_t>(t % 40);
+    ids[t] = static_cast<int32_t>((t * 7) % 50);
+  }
+  const int64_t n = rows * dim;
+  auto x = RandomBf16(gpu, n, 1.0f), dy = RandomBf16(gpu, n, 0.5f);
+  auto w = gpu->UploadF32(Normal(dim, 0.2f));
+  auto table = gpu->UploadF32(Normal(50 * dim, 1.0f));
+  auto inv = gpu->Alloc(rows), inv2 = gpu->Alloc(rows);
+  GPU_CHECK(w.ok() && table.ok() && inv.ok() && inv2.ok(), "alloc");
+  if (!w.ok() || !table.ok() || !inv.ok() || !inv2.ok()) return;
+  auto a1 = RandomBf16(gpu, n, 1.0f), a2 = RandomBf16(gpu, n, 1.0f);
+  gpu->Embedding((*table)->data(), dim, ids.data(), rows, AsBf16(a1));
+  gpu->Device::Embedding((*table)->data(), dim, ids.data(), rows, AsBf16(a2));
+  same("embedding", a1, a2, n, 0.0);
+  gpu->RmsNorm(AsBf16(x), (*w)->data(), rows, dim, 1e-5f, AsBf16(a1), (*inv)->data());
+  gpu->Device::RmsNorm(AsBf16(x), (*w)->data(), rows, dim, 1e-5f, AsBf16(a2), (*inv2)->data());
+  same("rmsnorm", a1, a2, n, 0.0);
+  gpu->RmsNormBackward(AsBf16(x), (*w)->data(), (*inv)->data(), AsBf16(dy), rows, dim, AsBf16(a1));
+  gpu->Device::RmsNormBackward(AsBf16(x), (*w)->data(), (*inv)->data(), AsBf16(dy), rows, dim,
+                               AsBf16(a2));
+  same("rmsnorm backward", a1, a2, n, 0.0);
+  auto r1 = CopyOf(gpu, x), r2 = CopyOf(gpu, x);
+  gpu->Rope(AsBf16(r1), positions.data(), rows, heads, hd, 10000.0f, true);
+  gpu->Device::Rope(AsBf16(r2), positions.data(), rows, heads, hd, 10000.0f, true);
+  same("rope", r1, r2, n, 0.0);
+  auto s1 = CopyOf(gpu, x), s2 = CopyOf(gpu, x);
+  gpu->AddInPlace(AsBf16(s1), AsBf16(dy), n);
+  gpu->Device::AddInPlace(AsBf16(s2), AsBf16(dy), n);
+  same("add", s1, s2, n, 0.0);
+  gpu->Swiglu(AsBf16(x), AsBf16(dy), n, AsBf16(a1));
+  gpu->Device::Swiglu(AsBf16(x), AsBf16(dy), n, AsBf16(a2));
+  same("swiglu", a1, a2, n, 0.0);
+  auto du1 = RandomBf16(gpu, n, 1.0f), du2 = RandomBf16(gpu, n, 1.0f);
+  gpu->SwigluBackward(AsBf16(x), AsBf16(dy), AsBf16(r1), n, AsBf16(a1), AsBf16(du1));
+  gpu->Device::SwigluBackward(AsBf16(x), AsBf16(dy), AsBf16(r1), n, AsBf16(a2), AsBf16(du2));
+  same("swiglu backward (gate)", a1, a2, n, 0.0);
+  same("swiglu backward (up)", du1, du2, n, 0.0);
+
+  // Flash attention on one row of `rows` tokens in two packed segments.
+  const TrainAttentionDims d{rows, heads, kv_heads, hd};
+  const int64_t nq = rows * heads * hd, nkv = rows * kv_heads * hd;
+  std::vector<int32_t> segments(rows);
+  for (int64_t t = 0; t < rows; ++t) segments[t] = t < rows / 3 ? 0 : 1;
+  auto q = RandomBf16(gpu, nq, 1.0f), k = RandomBf16(gpu, nkv, 1.0f),
+       v = RandomBf16(gpu, nkv, 1.0f), dout = RandomBf16(gpu, nq, 1.0f);
+  auto lse1 = gpu->Alloc(gpu->AttentionSavedFloats(d)),
+       lse2 = gpu->Alloc(gpu->AttentionSavedFloats(d));
+  GPU_CHECK(lse1.ok() && lse2.ok(), "alloc");
+  if (!lse1.ok() || !lse2.ok()) return;
+  auto o1 = RandomBf16(gpu, nq, 1.0f), o2 = RandomBf16(gpu, nq, 1.0f);
+  gpu->AttentionTrainForward(AsBf16(q), AsBf16(k), AsBf16(v), segments.data(), d, AsBf16(o1),
+                             (*lse1)->data());
+  gpu->Device::AttentionTrainForward(AsBf16(q), AsBf16(k), AsBf16(v), segments.data(), d,
+                                     AsBf16(o2), (*lse2)->data());
+  same("flash attention output", o1, o2, nq, 0.0);
+  auto dq1 = RandomBf16(gpu, nq, 1.0f), dq2 = RandomBf16(gpu, nq, 1.0f);
+  auto dk1 = RandomBf16(gpu, nkv, 1.0f), dk2 = RandomBf16(gpu, nkv, 1.0f);
+  auto dv1 = RandomBf16(gpu, nkv, 1.0f), dv2 = RandomBf16(gpu, nkv, 1.0f);
+  gpu->AttentionTrainBackward(AsBf16(q), AsBf16(k), AsBf16(v), segments.data(), AsBf16(o1),
+                              (*lse1)->data(), AsBf16(dout), d, AsBf16(dq1), AsBf16(dk1),
+                              AsBf16(dv1));
+  gpu->Device::AttentionTrainBackward(AsBf16(q), AsBf16(k), AsBf16(v), segments.data(), AsBf16(o1),
+                                      (*lse1)->data(), AsBf16(dout), d, AsBf16(dq2), AsBf16(dk2),
+                                      AsBf16(dv2));
+  same("flash attention dq", dq1, dq2, nq, 0.0);
+  same("flash attention dk", dk1, dk2, nkv, 0.0);
+  same("flash attention dv", dv1, dv2, nkv, 0.0);
+
+  // The frozen NF4 linear with and without its LoRA term, forward and backward, and LoRA's
+  // down-projection with dropout (fused kernels, bit for bit) and without (bf16 GEMMs).
+  const int64_t out = 192, r = 16;
+  const float scale = 2.0f;
+  auto lin = gpu->QuantizeLinear(Normal(out * dim, 0.05f), out, dim, Nf4Options{});
+  auto h = gpu->UploadF32(Normal(rows * r, 0.5f)), bw = gpu->UploadF32(Normal(out * r, 0.1f)),
+       aw = gpu->UploadF32(Normal(r * dim, 0.1f)), dh = gpu->UploadF32(Normal(rows * r, 0.3f));
+  GPU_CHECK(lin.ok() && h.ok() && bw.ok() && aw.ok() && dh.ok(), "weights");
+  if (!lin.ok() || !h.ok() || !bw.ok() || !aw.ok() || !dh.ok()) return;
+  const DeviceLinear& wl = **lin;
+  const double gemm_tol = 4e-3;
+  auto y1 = RandomBf16(gpu, rows * out, 1.0f), y2 = RandomBf16(gpu, rows * out, 1.0f);
+  gpu->Linear(wl, AsBf16(x), rows, AsBf16(y1));
+  gpu->Device::Linear(wl, AsBf16(x), rows, AsBf16(y2));
+  same("linear", y1, y2, rows * out, gemm_tol);
+  gpu->LinearLora(wl, AsBf16(x), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(y1));
+  gpu->Device::LinearLora(wl, AsBf16(x), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(y2));
+  same("LoRA linear", y1, y2, rows * out, gemm_tol);
+  auto gy = RandomBf16(gpu, rows * out, 0.5f);
+  auto dx1 = CopyOf(gpu, dy), dx2 = CopyOf(gpu, dy);
+  gpu->LinearBackwardInput(wl, AsBf16(gy), rows, AsBf16(dx1), true);
+  gpu->Device::LinearBackwardInput(wl, AsBf16(gy), rows, AsBf16(dx2), true);
+  same("linear input gradient (+=)", dx1, dx2, n, gemm_tol);
+  auto db1 = gpu->UploadF32(std::vector<float>(out * r, 0.1f)),
+       db2 = gpu->UploadF32(std::vector<float>(out * r, 0.1f));
+  auto dh1 = gpu->Alloc(rows * r), dh2 = gpu->Alloc(rows * r);
+  GPU_CHECK(db1.ok() && db2.ok() && dh1.ok() && dh2.ok(), "alloc");
+  if (!db1.ok() || !db2.ok() || !dh1.ok() || !dh2.ok()) return;
+  gpu->LinearLoraBackward(wl, AsBf16(gy), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(dx1),
+                          false, (*dh1)->data(), (*db1)->data());
+  gpu->Device::LinearLoraBackward(wl, AsBf16(gy), rows, (*h)->data(), (*bw)->data(), r, scale,
+                                  AsBf16(dx2), false, (*dh2)->data(), (*db2)->data());
+  same("LoRA linear input gradient", dx1, dx2, n, gemm_tol);
+  auto floats = [&](const std::unique_ptr<DeviceBuffer>& b) {
+    std::vector<float> v(b->size());
+    gpu->CopyToHost(b->data(), b->size(), v.data());
+    return v;
+  };
+  auto close = [&](const char* what, const std::unique_ptr<DeviceBuffer>& got,
+                   const std::unique_ptr<DeviceBuffer>& want, double tol) {
+    const std::vector<float> g = floats(got), w2 = floats(want);
+    const double e = RelativeError(g.data(), w2.data(), static_cast<int64_t>(g.size()));
+    GPU_CHECK(tol == 0.0 ? g == w2 : e < tol, "bf16 %s: relative error %g against the default",
+              what, e);
+    ++checked;
+  };
+  close("LoRA dh", *dh1, *dh2, 1e-4);
+  close("LoRA dB", *db1, *db2, 1e-4);
+  for (const float p : {0.1f, 0.0f}) {
+    const double tol = p > 0.0f ? 0.0 : 1e-4;  // fused kernels: the same sums in the same order
+    auto hd1 = gpu->Alloc(rows * r), hd2 = gpu->Alloc(rows * r);
+    auto da1 = gpu->UploadF32(std::vector<float>(r * dim, 0.5f)),
+         da2 = gpu->UploadF32(std::vector<float>(r * dim, 0.5f));
+    auto scratch = gpu->Alloc(rows * dim);
+    GPU_CHECK(hd1.ok() && hd2.ok() && da1.ok() && da2.ok() && scratch.ok(), "alloc");
+    if (!hd1.ok() || !hd2.ok() || !da1.ok() || !da2.ok() || !scratch.ok()) return;
+    float* sc = (*scratch)->data();
+    gpu->LoraDropoutDown(AsBf16(x), rows, dim, (*aw)->data(), r, p, 5, 9, (*hd1)->data(), sc);
+    gpu->Device::LoraDropoutDown(AsBf16(x), rows, dim, (*aw)->data(), r, p, 5, 9, (*hd2)->data(),
+                                 sc);
+    close(p > 0.0f ? "LoRA dropout down" : "LoRA down", *hd1, *hd2, tol);
+    gpu->LoraDropoutGradA(AsBf16(x), (*dh)->data(), rows, dim, r, p, 5, 9, (*da1)->data(), sc);
+    gpu->Device::LoraDropoutGradA(AsBf16(x), (*dh)->data(), rows, dim, r, p, 5, 9, (*da2)->data(),
+                                  sc);
+    close(p > 0.0f ? "LoRA dropout dA" : "LoRA dA", *da1, *da2, tol);
+    auto e1 = CopyOf(gpu, dy), e2 = CopyOf(gpu, dy);
+    gpu->LoraDropoutBackwardInput((*dh)->data(), (*aw)->data(), rows, dim, r, p, 5, 9, AsBf16(e1),
+                                  sc);
+    gpu->Device::LoraDropoutBackwardInput((*dh)->data(), (*aw)->data(), rows, dim, r, p, 5, 9,
+                                          AsBf16(e2), sc);
+    same(p > 0.0f ? "LoRA dropout input gradient" : "LoRA input gradient", e1, e2, n,
+         p > 0.0f ? 0.0 : gemm_tol);
+  }
+  std::printf("  bf16 kernels: %d outputs match Device's conversion defaults\n", checked);
+}
+
+// The GPU's step against the CPU's with the same activation type (bf16: the CPU rounds where
+// the GPU does, through Device's conversion defaults).
+void TrainingStepAgrees(Device* cpu, Device* gpu, ActivationPrecision activations, double loss_tol,
+                        double grad_tol) {
   const LlamaWeights weights = RandomModel();
   LoraConfig lora;
   lora.rank = 8;
@@ -190,8 +391,8 @@ void TrainingStepAgrees(Device* cpu, Device* gpu, double loss_tol, double grad_t
   // B non-zero too, so that every A gets a gradient.
   const std::vector<float> params = Normal(layout.num_params(), 0.05f);
   const MicroBatch batch = RandomBatch(2, 96, weights.config.vocab_size);
-  const Result want = RunStep(cpu, weights, layout, lora, params, batch);
-  const Result got = RunStep(gpu, weights, layout, lora, params, batch);
+  const Result want = RunStep(cpu, weights, layout, lora, params, batch, activations);
+  const Result got = RunStep(gpu, weights, layout, lora, params, batch, activations);
   std::printf("  loss: cpu %.6f cuda %.6f\n", want.loss, got.loss);
   GPU_CHECK(std::fabs(got.loss - want.loss) <= loss_tol * std::fabs(want.loss), "loss %g vs %g",
             got.loss, want.loss);
@@ -273,8 +474,10 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
 }
 
 // The op profile of a training step (what train_step_gpu_bench --profile prints) names its
-// kinds of work with their calls, GPU time in each, and attention by the path that ran.
-void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool flash) {
+// kinds of work with their calls, GPU time in each, and attention by the path that ran. With
+// bf16 activations and flash attention every layer operation has its bf16 kernel: the only
+// widening is the last layer's output for the float32 head, once per step.
+void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool flash, bool bf16) {
   auto find = [&](const std::string& name) -> const CudaOpTime* {
     for (const CudaOpTime& t : ops)
       if (t.op == name) return &t;
@@ -290,6 +493,16 @@ void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool fla
   }
   GPU_CHECK(find(flash ? "gemm attention forward" : "flash attention forward") == nullptr,
             "profile: attention by the path that did not run");
+  if (bf16 && flash) {
+    const CudaOpTime* widen = find("widen bf16 to float32");
+    GPU_CHECK(widen != nullptr && widen->calls == 1,
+              "profile: %lld bf16 widenings in a step, want 1 (an operation fell back to the "
+              "conversion defaults)",
+              static_cast<long long>(widen != nullptr ? widen->calls : 0));
+  }
+  if (!bf16) {
+    GPU_CHECK(find("widen bf16 to float32") == nullptr, "profile: bf16 in a float32 graph");
+  }
   for (size_t i = 1; i < ops.size(); ++i)
     GPU_CHECK(ops[i - 1].ms >= ops[i].ms, "profile: not longest first");
   std::printf("  op profile: %zu kinds of operation, longest '%s' %.2f ms\n", ops.size(),
@@ -314,23 +527,33 @@ int main() {
   std::printf("%s\n", (*gpu)->name().c_str());
   auto cpu = qlorad::CreateCpuDevice();
   qlorad::QuantizeOnCardMatchesHost(gpu->get());
-  qlorad::TrainingStepAgrees(cpu.get(), gpu->get(), 1e-4, 1e-3);
+  qlorad::TrainingStepAgrees(cpu.get(), gpu->get(), qlorad::ActivationPrecision::kFloat32, 1e-4,
+                             1e-3);
   qlorad::TrainerAgrees(cpu.get(), gpu->get());
   // The QLoRA setting: GEMMs on bf16 tensor cores (inputs rounded to 8 mantissa bits), with
-  // flash attention (the default) and with GEMM attention.
+  // flash attention (the default) and with GEMM attention, bf16 activations (the default) and
+  // float32 ones.
   for (const bool flash : {true, false}) {
-    qlorad::CudaDeviceOptions o;
-    o.flash_attention = flash;
-    auto fast = qlorad::CreateCudaDevice(0, o);
-    GPU_CHECK(fast.ok(), "bf16 device: %s", std::string(fast.status().message()).c_str());
-    if (!fast.ok()) continue;
-    std::printf("%s\n", (*fast)->name().c_str());
-    GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
-              flash ? "off" : "on");
-    if (flash) qlorad::LoraLinearFusionAgrees(fast->get());
-    GPU_CHECK(qlorad::StartCudaOpProfile(fast->get()), "no profile on a CUDA device");
-    qlorad::TrainingStepAgrees(cpu.get(), fast->get(), 1e-2, 5e-2);
-    qlorad::ProfileNamesTheStepsOperations(qlorad::TakeCudaOpProfile(fast->get()), flash);
+    for (const bool bf16 : {true, false}) {
+      qlorad::CudaDeviceOptions o;
+      o.flash_attention = flash;
+      o.bf16_activations = bf16;
+      auto fast = qlorad::CreateCudaDevice(0, o);
+      GPU_CHECK(fast.ok(), "bf16 device: %s", std::string(fast.status().message()).c_str());
+      if (!fast.ok()) continue;
+      std::printf("%s, %s activations\n", (*fast)->name().c_str(), bf16 ? "bf16" : "float32");
+      GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
+                flash ? "off" : "on");
+      GPU_CHECK((*fast)->PrefersBf16Activations() == bf16, "activation type not as asked");
+      if (flash && !bf16) qlorad::LoraLinearFusionAgrees(fast->get());
+      if (flash && bf16) qlorad::Bf16KernelsMatchDefaults(fast->get());
+      GPU_CHECK(qlorad::StartCudaOpProfile(fast->get()), "no profile on a CUDA device");
+      qlorad::TrainingStepAgrees(
+          cpu.get(), fast->get(),
+          bf16 ? qlorad::ActivationPrecision::kBf16 : qlorad::ActivationPrecision::kFloat32, 1e-2,
+          5e-2);
+      qlorad::ProfileNamesTheStepsOperations(qlorad::TakeCudaOpProfile(fast->get()), flash, bf16);
+    }
   }
   return qlorad::gpu_check::Finish("cuda_train_step_gpu_test");
 }

@@ -67,13 +67,15 @@ if [ $status -eq 0 ]; then
   bench 60 $gpu/nf4_dequant_gpu_bench
   bench 60 $gpu/flash_attention_gpu_bench
   if [ -x $gpu/train_step_gpu_bench ]; then
-    # The whole 7B shape, ours and PyTorch + PEFT in bf16, each with and without gradient
-    # checkpointing; one decoder layer; then ours with GEMM attention.
+    # The whole 7B shape, ours (bf16 activations) and PyTorch + PEFT in bf16, each with and
+    # without gradient checkpointing; ours with float32 activations; one decoder layer; then
+    # ours with GEMM attention.
     # --profile: one more step with GPU time by operation (a second JSON line).
     bench 150 $gpu/train_step_gpu_bench --layers 32 --profile
     bench 150 python3 bench/torch_lora_step_gpu.py --layers 32 --checkpointing
     bench 150 $gpu/train_step_gpu_bench --layers 32 --no-checkpointing --profile
     bench 150 python3 bench/torch_lora_step_gpu.py --layers 32
+    bench 150 $gpu/train_step_gpu_bench --layers 32 --no-checkpointing --f32-activations
     bench 60 $gpu/train_step_gpu_bench --layers 1
     bench 60 python3 bench/torch_lora_step_gpu.py --layers 1
     bench 150 $gpu/train_step_gpu_bench --layers 32 --gemm-attention

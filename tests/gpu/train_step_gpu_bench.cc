@@ -5,12 +5,13 @@
 //   train_step_gpu_bench [--layers 32] [--hidden 4096] [--intermediate 11008] [--heads 32]
 //                        [--kv-heads 32] [--vocab 32000] [--seq 2048] [--batch 1] [--rank 16]
 //                        [--steps 3] [--dropout 0.05] [--fp32-gemm] [--gemm-attention]
-//                        [--no-checkpointing] [--profile]
+//                        [--no-checkpointing] [--f32-activations] [--profile]
 // --profile: one more step with every device operation timed by CUDA events, printed as a
 // second JSON line (GPU milliseconds by operation, and how much of the step the GPU was busy).
 // Activation checkpointing is on unless --no-checkpointing (each layer recomputed in the
 // backward, as QLoRA trains). LoRA dropout 0.05 as the PyTorch + PEFT peer
 // (bench/torch_lora_step_gpu.py) has it.
+// Activations are bf16 (the device's default) unless --f32-activations.
 // Prints one JSON line. Skips (exit 77) without a CUDA device.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -125,6 +126,7 @@ int Main(int argc, char** argv) {
   CudaDeviceOptions o;
   o.bf16_gemm = !Has(argc, argv, "--fp32-gemm");
   o.flash_attention = !Has(argc, argv, "--gemm-attention");
+  o.bf16_activations = !Has(argc, argv, "--f32-activations");
   auto device = CreateCudaDevice(0, o);
   if (!device.ok()) {
     std::fprintf(stderr, "%s\n", std::string(device.status().message()).c_str());
@@ -196,14 +198,16 @@ int Main(int argc, char** argv) {
   const double achieved = flops_per_token * tokens / mean / 1e12;
   const auto usage = (*device)->memory_usage();
   std::printf(
-      "{\"device\": \"%s\", \"checkpointing\": %s, \"dropout\": %.2f, \"layers\": %lld, "
+      "{\"device\": \"%s\", \"activations\": \"%s\", \"checkpointing\": %s, "
+      "\"dropout\": %.2f, \"layers\": %lld, "
       "\"hidden\": %lld, \"seq\": "
       "%lld, \"batch\": %lld, "
       "\"rank\": %lld, \"params\": %lld, \"load_s\": %.1f, \"step_s\": %.4f, "
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
       "\"base_weights_gib\": %.2f, \"activations_gib\": %.2f, \"workspace_gib\": %.2f, "
       "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %.1f, \"mfu\": %.3f}\n",
-      (*device)->name().c_str(), to.activation_checkpointing ? "true" : "false", to.lora.dropout,
+      (*device)->name().c_str(), (*device)->PrefersBf16Activations() ? "bf16" : "float32",
+      to.activation_checkpointing ? "true" : "false", to.lora.dropout,
       static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
       static_cast<long long>(seq), static_cast<long long>(batch), static_cast<long long>(rank),
       static_cast<long long>(all_params), load_s, mean, tokens / mean, loss,
