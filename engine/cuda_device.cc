@@ -623,8 +623,14 @@ class CudaDevice : public Device {
   // that read bf16 activations and write bf16 outputs directly. What has no bf16 form here (GEMM
   // attention, float32 weights, sizes the fused kernels do not take) takes Device's conversion
   // defaults.
-  bool PrefersBf16Activations() const override {
-    return options_.bf16_gemm && options_.bf16_activations;
+  // Where flash attention runs the head_dim (GEMM attention has no bf16 form here).
+  bool PrefersBf16Activations(const TrainAttentionDims& d) const override {
+    return options_.bf16_gemm && options_.bf16_activations && Flash(d);
+  }
+  // The graph's operations have bf16 kernels here (PrefersBf16Activations), and a fallback's
+  // scratch that cannot be had fails the device's work (Scratch): nothing to reserve.
+  absl::Status ReserveConversionScratch(int64_t, int64_t, const TrainAttentionDims&) override {
+    return absl::OkStatus();
   }
   void ToBf16(const float* x, int64_t n, Bf16* out) override {
     const auto timed = Time("round to bf16");

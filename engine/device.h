@@ -202,8 +202,13 @@ class Device {
   // (engine/device_bf16.cc) convert to float32, run the float32 operation and round the result,
   // which defines the numbers a native bf16 kernel must match within float32 rounding; a GPU
   // overrides them with kernels that read and write bf16, half the bytes.
-  // Whether this device's training graph should keep its activations in bf16.
-  virtual bool PrefersBf16Activations() const { return false; }
+  // Whether a training graph with this attention shape (its tokens unused) should keep its
+  // activations in bf16 on this device: where the device has bf16 kernels for its layers, so
+  // that nothing goes through the conversion defaults below.
+  virtual bool PrefersBf16Activations(const TrainAttentionDims& d) const {
+    (void)d;
+    return false;
+  }
   virtual void ToBf16(const float* x, int64_t n, Bf16* out) = 0;
   virtual void ToF32(const Bf16* x, int64_t n, float* out) = 0;
   virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
@@ -255,6 +260,16 @@ class Device {
   // null where it cannot be had (the default then writes nothing: a GPU reports the failure
   // through its own error path). This default grows one buffer from Alloc.
   virtual float* ConversionScratch(int64_t floats);
+
+ public:
+  // Makes sure the conversion defaults will find their scratch for a graph of `tokens` tokens
+  // whose widest activation row has `widest` values and whose attention rows have the shape
+  // `row`: a graph with bf16 activations calls it when it allocates, so a device that runs the
+  // defaults fails there, with a status, rather than inside an operation. This default
+  // reserves what the defaults take at most; a device whose bf16 kernels cover the graph need
+  // not.
+  virtual absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
+                                                const TrainAttentionDims& row);
 
  private:
   std::unique_ptr<DeviceBuffer> conversion_scratch_;

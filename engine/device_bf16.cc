@@ -2,8 +2,10 @@
 // float32 in one scratch block, runs the float32 operation and rounds its outputs to bf16 once.
 // They are the reference a device's native bf16 kernels are tested against, and what the CPU
 // runs when a test (or a user) asks it for bf16 activations.
+#include <algorithm>
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "engine/device.h"
 
 namespace qlorad {
@@ -37,6 +39,21 @@ float* Device::ConversionScratch(int64_t floats) {
     conversion_scratch_ = *std::move(b);
   }
   return conversion_scratch_->data();
+}
+
+absl::Status Device::ReserveConversionScratch(int64_t tokens, int64_t widest,
+                                              const TrainAttentionDims& row) {
+  // The most any default below takes: SwigluBackward's five [tokens, widest] copies (every
+  // other elementwise or linear default takes at most two to three of them), or the attention
+  // backward's eight per-row tensors.
+  const int64_t nq = row.tokens * row.heads * row.head_dim;
+  const int64_t nkv = row.tokens * row.kv_heads * row.head_dim;
+  const int64_t floats = std::max(5 * tokens * widest, 4 * nq + 4 * nkv);
+  if (ConversionScratch(floats) == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
+                                                     " bytes to convert bf16 activations"));
+  }
+  return absl::OkStatus();
 }
 
 void Device::Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,

@@ -175,6 +175,11 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     const LlamaConfig& c = model_->config();
     const int64_t attn_saved = device_->AttentionSavedFloats(
         {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
+    if constexpr (kBf16) {
+      RETURN_IF_ERROR(device_->ReserveConversionScratch(
+          n, std::max(c.hidden_size, c.intermediate_size),
+          {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()}));
+    }
     RETURN_IF_ERROR(ForEachBuffer(
         ShapeOf(c, lora_.rank, options_.activation_checkpointing, rows, seq_len, attn_saved), kBf16,
         *b, [&](std::unique_ptr<DeviceBuffer>& dst, int64_t elements, int bytes) -> absl::Status {
@@ -394,9 +399,11 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
 
 LoraTrainingGraph::LoraTrainingGraph(LlamaModel* model, const LoraLayout* layout,
                                      const LoraConfig& lora, const TrainingGraphOptions& options) {
+  const LlamaConfig& c = model->config();
   const bool bf16 = options.activations == ActivationPrecision::kBf16 ||
                     (options.activations == ActivationPrecision::kDevicePreferred &&
-                     model->device()->PrefersBf16Activations());
+                     model->device()->PrefersBf16Activations(
+                         {0, c.num_attention_heads, c.num_key_value_heads, c.head_dim()}));
   if (bf16) {
     graph_ = std::make_unique<TypedGraph<Bf16>>(model, layout, lora, options);
   } else {

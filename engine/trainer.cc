@@ -90,6 +90,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
 
 Trainer::~Trainer() = default;
 
+bool Trainer::bf16_activations() const { return graph_->bf16_activations(); }
+
 std::vector<float> Trainer::params() const { return ToHost(device_, *d_params_); }
 
 const std::vector<int64_t>& Trainer::EpochOrder(int64_t epoch) {

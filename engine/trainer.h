@@ -104,6 +104,8 @@ class Trainer {
   const LoraLayout& layout() const { return *layout_; }
   const TrainerOptions& options() const { return options_; }
   int64_t step() const { return step_; }
+  // Whether the training graph keeps bf16 activations (the device's preference).
+  bool bf16_activations() const;
   int64_t total_steps() const { return total_steps_; }
   bool stopped_early() const { return stopped_early_; }
   std::optional<double> best_eval_loss() const { return best_eval_; }

@@ -172,7 +172,7 @@ int64_t JobManager::JobBytes(const LlamaConfig& c, const v1::Hyperparameters& r)
   bool bf16 = !workers_.empty();  // float32 activations where any device keeps them so
   for (const auto& w : workers_) {
     attention = std::max(attention, w->device->AttentionSavedFloats(dims));
-    bf16 = bf16 && w->device->PrefersBf16Activations();
+    bf16 = bf16 && w->device->PrefersBf16Activations(dims);
   }
   if (workers_.empty()) attention = CpuAttentionSavedPerRow(c, r);
   return JobMemoryBytes(c, r, attention, bf16);

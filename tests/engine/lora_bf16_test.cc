@@ -29,6 +29,16 @@ LlamaWeights RandomSmallModel(uint32_t seed) {
   return ::qlorad::testing::RandomLlamaWeights(c, rng, 0.1f, 0.1f);
 }
 
+// The small model on `device`, NF4-quantized (blocks of 16) unless `quantize` is false.
+std::unique_ptr<LlamaModel> SmallModel(Device* device, uint32_t seed, bool quantize = true) {
+  ModelOptions mo;
+  mo.quantize = quantize;
+  mo.nf4.blocksize = 16;
+  auto model = LlamaModel::Create(RandomSmallModel(seed), device, mo);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
 // Two rows of 9 tokens, the second packing two examples; some targets masked.
 MicroBatch PackedRows(uint32_t seed, int64_t vocab) {
   MicroBatch b;
@@ -84,29 +94,26 @@ double RelativeL2(const float* got, const float* want, int64_t n) {
 TEST_P(LoraBf16Test, TracksFloat32ActivationsWithinBf16Rounding) {
   const Case tc = GetParam();
   auto device = CreateCpuDevice();
-  ModelOptions mo;
-  mo.quantize = tc.quantize;
-  mo.nf4.blocksize = 16;
-  auto model = LlamaModel::Create(RandomSmallModel(17), device.get(), mo);
-  ASSERT_TRUE(model.ok()) << model.status();
+  auto model = SmallModel(device.get(), 17, tc.quantize);
+  ASSERT_NE(model, nullptr);
   LoraConfig lc;
   lc.rank = 4;
   lc.alpha = 8.0f;
   lc.dropout = tc.dropout;
-  const LoraLayout layout((*model)->config(), lc);
+  const LoraLayout layout(model->config(), lc);
   // Random A and B, so that every gradient is nonzero.
   std::vector<float> params(layout.num_params());
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 0.2f);
   for (float& p : params) p = g(rng);
-  const MicroBatch batch = PackedRows(9, (*model)->config().vocab_size);
+  const MicroBatch batch = PackedRows(9, model->config().vocab_size);
   TrainingGraphOptions go;
   go.dropout = tc.dropout;
   go.activation_checkpointing = tc.checkpointing;
   go.activations = ActivationPrecision::kFloat32;
-  const StepResult f32 = Step(model->get(), layout, lc, go, batch, params, false);
+  const StepResult f32 = Step(model.get(), layout, lc, go, batch, params, false);
   go.activations = ActivationPrecision::kBf16;
-  const StepResult bf16 = Step(model->get(), layout, lc, go, batch, params, true);
+  const StepResult bf16 = Step(model.get(), layout, lc, go, batch, params, true);
 
   // bf16 keeps 8 significant bits (relative rounding up to 2^-9 = 0.2%). This small untrained
   // model's gradients are that sensitive: multiplying its float32 weights by 1 + 0.002 N(0, 1)
@@ -139,23 +146,21 @@ INSTANTIATE_TEST_SUITE_P(Variants, LoraBf16Test,
 // changes nothing, bit for bit, as with float32 activations.
 TEST(LoraBf16, CheckpointingGivesTheSameGradients) {
   auto device = CreateCpuDevice();
-  ModelOptions mo;
-  mo.nf4.blocksize = 16;
-  auto model = LlamaModel::Create(RandomSmallModel(3), device.get(), mo);
-  ASSERT_TRUE(model.ok());
+  auto model = SmallModel(device.get(), 3);
+  ASSERT_NE(model, nullptr);
   LoraConfig lc;
   lc.rank = 2;
   lc.dropout = 0.1f;
-  const LoraLayout layout((*model)->config(), lc);
+  const LoraLayout layout(model->config(), lc);
   std::vector<float> params = InitLoraParams(layout, lc);
   for (size_t i = 0; i < params.size(); ++i) params[i] += 0.01f * static_cast<float>(i % 7);
   TrainingGraphOptions plain, ckpt;
   plain.dropout = ckpt.dropout = 0.1f;
   plain.activations = ckpt.activations = ActivationPrecision::kBf16;
   ckpt.activation_checkpointing = true;
-  const MicroBatch batch = PackedRows(2, (*model)->config().vocab_size);
-  const StepResult a = Step(model->get(), layout, lc, plain, batch, params, true);
-  const StepResult b = Step(model->get(), layout, lc, ckpt, batch, params, true);
+  const MicroBatch batch = PackedRows(2, model->config().vocab_size);
+  const StepResult a = Step(model.get(), layout, lc, plain, batch, params, true);
+  const StepResult b = Step(model.get(), layout, lc, ckpt, batch, params, true);
   EXPECT_EQ(a.loss, b.loss);
   EXPECT_EQ(a.grads, b.grads);
 }
@@ -164,26 +169,49 @@ TEST(LoraBf16, CheckpointingGivesTheSameGradients) {
 // when nothing is asked: float32.
 TEST(LoraBf16, EvaluationLossAndDefaultPrecision) {
   auto device = CreateCpuDevice();
-  EXPECT_FALSE(device->PrefersBf16Activations());
-  ModelOptions mo;
-  mo.nf4.blocksize = 16;
-  auto model = LlamaModel::Create(RandomSmallModel(8), device.get(), mo);
-  ASSERT_TRUE(model.ok());
+  EXPECT_FALSE(device->PrefersBf16Activations({16, 4, 2, 8}));
+  auto model = SmallModel(device.get(), 8);
+  ASSERT_NE(model, nullptr);
   LoraConfig lc;
   lc.rank = 4;
-  const LoraLayout layout((*model)->config(), lc);
+  const LoraLayout layout(model->config(), lc);
   std::vector<float> params = InitLoraParams(layout, lc);
-  const MicroBatch batch = PackedRows(4, (*model)->config().vocab_size);
+  const MicroBatch batch = PackedRows(4, model->config().vocab_size);
   TrainingGraphOptions go;
-  LoraTrainingGraph preferred(model->get(), &layout, lc, go);
+  LoraTrainingGraph preferred(model.get(), &layout, lc, go);
   EXPECT_FALSE(preferred.bf16_activations());
   go.activations = ActivationPrecision::kBf16;
-  LoraTrainingGraph bf16(model->get(), &layout, lc, go);
+  LoraTrainingGraph bf16(model.get(), &layout, lc, go);
   auto want = preferred.Loss(batch, params.data());
   auto got = bf16.Loss(batch, params.data());
   ASSERT_TRUE(want.ok() && got.ok());
   EXPECT_NEAR(*got, *want, 2e-3 * std::fabs(*want));
   EXPECT_NE(*got, *want);
+}
+
+// The CPU runs bf16 through Device's conversion defaults; the graph reserves their scratch when
+// it allocates (so that running out of memory is a status there, not a silent failure inside
+// an operation), and no operation of a step needs more than was reserved.
+TEST(LoraBf16, ConversionScratchIsReservedUpFront) {
+  auto device = CreateCpuDevice();
+  auto model = SmallModel(device.get(), 6);
+  ASSERT_NE(model, nullptr);
+  LoraConfig lc;
+  lc.rank = 4;
+  lc.dropout = 0.1f;
+  const LoraLayout layout(model->config(), lc);
+  std::vector<float> params = InitLoraParams(layout, lc), grads(params.size());
+  const MicroBatch batch = PackedRows(3, model->config().vocab_size);
+  TrainingGraphOptions go;
+  go.dropout = 0.1f;
+  go.activations = ActivationPrecision::kBf16;
+  LoraTrainingGraph graph(model.get(), &layout, lc, go);
+  const int64_t before = device->memory_usage().workspace;
+  ASSERT_TRUE(graph.Loss(batch, params.data()).ok());  // allocates, then runs the forward
+  const int64_t reserved = device->memory_usage().workspace;
+  EXPECT_GT(reserved, before);
+  ASSERT_TRUE(graph.ForwardBackward(batch, params.data(), grads.data(), 0.1f, 1, 0).ok());
+  EXPECT_EQ(device->memory_usage().workspace, reserved);
 }
 
 }  // namespace

@@ -307,34 +307,20 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   const int64_t out = 192, r = 16;
   const float scale = 2.0f;
   auto lin = gpu->QuantizeLinear(Normal(out * dim, 0.05f), out, dim, Nf4Options{});
-  auto h = gpu->UploadF32(Normal(rows * r, 0.5f)), bw = gpu->UploadF32(Normal(out * r, 0.1f)),
-       aw = gpu->UploadF32(Normal(r * dim, 0.1f)), dh = gpu->UploadF32(Normal(rows * r, 0.3f));
-  GPU_CHECK(lin.ok() && h.ok() && bw.ok() && aw.ok() && dh.ok(), "weights");
-  if (!lin.ok() || !h.ok() || !bw.ok() || !aw.ok() || !dh.ok()) return;
+  auto aw = gpu->UploadF32(Normal(r * dim, 0.1f)), dh = gpu->UploadF32(Normal(rows * r, 0.3f));
+  GPU_CHECK(lin.ok() && aw.ok() && dh.ok(), "weights");
+  if (!lin.ok() || !aw.ok() || !dh.ok()) return;
   const DeviceLinear& wl = **lin;
   const double gemm_tol = 4e-3;
   auto y1 = RandomBf16(gpu, rows * out, 1.0f), y2 = RandomBf16(gpu, rows * out, 1.0f);
   gpu->Linear(wl, AsBf16(x), rows, AsBf16(y1));
   gpu->Device::Linear(wl, AsBf16(x), rows, AsBf16(y2));
   same("linear", y1, y2, rows * out, gemm_tol);
-  gpu->LinearLora(wl, AsBf16(x), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(y1));
-  gpu->Device::LinearLora(wl, AsBf16(x), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(y2));
-  same("LoRA linear", y1, y2, rows * out, gemm_tol);
   auto gy = RandomBf16(gpu, rows * out, 0.5f);
   auto dx1 = CopyOf(gpu, dy), dx2 = CopyOf(gpu, dy);
   gpu->LinearBackwardInput(wl, AsBf16(gy), rows, AsBf16(dx1), true);
   gpu->Device::LinearBackwardInput(wl, AsBf16(gy), rows, AsBf16(dx2), true);
   same("linear input gradient (+=)", dx1, dx2, n, gemm_tol);
-  auto db1 = gpu->UploadF32(std::vector<float>(out * r, 0.1f)),
-       db2 = gpu->UploadF32(std::vector<float>(out * r, 0.1f));
-  auto dh1 = gpu->Alloc(rows * r), dh2 = gpu->Alloc(rows * r);
-  GPU_CHECK(db1.ok() && db2.ok() && dh1.ok() && dh2.ok(), "alloc");
-  if (!db1.ok() || !db2.ok() || !dh1.ok() || !dh2.ok()) return;
-  gpu->LinearLoraBackward(wl, AsBf16(gy), rows, (*h)->data(), (*bw)->data(), r, scale, AsBf16(dx1),
-                          false, (*dh1)->data(), (*db1)->data());
-  gpu->Device::LinearLoraBackward(wl, AsBf16(gy), rows, (*h)->data(), (*bw)->data(), r, scale,
-                                  AsBf16(dx2), false, (*dh2)->data(), (*db2)->data());
-  same("LoRA linear input gradient", dx1, dx2, n, gemm_tol);
   auto floats = [&](const std::unique_ptr<DeviceBuffer>& b) {
     std::vector<float> v(b->size());
     gpu->CopyToHost(b->data(), b->size(), v.data());
@@ -348,8 +334,28 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
               what, e);
     ++checked;
   };
-  close("LoRA dh", *dh1, *dh2, 1e-4);
-  close("LoRA dB", *db1, *db2, 1e-4);
+  // The fused LoRA linear at r 16 and at r 5 (padded to 8), its backward accumulating into dx
+  // as the graph's k, v and up projections do.
+  for (const int64_t lr : {int64_t{16}, int64_t{5}}) {
+    auto lh = gpu->UploadF32(Normal(rows * lr, 0.5f)), lb = gpu->UploadF32(Normal(out * lr, 0.1f));
+    auto db1 = gpu->UploadF32(std::vector<float>(out * lr, 0.1f)),
+         db2 = gpu->UploadF32(std::vector<float>(out * lr, 0.1f));
+    auto dh1 = gpu->Alloc(rows * lr), dh2 = gpu->Alloc(rows * lr);
+    GPU_CHECK(lh.ok() && lb.ok() && db1.ok() && db2.ok() && dh1.ok() && dh2.ok(), "alloc");
+    if (!lh.ok() || !lb.ok() || !db1.ok() || !db2.ok() || !dh1.ok() || !dh2.ok()) return;
+    gpu->LinearLora(wl, AsBf16(x), rows, (*lh)->data(), (*lb)->data(), lr, scale, AsBf16(y1));
+    gpu->Device::LinearLora(wl, AsBf16(x), rows, (*lh)->data(), (*lb)->data(), lr, scale,
+                            AsBf16(y2));
+    same(lr == 16 ? "LoRA linear r 16" : "LoRA linear r 5", y1, y2, rows * out, gemm_tol);
+    auto ex1 = CopyOf(gpu, dy), ex2 = CopyOf(gpu, dy);
+    gpu->LinearLoraBackward(wl, AsBf16(gy), rows, (*lh)->data(), (*lb)->data(), lr, scale,
+                            AsBf16(ex1), true, (*dh1)->data(), (*db1)->data());
+    gpu->Device::LinearLoraBackward(wl, AsBf16(gy), rows, (*lh)->data(), (*lb)->data(), lr, scale,
+                                    AsBf16(ex2), true, (*dh2)->data(), (*db2)->data());
+    same("LoRA linear input gradient (+=)", ex1, ex2, n, gemm_tol);
+    close("LoRA dh", *dh1, *dh2, 1e-4);
+    close("LoRA dB (+=)", *db1, *db2, 1e-4);
+  }
   for (const float p : {0.1f, 0.0f}) {
     const double tol = p > 0.0f ? 0.0 : 1e-4;  // fused kernels: the same sums in the same order
     auto hd1 = gpu->Alloc(rows * r), hd2 = gpu->Alloc(rows * r);
@@ -544,7 +550,8 @@ int main() {
       std::printf("%s, %s activations\n", (*fast)->name().c_str(), bf16 ? "bf16" : "float32");
       GPU_CHECK(((*fast)->name().find("flash") != std::string::npos) == flash, "flash attention %s",
                 flash ? "off" : "on");
-      GPU_CHECK((*fast)->PrefersBf16Activations() == bf16, "activation type not as asked");
+      GPU_CHECK((*fast)->PrefersBf16Activations({0, 8, 4, 32}) == (bf16 && flash),
+                "activation type not as asked");
       if (flash && !bf16) qlorad::LoraLinearFusionAgrees(fast->get());
       if (flash && bf16) qlorad::Bf16KernelsMatchDefaults(fast->get());
       GPU_CHECK(qlorad::StartCudaOpProfile(fast->get()), "no profile on a CUDA device");
