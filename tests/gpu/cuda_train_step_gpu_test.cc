@@ -538,7 +538,10 @@ int main() {
   qlorad::TrainerAgrees(cpu.get(), gpu->get());
   // The QLoRA setting: GEMMs on bf16 tensor cores (inputs rounded to 8 mantissa bits), with
   // flash attention (the default) and with GEMM attention, bf16 activations (the default) and
-  // float32 ones.
+  // float32 ones. The GPU rounds the dequantized weights and LoRA's A and B to bf16 where the
+  // CPU keeps them float32: on this model (measured once on the CPU with a throwaway test)
+  // multiplying float32 weights by 1 + 0.002 N(0, 1) moves the worst LoRA gradient block by
+  // 1.7%, and bf16 activations against float32 ones by 1.7%; the 5% bound leaves room for both.
   for (const bool flash : {true, false}) {
     for (const bool bf16 : {true, false}) {
       qlorad::CudaDeviceOptions o;
