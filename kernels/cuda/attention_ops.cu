@@ -88,6 +88,44 @@ __global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t row
 }
 
 template <typename T>
+__global__ void AddWideKernel(T* y, const T* x, int64_t chunks) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float a[detail::kWide], b[detail::kWide];
+    detail::Load8(y + c * detail::kWide, a);
+    detail::Load8(x + c * detail::kWide, b);
+#pragma unroll
+    for (int k = 0; k < detail::kWide; ++k) a[k] += b[k];
+    detail::Store8(y + c * detail::kWide, a);
+  }
+}
+
+// Rows of `dim` (a multiple of 8) gathered eight values a step.
+template <typename T>
+__global__ void GatherWideKernel(const float* table, int64_t dim, const int32_t* ids,
+                                 int64_t chunks, T* out) {
+  const int64_t row_chunks = dim / detail::kWide;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = c / row_chunks, j = (c % row_chunks) * detail::kWide;
+    float v[detail::kWide];
+    detail::Load8(table + static_cast<int64_t>(ids[t]) * dim + j, v);
+    detail::Store8(out + t * dim + j, v);
+  }
+}
+
+// float <-> bf16 eight values a step.
+template <typename From, typename To>
+__global__ void ConvertWideKernel(const From* x, int64_t chunks, To* out) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v[detail::kWide];
+    detail::Load8(x + c * detail::kWide, v);
+    detail::Store8(out + c * detail::kWide, v);
+  }
+}
+
+template <typename T>
 __global__ void AddKernel(T* y, const T* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -191,7 +229,13 @@ cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids,
                             T* out, cudaStream_t stream) {
   if (dim <= 0 || tokens < 0) return cudaErrorInvalidValue;
   if (tokens == 0) return cudaSuccess;
-  GatherKernel<<<GridFor(tokens * dim, 256), 256, 0, stream>>>(table, dim, ids, tokens * dim, out);
+  if (detail::Wide8(dim, table, out)) {
+    const int64_t chunks = tokens * dim / detail::kWide;
+    GatherWideKernel<<<GridFor(chunks, 256), 256, 0, stream>>>(table, dim, ids, chunks, out);
+  } else {
+    GatherKernel<<<GridFor(tokens * dim, 256), 256, 0, stream>>>(table, dim, ids, tokens * dim,
+                                                                 out);
+  }
   return cudaGetLastError();
 }
 
@@ -199,7 +243,11 @@ template <typename T>
 cudaError_t AddInPlace(T* y, const T* x, int64_t n, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  AddKernel<<<GridFor(n, 256), 256, 0, stream>>>(y, x, n);
+  if (detail::Wide8(n, y, x)) {
+    AddWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(y, x, n / detail::kWide);
+  } else {
+    AddKernel<<<GridFor(n, 256), 256, 0, stream>>>(y, x, n);
+  }
   return cudaGetLastError();
 }
 
@@ -228,14 +276,24 @@ cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
 cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  if (detail::Wide8(n, x, out)) {
+    ConvertWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(x, n / detail::kWide,
+                                                                           out);
+  } else {
+    ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  }
   return cudaGetLastError();
 }
 
 cudaError_t ConvertToF32(const __nv_bfloat16* x, int64_t n, float* out, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  ConvertF32Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  if (detail::Wide8(n, x, out)) {
+    ConvertWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(x, n / detail::kWide,
+                                                                           out);
+  } else {
+    ConvertF32Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+  }
   return cudaGetLastError();
 }
 

@@ -5,8 +5,12 @@
 namespace qlorad::kernels::cuda {
 namespace {
 using detail::GridFor;
+using detail::kWide;
 using detail::Load;
+using detail::Load8;
 using detail::Store;
+using detail::Store8;
+using detail::Wide8;
 
 constexpr int kMaxHalf = 128;  // head_dim up to 256
 
@@ -36,6 +40,36 @@ __global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positi
   }
 }
 
+// The same per pair, eight consecutive pairs (i .. i+7 with i + half .. i + half + 7) a step,
+// where head_dim / 2 is a multiple of 8 and x is aligned.
+template <typename T>
+__global__ void RopeWideKernel(T* __restrict__ x, const int32_t* __restrict__ positions,
+                               int64_t chunks, int64_t heads, int64_t head_dim, InvFreq freq,
+                               float sign) {
+  const int64_t half = head_dim / 2, per_head = half / kWide;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i0 = (c % per_head) * kWide;
+    const int64_t th = c / per_head;  // token * heads + head
+    const float pos = static_cast<float>(positions[th / heads]);
+    T* v = x + th * head_dim;
+    float a[kWide], b[kWide];
+    Load8(v + i0, a);
+    Load8(v + half + i0, b);
+#pragma unroll
+    for (int k = 0; k < kWide; ++k) {
+      float s, co;
+      sincosf(pos * freq.v[i0 + k], &s, &co);
+      s *= sign;
+      const float ak = a[k], bk = b[k];
+      a[k] = ak * co - bk * s;
+      b[k] = bk * co + ak * s;
+    }
+    Store8(v + i0, a);
+    Store8(v + half + i0, b);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -48,8 +82,13 @@ cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t he
   if (pairs == 0) return cudaSuccess;
   InvFreq freq{};
   for (int64_t i = 0; i < head_dim / 2; ++i) freq.v[i] = RopeInvFreq(theta, i, head_dim);
-  RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim, freq,
-                                                         inverse ? -1.0f : 1.0f);
+  if (Wide8(head_dim / 2, x)) {
+    RopeWideKernel<T><<<GridFor(pairs / kWide, 256), 256, 0, stream>>>(
+        x, positions, pairs / kWide, heads, head_dim, freq, inverse ? -1.0f : 1.0f);
+  } else {
+    RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim,
+                                                           freq, inverse ? -1.0f : 1.0f);
+  }
   return cudaGetLastError();
 }
 

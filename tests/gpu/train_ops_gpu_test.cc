@@ -107,9 +107,10 @@ const char* Name() {
   return sizeof(T) == 4 ? "f32" : "bf16";
 }
 
+// dim 1000 takes the kernels' eight-wide path, 1001 the scalar one.
 template <typename T>
-void RmsNorm() {
-  const int64_t rows = 37, dim = 1000;
+void RmsNorm(int64_t dim) {
+  const int64_t rows = 37;
   std::vector<float> x = Random(rows * dim, 2.0f), w = Random(dim), dy = Random(rows * dim);
   for (float& v : w) v = 1.0f + 0.1f * v;
   std::unique_ptr<Dev<T>> dx_in(Upload<T>(x)), ddy(Upload<T>(dy));
@@ -121,16 +122,17 @@ void RmsNorm() {
   std::vector<float> y(rows * dim), inv(rows), dxw(rows * dim);
   kernels::RmsNormForward(x.data(), w.data(), rows, dim, 1e-5f, y.data(), inv.data());
   kernels::RmsNormBackward(x.data(), w.data(), inv.data(), dy.data(), rows, dim, dxw.data());
-  const std::string n = Name<T>();
+  const std::string n = std::string(Name<T>()) + " dim " + std::to_string(dim);
   Compare("rmsnorm forward " + n, Download(dyo), y, Rtol<T>(), 1e-5f);
   Compare("rmsnorm inv_rms " + n, Download(dinv), inv, 2e-5f, 0.0f);
   // The backward is a difference of two terms: its error scales with the larger term.
   Compare("rmsnorm backward " + n, Download(ddx), dxw, Rtol<T>(), sizeof(T) == 4 ? 1e-5f : 2e-2f);
 }
 
+// head_dim 64 takes the eight-wide path (32 pairs), 36 the scalar one (18 pairs).
 template <typename T>
-void Rope() {
-  const int64_t tokens = 300, heads = 6, head_dim = 64;
+void Rope(int64_t head_dim) {
+  const int64_t tokens = 300, heads = 6;
   std::vector<float> x = Random(tokens * heads * head_dim);
   std::vector<int32_t> pos(tokens);
   for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>((t * 7) % 2048);
@@ -142,14 +144,15 @@ void Rope() {
     CUDA_OK(kc::RopeApply<T>(d->p, dpos.p, tokens, heads, head_dim, 10000.0f, inverse, nullptr));
     kernels::RopeApply(xi.data(), pos.data(), tokens, heads, head_dim, 10000.0f, inverse);
     // Angles up to ~2000 rad: cos/sin of a float angle differ by a few ulp of the angle.
-    Compare(std::string("rope ") + (inverse ? "inverse " : "") + Name<T>(), Download(*d), xi,
-            Rtol<T>(), sizeof(T) == 4 ? 5e-4f : 2e-2f);
+    Compare(std::string("rope ") + (inverse ? "inverse " : "") + Name<T>() + " head_dim " +
+                std::to_string(head_dim),
+            Download(*d), xi, Rtol<T>(), sizeof(T) == 4 ? 5e-4f : 2e-2f);
   }
 }
 
+// n 100000 takes the eight-wide path, 100003 the scalar one.
 template <typename T>
-void Swiglu() {
-  const int64_t n = 100003;
+void Swiglu(int64_t n) {
   std::vector<float> g = Random(n, 3.0f), u = Random(n), dout = Random(n);
   std::unique_ptr<Dev<T>> dg(Upload<T>(g)), du(Upload<T>(u)), dd(Upload<T>(dout));
   Dev<T> out(n), dgate(n), dup(n);
@@ -158,7 +161,7 @@ void Swiglu() {
   std::vector<float> o(n), dgw(n), duw(n);
   kernels::SwigluForward(g.data(), u.data(), n, o.data());
   kernels::SwigluBackward(g.data(), u.data(), dout.data(), n, dgw.data(), duw.data());
-  const std::string nm = Name<T>();
+  const std::string nm = std::string(Name<T>()) + " n " + std::to_string(n);
   Compare("swiglu forward " + nm, Download(out), o, Rtol<T>(), 1e-6f);
   Compare("swiglu backward dgate " + nm, Download(dgate), dgw, Rtol<T>(), 1e-6f);
   Compare("swiglu backward dup " + nm, Download(dup), duw, Rtol<T>(), 1e-6f);
@@ -231,10 +234,12 @@ void Dropout() {
   Compare(std::string("dropout ") + Name<T>(), got, want, Rtol<T>(), 0.0f);
 }
 
-// The activation rounding in front of the bf16 GEMMs: bit for bit the host's round-to-nearest-
-// even conversion, on random values, halfway cases, tiny and huge values, infinities and NaN.
-void ConvertToBf16() {
-  std::vector<float> x = Random(100003, 3.0f);
+// The activation rounding (bf16 GEMM operands, bf16 activations): bit for bit the host's
+// round-to-nearest-even conversion, on random values, halfway cases, tiny and huge values,
+// infinities and NaN; and back to float exactly. n 100000 takes the eight-wide path, 100003 the
+// scalar one.
+void ConvertToBf16(int64_t n) {
+  std::vector<float> x = Random(n, 3.0f);
   std::uniform_int_distribution<uint32_t> bits;
   for (int i = 0; i < 1000; ++i) {  // exact halfway points between two bf16 values
     uint32_t u = (bits(rng) & 0xFFFF0000u) | 0x8000u;
@@ -264,7 +269,49 @@ void ConvertToBf16() {
   }
   GPU_CHECK(bad == 0, "to bf16: %lld of %zu values rounded differently",
             static_cast<long long>(bad), x.size());
-  std::printf("  %-40s %zu values checked\n", "to bf16 (activation rounding)", x.size());
+  Dev<float> back(static_cast<int64_t>(x.size()));
+  CUDA_OK(kc::ConvertToF32(out.p, static_cast<int64_t>(x.size()), back.p, nullptr));
+  const std::vector<float> widened = Download(back);
+  int64_t wrong = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float want = __bfloat162float(got[i]);
+    wrong += !(widened[i] == want || (std::isnan(widened[i]) && std::isnan(want)));
+  }
+  GPU_CHECK(wrong == 0, "to float32: %lld of %zu values wrong", static_cast<long long>(wrong),
+            x.size());
+  std::printf("  %-40s %zu values checked (n %lld)\n", "to bf16 and back", x.size(),
+              static_cast<long long>(n));
+}
+
+// The residual add and the embedding gather in float32 (exact), both paths: n 4096 x 37 and
+// dim 4096 eight-wide, n + 3 and dim 4093 scalar.
+void AddAndGather() {
+  for (const int64_t dim : {int64_t{4096}, int64_t{4093}}) {
+    const int64_t tokens = 37, vocab = 50, n = tokens * dim;
+    std::vector<float> y = Random(n + 3), x = Random(n + 3), table = Random(vocab * dim);
+    std::vector<int32_t> ids(tokens);
+    for (int64_t t = 0; t < tokens; ++t) ids[t] = static_cast<int32_t>((t * 13) % vocab);
+    const int64_t add_n = dim == 4096 ? n : n + 3;
+    std::unique_ptr<Dev<float>> dy(Upload<float>(y)), dx(Upload<float>(x)),
+        dt(Upload<float>(table));
+    Dev<int32_t> dids(tokens);
+    CUDA_OK(cudaMemcpy(dids.p, ids.data(), tokens * 4, cudaMemcpyHostToDevice));
+    Dev<float> out(n);
+    CUDA_OK(kc::AddInPlace(dy->p, dx->p, add_n, nullptr));
+    CUDA_OK(kc::EmbeddingGather(dt->p, dim, dids.p, tokens, out.p, nullptr));
+    std::vector<float> sum = y, rows(n);
+    for (int64_t i = 0; i < add_n; ++i) sum[i] += x[i];
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy(table.begin() + ids[t] * dim, table.begin() + (ids[t] + 1) * dim,
+                rows.begin() + t * dim);
+    }
+    GPU_CHECK(Download(*dy) == sum, "add, n %lld: not the exact float sums",
+              static_cast<long long>(add_n));
+    GPU_CHECK(Download(out) == rows, "embedding gather, dim %lld: rows differ",
+              static_cast<long long>(dim));
+    std::printf("  %-40s n %lld, dim %lld\n", "add and embedding gather (exact)",
+                static_cast<long long>(add_n), static_cast<long long>(dim));
+  }
 }
 
 // Columns of a wider bf16 matrix from float rows (the fused LoRA GEMM's operands): bit for bit
@@ -366,18 +413,25 @@ int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
   const uint64_t seed = qlorad::gpu_check::FreshSeed();
   qlorad::rng.seed(seed);
-  qlorad::RmsNorm<float>();
-  qlorad::RmsNorm<__nv_bfloat16>();
-  qlorad::Rope<float>();
-  qlorad::Rope<__nv_bfloat16>();
-  qlorad::Swiglu<float>();
-  qlorad::Swiglu<__nv_bfloat16>();
+  for (const int64_t dim : {int64_t{1000}, int64_t{1001}}) {
+    qlorad::RmsNorm<float>(dim);
+    qlorad::RmsNorm<__nv_bfloat16>(dim);
+  }
+  for (const int64_t head_dim : {int64_t{64}, int64_t{36}}) {
+    qlorad::Rope<float>(head_dim);
+    qlorad::Rope<__nv_bfloat16>(head_dim);
+  }
+  for (const int64_t n : {int64_t{100000}, int64_t{100003}}) {
+    qlorad::Swiglu<float>(n);
+    qlorad::Swiglu<__nv_bfloat16>(n);
+    qlorad::ConvertToBf16(n);
+  }
+  qlorad::AddAndGather();
   qlorad::CrossEntropy<float>();
   qlorad::CrossEntropy<__nv_bfloat16>();
   qlorad::AdamW();
   qlorad::Dropout<float>();
   qlorad::Dropout<__nv_bfloat16>();
-  qlorad::ConvertToBf16();
   qlorad::DeviceSums();
   qlorad::LoraDropout();
   qlorad::ConvertRows();
