@@ -66,12 +66,13 @@ struct Result {
 
 Result RunStep(Device* device, const LlamaWeights& weights, const LoraLayout& layout,
                const LoraConfig& lora, const std::vector<float>& params, const MicroBatch& batch,
-               ActivationPrecision activations) {
+               ActivationPrecision activations, bool checkpointing = false) {
   auto model = LlamaModel::Create(weights, device, ModelOptions{});
   GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
   TrainingGraphOptions go;
   go.dropout = lora.dropout;
   go.activations = activations;
+  go.activation_checkpointing = checkpointing;
   LoraTrainingGraph graph(model->get(), &layout, lora, go);
   auto p = device->Alloc(layout.num_params());
   auto g = device->Alloc(layout.num_params());
@@ -417,6 +418,28 @@ void TrainingStepAgrees(Device* cpu, Device* gpu, ActivationPrecision activation
               layout.slots().size());
 }
 
+// Checkpointing recomputes each layer in the backward with the same kernels, dropout masks and
+// GEMM shapes on the same stream (cuBLAS is deterministic there, the fused kernels have no
+// atomics): the same loss and gradients as keeping every layer, bit for bit.
+void CheckpointingChangesNothing(Device* gpu, ActivationPrecision activations) {
+  const LlamaWeights weights = RandomModel();
+  LoraConfig lora;
+  lora.rank = 8;
+  lora.alpha = 16.0f;
+  lora.dropout = 0.1f;
+  const LoraLayout layout(weights.config, lora);
+  const std::vector<float> params = Normal(layout.num_params(), 0.05f);
+  const MicroBatch batch = RandomBatch(2, 96, weights.config.vocab_size);
+  const Result kept = RunStep(gpu, weights, layout, lora, params, batch, activations);
+  const Result redone = RunStep(gpu, weights, layout, lora, params, batch, activations, true);
+  int64_t differ = 0;
+  for (size_t i = 0; i < kept.grads.size(); ++i) differ += kept.grads[i] != redone.grads[i];
+  GPU_CHECK(kept.loss == redone.loss && differ == 0,
+            "checkpointing changed the step: loss %.9g vs %.9g, %lld of %zu gradients differ",
+            redone.loss, kept.loss, static_cast<long long>(differ), kept.grads.size());
+  std::printf("  checkpointing: the same loss and gradients, bit for bit\n");
+}
+
 std::vector<TrainingRow> RandomRows(int64_t n, int64_t seq, int64_t vocab) {
   std::vector<TrainingRow> rows;
   std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(vocab - 1));
@@ -563,6 +586,9 @@ int main() {
           bf16 ? qlorad::ActivationPrecision::kBf16 : qlorad::ActivationPrecision::kFloat32, 1e-2,
           5e-2);
       qlorad::ProfileNamesTheStepsOperations(qlorad::TakeCudaOpProfile(fast->get()), flash, bf16);
+      qlorad::CheckpointingChangesNothing(fast->get(), bf16
+                                                           ? qlorad::ActivationPrecision::kBf16
+                                                           : qlorad::ActivationPrecision::kFloat32);
     }
   }
   return qlorad::gpu_check::Finish("cuda_train_step_gpu_test");
