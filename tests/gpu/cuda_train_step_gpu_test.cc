@@ -385,29 +385,41 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   std::printf("  bf16 kernels: %d outputs match Device's conversion defaults\n", checked);
 }
 
+// A fresh random model, adapter (B non-zero too, so that every A gets a gradient) and packed
+// micro-batch for a step check, run on a device with a given activation type.
+struct StepCase {
+  LlamaWeights weights = RandomModel();
+  LoraConfig lora = [] {
+    LoraConfig l;
+    l.rank = 8;
+    l.alpha = 16.0f;
+    l.dropout = 0.1f;
+    return l;
+  }();
+  LoraLayout layout{weights.config, lora};
+  std::vector<float> params = Normal(layout.num_params(), 0.05f);
+  MicroBatch batch = RandomBatch(2, 96, weights.config.vocab_size);
+
+  Result Run(Device* device, ActivationPrecision activations, bool checkpointing = false) const {
+    return RunStep(device, weights, layout, lora, params, batch, activations, checkpointing);
+  }
+};
+
 // The GPU's step against the CPU's with the same activation type (bf16: the CPU rounds where
 // the GPU does, through Device's conversion defaults).
 void TrainingStepAgrees(Device* cpu, Device* gpu, ActivationPrecision activations, double loss_tol,
                         double grad_tol) {
-  const LlamaWeights weights = RandomModel();
-  LoraConfig lora;
-  lora.rank = 8;
-  lora.alpha = 16.0f;
-  lora.dropout = 0.1f;
-  const LoraLayout layout(weights.config, lora);
-  // B non-zero too, so that every A gets a gradient.
-  const std::vector<float> params = Normal(layout.num_params(), 0.05f);
-  const MicroBatch batch = RandomBatch(2, 96, weights.config.vocab_size);
-  const Result want = RunStep(cpu, weights, layout, lora, params, batch, activations);
-  const Result got = RunStep(gpu, weights, layout, lora, params, batch, activations);
+  const StepCase k;
+  const Result want = k.Run(cpu, activations);
+  const Result got = k.Run(gpu, activations);
   std::printf("  loss: cpu %.6f cuda %.6f\n", want.loss, got.loss);
   GPU_CHECK(std::fabs(got.loss - want.loss) <= loss_tol * std::fabs(want.loss), "loss %g vs %g",
             got.loss, want.loss);
   double worst = 0.0;
-  for (const LoraSlot& s : layout.slots()) {
+  for (const LoraSlot& s : k.layout.slots()) {
     for (int part = 0; part < 2; ++part) {
       const int64_t off = part == 0 ? s.a_offset : s.b_offset;
-      const int64_t n = (part == 0 ? s.in : s.out) * lora.rank;
+      const int64_t n = (part == 0 ? s.in : s.out) * k.lora.rank;
       const double e = RelativeError(got.grads.data() + off, want.grads.data() + off, n);
       worst = std::max(worst, e);
       GPU_CHECK(e < grad_tol, "layer %lld module %d %s: gradient relative error %g",
@@ -415,23 +427,16 @@ void TrainingStepAgrees(Device* cpu, Device* gpu, ActivationPrecision activation
     }
   }
   std::printf("  LoRA gradients: worst relative error %.2e over %zu slots\n", worst,
-              layout.slots().size());
+              k.layout.slots().size());
 }
 
 // Checkpointing recomputes each layer in the backward with the same kernels, dropout masks and
 // GEMM shapes on the same stream (cuBLAS is deterministic there, the fused kernels have no
 // atomics): the same loss and gradients as keeping every layer, bit for bit.
 void CheckpointingChangesNothing(Device* gpu, ActivationPrecision activations) {
-  const LlamaWeights weights = RandomModel();
-  LoraConfig lora;
-  lora.rank = 8;
-  lora.alpha = 16.0f;
-  lora.dropout = 0.1f;
-  const LoraLayout layout(weights.config, lora);
-  const std::vector<float> params = Normal(layout.num_params(), 0.05f);
-  const MicroBatch batch = RandomBatch(2, 96, weights.config.vocab_size);
-  const Result kept = RunStep(gpu, weights, layout, lora, params, batch, activations);
-  const Result redone = RunStep(gpu, weights, layout, lora, params, batch, activations, true);
+  const StepCase k;
+  const Result kept = k.Run(gpu, activations);
+  const Result redone = k.Run(gpu, activations, /*checkpointing=*/true);
   int64_t differ = 0;
   for (size_t i = 0; i < kept.grads.size(); ++i) differ += kept.grads[i] != redone.grads[i];
   GPU_CHECK(kept.loss == redone.loss && differ == 0,
