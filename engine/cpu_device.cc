@@ -1,5 +1,6 @@
-// The CPU Device: float32 everywhere, GEMMs through kernels::GemmF32 (BLAS when available),
-// NF4 weights dequantized into one workspace that grows to the largest layer.
+// The CPU Device: float32 compute, GEMMs through kernels::GemmF32 (BLAS when available), NF4
+// weights dequantized into one workspace that grows to the largest layer. bf16 activations, when
+// a graph asks for them, go through Device's conversion defaults (the reference for a GPU's).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -30,7 +31,6 @@ struct Counters {
   std::atomic<int64_t> adapters{0};
   std::atomic<int64_t> optimizer{0};
   std::atomic<int64_t> activations{0};
-  std::atomic<int64_t> workspace{0};  // buffers of kind kWorkspace
 };
 
 class CpuBuffer : public DeviceBuffer {
@@ -101,7 +101,6 @@ class CpuDevice : public Device {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
     std::atomic<int64_t>* counter = kind == BufferKind::kAdapter     ? &counters_->adapters
                                     : kind == BufferKind::kOptimizer ? &counters_->optimizer
-                                    : kind == BufferKind::kWorkspace ? &counters_->workspace
                                                                      : &counters_->activations;
     try {
       return std::unique_ptr<DeviceBuffer>(new CpuBuffer(counters_, counter, floats));
@@ -245,8 +244,19 @@ class CpuDevice : public Device {
     u.adapters = counters_->adapters;
     u.optimizer_device = counters_->optimizer;  // host memory is this device's memory
     u.activations = counters_->activations;
-    u.workspace = static_cast<int64_t>(workspace_.capacity()) * 4 + counters_->workspace;
+    u.workspace =
+        static_cast<int64_t>(workspace_.capacity() + conversion_.capacity()) * sizeof(float);
     return u;
+  }
+
+ protected:
+  float* ConversionScratch(int64_t floats) override {
+    try {
+      if (static_cast<int64_t>(conversion_.size()) < floats) conversion_.resize(floats);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+    return conversion_.data();
   }
 
  private:
@@ -262,6 +272,7 @@ class CpuDevice : public Device {
 
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   std::vector<float> workspace_;
+  std::vector<float> conversion_;  // Device's bf16 defaults' float32 copies
 };
 
 }  // namespace

@@ -29,8 +29,7 @@ namespace {
 namespace kc = kernels::cuda;
 
 struct Counters {
-  int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0,
-          workspace = 0;
+  int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0;
 };
 
 // Device memory owned by one object, released when it goes away.
@@ -194,9 +193,8 @@ class CudaDevice : public Device {
     }
     auto b = std::make_unique<CudaBuffer>(counters_,
                                           optimizer ? &Counters::optimizer_device
-                                          : kind == BufferKind::kAdapter   ? &Counters::adapters
-                                          : kind == BufferKind::kWorkspace ? &Counters::workspace
-                                                                           : &Counters::activations,
+                                          : kind == BufferKind::kAdapter ? &Counters::adapters
+                                                                         : &Counters::activations,
                                           floats, optimizer);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
@@ -627,9 +625,21 @@ class CudaDevice : public Device {
   bool PrefersBf16Activations(const TrainAttentionDims& d) const override {
     return options_.bf16_gemm && options_.bf16_activations && Flash(d);
   }
-  // The graph's operations have bf16 kernels here (PrefersBf16Activations), and a fallback's
-  // scratch that cannot be had fails the device's work (Scratch): nothing to reserve.
-  absl::Status ReserveConversionScratch(int64_t, int64_t, const TrainAttentionDims&) override {
+  // Where this device prefers bf16 its kernels cover an NF4 graph: nothing to reserve. Else
+  // (a graph asked for bf16 with GEMM attention or float32 weights) the defaults' scratch, taken
+  // now so that a shortage is this status rather than a failed device.
+  absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
+                                        const TrainAttentionDims& row) override {
+    if (PrefersBf16Activations(row)) return absl::OkStatus();
+    const size_t bytes = static_cast<size_t>(ConversionScratchFloats(tokens, widest, row)) * 4;
+    if (conversion_.bytes() >= bytes) return absl::OkStatus();
+    Enter();
+    Check(cudaStreamSynchronize(stream_), "scratch");  // the old buffer may still be in use
+    if (const cudaError_t e = conversion_.Allocate(bytes); e != cudaSuccess) {
+      cudaGetLastError();  // not sticky: the job fails, not the device
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name(), ": cannot allocate ", bytes, " bytes to convert bf16 activations"));
+    }
     return absl::OkStatus();
   }
   void ToBf16(const float* x, int64_t n, Bf16* out) override {
@@ -877,13 +887,11 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace =
-        counters_->workspace +
-        static_cast<int64_t>(
-            workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
-            positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
-            partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
-            act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes() + conversion_.bytes());
+    u.workspace = static_cast<int64_t>(
+        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
+        positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
+        partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
+        act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes() + conversion_.bytes());
     return u;
   }
 

@@ -2,9 +2,9 @@
 // written once against it; the CPU implementation (float32, BLAS) is the numerical reference
 // and a CUDA implementation (bf16 compute, fp32 accumulation) follows with the same contracts.
 //
-// Buffers hold float32 values in the device's memory; pointers passed to ops are device
-// pointers. A Device is not thread-safe: one thread drives it at a time (it owns one
-// dequantization workspace).
+// Buffers hold float32 values (or bf16 activations packed two to a float) in the device's
+// memory; pointers passed to ops are device pointers. A Device is not thread-safe: one thread
+// drives it at a time (it owns one dequantization workspace).
 #pragma once
 
 #include <cstdint>
@@ -31,9 +31,10 @@ struct DeviceMemoryUsage {
 };
 
 // What a buffer holds, for the accounting above and for paging.
-enum class BufferKind { kActivations, kAdapter, kOptimizer, kWorkspace };
+enum class BufferKind { kActivations, kAdapter, kOptimizer };
 
-// A float32 buffer in device memory, freed when destroyed.
+// A buffer of 4-byte words in device memory (float32 values, or bf16 activations two to a
+// word), freed when destroyed.
 class DeviceBuffer {
  public:
   virtual ~DeviceBuffer() = default;
@@ -203,12 +204,22 @@ class Device {
   // which defines the numbers a native bf16 kernel must match within float32 rounding; a GPU
   // overrides them with kernels that read and write bf16, half the bytes.
   // Whether a training graph with this attention shape (its tokens unused) should keep its
-  // activations in bf16 on this device: where the device has bf16 kernels for its layers, so
-  // that nothing goes through the conversion defaults below.
+  // activations in bf16 on this device: where the device has bf16 kernels for its attention
+  // and NF4 linears (float32 base weights still go through the conversion defaults).
   virtual bool PrefersBf16Activations(const TrainAttentionDims& d) const {
     (void)d;
     return false;
   }
+  // Makes sure the conversion defaults will find their scratch for a graph of `tokens` tokens
+  // whose widest activation row has `widest` values and whose attention rows have the shape
+  // `row`: a graph with bf16 activations calls it when it allocates, so that a device short of
+  // memory fails there, with a status, rather than inside an operation. This default reserves
+  // ConversionScratchFloats; a device may skip it where its bf16 kernels cover the graph.
+  virtual absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
+                                                const TrainAttentionDims& row);
+  // The most float32 scratch any conversion default takes for such a graph.
+  static int64_t ConversionScratchFloats(int64_t tokens, int64_t widest,
+                                         const TrainAttentionDims& row);
   virtual void ToBf16(const float* x, int64_t n, Bf16* out) = 0;
   virtual void ToF32(const Bf16* x, int64_t n, float* out) = 0;
   virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,
@@ -256,23 +267,10 @@ class Device {
   virtual DeviceMemoryUsage memory_usage() const = 0;
 
  protected:
-  // `floats` of device memory for the bf16 defaults' float32 copies, valid until the next call;
-  // null where it cannot be had (the default then writes nothing: a GPU reports the failure
-  // through its own error path). This default grows one buffer from Alloc.
-  virtual float* ConversionScratch(int64_t floats);
-
- public:
-  // Makes sure the conversion defaults will find their scratch for a graph of `tokens` tokens
-  // whose widest activation row has `widest` values and whose attention rows have the shape
-  // `row`: a graph with bf16 activations calls it when it allocates, so a device that runs the
-  // defaults fails there, with a status, rather than inside an operation. This default
-  // reserves what the defaults take at most; a device whose bf16 kernels cover the graph need
-  // not.
-  virtual absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
-                                                const TrainAttentionDims& row);
-
- private:
-  std::unique_ptr<DeviceBuffer> conversion_scratch_;
+  // `floats` of device memory for the bf16 defaults' float32 copies, grown as needed and valid
+  // until the next call, counted as workspace; null where it cannot be had (a default then
+  // writes nothing; ReserveConversionScratch makes that a status up front).
+  virtual float* ConversionScratch(int64_t floats) = 0;
 };
 
 // The CPU reference backend. `threads` <= 0 keeps the OpenMP/BLAS default.

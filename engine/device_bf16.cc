@@ -3,7 +3,6 @@
 // They are the reference a device's native bf16 kernels are tested against, and what the CPU
 // runs when a test (or a user) asks it for bf16 activations.
 #include <algorithm>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
@@ -27,28 +26,18 @@ class Regions {
 
 }  // namespace
 
-float* Device::ConversionScratch(int64_t floats) {
-  if (conversion_scratch_ == nullptr || conversion_scratch_->size() < floats) {
-    conversion_scratch_.reset();  // the old block goes before a larger one comes
-    absl::StatusOr<std::unique_ptr<DeviceBuffer>> b = Alloc(floats, BufferKind::kWorkspace);
-    if (!b.ok()) {
-      std::fprintf(stderr, "qlorad: %s: bf16 conversion scratch: %s\n", name().c_str(),
-                   b.status().ToString().c_str());
-      return nullptr;
-    }
-    conversion_scratch_ = *std::move(b);
-  }
-  return conversion_scratch_->data();
+int64_t Device::ConversionScratchFloats(int64_t tokens, int64_t widest,
+                                        const TrainAttentionDims& row) {
+  // SwigluBackward's five [tokens, widest] copies (every other elementwise or linear default
+  // takes at most three of them), or the attention backward's eight per-row tensors.
+  const int64_t nq = row.tokens * row.heads * row.head_dim;
+  const int64_t nkv = row.tokens * row.kv_heads * row.head_dim;
+  return std::max(5 * tokens * widest, 4 * nq + 4 * nkv);
 }
 
 absl::Status Device::ReserveConversionScratch(int64_t tokens, int64_t widest,
                                               const TrainAttentionDims& row) {
-  // The most any default below takes: SwigluBackward's five [tokens, widest] copies (every
-  // other elementwise or linear default takes at most two to three of them), or the attention
-  // backward's eight per-row tensors.
-  const int64_t nq = row.tokens * row.heads * row.head_dim;
-  const int64_t nkv = row.tokens * row.kv_heads * row.head_dim;
-  const int64_t floats = std::max(5 * tokens * widest, 4 * nq + 4 * nkv);
+  const int64_t floats = ConversionScratchFloats(tokens, widest, row);
   if (ConversionScratch(floats) == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
                                                      " bytes to convert bf16 activations"));

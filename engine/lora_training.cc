@@ -34,15 +34,15 @@ class LoraTrainingGraph::Graph {
  public:
   virtual ~Graph() = default;
   virtual bool bf16() const = 0;
-  virtual Device* device() const = 0;
   // Checks the micro-batch and allocates the buffers for its shape (kept while it repeats).
   virtual absl::Status Prepare(const MicroBatch& batch) = 0;
   // ForwardBackward on a checked, prepared micro-batch.
   virtual void Run(const MicroBatch& batch, const float* params, float* grads, float loss_scale,
                    uint64_t dropout_seed, uint64_t step, float* loss_sum) = 0;
+  // Run, summing into the graph's own loss float, and the host's wait for it.
+  virtual double RunReadingLoss(const MicroBatch& batch, const float* params, float* grads,
+                                float loss_scale, uint64_t dropout_seed, uint64_t step) = 0;
   virtual double Loss(const MicroBatch& batch, const float* params) = 0;
-  // The one float the waiting ForwardBackward sums its loss into.
-  virtual float* loss_slot() = 0;
 };
 
 namespace {
@@ -86,9 +86,10 @@ struct Buffers {
   // the backward (one layer's worth, shared by all layers), and the activation gradients.
   std::unique_ptr<DeviceBuffer> xn, act, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao, dg, du;
   // float32: the head (final norm, logits, loss), LoRA's dh and the float32 scratch of the
-  // LoRA dropout defaults. head_x and head_dx (the last layer's output and its gradient as
+  // LoRA dropout defaults (idle in the head, where it takes the last layer's output gradient
+  // as float32 when the activations are bf16). head_x (the last layer's output as float32)
   // float32) exist only with bf16 activations.
-  std::unique_ptr<DeviceBuffer> xf, invf, logits, dh, tmp_in, loss, head_x, head_dx;
+  std::unique_ptr<DeviceBuffer> xf, invf, logits, dh, tmp_in, loss, head_x;
 };
 
 // Calls visit(buffer, elements, element_bytes) for every buffer of the graph: Prepare allocates
@@ -127,7 +128,6 @@ absl::Status ForEachBuffer(const Shape& s, bool bf16, Buffers& b, Visit&& visit)
   }
   if (bf16) {
     RETURN_IF_ERROR(visit(b.head_x, n * s.h, 4));
-    RETURN_IF_ERROR(visit(b.head_dx, n * s.h, 4));
   }
   return absl::OkStatus();
 }
@@ -160,8 +160,15 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
       : model_(model), device_(model->device()), layout_(layout), lora_(lora), options_(options) {}
 
   bool bf16() const override { return kBf16; }
-  Device* device() const override { return device_; }
-  float* loss_slot() override { return buf_->loss->data(); }
+  double RunReadingLoss(const MicroBatch& b, const float* params, float* grads, float loss_scale,
+                        uint64_t seed, uint64_t step) override {
+    float* loss = buf_->loss->data();
+    device_->Fill(loss, 1, 0.0f);
+    Run(b, params, grads, loss_scale, seed, step, loss);
+    float host = 0.0f;
+    device_->CopyToHost(loss, 1, &host);
+    return static_cast<double>(host);
+  }
 
   absl::Status Prepare(const MicroBatch& batch) override {
     RETURN_IF_ERROR(batch.Validate(model_->config().vocab_size));
@@ -195,12 +202,7 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     const LlamaConfig& cfg = model_->config();
     const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
     const bool ckpt = options_.activation_checkpointing;
-    device_->Embedding(model_->embed(), h, b.tokens.data(), n, A(buf_->xs[0]));
-    for (int64_t l = 0; l < L; ++l) {
-      LayerCache& c = buf_->caches[ckpt ? 0 : l];
-      LayerForward(l, A(buf_->xs[l]), b, params, true, seed, step, c, A(buf_->xs[l + 1]));
-    }
-    const float* xl = HeadInput();
+    const float* xl = Forward(b, params, /*train=*/true, seed, step);
     device_->RmsNorm(xl, model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data(),
                      buf_->invf->data());
     float* logits = buf_->logits->data();
@@ -209,7 +211,7 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
                                          loss_sum);
     // d(xf) = dlogits E (the head is frozen), then the final norm, in float32.
     T* d_cur = A(buf_->d_a);
-    float* dxf = kBf16 ? buf_->head_dx->data() : F(buf_->dxn);
+    float* dxf = kBf16 ? buf_->tmp_in->data() : F(buf_->dxn);
     device_->Gemm(false, false, n, h, cfg.vocab_size, 1.0f, logits, cfg.vocab_size,
                   model_->lm_head(), h, 0.0f, dxf, h);
     if constexpr (kBf16) {
@@ -233,13 +235,9 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
 
   double Loss(const MicroBatch& b, const float* params) override {
     const LlamaConfig& cfg = model_->config();
-    const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
-    device_->Embedding(model_->embed(), h, b.tokens.data(), n, A(buf_->xs[0]));
-    for (int64_t l = 0; l < L; ++l) {
-      LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];
-      LayerForward(l, A(buf_->xs[l]), b, params, false, 0, 0, c, A(buf_->xs[l + 1]));
-    }
-    device_->RmsNorm(HeadInput(), model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data());
+    const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size;
+    const float* xl = Forward(b, params, /*train=*/false, 0, 0);
+    device_->RmsNorm(xl, model_->final_norm(), n, h, cfg.rms_norm_eps, buf_->xf->data());
     device_->MatmulTransposed(model_->lm_head(), cfg.vocab_size, h, buf_->xf->data(), n,
                               buf_->logits->data());
     return device_->CrossEntropyLoss(buf_->logits->data(), b.targets.data(), n, cfg.vocab_size);
@@ -249,12 +247,19 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
   static T* A(const std::unique_ptr<DeviceBuffer>& b) { return reinterpret_cast<T*>(b->data()); }
   static float* F(const std::unique_ptr<DeviceBuffer>& b) { return b->data(); }
 
-  // The last layer's output as float32, for the head (final norm, LM head, cross-entropy).
-  const float* HeadInput() {
-    const int64_t L = model_->config().num_hidden_layers;
+  // The embedding and every layer (with dropout when training), keeping what the backward
+  // needs; returns the last layer's output as float32, the head's input.
+  const float* Forward(const MicroBatch& b, const float* params, bool train, uint64_t seed,
+                       uint64_t step) {
+    const LlamaConfig& cfg = model_->config();
+    const int64_t n = b.rows * b.seq_len, h = cfg.hidden_size, L = cfg.num_hidden_layers;
+    device_->Embedding(model_->embed(), h, b.tokens.data(), n, A(buf_->xs[0]));
+    for (int64_t l = 0; l < L; ++l) {
+      LayerCache& c = buf_->caches[options_.activation_checkpointing ? 0 : l];
+      LayerForward(l, A(buf_->xs[l]), b, params, train, seed, step, c, A(buf_->xs[l + 1]));
+    }
     if constexpr (kBf16) {
-      device_->ToF32(A(buf_->xs[L]), buf_->tokens * model_->config().hidden_size,
-                     buf_->head_x->data());
+      device_->ToF32(A(buf_->xs[L]), n * h, buf_->head_x->data());
       return buf_->head_x->data();
     } else {
       return buf_->xs[L]->data();
@@ -419,13 +424,7 @@ absl::StatusOr<double> LoraTrainingGraph::ForwardBackward(const MicroBatch& b, c
                                                           float* grads, float loss_scale,
                                                           uint64_t seed, uint64_t step) {
   RETURN_IF_ERROR(graph_->Prepare(b));
-  Device* device = graph_->device();
-  float* loss = graph_->loss_slot();
-  device->Fill(loss, 1, 0.0f);
-  graph_->Run(b, params, grads, loss_scale, seed, step, loss);
-  float host = 0.0f;
-  device->CopyToHost(loss, 1, &host);
-  return static_cast<double>(host);
+  return graph_->RunReadingLoss(b, params, grads, loss_scale, seed, step);
 }
 
 absl::Status LoraTrainingGraph::ForwardBackward(const MicroBatch& b, const float* params,

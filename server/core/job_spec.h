@@ -52,7 +52,7 @@ RowOptions RowOptionsFrom(const v1::Hyperparameters& resolved);
 // and the dequantization workspace of the largest linear layer. An estimate used for admission,
 // stated so that operators can check it against measured use.
 int64_t JobMemoryBytes(const LlamaConfig& config, const v1::Hyperparameters& resolved,
-                       int64_t attention_saved_per_row, bool bf16_activations = false);
+                       int64_t attention_saved_per_row, bool bf16_activations);
 // The CPU device's attention state per row ([heads, seq, seq] probabilities): the most any
 // device keeps.
 int64_t CpuAttentionSavedPerRow(const LlamaConfig& config, const v1::Hyperparameters& resolved);

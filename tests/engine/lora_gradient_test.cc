@@ -181,6 +181,17 @@ TEST(LoraGradient, MemoryPlanIsWhatTheGraphAllocates) {
                   LoraTrainingGraph::ActivationBytes(c, r, true, rows, seq, attn, bf16),
               (c.num_hidden_layers - 1) * per_layer);
   }
+  // float32 activations against bf16 ones: two bytes more for every activation value (every
+  // layer's input and the last one's output; a kept layer's q, attention output, residual, k,
+  // v, gate and up; one layer's norm and SwiGLU outputs and its ten gradient buffers), less the
+  // float32 copy of the last layer's output that the head reads when the activations are bf16.
+  const int64_t n = rows * seq, h = c.hidden_size, kv = c.kv_dim(), im = c.intermediate_size;
+  const int64_t L = c.num_hidden_layers;
+  const int64_t activation_values = (L + 1) * n * h + L * (3 * n * h + 2 * n * kv + 2 * n * im) +
+                                    n * h + n * im + 6 * n * h + 2 * n * kv + 2 * n * im;
+  EXPECT_EQ(LoraTrainingGraph::ActivationBytes(c, r, false, rows, seq, attn, false) -
+                LoraTrainingGraph::ActivationBytes(c, r, false, rows, seq, attn, true),
+            2 * activation_values - 4 * n * h);
 }
 
 TEST(LoraLayout, TrainableParametersAreRTimesInPlusOut) {

@@ -80,7 +80,8 @@ class JobManagerTest : public ::testing::Test {
     v1::Hyperparameters h = Request("a", 1).hyperparameters();
     auto r = ResolveHyperparameters(h, model_, {}, false);
     const LlamaConfig c = ConfigFromModel(model_);
-    return JobMemoryBytes(c, *r, CpuAttentionSavedPerRow(c, *r));  // the tests' devices are CPUs
+    // the tests' devices are CPUs: their attention state, float32 activations
+    return JobMemoryBytes(c, *r, CpuAttentionSavedPerRow(c, *r), false);
   }
 
   // Polls until `pred` holds for the job (or 60 s pass).
