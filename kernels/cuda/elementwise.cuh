@@ -7,28 +7,19 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/bf16_element.cuh"
+
 namespace qlorad::kernels::cuda::detail {
 
+// Element i widened to float, and v rounded into element i (kernels/element.h: exact for
+// float, nearest even for bf16).
 template <typename T>
-__device__ __forceinline__ float Load(const T* p, int64_t i);
-template <>
-__device__ __forceinline__ float Load<float>(const float* p, int64_t i) {
-  return p[i];
+__device__ __forceinline__ float Load(const T* p, int64_t i) {
+  return Element<T>::Load(p[i]);
 }
-template <>
-__device__ __forceinline__ float Load<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-
 template <typename T>
-__device__ __forceinline__ void Store(T* p, int64_t i, float v);
-template <>
-__device__ __forceinline__ void Store<float>(float* p, int64_t i, float v) {
-  p[i] = v;
-}
-template <>
-__device__ __forceinline__ void Store<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
+__device__ __forceinline__ void Store(T* p, int64_t i, float v) {
+  p[i] = Element<T>::Round(v);
 }
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -61,9 +52,10 @@ inline unsigned GridFor(int64_t n, int threads) {
 }
 
 // The wide path of the elementwise kernels: eight consecutive elements through 16-byte memory
-// operations (one for bf16, two for float), with element for element the arithmetic of the
-// scalar path. A launcher takes it where every array is 16-byte aligned and the sizes are
-// multiples of eight (Wide8), which the engine's buffers and model widths are.
+// operations (one for bf16, two for float); each element's formula is shared with the scalar
+// path (reductions, as in RMSNorm, sum in another order). A launcher takes it where every
+// array is 16-byte aligned and the sizes are multiples of eight (Wide8), which the engine's
+// buffers and model widths are.
 constexpr int kWide = 8;
 
 inline bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

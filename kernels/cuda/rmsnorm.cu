@@ -13,6 +13,13 @@ using detail::Wide8;
 
 constexpr int kThreads = 256;
 
+// One element's formulas, shared by the scalar and the eight-wide kernels: the normalized
+// value, and the gradient r w dy - k x (k = r^3 / dim * sum(w dy x)).
+__device__ __forceinline__ float Normalized(float x, float inv, float w) { return x * inv * w; }
+__device__ __forceinline__ float NormGrad(float x, float w, float dy, float r, float k) {
+  return r * w * dy - k * x;
+}
+
 // One block per row.
 template <typename T>
 __global__ void RmsNormForwardKernel(const T* __restrict__ x, const float* __restrict__ w,
@@ -30,7 +37,9 @@ __global__ void RmsNormForwardKernel(const T* __restrict__ x, const float* __res
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
   if (inv_rms != nullptr && threadIdx.x == 0) inv_rms[row] = inv;
   T* yr = y + row * dim;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) Store(yr, i, Load(xr, i) * inv * w[i]);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    Store(yr, i, Normalized(Load(xr, i), inv, w[i]));
+  }
 }
 
 template <typename T>
@@ -48,7 +57,7 @@ __global__ void RmsNormBackwardKernel(const T* __restrict__ x, const float* __re
   const float k = r * r * r / static_cast<float>(dim) * dot;
   T* dxr = dx + row * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    Store(dxr, i, r * w[i] * Load(dyr, i) - k * Load(xr, i));
+    Store(dxr, i, NormGrad(Load(xr, i), w[i], Load(dyr, i), r, k));
   }
 }
 
@@ -78,7 +87,7 @@ __global__ void RmsNormForwardWideKernel(const T* __restrict__ x, const float* _
     Load8(xr + c * kWide, v);
     Load8(w + c * kWide, g);
 #pragma unroll
-    for (int k = 0; k < kWide; ++k) v[k] = v[k] * inv * g[k];
+    for (int k = 0; k < kWide; ++k) v[k] = Normalized(v[k], inv, g[k]);
     Store8(yr + c * kWide, v);
   }
 }
@@ -113,7 +122,7 @@ __global__ void RmsNormBackwardWideKernel(const T* __restrict__ x, const float* 
     float v[kWide], d[kWide], g[kWide];
     load(c, v, d, g);
 #pragma unroll
-    for (int k = 0; k < kWide; ++k) v[k] = r * g[k] * d[k] - kk * v[k];
+    for (int k = 0; k < kWide; ++k) v[k] = NormGrad(v[k], g[k], d[k], r, kk);
     Store8(dxr + c * kWide, v);
   }
 }

@@ -19,6 +19,17 @@ struct InvFreq {
   float v[kMaxHalf];
 };
 
+// Rotates the pair (a, b) by the angle of position `pos` at frequency `freq` (sign -1: back),
+// for the scalar and the eight-wide kernels alike.
+__device__ __forceinline__ void Rotate(float pos, float freq, float sign, float* a, float* b) {
+  float s, c;
+  sincosf(pos * freq, &s, &c);
+  s *= sign;
+  const float x = *a, y = *b;
+  *a = x * c - y * s;
+  *b = y * c + x * s;
+}
+
 // One thread per (token, head, i < head_dim/2) pair.
 template <typename T>
 __global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positions, int64_t pairs,
@@ -29,14 +40,11 @@ __global__ void RopeKernel(T* __restrict__ x, const int32_t* __restrict__ positi
     const int64_t i = k % half;
     const int64_t th = k / half;  // token * heads + head
     const int64_t t = th / heads;
-    const float angle = static_cast<float>(positions[t]) * freq.v[i];
-    float s, c;
-    sincosf(angle, &s, &c);
-    s *= sign;
     T* v = x + th * head_dim;
-    const float a = Load(v, i), b = Load(v, i + half);
-    Store(v, i, a * c - b * s);
-    Store(v, i + half, b * c + a * s);
+    float a = Load(v, i), b = Load(v, i + half);
+    Rotate(static_cast<float>(positions[t]), freq.v[i], sign, &a, &b);
+    Store(v, i, a);
+    Store(v, i + half, b);
   }
 }
 
@@ -57,14 +65,7 @@ __global__ void RopeWideKernel(T* __restrict__ x, const int32_t* __restrict__ po
     Load8(v + i0, a);
     Load8(v + half + i0, b);
 #pragma unroll
-    for (int k = 0; k < kWide; ++k) {
-      float s, co;
-      sincosf(pos * freq.v[i0 + k], &s, &co);
-      s *= sign;
-      const float ak = a[k], bk = b[k];
-      a[k] = ak * co - bk * s;
-      b[k] = bk * co + ak * s;
-    }
+    for (int k = 0; k < kWide; ++k) Rotate(pos, freq.v[i0 + k], sign, &a[k], &b[k]);
     Store8(v + i0, a);
     Store8(v + half + i0, b);
   }

@@ -13,12 +13,19 @@ using detail::Wide8;
 
 __device__ __forceinline__ float Sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 
+// One element's formulas, shared by the scalar and the eight-wide kernels.
+__device__ __forceinline__ float SwigluValue(float g, float u) { return g * Sigmoid(g) * u; }
+__device__ __forceinline__ void SwigluGrads(float g, float u, float d, float* dg, float* du) {
+  const float s = Sigmoid(g);
+  *du = d * g * s;
+  *dg = d * u * s * (1.0f + g * (1.0f - s));
+}
+
 template <typename T>
 __global__ void SwigluForwardKernel(const T* gate, const T* up, int64_t n, T* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = Load(gate, i);
-    Store(out, i, g * Sigmoid(g) * Load(up, i));
+    Store(out, i, SwigluValue(Load(gate, i), Load(up, i)));
   }
 }
 
@@ -27,11 +34,11 @@ __global__ void SwigluBackwardKernel(const T* gate, const T* up, const T* dout, 
                                      T* dup) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = Load(gate, i), u = Load(up, i), d = Load(dout, i);
-    const float s = Sigmoid(g);
+    float dg, du;
     // Read everything before writing: dgate/dup may alias gate/up.
-    Store(dup, i, d * g * s);
-    Store(dgate, i, d * u * s * (1.0f + g * (1.0f - s)));
+    SwigluGrads(Load(gate, i), Load(up, i), Load(dout, i), &dg, &du);
+    Store(dup, i, du);
+    Store(dgate, i, dg);
   }
 }
 
@@ -44,7 +51,7 @@ __global__ void SwigluForwardWideKernel(const T* gate, const T* up, int64_t chun
     Load8(gate + c * kWide, g);
     Load8(up + c * kWide, u);
 #pragma unroll
-    for (int k = 0; k < kWide; ++k) o[k] = g[k] * Sigmoid(g[k]) * u[k];
+    for (int k = 0; k < kWide; ++k) o[k] = SwigluValue(g[k], u[k]);
     Store8(out + c * kWide, o);
   }
 }
@@ -59,11 +66,7 @@ __global__ void SwigluBackwardWideKernel(const T* gate, const T* up, const T* do
     Load8(up + c * kWide, u);
     Load8(dout + c * kWide, d);
 #pragma unroll
-    for (int k = 0; k < kWide; ++k) {
-      const float s = Sigmoid(g[k]);
-      du[k] = d[k] * g[k] * s;
-      dg[k] = d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
-    }
+    for (int k = 0; k < kWide; ++k) SwigluGrads(g[k], u[k], d[k], &dg[k], &du[k]);
     Store8(dup + c * kWide, du);  // everything was read first: outputs may alias inputs
     Store8(dgate + c * kWide, dg);
   }
