@@ -625,9 +625,10 @@ class CudaDevice : public Device {
   bool PrefersBf16Activations(const TrainAttentionDims& d) const override {
     return options_.bf16_gemm && options_.bf16_activations && Flash(d);
   }
-  // Where this device prefers bf16 its kernels cover an NF4 graph: nothing to reserve. Else
-  // (a graph asked for bf16 with GEMM attention or float32 weights) the defaults' scratch, taken
-  // now so that a shortage is this status rather than a failed device.
+  // Where this device prefers bf16 its kernels cover the graph (NF4 or float32 weights, widths
+  // that keep 16-byte rows): nothing to reserve. Else (a graph asked for bf16 with GEMM
+  // attention or without bf16 GEMMs) the defaults' scratch, taken now so that a shortage is this
+  // status rather than a failed device.
   absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
                                         const TrainAttentionDims& row) override {
     if (PrefersBf16Activations(row)) return absl::OkStatus();
@@ -720,7 +721,7 @@ class CudaDevice : public Device {
 
   void Linear(const DeviceLinear& w, const Bf16* x, int64_t tokens, Bf16* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
-    if (!Bf16Linear(lin)) return Device::Linear(w, x, tokens, y);
+    if (!options_.bf16_gemm) return Device::Linear(w, x, tokens, y);
     const __nv_bfloat16* wb = WeightsBf16(lin);
     if (wb == nullptr) return;
     GemmBf16(false, true, tokens, lin.out_features(), lin.in_features(), 1.0f, B(x),
@@ -733,7 +734,7 @@ class CudaDevice : public Device {
                   const float* b, int64_t r, float scale, Bf16* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
     const int64_t in = lin.in_features(), out = lin.out_features();
-    if (!Bf16Linear(lin) || in % 8 != 0 || r < 1)
+    if (!options_.bf16_gemm || in % 8 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
     const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
     __nv_bfloat16* ws = WeightsBf16(lin, k);
@@ -757,7 +758,7 @@ class CudaDevice : public Device {
   void LinearBackwardInput(const DeviceLinear& w, const Bf16* dy, int64_t tokens, Bf16* dx,
                            bool accumulate) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
-    if (!Bf16Linear(lin)) return Device::LinearBackwardInput(w, dy, tokens, dx, accumulate);
+    if (!options_.bf16_gemm) return Device::LinearBackwardInput(w, dy, tokens, dx, accumulate);
     BackwardInputBf16(lin, B(dy), tokens, B(dx), accumulate);
   }
 
@@ -765,7 +766,7 @@ class CudaDevice : public Device {
                           const float* b, int64_t r, float scale, Bf16* dx, bool accumulate,
                           float* dh, float* db) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
-    if (!Bf16Linear(lin))
+    if (!options_.bf16_gemm)
       return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
     const int64_t out = lin.out_features();
     const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
@@ -1017,14 +1018,21 @@ class CudaDevice : public Device {
     if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS bf16 GEMM failed (status ", s, ")"));
   }
 
-  // The NF4 weight of `lin` dequantized to bf16 [out, in] in the shared bf16 workspace (valid
-  // until the next dequantization); with `ld` > 0 its rows lie `ld` elements apart (LinearLora's
-  // wider [W | scale B]).
+  // The weight of `lin` as bf16 [out, in] in the shared bf16 workspace (valid until the next
+  // call): NF4 dequantized, float32 rounded; with `ld` > 0 its rows lie `ld` elements apart
+  // (LinearLora's wider [W | scale B]).
   __nv_bfloat16* WeightsBf16(const CudaLinear& lin, int64_t ld = 0) {
-    const auto timed = Time("nf4 dequantize to bf16");
-    const int64_t elems = ld > 0 ? lin.out_features() * ld : lin.numel;
+    const auto timed = Time(lin.quantized() ? "nf4 dequantize to bf16" : "round weights to bf16");
+    const int64_t out = lin.out_features(), in = lin.in_features();
+    const int64_t elems = out * (ld > 0 ? ld : in);
     auto* ws = reinterpret_cast<__nv_bfloat16*>(Scratch(&workspace_bf16_, (elems + 1) / 2));
     if (ws == nullptr) return nullptr;
+    if (!lin.quantized()) {  // float32 weights (bf16 activations only): rounded, not dequantized
+      Check(kc::ConvertRowsToBf16(static_cast<const float*>(lin.values.get()), out, in, in, 1.0f,
+                                  in, ws, ld > 0 ? ld : in, stream_),
+            "weights to bf16");
+      return ws;
+    }
     kc::Nf4DqArgs a = DequantArgs(lin);
     if (ld > 0) {
       a.cols = lin.in_features();

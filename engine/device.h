@@ -204,8 +204,7 @@ class Device {
   // which defines the numbers a native bf16 kernel must match within float32 rounding; a GPU
   // overrides them with kernels that read and write bf16, half the bytes.
   // Whether a training graph with this attention shape (its tokens unused) should keep its
-  // activations in bf16 on this device: where the device has bf16 kernels for its attention
-  // and NF4 linears (float32 base weights still go through the conversion defaults).
+  // activations in bf16 on this device: where the device has bf16 kernels for its layers.
   virtual bool PrefersBf16Activations(const TrainAttentionDims& d) const {
     (void)d;
     return false;

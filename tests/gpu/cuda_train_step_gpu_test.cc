@@ -317,6 +317,13 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   gpu->Linear(wl, AsBf16(x), rows, AsBf16(y1));
   gpu->Device::Linear(wl, AsBf16(x), rows, AsBf16(y2));
   same("linear", y1, y2, rows * out, gemm_tol);
+  const std::vector<float> dense = Normal(out * dim, 0.05f);  // float32 weights: rounded, not
+  auto flin = gpu->UploadLinear(nullptr, &dense, out, dim);   // dequantized, for the GEMM
+  GPU_CHECK(flin.ok(), "float32 weight");
+  if (!flin.ok()) return;
+  gpu->Linear(**flin, AsBf16(x), rows, AsBf16(y1));
+  gpu->Device::Linear(**flin, AsBf16(x), rows, AsBf16(y2));
+  same("linear, float32 weights", y1, y2, rows * out, gemm_tol);
   auto gy = RandomBf16(gpu, rows * out, 0.5f);
   auto dx1 = CopyOf(gpu, dy), dx2 = CopyOf(gpu, dy);
   gpu->LinearBackwardInput(wl, AsBf16(gy), rows, AsBf16(dx1), true);
