@@ -625,14 +625,16 @@ class CudaDevice : public Device {
   bool PrefersBf16Activations(const TrainAttentionDims& d) const override {
     return options_.bf16_gemm && options_.bf16_activations && Flash(d);
   }
-  // Where this device prefers bf16 its kernels cover the graph (NF4 or float32 weights, widths
-  // that keep 16-byte rows): nothing to reserve. Else (a graph asked for bf16 with GEMM
-  // attention or without bf16 GEMMs) the defaults' scratch, taken now so that a shortage is this
-  // status rather than a failed device.
-  absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
-                                        const TrainAttentionDims& row) override {
-    if (PrefersBf16Activations(row)) return absl::OkStatus();
-    const size_t bytes = static_cast<size_t>(ConversionScratchFloats(tokens, widest, row)) * 4;
+  // Where this device prefers bf16 and its fused LoRA dropout takes the rank, its kernels cover
+  // the graph (NF4 or float32 weights, widths that keep 16-byte rows): nothing to reserve. Else
+  // (a graph asked for bf16 with GEMM attention or without bf16 GEMMs, or a rank over 64) the
+  // defaults' scratch, taken now so that a shortage is this status rather than a failed device.
+  absl::Status ReserveConversionScratch(const ConversionShape& shape) override {
+    if (PrefersBf16Activations(shape.row) && shape.hidden % 8 == 0 && shape.intermediate % 8 == 0 &&
+        kc::LoraDropoutSupports(shape.tokens, shape.widest(), shape.rank)) {
+      return absl::OkStatus();
+    }
+    const size_t bytes = static_cast<size_t>(ConversionScratchFloats(shape)) * 4;
     if (conversion_.bytes() >= bytes) return absl::OkStatus();
     Enter();
     Check(cudaStreamSynchronize(stream_), "scratch");  // the old buffer may still be in use

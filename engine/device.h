@@ -69,6 +69,14 @@ struct TrainAttentionDims {
   int64_t tokens = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
 
+// What a training graph's bf16 conversion scratch depends on: its tokens, its activation
+// widths, its LoRA rank and its attention rows' shape.
+struct ConversionShape {
+  int64_t tokens = 0, hidden = 0, intermediate = 0, rank = 0;
+  TrainAttentionDims row;
+  int64_t widest() const { return hidden > intermediate ? hidden : intermediate; }
+};
+
 // The attention probabilities [H, T, T] of one row: what GEMM attention keeps for its backward,
 // the most any device keeps.
 inline int64_t AttentionProbabilityFloats(const TrainAttentionDims& d) {
@@ -209,16 +217,13 @@ class Device {
     (void)d;
     return false;
   }
-  // Makes sure the conversion defaults will find their scratch for a graph of `tokens` tokens
-  // whose widest activation row has `widest` values and whose attention rows have the shape
-  // `row`: a graph with bf16 activations calls it when it allocates, so that a device short of
-  // memory fails there, with a status, rather than inside an operation. This default reserves
+  // Makes sure the conversion defaults will find their scratch for a graph of this shape: a
+  // graph with bf16 activations calls it when it allocates, so that a device short of memory
+  // fails there, with a status, rather than inside an operation. This default reserves
   // ConversionScratchFloats; a device may skip it where its bf16 kernels cover the graph.
-  virtual absl::Status ReserveConversionScratch(int64_t tokens, int64_t widest,
-                                                const TrainAttentionDims& row);
-  // The most float32 scratch any conversion default takes for such a graph.
-  static int64_t ConversionScratchFloats(int64_t tokens, int64_t widest,
-                                         const TrainAttentionDims& row);
+  virtual absl::Status ReserveConversionScratch(const ConversionShape& shape);
+  // The most float32 scratch any conversion default takes for a graph of this shape.
+  static int64_t ConversionScratchFloats(const ConversionShape& shape);
   virtual void ToBf16(const float* x, int64_t n, Bf16* out) = 0;
   virtual void ToF32(const Bf16* x, int64_t n, float* out) = 0;
   virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,

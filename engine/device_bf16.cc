@@ -26,8 +26,9 @@ class Regions {
 
 }  // namespace
 
-int64_t Device::ConversionScratchFloats(int64_t tokens, int64_t widest,
-                                        const TrainAttentionDims& row) {
+int64_t Device::ConversionScratchFloats(const ConversionShape& shape) {
+  const int64_t tokens = shape.tokens, widest = shape.widest();
+  const TrainAttentionDims& row = shape.row;
   // SwigluBackward's five [tokens, widest] copies (every other elementwise or linear default
   // takes at most three of them), or the attention backward's eight per-row tensors.
   const int64_t nq = row.tokens * row.heads * row.head_dim;
@@ -35,9 +36,8 @@ int64_t Device::ConversionScratchFloats(int64_t tokens, int64_t widest,
   return std::max(5 * tokens * widest, 4 * nq + 4 * nkv);
 }
 
-absl::Status Device::ReserveConversionScratch(int64_t tokens, int64_t widest,
-                                              const TrainAttentionDims& row) {
-  const int64_t floats = ConversionScratchFloats(tokens, widest, row);
+absl::Status Device::ReserveConversionScratch(const ConversionShape& shape) {
+  const int64_t floats = ConversionScratchFloats(shape);
   if (ConversionScratch(floats) == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
                                                      " bytes to convert bf16 activations"));
