@@ -359,30 +359,17 @@ class CudaDevice : public Device {
     MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
   }
 
-  // One bf16 GEMM over [x | h | 0] and [W | scale B | 0] (K = in + r rounded up to 8, so rows
-  // stay 16-byte aligned): the LoRA term costs K columns more, not a second pass over y. The
-  // weight is dequantized straight into its columns of the wider workspace.
+  // The fused LoRA linear (FusedLoraGemm), x rounded into its operand.
   void LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
                   const float* b, int64_t r, float scale, float* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
-    const int64_t in = lin.in_features(), out = lin.out_features();
+    const int64_t in = lin.in_features();
     if (!Bf16Linear(lin) || in % 8 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
-    const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
-    __nv_bfloat16* ws = WeightsBf16(lin, k);
-    auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
-    if (ws == nullptr || xs == nullptr) return;
-    {
+    FusedLoraGemm(lin, tokens, h, b, r, scale, y, [&](__nv_bfloat16* xs, int64_t k) {
       const auto timed = Time("round activations to bf16");
       Check(kc::ConvertRowsToBf16(x, tokens, in, in, 1.0f, in, xs, k, stream_), "to bf16");
-    }
-    {
-      const auto timed = Time("round LoRA operands to bf16");
-      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
-      Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
-            "LoRA h to bf16");
-    }
-    GemmBf16(false, true, tokens, out, k, 1.0f, xs, k, ws, k, 0.0f, y, out);
+    });
   }
 
   void MatmulTransposed(const float* w, int64_t out, int64_t in, const float* x, int64_t tokens,
@@ -470,20 +457,8 @@ class CudaDevice : public Device {
     const auto& lin = static_cast<const CudaLinear&>(w);
     if (!Bf16Linear(lin))
       return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
-    const int64_t out = lin.out_features();
-    const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
-    const __nv_bfloat16* dyb = Bf16Copy(dy, tokens * out);
-    auto* lora =
-        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
-    if (dyb == nullptr || lora == nullptr) return;
-    {
-      const auto timed = Time("round LoRA operands to bf16");
-      Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
-      Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
-    }
-    BackwardInputBf16(lin, dyb, tokens, dx, accumulate);
-    GemmBf16(true, false, out, r, tokens, scale, dyb, out, lora, r, 1.0f, db, r);
-    GemmBf16(false, false, tokens, r, out, scale, dyb, out, lora + h_elems, r, 0.0f, dh, r);
+    const __nv_bfloat16* dyb = Bf16Copy(dy, tokens * lin.out_features());
+    if (dyb != nullptr) LoraBackwardBf16(lin, dyb, tokens, h, b, r, scale, dx, accumulate, dh, db);
   }
 
   void RmsNormBackward(const float* x, const float* w, const float* inv_rms, const float* dy,
@@ -592,29 +567,20 @@ class CudaDevice : public Device {
                        uint64_t seed, uint64_t stream, float* h, float* scratch) override {
     if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
-    const auto timed = Time("lora dropout down-projection");
-    Enter();
-    Check(kc::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, stream_), "lora dropout down");
+    FusedDropoutDown(x, n, in, a, r, p, seed, stream, h);
   }
   void LoraDropoutGradA(const float* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
                         uint64_t seed, uint64_t stream, float* da, float* scratch) override {
     if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
-    const auto timed = Time("lora dropout grad A");
-    float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
-    if (partial == nullptr) return;
-    Check(kc::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, partial, da, stream_),
-          "lora dropout grad A");
+    FusedDropoutGradA(x, dh, n, in, r, p, seed, stream, da);
   }
   void LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
                                 float p, uint64_t seed, uint64_t stream, float* dx,
                                 float* scratch) override {
     if (p <= 0.0f || !kc::LoraDropoutSupports(n, in, r))
       return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
-    const auto timed = Time("lora dropout input gradient");
-    Enter();
-    Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, stream_),
-          "lora dropout input gradient");
+    FusedDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx);
   }
 
   // --- bf16 activations (Device's contracts): the same kernels instantiated for bf16, GEMMs
@@ -730,31 +696,20 @@ class CudaDevice : public Device {
              lin.in_features(), wb, lin.in_features(), 0.0f, B(y), lin.out_features());
   }
 
-  // As the float32 form: one GEMM over [x | h | 0] and [W | scale B | 0]; x's rows are copied
-  // into the wider operand (bf16 already: a copy, not a conversion).
+  // The fused LoRA linear (FusedLoraGemm), x's rows copied into its operand (bf16 already: a
+  // copy, not a conversion).
   void LinearLora(const DeviceLinear& w, const Bf16* x, int64_t tokens, const float* h,
                   const float* b, int64_t r, float scale, Bf16* y) override {
     const auto& lin = static_cast<const CudaLinear&>(w);
-    const int64_t in = lin.in_features(), out = lin.out_features();
+    const int64_t in = lin.in_features();
     if (!options_.bf16_gemm || in % 8 != 0 || r < 1)
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
-    const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
-    __nv_bfloat16* ws = WeightsBf16(lin, k);
-    auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
-    if (ws == nullptr || xs == nullptr) return;
-    {
+    FusedLoraGemm(lin, tokens, h, b, r, scale, B(y), [&](__nv_bfloat16* xs, int64_t k) {
       const auto timed = Time("copy activations into the LoRA operand");
       Check(cudaMemcpy2DAsync(xs, k * 2, x, in * 2, in * 2, tokens, cudaMemcpyDeviceToDevice,
                               stream_),
             "activations into [x | h]");
-    }
-    {
-      const auto timed = Time("round LoRA operands to bf16");
-      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
-      Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
-            "LoRA h to bf16");
-    }
-    GemmBf16(false, true, tokens, out, k, 1.0f, xs, k, ws, k, 0.0f, B(y), out);
+    });
   }
 
   void LinearBackwardInput(const DeviceLinear& w, const Bf16* dy, int64_t tokens, Bf16* dx,
@@ -770,19 +725,7 @@ class CudaDevice : public Device {
     const auto& lin = static_cast<const CudaLinear&>(w);
     if (!options_.bf16_gemm)
       return Device::LinearLoraBackward(w, dy, tokens, h, b, r, scale, dx, accumulate, dh, db);
-    const int64_t out = lin.out_features();
-    const int64_t h_elems = (tokens * r + 7) / 8 * 8;  // B's copy starts 16-byte aligned
-    auto* lora =
-        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (h_elems + out * r + 1) / 2));
-    if (lora == nullptr) return;
-    {
-      const auto timed = Time("round LoRA operands to bf16");
-      Check(kc::ConvertToBf16(h, tokens * r, lora, stream_), "LoRA h to bf16");
-      Check(kc::ConvertToBf16(b, out * r, lora + h_elems, stream_), "LoRA B to bf16");
-    }
-    BackwardInputBf16(lin, B(dy), tokens, B(dx), accumulate);
-    GemmBf16(true, false, out, r, tokens, scale, B(dy), out, lora, r, 1.0f, db, r);
-    GemmBf16(false, false, tokens, r, out, scale, B(dy), out, lora + h_elems, r, 0.0f, dh, r);
+    LoraBackwardBf16(lin, B(dy), tokens, h, b, r, scale, B(dx), accumulate, dh, db);
   }
 
   // With dropout, the fused kernels reading bf16 x (and updating bf16 dx); without (p = 0),
@@ -794,10 +737,7 @@ class CudaDevice : public Device {
     if (p > 0.0f) {
       if (!kc::LoraDropoutSupports(n, in, r))
         return Device::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, scratch);
-      const auto timed = Time("lora dropout down-projection");
-      Check(kc::LoraDropoutDown(B(x), n, in, a, r, p, seed, stream, h, stream_),
-            "lora dropout down");
-      return;
+      return FusedDropoutDown(B(x), n, in, a, r, p, seed, stream, h);
     }
     const __nv_bfloat16* ab = Bf16Copy(a, r * in);
     if (ab == nullptr) return;
@@ -808,12 +748,7 @@ class CudaDevice : public Device {
     if (p > 0.0f) {
       if (!kc::LoraDropoutSupports(n, in, r))
         return Device::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, da, scratch);
-      const auto timed = Time("lora dropout grad A");
-      float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
-      if (partial == nullptr) return;
-      Check(kc::LoraDropoutGradA(B(x), dh, n, in, r, p, seed, stream, partial, da, stream_),
-            "lora dropout grad A");
-      return;
+      return FusedDropoutGradA(B(x), dh, n, in, r, p, seed, stream, da);
     }
     const __nv_bfloat16* dhb = Bf16Copy(dh, n * r);
     if (dhb == nullptr) return;
@@ -825,21 +760,11 @@ class CudaDevice : public Device {
     if (p > 0.0f) {
       if (!kc::LoraDropoutSupports(n, in, r))
         return Device::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, scratch);
-      const auto timed = Time("lora dropout input gradient");
-      Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, B(dx), stream_),
-            "lora dropout input gradient");
-      return;
+      return FusedDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, B(dx));
     }
-    const int64_t dh_elems = (n * r + 7) / 8 * 8;  // A's copy starts 16-byte aligned
-    auto* lora =
-        reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (dh_elems + r * in + 1) / 2));
-    if (lora == nullptr) return;
-    {
-      const auto timed = Time("round LoRA operands to bf16");
-      Check(kc::ConvertToBf16(dh, n * r, lora, stream_), "LoRA dh to bf16");
-      Check(kc::ConvertToBf16(a, r * in, lora + dh_elems, stream_), "LoRA A to bf16");
-    }
-    GemmBf16(false, false, n, in, r, 1.0f, lora, r, lora + dh_elems, in, 1.0f, B(dx), in);
+    const __nv_bfloat16 *dhb = nullptr, *ab = nullptr;
+    if (!LoraOperandsBf16(dh, n * r, a, r * in, &dhb, &ab)) return;
+    GemmBf16(false, false, n, in, r, 1.0f, dhb, r, ab, in, 1.0f, B(dx), in);
   }
 
   void AdamW(float* params, const float* grads, float* m, float* v, int64_t n,
@@ -1042,6 +967,82 @@ class CudaDevice : public Device {
     }
     Check(kc::Nf4DequantizeDoubleQuantBf16(a, ws, stream_), "nf4 dequantize");
     return ws;
+  }
+
+  // Two small LoRA operands rounded to bf16 side by side in one scratch buffer, the second
+  // starting 16-byte aligned (valid until the next call); false after a failure.
+  bool LoraOperandsBf16(const float* first, int64_t n1, const float* second, int64_t n2,
+                        const __nv_bfloat16** first_bf16, const __nv_bfloat16** second_bf16) {
+    const int64_t at = (n1 + 7) / 8 * 8;
+    auto* p = reinterpret_cast<__nv_bfloat16*>(Scratch(&lora_bf16_, (at + n2 + 1) / 2));
+    if (p == nullptr) return false;
+    const auto timed = Time("round LoRA operands to bf16");
+    Check(kc::ConvertToBf16(first, n1, p, stream_), "LoRA operand to bf16");
+    Check(kc::ConvertToBf16(second, n2, p + at, stream_), "LoRA operand to bf16");
+    *first_bf16 = p;
+    *second_bf16 = p + at;
+    return true;
+  }
+
+  // The backward of the LoRA linear with dy already bf16, rounded once for its three GEMMs
+  // (dx = dy W, dB += scale dy^T h, dh = scale dy B); dx float32 or bf16.
+  template <typename X>
+  void LoraBackwardBf16(const CudaLinear& lin, const __nv_bfloat16* dyb, int64_t tokens,
+                        const float* h, const float* b, int64_t r, float scale, X* dx,
+                        bool accumulate, float* dh, float* db) {
+    const int64_t out = lin.out_features();
+    const __nv_bfloat16 *hb = nullptr, *bb = nullptr;
+    if (!LoraOperandsBf16(h, tokens * r, b, out * r, &hb, &bb)) return;
+    BackwardInputBf16(lin, dyb, tokens, dx, accumulate);
+    GemmBf16(true, false, out, r, tokens, scale, dyb, out, hb, r, 1.0f, db, r);
+    GemmBf16(false, false, tokens, r, out, scale, dyb, out, bb, r, 0.0f, dh, r);
+  }
+
+  // One bf16 GEMM over [x | h | 0] and [W | scale B | 0] (K = in + r rounded up to 8, so rows
+  // stay 16-byte aligned): the LoRA term costs K columns more, not a second pass over y. The
+  // weight is dequantized straight into its columns of the wider workspace; put_x(xs, K) writes
+  // x into the first `in` columns of the [tokens, K] operand xs. y float32 or bf16.
+  template <typename Y, typename PutX>
+  void FusedLoraGemm(const CudaLinear& lin, int64_t tokens, const float* h, const float* b,
+                     int64_t r, float scale, Y* y, PutX&& put_x) {
+    const int64_t in = lin.in_features(), out = lin.out_features();
+    const int64_t r8 = (r + 7) / 8 * 8, k = in + r8;
+    __nv_bfloat16* ws = WeightsBf16(lin, k);
+    auto* xs = reinterpret_cast<__nv_bfloat16*>(Scratch(&act_bf16_, (tokens * k + 1) / 2));
+    if (ws == nullptr || xs == nullptr) return;
+    put_x(xs, k);
+    {
+      const auto timed = Time("round LoRA operands to bf16");
+      Check(kc::ConvertRowsToBf16(b, out, r, r, scale, r8, ws + in, k, stream_), "LoRA B to bf16");
+      Check(kc::ConvertRowsToBf16(h, tokens, r, r, 1.0f, r8, xs + in, k, stream_),
+            "LoRA h to bf16");
+    }
+    GemmBf16(false, true, tokens, out, k, 1.0f, xs, k, ws, k, 0.0f, y, out);
+  }
+
+  // The fused LoRA dropout kernels (kernels/cuda/lora_dropout.h) for x and dx of type X, sizes
+  // already checked with LoraDropoutSupports.
+  template <typename X>
+  void FusedDropoutDown(const X* x, int64_t n, int64_t in, const float* a, int64_t r, float p,
+                        uint64_t seed, uint64_t stream, float* h) {
+    const auto timed = Time("lora dropout down-projection");
+    Check(kc::LoraDropoutDown(x, n, in, a, r, p, seed, stream, h, stream_), "lora dropout down");
+  }
+  template <typename X>
+  void FusedDropoutGradA(const X* x, const float* dh, int64_t n, int64_t in, int64_t r, float p,
+                         uint64_t seed, uint64_t stream, float* da) {
+    const auto timed = Time("lora dropout grad A");
+    float* partial = Scratch(&lora_partial_, kc::LoraDropoutPartialFloats(n, in, r));
+    if (partial == nullptr) return;
+    Check(kc::LoraDropoutGradA(x, dh, n, in, r, p, seed, stream, partial, da, stream_),
+          "lora dropout grad A");
+  }
+  template <typename X>
+  void FusedDropoutBackwardInput(const float* dh, const float* a, int64_t n, int64_t in, int64_t r,
+                                 float p, uint64_t seed, uint64_t stream, X* dx) {
+    const auto timed = Time("lora dropout input gradient");
+    Check(kc::LoraDropoutBackwardInput(dh, a, n, in, r, p, seed, stream, dx, stream_),
+          "lora dropout input gradient");
   }
 
   // dx (=, or += when `accumulate`) dy W for a bf16 linear, dy already rounded to bf16; dx

@@ -58,19 +58,12 @@ __global__ void GatherKernel(const float* table, int64_t dim, const int32_t* ids
   }
 }
 
-__global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t n,
-                                  __nv_bfloat16* __restrict__ out) {
+// float <-> bf16, one element a step (widened exactly, rounded to nearest even).
+template <typename From, typename To>
+__global__ void ConvertKernel(const From* __restrict__ x, int64_t n, To* __restrict__ out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = __float2bfloat16_rn(x[i]);
-  }
-}
-
-__global__ void ConvertF32Kernel(const __nv_bfloat16* __restrict__ x, int64_t n,
-                                 float* __restrict__ out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = __bfloat162float(x[i]);
+    detail::Store(out, i, detail::Load(x, i));
   }
 }
 
@@ -273,28 +266,27 @@ cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
+namespace {
+template <typename From, typename To>
+cudaError_t Convert(const From* x, int64_t n, To* out, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (detail::Wide8(n, x, out)) {
     ConvertWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(x, n / detail::kWide,
                                                                            out);
   } else {
-    ConvertBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+    ConvertKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
   }
   return cudaGetLastError();
 }
+}  // namespace
+
+cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream) {
+  return Convert(x, n, out, stream);
+}
 
 cudaError_t ConvertToF32(const __nv_bfloat16* x, int64_t n, float* out, cudaStream_t stream) {
-  if (n < 0) return cudaErrorInvalidValue;
-  if (n == 0) return cudaSuccess;
-  if (detail::Wide8(n, x, out)) {
-    ConvertWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(x, n / detail::kWide,
-                                                                           out);
-  } else {
-    ConvertF32Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
-  }
-  return cudaGetLastError();
+  return Convert(x, n, out, stream);
 }
 
 cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int64_t src_ld,
