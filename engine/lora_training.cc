@@ -270,6 +270,17 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     }
   }
 
+  // The sizes a layer's operations use for this micro-batch: tokens, hidden, kv and
+  // intermediate widths, query and kv heads, head_dim, row length (tokens a row).
+  struct Sizes {
+    int64_t n, h, kv, im, H, KV, hd, row;
+  };
+  Sizes SizesOf(const MicroBatch& b) const {
+    const LlamaConfig& c = model_->config();
+    return {buf_->tokens,          c.hidden_size,         c.kv_dim(),   c.intermediate_size,
+            c.num_attention_heads, c.num_key_value_heads, c.head_dim(), b.seq_len};
+  }
+
   uint64_t Stream(uint64_t step, int64_t layer, int module) const {
     return (step * static_cast<uint64_t>(model_->config().num_hidden_layers) + layer) * 7 + module;
   }
@@ -315,10 +326,7 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
                     uint64_t seed, uint64_t step, LayerCache& c, T* out) {
     const LlamaConfig& cfg = model_->config();
     const LlamaModel::Layer& L = model_->layers()[l];
-    const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
-                  im = cfg.intermediate_size;
-    const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
-    const int64_t T_ = b.seq_len;
+    const auto [n, h, kv, im, H, KV, hd, T_] = SizesOf(b);
     T* xn = A(buf_->xn);
     T* act = A(buf_->act);
     T *q = A(c.q), *k = A(c.k), *v = A(c.v), *ao = A(c.ao), *hmid = A(c.hmid);
@@ -353,10 +361,7 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     const LlamaConfig& cfg = model_->config();
     const LlamaModel::Layer& L = model_->layers()[l];
     const T* x = A(buf_->xs[l]);
-    const int64_t n = buf_->tokens, h = cfg.hidden_size, kv = cfg.kv_dim(),
-                  im = cfg.intermediate_size;
-    const int64_t H = cfg.num_attention_heads, KV = cfg.num_key_value_heads, hd = cfg.head_dim();
-    const int64_t T_ = b.seq_len;
+    const auto [n, h, kv, im, H, KV, hd, T_] = SizesOf(b);
     T* dxn = A(buf_->dxn);
     T* tmp_h = A(buf_->tmp_h);
     T* xn = A(buf_->xn);
