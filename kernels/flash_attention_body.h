@@ -1,26 +1,41 @@
 // Flash attention for training (causal, grouped-query, block-diagonal over packed segments):
 // the per-block programs of the CUDA kernels, written once against a small context `C` so that
-// the same code runs on the GPU (kernels/cuda/flash_attention.cu: tensor-core WMMA tiles, real
-// shared memory and barriers) and on the CPU under an emulator that runs each block's 128
-// threads as real threads with real barriers (tests/kernels/flash_attention_emulation_test.cc).
-// The CPU twin the results are checked against is kernels/cpu/attention_train.h.
+// the same code runs on the GPU (kernels/cuda/flash_attention.cu: mma.sync tensor-core
+// instructions, real shared memory and barriers) and on the CPU under an emulator that runs each
+// block's 128 threads as real threads with real barriers and models the instruction's register
+// layout (tests/kernels/cuda_block_emulator.h). The CPU twin the results are checked against is
+// kernels/cpu/attention_train.h.
 //
 // Nothing of size T x T is ever stored: the forward keeps one log-sum-exp per (head, query),
 // the backward recomputes the probabilities tile by tile (FlashAttention-2, Dao 2023). The
 // backward is two kernels, one owning key tiles (dK, dV) and one owning query tiles (dQ), so
 // that no gradient needs atomics and results do not depend on scheduling.
 //
+// As in FlashAttention-2, scores, probabilities and every accumulator live in registers: shared
+// memory holds only the bf16 operand tiles, so a block needs 52-70 KB at head_dim 128 and
+// several blocks share an SM. A warp owns 16 rows of its block's tile and works on them with
+// the m16n8k16 bf16 tensor-core instruction (float accumulation), whose register layout
+// (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type") is:
+//   lane = 4 g + t (g = group 0..7, t = 0..3);
+//   A (16 x 16, row-major): register 0 = (row g, cols 2t, 2t+1), 1 = (row g+8, same cols),
+//     2 = (row g, cols 2t+8, 2t+9), 3 = (row g+8, cols 2t+8, 2t+9); lower column in the low half;
+//   B (16 x 8, k x n): register 0 = (k 2t, 2t+1; n g), 1 = (k 2t+8, 2t+9; n g);
+//   C, D (16 x 8 floats): 0 = (row g, col 2t), 1 = (g, 2t+1), 2 = (g+8, 2t), 3 = (g+8, 2t+1).
+// Two adjacent C tiles of probabilities are exactly the A operand of the next product, so P
+// (and dS) never leave registers.
+//
 // The context provides:
 //   int thread, block_x, block_y;              // threadIdx.x (0..127), blockIdx.x, blockIdx.y
-//   void SyncBlock(); void SyncWarp();          // __syncthreads(), __syncwarp()
+//   void SyncBlock();                           // __syncthreads()
 //   using Bf16; static Bf16 ToBf16(float);      // round to nearest even
-//   template <bool kBColMajor> void WarpMma16(a, lda, b, ldb, ksteps, c, ldc, accumulate);
-// WarpMma16 is warp-collective (all 32 lanes call it): C[16x16] (float, row-major, ldc) =
-// (accumulate ? C : 0) + sum over ks < ksteps of A_ks B_ks, A_ks the 16x16 bf16 block at
-// a + 16 ks (row-major, lda) and B_ks the 16x16 block at b + 16 ks ldb (row-major: element
-// (kk, n) at b[kk ldb + n]) or, when kBColMajor, at b + 16 ks with element (kk, n) at
-// b[n ldb + kk]. Pointers must be 32-byte aligned and leading dimensions multiples of 8
-// (bf16) or 4 (float): the layouts below keep every tile so.
+//   uint32_t Pack(float lo, float hi);          // two values rounded to bf16, lo in the low half
+//   uint32_t LoadPair(const Bf16* p);           // two adjacent bf16 of shared memory (4-aligned)
+//   uint32_t PairOf(Bf16 lo, Bf16 hi);          // two bf16 from anywhere, lo in the low half
+//   template <typename X> void Copy8(const X* src, Bf16* dst);  // 8 values rounded to bf16
+//   void Zero8(Bf16* dst);                      // 8 zeros (dst 16-byte aligned)
+//   float ShflXor(float v, int mask);           // warp-collective: v of lane ^ mask
+//   void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);  // d += a b
+// Mma is warp-collective (all 32 lanes call it with their own fragments).
 #pragma once
 
 #include <cmath>
@@ -66,64 +81,40 @@ QLORAD_FLASH_FN bool FlashVisible(const FlashArgs<X>& a, int t, int j) {
   return j <= t && t < a.T && (a.segments == nullptr || a.segments[j] == a.segments[t]);
 }
 
-// Shared-memory layouts, in bytes from the block's base; every region starts 32-byte aligned
-// because every region is a multiple of 16 rows of 16-byte multiples.
+// Shared-memory layouts, in bytes from the block's base: bf16 tiles of head_dim-wide rows,
+// padded by 8 elements so that rows stay 16-byte aligned and the fragment loads of a warp's
+// lanes fall in distinct banks.
 template <int HD>
 struct FlashLayout {
   static_assert(HD % 16 == 0 && HD <= 128, "head_dim must be a multiple of 16, at most 128");
-  static constexpr int kLdH = HD + 8;                // bf16 rows of head_dim values (padded: banks)
-  static constexpr int kLdHF = HD + 4;               // float rows of head_dim values
-  static constexpr int kLdT = kFlashTile + 4;        // float rows of 64 scores
-  static constexpr int kLdTB = kFlashTile + 8;       // bf16 rows of 64 scores
-  static constexpr int kLdQ = kFlashBwdQueries + 4;  // float rows of 32 scores
-  static constexpr int kLdQB = kFlashBwdQueries + 8;  // bf16 rows of 32 scores
-  static constexpr int kBf = 2, kF = 4;
+  static constexpr int kLd = HD + 8;  // bf16 elements per tile row
+  static constexpr int kTile = kFlashTile * kLd * 2;
+  static constexpr int kQueryTile = kFlashBwdQueries * kLd * 2;
 
-  // Forward: Q, K, V tiles (bf16), S (float), P (bf16), O accumulator (float), row max, row sum.
+  // Forward: the block's Q tile and one K and V tile at a time.
   static constexpr int kFwdQ = 0;
-  static constexpr int kFwdK = kFwdQ + kFlashTile * kLdH * kBf;
-  static constexpr int kFwdV = kFwdK + kFlashTile * kLdH * kBf;
-  static constexpr int kFwdS = kFwdV + kFlashTile * kLdH * kBf;
-  static constexpr int kFwdP = kFwdS + kFlashTile * kLdT * kF;
-  static constexpr int kFwdO = kFwdP + kFlashTile * kLdTB * kBf;
-  static constexpr int kFwdM = kFwdO + kFlashTile * kLdHF * kF;
-  static constexpr int kFwdL = kFwdM + kFlashTile * kF;
-  static constexpr int kFwdRed = kFwdL + kFlashTile * kF;  // per warp, lane: a partial max or sum
-  static constexpr int kFwdBytes = kFwdRed + kFlashThreads * kF;
+  static constexpr int kFwdK = kFwdQ + kTile;
+  static constexpr int kFwdV = kFwdK + kTile;
+  static constexpr int kFwdBytes = kFwdV + kTile;
 
-  // dK/dV: K, V tiles (bf16), dK, dV accumulators (float), a 32-query Q and dO tile (bf16),
-  // S^T and dP^T (float), P^T and dS^T (bf16), the 32 queries' lse and delta.
+  // dK/dV: the block's K and V tiles, one 32-query Q and dO tile at a time and those queries'
+  // lse and delta.
   static constexpr int kKvK = 0;
-  static constexpr int kKvV = kKvK + kFlashTile * kLdH * kBf;
-  static constexpr int kKvDk = kKvV + kFlashTile * kLdH * kBf;
-  static constexpr int kKvDv = kKvDk + kFlashTile * kLdHF * kF;
-  static constexpr int kKvQ = kKvDv + kFlashTile * kLdHF * kF;
-  static constexpr int kKvDo = kKvQ + kFlashBwdQueries * kLdH * kBf;
-  static constexpr int kKvS = kKvDo + kFlashBwdQueries * kLdH * kBf;
-  static constexpr int kKvDp = kKvS + kFlashTile * kLdQ * kF;
-  static constexpr int kKvP = kKvDp + kFlashTile * kLdQ * kF;
-  static constexpr int kKvDs = kKvP + kFlashTile * kLdQB * kBf;
-  static constexpr int kKvLse = kKvDs + kFlashTile * kLdQB * kBf;
-  static constexpr int kKvDelta = kKvLse + kFlashBwdQueries * kF;
-  static constexpr int kKvBytes = kKvDelta + kFlashBwdQueries * kF;
+  static constexpr int kKvV = kKvK + kTile;
+  static constexpr int kKvQ = kKvV + kTile;
+  static constexpr int kKvDo = kKvQ + kQueryTile;
+  static constexpr int kKvLse = kKvDo + kQueryTile;
+  static constexpr int kKvDelta = kKvLse + kFlashBwdQueries * 4;
+  static constexpr int kKvBytes = kKvDelta + kFlashBwdQueries * 4;
 
-  // dQ: Q, dO, K, V tiles (bf16), dQ accumulator (float), S and dP (float), dS (bf16), the 64
-  // queries' lse and delta.
+  // dQ: the block's Q and dO tiles and one K and V tile at a time.
   static constexpr int kDqQ = 0;
-  static constexpr int kDqDo = kDqQ + kFlashTile * kLdH * kBf;
-  static constexpr int kDqK = kDqDo + kFlashTile * kLdH * kBf;
-  static constexpr int kDqV = kDqK + kFlashTile * kLdH * kBf;
-  static constexpr int kDqAcc = kDqV + kFlashTile * kLdH * kBf;
-  static constexpr int kDqS = kDqAcc + kFlashTile * kLdHF * kF;
-  static constexpr int kDqDp = kDqS + kFlashTile * kLdT * kF;
-  static constexpr int kDqDs = kDqDp + kFlashTile * kLdT * kF;
-  static constexpr int kDqLse = kDqDs + kFlashTile * kLdTB * kBf;
-  static constexpr int kDqDelta = kDqLse + kFlashTile * kF;
-  static constexpr int kDqBytes = kDqDelta + kFlashTile * kF;
+  static constexpr int kDqDo = kDqQ + kTile;
+  static constexpr int kDqK = kDqDo + kTile;
+  static constexpr int kDqV = kDqK + kTile;
+  static constexpr int kDqBytes = kDqV + kTile;
 };
 
-// Cooperatively converts rows [row0, row0 + rows) of one head of a [T, heads, HD] float tensor
-// into a bf16 tile [rows][ld]; rows past T become zeros.
 // The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
 // and blocks start in index order, so the heaviest tiles start first and the launch's tail is
 // made of light ones. (The dK/dV kernel's key tile j visits tiles - j query tiles: already
@@ -132,121 +123,200 @@ QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_x) {
   return (T + kFlashTile - 1) / kFlashTile - 1 - block_x;
 }
 
+// Cooperatively converts rows [row0, row0 + rows) of one head of a [T, heads, HD] tensor into a
+// bf16 tile [rows][kLd], eight values (16 bytes of the tile) per step; rows past T become zeros.
 template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int head, int row0,
-                                   int rows, typename C::Bf16* dst, int ld) {
-  for (int i = cx.thread; i < rows * HD; i += kFlashThreads) {
-    const int r = i / HD, d = i % HD, t = row0 + r;
-    const float x =
-        t < T ? Element<X>::Load(src[(static_cast<int64_t>(t) * heads + head) * HD + d]) : 0.0f;
-    dst[r * ld + d] = C::ToBf16(x);
+                                   int rows, typename C::Bf16* dst) {
+  constexpr int kChunks = HD / 8;
+  for (int i = cx.thread; i < rows * kChunks; i += kFlashThreads) {
+    const int r = i / kChunks, c = i % kChunks, t = row0 + r;
+    typename C::Bf16* to = dst + r * FlashLayout<HD>::kLd + 8 * c;
+    if (t < T) {
+      cx.Copy8(src + (static_cast<int64_t>(t) * heads + head) * HD + 8 * c, to);
+    } else {
+      cx.Zero8(to);
+    }
+  }
+}
+
+// The A fragment of the 16 x 16 block at `tile` (row-major, `ld` elements a row).
+template <class C>
+QLORAD_FLASH_FN void LoadA(C& cx, const typename C::Bf16* tile, int ld, int lane,
+                           uint32_t (&a)[4]) {
+  const int g = lane / 4, t = lane % 4;
+  a[0] = cx.LoadPair(tile + g * ld + 2 * t);
+  a[1] = cx.LoadPair(tile + (g + 8) * ld + 2 * t);
+  a[2] = cx.LoadPair(tile + g * ld + 2 * t + 8);
+  a[3] = cx.LoadPair(tile + (g + 8) * ld + 2 * t + 8);
+}
+
+// The B fragment (16 x 8, k x n) of a tile stored n-major: element (k, n) at tile[n ld + k]. A
+// K tile is this operand of S = Q K^T (n a key, k a head dimension).
+template <class C>
+QLORAD_FLASH_FN void LoadBRows(C& cx, const typename C::Bf16* tile, int ld, int lane,
+                               uint32_t (&b)[2]) {
+  const int g = lane / 4, t = lane % 4;
+  b[0] = cx.LoadPair(tile + g * ld + 2 * t);
+  b[1] = cx.LoadPair(tile + g * ld + 2 * t + 8);
+}
+
+// The B fragment of a tile stored k-major: element (k, n) at tile[k ld + n]. A V tile is this
+// operand of O += P V (k a key, n a head dimension); the pairs come from two rows.
+template <class C>
+QLORAD_FLASH_FN void LoadBColumns(C& cx, const typename C::Bf16* tile, int ld, int lane,
+                                  uint32_t (&b)[2]) {
+  const int g = lane / 4, t = lane % 4;
+  b[0] = cx.PairOf(tile[2 * t * ld + g], tile[(2 * t + 1) * ld + g]);
+  b[1] = cx.PairOf(tile[(2 * t + 8) * ld + g], tile[(2 * t + 9) * ld + g]);
+}
+
+// The A fragment made of two C tiles side by side (columns 0-7 and 8-15 of a 16-wide block).
+template <class C>
+QLORAD_FLASH_FN void PackA(C& cx, const float (&lo)[4], const float (&hi)[4], uint32_t (&a)[4]) {
+  a[0] = cx.Pack(lo[0], lo[1]);
+  a[1] = cx.Pack(lo[2], lo[3]);
+  a[2] = cx.Pack(hi[0], hi[1]);
+  a[3] = cx.Pack(hi[2], hi[3]);
+}
+
+// acc[n] += A B_n over the warp's 16 rows: A the warp's rows of `a_tile` (row-major, HD wide),
+// B_n the n-th 8-row block of `b_tile` read n-major (so acc = A B_tile^T): S = Q K^T,
+// dP = dO V^T, S^T = K Q^T, dP^T = V dO^T.
+template <int HD, int kN, class C>
+QLORAD_FLASH_FN void MmaRowsTimesRowsT(C& cx, const typename C::Bf16* a_tile,
+                                       const typename C::Bf16* b_tile, int lane,
+                                       float (&acc)[kN][4]) {
+  constexpr int kLd = FlashLayout<HD>::kLd;
+  for (int ks = 0; ks < HD / 16; ++ks) {
+    uint32_t a[4];
+    LoadA(cx, a_tile + 16 * ks, kLd, lane, a);
+    for (int n = 0; n < kN; ++n) {
+      uint32_t b[2];
+      LoadBRows(cx, b_tile + 8 * n * kLd + 16 * ks, kLd, lane, b);
+      cx.Mma(acc[n], a, b);
+    }
+  }
+}
+
+// acc[d] += P V_d over the warp's 16 rows: P the C tiles p[0..kK) (kK * 8 columns, held in
+// registers), V the first kK * 8 rows of `tile` (row-major, HD wide): O += P V, dQ += dS K,
+// dV += P^T dO, dK += dS^T Q.
+template <int HD, int kK, class C>
+QLORAD_FLASH_FN void MmaRegistersTimesRows(C& cx, const float (&p)[kK][4],
+                                           const typename C::Bf16* tile, int lane,
+                                           float (&acc)[HD / 8][4]) {
+  constexpr int kLd = FlashLayout<HD>::kLd;
+  for (int kk = 0; kk < kK / 2; ++kk) {
+    uint32_t a[4];
+    PackA(cx, p[2 * kk], p[2 * kk + 1], a);
+    for (int d = 0; d < HD / 8; ++d) {
+      uint32_t b[2];
+      LoadBColumns(cx, tile + 16 * kk * kLd + 8 * d, kLd, lane, b);
+      cx.Mma(acc[d], a, b);
+    }
+  }
+}
+
+// The row (0: g, 1: g + 8) and column within an 8-wide C tile of register i of this lane.
+QLORAD_FLASH_FN int FragRow(int i) { return i / 2; }
+QLORAD_FLASH_FN int FragCol(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
+
+// Writes a warp's 16 x HD accumulator times `scale` to rows [row0, row0 + 16) of one head of a
+// [T, heads, HD] tensor (rows past T are not written).
+template <int HD, typename X>
+QLORAD_FLASH_FN void StoreRows(const float (&acc)[HD / 8][4], const float (&scale)[2], int lane,
+                               int row0, int T, int heads, int head, X* dst) {
+  for (int d = 0; d < HD / 8; ++d) {
+    for (int i = 0; i < 4; ++i) {
+      const int t = row0 + lane / 4 + 8 * FragRow(i);
+      if (t < T) {
+        dst[(static_cast<int64_t>(t) * heads + head) * HD + 8 * d + FragCol(lane, i)] =
+            Element<X>::Round(acc[d][i] * scale[FragRow(i)]);
+      }
+    }
   }
 }
 
 // Forward of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 query rows;
-// per key tile it computes S = Q K^T on tensor cores, two lanes per row update the running max
-// and sum of their row (online softmax) and rescale the row's output accumulator, then the warp
-// adds P V. Writes out [T, H, HD] and lse [H, T].
+// per key tile it computes S = Q K^T, updates each row's running max and sum (online softmax:
+// the four lanes of a group hold a row between them), rescales its output accumulator and adds
+// P V. Writes out [T, H, HD] and lse [H, T].
 template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
-  constexpr int BM = kFlashTile, BN = kFlashTile;
+  constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kFwdQ);
   B* ks = reinterpret_cast<B*>(smem + Lay::kFwdK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kFwdV);
-  float* s = reinterpret_cast<float*>(smem + Lay::kFwdS);
-  B* p = reinterpret_cast<B*>(smem + Lay::kFwdP);
-  float* o = reinterpret_cast<float*>(smem + Lay::kFwdO);
-  float* row_max = reinterpret_cast<float*>(smem + Lay::kFwdM);
-  float* row_sum = reinterpret_cast<float*>(smem + Lay::kFwdL);
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
+  const int rows0 = q0 + 16 * warp;                             // the warp's first query
+  const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};  // this lane's two queries
 
-  FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs, Lay::kLdH);
-  for (int i = cx.thread; i < BM * Lay::kLdHF; i += kFlashThreads) o[i] = 0.0f;
-  for (int i = cx.thread; i < BM; i += kFlashThreads) {
-    row_max[i] = -INFINITY;
-    row_sum[i] = 0.0f;
-  }
+  FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
+  float o[HD / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};  // this lane's share; the group's four are added at the end
   // Causal: the tile's last query is min(T, q0 + BM) - 1, so later keys are never needed.
   const int last = (a.T < q0 + BM ? a.T : q0 + BM) - 1;
   const int key_tiles = last / BN + 1;
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
-    cx.SyncBlock();  // every warp is done with the previous K and V tiles
-    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks, Lay::kLdH);
-    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs, Lay::kLdH);
+    cx.SyncBlock();  // every warp is done with the previous K and V tiles (and Q is loaded)
+    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
+    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
     cx.SyncBlock();
-    for (int c = 0; c < BN / 16; ++c) {
-      cx.template WarpMma16<true>(qs + 16 * warp * Lay::kLdH, Lay::kLdH, ks + 16 * c * Lay::kLdH,
-                                  Lay::kLdH, HD / 16, s + 16 * warp * Lay::kLdT + 16 * c, Lay::kLdT,
-                                  false);
-    }
-    cx.SyncWarp();
-    {
-      // Two lanes per row: lane l takes row l % 16 and half l / 16 of the columns; they combine
-      // their partial max and sum through `red` (one float per lane of this warp).
-      const int r = 16 * warp + lane % 16, t = q0 + r, half = lane / 16;
-      const int j0 = half * (BN / 2), j1 = j0 + BN / 2;
-      float* srow = s + r * Lay::kLdT;
-      B* prow = p + r * Lay::kLdTB;
-      float* red = reinterpret_cast<float*>(smem + Lay::kFwdRed) + 32 * warp;
-      float part = -INFINITY;
-      for (int j = j0; j < j1; ++j) {
-        const float x = FlashVisible(a, t, k0 + j) ? srow[j] * a.scale : -INFINITY;
-        srow[j] = x;
-        part = x > part ? x : part;
+    float s[BN / 8][4] = {};
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
+
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    for (int n = 0; n < BN / 8; ++n) {
+      for (int i = 0; i < 4; ++i) {
+        const int r = FragRow(i);
+        const float x =
+            FlashVisible(a, row[r], k0 + 8 * n + FragCol(lane, i)) ? s[n][i] * a.scale : -INFINITY;
+        s[n][i] = x;
+        tile_max[r] = x > tile_max[r] ? x : tile_max[r];
       }
-      red[lane] = part;
-      cx.SyncWarp();
-      const float other = red[lane ^ 16];
-      const float tile_max = part > other ? part : other;
-      const float old_max = row_max[r];
-      const float new_max = tile_max > old_max ? tile_max : old_max;
-      float alpha = 1.0f, sum = 0.0f;
-      if (new_max == -INFINITY) {  // nothing visible yet (a row past T)
-        for (int j = j0; j < j1; ++j) prow[j] = C::ToBf16(0.0f);
-      } else {
-        alpha = expf(old_max - new_max);  // 0 when old_max is -inf
-        for (int j = j0; j < j1; ++j) {
-          const float e = expf(srow[j] - new_max);
-          sum += e;
-          prow[j] = C::ToBf16(e);
-        }
-      }
-      cx.SyncWarp();  // both halves have read red (maxima) and row_max/row_sum
-      red[lane] = sum;
-      cx.SyncWarp();
-      if (half == 0) {
-        row_max[r] = new_max;
-        row_sum[r] = row_sum[r] * alpha + sum + red[lane + 16];
-      }
-      float* orow = o + r * Lay::kLdHF;
-      for (int d = half * (HD / 2); d < (half + 1) * (HD / 2); ++d) orow[d] *= alpha;
     }
-    cx.SyncWarp();
-    for (int c = 0; c < HD / 16; ++c) {
-      cx.template WarpMma16<false>(p + 16 * warp * Lay::kLdTB, Lay::kLdTB, vs + 16 * c, Lay::kLdH,
-                                   BN / 16, o + 16 * warp * Lay::kLdHF + 16 * c, Lay::kLdHF, true);
+    float alpha[2];
+    for (int r = 0; r < 2; ++r) {
+      for (int mask = 1; mask <= 2; mask *= 2) {
+        const float other = cx.ShflXor(tile_max[r], mask);
+        tile_max[r] = other > tile_max[r] ? other : tile_max[r];
+      }
+      const float new_max = tile_max[r] > row_max[r] ? tile_max[r] : row_max[r];
+      // 1 while nothing is visible (a row past T); 0 when the old max was -inf.
+      alpha[r] = new_max == -INFINITY ? 1.0f : expf(row_max[r] - new_max);
+      row_max[r] = new_max;
+      row_sum[r] *= alpha[r];
     }
+    for (int n = 0; n < BN / 8; ++n) {
+      for (int i = 0; i < 4; ++i) {
+        const int r = FragRow(i);
+        const float e = row_max[r] == -INFINITY ? 0.0f : expf(s[n][i] - row_max[r]);
+        s[n][i] = e;
+        row_sum[r] += e;
+      }
+    }
+    for (int d = 0; d < HD / 8; ++d) {
+      for (int i = 0; i < 4; ++i) o[d][i] *= alpha[FragRow(i)];
+    }
+    MmaRegistersTimesRows<HD>(cx, s, vs, lane, o);
   }
-  cx.SyncBlock();
-  if (lane < 16) {
-    const int r = 16 * warp + lane, t = q0 + r;
+  float inv_sum[2];
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += cx.ShflXor(row_sum[r], 1);
+    row_sum[r] += cx.ShflXor(row_sum[r], 2);
     const float l = row_sum[r];
-    if (t < a.T)
-      a.lse[static_cast<int64_t>(h) * a.T + t] = l > 0.0f ? row_max[r] + logf(l) : -INFINITY;
-    row_sum[r] = l > 0.0f ? 1.0f / l : 0.0f;  // now the row's normalizer
-  }
-  cx.SyncBlock();
-  for (int i = cx.thread; i < BM * HD; i += kFlashThreads) {
-    const int r = i / HD, d = i % HD, t = q0 + r;
-    if (t < a.T) {
-      a.out[(static_cast<int64_t>(t) * a.H + h) * HD + d] =
-          Element<X>::Round(o[r * Lay::kLdHF + d] * row_sum[r]);
+    if (lane % 4 == 0 && row[r] < a.T) {
+      a.lse[static_cast<int64_t>(h) * a.T + row[r]] = l > 0.0f ? row_max[r] + logf(l) : -INFINITY;
     }
+    inv_sum[r] = l > 0.0f ? 1.0f / l : 0.0f;
   }
+  StoreRows<HD>(o, inv_sum, lane, rows0, a.T, a.H, h, a.out);
 }
 
 // dK and dV of one (key tile, kv head) block: grid (ceil(T / 64), KV). Each warp owns 16 keys;
@@ -257,78 +327,54 @@ template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
-  constexpr int BN = kFlashTile, BQ = kFlashBwdQueries;
+  constexpr int BN = kFlashTile, BQ = kFlashBwdQueries, kLd = Lay::kLd;
   B* ks = reinterpret_cast<B*>(smem + Lay::kKvK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kKvV);
-  float* dk = reinterpret_cast<float*>(smem + Lay::kKvDk);
-  float* dv = reinterpret_cast<float*>(smem + Lay::kKvDv);
   B* qs = reinterpret_cast<B*>(smem + Lay::kKvQ);
   B* dos = reinterpret_cast<B*>(smem + Lay::kKvDo);
-  float* st = reinterpret_cast<float*>(smem + Lay::kKvS);
-  float* dpt = reinterpret_cast<float*>(smem + Lay::kKvDp);
-  B* pt = reinterpret_cast<B*>(smem + Lay::kKvP);
-  B* dst = reinterpret_cast<B*>(smem + Lay::kKvDs);
   float* lse = reinterpret_cast<float*>(smem + Lay::kKvLse);
   float* delta = reinterpret_cast<float*>(smem + Lay::kKvDelta);
   const int k0 = cx.block_x * BN, g = cx.block_y, group = a.H / a.KV;
   const int warp = cx.thread / 32, lane = cx.thread % 32;
+  const int keys0 = k0 + 16 * warp;
+  const int key[2] = {keys0 + lane / 4, keys0 + lane / 4 + 8};
 
-  FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks, Lay::kLdH);
-  FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs, Lay::kLdH);
-  for (int i = cx.thread; i < BN * Lay::kLdHF; i += kFlashThreads) dk[i] = dv[i] = 0.0f;
+  FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
+  FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
+  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
   const int query_tiles = (a.T + BQ - 1) / BQ;
   for (int hh = 0; hh < group; ++hh) {
     const int h = g * group + hh;
     for (int qt = k0 / BQ; qt < query_tiles; ++qt) {  // queries before k0 see none of these keys
       const int q0 = qt * BQ;
       cx.SyncBlock();  // every warp is done with the previous Q and dO tiles
-      FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BQ, qs, Lay::kLdH);
-      FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BQ, dos, Lay::kLdH);
+      FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BQ, qs);
+      FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BQ, dos);
       for (int i = cx.thread; i < BQ; i += kFlashThreads) {
         const int t = q0 + i;
         lse[i] = t < a.T ? a.lse[static_cast<int64_t>(h) * a.T + t] : 0.0f;
         delta[i] = t < a.T ? a.delta[static_cast<int64_t>(h) * a.T + t] : 0.0f;
       }
       cx.SyncBlock();
-      for (int c = 0; c < BQ / 16; ++c) {
-        cx.template WarpMma16<true>(ks + 16 * warp * Lay::kLdH, Lay::kLdH, qs + 16 * c * Lay::kLdH,
-                                    Lay::kLdH, HD / 16, st + 16 * warp * Lay::kLdQ + 16 * c,
-                                    Lay::kLdQ, false);
-        cx.template WarpMma16<true>(vs + 16 * warp * Lay::kLdH, Lay::kLdH, dos + 16 * c * Lay::kLdH,
-                                    Lay::kLdH, HD / 16, dpt + 16 * warp * Lay::kLdQ + 16 * c,
-                                    Lay::kLdQ, false);
-      }
-      cx.SyncWarp();
-      {  // two lanes per key row, each half of the queries
-        const int r = 16 * warp + lane % 16, j = k0 + r, half = lane / 16;
-        for (int i = half * (BQ / 2); i < (half + 1) * (BQ / 2); ++i) {
-          const int t = q0 + i;
-          const bool visible = FlashVisible(a, t, j);  // implies j <= t < T
-          const float pr = visible ? expf(st[r * Lay::kLdQ + i] * a.scale - lse[i]) : 0.0f;
-          pt[r * Lay::kLdQB + i] = C::ToBf16(pr);
-          dst[r * Lay::kLdQB + i] = C::ToBf16(pr * (dpt[r * Lay::kLdQ + i] - delta[i]));
+      float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
+      MmaRowsTimesRowsT<HD>(cx, ks + 16 * warp * kLd, qs, lane, st);
+      MmaRowsTimesRowsT<HD>(cx, vs + 16 * warp * kLd, dos, lane, dpt);
+      for (int n = 0; n < BQ / 8; ++n) {
+        for (int i = 0; i < 4; ++i) {
+          const int c = 8 * n + FragCol(lane, i);  // the query within the tile
+          const bool visible = FlashVisible(a, q0 + c, key[FragRow(i)]);  // implies key <= t < T
+          const float p = visible ? expf(st[n][i] * a.scale - lse[c]) : 0.0f;
+          st[n][i] = p;                            // P^T
+          dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
         }
       }
-      cx.SyncWarp();
-      for (int c = 0; c < HD / 16; ++c) {
-        cx.template WarpMma16<false>(pt + 16 * warp * Lay::kLdQB, Lay::kLdQB, dos + 16 * c,
-                                     Lay::kLdH, BQ / 16, dv + 16 * warp * Lay::kLdHF + 16 * c,
-                                     Lay::kLdHF, true);
-        cx.template WarpMma16<false>(dst + 16 * warp * Lay::kLdQB, Lay::kLdQB, qs + 16 * c,
-                                     Lay::kLdH, BQ / 16, dk + 16 * warp * Lay::kLdHF + 16 * c,
-                                     Lay::kLdHF, true);
-      }
+      MmaRegistersTimesRows<HD>(cx, st, dos, lane, dv);
+      MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
     }
   }
-  cx.SyncBlock();
-  for (int i = cx.thread; i < BN * HD; i += kFlashThreads) {
-    const int r = i / HD, d = i % HD, j = k0 + r;
-    if (j < a.T) {
-      const int64_t at = (static_cast<int64_t>(j) * a.KV + g) * HD + d;
-      a.dk[at] = Element<X>::Round(dk[r * Lay::kLdHF + d] * a.scale);
-      a.dv[at] = Element<X>::Round(dv[r * Lay::kLdHF + d]);
-    }
-  }
+  const float dk_scale[2] = {a.scale, a.scale}, one[2] = {1.0f, 1.0f};
+  StoreRows<HD>(dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
+  StoreRows<HD>(dv, one, lane, keys0, a.T, a.KV, g, a.dv);
 }
 
 // dQ of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 queries; per key
@@ -338,68 +384,49 @@ template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned char* smem) {
   using B = typename C::Bf16;
   using Lay = FlashLayout<HD>;
-  constexpr int BM = kFlashTile, BN = kFlashTile;
+  constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kDqQ);
   B* dos = reinterpret_cast<B*>(smem + Lay::kDqDo);
   B* ks = reinterpret_cast<B*>(smem + Lay::kDqK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kDqV);
-  float* acc = reinterpret_cast<float*>(smem + Lay::kDqAcc);
-  float* s = reinterpret_cast<float*>(smem + Lay::kDqS);
-  float* dp = reinterpret_cast<float*>(smem + Lay::kDqDp);
-  B* ds = reinterpret_cast<B*>(smem + Lay::kDqDs);
-  float* lse = reinterpret_cast<float*>(smem + Lay::kDqLse);
-  float* delta = reinterpret_cast<float*>(smem + Lay::kDqDelta);
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
-
-  FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs, Lay::kLdH);
-  FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BM, dos, Lay::kLdH);
-  for (int i = cx.thread; i < BM * Lay::kLdHF; i += kFlashThreads) acc[i] = 0.0f;
-  for (int i = cx.thread; i < BM; i += kFlashThreads) {
-    const int t = q0 + i;
-    lse[i] = t < a.T ? a.lse[static_cast<int64_t>(h) * a.T + t] : 0.0f;
-    delta[i] = t < a.T ? a.delta[static_cast<int64_t>(h) * a.T + t] : 0.0f;
+  const int rows0 = q0 + 16 * warp;
+  const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};
+  float lse[2], delta[2];
+  for (int r = 0; r < 2; ++r) {
+    const bool in = row[r] < a.T;
+    lse[r] = in ? a.lse[static_cast<int64_t>(h) * a.T + row[r]] : 0.0f;
+    delta[r] = in ? a.delta[static_cast<int64_t>(h) * a.T + row[r]] : 0.0f;
   }
+
+  FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
+  FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BM, dos);
+  float dq[HD / 8][4] = {};
   const int last = (a.T < q0 + BM ? a.T : q0 + BM) - 1;
   const int key_tiles = last / BN + 1;
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
     cx.SyncBlock();
-    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks, Lay::kLdH);
-    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs, Lay::kLdH);
+    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
+    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
     cx.SyncBlock();
-    for (int c = 0; c < BN / 16; ++c) {
-      cx.template WarpMma16<true>(qs + 16 * warp * Lay::kLdH, Lay::kLdH, ks + 16 * c * Lay::kLdH,
-                                  Lay::kLdH, HD / 16, s + 16 * warp * Lay::kLdT + 16 * c, Lay::kLdT,
-                                  false);
-      cx.template WarpMma16<true>(dos + 16 * warp * Lay::kLdH, Lay::kLdH, vs + 16 * c * Lay::kLdH,
-                                  Lay::kLdH, HD / 16, dp + 16 * warp * Lay::kLdT + 16 * c,
-                                  Lay::kLdT, false);
-    }
-    cx.SyncWarp();
-    {  // two lanes per query row, each half of the keys
-      const int r = 16 * warp + lane % 16, t = q0 + r, half = lane / 16;
-      for (int j = half * (BN / 2); j < (half + 1) * (BN / 2); ++j) {
-        const float pr =
-            FlashVisible(a, t, k0 + j) ? expf(s[r * Lay::kLdT + j] * a.scale - lse[r]) : 0.0f;
-        ds[r * Lay::kLdTB + j] = C::ToBf16(pr * (dp[r * Lay::kLdT + j] - delta[r]));
+    float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
+    MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, vs, lane, dp);
+    for (int n = 0; n < BN / 8; ++n) {
+      for (int i = 0; i < 4; ++i) {
+        const int r = FragRow(i);
+        const float p = FlashVisible(a, row[r], k0 + 8 * n + FragCol(lane, i))
+                            ? expf(s[n][i] * a.scale - lse[r])
+                            : 0.0f;
+        s[n][i] = p * (dp[n][i] - delta[r]);  // dS
       }
     }
-    cx.SyncWarp();
-    for (int c = 0; c < HD / 16; ++c) {
-      cx.template WarpMma16<false>(ds + 16 * warp * Lay::kLdTB, Lay::kLdTB, ks + 16 * c, Lay::kLdH,
-                                   BN / 16, acc + 16 * warp * Lay::kLdHF + 16 * c, Lay::kLdHF,
-                                   true);
-    }
+    MmaRegistersTimesRows<HD>(cx, s, ks, lane, dq);
   }
-  cx.SyncBlock();
-  for (int i = cx.thread; i < BM * HD; i += kFlashThreads) {
-    const int r = i / HD, d = i % HD, t = q0 + r;
-    if (t < a.T) {
-      a.dq[(static_cast<int64_t>(t) * a.H + h) * HD + d] =
-          Element<X>::Round(acc[r * Lay::kLdHF + d] * a.scale);
-    }
-  }
+  const float scale[2] = {a.scale, a.scale};
+  StoreRows<HD>(dq, scale, lane, rows0, a.T, a.H, h, a.dq);
 }
 
 }  // namespace qlorad::kernels::flash

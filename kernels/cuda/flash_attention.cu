@@ -1,7 +1,7 @@
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels/cuda/bf16_element.cuh"
@@ -12,35 +12,52 @@ namespace qlorad::kernels::cuda {
 namespace {
 namespace fl = kernels::flash;
 
-// The block context of kernels/flash_attention_body.h on the GPU: WMMA 16x16x16 bf16 tiles with
-// float accumulators (sm_80 and later).
+// The block context of kernels/flash_attention_body.h on the GPU: the m16n8k16 bf16 tensor-core
+// instruction with float accumulators (sm_80 and later), 16-byte tile loads.
 struct DeviceBlockContext {
   using Bf16 = __nv_bfloat16;
   int thread, block_x, block_y;
 
   __device__ void SyncBlock() { __syncthreads(); }
-  __device__ void SyncWarp() { __syncwarp(); }
   __device__ static Bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
-
-  template <bool kBColMajor>
-  __device__ void WarpMma16(const Bf16* a, int lda, const Bf16* b, int ldb, int ksteps, float* c,
-                            int ldc, bool accumulate) {
-    namespace w = nvcuda::wmma;
-    using BLayout = std::conditional_t<kBColMajor, w::col_major, w::row_major>;
-    w::fragment<w::accumulator, 16, 16, 16, float> acc;
-    if (accumulate) {
-      w::load_matrix_sync(acc, c, ldc, w::mem_row_major);
-    } else {
-      w::fill_fragment(acc, 0.0f);
+  __device__ static uint32_t Pack(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  __device__ static uint32_t LoadPair(const Bf16* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+  __device__ static uint32_t PairOf(Bf16 lo, Bf16 hi) {
+    return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
+           static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16;
+  }
+  // Eight values into a 16-byte-aligned tile slot: one 16-byte load of bf16 (two of float32)
+  // where the source allows it, element by element where it does not.
+  template <typename X>
+  __device__ static void Copy8(const X* src, Bf16* dst) {
+    if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      if constexpr (std::is_same_v<X, __nv_bfloat16>) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        const float4 lo = reinterpret_cast<const float4*>(src)[0];
+        const float4 hi = reinterpret_cast<const float4*>(src)[1];
+        *reinterpret_cast<uint4*>(dst) =
+            make_uint4(Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w));
+      }
+      return;
     }
-    for (int ks = 0; ks < ksteps; ++ks) {
-      w::fragment<w::matrix_a, 16, 16, 16, __nv_bfloat16, w::row_major> fa;
-      w::fragment<w::matrix_b, 16, 16, 16, __nv_bfloat16, BLayout> fb;
-      w::load_matrix_sync(fa, a + 16 * ks, lda);
-      w::load_matrix_sync(fb, kBColMajor ? b + 16 * ks : b + 16 * ks * ldb, ldb);
-      w::mma_sync(acc, fa, fb, acc);
-    }
-    w::store_matrix_sync(c, acc, ldc, w::mem_row_major);
+    for (int i = 0; i < 8; ++i) dst[i] = ToBf16(Element<X>::Load(src[i]));
+  }
+  __device__ static void Zero8(Bf16* dst) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+  }
+  __device__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+  __device__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 };
 

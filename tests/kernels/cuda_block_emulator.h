@@ -3,16 +3,21 @@
 // shared-memory buffer, with real barriers for __syncthreads and __syncwarp, so a missing barrier
 // or a wrong index shows up as a wrong result here rather than only on a GPU. bf16 rounds to
 // nearest even as the GPU's conversions do; a warp tile multiply takes bf16 inputs and accumulates
-// in float, as tensor cores do.
+// in float, as tensor cores do. Mma models the register layout of the m16n8k16 instruction (PTX
+// ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"): each lane hands in only
+// its own fragments, so a lane that loads the wrong elements computes a wrong result here too.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
+
+#include "kernels/element.h"
 
 namespace qlorad::testing {
 
@@ -60,14 +65,22 @@ inline float Bf16ToFloat(EmulatedBf16 b) {
 }
 
 struct EmulatedBlockShared {
-  explicit EmulatedBlockShared(int threads) : block(threads), lanes(threads) {
+  explicit EmulatedBlockShared(int threads) : block(threads), lanes(threads), fragments(threads) {
     for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
   }
   Barrier block;
   std::vector<std::unique_ptr<Barrier>> warps;
-  std::atomic<int> violations{0};  // tile operands that break WMMA's alignment rules
-  std::vector<float> lanes;        // one slot per thread for warp reductions
+  std::atomic<int> violations{0};  // misaligned tile operands or shared-memory accesses
+  std::vector<float> lanes;        // one slot per thread for warp reductions and shuffles
+  std::vector<std::array<uint32_t, 6>> fragments;  // one thread's A and B registers for Mma
 };
+
+inline uint32_t Bf16Pair(EmulatedBf16 lo, EmulatedBf16 hi) {
+  return static_cast<uint32_t>(lo.bits) | static_cast<uint32_t>(hi.bits) << 16;
+}
+inline float PairHalf(uint32_t pair, int half) {
+  return Bf16ToFloat({static_cast<uint16_t>(half == 0 ? pair & 0xFFFFu : pair >> 16)});
+}
 
 struct EmulatedContext {
   using Bf16 = EmulatedBf16;
@@ -86,6 +99,57 @@ struct EmulatedContext {
     return s;
   }
   static Bf16 ToBf16(float x) { return FloatToBf16(x); }
+
+  // The flash-attention primitives (kernels/flash_attention_body.h). Misaligned accesses are
+  // counted as violations: the GPU would fault or read the wrong bytes.
+  static uint32_t Pack(float lo, float hi) { return Bf16Pair(ToBf16(lo), ToBf16(hi)); }
+  uint32_t LoadPair(const Bf16* p) {
+    if (reinterpret_cast<uintptr_t>(p) % 4 != 0) ++shared->violations;
+    return Bf16Pair(p[0], p[1]);
+  }
+  static uint32_t PairOf(Bf16 lo, Bf16 hi) { return Bf16Pair(lo, hi); }
+  template <typename X>
+  void Copy8(const X* src, Bf16* dst) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
+    for (int i = 0; i < 8; ++i) dst[i] = ToBf16(kernels::Element<X>::Load(src[i]));
+  }
+  void Zero8(Bf16* dst) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
+    for (int i = 0; i < 8; ++i) dst[i] = Bf16{};
+  }
+  float ShflXor(float v, int mask) {
+    shared->lanes[thread] = v;
+    SyncWarp();
+    const float other = shared->lanes[(thread & ~31) | ((thread % 32) ^ mask)];
+    SyncWarp();  // no lane overwrites its slot before its partner has read it
+    return other;
+  }
+  // d += A B for the warp's m16n8k16 tile: every lane publishes its registers, then computes
+  // its own four outputs from the lanes that hold each element under the instruction's layout.
+  void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    shared->fragments[thread] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    SyncWarp();
+    const int base = thread & ~31, lane = thread % 32, g = lane / 4, t = lane % 4;
+    // A (m, k): lane 4 (m % 8) + (k % 8) / 2, register (m >= 8) + 2 (k >= 8), half k % 2.
+    auto A = [&](int m, int k) {
+      const auto& f = shared->fragments[base + 4 * (m % 8) + (k % 8) / 2];
+      return PairHalf(f[(m >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
+    };
+    // B (k, n): lane 4 n + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
+    auto Bv = [&](int k, int n) {
+      const auto& f = shared->fragments[base + 4 * n + (k % 8) / 2];
+      return PairHalf(f[4 + (k >= 8 ? 1 : 0)], k % 2);
+    };
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+      const int m = g + 8 * (i / 2), n = 2 * t + (i & 1);
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) sum += A(m, k) * Bv(k, n);
+      out[i] = d[i] + sum;
+    }
+    SyncWarp();  // every lane has read the fragments before any lane publishes new ones
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+  }
 
   // Warp-collective: every lane calls it and lane 0 does the work, with no barrier of its own:
   // the caller's code must order it after the lanes' earlier writes and before their later

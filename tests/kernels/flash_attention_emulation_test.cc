@@ -58,7 +58,7 @@ void RunFlash(fl::FlashArgs<float>& a) {
                                            fl::FlashBackwardQBlock<HD>(cx, a, smem);
                                          });
   a.delta = nullptr;
-  EXPECT_EQ(violations, 0) << "tile operands misaligned for WMMA";
+  EXPECT_EQ(violations, 0) << "misaligned shared-memory access";
 }
 
 void CheckAgainstCpu(const Shape& sh) {
