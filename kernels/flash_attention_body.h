@@ -33,6 +33,7 @@
 //   uint32_t PairOf(Bf16 lo, Bf16 hi);          // two bf16 from anywhere, lo in the low half
 //   template <typename X> void Copy8(const X* src, Bf16* dst);  // 8 values rounded to bf16
 //   void Zero8(Bf16* dst);                      // 8 zeros (dst 16-byte aligned)
+//   float Exp(float x);                         // e^x, at least as exact as bf16 needs
 //   float ShflXor(float v, int mask);           // warp-collective: v of lane ^ mask
 //   void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);  // d += a b
 // Mma is warp-collective (all 32 lanes call it with their own fragments).
@@ -289,14 +290,14 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
       }
       const float new_max = tile_max[r] > row_max[r] ? tile_max[r] : row_max[r];
       // 1 while nothing is visible (a row past T); 0 when the old max was -inf.
-      alpha[r] = new_max == -INFINITY ? 1.0f : expf(row_max[r] - new_max);
+      alpha[r] = new_max == -INFINITY ? 1.0f : cx.Exp(row_max[r] - new_max);
       row_max[r] = new_max;
       row_sum[r] *= alpha[r];
     }
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i);
-        const float e = row_max[r] == -INFINITY ? 0.0f : expf(s[n][i] - row_max[r]);
+        const float e = row_max[r] == -INFINITY ? 0.0f : cx.Exp(s[n][i] - row_max[r]);
         s[n][i] = e;
         row_sum[r] += e;
       }
@@ -363,7 +364,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
         for (int i = 0; i < 4; ++i) {
           const int c = 8 * n + FragCol(lane, i);  // the query within the tile
           const bool visible = FlashVisible(a, q0 + c, key[FragRow(i)]);  // implies key <= t < T
-          const float p = visible ? expf(st[n][i] * a.scale - lse[c]) : 0.0f;
+          const float p = visible ? cx.Exp(st[n][i] * a.scale - lse[c]) : 0.0f;
           st[n][i] = p;                            // P^T
           dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
         }
@@ -418,7 +419,7 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i);
         const float p = FlashVisible(a, row[r], k0 + 8 * n + FragCol(lane, i))
-                            ? expf(s[n][i] * a.scale - lse[r])
+                            ? cx.Exp(s[n][i] * a.scale - lse[r])
                             : 0.0f;
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
       }

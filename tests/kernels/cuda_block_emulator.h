@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -117,6 +118,7 @@ struct EmulatedContext {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
     for (int i = 0; i < 8; ++i) dst[i] = Bf16{};
   }
+  static float Exp(float x) { return std::exp(x); }
   float ShflXor(float v, int mask) {
     shared->lanes[thread] = v;
     SyncWarp();
