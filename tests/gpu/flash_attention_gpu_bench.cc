@@ -1,13 +1,16 @@
 // Flash attention on the GPU at the Llama-7B training shape (T 2048, 32 heads of 128): forward
 // and backward time and TFLOP/s (causal: half the T x T work; backward counted as 2.5 forwards,
-// the FlashAttention papers' convention), against the bf16 tensor-core GEMM rate measured in the
-// same run.
+// the FlashAttention papers' convention), with bf16 activations (as the training graph keeps
+// them on the GPU) and float32 ones, against the bf16 tensor-core GEMM rate measured in the same
+// run. One JSON line per activation type.
 //   flash_attention_gpu_bench [--tokens 2048] [--heads 32] [--kv-heads 32] [--head-dim 128]
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/flash_attention.h"
@@ -16,16 +19,65 @@
 
 namespace {
 
-float* DevRandom(size_t n, unsigned seed) {
-  std::vector<float> h(n);
+namespace kc = qlorad::kernels::cuda;
+
+// n random values in [-1.5, 1.5) as X (float or bf16) on the device.
+template <typename X>
+X* DevRandom(size_t n, unsigned seed) {
+  std::vector<X> h(n);
   for (size_t i = 0; i < n; ++i) {
     seed = seed * 1664525u + 1013904223u;
-    h[i] = (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f) * 3.0f;
+    const float x = (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f) * 3.0f;
+    if constexpr (std::is_same_v<X, float>) {
+      h[i] = x;
+    } else {
+      h[i] = __float2bfloat16(x);
+    }
   }
-  float* d = nullptr;
-  CUDA_OK(cudaMalloc(&d, n * 4));
-  CUDA_OK(cudaMemcpy(d, h.data(), n * 4, cudaMemcpyHostToDevice));
+  X* d = nullptr;
+  CUDA_OK(cudaMalloc(&d, n * sizeof(X)));
+  CUDA_OK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
   return d;
+}
+
+// Forward and backward milliseconds with activations of type X (the training graph's bf16
+// activations, or float32).
+template <typename X>
+void Run(int T, int H, int KV, int hd, const char* type, double gemm_tflops) {
+  X* q = DevRandom<X>(size_t(T) * H * hd, 1);
+  X* k = DevRandom<X>(size_t(T) * KV * hd, 2);
+  X* v = DevRandom<X>(size_t(T) * KV * hd, 3);
+  X* dout = DevRandom<X>(size_t(T) * H * hd, 4);
+  X *out, *dq, *dk, *dv;
+  float *lse, *delta;
+  CUDA_OK(cudaMalloc(&out, size_t(T) * H * hd * sizeof(X)));
+  CUDA_OK(cudaMalloc(&dq, size_t(T) * H * hd * sizeof(X)));
+  CUDA_OK(cudaMalloc(&dk, size_t(T) * KV * hd * sizeof(X)));
+  CUDA_OK(cudaMalloc(&dv, size_t(T) * KV * hd * sizeof(X)));
+  CUDA_OK(cudaMalloc(&lse, size_t(H) * T * 4));
+  CUDA_OK(cudaMalloc(&delta, size_t(H) * T * 4));
+  const float fwd_ms = qlorad::gpu_bench::TimeMs(
+      [&] {
+        CUDA_OK(kc::FlashAttentionForward(q, k, v, nullptr, T, H, KV, hd, out, lse, nullptr));
+      },
+      20);
+  const float bwd_ms = qlorad::gpu_bench::TimeMs(
+      [&] {
+        CUDA_OK(kc::FlashAttentionBackward(q, k, v, nullptr, out, lse, dout, T, H, KV, hd, delta,
+                                           dq, dk, dv, nullptr));
+      },
+      20);
+  CUDA_OK(cudaDeviceSynchronize());
+  const double fwd_flops = 4.0 * T * double(T) * hd * H / 2.0;
+  const double fwd_tf = fwd_flops / (fwd_ms * 1e-3) / 1e12;
+  const double bwd_tf = 2.5 * fwd_flops / (bwd_ms * 1e-3) / 1e12;
+  std::printf(
+      "{\"bench\": \"flash_attention\", \"activations\": \"%s\", \"T\": %d, \"H\": %d, "
+      "\"KV\": %d, \"head_dim\": %d, \"forward_ms\": %.3f, \"forward_tflops\": %.1f, "
+      "\"backward_ms\": %.3f, \"backward_tflops\": %.1f, \"bf16_gemm_tflops\": %.0f}\n",
+      type, T, H, KV, hd, fwd_ms, fwd_tf, bwd_ms, bwd_tf, gemm_tflops);
+  for (X* p : {q, k, v, dout, out, dq, dk, dv}) cudaFree(p);
+  for (float* p : {lse, delta}) cudaFree(p);
 }
 
 }  // namespace
@@ -45,38 +97,8 @@ int main(int argc, char** argv) {
     }
     *dst = std::atoi(argv[i + 1]);
   }
-  namespace kc = qlorad::kernels::cuda;
-  float* q = DevRandom(size_t(T) * H * hd, 1);
-  float* k = DevRandom(size_t(T) * KV * hd, 2);
-  float* v = DevRandom(size_t(T) * KV * hd, 3);
-  float* dout = DevRandom(size_t(T) * H * hd, 4);
-  float *out, *lse, *delta, *dq, *dk, *dv;
-  CUDA_OK(cudaMalloc(&out, size_t(T) * H * hd * 4));
-  CUDA_OK(cudaMalloc(&dq, size_t(T) * H * hd * 4));
-  CUDA_OK(cudaMalloc(&dk, size_t(T) * KV * hd * 4));
-  CUDA_OK(cudaMalloc(&dv, size_t(T) * KV * hd * 4));
-  CUDA_OK(cudaMalloc(&lse, size_t(H) * T * 4));
-  CUDA_OK(cudaMalloc(&delta, size_t(H) * T * 4));
-  const float fwd_ms = qlorad::gpu_bench::TimeMs(
-      [&] {
-        CUDA_OK(kc::FlashAttentionForward(q, k, v, nullptr, T, H, KV, hd, out, lse, nullptr));
-      },
-      20);
-  const float bwd_ms = qlorad::gpu_bench::TimeMs(
-      [&] {
-        CUDA_OK(kc::FlashAttentionBackward(q, k, v, nullptr, out, lse, dout, T, H, KV, hd, delta,
-                                           dq, dk, dv, nullptr));
-      },
-      20);
-  CUDA_OK(cudaDeviceSynchronize());
-  const double fwd_flops = 4.0 * T * double(T) * hd * H / 2.0;
   const double peak = qlorad::gpu_bench::MeasureBf16GemmTflops();
-  const double fwd_tf = fwd_flops / (fwd_ms * 1e-3) / 1e12;
-  const double bwd_tf = 2.5 * fwd_flops / (bwd_ms * 1e-3) / 1e12;
-  std::printf(
-      "flash attention T=%d H=%d KV=%d hd=%d: forward %.3f ms (%.1f TFLOP/s), backward %.3f ms "
-      "(%.1f TFLOP/s); bf16 GEMM %.0f TFLOP/s\n",
-      T, H, KV, hd, fwd_ms, fwd_tf, bwd_ms, bwd_tf, peak);
-  for (float* p : {q, k, v, dout, out, lse, delta, dq, dk, dv}) cudaFree(p);
+  Run<__nv_bfloat16>(T, H, KV, hd, "bf16", peak);
+  Run<float>(T, H, KV, hd, "float32", peak);
   return 0;
 }

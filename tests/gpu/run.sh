@@ -89,11 +89,11 @@ case $status in
   2) echo "== build FAILED"; grep -E "error|Error" "$out/build.log" | head -30 ;;
 esac
 [ -f "$out/ctest.log" ] && { echo "== ctest -L gpu"; grep -E "tests passed|Passed|Failed|SKIPPED|CHECK failed|Not Run" "$out/ctest.log" | head -30; }
-# The results (JSON lines, skips) and each failure with the four lines before it; the whole
+# The results (JSON lines, the dequantization bench's table rows, skips) and each failure with the four lines before it; the whole
 # log, warnings included, stays in bench.log under $out.
 [ -s "$out/bench.log" ] && {
   echo "== benchmarks"
-  grep -E '^\{|SKIPPED' "$out/bench.log" | grep -v '"ops"'
+  grep -E '^\{|^\||^device|SKIPPED' "$out/bench.log" | grep -v '"ops"'
   grep -B4 'FAILED' "$out/bench.log"
 }
 # Each op profile as a short table: the ten kinds of work with the most GPU time.
