@@ -76,10 +76,17 @@ constexpr int kFlashThreads = 128;    // 4 warps, each owning 16 rows of a 64-ro
 constexpr int kFlashTile = 64;        // queries per forward / dQ block, keys per key tile
 constexpr int kFlashBwdQueries = 32;  // queries per inner tile of the dK/dV kernel
 
-// Key j is visible to query t (both < T) when j <= t and both belong to the same segment.
+// The segment (packed example) of token t: 0 for every token of an unpacked row and past T.
+// Each block reads its fixed rows' segments once into registers and each visited tile's into
+// shared memory, instead of two global reads per score.
 template <typename X>
-QLORAD_FLASH_FN bool FlashVisible(const FlashArgs<X>& a, int t, int j) {
-  return j <= t && t < a.T && (a.segments == nullptr || a.segments[j] == a.segments[t]);
+QLORAD_FLASH_FN int32_t FlashSegment(const FlashArgs<X>& a, int t) {
+  return a.segments == nullptr || t >= a.T ? 0 : a.segments[t];
+}
+
+// Key j is visible to query t when j <= t < T and both belong to the same segment.
+QLORAD_FLASH_FN bool FlashVisible(int t, int j, int T, int32_t segment_t, int32_t segment_j) {
+  return j <= t && t < T && segment_t == segment_j;
 }
 
 // Shared-memory layouts, in bytes from the block's base: bf16 tiles of head_dim-wide rows,
@@ -92,28 +99,31 @@ struct FlashLayout {
   static constexpr int kTile = kFlashTile * kLd * 2;
   static constexpr int kQueryTile = kFlashBwdQueries * kLd * 2;
 
-  // Forward: the block's Q tile and one K and V tile at a time.
+  // Forward: the block's Q tile and one K and V tile (and their segments) at a time.
   static constexpr int kFwdQ = 0;
   static constexpr int kFwdK = kFwdQ + kTile;
   static constexpr int kFwdV = kFwdK + kTile;
-  static constexpr int kFwdBytes = kFwdV + kTile;
+  static constexpr int kFwdSegments = kFwdV + kTile;  // the key tile's segments
+  static constexpr int kFwdBytes = kFwdSegments + kFlashTile * 4;
 
   // dK/dV: the block's K and V tiles, one 32-query Q and dO tile at a time and those queries'
-  // lse and delta.
+  // lse, delta and segments.
   static constexpr int kKvK = 0;
   static constexpr int kKvV = kKvK + kTile;
   static constexpr int kKvQ = kKvV + kTile;
   static constexpr int kKvDo = kKvQ + kQueryTile;
   static constexpr int kKvLse = kKvDo + kQueryTile;
   static constexpr int kKvDelta = kKvLse + kFlashBwdQueries * 4;
-  static constexpr int kKvBytes = kKvDelta + kFlashBwdQueries * 4;
+  static constexpr int kKvSegments = kKvDelta + kFlashBwdQueries * 4;  // the queries' segments
+  static constexpr int kKvBytes = kKvSegments + kFlashBwdQueries * 4;
 
-  // dQ: the block's Q and dO tiles and one K and V tile at a time.
+  // dQ: the block's Q and dO tiles and one K and V tile (and their segments) at a time.
   static constexpr int kDqQ = 0;
   static constexpr int kDqDo = kDqQ + kTile;
   static constexpr int kDqK = kDqDo + kTile;
   static constexpr int kDqV = kDqK + kTile;
-  static constexpr int kDqBytes = kDqV + kTile;
+  static constexpr int kDqSegments = kDqV + kTile;  // the key tile's segments
+  static constexpr int kDqBytes = kDqSegments + kFlashTile * 4;
 };
 
 // The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
@@ -251,10 +261,12 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   B* qs = reinterpret_cast<B*>(smem + Lay::kFwdQ);
   B* ks = reinterpret_cast<B*>(smem + Lay::kFwdK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kFwdV);
+  int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kFwdSegments);
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;                             // the warp's first query
   const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};  // this lane's two queries
+  const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
   float o[HD / 8][4] = {};
@@ -268,6 +280,7 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     cx.SyncBlock();  // every warp is done with the previous K and V tiles (and Q is loaded)
     FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
     FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
+    for (int i = cx.thread; i < BN; i += kFlashThreads) key_segment[i] = FlashSegment(a, k0 + i);
     cx.SyncBlock();
     float s[BN / 8][4] = {};
     MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
@@ -275,9 +288,10 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     float tile_max[2] = {-INFINITY, -INFINITY};
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
-        const int r = FragRow(i);
-        const float x =
-            FlashVisible(a, row[r], k0 + 8 * n + FragCol(lane, i)) ? s[n][i] * a.scale : -INFINITY;
+        const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
+        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
+                            ? s[n][i] * a.scale
+                            : -INFINITY;
         s[n][i] = x;
         tile_max[r] = x > tile_max[r] ? x : tile_max[r];
       }
@@ -335,10 +349,12 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
   B* dos = reinterpret_cast<B*>(smem + Lay::kKvDo);
   float* lse = reinterpret_cast<float*>(smem + Lay::kKvLse);
   float* delta = reinterpret_cast<float*>(smem + Lay::kKvDelta);
+  int32_t* query_segment = reinterpret_cast<int32_t*>(smem + Lay::kKvSegments);
   const int k0 = cx.block_x * BN, g = cx.block_y, group = a.H / a.KV;
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int keys0 = k0 + 16 * warp;
   const int key[2] = {keys0 + lane / 4, keys0 + lane / 4 + 8};
+  const int32_t key_segment[2] = {FlashSegment(a, key[0]), FlashSegment(a, key[1])};
 
   FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
   FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
@@ -355,6 +371,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
         const int t = q0 + i;
         lse[i] = t < a.T ? a.lse[static_cast<int64_t>(h) * a.T + t] : 0.0f;
         delta[i] = t < a.T ? a.delta[static_cast<int64_t>(h) * a.T + t] : 0.0f;
+        query_segment[i] = FlashSegment(a, t);
       }
       cx.SyncBlock();
       float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
@@ -363,7 +380,9 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
       for (int n = 0; n < BQ / 8; ++n) {
         for (int i = 0; i < 4; ++i) {
           const int c = 8 * n + FragCol(lane, i);  // the query within the tile
-          const bool visible = FlashVisible(a, q0 + c, key[FragRow(i)]);  // implies key <= t < T
+          const int r = FragRow(i);
+          const bool visible =  // implies key <= t < T
+              FlashVisible(q0 + c, key[r], a.T, query_segment[c], key_segment[r]);
           const float p = visible ? cx.Exp(st[n][i] * a.scale - lse[c]) : 0.0f;
           st[n][i] = p;                            // P^T
           dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
@@ -390,10 +409,12 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
   B* dos = reinterpret_cast<B*>(smem + Lay::kDqDo);
   B* ks = reinterpret_cast<B*>(smem + Lay::kDqK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kDqV);
+  int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kDqSegments);
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;
   const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};
+  const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
   float lse[2], delta[2];
   for (int r = 0; r < 2; ++r) {
     const bool in = row[r] < a.T;
@@ -411,14 +432,15 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
     cx.SyncBlock();
     FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
     FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
+    for (int i = cx.thread; i < BN; i += kFlashThreads) key_segment[i] = FlashSegment(a, k0 + i);
     cx.SyncBlock();
     float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
     MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
     MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, vs, lane, dp);
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
-        const int r = FragRow(i);
-        const float p = FlashVisible(a, row[r], k0 + 8 * n + FragCol(lane, i))
+        const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
+        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
                             ? cx.Exp(s[n][i] * a.scale - lse[r])
                             : 0.0f;
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
