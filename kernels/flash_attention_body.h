@@ -29,14 +29,14 @@
 //   void SyncBlock();                           // __syncthreads()
 //   using Bf16; static Bf16 ToBf16(float);      // round to nearest even
 //   uint32_t Pack(float lo, float hi);          // two values rounded to bf16, lo in the low half
-//   uint32_t LoadPair(const Bf16* p);           // two adjacent bf16 of shared memory (4-aligned)
-//   uint32_t PairOf(Bf16 lo, Bf16 hi);          // two bf16 from anywhere, lo in the low half
+//   void LoadMatrix4(const Bf16* row, uint32_t (&r)[4]);       // ldmatrix.x4 (see LoadA)
+//   void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]);  // ldmatrix.x4.trans
 //   template <typename X> void Copy8(const X* src, Bf16* dst);  // 8 values rounded to bf16
 //   void Zero8(Bf16* dst);                      // 8 zeros (dst 16-byte aligned)
 //   float Exp(float x);                         // e^x, at least as exact as bf16 needs
 //   float ShflXor(float v, int mask);           // warp-collective: v of lane ^ mask
 //   void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);  // d += a b
-// Mma is warp-collective (all 32 lanes call it with their own fragments).
+// Mma, ShflXor and the LoadMatrix4s are warp-collective (all 32 lanes call them).
 #pragma once
 
 #include <cmath>
@@ -151,35 +151,48 @@ QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int he
   }
 }
 
-// The A fragment of the 16 x 16 block at `tile` (row-major, `ld` elements a row).
+// Fragments come from shared memory through ldmatrix: lanes 8j..8j+7 each give the address of
+// one 16-byte row of 8 x 8 matrix j (j < 4) and register j of lane 4 g + t receives that
+// matrix's elements (g, 2t) and (g, 2t+1), or with .trans (2t, g) and (2t+1, g): exactly a
+// quarter of an A fragment or half of a B fragment, so one instruction loads what four (A, or B
+// read along rows) or eight (B read down columns) scalar loads would. Row addresses stay
+// 16-byte aligned and, with rows of HD + 8 elements, the eight rows of a matrix fall in distinct
+// banks.
+
+// The A fragment of the 16 x 16 block at `tile` (row-major, `ld` elements a row): matrices
+// (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15), (rows 8-15, cols 8-15).
 template <class C>
 QLORAD_FLASH_FN void LoadA(C& cx, const typename C::Bf16* tile, int ld, int lane,
                            uint32_t (&a)[4]) {
-  const int g = lane / 4, t = lane % 4;
-  a[0] = cx.LoadPair(tile + g * ld + 2 * t);
-  a[1] = cx.LoadPair(tile + (g + 8) * ld + 2 * t);
-  a[2] = cx.LoadPair(tile + g * ld + 2 * t + 8);
-  a[3] = cx.LoadPair(tile + (g + 8) * ld + 2 * t + 8);
+  cx.LoadMatrix4(tile + (lane % 16) * ld + 8 * (lane / 16), a);
 }
 
-// The B fragment (16 x 8, k x n) of a tile stored n-major: element (k, n) at tile[n ld + k]. A
-// K tile is this operand of S = Q K^T (n a key, k a head dimension).
+// The B fragments (16 x 8, k x n) of two adjacent 8-column blocks of a tile stored n-major:
+// element (k, n) at tile[n ld + k], n < 16. A K tile is this operand of S = Q K^T (n a key, k a
+// head dimension). Matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
 template <class C>
 QLORAD_FLASH_FN void LoadBRows(C& cx, const typename C::Bf16* tile, int ld, int lane,
-                               uint32_t (&b)[2]) {
-  const int g = lane / 4, t = lane % 4;
-  b[0] = cx.LoadPair(tile + g * ld + 2 * t);
-  b[1] = cx.LoadPair(tile + g * ld + 2 * t + 8);
+                               uint32_t (&b)[2][2]) {
+  uint32_t r[4];
+  cx.LoadMatrix4(tile + (8 * (lane / 16) + lane % 8) * ld + 8 * (lane / 8 % 2), r);
+  b[0][0] = r[0];
+  b[0][1] = r[1];
+  b[1][0] = r[2];
+  b[1][1] = r[3];
 }
 
-// The B fragment of a tile stored k-major: element (k, n) at tile[k ld + n]. A V tile is this
-// operand of O += P V (k a key, n a head dimension); the pairs come from two rows.
+// The B fragments of two adjacent 8-column blocks of a tile stored k-major: element (k, n) at
+// tile[k ld + n], n < 16. A V tile is this operand of O += P V (k a key, n a head dimension).
+// Transposed matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
 template <class C>
 QLORAD_FLASH_FN void LoadBColumns(C& cx, const typename C::Bf16* tile, int ld, int lane,
-                                  uint32_t (&b)[2]) {
-  const int g = lane / 4, t = lane % 4;
-  b[0] = cx.PairOf(tile[2 * t * ld + g], tile[(2 * t + 1) * ld + g]);
-  b[1] = cx.PairOf(tile[(2 * t + 8) * ld + g], tile[(2 * t + 9) * ld + g]);
+                                  uint32_t (&b)[2][2]) {
+  uint32_t r[4];
+  cx.LoadMatrix4Trans(tile + (lane % 16) * ld + 8 * (lane / 16), r);
+  b[0][0] = r[0];
+  b[0][1] = r[1];
+  b[1][0] = r[2];
+  b[1][1] = r[3];
 }
 
 // The A fragment made of two C tiles side by side (columns 0-7 and 8-15 of a 16-wide block).
@@ -202,10 +215,11 @@ QLORAD_FLASH_FN void MmaRowsTimesRowsT(C& cx, const typename C::Bf16* a_tile,
   for (int ks = 0; ks < HD / 16; ++ks) {
     uint32_t a[4];
     LoadA(cx, a_tile + 16 * ks, kLd, lane, a);
-    for (int n = 0; n < kN; ++n) {
-      uint32_t b[2];
+    for (int n = 0; n < kN; n += 2) {
+      uint32_t b[2][2];
       LoadBRows(cx, b_tile + 8 * n * kLd + 16 * ks, kLd, lane, b);
-      cx.Mma(acc[n], a, b);
+      cx.Mma(acc[n], a, b[0]);
+      cx.Mma(acc[n + 1], a, b[1]);
     }
   }
 }
@@ -221,10 +235,11 @@ QLORAD_FLASH_FN void MmaRegistersTimesRows(C& cx, const float (&p)[kK][4],
   for (int kk = 0; kk < kK / 2; ++kk) {
     uint32_t a[4];
     PackA(cx, p[2 * kk], p[2 * kk + 1], a);
-    for (int d = 0; d < HD / 8; ++d) {
-      uint32_t b[2];
+    for (int d = 0; d < HD / 8; d += 2) {
+      uint32_t b[2][2];
       LoadBColumns(cx, tile + 16 * kk * kLd + 8 * d, kLd, lane, b);
-      cx.Mma(acc[d], a, b);
+      cx.Mma(acc[d], a, b[0]);
+      cx.Mma(acc[d + 1], a, b[1]);
     }
   }
 }

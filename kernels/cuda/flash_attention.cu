@@ -13,7 +13,8 @@ namespace {
 namespace fl = kernels::flash;
 
 // The block context of kernels/flash_attention_body.h on the GPU: the m16n8k16 bf16 tensor-core
-// instruction with float accumulators (sm_80 and later), 16-byte tile loads.
+// instruction with float accumulators and ldmatrix fragment loads (sm_80 and later), 16-byte
+// tile loads.
 struct DeviceBlockContext {
   using Bf16 = __nv_bfloat16;
   int thread, block_x, block_y;
@@ -24,12 +25,17 @@ struct DeviceBlockContext {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
     return *reinterpret_cast<const uint32_t*>(&v);
   }
-  __device__ static uint32_t LoadPair(const Bf16* p) {
-    return *reinterpret_cast<const uint32_t*>(p);
+  __device__ static void LoadMatrix4(const Bf16* row, uint32_t (&r)[4]) {
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
   }
-  __device__ static uint32_t PairOf(Bf16 lo, Bf16 hi) {
-    return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
-           static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16;
+  __device__ static void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]) {
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
   }
   // Eight values into a 16-byte-aligned tile slot: one 16-byte load of bf16 (two of float32)
   // where the source allows it, element by element where it does not.

@@ -66,7 +66,8 @@ inline float Bf16ToFloat(EmulatedBf16 b) {
 }
 
 struct EmulatedBlockShared {
-  explicit EmulatedBlockShared(int threads) : block(threads), lanes(threads), fragments(threads) {
+  explicit EmulatedBlockShared(int threads)
+      : block(threads), lanes(threads), fragments(threads), rows(threads) {
     for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
   }
   Barrier block;
@@ -74,6 +75,7 @@ struct EmulatedBlockShared {
   std::atomic<int> violations{0};  // misaligned tile operands or shared-memory accesses
   std::vector<float> lanes;        // one slot per thread for warp reductions and shuffles
   std::vector<std::array<uint32_t, 6>> fragments;  // one thread's A and B registers for Mma
+  std::vector<const EmulatedBf16*> rows;           // one thread's row address for LoadMatrix4
 };
 
 inline uint32_t Bf16Pair(EmulatedBf16 lo, EmulatedBf16 hi) {
@@ -104,11 +106,23 @@ struct EmulatedContext {
   // The flash-attention primitives (kernels/flash_attention_body.h). Misaligned accesses are
   // counted as violations: the GPU would fault or read the wrong bytes.
   static uint32_t Pack(float lo, float hi) { return Bf16Pair(ToBf16(lo), ToBf16(hi)); }
-  uint32_t LoadPair(const Bf16* p) {
-    if (reinterpret_cast<uintptr_t>(p) % 4 != 0) ++shared->violations;
-    return Bf16Pair(p[0], p[1]);
+  // ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lanes 8j..8j+7 give the rows of matrix
+  // j; register j of lane 4 g + t gets its elements (g, 2t), (g, 2t+1), or transposed (2t, g),
+  // (2t+1, g), the lower one in the low half. Rows must be 16-byte aligned.
+  void LoadMatrix4(const Bf16* row, uint32_t (&r)[4]) { LoadMatrices(row, false, r); }
+  void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]) { LoadMatrices(row, true, r); }
+  void LoadMatrices(const Bf16* row, bool transpose, uint32_t (&r)[4]) {
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) ++shared->violations;
+    shared->rows[thread] = row;
+    SyncWarp();
+    const int base = thread & ~31, g = thread % 32 / 4, t = thread % 4;
+    for (int j = 0; j < 4; ++j) {
+      const Bf16* const* rows = &shared->rows[base + 8 * j];
+      r[j] = transpose ? Bf16Pair(rows[2 * t][g], rows[2 * t + 1][g])
+                       : Bf16Pair(rows[g][2 * t], rows[g][2 * t + 1]);
+    }
+    SyncWarp();  // every lane has read the addresses before any lane publishes new ones
   }
-  static uint32_t PairOf(Bf16 lo, Bf16 hi) { return Bf16Pair(lo, hi); }
   template <typename X>
   void Copy8(const X* src, Bf16* dst) {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
