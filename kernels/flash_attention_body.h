@@ -12,8 +12,8 @@
 // that no gradient needs atomics and results do not depend on scheduling.
 //
 // As in FlashAttention-2, scores, probabilities and every accumulator live in registers: shared
-// memory holds only the bf16 operand tiles, so a block needs 52-70 KB at head_dim 128 and
-// several blocks share an SM. A warp owns 16 rows of its block's tile and works on them with
+// memory holds only the bf16 operand tiles (double-buffered: 69-103 KB a block at head_dim 128,
+// two blocks an SM on an H100/H200). A warp owns 16 rows of its block's tile and works on them with
 // the m16n8k16 bf16 tensor-core instruction (float accumulation), whose register layout
 // (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type") is:
 //   lane = 4 g + t (g = group 0..7, t = 0..3);
@@ -33,6 +33,8 @@
 //   void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]);  // ldmatrix.x4.trans
 //   template <typename X> void Copy8(const X* src, Bf16* dst);  // 8 values rounded to bf16
 //   void Zero8(Bf16* dst);                      // 8 zeros (dst 16-byte aligned)
+//   template <int kBytes> void CopyAsync(void* dst, const void* src, bool zero_fill);  // cp.async
+//   void CommitAsync(); template <int N> void WaitAsync();  // commit_group, wait_group N
 //   float Exp(float x);                         // e^x, at least as exact as bf16 needs
 //   float ShflXor(float v, int mask);           // warp-collective: v of lane ^ mask
 //   void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);  // d += a b
@@ -91,7 +93,9 @@ QLORAD_FLASH_FN bool FlashVisible(int t, int j, int T, int32_t segment_t, int32_
 
 // Shared-memory layouts, in bytes from the block's base: bf16 tiles of head_dim-wide rows,
 // padded by 8 elements so that rows stay 16-byte aligned and the fragment loads of a warp's
-// lanes fall in distinct banks.
+// lanes fall in distinct banks. The tiles a block walks through come in two buffers: while the
+// warps work on one, the next loads into the other (asynchronous copies), so the load's latency
+// hides behind the tensor-core work instead of stalling every warp between two barriers.
 template <int HD>
 struct FlashLayout {
   static_assert(HD % 16 == 0 && HD <= 128, "head_dim must be a multiple of 16, at most 128");
@@ -99,31 +103,36 @@ struct FlashLayout {
   static constexpr int kTile = kFlashTile * kLd * 2;
   static constexpr int kQueryTile = kFlashBwdQueries * kLd * 2;
 
-  // Forward: the block's Q tile and one K and V tile (and their segments) at a time.
-  static constexpr int kFwdQ = 0;
-  static constexpr int kFwdK = kFwdQ + kTile;
-  static constexpr int kFwdV = kFwdK + kTile;
-  static constexpr int kFwdSegments = kFwdV + kTile;  // the key tile's segments
-  static constexpr int kFwdBytes = kFwdSegments + kFlashTile * 4;
+  // A key buffer (forward and dQ): one K tile, one V tile and those keys' segments.
+  static constexpr int kKeyK = 0;
+  static constexpr int kKeyV = kKeyK + kTile;
+  static constexpr int kKeySegments = kKeyV + kTile;
+  static constexpr int kKeyBuffer = kKeySegments + kFlashTile * 4;
 
-  // dK/dV: the block's K and V tiles, one 32-query Q and dO tile at a time and those queries'
-  // lse, delta and segments.
+  // A query buffer (dK/dV): one 32-query Q and dO tile and those queries' lse, delta, segments.
+  static constexpr int kQueryQ = 0;
+  static constexpr int kQueryDo = kQueryQ + kQueryTile;
+  static constexpr int kQueryLse = kQueryDo + kQueryTile;
+  static constexpr int kQueryDelta = kQueryLse + kFlashBwdQueries * 4;
+  static constexpr int kQuerySegments = kQueryDelta + kFlashBwdQueries * 4;
+  static constexpr int kQueryBuffer = kQuerySegments + kFlashBwdQueries * 4;
+
+  // Forward: the block's Q tile, then two key buffers.
+  static constexpr int kFwdQ = 0;
+  static constexpr int kFwdKeys = kFwdQ + kTile;
+  static constexpr int kFwdBytes = kFwdKeys + 2 * kKeyBuffer;
+
+  // dK/dV: the block's K and V tiles, then two query buffers.
   static constexpr int kKvK = 0;
   static constexpr int kKvV = kKvK + kTile;
-  static constexpr int kKvQ = kKvV + kTile;
-  static constexpr int kKvDo = kKvQ + kQueryTile;
-  static constexpr int kKvLse = kKvDo + kQueryTile;
-  static constexpr int kKvDelta = kKvLse + kFlashBwdQueries * 4;
-  static constexpr int kKvSegments = kKvDelta + kFlashBwdQueries * 4;  // the queries' segments
-  static constexpr int kKvBytes = kKvSegments + kFlashBwdQueries * 4;
+  static constexpr int kKvQueries = kKvV + kTile;
+  static constexpr int kKvBytes = kKvQueries + 2 * kQueryBuffer;
 
-  // dQ: the block's Q and dO tiles and one K and V tile (and their segments) at a time.
+  // dQ: the block's Q and dO tiles, then two key buffers.
   static constexpr int kDqQ = 0;
   static constexpr int kDqDo = kDqQ + kTile;
-  static constexpr int kDqK = kDqDo + kTile;
-  static constexpr int kDqV = kDqK + kTile;
-  static constexpr int kDqSegments = kDqV + kTile;  // the key tile's segments
-  static constexpr int kDqBytes = kDqSegments + kFlashTile * 4;
+  static constexpr int kDqKeys = kDqDo + kTile;
+  static constexpr int kDqBytes = kDqKeys + 2 * kKeyBuffer;
 };
 
 // The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
@@ -134,21 +143,88 @@ QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_x) {
   return (T + kFlashTile - 1) / kFlashTile - 1 - block_x;
 }
 
-// Cooperatively converts rows [row0, row0 + rows) of one head of a [T, heads, HD] tensor into a
+// Cooperatively loads rows [row0, row0 + rows) of one head of a [T, heads, HD] tensor into a
 // bf16 tile [rows][kLd], eight values (16 bytes of the tile) per step; rows past T become zeros.
+// bf16 rows are copied asynchronously (cp.async, zero-filled past T) when the tensor is 16-byte
+// aligned: they land by the next WaitAsync. Other sources are converted here and now. Either
+// way the tile is ready for every warp after WaitAsync and SyncBlock.
+// The key tiles a query tile starting at q0 visits. Causal: its last query is
+// min(T, q0 + 64) - 1, so later keys are never needed.
+QLORAD_FLASH_FN int FlashKeyTiles(int T, int q0) {
+  const int last = (T < q0 + kFlashTile ? T : q0 + kFlashTile) - 1;
+  return last / kFlashTile + 1;
+}
+
 template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int head, int row0,
                                    int rows, typename C::Bf16* dst) {
   constexpr int kChunks = HD / 8;
+  const bool async = sizeof(X) == 2 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
   for (int i = cx.thread; i < rows * kChunks; i += kFlashThreads) {
     const int r = i / kChunks, c = i % kChunks, t = row0 + r;
     typename C::Bf16* to = dst + r * FlashLayout<HD>::kLd + 8 * c;
-    if (t < T) {
-      cx.Copy8(src + (static_cast<int64_t>(t) * heads + head) * HD + 8 * c, to);
+    const X* from = t < T ? src + (static_cast<int64_t>(t) * heads + head) * HD + 8 * c : src;
+    if (async) {
+      cx.template CopyAsync<16>(to, from, t >= T);
+    } else if (t < T) {
+      cx.Copy8(from, to);
     } else {
       cx.Zero8(to);
     }
   }
+}
+
+// Cooperatively loads src[row0 + i] (one float32 or int32 per token) for i < count into dst,
+// asynchronously; zeros past T and where there is no src (an unpacked row's segments).
+template <class C, typename V>
+QLORAD_FLASH_FN void FlashLoadRowValues(C& cx, const V* src, int T, int row0, int count, V* dst) {
+  for (int i = cx.thread; i < count; i += kFlashThreads) {
+    const int t = row0 + i;
+    if (src == nullptr) {
+      dst[i] = V{};
+    } else {
+      cx.template CopyAsync<4>(dst + i, t < T ? src + t : src, t >= T);
+    }
+  }
+}
+
+// One key buffer (FlashLayout::kKeyBuffer bytes at `base`): K and V rows [k0, k0 + 64) of kv
+// head g and their segments.
+template <class C>
+struct FlashKeys {
+  typename C::Bf16* k;
+  typename C::Bf16* v;
+  int32_t* segment;
+};
+
+template <int HD, class C>
+QLORAD_FLASH_FN FlashKeys<C> FlashKeyBuffer(unsigned char* base) {
+  using Lay = FlashLayout<HD>;
+  return {reinterpret_cast<typename C::Bf16*>(base + Lay::kKeyK),
+          reinterpret_cast<typename C::Bf16*>(base + Lay::kKeyV),
+          reinterpret_cast<int32_t*>(base + Lay::kKeySegments)};
+}
+
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void FlashLoadKeys(C& cx, const FlashArgs<X>& a, int g, int k0,
+                                   const FlashKeys<C>& to) {
+  FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, kFlashTile, to.k);
+  FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, kFlashTile, to.v);
+  FlashLoadRowValues(cx, a.segments, a.T, k0, kFlashTile, to.segment);
+}
+
+// Starts loading buffer `next` (when there is one, then waits for all but that newest group) or
+// waits for every copy; then the barrier that makes the current buffer visible to every warp.
+template <class C, class Load>
+QLORAD_FLASH_FN void FlashNextBufferThenSync(C& cx, bool has_next, Load load_next) {
+  if (has_next) {
+    load_next();
+    cx.CommitAsync();
+    cx.template WaitAsync<1>();
+  } else {
+    cx.template WaitAsync<0>();
+  }
+  cx.SyncBlock();
 }
 
 // Fragments come from shared memory through ldmatrix: lanes 8j..8j+7 each give the address of
@@ -274,9 +350,9 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   using Lay = FlashLayout<HD>;
   constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kFwdQ);
-  B* ks = reinterpret_cast<B*>(smem + Lay::kFwdK);
-  B* vs = reinterpret_cast<B*>(smem + Lay::kFwdV);
-  int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kFwdSegments);
+  auto keys = [&](int kt) {  // key tile kt's buffer
+    return FlashKeyBuffer<HD, C>(smem + Lay::kFwdKeys + kt % 2 * Lay::kKeyBuffer);
+  };
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;                             // the warp's first query
@@ -284,27 +360,25 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
+  FlashLoadKeys<HD>(cx, a, g, 0, keys(0));
+  cx.CommitAsync();
   float o[HD / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // this lane's share; the group's four are added at the end
-  // Causal: the tile's last query is min(T, q0 + BM) - 1, so later keys are never needed.
-  const int last = (a.T < q0 + BM ? a.T : q0 + BM) - 1;
-  const int key_tiles = last / BN + 1;
+  const int key_tiles = FlashKeyTiles(a.T, q0);
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
-    cx.SyncBlock();  // every warp is done with the previous K and V tiles (and Q is loaded)
-    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
-    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
-    for (int i = cx.thread; i < BN; i += kFlashThreads) key_segment[i] = FlashSegment(a, k0 + i);
-    cx.SyncBlock();
+    FlashNextBufferThenSync(cx, kt + 1 < key_tiles,
+                            [&] { FlashLoadKeys<HD>(cx, a, g, k0 + BN, keys(kt + 1)); });
+    const FlashKeys<C> tile = keys(kt);
     float s[BN / 8][4] = {};
-    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, tile.k, lane, s);
 
     float tile_max[2] = {-INFINITY, -INFINITY};
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
+        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], tile.segment[j])
                             ? s[n][i] * a.scale
                             : -INFINITY;
         s[n][i] = x;
@@ -334,7 +408,8 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     for (int d = 0; d < HD / 8; ++d) {
       for (int i = 0; i < 4; ++i) o[d][i] *= alpha[FragRow(i)];
     }
-    MmaRegistersTimesRows<HD>(cx, s, vs, lane, o);
+    MmaRegistersTimesRows<HD>(cx, s, tile.v, lane, o);
+    cx.SyncBlock();  // every warp is done with this buffer before tile kt + 2 loads into it
   }
   float inv_sum[2];
   for (int r = 0; r < 2; ++r) {
@@ -360,52 +435,60 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
   constexpr int BN = kFlashTile, BQ = kFlashBwdQueries, kLd = Lay::kLd;
   B* ks = reinterpret_cast<B*>(smem + Lay::kKvK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kKvV);
-  B* qs = reinterpret_cast<B*>(smem + Lay::kKvQ);
-  B* dos = reinterpret_cast<B*>(smem + Lay::kKvDo);
-  float* lse = reinterpret_cast<float*>(smem + Lay::kKvLse);
-  float* delta = reinterpret_cast<float*>(smem + Lay::kKvDelta);
-  int32_t* query_segment = reinterpret_cast<int32_t*>(smem + Lay::kKvSegments);
   const int k0 = cx.block_x * BN, g = cx.block_y, group = a.H / a.KV;
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int keys0 = k0 + 16 * warp;
   const int key[2] = {keys0 + lane / 4, keys0 + lane / 4 + 8};
   const int32_t key_segment[2] = {FlashSegment(a, key[0]), FlashSegment(a, key[1])};
+  // The block's steps: every query head of the group, and for each the 32-query tiles at or
+  // after k0 (queries before k0 see none of these keys).
+  const int first_tile = k0 / BQ, per_head = (a.T + BQ - 1) / BQ - first_tile;
+  const int steps = group * per_head;
+  auto buffer = [&](int step) { return smem + Lay::kKvQueries + step % 2 * Lay::kQueryBuffer; };
+  auto load_queries = [&](int step) {
+    const int h = g * group + step / per_head, q0 = (first_tile + step % per_head) * BQ;
+    unsigned char* to = buffer(step);
+    const int64_t at = static_cast<int64_t>(h) * a.T;
+    FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BQ, reinterpret_cast<B*>(to + Lay::kQueryQ));
+    FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BQ, reinterpret_cast<B*>(to + Lay::kQueryDo));
+    FlashLoadRowValues(cx, a.lse + at, a.T, q0, BQ, reinterpret_cast<float*>(to + Lay::kQueryLse));
+    FlashLoadRowValues(cx, a.delta + at, a.T, q0, BQ,
+                       reinterpret_cast<float*>(to + Lay::kQueryDelta));
+    FlashLoadRowValues(cx, a.segments, a.T, q0, BQ,
+                       reinterpret_cast<int32_t*>(to + Lay::kQuerySegments));
+  };
 
   FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
   FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
+  load_queries(0);
+  cx.CommitAsync();
   float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
-  const int query_tiles = (a.T + BQ - 1) / BQ;
-  for (int hh = 0; hh < group; ++hh) {
-    const int h = g * group + hh;
-    for (int qt = k0 / BQ; qt < query_tiles; ++qt) {  // queries before k0 see none of these keys
-      const int q0 = qt * BQ;
-      cx.SyncBlock();  // every warp is done with the previous Q and dO tiles
-      FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BQ, qs);
-      FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BQ, dos);
-      for (int i = cx.thread; i < BQ; i += kFlashThreads) {
-        const int t = q0 + i;
-        lse[i] = t < a.T ? a.lse[static_cast<int64_t>(h) * a.T + t] : 0.0f;
-        delta[i] = t < a.T ? a.delta[static_cast<int64_t>(h) * a.T + t] : 0.0f;
-        query_segment[i] = FlashSegment(a, t);
+  for (int step = 0; step < steps; ++step) {
+    FlashNextBufferThenSync(cx, step + 1 < steps, [&] { load_queries(step + 1); });
+    const int q0 = (first_tile + step % per_head) * BQ;
+    const unsigned char* cur = buffer(step);
+    const B* qs = reinterpret_cast<const B*>(cur + Lay::kQueryQ);
+    const B* dos = reinterpret_cast<const B*>(cur + Lay::kQueryDo);
+    const float* lse = reinterpret_cast<const float*>(cur + Lay::kQueryLse);
+    const float* delta = reinterpret_cast<const float*>(cur + Lay::kQueryDelta);
+    const int32_t* query_segment = reinterpret_cast<const int32_t*>(cur + Lay::kQuerySegments);
+    float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
+    MmaRowsTimesRowsT<HD>(cx, ks + 16 * warp * kLd, qs, lane, st);
+    MmaRowsTimesRowsT<HD>(cx, vs + 16 * warp * kLd, dos, lane, dpt);
+    for (int n = 0; n < BQ / 8; ++n) {
+      for (int i = 0; i < 4; ++i) {
+        const int c = 8 * n + FragCol(lane, i);  // the query within the tile
+        const int r = FragRow(i);
+        const bool visible =  // implies key <= t < T
+            FlashVisible(q0 + c, key[r], a.T, query_segment[c], key_segment[r]);
+        const float p = visible ? cx.Exp(st[n][i] * a.scale - lse[c]) : 0.0f;
+        st[n][i] = p;                            // P^T
+        dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
       }
-      cx.SyncBlock();
-      float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
-      MmaRowsTimesRowsT<HD>(cx, ks + 16 * warp * kLd, qs, lane, st);
-      MmaRowsTimesRowsT<HD>(cx, vs + 16 * warp * kLd, dos, lane, dpt);
-      for (int n = 0; n < BQ / 8; ++n) {
-        for (int i = 0; i < 4; ++i) {
-          const int c = 8 * n + FragCol(lane, i);  // the query within the tile
-          const int r = FragRow(i);
-          const bool visible =  // implies key <= t < T
-              FlashVisible(q0 + c, key[r], a.T, query_segment[c], key_segment[r]);
-          const float p = visible ? cx.Exp(st[n][i] * a.scale - lse[c]) : 0.0f;
-          st[n][i] = p;                            // P^T
-          dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
-        }
-      }
-      MmaRegistersTimesRows<HD>(cx, st, dos, lane, dv);
-      MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
     }
+    MmaRegistersTimesRows<HD>(cx, st, dos, lane, dv);
+    MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
+    cx.SyncBlock();  // every warp is done with this buffer before step + 2 loads into it
   }
   const float dk_scale[2] = {a.scale, a.scale}, one[2] = {1.0f, 1.0f};
   StoreRows<HD>(dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
@@ -422,9 +505,9 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
   constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kDqQ);
   B* dos = reinterpret_cast<B*>(smem + Lay::kDqDo);
-  B* ks = reinterpret_cast<B*>(smem + Lay::kDqK);
-  B* vs = reinterpret_cast<B*>(smem + Lay::kDqV);
-  int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kDqSegments);
+  auto keys = [&](int kt) {  // key tile kt's buffer
+    return FlashKeyBuffer<HD, C>(smem + Lay::kDqKeys + kt % 2 * Lay::kKeyBuffer);
+  };
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;
@@ -439,29 +522,29 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
   FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BM, dos);
+  FlashLoadKeys<HD>(cx, a, g, 0, keys(0));
+  cx.CommitAsync();
   float dq[HD / 8][4] = {};
-  const int last = (a.T < q0 + BM ? a.T : q0 + BM) - 1;
-  const int key_tiles = last / BN + 1;
+  const int key_tiles = FlashKeyTiles(a.T, q0);
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
-    cx.SyncBlock();
-    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, BN, ks);
-    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
-    for (int i = cx.thread; i < BN; i += kFlashThreads) key_segment[i] = FlashSegment(a, k0 + i);
-    cx.SyncBlock();
+    FlashNextBufferThenSync(cx, kt + 1 < key_tiles,
+                            [&] { FlashLoadKeys<HD>(cx, a, g, k0 + BN, keys(kt + 1)); });
+    const FlashKeys<C> tile = keys(kt);
     float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
-    MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, vs, lane, dp);
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, tile.k, lane, s);
+    MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, tile.v, lane, dp);
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
+        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], tile.segment[j])
                             ? cx.Exp(s[n][i] * a.scale - lse[r])
                             : 0.0f;
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
       }
     }
-    MmaRegistersTimesRows<HD>(cx, s, ks, lane, dq);
+    MmaRegistersTimesRows<HD>(cx, s, tile.k, lane, dq);
+    cx.SyncBlock();  // every warp is done with this buffer before tile kt + 2 loads into it
   }
   const float scale[2] = {a.scale, a.scale};
   StoreRows<HD>(dq, scale, lane, rows0, a.T, a.H, h, a.dq);

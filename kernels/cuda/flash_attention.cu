@@ -13,8 +13,8 @@ namespace {
 namespace fl = kernels::flash;
 
 // The block context of kernels/flash_attention_body.h on the GPU: the m16n8k16 bf16 tensor-core
-// instruction with float accumulators and ldmatrix fragment loads (sm_80 and later), 16-byte
-// tile loads.
+// instruction with float accumulators, ldmatrix fragment loads and cp.async tile copies (sm_80
+// and later).
 struct DeviceBlockContext {
   using Bf16 = __nv_bfloat16;
   int thread, block_x, block_y;
@@ -53,6 +53,25 @@ struct DeviceBlockContext {
       return;
     }
     for (int i = 0; i < 8; ++i) dst[i] = ToBf16(Element<X>::Load(src[i]));
+  }
+  // cp.async of kBytes (16: .cg, through L2 only; 4: .ca), zeros when zero_fill (no bytes
+  // read); committed in groups, landed by WaitAsync<N> (all but the newest N groups).
+  template <int kBytes>
+  __device__ static void CopyAsync(void* dst, const void* src, bool zero_fill) {
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    const int src_bytes = zero_fill ? 0 : kBytes;
+    if constexpr (kBytes == 16) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(src),
+                   "r"(src_bytes));
+    } else {
+      asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(to), "l"(src), "n"(kBytes),
+                   "r"(src_bytes));
+    }
+  }
+  __device__ static void CommitAsync() { asm volatile("cp.async.commit_group;"); }
+  template <int N>
+  __device__ static void WaitAsync() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
   }
   __device__ static void Zero8(Bf16* dst) {
     *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -65,6 +66,17 @@ inline float Bf16ToFloat(EmulatedBf16 b) {
   return x;
 }
 
+}  // namespace qlorad::testing
+
+// bf16 activations in the emulated block programs, as Element<__nv_bfloat16> on the GPU.
+template <>
+struct qlorad::kernels::Element<qlorad::testing::EmulatedBf16> {
+  static float Load(qlorad::testing::EmulatedBf16 v) { return qlorad::testing::Bf16ToFloat(v); }
+  static qlorad::testing::EmulatedBf16 Round(float v) { return qlorad::testing::FloatToBf16(v); }
+};
+
+namespace qlorad::testing {
+
 struct EmulatedBlockShared {
   explicit EmulatedBlockShared(int threads)
       : block(threads), lanes(threads), fragments(threads), rows(threads) {
@@ -85,10 +97,69 @@ inline float PairHalf(uint32_t pair, int half) {
   return Bf16ToFloat({static_cast<uint16_t>(half == 0 ? pair & 0xFFFFu : pair >> 16)});
 }
 
+// How the emulator lands asynchronous copies (cp.async): kDeferred holds each group back until
+// a WaitAsync lets it through, as late as the hardware may (a read before the wait sees the
+// poison); kImmediate lands each copy when issued, as early as it may, and slows the block's
+// first warp down (its rows are never past T), so that the others run ahead into the next
+// tile's copies: a copy into a buffer that a warp still reads (a missing barrier) corrupts what
+// it reads.
+enum class AsyncCopies { kDeferred, kImmediate };
+
 struct EmulatedContext {
   using Bf16 = EmulatedBf16;
   int thread = 0, block_x = 0, block_y = 0;
   EmulatedBlockShared* shared = nullptr;
+  AsyncCopies async_copies = AsyncCopies::kDeferred;
+
+  struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+    bool zero_fill;
+    void Land() const {
+      if (zero_fill) {
+        std::memset(dst, 0, bytes);
+      } else {
+        std::memcpy(dst, src, bytes);
+      }
+    }
+  };
+  std::vector<Copy> open_group;           // issued, not yet committed
+  std::vector<std::vector<Copy>> groups;  // committed, oldest first, not yet landed
+
+  // cp.async of kBytes (4 or 16, both addresses aligned to it), zeros when zero_fill.
+  template <int kBytes>
+  void CopyAsync(void* dst, const void* src, bool zero_fill) {
+    if (reinterpret_cast<uintptr_t>(dst) % kBytes != 0 ||
+        reinterpret_cast<uintptr_t>(src) % kBytes != 0) {
+      ++shared->violations;
+    }
+    const Copy c{dst, src, kBytes, zero_fill};
+    if (async_copies == AsyncCopies::kImmediate) {
+      c.Land();
+    } else {
+      open_group.push_back(c);
+    }
+  }
+  void CommitAsync() {
+    groups.push_back(std::move(open_group));
+    open_group.clear();
+  }
+  // cp.async.wait_group N: every committed group but the newest N has landed.
+  template <int N>
+  void WaitAsync() {
+    while (groups.size() > static_cast<size_t>(N)) {
+      for (const Copy& c : groups.front()) c.Land();
+      groups.erase(groups.begin());
+    }
+  }
+  bool CopiesPending() const {
+    if (!open_group.empty()) return true;
+    for (const auto& g : groups) {
+      if (!g.empty()) return true;
+    }
+    return false;
+  }
 
   void SyncBlock() { shared->block.Wait(); }
   void SyncWarp() { shared->warps[thread / 32]->Wait(); }
@@ -143,6 +214,9 @@ struct EmulatedContext {
   // d += A B for the warp's m16n8k16 tile: every lane publishes its registers, then computes
   // its own four outputs from the lanes that hold each element under the instruction's layout.
   void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    if (async_copies == AsyncCopies::kImmediate && thread < 32) {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
     shared->fragments[thread] = {a[0], a[1], a[2], a[3], b[0], b[1]};
     SyncWarp();
     const int base = thread & ~31, lane = thread % 32, g = lane / 4, t = lane % 4;
@@ -199,9 +273,11 @@ struct EmulatedContext {
 // at a time, each with `threads` threads and `smem_bytes` of shared memory (128-byte aligned, as
 // on the GPU) filled with a poison pattern (a program must not read what it did not write).
 // The same `threads` host threads run every block in turn, meeting at a barrier between blocks.
-// Returns the number of tile operands that broke WMMA's rules.
+// `async_copies` says how cp.async copies land. Returns the number of violations: misaligned
+// operands and copies a block never waited for.
 template <class Program>
-int RunEmulatedGrid(int grid_x, int grid_y, int threads, int smem_bytes, Program program) {
+int RunEmulatedGrid(int grid_x, int grid_y, int threads, int smem_bytes, Program program,
+                    AsyncCopies async_copies = AsyncCopies::kDeferred) {
   std::vector<unsigned char> smem(static_cast<size_t>(smem_bytes) + 128);
   unsigned char* base = smem.data() + (128 - reinterpret_cast<uintptr_t>(smem.data()) % 128);
   EmulatedBlockShared shared(threads);
@@ -218,7 +294,9 @@ int RunEmulatedGrid(int grid_x, int grid_y, int threads, int smem_bytes, Program
           cx.block_x = bx;
           cx.block_y = by;
           cx.shared = &shared;
+          cx.async_copies = async_copies;
           program(cx, base);
+          if (cx.CopiesPending()) ++shared.violations;  // a copy the block never waited for
           between_blocks.Wait();  // every thread is done with the block before the next one
         }
       }
