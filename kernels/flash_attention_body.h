@@ -12,10 +12,10 @@
 // that no gradient needs atomics and results do not depend on scheduling.
 //
 // As in FlashAttention-2, scores, probabilities and every accumulator live in registers: shared
-// memory holds only the bf16 operand tiles (double-buffered: 69-103 KB a block at head_dim 128,
-// two blocks an SM on an H100/H200). A warp owns 16 rows of its block's tile and works on them with
-// the m16n8k16 bf16 tensor-core instruction (float accumulation), whose register layout
-// (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type") is:
+// memory holds only the bf16 operand tiles (53-88 KB a block at head_dim 128), loaded with
+// asynchronous copies that overlap the tensor-core work. A warp owns 16 rows of its block's tile
+// and works on them with the m16n8k16 bf16 tensor-core instruction (float accumulation), whose
+// register layout (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type") is:
 //   lane = 4 g + t (g = group 0..7, t = 0..3);
 //   A (16 x 16, row-major): register 0 = (row g, cols 2t, 2t+1), 1 = (row g+8, same cols),
 //     2 = (row g, cols 2t+8, 2t+9), 3 = (row g+8, cols 2t+8, 2t+9); lower column in the low half;
@@ -93,21 +93,26 @@ QLORAD_FLASH_FN bool FlashVisible(int t, int j, int T, int32_t segment_t, int32_
 
 // Shared-memory layouts, in bytes from the block's base: bf16 tiles of head_dim-wide rows,
 // padded by 8 elements so that rows stay 16-byte aligned and the fragment loads of a warp's
-// lanes fall in distinct banks. The tiles a block walks through come in two buffers: while the
-// warps work on one, the next loads into the other (asynchronous copies), so the load's latency
-// hides behind the tensor-core work instead of stalling every warp between two barriers.
+// lanes fall in distinct banks. Tiles load asynchronously (cp.async) while the warps work on
+// something else, so a load's latency hides behind tensor-core work instead of stalling every
+// warp between two barriers; each kernel overlaps its loads with the least shared memory it
+// can, because shared memory decides how many blocks share an SM (at head_dim 128 the forward
+// and dK/dV fit three and two on an A100's 164 KB, every kernel fits the 99 KB of sm_86/sm_89).
 template <int HD>
 struct FlashLayout {
   static_assert(HD % 16 == 0 && HD <= 128, "head_dim must be a multiple of 16, at most 128");
   static constexpr int kLd = HD + 8;  // bf16 elements per tile row
   static constexpr int kTile = kFlashTile * kLd * 2;
   static constexpr int kQueryTile = kFlashBwdQueries * kLd * 2;
+  static constexpr int kTileSegments = kFlashTile * 4;  // one int32 per key of a tile
 
-  // A key buffer (forward and dQ): one K tile, one V tile and those keys' segments.
-  static constexpr int kKeyK = 0;
-  static constexpr int kKeyV = kKeyK + kTile;
-  static constexpr int kKeySegments = kKeyV + kTile;
-  static constexpr int kKeyBuffer = kKeySegments + kFlashTile * 4;
+  // Forward: the block's Q tile, one K tile with its keys' segments and one V tile (V loads
+  // while S = Q K^T is computed, the next K while P V is).
+  static constexpr int kFwdQ = 0;
+  static constexpr int kFwdK = kFwdQ + kTile;
+  static constexpr int kFwdV = kFwdK + kTile;
+  static constexpr int kFwdSegments = kFwdV + kTile;
+  static constexpr int kFwdBytes = kFwdSegments + kTileSegments;
 
   // A query buffer (dK/dV): one 32-query Q and dO tile and those queries' lse, delta, segments.
   static constexpr int kQueryQ = 0;
@@ -117,22 +122,21 @@ struct FlashLayout {
   static constexpr int kQuerySegments = kQueryDelta + kFlashBwdQueries * 4;
   static constexpr int kQueryBuffer = kQuerySegments + kFlashBwdQueries * 4;
 
-  // Forward: the block's Q tile, then two key buffers.
-  static constexpr int kFwdQ = 0;
-  static constexpr int kFwdKeys = kFwdQ + kTile;
-  static constexpr int kFwdBytes = kFwdKeys + 2 * kKeyBuffer;
-
-  // dK/dV: the block's K and V tiles, then two query buffers.
+  // dK/dV: the block's K and V tiles, then two query buffers (the next loads while this one is
+  // used).
   static constexpr int kKvK = 0;
   static constexpr int kKvV = kKvK + kTile;
   static constexpr int kKvQueries = kKvV + kTile;
   static constexpr int kKvBytes = kKvQueries + 2 * kQueryBuffer;
 
-  // dQ: the block's Q and dO tiles, then two key buffers.
+  // dQ: the block's Q and dO tiles, one V tile, and two K tiles with their keys' segments (the
+  // next K loads during the whole tile's work, the next V during dQ += dS K).
   static constexpr int kDqQ = 0;
   static constexpr int kDqDo = kDqQ + kTile;
-  static constexpr int kDqKeys = kDqDo + kTile;
-  static constexpr int kDqBytes = kDqKeys + 2 * kKeyBuffer;
+  static constexpr int kDqV = kDqDo + kTile;
+  static constexpr int kDqK = kDqV + kTile;             // K tiles kt % 2
+  static constexpr int kDqSegments = kDqK + 2 * kTile;  // their segments, kt % 2
+  static constexpr int kDqBytes = kDqSegments + 2 * kTileSegments;
 };
 
 // The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
@@ -188,42 +192,11 @@ QLORAD_FLASH_FN void FlashLoadRowValues(C& cx, const V* src, int T, int row0, in
   }
 }
 
-// One key buffer (FlashLayout::kKeyBuffer bytes at `base`): K and V rows [k0, k0 + 64) of kv
-// head g and their segments.
+// Waits for this thread's copies, then the barrier after which every thread's copies (and
+// plain stores) are visible to the block, and every warp is done with what it read before.
 template <class C>
-struct FlashKeys {
-  typename C::Bf16* k;
-  typename C::Bf16* v;
-  int32_t* segment;
-};
-
-template <int HD, class C>
-QLORAD_FLASH_FN FlashKeys<C> FlashKeyBuffer(unsigned char* base) {
-  using Lay = FlashLayout<HD>;
-  return {reinterpret_cast<typename C::Bf16*>(base + Lay::kKeyK),
-          reinterpret_cast<typename C::Bf16*>(base + Lay::kKeyV),
-          reinterpret_cast<int32_t*>(base + Lay::kKeySegments)};
-}
-
-template <int HD, class C, typename X>
-QLORAD_FLASH_FN void FlashLoadKeys(C& cx, const FlashArgs<X>& a, int g, int k0,
-                                   const FlashKeys<C>& to) {
-  FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0, kFlashTile, to.k);
-  FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, kFlashTile, to.v);
-  FlashLoadRowValues(cx, a.segments, a.T, k0, kFlashTile, to.segment);
-}
-
-// Starts loading buffer `next` (when there is one, then waits for all but that newest group) or
-// waits for every copy; then the barrier that makes the current buffer visible to every warp.
-template <class C, class Load>
-QLORAD_FLASH_FN void FlashNextBufferThenSync(C& cx, bool has_next, Load load_next) {
-  if (has_next) {
-    load_next();
-    cx.CommitAsync();
-    cx.template WaitAsync<1>();
-  } else {
-    cx.template WaitAsync<0>();
-  }
+QLORAD_FLASH_FN void FlashWaitThenSync(C& cx) {
+  cx.template WaitAsync<0>();
   cx.SyncBlock();
 }
 
@@ -350,9 +323,9 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   using Lay = FlashLayout<HD>;
   constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kFwdQ);
-  auto keys = [&](int kt) {  // key tile kt's buffer
-    return FlashKeyBuffer<HD, C>(smem + Lay::kFwdKeys + kt % 2 * Lay::kKeyBuffer);
-  };
+  B* ks = reinterpret_cast<B*>(smem + Lay::kFwdK);
+  B* vs = reinterpret_cast<B*>(smem + Lay::kFwdV);
+  int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kFwdSegments);
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;                             // the warp's first query
@@ -360,7 +333,8 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
-  FlashLoadKeys<HD>(cx, a, g, 0, keys(0));
+  FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, 0, BN, ks);
+  FlashLoadRowValues(cx, a.segments, a.T, 0, BN, key_segment);
   cx.CommitAsync();
   float o[HD / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};
@@ -368,17 +342,17 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   const int key_tiles = FlashKeyTiles(a.T, q0);
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
-    FlashNextBufferThenSync(cx, kt + 1 < key_tiles,
-                            [&] { FlashLoadKeys<HD>(cx, a, g, k0 + BN, keys(kt + 1)); });
-    const FlashKeys<C> tile = keys(kt);
+    FlashWaitThenSync(cx);  // K and its segments (and Q) landed; every warp is done with V
+    FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0, BN, vs);
+    cx.CommitAsync();
     float s[BN / 8][4] = {};
-    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, tile.k, lane, s);
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
 
     float tile_max[2] = {-INFINITY, -INFINITY};
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], tile.segment[j])
+        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
                             ? s[n][i] * a.scale
                             : -INFINITY;
         s[n][i] = x;
@@ -408,8 +382,13 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     for (int d = 0; d < HD / 8; ++d) {
       for (int i = 0; i < 4; ++i) o[d][i] *= alpha[FragRow(i)];
     }
-    MmaRegistersTimesRows<HD>(cx, s, tile.v, lane, o);
-    cx.SyncBlock();  // every warp is done with this buffer before tile kt + 2 loads into it
+    FlashWaitThenSync(cx);  // V landed; every warp is done with K and its segments
+    if (kt + 1 < key_tiles) {
+      FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, k0 + BN, BN, ks);
+      FlashLoadRowValues(cx, a.segments, a.T, k0 + BN, BN, key_segment);
+      cx.CommitAsync();
+    }
+    MmaRegistersTimesRows<HD>(cx, s, vs, lane, o);
   }
   float inv_sum[2];
   for (int r = 0; r < 2; ++r) {
@@ -464,7 +443,13 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
   cx.CommitAsync();
   float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
   for (int step = 0; step < steps; ++step) {
-    FlashNextBufferThenSync(cx, step + 1 < steps, [&] { load_queries(step + 1); });
+    // This step's queries (and K, V) landed; every warp is done with the previous step's
+    // buffer, which the next step's queries now load into.
+    FlashWaitThenSync(cx);
+    if (step + 1 < steps) {
+      load_queries(step + 1);
+      cx.CommitAsync();
+    }
     const int q0 = (first_tile + step % per_head) * BQ;
     const unsigned char* cur = buffer(step);
     const B* qs = reinterpret_cast<const B*>(cur + Lay::kQueryQ);
@@ -488,7 +473,6 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
     }
     MmaRegistersTimesRows<HD>(cx, st, dos, lane, dv);
     MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
-    cx.SyncBlock();  // every warp is done with this buffer before step + 2 loads into it
   }
   const float dk_scale[2] = {a.scale, a.scale}, one[2] = {1.0f, 1.0f};
   StoreRows<HD>(dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
@@ -505,10 +489,18 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
   constexpr int BM = kFlashTile, BN = kFlashTile, kLd = Lay::kLd;
   B* qs = reinterpret_cast<B*>(smem + Lay::kDqQ);
   B* dos = reinterpret_cast<B*>(smem + Lay::kDqDo);
-  auto keys = [&](int kt) {  // key tile kt's buffer
-    return FlashKeyBuffer<HD, C>(smem + Lay::kDqKeys + kt % 2 * Lay::kKeyBuffer);
+  B* vs = reinterpret_cast<B*>(smem + Lay::kDqV);
+  auto k_tile = [&](int kt) {
+    return reinterpret_cast<B*>(smem + Lay::kDqK + kt % 2 * Lay::kTile);
+  };
+  auto segments_of = [&](int kt) {
+    return reinterpret_cast<int32_t*>(smem + Lay::kDqSegments + kt % 2 * Lay::kTileSegments);
   };
   const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
+  auto load_keys = [&](int kt) {  // K tile kt and its keys' segments
+    FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, kt * BN, BN, k_tile(kt));
+    FlashLoadRowValues(cx, a.segments, a.T, kt * BN, BN, segments_of(kt));
+  };
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;
   const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};
@@ -522,29 +514,40 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
   FlashLoadTile<HD>(cx, a.dout, a.T, a.H, h, q0, BM, dos);
-  FlashLoadKeys<HD>(cx, a, g, 0, keys(0));
+  load_keys(0);
+  FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, 0, BN, vs);
   cx.CommitAsync();
   float dq[HD / 8][4] = {};
   const int key_tiles = FlashKeyTiles(a.T, q0);
   for (int kt = 0; kt < key_tiles; ++kt) {
     const int k0 = kt * BN;
-    FlashNextBufferThenSync(cx, kt + 1 < key_tiles,
-                            [&] { FlashLoadKeys<HD>(cx, a, g, k0 + BN, keys(kt + 1)); });
-    const FlashKeys<C> tile = keys(kt);
+    // K, its segments and V of this tile landed; every warp is done with the previous tile, so
+    // the other K buffer is free for the next one.
+    FlashWaitThenSync(cx);
+    const B* ks = k_tile(kt);
+    const int32_t* key_segment = segments_of(kt);
+    if (kt + 1 < key_tiles) {
+      load_keys(kt + 1);
+      cx.CommitAsync();
+    }
     float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, tile.k, lane, s);
-    MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, tile.v, lane, dp);
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
+    MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, vs, lane, dp);
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], tile.segment[j])
+        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
                             ? cx.Exp(s[n][i] * a.scale - lse[r])
                             : 0.0f;
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
       }
     }
-    MmaRegistersTimesRows<HD>(cx, s, tile.k, lane, dq);
-    cx.SyncBlock();  // every warp is done with this buffer before tile kt + 2 loads into it
+    cx.SyncBlock();  // every warp is done with V
+    if (kt + 1 < key_tiles) {
+      FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0 + BN, BN, vs);
+      cx.CommitAsync();
+    }
+    MmaRegistersTimesRows<HD>(cx, s, ks, lane, dq);
   }
   const float scale[2] = {a.scale, a.scale};
   StoreRows<HD>(dq, scale, lane, rows0, a.T, a.H, h, a.dq);

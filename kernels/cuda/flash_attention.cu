@@ -71,7 +71,7 @@ struct DeviceBlockContext {
   __device__ static void CommitAsync() { asm volatile("cp.async.commit_group;"); }
   template <int N>
   __device__ static void WaitAsync() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");  // the copies' data is read next
   }
   __device__ static void Zero8(Bf16* dst) {
     *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
