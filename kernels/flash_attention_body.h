@@ -26,6 +26,7 @@
 //
 // The context provides:
 //   int thread, block_x, block_y;              // threadIdx.x (0..127), blockIdx.x, blockIdx.y
+//   template <typename X> void Store2(X* dst, float lo, float hi);  // two rounded values
 //   void SyncBlock();                           // __syncthreads()
 //   using Bf16; static Bf16 ToBf16(float);      // round to nearest even
 //   uint32_t Pack(float lo, float hi);          // two values rounded to bf16, lo in the low half
@@ -130,7 +131,7 @@ struct FlashLayout {
   static constexpr int kKvBytes = kKvQueries + 2 * kQueryBuffer;
 
   // dQ: the block's Q and dO tiles, one V tile, and two K tiles with their keys' segments (the
-  // next K loads during the whole tile's work, the next V during dQ += dS K).
+  // next K loads during the whole tile's work, the next V once dP = dO V^T is done).
   static constexpr int kDqQ = 0;
   static constexpr int kDqDo = kDqQ + kTile;
   static constexpr int kDqV = kDqDo + kTile;
@@ -139,19 +140,15 @@ struct FlashLayout {
   static constexpr int kDqBytes = kDqSegments + 2 * kTileSegments;
 };
 
-// The query tile of block x: the last tile first. A causal query tile i visits i + 1 key tiles,
-// and blocks start in index order, so the heaviest tiles start first and the launch's tail is
-// made of light ones. (The dK/dV kernel's key tile j visits tiles - j query tiles: already
-// heaviest first.)
-QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_x) {
-  return (T + kFlashTile - 1) / kFlashTile - 1 - block_x;
+// Grids are (heads, tiles): blocks start in index order with x fastest, so every head's block
+// of one tile starts before any block of the next tile. The query tile of grid row y is the last
+// tile first: a causal query tile i visits i + 1 key tiles, so the heaviest blocks start first
+// and the launch's tail is made of light ones. (The dK/dV kernel's key tile j visits tiles - j
+// query tiles: already heaviest first.)
+QLORAD_FLASH_FN int HeavyFirstTile(int T, int block_y) {
+  return (T + kFlashTile - 1) / kFlashTile - 1 - block_y;
 }
 
-// Cooperatively loads rows [row0, row0 + rows) of one head of a [T, heads, HD] tensor into a
-// bf16 tile [rows][kLd], eight values (16 bytes of the tile) per step; rows past T become zeros.
-// bf16 rows are copied asynchronously (cp.async, zero-filled past T) when the tensor is 16-byte
-// aligned: they land by the next WaitAsync. Other sources are converted here and now. Either
-// way the tile is ready for every warp after WaitAsync and SyncBlock.
 // The key tiles a query tile starting at q0 visits. Causal: its last query is
 // min(T, q0 + 64) - 1, so later keys are never needed.
 QLORAD_FLASH_FN int FlashKeyTiles(int T, int q0) {
@@ -159,6 +156,11 @@ QLORAD_FLASH_FN int FlashKeyTiles(int T, int q0) {
   return last / kFlashTile + 1;
 }
 
+// Cooperatively loads rows [row0, row0 + rows) of one head of a [T, heads, HD] tensor into a
+// bf16 tile [rows][kLd], eight values (16 bytes of the tile) per step; rows past T become zeros.
+// bf16 rows are copied asynchronously (cp.async, zero-filled past T) when the tensor is 16-byte
+// aligned: they land by the next WaitAsync. Other sources are converted here and now. Either
+// way the tile is ready for every warp after WaitAsync and SyncBlock.
 template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int head, int row0,
                                    int rows, typename C::Bf16* dst) {
@@ -298,22 +300,23 @@ QLORAD_FLASH_FN int FragRow(int i) { return i / 2; }
 QLORAD_FLASH_FN int FragCol(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
 
 // Writes a warp's 16 x HD accumulator times `scale` to rows [row0, row0 + 16) of one head of a
-// [T, heads, HD] tensor (rows past T are not written).
-template <int HD, typename X>
-QLORAD_FLASH_FN void StoreRows(const float (&acc)[HD / 8][4], const float (&scale)[2], int lane,
-                               int row0, int T, int heads, int head, X* dst) {
+// [T, heads, HD] tensor (rows past T are not written), each lane's two adjacent columns in one
+// store.
+template <int HD, class C, typename X>
+QLORAD_FLASH_FN void StoreRows(C& cx, const float (&acc)[HD / 8][4], const float (&scale)[2],
+                               int lane, int row0, int T, int heads, int head, X* dst) {
   for (int d = 0; d < HD / 8; ++d) {
-    for (int i = 0; i < 4; ++i) {
-      const int t = row0 + lane / 4 + 8 * FragRow(i);
+    for (int r = 0; r < 2; ++r) {
+      const int t = row0 + lane / 4 + 8 * r;
       if (t < T) {
-        dst[(static_cast<int64_t>(t) * heads + head) * HD + 8 * d + FragCol(lane, i)] =
-            Element<X>::Round(acc[d][i] * scale[FragRow(i)]);
+        cx.Store2(dst + (static_cast<int64_t>(t) * heads + head) * HD + 8 * d + 2 * (lane % 4),
+                  acc[d][2 * r] * scale[r], acc[d][2 * r + 1] * scale[r]);
       }
     }
   }
 }
 
-// Forward of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 query rows;
+// Forward of one (head, query tile) block: grid (H, ceil(T / 64)). Each warp owns 16 query rows;
 // per key tile it computes S = Q K^T, updates each row's running max and sum (online softmax:
 // the four lanes of a group hold a row between them), rescales its output accumulator and adds
 // P V. Writes out [T, H, HD] and lse [H, T].
@@ -326,7 +329,7 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   B* ks = reinterpret_cast<B*>(smem + Lay::kFwdK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kFwdV);
   int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kFwdSegments);
-  const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
+  const int h = cx.block_x, q0 = HeavyFirstTile(a.T, cx.block_y) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int rows0 = q0 + 16 * warp;                             // the warp's first query
   const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};  // this lane's two queries
@@ -400,10 +403,10 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     }
     inv_sum[r] = l > 0.0f ? 1.0f / l : 0.0f;
   }
-  StoreRows<HD>(o, inv_sum, lane, rows0, a.T, a.H, h, a.out);
+  StoreRows<HD>(cx, o, inv_sum, lane, rows0, a.T, a.H, h, a.out);
 }
 
-// dK and dV of one (key tile, kv head) block: grid (ceil(T / 64), KV). Each warp owns 16 keys;
+// dK and dV of one (kv head, key tile) block: grid (KV, ceil(T / 64)). Each warp owns 16 keys;
 // for every query head of the group and every 32-query tile at or after the key tile it
 // recomputes P^T = exp(scale K Q^T - lse), forms dS^T = P^T (V dO^T - delta) and accumulates
 // dV += P^T dO and dK += dS^T Q. Writes dk and dv rows of this kv head (=).
@@ -414,7 +417,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
   constexpr int BN = kFlashTile, BQ = kFlashBwdQueries, kLd = Lay::kLd;
   B* ks = reinterpret_cast<B*>(smem + Lay::kKvK);
   B* vs = reinterpret_cast<B*>(smem + Lay::kKvV);
-  const int k0 = cx.block_x * BN, g = cx.block_y, group = a.H / a.KV;
+  const int k0 = cx.block_y * BN, g = cx.block_x, group = a.H / a.KV;
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   const int keys0 = k0 + 16 * warp;
   const int key[2] = {keys0 + lane / 4, keys0 + lane / 4 + 8};
@@ -475,11 +478,11 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
     MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
   }
   const float dk_scale[2] = {a.scale, a.scale}, one[2] = {1.0f, 1.0f};
-  StoreRows<HD>(dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
-  StoreRows<HD>(dv, one, lane, keys0, a.T, a.KV, g, a.dv);
+  StoreRows<HD>(cx, dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
+  StoreRows<HD>(cx, dv, one, lane, keys0, a.T, a.KV, g, a.dv);
 }
 
-// dQ of one (query tile, head) block: grid (ceil(T / 64), H). Each warp owns 16 queries; per key
+// dQ of one (head, query tile) block: grid (H, ceil(T / 64)). Each warp owns 16 queries; per key
 // tile it recomputes P = exp(scale Q K^T - lse) and dP = dO V^T and accumulates
 // dQ += (P (dP - delta)) K. Writes dq rows of this head (=).
 template <int HD, class C, typename X>
@@ -496,7 +499,7 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
   auto segments_of = [&](int kt) {
     return reinterpret_cast<int32_t*>(smem + Lay::kDqSegments + kt % 2 * Lay::kTileSegments);
   };
-  const int h = cx.block_y, q0 = HeavyFirstTile(a.T, cx.block_x) * BM, g = h / (a.H / a.KV);
+  const int h = cx.block_x, q0 = HeavyFirstTile(a.T, cx.block_y) * BM, g = h / (a.H / a.KV);
   auto load_keys = [&](int kt) {  // K tile kt and its keys' segments
     FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, kt * BN, BN, k_tile(kt));
     FlashLoadRowValues(cx, a.segments, a.T, kt * BN, BN, segments_of(kt));
@@ -530,9 +533,16 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
       load_keys(kt + 1);
       cx.CommitAsync();
     }
-    float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
+    // dP = dO V^T first, so that the next V loads during the rest of the tile's work.
+    float dp[BN / 8][4] = {};
     MmaRowsTimesRowsT<HD>(cx, dos + 16 * warp * kLd, vs, lane, dp);
+    cx.SyncBlock();  // every warp is done with V
+    if (kt + 1 < key_tiles) {
+      FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0 + BN, BN, vs);
+      cx.CommitAsync();
+    }
+    float s[BN / 8][4] = {};
+    MmaRowsTimesRowsT<HD>(cx, qs + 16 * warp * kLd, ks, lane, s);
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
@@ -542,15 +552,10 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
       }
     }
-    cx.SyncBlock();  // every warp is done with V
-    if (kt + 1 < key_tiles) {
-      FlashLoadTile<HD>(cx, a.v, a.T, a.KV, g, k0 + BN, BN, vs);
-      cx.CommitAsync();
-    }
     MmaRegistersTimesRows<HD>(cx, s, ks, lane, dq);
   }
   const float scale[2] = {a.scale, a.scale};
-  StoreRows<HD>(dq, scale, lane, rows0, a.T, a.H, h, a.dq);
+  StoreRows<HD>(cx, dq, scale, lane, rows0, a.T, a.H, h, a.dq);
 }
 
 }  // namespace qlorad::kernels::flash

@@ -73,6 +73,20 @@ struct DeviceBlockContext {
   __device__ static void WaitAsync() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");  // the copies' data is read next
   }
+  // Two adjacent outputs in one 4-byte (bf16) or 8-byte (float32) store where aligned.
+  template <typename X>
+  __device__ static void Store2(X* dst, float lo, float hi) {
+    if (reinterpret_cast<uintptr_t>(dst) % (2 * sizeof(X)) == 0) {
+      if constexpr (std::is_same_v<X, __nv_bfloat16>) {
+        *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo, hi);
+      } else {
+        *reinterpret_cast<float2*>(dst) = make_float2(lo, hi);
+      }
+      return;
+    }
+    dst[0] = Element<X>::Round(lo);
+    dst[1] = Element<X>::Round(hi);
+  }
   __device__ static void Zero8(Bf16* dst) {
     *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
   }
@@ -131,16 +145,16 @@ __global__ void DeltaKernel(fl::FlashArgs<X> a, float* delta) {
   if (threadIdx.x % 32 == 0) delta[row] = s;
 }
 
-// Launches `kernel` over (ceil(T / 64), blocks_y) with `smem` dynamic shared bytes, raising the
+// Launches `kernel` over (heads, ceil(T / 64)) with `smem` dynamic shared bytes, raising the
 // kernel's shared-memory limit first (over 48 KiB needs the opt-in).
 template <typename Kernel, typename X>
-cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t blocks_y, const fl::FlashArgs<X>& a,
+cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t heads, const fl::FlashArgs<X>& a,
                    cudaStream_t stream) {
   const cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>((T + fl::kFlashTile - 1) / fl::kFlashTile),
-                  static_cast<unsigned>(blocks_y));
+  const dim3 grid(static_cast<unsigned>(heads),
+                  static_cast<unsigned>((T + fl::kFlashTile - 1) / fl::kFlashTile));
   kernel<<<grid, fl::kFlashThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
@@ -160,9 +174,10 @@ fl::FlashArgs<X> Args(const X* q, const X* k, const X* v, const int32_t* segment
   return a;
 }
 
+// Tiles run along the grid's y, which holds at most 65535 blocks.
 bool ValidShape(int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
-  return T > 0 && T < (int64_t{1} << 30) && H > 0 && KV > 0 && H % KV == 0 &&
-         FlashAttentionSupports(head_dim);
+  return T > 0 && T <= int64_t{65535} * fl::kFlashTile && H > 0 && H < (int64_t{1} << 31) &&
+         KV > 0 && H % KV == 0 && FlashAttentionSupports(head_dim);
 }
 
 template <int HD, typename X>

@@ -199,6 +199,11 @@ struct EmulatedContext {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
     for (int i = 0; i < 8; ++i) dst[i] = ToBf16(kernels::Element<X>::Load(src[i]));
   }
+  template <typename X>
+  void Store2(X* dst, float lo, float hi) {
+    dst[0] = kernels::Element<X>::Round(lo);
+    dst[1] = kernels::Element<X>::Round(hi);
+  }
   void Zero8(Bf16* dst) {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) ++shared->violations;
     for (int i = 0; i < 8; ++i) dst[i] = Bf16{};

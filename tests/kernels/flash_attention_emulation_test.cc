@@ -39,7 +39,7 @@ void RunFlash(fl::FlashArgs<X>& a, testing::AsyncCopies copies = testing::AsyncC
   const int tiles = (a.T + fl::kFlashTile - 1) / fl::kFlashTile;
   int violations = 0;
   violations += testing::RunEmulatedGrid(
-      tiles, a.H, fl::kFlashThreads, Lay::kFwdBytes,
+      a.H, tiles, fl::kFlashThreads, Lay::kFwdBytes,
       [&](testing::EmulatedContext& cx, unsigned char* smem) {
         fl::FlashForwardBlock<HD>(cx, a, smem);
       },
@@ -57,13 +57,13 @@ void RunFlash(fl::FlashArgs<X>& a, testing::AsyncCopies copies = testing::AsyncC
   }
   a.delta = delta.data();
   violations += testing::RunEmulatedGrid(
-      tiles, a.KV, fl::kFlashThreads, Lay::kKvBytes,
+      a.KV, tiles, fl::kFlashThreads, Lay::kKvBytes,
       [&](testing::EmulatedContext& cx, unsigned char* smem) {
         fl::FlashBackwardKvBlock<HD>(cx, a, smem);
       },
       copies);
   violations += testing::RunEmulatedGrid(
-      tiles, a.H, fl::kFlashThreads, Lay::kDqBytes,
+      a.H, tiles, fl::kFlashThreads, Lay::kDqBytes,
       [&](testing::EmulatedContext& cx, unsigned char* smem) {
         fl::FlashBackwardQBlock<HD>(cx, a, smem);
       },
