@@ -6,105 +6,14 @@
 
 #include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/flash_context.cuh"
 #include "kernels/flash_attention_body.h"
 
 namespace qlorad::kernels::cuda {
 namespace {
 namespace fl = kernels::flash;
 
-// The block context of kernels/flash_attention_body.h on the GPU: the m16n8k16 bf16 tensor-core
-// instruction with float accumulators, ldmatrix fragment loads and cp.async tile copies (sm_80
-// and later).
-struct DeviceBlockContext {
-  using Bf16 = __nv_bfloat16;
-  int thread, block_x, block_y;
-
-  __device__ void SyncBlock() { __syncthreads(); }
-  __device__ static Bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
-  __device__ static uint32_t Pack(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-  __device__ static void LoadMatrix4(const Bf16* row, uint32_t (&r)[4]) {
-    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-  }
-  __device__ static void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]) {
-    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-  }
-  // Eight values into a 16-byte-aligned tile slot: one 16-byte load of bf16 (two of float32)
-  // where the source allows it, element by element where it does not.
-  template <typename X>
-  __device__ static void Copy8(const X* src, Bf16* dst) {
-    if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      if constexpr (std::is_same_v<X, __nv_bfloat16>) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      } else {
-        const float4 lo = reinterpret_cast<const float4*>(src)[0];
-        const float4 hi = reinterpret_cast<const float4*>(src)[1];
-        *reinterpret_cast<uint4*>(dst) =
-            make_uint4(Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w));
-      }
-      return;
-    }
-    for (int i = 0; i < 8; ++i) dst[i] = ToBf16(Element<X>::Load(src[i]));
-  }
-  // cp.async of kBytes (16: .cg, through L2 only; 4: .ca), zeros when zero_fill (no bytes
-  // read); committed in groups, landed by WaitAsync<N> (all but the newest N groups).
-  template <int kBytes>
-  __device__ static void CopyAsync(void* dst, const void* src, bool zero_fill) {
-    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    const int src_bytes = zero_fill ? 0 : kBytes;
-    if constexpr (kBytes == 16) {
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(src),
-                   "r"(src_bytes));
-    } else {
-      asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(to), "l"(src), "n"(kBytes),
-                   "r"(src_bytes));
-    }
-  }
-  __device__ static void CommitAsync() { asm volatile("cp.async.commit_group;"); }
-  template <int N>
-  __device__ static void WaitAsync() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");  // the copies' data is read next
-  }
-  // Two adjacent outputs in one 4-byte (bf16) or 8-byte (float32) store where aligned.
-  template <typename X>
-  __device__ static void Store2(X* dst, float lo, float hi) {
-    if (reinterpret_cast<uintptr_t>(dst) % (2 * sizeof(X)) == 0) {
-      if constexpr (std::is_same_v<X, __nv_bfloat16>) {
-        *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo, hi);
-      } else {
-        *reinterpret_cast<float2*>(dst) = make_float2(lo, hi);
-      }
-      return;
-    }
-    dst[0] = Element<X>::Round(lo);
-    dst[1] = Element<X>::Round(hi);
-  }
-  __device__ static void Zero8(Bf16* dst) {
-    *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-  }
-  // The hardware exponential (ex2.approx of x log2 e): 2 + 1.2 |x| ulp (CUDA's table), under
-  // 1e-5 relative for every argument whose result is not negligible, where each probability is
-  // rounded to bf16 (4e-3) anyway; expf's exact path costs several times more instructions.
-  __device__ static float Exp(float x) { return __expf(x); }
-  __device__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-  __device__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-};
-
-__device__ DeviceBlockContext Context() {
+__device__ FlashBlockContext Context() {
   return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
           static_cast<int>(blockIdx.y)};
 }
@@ -112,21 +21,21 @@ __device__ DeviceBlockContext Context() {
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  DeviceBlockContext cx = Context();
+  FlashBlockContext cx = Context();
   fl::FlashForwardBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  DeviceBlockContext cx = Context();
+  FlashBlockContext cx = Context();
   fl::FlashBackwardKvBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  DeviceBlockContext cx = Context();
+  FlashBlockContext cx = Context();
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
 }
 
