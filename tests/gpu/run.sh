@@ -30,6 +30,7 @@ status=0
 start=$(date +%s)
 budget="${GPU_CHECK_SECONDS:-400}"
 phase() { echo "$(( $(date +%s) - start ))s $*" >> "$out/phases.txt"; }
+: > "$out/phases.txt"
 time_left() { [ $(( $(date +%s) - start )) -lt "$budget" ] || { phase "skipped (over budget): $*"; return 1; }; }
 bench() {  # bench LIMIT_SECONDS COMMAND...: runs a benchmark into bench.log within the budget
   local limit=$1; shift
