@@ -228,8 +228,8 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     }
     for (int64_t l = L - 1; l >= 0; --l) {
       LayerCache& c = buf_->caches[ckpt ? 0 : l];
-      if (ckpt) {  // recompute this layer's activations (same dropout streams); output unused
-        LayerForward(l, A(buf_->xs[l]), b, params, true, seed, step, c, A(buf_->tmp_h));
+      if (ckpt) {  // recompute this layer's activations (same dropout streams), not its output
+        LayerForward(l, A(buf_->xs[l]), b, params, true, seed, step, c, nullptr);
       }
       T* dx = d_cur == A(buf_->d_a) ? A(buf_->d_b) : A(buf_->d_a);
       LayerBackward(l, b, params, grads, seed, step, c, d_cur, dx, /*recomputed=*/ckpt);
@@ -285,18 +285,21 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     return (step * static_cast<uint64_t>(model_->config().num_hidden_layers) + layer) * 7 + module;
   }
 
+  // y = x W^T + scale h B^T with h = dropout(x) A^T saved in h_save. A null y asks for h only
+  // (what the backward keeps of a recomputed layer's last linear).
   void LoraForward(int64_t layer, int module, const T* x, int64_t n, const float* params,
                    bool train, uint64_t seed, uint64_t step, float* h_save, T* y) {
     const DeviceLinear& w = *model_->layers()[layer].linear[module];
     const LoraSlot* s = layout_->Find(layer, module);
     if (s == nullptr) {
-      device_->Linear(w, x, n, y);
+      if (y != nullptr) device_->Linear(w, x, n, y);
       return;
     }
     const int64_t r = lora_.rank;
     device_->LoraDropoutDown(x, n, s->in, params + s->a_offset, r, train ? options_.dropout : 0.0f,
                              seed, Stream(step, layer, module), h_save, buf_->tmp_in->data());
-    device_->LinearLora(w, x, n, h_save, params + s->b_offset, r, lora_.scale(), y);
+    if (y != nullptr)
+      device_->LinearLora(w, x, n, h_save, params + s->b_offset, r, lora_.scale(), y);
   }
 
   void LoraBackward(int64_t layer, int module, const T* x, int64_t n, const float* params,
@@ -322,6 +325,9 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
                                       stream, dx, tmp);
   }
 
+  // One decoder layer on x into out, keeping in c what the backward needs. A null out
+  // (checkpointing's recompute) skips the last linear's output and the residual add: the
+  // backward needs only that linear's LoRA h.
   void LayerForward(int64_t l, const T* x, const MicroBatch& b, const float* params, bool train,
                     uint64_t seed, uint64_t step, LayerCache& c, T* out) {
     const LlamaConfig& cfg = model_->config();
@@ -350,7 +356,7 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     LoraForward(l, 5, xn, n, params, train, seed, step, c.lora_h[5]->data(), A(c.u));
     device_->Swiglu(A(c.g), A(c.u), n * im, act);
     LoraForward(l, 6, act, n, params, train, seed, step, c.lora_h[6]->data(), out);
-    device_->AddInPlace(out, hmid, n * h);  // out = hmid + down(act)
+    if (out != nullptr) device_->AddInPlace(out, hmid, n * h);  // out = hmid + down(act)
   }
 
   // On entry `dout` is d(layer output); it is reused as d(hmid). `dx` receives d(layer input).

@@ -23,10 +23,15 @@ __device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* cod
 
 // Vectorized path: each thread reads 16 packed bytes (32 values, half of a 64-block) with one
 // 16-byte load and writes 32 outputs with 16-byte stores.
+// The NF4 table sits in shared memory: a warp's 32 lanes look up to 16 different entries at
+// once, which constant memory serves one address at a time, while 16 consecutive floats in
+// shared memory lie in 16 different banks and are read in one pass.
 template <typename T>
 __global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
   __shared__ float code8[256];
+  __shared__ float code4[16];
   for (int i = threadIdx.x; i < 256; i += blockDim.x) code8[i] = a.code8[i];
+  if (threadIdx.x < 16) code4[threadIdx.x] = kNf4CodeDevice[threadIdx.x];
   __syncthreads();
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -40,8 +45,8 @@ __global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
 #pragma unroll
       for (int byte = 0; byte < 4; ++byte) {
         const uint32_t v = (words[w] >> (8 * byte)) & 0xFFu;
-        vals[w * 8 + byte * 2] = FromFloat<T>(kNf4CodeDevice[v >> 4] * scale);
-        vals[w * 8 + byte * 2 + 1] = FromFloat<T>(kNf4CodeDevice[v & 0xFu] * scale);
+        vals[w * 8 + byte * 2] = FromFloat<T>(code4[v >> 4] * scale);
+        vals[w * 8 + byte * 2 + 1] = FromFloat<T>(code4[v & 0xFu] * scale);
       }
     }
     constexpr int kPerStore = 16 / sizeof(T);
