@@ -58,11 +58,12 @@ QLORAD_HOST_DEVICE inline int64_t GradTokenBlocks(int64_t n) {
   return (n + kGradTokens - 1) / kGradTokens;
 }
 
-// Element (t, i) of dropout(v): the mask of element t * in + i of the stream, as DropoutApply.
+// Element (t, i) of dropout(v): the mask of element t * in + i of the stream, as DropoutApply
+// (each block program makes `mask` once from a.seed, a.stream and a.p).
 template <typename X>
-QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, int64_t t, int64_t i, float v) {
-  return DropoutKeep(a.seed, a.stream, static_cast<uint64_t>(t * a.in + i), a.p) ? v * a.scale
-                                                                                 : 0.0f;
+QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, const DropoutStreamMask& mask, int64_t t,
+                             int64_t i, float v) {
+  return mask.Keep(static_cast<uint64_t>(t * a.in + i)) ? v * a.scale : 0.0f;
 }
 
 // h[t, j] = sum_i dropout(x)[t, i] A[j, i] for kDownRows tokens and kRankChunk ranks: grid
@@ -72,6 +73,7 @@ template <class C, typename X>
 QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kDownRows;
   const int j0 = cx.block_y * kRankChunk;
+  const DropoutStreamMask mask(a.seed, a.stream, a.p);
   float acc[kDownRows][kRankChunk];
   QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr][jj] = 0.0f;
@@ -83,7 +85,7 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
     }
     QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
       const int64_t t = t0 + rr;
-      const float v = t < a.n ? Dropped(a, t, i, Element<X>::Load(a.x[t * a.in + i])) : 0.0f;
+      const float v = t < a.n ? Dropped(a, mask, t, i, Element<X>::Load(a.x[t * a.in + i])) : 0.0f;
       QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr][jj] += v * w[jj];
     }
   }
@@ -115,6 +117,7 @@ QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) 
   const int64_t i = static_cast<int64_t>(cx.block_x) * kLoraThreads + cx.thread;
   const int64_t t0 = static_cast<int64_t>(cx.block_y) * kGradTokens;
   const int64_t tokens = a.n - t0 < kGradTokens ? a.n - t0 : kGradTokens;
+  const DropoutStreamMask mask(a.seed, a.stream, a.p);
   for (int64_t k = cx.thread; k < tokens * a.r; k += kLoraThreads) smem[k] = a.dh[t0 * a.r + k];
   cx.SyncBlock();
   if (i >= a.in) return;  // no barrier follows
@@ -122,7 +125,7 @@ QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) 
     float acc[kRankChunk];
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[jj] = 0.0f;
     for (int64_t tt = 0; tt < tokens; ++tt) {
-      const float v = Dropped(a, t0 + tt, i, Element<X>::Load(a.x[(t0 + tt) * a.in + i]));
+      const float v = Dropped(a, mask, t0 + tt, i, Element<X>::Load(a.x[(t0 + tt) * a.in + i]));
       const float* d = smem + tt * a.r + j0;
       QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
         if (j0 + jj < a.r) acc[jj] += d[jj] * v;
@@ -156,6 +159,7 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kInputRows;
   const int64_t i = static_cast<int64_t>(cx.block_y) * kLoraThreads + cx.thread;
   const int rows = a.n - t0 < kInputRows ? static_cast<int>(a.n - t0) : kInputRows;
+  const DropoutStreamMask mask(a.seed, a.stream, a.p);
   for (int64_t k = cx.thread; k < static_cast<int64_t>(rows) * a.r; k += kLoraThreads)
     smem[k] = a.dh[t0 * a.r + k];
   cx.SyncBlock();
@@ -179,7 +183,7 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float
     const int64_t t = t0 + rr;
     if (rr < rows) {
       X& d = a.dx[t * a.in + i];
-      d = Element<X>::Round(Element<X>::Load(d) + Dropped(a, t, i, val[rr]));
+      d = Element<X>::Round(Element<X>::Load(d) + Dropped(a, mask, t, i, val[rr]));
     }
   }
 }

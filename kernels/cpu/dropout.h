@@ -14,22 +14,60 @@
 
 namespace qlorad::kernels {
 
+// The part of a pair's hash that is the same for a whole stream.
+QLORAD_HOST_DEVICE inline uint64_t DropoutStreamKey(uint64_t seed, uint64_t stream) {
+  return seed ^ (stream * 0x9E3779B97F4A7C15ull);
+}
+
 // The 64 random bits shared by elements 2*pair and 2*pair+1 of a stream (splitmix64
 // finalizer over the three counters): bits 40..63 decide the even element, 16..39 the odd one.
-QLORAD_HOST_DEVICE inline uint64_t DropoutPairBits(uint64_t seed, uint64_t stream, uint64_t pair) {
-  uint64_t z = seed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (pair * 0xD1B54A32D192ED03ull);
+QLORAD_HOST_DEVICE inline uint64_t DropoutPairBitsKeyed(uint64_t key, uint64_t pair) {
+  uint64_t z = key ^ (pair * 0xD1B54A32D192ED03ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
-// True when element `index` of `stream` is kept: its 24 random bits against p, the same
-// comparison in float on every device.
-QLORAD_HOST_DEVICE inline bool DropoutKeep(uint64_t seed, uint64_t stream, uint64_t index, float p) {
-  const uint64_t z = DropoutPairBits(seed, stream, index >> 1);
-  const uint64_t bits = (index & 1) ? (z >> 16) & 0xFFFFFFull : z >> 40;
-  return static_cast<float>(bits) >= p * 16777216.0f;
+QLORAD_HOST_DEVICE inline uint64_t DropoutPairBits(uint64_t seed, uint64_t stream, uint64_t pair) {
+  return DropoutPairBitsKeyed(DropoutStreamKey(seed, stream), pair);
 }
+
+// The 24 random bits of element `index` of a stream.
+QLORAD_HOST_DEVICE inline uint32_t DropoutBits(uint64_t key, uint64_t index) {
+  const uint64_t z = DropoutPairBitsKeyed(key, index >> 1);
+  return static_cast<uint32_t>((index & 1) ? (z >> 16) & 0xFFFFFFull : z >> 40);
+}
+
+// True when element `index` of `stream` is kept: its 24 random bits against p, the same
+// comparison in float on every device. This is the definition; DropoutStreamMask decides the
+// same in integers.
+QLORAD_HOST_DEVICE inline bool DropoutKeep(uint64_t seed, uint64_t stream, uint64_t index,
+                                           float p) {
+  return static_cast<float>(DropoutBits(DropoutStreamKey(seed, stream), index)) >= p * 16777216.0f;
+}
+
+// The smallest 24-bit value DropoutKeep keeps at drop probability p: p 2^24 is exact in float
+// (a power-of-two scaling) and the bits are integers, so bits >= p 2^24 exactly when bits >=
+// ceil(p 2^24). 2^24 (nothing kept) for p >= 1 or NaN, 0 (everything kept) for p <= 0.
+QLORAD_HOST_DEVICE inline uint32_t DropoutThreshold(float p) {
+  const float t = p * 16777216.0f;
+  if (!(t < 16777216.0f)) return 16777216u;  // also NaN: a comparison with NaN is false
+  if (!(t > 0.0f)) return 0u;
+  const uint32_t floor = static_cast<uint32_t>(t);
+  return static_cast<float>(floor) < t ? floor + 1 : floor;
+}
+
+// DropoutKeep for one stream with the per-stream work done once (the hash's seed-and-stream
+// part and the threshold): the kernels' inner loops hash and compare in integers only.
+struct DropoutStreamMask {
+  uint64_t key;
+  uint32_t threshold;
+  QLORAD_HOST_DEVICE DropoutStreamMask(uint64_t seed, uint64_t stream, float p)
+      : key(DropoutStreamKey(seed, stream)), threshold(DropoutThreshold(p)) {}
+  QLORAD_HOST_DEVICE bool Keep(uint64_t index) const {
+    return DropoutBits(key, index) >= threshold;
+  }
+};
 
 // out[i] = keep(i) ? x[i] / (1-p) : 0 (out may alias x). Used forward and, on the gradient,
 // backward.

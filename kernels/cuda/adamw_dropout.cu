@@ -28,9 +28,10 @@ __global__ void AdamWKernel(float* __restrict__ params, const float* __restrict_
 template <typename T>
 __global__ void DropoutKernel(const T* x, int64_t n, float p, float inv_keep, uint64_t seed,
                               uint64_t stream_id, T* out) {
+  const DropoutStreamMask mask(seed, stream_id, p);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const bool keep = DropoutKeep(seed, stream_id, static_cast<uint64_t>(i), p);
+    const bool keep = mask.Keep(static_cast<uint64_t>(i));
     Store(out, i, keep ? Load(x, i) * inv_keep : 0.0f);
   }
 }

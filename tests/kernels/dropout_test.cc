@@ -1,5 +1,6 @@
 #include "kernels/cpu/dropout.h"
 
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -30,6 +31,29 @@ TEST(Dropout, ApplyAgreesWithKeepAndDropsAboutP) {
   EXPECT_NE(out, other);
   DropoutApply(x.data(), n, 0.3f, 8, 3, other.data());
   EXPECT_NE(out, other);
+}
+
+// The kernels' integer form (DropoutStreamMask) decides exactly as the float definition: at the
+// threshold's edges for awkward p (not multiples of 2^-24, tiny, one ulp under 1, 0, 1, NaN),
+// and over a long stretch of a stream.
+TEST(Dropout, IntegerThresholdDecidesAsTheFloatComparison) {
+  const float ps[] = {
+      0.05f, 0.1f, 1.0f / 3.0f, 0.5f, 0.999f,       1e-7f, 3e-8f, std::nextafter(1.0f, 0.0f),
+      0.0f,  1.0f, -0.5f,       2.0f, std::nanf("")};
+  for (float p : ps) {
+    const uint32_t th = DropoutThreshold(p);
+    const int64_t lo = th > 3 ? th - 3 : 0, hi = th + 3 < (1u << 24) ? th + 3 : (1 << 24) - 1;
+    for (int64_t bits = lo; bits <= hi; ++bits) {
+      ASSERT_EQ(static_cast<uint32_t>(bits) >= th, static_cast<float>(bits) >= p * 16777216.0f)
+          << "p " << p << " bits " << bits << " threshold " << th;
+    }
+    const DropoutStreamMask mask(11, 5, p);
+    for (uint64_t i = 0; i < 20000; ++i) {
+      ASSERT_EQ(mask.Keep(i), DropoutKeep(11, 5, i, p)) << "p " << p << " index " << i;
+    }
+  }
+  EXPECT_EQ(DropoutThreshold(0.5f), 1u << 23);
+  EXPECT_EQ(DropoutThreshold(1.0f / 3.0f), 5592406u);  // 2^24 / 3 = 5592405.33
 }
 
 // The mask against tests/golden/dropout_masks.txt, written by an independent implementation of
