@@ -837,7 +837,7 @@ class CudaDevice : public Device {
   // sizes its buffers by AttentionSavedFloats).
   bool Flash(const TrainAttentionDims& d) const {
     return options_.flash_attention && options_.bf16_gemm &&
-           kc::FlashAttentionSupports(d.head_dim) &&
+           kc::FlashAttentionSupports(d.head_dim) && d.tokens <= kc::kFlashAttentionMaxTokens &&
            kc::FlashAttentionSharedBytes(d.head_dim) <= max_shared_optin_;
   }
   std::string FlashNote() const {

@@ -44,8 +44,7 @@
 
 #include <cmath>
 #include <cstdint>
-
-#include "kernels/element.h"
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define QLORAD_FLASH_FN __device__ inline
@@ -90,6 +89,21 @@ QLORAD_FLASH_FN int32_t FlashSegment(const FlashArgs<X>& a, int t) {
 // Key j is visible to query t when j <= t < T and both belong to the same segment.
 QLORAD_FLASH_FN bool FlashVisible(int t, int j, int T, int32_t segment_t, int32_t segment_j) {
   return j <= t && t < T && segment_t == segment_j;
+}
+
+// The tokens a lane owns in its block's tile (queries, or keys in the dK/dV kernel): its warp
+// has 16 rows from `first`, the lane rows first + g and first + g + 8 (g = lane / 4, the rows of
+// its accumulator registers), with their segments.
+struct FlashLaneRows {
+  int first;
+  int row[2];
+  int32_t segment[2];
+};
+
+template <typename X>
+QLORAD_FLASH_FN FlashLaneRows LaneRows(const FlashArgs<X>& a, int tile0, int warp, int lane) {
+  const int first = tile0 + 16 * warp, r0 = first + lane / 4, r1 = r0 + 8;
+  return {first, {r0, r1}, {FlashSegment(a, r0), FlashSegment(a, r1)}};
 }
 
 // Shared-memory layouts, in bytes from the block's base: bf16 tiles of head_dim-wide rows,
@@ -165,7 +179,8 @@ template <int HD, class C, typename X>
 QLORAD_FLASH_FN void FlashLoadTile(C& cx, const X* src, int T, int heads, int head, int row0,
                                    int rows, typename C::Bf16* dst) {
   constexpr int kChunks = HD / 8;
-  const bool async = sizeof(X) == 2 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  const bool async =
+      std::is_same_v<X, typename C::Bf16> && reinterpret_cast<uintptr_t>(src) % 16 == 0;
   for (int i = cx.thread; i < rows * kChunks; i += kFlashThreads) {
     const int r = i / kChunks, c = i % kChunks, t = row0 + r;
     typename C::Bf16* to = dst + r * FlashLayout<HD>::kLd + 8 * c;
@@ -218,6 +233,14 @@ QLORAD_FLASH_FN void LoadA(C& cx, const typename C::Bf16* tile, int ld, int lane
   cx.LoadMatrix4(tile + (lane % 16) * ld + 8 * (lane / 16), a);
 }
 
+// The four registers of one ldmatrix.x4 as the B fragments of two adjacent 8-column blocks.
+QLORAD_FLASH_FN void SplitB(const uint32_t (&r)[4], uint32_t (&b)[2][2]) {
+  b[0][0] = r[0];
+  b[0][1] = r[1];
+  b[1][0] = r[2];
+  b[1][1] = r[3];
+}
+
 // The B fragments (16 x 8, k x n) of two adjacent 8-column blocks of a tile stored n-major:
 // element (k, n) at tile[n ld + k], n < 16. A K tile is this operand of S = Q K^T (n a key, k a
 // head dimension). Matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
@@ -226,10 +249,7 @@ QLORAD_FLASH_FN void LoadBRows(C& cx, const typename C::Bf16* tile, int ld, int 
                                uint32_t (&b)[2][2]) {
   uint32_t r[4];
   cx.LoadMatrix4(tile + (8 * (lane / 16) + lane % 8) * ld + 8 * (lane / 8 % 2), r);
-  b[0][0] = r[0];
-  b[0][1] = r[1];
-  b[1][0] = r[2];
-  b[1][1] = r[3];
+  SplitB(r, b);
 }
 
 // The B fragments of two adjacent 8-column blocks of a tile stored k-major: element (k, n) at
@@ -240,10 +260,7 @@ QLORAD_FLASH_FN void LoadBColumns(C& cx, const typename C::Bf16* tile, int ld, i
                                   uint32_t (&b)[2][2]) {
   uint32_t r[4];
   cx.LoadMatrix4Trans(tile + (lane % 16) * ld + 8 * (lane / 16), r);
-  b[0][0] = r[0];
-  b[0][1] = r[1];
-  b[1][0] = r[2];
-  b[1][1] = r[3];
+  SplitB(r, b);
 }
 
 // The A fragment made of two C tiles side by side (columns 0-7 and 8-15 of a 16-wide block).
@@ -331,9 +348,7 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
   int32_t* key_segment = reinterpret_cast<int32_t*>(smem + Lay::kFwdSegments);
   const int h = cx.block_x, q0 = HeavyFirstTile(a.T, cx.block_y) * BM, g = h / (a.H / a.KV);
   const int warp = cx.thread / 32, lane = cx.thread % 32;
-  const int rows0 = q0 + 16 * warp;                             // the warp's first query
-  const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};  // this lane's two queries
-  const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
+  const FlashLaneRows rows = LaneRows(a, q0, warp, lane);  // this lane's two queries
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
   FlashLoadTile<HD>(cx, a.k, a.T, a.KV, g, 0, BN, ks);
@@ -355,7 +370,7 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float x = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
+        const float x = FlashVisible(rows.row[r], k0 + j, a.T, rows.segment[r], key_segment[j])
                             ? s[n][i] * a.scale
                             : -INFINITY;
         s[n][i] = x;
@@ -398,12 +413,13 @@ QLORAD_FLASH_FN void FlashForwardBlock(C& cx, const FlashArgs<X>& a, unsigned ch
     row_sum[r] += cx.ShflXor(row_sum[r], 1);
     row_sum[r] += cx.ShflXor(row_sum[r], 2);
     const float l = row_sum[r];
-    if (lane % 4 == 0 && row[r] < a.T) {
-      a.lse[static_cast<int64_t>(h) * a.T + row[r]] = l > 0.0f ? row_max[r] + logf(l) : -INFINITY;
+    if (lane % 4 == 0 && rows.row[r] < a.T) {
+      a.lse[static_cast<int64_t>(h) * a.T + rows.row[r]] =
+          l > 0.0f ? row_max[r] + logf(l) : -INFINITY;
     }
     inv_sum[r] = l > 0.0f ? 1.0f / l : 0.0f;
   }
-  StoreRows<HD>(cx, o, inv_sum, lane, rows0, a.T, a.H, h, a.out);
+  StoreRows<HD>(cx, o, inv_sum, lane, rows.first, a.T, a.H, h, a.out);
 }
 
 // dK and dV of one (kv head, key tile) block: grid (KV, ceil(T / 64)). Each warp owns 16 keys;
@@ -419,9 +435,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
   B* vs = reinterpret_cast<B*>(smem + Lay::kKvV);
   const int k0 = cx.block_y * BN, g = cx.block_x, group = a.H / a.KV;
   const int warp = cx.thread / 32, lane = cx.thread % 32;
-  const int keys0 = k0 + 16 * warp;
-  const int key[2] = {keys0 + lane / 4, keys0 + lane / 4 + 8};
-  const int32_t key_segment[2] = {FlashSegment(a, key[0]), FlashSegment(a, key[1])};
+  const FlashLaneRows keys = LaneRows(a, k0, warp, lane);  // this lane's two keys
   // The block's steps: every query head of the group, and for each the 32-query tiles at or
   // after k0 (queries before k0 see none of these keys).
   const int first_tile = k0 / BQ, per_head = (a.T + BQ - 1) / BQ - first_tile;
@@ -468,7 +482,7 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
         const int c = 8 * n + FragCol(lane, i);  // the query within the tile
         const int r = FragRow(i);
         const bool visible =  // implies key <= t < T
-            FlashVisible(q0 + c, key[r], a.T, query_segment[c], key_segment[r]);
+            FlashVisible(q0 + c, keys.row[r], a.T, query_segment[c], keys.segment[r]);
         const float p = visible ? cx.Exp(st[n][i] * a.scale - lse[c]) : 0.0f;
         st[n][i] = p;                            // P^T
         dpt[n][i] = p * (dpt[n][i] - delta[c]);  // dS^T
@@ -478,8 +492,8 @@ QLORAD_FLASH_FN void FlashBackwardKvBlock(C& cx, const FlashArgs<X>& a, unsigned
     MmaRegistersTimesRows<HD>(cx, dpt, qs, lane, dk);
   }
   const float dk_scale[2] = {a.scale, a.scale}, one[2] = {1.0f, 1.0f};
-  StoreRows<HD>(cx, dk, dk_scale, lane, keys0, a.T, a.KV, g, a.dk);
-  StoreRows<HD>(cx, dv, one, lane, keys0, a.T, a.KV, g, a.dv);
+  StoreRows<HD>(cx, dk, dk_scale, lane, keys.first, a.T, a.KV, g, a.dk);
+  StoreRows<HD>(cx, dv, one, lane, keys.first, a.T, a.KV, g, a.dv);
 }
 
 // dQ of one (head, query tile) block: grid (H, ceil(T / 64)). Each warp owns 16 queries; per key
@@ -505,14 +519,12 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
     FlashLoadRowValues(cx, a.segments, a.T, kt * BN, BN, segments_of(kt));
   };
   const int warp = cx.thread / 32, lane = cx.thread % 32;
-  const int rows0 = q0 + 16 * warp;
-  const int row[2] = {rows0 + lane / 4, rows0 + lane / 4 + 8};
-  const int32_t row_segment[2] = {FlashSegment(a, row[0]), FlashSegment(a, row[1])};
+  const FlashLaneRows rows = LaneRows(a, q0, warp, lane);
   float lse[2], delta[2];
   for (int r = 0; r < 2; ++r) {
-    const bool in = row[r] < a.T;
-    lse[r] = in ? a.lse[static_cast<int64_t>(h) * a.T + row[r]] : 0.0f;
-    delta[r] = in ? a.delta[static_cast<int64_t>(h) * a.T + row[r]] : 0.0f;
+    const bool in = rows.row[r] < a.T;
+    lse[r] = in ? a.lse[static_cast<int64_t>(h) * a.T + rows.row[r]] : 0.0f;
+    delta[r] = in ? a.delta[static_cast<int64_t>(h) * a.T + rows.row[r]] : 0.0f;
   }
 
   FlashLoadTile<HD>(cx, a.q, a.T, a.H, h, q0, BM, qs);
@@ -546,7 +558,7 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
     for (int n = 0; n < BN / 8; ++n) {
       for (int i = 0; i < 4; ++i) {
         const int r = FragRow(i), j = 8 * n + FragCol(lane, i);
-        const float p = FlashVisible(row[r], k0 + j, a.T, row_segment[r], key_segment[j])
+        const float p = FlashVisible(rows.row[r], k0 + j, a.T, rows.segment[r], key_segment[j])
                             ? cx.Exp(s[n][i] * a.scale - lse[r])
                             : 0.0f;
         s[n][i] = p * (dp[n][i] - delta[r]);  // dS
@@ -555,7 +567,7 @@ QLORAD_FLASH_FN void FlashBackwardQBlock(C& cx, const FlashArgs<X>& a, unsigned 
     MmaRegistersTimesRows<HD>(cx, s, ks, lane, dq);
   }
   const float scale[2] = {a.scale, a.scale};
-  StoreRows<HD>(cx, dq, scale, lane, rows0, a.T, a.H, h, a.dq);
+  StoreRows<HD>(cx, dq, scale, lane, rows.first, a.T, a.H, h, a.dq);
 }
 
 }  // namespace qlorad::kernels::flash

@@ -47,8 +47,10 @@ QLORAD_HOST_DEVICE inline bool DropoutKeep(uint64_t seed, uint64_t stream, uint6
 }
 
 // The smallest 24-bit value DropoutKeep keeps at drop probability p: p 2^24 is exact in float
-// (a power-of-two scaling) and the bits are integers, so bits >= p 2^24 exactly when bits >=
-// ceil(p 2^24). 2^24 (nothing kept) for p >= 1 or NaN, 0 (everything kept) for p <= 0.
+// (a power-of-two scaling, even of a subnormal p) and the bits are integers, so bits >= p 2^24
+// exactly when bits >= ceil(p 2^24). 2^24 (nothing kept) for p >= 1 or NaN, 0 (everything kept)
+// for p <= 0. (Built with flush-to-zero, a subnormal p would be 0 on the device and 1 on the
+// CPU; the project does not build so.)
 QLORAD_HOST_DEVICE inline uint32_t DropoutThreshold(float p) {
   const float t = p * 16777216.0f;
   if (!(t < 16777216.0f)) return 16777216u;  // also NaN: a comparison with NaN is false

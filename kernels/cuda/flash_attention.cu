@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/flash_attention.h"
@@ -13,29 +12,24 @@ namespace qlorad::kernels::cuda {
 namespace {
 namespace fl = kernels::flash;
 
-__device__ FlashBlockContext Context() {
-  return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
-          static_cast<int>(blockIdx.y)};
-}
-
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  FlashBlockContext cx = Context();
+  FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashForwardBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  FlashBlockContext cx = Context();
+  FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashBackwardKvBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs<X> a) {
   extern __shared__ __align__(128) unsigned char smem[];
-  FlashBlockContext cx = Context();
+  FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
 }
 
@@ -83,10 +77,10 @@ fl::FlashArgs<X> Args(const X* q, const X* k, const X* v, const int32_t* segment
   return a;
 }
 
-// Tiles run along the grid's y, which holds at most 65535 blocks.
 bool ValidShape(int64_t T, int64_t H, int64_t KV, int64_t head_dim) {
-  return T > 0 && T <= int64_t{65535} * fl::kFlashTile && H > 0 && H < (int64_t{1} << 31) &&
-         KV > 0 && H % KV == 0 && FlashAttentionSupports(head_dim);
+  static_assert(kFlashAttentionMaxTokens == int64_t{65535} * fl::kFlashTile);
+  return T > 0 && T <= kFlashAttentionMaxTokens && H > 0 && H < (int64_t{1} << 31) && KV > 0 &&
+         H % KV == 0 && FlashAttentionSupports(head_dim);
 }
 
 template <int HD, typename X>
@@ -174,13 +168,56 @@ cudaError_t FlashAttentionBackward(const X* q, const X* k, const X* v, const int
   }
 }
 
+namespace {
+
+template <typename Kernel>
+cudaError_t Describe(const char* name, Kernel kernel, int smem, FlashKernelInfo* info) {
+  cudaFuncAttributes attr{};
+  cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  }
+  int blocks = 0;
+  if (e == cudaSuccess) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, fl::kFlashThreads, smem);
+  }
+  *info = {name, attr.numRegs, smem, blocks};
+  return e;
+}
+
+template <int HD, typename X>
+cudaError_t DescribeAll(FlashKernelInfo (&info)[3]) {
+  using Lay = fl::FlashLayout<HD>;
+  cudaError_t e = Describe("forward", ForwardKernel<HD, X>, Lay::kFwdBytes, &info[0]);
+  if (e == cudaSuccess) e = Describe("dk_dv", BackwardKvKernel<HD, X>, Lay::kKvBytes, &info[1]);
+  if (e == cudaSuccess) e = Describe("dq", BackwardQKernel<HD, X>, Lay::kDqBytes, &info[2]);
+  return e;
+}
+
+}  // namespace
+
+template <typename X>
+cudaError_t FlashAttentionKernelInfo(int64_t head_dim, FlashKernelInfo (&info)[3]) {
+  switch (head_dim) {
+    case 32:
+      return DescribeAll<32, X>(info);
+    case 64:
+      return DescribeAll<64, X>(info);
+    case 128:
+      return DescribeAll<128, X>(info);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
 #define QLORAD_INSTANTIATE(X)                                                                   \
   template cudaError_t FlashAttentionForward<X>(const X*, const X*, const X*, const int32_t*,   \
                                                 int64_t, int64_t, int64_t, int64_t, X*, float*, \
                                                 cudaStream_t);                                  \
   template cudaError_t FlashAttentionBackward<X>(                                               \
       const X*, const X*, const X*, const int32_t*, const X*, const float*, const X*, int64_t,  \
-      int64_t, int64_t, int64_t, float*, X*, X*, X*, cudaStream_t);
+      int64_t, int64_t, int64_t, float*, X*, X*, X*, cudaStream_t);                             \
+  template cudaError_t FlashAttentionKernelInfo<X>(int64_t, FlashKernelInfo(&)[3]);
 QLORAD_INSTANTIATE(float)
 QLORAD_INSTANTIATE(__nv_bfloat16)
 #undef QLORAD_INSTANTIATE

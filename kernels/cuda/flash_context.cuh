@@ -17,6 +17,11 @@ struct FlashBlockContext {
   using Bf16 = __nv_bfloat16;
   int thread, block_x, block_y;
 
+  __device__ static FlashBlockContext OfThisThread() {
+    return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
+            static_cast<int>(blockIdx.y)};
+  }
+
   __device__ void SyncBlock() { __syncthreads(); }
   __device__ static Bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
   __device__ static uint32_t Pack(float lo, float hi) {

@@ -3,6 +3,8 @@
 // masked targets, dropout and activation checkpointing.
 #include <cmath>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "engine/device.h"
 #include "engine/llama_model.h"
@@ -107,29 +109,36 @@ INSTANTIATE_TEST_SUITE_P(Variants, LoraGradientTest,
                          ::testing::Values(Case{false, 0.0f, false}, Case{true, 0.0f, false},
                                            Case{false, 0.3f, false}, Case{true, 0.3f, true}));
 
+// With every linear adapted, and with the last linear (down_proj, whose output the recompute
+// skips) left frozen.
 TEST(LoraGradient, CheckpointingGivesTheSameGradients) {
   auto device = CreateCpuDevice();
   ModelOptions mo;
   mo.quantize = false;
   auto model = LlamaModel::Create(RandomTinyModel(3), device.get(), mo);
   ASSERT_TRUE(model.ok());
-  LoraConfig lc;
-  lc.rank = 2;
-  lc.dropout = 0.1f;
-  const LoraLayout layout((*model)->config(), lc);
-  std::vector<float> params = InitLoraParams(layout, lc);
-  for (size_t i = 0; i < params.size(); ++i) params[i] += 0.01f * static_cast<float>(i % 7);
-  std::vector<float> g1(params.size()), g2(params.size());
-  TrainingGraphOptions plain, ckpt;
-  plain.dropout = ckpt.dropout = 0.1f;
-  ckpt.activation_checkpointing = true;
-  LoraTrainingGraph a(model->get(), &layout, lc, plain), b(model->get(), &layout, lc, ckpt);
-  const MicroBatch batch = TwoRows();
-  auto la = a.ForwardBackward(batch, params.data(), g1.data(), 0.1f, 5, 1);
-  auto lb = b.ForwardBackward(batch, params.data(), g2.data(), 0.1f, 5, 1);
-  ASSERT_TRUE(la.ok() && lb.ok());
-  EXPECT_EQ(*la, *lb);
-  EXPECT_EQ(g1, g2);
+  const std::vector<std::string> all = LoraConfig().target_modules;
+  for (const auto& targets : {all, std::vector<std::string>{"q_proj", "v_proj", "up_proj"}}) {
+    SCOPED_TRACE(targets.size());
+    LoraConfig lc;
+    lc.rank = 2;
+    lc.dropout = 0.1f;
+    lc.target_modules = targets;
+    const LoraLayout layout((*model)->config(), lc);
+    std::vector<float> params = InitLoraParams(layout, lc);
+    for (size_t i = 0; i < params.size(); ++i) params[i] += 0.01f * static_cast<float>(i % 7);
+    std::vector<float> g1(params.size()), g2(params.size());
+    TrainingGraphOptions plain, ckpt;
+    plain.dropout = ckpt.dropout = 0.1f;
+    ckpt.activation_checkpointing = true;
+    LoraTrainingGraph a(model->get(), &layout, lc, plain), b(model->get(), &layout, lc, ckpt);
+    const MicroBatch batch = TwoRows();
+    auto la = a.ForwardBackward(batch, params.data(), g1.data(), 0.1f, 5, 1);
+    auto lb = b.ForwardBackward(batch, params.data(), g2.data(), 0.1f, 5, 1);
+    ASSERT_TRUE(la.ok() && lb.ok());
+    EXPECT_EQ(*la, *lb);
+    EXPECT_EQ(g1, g2);
+  }
 }
 
 // The memory plan is what the graph allocates (the daemon's admission estimate uses it), and a

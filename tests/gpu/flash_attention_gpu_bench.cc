@@ -2,7 +2,8 @@
 // and backward time and TFLOP/s (causal: half the T x T work; backward counted as 2.5 forwards,
 // the FlashAttention papers' convention), with bf16 activations (as the training graph keeps
 // them on the GPU) and float32 ones, against the bf16 tensor-core GEMM rate measured in the same
-// run. One JSON line per activation type.
+// run. One JSON line per activation type, and one with each kernel's registers, shared memory
+// and resident blocks per SM on this card.
 //   flash_attention_gpu_bench [--tokens 2048] [--heads 32] [--kv-heads 32] [--head-dim 128]
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -76,6 +77,14 @@ void Run(int T, int H, int KV, int hd, const char* type, double gemm_tflops) {
       "\"KV\": %d, \"head_dim\": %d, \"forward_ms\": %.3f, \"forward_tflops\": %.1f, "
       "\"backward_ms\": %.3f, \"backward_tflops\": %.1f, \"bf16_gemm_tflops\": %.0f}\n",
       type, T, H, KV, hd, fwd_ms, fwd_tf, bwd_ms, bwd_tf, gemm_tflops);
+  kc::FlashKernelInfo info[3];
+  CUDA_OK(kc::FlashAttentionKernelInfo<X>(hd, info));
+  std::printf("{\"bench\": \"flash_kernels\", \"activations\": \"%s\", \"head_dim\": %d", type, hd);
+  for (const auto& k : info) {
+    std::printf(", \"%s\": {\"registers\": %d, \"shared_bytes\": %d, \"blocks_per_sm\": %d}",
+                k.name, k.registers, k.shared_bytes, k.blocks_per_sm);
+  }
+  std::printf("}\n");
   for (X* p : {q, k, v, dout, out, dq, dk, dv}) cudaFree(p);
   for (float* p : {lse, delta}) cudaFree(p);
 }

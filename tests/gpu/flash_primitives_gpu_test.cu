@@ -1,6 +1,7 @@
 // Each primitive of the flash-attention GPU context (kernels/cuda/flash_context.cuh) on the card,
-// against the layout the CPU block emulator models (tests/kernels/cuda_block_emulator.h), which
-// is what the emulation tests prove the block programs right under. The whole kernels are
+// against the PTX ISA layouts that the CPU block emulator (tests/kernels/cuda_block_emulator.h)
+// models and the emulation tests prove the block programs right under; the expectations are
+// written out here again from the same tables. The whole kernels are
 // checked by flash_attention_gpu_test; when that fails, this one says whether the hardware
 // disagrees with a modelled instruction (and which) or the block programs are wrong.
 //   mma.m16n8k16: A, B, C/D register layouts (PTX ISA fragment tables), lower column in the low
@@ -8,7 +9,7 @@
 //   ldmatrix.x4 (and .trans): lanes 8j..8j+7 give matrix j's rows; register j of lane 4g + t
 //     holds (g, 2t), (g, 2t+1), or (2t, g), (2t+1, g) transposed;
 //   cp.async 16 and 4 bytes with zero fill, commit_group, wait_group 0;
-//   Pack (lo in the low half), Store2, ShflXor.
+//   Pack (lo in the low half, rounded to nearest even), Store2, ShflXor.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -27,11 +28,6 @@ namespace {
 
 using Ctx = kernels::cuda::FlashBlockContext;
 
-__device__ Ctx Context() {
-  return {static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
-          static_cast<int>(blockIdx.y)};
-}
-
 uint16_t Bits(float x) {  // round to nearest even, as the card's conversions do
   uint32_t u;
   std::memcpy(&u, &x, 4);
@@ -48,7 +44,7 @@ float Widen(uint16_t b) {
 // One warp: lane l builds its A (16 x 16) and B (16 x 8) registers from global memory by the
 // modelled layout, starts D from C by the modelled C layout, and writes D back the same way.
 __global__ void MmaKernel(const uint16_t* a, const uint16_t* b, const float* c, float* d) {
-  Ctx cx = Context();
+  Ctx cx = Ctx::OfThisThread();
   const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
   auto pair = [](uint16_t lo, uint16_t hi) { return uint32_t(lo) | uint32_t(hi) << 16; };
   const uint32_t ra[4] = {pair(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]),
@@ -67,7 +63,7 @@ __global__ void MmaKernel(const uint16_t* a, const uint16_t* b, const float* c, 
 // One warp: a 16 x 16 tile (leading dimension 24, as the flash tiles pad rows) in shared
 // memory; every lane gives the LoadA row address and records both ldmatrix forms.
 __global__ void LoadMatrixKernel(const uint16_t* tile, uint32_t* plain, uint32_t* transposed) {
-  Ctx cx = Context();
+  Ctx cx = Ctx::OfThisThread();
   __shared__ __align__(16) __nv_bfloat16 s[16 * 24];
   const int lane = threadIdx.x;
   for (int i = lane; i < 16 * 24; i += 32) s[i] = __ushort_as_bfloat16(tile[i]);
@@ -84,7 +80,7 @@ __global__ void LoadMatrixKernel(const uint16_t* tile, uint32_t* plain, uint32_t
 // zero-filled) into shared memory, one group, wait_group 0, a barrier, then everything out.
 __global__ void CopyAsyncKernel(const uint4* src16, const uint32_t* src4, uint4* out16,
                                 uint32_t* out4) {
-  Ctx cx = Context();
+  Ctx cx = Ctx::OfThisThread();
   __shared__ uint4 s16[128];
   __shared__ uint32_t s4[128];
   const int i = threadIdx.x;
@@ -97,15 +93,21 @@ __global__ void CopyAsyncKernel(const uint4* src16, const uint32_t* src4, uint4*
   out4[127 - i] = s4[127 - i];
 }
 
-// One warp: Pack, Store2 (bf16 and float32) and ShflXor.
+// Values bf16 cannot hold: thirds, and exact ties between two bf16 neighbours (1 + 2^-8 rounds
+// down to 1, 1 + 3 2^-8 up to 1 + 2^-6: to the even mantissa).
+__host__ __device__ float Inexact(int lane) { return 1.0f + lane / 3.0f; }
+__host__ __device__ float Tie(int lane) { return 1.0f + (lane % 2 == 0 ? 1.0f : 3.0f) / 256.0f; }
+
+// One warp: Pack, Store2 (bf16 and float32) and ShflXor over both masks the kernels use.
 __global__ void SmallKernel(uint32_t* packed, __nv_bfloat16* bf16_pairs, float* float_pairs,
                             float* shuffled) {
-  Ctx cx = Context();
+  Ctx cx = Ctx::OfThisThread();
   const int lane = threadIdx.x;
-  packed[lane] = cx.Pack(1.0f + lane, -2.0f * lane);
-  cx.Store2(bf16_pairs + 2 * lane, 0.5f * lane, 3.0f);
-  cx.Store2(float_pairs + 2 * lane, 0.25f * lane, -1.0f);
-  shuffled[lane] = cx.ShflXor(static_cast<float>(lane), 2);
+  packed[lane] = cx.Pack(Inexact(lane), -Tie(lane));
+  cx.Store2(bf16_pairs + 2 * lane, Tie(lane), -Inexact(lane));
+  cx.Store2(float_pairs + 2 * lane, Inexact(lane), -1.0f);
+  shuffled[lane] =
+      cx.ShflXor(static_cast<float>(lane), 1) + 100.0f * cx.ShflXor(static_cast<float>(lane), 2);
 }
 
 void CheckMma(std::mt19937_64& rng) {
@@ -148,6 +150,8 @@ void CheckLoadMatrix() {
   CUDA_OK(cudaGetLastError());
   const std::vector<uint32_t> p = plain.Get(), tr = transposed.Get();
   // Matrix j's row i is the row lane 8j + i gave: tile row (8j + i) % 16, column 8 ((8j+i)/16).
+  // The tile's values are distinct bit patterns, so a register holding the wrong element, or
+  // the right ones in the wrong halves, differs.
   auto element = [&](int j, int i, int col) {
     const int lane = 8 * j + i;
     return uint32_t(tile[(lane % 16) * 24 + 8 * (lane / 16) + col]);
@@ -199,10 +203,10 @@ void CheckSmall() {
   const auto sh = shuffled.Get();
   int wrong = 0;
   for (int l = 0; l < 32; ++l) {
-    wrong += pk[l] != (uint32_t(Bits(1.0f + l)) | uint32_t(Bits(-2.0f * l)) << 16);
-    wrong += bp[2 * l] != Bits(0.5f * l) || bp[2 * l + 1] != Bits(3.0f);
-    wrong += fp[2 * l] != 0.25f * l || fp[2 * l + 1] != -1.0f;
-    wrong += sh[l] != static_cast<float>(l ^ 2);
+    wrong += pk[l] != (uint32_t(Bits(Inexact(l))) | uint32_t(Bits(-Tie(l))) << 16);
+    wrong += bp[2 * l] != Bits(Tie(l)) || bp[2 * l + 1] != Bits(-Inexact(l));
+    wrong += fp[2 * l] != Inexact(l) || fp[2 * l + 1] != -1.0f;
+    wrong += sh[l] != static_cast<float>(l ^ 1) + 100.0f * static_cast<float>(l ^ 2);
   }
   GPU_CHECK(wrong == 0, "Pack / Store2 / ShflXor: %d lanes differ", wrong);
 }

@@ -30,7 +30,6 @@ status=0
 start=$(date +%s)
 budget="${GPU_CHECK_SECONDS:-400}"
 phase() { echo "$(( $(date +%s) - start ))s $*" >> "$out/phases.txt"; }
-: > "$out/phases.txt"
 time_left() { [ $(( $(date +%s) - start )) -lt "$budget" ] || { phase "skipped (over budget): $*"; return 1; }; }
 bench() {  # bench LIMIT_SECONDS COMMAND...: runs a benchmark into bench.log within the budget
   local limit=$1; shift
@@ -45,6 +44,7 @@ bench() {  # bench LIMIT_SECONDS COMMAND...: runs a benchmark into bench.log wit
   esac
 }
 : > "$out/bench.log"
+: > "$out/phases.txt"
 phase "configure"
 # The engine too (its CUDA device test) when Abseil and nlohmann-json are there; else kernels.
 scope=engine

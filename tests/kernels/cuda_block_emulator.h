@@ -1,11 +1,12 @@
 // Runs a CUDA block program written against the context of kernels/flash_attention_body.h (or
 // kernels/lora_dropout_body.h) on the CPU: each block's threads are real threads sharing one
-// shared-memory buffer, with real barriers for __syncthreads and __syncwarp, so a missing barrier
-// or a wrong index shows up as a wrong result here rather than only on a GPU. bf16 rounds to
-// nearest even as the GPU's conversions do; a warp tile multiply takes bf16 inputs and accumulates
-// in float, as tensor cores do. Mma models the register layout of the m16n8k16 instruction (PTX
-// ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"): each lane hands in only
-// its own fragments, so a lane that loads the wrong elements computes a wrong result here too.
+// shared-memory buffer, with real barriers for __syncthreads, so a missing barrier or a wrong
+// index shows up as a wrong result here rather than only on a GPU. bf16 rounds to nearest even
+// as the GPU's conversions do. The warp-collective instructions are modelled lane by lane from
+// the PTX ISA: Mma (mma.m16n8k16, bf16 in, float accumulation, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"), LoadMatrix4 (ldmatrix.x4 and .trans) and ShflXor:
+// each lane hands in only its own registers or row address, so a lane that loads the wrong
+// elements computes a wrong result here too. cp.async copies land late or early (AsyncCopies).
 #pragma once
 
 #include <algorithm>
@@ -84,7 +85,7 @@ struct EmulatedBlockShared {
   }
   Barrier block;
   std::vector<std::unique_ptr<Barrier>> warps;
-  std::atomic<int> violations{0};  // misaligned tile operands or shared-memory accesses
+  std::atomic<int> violations{0};  // misaligned accesses, copies never waited for
   std::vector<float> lanes;        // one slot per thread for warp reductions and shuffles
   std::vector<std::array<uint32_t, 6>> fragments;  // one thread's A and B registers for Mma
   std::vector<const EmulatedBf16*> rows;           // one thread's row address for LoadMatrix4
@@ -244,33 +245,6 @@ struct EmulatedContext {
     }
     SyncWarp();  // every lane has read the fragments before any lane publishes new ones
     for (int i = 0; i < 4; ++i) d[i] = out[i];
-  }
-
-  // Warp-collective: every lane calls it and lane 0 does the work, with no barrier of its own:
-  // the caller's code must order it after the lanes' earlier writes and before their later
-  // reads (__syncwarp), as on the GPU, or the other lanes race with lane 0 here. Operands must
-  // meet WMMA's rules (32-byte aligned tiles, leading dimensions a multiple of 16 bytes).
-  template <bool kBColMajor>
-  void WarpMma16(const Bf16* a, int lda, const Bf16* b, int ldb, int ksteps, float* c, int ldc,
-                 bool accumulate) {
-    if (thread % 32 == 0) {
-      auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 32 == 0; };
-      for (int ks = 0; ks < ksteps; ++ks) {
-        const Bf16* bk = kBColMajor ? b + 16 * ks : b + 16 * ks * ldb;
-        if (!aligned(a + 16 * ks) || !aligned(bk)) ++shared->violations;
-      }
-      if (!aligned(c) || lda % 8 != 0 || ldb % 8 != 0 || ldc % 4 != 0) ++shared->violations;
-      for (int m = 0; m < 16; ++m) {
-        for (int n = 0; n < 16; ++n) {
-          float sum = accumulate ? c[m * ldc + n] : 0.0f;
-          for (int kk = 0; kk < 16 * ksteps; ++kk) {
-            const Bf16 bv = kBColMajor ? b[n * ldb + kk] : b[kk * ldb + n];
-            sum += Bf16ToFloat(a[m * lda + kk]) * Bf16ToFloat(bv);
-          }
-          c[m * ldc + n] = sum;
-        }
-      }
-    }
   }
 };
 

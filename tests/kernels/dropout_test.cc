@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -34,15 +35,31 @@ TEST(Dropout, ApplyAgreesWithKeepAndDropsAboutP) {
 }
 
 // The kernels' integer form (DropoutStreamMask) decides exactly as the float definition: at the
-// threshold's edges for awkward p (not multiples of 2^-24, tiny, one ulp under 1, 0, 1, NaN),
-// and over a long stretch of a stream.
+// threshold's edges for awkward p (not multiples of 2^-24, tiny, subnormal, one ulp under 1,
+// +-0, 1, out of range, infinite, NaN), and over a long stretch of a stream.
 TEST(Dropout, IntegerThresholdDecidesAsTheFloatComparison) {
-  const float ps[] = {
-      0.05f, 0.1f, 1.0f / 3.0f, 0.5f, 0.999f,       1e-7f, 3e-8f, std::nextafter(1.0f, 0.0f),
-      0.0f,  1.0f, -0.5f,       2.0f, std::nanf("")};
+  using F = std::numeric_limits<float>;
+  const float ps[] = {0.05f,
+                      0.1f,
+                      1.0f / 3.0f,
+                      0.5f,
+                      0.999f,
+                      1e-7f,
+                      3e-8f,
+                      F::denorm_min(),
+                      std::nextafter(1.0f, 0.0f),
+                      0.0f,
+                      -0.0f,
+                      1.0f,
+                      -0.5f,
+                      2.0f,
+                      F::infinity(),
+                      -F::infinity(),
+                      std::nanf("")};
   for (float p : ps) {
     const uint32_t th = DropoutThreshold(p);
-    const int64_t lo = th > 3 ? th - 3 : 0, hi = th + 3 < (1u << 24) ? th + 3 : (1 << 24) - 1;
+    const int64_t kBits = int64_t{1} << 24;  // the random values are 0 .. 2^24 - 1
+    const int64_t lo = th > 3 ? th - 3 : 0, hi = th + 3 < kBits ? th + 3 : kBits - 1;
     for (int64_t bits = lo; bits <= hi; ++bits) {
       ASSERT_EQ(static_cast<uint32_t>(bits) >= th, static_cast<float>(bits) >= p * 16777216.0f)
           << "p " << p << " bits " << bits << " threshold " << th;
@@ -53,7 +70,8 @@ TEST(Dropout, IntegerThresholdDecidesAsTheFloatComparison) {
     }
   }
   EXPECT_EQ(DropoutThreshold(0.5f), 1u << 23);
-  EXPECT_EQ(DropoutThreshold(1.0f / 3.0f), 5592406u);  // 2^24 / 3 = 5592405.33
+  // float(1/3) 2^24 = 5592405.5 exactly (float(1/3) is a little over 1/3).
+  EXPECT_EQ(DropoutThreshold(1.0f / 3.0f), 5592406u);
 }
 
 // The mask against tests/golden/dropout_masks.txt, written by an independent implementation of

@@ -231,30 +231,17 @@ TEST(FlashAttentionEmulation, Bf16AsyncCopiesLandingEarlyChangeNothing) {
 TEST(FlashAttentionEmulation, Deterministic) {
   std::mt19937_64 rng(std::random_device{}());
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int T = 66, H = 2, KV = 1, HD = 32;
-  std::vector<float> q(T * H * HD), k(T * KV * HD), v(T * KV * HD), dout(T * H * HD);
+  const Shape sh{66, 2, 1, 32, false};
+  std::vector<float> q(66 * 2 * 32), k(66 * 32), v(66 * 32), dout(66 * 2 * 32);
   for (auto* x : {&q, &k, &v, &dout})
     for (float& f : *x) f = normal(rng);
-  auto run = [&] {
-    std::vector<float> r(T * H * HD * 2 + T * KV * HD * 2 + H * T);
-    fl::FlashArgs<float> a;
-    a.q = q.data();
-    a.k = k.data();
-    a.v = v.data();
-    a.dout = dout.data();
-    a.out = r.data();
-    a.dq = a.out + T * H * HD;
-    a.dk = a.dq + T * H * HD;
-    a.dv = a.dk + T * KV * HD;
-    a.lse = a.dv + T * KV * HD;
-    a.T = T;
-    a.H = H;
-    a.KV = KV;
-    a.scale = 0.2f;
-    RunFlash<32>(a);
-    return r;
-  };
-  EXPECT_EQ(run(), run());
+  const FlashOutputs first = RunWith<float>(sh, q, k, v, dout, nullptr);
+  const FlashOutputs second = RunWith<float>(sh, q, k, v, dout, nullptr);
+  EXPECT_EQ(first.out, second.out);
+  EXPECT_EQ(first.lse, second.lse);
+  EXPECT_EQ(first.dq, second.dq);
+  EXPECT_EQ(first.dk, second.dk);
+  EXPECT_EQ(first.dv, second.dv);
 }
 
 }  // namespace
