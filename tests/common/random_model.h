@@ -11,6 +11,18 @@
 
 namespace qlorad::testing {
 
+// The small shape the engine's tests train: two layers of `hidden`, four query heads sharing two
+// kv heads (grouped-query attention), 64 positions, an untied head.
+inline LlamaConfig SmallLlamaConfig(int64_t hidden, int64_t intermediate, int64_t vocab) {
+  return {.hidden_size = hidden,
+          .intermediate_size = intermediate,
+          .num_hidden_layers = 2,
+          .num_attention_heads = 4,
+          .num_key_value_heads = 2,
+          .vocab_size = vocab,
+          .max_position_embeddings = 64};
+}
+
 template <typename Rng>
 LlamaWeights RandomLlamaWeights(const LlamaConfig& config, Rng& rng, float stddev = 0.05f,
                                 float norm_jitter = 0.0f) {

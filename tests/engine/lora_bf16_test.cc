@@ -16,17 +16,8 @@ namespace qlorad {
 namespace {
 
 LlamaWeights RandomSmallModel(uint32_t seed) {
-  LlamaConfig c;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 41;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = false;
   std::mt19937 rng(seed);
-  return ::qlorad::testing::RandomLlamaWeights(c, rng, 0.1f, 0.1f);
+  return testing::RandomLlamaWeights(testing::SmallLlamaConfig(32, 48, 41), rng, 0.1f, 0.1f);
 }
 
 // The small model on `device`, NF4-quantized (blocks of 16) unless `quantize` is false, each

@@ -17,17 +17,8 @@ namespace qlorad {
 namespace {
 
 LlamaWeights RandomTinyModel(uint32_t seed) {
-  LlamaConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 37;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = false;
   std::mt19937 rng(seed);
-  return ::qlorad::testing::RandomLlamaWeights(c, rng, 0.5f, 0.1f);
+  return testing::RandomLlamaWeights(testing::SmallLlamaConfig(16, 24, 37), rng, 0.5f, 0.1f);
 }
 
 MicroBatch TwoRows() {

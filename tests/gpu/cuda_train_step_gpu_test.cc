@@ -28,14 +28,13 @@ std::mt19937_64 rng;
 std::vector<float> Normal(int64_t n, float stddev) { return gpu_check::Normal(rng, n, stddev); }
 
 LlamaWeights RandomModel() {
-  LlamaConfig c;
-  c.hidden_size = 256;  // head_dim 32: the flash-attention kernels run
-  c.intermediate_size = 344;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.vocab_size = 512;
-  c.max_position_embeddings = 256;
+  const LlamaConfig c{.hidden_size = 256,  // head_dim 32: the flash-attention kernels run
+                      .intermediate_size = 344,
+                      .num_hidden_layers = 2,
+                      .num_attention_heads = 8,
+                      .num_key_value_heads = 4,
+                      .vocab_size = 512,
+                      .max_position_embeddings = 256};
   return testing::RandomLlamaWeights(c, rng, 0.05f, 0.1f);
 }
 

@@ -20,15 +20,7 @@ namespace {
 
 int Main() {
   std::mt19937 rng(gpu_check::FreshSeed());
-  LlamaConfig c;
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 64;
-  c.max_position_embeddings = 64;
-  LlamaWeights w = testing::RandomLlamaWeights(c, rng);
+  LlamaWeights w = testing::RandomLlamaWeights(testing::SmallLlamaConfig(64, 128, 64), rng);
   auto device = CreateCpuDevice(1);
   auto model = LlamaModel::Create(std::move(w), device.get(), ModelOptions{});
   GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
