@@ -87,8 +87,8 @@ struct Buffers {
   std::unique_ptr<DeviceBuffer> xn, act, d_a, d_b, dxn, tmp_h, dq, dk, dv, dao, dg, du;
   // float32: the head (final norm, logits, loss), LoRA's dh and the float32 scratch of the
   // LoRA dropout defaults (idle in the head, where it takes the last layer's output gradient
-  // as float32 when the activations are bf16). head_x (the last layer's output as float32)
-  // float32) exist only with bf16 activations.
+  // as float32 when the activations are bf16). head_x, the last layer's output as float32,
+  // exists only with bf16 activations.
   std::unique_ptr<DeviceBuffer> xf, invf, logits, dh, tmp_in, loss, head_x;
 };
 

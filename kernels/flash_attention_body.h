@@ -28,7 +28,7 @@
 //   int thread, block_x, block_y;              // threadIdx.x (0..127), blockIdx.x, blockIdx.y
 //   template <typename X> void Store2(X* dst, float lo, float hi);  // two rounded values
 //   void SyncBlock();                           // __syncthreads()
-//   using Bf16; static Bf16 ToBf16(float);      // round to nearest even
+//   using Bf16;                                 // the bf16 element type of the tiles
 //   uint32_t Pack(float lo, float hi);          // two values rounded to bf16, lo in the low half
 //   void LoadMatrix4(const Bf16* row, uint32_t (&r)[4]);       // ldmatrix.x4 (see LoadA)
 //   void LoadMatrix4Trans(const Bf16* row, uint32_t (&r)[4]);  // ldmatrix.x4.trans

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/bf16_element.cuh"
+#include "kernels/cuda/elementwise.cuh"
 
 namespace qlorad::kernels::cuda {
 
@@ -23,7 +24,6 @@ struct FlashBlockContext {
   }
 
   __device__ void SyncBlock() { __syncthreads(); }
-  __device__ static Bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
   __device__ static uint32_t Pack(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) is the low half
     return *reinterpret_cast<const uint32_t*>(&v);
@@ -40,23 +40,20 @@ struct FlashBlockContext {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
   }
-  // Eight values into a 16-byte-aligned tile slot: one 16-byte load of bf16 (two of float32)
-  // where the source allows it, element by element where it does not.
+  // Eight values into a 16-byte-aligned tile slot, rounded to bf16: 16-byte loads where the
+  // source allows it, element by element where it does not (bf16 tiles from aligned tensors
+  // arrive by CopyAsync instead, so this is the float32 and the unaligned path).
   template <typename X>
   __device__ static void Copy8(const X* src, Bf16* dst) {
+    float v[detail::kWide];
     if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      if constexpr (std::is_same_v<X, __nv_bfloat16>) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      } else {
-        const float4 lo = reinterpret_cast<const float4*>(src)[0];
-        const float4 hi = reinterpret_cast<const float4*>(src)[1];
-        *reinterpret_cast<uint4*>(dst) =
-            make_uint4(Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w));
-      }
-      return;
+      detail::Load8(src, v);
+    } else {
+      for (int i = 0; i < detail::kWide; ++i) v[i] = Element<X>::Load(src[i]);
     }
-    for (int i = 0; i < 8; ++i) dst[i] = ToBf16(Element<X>::Load(src[i]));
+    detail::Store8(dst, v);
   }
+
   // cp.async of kBytes (16: .cg, through L2 only; 4: .ca), zeros when zero_fill (no bytes
   // read); committed in groups, landed by WaitAsync<N> (all but the newest N groups).
   template <int kBytes>

@@ -1,3 +1,4 @@
+#include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/nf4_dequant.h"
 #include "kernels/nf4_code.h"
 
@@ -5,17 +6,6 @@ namespace qlorad::kernels::cuda {
 namespace {
 
 __constant__ float kNf4CodeDevice[16] = {QLORAD_NF4_CODE_VALUES};
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* code8, int64_t b) {
   return code8[a.absmax_q[b]] * a.nested_absmax[b / a.nested_blocksize] + a.offset;
@@ -45,8 +35,8 @@ __global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
 #pragma unroll
       for (int byte = 0; byte < 4; ++byte) {
         const uint32_t v = (words[w] >> (8 * byte)) & 0xFFu;
-        vals[w * 8 + byte * 2] = FromFloat<T>(code4[v >> 4] * scale);
-        vals[w * 8 + byte * 2 + 1] = FromFloat<T>(code4[v & 0xFu] * scale);
+        vals[w * 8 + byte * 2] = Element<T>::Round(code4[v >> 4] * scale);
+        vals[w * 8 + byte * 2 + 1] = Element<T>::Round(code4[v & 0xFu] * scale);
       }
     }
     constexpr int kPerStore = 16 / sizeof(T);
@@ -66,7 +56,7 @@ __global__ void DequantScalar(Nf4DqArgs a, int64_t begin, T* __restrict__ out) {
     const uint8_t byte = a.packed[i / 2];
     const uint8_t q = (i % 2 == 0) ? (byte >> 4) : (byte & 0xF);
     const int64_t at = a.cols > 0 ? i / a.cols * a.ld + i % a.cols : i;
-    out[at] = FromFloat<T>(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
+    out[at] = Element<T>::Round(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
   }
 }
 

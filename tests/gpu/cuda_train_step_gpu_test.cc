@@ -5,6 +5,7 @@
 // CPU rounds where the GPU does, and the GPU's bf16 kernels match Device's conversion defaults.
 // Fresh random weights each run (the seed is printed). Skips (exit 77) without a CUDA device.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -13,6 +14,7 @@
 
 #include "engine/cuda_device.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
 #include "engine/llama_model.h"
 #include "engine/lora.h"
 #include "engine/lora_training.h"
@@ -183,26 +185,32 @@ void LoraLinearFusionAgrees(Device* gpu) {
   }
 }
 
+// A device bf16 buffer of `n` elements holds them as (n + 1) / 2 float-sized words; these two
+// move its bits to and from the host and convert there (engine/dtype.h), so neither side of a
+// comparison passes through the device's own ToBf16 / ToF32, which are under test.
+std::unique_ptr<DeviceBuffer> UploadBf16(Device* gpu, const std::vector<float>& v) {
+  const int64_t n = static_cast<int64_t>(v.size());
+  std::vector<uint16_t> bits(2 * ((n + 1) / 2), 0);
+  for (int64_t i = 0; i < n; ++i) bits[i] = F32ToBf16(v[i]);
+  auto b = gpu->Alloc((n + 1) / 2);
+  GPU_CHECK(b.ok(), "alloc");
+  gpu->CopyFromHost(reinterpret_cast<const float*>(bits.data()), (n + 1) / 2, (*b)->data());
+  return std::move(*b);
+}
+
 // Random bf16 values ~ N(0, sd) in a new device buffer of `n` elements.
 std::unique_ptr<DeviceBuffer> RandomBf16(Device* gpu, int64_t n, float sd) {
-  auto f = gpu->Alloc(n);
-  auto b = gpu->Alloc((n + 1) / 2);
-  GPU_CHECK(f.ok() && b.ok(), "alloc");
-  const std::vector<float> v = Normal(n, sd);
-  gpu->CopyFromHost(v.data(), n, (*f)->data());
-  gpu->ToBf16((*f)->data(), n, reinterpret_cast<Bf16*>((*b)->data()));
-  return std::move(*b);
+  return UploadBf16(gpu, Normal(n, sd));
 }
 
 Bf16* AsBf16(const std::unique_ptr<DeviceBuffer>& b) { return reinterpret_cast<Bf16*>(b->data()); }
 
 // A copy of a device bf16 buffer of `n` elements, widened to float on the host.
 std::vector<float> HostBf16(Device* gpu, const std::unique_ptr<DeviceBuffer>& b, int64_t n) {
-  auto f = gpu->Alloc(n);
-  GPU_CHECK(f.ok(), "alloc");
+  std::vector<uint16_t> bits(2 * ((n + 1) / 2));
+  gpu->CopyToHost(b->data(), (n + 1) / 2, reinterpret_cast<float*>(bits.data()));
   std::vector<float> v(n);
-  gpu->ToF32(AsBf16(b), n, (*f)->data());
-  gpu->CopyToHost((*f)->data(), n, v.data());
+  for (int64_t i = 0; i < n; ++i) v[i] = Bf16ToF32(bits[i]);
   return v;
 }
 

@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -28,18 +27,9 @@ namespace {
 
 using Ctx = kernels::cuda::FlashBlockContext;
 
-uint16_t Bits(float x) {  // round to nearest even, as the card's conversions do
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float Widen(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+// bf16 bits rounded to nearest even, and back, by the host side of cuda_bf16.h.
+uint16_t Bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+float Widen(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
 
 // One warp: lane l builds its A (16 x 16) and B (16 x 8) registers from global memory by the
 // modelled layout, starts D from C by the modelled C layout, and writes D back the same way.
