@@ -595,19 +595,24 @@ class CudaDevice : public Device {
   // the graph (NF4 or float32 weights, widths that keep 16-byte rows): nothing to reserve. Else
   // (a graph asked for bf16 with GEMM attention or without bf16 GEMMs, or a rank over 64) the
   // defaults' scratch, taken now so that a shortage is this status rather than a failed device.
-  absl::Status ReserveConversionScratch(const ConversionShape& shape) override {
+  // None where the bf16 kernels cover the graph: flash attention, widths that keep 16-byte
+  // rows, a rank the fused LoRA dropout takes.
+  int64_t ConversionScratchFloats(const ConversionShape& shape) const override {
     if (PrefersBf16Activations(shape.row) && shape.hidden % 8 == 0 && shape.intermediate % 8 == 0 &&
         kc::LoraDropoutSupports(shape.tokens, shape.widest(), shape.rank)) {
-      return absl::OkStatus();
+      return 0;
     }
-    const size_t bytes = static_cast<size_t>(ConversionScratchFloats(shape)) * 4;
-    if (conversion_.bytes() >= bytes) return absl::OkStatus();
+    return Device::ConversionScratchFloats(shape);
+  }
+  // As Device's, but a failed allocation is not sticky: the job fails, not the device.
+  absl::Status ReserveConversionScratch(const ConversionShape& shape) override {
+    const int64_t floats = ConversionScratchFloats(shape);
+    if (floats == 0) return absl::OkStatus();
     Enter();
-    Check(cudaStreamSynchronize(stream_), "scratch");  // the old buffer may still be in use
-    if (const cudaError_t e = conversion_.Allocate(bytes); e != cudaSuccess) {
-      cudaGetLastError();  // not sticky: the job fails, not the device
-      return absl::ResourceExhaustedError(
-          absl::StrCat(name(), ": cannot allocate ", bytes, " bytes to convert bf16 activations"));
+    if (Grow(&conversion_, static_cast<size_t>(floats) * 4) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
+                                                       " bytes to convert bf16 activations"));
     }
     return absl::OkStatus();
   }
@@ -866,15 +871,17 @@ class CudaDevice : public Device {
   }
 
   // A scratch buffer of at least `floats`, grown (never shrunk) as needed; null after a failure.
+  // Grows m to at least `bytes`, waiting for the stream first: the old buffer may still be in use.
+  cudaError_t Grow(CudaMemory* m, size_t bytes) {
+    if (m->bytes() >= bytes) return cudaSuccess;
+    Check(cudaStreamSynchronize(stream_), "scratch");
+    return m->Allocate(bytes);
+  }
   float* Scratch(CudaMemory* m, int64_t floats) {
     Enter();
-    const size_t bytes = static_cast<size_t>(floats) * 4;
-    if (m->bytes() < bytes) {
-      Check(cudaStreamSynchronize(stream_), "scratch");  // the old buffer may still be in use
-      if (const cudaError_t e = m->Allocate(bytes); e != cudaSuccess) {
-        Check(e, "scratch allocation");
-        return nullptr;
-      }
+    if (const cudaError_t e = Grow(m, static_cast<size_t>(floats) * 4); e != cudaSuccess) {
+      Check(e, "scratch allocation");
+      return nullptr;
     }
     return static_cast<float*>(m->get());
   }

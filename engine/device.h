@@ -65,6 +65,8 @@ struct AttentionDims {
 };
 
 // One training row: T tokens with all their keys (no cache), heads as in AttentionDims.
+struct LlamaConfig;
+
 struct TrainAttentionDims {
   int64_t tokens = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
@@ -75,6 +77,8 @@ struct ConversionShape {
   int64_t tokens = 0, hidden = 0, intermediate = 0, rank = 0;
   TrainAttentionDims row;
   int64_t widest() const { return hidden > intermediate ? hidden : intermediate; }
+  // A graph of `config` with LoRA `rank` over micro-batches of `rows` x `seq_len`.
+  static ConversionShape Of(const LlamaConfig& config, int64_t rank, int64_t rows, int64_t seq_len);
 };
 
 // The attention probabilities [H, T, T] of one row: what GEMM attention keeps for its backward,
@@ -217,13 +221,14 @@ class Device {
     (void)d;
     return false;
   }
+  // The float32 scratch the conversion defaults take for a graph of this shape: the most any of
+  // them takes, or 0 where the device's own bf16 kernels cover every operation of the graph.
+  // The graph reserves it when it allocates and the daemon counts it in a job's memory.
+  virtual int64_t ConversionScratchFloats(const ConversionShape& shape) const;
   // Makes sure the conversion defaults will find their scratch for a graph of this shape: a
   // graph with bf16 activations calls it when it allocates, so that a device short of memory
-  // fails there, with a status, rather than inside an operation. This default reserves
-  // ConversionScratchFloats; a device may skip it where its bf16 kernels cover the graph.
+  // fails there, with a status, rather than inside an operation.
   virtual absl::Status ReserveConversionScratch(const ConversionShape& shape);
-  // The most float32 scratch any conversion default takes for a graph of this shape.
-  static int64_t ConversionScratchFloats(const ConversionShape& shape);
   virtual void ToBf16(const float* x, int64_t n, Bf16* out) = 0;
   virtual void ToF32(const Bf16* x, int64_t n, float* out) = 0;
   virtual void Embedding(const float* table, int64_t dim, const int32_t* host_ids, int64_t tokens,

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
+#include "engine/model_config.h"
 
 namespace qlorad {
 namespace {
@@ -26,7 +27,18 @@ class Regions {
 
 }  // namespace
 
-int64_t Device::ConversionScratchFloats(const ConversionShape& shape) {
+ConversionShape ConversionShape::Of(const LlamaConfig& config, int64_t rank, int64_t rows,
+                                    int64_t seq_len) {
+  ConversionShape s;
+  s.tokens = rows * seq_len;
+  s.hidden = config.hidden_size;
+  s.intermediate = config.intermediate_size;
+  s.rank = rank;
+  s.row = {seq_len, config.num_attention_heads, config.num_key_value_heads, config.head_dim()};
+  return s;
+}
+
+int64_t Device::ConversionScratchFloats(const ConversionShape& shape) const {
   const int64_t tokens = shape.tokens, widest = shape.widest();
   const TrainAttentionDims& row = shape.row;
   // SwigluBackward's five [tokens, widest] copies (every other elementwise or linear default
@@ -38,7 +50,7 @@ int64_t Device::ConversionScratchFloats(const ConversionShape& shape) {
 
 absl::Status Device::ReserveConversionScratch(const ConversionShape& shape) {
   const int64_t floats = ConversionScratchFloats(shape);
-  if (ConversionScratch(floats) == nullptr) {
+  if (floats > 0 && ConversionScratch(floats) == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
                                                      " bytes to convert bf16 activations"));
   }

@@ -183,13 +183,8 @@ class LoraTrainingGraph::TypedGraph final : public LoraTrainingGraph::Graph {
     const int64_t attn_saved = device_->AttentionSavedFloats(
         {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()});
     if constexpr (kBf16) {
-      ConversionShape shape;
-      shape.tokens = n;
-      shape.hidden = c.hidden_size;
-      shape.intermediate = c.intermediate_size;
-      shape.rank = lora_.rank;
-      shape.row = {seq_len, c.num_attention_heads, c.num_key_value_heads, c.head_dim()};
-      RETURN_IF_ERROR(device_->ReserveConversionScratch(shape));
+      RETURN_IF_ERROR(
+          device_->ReserveConversionScratch(ConversionShape::Of(c, lora_.rank, rows, seq_len)));
     }
     RETURN_IF_ERROR(ForEachBuffer(
         ShapeOf(c, lora_.rank, options_.activation_checkpointing, rows, seq_len, attn_saved), kBf16,

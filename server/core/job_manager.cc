@@ -175,7 +175,17 @@ int64_t JobManager::JobBytes(const LlamaConfig& c, const v1::Hyperparameters& r)
     bf16 = bf16 && w->device->PrefersBf16Activations(dims);
   }
   if (workers_.empty()) attention = CpuAttentionSavedPerRow(c, r);
-  return JobMemoryBytes(c, r, attention, bf16);
+  // With bf16 activations, the scratch of the conversion defaults where a device's own kernels
+  // do not cover the graph (a LoRA rank over the fused dropout's 64, say): the graph reserves it.
+  int64_t conversion = 0;
+  if (bf16) {
+    const ConversionShape shape =
+        ConversionShape::Of(c, TrainerOptionsFrom(r).lora.rank, r.batch_size(), r.seq_len());
+    for (const auto& w : workers_) {
+      conversion = std::max(conversion, w->device->ConversionScratchFloats(shape));
+    }
+  }
+  return JobMemoryBytes(c, r, attention, bf16) + conversion * 4;
 }
 
 QueuedJob JobManager::QueueEntry(const v1::Job& job) const {

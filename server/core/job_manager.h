@@ -113,7 +113,8 @@ class JobManager {
   // JobMemoryBytes with the attention state and activation type of this daemon's devices (the
   // largest among them: the job's device is chosen when it starts), so a GPU running flash
   // attention on bf16 activations is not charged the CPU's [heads, seq, seq] probabilities and
-  // float32 activations.
+  // float32 activations), plus the bf16 conversion scratch a device reserves where its kernels
+  // do not cover the graph (Device::ConversionScratchFloats).
   int64_t JobBytes(const LlamaConfig& config, const v1::Hyperparameters& resolved) const;
 
  private:
