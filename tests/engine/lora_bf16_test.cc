@@ -11,6 +11,7 @@
 #include "engine/lora_training.h"
 #include "gtest/gtest.h"
 #include "tests/common/random_model.h"
+#include "tests/common/relative_error.h"
 
 namespace qlorad {
 namespace {
@@ -83,15 +84,6 @@ StepResult Step(LlamaModel* model, const LoraLayout& layout, const LoraConfig& l
   return r;
 }
 
-double RelativeL2(const float* got, const float* want, int64_t n) {
-  double diff = 0.0, norm = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-    norm += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(diff / norm);
-}
-
 // The largest relative L2 difference over the A and B gradient blocks of every LoRA slot.
 double WorstBlock(const LoraLayout& layout, int64_t rank, const std::vector<float>& got,
                   const std::vector<float>& want) {
@@ -100,7 +92,7 @@ double WorstBlock(const LoraLayout& layout, int64_t rank, const std::vector<floa
     for (const bool is_a : {true, false}) {
       const int64_t base = is_a ? s.a_offset : s.b_offset;
       const int64_t count = is_a ? rank * s.in : s.out * rank;
-      worst = std::max(worst, RelativeL2(got.data() + base, want.data() + base, count));
+      worst = std::max(worst, testing::RelativeL2(got.data() + base, want.data() + base, count));
     }
   }
   return worst;

@@ -20,6 +20,7 @@
 #include "engine/lora_training.h"
 #include "engine/trainer.h"
 #include "tests/common/random_model.h"
+#include "tests/common/relative_error.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace qlorad {
@@ -89,16 +90,6 @@ Result RunStep(Device* device, const LlamaWeights& weights, const LoraLayout& la
   return r;
 }
 
-// ||a - b|| / ||b|| over one slice.
-double RelativeError(const float* a, const float* b, int64_t n) {
-  double diff = 0.0, norm = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
-}
-
 // A weight NF4-quantized on the card holds the host's bytes: pushed through an identity input
 // with float32 GEMMs (every product is w * 1 or w * 0, so exact), it reads back as the host's
 // dequantization bit for bit. 100 x 192: 300 blocks, a partial second nested block.
@@ -161,7 +152,7 @@ void LoraLinearFusionAgrees(Device* gpu) {
     gpu->LinearLora(w, x->data(), tokens, h->data(), b->data(), r, scale, y_fused->data());
     gpu->Device::LinearLora(w, x->data(), tokens, h->data(), b->data(), r, scale, y_plain->data());
     const std::vector<float> yf = get(*y_fused), yp = get(*y_plain);
-    const double ey = RelativeError(yf.data(), yp.data(), tokens * out);
+    const double ey = testing::RelativeL2(yf.data(), yp.data(), tokens * out);
     GPU_CHECK(ey < 1e-4, "r %lld: fused LoRA linear differs from the unfused by %g",
               static_cast<long long>(r), ey);
     auto dx_f = put(dx0), dx_p = put(dx0), db_f = put(db0), db_p = put(db0);
@@ -175,7 +166,7 @@ void LoraLinearFusionAgrees(Device* gpu) {
          {std::tuple{"dx", dx_f.get(), dx_p.get()}, std::tuple{"dh", dh_f.get(), dh_p.get()},
           std::tuple{"dB", db_f.get(), db_p.get()}}) {
       const std::vector<float> vf = get(*f), vp = get(*p);
-      const double e = RelativeError(vf.data(), vp.data(), static_cast<int64_t>(vf.size()));
+      const double e = testing::RelativeL2(vf.data(), vp.data(), static_cast<int64_t>(vf.size()));
       GPU_CHECK(e < 1e-4, "r %lld: fused LoRA backward %s differs from the unfused by %g",
                 static_cast<long long>(r), name, e);
       worst = std::max(worst, e);
@@ -235,7 +226,7 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   auto same = [&](const char* what, const std::unique_ptr<DeviceBuffer>& got,
                   const std::unique_ptr<DeviceBuffer>& want, int64_t n, double tol) {
     const std::vector<float> g = HostBf16(gpu, got, n), w = HostBf16(gpu, want, n);
-    const double e = RelativeError(g.data(), w.data(), n);
+    const double e = testing::RelativeL2(g.data(), w.data(), n);
     GPU_CHECK(tol == 0.0 ? g == w : e < tol, "bf16 %s: relative error %g against the default", what,
               e);
     ++checked;
@@ -344,7 +335,7 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   auto close = [&](const char* what, const std::unique_ptr<DeviceBuffer>& got,
                    const std::unique_ptr<DeviceBuffer>& want, double tol) {
     const std::vector<float> g = floats(got), w2 = floats(want);
-    const double e = RelativeError(g.data(), w2.data(), static_cast<int64_t>(g.size()));
+    const double e = testing::RelativeL2(g.data(), w2.data(), static_cast<int64_t>(g.size()));
     GPU_CHECK(tol == 0.0 ? g == w2 : e < tol, "bf16 %s: relative error %g against the default",
               what, e);
     ++checked;
@@ -434,7 +425,7 @@ void TrainingStepAgrees(Device* cpu, Device* gpu, ActivationPrecision activation
     for (int part = 0; part < 2; ++part) {
       const int64_t off = part == 0 ? s.a_offset : s.b_offset;
       const int64_t n = (part == 0 ? s.in : s.out) * k.lora.rank;
-      const double e = RelativeError(got.grads.data() + off, want.grads.data() + off, n);
+      const double e = testing::RelativeL2(got.grads.data() + off, want.grads.data() + off, n);
       worst = std::max(worst, e);
       GPU_CHECK(e < grad_tol, "layer %lld module %d %s: gradient relative error %g",
                 static_cast<long long>(s.layer), s.module, part == 0 ? "A" : "B", e);
@@ -497,8 +488,8 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
     GPU_CHECK(s.ok(), "run: %s", std::string(s.message()).c_str());
     adapters[d] = (*t)->params();
   }
-  const double e = RelativeError(adapters[1].data(), adapters[0].data(),
-                                 static_cast<int64_t>(adapters[0].size()));
+  const double e = testing::RelativeL2(adapters[1].data(), adapters[0].data(),
+                                       static_cast<int64_t>(adapters[0].size()));
   std::printf("  adapter after 3 AdamW steps: relative error %.2e\n", e);
   GPU_CHECK(e < 1e-3, "adapters differ after 3 steps: %g", e);
 

@@ -6,6 +6,7 @@
 // block emulator measures 0.3% to 0.7% relative error (tests/kernels/).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -13,6 +14,7 @@
 
 #include "kernels/cpu/attention_train.h"
 #include "kernels/cuda/flash_attention.h"
+#include "tests/common/relative_error.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace qlorad {
@@ -26,18 +28,6 @@ std::vector<float> Random(size_t n, float sd) {
 }
 template <typename T>
 using Dev = gpu_check::DeviceArray<T>;
-
-// ||x - ref|| / ||ref||, and whether every element of x is finite.
-double RelativeError(const std::vector<float>& x, const std::vector<float>& ref, bool* finite) {
-  double num = 0.0, den = 0.0;
-  *finite = true;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) *finite = false;
-    num += (double(x[i]) - ref[i]) * (double(x[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
 
 void Check(int T, int H, int KV, int hd, bool packed) {
   std::printf("  T=%d H=%d KV=%d hd=%d packed=%d\n", T, H, KV, hd, packed);
@@ -88,8 +78,9 @@ void Check(int T, int H, int KV, int hd, bool packed) {
                 {"dk", dk.Get(), dk_ref, 1.5e-2},
                 {"dv", dv.Get(), dv_ref, 1.2e-2}};
   for (const auto& c : checks) {
-    bool finite = false;
-    const double err = RelativeError(c.got, c.want, &finite);
+    const bool finite =
+        std::all_of(c.got.begin(), c.got.end(), [](float x) { return std::isfinite(x); });
+    const double err = testing::RelativeL2(c.got, c.want);
     GPU_CHECK(finite, "%s: an element was not written (or is not finite)", c.name);
     GPU_CHECK(err < c.limit, "%s: relative error %g (limit %g)", c.name, err, c.limit);
     std::printf("    %-4s relative error %.4f\n", c.name, err);

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention_train.h"
 #include "kernels/flash_attention_body.h"
+#include "tests/common/relative_error.h"
 #include "tests/kernels/cuda_block_emulator.h"
 
 namespace qlorad {
@@ -22,16 +23,6 @@ struct Shape {
   bool bf16 = false;  // bf16 activations (the training graph's on the GPU): cp.async tiles
   testing::AsyncCopies copies = testing::AsyncCopies::kDeferred;
 };
-
-// ||x - ref|| / ||ref|| over all elements.
-double RelativeError(const std::vector<float>& x, const std::vector<float>& ref) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (double(x[i]) - ref[i]) * (double(x[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
 
 template <int HD, typename X>
 void RunFlash(fl::FlashArgs<X>& a, testing::AsyncCopies copies = testing::AsyncCopies::kDeferred) {
@@ -192,10 +183,10 @@ void CheckAgainstCpu(const Shape& sh) {
   // bf16 inputs (8 significant bits) bound the scores' error to about 1% of their size.
   // Measured with correct code: lse within 0.025, relative errors 0.3% to 0.7%.
   EXPECT_LT(lse_err, 0.05);
-  EXPECT_LT(RelativeError(r.out, out_ref), 1.2e-2);
-  EXPECT_LT(RelativeError(r.dq, dq_ref), 1.5e-2);
-  EXPECT_LT(RelativeError(r.dk, dk_ref), 1.5e-2);
-  EXPECT_LT(RelativeError(r.dv, dv_ref), 1.2e-2);
+  EXPECT_LT(testing::RelativeL2(r.out, out_ref), 1.2e-2);
+  EXPECT_LT(testing::RelativeL2(r.dq, dq_ref), 1.5e-2);
+  EXPECT_LT(testing::RelativeL2(r.dk, dk_ref), 1.5e-2);
+  EXPECT_LT(testing::RelativeL2(r.dv, dv_ref), 1.2e-2);
   for (const auto* x : {&r.out, &r.dq, &r.dk, &r.dv}) {
     for (float f : *x) ASSERT_TRUE(std::isfinite(f)) << "an output element was not written";
   }
