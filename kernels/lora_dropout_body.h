@@ -11,6 +11,7 @@
 //   int thread, block_x, block_y;   // threadIdx.x (0..kLoraThreads-1), blockIdx.x, blockIdx.y
 //   void SyncBlock();               // __syncthreads()
 //   float WarpSum(float v);         // the sum of v over the 32 lanes, in every lane
+//   float ShflXor(float v, int m);  // v of lane (this lane ^ m)
 // The CPU twins are kernels/cpu/lora_dropout.h.
 #pragma once
 
@@ -58,19 +59,44 @@ QLORAD_HOST_DEVICE inline int64_t GradTokenBlocks(int64_t n) {
   return (n + kGradTokens - 1) / kGradTokens;
 }
 
-// Element (t, i) of dropout(v): the mask of element t * in + i of the stream, as DropoutApply
-// (each block program makes `mask` once from a.seed, a.stream and a.p).
+// keep[s]: whether element (t + s, i) of the [., in] stream is kept, s = 0, 1 (DropoutKeep's
+// decision; row t + 1 may lie past the tensor, its decision is then unused). The hash covers a
+// pair of elements, and in a row of even length lanes 2k and 2k + 1, holding columns i and
+// i + 1 (i even), share a pair in every row: the even lane hashes row t's pair, the odd lane
+// row t + 1's, and each hands the other its 24 bits (exact in a float), half the hashing of
+// one hash per element, which dominates these kernels' time. Every lane of the warp calls it,
+// with lane parity = column parity.
+template <class C>
+QLORAD_LORA_FN void KeepTwoRows(C& cx, const DropoutStreamMask& mask, int64_t in, int64_t t,
+                                int64_t i, bool (&keep)[2]) {
+  if (in % 2 != 0) {  // rows do not start on a pair (the whole block takes this branch)
+    keep[0] = mask.Keep(static_cast<uint64_t>(t * in + i));
+    keep[1] = mask.Keep(static_cast<uint64_t>((t + 1) * in + i));
+    return;
+  }
+  const bool odd = (i & 1) != 0;
+  const uint64_t z =
+      DropoutPairBitsKeyed(mask.key, static_cast<uint64_t>(((odd ? t + 1 : t) * in + i) >> 1));
+  const float other = cx.ShflXor(static_cast<float>(DropoutHalfBits(z, !odd)), 1);
+  const bool own = mask.KeepBits(DropoutHalfBits(z, odd));
+  const bool theirs = mask.KeepBits(static_cast<uint32_t>(other));
+  keep[0] = odd ? theirs : own;  // selects, not a computed index: keep stays in registers
+  keep[1] = odd ? own : theirs;
+}
+
+// Element (t, i) of dropout(v) given its keep decision: DropoutApply's value.
 template <typename X>
-QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, const DropoutStreamMask& mask, int64_t t,
-                             int64_t i, float v) {
-  return mask.Keep(static_cast<uint64_t>(t * a.in + i)) ? v * a.scale : 0.0f;
+QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, bool keep, float v) {
+  return keep ? v * a.scale : 0.0f;
 }
 
 // h[t, j] = sum_i dropout(x)[t, i] A[j, i] for kDownRows tokens and kRankChunk ranks: grid
-// (ceil(n / kDownRows), ceil(r / kRankChunk)). Each thread sums a strided share of i, then
-// the warps' sums meet in shared memory (kLoraThreads / 32 * kDownRows * kRankChunk floats).
+// (ceil(n / kDownRows), ceil(r / kRankChunk)). Each thread sums a strided share of i (every
+// lane the same number of steps: KeepTwoRows is warp-collective), then the warps' sums meet in
+// shared memory (kLoraThreads / 32 * kDownRows * kRankChunk floats).
 template <class C, typename X>
 QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
+  static_assert(kDownRows % 2 == 0, "rows are decided two at a time");
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kDownRows;
   const int j0 = cx.block_y * kRankChunk;
   const DropoutStreamMask mask(a.seed, a.stream, a.p);
@@ -78,15 +104,22 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr][jj] = 0.0f;
   }
-  for (int64_t i = cx.thread; i < a.in; i += kLoraThreads) {
+  for (int64_t i0 = 0; i0 < a.in; i0 += kLoraThreads) {
+    const int64_t i = i0 + cx.thread;
+    const bool column = i < a.in;
     float w[kRankChunk];
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      w[jj] = j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
+      w[jj] = column && j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
     }
-    QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
-      const int64_t t = t0 + rr;
-      const float v = t < a.n ? Dropped(a, mask, t, i, Element<X>::Load(a.x[t * a.in + i])) : 0.0f;
-      QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr][jj] += v * w[jj];
+    QLORAD_UNROLL for (int rr = 0; rr < kDownRows; rr += 2) {
+      bool keep[2];
+      KeepTwoRows(cx, mask, a.in, t0 + rr, i, keep);
+      QLORAD_UNROLL for (int s = 0; s < 2; ++s) {
+        const int64_t t = t0 + rr + s;
+        const float v =
+            column && t < a.n ? Dropped(a, keep[s], Element<X>::Load(a.x[t * a.in + i])) : 0.0f;
+        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[rr + s][jj] += v * w[jj];
+      }
     }
   }
   const int warp = cx.thread / 32, lane = cx.thread % 32;
@@ -109,30 +142,37 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
 }
 
 // partial[b, j, i] = sum over the kGradTokens tokens t of block b of dh[t, j] dropout(x)[t, i]:
-// grid (ceil(in / kLoraThreads), GradTokenBlocks(n)), one column i per thread, the block's dh
-// rows in shared memory (kGradTokens * r floats). FinishGradABlock adds the blocks' partials
-// to dA in a fixed order, so results do not depend on scheduling (no atomics).
+// grid (ceil(in / kLoraThreads), GradTokenBlocks(n)), one column i per thread (past the last
+// column a thread still takes part in KeepTwoRows), the block's dh rows in shared memory
+// (kGradTokens * r floats). FinishGradABlock adds the blocks' partials to dA in a fixed order,
+// so results do not depend on scheduling (no atomics).
 template <class C, typename X>
 QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   const int64_t i = static_cast<int64_t>(cx.block_x) * kLoraThreads + cx.thread;
+  const bool column = i < a.in;
   const int64_t t0 = static_cast<int64_t>(cx.block_y) * kGradTokens;
   const int64_t tokens = a.n - t0 < kGradTokens ? a.n - t0 : kGradTokens;
   const DropoutStreamMask mask(a.seed, a.stream, a.p);
   for (int64_t k = cx.thread; k < tokens * a.r; k += kLoraThreads) smem[k] = a.dh[t0 * a.r + k];
   cx.SyncBlock();
-  if (i >= a.in) return;  // no barrier follows
   for (int j0 = 0; j0 < a.r; j0 += kRankChunk) {
     float acc[kRankChunk];
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[jj] = 0.0f;
-    for (int64_t tt = 0; tt < tokens; ++tt) {
-      const float v = Dropped(a, mask, t0 + tt, i, Element<X>::Load(a.x[(t0 + tt) * a.in + i]));
-      const float* d = smem + tt * a.r + j0;
-      QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-        if (j0 + jj < a.r) acc[jj] += d[jj] * v;
+    for (int64_t tt = 0; tt < tokens; tt += 2) {
+      bool keep[2];
+      KeepTwoRows(cx, mask, a.in, t0 + tt, i, keep);
+      QLORAD_UNROLL for (int s = 0; s < 2; ++s) {
+        if (!column || tt + s >= tokens) continue;
+        const int64_t t = t0 + tt + s;
+        const float v = Dropped(a, keep[s], Element<X>::Load(a.x[t * a.in + i]));
+        const float* d = smem + (tt + s) * a.r + j0;
+        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
+          if (j0 + jj < a.r) acc[jj] += d[jj] * v;
+        }
       }
     }
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      if (j0 + jj < a.r)
+      if (column && j0 + jj < a.r)
         a.partial[(static_cast<int64_t>(cx.block_y) * a.r + j0 + jj) * a.in + i] = acc[jj];
     }
   }
@@ -152,24 +192,25 @@ QLORAD_LORA_FN void FinishGradABlock(C& cx, const LoraDropoutArgs<X>& a) {
 }
 
 // dx[t, i] += dropout(dh A)[t, i] for kInputRows tokens: grid (ceil(n / kInputRows),
-// ceil(in / kLoraThreads)), one column i per thread, the block's dh rows in shared memory
-// (kInputRows * r floats).
+// ceil(in / kLoraThreads)), one column i per thread (past the last column a thread still takes
+// part in KeepTwoRows), the block's dh rows in shared memory (kInputRows * r floats).
 template <class C, typename X>
 QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
+  static_assert(kInputRows % 2 == 0, "rows are decided two at a time");
   const int64_t t0 = static_cast<int64_t>(cx.block_x) * kInputRows;
   const int64_t i = static_cast<int64_t>(cx.block_y) * kLoraThreads + cx.thread;
+  const bool column = i < a.in;
   const int rows = a.n - t0 < kInputRows ? static_cast<int>(a.n - t0) : kInputRows;
   const DropoutStreamMask mask(a.seed, a.stream, a.p);
   for (int64_t k = cx.thread; k < static_cast<int64_t>(rows) * a.r; k += kLoraThreads)
     smem[k] = a.dh[t0 * a.r + k];
   cx.SyncBlock();
-  if (i >= a.in) return;  // no barrier follows
   float val[kInputRows];
   QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) val[rr] = 0.0f;
   for (int j0 = 0; j0 < a.r; j0 += kRankChunk) {
     float w[kRankChunk];
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      w[jj] = j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
+      w[jj] = column && j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
     }
     QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) {
       if (rr < rows) {
@@ -179,11 +220,14 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float
       }
     }
   }
-  QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) {
-    const int64_t t = t0 + rr;
-    if (rr < rows) {
-      X& d = a.dx[t * a.in + i];
-      d = Element<X>::Round(Element<X>::Load(d) + Dropped(a, mask, t, i, val[rr]));
+  QLORAD_UNROLL for (int rr = 0; rr < kInputRows; rr += 2) {
+    bool keep[2];
+    KeepTwoRows(cx, mask, a.in, t0 + rr, i, keep);
+    QLORAD_UNROLL for (int s = 0; s < 2; ++s) {
+      if (column && rr + s < rows) {
+        X& d = a.dx[(t0 + rr + s) * a.in + i];
+        d = Element<X>::Round(Element<X>::Load(d) + Dropped(a, keep[s], val[rr + s]));
+      }
     }
   }
 }

@@ -12,10 +12,10 @@ void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t st
     // DropoutKeep's bits, computed once per pair of elements.
     const uint64_t z = DropoutPairBits(seed, stream, static_cast<uint64_t>(pair));
     const int64_t i = 2 * pair;
-    out[i] = static_cast<float>(z >> 40) >= threshold ? x[i] * scale : 0.0f;
+    out[i] = static_cast<float>(DropoutHalfBits(z, false)) >= threshold ? x[i] * scale : 0.0f;
     if (i + 1 < n)
       out[i + 1] =
-          static_cast<float>((z >> 16) & 0xFFFFFFull) >= threshold ? x[i + 1] * scale : 0.0f;
+          static_cast<float>(DropoutHalfBits(z, true)) >= threshold ? x[i + 1] * scale : 0.0f;
   }
 }
 

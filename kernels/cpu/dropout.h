@@ -32,10 +32,14 @@ QLORAD_HOST_DEVICE inline uint64_t DropoutPairBits(uint64_t seed, uint64_t strea
   return DropoutPairBitsKeyed(DropoutStreamKey(seed, stream), pair);
 }
 
+// The 24 bits of a pair's 64 that decide its even (odd = false) or odd element.
+QLORAD_HOST_DEVICE inline uint32_t DropoutHalfBits(uint64_t pair_bits, bool odd) {
+  return static_cast<uint32_t>(odd ? (pair_bits >> 16) & 0xFFFFFFull : pair_bits >> 40);
+}
+
 // The 24 random bits of element `index` of a stream.
 QLORAD_HOST_DEVICE inline uint32_t DropoutBits(uint64_t key, uint64_t index) {
-  const uint64_t z = DropoutPairBitsKeyed(key, index >> 1);
-  return static_cast<uint32_t>((index & 1) ? (z >> 16) & 0xFFFFFFull : z >> 40);
+  return DropoutHalfBits(DropoutPairBitsKeyed(key, index >> 1), (index & 1) != 0);
 }
 
 // True when element `index` of `stream` is kept: its 24 random bits against p, the same
@@ -66,9 +70,8 @@ struct DropoutStreamMask {
   uint32_t threshold;
   QLORAD_HOST_DEVICE DropoutStreamMask(uint64_t seed, uint64_t stream, float p)
       : key(DropoutStreamKey(seed, stream)), threshold(DropoutThreshold(p)) {}
-  QLORAD_HOST_DEVICE bool Keep(uint64_t index) const {
-    return DropoutBits(key, index) >= threshold;
-  }
+  QLORAD_HOST_DEVICE bool Keep(uint64_t index) const { return KeepBits(DropoutBits(key, index)); }
+  QLORAD_HOST_DEVICE bool KeepBits(uint32_t bits) const { return bits >= threshold; }
 };
 
 // out[i] = keep(i) ? x[i] / (1-p) : 0 (out may alias x). Used forward and, on the gradient,

@@ -16,6 +16,7 @@ struct LoraBlockContext {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
   }
+  __device__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 };
 
 __device__ LoraBlockContext Context() {

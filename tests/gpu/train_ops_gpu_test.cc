@@ -345,11 +345,12 @@ void ConvertRows() {
 }
 
 // The fused LoRA dropout kernels against their CPU twins: the down-projection, dA and the input
-// gradient through the mask, at a 7B-like width with ragged token and input counts, and ranks
-// below, at and above one 16-wide register chunk.
+// gradient through the mask, at a 7B-like width with ragged token and input counts, ranks
+// below, at and above one 16-wide register chunk, and even (lane pairs share hashes) and odd
+// row lengths.
 void LoraDropout() {
   for (const int64_t r : {int64_t{5}, int64_t{16}, int64_t{64}}) {
-    const int64_t n = 1029, in = 4099;
+    const int64_t n = 1029, in = r == 5 ? 4099 : 4098;
     const float p = r == 64 ? 0.1f : 0.05f;
     const uint64_t seed = rng(), stream = rng() % 100000;
     std::vector<float> x = Random(n * in), a = Random(r * in, 0.05f), dh = Random(n * r, 0.5f),

@@ -167,10 +167,12 @@ TEST_P(LoraDropoutTest, EmulatedBlocksMatchTheCpuTwins) {
 }
 
 // Tokens that fill neither a block of 4, of 8 nor of 128; inputs that fill no block of 256;
-// ranks below, across and at the 16-wide register chunk and the 64 maximum.
+// ranks below, across and at the 16-wide register chunk and the 64 maximum; odd row lengths,
+// where neighbouring lanes share no hash (KeepTwoRows's other path).
 INSTANTIATE_TEST_SUITE_P(Shapes, LoraDropoutTest,
                          ::testing::Values(Case{131, 300, 5, 0.1f}, Case{37, 300, 20, 0.3f},
-                                           Case{9, 70, 64, 0.05f}, Case{13, 260, 16, 0.0f}));
+                                           Case{9, 70, 64, 0.05f}, Case{13, 260, 16, 0.0f},
+                                           Case{135, 257, 8, 0.2f}, Case{6, 33, 3, 0.5f}));
 
 }  // namespace
 }  // namespace qlorad
