@@ -7,8 +7,12 @@ namespace {
 
 __constant__ float kNf4CodeDevice[16] = {QLORAD_NF4_CODE_VALUES};
 
+// Rounded after the product and after the sum, as the CPU twin (built with -ffp-contract=off)
+// and bitsandbytes: nvcc would otherwise fuse them into one FMA, a different scale in a few
+// blocks in ten. The _rn intrinsics are never contracted.
 __device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* code8, int64_t b) {
-  return code8[a.absmax_q[b]] * a.nested_absmax[b / a.nested_blocksize] + a.offset;
+  return __fadd_rn(__fmul_rn(code8[a.absmax_q[b]], a.nested_absmax[b / a.nested_blocksize]),
+                   a.offset);
 }
 
 // Vectorized path: each thread reads 16 packed bytes (32 values, half of a 64-block) with one
@@ -29,7 +33,7 @@ __global__ void DequantVec16(Nf4DqArgs a, int64_t chunks, T* __restrict__ out) {
     const int64_t first = c * 32;
     const float scale = BlockScale(a, code8, first / a.blocksize);
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-    T vals[32];
+    alignas(16) T vals[32];  // read back as uint4 below, should it leave the registers
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
 #pragma unroll

@@ -20,6 +20,12 @@ __device__ __forceinline__ uint8_t Nf4IndexDevice(float x, const Thresholds& t) 
   return idx;
 }
 
+// std::clamp(v, -1, 1) as the CPU twin: NaN stays NaN (code 15 there), where fminf/fmaxf
+// would make it -1 (code 0).
+__device__ __forceinline__ float Clamp1(float v) {
+  return v < -1.0f ? -1.0f : (1.0f < v ? 1.0f : v);
+}
+
 // One thread per block of `blocksize` values (blocksize even, so blocks never share a byte),
 // with the CPU's exact arithmetic: a full block multiplies by 1/absmax, a partial one divides.
 __global__ void Nf4QuantizeKernel(const float* __restrict__ x, int64_t n, int blocksize,
@@ -37,12 +43,10 @@ __global__ void Nf4QuantizeKernel(const float* __restrict__ x, int64_t n, int bl
     absmax[b] = full ? amax : denom;
     const float inv = __frcp_rn(denom);
     for (int64_t i = begin; i < end; i += 2) {
-      const float s0 =
-          fminf(fmaxf(full ? __fmul_rn(x[i], inv) : __fdiv_rn(x[i], denom), -1.0f), 1.0f);
+      const float s0 = Clamp1(full ? __fmul_rn(x[i], inv) : __fdiv_rn(x[i], denom));
       uint8_t byte = static_cast<uint8_t>(Nf4IndexDevice(s0, t) << 4);
       if (i + 1 < end) {
-        const float s1 =
-            fminf(fmaxf(full ? __fmul_rn(x[i + 1], inv) : __fdiv_rn(x[i + 1], denom), -1.0f), 1.0f);
+        const float s1 = Clamp1(full ? __fmul_rn(x[i + 1], inv) : __fdiv_rn(x[i + 1], denom));
         byte |= Nf4IndexDevice(s1, t);
       } else {
         byte |= kNf4ZeroIndex;  // an odd count: padded with the code of 0.0

@@ -1,7 +1,8 @@
 // The CUDA NF4 + double quantization against the CPU reference (bit-compatible with
 // bitsandbytes): packed codes, 8-bit absmax codes, nested absmax and offset must be identical,
-// on fresh random weights each run (seed printed) with an odd length, a partial last block and
-// an all-zero block.
+// on fresh random weights each run (seed printed) with an odd length, a partial last block, an
+// all-zero block and NaN weights (the CPU's clamp keeps NaN: code 15).
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -14,10 +15,14 @@
 namespace qlorad {
 namespace {
 
-void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n) {
+void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n, bool with_nan = false) {
   const int bs = 64, nbs = 256;
   std::vector<float> x = gpu_check::Normal(rng, n, 0.02f);
   for (int64_t i = 64; i < 128 && i < n; ++i) x[i] = 0.0f;  // an all-zero block
+  if (with_nan) {  // in a full block and in the partial last one
+    x[200] = NAN;
+    x[n - 1] = NAN;
+  }
   const int64_t blocks = (n + bs - 1) / bs, nested = (blocks + nbs - 1) / nbs;
 
   // The CPU reference, step by step as engine/nf4_tensor.cc does it.
@@ -75,5 +80,6 @@ int main() {
   std::mt19937_64 rng(seed);
   qlorad::QuantizeMatchesCpu(rng, 4096 * 4096);
   qlorad::QuantizeMatchesCpu(rng, 11008 * 37 + 33);  // odd, partial last block
+  qlorad::QuantizeMatchesCpu(rng, 64 * 9 + 5, /*with_nan=*/true);
   return qlorad::gpu_check::Finish("nf4_quantize_gpu_test");
 }
