@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch + PEFT peer of tests/gpu/train_step_gpu_bench on a GPU: one LoRA training step of a
 LLaMA-shaped model in bf16 (random weights made on the GPU), r=16 on every linear layer, AdamW,
-batch x seq random tokens. Prints one JSON line: step time, tokens/s, peak GPU memory.
+batch x seq random tokens. Prints one JSON line: step time, tokens/s, peak GPU memory (what
+torch's allocator handed to tensors, and what it held from the card: the figure comparable with
+qlorad's drop in free device memory).
 
   python3 bench/torch_lora_step_gpu.py [--layers 32] [--seq 2048] [--batch 1] [--steps 3]
                                        [--checkpointing]
@@ -73,7 +75,8 @@ def main():
         ids = torch.randint(3, a.vocab, (a.batch, a.seq), device="cuda")
         torch.cuda.synchronize()
         s = time.perf_counter()
-        out = model(input_ids=ids, labels=ids)
+        # No KV cache: training needs none, and it would hold K and V past the step.
+        out = model(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -81,6 +84,7 @@ def main():
         if step > 0:
             times.append(time.perf_counter() - s)
         loss = float(out.loss)
+        del out  # the logits, not alive into the next step's forward
     mean = sum(times) / len(times)
     print(json.dumps({
         "peer": "torch+peft bf16", "layers": a.layers,
@@ -89,6 +93,7 @@ def main():
         "load_s": round(load_s, 1), "step_s": round(mean, 4),
         "tokens_per_s": round(a.batch * a.seq / mean, 1), "loss": round(loss, 4),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "peft": peft.__version__, "gpu": torch.cuda.get_device_name(0)}))
 

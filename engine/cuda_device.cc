@@ -154,8 +154,7 @@ class CudaDevice : public Device {
     cublasSetMathMode(d->blas_, options.bf16_gemm ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
     const auto& code8 = kernels::SignedDynamicMap();
     if ((e = d->code8_.Allocate(256 * 4)) != cudaSuccess ||
-        (e = cudaMemcpy(d->code8_.get(), code8.data(), 256 * 4, cudaMemcpyHostToDevice)) !=
-            cudaSuccess ||
+        (e = d->UploadBytes(d->code8_.get(), code8.data(), 256 * 4)) != cudaSuccess ||
         (e = d->partial_.Allocate(1024 * sizeof(double))) != cudaSuccess) {
       return absl::ResourceExhaustedError(
           absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
@@ -228,6 +227,14 @@ class CudaDevice : public Device {
     b.Recount(resident ? &Counters::optimizer_device : &Counters::optimizer_host);
   }
 
+  // Host bytes to the device, in order with the work on stream_ and landed on return. A plain
+  // cudaMemcpy runs on the legacy default stream, which a non-blocking stream_ does not wait
+  // for, and from pageable memory it may return before its DMA lands.
+  cudaError_t UploadBytes(void* device, const void* host, size_t bytes) {
+    const cudaError_t e = cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_);
+    return e != cudaSuccess ? e : cudaStreamSynchronize(stream_);
+  }
+
   void CopyFromHost(const float* host, int64_t n, float* device) override {
     const auto timed = Time("copy to device");
     Enter();
@@ -262,7 +269,7 @@ class CudaDevice : public Device {
     cudaError_t e = cudaSuccess;
     auto put = [&](CudaMemory& m, const void* src, size_t bytes) {
       if (e == cudaSuccess) e = m.Allocate(bytes);
-      if (e == cudaSuccess) e = cudaMemcpy(m.get(), src, bytes, cudaMemcpyHostToDevice);
+      if (e == cudaSuccess) e = UploadBytes(m.get(), src, bytes);
     };
     if (quantized) {
       put(lin->packed, nf4->packed.data(), nf4->packed.size());
@@ -335,7 +342,7 @@ class CudaDevice : public Device {
     auto b = std::make_unique<CudaBuffer>(counters_, &Counters::base_weights,
                                           static_cast<int64_t>(v.size()));
     cudaError_t e = b->Allocate();
-    if (e == cudaSuccess) e = cudaMemcpy(b->data(), v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = UploadBytes(b->data(), v.data(), v.size() * 4);
     if (e != cudaSuccess) {
       cudaGetLastError();
       return absl::ResourceExhaustedError(

@@ -30,6 +30,15 @@ std::mt19937_64 rng;
 
 std::vector<float> Normal(int64_t n, float stddev) { return gpu_check::Normal(rng, n, stddev); }
 
+// Normal values that bf16 holds exactly: a path that rounds them to bf16 and one that hands them
+// as float32 to a GEMM allowed, not bound, to round (CUBLAS_COMPUTE_32F_FAST_16BF; cuBLAS may
+// pick a float32 kernel, at small or unaligned sizes above all) multiply the same numbers.
+std::vector<float> Bf16Normal(int64_t n, float stddev) {
+  std::vector<float> v = Normal(n, stddev);
+  for (float& x : v) x = Bf16ToF32(F32ToBf16(x));
+  return v;
+}
+
 LlamaWeights RandomModel() {
   const LlamaConfig c{.hidden_size = 256,  // head_dim 32: the flash-attention kernels run
                       .intermediate_size = 344,
@@ -69,18 +78,20 @@ struct Result {
 Result RunStep(Device* device, const LlamaWeights& weights, const LoraLayout& layout,
                const LoraConfig& lora, const std::vector<float>& params, const MicroBatch& batch,
                ActivationPrecision activations, bool checkpointing = false) {
+  Result r;
   auto model = LlamaModel::Create(weights, device, ModelOptions{});
   GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
+  auto p = device->Alloc(layout.num_params());
+  auto g = device->Alloc(layout.num_params());
+  GPU_CHECK(p.ok() && g.ok(), "alloc");
+  if (!model.ok() || !p.ok() || !g.ok()) return {NAN, std::vector<float>(layout.num_params(), NAN)};
   TrainingGraphOptions go;
   go.dropout = lora.dropout;
   go.activations = activations;
   go.activation_checkpointing = checkpointing;
   LoraTrainingGraph graph(model->get(), &layout, lora, go);
-  auto p = device->Alloc(layout.num_params());
-  auto g = device->Alloc(layout.num_params());
   device->CopyFromHost(params.data(), layout.num_params(), (*p)->data());
   device->Fill((*g)->data(), layout.num_params(), 0.0f);
-  Result r;
   auto loss = graph.ForwardBackward(batch, (*p)->data(), (*g)->data(),
                                     1.0f / static_cast<float>(batch.num_targets()), 99, 1);
   GPU_CHECK(loss.ok(), "step: %s", std::string(loss.status().message()).c_str());
@@ -123,8 +134,9 @@ void QuantizeOnCardMatchesHost(Device* gpu) {
 }
 
 // The fused LoRA linear (one GEMM over [x | h] and [W | scale B]) and its backward (dy rounded
-// once) against Device's unfused defaults on the same card: the same bf16 products, so they
-// agree to float summation order. in 256 takes the fused path; r 16, and r 5 padded to 8.
+// once) against Device's unfused defaults on the same card: the same bf16 products (x, h, B and
+// dy bf16 values; the weight rounded explicitly on both paths), so they agree to float
+// summation order. in 256 takes the fused path; r 16, and r 5 padded to 8.
 void LoraLinearFusionAgrees(Device* gpu) {
   const int64_t out = 192, in = 256, tokens = 100;
   const float scale = 2.0f;  // a power of two: round(scale B) = scale round(B)
@@ -144,8 +156,8 @@ void LoraLinearFusionAgrees(Device* gpu) {
     GPU_CHECK(lin.ok(), "quantize failed");
     if (!lin.ok()) return;
     const DeviceLinear& w = **lin;
-    auto x = put(Normal(tokens * in, 1.0f)), h = put(Normal(tokens * r, 0.5f));
-    auto b = put(Normal(out * r, 0.1f)), dy = put(Normal(tokens * out, 0.3f));
+    auto x = put(Bf16Normal(tokens * in, 1.0f)), h = put(Bf16Normal(tokens * r, 0.5f));
+    auto b = put(Bf16Normal(out * r, 0.1f)), dy = put(Bf16Normal(tokens * out, 0.3f));
     const std::vector<float> dx0 = Normal(tokens * in, 0.2f), db0 = Normal(out * r, 0.1f);
     auto y_fused = put(std::vector<float>(tokens * out)),
          y_plain = put(std::vector<float>(tokens * out));
@@ -306,7 +318,9 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   const int64_t out = 192, r = 16;
   const float scale = 2.0f;
   auto lin = gpu->QuantizeLinear(Normal(out * dim, 0.05f), out, dim, Nf4Options{});
-  auto aw = gpu->UploadF32(Normal(r * dim, 0.1f)), dh = gpu->UploadF32(Normal(rows * r, 0.3f));
+  // A and dh bf16 values, as LoRA's h and B below: the defaults' float32 GEMMs may not round.
+  auto aw = gpu->UploadF32(Bf16Normal(r * dim, 0.1f)),
+       dh = gpu->UploadF32(Bf16Normal(rows * r, 0.3f));
   GPU_CHECK(lin.ok() && aw.ok() && dh.ok(), "weights");
   if (!lin.ok() || !aw.ok() || !dh.ok()) return;
   const DeviceLinear& wl = **lin;
@@ -343,7 +357,8 @@ void Bf16KernelsMatchDefaults(Device* gpu) {
   // The fused LoRA linear at r 16 and at r 5 (padded to 8), its backward accumulating into dx
   // as the graph's k, v and up projections do.
   for (const int64_t lr : {int64_t{16}, int64_t{5}}) {
-    auto lh = gpu->UploadF32(Normal(rows * lr, 0.5f)), lb = gpu->UploadF32(Normal(out * lr, 0.1f));
+    auto lh = gpu->UploadF32(Bf16Normal(rows * lr, 0.5f)),
+         lb = gpu->UploadF32(Bf16Normal(out * lr, 0.1f));
     auto db1 = gpu->UploadF32(std::vector<float>(out * lr, 0.1f)),
          db2 = gpu->UploadF32(std::vector<float>(out * lr, 0.1f));
     auto dh1 = gpu->Alloc(rows * lr), dh2 = gpu->Alloc(rows * lr);
@@ -481,6 +496,8 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
   Device* devices[2] = {cpu, gpu};
   for (int d = 0; d < 2; ++d) {
     auto model = LlamaModel::Create(weights, devices[d], ModelOptions{});
+    GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
+    if (!model.ok()) return;
     auto t = Trainer::Create(model->get(), rows, {}, o);
     GPU_CHECK(t.ok(), "trainer: %s", std::string(t.status().message()).c_str());
     if (!t.ok()) return;
@@ -496,6 +513,8 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
   // Paged optimizer memory changes where the moments live, not their values.
   o.paged_optimizer = true;
   auto model = LlamaModel::Create(weights, gpu, ModelOptions{});
+  GPU_CHECK(model.ok(), "model: %s", std::string(model.status().message()).c_str());
+  if (!model.ok()) return;
   auto t = Trainer::Create(model->get(), rows, {}, o);
   GPU_CHECK(t.ok(), "paged trainer: %s", std::string(t.status().message()).c_str());
   if (!t.ok()) return;

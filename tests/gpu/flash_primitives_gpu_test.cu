@@ -206,7 +206,7 @@ void CheckSmall() {
 
 int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(qlorad::gpu_check::FreshSeed());
   qlorad::CheckMma(rng);
   qlorad::CheckLoadMatrix();
   qlorad::CheckCopyAsync(rng);

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -50,18 +51,31 @@ inline double MeasureBf16GemmTflops() {
   CUDA_OK(cudaMemcpy(a, host.data(), count * 2, cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(b, host.data(), count * 2, cudaMemcpyHostToDevice));
   cublasHandle_t h;
-  cublasCreate(&h);
+  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS did not start: no GEMM rate\n");
+    return NAN;
+  }
   const float one = 1.0f, zero = 0.0f;
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
   auto run = [&] {
-    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
-                 &zero, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st =
+        cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
+                     n, &zero, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) status = st;
   };
   run();
-  const float ms = TimeMs(run, 20);
+  CUDA_OK(cudaDeviceSynchronize());
+  // A failed GEMM would time as nothing: an absurd rate, and an MFU near zero beside it.
+  const float ms = status == CUBLAS_STATUS_SUCCESS ? TimeMs(run, 20) : 0.0f;
   cublasDestroy(h);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS bf16 GEMM failed (status %d): no GEMM rate\n",
+                 static_cast<int>(status));
+    return NAN;
+  }
   return 2.0 * n * n * static_cast<double>(n) / (ms * 1e-3) / 1e12;
 }
 

@@ -47,9 +47,13 @@ inline bool HaveCudaDevice() {
 }
 
 // A fresh seed for this run's random inputs, printed so that a failure can be replayed.
+// A fresh seed each run, printed; QLORAD_TEST_SEED=N in the environment replays run N.
 inline uint64_t FreshSeed() {
-  const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  const char* replay = std::getenv("QLORAD_TEST_SEED");
+  const uint64_t seed =
+      replay != nullptr ? std::strtoull(replay, nullptr, 10) : std::random_device{}();
+  std::printf("seed %llu%s\n", static_cast<unsigned long long>(seed),
+              replay != nullptr ? " (QLORAD_TEST_SEED)" : "");
   return seed;
 }
 

@@ -172,7 +172,7 @@ void CheckBadArguments() {
 
 int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
-  std::mt19937 rng(std::random_device{}());
+  std::mt19937 rng(qlorad::gpu_check::FreshSeed());
   for (int64_t n : {1LL, 63LL, 64LL, 65LL, 4096LL, 64LL * 256LL, 64LL * 257LL + 3LL, 172LL * 64LL,
                     4096LL * 11008LL}) {
     qlorad::CheckSize(n, rng, false);
