@@ -1,15 +1,19 @@
 // The flash-attention kernels (kernels/cuda/flash_attention.h) against the CPU twin
 // (kernels/cpu/attention_train.h) on fresh random inputs each run (the seed is printed):
 // outputs, log-sum-exps and the three gradients, causal, grouped-query and packed rows, every
-// supported head_dim, tiles that do not divide T. Outputs start as NaN, so an element the
-// kernels fail to write is caught. bf16 inputs bound the agreement: the same code under the CPU
+// supported head_dim, tiles that do not divide T; float32 activations (tiles converted as they
+// load) and bf16 ones (what the training graph runs: tiles by cp.async, and, from tensors that
+// are not 16-byte aligned, element by element). Outputs start as NaN, so an element the kernels
+// fail to write is caught. bf16 operands bound the agreement: the same code under the CPU
 // block emulator measures 0.3% to 0.7% relative error (tests/kernels/).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/attention_train.h"
@@ -29,10 +33,61 @@ std::vector<float> Random(size_t n, float sd) {
 template <typename T>
 using Dev = gpu_check::DeviceArray<T>;
 
-void Check(int T, int H, int KV, int hd, bool packed) {
-  std::printf("  T=%d H=%d KV=%d hd=%d packed=%d\n", T, H, KV, hd, packed);
-  const auto q = Random(size_t(T) * H * hd, 1.5f), k = Random(size_t(T) * KV * hd, 1.5f),
-             v = Random(size_t(T) * KV * hd, 1.0f), dout = Random(size_t(T) * H * hd, 1.0f);
+float Widen(float x) { return x; }
+float Widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename X>
+X Narrow(float x) {
+  if constexpr (std::is_same_v<X, float>) {
+    return x;
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+// A tensor of activations (float or __nv_bfloat16) on the device, `shift` elements past an
+// aligned allocation (1: not 16-byte aligned, so tiles load element by element).
+template <typename X>
+struct Activations {
+  Activations(const std::vector<float>& host, int64_t shift) : mem(int64_t(host.size()) + shift) {
+    p = mem.p + shift;
+    std::vector<X> x(host.size());
+    for (size_t i = 0; i < host.size(); ++i) x[i] = Narrow<X>(host[i]);
+    CUDA_OK(cudaMemcpy(p, x.data(), x.size() * sizeof(X), cudaMemcpyHostToDevice));
+    n = host.size();
+  }
+  std::vector<float> Get() const {
+    std::vector<X> x(n);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(x.data(), p, n * sizeof(X), cudaMemcpyDeviceToHost));
+    std::vector<float> f(n);
+    for (size_t i = 0; i < n; ++i) f[i] = Widen(x[i]);
+    return f;
+  }
+  Dev<X> mem;
+  X* p;
+  size_t n;
+};
+
+// Outputs start as NaN (of type X), so an element the kernels never write is caught.
+template <typename X>
+Activations<X> Outputs(size_t n, int64_t shift) {
+  return Activations<X>(std::vector<float>(n, NAN), shift);
+}
+
+template <typename X>
+void Check(int T, int H, int KV, int hd, bool packed, int64_t shift = 0) {
+  constexpr bool bf16 = std::is_same_v<X, __nv_bfloat16>;
+  std::printf("  T=%d H=%d KV=%d hd=%d packed=%d %s%s\n", T, H, KV, hd, packed,
+              bf16 ? "bf16" : "float32", shift != 0 ? " unaligned" : "");
+  auto random = [&](size_t n, float sd) {  // values bf16 holds exactly, for bf16 activations
+    std::vector<float> x = Random(n, sd);
+    if (bf16) {
+      for (float& f : x) f = __bfloat162float(__float2bfloat16_rn(f));
+    }
+    return x;
+  };
+  const auto q = random(size_t(T) * H * hd, 1.5f), k = random(size_t(T) * KV * hd, 1.5f),
+             v = random(size_t(T) * KV * hd, 1.0f), dout = random(size_t(T) * H * hd, 1.0f);
   std::vector<int32_t> segments(T, 0);
   if (packed) {
     for (int t = 0; t < T; ++t) segments[t] = t < T / 5 ? 0 : t < T / 2 ? 1 : t < T - 7 ? 2 : -1;
@@ -46,8 +101,10 @@ void Check(int T, int H, int KV, int hd, bool packed) {
   kernels::AttentionTrainBackward(q.data(), k.data(), v.data(), probs.data(), dout.data(), s,
                                   dq_ref.data(), dk_ref.data(), dv_ref.data());
 
-  Dev<float> dq_in(q), dk_in(k), dv_in(v), ddout(dout), out(q.size()), lse(size_t(H) * T),
-      delta(size_t(H) * T), dq(q.size()), dk(k.size()), dv(v.size());
+  Activations<X> dq_in(q, shift), dk_in(k, shift), dv_in(v, shift), ddout(dout, shift),
+      out = Outputs<X>(q.size(), shift), dq = Outputs<X>(q.size(), shift),
+      dk = Outputs<X>(k.size(), shift), dv = Outputs<X>(v.size(), shift);
+  Dev<float> lse(size_t(H) * T), delta(size_t(H) * T);
   Dev<int32_t> dseg(segments);
   CUDA_OK(kc::FlashAttentionForward(dq_in.p, dk_in.p, dv_in.p, packed ? dseg.p : nullptr, T, H, KV,
                                     hd, out.p, lse.p, nullptr));
@@ -94,10 +151,15 @@ int main() {
   if (!qlorad::gpu_check::HaveCudaDevice()) return 77;
   qlorad::rng.seed(qlorad::gpu_check::FreshSeed());
   GPU_CHECK(!qlorad::kernels::cuda::FlashAttentionSupports(8), "head_dim 8 has no kernel");
-  qlorad::Check(70, 4, 2, 32, true);
-  qlorad::Check(150, 2, 1, 32, false);
-  qlorad::Check(200, 4, 4, 64, true);
-  qlorad::Check(333, 4, 2, 128, true);
-  qlorad::Check(512, 2, 2, 128, false);
+  qlorad::Check<float>(70, 4, 2, 32, true);
+  qlorad::Check<float>(150, 2, 1, 32, false);
+  qlorad::Check<float>(200, 4, 4, 64, true);
+  qlorad::Check<float>(333, 4, 2, 128, true);
+  qlorad::Check<float>(512, 2, 2, 128, false);
+  qlorad::Check<__nv_bfloat16>(70, 4, 2, 32, true);
+  qlorad::Check<__nv_bfloat16>(200, 4, 4, 64, true);
+  qlorad::Check<__nv_bfloat16>(333, 4, 2, 128, true);
+  qlorad::Check<__nv_bfloat16>(512, 2, 2, 128, false);
+  qlorad::Check<__nv_bfloat16>(150, 2, 1, 64, true, /*shift=*/1);
   return qlorad::gpu_check::Finish("flash_attention_gpu_test");
 }

@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "tests/gpu/gpu_check.h"
@@ -30,6 +32,15 @@ float TimeMs(F&& f, int iters) {
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   return ms / iters;
+}
+
+// v for a JSON line with `decimals` digits after the point; null where it is not finite (JSON
+// has no NaN), as when the GEMM rate could not be measured.
+inline std::string JsonNumber(double v, int decimals) {
+  if (!std::isfinite(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+  return buf;
 }
 
 // TFLOP/s of a cuBLAS 8192^3 bf16 GEMM with float32 accumulation and output. The operands hold

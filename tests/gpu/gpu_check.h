@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string_view>
 #include <vector>
 
 namespace qlorad::gpu_check {
@@ -34,13 +35,20 @@ inline int failures = 0;
     }                                                                                             \
   } while (0)
 
-// Returns false (after printing why) when no CUDA device can be used.
+// Returns false (after printing why) when no CUDA device can be used, and the caller skips
+// (exit 77). Where a GPU is expected (QLORAD_REQUIRE_GPU=1, set by tests/gpu/run.sh), that is a
+// failure instead: a driver too old for the toolkit must not read as "nothing failed".
 inline bool HaveCudaDevice() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) {
-    std::printf("SKIPPED: no CUDA device (%s)\n",
-                e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    const char* reason = e != cudaSuccess ? cudaGetErrorString(e) : "0 devices";
+    const char* required = std::getenv("QLORAD_REQUIRE_GPU");
+    if (required != nullptr && std::string_view(required) == "1") {
+      std::printf("FAILED: QLORAD_REQUIRE_GPU=1 and no CUDA device (%s)\n", reason);
+      std::exit(1);
+    }
+    std::printf("SKIPPED: no CUDA device (%s)\n", reason);
     return false;
   }
   return true;

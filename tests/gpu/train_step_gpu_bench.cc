@@ -205,14 +205,15 @@ int Main(int argc, char** argv) {
       "\"rank\": %lld, \"params\": %lld, \"load_s\": %.1f, \"step_s\": %.4f, "
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
       "\"base_weights_gib\": %.2f, \"activations_gib\": %.2f, \"workspace_gib\": %.2f, "
-      "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %.1f, \"mfu\": %.3f}\n",
+      "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %s, \"mfu\": %s}\n",
       (*device)->name().c_str(), (*trainer)->bf16_activations() ? "bf16" : "float32",
       to.activation_checkpointing ? "true" : "false", to.lora.dropout,
       static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
       static_cast<long long>(seq), static_cast<long long>(batch), static_cast<long long>(rank),
       static_cast<long long>(all_params), load_s, mean, tokens / mean, loss,
       peak_used / 1073741824.0, usage.base_weights / 1073741824.0, usage.activations / 1073741824.0,
-      usage.workspace / 1073741824.0, achieved, gemm_tflops, achieved / gemm_tflops);
+      usage.workspace / 1073741824.0, achieved, gpu_bench::JsonNumber(gemm_tflops, 1).c_str(),
+      gpu_bench::JsonNumber(achieved / gemm_tflops, 3).c_str());
   if (profile) return PrintProfile(device->get(), trainer->get(), steps + 2);
   return 0;
 }
