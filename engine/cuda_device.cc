@@ -823,7 +823,10 @@ class CudaDevice : public Device {
     u.optimizer_host = counters_->optimizer_host;
     u.activations = counters_->activations;
     size_t free_bytes = 0, total = 0;
-    if (cudaMemGetInfo(&free_bytes, &total) == cudaSuccess) {
+    // cudaMemGetInfo reports the calling thread's current device, which on a thread that has
+    // not yet run work here (or ran another card's) is not this one.
+    if (cudaSetDevice(ordinal_) == cudaSuccess &&
+        cudaMemGetInfo(&free_bytes, &total) == cudaSuccess) {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
