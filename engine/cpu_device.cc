@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <new>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
@@ -86,7 +88,7 @@ class CpuLinear : public DeviceLinear {
 
 class CpuDevice : public Device {
  public:
-  explicit CpuDevice(int threads) {
+  explicit CpuDevice(int threads, CpuDeviceFaults faults = {}) : faults_(std::move(faults)) {
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
 #endif
@@ -113,7 +115,20 @@ class CpuDevice : public Device {
     std::memcpy(device, host, n * sizeof(float));
   }
   void CopyToHost(const float* device, int64_t n, float* host) override {
+    if (faults_.after_host_reads >= 0 && !faulted_ && host_reads_++ >= faults_.after_host_reads) {
+      faulted_ = true;
+      pending_ = faults_.status;
+    }
+    if (!pending_.ok()) {  // a failed device's read, as the CUDA device's
+      std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
     std::memcpy(host, device, n * sizeof(float));
+  }
+
+  absl::Status TakeError() override {
+    if (absl::IsUnavailable(pending_)) return pending_;  // lost for good
+    return std::exchange(pending_, absl::OkStatus());
   }
 
   absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(const Nf4Tensor* nf4,
@@ -271,6 +286,10 @@ class CpuDevice : public Device {
   }
 
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
+  CpuDeviceFaults faults_;
+  int64_t host_reads_ = 0;
+  bool faulted_ = false;
+  absl::Status pending_;  // the injected fault, until taken (kUnavailable: never)
   std::vector<float> workspace_;
   std::vector<float> conversion_;  // Device's bf16 defaults' float32 copies
 };
@@ -279,6 +298,10 @@ class CpuDevice : public Device {
 
 std::unique_ptr<Device> CreateCpuDevice(int threads) {
   return std::make_unique<CpuDevice>(threads);
+}
+
+std::unique_ptr<Device> CreateCpuDevice(int threads, CpuDeviceFaults faults) {
+  return std::make_unique<CpuDevice>(threads, std::move(faults));
 }
 
 }  // namespace qlorad

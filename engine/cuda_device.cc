@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -441,7 +442,7 @@ class CudaDevice : public Device {
         static_cast<int>(ldc),
         options_.bf16_gemm ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC,
         CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS GEMM failed (status ", s, ")"));
+    CheckBlas(s, "cuBLAS GEMM");
   }
 
   void LinearBackwardInput(const DeviceLinear& w, const float* dy, int64_t tokens, float* dx,
@@ -872,14 +873,50 @@ class CudaDevice : public Device {
   // The calling thread may be new to this device (the daemon's worker, a test thread).
   void Enter() { cudaSetDevice(ordinal_); }
 
-  void Fail(const std::string& what) {
-    if (!failed_) std::fprintf(stderr, "qlorad: %s: %s\n", name().c_str(), what.c_str());
+  // Records the first failure (printed once) for TakeError; results read after it are NaN.
+  void Fail(const std::string& what, absl::StatusCode code = absl::StatusCode::kInternal) {
+    if (!failed_) {
+      std::fprintf(stderr, "qlorad: %s: %s\n", name().c_str(), what.c_str());
+      error_ = absl::Status(code, absl::StrCat(name(), ": ", what));
+    }
     failed_ = true;
   }
   void Check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) Fail(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+    if (e != cudaSuccess) {
+      Fail(absl::StrCat(what, ": ", cudaGetErrorString(e)),
+           e == cudaErrorMemoryAllocation ? absl::StatusCode::kResourceExhausted
+                                          : absl::StatusCode::kInternal);
+    }
+  }
+  void CheckBlas(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS) {
+      Fail(absl::StrCat(what, " failed (status ", s, ")"),
+           s == CUBLAS_STATUS_ALLOC_FAILED ? absl::StatusCode::kResourceExhausted
+                                           : absl::StatusCode::kInternal);
+    }
   }
 
+ public:
+  // A failure that left the context working (out of memory, a bad launch) is cleared and
+  // returned; one that did not (a kernel fault: every later call returns it, the CUDA runtime
+  // says the process must restart) makes the device lost for good.
+  absl::Status TakeError() override {
+    if (lost_) return error_;
+    if (!failed_) return absl::OkStatus();
+    Enter();
+    cudaGetLastError();  // clears the thread's last error where it is not sticky
+    if (const cudaError_t probe = cudaStreamSynchronize(stream_); probe != cudaSuccess) {
+      lost_ = true;
+      error_ = absl::UnavailableError(absl::StrCat(name(), " is lost until qlorad restarts (",
+                                                   cudaGetErrorString(probe),
+                                                   "); its first error: ", error_.message()));
+      return error_;
+    }
+    failed_ = false;
+    return std::exchange(error_, absl::OkStatus());
+  }
+
+ private:
   // A scratch buffer of at least `floats`, grown (never shrunk) as needed; null after a failure.
   // Grows m to at least `bytes`, waiting for the stream first: the old buffer may still be in use.
   cudaError_t Grow(CudaMemory* m, size_t bytes) {
@@ -959,7 +996,7 @@ class CudaDevice : public Device {
         static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, CUDA_R_16BF,
         static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c, c_type,
         static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) Fail(absl::StrCat("cuBLAS bf16 GEMM failed (status ", s, ")"));
+    CheckBlas(s, "cuBLAS bf16 GEMM");
   }
 
   // The weight of `lin` as bf16 [out, in] in the shared bf16 workspace (valid until the next
@@ -1112,8 +1149,7 @@ class CudaDevice : public Device {
         CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch),
         options_.bf16_gemm ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_PEDANTIC,
         CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS)
-      Fail(absl::StrCat("cuBLAS batched GEMM failed (status ", s, ")"));
+    CheckBlas(s, "cuBLAS batched GEMM");
   }
 
   // Per query head h (kv head g = h / (H/KV)): S = scale Q_h K_g^T, masked softmax, O_h = P V_g.
@@ -1141,6 +1177,8 @@ class CudaDevice : public Device {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   bool failed_ = false;
+  bool lost_ = false;
+  absl::Status error_;        // the first failure since TakeError last took one
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaOpProfiler profiler_;

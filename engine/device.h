@@ -275,6 +275,15 @@ class Device {
 
   virtual DeviceMemoryUsage memory_usage() const = 0;
 
+  // The first failure of the device's queued work since the last call (a kernel launch or
+  // fault, an allocation, a library call), then cleared. Operations are queued and return
+  // nothing, so whoever reads results (a loss, logits, weights) asks here before trusting
+  // them. kUnavailable: the device is lost for the rest of the process (a CUDA kernel fault
+  // poisons its context, and every later call fails too), so its work must move to another
+  // device; any other code (kResourceExhausted: out of device memory) fails only the work that
+  // met it. The CPU device reports none (unless told to, for tests: CpuDeviceFaults).
+  virtual absl::Status TakeError() { return absl::OkStatus(); }
+
  protected:
   // `floats` of device memory for the bf16 defaults' float32 copies, grown as needed and valid
   // until the next call, counted as workspace; null where it cannot be had (a default then
@@ -284,5 +293,15 @@ class Device {
 
 // The CPU reference backend. `threads` <= 0 keeps the OpenMP/BLAS default.
 std::unique_ptr<Device> CreateCpuDevice(int threads = 0);
+
+// A fault for the CPU device to report, for tests of what callers do when a device fails (a
+// GPU fault cannot be caused on demand): after `after_host_reads` reads of results
+// (CopyToHost), every read returns NaN, as a failed CUDA device's do, and TakeError returns
+// `status` (once, or for good when it is kUnavailable).
+struct CpuDeviceFaults {
+  int64_t after_host_reads = -1;  // < 0: never
+  absl::Status status;
+};
+std::unique_ptr<Device> CreateCpuDevice(int threads, CpuDeviceFaults faults);
 
 }  // namespace qlorad

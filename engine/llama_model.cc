@@ -164,7 +164,7 @@ absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* ca
   device_->MatmulTransposed(lm_head(), c.vocab_size, h, xn->data(), rows, out->data());
   logits->resize(rows * c.vocab_size);
   device_->CopyToHost(out->data(), rows * c.vocab_size, logits->data());
-  return absl::OkStatus();
+  return device_->TakeError();  // a failed device's logits are NaN: never sampled from
 }
 
 absl::StatusOr<double> MeanNll(LlamaModel& model, const std::vector<int32_t>& tokens,

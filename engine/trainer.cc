@@ -9,15 +9,6 @@
 #include "engine/status_macros.h"
 
 namespace qlorad {
-namespace {
-
-std::vector<float> ToHost(Device* device, const DeviceBuffer& b) {
-  std::vector<float> out(b.size());
-  device->CopyToHost(b.data(), b.size(), out.data());
-  return out;
-}
-
-}  // namespace
 
 absl::Status TrainerOptions::Validate() const {
   RETURN_IF_ERROR(lora.Validate());
@@ -92,7 +83,19 @@ Trainer::~Trainer() = default;
 
 bool Trainer::bf16_activations() const { return graph_->bf16_activations(); }
 
-std::vector<float> Trainer::params() const { return ToHost(device_, *d_params_); }
+absl::StatusOr<std::vector<float>> Trainer::ReadBuffer(const DeviceBuffer& b) const {
+  std::vector<float> out(b.size());
+  device_->CopyToHost(b.data(), b.size(), out.data());
+  RETURN_IF_ERROR(device_->TakeError());
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> Trainer::ReadParams() const { return ReadBuffer(*d_params_); }
+
+std::vector<float> Trainer::params() const {
+  absl::StatusOr<std::vector<float>> p = ReadParams();
+  return p.ok() ? *std::move(p) : std::vector<float>(d_params_->size(), NAN);
+}
 
 const std::vector<int64_t>& Trainer::EpochOrder(int64_t epoch) {
   if (epoch == order_epoch_) return order_;
@@ -130,6 +133,7 @@ absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& row
     loss += l;
     targets += b.num_targets();
   }
+  RETURN_IF_ERROR(device_->TakeError());  // the losses were read: trust them only now
   return loss / static_cast<double>(targets);
 }
 
@@ -162,6 +166,8 @@ absl::StatusOr<StepReport> Trainer::Step() {
   // norm before the optimizer changes the adapter.
   float host_sums[2] = {0.0f, 0.0f};
   device_->CopyToHost(sums, 2, host_sums);
+  // A device failure, not the learning rate, when the device says so (its reads are NaN).
+  RETURN_IF_ERROR(device_->TakeError());
   StepReport r;
   r.epoch = epoch;
   r.loss = host_sums[0] / static_cast<double>(std::max<int64_t>(1, targets));
@@ -228,7 +234,9 @@ absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
   if (!best_eval_ || loss < *best_eval_) {
     best_eval_ = loss;
     evals_without_improvement_ = 0;
-    if (options_.early_stopping_patience > 0) best_params_ = params();
+    if (options_.early_stopping_patience > 0) {
+      ASSIGN_OR_RETURN(best_params_, ReadParams());
+    }
   } else if (options_.early_stopping_patience > 0 &&
              ++evals_without_improvement_ >= options_.early_stopping_patience) {
     // Keep the best adapter seen, as load_best_model_at_end does.

@@ -99,7 +99,10 @@ class Trainer {
   // Mean validation loss per target token (no dropout).
   absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows);
 
-  // The adapter's current parameters (a host copy), in layout() order.
+  // The adapter's current parameters (a host copy), in layout() order; an error where the
+  // device failed (Device::TakeError), so that a lost device's values are never stored.
+  absl::StatusOr<std::vector<float>> ReadParams() const;
+  // ReadParams, NaN where the device failed (tests and callers that compare).
   std::vector<float> params() const;
   const LoraLayout& layout() const { return *layout_; }
   const TrainerOptions& options() const { return options_; }
@@ -111,6 +114,8 @@ class Trainer {
   std::optional<double> best_eval_loss() const { return best_eval_; }
 
  private:
+  // A device buffer's contents, checked against the device's errors.
+  absl::StatusOr<std::vector<float>> ReadBuffer(const DeviceBuffer& b) const;
   Trainer() = default;
   absl::StatusOr<StepReport> Step();
   // The seeded row permutation of `epoch`, computed once per epoch (not per step).

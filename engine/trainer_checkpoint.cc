@@ -17,12 +17,6 @@ namespace {
 
 constexpr int kCheckpointVersion = 1;
 
-std::vector<float> ToHost(Device* device, const DeviceBuffer& b) {
-  std::vector<float> out(b.size());
-  device->CopyToHost(b.data(), b.size(), out.data());
-  return out;
-}
-
 }  // namespace
 
 absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
@@ -41,12 +35,16 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   const std::string tmp = dir + ".partial";
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  RETURN_IF_ERROR(SavePeftAdapter(tmp, model_->config(), options_.lora, params()));
+  // Read before anything is written: a failed device's values (NaN) are never stored.
+  ASSIGN_OR_RETURN(std::vector<float> params, ReadParams());
+  ASSIGN_OR_RETURN(std::vector<float> exp_avg, ReadBuffer(*d_m_));
+  ASSIGN_OR_RETURN(std::vector<float> exp_avg_sq, ReadBuffer(*d_v_));
+  RETURN_IF_ERROR(SavePeftAdapter(tmp, model_->config(), options_.lora, params));
   SafetensorsWriter w;
   w.SetMetadata("format", "pt");
   const int64_t n = layout_->num_params();
-  w.AddF32("exp_avg", {n}, ToHost(device_, *d_m_));
-  w.AddF32("exp_avg_sq", {n}, ToHost(device_, *d_v_));
+  w.AddF32("exp_avg", {n}, exp_avg);
+  w.AddF32("exp_avg_sq", {n}, exp_avg_sq);
   if (!best_params_.empty()) w.AddF32("best_params", {n}, best_params_);
   RETURN_IF_ERROR(w.WriteTo((fs::path(tmp) / "optimizer.safetensors").string()));
   nlohmann::ordered_json state = {

@@ -187,7 +187,8 @@ absl::Status TrainCommand(int argc, char** argv) {
   PeftExportOptions eo;
   eo.base_model_name_or_path = model_path;
   eo.rewrite_rslora_alpha = a.Has("export-rslora-as-plain");
-  RETURN_IF_ERROR(SavePeftAdapter(out, config, trainer->options().lora, trainer->params(), eo));
+  ASSIGN_OR_RETURN(std::vector<float> params, trainer->ReadParams());
+  RETURN_IF_ERROR(SavePeftAdapter(out, config, trainer->options().lora, params, eo));
   // Our own record of the run, next to (never inside) adapter_config.json.
   nlohmann::ordered_json summary = {{"base_model", model_path},
                                     {"base_quantized", m.model->quantized()},

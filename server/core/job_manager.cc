@@ -64,9 +64,13 @@ struct JobManager::Worker {
   // Reserved bytes of admitted jobs (their estimates), for admission and DeviceInfo.
   std::atomic<int64_t> jobs_bytes{0};
   std::atomic<int> jobs_running{0};
+  // The device failed for good: its jobs are back in the queue and the worker has stopped.
+  std::atomic<bool> lost{false};
+  absl::Status lost_in_start;  // StartJob found the device lost (the worker thread's alone)
   // The device's memory accounting, published by the worker thread (which alone drives it).
   absl::Mutex usage_mu;
   DeviceMemoryUsage usage ABSL_GUARDED_BY(usage_mu);
+  std::string lost_reason ABSL_GUARDED_BY(usage_mu);
   void PublishUsage() {
     const DeviceMemoryUsage u = device->memory_usage();
     absl::MutexLock lock(&usage_mu);
@@ -86,6 +90,7 @@ struct JobManager::ActiveJob {
   absl::Status failure;
   std::string failure_parameter;
   bool failure_is_user = false;
+  std::vector<float> final_params;  // the adapter, read once the last step is done
 };
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerStores& stores,
@@ -137,7 +142,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
                                                   : std::max(1, cores / cpu_devices);
       w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
                                                   : PhysicalMemoryBytes() / 2 / cpu_devices;
-      w->device = CreateCpuDevice(w->threads);
+      auto fault = options.cpu_device_faults.find(name);
+      w->device = fault == options.cpu_device_faults.end()
+                      ? CreateCpuDevice(w->threads)
+                      : CreateCpuDevice(w->threads, fault->second);
     }
     w->pool = std::make_unique<ModelPool>(w->device.get());
     m->workers_.push_back(std::move(w));
@@ -546,6 +554,11 @@ std::vector<DeviceInfo> JobManager::Devices() const {
       d.usage = w->usage;
     }
     d.jobs_running = w->jobs_running.load();
+    d.lost = w->lost.load();
+    if (d.lost) {
+      absl::MutexLock lock(&w->usage_mu);
+      d.lost_reason = w->lost_reason;
+    }
     out.push_back(d);
   }
   return out;
@@ -625,7 +638,12 @@ void JobManager::WorkerLoop(Worker* w) {
     if (stopping) break;
     for (const QueuedJob& q : admitted) {
       w->jobs_bytes += q.job_bytes;
-      std::unique_ptr<ActiveJob> a = StartJob(w, q);
+      std::unique_ptr<ActiveJob> a;
+      if (w->lost_in_start.ok()) {
+        a = StartJob(w, q);
+      } else {
+        RequeueFromLostDevice(q, w->lost_in_start);  // not started on a lost device
+      }
       if (a) {
         ++w->jobs_running;
         active.push_back(std::move(a));
@@ -637,6 +655,10 @@ void JobManager::WorkerLoop(Worker* w) {
         work_cv_.SignalAll();
       }
     }
+    if (!w->lost_in_start.ok()) {
+      LoseDevice(w, active, w->lost_in_start);
+      break;
+    }
     w->PublishUsage();
     if (active.empty()) {
       // Nothing fits yet (or every admitted job failed to start): wait for a change.
@@ -644,6 +666,7 @@ void JobManager::WorkerLoop(Worker* w) {
       if (!stopping_) work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(200));
       continue;
     }
+    absl::Status lost;  // the device failed for good (kUnavailable)
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       const StepOutcome outcome = RunStep(w, **it);
@@ -653,12 +676,20 @@ void JobManager::WorkerLoop(Worker* w) {
         ++it;
         continue;
       }
+      if (outcome == StepOutcome::kDeviceLost) {
+        lost = (*it)->failure;
+        break;
+      }
       ReleaseQuota((*it)->job.tenant());
       Finish(**it, outcome);
       Release(**it);
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
       it = active.erase(it);
+    }
+    if (!lost.ok()) {
+      LoseDevice(w, active, lost);
+      break;
     }
   }
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
@@ -687,6 +718,56 @@ void JobManager::WorkerLoop(Worker* w) {
     Release(*a);
   }
   active.clear();
+  Notify();
+}
+
+void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,
+                            const absl::Status& why) {
+  std::fprintf(stderr, "qlorad: %s is lost; its %zu jobs go back to the queue: %s\n",
+               w->name.c_str(), active.size(), std::string(why.message()).c_str());
+  for (auto& a : active) {
+    ReleaseQuota(a->job.tenant());
+    RequeueFromLostDevice(a->entry, why);
+    w->jobs_bytes -= a->entry.job_bytes;
+    --w->jobs_running;
+    if (stores_.metrics != nullptr) {  // back when the job runs again
+      stores_.metrics->Remove(metrics::kJobLoss, {a->job.id()});
+      stores_.metrics->Remove(metrics::kJobProgress, {a->job.id()});
+    }
+  }
+  active.clear();  // the trainers' device memory, as far as a lost device frees anything
+  {
+    absl::MutexLock lock(&w->usage_mu);
+    w->lost_reason = std::string(why.message());
+  }
+  w->lost = true;  // last: whoever sees it sees the jobs back in the queue
+}
+
+void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
+  auto job = stores_.jobs->Get(entry.tenant, entry.id);
+  if (!job.ok()) return;
+  if (job->state() == v1::RUNNING) {
+    auto moved = stores_.jobs->Transition(
+        entry.tenant, entry.id, JobState::kQueued,
+        absl::StrCat(why.message(), "; the job resumes from its last checkpoint on another device"),
+        [](v1::Job& j) { j.clear_device(); });
+    if (!moved.ok()) {
+      std::fprintf(stderr, "qlorad: job %s: %s\n", entry.id.c_str(),
+                   std::string(moved.status().message()).c_str());
+      return;
+    }
+  } else if (job->state() != v1::QUEUED) {
+    return;  // it ended meanwhile (a cancel)
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    live_.erase(entry.id);
+    queue_.push_back(entry);  // its old arrival: its old place in the queue
+    if (cancel_flags_.count(entry.id) == 0) {
+      cancel_flags_[entry.id] = std::make_shared<std::atomic<bool>>(false);
+    }
+    work_cv_.SignalAll();
+  }
   Notify();
 }
 
@@ -766,6 +847,7 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
       r.Set(metrics::kEngineMemory, {d.name, category}, static_cast<double>(bytes));
     }
     r.Set(metrics::kBaseModelsLoaded, {d.name}, d.base_models_loaded);
+    r.Set(metrics::kDeviceUp, {d.name}, d.lost ? 0.0 : 1.0);
   }
   {
     absl::MutexLock lock(&mu_);
@@ -805,6 +887,12 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     return nullptr;
   }
   auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
+    // A setup error on a device that is now lost is the device's: the job waits for another.
+    if (absl::Status device = w->device->TakeError(); absl::IsUnavailable(device)) {
+      w->lost_in_start = device;  // the worker loses the device once its starts are done
+      RequeueFromLostDevice(q, device);
+      return nullptr;
+    }
     FailJob(q.tenant, q.id, s, parameter, user);
     return nullptr;
   };
@@ -944,7 +1032,8 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (!s.ok()) {
     a.failure = s;
-    if (absl::IsFailedPrecondition(s)) {  // the watchdog: the loss diverged
+    if (absl::IsUnavailable(s)) return StepOutcome::kDeviceLost;  // not this job's doing
+    if (absl::IsFailedPrecondition(s)) {                          // the watchdog: the loss diverged
       a.failure_parameter = "hyperparameters.learning_rate";
       a.failure_is_user = true;
     } else if (absl::IsResourceExhausted(s)) {
@@ -1015,7 +1104,16 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       Notify();
     }
   }
-  if (done) return StepOutcome::kSucceeded;
+  if (done) {
+    // The adapter is read here, where a lost device can still send the job elsewhere.
+    absl::StatusOr<std::vector<float>> params = a.trainer->ReadParams();
+    if (!params.ok()) {
+      a.failure = params.status();
+      return absl::IsUnavailable(params.status()) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
+    }
+    a.final_params = *std::move(params);
+    return StepOutcome::kSucceeded;
+  }
   if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {
     absl::Status saved = SaveCheckpoint(a);
     if (!saved.ok()) {
@@ -1063,7 +1161,7 @@ void JobManager::Finish(ActiveJob& a, StepOutcome outcome) {
   fs::remove_all(dir, ec);
   PeftExportOptions eo;
   eo.base_model_name_or_path = a.job.model();
-  absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.trainer->params(), eo);
+  absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo);
   if (!saved.ok()) {
     FailJob(tenant, id, saved, "", false);
     return;

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "engine/device.h"
 #include "qlorad/v1/jobs.pb.h"
 #include "server/core/adapter_store.h"
 #include "server/core/checkpoint_store.h"
@@ -50,6 +51,9 @@ struct JobManagerOptions {
   double progress_interval_seconds = 1.0;
   ServerLimits limits;
   std::string scratch_dir;  // temporary files (checkpoint and adapter folders)
+  // Faults for CPU devices to report, by name ("cpu:0"), for tests of what the daemon does
+  // when a device fails (CpuDeviceFaults; a GPU fault cannot be caused on demand).
+  std::map<std::string, CpuDeviceFaults> cpu_device_faults;
 };
 
 struct JobManagerStores {
@@ -70,6 +74,10 @@ struct DeviceInfo {
   int64_t base_model_bytes = 0;
   int base_models_loaded = 0;
   int jobs_running = 0;
+  // The device failed for good (a GPU kernel fault); its jobs went back to the queue, and it
+  // takes no more until the daemon restarts. `lost_reason` says what happened.
+  bool lost = false;
+  std::string lost_reason;
 };
 
 class JobManager {
@@ -120,7 +128,7 @@ class JobManager {
  private:
   struct Worker;
   struct ActiveJob;
-  enum class StepOutcome { kContinue, kSucceeded, kFailed, kCancelled };
+  enum class StepOutcome { kContinue, kSucceeded, kFailed, kCancelled, kDeviceLost };
 
   JobManager(const JobManagerStores& stores, const JobManagerOptions& options);
   void WorkerLoop(Worker* w);
@@ -129,6 +137,14 @@ class JobManager {
   std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   void Finish(ActiveJob& a, StepOutcome outcome);
+  // The worker's device is lost (Device::TakeError said kUnavailable): it takes no more jobs,
+  // and each of `active` goes back to the queue.
+  void LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,
+                  const absl::Status& why);
+  // A job of a lost device goes back to the queue in its old place, to resume from its last
+  // checkpoint (or its start) on another device; nothing is read from the lost device again.
+  void RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
                const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);

@@ -56,6 +56,9 @@ void DeclareDaemonMetrics(Registry& r) {
             "per device however many jobs share them.",
             {"device", "category"});
   r.Declare(kBaseModelsLoaded, Type::kGauge, "Base models loaded on a device.", {"device"});
+  r.Declare(kDeviceUp, Type::kGauge,
+            "1 while a device trains; 0 once it failed for good (a GPU fault) until a restart.",
+            {"device"});
   r.Declare(kJobs, Type::kGauge, "Jobs by state.", {"state"});
   r.Declare(kQueueDepth, Type::kGauge, "Jobs waiting in the queue.", {});
   r.Declare(kJobsFinished, Type::kCounter, "Jobs that ended, by result.", {"result"});

@@ -67,6 +67,40 @@ class TrainerTest : public ::testing::Test {
   std::vector<TokenizedExample> examples_;
 };
 
+// A device whose reads fail (as a CUDA device's do after an error: NaN) makes the step return
+// the device's error, not "loss became nan; lower the learning rate", and nothing of it is
+// stored: the checkpoint refuses to write. A lost device stays lost; one that recovered (out
+// of memory) trains on.
+TEST_F(TrainerTest, DeviceFailuresAreReportedAndNeverStored) {
+  for (const absl::Status& fault :
+       {absl::UnavailableError("lost (injected)"), absl::ResourceExhaustedError("no memory")}) {
+    SCOPED_TRACE(fault.ToString());
+    auto src = OpenModelSource(Stories260kHf());
+    ASSERT_TRUE(src.ok()) << src.status();
+    // One read a step: step 1 reads fine, step 2 meets the fault.
+    auto device = CreateCpuDevice(0, CpuDeviceFaults{1, fault});
+    auto model = LlamaModel::Create(std::move(src->weights), device.get(), {});
+    ASSERT_TRUE(model.ok());
+    auto t = Trainer::Create(model->get(), Rows(), {}, Small());
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE((*t)->RunUntil(1).ok());
+    const absl::Status failed = (*t)->RunUntil(2);
+    EXPECT_EQ(failed.code(), fault.code()) << failed;
+    EXPECT_EQ((*t)->step(), 1);  // the optimizer did not step on NaN
+    const std::string dir = TempDir("faulty") + "/ckpt";
+    if (absl::IsUnavailable(fault)) {
+      EXPECT_TRUE(absl::IsUnavailable((*t)->SaveCheckpoint(dir)));
+      EXPECT_FALSE(std::filesystem::exists(dir + ".partial/adapter_model.safetensors"));
+      EXPECT_FALSE(std::filesystem::exists(dir));
+      EXPECT_TRUE(absl::IsUnavailable((*t)->ReadParams().status()));
+    } else {
+      EXPECT_TRUE((*t)->RunUntil(3).ok());  // the error was taken: the device works again
+      EXPECT_EQ((*t)->step(), 3);
+      EXPECT_TRUE((*t)->SaveCheckpoint(dir).ok());
+    }
+  }
+}
+
 TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
   const std::string dir = TempDir("resume") + "/ckpt";
   auto straight = Make(Small());

@@ -236,6 +236,93 @@ TEST_F(JobManagerTest, AnIdempotentRetryIsAnsweredEvenAtTheJobLimit) {
   for (const std::string& id : ids) EXPECT_EQ(manager_->CancelJob("a", id)->state(), v1::CANCELLED);
 }
 
+// The state changes recorded for a job, as "FROM->TO: reason" lines.
+std::vector<std::string> StateChanges(JobStore& jobs, const std::string& tenant,
+                                      const std::string& id) {
+  std::vector<std::string> out;
+  auto events = jobs.Events(tenant, id, 0, 1000);
+  EXPECT_TRUE(events.ok());
+  if (!events.ok()) return out;
+  for (const v1::JobEvent& e : *events) {
+    if (!e.has_state_change()) continue;
+    out.push_back(v1::JobState_Name(e.state_change().from()) + "->" +
+                  v1::JobState_Name(e.state_change().to()) + ": " + e.state_change().reason());
+  }
+  return out;
+}
+
+bool AnyContains(const std::vector<std::string>& lines, const std::string& part) {
+  for (const std::string& l : lines) {
+    if (l.find(part) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A device that fails for good mid-job (what a GPU kernel fault does to the CUDA context): the
+// job is not failed, and not blamed on its learning rate (the failed device's reads are NaN);
+// it goes back to the queue with its checkpoint, the device takes no more jobs and says so,
+// and after a restart the job resumes from that checkpoint and finishes.
+TEST_F(JobManagerTest, ALostDeviceSendsItsJobBackToResumeFromItsCheckpoint) {
+  JobManagerOptions o = Options("cpu:0");
+  o.checkpoint_every = 2;
+  // Reads of results: one a step, three a checkpoint (adapter, two moments); the seventh read,
+  // in step 4, is the first the lost device answers with NaN.
+  o.cpu_device_faults["cpu:0"] = {6, absl::UnavailableError("cpu:0 is lost (injected)")};
+  StartManager(o);
+  auto job = manager_->CreateJob(T("a"), Request("a", 8));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (!manager_->Devices()[0].lost && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const DeviceInfo device = manager_->Devices()[0];
+  ASSERT_TRUE(device.lost);
+  EXPECT_NE(device.lost_reason.find("injected"), std::string::npos) << device.lost_reason;
+  EXPECT_EQ(device.jobs_running, 0);
+  const v1::Job back = WaitFor("a", job->id(), [](const v1::Job& j) {
+    return j.state() == v1::QUEUED && j.device().empty();
+  });
+  EXPECT_FALSE(back.has_error()) << back.error().message();
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", job->id()),
+                          "RUNNING->QUEUED: cpu:0 is lost (injected); the job resumes from its "
+                          "last checkpoint on another device"));
+  auto kept = checkpoints_->List();
+  ASSERT_TRUE(kept.ok());
+  ASSERT_EQ(kept->size(), 1u);  // the checkpoint of step 2 is kept, not deleted with a failure
+  absl::SleepFor(absl::Milliseconds(300));  // the lost device takes the queued job no more
+  EXPECT_EQ(manager_->GetJob("a", job->id())->state(), v1::QUEUED);
+
+  manager_->Shutdown();  // a restart: the card works again
+  manager_.reset();
+  StartManager(Options("cpu:0"));
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 8);
+  EXPECT_FALSE(done.adapter_id().empty());
+  EXPECT_TRUE(
+      AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
+}
+
+// A failure the device recovers from (out of memory): the job fails as the system's fault,
+// not the user's, and the device goes on with the next job.
+TEST_F(JobManagerTest, ARecoverableDeviceErrorFailsOnlyTheJobThatMetIt) {
+  JobManagerOptions o = Options("cpu:0", 0, 1);
+  o.cpu_device_faults["cpu:0"] = {2, absl::ResourceExhaustedError("cpu:0: out of memory")};
+  StartManager(o);
+  auto first = manager_->CreateJob(T("a"), Request("a", 6));
+  ASSERT_TRUE(first.ok()) << first.status();
+  const v1::Job failed = WaitFor("a", first->id(), HasEnded);
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_FALSE(failed.error().user_error());
+  EXPECT_EQ(failed.error().parameter(), "");  // not hyperparameters.learning_rate
+  EXPECT_NE(failed.error().message().find("out of memory"), std::string::npos)
+      << failed.error().message();
+  auto second = manager_->CreateJob(T("b"), Request("b", 3));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(WaitFor("b", second->id(), HasEnded).state(), v1::SUCCEEDED);
+  EXPECT_FALSE(manager_->Devices()[0].lost);
+}
+
 TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
   JobManagerOptions o;
   o.devices = "gpu0";
