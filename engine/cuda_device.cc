@@ -33,7 +33,9 @@ struct Counters {
   int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0;
 };
 
-// Device memory owned by one object, released when it goes away.
+// Device memory owned by one object, released when it goes away: on the card it came from,
+// made current for the free (the thread that drops the last owner, a daemon worker at
+// shutdown say, may have another card current, or none, which would make a context on card 0).
 class CudaMemory {
  public:
   CudaMemory() = default;
@@ -41,13 +43,10 @@ class CudaMemory {
   CudaMemory(const CudaMemory&) = delete;
   CudaMemory& operator=(const CudaMemory&) = delete;
   // cudaFree waits for the device, so work still reading the memory finishes first.
-  ~CudaMemory() {
-    if (p_ != nullptr) cudaFree(p_);
-  }
+  ~CudaMemory() { Free(); }
   cudaError_t Allocate(size_t bytes) {
-    if (p_ != nullptr) cudaFree(p_);
-    p_ = nullptr;
-    bytes_ = 0;
+    Free();
+    cudaGetDevice(&device_);  // the caller made its card current
     const cudaError_t e = managed_ ? cudaMallocManaged(&p_, bytes > 0 ? bytes : 1)
                                    : cudaMalloc(&p_, bytes > 0 ? bytes : 1);
     if (e == cudaSuccess) bytes_ = bytes;
@@ -57,9 +56,22 @@ class CudaMemory {
   size_t bytes() const { return bytes_; }
 
  private:
+  void Free() {
+    if (p_ != nullptr) {
+      int current = device_;
+      cudaGetDevice(&current);
+      if (current != device_) cudaSetDevice(device_);
+      cudaFree(p_);
+      if (current != device_) cudaSetDevice(current);
+    }
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+
   void* p_ = nullptr;
   size_t bytes_ = 0;
   bool managed_ = false;
+  int device_ = 0;
 };
 
 class CudaBuffer : public DeviceBuffer {
@@ -146,7 +158,18 @@ class CudaDevice : public Device {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
     }
     d->device_name_ = prop.name;
+    // The kernels use bf16 tensor cores, ldmatrix and cp.async, and are built for sm_80 and up.
+    if (prop.major < 8) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cuda:", ordinal, " (", prop.name, ") has compute capability ", prop.major, ".",
+          prop.minor, "; qlorad's kernels need 8.0 or newer (A100, H100, H200, L40, RTX 30xx up)"));
+    }
     cudaDeviceGetAttribute(&d->max_shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, ordinal);
+    // Paging optimizer state needs prefetches that the card takes while it computes; where it
+    // cannot (some virtualised or Windows setups), the state stays resident.
+    int concurrent_managed = 0;
+    cudaDeviceGetAttribute(&concurrent_managed, cudaDevAttrConcurrentManagedAccess, ordinal);
+    d->pageable_ = concurrent_managed != 0;
     if (cublasCreate(&d->blas_) != CUBLAS_STATUS_SUCCESS) {
       return absl::UnavailableError(absl::StrCat("cuda:", ordinal, ": cuBLAS did not start"));
     }
@@ -159,6 +182,16 @@ class CudaDevice : public Device {
         (e = d->partial_.Allocate(1024 * sizeof(double))) != cudaSuccess) {
       return absl::ResourceExhaustedError(
           absl::StrCat("cuda:", ordinal, ": ", cudaGetErrorString(e)));
+    }
+    // One kernel, run to the end, before any job trusts the card: a build without code for it
+    // (or a driver that cannot load that code) fails here, with the reason, not mid-job.
+    if ((e = kc::FillValue(static_cast<float*>(d->partial_.get()), 1, 0.0f, d->stream_)) !=
+            cudaSuccess ||
+        (e = cudaStreamSynchronize(d->stream_)) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::FailedPreconditionError(
+          absl::StrCat("cuda:", ordinal, " (", prop.name, ", compute capability ", prop.major, ".",
+                       prop.minor, ") cannot run qlorad's kernels: ", cudaGetErrorString(e)));
     }
     return std::unique_ptr<Device>(std::move(d));
   }
@@ -195,7 +228,7 @@ class CudaDevice : public Device {
                                           optimizer ? &Counters::optimizer_device
                                           : kind == BufferKind::kAdapter ? &Counters::adapters
                                                                          : &Counters::activations,
-                                          floats, optimizer);
+                                          floats, optimizer && pageable_);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
       return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
@@ -210,7 +243,7 @@ class CudaDevice : public Device {
     const bool now = b.category() != &Counters::optimizer_host;
     if (b.category() != &Counters::optimizer_device && b.category() != &Counters::optimizer_host)
       return;  // only optimizer state pages
-    if (now == resident || b.size() == 0) return;
+    if (now == resident || b.size() == 0 || !pageable_) return;
     Enter();
 #if CUDART_VERSION >= 13000
     cudaMemLocation target{};
@@ -1178,6 +1211,7 @@ class CudaDevice : public Device {
   cublasHandle_t blas_ = nullptr;
   bool failed_ = false;
   bool lost_ = false;
+  bool pageable_ = true;      // optimizer state in managed memory, paged out between steps
   absl::Status error_;        // the first failure since TakeError last took one
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
@@ -1189,22 +1223,17 @@ class CudaDevice : public Device {
 
 }  // namespace
 
-int CudaDeviceCount() {
+int CudaDeviceCount(std::string* why_none) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
     cudaGetLastError();
-    return 0;
+    n = 0;
+  }
+  if (n == 0 && why_none != nullptr) {
+    *why_none = e != cudaSuccess ? cudaGetErrorString(e) : "the driver sees no GPU";
   }
   return n;
-}
-
-int64_t CudaDeviceMemoryBytes(int ordinal) {
-  size_t free_bytes = 0, total = 0;
-  if (cudaSetDevice(ordinal) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return static_cast<int64_t>(total);
 }
 
 bool StartCudaOpProfile(Device* device) {
@@ -1219,10 +1248,12 @@ std::vector<CudaOpTime> TakeCudaOpProfile(Device* device) {
 
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
                                                          const CudaDeviceOptions& options) {
-  const int n = CudaDeviceCount();
+  std::string why_none;
+  const int n = CudaDeviceCount(&why_none);
   if (ordinal < 0 || ordinal >= n) {
-    return absl::NotFoundError(
-        absl::StrCat("cuda:", ordinal, ": no such device (", n, " CUDA devices usable)"));
+    return absl::NotFoundError(absl::StrCat("cuda:", ordinal, ": no such device (", n,
+                                            " CUDA devices usable", why_none.empty() ? "" : ": ",
+                                            why_none, ")"));
   }
   return CudaDevice::Create(ordinal, options);
 }

@@ -14,11 +14,9 @@
 
 namespace qlorad {
 
-// Number of usable CUDA devices (0 when the build has no CUDA, no driver or no GPU).
-int CudaDeviceCount();
-
-// Total memory of CUDA device `ordinal` in bytes (0 when unknown).
-int64_t CudaDeviceMemoryBytes(int ordinal);
+// Number of usable CUDA devices (0 when the build has no CUDA, no driver or no GPU; then
+// `why_none`, if given, says which, with the runtime's words).
+int CudaDeviceCount(std::string* why_none = nullptr);
 
 struct CudaDeviceOptions {
   // GEMMs on bf16 tensor cores with float32 accumulation (cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF:

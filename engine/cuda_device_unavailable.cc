@@ -5,9 +5,10 @@
 
 namespace qlorad {
 
-int CudaDeviceCount() { return 0; }
-
-int64_t CudaDeviceMemoryBytes(int) { return 0; }
+int CudaDeviceCount(std::string* why_none) {
+  if (why_none != nullptr) *why_none = "this build has no CUDA backend";
+  return 0;
+}
 
 absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(int ordinal,
                                                          const CudaDeviceOptions& options) {

@@ -96,12 +96,19 @@ struct JobManager::ActiveJob {
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerStores& stores,
                                                                const JobManagerOptions& options) {
   auto m = std::unique_ptr<JobManager>(new JobManager(stores, options));
+  const bool automatic = options.devices.empty() || options.devices == "auto";
   std::vector<std::string> names;
-  if (options.devices.empty() || options.devices == "auto") {
-    // Every GPU, or one CPU device where there is none.
-    const int gpus = CudaDeviceCount();
+  if (automatic) {
+    // Every GPU, or one CPU device where there is none (saying why: a GPU host whose driver
+    // is too old should not train on its CPU unnoticed).
+    std::string why_none;
+    const int gpus = CudaDeviceCount(&why_none);
     for (int i = 0; i < gpus; ++i) names.push_back(absl::StrCat("cuda:", i));
-    if (gpus == 0) names.push_back("cpu:0");
+    if (gpus == 0) {
+      std::fprintf(stderr, "qlorad: --devices auto: no GPU (%s); training on cpu:0\n",
+                   why_none.c_str());
+      names.push_back("cpu:0");
+    }
   } else {
     for (absl::string_view d : absl::StrSplit(options.devices, ',', absl::SkipEmpty())) {
       names.emplace_back(d);
@@ -109,46 +116,70 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
   }
   std::set<std::string> seen;
   int cpu_devices = 0;
-  for (const std::string& n : names) {
+  for (std::string& n : names) {
     int index = 0;
     const bool cpu = n.rfind("cpu:", 0) == 0, gpu = n.rfind("cuda:", 0) == 0;
     if (!(cpu || gpu) || !absl::SimpleAtoi(n.substr(cpu ? 4 : 5), &index) || index < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--devices: '", n, "' is not a device (cpu:0, cuda:0, a comma-separated list, or auto)"));
     }
-    if (!seen.insert(n).second)
-      return absl::InvalidArgumentError(absl::StrCat("--devices: ", n, " is listed twice"));
+    // One spelling per device (cuda:00 is cuda:0): two workers must never share a card.
+    const std::string canonical = absl::StrCat(cpu ? "cpu:" : "cuda:", index);
+    if (!seen.insert(canonical).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--devices: ", canonical, " is listed twice (as '", n, "')"));
+    }
+    n = canonical;
     cpu_devices += cpu;
   }
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  for (const std::string& name : names) {
+  // Devices are made here, before the worker threads start, so that Devices() never races
+  // with them.
+  auto add_cpu = [&](const std::string& name, int cpu_count) {
     auto w = std::make_unique<Worker>();
     w->name = name;
-    // Made here, before the worker threads start, so that Devices() never races with them.
-    if (name.rfind("cuda:", 0) == 0) {
-      const int ordinal = std::stoi(name.substr(5));
-      auto device = CreateCudaDevice(ordinal);
-      if (!device.ok()) {
-        return absl::Status(device.status().code(),
-                            absl::StrCat("--devices: ", device.status().message()));
-      }
-      w->device = std::move(*device);
-      w->threads = 1;
-      // Room for the CUDA context and allocator slack: admit up to 90% of the card.
-      w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
-                                                  : CudaDeviceMemoryBytes(ordinal) / 10 * 9;
-    } else {
-      w->threads = options.threads_per_device > 0 ? options.threads_per_device
-                                                  : std::max(1, cores / cpu_devices);
-      w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
-                                                  : PhysicalMemoryBytes() / 2 / cpu_devices;
-      auto fault = options.cpu_device_faults.find(name);
-      w->device = fault == options.cpu_device_faults.end()
-                      ? CreateCpuDevice(w->threads)
-                      : CreateCpuDevice(w->threads, fault->second);
-    }
+    w->threads = options.threads_per_device > 0 ? options.threads_per_device
+                                                : std::max(1, cores / cpu_count);
+    w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                : PhysicalMemoryBytes() / 2 / cpu_count;
+    auto fault = options.cpu_device_faults.find(name);
+    w->device = fault == options.cpu_device_faults.end()
+                    ? CreateCpuDevice(w->threads)
+                    : CreateCpuDevice(w->threads, fault->second);
     w->pool = std::make_unique<ModelPool>(w->device.get());
     m->workers_.push_back(std::move(w));
+  };
+  for (const std::string& name : names) {
+    if (name.rfind("cuda:", 0) != 0) {
+      add_cpu(name, cpu_devices);
+      continue;
+    }
+    const int ordinal = std::stoi(name.substr(5));
+    auto device = CreateCudaDevice(ordinal);
+    if (!device.ok()) {
+      if (automatic) {  // a card that cannot serve (too old, faulted, held): the others do
+        std::fprintf(stderr, "qlorad: --devices auto: skipping %s: %s\n", name.c_str(),
+                     std::string(device.status().message()).c_str());
+        continue;
+      }
+      return absl::Status(device.status().code(),
+                          absl::StrCat("--devices: ", device.status().message()));
+    }
+    auto w = std::make_unique<Worker>();
+    w->name = name;
+    w->device = std::move(*device);
+    w->threads = 1;
+    // Room for the CUDA context and allocator slack: up to 90% of the card, and no more than
+    // is free now (other processes, the inference device on the same card).
+    const DeviceMemoryUsage u = w->device->memory_usage();
+    w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
+                                                : std::min(u.device_total / 10 * 9, u.device_free);
+    w->pool = std::make_unique<ModelPool>(w->device.get());
+    m->workers_.push_back(std::move(w));
+  }
+  if (m->workers_.empty()) {  // auto, and no GPU could serve: the CPU does
+    std::fprintf(stderr, "qlorad: --devices auto: no GPU could be used; training on cpu:0\n");
+    add_cpu("cpu:0", 1);
   }
   if (m->options_.scratch_dir.empty()) {
     m->options_.scratch_dir = (fs::temp_directory_path() / "qlorad-scratch").string();

@@ -348,11 +348,39 @@ TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
     EXPECT_NE(r.status().message().find("--devices: cuda:0"), absl::string_view::npos)
         << r.status();
   }
-  o.devices = "cpu:0,cpu:0";
-  EXPECT_FALSE(JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
-                                   checkpoints_.get(), tenants_.get()},
-                                  o)
-                   .ok());
+  // A device listed twice, also under another spelling: two workers must never share it.
+  for (const char* twice : {"cpu:0,cpu:0", "cpu:0,cpu:00"}) {
+    o.devices = twice;
+    auto r = JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                                 checkpoints_.get(), tenants_.get()},
+                                o);
+    ASSERT_FALSE(r.ok()) << twice;
+    EXPECT_NE(r.status().message().find("cpu:0 is listed twice"), absl::string_view::npos)
+        << r.status();
+  }
+}
+
+// auto takes every GPU; without a usable one it trains on the CPU, and an explicit cuda:N
+// says why there is none (the runtime's words: no driver, a driver too old, no GPU).
+TEST_F(JobManagerTest, AutoTakesTheGpusOrTheCpuAndSaysWhyThereIsNoGpu) {
+  std::string why;
+  const int gpus = CudaDeviceCount(&why);
+  StartManager(Options("auto"));
+  if (gpus > 0) {
+    ASSERT_FALSE(manager_->Devices().empty());
+    for (const DeviceInfo& d : manager_->Devices()) EXPECT_EQ(d.name.rfind("cuda:", 0), 0u);
+    return;
+  }
+  EXPECT_FALSE(why.empty());
+  ASSERT_EQ(manager_->Devices().size(), 1u);
+  EXPECT_EQ(manager_->Devices()[0].name, "cpu:0");
+  JobManagerOptions o;
+  o.devices = "cuda:0";
+  auto r = JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
+                               checkpoints_.get(), tenants_.get()},
+                              o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(why), absl::string_view::npos) << r.status();
 }
 
 }  // namespace
