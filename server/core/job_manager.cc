@@ -596,7 +596,8 @@ std::vector<DeviceInfo> JobManager::Devices() const {
 }
 
 void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
-                             std::vector<QueuedJob>* admitted) {
+                             std::vector<QueuedJob>* admitted,
+                             std::vector<std::shared_ptr<PooledModel>>* evicted) {
   std::set<std::string> models_admitted;
   // One ordering per call: admitting a job raises its tenant's share exactly as QueueOrder
   // counts the jobs placed ahead, so walking this order matches recomputing it each time.
@@ -636,7 +637,7 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
       if (loaded || needed > available + w->pool->UnusedBytes()) break;
       std::set<std::string> keep = models_admitted;
       for (const auto& a : active) keep.insert(a->entry.model);
-      available += w->pool->EvictUnused(keep);
+      available += w->pool->EvictUnused(keep, evicted);
       if (needed > available) break;
     }
     models_admitted.insert(q.model);
@@ -659,12 +660,13 @@ void JobManager::WorkerLoop(Worker* w) {
     std::vector<QueuedJob> admitted;
     bool stopping = false;
     {
+      std::vector<std::shared_ptr<PooledModel>> evicted;  // released after the lock
       absl::MutexLock lock(&mu_);
       while (!stopping_ && active.empty() && queue_.empty()) {
         work_cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
       }
       stopping = stopping_;
-      if (!stopping) AdmitLocked(w, active, &admitted);
+      if (!stopping) AdmitLocked(w, active, &admitted, &evicted);
     }
     if (stopping) break;
     for (const QueuedJob& q : admitted) {

@@ -40,6 +40,8 @@
 
 namespace qlorad::core {
 
+struct PooledModel;  // server/core/model_pool.h
+
 struct JobManagerOptions {
   // "cuda:0,cpu:0,..."; "auto": every GPU, or one CPU device where there is none.
   std::string devices = "auto";
@@ -132,8 +134,11 @@ class JobManager {
 
   JobManager(const JobManagerStores& stores, const JobManagerOptions& options);
   void WorkerLoop(Worker* w);
+  // Models evicted to make room go to `evicted`, released by the caller after mu_.
   void AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
-                   std::vector<QueuedJob>* admitted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                   std::vector<QueuedJob>* admitted,
+                   std::vector<std::shared_ptr<PooledModel>>* evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   void Finish(ActiveJob& a, StepOutcome outcome);

@@ -60,12 +60,14 @@ int ModelPool::LoadedCount() const {
   return static_cast<int>(models_.size());
 }
 
-int64_t ModelPool::EvictUnused(const std::set<std::string>& keep) {
+int64_t ModelPool::EvictUnused(const std::set<std::string>& keep,
+                               std::vector<std::shared_ptr<PooledModel>>* evicted) {
   absl::MutexLock lock(&mu_);
   int64_t freed = 0;
   for (auto it = models_.begin(); it != models_.end();) {
     if (it->second.use_count() == 1 && keep.count(it->first) == 0) {
       freed += it->second->bytes;
+      if (evicted != nullptr) evicted->push_back(std::move(it->second));
       it = models_.erase(it);
     } else {
       ++it;

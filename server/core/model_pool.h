@@ -45,8 +45,11 @@ class ModelPool {
   int64_t UnusedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int LoadedCount() const ABSL_LOCKS_EXCLUDED(mu_);
   // Drops models no job holds, except those in `keep` (admitted, not yet held); returns the
-  // bytes freed.
-  int64_t EvictUnused(const std::set<std::string>& keep = {}) ABSL_LOCKS_EXCLUDED(mu_);
+  // bytes freed. With `evicted`, the models are moved there for the caller to release where it
+  // holds no lock: freeing a GPU's weights waits for the card.
+  int64_t EvictUnused(const std::set<std::string>& keep = {},
+                      std::vector<std::shared_ptr<PooledModel>>* evicted = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   Device* device_;
