@@ -34,8 +34,8 @@ struct Counters {
 };
 
 // Device memory owned by one object, released when it goes away: on the card it came from,
-// made current for the free (the thread that drops the last owner, a daemon worker at
-// shutdown say, may have another card current, or none, which would make a context on card 0).
+// made current for the free (the thread that drops the last owner, the daemon's main thread at
+// shutdown say, may have another card current).
 class CudaMemory {
  public:
   CudaMemory() = default;
@@ -56,13 +56,13 @@ class CudaMemory {
   size_t bytes() const { return bytes_; }
 
  private:
+  // The card stays current afterwards: restoring a thread that had none would make a context
+  // on card 0, and every device call makes its own card current first anyway.
   void Free() {
     if (p_ != nullptr) {
-      int current = device_;
-      cudaGetDevice(&current);
-      if (current != device_) cudaSetDevice(device_);
+      int current = -1;
+      if (cudaGetDevice(&current) != cudaSuccess || current != device_) cudaSetDevice(device_);
       cudaFree(p_);
-      if (current != device_) cudaSetDevice(current);
     }
     p_ = nullptr;
     bytes_ = 0;
@@ -230,9 +230,7 @@ class CudaDevice : public Device {
                                                                          : &Counters::activations,
                                           floats, optimizer && pageable_);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
-      cudaGetLastError();  // an allocation failure is not sticky: the job fails, not the device
-      return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
-                                                       " bytes: ", cudaGetErrorString(e)));
+      return Refused(e, absl::StrCat("cannot allocate ", floats * 4, " bytes"));
     }
     return std::unique_ptr<DeviceBuffer>(std::move(b));
   }
@@ -316,11 +314,7 @@ class CudaDevice : public Device {
     } else {
       put(lin->values, values->data(), values->size() * 4);
     }
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(
-          absl::StrCat(name(), ": cannot place a weight: ", cudaGetErrorString(e)));
-    }
+    if (e != cudaSuccess) return Refused(e, "cannot place a weight");
     lin->Count();
     return std::unique_ptr<DeviceLinear>(std::move(lin));
   }
@@ -359,9 +353,7 @@ class CudaDevice : public Device {
     }
     if (e != cudaSuccess) {
       cudaStreamSynchronize(stream_);  // nothing may still read staging when it is freed
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(
-          absl::StrCat(name(), ": cannot quantize a weight: ", cudaGetErrorString(e)));
+      return Refused(e, "cannot quantize a weight");
     }
     lin->offset = q.offset;
     lin->blocksize = o.blocksize;
@@ -377,11 +369,7 @@ class CudaDevice : public Device {
                                           static_cast<int64_t>(v.size()));
     cudaError_t e = b->Allocate();
     if (e == cudaSuccess) e = UploadBytes(b->data(), v.data(), v.size() * 4);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(
-          absl::StrCat(name(), ": cannot place a tensor: ", cudaGetErrorString(e)));
-    }
+    if (e != cudaSuccess) return Refused(e, "cannot place a tensor");
     return std::unique_ptr<DeviceBuffer>(std::move(b));
   }
 
@@ -650,10 +638,10 @@ class CudaDevice : public Device {
     const int64_t floats = ConversionScratchFloats(shape);
     if (floats == 0) return absl::OkStatus();
     Enter();
-    if (Grow(&conversion_, static_cast<size_t>(floats) * 4) != cudaSuccess) {
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(absl::StrCat(name(), ": cannot allocate ", floats * 4,
-                                                       " bytes to convert bf16 activations"));
+    if (const cudaError_t e = Grow(&conversion_, static_cast<size_t>(floats) * 4);
+        e != cudaSuccess) {
+      return Refused(
+          e, absl::StrCat("cannot allocate ", floats * 4, " bytes to convert bf16 activations"));
     }
     return absl::OkStatus();
   }
@@ -921,6 +909,15 @@ class CudaDevice : public Device {
                                           : absl::StatusCode::kInternal);
     }
   }
+  // A refused allocation or upload, as a status for the caller: out of memory fails only the
+  // caller's work; any other error (a fault this call met first) is also recorded, so that
+  // TakeError's probe can find the device lost.
+  absl::Status Refused(cudaError_t e, const std::string& what) {
+    if (e != cudaErrorMemoryAllocation) Fail(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+    cudaGetLastError();  // not sticky where it was memory: the job fails, not the device
+    return absl::ResourceExhaustedError(
+        absl::StrCat(name(), ": ", what, ": ", cudaGetErrorString(e)));
+  }
   void CheckBlas(cublasStatus_t s, const char* what) {
     if (s != CUBLAS_STATUS_SUCCESS) {
       Fail(absl::StrCat(what, " failed (status ", s, ")"),
@@ -935,16 +932,20 @@ class CudaDevice : public Device {
   // says the process must restart) makes the device lost for good.
   absl::Status TakeError() override {
     if (lost_) return error_;
-    if (!failed_) return absl::OkStatus();
     Enter();
-    cudaGetLastError();  // clears the thread's last error where it is not sticky
+    // The thread's last error (cleared here where it is not sticky), then a probe: the stream
+    // waits for its work, and a fault, even one no call has reported yet, fails it for good.
+    const cudaError_t last = cudaGetLastError();
     if (const cudaError_t probe = cudaStreamSynchronize(stream_); probe != cudaSuccess) {
       lost_ = true;
-      error_ = absl::UnavailableError(absl::StrCat(name(), " is lost until qlorad restarts (",
-                                                   cudaGetErrorString(probe),
-                                                   "); its first error: ", error_.message()));
+      failed_ = true;
+      error_ = absl::UnavailableError(
+          absl::StrCat(name(), " is lost until qlorad restarts (", cudaGetErrorString(probe), ")",
+                       error_.ok() ? "" : "; its first error: ", error_.message()));
       return error_;
     }
+    if (last != cudaSuccess) Check(last, "an earlier call");
+    if (!failed_) return absl::OkStatus();
     failed_ = false;
     return std::exchange(error_, absl::OkStatus());
   }

@@ -207,6 +207,9 @@ absl::StatusOr<StepReport> Trainer::Step() {
     device_->SetResident(*d_v_, true);
   }
   device_->AdamW(d_params_->data(), d_grads_->data(), d_m_->data(), d_v_->data(), n, ap);
+  // This step's own failures (the optimizer's launch, the paging) are this step's, not the
+  // next reader's: another job may read the device next.
+  RETURN_IF_ERROR(device_->TakeError());
   ++step_;
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -219,10 +222,11 @@ absl::StatusOr<StepReport> Trainer::Step() {
   return r;
 }
 
-void Trainer::PageOutOptimizer() {
-  if (!options_.paged_optimizer) return;
+absl::Status Trainer::PageOutOptimizer() {
+  if (!options_.paged_optimizer) return absl::OkStatus();
   device_->SetResident(*d_m_, false);
   device_->SetResident(*d_v_, false);
+  return device_->TakeError();  // a failed page-out is this job's
 }
 
 absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {

@@ -93,8 +93,8 @@ class Trainer {
 
   // With paged_optimizer: sends the AdamW moments to host memory until the next optimizer
   // step brings them back, so a job that waits (while other jobs step on its device) holds
-  // only its adapter on the card. No-op otherwise.
-  void PageOutOptimizer();
+  // only its adapter on the card. No-op otherwise. An error is the device's (TakeError).
+  absl::Status PageOutOptimizer();
 
   // Mean validation loss per target token (no dropout).
   absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows);

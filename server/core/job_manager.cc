@@ -200,7 +200,9 @@ JobManager::~JobManager() { Shutdown(); }
 
 int64_t JobManager::MaxDeviceBudget() const {
   int64_t best = 0;
-  for (const auto& w : workers_) best = std::max(best, w->budget);
+  for (const auto& w : workers_) {
+    if (!w->lost) best = std::max(best, w->budget);  // a lost device takes no job
+  }
   return best;
 }
 
@@ -404,6 +406,10 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   ASSIGN_OR_RETURN(v1::Hyperparameters resolved,
                    ResolveHyperparameters(req.hyperparameters(), *model, options_.limits,
                                           !req.validation_dataset().empty()));
+  if (std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->lost.load(); })) {
+    return absl::UnavailableError(
+        "every device of this node failed for good (qlorad_device_up is 0); restart qlorad");
+  }
   const int64_t job_bytes = JobBytes(ConfigFromModel(*model), resolved);
   const int64_t budget = MaxDeviceBudget();
   if (job_bytes + model->quantized_bytes() > budget) {
@@ -535,19 +541,22 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   }
   const absl::Time deadline = absl::Now() + wait;
   absl::MutexLock lock(&mu_);
-  auto queued =
-      std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
-  if (queued != queue_.end()) {
+  // A queued job is cancelled here and now; false where it is not in the queue.
+  auto cancel_queued = [&](absl::StatusOr<v1::Job>* done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto queued =
+        std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+    if (queued == queue_.end()) return false;
     queue_.erase(queued);
     cancel_flags_.erase(id);
-    ASSIGN_OR_RETURN(v1::Job done,
-                     stores_.jobs->Transition(tenant, id, JobState::kCancelled,
-                                              "cancelled by the client while queued"));
-    JobEnded(id, "cancelled");
+    *done = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
+                                     "cancelled by the client while queued");
+    if (done->ok()) JobEnded(id, "cancelled");
     Notify();
     work_cv_.SignalAll();
-    return done;
-  }
+    return true;
+  };
+  absl::StatusOr<v1::Job> done;
+  if (cancel_queued(&done)) return done;
   auto flag = cancel_flags_.find(id);
   if (flag == cancel_flags_.end()) {
     // Neither queued nor on a worker (a store write failed on its way): nothing else will end
@@ -559,9 +568,11 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     return done;
   }
   flag->second->store(true);
-  // The worker stops it after the current step; wait for the record to say so.
+  // The worker stops it after the current step; wait for the record to say so. A job sent back
+  // to the queue meanwhile (its device was lost) is cancelled from there.
   while (absl::Now() < deadline) {
     if (cancel_flags_.count(id) == 0) break;
+    if (cancel_queued(&done)) return done;
     work_cv_.WaitWithDeadline(&mu_, deadline);
   }
   auto now = stores_.jobs->Get(tenant, id);
@@ -684,7 +695,11 @@ void JobManager::WorkerLoop(Worker* w) {
         w->jobs_bytes -= q.job_bytes;
         absl::MutexLock lock(&mu_);
         --running_by_tenant_[q.tenant];
-        cancel_flags_.erase(q.id);
+        // A job sent back to the queue (its device was lost) keeps its flag: a cancel finds it.
+        if (std::none_of(queue_.begin(), queue_.end(),
+                         [&](const QueuedJob& x) { return x.id == q.id; })) {
+          cancel_flags_.erase(q.id);
+        }
         work_cv_.SignalAll();
       }
     }
@@ -702,10 +717,15 @@ void JobManager::WorkerLoop(Worker* w) {
     absl::Status lost;  // the device failed for good (kUnavailable)
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
-      const StepOutcome outcome = RunStep(w, **it);
-      if (outcome == StepOutcome::kContinue) {
+      StepOutcome outcome = RunStep(w, **it);
+      if (outcome == StepOutcome::kContinue && active.size() > 1) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
-        if (active.size() > 1) (*it)->trainer->PageOutOptimizer();
+        if (absl::Status paged = (*it)->trainer->PageOutOptimizer(); !paged.ok()) {
+          (*it)->failure = paged;
+          outcome = absl::IsUnavailable(paged) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
+        }
+      }
+      if (outcome == StepOutcome::kContinue) {
         ++it;
         continue;
       }
@@ -779,6 +799,27 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
 void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
   auto job = stores_.jobs->Get(entry.tenant, entry.id);
   if (!job.ok()) return;
+  bool cancel_asked = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto flag = cancel_flags_.find(entry.id);
+    cancel_asked = flag != cancel_flags_.end() && flag->second->load();
+  }
+  if (cancel_asked) {  // a cancel waits for this job: honoured, not deferred to another device
+    auto done =
+        stores_.jobs->Transition(entry.tenant, entry.id, JobState::kCancelled,
+                                 absl::StrCat("cancelled by the client (", why.message(), ")"),
+                                 [](v1::Job& j) { j.set_eta_seconds(0); });
+    if (done.ok()) {
+      (void)stores_.checkpoints->Delete(entry.tenant, entry.id);
+      JobEnded(entry.id, "cancelled");
+    }
+    absl::MutexLock lock(&mu_);
+    cancel_flags_.erase(entry.id);
+    live_.erase(entry.id);
+    work_cv_.SignalAll();
+    return;
+  }
   if (job->state() == v1::RUNNING) {
     auto moved = stores_.jobs->Transition(
         entry.tenant, entry.id, JobState::kQueued,
@@ -1064,6 +1105,11 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   const double step_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (!s.ok()) {
+    // A failure that left the device lost is the device's, whatever the step reported (an
+    // allocation refused by a faulted card reads as out of memory).
+    if (!absl::IsUnavailable(s)) {
+      if (absl::Status device = w->device->TakeError(); absl::IsUnavailable(device)) s = device;
+    }
     a.failure = s;
     if (absl::IsUnavailable(s)) return StepOutcome::kDeviceLost;  // not this job's doing
     if (absl::IsFailedPrecondition(s)) {                          // the watchdog: the loss diverged
@@ -1149,6 +1195,10 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   }
   if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {
     absl::Status saved = SaveCheckpoint(a);
+    if (absl::IsUnavailable(saved)) {  // the device, not the store: the job moves on
+      a.failure = saved;
+      return StepOutcome::kDeviceLost;
+    }
     if (!saved.ok()) {
       v1::JobEvent warning;
       warning.set_warning(

@@ -522,7 +522,9 @@ void TrainerAgrees(Device* cpu, Device* gpu) {
   GPU_CHECK(s.ok(), "paged run: %s", std::string(s.message()).c_str());
   GPU_CHECK((*t)->params() == adapters[1], "the paged run's adapter differs from the resident one");
   GPU_CHECK(gpu->memory_usage().optimizer_host == 0, "moments left the card while training");
-  (*t)->PageOutOptimizer();  // what the daemon does while other jobs step on the card
+  // What the daemon does while other jobs step on the card.
+  const absl::Status paged = (*t)->PageOutOptimizer();
+  GPU_CHECK(paged.ok(), "page-out: %s", std::string(paged.message()).c_str());
   const DeviceMemoryUsage u = gpu->memory_usage();
   const int64_t moments = 2 * 4 * static_cast<int64_t>(adapters[1].size());
   // Paging needs prefetches the card takes while it computes; without them the state stays.
