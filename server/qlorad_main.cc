@@ -59,6 +59,8 @@ ABSL_FLAG(std::string, inference_device, "cpu",
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the CPU generation/evaluation device; 0: all");
 ABSL_FLAG(int32_t, inference_cached_adapters, 4,
           "Adapters kept placed on the generation/evaluation device between requests");
+ABSL_FLAG(int32_t, inference_cached_models, 2,
+          "Base models kept loaded on the generation/evaluation device, the most recently used");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9477",
           "Prometheus pull endpoint (GET /metrics), its own port; empty: off; port 0: any");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the metrics port here once serving");
@@ -208,7 +210,8 @@ absl::Status Run() {
   }
   node.inference = std::make_unique<core::InferenceRunner>(
       node.models.get(), node.datasets.get(), node.adapters.get(), scratch,
-      std::move(*inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters));
+      std::move(*inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters),
+      absl::GetFlag(FLAGS_inference_cached_models));
   RETURN_IF_ERROR(node.manager->Start());
   std::unique_ptr<metrics::HttpExposer> exposer;
   if (const std::string m = absl::GetFlag(FLAGS_metrics_listen); !m.empty()) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/dataset.h"
@@ -49,18 +50,20 @@ absl::StatusOr<std::unique_ptr<DeviceAdapter>> LoadAdapter(AdapterStore* adapter
 }  // namespace
 
 InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
-                                 std::string scratch_dir, int threads, int cached_adapters)
+                                 std::string scratch_dir, int threads, int cached_adapters,
+                                 int cached_models)
     : InferenceRunner(models, datasets, adapters, std::move(scratch_dir), CreateCpuDevice(threads),
-                      cached_adapters) {}
+                      cached_adapters, cached_models) {}
 
 InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
                                  std::string scratch_dir, std::unique_ptr<Device> device,
-                                 int cached_adapters)
+                                 int cached_adapters, int cached_models)
     : models_(models),
       datasets_(datasets),
       adapters_(adapters),
       scratch_dir_(std::move(scratch_dir)),
-      cached_adapters_(std::max(0, cached_adapters)) {
+      cached_adapters_(std::max(0, cached_adapters)),
+      cached_models_(std::max(1, cached_models)) {
   device_ = std::move(device);
   pool_ = std::make_unique<ModelPool>(device_.get());
 }
@@ -69,7 +72,20 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
                                                               const v1::Model& model,
                                                               const std::string& adapter_id) {
   Loaded l;
+  if (!pool_->IsLoaded(model.name())) {
+    // Room for it: the base models served least recently go (requests run one at a time, so
+    // none is in use; an adapter placed for a dropped model goes with it, by its weak_ptr).
+    std::set<std::string> keep;
+    for (const std::string& name : recent_models_) {
+      if (static_cast<int>(keep.size()) + 1 >= cached_models_) break;
+      keep.insert(name);
+    }
+    pool_->EvictUnused(keep);
+    ++model_loads_;
+  }
   ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
+  recent_models_.remove(model.name());
+  recent_models_.push_front(model.name());
   if (!adapter_id.empty()) {
     ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, adapter_id, l.model));
   }
@@ -108,6 +124,16 @@ absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
 int64_t InferenceRunner::adapter_loads() const {
   absl::MutexLock lock(&mu_);
   return adapter_loads_;
+}
+
+int64_t InferenceRunner::model_loads() const {
+  absl::MutexLock lock(&mu_);
+  return model_loads_;
+}
+
+int InferenceRunner::models_loaded() const {
+  absl::MutexLock lock(&mu_);
+  return pool_->LoadedCount();
 }
 
 absl::StatusOr<std::string> InferenceRunner::Generate(

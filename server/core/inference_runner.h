@@ -26,12 +26,16 @@ namespace qlorad::core {
 
 class InferenceRunner {
  public:
-  // Keeps up to `cached_adapters` adapters placed on the device between requests. The first
-  // form runs on a CPU device of `threads` threads (0: all).
+  // Keeps up to `cached_adapters` adapters placed on the device between requests, and the
+  // `cached_models` (at least 1) base models most recently served: a node asked about many
+  // models holds a bounded number, not every one it ever served. The first form runs on a CPU
+  // device of `threads` threads (0: all).
   InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
-                  std::string scratch_dir, int threads, int cached_adapters = 4);
+                  std::string scratch_dir, int threads, int cached_adapters = 4,
+                  int cached_models = 2);
   InferenceRunner(ModelStore* models, DatasetStore* datasets, AdapterStore* adapters,
-                  std::string scratch_dir, std::unique_ptr<Device> device, int cached_adapters);
+                  std::string scratch_dir, std::unique_ptr<Device> device, int cached_adapters,
+                  int cached_models = 2);
 
   // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
   // returning false (the client left) stops generation. Returns the finish reason.
@@ -44,6 +48,9 @@ class InferenceRunner {
 
   // Adapters read from the store and placed on the device so far (cache misses).
   int64_t adapter_loads() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Base models loaded so far (misses), and loaded now.
+  int64_t model_loads() const ABSL_LOCKS_EXCLUDED(mu_);
+  int models_loaded() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // The base model from the pool and the tenant's adapter on this runner's device (none for
@@ -74,6 +81,9 @@ class InferenceRunner {
   const int cached_adapters_;
   std::list<CachedAdapter> cache_ ABSL_GUARDED_BY(mu_);  // most recently used first
   int64_t adapter_loads_ ABSL_GUARDED_BY(mu_) = 0;
+  const int cached_models_;
+  std::list<std::string> recent_models_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  int64_t model_loads_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace qlorad::core

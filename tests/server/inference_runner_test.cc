@@ -1,6 +1,7 @@
 // The inference runner against the real stories260K model: a tenant's adapter is read from the
 // store once and then served from the device cache, yet a deleted adapter is never served and
-// another tenant never sees it.
+// another tenant never sees it; base models beyond the runner's room are dropped, least
+// recently served first.
 #include "server/core/inference_runner.h"
 
 #include <fstream>
@@ -60,9 +61,9 @@ class InferenceRunnerTest : public ::testing::Test {
   }
 
   absl::StatusOr<double> Loss(InferenceRunner& runner, const std::string& tenant,
-                              const std::string& adapter_id) {
+                              const std::string& adapter_id, const std::string& model = "stories") {
     v1::EvaluateRequest req;
-    req.set_model("stories");
+    req.set_model(model);
     req.set_dataset_id(dataset_);
     req.set_adapter_id(adapter_id);
     auto r = runner.Evaluate(tenant, req);
@@ -109,6 +110,25 @@ TEST_F(InferenceRunnerTest, TheLeastRecentlyUsedAdapterIsDropped) {
   EXPECT_EQ(runner.adapter_loads(), 3);
   ASSERT_TRUE(Loss(runner, "a", b).ok());  // dropped when C came in
   EXPECT_EQ(runner.adapter_loads(), 4);
+}
+
+// Base models served least recently go once more were asked for than there is room for: with
+// room for two, S M2 S M3 keeps S (used last but one) and M3, so S is not loaded again, and M2
+// is; at no time are more than two loaded.
+TEST_F(InferenceRunnerTest, TheLeastRecentlyServedBaseModelIsDropped) {
+  for (const char* name : {"m2", "m3"}) {
+    ASSERT_TRUE(models_->Register(name, StoriesGguf()).ok());
+  }
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1,
+                         /*cached_adapters=*/4, /*cached_models=*/2);
+  for (const char* m : {"stories", "m2", "stories", "m3", "stories"}) {
+    ASSERT_TRUE(Loss(runner, "a", "", m).ok()) << m;
+    EXPECT_LE(runner.models_loaded(), 2) << m;
+  }
+  EXPECT_EQ(runner.model_loads(), 3);
+  ASSERT_TRUE(Loss(runner, "a", "", "m2").ok());  // dropped when m3 came in
+  EXPECT_EQ(runner.model_loads(), 4);
+  EXPECT_EQ(runner.models_loaded(), 2);
 }
 
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
