@@ -30,8 +30,21 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   ASSIGN_OR_RETURN(pooled->model, LlamaModel::Create(std::move(source.weights), device_, options,
                                                      std::move(source.prequantized)));
   absl::MutexLock lock(&mu_);
-  models_[model.name()] = pooled;
+  std::shared_ptr<PooledModel>& slot = models_[model.name()];
+  if (slot != nullptr && slot.use_count() > 1) retired_.push_back(slot);  // jobs still hold it
+  slot = pooled;
   return pooled;
+}
+
+std::vector<std::shared_ptr<PooledModel>> ModelPool::RetiredAlive() const {
+  std::vector<std::shared_ptr<PooledModel>> alive;
+  std::erase_if(retired_, [&](const std::weak_ptr<PooledModel>& w) {
+    std::shared_ptr<PooledModel> m = w.lock();
+    if (m == nullptr) return true;
+    alive.push_back(std::move(m));
+    return false;
+  });
+  return alive;
 }
 
 bool ModelPool::IsLoaded(const std::string& name) const {
@@ -43,6 +56,7 @@ int64_t ModelPool::ResidentBytes() const {
   absl::MutexLock lock(&mu_);
   int64_t total = 0;
   for (const auto& [name, m] : models_) total += m->bytes;
+  for (const auto& m : RetiredAlive()) total += m->bytes;
   return total;
 }
 
@@ -57,7 +71,7 @@ int64_t ModelPool::UnusedBytes() const {
 
 int ModelPool::LoadedCount() const {
   absl::MutexLock lock(&mu_);
-  return static_cast<int>(models_.size());
+  return static_cast<int>(models_.size() + RetiredAlive().size());
 }
 
 int64_t ModelPool::EvictUnused(const std::set<std::string>& keep,

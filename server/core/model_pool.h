@@ -40,7 +40,8 @@ class ModelPool {
   absl::StatusOr<std::shared_ptr<PooledModel>> Acquire(const v1::Model& model)
       ABSL_LOCKS_EXCLUDED(mu_);
   bool IsLoaded(const std::string& name) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Bytes of every loaded model, and of those no job holds.
+  // Bytes of every loaded model (a replaced one too while a job holds it), and of those no job
+  // holds.
   int64_t ResidentBytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t UnusedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
   int LoadedCount() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -55,6 +56,11 @@ class ModelPool {
   Device* device_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<PooledModel>> models_ ABSL_GUARDED_BY(mu_);
+  // Models replaced by a new registration under their name while jobs still held them: their
+  // weights stay on the device until the last job lets go, so admission still counts them.
+  mutable std::vector<std::weak_ptr<PooledModel>> retired_ ABSL_GUARDED_BY(mu_);
+  // The retired models still alive (the expired ones forgotten).
+  std::vector<std::shared_ptr<PooledModel>> RetiredAlive() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace qlorad::core
