@@ -73,7 +73,8 @@ TEST_F(ModelStoreTest, BadNamesAndBadModelsAreRejectedWithReasons) {
 }
 
 // A device's pool serves a model once loaded, but a model deleted and registered again under the
-// same name (possibly another checkpoint) is loaded anew rather than served from the old weights.
+// same name (possibly another checkpoint) is loaded anew rather than served from the old weights,
+// which count as loaded until the last job holding them lets go.
 TEST_F(ModelStoreTest, APoolLoadsAModelRegisteredAnewUnderTheSameName) {
   auto device = CreateCpuDevice(1);
   ModelPool pool(device.get());
@@ -92,7 +93,15 @@ TEST_F(ModelStoreTest, APoolLoadsAModelRegisteredAnewUnderTheSameName) {
   ASSERT_TRUE(c.ok());
   EXPECT_NE(c->get(), a->get());
   EXPECT_EQ(pool.Acquire(*second)->get(), c->get());
+  // The replaced weights are still on the device while jobs hold them: admission counts them
+  // until the last lets go.
+  EXPECT_EQ(pool.LoadedCount(), 2);
+  EXPECT_EQ(pool.ResidentBytes(), (*a)->bytes + (*c)->bytes);
+  a->reset();
+  EXPECT_EQ(pool.LoadedCount(), 2);  // b still holds it
+  b->reset();
   EXPECT_EQ(pool.LoadedCount(), 1);
+  EXPECT_EQ(pool.ResidentBytes(), (*c)->bytes);
 }
 
 }  // namespace
