@@ -10,7 +10,9 @@
 #include <random>
 #include <vector>
 
+#include "engine/device.h"
 #include "engine/nf4_tensor.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/nf4.h"
 
 namespace qlorad {
@@ -81,6 +83,42 @@ void BM_Nf4DqQuantize(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 4 * n);
 }
 BENCHMARK(BM_Nf4DqQuantize)->Arg(4096)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// One token through an NF4 linear [rows, 4096] (generation's step): the CPU device's fused
+// decode-as-you-read product (fused:1) against dequantizing the weight whole and then a GEMV
+// over it (fused:0, what the device did before). Bytes are the weight's storage, read once.
+void BM_Nf4LinearOneToken(benchmark::State& state) {
+  const int64_t rows = state.range(0), in = 4096;
+  const std::vector<float> w = Gaussian(rows * in);
+  auto t = QuantizeNf4(w.data(), {rows, in});
+  const std::vector<float> x = Gaussian(in);
+  std::vector<float> y(rows), dense(rows * in);
+  auto device = CreateCpuDevice();
+  auto lin = device->UploadLinear(&*t, nullptr, rows, in);
+  if (!lin.ok()) {
+    state.SkipWithError("upload failed");
+    return;
+  }
+  for (auto _ : state) {
+    if (state.range(1) != 0) {
+      device->Linear(**lin, x.data(), 1, y.data());
+    } else {
+      t->DequantizeTo(dense.data());
+      kernels::GemmF32(false, true, 1, rows, in, 1.0f, x.data(), in, dense.data(), in, 0.0f,
+                       y.data(), rows);
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * t->StorageBytes());
+  state.counters["params/s"] = benchmark::Counter(
+      static_cast<double>(rows * in) * state.iterations(), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Nf4LinearOneToken)
+    ->ArgsProduct({{4096, 11008}, {0, 1}})
+    ->ArgNames({"rows", "fused"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace qlorad

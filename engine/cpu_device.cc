@@ -16,6 +16,7 @@
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/nf4.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -150,6 +151,17 @@ class CpuDevice : public Device {
 
   void Linear(const DeviceLinear& w, const float* x, int64_t tokens, float* y) override {
     const auto& lin = static_cast<const CpuLinear&>(w);
+    const Nf4Tensor& q = lin.nf4();
+    if (lin.quantized() && q.double_quant &&
+        kernels::Nf4MatVecSupports(lin.in_features(), q.blocksize, tokens)) {
+      // Generation's token at a time: the weights decoded as they are read, not dequantized
+      // whole first (a GEMV over float32 weights would read eight times the bytes).
+      kernels::Nf4DoubleQuantMatVec(q.packed.data(), q.absmax_q.data(), q.nested_absmax.data(),
+                                    kernels::SignedDynamicMap().data(), q.offset,
+                                    lin.out_features(), lin.in_features(), q.blocksize,
+                                    q.nested_blocksize, x, tokens, y);
+      return;
+    }
     MatmulTransposed(Weights(lin), lin.out_features(), lin.in_features(), x, tokens, y);
   }
 

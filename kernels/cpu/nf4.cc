@@ -156,15 +156,26 @@ void DequantizeBlockwise8(const uint8_t* q, const float* absmax, int64_t n, int 
   for (int64_t i = 0; i < n; ++i) out[i] = code[q[i]] * absmax[i / blocksize] + offset;
 }
 
+namespace {
+
+// Block b's 16 dequantized values, code[c] * absmax_b, with the absmax decoded as bitsandbytes
+// does: its product and its sum rounded apart (this file builds with -ffp-contract=off).
+void BlockTable(const uint8_t* absmax_q, const float* nested_absmax, const float* code8,
+                float offset, int nested_blocksize, int64_t b, float (&table)[16]) {
+  const float scale = code8[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset;
+  for (int c = 0; c < 16; ++c) table[c] = kNf4Code[c] * scale;
+}
+
+}  // namespace
+
 void Nf4DequantizeDoubleQuant(const uint8_t* packed, const uint8_t* absmax_q,
                               const float* nested_absmax, const float* code8, float offset,
                               int64_t n, int blocksize, int nested_blocksize, float* out) {
   const int64_t blocks = NumBlocks(n, blocksize);
 #pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
   for (int64_t b = 0; b < blocks; ++b) {
-    const float scale = code8[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset;
     float table[16];
-    for (int c = 0; c < 16; ++c) table[c] = kNf4Code[c] * scale;
+    BlockTable(absmax_q, nested_absmax, code8, offset, nested_blocksize, b, table);
     const int64_t begin = b * blocksize;
     const int64_t end = std::min<int64_t>(n, begin + blocksize);
     if (blocksize % 2 == 0 && end - begin == blocksize) {
@@ -181,6 +192,39 @@ void Nf4DequantizeDoubleQuant(const uint8_t* packed, const uint8_t* absmax_q,
         out[i] = table[(i % 2 == 0) ? (byte >> 4) : (byte & 0x0F)];
       }
     }
+  }
+}
+
+bool Nf4MatVecSupports(int64_t in, int blocksize, int64_t tokens) {
+  return blocksize > 0 && blocksize % 2 == 0 && in % blocksize == 0 && tokens >= 1 &&
+         tokens <= kNf4MatVecMaxTokens;
+}
+
+void Nf4DoubleQuantMatVec(const uint8_t* packed, const uint8_t* absmax_q,
+                          const float* nested_absmax, const float* code8, float offset, int64_t out,
+                          int64_t in, int blocksize, int nested_blocksize, const float* x,
+                          int64_t tokens, float* y) {
+  const int64_t blocks_per_row = in / blocksize;
+#pragma omp parallel for schedule(static) if ((out * in) >= kMinParallelWork)
+  for (int64_t o = 0; o < out; ++o) {
+    float acc[kNf4MatVecMaxTokens] = {};
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      const int64_t b = o * blocks_per_row + k;
+      float table[16];
+      BlockTable(absmax_q, nested_absmax, code8, offset, nested_blocksize, b, table);
+      const uint8_t* src = packed + b * blocksize / 2;
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xt = x + t * in + k * blocksize;
+        // Two partial sums: the adds of a block do not wait on each other.
+        float even = 0.0f, odd = 0.0f;
+        for (int j = 0; j < blocksize / 2; ++j) {
+          even += table[src[j] >> 4] * xt[2 * j];
+          odd += table[src[j] & 0x0F] * xt[2 * j + 1];
+        }
+        acc[t] += even + odd;
+      }
+    }
+    for (int64_t t = 0; t < tokens; ++t) y[t * out + o] = acc[t];
   }
 }
 

@@ -61,4 +61,16 @@ void Nf4DequantizeDoubleQuant(const uint8_t* packed, const uint8_t* absmax_q,
                               const float* nested_absmax, const float* code8, float offset,
                               int64_t n, int blocksize, int nested_blocksize, float* out);
 
+// y[t, o] = sum_i W[o, i] x[t, i] for a few rows of x (generation's one new token), W [out, in]
+// NF4 + double quantization decoded block by block in registers and never written: a weight
+// costs the half byte of its code where dequantizing first writes and reads back 8 bytes. The
+// weights are exactly Nf4DequantizeDoubleQuant's; the sums' order is this function's (per
+// block, then across blocks). Where Nf4MatVecSupports (rows of whole blocks, few tokens).
+inline constexpr int64_t kNf4MatVecMaxTokens = 8;
+bool Nf4MatVecSupports(int64_t in, int blocksize, int64_t tokens);
+void Nf4DoubleQuantMatVec(const uint8_t* packed, const uint8_t* absmax_q,
+                          const float* nested_absmax, const float* code8, float offset, int64_t out,
+                          int64_t in, int blocksize, int nested_blocksize, const float* x,
+                          int64_t tokens, float* y);
+
 }  // namespace qlorad::kernels

@@ -115,5 +115,46 @@ TEST(Nf4DequantizeDoubleQuant, EqualsTheTwoStepDequantization) {
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(fused[i], two_step[i]) << i;
 }
 
+// The fused matrix-vector product against the dequantized weights times x, summed in double:
+// random codes, absmax codes and inputs, rows of several blocks across nested blocks, one token
+// and the most it takes; every output written (NaN-filled first).
+TEST(Nf4DoubleQuantMatVec, EqualsTheDequantizedWeightsTimesX) {
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0, 1);
+  const int64_t out = 37, in = 64 * 9;  // 333 blocks: two nested blocks of 256
+  const int64_t n = out * in, blocks = n / 64;
+  std::vector<uint8_t> packed(n / 2), absmax_q(blocks);
+  for (auto& b : packed) b = rng() & 0xFF;
+  for (auto& b : absmax_q) b = rng() & 0xFF;
+  const std::vector<float> nested = {0.04f, 0.07f};
+  const float offset = 0.03f;
+  const auto& map = SignedDynamicMap();
+  std::vector<float> w(n);
+  Nf4DequantizeDoubleQuant(packed.data(), absmax_q.data(), nested.data(), map.data(), offset, n, 64,
+                           256, w.data());
+  EXPECT_FALSE(Nf4MatVecSupports(in + 32, 64, 1));  // a block across two rows
+  EXPECT_FALSE(Nf4MatVecSupports(in, 64, kNf4MatVecMaxTokens + 1));
+  for (const int64_t tokens : {int64_t{1}, kNf4MatVecMaxTokens}) {
+    ASSERT_TRUE(Nf4MatVecSupports(in, 64, tokens));
+    std::vector<float> x(tokens * in), y(tokens * out, NAN);
+    for (float& v : x) v = g(rng);
+    Nf4DoubleQuantMatVec(packed.data(), absmax_q.data(), nested.data(), map.data(), offset, out, in,
+                         64, 256, x.data(), tokens, y.data());
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t o = 0; o < out; ++o) {
+        double want = 0.0, scale = 0.0;
+        for (int64_t i = 0; i < in; ++i) {
+          want += double(w[o * in + i]) * x[t * in + i];
+          scale += std::fabs(double(w[o * in + i]) * x[t * in + i]);
+        }
+        // float sums of `in` terms: within a few ulps of the sum of magnitudes
+        ASSERT_NEAR(y[t * out + o], want, 1e-6 * scale) << "token " << t << " row " << o;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qlorad::kernels
