@@ -310,6 +310,33 @@ TEST_F(JobManagerTest, ALostDeviceSendsItsJobBackToResumeFromItsCheckpoint) {
       AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
 }
 
+// With two devices, a job whose device is lost resumes from its checkpoint on the other one,
+// without a restart, and the other device's own job is untouched.
+TEST_F(JobManagerTest, AJobOfALostDeviceResumesOnTheOtherDevice) {
+  JobManagerOptions o = Options("cpu:0,cpu:1", 0, 1);
+  o.checkpoint_every = 2;
+  o.cpu_device_faults["cpu:0"] = {6, absl::UnavailableError("cpu:0 is lost (injected)")};
+  StartManager(o);
+  auto a = manager_->CreateJob(T("a"), Request("a", 12));
+  auto b = manager_->CreateJob(T("b"), Request("b", 12));
+  ASSERT_TRUE(a.ok() && b.ok());
+  // One job a device (as in TwoDevicesRunTwoJobsAtOnce); the one on cpu:0 meets the fault.
+  const v1::Job ra = WaitFor("a", a->id(), IsRunning), rb = WaitFor("b", b->id(), IsRunning);
+  ASSERT_NE(ra.device(), rb.device());
+  const bool a_on_lost = ra.device() == "cpu:0";
+  const std::string lost_tenant = a_on_lost ? "a" : "b", lost_id = a_on_lost ? a->id() : b->id();
+  const std::string kept_tenant = a_on_lost ? "b" : "a", kept_id = a_on_lost ? b->id() : a->id();
+  const v1::Job moved = WaitFor(lost_tenant, lost_id, HasEnded);
+  EXPECT_EQ(moved.state(), v1::SUCCEEDED) << moved.error().message();
+  EXPECT_EQ(moved.device(), "cpu:1");
+  EXPECT_EQ(moved.steps_completed(), 12);
+  const std::vector<std::string> history = StateChanges(*jobs_, lost_tenant, lost_id);
+  EXPECT_TRUE(AnyContains(history, "RUNNING->QUEUED: cpu:0 is lost (injected)"));
+  EXPECT_TRUE(AnyContains(history, "resumed from the checkpoint at step 2"));
+  EXPECT_EQ(WaitFor(kept_tenant, kept_id, HasEnded).state(), v1::SUCCEEDED);
+  for (const DeviceInfo& d : manager_->Devices()) EXPECT_EQ(d.lost, d.name == "cpu:0") << d.name;
+}
+
 // A failure the device recovers from (out of memory): the job fails as the system's fault,
 // not the user's, and the device goes on with the next job.
 TEST_F(JobManagerTest, ARecoverableDeviceErrorFailsOnlyTheJobThatMetIt) {
