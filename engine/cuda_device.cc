@@ -279,7 +279,7 @@ class CudaDevice : public Device {
     Enter();
     Check(cudaMemcpyAsync(host, device, n * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     Check(cudaStreamSynchronize(stream_), "copy to host");
-    if (failed_) std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
+    if (!error_.ok()) std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
   }
 
   absl::StatusOr<std::unique_ptr<DeviceLinear>> UploadLinear(const Nf4Tensor* nf4,
@@ -896,11 +896,9 @@ class CudaDevice : public Device {
 
   // Records the first failure (printed once) for TakeError; results read after it are NaN.
   void Fail(const std::string& what, absl::StatusCode code = absl::StatusCode::kInternal) {
-    if (!failed_) {
-      std::fprintf(stderr, "qlorad: %s: %s\n", name().c_str(), what.c_str());
-      error_ = absl::Status(code, absl::StrCat(name(), ": ", what));
-    }
-    failed_ = true;
+    if (!error_.ok()) return;
+    std::fprintf(stderr, "qlorad: %s: %s\n", name().c_str(), what.c_str());
+    error_ = absl::Status(code, absl::StrCat(name(), ": ", what));
   }
   void Check(cudaError_t e, const char* what) {
     if (e != cudaSuccess) {
@@ -930,23 +928,22 @@ class CudaDevice : public Device {
   // A failure that left the context working (out of memory, a bad launch) is cleared and
   // returned; one that did not (a kernel fault: every later call returns it, the CUDA runtime
   // says the process must restart) makes the device lost for good.
+  // Healthy, it costs no wait: every call that waits for the stream checks what it returns, so
+  // a fault is recorded by the next read of a result at the latest.
   absl::Status TakeError() override {
     if (lost_) return error_;
     Enter();
-    // The thread's last error (cleared here where it is not sticky), then a probe: the stream
-    // waits for its work, and a fault, even one no call has reported yet, fails it for good.
-    const cudaError_t last = cudaGetLastError();
+    // The thread's last error (a refused launch), cleared here where it is not sticky.
+    if (const cudaError_t last = cudaGetLastError(); last != cudaSuccess) Check(last, "a launch");
+    if (error_.ok()) return absl::OkStatus();
+    // A probe: a fault poisons the context, and the stream then fails for good.
     if (const cudaError_t probe = cudaStreamSynchronize(stream_); probe != cudaSuccess) {
       lost_ = true;
-      failed_ = true;
-      error_ = absl::UnavailableError(
-          absl::StrCat(name(), " is lost until qlorad restarts (", cudaGetErrorString(probe), ")",
-                       error_.ok() ? "" : "; its first error: ", error_.message()));
+      error_ = absl::UnavailableError(absl::StrCat(name(), " is lost until qlorad restarts (",
+                                                   cudaGetErrorString(probe),
+                                                   "); its first error: ", error_.message()));
       return error_;
     }
-    if (last != cudaSuccess) Check(last, "an earlier call");
-    if (!failed_) return absl::OkStatus();
-    failed_ = false;
     return std::exchange(error_, absl::OkStatus());
   }
 
@@ -991,7 +988,7 @@ class CudaDevice : public Device {
     std::vector<float> host(rows);
     Check(cudaMemcpyAsync(host.data(), loss, rows * 4, cudaMemcpyDeviceToHost, stream_), "loss");
     Check(cudaStreamSynchronize(stream_), "loss");
-    if (failed_) return std::numeric_limits<double>::quiet_NaN();
+    if (!error_.ok()) return std::numeric_limits<double>::quiet_NaN();
     double total = 0.0;
     for (float l : host) total += l;
     return total;
@@ -1210,10 +1207,9 @@ class CudaDevice : public Device {
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  bool failed_ = false;
   bool lost_ = false;
   bool pageable_ = true;      // optimizer state in managed memory, paged out between steps
-  absl::Status error_;        // the first failure since TakeError last took one
+  absl::Status error_;        // the first failure since TakeError last took one; reads are NaN then
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CudaOpProfiler profiler_;
