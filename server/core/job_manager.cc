@@ -66,7 +66,9 @@ struct JobManager::Worker {
   std::atomic<int> jobs_running{0};
   // The device failed for good: its jobs are back in the queue and the worker has stopped.
   std::atomic<bool> lost{false};
-  absl::Status lost_in_start;  // StartJob found the device lost (the worker thread's alone)
+  // Why a start or a step found the device lost (kUnavailable), until LoseDevice acts on it:
+  // the worker thread's alone.
+  absl::Status lost_cause;
   // The device's memory accounting, published by the worker thread (which alone drives it).
   absl::Mutex usage_mu;
   DeviceMemoryUsage usage ABSL_GUARDED_BY(usage_mu);
@@ -548,10 +550,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     if (queued == queue_.end()) return false;
     queue_.erase(queued);
     cancel_flags_.erase(id);
-    *done = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
-                                     "cancelled by the client while queued");
-    if (done->ok()) JobEnded(id, "cancelled");
-    Notify();
+    *done = EndCancelled(tenant, id, "cancelled by the client while queued");
     work_cv_.SignalAll();
     return true;
   };
@@ -561,11 +560,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   if (flag == cancel_flags_.end()) {
     // Neither queued nor on a worker (a store write failed on its way): nothing else will end
     // it, so end it here.
-    ASSIGN_OR_RETURN(v1::Job done, stores_.jobs->Transition(tenant, id, JobState::kCancelled,
-                                                            "cancelled by the client"));
-    JobEnded(id, "cancelled");
-    Notify();
-    return done;
+    return EndCancelled(tenant, id, "cancelled by the client");
   }
   flag->second->store(true);
   // The worker stops it after the current step; wait for the record to say so. A job sent back
@@ -683,10 +678,10 @@ void JobManager::WorkerLoop(Worker* w) {
     for (const QueuedJob& q : admitted) {
       w->jobs_bytes += q.job_bytes;
       std::unique_ptr<ActiveJob> a;
-      if (w->lost_in_start.ok()) {
+      if (w->lost_cause.ok()) {
         a = StartJob(w, q);
       } else {
-        RequeueFromLostDevice(q, w->lost_in_start);  // not started on a lost device
+        RequeueFromLostDevice(q, w->lost_cause);  // not started on a lost device
       }
       if (a) {
         ++w->jobs_running;
@@ -703,8 +698,8 @@ void JobManager::WorkerLoop(Worker* w) {
         work_cv_.SignalAll();
       }
     }
-    if (!w->lost_in_start.ok()) {
-      LoseDevice(w, active, w->lost_in_start);
+    if (!w->lost_cause.ok()) {
+      LoseDevice(w, active, w->lost_cause);
       break;
     }
     w->PublishUsage();
@@ -714,7 +709,6 @@ void JobManager::WorkerLoop(Worker* w) {
       if (!stopping_) work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(200));
       continue;
     }
-    absl::Status lost;  // the device failed for good (kUnavailable)
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       StepOutcome outcome = RunStep(w, **it);
@@ -730,7 +724,7 @@ void JobManager::WorkerLoop(Worker* w) {
         continue;
       }
       if (outcome == StepOutcome::kDeviceLost) {
-        lost = (*it)->failure;
+        w->lost_cause = (*it)->failure;
         break;
       }
       ReleaseQuota((*it)->job.tenant());
@@ -740,8 +734,8 @@ void JobManager::WorkerLoop(Worker* w) {
       --w->jobs_running;
       it = active.erase(it);
     }
-    if (!lost.ok()) {
-      LoseDevice(w, active, lost);
+    if (!w->lost_cause.ok()) {
+      LoseDevice(w, active, w->lost_cause);
       break;
     }
   }
@@ -806,14 +800,8 @@ void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Statu
     cancel_asked = flag != cancel_flags_.end() && flag->second->load();
   }
   if (cancel_asked) {  // a cancel waits for this job: honoured, not deferred to another device
-    auto done =
-        stores_.jobs->Transition(entry.tenant, entry.id, JobState::kCancelled,
-                                 absl::StrCat("cancelled by the client (", why.message(), ")"),
-                                 [](v1::Job& j) { j.set_eta_seconds(0); });
-    if (done.ok()) {
-      (void)stores_.checkpoints->Delete(entry.tenant, entry.id);
-      JobEnded(entry.id, "cancelled");
-    }
+    (void)EndCancelled(entry.tenant, entry.id,
+                       absl::StrCat("cancelled by the client (", why.message(), ")"));
     absl::MutexLock lock(&mu_);
     cancel_flags_.erase(entry.id);
     live_.erase(entry.id);
@@ -857,15 +845,20 @@ void JobManager::Release(ActiveJob& a) {
   work_cv_.SignalAll();
 }
 
-void JobManager::CancelStarting(const std::string& tenant, const std::string& id,
-                                const char* reason) {
-  auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled, reason);
+absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, const std::string& id,
+                                                 const std::string& reason) {
+  auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled, reason,
+                                        [](v1::Job& j) { j.set_eta_seconds(0); });
   if (!moved.ok()) {
     std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
                  std::string(moved.status().message()).c_str());
+  } else {
+    // A job resumed after a restart, or sent back from a lost device, has a checkpoint.
+    (void)stores_.checkpoints->Delete(tenant, id);
+    JobEnded(id, "cancelled");
   }
-  JobEnded(id, "cancelled");
   Notify();
+  return moved;
 }
 
 void JobManager::FailJob(const std::string& tenant, const std::string& id,
@@ -957,13 +950,13 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   a->job = *job;
   if (a->job.state() != v1::QUEUED) return nullptr;  // cancelled meanwhile
   if (a->cancel->load()) {  // cancelled between admission and now: no setup
-    CancelStarting(q.tenant, q.id, "cancelled by the client before it started");
+    (void)EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
     return nullptr;
   }
   auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
     // A setup error on a device that is now lost is the device's: the job waits for another.
     if (absl::Status device = w->device->TakeError(); absl::IsUnavailable(device)) {
-      w->lost_in_start = device;  // the worker loses the device once its starts are done
+      w->lost_cause = device;  // the worker loses the device once its starts are done
       RequeueFromLostDevice(q, device);
       return nullptr;
     }

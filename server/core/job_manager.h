@@ -165,7 +165,10 @@ class JobManager {
   void ReleaseQuota(const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
-  void CancelStarting(const std::string& tenant, const std::string& id, const char* reason);
+  // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):
+  // recorded as such, its checkpoint (a resumed job's) gone, the metrics told.
+  absl::StatusOr<v1::Job> EndCancelled(const std::string& tenant, const std::string& id,
+                                       const std::string& reason);
   // Queue positions and a running job's live progress, which the stored record lags behind.
   v1::Job WithLiveFields(v1::Job job) const ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyLiveFields(std::vector<v1::Job>& jobs) const ABSL_LOCKS_EXCLUDED(mu_);

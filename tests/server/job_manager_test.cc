@@ -98,6 +98,34 @@ class JobManagerTest : public ::testing::Test {
     return *manager_->GetJob(tenant, id);
   }
 
+  // One job on a single device that is lost at its fourth step (after the checkpoint of step
+  // 2): checks that it went back to the queue, not failed, and returns its id.
+  std::string JobBackFromALostDevice() {
+    JobManagerOptions o;
+    o.devices = "cpu:0";
+    o.checkpoint_every = 2;
+    // Reads of results: one a step, three a checkpoint (adapter, two moments); the seventh
+    // read, in step 4, is the first the lost device answers with NaN.
+    o.cpu_device_faults["cpu:0"] = {6, absl::UnavailableError("cpu:0 is lost (injected)")};
+    StartManager(o);
+    auto job = manager_->CreateJob(T("a"), Request("a", 8));
+    EXPECT_TRUE(job.ok()) << job.status();
+    if (!job.ok()) return "";
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!manager_->Devices()[0].lost && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    const DeviceInfo device = manager_->Devices()[0];
+    EXPECT_TRUE(device.lost);
+    EXPECT_NE(device.lost_reason.find("injected"), std::string::npos) << device.lost_reason;
+    EXPECT_EQ(device.jobs_running, 0);
+    const v1::Job back = WaitFor("a", job->id(), [](const v1::Job& j) {
+      return j.state() == v1::QUEUED && j.device().empty();
+    });
+    EXPECT_FALSE(back.has_error()) << back.error().message();
+    return job->id();
+  }
+
   const Tenant& T(const std::string& name) { return *tenants_->Find(name); }
 
   std::string dir_;
@@ -263,27 +291,9 @@ bool AnyContains(const std::vector<std::string>& lines, const std::string& part)
 // it goes back to the queue with its checkpoint, the device takes no more jobs and says so,
 // and after a restart the job resumes from that checkpoint and finishes.
 TEST_F(JobManagerTest, ALostDeviceSendsItsJobBackToResumeFromItsCheckpoint) {
-  JobManagerOptions o = Options("cpu:0");
-  o.checkpoint_every = 2;
-  // Reads of results: one a step, three a checkpoint (adapter, two moments); the seventh read,
-  // in step 4, is the first the lost device answers with NaN.
-  o.cpu_device_faults["cpu:0"] = {6, absl::UnavailableError("cpu:0 is lost (injected)")};
-  StartManager(o);
-  auto job = manager_->CreateJob(T("a"), Request("a", 8));
-  ASSERT_TRUE(job.ok()) << job.status();
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (!manager_->Devices()[0].lost && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  const DeviceInfo device = manager_->Devices()[0];
-  ASSERT_TRUE(device.lost);
-  EXPECT_NE(device.lost_reason.find("injected"), std::string::npos) << device.lost_reason;
-  EXPECT_EQ(device.jobs_running, 0);
-  const v1::Job back = WaitFor("a", job->id(), [](const v1::Job& j) {
-    return j.state() == v1::QUEUED && j.device().empty();
-  });
-  EXPECT_FALSE(back.has_error()) << back.error().message();
-  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", job->id()),
+  const std::string id = JobBackFromALostDevice();
+  ASSERT_FALSE(id.empty());
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", id),
                           "RUNNING->QUEUED: cpu:0 is lost (injected); the job resumes from its "
                           "last checkpoint on another device"));
   auto kept = checkpoints_->List();
@@ -291,23 +301,34 @@ TEST_F(JobManagerTest, ALostDeviceSendsItsJobBackToResumeFromItsCheckpoint) {
   ASSERT_EQ(kept->size(), 1u);  // the checkpoint of step 2 is kept, not deleted with a failure
   absl::SleepFor(absl::Milliseconds(300));  // the lost device takes the queued job no more:
   int starts = 0;                           // it started once, and was not taken again
-  for (const std::string& c : StateChanges(*jobs_, "a", job->id())) {
+  for (const std::string& c : StateChanges(*jobs_, "a", id)) {
     starts += c.rfind("QUEUED->RUNNING", 0) == 0;
   }
   EXPECT_EQ(starts, 1);
-  EXPECT_EQ(manager_->GetJob("a", job->id())->state(), v1::QUEUED);
+  EXPECT_EQ(manager_->GetJob("a", id)->state(), v1::QUEUED);
   // With every device lost, a new job is refused at once rather than queued for nothing.
   EXPECT_TRUE(absl::IsUnavailable(manager_->CreateJob(T("a"), Request("a", 2)).status()));
 
   manager_->Shutdown();  // a restart: the card works again
   manager_.reset();
   StartManager(Options("cpu:0"));
-  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  const v1::Job done = WaitFor("a", id, HasEnded);
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
   EXPECT_EQ(done.steps_completed(), 8);
   EXPECT_FALSE(done.adapter_id().empty());
-  EXPECT_TRUE(
-      AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", id), "resumed from the checkpoint at step 2"));
+}
+
+// Cancelled while it waits in the queue after its device was lost: the job ends CANCELLED and
+// its checkpoint goes with it, as any cancelled job's does (a queued job's was kept before).
+TEST_F(JobManagerTest, ACancelledJobBackFromALostDeviceLeavesNoCheckpoint) {
+  const std::string id = JobBackFromALostDevice();
+  ASSERT_FALSE(id.empty());
+  ASSERT_EQ(checkpoints_->List()->size(), 1u);
+  auto cancelled = manager_->CancelJob("a", id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_TRUE(checkpoints_->List()->empty());
 }
 
 // With two devices, a job whose device is lost resumes from its checkpoint on the other one,
