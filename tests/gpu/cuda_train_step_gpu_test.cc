@@ -34,9 +34,7 @@ std::vector<float> Normal(int64_t n, float stddev) { return gpu_check::Normal(rn
 // as float32 to a GEMM allowed, not bound, to round (CUBLAS_COMPUTE_32F_FAST_16BF; cuBLAS may
 // pick a float32 kernel, at small or unaligned sizes above all) multiply the same numbers.
 std::vector<float> Bf16Normal(int64_t n, float stddev) {
-  std::vector<float> v = Normal(n, stddev);
-  for (float& x : v) x = Bf16ToF32(F32ToBf16(x));
-  return v;
+  return gpu_check::Bf16Normal(rng, n, stddev);
 }
 
 LlamaWeights RandomModel() {

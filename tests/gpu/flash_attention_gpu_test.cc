@@ -80,11 +80,7 @@ void Check(int T, int H, int KV, int hd, bool packed, int64_t shift = 0) {
   std::printf("  T=%d H=%d KV=%d hd=%d packed=%d %s%s\n", T, H, KV, hd, packed,
               bf16 ? "bf16" : "float32", shift != 0 ? " unaligned" : "");
   auto random = [&](size_t n, float sd) {  // values bf16 holds exactly, for bf16 activations
-    std::vector<float> x = Random(n, sd);
-    if (bf16) {
-      for (float& f : x) f = __bfloat162float(__float2bfloat16_rn(f));
-    }
-    return x;
+    return bf16 ? gpu_check::Bf16Normal(rng, static_cast<int64_t>(n), sd) : Random(n, sd);
   };
   const auto q = random(size_t(T) * H * hd, 1.5f), k = random(size_t(T) * KV * hd, 1.5f),
              v = random(size_t(T) * KV * hd, 1.0f), dout = random(size_t(T) * H * hd, 1.0f);

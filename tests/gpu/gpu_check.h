@@ -3,6 +3,7 @@
 // with 77 (ctest SKIP_RETURN_CODE) and a clear message when no CUDA device is present.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -71,6 +72,15 @@ std::vector<float> Normal(Rng& rng, int64_t n, float sd = 1.0f) {
   std::normal_distribution<float> d(0.0f, sd);
   std::vector<float> v(n);
   for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Normal values that bf16 holds exactly (each rounded to the nearest even bf16): inputs on
+// which a path that rounds to bf16 and one that does not compute with the same numbers.
+template <typename Rng>
+std::vector<float> Bf16Normal(Rng& rng, int64_t n, float sd = 1.0f) {
+  std::vector<float> v = Normal(rng, n, sd);
+  for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
   return v;
 }
 
