@@ -1,9 +1,10 @@
 // The device a command line names, for the offline tool and the daemon's inference device:
-// "cpu", "cuda:N", or "auto" (cuda:0 where a GPU is usable, else the CPU).
+// "cpu", "cuda:N", or "auto" (the first GPU that opens, else the CPU).
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/device.h"
@@ -12,6 +13,14 @@ namespace qlorad {
 
 // `cpu_threads` <= 0: all cores. INVALID_ARGUMENT for a spec that names no device kind,
 // NOT_FOUND or UNAVAILABLE for a GPU that cannot be used; the message names the spec.
+// "auto" is OpenFirstUsableGpu over every GPU the driver reports.
 absl::StatusOr<std::unique_ptr<Device>> OpenDevice(const std::string& spec, int cpu_threads);
+
+// The first of `gpus` ("cuda:N" each, tried in order) that opens, else a CPU device. A card
+// that cannot serve (too old, faulted, held by another process) is skipped, never fatal:
+// `why_skipped`, when given, gets one line per card passed over and why, or why there was
+// none, so that a GPU host falling back to its CPU is never silent.
+std::unique_ptr<Device> OpenFirstUsableGpu(const std::vector<std::string>& gpus, int cpu_threads,
+                                           std::vector<std::string>* why_skipped);
 
 }  // namespace qlorad

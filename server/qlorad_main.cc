@@ -55,7 +55,7 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either 
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
 ABSL_FLAG(std::string, inference_device, "cpu",
           "Device of Generate/Evaluate: cpu, cuda:N (a device object of its own on that GPU), or "
-          "auto (cuda:0 where there is a GPU)");
+          "auto (the first GPU of --devices that opens, else the CPU)");
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the CPU generation/evaluation device; 0: all");
 ABSL_FLAG(int32_t, inference_cached_adapters, 4,
           "Adapters kept placed on the generation/evaluation device between requests");
@@ -144,6 +144,32 @@ absl::StatusOr<std::string> DefaultTenantsFile(const std::string& data_dir) {
   return path;
 }
 
+// --inference-device auto: the first GPU that trains here and opens a second time (never a card
+// --devices leaves out, nor one that failed), else the CPU, saying which and why.
+absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& spec, int threads,
+                                                            const core::JobManager& manager) {
+  if (spec != "auto") {
+    auto opened = OpenDevice(spec, threads);
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("--inference-device: ", opened.status().message()));
+    }
+    return opened;
+  }
+  std::vector<std::string> gpus;
+  for (const core::DeviceInfo& d : manager.Devices()) {
+    if (d.name.rfind("cuda:", 0) == 0 && !d.lost) gpus.push_back(d.name);
+  }
+  std::vector<std::string> skipped;
+  std::unique_ptr<Device> device = OpenFirstUsableGpu(gpus, threads, &skipped);
+  if (!gpus.empty()) {
+    for (const std::string& s : skipped) Log("info", "--inference-device auto: skipped " + s);
+  }
+  Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ", device->name(),
+                           gpus.empty() ? " (no GPU among --devices)" : ""));
+  return device;
+}
+
 absl::Status Run() {
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   std::error_code ec;
@@ -202,15 +228,12 @@ absl::Status Run() {
   // Generation and evaluation run on a device of their own: the CPU, or a CUDA device object
   // of their own (its base models are not in that card's training budget: lower
   // --device-memory-bytes by what they take).
-  auto inference_dev =
-      OpenDevice(absl::GetFlag(FLAGS_inference_device), absl::GetFlag(FLAGS_inference_threads));
-  if (!inference_dev.ok()) {
-    return absl::Status(inference_dev.status().code(),
-                        absl::StrCat("--inference-device: ", inference_dev.status().message()));
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Device> inference_dev,
+                   OpenInferenceDevice(absl::GetFlag(FLAGS_inference_device),
+                                       absl::GetFlag(FLAGS_inference_threads), *node.manager));
   node.inference = std::make_unique<core::InferenceRunner>(
       node.models.get(), node.datasets.get(), node.adapters.get(), scratch,
-      std::move(*inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters),
+      std::move(inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters),
       absl::GetFlag(FLAGS_inference_cached_models));
   RETURN_IF_ERROR(node.manager->Start());
   std::unique_ptr<metrics::HttpExposer> exposer;

@@ -1,0 +1,62 @@
+#include "engine/device_select.h"
+
+#include <string>
+#include <vector>
+
+#include "engine/cuda_device.h"
+#include "gtest/gtest.h"
+
+namespace qlorad {
+namespace {
+
+bool IsCpu(const Device& d) { return d.name().rfind("cpu:", 0) == 0; }
+
+TEST(OpenFirstUsableGpu, PassesOverCardsThatCannotServeAndSaysWhy) {
+  // No machine has a card 999, and "gpu0" is no GPU name: both are skipped, never fatal.
+  std::vector<std::string> why;
+  std::unique_ptr<Device> d = OpenFirstUsableGpu({"cuda:999", "gpu0"}, 1, &why);
+  ASSERT_NE(d, nullptr);
+  EXPECT_TRUE(IsCpu(*d)) << d->name();
+  ASSERT_EQ(why.size(), 2u);
+  EXPECT_EQ(why[0].rfind("cuda:999: ", 0), 0u) << why[0];
+  EXPECT_EQ(why[1].rfind("gpu0: ", 0), 0u) << why[1];
+}
+
+TEST(OpenFirstUsableGpu, NoCandidateIsTheCpuWithAReason) {
+  std::vector<std::string> why;
+  std::unique_ptr<Device> d = OpenFirstUsableGpu({}, 1, &why);
+  ASSERT_NE(d, nullptr);
+  EXPECT_TRUE(IsCpu(*d));
+  EXPECT_EQ(why, std::vector<std::string>{"no GPU to try"});
+}
+
+TEST(OpenFirstUsableGpu, TakesTheFirstCardThatOpens) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  std::vector<std::string> why;
+  std::unique_ptr<Device> d = OpenFirstUsableGpu({"cuda:999", "cuda:0"}, 1, &why);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->name().rfind("cuda:0 ", 0), 0u) << d->name();
+  EXPECT_EQ(why.size(), 1u);
+}
+
+TEST(OpenDevice, NamesWhatIsNotADevice) {
+  for (const std::string spec : {"gpu", "cuda:", "cuda:x", "cuda:1234", "cpu:1", ""}) {
+    auto d = OpenDevice(spec, 1);
+    ASSERT_FALSE(d.ok()) << spec;
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << spec;
+    EXPECT_NE(std::string(d.status().message()).find("'" + spec + "'"), std::string::npos)
+        << d.status();
+  }
+}
+
+TEST(OpenDevice, AutoIsAGpuWhereOneOpensElseTheCpu) {
+  auto d = OpenDevice("auto", 1);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(IsCpu(**d), CudaDeviceCount() == 0) << (*d)->name();
+  auto cpu = OpenDevice("cpu", 1);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_TRUE(IsCpu(**cpu));
+}
+
+}  // namespace
+}  // namespace qlorad
