@@ -1,15 +1,13 @@
-// Karpathy's llama2.c checkpoints (legacy version-0 format): seven int32 header values, then
-// float32 arrays. Weights come out in Hugging Face layout (q/k rows permuted from Meta order).
+// Karpathy's llama2.c checkpoints: reading one (engine/llama2c_checkpoint.h), and converting
+// one with its tokenizer to a Hugging Face directory.
 #pragma once
 
 #include <string>
 
-#include "absl/status/statusor.h"
-#include "engine/llama_weights.h"
+#include "absl/status/status.h"
+#include "engine/llama2c_checkpoint.h"
 
 namespace qlorad {
-
-absl::StatusOr<LlamaWeights> ReadLlama2cCheckpoint(const std::string& path);
 
 // convert-llama2c: checkpoint + tokenizer (a SentencePiece tokenizer.model, or a llama2.c
 // tokenizer .bin) -> a Hugging Face directory (config.json, model.safetensors, tokenizer.model).
