@@ -83,7 +83,7 @@ def main():
         torch.cuda.synchronize()
         if step > 0:
             times.append(time.perf_counter() - s)
-        loss = float(out.loss)
+        loss = out.loss.item()
         del out  # the logits, not alive into the next step's forward
     mean = sum(times) / len(times)
     print(json.dumps({
