@@ -102,9 +102,11 @@ class CpuDevice : public Device {
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
-    std::atomic<int64_t>* counter = kind == BufferKind::kAdapter     ? &counters_->adapters
-                                    : kind == BufferKind::kOptimizer ? &counters_->optimizer
-                                                                     : &counters_->activations;
+    std::atomic<int64_t>* counter =
+        kind == BufferKind::kAdapter ? &counters_->adapters
+        : kind == BufferKind::kOptimizer || kind == BufferKind::kPagedOptimizer
+            ? &counters_->optimizer
+            : &counters_->activations;
     try {
       return std::unique_ptr<DeviceBuffer>(new CpuBuffer(counters_, counter, floats));
     } catch (const std::bad_alloc&) {

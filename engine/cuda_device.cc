@@ -54,6 +54,7 @@ class CudaMemory {
   }
   void* get() const { return p_; }
   size_t bytes() const { return bytes_; }
+  bool managed() const { return managed_; }
 
  private:
   // The card stays current afterwards: restoring a thread that had none would make a context
@@ -76,7 +77,7 @@ class CudaMemory {
 
 class CudaBuffer : public DeviceBuffer {
  public:
-  // Optimizer state lives in managed memory so that it can be paged to the host.
+  // Paged optimizer state lives in managed memory so that it can move to the host.
   CudaBuffer(std::shared_ptr<Counters> counters, int64_t Counters::*category, int64_t floats,
              bool managed = false)
       : counters_(std::move(counters)), category_(category), floats_(floats), mem_(managed) {}
@@ -98,6 +99,7 @@ class CudaBuffer : public DeviceBuffer {
   }
   float* data() override { return static_cast<float*>(mem_.get()); }
   const float* data() const override { return static_cast<const float*>(mem_.get()); }
+  bool managed() const { return mem_.managed(); }
   int64_t size() const override { return floats_; }
 
  private:
@@ -213,8 +215,9 @@ class CudaDevice : public Device {
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
     if (floats < 0) return absl::InvalidArgumentError("negative allocation");
     Enter();
-    const bool optimizer = kind == BufferKind::kOptimizer;
-    if (optimizer) {
+    const bool optimizer = kind == BufferKind::kOptimizer || kind == BufferKind::kPagedOptimizer;
+    const bool managed = kind == BufferKind::kPagedOptimizer && pageable_;
+    if (managed) {
       // Managed memory can oversubscribe the card silently; never ask for more than is free.
       size_t free_bytes = 0, total = 0;
       cudaMemGetInfo(&free_bytes, &total);
@@ -228,7 +231,7 @@ class CudaDevice : public Device {
                                           optimizer ? &Counters::optimizer_device
                                           : kind == BufferKind::kAdapter ? &Counters::adapters
                                                                          : &Counters::activations,
-                                          floats, optimizer && pageable_);
+                                          floats, managed);
     if (const cudaError_t e = b->Allocate(); e != cudaSuccess) {
       return Refused(e, absl::StrCat("cannot allocate ", floats * 4, " bytes"));
     }
@@ -241,7 +244,7 @@ class CudaDevice : public Device {
     const bool now = b.category() != &Counters::optimizer_host;
     if (b.category() != &Counters::optimizer_device && b.category() != &Counters::optimizer_host)
       return;  // only optimizer state pages
-    if (now == resident || b.size() == 0 || !pageable_) return;
+    if (now == resident || b.size() == 0 || !b.managed()) return;
     Enter();
 #if CUDART_VERSION >= 13000
     cudaMemLocation target{};
@@ -1208,7 +1211,7 @@ class CudaDevice : public Device {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   bool lost_ = false;
-  bool pageable_ = true;      // optimizer state in managed memory, paged out between steps
+  bool pageable_ = true;      // the card can page managed memory: kPagedOptimizer buffers use it
   absl::Status error_;        // the first failure since TakeError last took one; reads are NaN then
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();

@@ -30,8 +30,11 @@ struct DeviceMemoryUsage {
   int64_t device_total = 0, device_free = 0;
 };
 
-// What a buffer holds, for the accounting above and for paging.
-enum class BufferKind { kActivations, kAdapter, kOptimizer };
+// What a buffer holds, for the accounting above and for paging. kPagedOptimizer is optimizer
+// state that may move to host memory between steps (SetResident): CUDA managed memory where the
+// card can page it. kOptimizer stays where it is allocated (plain device memory: managed memory
+// is taken only where paging is asked for).
+enum class BufferKind { kActivations, kAdapter, kOptimizer, kPagedOptimizer };
 
 // A buffer of 4-byte words in device memory (float32 values, or bf16 activations two to a
 // word), freed when destroyed.
@@ -94,7 +97,7 @@ class Device {
 
   virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(
       int64_t floats, BufferKind kind = BufferKind::kActivations) = 0;
-  // Paged optimizer memory (QLoRA): a kOptimizer buffer can move to host memory while its job
+  // Paged optimizer memory (QLoRA): a kPagedOptimizer buffer can move to host memory while its job
   // does not need it (false) and back before the optimizer step (true). No-op on the CPU.
   virtual void SetResident(DeviceBuffer& buffer, bool resident) {
     (void)buffer;

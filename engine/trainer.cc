@@ -69,8 +69,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   const int64_t n = t->layout_->num_params();
   ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n, BufferKind::kAdapter));
   ASSIGN_OR_RETURN(t->d_grads_, t->device_->Alloc(n, BufferKind::kAdapter));
-  ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n, BufferKind::kOptimizer));
-  ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n, BufferKind::kOptimizer));
+  // Managed memory only where paging is asked for (a GPU shared by jobs): elsewhere plain
+  // device memory, which cannot oversubscribe the card.
+  const BufferKind moments =
+      options.paged_optimizer ? BufferKind::kPagedOptimizer : BufferKind::kOptimizer;
+  ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n, moments));
+  ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n, moments));
   ASSIGN_OR_RETURN(t->d_step_sums_, t->device_->Alloc(2));
   const std::vector<float> init = InitLoraParams(*t->layout_, t->options_.lora);
   t->device_->CopyFromHost(init.data(), n, t->d_params_->data());
