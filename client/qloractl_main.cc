@@ -69,6 +69,11 @@ inference:
 
 limits [--model M]             what the server accepts and what this tenant uses
 
+devices                        the node's training devices: jobs, memory by what it holds
+                               (base weights, adapters, optimizer on the card and paged out,
+                               activations, workspace), the card's free memory, a lost GPU and
+                               why; the largest job the node takes; where generation runs
+
 admin (admin key):
   admin backup PATH            a consistent copy of the node's RocksDB in a new server folder
 
@@ -90,7 +95,7 @@ const std::vector<FlagDef>& GlobalFlags() {
 std::vector<Command> AllCommands() {
   std::vector<Command> all;
   for (auto group : {ModelCommands, DatasetCommands, JobCommands, AdapterCommands,
-                     InferenceCommands, LimitsCommands, AdminCommands}) {
+                     InferenceCommands, LimitsCommands, DeviceCommands, AdminCommands}) {
     for (Command& command : group()) all.push_back(std::move(command));
   }
   return all;

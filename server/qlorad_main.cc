@@ -256,6 +256,7 @@ absl::Status Run() {
   server::AdapterServiceImpl adapters(&node);
   server::InferenceServiceImpl inference(&node);
   server::LimitsServiceImpl limits(&node);
+  server::DeviceServiceImpl devices_service(&node);
   server::AdminServiceImpl admin(&node);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -280,7 +281,7 @@ absl::Status Run() {
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
   for (grpc::Service* s : std::initializer_list<grpc::Service*>{
-           &models, &datasets, &jobs, &adapters, &inference, &limits, &admin}) {
+           &models, &datasets, &jobs, &adapters, &inference, &limits, &devices_service, &admin}) {
     builder.RegisterService(s);
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

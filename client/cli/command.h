@@ -56,7 +56,8 @@ std::vector<Command> JobCommands();
 std::vector<Command> AdapterCommands();
 std::vector<Command> InferenceCommands();  // generate, eval
 std::vector<Command> LimitsCommands();
-std::vector<Command> AdminCommands();  // admin backup
+std::vector<Command> DeviceCommands();  // devices
+std::vector<Command> AdminCommands();   // admin backup
 
 // With -o json prints `message` as one JSON line, else runs `print_text`.
 inline absl::Status Emit(const Invocation& invocation, const google::protobuf::Message& message,

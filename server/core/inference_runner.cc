@@ -62,6 +62,7 @@ InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, Ada
       datasets_(datasets),
       adapters_(adapters),
       scratch_dir_(std::move(scratch_dir)),
+      device_name_(device->name()),
       cached_adapters_(std::max(0, cached_adapters)),
       cached_models_(std::max(1, cached_models)) {
   device_ = std::move(device);

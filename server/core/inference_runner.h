@@ -51,6 +51,8 @@ class InferenceRunner {
   // Base models loaded so far (misses), and loaded now.
   int64_t model_loads() const ABSL_LOCKS_EXCLUDED(mu_);
   int models_loaded() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The device's description (Device::name), fixed at construction.
+  const std::string& device_name() const { return device_name_; }
 
  private:
   // The base model from the pool and the tenant's adapter on this runner's device (none for
@@ -70,6 +72,7 @@ class InferenceRunner {
   DatasetStore* datasets_;
   AdapterStore* adapters_;
   std::string scratch_dir_;
+  std::string device_name_;
   mutable absl::Mutex mu_;
   std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);

@@ -56,6 +56,7 @@ int64_t PhysicalMemoryBytes() {
 
 struct JobManager::Worker {
   std::string name;
+  std::string description;  // Device::name, taken once the device is made
   int threads = 0;
   int64_t budget = 0;
   std::thread thread;
@@ -149,6 +150,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
                     ? CreateCpuDevice(w->threads)
                     : CreateCpuDevice(w->threads, fault->second);
     w->pool = std::make_unique<ModelPool>(w->device.get());
+    w->description = w->device->name();
     m->workers_.push_back(std::move(w));
   };
   for (const std::string& name : names) {
@@ -177,6 +179,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
     w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
                                                 : std::min(u.device_total / 10 * 9, u.device_free);
     w->pool = std::make_unique<ModelPool>(w->device.get());
+    w->description = w->device->name();
     m->workers_.push_back(std::move(w));
   }
   if (m->workers_.empty()) {  // auto, and no GPU could serve: the CPU does
@@ -580,6 +583,7 @@ std::vector<DeviceInfo> JobManager::Devices() const {
   for (const auto& w : workers_) {
     DeviceInfo d;
     d.name = w->name;
+    d.description = w->description;
     d.memory_budget = w->budget;
     if (w->pool) {
       d.base_model_bytes = w->pool->ResidentBytes();
@@ -733,6 +737,10 @@ void JobManager::WorkerLoop(Worker* w) {
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
       it = active.erase(it);
+      // Its memory is free now: said at once, as a worker left idle waits at the top of the
+      // loop and publishes nothing until the next job (the last job's adapter, optimizer and
+      // activations stayed in DeviceInfo and the metrics).
+      w->PublishUsage();
     }
     if (!w->lost_cause.ok()) {
       LoseDevice(w, active, w->lost_cause);

@@ -69,7 +69,8 @@ struct JobManagerStores {
 };
 
 struct DeviceInfo {
-  std::string name;
+  std::string name;         // as --devices names it: cuda:0, cpu:0
+  std::string description;  // the engine's: the card, its GEMM and attention paths
   DeviceMemoryUsage usage;  // the engine's accounting, as of the worker's last round
   int64_t memory_budget = 0;
   int64_t memory_reserved = 0;  // base models + admitted jobs' estimates

@@ -6,6 +6,7 @@
 #include "qlorad/v1/adapters.grpc.pb.h"
 #include "qlorad/v1/admin.grpc.pb.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
+#include "qlorad/v1/devices.grpc.pb.h"
 #include "qlorad/v1/inference.grpc.pb.h"
 #include "qlorad/v1/jobs.grpc.pb.h"
 #include "qlorad/v1/limits.grpc.pb.h"
@@ -99,6 +100,16 @@ class AdminServiceImpl final : public v1::AdminService::Service {
   explicit AdminServiceImpl(Node* node) : node_(node) {}
   grpc::Status BackupDatabase(grpc::ServerContext* c, const v1::BackupDatabaseRequest* req,
                               v1::BackupDatabaseResponse* out) override;
+
+ private:
+  Node* node_;
+};
+
+class DeviceServiceImpl final : public v1::DeviceService::Service {
+ public:
+  explicit DeviceServiceImpl(Node* node) : node_(node) {}
+  grpc::Status ListDevices(grpc::ServerContext* c, const v1::ListDevicesRequest* req,
+                           v1::ListDevicesResponse* out) override;
 
  private:
   Node* node_;

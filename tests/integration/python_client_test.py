@@ -189,11 +189,19 @@ class PythonClientTest(unittest.TestCase):
             self.assertRpcError("UNAUTHENTICATED", anonymous.list_datasets)
         with Client(self.target, token="not-a-key", timeout=RPC_TIMEOUT) as stranger:
             self.assertRpcError("UNAUTHENTICATED", stranger.get_limits)
+            self.assertRpcError("UNAUTHENTICATED", stranger.list_devices)
 
         limits = self.acme.get_limits()
         self.assertEqual(limits.max_concurrent_jobs, 2)
         self.assertEqual(limits.max_dataset_bytes, 1048576)
         self.assertEqual(limits.max_adapters, 10)
+
+        devices = self.acme.list_devices()
+        self.assertEqual([d.name for d in devices.devices], ["cpu:0"])
+        self.assertTrue(devices.devices[0].description.startswith("cpu:0 ("))
+        self.assertFalse(devices.devices[0].lost)
+        self.assertEqual(devices.max_job_bytes, devices.devices[0].memory_budget)
+        self.assertGreater(devices.max_job_bytes, 0)
 
     # -- (b) datasets -----------------------------------------------------------------------
 

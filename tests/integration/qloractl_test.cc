@@ -3,10 +3,12 @@
 // and every bad input with its status code and message, with nothing lost.
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "engine/dataset.h"
 #include "engine/device_adapter.h"
@@ -149,6 +151,48 @@ TEST(QloradFlags, AnUnusableInferenceDeviceStopsTheStartNamingTheFlag) {
     EXPECT_FALSE(daemon.Start()) << flag;
     EXPECT_NE(daemon.log().find("--inference-device"), std::string::npos) << daemon.log();
   }
+}
+
+// What any tenant sees of the node's devices: after a job on cpu:0, its base model stays loaded
+// there and is counted, and its adapter, optimizer and activations are given back (the worker
+// publishes its accounting a round after the job ends: polled); the largest job is that
+// device's budget.
+TEST_F(QloractlTest, DevicesShowWhatEachDeviceHolds) {
+  TrainedJob();
+  CtlResult r;
+  nlohmann::json j;
+  for (int i = 0; i < 50; ++i) {
+    r = Run(kAcmeKey, {"-o", "json", "devices"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    j = r.json();
+    if (!j["devices"][0]["memory"].contains("adapters")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(j["devices"].size(), 1u) << r.out;
+  const nlohmann::json& d = j["devices"][0];
+  EXPECT_EQ(d["name"], "cpu:0");
+  EXPECT_EQ(d["description"].get<std::string>().rfind("cpu:0 (", 0), 0u) << r.out;
+  const int64_t budget = std::stoll(d["memoryBudget"].get<std::string>());
+  EXPECT_GT(budget, 0);
+  EXPECT_EQ(j["maxJobBytes"], d["memoryBudget"]);
+  EXPECT_EQ(d["baseModelsLoaded"], 1) << r.out;
+  const int64_t weights = std::stoll(d["memory"]["baseWeights"].get<std::string>());
+  EXPECT_GT(weights, 0) << r.out;
+  EXPECT_GE(std::stoll(d["memoryReserved"].get<std::string>()),
+            std::stoll(d["baseModelBytes"].get<std::string>()));
+  EXPECT_FALSE(d.contains("lost")) << r.out;
+  for (const char* released : {"adapters", "optimizerDevice", "optimizerHost", "activations"}) {
+    EXPECT_FALSE(d["memory"].contains(released)) << released << " still held: " << r.out;
+  }
+  EXPECT_EQ(j["inferenceDevice"].get<std::string>().rfind("cpu:0 (", 0), 0u) << r.out;
+
+  auto text = Run(kAcmeKey, {"devices"});
+  ASSERT_EQ(text.code, 0) << text.err;
+  for (const char* want : {"DEVICE", "CARD FREE", "cpu:0   up", "largest job (with its base model)",
+                           "generation and evaluation: cpu:0"}) {
+    EXPECT_NE(text.out.find(want), std::string::npos) << want << "\n" << text.out;
+  }
+  ExpectError(Run("not-a-key", {"devices"}), "UNAUTHENTICATED", "");
 }
 
 TEST_F(QloractlTest, JobLifecycleAndWatch) {

@@ -6,9 +6,9 @@ import time
 import grpc
 
 from ._gen.qlorad.v1 import (
-    adapters_pb2, adapters_pb2_grpc, datasets_pb2, datasets_pb2_grpc, inference_pb2,
-    inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, limits_pb2, limits_pb2_grpc, models_pb2,
-    models_pb2_grpc)
+    adapters_pb2, adapters_pb2_grpc, datasets_pb2, datasets_pb2_grpc, devices_pb2,
+    devices_pb2_grpc, inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, limits_pb2,
+    limits_pb2_grpc, models_pb2, models_pb2_grpc)
 
 UPLOAD_CHUNK_BYTES = 1 << 20
 TERMINAL_STATES = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
@@ -67,6 +67,7 @@ class Client:
         self._adapters = adapters_pb2_grpc.AdapterServiceStub(self._channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._limits = limits_pb2_grpc.LimitsServiceStub(self._channel)
+        self._devices = devices_pb2_grpc.DeviceServiceStub(self._channel)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -312,3 +313,10 @@ class Client:
 
     def get_limits(self, model=""):
         return self._unary(self._limits.GetLimits, limits_pb2.GetLimitsRequest(model=model))
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def list_devices(self):
+        """The node's training devices (ListDevicesResponse: .devices, each with its memory by
+        category and whether it is lost; .max_job_bytes; .inference_device)."""
+        return self._unary(self._devices.ListDevices, devices_pb2.ListDevicesRequest())
