@@ -158,7 +158,7 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   }
   std::vector<std::string> gpus;
   for (const core::DeviceInfo& d : manager.Devices()) {
-    if (d.name.rfind("cuda:", 0) == 0 && !d.lost) gpus.push_back(d.name);
+    if (d.name.rfind("cuda:", 0) == 0) gpus.push_back(d.name);
   }
   std::vector<std::string> skipped;
   std::unique_ptr<Device> device = OpenFirstUsableGpu(gpus, threads, &skipped);
@@ -167,6 +167,16 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   }
   Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ", device->name(),
                            gpus.empty() ? " (no GPU among --devices)" : ""));
+  for (const core::DeviceInfo& d : manager.Devices()) {
+    if (device->name().rfind(d.name + " ", 0) == 0) {
+      // The training budget was taken before this device existed: its models are not in it.
+      Log("warn", absl::StrCat("--inference-device auto shares ", d.name,
+                               " with training, whose budget (", d.memory_budget >> 20,
+                               " MiB) leaves out the inference models: lower "
+                               "--device-memory-bytes by their size, or use --inference-device "
+                               "cpu"));
+    }
+  }
   return device;
 }
 

@@ -1,8 +1,9 @@
 // A real pretrained model on the CUDA device against the CPU reference: Karpathy's stories260K
 // (llama2.c checkpoint; dim 64, 5 layers, 8 heads of 8 over 4 KV heads, FFN 172, vocab 512,
 // tied head). Its shapes are the ones the random-model tests leave out: a head_dim the flash
-// kernels do not take (GEMM attention, float32 activations), an FFN width whose bf16 rows are not
-// 16-byte aligned, a tied embedding and head, and decoding token by token through the KV cache.
+// kernels do not take (GEMM attention, float32 activations), an FFN width (172) that the fused
+// LoRA linear does not take and cuBLAS gets as an odd bf16 operand stride, a tied embedding and
+// head, and decoding token by token through the KV cache.
 //
 //   1. Greedy decoding, float32 base and float32 GEMMs: the CPU's tokens, until a near tie.
 //   2. The NF4 base's logits with bf16 GEMMs: within bf16 rounding of the CPU's.
@@ -68,7 +69,8 @@ void GreedyDecodingAgrees(const LlamaWeights& weights, Device* cpu, Device* gpu)
     GPU_CHECK(sa.ok() && sb.ok(), "decode step %d: cpu %s, cuda %s", i,
               std::string(sa.message()).c_str(), std::string(sb.message()).c_str());
     if (!sa.ok() || !sb.ok()) return;
-    worst = std::max(worst, testing::RelativeL2(lb, la));
+    const double e = testing::RelativeL2(lb, la);
+    if (!(e <= worst)) worst = e;  // a NaN sticks (std::max would drop it)
     const auto ta = std::max_element(la.begin(), la.end()) - la.begin();
     const auto tb = std::max_element(lb.begin(), lb.end()) - lb.begin();
     if (ta != tb) {
@@ -86,6 +88,8 @@ void GreedyDecodingAgrees(const LlamaWeights& weights, Device* cpu, Device* gpu)
   std::printf("  greedy, float32: %d of %d tokens the same, logits' worst relative error %.2e\n",
               agreed, kTokens, worst);
   GPU_CHECK(worst < 1e-4, "decoding logits differ by %g", worst);
+  // The story is confident from BOS: a near tie before token 32 would be a wrong logit, not luck.
+  GPU_CHECK(agreed >= 32, "greedy decoding agreed on %d tokens only", agreed);
 }
 
 std::vector<int32_t> Prompt(int64_t n) {
@@ -110,21 +114,37 @@ void Nf4LogitsAgree(const LlamaWeights& weights, Device* cpu, Device* gpu) {
   absl::Status sb = b->Forward(prompt, cb->get(), true, &lb);
   GPU_CHECK(sa.ok() && sb.ok(), "forward: cpu %s, cuda %s", std::string(sa.message()).c_str(),
             std::string(sb.message()).c_str());
+  GPU_CHECK(la.size() == lb.size(), "logits: cpu %zu, cuda %zu values", la.size(), lb.size());
   if (!sa.ok() || !sb.ok() || la.size() != lb.size()) return;
   const int64_t vocab = weights.config.vocab_size, n = static_cast<int64_t>(prompt.size());
+  // The top token may differ only where the CPU's two best were closer than twice the largest
+  // difference between the devices' logits at that position (random prompts make near ties).
   int64_t same_top = 0;
   for (int64_t t = 0; t < n; ++t) {
     const float* x = la.data() + t * vocab;
     const float* y = lb.data() + t * vocab;
-    same_top += std::max_element(x, x + vocab) - x == std::max_element(y, y + vocab) - y;
+    const int64_t tx = std::max_element(x, x + vocab) - x, ty = std::max_element(y, y + vocab) - y;
+    if (tx == ty) {
+      ++same_top;
+      continue;
+    }
+    float delta = 0.0f, second = -INFINITY;
+    for (int64_t i = 0; i < vocab; ++i) {
+      delta = std::max(delta, std::fabs(x[i] - y[i]));
+      if (i != tx) second = std::max(second, x[i]);
+    }
+    GPU_CHECK(x[tx] - second < 2.0f * delta,
+              "position %lld: top token cpu %lld, cuda %lld; the cpu's margin %g is no near tie "
+              "(largest logit difference %g)",
+              static_cast<long long>(t), static_cast<long long>(tx), static_cast<long long>(ty),
+              x[tx] - second, delta);
   }
   const double e = testing::RelativeL2(lb, la);
   std::printf(
       "  NF4 base, bf16 GEMMs: logits relative error %.2e, top-1 the same at %lld of %lld\n", e,
       static_cast<long long>(same_top), static_cast<long long>(n));
-  GPU_CHECK(e < 3e-2, "NF4 logits relative error %g", e);
-  GPU_CHECK(same_top * 10 >= n * 9, "top-1 the same at %lld of %lld positions",
-            static_cast<long long>(same_top), static_cast<long long>(n));
+  // bf16 GEMM inputs against float32 ones: about 3e-3, estimated once with a numpy emulation.
+  GPU_CHECK(e < 1e-2, "NF4 logits relative error %g", e);
 }
 
 // Rows of a task the model can learn in a few steps: each row repeats one of four fixed phrases
@@ -178,6 +198,10 @@ FineTune RunFineTune(const LlamaWeights& weights, Device* device) {
   GPU_CHECK(t.ok(), "trainer on %s: %s", device->name().c_str(),
             std::string(t.status().message()).c_str());
   if (!t.ok()) return f;
+  // head_dim 8 has no flash kernels, so both devices train with float32 activations: the
+  // tolerances below assume it.
+  GPU_CHECK(!(*t)->bf16_activations(), "%s trains stories260K on bf16 activations",
+            device->name().c_str());
   absl::Status s = (*t)->RunUntil((*t)->total_steps(), [&](const StepReport& r) {
     f.losses.push_back(r.loss);
     return true;
@@ -250,7 +274,9 @@ int main() {
   // Float32 GEMMs: float rounding alone, compounded over 16 AdamW steps. Bf16 GEMMs: inputs
   // rounded to 8 mantissa bits where the CPU keeps 24 (the 5% bound of cuda_train_step_gpu_test's
   // gradients; a loss is a mean, closer than its gradients).
-  qlorad::FineTuneAgrees(*weights, want, gpu_exact->get(), 1e-3, "float32 GEMMs");
+  // (Estimated once with a numpy emulation of this model: 4e-7 worst step with float32 GEMMs,
+  // 4e-3 with bf16 inputs.)
+  qlorad::FineTuneAgrees(*weights, want, gpu_exact->get(), 1e-4, "float32 GEMMs");
   qlorad::FineTuneAgrees(*weights, want, gpu->get(), 2e-2, "bf16 GEMMs");
   return qlorad::gpu_check::Finish("real_model_gpu_test");
 }
