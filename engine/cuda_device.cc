@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -327,11 +328,37 @@ class CudaDevice : public Device {
   absl::StatusOr<std::unique_ptr<DeviceLinear>> QuantizeLinear(const std::vector<float>& values,
                                                                int64_t out, int64_t in,
                                                                const Nf4Options& o) override {
-    const int64_t n = out * in;
-    if (!o.double_quant || n <= 0 || static_cast<int64_t>(values.size()) != n ||
-        o.blocksize != 64) {  // the dequantization kernel's vectorized path wants blocks of 64
+    if (!QuantizesOnCard(out * in, o) || static_cast<int64_t>(values.size()) != out * in) {
       return Device::QuantizeLinear(values, out, in, o);
     }
+    return QuantizeOnCard(out, in, o, [&](float* staging) {
+      return cudaMemcpyAsync(staging, values.data(), out * in * 4, cudaMemcpyHostToDevice, stream_);
+    });
+  }
+
+  // The values made in the staging buffer by kernels/cuda FillUniform: no host memory at all.
+  absl::StatusOr<std::unique_ptr<DeviceLinear>> RandomLinear(int64_t out, int64_t in, uint64_t seed,
+                                                             uint64_t stream_id, float scale,
+                                                             const Nf4Options& o) override {
+    if (out <= 0 || in <= 0 || !QuantizesOnCard(out * in, o)) {
+      return Device::RandomLinear(out, in, seed, stream_id, scale, o);
+    }
+    return QuantizeOnCard(out, in, o, [&](float* staging) {
+      return kc::FillUniform(staging, out * in, seed, stream_id, scale, stream_);
+    });
+  }
+
+  // The quantization kernels take double quantization with blocks of 64 (the dequantization
+  // kernel's vectorized path wants them).
+  static bool QuantizesOnCard(int64_t n, const Nf4Options& o) {
+    return o.double_quant && n > 0 && o.blocksize == 64;
+  }
+
+  // Quantizes the [out, in] values that `fill` puts (in order on stream_) in a staging buffer.
+  absl::StatusOr<std::unique_ptr<DeviceLinear>> QuantizeOnCard(
+      int64_t out, int64_t in, const Nf4Options& o,
+      const std::function<cudaError_t(float* staging)>& fill) {
+    const int64_t n = out * in;
     Enter();
     const int64_t blocks = (n + o.blocksize - 1) / o.blocksize;
     const int64_t nested = (blocks + o.nested_blocksize - 1) / o.nested_blocksize;
@@ -342,9 +369,7 @@ class CudaDevice : public Device {
     if (e == cudaSuccess) e = lin->nested.Allocate(nested * 4);
     if (e == cudaSuccess) e = staging.Allocate(n * 4);
     if (e == cudaSuccess) e = absmax.Allocate(blocks * 4);
-    if (e == cudaSuccess) {
-      e = cudaMemcpyAsync(staging.get(), values.data(), n * 4, cudaMemcpyHostToDevice, stream_);
-    }
+    if (e == cudaSuccess) e = fill(static_cast<float*>(staging.get()));
     kc::Nf4QuantizeOutputs q;
     q.packed = static_cast<uint8_t*>(lin->packed.get());
     q.absmax_q = static_cast<uint8_t*>(lin->absmax_q.get());

@@ -1,7 +1,19 @@
 // The Device interface's default compositions (engine/device.h).
 #include "engine/device.h"
 
+#include "kernels/cpu/dropout.h"
+
 namespace qlorad {
+
+absl::StatusOr<std::unique_ptr<DeviceLinear>> Device::RandomLinear(int64_t out, int64_t in,
+                                                                   uint64_t seed, uint64_t stream,
+                                                                   float scale,
+                                                                   const Nf4Options& options) {
+  if (out <= 0 || in <= 0) return absl::InvalidArgumentError("random weight with no elements");
+  std::vector<float> values(out * in);
+  kernels::FillUniform(values.data(), out * in, seed, stream, scale);
+  return QuantizeLinear(values, out, in, options);
+}
 
 void Device::LinearLora(const DeviceLinear& w, const float* x, int64_t tokens, const float* h,
                         const float* b, int64_t r, float scale, float* y) {

@@ -118,6 +118,14 @@ class Device {
     if (!q.ok()) return q.status();
     return UploadLinear(&*q, nullptr, out, in);
   }
+  // A frozen weight [out, in] of kernels::FillUniform's values (stream `stream` of `seed`, in
+  // [-scale, scale)), NF4-quantized with `options`, made where the device computes: a
+  // benchmark's 7B model then never passes through host memory. This default makes the values
+  // on the host and quantizes them there.
+  virtual absl::StatusOr<std::unique_ptr<DeviceLinear>> RandomLinear(int64_t out, int64_t in,
+                                                                     uint64_t seed, uint64_t stream,
+                                                                     float scale,
+                                                                     const Nf4Options& options);
   // Places a float32 tensor (norm weights, embeddings) on the device.
   virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const std::vector<float>& v) = 0;
 

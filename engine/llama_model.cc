@@ -15,11 +15,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   auto m = std::unique_ptr<LlamaModel>(new LlamaModel());
   m->config_ = weights.config;
   m->device_ = device;
-  m->quantized_ = options.quantize || !prequantized.empty();
+  m->quantized_ = options.quantize || !prequantized.empty() || options.random_linear_scale > 0.0f;
   const LlamaConfig& c = m->config_;
-  // Linear weights may be absent from `weights` when they come prequantized.
+  // Linear weights may be absent from `weights` when they come prequantized or are made random.
+  const bool random_linears = options.random_linear_scale > 0.0f;
   for (const TensorSlot& slot : TensorSlots(weights)) {
-    if (slot.is_linear && prequantized.count(slot.name)) continue;
+    if (slot.is_linear && (prequantized.count(slot.name) || (random_linears && slot.data->empty())))
+      continue;
     int64_t n = 1;
     for (int64_t d : slot.shape) n *= d;
     if (static_cast<int64_t>(slot.data->size()) != n) {
@@ -28,7 +30,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     }
   }
   auto place_linear = [&](const std::string& module_path, std::vector<float>& values, int64_t out,
-                          int64_t in) -> absl::StatusOr<std::unique_ptr<DeviceLinear>> {
+                          int64_t in,
+                          uint64_t stream) -> absl::StatusOr<std::unique_ptr<DeviceLinear>> {
     const std::string name = module_path + ".weight";
     m->linear_params_ += out * in;
     std::unique_ptr<DeviceLinear> placed;
@@ -38,6 +41,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
             "prequantized ", name, " has ", it->second.numel, " values, expected ", out * in));
       }
       ASSIGN_OR_RETURN(placed, device->UploadLinear(&it->second, nullptr, out, in));
+    } else if (random_linears && values.empty()) {
+      ASSIGN_OR_RETURN(placed, device->RandomLinear(out, in, options.random_linear_seed, stream,
+                                                    options.random_linear_scale, options.nf4));
     } else if (options.quantize) {
       ASSIGN_OR_RETURN(placed, device->QuantizeLinear(values, out, in, options.nf4));
     } else {
@@ -63,7 +69,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
       std::vector<float>* values[7] = {&src.q_proj,    &src.k_proj,  &src.v_proj,   &src.o_proj,
                                        &src.gate_proj, &src.up_proj, &src.down_proj};
       ASSIGN_OR_RETURN(dst.linear[mod], place_linear(LinearModulePath(l, kLinearModuleNames[mod]),
-                                                     *values[mod], out, in));
+                                                     *values[mod], out, in, 1 + 7 * l + mod));
     }
   }
   return m;

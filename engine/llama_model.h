@@ -28,6 +28,12 @@ struct LoraWeights {
 struct ModelOptions {
   bool quantize = true;  // NF4 + double quantization for the seven linear projections
   Nf4Options nf4;
+  // Benchmarks: a linear weight left empty in `weights` is made on the device, uniform in
+  // [-random_linear_scale, random_linear_scale) (Device::RandomLinear; seed random_linear_seed,
+  // stream 1 + 7 * layer + module) and NF4-quantized, so that a 7B model never passes through
+  // host memory. 0: every linear weight must be given.
+  float random_linear_scale = 0.0f;
+  uint64_t random_linear_seed = 0;
 };
 
 class LlamaModel {

@@ -19,4 +19,10 @@ void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t st
   }
 }
 
+void FillUniform(float* x, int64_t n, uint64_t seed, uint64_t stream, float scale) {
+#pragma omp parallel for schedule(static) if ((n) >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = UniformValue(seed, stream, static_cast<uint64_t>(i), scale);
+}
+
 }  // namespace qlorad::kernels

@@ -78,4 +78,17 @@ struct DropoutStreamMask {
 // backward.
 void DropoutApply(const float* x, int64_t n, float p, uint64_t seed, uint64_t stream, float* out);
 
+// Element i of a stream as a value uniform in [-scale, scale): the top 24 bits of the hash of
+// (seed, stream, i), exact in float until the one rounding of the product with `scale`. The
+// CUDA twin (kernels/cuda/attention_ops.h FillUniform) makes the same bits.
+QLORAD_HOST_DEVICE inline float UniformValue(uint64_t seed, uint64_t stream, uint64_t i,
+                                             float scale) {
+  const uint64_t z = DropoutPairBits(seed, stream, i);
+  return scale * (static_cast<float>(z >> 40) / 8388608.0f - 1.0f);
+}
+
+// x[i] = UniformValue(seed, stream, i, scale) for i < n: random weights for benchmarks and tests,
+// the same on every device and thread count.
+void FillUniform(float* x, int64_t n, uint64_t seed, uint64_t stream, float scale);
+
 }  // namespace qlorad::kernels

@@ -1,3 +1,4 @@
+#include "kernels/cpu/dropout.h"
 #include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/elementwise.cuh"
 
@@ -140,6 +141,14 @@ __global__ void FillKernel(float* x, int64_t n, float value) {
   }
 }
 
+__global__ void FillUniformKernel(float* x, int64_t n, uint64_t seed, uint64_t stream_id,
+                                  float scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = UniformValue(seed, stream_id, static_cast<uint64_t>(i), scale);
+  }
+}
+
 constexpr int kSumThreads = 256;
 
 // The block's sum of each thread's `s` (kSumThreads threads), valid in thread 0, in a fixed
@@ -263,6 +272,14 @@ cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   FillKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, value);
+  return cudaGetLastError();
+}
+
+cudaError_t FillUniform(float* x, int64_t n, uint64_t seed, uint64_t stream_id, float scale,
+                        cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  FillUniformKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, seed, stream_id, scale);
   return cudaGetLastError();
 }
 

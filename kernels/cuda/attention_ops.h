@@ -30,6 +30,10 @@ template <typename T>
 cudaError_t AddInPlace(T* y, const T* x, int64_t n, cudaStream_t stream);
 cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream);
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream);
+// x[i] = kernels::UniformValue(seed, stream_id, i, scale): kernels::FillUniform's values, bit
+// for bit (random weights made on the card).
+cudaError_t FillUniform(float* x, int64_t n, uint64_t seed, uint64_t stream_id, float scale,
+                        cudaStream_t stream);
 // out[i] = x[i] rounded to bf16 (nearest even): the operand of a bf16 tensor-core GEMM.
 cudaError_t ConvertToBf16(const float* x, int64_t n, __nv_bfloat16* out, cudaStream_t stream);
 // out[i] = x[i] widened to float32 (exact).

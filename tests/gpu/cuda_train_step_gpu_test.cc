@@ -19,6 +19,7 @@
 #include "engine/lora.h"
 #include "engine/lora_training.h"
 #include "engine/trainer.h"
+#include "kernels/cpu/dropout.h"
 #include "tests/common/random_model.h"
 #include "tests/common/relative_error.h"
 #include "tests/gpu/gpu_check.h"
@@ -101,13 +102,12 @@ Result RunStep(Device* device, const LlamaWeights& weights, const LoraLayout& la
 
 // A weight NF4-quantized on the card holds the host's bytes: pushed through an identity input
 // with float32 GEMMs (every product is w * 1 or w * 0, so exact), it reads back as the host's
-// dequantization bit for bit. 100 x 192: 300 blocks, a partial second nested block.
-void QuantizeOnCardMatchesHost(Device* gpu) {
+// dequantization of `w` bit for bit. 100 x 192: 300 blocks, a partial second nested block.
+void CardWeightMatchesHost(Device* gpu, const char* what, const std::vector<float>& w,
+                           absl::StatusOr<std::unique_ptr<DeviceLinear>> lin) {
   const int64_t out = 100, in = 192;
-  const std::vector<float> w = Normal(out * in, 0.05f);
   auto host = QuantizeNf4(w.data(), {out, in}, Nf4Options{});
-  auto lin = gpu->QuantizeLinear(w, out, in, Nf4Options{});
-  GPU_CHECK(host.ok() && lin.ok(), "quantize failed");
+  GPU_CHECK(host.ok() && lin.ok(), "%s: quantize failed", what);
   if (!host.ok() || !lin.ok()) return;
   // StorageBytes counts the float offset too, which the card keeps as a field.
   GPU_CHECK((*lin)->quantized() && (*lin)->bytes() + 4 == host->StorageBytes(),
@@ -126,9 +126,21 @@ void QuantizeOnCardMatchesHost(Device* gpu) {
   for (int64_t t = 0; t < in; ++t) {
     for (int64_t o = 0; o < out; ++o) differ += y[t * out + o] != ref[o * in + t];
   }
-  GPU_CHECK(differ == 0, "%lld of %lld dequantized weights differ from the host's",
+  GPU_CHECK(differ == 0, "%s: %lld of %lld dequantized weights differ from the host's", what,
             static_cast<long long>(differ), static_cast<long long>(out * in));
-  std::printf("  NF4 quantized on the card: the host's weights, bit for bit\n");
+  std::printf("  %s: the host's weights, bit for bit\n", what);
+}
+
+void QuantizeOnCardMatchesHost(Device* gpu) {
+  const std::vector<float> w = Normal(100 * 192, 0.05f);
+  CardWeightMatchesHost(gpu, "NF4 quantized on the card", w,
+                        gpu->QuantizeLinear(w, 100, 192, Nf4Options{}));
+  // A benchmark's random weight, made on the card (FillUniform) and quantized there.
+  const uint64_t seed = rng(), stream = rng() % 1000;
+  std::vector<float> u(100 * 192);
+  kernels::FillUniform(u.data(), 100 * 192, seed, stream, 0.02f);
+  CardWeightMatchesHost(gpu, "random weight made on the card", u,
+                        gpu->RandomLinear(100, 192, seed, stream, 0.02f, Nf4Options{}));
 }
 
 // The fused LoRA linear (one GEMM over [x | h] and [W | scale B]) and its backward (dy rounded

@@ -234,6 +234,24 @@ void Dropout() {
   Compare(std::string("dropout ") + Name<T>(), got, want, Rtol<T>(), 0.0f);
 }
 
+// Random weights made on the card (a benchmark's 7B model): kernels::FillUniform's values, bit
+// for bit, over a fresh seed and stream; n spans several grid-stride rounds' worth of blocks.
+void FillUniform() {
+  const int64_t n = 3000017;
+  const uint64_t seed = rng(), stream = rng() % 1000;
+  Dev<float> d(n);
+  CUDA_OK(kc::FillUniform(d.p, n, seed, stream, 0.02f, nullptr));
+  std::vector<float> want(n);
+  kernels::FillUniform(want.data(), n, seed, stream, 0.02f);
+  const std::vector<float> got = Download(d);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n; ++i) differ += got[i] != want[i];
+  GPU_CHECK(differ == 0, "%lld of %lld uniform values differ from the host's",
+            static_cast<long long>(differ), static_cast<long long>(n));
+  std::printf("  %-40s %lld values checked, bit for bit\n", "fill uniform",
+              static_cast<long long>(n));
+}
+
 // The activation rounding (bf16 GEMM operands, bf16 activations): bit for bit the host's
 // round-to-nearest-even conversion, on random values, halfway cases, tiny and huge values,
 // infinities and NaN; and back to float exactly. n 100000 takes the eight-wide path, 100003 the
@@ -436,5 +454,6 @@ int main() {
   qlorad::DeviceSums();
   qlorad::LoraDropout();
   qlorad::ConvertRows();
+  qlorad::FillUniform();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }

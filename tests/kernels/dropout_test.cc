@@ -34,6 +34,30 @@ TEST(Dropout, ApplyAgreesWithKeepAndDropsAboutP) {
   EXPECT_NE(out, other);
 }
 
+// Random weights: uniform over [-scale, scale) (mean 0, variance scale^2 / 3) on a grid of 2^24
+// steps, and another stream or seed gives other values.
+TEST(FillUniform, IsUniformOverTheScaleAndFollowsTheHash) {
+  const int64_t n = 200001;
+  std::vector<float> x(n);
+  FillUniform(x.data(), n, /*seed=*/5, /*stream=*/9, 0.5f);
+  double sum = 0.0, sq = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_GE(x[i], -0.5f) << i;
+    ASSERT_LT(x[i], 0.5f) << i;
+    const double step = (x[i] / 0.5 + 1.0) * 8388608.0;  // which of the 2^24 values
+    ASSERT_EQ(step, std::floor(step)) << i;
+    sum += x[i];
+    sq += static_cast<double>(x[i]) * x[i];
+  }
+  EXPECT_NEAR(sum / n, 0.0, 0.005);
+  EXPECT_NEAR(sq / n, 0.25 / 3.0, 0.002);
+  std::vector<float> other(n);
+  FillUniform(other.data(), n, 5, 10, 0.5f);
+  EXPECT_NE(x, other);
+  FillUniform(other.data(), n, 6, 9, 0.5f);
+  EXPECT_NE(x, other);
+}
+
 // The kernels' integer form (DropoutStreamMask) decides exactly as the float definition: at the
 // threshold's edges for awkward p (not multiples of 2^-24, tiny, subnormal, one ulp under 1,
 // +-0, 1, out of range, infinite, NaN), and over a long stretch of a stream.
