@@ -69,6 +69,9 @@ def main():
         model = peft_llama(a, a.layers, a.checkpointing)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     load_s = time.perf_counter() - t0
+    # The float32 model the constructor made (27 GB at 7B) was cast to bf16 and freed into
+    # torch's cache: hand it back, so that "reserved" counts the training step alone.
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     times, loss = [], float("nan")
     for step in range(a.steps + 1):

@@ -16,7 +16,8 @@
 
 namespace qlorad::gpu_bench {
 
-// Milliseconds per call of `f` (work queued on the default stream), after one warm-up call.
+// Milliseconds per call of `f` (work queued on the default stream), after one warm-up call. A
+// launch that failed would time as nothing (an absurd rate): the program stops instead.
 template <typename F>
 float TimeMs(F&& f, int iters) {
   cudaEvent_t a, b;
@@ -26,7 +27,8 @@ float TimeMs(F&& f, int iters) {
   cudaEventRecord(a);
   for (int i = 0; i < iters; ++i) f();
   cudaEventRecord(b);
-  cudaEventSynchronize(b);
+  CUDA_OK(cudaEventSynchronize(b));
+  CUDA_OK(cudaGetLastError());
   float ms = 0;
   cudaEventElapsedTime(&ms, a, b);
   cudaEventDestroy(a);

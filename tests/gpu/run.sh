@@ -5,7 +5,8 @@
 #   bash tests/gpu/run.sh
 # real_model_gpu_test trains stories260K, which the lent machine lacks (only the working tree
 # travels). Stage it in the git-ignored gpu-models/ first and carry that folder with the call:
-#   mkdir -p gpu-models && cp -r ../shared/models/stories260K gpu-models/   # then carry: gpu-models
+#   mkdir -p gpu-models && cp -r --no-preserve=mode ../shared/models/stories260K gpu-models/
+# then call with carry: ["gpu-models"].
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ -z "${QLORAD_TEST_MODELS:-}" ]; then
@@ -38,11 +39,17 @@ export QLORAD_REQUIRE_GPU="${QLORAD_REQUIRE_GPU:-1}"
 # $GPU_CHECK_SECONDS (default 400) is skipped with a note, so the table always comes back.
 start=$(date +%s)
 budget="${GPU_CHECK_SECONDS:-400}"
+# Nothing runs past $GPU_CHECK_HARD_SECONDS (default 540, under the lent machine's 600 s call):
+# each benchmark's limit is cut to what is left, so the table below always gets printed.
+hard="${GPU_CHECK_HARD_SECONDS:-540}"
 phase() { echo "$(( $(date +%s) - start ))s $*" >> "$out/phases.txt"; }
 time_left() { [ $(( $(date +%s) - start )) -lt "$budget" ] || { phase "skipped (over budget): $*"; return 1; }; }
 bench() {  # bench LIMIT_SECONDS COMMAND...: runs a benchmark into bench.log within the budget
   local limit=$1; shift
   time_left "$*" || return 0
+  local left=$(( hard - ($(date +%s) - start) - 10 ))
+  [ "$limit" -le "$left" ] || limit=$left
+  [ "$limit" -gt 5 ] || { phase "skipped (no time left): $*"; return 0; }
   phase "start $*"
   local rc=0
   timeout -k 10 "$limit" "$@" >> "$out/bench.log" 2>&1 || rc=$?
@@ -68,7 +75,9 @@ echo "build scope: $scope" >> "$out/machine.txt"
 grep "qlorad: GPU check" "$out/configure.log" >> "$out/machine.txt"  # absl-lite? engine core only?
 if [ $status -eq 0 ]; then
   phase "build ($scope)"
-  cmake --build build-gpu -j "$jobs" > "$out/build.log" 2>&1 || status=2
+  # A first build on a fresh machine (every CUDA kernel for sm_$arch): capped, so that a stuck
+  # build still leaves time to print why.
+  timeout -k 10 330 cmake --build build-gpu -j "$jobs" > "$out/build.log" 2>&1 || status=2
 fi
 if [ $status -eq 0 ]; then
   phase "ctest -L gpu"
@@ -102,8 +111,12 @@ case $status in
 esac
 [ -f "$out/ctest.log" ] && {
   echo "== ctest -L gpu (models from ${QLORAD_TEST_MODELS:-nowhere})"
-  grep -E "tests passed|Passed|Failed|SKIPPED|CHECK failed|Not Run" "$out/ctest.log" | head -30
-  grep -E "greedy|NF4 base|fine-tune," "$out/ctest.log" | head -8  # the real model, CPU vs card
+  # Each test's verdict (a crash or a timeout included), the failed checks (the first 20), the
+  # summary, and the real model's lines (CPU vs card).
+  grep -E "^ *[0-9]+/[0-9]+ Test +#" "$out/ctest.log"
+  grep -E "CHECK failed|FAILED|SKIPPED|Exception|Timeout|SEGFAULT" "$out/ctest.log" | head -20
+  grep -E "tests passed|tests failed" "$out/ctest.log"
+  grep -E "greedy|NF4 base|fine-tune," "$out/ctest.log" | head -8
 }
 # The results (JSON lines, the dequantization bench's table rows, skips) and each failure with the four lines before it; the whole
 # log, warnings included, stays in bench.log under $out.
@@ -120,21 +133,22 @@ for line in sys.stdin:
     print("== op profile: step %.1f ms, GPU busy %.1f ms" % (p["profiled_step_ms"], p["gpu_busy_ms"]))
     for o in p["ops"][:10]:
         print("  %-40s %6d calls %9.2f ms %5.1f%%" % (o["op"], o["calls"], o["ms"], 100 * o["share"]))
-' 2>/dev/null
+' 2>&1
 # The issue's targets, read off the lines above: the bf16 dequantization at >= 70% of the copy
 # bandwidth, and each 7B step (with and without checkpointing) faster than PEFT's at under half
 # its peak memory. Ours is the drop in free device memory (everything, the cuBLAS workspace
 # included); PEFT's what torch reserved (the like figure) and what it allocated (the smaller):
 # "met" asks for under half of the smaller.
-python3 - "$out/bench.log" <<'PY' 2>/dev/null
+python3 - "$out/bench.log" <<'PY' 2>&1
 import json, re, sys
 lines = open(sys.argv[1]).read().splitlines()
 print("== targets")
 for l in lines:
-    m = re.match(r"\| dequant \| NF4\+DQ -> bf16 .*\| (\d+)% \|", l)
-    if m:
-        print("  dequant to bf16: %s%% of copy bandwidth (target 70%%): %s"
-              % (m.group(1), "met" if int(m.group(1)) >= 70 else "NOT met"))
+    # The shapes larger than the L2 cache (60 MB) are judged; 4096 x 4096 fits it.
+    m = re.match(r"\| dequant \| NF4\+DQ -> bf16 \[(\d+) x (\d+)\] .*\| (\d+)% \|", l)
+    if m and int(m.group(1)) * int(m.group(2)) >= 11008 * 4096:
+        print("  dequant to bf16 [%s x %s]: %s%% of copy bandwidth (target 70%%): %s"
+              % (m.group(1), m.group(2), m.group(3), "met" if int(m.group(3)) >= 70 else "NOT met"))
 ours, peft = {}, {}
 for l in lines:
     if not l.startswith("{"):
@@ -147,7 +161,8 @@ for l in lines:
         continue
     if j.get("peer") == "torch+peft bf16":
         peft[j["checkpointing"]] = j
-    elif "tokens_per_s" in j and j.get("activations") == "bf16" and "ops" not in j:
+    elif ("tokens_per_s" in j and j.get("activations") == "bf16" and j.get("attention") == "flash"
+          and "ops" not in j):
         ours.setdefault(j["checkpointing"], j)
 for ck in (True, False):
     o, p = ours.get(ck), peft.get(ck)

@@ -195,7 +195,7 @@ int Main(int argc, char** argv) {
   const double achieved = flops_per_token * tokens / mean / 1e12;
   const auto usage = (*device)->memory_usage();
   std::printf(
-      "{\"device\": \"%s\", \"activations\": \"%s\", \"checkpointing\": %s, "
+      "{\"device\": \"%s\", \"attention\": \"%s\", \"activations\": \"%s\", \"checkpointing\": %s, "
       "\"dropout\": %.2f, \"layers\": %lld, "
       "\"hidden\": %lld, \"seq\": "
       "%lld, \"batch\": %lld, "
@@ -203,7 +203,8 @@ int Main(int argc, char** argv) {
       "\"tokens_per_s\": %.1f, \"loss\": %.4f, \"gpu_used_gib\": %.2f, "
       "\"base_weights_gib\": %.2f, \"activations_gib\": %.2f, \"workspace_gib\": %.2f, "
       "\"model_tflops\": %.1f, \"bf16_gemm_tflops\": %s, \"mfu\": %s}\n",
-      (*device)->name().c_str(), (*trainer)->bf16_activations() ? "bf16" : "float32",
+      (*device)->name().c_str(), o.flash_attention ? "flash" : "gemm",
+      (*trainer)->bf16_activations() ? "bf16" : "float32",
       to.activation_checkpointing ? "true" : "false", to.lora.dropout,
       static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.hidden_size),
       static_cast<long long>(seq), static_cast<long long>(batch), static_cast<long long>(rank),
