@@ -8,7 +8,7 @@ The stubs are generated from the protos, not committed: on first import, when
 qlorad_client/_gen is missing or older than the protos beside this checkout, they are generated
 by client/python/generate.py (needs protoc + grpc_python_plugin, or grpcio-tools). The message
 modules are re-exported here: models_pb2, datasets_pb2, jobs_pb2, adapters_pb2, inference_pb2,
-limits_pb2.
+limits_pb2, devices_pb2.
 """
 
 import importlib.machinery
@@ -82,7 +82,7 @@ _debian_dist_packages_fallback()
 _ensure_stubs()
 
 from ._gen.qlorad.v1 import (  # noqa: E402
-    adapters_pb2, datasets_pb2, inference_pb2, jobs_pb2, limits_pb2, models_pb2)
+    adapters_pb2, datasets_pb2, devices_pb2, inference_pb2, jobs_pb2, limits_pb2, models_pb2)
 from .client import Client, QloradError, TERMINAL_STATES  # noqa: E402
 from .routing import pod_for_tenant, statefulset_target  # noqa: E402
 
@@ -91,5 +91,6 @@ JobState = jobs_pb2.JobState
 __all__ = [
     "Client", "QloradError", "JobState", "TERMINAL_STATES", "pod_for_tenant",
     "statefulset_target",
-    "adapters_pb2", "datasets_pb2", "inference_pb2", "jobs_pb2", "limits_pb2", "models_pb2",
+    "adapters_pb2", "datasets_pb2", "devices_pb2", "inference_pb2", "jobs_pb2", "limits_pb2",
+    "models_pb2",
 ]
