@@ -69,10 +69,11 @@ inference:
 
 limits [--model M]             what the server accepts and what this tenant uses
 
-devices                        the node's training devices: jobs, memory by what it holds
-                               (base weights, adapters, optimizer on the card and paged out,
-                               activations, workspace), the card's free memory, a lost GPU and
-                               why; the largest job the node takes; where generation runs
+devices                        the node's training devices, their budgets, a lost GPU and why,
+                               the largest job the node takes, where generation runs; with an
+                               admin key also jobs, memory by what it holds (base weights,
+                               adapters, optimizer on the card and paged out, activations,
+                               workspace) and the card's free memory
 
 admin (admin key):
   admin backup PATH            a consistent copy of the node's RocksDB in a new server folder

@@ -15,7 +15,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   auto m = std::unique_ptr<LlamaModel>(new LlamaModel());
   m->config_ = weights.config;
   m->device_ = device;
-  m->quantized_ = options.quantize || !prequantized.empty() || options.random_linear_scale > 0.0f;
+  m->quantized_ = options.quantize || !prequantized.empty();
   const LlamaConfig& c = m->config_;
   // Linear weights may be absent from `weights` when they come prequantized or are made random.
   const bool random_linears = options.random_linear_scale > 0.0f;
@@ -44,6 +44,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     } else if (random_linears && values.empty()) {
       ASSIGN_OR_RETURN(placed, device->RandomLinear(out, in, options.random_linear_seed, stream,
                                                     options.random_linear_scale, options.nf4));
+      m->quantized_ = true;  // RandomLinear quantizes
     } else if (options.quantize) {
       ASSIGN_OR_RETURN(placed, device->QuantizeLinear(values, out, in, options.nf4));
     } else {

@@ -14,6 +14,7 @@
 
 #include "engine/cuda_device.h"
 #include "engine/device.h"
+#include "engine/device_select.h"
 #include "engine/dtype.h"
 #include "engine/llama_model.h"
 #include "engine/lora.h"
@@ -606,6 +607,12 @@ int main() {
   }
   std::printf("%s\n", (*gpu)->name().c_str());
   auto cpu = qlorad::CreateCpuDevice();
+  {  // --devices/--inference-device auto's choice: a card that cannot open is passed over
+    std::vector<std::string> why;
+    auto first = qlorad::OpenFirstUsableGpu({"cuda:999", "cuda:0"}, 1, &why);
+    GPU_CHECK(first->name().rfind("cuda:0 ", 0) == 0 && why.size() == 1,
+              "OpenFirstUsableGpu took %s after %zu skipped", first->name().c_str(), why.size());
+  }
   qlorad::QuantizeOnCardMatchesHost(gpu->get());
   qlorad::TrainingStepAgrees(cpu.get(), gpu->get(), qlorad::ActivationPrecision::kFloat32, 1e-4,
                              1e-3);

@@ -202,6 +202,9 @@ class PythonClientTest(unittest.TestCase):
         self.assertFalse(devices.devices[0].lost)
         self.assertEqual(devices.max_job_bytes, devices.devices[0].memory_budget)
         self.assertGreater(devices.max_job_bytes, 0)
+        self.assertFalse(devices.activity_shown)  # a tenant key: no one's activity
+        self.assertFalse(devices.devices[0].HasField("memory"))
+        self.assertTrue(self.ops.list_devices().activity_shown)
 
     # -- (b) datasets -----------------------------------------------------------------------
 

@@ -153,16 +153,16 @@ TEST(QloradFlags, AnUnusableInferenceDeviceStopsTheStartNamingTheFlag) {
   }
 }
 
-// What any tenant sees of the node's devices: after a job on cpu:0, its base model stays loaded
+// What an admin sees of the node's devices: after a job on cpu:0, its base model stays loaded
 // there and is counted, and its adapter, optimizer and activations are given back (the worker
 // publishes its accounting a round after the job ends: polled); the largest job is that
-// device's budget.
+// device's budget. A tenant sees capacity and state, not when others' jobs run.
 TEST_F(QloractlTest, DevicesShowWhatEachDeviceHolds) {
   TrainedJob();
   CtlResult r;
   nlohmann::json j;
   for (int i = 0; i < 50; ++i) {
-    r = Run(kAcmeKey, {"-o", "json", "devices"});
+    r = Run(kOpsKey, {"-o", "json", "devices"});
     ASSERT_EQ(r.code, 0) << r.err;
     j = r.json();
     if (!j["devices"][0]["memory"].contains("adapters")) break;
@@ -185,8 +185,22 @@ TEST_F(QloractlTest, DevicesShowWhatEachDeviceHolds) {
     EXPECT_FALSE(d["memory"].contains(released)) << released << " still held: " << r.out;
   }
   EXPECT_EQ(j["inferenceDevice"].get<std::string>().rfind("cpu:0 (", 0), 0u) << r.out;
+  EXPECT_EQ(j["activityShown"], true);
 
-  auto text = Run(kAcmeKey, {"devices"});
+  auto tenant = Run(kAcmeKey, {"-o", "json", "devices"});
+  ASSERT_EQ(tenant.code, 0) << tenant.err;
+  const nlohmann::json t = tenant.json();
+  EXPECT_FALSE(t.contains("activityShown")) << tenant.out;
+  EXPECT_EQ(t["maxJobBytes"], j["maxJobBytes"]);
+  ASSERT_EQ(t["devices"].size(), 1u);
+  EXPECT_EQ(t["devices"][0]["memoryBudget"], d["memoryBudget"]);
+  for (const char* hidden : {"memoryReserved", "baseModelBytes", "baseModelsLoaded", "memory"}) {
+    EXPECT_FALSE(t["devices"][0].contains(hidden)) << hidden << ": " << tenant.out;
+  }
+  auto tenant_text = Run(kAcmeKey, {"devices"});
+  EXPECT_NE(tenant_text.out.find("shown to admin keys"), std::string::npos) << tenant_text.out;
+
+  auto text = Run(kOpsKey, {"devices"});
   ASSERT_EQ(text.code, 0) << text.err;
   for (const char* want : {"DEVICE", "CARD FREE", "cpu:0   up", "largest job (with its base model)",
                            "generation and evaluation: cpu:0"}) {
