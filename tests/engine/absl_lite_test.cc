@@ -1,12 +1,18 @@
 // compat/absl-lite (built with those headers first in the include path, not Abseil's): the
 // behaviour the engine core relies on, as Abseil defines it.
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gtest/gtest.h"
@@ -65,6 +71,62 @@ TEST(AbslLite, StrSplitKeepsATemporaryInputAlive) {
   EXPECT_EQ(parts, (std::vector<std::string>{"q_proj", "v_proj", "", "o_proj"}));
   const std::vector<std::string> keys = absl::StrSplit(std::string("t/meta/id"), '/');
   EXPECT_EQ(keys, (std::vector<std::string>{"t", "meta", "id"}));
+}
+
+// As Abseil: the conversion follows the argument's type (%d of an int64_t, %lld of an int, %f
+// of an int), flags, width and precision as printf's.
+TEST(AbslLite, StrFormatConvertsByTheArgumentsType) {
+  const int64_t big = 5000000000;
+  EXPECT_EQ(absl::StrFormat("%02d:%02d:%02d", big / 3600, int64_t{7}, 5), "1388888:07:05");
+  EXPECT_EQ(absl::StrFormat("step %lld/%lld | loss %.4f | lr %.2e", 3, int64_t{150}, 0.72371, 3e-3),
+            "step 3/150 | loss 0.7237 | lr 3.00e-03");
+  EXPECT_EQ(
+      absl::StrFormat("%s|%-5s|%5.2s|%s", std::string("ab"), "cd", absl::string_view("xyz"), 42),
+      "ab|cd   |   xy|42");
+  EXPECT_EQ(absl::StrFormat("%x %u %c %.1f %%", 255u, -1 + 2, 'q', 2), "ff 1 q 2.0 %");
+  std::string line = "eval";
+  absl::StrAppendFormat(&line, " %.3f (%d)", 1.23456, int16_t{-4});
+  EXPECT_EQ(line, "eval 1.235 (-4)");
+}
+
+TEST(AbslLite, SimpleAtoiAndAtodTakeTheWholeNumber) {
+  int64_t i = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(" +42\n", &i));
+  EXPECT_EQ(i, 42);
+  EXPECT_TRUE(absl::SimpleAtoi("-9000000000", &i));
+  EXPECT_EQ(i, -9000000000);
+  int small = 7;
+  for (const char* bad : {"", "  ", "4x", "1.5", "+-3", "0x10", "3000000000"}) {
+    EXPECT_FALSE(absl::SimpleAtoi(bad, &small)) << bad;
+  }
+  EXPECT_EQ(small, 7);  // untouched on failure
+  double d = 0.0;
+  EXPECT_TRUE(absl::SimpleAtod(" 3e-3 ", &d));
+  EXPECT_EQ(d, 3e-3);
+  EXPECT_TRUE(absl::SimpleAtod("+0.5", &d));
+  EXPECT_EQ(d, 0.5);
+  EXPECT_TRUE(absl::SimpleAtod("inf", &d));
+  EXPECT_TRUE(std::isinf(d));
+  for (const char* bad : {"", "1e", "abc", "0.5.5", "1,5"}) {
+    EXPECT_FALSE(absl::SimpleAtod(bad, &d)) << bad;
+  }
+  float f = 0.0f;
+  EXPECT_TRUE(absl::SimpleAtof("0.25", &f));
+  EXPECT_EQ(f, 0.25f);
+}
+
+TEST(AbslLite, MatchAndReplace) {
+  EXPECT_TRUE(absl::StrContains("a/b", "/"));
+  EXPECT_FALSE(absl::StrContains("ab", "/"));
+  EXPECT_TRUE(absl::EndsWith("layers.0.rotary_emb.inv_freq", "rotary_emb.inv_freq"));
+  EXPECT_FALSE(absl::EndsWith("freq", "inv_freq"));
+  EXPECT_TRUE(absl::StartsWith("model.layers", "model."));
+  EXPECT_FALSE(absl::StartsWith("mod", "model."));
+  const std::string u = "\xE2\x96\x81";  // SentencePiece's space
+  EXPECT_EQ(absl::StrReplaceAll(" a b  ", {{" ", u}}), u + "a" + u + "b" + u + u);
+  // Replaced text is not matched again; the earliest match wins.
+  EXPECT_EQ(absl::StrReplaceAll("aab", {{"a", "b"}, {"b", "c"}}), "bbc");
+  EXPECT_EQ(absl::StrReplaceAll("abc", {{"", "x"}, {"bc", "B"}}), "aB");
 }
 
 }  // namespace

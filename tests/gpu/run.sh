@@ -3,14 +3,16 @@
 # builds kernels/ and the GPU tests with nothing else, runs `ctest -L gpu`, then the GPU
 # benchmarks, and prints one short table last. Full logs go under $OUT (default ./gpu-out).
 #   bash tests/gpu/run.sh
-# real_model_gpu_test trains stories260K, which the lent machine lacks (only the working tree
-# travels). Stage it in the git-ignored gpu-models/ first and carry that folder with the call:
-#   mkdir -p gpu-models && cp -r --no-preserve=mode ../shared/models/stories260K gpu-models/
-# then call with carry: ["gpu-models"].
+# real_model_gpu_test and the CLI fine-tune (tests/gpu/cli_finetune.sh) train stories260K, and
+# the CLI needs nlohmann-json's headers: the lent machine has neither (only the working tree
+# travels). Stage both in the git-ignored gpu-carry/ first and carry that folder with the call:
+#   mkdir -p gpu-carry/include && cp -r --no-preserve=mode ../shared/models/stories260K gpu-carry/ \
+#     && cp -r --no-preserve=mode /usr/include/nlohmann gpu-carry/include/
+# then call with carry: ["gpu-carry"].
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ -z "${QLORAD_TEST_MODELS:-}" ]; then
-  for d in gpu-models ../shared/models; do
+  for d in gpu-carry ../shared/models; do
     [ -f "$d/stories260K/stories260K.bin" ] && { export QLORAD_TEST_MODELS="$(cd "$d" && pwd)"; break; }
   done
 fi
@@ -64,7 +66,10 @@ bench() {  # bench LIMIT_SECONDS COMMAND...: runs a benchmark into bench.log wit
 phase "configure"
 # The engine too (its CUDA device test) when Abseil and nlohmann-json are there; else kernels.
 scope=engine
+json_dir=""
+[ -f gpu-carry/include/nlohmann/json.hpp ] && json_dir="$(pwd)/gpu-carry/include"
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_GPU_CHECK=ON -DQLORAD_USE_BLAS=OFF \
+  -DQLORAD_NLOHMANN_INCLUDE_DIR="$json_dir" \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" > "$out/configure.log" 2>&1 || {
   scope=kernels
   rm -rf build-gpu
@@ -93,6 +98,18 @@ if [ $status -eq 0 ]; then
     (cd build-gpu && timeout -k 10 $cap ctest -L gpu -V --timeout 90) > "$out/ctest.log" 2>&1 || status=3
   else
     phase "ctest skipped: no time left after the build"; status=3
+  fi
+  # The offline CLI's fine-tune on the card against the CPU, where the whole engine was built
+  # (nlohmann-json found or carried) and the model is here.
+  # Not on a machine with no card where none is required (the GPU tests skip there too).
+  if [ "$QLORAD_REQUIRE_GPU" != 1 ] && ! nvidia-smi -L > /dev/null 2>&1; then
+    echo "not run: no GPU here" > "$out/cli.log"
+  elif [ -x build-gpu/engine/qlora-engine ] && [ -n "${QLORAD_TEST_MODELS:-}" ] && time_left "cli"; then
+    phase "cli fine-tune"
+    timeout -k 5 120 bash tests/gpu/cli_finetune.sh build-gpu/engine/qlora-engine \
+      "$QLORAD_TEST_MODELS" "$out/cli" > "$out/cli.log" 2>&1 || status=5
+  else
+    echo "not run: needs build-gpu/engine/qlora-engine (nlohmann-json) and the model" > "$out/cli.log"
   fi
   gpu=build-gpu/tests/gpu
   bench 60 $gpu/nf4_dequant_gpu_bench
@@ -128,6 +145,7 @@ esac
   grep -E "tests passed|tests failed" "$out/ctest.log"
   grep -E "greedy|NF4 base|fine-tune," "$out/ctest.log" | head -8
 }
+[ -f "$out/cli.log" ] && { echo "== CLI fine-tune, CPU vs card"; tail -8 "$out/cli.log"; }
 # The results (JSON lines, the dequantization bench's table rows, skips) and each failure with the four lines before it; the whole
 # log, warnings included, stays in bench.log under $out.
 [ -s "$out/bench.log" ] && {
