@@ -80,9 +80,8 @@ TEST(AbslLite, StrFormatConvertsByTheArgumentsType) {
   EXPECT_EQ(absl::StrFormat("%02d:%02d:%02d", big / 3600, int64_t{7}, 5), "1388888:07:05");
   EXPECT_EQ(absl::StrFormat("step %lld/%lld | loss %.4f | lr %.2e", 3, int64_t{150}, 0.72371, 3e-3),
             "step 3/150 | loss 0.7237 | lr 3.00e-03");
-  EXPECT_EQ(
-      absl::StrFormat("%s|%-5s|%5.2s|%s", std::string("ab"), "cd", absl::string_view("xyz"), 42),
-      "ab|cd   |   xy|42");
+  EXPECT_EQ(absl::StrFormat("%s|%-5s|%5.2s", std::string("ab"), "cd", absl::string_view("xyz")),
+            "ab|cd   |   xy");
   EXPECT_EQ(absl::StrFormat("%x %u %c %.1f %%", 255u, -1 + 2, 'q', 2), "ff 1 q 2.0 %");
   std::string line = "eval";
   absl::StrAppendFormat(&line, " %.3f (%d)", 1.23456, int16_t{-4});
@@ -107,6 +106,10 @@ TEST(AbslLite, SimpleAtoiAndAtodTakeTheWholeNumber) {
   EXPECT_EQ(d, 0.5);
   EXPECT_TRUE(absl::SimpleAtod("inf", &d));
   EXPECT_TRUE(std::isinf(d));
+  EXPECT_TRUE(absl::SimpleAtod("1e999", &d));  // out of range: inf, as Abseil
+  EXPECT_TRUE(std::isinf(d));
+  EXPECT_TRUE(absl::SimpleAtod("1e-999", &d));
+  EXPECT_EQ(d, 0.0);
   for (const char* bad : {"", "1e", "abc", "0.5.5", "1,5"}) {
     EXPECT_FALSE(absl::SimpleAtod(bad, &d)) << bad;
   }
@@ -127,6 +130,7 @@ TEST(AbslLite, MatchAndReplace) {
   // Replaced text is not matched again; the earliest match wins.
   EXPECT_EQ(absl::StrReplaceAll("aab", {{"a", "b"}, {"b", "c"}}), "bbc");
   EXPECT_EQ(absl::StrReplaceAll("abc", {{"", "x"}, {"bc", "B"}}), "aB");
+  EXPECT_EQ(absl::StrReplaceAll("abab", {{"a", "1"}, {"ab", "X"}}), "XX");  // the longer match
 }
 
 }  // namespace

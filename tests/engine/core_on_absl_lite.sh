@@ -11,10 +11,14 @@ shift 4
 foreign_pattern='/absl/|nlohmann'
 [ "$mode" = engine ] && foreign_pattern='/absl/'
 status=0
+deps_file=$(mktemp)
+trap 'rm -f "$deps_file"' EXIT
 for src in "$@"; do
+  # A real syntax check (-M alone would only preprocess), its dependencies written aside.
   # shellcheck disable=SC2086
-  deps=$("$compiler" -std=c++20 -fsyntax-only -fopenmp -M -I"$root/compat/absl-lite" -I"$root" \
-    $extra "$src") || { echo "FAILED to compile on absl-lite: $src"; status=1; continue; }
+  "$compiler" -std=c++20 -fsyntax-only -fopenmp -MD -MF "$deps_file" -I"$root/compat/absl-lite" \
+    -I"$root" $extra "$src" || { echo "FAILED to compile on absl-lite: $src"; status=1; continue; }
+  deps=$(cat "$deps_file")
   foreign=$(echo "$deps" | tr ' \\' '\n\n' | grep -E "$foreign_pattern" | grep -v "compat/absl-lite" || true)
   if [ -n "$foreign" ]; then
     echo "$src includes headers absl-lite does not stand in for:"

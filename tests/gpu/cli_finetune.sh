@@ -30,11 +30,17 @@ for run in ref card; do
   secs[$run]=$(( ($(date +%s%N) - t0) / 1000000 ))
   first[$run]=$(grep -m1 -o '^step 1/150 .*| loss [0-9.]*' "$out/train-$run.log" | grep -o '[0-9.]*$')
   last[$run]=$(grep -o '^step 150/150 .*| loss [0-9.]*' "$out/train-$run.log" | grep -o '[0-9.]*$')
-  evals[$run]=$("$engine" eval --model "$out/hf" --adapter "$out/ad-$run" \
-    --data tests/data/facts_valid.jsonl --device "$dev" 2>>"$out/eval.log" | awk '{print $2}')
+  if ! line=$("$engine" eval --model "$out/hf" --adapter "$out/ad-$run" \
+      --data tests/data/facts_valid.jsonl --device "$dev" 2>"$out/eval-$run.log"); then
+    echo "cli: eval on $dev FAILED"; tail -5 "$out/eval-$run.log"; exit 1
+  fi
+  evals[$run]=$(echo "$line" | awk '{print $2}')
 done
-gen=$("$engine" generate --model "$out/hf" --adapter "$out/ad-card" --device "$card" \
-  --prompt "The name of the dragon in Pipville is" --max-tokens 6 --temperature 0 2>>"$out/eval.log")
+if ! gen=$("$engine" generate --model "$out/hf" --adapter "$out/ad-card" --device "$card" \
+    --prompt "The name of the dragon in Pipville is" --max-tokens 6 --temperature 0 \
+    2>"$out/generate.log") || [ -z "$gen" ]; then
+  echo "cli: generate on $card FAILED or wrote nothing"; tail -5 "$out/generate.log"; exit 1
+fi
 echo "cli fine-tune (150 steps): cpu loss ${first[ref]} -> ${last[ref]} in ${secs[ref]} ms," \
   "eval ${evals[ref]}; $card loss ${first[card]} -> ${last[card]} in ${secs[card]} ms," \
   "eval ${evals[card]}; $card generates:${gen}"

@@ -1,11 +1,14 @@
 // absl-lite (see ../status/status.h): SimpleAtoi, SimpleAtod, SimpleAtof. As in Abseil, ASCII
 // whitespace around the number is ignored, a leading '+' is accepted, the whole rest must be the
-// number (base 10 for integers), and an integer out of the type's range fails.
+// number (base 10 for integers), an integer out of the type's range fails, and a floating-point
+// number out of range is +-inf or 0.
 #pragma once
 
 #include <charconv>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -26,7 +29,16 @@ bool Parse(std::string_view s, T* out) {
   if (s.empty()) return false;
   T v{};
   const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return false;
+  if (r.ptr != s.data() + s.size()) return false;
+  if constexpr (std::is_floating_point_v<T>) {
+    // As Abseil: a number too large or too small for the type is +-inf or 0 (strtod's value).
+    if (r.ec == std::errc::result_out_of_range) {
+      const std::string text(s);
+      *out = static_cast<T>(std::strtod(text.c_str(), nullptr));
+      return true;
+    }
+  }
+  if (r.ec != std::errc()) return false;  // an integer out of range fails
   *out = v;
   return true;
 }

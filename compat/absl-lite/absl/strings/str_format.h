@@ -1,9 +1,10 @@
 // absl-lite (see ../status/status.h): StrFormat and StrAppendFormat. As Abseil's, the conversions
 // follow each argument's type, not printf's length modifiers: %d takes any integer (an int64_t
-// too), %f any number, %s a string, a string_view or a number. Each conversion is written by
-// snprintf with the argument widened to long long, unsigned long long or double; length
-// modifiers in the format are ignored. Unlike Abseil, a format that does not fit its arguments
-// is not a compile error: a conversion without an argument writes nothing.
+// too), %f any integer or floating-point number, %s a string or string_view. Each conversion is
+// written by snprintf with the argument widened to long long, unsigned long long or double;
+// length modifiers in the format are ignored. Unlike Abseil, a format that does not fit its
+// arguments is not a compile error (a conversion without an argument writes nothing; a '*'
+// width is not supported), so the engine's tests build its formats with real Abseil too.
 #pragma once
 
 #include <cstdio>

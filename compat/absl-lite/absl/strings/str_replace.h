@@ -1,6 +1,7 @@
 // absl-lite (see ../status/status.h): StrReplaceAll over a list of (old, new) pairs. Scanning left
-// to right, the earliest match of any pair is replaced (at one position, the pair listed first)
-// and the scan goes on after it: replaced text is never matched again. Empty patterns are skipped.
+// to right, the earliest match of any pair is replaced (at one position, the longest pattern, as
+// Abseil) and the scan goes on after it: replaced text is never matched again. Empty patterns are
+// skipped.
 #pragma once
 
 #include <initializer_list>
@@ -23,7 +24,8 @@ inline std::string StrReplaceAll(
     for (const auto& r : replacements) {
       if (r.first.empty()) continue;
       const size_t at = s.find(r.first, pos);
-      if (at < best) {
+      if (at < best ||
+          (at == best && at != std::string_view::npos && r.first.size() > which->first.size())) {
         best = at;
         which = &r;
       }
