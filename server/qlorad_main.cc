@@ -144,6 +144,20 @@ absl::StatusOr<std::string> DefaultTenantsFile(const std::string& data_dir) {
   return path;
 }
 
+// The inference device on a card that also trains: that card's training budget was taken before
+// the inference device existed, so the inference models are not in it. Said once, at start.
+void WarnIfSharingATrainingCard(const Device& inference, const core::JobManager& manager) {
+  for (const core::DeviceInfo& d : manager.Devices()) {
+    if (d.name.rfind("cuda:", 0) == 0 && inference.name().rfind(d.name + " ", 0) == 0) {
+      Log("warn", absl::StrCat("--inference-device shares ", d.name,
+                               " with training, whose budget (", d.memory_budget >> 20,
+                               " MiB) leaves out the inference models: lower "
+                               "--device-memory-bytes by their size, or use --inference-device "
+                               "cpu"));
+    }
+  }
+}
+
 // --inference-device auto: the first GPU that trains here and opens a second time (never a card
 // --devices leaves out, nor one that failed), else the CPU, saying which and why.
 absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& spec, int threads,
@@ -154,6 +168,7 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
       return absl::Status(opened.status().code(),
                           absl::StrCat("--inference-device: ", opened.status().message()));
     }
+    WarnIfSharingATrainingCard(**opened, manager);
     return opened;
   }
   std::vector<std::string> gpus;
@@ -167,16 +182,7 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   }
   Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ", device->name(),
                            gpus.empty() ? " (no GPU among --devices)" : ""));
-  for (const core::DeviceInfo& d : manager.Devices()) {
-    if (device->name().rfind(d.name + " ", 0) == 0) {
-      // The training budget was taken before this device existed: its models are not in it.
-      Log("warn", absl::StrCat("--inference-device auto shares ", d.name,
-                               " with training, whose budget (", d.memory_budget >> 20,
-                               " MiB) leaves out the inference models: lower "
-                               "--device-memory-bytes by their size, or use --inference-device "
-                               "cpu"));
-    }
-  }
+  WarnIfSharingATrainingCard(*device, manager);
   return device;
 }
 
