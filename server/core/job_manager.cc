@@ -923,6 +923,8 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
     }
     r.Set(metrics::kBaseModelsLoaded, {d.name}, d.base_models_loaded);
     r.Set(metrics::kDeviceUp, {d.name}, d.lost ? 0.0 : 1.0);
+    r.Set(metrics::kDeviceAdmission, {d.name, "budget"}, static_cast<double>(d.memory_budget));
+    r.Set(metrics::kDeviceAdmission, {d.name, "reserved"}, static_cast<double>(d.memory_reserved));
   }
   {
     absl::MutexLock lock(&mu_);

@@ -56,6 +56,11 @@ void DeclareDaemonMetrics(Registry& r) {
             "per device however many jobs share them.",
             {"device", "category"});
   r.Declare(kBaseModelsLoaded, Type::kGauge, "Base models loaded on a device.", {"device"});
+  r.Declare(kDeviceAdmission, Type::kGauge,
+            "What admission lets jobs and base models reserve on a device (state=budget) and "
+            "what loaded base models and admitted jobs' estimates reserve now (state=reserved): "
+            "jobs wait in the queue while the next one does not fit between them.",
+            {"device", "state"});
   r.Declare(kDeviceUp, Type::kGauge,
             "1 while a device trains; 0 once it failed for good (a GPU fault) until a restart.",
             {"device"});

@@ -191,7 +191,8 @@ class PrometheusTest(unittest.TestCase):
         self.assertEqual(sorted(used - names), [], "dashboard metrics the daemon does not export")
         titles = " ".join(p["title"] for p in dashboard["panels"])
         for panel in ("Device memory", "Engine memory", "Base models", "Jobs by state",
-                      "Queue depth", "Tokens per second", "Step time", "Loss"):
+                      "Queue depth", "Tokens per second", "Step time", "Loss", "Devices up",
+                      "Admission"):
             self.assertIn(panel, titles)
 
     def test_promtool_accepts_config_and_rules(self):

@@ -334,6 +334,13 @@ TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
             0);
   EXPECT_GT(Sample(text, "qlorad_device_memory_bytes{device=\"cpu:0\",state=\"total\"}"), 0);
   EXPECT_EQ(Sample(text, "qlorad_base_models_loaded{device=\"cpu:0\"}"), 1);
+  EXPECT_EQ(Sample(text, "qlorad_device_up{device=\"cpu:0\"}"), 1);
+  // The job is done: what admission holds is the loaded base model alone, within the budget.
+  const double reserved =
+      Sample(text, "qlorad_device_admission_bytes{device=\"cpu:0\",state=\"reserved\"}");
+  EXPECT_GT(reserved, 0);
+  EXPECT_LT(reserved,
+            Sample(text, "qlorad_device_admission_bytes{device=\"cpu:0\",state=\"budget\"}"));
   EXPECT_GE(Sample(text, "qlorad_jobs{state=\"SUCCEEDED\"}"), 1);
   EXPECT_GE(Sample(text, "qlorad_grpc_requests_total{method=\"CreateJob\",code=\"OK\"}"), 1);
   // A finished job's own series are gone.
