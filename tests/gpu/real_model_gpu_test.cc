@@ -29,6 +29,7 @@
 #include "engine/llama2c_checkpoint.h"
 #include "engine/llama_model.h"
 #include "engine/trainer.h"
+#include "tests/common/phrase_finetune.h"
 #include "tests/common/relative_error.h"
 #include "tests/gpu/gpu_check.h"
 
@@ -147,33 +148,6 @@ void Nf4LogitsAgree(const LlamaWeights& weights, Device* cpu, Device* gpu) {
   GPU_CHECK(e < 1e-2, "NF4 logits relative error %g", e);
 }
 
-// Rows of a task the model can learn in a few steps: each row repeats one of four fixed phrases
-// after BOS, so the loss falls well below the base model's.
-std::vector<TrainingRow> PhraseRows(int64_t n, int64_t seq) {
-  std::mt19937 r(5);
-  std::uniform_int_distribution<int32_t> tok(3, 511);
-  std::vector<std::vector<int32_t>> phrases(4);
-  for (auto& p : phrases) {
-    for (int i = 0; i < 12; ++i) p.push_back(tok(r));
-  }
-  std::vector<TrainingRow> rows;
-  for (int64_t i = 0; i < n; ++i) {
-    const std::vector<int32_t>& p = phrases[i % 4];
-    TrainingRow row;
-    row.tokens.push_back(1);
-    while (static_cast<int64_t>(row.tokens.size()) < seq) {
-      row.tokens.push_back(p[(row.tokens.size() - 1) % p.size()]);
-    }
-    for (int64_t t = 0; t < seq; ++t) {
-      row.positions.push_back(static_cast<int32_t>(t));
-      row.segments.push_back(0);
-      row.targets.push_back(t + 1 < seq ? row.tokens[t + 1] : -1);
-    }
-    rows.push_back(std::move(row));
-  }
-  return rows;
-}
-
 struct FineTune {
   std::vector<double> losses;
   double eval = NAN;
@@ -183,18 +157,9 @@ FineTune RunFineTune(const LlamaWeights& weights, Device* device) {
   FineTune f;
   auto model = Load(weights, device, true);
   if (model == nullptr) return f;
-  TrainerOptions o;
-  o.lora.rank = 8;
-  o.lora.alpha = 16.0f;
-  o.lora.dropout = 0.05f;
-  o.learning_rate = 3e-3;
-  o.schedule = LrSchedule::kConstant;
-  o.warmup_ratio = 0.0;
-  o.max_steps = 16;
-  o.batch_size = 4;
-  o.seed = 3;
-  const std::vector<TrainingRow> train = PhraseRows(32, 64), eval = PhraseRows(8, 64);
-  auto t = Trainer::Create(model.get(), train, eval, o);
+  const std::vector<TrainingRow> train = testing::PhraseRows(32, 64),
+                                 eval = testing::PhraseRows(8, 64);
+  auto t = Trainer::Create(model.get(), train, eval, testing::PhraseFineTuneOptions());
   GPU_CHECK(t.ok(), "trainer on %s: %s", device->name().c_str(),
             std::string(t.status().message()).c_str());
   if (!t.ok()) return f;
