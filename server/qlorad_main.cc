@@ -251,6 +251,8 @@ absl::Status Run() {
       node.models.get(), node.datasets.get(), node.adapters.get(), scratch,
       std::move(inference_dev), absl::GetFlag(FLAGS_inference_cached_adapters),
       absl::GetFlag(FLAGS_inference_cached_models));
+  node.metrics->AddCollector(
+      [runner = node.inference.get()](metrics::Registry& r) { runner->CollectMetrics(r); });
   RETURN_IF_ERROR(node.manager->Start());
   std::unique_ptr<metrics::HttpExposer> exposer;
   if (const std::string m = absl::GetFlag(FLAGS_metrics_listen); !m.empty()) {

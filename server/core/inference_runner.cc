@@ -14,6 +14,7 @@
 #include "engine/status_macros.h"
 #include "engine/text_stream.h"
 #include "server/core/ids.h"
+#include "server/metrics/names.h"
 
 namespace qlorad::core {
 namespace fs = std::filesystem;
@@ -65,8 +66,36 @@ InferenceRunner::InferenceRunner(ModelStore* models, DatasetStore* datasets, Ada
       device_name_(device->name()),
       cached_adapters_(std::max(0, cached_adapters)),
       cached_models_(std::max(1, cached_models)) {
+  absl::MutexLock lock(&mu_);
   device_ = std::move(device);
   pool_ = std::make_unique<ModelPool>(device_.get());
+  PublishUsage();
+}
+
+void InferenceRunner::PublishUsage() {
+  Usage u;
+  u.memory = device_->memory_usage();
+  u.models_loaded = pool_->LoadedCount();
+  absl::MutexLock lock(&usage_mu_);
+  usage_ = u;
+}
+
+InferenceRunner::Usage InferenceRunner::usage() const {
+  absl::MutexLock lock(&usage_mu_);
+  return usage_;
+}
+
+void InferenceRunner::CollectMetrics(metrics::Registry& r) const {
+  const Usage u = usage();
+  const std::string device = device_name_.substr(0, device_name_.find(' '));
+  const std::pair<const char*, int64_t> categories[] = {{"base_weights", u.memory.base_weights},
+                                                        {"adapters", u.memory.adapters},
+                                                        {"activations", u.memory.activations},
+                                                        {"workspace", u.memory.workspace}};
+  for (const auto& [category, bytes] : categories) {
+    r.Set(metrics::kInferenceMemory, {device, category}, static_cast<double>(bytes));
+  }
+  r.Set(metrics::kInferenceModelsLoaded, {device}, u.models_loaded);
 }
 
 absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string& tenant,
@@ -151,6 +180,7 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
     return absl::InvalidArgumentError(s.message());
   }
   absl::MutexLock lock(&mu_);
+  const PublishOnExit publish{this};
   ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
   const std::shared_ptr<PooledModel>& pooled = loaded.model;
   const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
@@ -201,6 +231,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
     return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
   if (!content.ok()) return content.status();
   absl::MutexLock lock(&mu_);
+  const PublishOnExit publish{this};
   ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
   const std::shared_ptr<PooledModel>& pooled = loaded.model;
   const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;

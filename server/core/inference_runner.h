@@ -21,6 +21,7 @@
 #include "server/core/dataset_store.h"
 #include "server/core/model_pool.h"
 #include "server/core/model_store.h"
+#include "server/metrics/registry.h"
 
 namespace qlorad::core {
 
@@ -54,6 +55,16 @@ class InferenceRunner {
   // The device's description (Device::name), fixed at construction.
   const std::string& device_name() const { return device_name_; }
 
+  // What the device holds, as of the end of the last request: a request in progress (which
+  // holds mu_ while it generates) is never waited for, so a metrics scrape never stalls.
+  struct Usage {
+    DeviceMemoryUsage memory;
+    int models_loaded = 0;
+  };
+  Usage usage() const ABSL_LOCKS_EXCLUDED(usage_mu_);
+  // usage() as qlorad_inference_* gauges, labelled with the device's short name (cpu:0, cuda:1).
+  void CollectMetrics(metrics::Registry& r) const ABSL_LOCKS_EXCLUDED(usage_mu_);
+
  private:
   // The base model from the pool and the tenant's adapter on this runner's device (none for
   // an empty id).
@@ -63,6 +74,13 @@ class InferenceRunner {
   };
   absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
                               const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishUsage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Publishes when a request's scope ends, whichever way it returns (declared after its lock,
+  // so it runs while mu_ is still held, once the request's own buffers are gone).
+  struct PublishOnExit {
+    InferenceRunner* runner;
+    ~PublishOnExit() ABSL_NO_THREAD_SAFETY_ANALYSIS { runner->PublishUsage(); }
+  };
   // The tenant's adapter for the pooled `model`, from the cache or the store (then cached).
   absl::StatusOr<std::shared_ptr<const DeviceAdapter>> Adapter(
       const std::string& tenant, const std::string& id, const std::shared_ptr<PooledModel>& model)
@@ -87,6 +105,8 @@ class InferenceRunner {
   const int cached_models_;
   std::list<std::string> recent_models_ ABSL_GUARDED_BY(mu_);  // most recently used first
   int64_t model_loads_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable absl::Mutex usage_mu_;
+  Usage usage_ ABSL_GUARDED_BY(usage_mu_);
 };
 
 }  // namespace qlorad::core

@@ -64,6 +64,14 @@ void DeclareDaemonMetrics(Registry& r) {
   r.Declare(kDeviceUp, Type::kGauge,
             "1 while a device trains; 0 once it failed for good (a GPU fault) until a restart.",
             {"device"});
+  r.Declare(kInferenceMemory, Type::kGauge,
+            "Memory the Generate/Evaluate device holds by category (base models, cached adapters, "
+            "activations, workspace), as of the end of the last request; outside any training "
+            "budget, also where it shares a training card.",
+            {"device", "category"});
+  r.Declare(kInferenceModelsLoaded, Type::kGauge,
+            "Base models loaded on the Generate/Evaluate device (--inference-cached-models).",
+            {"device"});
   r.Declare(kJobs, Type::kGauge, "Jobs by state.", {"state"});
   r.Declare(kQueueDepth, Type::kGauge, "Jobs waiting in the queue.", {});
   r.Declare(kJobsFinished, Type::kCounter, "Jobs that ended, by result.", {"result"});

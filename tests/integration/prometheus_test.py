@@ -192,7 +192,7 @@ class PrometheusTest(unittest.TestCase):
         titles = " ".join(p["title"] for p in dashboard["panels"])
         for panel in ("Device memory", "Engine memory", "Base models", "Jobs by state",
                       "Queue depth", "Tokens per second", "Step time", "Loss", "Devices up",
-                      "Admission"):
+                      "Admission", "Inference memory"):
             self.assertIn(panel, titles)
 
     def test_promtool_accepts_config_and_rules(self):

@@ -325,6 +325,11 @@ double Sample(const std::string& text, const std::string& series) {
 
 TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
   const auto [job, adapter] = TrainedJob();
+  // One generation: the inference device then holds the base model and the adapter.
+  ASSERT_EQ(Run(kAcmeKey, {"generate", "--model", "stories", "--adapter", adapter, "--prompt",
+                           "Once", "--max-tokens", "2"})
+                .code,
+            0);
   const std::string text = ScrapeMetrics(*dir_);
   ASSERT_FALSE(text.empty());
   EXPECT_GE(Sample(text, "qlorad_trained_tokens_total{device=\"cpu:0\"}"), 60 * 8 * 10);
@@ -335,6 +340,11 @@ TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
   EXPECT_GT(Sample(text, "qlorad_device_memory_bytes{device=\"cpu:0\",state=\"total\"}"), 0);
   EXPECT_EQ(Sample(text, "qlorad_base_models_loaded{device=\"cpu:0\"}"), 1);
   EXPECT_EQ(Sample(text, "qlorad_device_up{device=\"cpu:0\"}"), 1);
+  EXPECT_EQ(Sample(text, "qlorad_inference_models_loaded{device=\"cpu:0\"}"), 1);
+  EXPECT_GT(
+      Sample(text, "qlorad_inference_memory_bytes{device=\"cpu:0\",category=\"base_weights\"}"), 0);
+  EXPECT_GT(Sample(text, "qlorad_inference_memory_bytes{device=\"cpu:0\",category=\"adapters\"}"),
+            0);
   // The job is done: what admission holds is the loaded base model alone, within the budget.
   const double reserved =
       Sample(text, "qlorad_device_admission_bytes{device=\"cpu:0\",state=\"reserved\"}");
