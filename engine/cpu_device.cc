@@ -97,7 +97,9 @@ class CpuDevice : public Device {
   }
 
   std::string name() const override {
-    return absl::StrCat("cpu:0 (gemm: ", kernels::GemmBackendName(), ")");
+    // No index: every CPU device object (the daemon's cpu:N workers, the inference device)
+    // computes on the same host.
+    return absl::StrCat("cpu (gemm: ", kernels::GemmBackendName(), ")");
   }
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
@@ -118,10 +120,7 @@ class CpuDevice : public Device {
     std::memcpy(device, host, n * sizeof(float));
   }
   void CopyToHost(const float* device, int64_t n, float* host) override {
-    if (faults_.after_host_reads >= 0 && !faulted_ && host_reads_++ >= faults_.after_host_reads) {
-      faulted_ = true;
-      pending_ = faults_.status;
-    }
+    if (host_reads_++ == faults_.after_host_reads) pending_ = faults_.status;  // once
     if (!pending_.ok()) {  // a failed device's read, as the CUDA device's
       std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
       return;
@@ -302,7 +301,6 @@ class CpuDevice : public Device {
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
   CpuDeviceFaults faults_;
   int64_t host_reads_ = 0;
-  bool faulted_ = false;
   absl::Status pending_;  // the injected fault, until taken (kUnavailable: never)
   std::vector<float> workspace_;
   std::vector<float> conversion_;  // Device's bf16 defaults' float32 copies

@@ -7,9 +7,11 @@
 // drives it at a time (it owns one dequantization workspace).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -29,6 +31,16 @@ struct DeviceMemoryUsage {
   // The device's own figures (cudaMemGetInfo on a GPU); 0 where the device has none.
   int64_t device_total = 0, device_free = 0;
 };
+
+// The engine's categories above by name (metrics labels), in a fixed order.
+inline std::array<std::pair<const char*, int64_t>, 6> MemoryCategories(const DeviceMemoryUsage& u) {
+  return {{{"base_weights", u.base_weights},
+           {"adapters", u.adapters},
+           {"optimizer_device", u.optimizer_device},
+           {"optimizer_host", u.optimizer_host},
+           {"activations", u.activations},
+           {"workspace", u.workspace}}};
+}
 
 // What a buffer holds, for the accounting above and for paging. kPagedOptimizer is optimizer
 // state that may move to host memory between steps (SetResident): CUDA managed memory where the

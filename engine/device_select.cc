@@ -31,7 +31,6 @@ std::unique_ptr<Device> OpenFirstUsableGpu(const std::vector<std::string>& gpus,
       why_skipped->push_back(absl::StrCat(name, ": ", opened.status().message()));
     }
   }
-  if (gpus.empty() && why_skipped != nullptr) why_skipped->push_back("no GPU to try");
   return CreateCpuDevice(cpu_threads);
 }
 
@@ -45,7 +44,7 @@ absl::StatusOr<std::unique_ptr<Device>> OpenDevice(const std::string& spec, int 
     }
     std::vector<std::string> skipped;
     std::unique_ptr<Device> device = OpenFirstUsableGpu(gpus, cpu_threads, &skipped);
-    if (gpus.empty()) skipped = {why_none.empty() ? "no GPU" : why_none};
+    if (gpus.empty()) skipped.push_back(why_none.empty() ? "no GPU" : why_none);
     // The offline tool's user asked for a GPU if there is one: say why they got the CPU.
     for (const std::string& s : skipped) std::fprintf(stderr, "device auto: %s\n", s.c_str());
     return device;

@@ -18,8 +18,8 @@ absl::StatusOr<std::unique_ptr<Device>> OpenDevice(const std::string& spec, int 
 
 // The first of `gpus` ("cuda:N" each, tried in order) that opens, else a CPU device. A card
 // that cannot serve (too old, faulted, held by another process) is skipped, never fatal:
-// `why_skipped`, when given, gets one line per card passed over and why, or why there was
-// none, so that a GPU host falling back to its CPU is never silent.
+// `why_skipped`, when given, gets one line per card passed over and why, so that a GPU host
+// falling back to its CPU is never silent (with no card to try, the caller knows why).
 std::unique_ptr<Device> OpenFirstUsableGpu(const std::vector<std::string>& gpus, int cpu_threads,
                                            std::vector<std::string>* why_skipped);
 

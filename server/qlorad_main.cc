@@ -177,9 +177,7 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   }
   std::vector<std::string> skipped;
   std::unique_ptr<Device> device = OpenFirstUsableGpu(gpus, threads, &skipped);
-  if (!gpus.empty()) {
-    for (const std::string& s : skipped) Log("info", "--inference-device auto: skipped " + s);
-  }
+  for (const std::string& s : skipped) Log("info", "--inference-device auto: skipped " + s);
   Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ", device->name(),
                            gpus.empty() ? " (no GPU among --devices)" : ""));
   WarnIfSharingATrainingCard(*device, manager);

@@ -88,11 +88,7 @@ InferenceRunner::Usage InferenceRunner::usage() const {
 void InferenceRunner::CollectMetrics(metrics::Registry& r) const {
   const Usage u = usage();
   const std::string device = device_name_.substr(0, device_name_.find(' '));
-  const std::pair<const char*, int64_t> categories[] = {{"base_weights", u.memory.base_weights},
-                                                        {"adapters", u.memory.adapters},
-                                                        {"activations", u.memory.activations},
-                                                        {"workspace", u.memory.workspace}};
-  for (const auto& [category, bytes] : categories) {
+  for (const auto& [category, bytes] : MemoryCategories(u.memory)) {
     r.Set(metrics::kInferenceMemory, {device, category}, static_cast<double>(bytes));
   }
   r.Set(metrics::kInferenceModelsLoaded, {device}, u.models_loaded);
@@ -116,6 +112,10 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
   ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
   recent_models_.remove(model.name());
   recent_models_.push_front(model.name());
+  // Only the most recent cached_models_ names are ever read: a node asked about many models
+  // (deleted ones too) keeps a short list.
+  if (static_cast<int>(recent_models_.size()) > cached_models_)
+    recent_models_.resize(cached_models_);
   if (!adapter_id.empty()) {
     ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, adapter_id, l.model));
   }

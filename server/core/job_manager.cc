@@ -174,7 +174,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
     w->device = std::move(*device);
     w->threads = 1;
     // Room for the CUDA context and allocator slack: up to 90% of the card, and no more than
-    // is free now (other processes, the inference device on the same card).
+    // is free now (other processes; not the inference device, opened after this).
     const DeviceMemoryUsage u = w->device->memory_usage();
     w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
                                                 : std::min(u.device_total / 10 * 9, u.device_free);
@@ -203,12 +203,19 @@ JobManager::JobManager(const JobManagerStores& stores, const JobManagerOptions& 
 
 JobManager::~JobManager() { Shutdown(); }
 
-int64_t JobManager::MaxDeviceBudget() const {
+int64_t JobManager::MaxDeviceBudget(bool include_lost) const {
   int64_t best = 0;
   for (const auto& w : workers_) {
-    if (!w->lost) best = std::max(best, w->budget);  // a lost device takes no job
+    if (include_lost || !w->lost) best = std::max(best, w->budget);  // a lost one takes no job
   }
   return best;
+}
+
+bool JobManager::DeviceLost(Worker* w, absl::Status* why) {
+  absl::Status device = w->device->TakeError();
+  if (!absl::IsUnavailable(device)) return false;
+  if (why != nullptr) *why = std::move(device);
+  return true;
 }
 
 int64_t JobManager::JobBytes(const LlamaConfig& c, const v1::Hyperparameters& r) const {
@@ -411,12 +418,16 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   ASSIGN_OR_RETURN(v1::Hyperparameters resolved,
                    ResolveHyperparameters(req.hyperparameters(), *model, options_.limits,
                                           !req.validation_dataset().empty()));
-  if (std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->lost.load(); })) {
-    return absl::UnavailableError(
-        "every device of this node failed for good (qlorad_device_up is 0); restart qlorad");
-  }
   const int64_t job_bytes = JobBytes(ConfigFromModel(*model), resolved);
   const int64_t budget = MaxDeviceBudget();
+  if (job_bytes + model->quantized_bytes() > budget &&
+      job_bytes + model->quantized_bytes() <= MaxDeviceBudget(/*include_lost=*/true)) {
+    // Not the request's fault: the devices that could hold it failed for good (every one, it
+    // may be).
+    return absl::UnavailableError(absl::StrCat(
+        "no device left up can hold the job (about ", job_bytes + model->quantized_bytes(),
+        " bytes): the ones that could failed for good (qlorad_device_up is 0); restart qlorad"));
+  }
   if (job_bytes + model->quantized_bytes() > budget) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "hyperparameters.batch_size: the job needs about ", job_bytes + model->quantized_bytes(),
@@ -692,14 +703,11 @@ void JobManager::WorkerLoop(Worker* w) {
         active.push_back(std::move(a));
       } else {
         w->jobs_bytes -= q.job_bytes;
-        absl::MutexLock lock(&mu_);
-        --running_by_tenant_[q.tenant];
-        // A job sent back to the queue (its device was lost) keeps its flag: a cancel finds it.
-        if (std::none_of(queue_.begin(), queue_.end(),
-                         [&](const QueuedJob& x) { return x.id == q.id; })) {
-          cancel_flags_.erase(q.id);
-        }
-        work_cv_.SignalAll();
+        ReleaseQuota(q.tenant);
+        // Not started. A job that met a lost device went through RequeueFromLostDevice, which
+        // kept or released its flags itself (another worker may already run it); any other
+        // (failed, cancelled, vanished) is released here.
+        if (w->lost_cause.ok()) Release(q.id);
       }
     }
     if (!w->lost_cause.ok()) {
@@ -720,7 +728,8 @@ void JobManager::WorkerLoop(Worker* w) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
         if (absl::Status paged = (*it)->trainer->PageOutOptimizer(); !paged.ok()) {
           (*it)->failure = paged;
-          outcome = absl::IsUnavailable(paged) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
+          outcome =
+              DeviceLost(w, &(*it)->failure) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
         }
       }
       if (outcome == StepOutcome::kContinue) {
@@ -733,14 +742,13 @@ void JobManager::WorkerLoop(Worker* w) {
       }
       ReleaseQuota((*it)->job.tenant());
       Finish(**it, outcome);
-      Release(**it);
+      Release((*it)->job.id());
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
       it = active.erase(it);
-      // Its memory is free now: said at once, as a worker left idle waits at the top of the
-      // loop and publishes nothing until the next job (the last job's adapter, optimizer and
-      // activations stayed in DeviceInfo and the metrics).
-      w->PublishUsage();
+      // A worker left idle waits at the top of the loop and publishes nothing until the next
+      // job: said now that the last job's memory is free (with jobs left, the next round does).
+      if (active.empty()) w->PublishUsage();
     }
     if (!w->lost_cause.ok()) {
       LoseDevice(w, active, w->lost_cause);
@@ -752,7 +760,7 @@ void JobManager::WorkerLoop(Worker* w) {
     ReleaseQuota(a->job.tenant());
     if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
       Finish(*a, StepOutcome::kCancelled);
-      Release(*a);
+      Release(a->job.id());
       continue;
     }
     absl::Status saved = SaveCheckpoint(*a);
@@ -770,7 +778,7 @@ void JobManager::WorkerLoop(Worker* w) {
       std::fprintf(stderr, "qlorad: job %s: %s\n", a->job.id().c_str(),
                    std::string(moved.status().message()).c_str());
     }
-    Release(*a);
+    Release(a->job.id());
   }
   active.clear();
   Notify();
@@ -785,10 +793,7 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
     RequeueFromLostDevice(a->entry, why);
     w->jobs_bytes -= a->entry.job_bytes;
     --w->jobs_running;
-    if (stores_.metrics != nullptr) {  // back when the job runs again
-      stores_.metrics->Remove(metrics::kJobLoss, {a->job.id()});
-      stores_.metrics->Remove(metrics::kJobProgress, {a->job.id()});
-    }
+    ForgetJobSeries(a->job.id());  // back when the job runs again
   }
   active.clear();  // the trainers' device memory, as far as a lost device frees anything
   {
@@ -800,7 +805,7 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
 
 void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
   auto job = stores_.jobs->Get(entry.tenant, entry.id);
-  if (!job.ok()) return;
+  if (!job.ok()) return Release(entry.id);
   bool cancel_asked = false;
   {
     absl::MutexLock lock(&mu_);
@@ -810,24 +815,20 @@ void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Statu
   if (cancel_asked) {  // a cancel waits for this job: honoured, not deferred to another device
     (void)EndCancelled(entry.tenant, entry.id,
                        absl::StrCat("cancelled by the client (", why.message(), ")"));
-    absl::MutexLock lock(&mu_);
-    cancel_flags_.erase(entry.id);
-    live_.erase(entry.id);
-    work_cv_.SignalAll();
-    return;
+    return Release(entry.id);
   }
   if (job->state() == v1::RUNNING) {
     auto moved = stores_.jobs->Transition(
         entry.tenant, entry.id, JobState::kQueued,
         absl::StrCat(why.message(), "; the job resumes from its last checkpoint on another device"),
         [](v1::Job& j) { j.clear_device(); });
-    if (!moved.ok()) {
+    if (!moved.ok()) {  // RUNNING in the store until a restart requeues it; a cancel ends it
       std::fprintf(stderr, "qlorad: job %s: %s\n", entry.id.c_str(),
                    std::string(moved.status().message()).c_str());
-      return;
+      return Release(entry.id);
     }
   } else if (job->state() != v1::QUEUED) {
-    return;  // it ended meanwhile (a cancel)
+    return Release(entry.id);  // it ended meanwhile (a cancel)
   }
   {
     absl::MutexLock lock(&mu_);
@@ -846,10 +847,10 @@ void JobManager::ReleaseQuota(const std::string& tenant) {
   if (--running_by_tenant_[tenant] <= 0) running_by_tenant_.erase(tenant);
 }
 
-void JobManager::Release(ActiveJob& a) {
+void JobManager::Release(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  cancel_flags_.erase(a.job.id());
-  live_.erase(a.job.id());
+  cancel_flags_.erase(id);
+  live_.erase(id);
   work_cv_.SignalAll();
 }
 
@@ -896,10 +897,14 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
 }
 
 void JobManager::JobEnded(const std::string& id, const char* result) {
+  ForgetJobSeries(id);
+  if (stores_.metrics != nullptr) stores_.metrics->Add(metrics::kJobsFinished, {result}, 1);
+}
+
+void JobManager::ForgetJobSeries(const std::string& id) {
   if (stores_.metrics == nullptr) return;
   stores_.metrics->Remove(metrics::kJobLoss, {id});
   stores_.metrics->Remove(metrics::kJobProgress, {id});
-  stores_.metrics->Add(metrics::kJobsFinished, {result}, 1);
 }
 
 void JobManager::CollectMetrics(metrics::Registry& r) {
@@ -914,11 +919,7 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
     r.Set(metrics::kDeviceMemory, {d.name, "used"}, static_cast<double>(used));
     r.Set(metrics::kDeviceMemory, {d.name, "free"},
           static_cast<double>(std::max<int64_t>(0, total - used)));
-    const std::pair<const char*, int64_t> categories[] = {
-        {"base_weights", u.base_weights},         {"adapters", u.adapters},
-        {"optimizer_device", u.optimizer_device}, {"optimizer_host", u.optimizer_host},
-        {"activations", u.activations},           {"workspace", u.workspace}};
-    for (const auto& [category, bytes] : categories) {
+    for (const auto& [category, bytes] : MemoryCategories(u)) {
       r.Set(metrics::kEngineMemory, {d.name, category}, static_cast<double>(bytes));
     }
     r.Set(metrics::kBaseModelsLoaded, {d.name}, d.base_models_loaded);
@@ -965,9 +966,8 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   }
   auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
     // A setup error on a device that is now lost is the device's: the job waits for another.
-    if (absl::Status device = w->device->TakeError(); absl::IsUnavailable(device)) {
-      w->lost_cause = device;  // the worker loses the device once its starts are done
-      RequeueFromLostDevice(q, device);
+    if (DeviceLost(w, &w->lost_cause)) {  // the worker loses the device once its starts are done
+      RequeueFromLostDevice(q, w->lost_cause);
       return nullptr;
     }
     FailJob(q.tenant, q.id, s, parameter, user);
@@ -991,11 +991,16 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     }
   }
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
-    return fail(absl::ResourceExhaustedError(
-                    absl::StrCat("the job needs about ", q.job_bytes + q.model_bytes,
-                                 " bytes and the largest device now offers ", MaxDeviceBudget(),
-                                 "; lower batch_size or seq_len")),
-                "hyperparameters.batch_size", true);
+    // The user's to fix only where no device of this node could ever hold it; where a lost
+    // device could, the node's (a restart brings the device back).
+    const bool user = q.job_bytes + q.model_bytes > MaxDeviceBudget(/*include_lost=*/true);
+    return fail(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "the job needs about ", q.job_bytes + q.model_bytes, " bytes and the largest device ",
+            user ? "" : "left up ", "now offers ", MaxDeviceBudget(),
+            user ? "; lower batch_size or seq_len"
+                 : " (a larger one was lost: restart qlorad, or lower batch_size)")),
+        user ? "hyperparameters.batch_size" : "", user);
   }
   auto model = stores_.models->Get(q.model);
   if (!model.ok()) {
@@ -1110,12 +1115,9 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (!s.ok()) {
     // A failure that left the device lost is the device's, whatever the step reported (an
     // allocation refused by a faulted card reads as out of memory).
-    if (!absl::IsUnavailable(s)) {
-      if (absl::Status device = w->device->TakeError(); absl::IsUnavailable(device)) s = device;
-    }
     a.failure = s;
-    if (absl::IsUnavailable(s)) return StepOutcome::kDeviceLost;  // not this job's doing
-    if (absl::IsFailedPrecondition(s)) {                          // the watchdog: the loss diverged
+    if (DeviceLost(w, &a.failure)) return StepOutcome::kDeviceLost;  // not this job's doing
+    if (absl::IsFailedPrecondition(s)) {  // the watchdog: the loss diverged
       a.failure_parameter = "hyperparameters.learning_rate";
       a.failure_is_user = true;
     } else if (absl::IsResourceExhausted(s)) {
@@ -1191,17 +1193,14 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     absl::StatusOr<std::vector<float>> params = a.trainer->ReadParams();
     if (!params.ok()) {
       a.failure = params.status();
-      return absl::IsUnavailable(params.status()) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
+      return DeviceLost(w, &a.failure) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
     }
     a.final_params = *std::move(params);
     return StepOutcome::kSucceeded;
   }
   if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {
     absl::Status saved = SaveCheckpoint(a);
-    if (absl::IsUnavailable(saved)) {  // the device, not the store: the job moves on
-      a.failure = saved;
-      return StepOutcome::kDeviceLost;
-    }
+    if (!saved.ok() && DeviceLost(w, &a.failure)) return StepOutcome::kDeviceLost;  // moves on
     if (!saved.ok()) {
       v1::JobEvent warning;
       warning.set_warning(

@@ -120,7 +120,9 @@ class JobManager {
 
   std::vector<DeviceInfo> Devices() const;
   const JobManagerOptions& options() const { return options_; }
-  int64_t MaxDeviceBudget() const;
+  // The largest budget of a device that takes jobs (`include_lost`: of any device, lost ones
+  // too, which tells "too large for this node" from "too large for what is left of it").
+  int64_t MaxDeviceBudget(bool include_lost = false) const;
   // JobMemoryBytes with the attention state and activation type of this daemon's devices (the
   // largest among them: the job's device is chosen when it starts), so a GPU running flash
   // attention on bf16 activations is not charged the CPU's [heads, seq, seq] probabilities and
@@ -147,8 +149,14 @@ class JobManager {
   // and each of `active` goes back to the queue.
   void LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,
                   const absl::Status& why);
+  // Whether the worker's device is lost for good, and why (`why` may be null): asked of the
+  // device (Device::TakeError's kUnavailable stays once set), never read off an error's code,
+  // which the store uses too (a busy or timed-out RocksDB).
+  bool DeviceLost(Worker* w, absl::Status* why);
   // A job of a lost device goes back to the queue in its old place, to resume from its last
   // checkpoint (or its start) on another device; nothing is read from the lost device again.
+  // Where it does not go back (a cancel waited for it, it ended, the store failed) its flags
+  // and live fields are released here: the caller never guesses which.
   void RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why)
       ABSL_LOCKS_EXCLUDED(mu_);
   void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
@@ -160,12 +168,14 @@ class JobManager {
   void Notify() const;
   // Metrics of a job that ended: its per-job series go away, the result is counted.
   void JobEnded(const std::string& id, const char* result);
+  // A job's per-job series (loss, progress), gone while it does not run.
+  void ForgetJobSeries(const std::string& id);
   void CollectMetrics(metrics::Registry& r);
   // The job no longer counts as running for its tenant (before its terminal write, so that a
   // client told "ended" can start the next one at once).
   void ReleaseQuota(const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
-  void Release(ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):
   // recorded as such, its checkpoint (a resumed job's) gone, the metrics told.
   absl::StatusOr<v1::Job> EndCancelled(const std::string& tenant, const std::string& id,

@@ -9,7 +9,7 @@
 namespace qlorad {
 namespace {
 
-bool IsCpu(const Device& d) { return d.name().rfind("cpu:", 0) == 0; }
+bool IsCpu(const Device& d) { return d.name().rfind("cpu (", 0) == 0; }
 
 TEST(OpenFirstUsableGpu, PassesOverCardsThatCannotServeAndSaysWhy) {
   // No machine has a card 999, and "gpu0" is no GPU name: both are skipped, never fatal.
@@ -22,12 +22,12 @@ TEST(OpenFirstUsableGpu, PassesOverCardsThatCannotServeAndSaysWhy) {
   EXPECT_EQ(why[1].rfind("gpu0: ", 0), 0u) << why[1];
 }
 
-TEST(OpenFirstUsableGpu, NoCandidateIsTheCpuWithAReason) {
+TEST(OpenFirstUsableGpu, NoCandidateIsTheCpu) {
   std::vector<std::string> why;
   std::unique_ptr<Device> d = OpenFirstUsableGpu({}, 1, &why);
   ASSERT_NE(d, nullptr);
   EXPECT_TRUE(IsCpu(*d));
-  EXPECT_EQ(why, std::vector<std::string>{"no GPU to try"});
+  EXPECT_TRUE(why.empty());  // nothing was passed over
 }
 
 // Whether card 0 opens here (a card older than sm_80 is counted but does not).

@@ -198,7 +198,7 @@ class PythonClientTest(unittest.TestCase):
 
         devices = self.acme.list_devices()
         self.assertEqual([d.name for d in devices.devices], ["cpu:0"])
-        self.assertTrue(devices.devices[0].description.startswith("cpu:0 ("))
+        self.assertTrue(devices.devices[0].description.startswith("cpu (gemm: "))
         self.assertFalse(devices.devices[0].lost)
         self.assertEqual(devices.max_job_bytes, devices.devices[0].memory_budget)
         self.assertGreater(devices.max_job_bytes, 0)
