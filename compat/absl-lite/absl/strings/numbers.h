@@ -1,7 +1,7 @@
-// absl-lite (see ../status/status.h): SimpleAtoi, SimpleAtod, SimpleAtof. As in Abseil, ASCII
+// absl-lite (see ../status/status.h): SimpleAtoi, SimpleAtod. As in Abseil, ASCII
 // whitespace around the number is ignored, a leading '+' is accepted, the whole rest must be the
 // number (base 10 for integers), an integer out of the type's range fails, and a floating-point
-// number out of range is +-inf or 0.
+// number out of range is +-inf or 0. On failure *out is unspecified (Abseil writes to it).
 #pragma once
 
 #include <charconv>
@@ -50,6 +50,5 @@ bool SimpleAtoi(std::string_view s, Int* out) {
   return numbers_internal::Parse(s, out);
 }
 inline bool SimpleAtod(std::string_view s, double* out) { return numbers_internal::Parse(s, out); }
-inline bool SimpleAtof(std::string_view s, float* out) { return numbers_internal::Parse(s, out); }
 
 }  // namespace absl

@@ -1,10 +1,10 @@
 // absl-lite (see ../status/status.h): StrFormat and StrAppendFormat. As Abseil's, the conversions
 // follow each argument's type, not printf's length modifiers: %d takes any integer (an int64_t
-// too), %f any integer or floating-point number, %s a string or string_view. Each conversion is
-// written by snprintf with the argument widened to long long, unsigned long long or double;
-// length modifiers in the format are ignored. Unlike Abseil, a format that does not fit its
-// arguments is not a compile error (a conversion without an argument writes nothing; a '*'
-// width is not supported), so the engine's tests build its formats with real Abseil too.
+// too), %f any number, %s a string or string_view. Each conversion is written by snprintf with
+// the argument widened to long long, unsigned long long or double; length modifiers in the
+// format are ignored. Unlike Abseil, a format that does not fit its arguments is not a compile
+// error (such a conversion writes nothing; '*' widths are not supported): the same sources build
+// with real Abseil in CI, which checks them.
 #pragma once
 
 #include <cstdio>
@@ -18,12 +18,11 @@ namespace absl {
 namespace str_format_internal {
 
 struct Arg {
-  enum Kind { kSigned, kUnsigned, kFloat, kString, kPointer } kind;
+  enum Kind { kSigned, kUnsigned, kFloat, kString } kind;
   long long i = 0;
   unsigned long long u = 0;
   double d = 0.0;
   std::string_view s;
-  const void* p = nullptr;
 };
 
 template <typename T>
@@ -40,13 +39,11 @@ Arg MakeArg(const T& v) {
   } else if constexpr (std::is_floating_point_v<T>) {
     a.kind = Arg::kFloat;
     a.d = static_cast<double>(v);
-  } else if constexpr (std::is_convertible_v<const T&, std::string_view>) {
+  } else {
+    static_assert(std::is_convertible_v<const T&, std::string_view>,
+                  "absl-lite StrFormat: a number or a string");
     a.kind = Arg::kString;
     a.s = std::string_view(v);
-  } else {
-    static_assert(std::is_pointer_v<T>, "absl-lite StrFormat: an unsupported argument type");
-    a.kind = Arg::kPointer;
-    a.p = static_cast<const void*>(v);
   }
   return a;
 }
@@ -61,31 +58,27 @@ void Append(std::string* out, const std::string& spec, T value) {
   out->resize(at + static_cast<size_t>(n));
 }
 
-// One conversion: `spec` is "%" with its flags, width and precision; `conv` its letter.
-inline void Convert(std::string* out, std::string spec, char conv, const Arg& a) {
-  auto as_signed = [&]() -> long long {
-    return a.kind == Arg::kSigned     ? a.i
-           : a.kind == Arg::kUnsigned ? static_cast<long long>(a.u)
-                                      : static_cast<long long>(a.d);
-  };
-  auto as_double = [&]() -> double {
-    return a.kind == Arg::kFloat    ? a.d
-           : a.kind == Arg::kSigned ? static_cast<double>(a.i)
-                                    : static_cast<double>(a.u);
-  };
+// One conversion: `spec` is "%" with its flags, width and precision; `conv` its letter. The
+// engine's formats also compile with real Abseil, which rejects a conversion that does not fit
+// its argument's type: only the fitting pairs are written (an integer for d i u o x X, a number
+// for f e g a, a string for s).
+inline void Convert(std::string* out, const std::string& spec, char conv, const Arg& a) {
+  const bool integer = a.kind == Arg::kSigned || a.kind == Arg::kUnsigned;
   switch (conv) {
     case 'd':
     case 'i':
-      if (a.kind == Arg::kFloat) return Append(out, spec + "f", a.d);  // absl prints it as %f
-      return Append(out, spec + "lld", as_signed());
+      if (integer)
+        Append(out, spec + "lld", a.kind == Arg::kSigned ? a.i : static_cast<long long>(a.u));
+      return;
     case 'u':
     case 'o':
     case 'x':
     case 'X':
-      return Append(out, spec + "ll" + conv,
-                    a.kind == Arg::kUnsigned ? a.u : static_cast<unsigned long long>(as_signed()));
-    case 'c':
-      return Append(out, spec + "c", static_cast<int>(as_signed()));
+      if (integer) {
+        Append(out, spec + "ll" + conv,
+               a.kind == Arg::kUnsigned ? a.u : static_cast<unsigned long long>(a.i));
+      }
+      return;
     case 'f':
     case 'F':
     case 'e':
@@ -94,22 +87,13 @@ inline void Convert(std::string* out, std::string spec, char conv, const Arg& a)
     case 'G':
     case 'a':
     case 'A':
-      return Append(out, spec + conv, as_double());
-    case 'p':
-      return Append(out, spec + "p", a.p);
-    case 's': {
-      std::string text;
-      if (a.kind == Arg::kString) {
-        text = std::string(a.s);
-      } else if (a.kind == Arg::kFloat) {
-        Append(&text, "%g", a.d);
-      } else if (a.kind == Arg::kSigned) {
-        text = std::to_string(a.i);
-      } else {
-        text = std::to_string(a.u);
-      }
-      return Append(out, spec + "s", text.c_str());
-    }
+      if (a.kind == Arg::kFloat) Append(out, spec + conv, a.d);
+      if (a.kind == Arg::kSigned) Append(out, spec + conv, static_cast<double>(a.i));
+      if (a.kind == Arg::kUnsigned) Append(out, spec + conv, static_cast<double>(a.u));
+      return;
+    case 's':
+      if (a.kind == Arg::kString) Append(out, spec + "s", std::string(a.s).c_str());
+      return;
     default:
       return;
   }
