@@ -1,5 +1,6 @@
 // A fine-tune that stories260K (or any model of vocabulary >= 512) learns in a few steps: rows
-// that repeat one of four fixed random phrases after BOS, and the trainer's settings for it. The
+// that repeat one of four fixed random phrases after BOS (the same four whatever `n`: rows made
+// for evaluation are training rows too), and the trainer's settings for it. The
 // GPU check (tests/gpu/real_model_gpu_test.cc) compares this run on the card against the CPU;
 // tests/engine/phrase_finetune_test.cc checks on the CPU that its premises hold (the loss falls).
 // Header-only and free of GoogleTest, so the GPU tests (plain executables) use it too.

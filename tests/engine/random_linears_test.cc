@@ -1,6 +1,8 @@
 // ModelOptions::random_linear_scale (the GPU benchmark's way to make a 7B model without host
-// memory): linear weights left empty are made by Device::RandomLinear, and the model is the one
-// whose weights were filled on the host with the same values, bit for bit.
+// memory): linear weights left empty take the documented streams (1 + 7 * layer + module of the
+// seed) through Device::RandomLinear. On the CPU that is FillUniform and the host quantizer, so
+// this pins the plumbing and the stream layout; the card's RandomLinear is checked against the
+// host bit for bit in tests/gpu/cuda_train_step_gpu_test.cc.
 #include <array>
 #include <random>
 #include <vector>

@@ -13,9 +13,6 @@
 namespace qlorad::testing {
 namespace fs = std::filesystem;
 
-const int kStoriesGreedy32[32] = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315,
-                                  421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408,
-                                  419, 292, 411, 322, 265, 282, 295, 433, 426, 385};
 const char kStoriesGreedyText[] =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
     "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n"
@@ -25,11 +22,6 @@ const char kStoriesGreedyText[] =
     "to do.\"\n"
     "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to "
     "do.\" Her mom said, \"Don't worry, Lily. We can help you.";
-
-std::string ModelsDir() {
-  if (const char* env = std::getenv("QLORAD_TEST_MODELS"); env != nullptr && *env) return env;
-  return QLORAD_TEST_MODELS_DIR;
-}
 
 std::string Stories260kDir() { return ModelsDir() + "/stories260K"; }
 std::string Stories260kGguf() { return Stories260kDir() + "/stories260K.gguf"; }

@@ -8,10 +8,10 @@
 
 #include "absl/status/statusor.h"
 #include "engine/llama_weights.h"
+#include "tests/common/stories260k.h"  // ModelsDir, kStoriesGreedy32
 
 namespace qlorad::testing {
 
-std::string ModelsDir();
 std::string Stories260kDir();  // the llama2.c fixture folder
 std::string Stories260kHf();   // converted once, in a temp folder
 std::string Stories260kGguf();
@@ -22,8 +22,7 @@ std::string TempDir(const std::string& name);  // a fresh empty folder
 absl::StatusOr<std::vector<int32_t>> GreedyFromBos(LlamaWeights weights, int64_t n,
                                                    bool quantize = false);
 
-// The first 32 greedy token ids after BOS published for stories260K (SOURCE.md).
-extern const int kStoriesGreedy32[32];
+// stories260K's published greedy text (SOURCE.md; its first 32 ids: kStoriesGreedy32).
 extern const char kStoriesGreedyText[];
 
 }  // namespace qlorad::testing

@@ -15,7 +15,7 @@ mkdir -p "$out"
   --tokenizer "$models/stories260K/tok512.model" --out "$out/hf" > "$out/convert.log" 2>&1 ||
   { echo "cli: convert FAILED"; tail -3 "$out/convert.log"; exit 1; }
 status=0
-declare -A first last evals secs
+declare -A evals secs
 # Two runs, "ref" on the CPU and "card" on $card, each with its own adapter folder.
 for run in ref card; do
   dev=cpu
@@ -28,8 +28,6 @@ for run in ref card; do
     echo "cli: train on $dev FAILED"; tail -5 "$out/train-$run.log"; exit 1
   fi
   secs[$run]=$(( ($(date +%s%N) - t0) / 1000000 ))
-  first[$run]=$(grep -m1 -o '^step 1/150 .*| loss [0-9.]*' "$out/train-$run.log" | grep -o '[0-9.]*$')
-  last[$run]=$(grep -o '^step 150/150 .*| loss [0-9.]*' "$out/train-$run.log" | grep -o '[0-9.]*$')
   if ! line=$("$engine" eval --model "$out/hf" --adapter "$out/ad-$run" \
       --data tests/data/facts_valid.jsonl --device "$dev" 2>"$out/eval-$run.log"); then
     echo "cli: eval on $dev FAILED"; tail -5 "$out/eval-$run.log"; exit 1
@@ -41,13 +39,21 @@ if ! gen=$("$engine" generate --model "$out/hf" --adapter "$out/ad-card" --devic
     2>"$out/generate.log") || [ -z "$gen" ]; then
   echo "cli: generate on $card FAILED or wrote nothing"; tail -5 "$out/generate.log"; exit 1
 fi
-echo "cli fine-tune (150 steps): cpu loss ${first[ref]} -> ${last[ref]} in ${secs[ref]} ms," \
-  "eval ${evals[ref]}; $card loss ${first[card]} -> ${last[card]} in ${secs[card]} ms," \
-  "eval ${evals[card]}; $card generates:${gen}"
-python3 - "${first[ref]}" "${first[card]}" "${last[card]}" "${evals[ref]}" "${evals[card]}" <<'PY' || status=1
-import sys
-f_cpu, f_gpu, l_gpu, e_cpu, e_gpu = (float(x) if x else float("nan") for x in sys.argv[1:])
-checks = [("first step's loss within 2% of the cpu's", abs(f_gpu - f_cpu) <= 0.02 * f_cpu),
+# The losses from each run's training_summary.json (full precision), not its log lines.
+python3 - "$out" "$card" "${secs[ref]}" "${secs[card]}" "${evals[ref]}" "${evals[card]}" "$gen" \
+  <<'PY' || status=1
+import json, sys
+out, card, ms_cpu, ms_card, e_cpu, e_gpu, gen = sys.argv[1:]
+def losses(run):
+    h = json.load(open("%s/ad-%s/training_summary.json" % (out, run)))["history"]
+    return h[0]["loss"], h[-1]["loss"], len(h)
+(f_cpu, l_cpu, n_cpu), (f_gpu, l_gpu, n_gpu) = losses("ref"), losses("card")
+e_cpu, e_gpu = (float(x) if x else float("nan") for x in (e_cpu, e_gpu))
+print("cli fine-tune: cpu loss %.4f -> %.4f (%d steps) in %s ms, eval %.4f; %s loss %.4f -> %.4f "
+      "(%d steps) in %s ms, eval %.4f; %s generates:%s"
+      % (f_cpu, l_cpu, n_cpu, ms_cpu, e_cpu, card, f_gpu, l_gpu, n_gpu, ms_card, e_gpu, card, gen))
+checks = [("150 steps each", n_cpu == n_gpu == 150),
+          ("first step's loss within 2% of the cpu's", abs(f_gpu - f_cpu) <= 0.02 * f_cpu),
           ("last loss under 1.5", l_gpu < 1.5),
           ("eval within 10% of the cpu adapter's", abs(e_gpu - e_cpu) <= 0.10 * e_cpu)]
 for name, ok in checks:

@@ -48,12 +48,12 @@ X Narrow(float x) {
 // aligned allocation (1: not 16-byte aligned, so tiles load element by element).
 template <typename X>
 struct Activations {
-  Activations(const std::vector<float>& host, int64_t shift) : mem(int64_t(host.size()) + shift) {
-    p = mem.p + shift;
+  // `n` values as DeviceArray leaves them: every bit set, NaN of either type.
+  Activations(size_t n, int64_t shift) : mem(int64_t(n) + shift), p(mem.p + shift), n(n) {}
+  Activations(const std::vector<float>& host, int64_t shift) : Activations(host.size(), shift) {
     std::vector<X> x(host.size());
     for (size_t i = 0; i < host.size(); ++i) x[i] = Narrow<X>(host[i]);
     CUDA_OK(cudaMemcpy(p, x.data(), x.size() * sizeof(X), cudaMemcpyHostToDevice));
-    n = host.size();
   }
   std::vector<float> Get() const {
     std::vector<X> x(n);
@@ -71,7 +71,7 @@ struct Activations {
 // Outputs start as NaN (of type X), so an element the kernels never write is caught.
 template <typename X>
 Activations<X> Outputs(size_t n, int64_t shift) {
-  return Activations<X>(std::vector<float>(n, NAN), shift);
+  return Activations<X>(n, shift);
 }
 
 template <typename X>

@@ -36,16 +36,22 @@ inline int failures = 0;
     }                                                                                             \
   } while (0)
 
+// Whether this run is on the GPU machine (QLORAD_REQUIRE_GPU=1, set by tests/gpu/run.sh): what
+// would skip elsewhere (no device, no model) fails there.
+inline bool GpuRequired() {
+  const char* required = std::getenv("QLORAD_REQUIRE_GPU");
+  return required != nullptr && std::string_view(required) == "1";
+}
+
 // Returns false (after printing why) when no CUDA device can be used, and the caller skips
-// (exit 77). Where a GPU is expected (QLORAD_REQUIRE_GPU=1, set by tests/gpu/run.sh), that is a
-// failure instead: a driver too old for the toolkit must not read as "nothing failed".
+// (exit 77). Where a GPU is expected (GpuRequired), that is a failure instead: a driver too old
+// for the toolkit must not read as "nothing failed".
 inline bool HaveCudaDevice() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) {
     const char* reason = e != cudaSuccess ? cudaGetErrorString(e) : "0 devices";
-    const char* required = std::getenv("QLORAD_REQUIRE_GPU");
-    if (required != nullptr && std::string_view(required) == "1") {
+    if (GpuRequired()) {
       std::printf("FAILED: QLORAD_REQUIRE_GPU=1 and no CUDA device (%s)\n", reason);
       std::exit(1);
     }
@@ -55,7 +61,6 @@ inline bool HaveCudaDevice() {
   return true;
 }
 
-// A fresh seed for this run's random inputs, printed so that a failure can be replayed.
 // A fresh seed each run, printed; QLORAD_TEST_SEED=N in the environment replays run N.
 inline uint64_t FreshSeed() {
   const char* replay = std::getenv("QLORAD_TEST_SEED");

@@ -101,6 +101,7 @@ int Main(int argc, char** argv) {
   // Random weights made on the card: the linear layers (6.5 G values at the 7B shape) never
   // exist on the host (ModelOptions::random_linear_scale); only the embedding and the head do.
   auto t0 = std::chrono::steady_clock::now();
+  // Streams of their own: the linears take 1 + 7 * layer + module (ModelOptions), < 1000.
   uint64_t stream = 1000;
   int64_t linear_params = 0, all_params = 0;
   for (TensorSlot& s : TensorSlots(w)) {

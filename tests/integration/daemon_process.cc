@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "server/core/tenants.h"
+#include "tests/common/stories260k.h"
 
 namespace qlorad::testing {
 namespace fs = std::filesystem;
@@ -97,9 +98,7 @@ std::string DaemonProcess::log() const {
 }
 
 std::string Stories260kGguf() {
-  const char* env = std::getenv("QLORAD_TEST_MODELS");
-  const fs::path base = env && *env ? fs::path(env) : fs::path(QLORAD_TEST_MODELS_DIR);
-  const fs::path p = base / "stories260K" / "stories260K.gguf";
+  const fs::path p = fs::path(ModelsDir()) / "stories260K" / "stories260K.gguf";
   return fs::exists(p) ? p.string() : "";
 }
 

@@ -36,7 +36,7 @@ TEST(Dropout, ApplyAgreesWithKeepAndDropsAboutP) {
 
 // Random weights: uniform over [-scale, scale) (mean 0, variance scale^2 / 3) on a grid of 2^24
 // steps, and another stream or seed gives other values.
-TEST(FillUniform, IsUniformOverTheScaleAndFollowsTheHash) {
+TEST(FillUniform, IsUniformOnAGridAndDependsOnSeedAndStream) {
   const int64_t n = 200001;
   std::vector<float> x(n);
   FillUniform(x.data(), n, /*seed=*/5, /*stream=*/9, 0.5f);
