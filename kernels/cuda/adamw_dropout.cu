@@ -3,6 +3,7 @@
 
 #include "kernels/cpu/dropout.h"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad::kernels::cuda {
@@ -48,8 +49,8 @@ cudaError_t AdamWStep(float* params, const float* grads, float* m, float* v, int
   const float step_size = static_cast<float>(p.lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float decay = 1.0f - p.lr * p.weight_decay;
-  AdamWKernel<<<GridFor(n, 256), 256, 0, stream>>>(params, grads, m, v, n, p.beta1, p.beta2, p.eps,
-                                                   decay, step_size, bc2_sqrt);
+  QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, AdamWKernel, params, grads, m, v, n, p.beta1,
+                p.beta2, p.eps, decay, step_size, bc2_sqrt);
   return cudaGetLastError();
 }
 
@@ -58,8 +59,8 @@ cudaError_t DropoutApply(const T* x, int64_t n, float p, uint64_t seed, uint64_t
                          cudaStream_t stream) {
   if (n < 0 || !(p >= 0.0f && p < 1.0f)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  DropoutKernel<T>
-      <<<GridFor(n, 256), 256, 0, stream>>>(x, n, p, 1.0f / (1.0f - p), seed, stream_id, out);
+  QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, DropoutKernel<T>, x, n, p, 1.0f / (1.0f - p), seed,
+                stream_id, out);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 #include "kernels/cpu/dropout.h"
 #include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace qlorad::kernels::cuda {
 namespace {
@@ -213,8 +214,8 @@ cudaError_t MaskedSoftmaxRows(float* scores, int64_t heads, int64_t T, int64_t S
   if (heads <= 0 || T < 0 || S <= 0 || !RowsOk(heads * T) || (segments && first_pos != 0))
     return cudaErrorInvalidValue;
   if (T == 0) return cudaSuccess;
-  MaskedSoftmaxKernel<<<static_cast<unsigned>(heads * T), kRowThreads, 0, stream>>>(
-      scores, T, S, first_pos, segments);
+  QLORAD_LAUNCH(static_cast<unsigned>(heads * T), kRowThreads, 0, stream, MaskedSoftmaxKernel,
+                scores, T, S, first_pos, segments);
   return cudaGetLastError();
 }
 
@@ -222,7 +223,8 @@ cudaError_t SoftmaxBackwardRows(const float* p, float* dp, int64_t rows, int64_t
                                 cudaStream_t stream) {
   if (!RowsOk(rows) || S <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  SoftmaxBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(p, dp, S, scale);
+  QLORAD_LAUNCH(static_cast<unsigned>(rows), kRowThreads, 0, stream, SoftmaxBackwardKernel, p, dp,
+                S, scale);
   return cudaGetLastError();
 }
 
@@ -233,10 +235,11 @@ cudaError_t EmbeddingGather(const float* table, int64_t dim, const int32_t* ids,
   if (tokens == 0) return cudaSuccess;
   if (detail::Wide8(dim, table, out)) {
     const int64_t chunks = tokens * dim / detail::kWide;
-    GatherWideKernel<<<GridFor(chunks, 256), 256, 0, stream>>>(table, dim, ids, chunks, out);
+    QLORAD_LAUNCH(GridFor(chunks, 256), 256, 0, stream, GatherWideKernel, table, dim, ids, chunks,
+                  out);
   } else {
-    GatherKernel<<<GridFor(tokens * dim, 256), 256, 0, stream>>>(table, dim, ids, tokens * dim,
-                                                                 out);
+    QLORAD_LAUNCH(GridFor(tokens * dim, 256), 256, 0, stream, GatherKernel, table, dim, ids,
+                  tokens * dim, out);
   }
   return cudaGetLastError();
 }
@@ -246,9 +249,10 @@ cudaError_t AddInPlace(T* y, const T* x, int64_t n, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (detail::Wide8(n, y, x)) {
-    AddWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(y, x, n / detail::kWide);
+    QLORAD_LAUNCH(GridFor(n / detail::kWide, 256), 256, 0, stream, AddWideKernel, y, x,
+                  n / detail::kWide);
   } else {
-    AddKernel<<<GridFor(n, 256), 256, 0, stream>>>(y, x, n);
+    QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, AddKernel, y, x, n);
   }
   return cudaGetLastError();
 }
@@ -264,14 +268,14 @@ QLORAD_INSTANTIATE(__nv_bfloat16)
 cudaError_t ScaleInPlace(float* x, int64_t n, float alpha, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  ScaleKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, alpha);
+  QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, ScaleKernel, x, n, alpha);
   return cudaGetLastError();
 }
 
 cudaError_t FillValue(float* x, int64_t n, float value, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  FillKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, value);
+  QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, FillKernel, x, n, value);
   return cudaGetLastError();
 }
 
@@ -279,7 +283,7 @@ cudaError_t FillUniform(float* x, int64_t n, uint64_t seed, uint64_t stream_id, 
                         cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  FillUniformKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, seed, stream_id, scale);
+  QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, FillUniformKernel, x, n, seed, stream_id, scale);
   return cudaGetLastError();
 }
 
@@ -289,10 +293,10 @@ cudaError_t Convert(const From* x, int64_t n, To* out, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (detail::Wide8(n, x, out)) {
-    ConvertWideKernel<<<GridFor(n / detail::kWide, 256), 256, 0, stream>>>(x, n / detail::kWide,
-                                                                           out);
+    QLORAD_LAUNCH(GridFor(n / detail::kWide, 256), 256, 0, stream, ConvertWideKernel, x,
+                  n / detail::kWide, out);
   } else {
-    ConvertKernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, out);
+    QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, ConvertKernel, x, n, out);
   }
   return cudaGetLastError();
 }
@@ -315,8 +319,8 @@ cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int6
   const dim3 block(padded_cols <= 32 ? 32 : 256, padded_cols <= 32 ? 8 : 1);
   const int64_t blocks = (rows + block.y - 1) / block.y;
   const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
-  ConvertRowsBf16Kernel<<<grid, block, 0, stream>>>(src, rows, cols, src_ld, scale, padded_cols,
-                                                    dst, dst_ld);
+  QLORAD_LAUNCH(grid, block, 0, stream, ConvertRowsBf16Kernel, src, rows, cols, src_ld, scale,
+                padded_cols, dst, dst_ld);
   return cudaGetLastError();
 }
 
@@ -329,14 +333,14 @@ cudaError_t SumSquaresInto(const float* x, int64_t n, double* partial, float* ou
                            cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   const int blocks = SumSquaresBlocks(n);
-  SumSquaresKernel<<<blocks, kSumThreads, 0, stream>>>(x, n, partial);
-  FinishSumKernel<double><<<1, kSumThreads, 0, stream>>>(partial, blocks, out, false);
+  QLORAD_LAUNCH(blocks, kSumThreads, 0, stream, SumSquaresKernel, x, n, partial);
+  QLORAD_LAUNCH(1, kSumThreads, 0, stream, FinishSumKernel<double>, partial, blocks, out, false);
   return cudaGetLastError();
 }
 
 cudaError_t AddSumInto(const float* x, int64_t n, float* out, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
-  FinishSumKernel<float><<<1, kSumThreads, 0, stream>>>(x, n, out, true);
+  QLORAD_LAUNCH(1, kSumThreads, 0, stream, FinishSumKernel<float>, x, n, out, true);
   return cudaGetLastError();
 }
 
@@ -344,7 +348,8 @@ cudaError_t CrossEntropyRowLoss(const float* logits, const int32_t* targets, int
                                 int64_t vocab, float* row_loss, cudaStream_t stream) {
   if (!RowsOk(rows) || vocab <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RowLossKernel<<<static_cast<unsigned>(rows), 512, 0, stream>>>(logits, targets, vocab, row_loss);
+  QLORAD_LAUNCH(static_cast<unsigned>(rows), 512, 0, stream, RowLossKernel, logits, targets, vocab,
+                row_loss);
   return cudaGetLastError();
 }
 

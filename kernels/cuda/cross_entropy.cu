@@ -1,4 +1,5 @@
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad::kernels::cuda {
@@ -47,8 +48,8 @@ cudaError_t CrossEntropyForwardBackward(T* logits, const int32_t* targets, int64
                                         cudaStream_t stream) {
   if (rows < 0 || vocab <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  CrossEntropyKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-      logits, targets, vocab, scale, row_loss);
+  QLORAD_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, CrossEntropyKernel<T>, logits,
+                targets, vocab, scale, row_loss);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,7 @@
 #include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_context.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/flash_attention_body.h"
 
 namespace qlorad::kernels::cuda {
@@ -58,7 +59,7 @@ cudaError_t Launch(Kernel kernel, int smem, int64_t T, int64_t heads, const fl::
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(heads),
                   static_cast<unsigned>((T + fl::kFlashTile - 1) / fl::kFlashTile));
-  kernel<<<grid, fl::kFlashThreads, smem, stream>>>(a);
+  QLORAD_LAUNCH(grid, fl::kFlashThreads, smem, stream, kernel, a);
   return cudaGetLastError();
 }
 
@@ -91,7 +92,8 @@ cudaError_t Forward(const fl::FlashArgs<X>& a, cudaStream_t stream) {
 template <int HD, typename X>
 cudaError_t Backward(const fl::FlashArgs<X>& a, float* delta, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(a.H) * a.T;
-  DeltaKernel<HD, X><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(a, delta);
+  const auto delta_kernel = DeltaKernel<HD, X>;  // one macro argument
+  QLORAD_LAUNCH(static_cast<unsigned>((rows + 7) / 8), 256, 0, stream, delta_kernel, a, delta);
   cudaError_t e = cudaGetLastError();
   fl::FlashArgs<X> b = a;
   b.delta = delta;

@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/bf16_element.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/lora_dropout.h"
 #include "kernels/lora_dropout_body.h"
 
@@ -95,9 +96,8 @@ cudaError_t LoraDropoutDown(const X* x, int64_t n, int64_t in, const float* a, i
   args.x = x;
   args.a = a;
   args.h = h;
-  DownKernel<X>
-      <<<dim3(Blocks(n, lo::kDownRows), Blocks(r, lo::kRankChunk)), lo::kLoraThreads, 0, stream>>>(
-          args);
+  QLORAD_LAUNCH(dim3(Blocks(n, lo::kDownRows), Blocks(r, lo::kRankChunk)), lo::kLoraThreads, 0,
+                stream, DownKernel<X>, args);
   return cudaGetLastError();
 }
 
@@ -112,10 +112,10 @@ cudaError_t LoraDropoutGradA(const X* x, const float* dh, int64_t n, int64_t in,
   args.dh = dh;
   args.partial = partial;
   args.da = da;
-  GradAKernel<X>
-      <<<dim3(Blocks(in, lo::kLoraThreads), static_cast<unsigned>(lo::GradTokenBlocks(n))),
-         lo::kLoraThreads, 0, stream>>>(args);
-  FinishGradAKernel<X><<<Blocks(r * in, lo::kLoraThreads), lo::kLoraThreads, 0, stream>>>(args);
+  QLORAD_LAUNCH(dim3(Blocks(in, lo::kLoraThreads), static_cast<unsigned>(lo::GradTokenBlocks(n))),
+                lo::kLoraThreads, 0, stream, GradAKernel<X>, args);
+  QLORAD_LAUNCH(Blocks(r * in, lo::kLoraThreads), lo::kLoraThreads, 0, stream, FinishGradAKernel<X>,
+                args);
   return cudaGetLastError();
 }
 
@@ -129,8 +129,8 @@ cudaError_t LoraDropoutBackwardInput(const float* dh, const float* a, int64_t n,
   args.dh = dh;
   args.a = a;
   args.dx = dx;
-  BackwardInputKernel<X><<<dim3(Blocks(n, lo::kInputRows), Blocks(in, lo::kLoraThreads)),
-                           lo::kLoraThreads, 0, stream>>>(args);
+  QLORAD_LAUNCH(dim3(Blocks(n, lo::kInputRows), Blocks(in, lo::kLoraThreads)), lo::kLoraThreads, 0,
+                stream, BackwardInputKernel<X>, args);
   return cudaGetLastError();
 }
 

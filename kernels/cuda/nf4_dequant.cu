@@ -1,4 +1,5 @@
 #include "kernels/cuda/bf16_element.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/nf4_dequant.h"
 #include "kernels/nf4_code.h"
 
@@ -86,14 +87,14 @@ cudaError_t Launch(const Nf4DqArgs& a, T* out, cudaStream_t stream) {
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     const int64_t want = (chunks + kThreads - 1) / kThreads;
     const int grid = static_cast<int>(want < sms * 16LL ? want : sms * 16LL);
-    DequantVec16<T><<<grid, kThreads, 0, stream>>>(a, chunks, out);
+    QLORAD_LAUNCH(grid, kThreads, 0, stream, DequantVec16<T>, a, chunks, out);
   }
   const int64_t begin = chunks * 32;
   if (begin < a.n) {
     const int64_t rest = a.n - begin;
     const int grid = static_cast<int>(
         (rest + kThreads - 1) / kThreads < 4096 ? (rest + kThreads - 1) / kThreads : 4096);
-    DequantScalar<T><<<grid, kThreads, 0, stream>>>(a, begin, out);
+    QLORAD_LAUNCH(grid, kThreads, 0, stream, DequantScalar<T>, a, begin, out);
   }
   return cudaGetLastError();
 }

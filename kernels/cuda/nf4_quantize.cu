@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "kernels/cpu/nf4.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/nf4_quantize.h"
 #include "kernels/nf4_code.h"
 
@@ -117,8 +118,8 @@ cudaError_t Nf4QuantizeDoubleQuant(const float* x, int64_t n, int blocksize, int
     t.mid[i] = static_cast<float>((static_cast<double>(kNf4Code[i]) + kNf4Code[i + 1]) / 2.0);
   }
   const int64_t blocks = (n + blocksize - 1) / blocksize;
-  Nf4QuantizeKernel<<<Grid(blocks), 128, 0, stream>>>(x, n, blocksize, t, out->packed,
-                                                      out->absmax_scratch);
+  QLORAD_LAUNCH(Grid(blocks), 128, 0, stream, Nf4QuantizeKernel, x, n, blocksize, t, out->packed,
+                out->absmax_scratch);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   // The offset: the mean of the absmax values, summed in double in the CPU's order.
@@ -137,9 +138,8 @@ cudaError_t Nf4QuantizeDoubleQuant(const float* x, int64_t n, int blocksize, int
   e = cudaMemcpyAsync(code, SignedDynamicMap().data(), 256 * 4, cudaMemcpyHostToDevice, stream);
   if (e == cudaSuccess) {
     const int64_t nested = (blocks + nested_blocksize - 1) / nested_blocksize;
-    Quantize8Kernel<<<Grid(nested), 128, 0, stream>>>(out->absmax_scratch, blocks, nested_blocksize,
-                                                      out->offset, code, out->absmax_q,
-                                                      out->nested_absmax);
+    QLORAD_LAUNCH(Grid(nested), 128, 0, stream, Quantize8Kernel, out->absmax_scratch, blocks,
+                  nested_blocksize, out->offset, code, out->absmax_q, out->nested_absmax);
     e = cudaGetLastError();
   }
   const cudaError_t f = cudaFreeAsync(code, stream);

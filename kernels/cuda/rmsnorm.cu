@@ -1,4 +1,5 @@
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad::kernels::cuda {
@@ -135,11 +136,11 @@ cudaError_t RmsNormForward(const T* x, const float* w, int64_t rows, int64_t dim
   if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   if (Wide8(dim, x, w, y)) {
-    RmsNormForwardWideKernel<T>
-        <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, dim, eps, y, inv_rms);
+    QLORAD_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, RmsNormForwardWideKernel<T>, x,
+                  w, dim, eps, y, inv_rms);
   } else {
-    RmsNormForwardKernel<T>
-        <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, dim, eps, y, inv_rms);
+    QLORAD_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, RmsNormForwardKernel<T>, x, w,
+                  dim, eps, y, inv_rms);
   }
   return cudaGetLastError();
 }
@@ -150,11 +151,11 @@ cudaError_t RmsNormBackward(const T* x, const float* w, const float* inv_rms, co
   if (rows < 0 || dim <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   if (Wide8(dim, x, w, dy, dx)) {
-    RmsNormBackwardWideKernel<T>
-        <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, inv_rms, dy, dim, dx);
+    QLORAD_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, RmsNormBackwardWideKernel<T>, x,
+                  w, inv_rms, dy, dim, dx);
   } else {
-    RmsNormBackwardKernel<T>
-        <<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, w, inv_rms, dy, dim, dx);
+    QLORAD_LAUNCH(static_cast<unsigned>(rows), kThreads, 0, stream, RmsNormBackwardKernel<T>, x, w,
+                  inv_rms, dy, dim, dx);
   }
   return cudaGetLastError();
 }

@@ -1,5 +1,6 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad::kernels::cuda {
@@ -84,11 +85,11 @@ cudaError_t RopeApply(T* x, const int32_t* positions, int64_t tokens, int64_t he
   InvFreq freq{};
   for (int64_t i = 0; i < head_dim / 2; ++i) freq.v[i] = RopeInvFreq(theta, i, head_dim);
   if (Wide8(head_dim / 2, x)) {
-    RopeWideKernel<T><<<GridFor(pairs / kWide, 256), 256, 0, stream>>>(
-        x, positions, pairs / kWide, heads, head_dim, freq, inverse ? -1.0f : 1.0f);
+    QLORAD_LAUNCH(GridFor(pairs / kWide, 256), 256, 0, stream, RopeWideKernel<T>, x, positions,
+                  pairs / kWide, heads, head_dim, freq, inverse ? -1.0f : 1.0f);
   } else {
-    RopeKernel<T><<<GridFor(pairs, 256), 256, 0, stream>>>(x, positions, pairs, heads, head_dim,
-                                                           freq, inverse ? -1.0f : 1.0f);
+    QLORAD_LAUNCH(GridFor(pairs, 256), 256, 0, stream, RopeKernel<T>, x, positions, pairs, heads,
+                  head_dim, freq, inverse ? -1.0f : 1.0f);
   }
   return cudaGetLastError();
 }

@@ -1,4 +1,5 @@
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/train_ops.h"
 
 namespace qlorad::kernels::cuda {
@@ -79,10 +80,10 @@ cudaError_t SwigluForward(const T* gate, const T* up, int64_t n, T* out, cudaStr
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (Wide8(n, gate, up, out)) {
-    SwigluForwardWideKernel<T>
-        <<<GridFor(n / kWide, 256), 256, 0, stream>>>(gate, up, n / kWide, out);
+    QLORAD_LAUNCH(GridFor(n / kWide, 256), 256, 0, stream, SwigluForwardWideKernel<T>, gate, up,
+                  n / kWide, out);
   } else {
-    SwigluForwardKernel<T><<<GridFor(n, 256), 256, 0, stream>>>(gate, up, n, out);
+    QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, SwigluForwardKernel<T>, gate, up, n, out);
   }
   return cudaGetLastError();
 }
@@ -93,10 +94,11 @@ cudaError_t SwigluBackward(const T* gate, const T* up, const T* dout, int64_t n,
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (Wide8(n, gate, up, dout, dgate, dup)) {
-    SwigluBackwardWideKernel<T>
-        <<<GridFor(n / kWide, 256), 256, 0, stream>>>(gate, up, dout, n / kWide, dgate, dup);
+    QLORAD_LAUNCH(GridFor(n / kWide, 256), 256, 0, stream, SwigluBackwardWideKernel<T>, gate, up,
+                  dout, n / kWide, dgate, dup);
   } else {
-    SwigluBackwardKernel<T><<<GridFor(n, 256), 256, 0, stream>>>(gate, up, dout, n, dgate, dup);
+    QLORAD_LAUNCH(GridFor(n, 256), 256, 0, stream, SwigluBackwardKernel<T>, gate, up, dout, n,
+                  dgate, dup);
   }
   return cudaGetLastError();
 }

@@ -1,0 +1,164 @@
+// CPU stand-in for the toolkit's cuda_runtime.h (tests/cuda_on_cpu/README.md): enough of the
+// CUDA runtime, the device built-ins and the launch for the project's kernels (kernels/cuda/*.cu,
+// built as C++) and the GPU tests that check them to run on a machine without a GPU. Device
+// memory is host memory; a launch runs every thread of the grid before it returns (see
+// RunGrid). Nothing here is used by the daemon or the engine: only by tests/cuda_on_cpu.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#define QLORAD_CUDA_ON_CPU 1
+
+// Function and variable qualifiers: plain C++ here. Shared memory is a function-local static:
+// one copy that a block's threads share, and blocks run one after another (RunGrid).
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __constant__
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+// ---- vector types ----
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+// ---- the thread's place in the grid (set by RunGrid for the thread that runs) ----
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+// ---- errors, streams, memory ----
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorLaunchFailure = 719,
+};
+using cudaStream_t = struct CUstream_st*;
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrConcurrentManagedAccess = 89,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaGetDevice(int* device);
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaMalloc(void** p, size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream);
+cudaError_t cudaFreeAsync(void* p, cudaStream_t stream);
+cudaError_t cudaMemset(void* p, int value, size_t bytes);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream);
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
+template <typename T>
+cudaError_t cudaMallocAsync(T** p, size_t bytes, cudaStream_t stream) {
+  return cudaMallocAsync(reinterpret_cast<void**>(p), bytes, stream);
+}
+
+// ---- device built-ins ----
+void __syncthreads();
+// Warp-collective: every lane of the warp calls it (`mask` names them all), and each gets the
+// value of lane ^ lane_mask.
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = 32);
+double __shfl_xor_sync(unsigned mask, double v, int lane_mask, int width = 32);
+int __shfl_xor_sync(unsigned mask, int v, int lane_mask, int width = 32);
+unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int width = 32);
+
+// The device math library's global names.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+template <typename T>
+constexpr T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T>
+constexpr T max(T a, T b) {
+  return a < b ? b : a;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+// The _rn intrinsics round each operation (never fused into an FMA): plain float arithmetic on
+// the host, which targets x86-64 without FMA contraction (tests/cuda_on_cpu/CMakeLists.txt).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+
+// ---- launches (kernels/cuda/launch.cuh) ----
+namespace qlorad::cuda_on_cpu {
+
+// Runs `thread` once for every thread of a grid x block launch, blocks one after another, the
+// threads of a block as cooperatively scheduled fibers (a barrier or a warp shuffle switches to
+// the next thread), so shared memory, __syncthreads and the shuffles behave as on the GPU; the
+// order in which a block's threads run alternates between blocks, so a missing barrier shows
+// whichever thread is late. A configuration the GPU would refuse fails with
+// cudaErrorInvalidConfiguration (cudaGetLastError); a deadlock (a barrier some threads never
+// reach) or a shuffle by part of a warp is reported and fails with cudaErrorLaunchFailure.
+void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
+             const char* kernel_name, const std::function<void()>& thread);
+
+template <typename Body, typename... Args>
+void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
+            const char* kernel_name, Body body, Args&&... args) {
+  // Kernel parameters are copied at the launch, as the GPU does; each thread then receives them
+  // by value.
+  std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
+  RunGrid(grid, block, dynamic_shared_bytes, stream, kernel_name,
+          [&] { std::apply(body, params); });
+}
+
+}  // namespace qlorad::cuda_on_cpu
+
+#define QLORAD_LAUNCH_ON_CPU(grid, block, shared_bytes, stream, kernel, ...) \
+  ::qlorad::cuda_on_cpu::Launch(                                             \
+      grid, block, shared_bytes, stream, #kernel,                            \
+      [&](const auto&... kernel_args_) { kernel(kernel_args_...); } __VA_OPT__(, ) __VA_ARGS__)
