@@ -22,13 +22,25 @@ __device__ __forceinline__ void Store(T* p, int64_t i, float v) {
   p[i] = Element<T>::Round(v);
 }
 
+// The sum (or max) over the warp by a butterfly of xor shuffles, in every lane. On the CPU
+// stand-in (tests/cuda_on_cpu) the same butterfly, the same operations in the same order, is
+// computed from one rendezvous of the warp: five shuffles cost five rendezvous there, which made
+// the reductions most of a training step's emulated time.
 __device__ __forceinline__ float WarpSum(float v) {
+#if defined(QLORAD_CUDA_ON_CPU)
+  return ::qlorad::cuda_on_cpu::WarpButterfly(v, /*max=*/false);
+#else
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+#endif
 }
 __device__ __forceinline__ float WarpMax(float v) {
+#if defined(QLORAD_CUDA_ON_CPU)
+  return ::qlorad::cuda_on_cpu::WarpButterfly(v, /*max=*/true);
+#else
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+#endif
 }
 
 // Sum (or max) over the block; every thread gets the result. `scratch`: 32 floats of shared

@@ -15,21 +15,21 @@ namespace fl = kernels::flash;
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) ForwardKernel(fl::FlashArgs<X> a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  QLORAD_DYNAMIC_SHARED(smem);
   FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashForwardBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardKvKernel(fl::FlashArgs<X> a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  QLORAD_DYNAMIC_SHARED(smem);
   FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashBackwardKvBlock<HD>(cx, a, smem);
 }
 
 template <int HD, typename X>
 __global__ void __launch_bounds__(fl::kFlashThreads) BackwardQKernel(fl::FlashArgs<X> a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  QLORAD_DYNAMIC_SHARED(smem);
   FlashBlockContext cx = FlashBlockContext::OfThisThread();
   fl::FlashBackwardQBlock<HD>(cx, a, smem);
 }

@@ -12,6 +12,10 @@
 #include "kernels/cuda/bf16_element.cuh"
 #include "kernels/cuda/elementwise.cuh"
 
+#if defined(QLORAD_CUDA_ON_CPU)
+// The CUDA sources on the CPU stand-in (tests/cuda_on_cpu): the instructions below modelled.
+#include "flash_context_on_cpu.h"
+#else
 namespace qlorad::kernels::cuda {
 
 struct FlashBlockContext {
@@ -105,3 +109,4 @@ struct FlashBlockContext {
 };
 
 }  // namespace qlorad::kernels::cuda
+#endif  // QLORAD_CUDA_ON_CPU

@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/bf16_element.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/lora_dropout.h"
 #include "kernels/lora_dropout_body.h"
@@ -13,10 +14,7 @@ namespace lo = kernels::lora;
 struct LoraBlockContext {
   int thread, block_x, block_y;
   __device__ void SyncBlock() { __syncthreads(); }
-  __device__ float WarpSum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-  }
+  __device__ float WarpSum(float v) { return detail::WarpSum(v); }
   __device__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 };
 

@@ -7,8 +7,11 @@
 // ~10 ns (fiber.h). Scheduling is cooperative and deterministic: a thread runs until it reaches a
 // barrier (__syncthreads, or the warp's rendezvous inside a shuffle) or returns.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +22,7 @@
 #include "fiber.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <pthread.h>
 #include <sanitizer/common_interface_defs.h>
 #define QLORAD_FIBERS_UNDER_ASAN 1
 #endif
@@ -40,12 +44,44 @@ void SetError(cudaError_t e) {
   if (last_error == cudaSuccess) last_error = e;
 }
 
-// Device allocations: host memory, 256-byte aligned as cudaMalloc's, each remembered so that a
-// cudaFree of anything else fails as on the GPU.
+// Device allocations: host memory, 256-byte aligned as cudaMalloc's, each remembered (with its
+// size, and whether it is managed memory) so that a cudaFree of anything else, or advice on
+// memory that is not managed, fails as on the GPU.
+struct Allocation {
+  size_t bytes;
+  bool managed;
+};
 std::mutex allocations_mu;
-std::unordered_map<void*, size_t>& Allocations() {
-  static auto* m = new std::unordered_map<void*, size_t>;
+size_t allocated_bytes = 0;  // guarded by allocations_mu
+std::unordered_map<void*, Allocation>& Allocations() {
+  static auto* m = new std::unordered_map<void*, Allocation>;
   return *m;
+}
+
+cudaError_t Allocate(void** p, size_t bytes, bool managed) {
+  *p = nullptr;
+  std::lock_guard<std::mutex> lock(allocations_mu);
+  if (bytes > kStandInMemoryBytes - allocated_bytes) return cudaErrorMemoryAllocation;
+  void* q = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+  if (q == nullptr) return cudaErrorMemoryAllocation;
+  // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
+  // kernel could rely on.
+  std::memset(q, 0xFF, bytes);
+  Allocations()[q] = {bytes, managed};
+  allocated_bytes += bytes;
+  *p = q;
+  return cudaSuccess;
+}
+
+// Whether [p, p + bytes) lies in one managed allocation.
+bool ManagedRange(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(allocations_mu);
+  for (const auto& [base, a] : Allocations()) {
+    const auto* b = static_cast<const char*>(base);
+    const auto* q = static_cast<const char*>(p);
+    if (q >= b && q + bytes <= b + a.bytes) return a.managed;
+  }
+  return false;
 }
 
 constexpr int kWarp = 32;
@@ -67,13 +103,16 @@ struct Fiber {
 // One launch's block being run: its fibers and barriers.
 struct Block {
   std::vector<Fiber> fibers;
-  std::vector<int> run_queue;  // fibers to resume, in order
-  size_t next = 0;
+  std::deque<int> run_queue;  // runnable fibers, the next to run first
+  std::vector<int> released;  // Release's scratch
   int at_block_barrier = 0;
-  std::vector<int> at_warp_barrier;          // per warp
-  std::vector<std::vector<uint64_t>> slots;  // shuffle values: two generations per thread
-  std::vector<uint8_t> shuffle_generation;   // per thread
+  std::vector<int> at_warp_barrier;           // per warp
+  std::vector<std::vector<uint64_t>> slots;   // shuffle values: two generations per thread
+  std::vector<uint8_t> shuffle_generation;    // per thread
+  std::vector<std::vector<float>> butterfly;  // per generation, per warp: 32 in, 32 out
   const std::function<void()>* thread = nullptr;
+  std::vector<unsigned char> dynamic_shared;  // the launch's dynamic shared bytes + 128
+  unsigned char* dynamic_base = nullptr;      // 128-byte aligned within it
   FiberContext scheduler;
   int current = -1;
   bool failed = false;
@@ -87,7 +126,7 @@ struct Block {
   bool reverse = false;
   bool eager = false;
 #if defined(QLORAD_FIBERS_UNDER_ASAN)
-  const void* scheduler_stack_bottom = nullptr;
+  const void* scheduler_stack_bottom = nullptr;  // the calling thread's stack
   size_t scheduler_stack_size = 0;
   void* scheduler_fake_stack = nullptr;
 #endif
@@ -98,54 +137,6 @@ thread_local Block* running = nullptr;
 int WarpSize(const Block& b, int warp) {
   const int threads = static_cast<int>(b.fibers.size());
   return std::min(kWarp, threads - warp * kWarp);
-}
-
-// Back to the scheduler from the running fiber (it has just changed its state).
-void Yield(bool finished) {
-  Block& b = *running;
-  Fiber& f = b.fibers[b.current];
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, b.scheduler_stack_bottom,
-                                 b.scheduler_stack_size);
-#else
-  (void)finished;
-#endif
-  SwitchFiber(f.context, b.scheduler);
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
-#endif
-}
-
-void FiberMain() {
-  Block& b = *running;
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_size);
-#endif
-  (*b.thread)();
-  b.fibers[b.current].state = FiberState::kDone;
-  Yield(/*finished=*/true);
-}
-
-// The running fiber completed a barrier: it and every fiber waiting in `state` (of warp `warp`,
-// for warp barriers) become runnable, in the block's order.
-void Release(Block& b, FiberState state, int warp) {
-  const int first = warp < 0 ? 0 : warp * kWarp;
-  const int n = warp < 0 ? static_cast<int>(b.fibers.size()) : WarpSize(b, warp);
-  std::vector<int> released;
-  if (b.eager) released.push_back(b.current);  // the last to arrive goes on first
-  for (int k = 0; k < n; ++k) {
-    const int i = first + (b.reverse ? n - 1 - k : k);
-    Fiber& f = b.fibers[i];
-    if (f.state == state) {
-      f.state = FiberState::kRunnable;
-      released.push_back(i);
-    }
-  }
-  if (!b.eager) released.push_back(b.current);  // ... or after the others
-  b.fibers[b.current].state = FiberState::kRunnable;
-  b.run_queue.insert(
-      b.eager ? b.run_queue.begin() + static_cast<ptrdiff_t>(b.next) : b.run_queue.end(),
-      released.begin(), released.end());
 }
 
 void Fail(Block& b, std::string why) {
@@ -161,48 +152,113 @@ std::string Where(const Fiber& f) {
          std::to_string(f.index.y) + "," + std::to_string(f.index.z) + ")";
 }
 
-// Runs the block's fibers until all have returned, or none can go on (a deadlock: Fail).
-void RunBlock(Block& b) {
-  const int n = static_cast<int>(b.fibers.size());
-  for (;;) {
-    if (b.next == b.run_queue.size()) {
-      b.run_queue.clear();
-      b.next = 0;
-      int done = 0;
-      for (const Fiber& f : b.fibers) done += f.state == FiberState::kDone;
-      if (done == n) return;
-      // Nobody can run, yet some have not returned: a barrier that not every thread reaches.
-      std::string waiting;
-      for (const Fiber& f : b.fibers) {
-        if (f.state == FiberState::kAtBlockBarrier || f.state == FiberState::kAtWarpBarrier) {
-          waiting =
-              Where(f) + (f.state == FiberState::kAtBlockBarrier ? " waits at __syncthreads"
-                                                                 : " waits in a warp shuffle");
-          break;
-        }
-      }
-      Fail(b, "deadlock: " + waiting + ", which " + std::to_string(done) +
-                  " returned threads and the threads waiting elsewhere never reach");
-      return;
-    }
-    b.current = b.run_queue[b.next++];
-    Fiber& f = b.fibers[b.current];
-    threadIdx = f.index;
+// Saves the running context in `from` (with its fake stack under ASan: none for a fiber that
+// has returned) and resumes `to`, whose stack is [to_stack, to_stack + to_size).
+void Switch(FiberContext& from, [[maybe_unused]] void** from_fake_stack, FiberContext& to,
+            [[maybe_unused]] const void* to_stack, [[maybe_unused]] size_t to_size) {
 #if defined(QLORAD_FIBERS_UNDER_ASAN)
-    __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, f.stack, kFiberStack);
+  __sanitizer_start_switch_fiber(from_fake_stack, to_stack, to_size);
+  SwitchFiber(from, to);
+  __sanitizer_finish_switch_fiber(from_fake_stack == nullptr ? nullptr : *from_fake_stack, nullptr,
+                                  nullptr);
+#else
+  SwitchFiber(from, to);
 #endif
-    SwitchFiber(b.scheduler, f.context);
+}
+
+// From the running fiber (it has just changed its state): straight on to the next runnable
+// fiber, or back to the scheduler when there is none (the block is done, or deadlocked).
+// Returns when another fiber resumes this one.
+void Yield(bool finished) {
+  Block& b = *running;
+  Fiber& f = b.fibers[b.current];
+  // A thread that returns while others wait at __syncthreads: the GPU hangs or misbehaves.
+  if (finished && b.at_block_barrier > 0) {
+    Fail(b, Where(f) + " returned while " + std::to_string(b.at_block_barrier) +
+                " threads wait at __syncthreads");
+  }
+  void** fake = nullptr;
 #if defined(QLORAD_FIBERS_UNDER_ASAN)
-    __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
+  if (!finished) fake = &f.fake_stack;
 #endif
-    if (f.state == FiberState::kDone) {
-      // A thread that returns while others wait at __syncthreads: the GPU hangs or misbehaves.
-      if (b.at_block_barrier > 0) {
-        Fail(b, Where(f) + " returned while " + std::to_string(b.at_block_barrier) +
-                    " threads wait at __syncthreads");
-      }
+  if (b.run_queue.empty()) {
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+    Switch(f.context, fake, b.scheduler, b.scheduler_stack_bottom, b.scheduler_stack_size);
+#else
+    Switch(f.context, fake, b.scheduler, nullptr, 0);
+#endif
+    return;
+  }
+  const int next = b.run_queue.front();
+  b.run_queue.pop_front();
+  if (next == b.current) return;  // the barrier it completed lets it go on first
+  Fiber& to = b.fibers[next];
+  b.current = next;
+  threadIdx = to.index;
+  Switch(f.context, fake, to.context, to.stack, kFiberStack);
+}
+
+void FiberMain() {
+  Block& b = *running;
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+  (*b.thread)();
+  b.fibers[b.current].state = FiberState::kDone;
+  Yield(/*finished=*/true);
+}
+
+// The running fiber completed a barrier: it and every fiber waiting in `state` (of warp `warp`,
+// for warp barriers) become runnable, in the block's order.
+void Release(Block& b, FiberState state, int warp) {
+  const int first = warp < 0 ? 0 : warp * kWarp;
+  const int n = warp < 0 ? static_cast<int>(b.fibers.size()) : WarpSize(b, warp);
+  b.released.clear();
+  if (b.eager) b.released.push_back(b.current);  // the last to arrive goes on first
+  for (int k = 0; k < n; ++k) {
+    const int i = first + (b.reverse ? n - 1 - k : k);
+    Fiber& f = b.fibers[i];
+    if (f.state == state) {
+      f.state = FiberState::kRunnable;
+      b.released.push_back(i);
     }
   }
+  if (!b.eager) b.released.push_back(b.current);  // ... or after the others
+  b.fibers[b.current].state = FiberState::kRunnable;
+  if (b.eager) {
+    b.run_queue.insert(b.run_queue.begin(), b.released.begin(), b.released.end());
+  } else {
+    b.run_queue.insert(b.run_queue.end(), b.released.begin(), b.released.end());
+  }
+}
+
+// Runs the block's fibers until all have returned, or none can go on (a deadlock: Fail). The
+// fibers switch among themselves (Yield); control comes back here when none is runnable.
+void RunBlock(Block& b) {
+  const int n = static_cast<int>(b.fibers.size());
+  b.current = b.run_queue.front();
+  b.run_queue.pop_front();
+  Fiber& first = b.fibers[b.current];
+  threadIdx = first.index;
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+  Switch(b.scheduler, &b.scheduler_fake_stack, first.context, first.stack, kFiberStack);
+#else
+  Switch(b.scheduler, nullptr, first.context, first.stack, kFiberStack);
+#endif
+  int done = 0;
+  for (const Fiber& f : b.fibers) done += f.state == FiberState::kDone;
+  if (done == n) return;
+  // Nobody can run, yet some have not returned: a barrier that not every thread reaches.
+  std::string waiting;
+  for (const Fiber& f : b.fibers) {
+    if (f.state == FiberState::kAtBlockBarrier || f.state == FiberState::kAtWarpBarrier) {
+      waiting = Where(f) + (f.state == FiberState::kAtBlockBarrier ? " waits at __syncthreads"
+                                                                   : " waits in a warp shuffle");
+      break;
+    }
+  }
+  Fail(b, "deadlock: " + waiting + ", which " + std::to_string(done) +
+              " returned threads and the threads waiting elsewhere never reach");
 }
 
 const char* ErrorName(cudaError_t e) {
@@ -217,6 +273,10 @@ const char* ErrorName(cudaError_t e) {
       return "invalid configuration argument";
     case cudaErrorInvalidDevicePointer:
       return "invalid device pointer";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
     case cudaErrorLaunchFailure:
       return "unspecified launch failure";
   }
@@ -225,8 +285,39 @@ const char* ErrorName(cudaError_t e) {
 
 }  // namespace
 
+namespace {
+
+// QLORAD_CUDA_ON_CPU_PROFILE=1: at exit, each kernel's launches, threads run and time on stderr
+// (where a test's time goes: some kernels cost far more here than on a GPU).
+struct KernelProfile {
+  uint64_t launches = 0, threads = 0;
+  double seconds = 0.0;
+};
+std::map<std::string, KernelProfile>* Profile() {
+  static std::map<std::string, KernelProfile>* profile = [] {
+    const char* on = std::getenv("QLORAD_CUDA_ON_CPU_PROFILE");
+    if (on == nullptr || std::string(on) != "1") return static_cast<decltype(profile)>(nullptr);
+    auto* p = new std::map<std::string, KernelProfile>;
+    std::atexit([] {
+      std::vector<std::pair<std::string, KernelProfile>> rows(Profile()->begin(), Profile()->end());
+      std::sort(rows.begin(), rows.end(),
+                [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+      for (const auto& [name, k] : rows) {
+        std::fprintf(stderr, "cuda_on_cpu profile: %8.2f s %8llu launches %12llu threads  %s\n",
+                     k.seconds, static_cast<unsigned long long>(k.launches),
+                     static_cast<unsigned long long>(k.threads), name.c_str());
+      }
+    });
+    return p;
+  }();
+  return profile;
+}
+
+}  // namespace
+
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*stream*/,
              const char* kernel_name, const std::function<void()>& thread) {
+  const auto started = std::chrono::steady_clock::now();
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   // The launch limits of every GPU since sm_30 (CUDA C++ Programming Guide, "Technical
   // Specifications"): what the GPU refuses, refuse here too.
@@ -256,18 +347,32 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   b.at_warp_barrier.assign(warps, 0);
   b.slots.assign(2, std::vector<uint64_t>(threads, 0));
   b.shuffle_generation.assign(threads, 0);
+  b.butterfly.assign(2, std::vector<float>(static_cast<size_t>(warps) * 2 * kWarp, 0.0f));
+  b.dynamic_shared.resize(dynamic_shared_bytes + 128);
+  b.dynamic_base = b.dynamic_shared.data() +
+                   (128 - reinterpret_cast<uintptr_t>(b.dynamic_shared.data()) % 128) % 128;
   const dim3 saved_block_dim = blockDim, saved_grid_dim = gridDim;
   blockDim = block;
   gridDim = grid;
   running = &b;
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+  // The calling thread's stack, which fibers switch back to (ASan must know its bounds).
+  pthread_attr_t attr;
+  void* stack_low = nullptr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &stack_low, &b.scheduler_stack_size);
+    pthread_attr_destroy(&attr);
+  }
+  b.scheduler_stack_bottom = stack_low;
+#endif
   uint64_t block_number = 0;
   for (unsigned bz = 0; bz < grid.z && !b.failed; ++bz) {
     for (unsigned by = 0; by < grid.y && !b.failed; ++by) {
       for (unsigned bx = 0; bx < grid.x && !b.failed; ++bx, ++block_number) {
         blockIdx = {bx, by, bz};
         b.reverse = b.eager = block_number % 2 == 1;
+        std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xFF);
         b.run_queue.clear();
-        b.next = 0;
         b.at_block_barrier = 0;
         std::fill(b.at_warp_barrier.begin(), b.at_warp_barrier.end(), 0);
         for (uint64_t k = 0; k < threads; ++k) {
@@ -279,7 +384,10 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
                      static_cast<unsigned>(i / (uint64_t{block.x} * block.y))};
           f.state = FiberState::kRunnable;
           f.stack = stacks[i].get();
-          MakeFiber(f.context, f.stack, kFiberStack, FiberMain);
+          // Each stack's top at a different cache set: stacks of the same size all begin on the
+          // same sets, and the fibers' frames, touched at every switch, evicted each other.
+          MakeFiber(f.context, f.stack, kFiberStack - static_cast<size_t>(i) * 1088 % 65536,
+                    FiberMain);
           b.run_queue.push_back(i);
         }
         RunBlock(b);
@@ -289,6 +397,12 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   running = nullptr;
   blockDim = saved_block_dim;
   gridDim = saved_grid_dim;
+  if (auto* profile = Profile(); profile != nullptr) {
+    KernelProfile& k = (*profile)[kernel_name];
+    ++k.launches;
+    k.threads += threads * grid.x * grid.y * grid.z;
+    k.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
   if (b.failed) {
     std::fprintf(stderr, "cuda_on_cpu: %s: %s\n", kernel_name, b.failure.c_str());
     SetError(cudaErrorLaunchFailure);
@@ -309,31 +423,75 @@ void BlockBarrier() {
   Yield(/*finished=*/false);
 }
 
-uint64_t ShuffleXor(unsigned mask, uint64_t v, int lane_mask, int width) {
-  Block& b = *running;
-  if (b.failed) return v;
-  Fiber& f = b.fibers[b.current];
-  const int warp = f.linear / kWarp, lanes = WarpSize(b, warp);
-  const unsigned all = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
-  if (mask != all || width != kWarp || lane_mask < 0 || lane_mask >= kWarp ||
-      (f.linear % kWarp ^ lane_mask) >= lanes) {
-    Fail(b, Where(f) + ": a shuffle with mask " + std::to_string(mask) + ", lane mask " +
-                std::to_string(lane_mask) + " in a warp of " + std::to_string(lanes) +
-                " threads (only whole-warp xor shuffles are modelled)");
-    return v;
-  }
-  // Double-buffered by generation: a lane cannot get two shuffles ahead of its partner, since
-  // the next rendezvous waits for it.
-  const int g = b.shuffle_generation[f.linear] ^= 1;
-  b.slots[g][f.linear] = v;
-  if (++b.at_warp_barrier[warp] == lanes) {
+// The running thread's warp meets: it waits until every lane of its warp has arrived.
+void WarpRendezvous(Block& b, Fiber& f) {
+  const int warp = f.linear / kWarp;
+  if (++b.at_warp_barrier[warp] == WarpSize(b, warp)) {
     b.at_warp_barrier[warp] = 0;
     Release(b, FiberState::kAtWarpBarrier, warp);
   } else {
     f.state = FiberState::kAtWarpBarrier;
   }
   Yield(/*finished=*/false);
+}
+
+// Whether `mask` names every lane of the running thread's warp (else the launch fails).
+bool WholeWarp(Block& b, Fiber& f, unsigned mask, const char* what) {
+  const int lanes = WarpSize(b, f.linear / kWarp);
+  const unsigned all = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
+  if (mask == all) return true;
+  Fail(b, Where(f) + ": " + what + " with mask " + std::to_string(mask) + " in a warp of " +
+              std::to_string(lanes) + " threads (only whole warps are modelled)");
+  return false;
+}
+
+uint64_t ShuffleXor(unsigned mask, uint64_t v, int lane_mask, int width) {
+  Block& b = *running;
+  if (b.failed) return v;
+  Fiber& f = b.fibers[b.current];
+  if (!WholeWarp(b, f, mask, "a shuffle")) return v;
+  if (width != kWarp || lane_mask < 0 || lane_mask >= kWarp ||
+      (f.linear % kWarp ^ lane_mask) >= WarpSize(b, f.linear / kWarp)) {
+    Fail(b, Where(f) + ": a shuffle of width " + std::to_string(width) + " with lane mask " +
+                std::to_string(lane_mask) + " (only whole-warp xor shuffles are modelled)");
+    return v;
+  }
+  // Double-buffered by generation: a lane cannot get two shuffles ahead of its partner, since
+  // the next rendezvous waits for it.
+  const int g = b.shuffle_generation[f.linear] ^= 1;
+  b.slots[g][f.linear] = v;
+  WarpRendezvous(b, f);
   return b.slots[g][f.linear ^ lane_mask];
+}
+
+float WarpButterfly(float v, bool max) {
+  Block& b = *running;
+  if (b.failed) return v;
+  Fiber& f = b.fibers[b.current];
+  if (!WholeWarp(b, f, 0xFFFFFFFFu, "a butterfly reduction")) return v;
+  const int g = b.shuffle_generation[f.linear] ^= 1, warp = f.linear / kWarp;
+  float* in = &b.butterfly[g][static_cast<size_t>(warp) * 2 * kWarp];
+  float* out = in + kWarp;
+  in[f.linear % kWarp] = v;
+  if (b.at_warp_barrier[warp] + 1 == kWarp) {
+    // The last lane to arrive runs every lane's value through the five rounds, as the shuffles
+    // would leave them; the others read their own.
+    float x[kWarp];
+    std::copy(in, in + kWarp, out);
+    for (int o = 16; o > 0; o >>= 1) {
+      for (int l = 0; l < kWarp; ++l) x[l] = max ? fmaxf(out[l], out[l ^ o]) : out[l] + out[l ^ o];
+      std::copy(x, x + kWarp, out);
+    }
+  }
+  WarpRendezvous(b, f);
+  return out[f.linear % kWarp];
+}
+
+void SyncWarp(unsigned mask) {
+  Block& b = *running;
+  if (b.failed) return;
+  Fiber& f = b.fibers[b.current];
+  if (WholeWarp(b, f, mask, "__syncwarp")) WarpRendezvous(b, f);
 }
 
 template <typename T>
@@ -347,11 +505,28 @@ T Shuffle(unsigned mask, T v, int lane_mask, int width) {
   return out;
 }
 
+unsigned char* DynamicShared() {
+  if (running == nullptr) {
+    std::fprintf(stderr, "cuda_on_cpu: dynamic shared memory outside a kernel\n");
+    std::abort();
+  }
+  return running->dynamic_base;
+}
+
+void ReportViolation(const char* what) {
+  if (running == nullptr) {
+    std::fprintf(stderr, "cuda_on_cpu: %s (outside a kernel)\n", what);
+    std::abort();
+  }
+  Fail(*running, Where(running->fibers[running->current]) + ": " + what);
+}
+
 }  // namespace qlorad::cuda_on_cpu
 
 namespace coc = qlorad::cuda_on_cpu;
 
 void __syncthreads() { coc::BlockBarrier(); }
+void __syncwarp(unsigned mask) { coc::SyncWarp(mask); }
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width) {
   return coc::Shuffle(mask, v, lane_mask, width);
 }
@@ -405,25 +580,89 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaDeviceSynchronize() { return coc::last_error; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return coc::last_error; }
 
-cudaError_t cudaMalloc(void** p, size_t bytes) {
-  *p = nullptr;
-  void* q = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
-  if (q == nullptr) return cudaErrorMemoryAllocation;
-  // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
-  // kernel could rely on.
-  std::memset(q, 0xFF, bytes);
-  std::lock_guard<std::mutex> lock(coc::allocations_mu);
-  coc::Allocations()[q] = bytes;
-  *p = q;
-  return cudaSuccess;
+cudaError_t cudaMalloc(void** p, size_t bytes) { return coc::Allocate(p, bytes, false); }
+cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) {
+  return coc::Allocate(p, bytes, true);
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(coc::allocations_mu);
-    if (coc::Allocations().erase(p) == 0) return cudaErrorInvalidDevicePointer;
+    auto it = coc::Allocations().find(p);
+    if (it == coc::Allocations().end()) return cudaErrorInvalidDevicePointer;
+    coc::allocated_bytes -= it->second.bytes;
+    coc::Allocations().erase(it);
   }
   std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(coc::allocations_mu);
+  *total_bytes = coc::kStandInMemoryBytes;
+  *free_bytes = coc::kStandInMemoryBytes - coc::allocated_bytes;
+  return cudaSuccess;
+}
+cudaError_t cudaMemAdvise(const void* p, size_t bytes, cudaMemoryAdvise, cudaMemLocation) {
+  return coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue;
+}
+cudaError_t cudaMemPrefetchAsync(const void* p, size_t bytes, cudaMemLocation, unsigned,
+                                 cudaStream_t) {
+  return coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                              size_t width, size_t height, cudaMemcpyKind, cudaStream_t) {
+  if (width > dst_pitch || width > src_pitch) return cudaErrorInvalidValue;
+  for (size_t r = 0; r < height; ++r) {
+    std::memmove(static_cast<char*>(dst) + r * dst_pitch,
+                 static_cast<const char*>(src) + r * src_pitch, width);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  *prop = {};
+  std::snprintf(prop->name, sizeof(prop->name), "CUDA stand-in on the CPU (tests/cuda_on_cpu)");
+  prop->totalGlobalMem = coc::kStandInMemoryBytes;
+  prop->multiProcessorCount = 132;
+  prop->major = 9;
+  prop->minor = 0;
+  return cudaSuccess;
+}
+
+// Streams and events: launches finish before they return, so a stream orders nothing; events
+// read the host clock.
+struct CUstream_st {};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+  bool recorded = false;
+};
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
+  *stream = new CUstream_st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete stream;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  event->at = std::chrono::steady_clock::now();
+  event->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  if (!start->recorded || !stop->recorded) return cudaErrorInvalidResourceHandle;
+  *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }

@@ -85,6 +85,10 @@ struct EmulatedBlockShared {
   }
   Barrier block;
   std::vector<std::unique_ptr<Barrier>> warps;
+  // Where the block's threads are not host threads but the CUDA stand-in's fibers
+  // (tests/cuda_on_cpu): its __syncthreads and __syncwarp in place of the barriers above.
+  void (*sync_block)() = nullptr;
+  void (*sync_warp)() = nullptr;
   std::atomic<int> violations{0};  // misaligned accesses, copies never waited for
   std::vector<float> lanes;        // one slot per thread for warp reductions and shuffles
   std::vector<std::array<uint32_t, 6>> fragments;  // one thread's A and B registers for Mma
@@ -162,8 +166,14 @@ struct EmulatedContext {
     return false;
   }
 
-  void SyncBlock() { shared->block.Wait(); }
-  void SyncWarp() { shared->warps[thread / 32]->Wait(); }
+  void SyncBlock() {
+    if (shared->sync_block != nullptr) return shared->sync_block();
+    shared->block.Wait();
+  }
+  void SyncWarp() {
+    if (shared->sync_warp != nullptr) return shared->sync_warp();
+    shared->warps[thread / 32]->Wait();
+  }
   // Warp-collective (all 32 lanes call it): the sum of v over the warp, in every lane.
   float WarpSum(float v) {
     shared->lanes[thread] = v;

@@ -15,6 +15,8 @@
 #include <utility>
 
 #define QLORAD_CUDA_ON_CPU 1
+// The runtime API version this stand-in follows (the toolkit here is 13.0).
+#define CUDART_VERSION 13000
 
 // Function and variable qualifiers: plain C++ here. Shared memory is a function-local static:
 // one copy that a block's threads share, and blocks run one after another (RunGrid).
@@ -61,9 +63,36 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevicePointer = 17,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
   cudaErrorLaunchFailure = 719,
 };
 using cudaStream_t = struct CUstream_st*;
+using cudaEvent_t = struct CUevent_st*;
+constexpr unsigned cudaStreamNonBlocking = 1;
+constexpr unsigned cudaMemAttachGlobal = 1;
+constexpr int cudaCpuDeviceId = -1;
+enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
+enum cudaMemoryAdvise { cudaMemAdviseSetPreferredLocation = 3 };
+enum cudaMemLocationType { cudaMemLocationTypeDevice = 1, cudaMemLocationTypeHost = 2 };
+struct cudaMemLocation {
+  cudaMemLocationType type;
+  int id;
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;
+  int maxThreadsPerBlock;
+  int numRegs;
+  int maxDynamicSharedSizeBytes;
+};
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int multiProcessorCount;
+  int major;
+  int minor;
+};
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -93,6 +122,49 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream);
+// `height` rows of `width` bytes, rows `dst_pitch` and `src_pitch` bytes apart.
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                              size_t width, size_t height, cudaMemcpyKind kind,
+                              cudaStream_t stream);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+// The stand-in's card: kStandInMemoryBytes in all, less what is allocated.
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
+// Managed memory is host memory like the rest; advice and prefetches check their range only.
+cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned flags = cudaMemAttachGlobal);
+cudaError_t cudaMemAdvise(const void* p, size_t bytes, cudaMemoryAdvise advice,
+                          cudaMemLocation location);
+cudaError_t cudaMemPrefetchAsync(const void* p, size_t bytes, cudaMemLocation location,
+                                 unsigned flags, cudaStream_t stream);
+template <typename T>
+cudaError_t cudaMallocManaged(T** p, size_t bytes, unsigned flags = cudaMemAttachGlobal) {
+  return cudaMallocManaged(reinterpret_cast<void**>(p), bytes, flags);
+}
+// Kernel attributes: the stand-in has no registers to count, and takes dynamic shared memory
+// up to an H200's opt-in limit.
+template <typename F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, F) {
+  *attr = {0, 1024, 0, 227 * 1024};
+  return cudaSuccess;
+}
+template <typename F>
+cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int value) {
+  return value >= 0 && value <= 227 * 1024 ? cudaSuccess : cudaErrorInvalidValue;
+}
+template <typename F>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F, int threads,
+                                                          size_t shared_bytes) {
+  const int by_threads = threads > 0 ? 2048 / threads : 0;
+  const int by_shared = static_cast<int>(228 * 1024 / (shared_bytes + 1024));
+  *blocks = by_threads < by_shared ? by_threads : by_shared;
+  return cudaSuccess;
+}
 template <typename T>
 cudaError_t cudaMalloc(T** p, size_t bytes) {
   return cudaMalloc(reinterpret_cast<void**>(p), bytes);
@@ -104,6 +176,8 @@ cudaError_t cudaMallocAsync(T** p, size_t bytes, cudaStream_t stream) {
 
 // ---- device built-ins ----
 void __syncthreads();
+// Every lane of the warp meets here (`mask` names them all).
+void __syncwarp(unsigned mask = 0xFFFFFFFFu);
 // Warp-collective: every lane of the warp calls it (`mask` names them all), and each gets the
 // value of lane ^ lane_mask.
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = 32);
@@ -145,6 +219,20 @@ namespace qlorad::cuda_on_cpu {
 // reach) or a shuffle by part of a warp is reported and fails with cudaErrorLaunchFailure.
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
              const char* kernel_name, const std::function<void()>& thread);
+
+// The running block's dynamic shared memory (QLORAD_DYNAMIC_SHARED): the launch's bytes,
+// 128-byte aligned, all bits set (NaNs) when the block starts.
+unsigned char* DynamicShared();
+
+// Warp-collective: what the xor-shuffle butterfly `for (o = 16; o > 0; o >>= 1) v = v + shfl(v,
+// o)` (or fmaxf(v, shfl(v, o))) leaves in this lane, bit for bit, from one rendezvous of the warp
+// (kernels/cuda/elementwise.cuh's WarpSum and WarpMax).
+float WarpButterfly(float v, bool max);
+
+// Fails the running launch (cudaErrorLaunchFailure) with `what`, as a fault would on the GPU.
+void ReportViolation(const char* what);
+
+inline constexpr size_t kStandInMemoryBytes = size_t{16} << 30;
 
 template <typename Body, typename... Args>
 void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
