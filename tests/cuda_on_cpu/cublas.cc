@@ -68,11 +68,13 @@ void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const vo
 
 cublasStatus_t Check(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m,
                      int n, int k, cudaDataType_t at, int lda, cudaDataType_t bt, int ldb,
-                     cudaDataType_t ct, int ldc, int batch) {
+                     cudaDataType_t ct, int ldc, int batch, cublasComputeType_t compute) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (!Supported(at) || !Supported(bt) || !Supported(ct) || (at != bt)) {
-    return CUBLAS_STATUS_NOT_SUPPORTED;
-  }
+  // The combinations cuBLAS takes (cublasGemmEx's table): float32 in and out, under any of
+  // the three compute types; bf16 in, bf16 or float32 out, under CUBLAS_COMPUTE_32F only.
+  const bool f32 = at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F;
+  const bool bf16 = at == CUDA_R_16BF && bt == CUDA_R_16BF && Supported(ct);
+  if (!(f32 || (bf16 && compute == CUBLAS_COMPUTE_32F))) return CUBLAS_STATUS_NOT_SUPPORTED;
   const int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
   if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < (a_rows > 1 ? a_rows : 1) ||
       ldb < (b_rows > 1 ? b_rows : 1) || ldc < (m > 1 ? m : 1)) {
@@ -118,10 +120,11 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           const void* beta, void* c, cudaDataType_t c_type, int ldc,
                                           int64_t stride_c, int batch_count,
                                           cublasComputeType_t compute, cublasGemmAlgo_t) {
-  const cublasStatus_t s =
-      Check(handle, trans_a, trans_b, m, n, k, a_type, lda, b_type, ldb, c_type, ldc, batch_count);
+  const cublasStatus_t s = Check(handle, trans_a, trans_b, m, n, k, a_type, lda, b_type, ldb,
+                                 c_type, ldc, batch_count, compute);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
-  // FAST_16BF: float operands go through the bf16 tensor cores (rounded to bf16 first).
+  // FAST_16BF lets cuBLAS round float operands to bf16 for the tensor cores; here they always
+  // are, the coarser of what the card may do.
   const bool operands_bf16 = compute == CUBLAS_COMPUTE_32F_FAST_16BF;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int i = 0; i < batch_count; ++i) {

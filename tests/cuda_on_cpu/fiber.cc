@@ -2,7 +2,7 @@
 
 #include <cstdint>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__ELF__)
 // qlorad_fiber_switch(void** save, void* load): pushes the System V callee-saved registers,
 // stores the stack pointer in *save, loads `load`, pops the registers saved there and returns
 // into that context. The floating-point control words are not switched: no kernel changes them.
@@ -35,7 +35,7 @@ extern "C" void qlorad_fiber_switch(void** save, void* load);
 
 namespace qlorad::cuda_on_cpu {
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__ELF__)
 
 void SwitchFiber(FiberContext& from, FiberContext& to) {
   qlorad_fiber_switch(&from.stack_pointer, to.stack_pointer);

@@ -8,14 +8,14 @@
 
 #include <cstddef>
 
-#if !defined(__x86_64__)
+#if !(defined(__x86_64__) && defined(__ELF__))
 #include <ucontext.h>
 #endif
 
 namespace qlorad::cuda_on_cpu {
 
 struct FiberContext {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__ELF__)
   void* stack_pointer = nullptr;  // where the switch pushed the callee-saved registers
 #else
   ucontext_t context;

@@ -6,7 +6,11 @@
 // threads at every block boundary costs ~0.5 ms on two cores, while a fiber switch costs
 // ~10 ns (fiber.h). Scheduling is cooperative and deterministic: a thread runs until it reaches a
 // barrier (__syncthreads, or the warp's rendezvous inside a shuffle) or returns.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,10 +25,18 @@
 #include "cuda_runtime.h"
 #include "fiber.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <pthread.h>
-#include <sanitizer/common_interface_defs.h>
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)  // older clang does not define __SANITIZE_ADDRESS__
 #define QLORAD_FIBERS_UNDER_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define QLORAD_FIBERS_UNDER_ASAN 1
+#endif
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+#include <pthread.h>
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 thread_local uint3 threadIdx;
@@ -35,17 +47,24 @@ thread_local dim3 gridDim;
 namespace qlorad::cuda_on_cpu {
 namespace {
 
-// The most recent error, returned and cleared by cudaGetLastError (as the runtime does for
-// launch errors); a failed kernel (deadlock, partial-warp shuffle) is also returned by the
-// synchronising calls until then.
+// Errors as the runtime keeps them: every failing call records the most recent error, which
+// cudaGetLastError returns and clears; a failed kernel (a deadlock, a partial-warp shuffle, a
+// violation: a fault on the GPU) is sticky instead: every later call returns it, as a GPU's
+// context is lost after a fault.
 thread_local cudaError_t last_error = cudaSuccess;
+std::atomic<cudaError_t> sticky_error{cudaSuccess};
 
-void SetError(cudaError_t e) {
-  if (last_error == cudaSuccess) last_error = e;
+// What an API call that did `e` returns.
+cudaError_t Api(cudaError_t e) {
+  const cudaError_t sticky = sticky_error.load();
+  if (sticky != cudaSuccess) return sticky;
+  if (e != cudaSuccess) last_error = e;
+  return e;
 }
 
-// Device allocations: host memory, 256-byte aligned as cudaMalloc's, each remembered (with its
-// size, and whether it is managed memory) so that a cudaFree of anything else, or advice on
+// Device allocations: host memory of exactly the size asked for (so that the sanitizer build
+// catches an access one past the end), 256-byte aligned as cudaMalloc's, each remembered (with
+// its size, and whether it is managed memory) so that a cudaFree of anything else, or advice on
 // memory that is not managed, fails as on the GPU.
 struct Allocation {
   size_t bytes;
@@ -62,8 +81,8 @@ cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   *p = nullptr;
   std::lock_guard<std::mutex> lock(allocations_mu);
   if (bytes > kStandInMemoryBytes - allocated_bytes) return cudaErrorMemoryAllocation;
-  void* q = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
-  if (q == nullptr) return cudaErrorMemoryAllocation;
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, std::max<size_t>(bytes, 1)) != 0) return cudaErrorMemoryAllocation;
   // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
   // kernel could rely on.
   std::memset(q, 0xFF, bytes);
@@ -87,6 +106,34 @@ bool ManagedRange(const void* p, size_t bytes) {
 constexpr int kWarp = 32;
 constexpr size_t kFiberStack = 256 * 1024;
 
+// A fiber's stack: mapped memory with an inaccessible page below it, so that an overflow faults
+// rather than overwriting the heap.
+class FiberStack {
+ public:
+  FiberStack() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED || mprotect(p, page, PROT_NONE) != 0) {
+      std::fprintf(stderr, "cuda_on_cpu: cannot map a fiber stack\n");
+      std::abort();
+    }
+    mapping_ = static_cast<char*>(p);
+    guard_ = page;
+  }
+  FiberStack(const FiberStack&) = delete;
+  FiberStack& operator=(const FiberStack&) = delete;
+  ~FiberStack() { munmap(mapping_, kFiberStack + guard_); }
+  char* base() const { return mapping_ + guard_; }  // kFiberStack usable bytes
+
+ private:
+  char* mapping_ = nullptr;
+  size_t guard_ = 0;
+};
+
+// What a warp's lanes meet for: all lanes of a rendezvous must be at the same kind.
+enum class WarpCollective { kNone, kShuffle, kButterfly, kSyncWarp };
+
 enum class FiberState { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
 struct Fiber {
@@ -107,22 +154,25 @@ struct Block {
   std::vector<int> released;  // Release's scratch
   int at_block_barrier = 0;
   std::vector<int> at_warp_barrier;           // per warp
+  std::vector<WarpCollective> warp_kind;      // per warp: what its waiting lanes meet for
   std::vector<std::vector<uint64_t>> slots;   // shuffle values: two generations per thread
   std::vector<uint8_t> shuffle_generation;    // per thread
   std::vector<std::vector<float>> butterfly;  // per generation, per warp: 32 in, 32 out
   const std::function<void()>* thread = nullptr;
-  std::vector<unsigned char> dynamic_shared;  // the launch's dynamic shared bytes + 128
-  unsigned char* dynamic_base = nullptr;      // 128-byte aligned within it
+  // The launch's dynamic shared memory: exactly its bytes, 128-byte aligned.
+  std::unique_ptr<unsigned char, decltype(&std::free)> dynamic_shared{nullptr, &std::free};
+  size_t dynamic_bytes = 0;
   FiberContext scheduler;
   int current = -1;
   bool failed = false;
   std::string failure;
-  // How this block's threads take turns (RunGrid alternates between blocks): `reverse` starts
-  // them and releases them from barriers last thread first; `eager` runs the threads a barrier
-  // releases before any other runnable thread, so one warp runs ahead of the rest of its block
-  // (a missing barrier before shared memory is rewritten then corrupts what a late warp reads),
-  // where the default order makes every thread reach each point before any goes past it (a
-  // missing barrier before shared memory is read then reads it unwritten).
+  // How this block's threads take turns (RunGrid alternates from block to block and launch to
+  // launch): `reverse` starts them, and releases them from every barrier, last thread first;
+  // `eager` runs the threads a barrier releases before any other runnable thread, and a warp's
+  // last lane to meet first, so one warp runs ahead of the rest of its block (a missing barrier
+  // before shared memory is rewritten then corrupts what a late warp reads). The default order
+  // makes every thread reach each point before any goes past it, thread 0 first (a missing
+  // barrier before shared memory is read then reads it unwritten, whichever thread writes).
   bool reverse = false;
   bool eager = false;
 #if defined(QLORAD_FIBERS_UNDER_ASAN)
@@ -144,6 +194,23 @@ void Fail(Block& b, std::string why) {
     b.failed = true;
     b.failure = std::move(why);
   }
+}
+
+void Switch(FiberContext& from, void** from_fake_stack, FiberContext& to, const void* to_stack,
+            size_t to_size);
+
+// Fails the launch from the running fiber and abandons the block there: no thread of it runs
+// on with what a failed collective left, which could index memory anywhere.
+[[noreturn]] void FailHere(Block& b, std::string why) {
+  Fail(b, std::move(why));
+  b.run_queue.clear();
+  Fiber& f = b.fibers[b.current];
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+  Switch(f.context, nullptr, b.scheduler, b.scheduler_stack_bottom, b.scheduler_stack_size);
+#else
+  Switch(f.context, nullptr, b.scheduler, nullptr, 0);
+#endif
+  std::abort();  // never resumed
 }
 
 std::string Where(const Fiber& f) {
@@ -174,8 +241,8 @@ void Yield(bool finished) {
   Fiber& f = b.fibers[b.current];
   // A thread that returns while others wait at __syncthreads: the GPU hangs or misbehaves.
   if (finished && b.at_block_barrier > 0) {
-    Fail(b, Where(f) + " returned while " + std::to_string(b.at_block_barrier) +
-                " threads wait at __syncthreads");
+    FailHere(b, Where(f) + " returned while " + std::to_string(b.at_block_barrier) +
+                    " threads wait at __syncthreads");
   }
   void** fake = nullptr;
 #if defined(QLORAD_FIBERS_UNDER_ASAN)
@@ -214,7 +281,11 @@ void Release(Block& b, FiberState state, int warp) {
   const int first = warp < 0 ? 0 : warp * kWarp;
   const int n = warp < 0 ? static_cast<int>(b.fibers.size()) : WarpSize(b, warp);
   b.released.clear();
-  if (b.eager) b.released.push_back(b.current);  // the last to arrive goes on first
+  // A warp's last lane to meet goes on first in eager blocks (its warp runs ahead); otherwise
+  // the completing thread takes its place in the block's order.
+  const bool completer_first = b.eager && warp >= 0;
+  if (completer_first) b.released.push_back(b.current);
+  b.fibers[b.current].state = completer_first ? FiberState::kRunnable : state;
   for (int k = 0; k < n; ++k) {
     const int i = first + (b.reverse ? n - 1 - k : k);
     Fiber& f = b.fibers[i];
@@ -223,8 +294,6 @@ void Release(Block& b, FiberState state, int warp) {
       b.released.push_back(i);
     }
   }
-  if (!b.eager) b.released.push_back(b.current);  // ... or after the others
-  b.fibers[b.current].state = FiberState::kRunnable;
   if (b.eager) {
     b.run_queue.insert(b.run_queue.begin(), b.released.begin(), b.released.end());
   } else {
@@ -245,6 +314,7 @@ void RunBlock(Block& b) {
 #else
   Switch(b.scheduler, nullptr, first.context, first.stack, kFiberStack);
 #endif
+  if (b.failed) return;  // abandoned where it failed (FailHere)
   int done = 0;
   for (const Fiber& f : b.fibers) done += f.state == FiberState::kDone;
   if (done == n) return;
@@ -329,7 +399,7 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
                  "shared bytes refused\n",
                  kernel_name, grid.x, grid.y, grid.z, block.x, block.y, block.z,
                  dynamic_shared_bytes);
-    SetError(cudaErrorInvalidConfiguration);
+    Api(cudaErrorInvalidConfiguration);
     return;
   }
   if (running != nullptr) {  // a launch from inside a kernel: dynamic parallelism, unused
@@ -337,20 +407,31 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
     std::abort();
   }
   // Fiber stacks live as long as the thread, reused from launch to launch.
-  thread_local std::vector<std::unique_ptr<char[]>> stacks;
-  while (stacks.size() < threads) stacks.push_back(std::make_unique<char[]>(kFiberStack));
+  thread_local std::vector<std::unique_ptr<FiberStack>> stacks;
+  while (stacks.size() < threads) stacks.push_back(std::make_unique<FiberStack>());
+  // Launches alternate which of a block's two turn orders its first block takes, and run
+  // their blocks first to last or last to first (no block may depend on another's writes).
+  static std::atomic<uint64_t> launches{0};
+  const uint64_t launch = launches++;
 
   Block b;
   b.thread = &thread;
   b.fibers.resize(threads);
   const int warps = static_cast<int>((threads + kWarp - 1) / kWarp);
   b.at_warp_barrier.assign(warps, 0);
+  b.warp_kind.assign(warps, WarpCollective::kNone);
   b.slots.assign(2, std::vector<uint64_t>(threads, 0));
   b.shuffle_generation.assign(threads, 0);
   b.butterfly.assign(2, std::vector<float>(static_cast<size_t>(warps) * 2 * kWarp, 0.0f));
-  b.dynamic_shared.resize(dynamic_shared_bytes + 128);
-  b.dynamic_base = b.dynamic_shared.data() +
-                   (128 - reinterpret_cast<uintptr_t>(b.dynamic_shared.data()) % 128) % 128;
+  if (dynamic_shared_bytes > 0) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 128, dynamic_shared_bytes) != 0) {
+      std::fprintf(stderr, "cuda_on_cpu: no memory for %zu shared bytes\n", dynamic_shared_bytes);
+      std::abort();
+    }
+    b.dynamic_shared.reset(static_cast<unsigned char*>(p));
+    b.dynamic_bytes = dynamic_shared_bytes;
+  }
   const dim3 saved_block_dim = blockDim, saved_grid_dim = gridDim;
   blockDim = block;
   gridDim = grid;
@@ -365,34 +446,36 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   }
   b.scheduler_stack_bottom = stack_low;
 #endif
-  uint64_t block_number = 0;
-  for (unsigned bz = 0; bz < grid.z && !b.failed; ++bz) {
-    for (unsigned by = 0; by < grid.y && !b.failed; ++by) {
-      for (unsigned bx = 0; bx < grid.x && !b.failed; ++bx, ++block_number) {
-        blockIdx = {bx, by, bz};
-        b.reverse = b.eager = block_number % 2 == 1;
-        std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xFF);
-        b.run_queue.clear();
-        b.at_block_barrier = 0;
-        std::fill(b.at_warp_barrier.begin(), b.at_warp_barrier.end(), 0);
-        for (uint64_t k = 0; k < threads; ++k) {
-          const int i = static_cast<int>(b.reverse ? threads - 1 - k : k);
-          Fiber& f = b.fibers[i];
-          f.linear = i;
-          f.index = {static_cast<unsigned>(i % block.x),
-                     static_cast<unsigned>(i / block.x % block.y),
-                     static_cast<unsigned>(i / (uint64_t{block.x} * block.y))};
-          f.state = FiberState::kRunnable;
-          f.stack = stacks[i].get();
-          // Each stack's top at a different cache set: stacks of the same size all begin on the
-          // same sets, and the fibers' frames, touched at every switch, evicted each other.
-          MakeFiber(f.context, f.stack, kFiberStack - static_cast<size_t>(i) * 1088 % 65536,
-                    FiberMain);
-          b.run_queue.push_back(i);
-        }
-        RunBlock(b);
-      }
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  for (uint64_t k = 0; k < blocks && !b.failed; ++k) {
+    const uint64_t block_number = launch % 2 == 1 ? blocks - 1 - k : k;
+    blockIdx = {static_cast<unsigned>(block_number % grid.x),
+                static_cast<unsigned>(block_number / grid.x % grid.y),
+                static_cast<unsigned>(block_number / (uint64_t{grid.x} * grid.y))};
+    b.reverse = b.eager = (launch + k) % 2 == 1;
+    if (b.dynamic_bytes > 0) std::memset(b.dynamic_shared.get(), 0xFF, b.dynamic_bytes);
+    b.run_queue.clear();
+    b.at_block_barrier = 0;
+    std::fill(b.at_warp_barrier.begin(), b.at_warp_barrier.end(), 0);
+    for (uint64_t t = 0; t < threads; ++t) {
+      const int i = static_cast<int>(b.reverse ? threads - 1 - t : t);
+      Fiber& f = b.fibers[i];
+      f.linear = i;
+      f.index = {static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x % block.y),
+                 static_cast<unsigned>(i / (uint64_t{block.x} * block.y))};
+      f.state = FiberState::kRunnable;
+      f.stack = stacks[i]->base();
+#if defined(QLORAD_FIBERS_UNDER_ASAN)
+      // A fiber abandoned mid-call (a finished one never returns from its last switch) leaves
+      // its frames' poison on the stack.
+      ASAN_UNPOISON_MEMORY_REGION(f.stack, kFiberStack);
+#endif
+      // Each stack's top at a different cache set: stacks of the same size all begin on the
+      // same sets, and the fibers' frames, touched at every switch, evicted each other.
+      MakeFiber(f.context, f.stack, kFiberStack - static_cast<size_t>(i) * 1088 % 65536, FiberMain);
+      b.run_queue.push_back(i);
     }
+    RunBlock(b);
   }
   running = nullptr;
   blockDim = saved_block_dim;
@@ -405,7 +488,8 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   }
   if (b.failed) {
     std::fprintf(stderr, "cuda_on_cpu: %s: %s\n", kernel_name, b.failure.c_str());
-    SetError(cudaErrorLaunchFailure);
+    Api(cudaErrorLaunchFailure);
+    sticky_error = cudaErrorLaunchFailure;
   }
 }
 
@@ -423,9 +507,17 @@ void BlockBarrier() {
   Yield(/*finished=*/false);
 }
 
-// The running thread's warp meets: it waits until every lane of its warp has arrived.
-void WarpRendezvous(Block& b, Fiber& f) {
+// The running thread's warp meets for `kind`: it waits until every lane of its warp has arrived
+// (at the same kind of collective: a lane at another one fails the launch).
+void WarpRendezvous(Block& b, Fiber& f, WarpCollective kind) {
   const int warp = f.linear / kWarp;
+  if (b.at_warp_barrier[warp] == 0) {
+    b.warp_kind[warp] = kind;
+  } else if (b.warp_kind[warp] != kind) {
+    FailHere(b, Where(f) +
+                    " meets its warp at another warp collective than the lanes that "
+                    "wait for it (a shuffle, a butterfly reduction or __syncwarp)");
+  }
   if (++b.at_warp_barrier[warp] == WarpSize(b, warp)) {
     b.at_warp_barrier[warp] = 0;
     Release(b, FiberState::kAtWarpBarrier, warp);
@@ -435,40 +527,36 @@ void WarpRendezvous(Block& b, Fiber& f) {
   Yield(/*finished=*/false);
 }
 
-// Whether `mask` names every lane of the running thread's warp (else the launch fails).
-bool WholeWarp(Block& b, Fiber& f, unsigned mask, const char* what) {
+// Whether `mask` names every lane of the running thread's warp; if not, the launch fails there.
+void WholeWarp(Block& b, Fiber& f, unsigned mask, const char* what) {
   const int lanes = WarpSize(b, f.linear / kWarp);
   const unsigned all = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
-  if (mask == all) return true;
-  Fail(b, Where(f) + ": " + what + " with mask " + std::to_string(mask) + " in a warp of " +
-              std::to_string(lanes) + " threads (only whole warps are modelled)");
-  return false;
+  if (mask == all) return;
+  FailHere(b, Where(f) + ": " + what + " with mask " + std::to_string(mask) + " in a warp of " +
+                  std::to_string(lanes) + " threads (only whole warps are modelled)");
 }
 
 uint64_t ShuffleXor(unsigned mask, uint64_t v, int lane_mask, int width) {
   Block& b = *running;
-  if (b.failed) return v;
   Fiber& f = b.fibers[b.current];
-  if (!WholeWarp(b, f, mask, "a shuffle")) return v;
+  WholeWarp(b, f, mask, "a shuffle");
   if (width != kWarp || lane_mask < 0 || lane_mask >= kWarp ||
       (f.linear % kWarp ^ lane_mask) >= WarpSize(b, f.linear / kWarp)) {
-    Fail(b, Where(f) + ": a shuffle of width " + std::to_string(width) + " with lane mask " +
-                std::to_string(lane_mask) + " (only whole-warp xor shuffles are modelled)");
-    return v;
+    FailHere(b, Where(f) + ": a shuffle of width " + std::to_string(width) + " with lane mask " +
+                    std::to_string(lane_mask) + " (only whole-warp xor shuffles are modelled)");
   }
   // Double-buffered by generation: a lane cannot get two shuffles ahead of its partner, since
   // the next rendezvous waits for it.
   const int g = b.shuffle_generation[f.linear] ^= 1;
   b.slots[g][f.linear] = v;
-  WarpRendezvous(b, f);
+  WarpRendezvous(b, f, WarpCollective::kShuffle);
   return b.slots[g][f.linear ^ lane_mask];
 }
 
 float WarpButterfly(float v, bool max) {
   Block& b = *running;
-  if (b.failed) return v;
   Fiber& f = b.fibers[b.current];
-  if (!WholeWarp(b, f, 0xFFFFFFFFu, "a butterfly reduction")) return v;
+  WholeWarp(b, f, 0xFFFFFFFFu, "a butterfly reduction");
   const int g = b.shuffle_generation[f.linear] ^= 1, warp = f.linear / kWarp;
   float* in = &b.butterfly[g][static_cast<size_t>(warp) * 2 * kWarp];
   float* out = in + kWarp;
@@ -483,15 +571,15 @@ float WarpButterfly(float v, bool max) {
       std::copy(x, x + kWarp, out);
     }
   }
-  WarpRendezvous(b, f);
+  WarpRendezvous(b, f, WarpCollective::kButterfly);
   return out[f.linear % kWarp];
 }
 
 void SyncWarp(unsigned mask) {
   Block& b = *running;
-  if (b.failed) return;
   Fiber& f = b.fibers[b.current];
-  if (WholeWarp(b, f, mask, "__syncwarp")) WarpRendezvous(b, f);
+  WholeWarp(b, f, mask, "__syncwarp");
+  WarpRendezvous(b, f, WarpCollective::kSyncWarp);
 }
 
 template <typename T>
@@ -510,7 +598,7 @@ unsigned char* DynamicShared() {
     std::fprintf(stderr, "cuda_on_cpu: dynamic shared memory outside a kernel\n");
     std::abort();
   }
-  return running->dynamic_base;
+  return running->dynamic_shared.get();
 }
 
 void ReportViolation(const char* what) {
@@ -518,7 +606,7 @@ void ReportViolation(const char* what) {
     std::fprintf(stderr, "cuda_on_cpu: %s (outside a kernel)\n", what);
     std::abort();
   }
-  Fail(*running, Where(running->fibers[running->current]) + ": " + what);
+  FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
 }  // namespace qlorad::cuda_on_cpu
@@ -544,92 +632,101 @@ unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int width) {
 
 const char* cudaGetErrorString(cudaError_t e) { return coc::ErrorName(e); }
 
+// Every call below returns through coc::Api: a sticky fault first, else its own result,
+// recorded as the most recent error when it failed.
 cudaError_t cudaGetLastError() {
+  const cudaError_t sticky = coc::sticky_error.load();
+  if (sticky != cudaSuccess) return sticky;
   const cudaError_t e = coc::last_error;
   coc::last_error = cudaSuccess;
   return e;
 }
-cudaError_t cudaPeekAtLastError() { return coc::last_error; }
+cudaError_t cudaPeekAtLastError() {
+  const cudaError_t sticky = coc::sticky_error.load();
+  return sticky != cudaSuccess ? sticky : coc::last_error;
+}
 
 cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 // An H200's (the card the GPU tests are written for): launchers size their grids by these.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return cudaErrorInvalidValue;
+  if (device != 0) return coc::Api(cudaErrorInvalidValue);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
       *value = 132;
-      return cudaSuccess;
+      return coc::Api(cudaSuccess);
     case cudaDevAttrConcurrentManagedAccess:
       *value = 1;
-      return cudaSuccess;
+      return coc::Api(cudaSuccess);
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = 227 * 1024;
-      return cudaSuccess;
+      return coc::Api(cudaSuccess);
   }
-  return cudaErrorInvalidValue;
+  return coc::Api(cudaErrorInvalidValue);
 }
 
-// Launches finish before they return: synchronising only reports a failed kernel.
-cudaError_t cudaDeviceSynchronize() { return coc::last_error; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return coc::last_error; }
+// Launches finish before they return: synchronising only reports a fault.
+cudaError_t cudaDeviceSynchronize() { return coc::Api(cudaSuccess); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return coc::Api(cudaSuccess); }
 
-cudaError_t cudaMalloc(void** p, size_t bytes) { return coc::Allocate(p, bytes, false); }
+cudaError_t cudaMalloc(void** p, size_t bytes) { return coc::Api(coc::Allocate(p, bytes, false)); }
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) {
-  return coc::Allocate(p, bytes, true);
+  return coc::Api(coc::Allocate(p, bytes, true));
 }
 cudaError_t cudaFree(void* p) {
-  if (p == nullptr) return cudaSuccess;
+  if (p == nullptr) return coc::Api(cudaSuccess);
   {
     std::lock_guard<std::mutex> lock(coc::allocations_mu);
     auto it = coc::Allocations().find(p);
-    if (it == coc::Allocations().end()) return cudaErrorInvalidDevicePointer;
+    if (it == coc::Allocations().end()) return coc::Api(cudaErrorInvalidDevicePointer);
     coc::allocated_bytes -= it->second.bytes;
     coc::Allocations().erase(it);
   }
   std::free(p);
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   std::lock_guard<std::mutex> lock(coc::allocations_mu);
   *total_bytes = coc::kStandInMemoryBytes;
   *free_bytes = coc::kStandInMemoryBytes - coc::allocated_bytes;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemAdvise(const void* p, size_t bytes, cudaMemoryAdvise, cudaMemLocation) {
-  return coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue;
+  return coc::Api(coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue);
 }
 cudaError_t cudaMemPrefetchAsync(const void* p, size_t bytes, cudaMemLocation, unsigned,
                                  cudaStream_t) {
-  return coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue;
+  return coc::Api(coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue);
 }
 
 cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                               size_t width, size_t height, cudaMemcpyKind, cudaStream_t) {
-  if (width > dst_pitch || width > src_pitch) return cudaErrorInvalidValue;
+  if (width > dst_pitch || width > src_pitch) return coc::Api(cudaErrorInvalidValue);
   for (size_t r = 0; r < height; ++r) {
     std::memmove(static_cast<char*>(dst) + r * dst_pitch,
                  static_cast<const char*>(src) + r * src_pitch, width);
   }
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaSetDevice(int device) {
+  return coc::Api(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (device != 0) return coc::Api(cudaErrorInvalidDevice);
   *prop = {};
   std::snprintf(prop->name, sizeof(prop->name), "CUDA stand-in on the CPU (tests/cuda_on_cpu)");
   prop->totalGlobalMem = coc::kStandInMemoryBytes;
   prop->multiProcessorCount = 132;
   prop->major = 9;
   prop->minor = 0;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 
 // Streams and events: launches finish before they return, so a stream orders nothing; events
@@ -641,42 +738,44 @@ struct CUevent_st {
 };
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
   *stream = new CUstream_st;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   delete stream;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   event->at = std::chrono::steady_clock::now();
   event->recorded = true;
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
-  if (!start->recorded || !stop->recorded) return cudaErrorInvalidResourceHandle;
+  if (!start->recorded || !stop->recorded) return coc::Api(cudaErrorInvalidResourceHandle);
   *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
-cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  return coc::Api(cudaMalloc(p, bytes));
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return coc::Api(cudaFree(p)); }
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
   std::memset(p, value, bytes);
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
   if (bytes > 0) std::memmove(dst, src, bytes);
-  return cudaSuccess;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+  return coc::Api(cudaMemcpy(dst, src, bytes, kind));
 }

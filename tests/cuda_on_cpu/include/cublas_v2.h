@@ -1,7 +1,8 @@
 // CPU stand-in for cuBLAS (tests/cuda_on_cpu/README.md): the handle calls and the two GEMMs the
-// engine's CUDA device uses, column-major as cuBLAS is, with its numerics: float accumulation,
-// operands rounded to bf16 first where the compute type says FAST_16BF, C never read when beta
-// is 0, the result rounded once to C's type.
+// engine's CUDA device uses, column-major as cuBLAS is, taking the type combinations cuBLAS
+// takes, with float accumulation, float operands rounded to bf16 where the compute type
+// (FAST_16BF) allows cuBLAS to, C never read when beta is 0, the result rounded once to C's
+// type. The math mode is recorded, not used: the compute type decides.
 #pragma once
 
 #include <cstdint>

@@ -18,15 +18,17 @@
 // The runtime API version this stand-in follows (the toolkit here is 13.0).
 #define CUDART_VERSION 13000
 
-// Function and variable qualifiers: plain C++ here. Shared memory is a function-local static:
-// one copy that a block's threads share, and blocks run one after another (RunGrid).
+// Function and variable qualifiers: plain C++ here. Shared memory is a function-local static
+// (per host thread): one copy that a block's threads share, blocks running one after another
+// (RunGrid). Unlike dynamic shared memory it is not refilled with NaNs for each block: it holds
+// zeros at first, then what the previous block left.
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __constant__
-#define __shared__ static
+#define __shared__ static thread_local
 #define __align__(n) __attribute__((aligned(n)))
 
 // ---- vector types ----
