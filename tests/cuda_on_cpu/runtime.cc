@@ -673,6 +673,11 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 // Launches finish before they return: synchronising only reports a fault.
 cudaError_t cudaDeviceSynchronize() { return coc::Api(cudaSuccess); }
+cudaError_t cudaDeviceReset() {
+  coc::sticky_error = cudaSuccess;
+  coc::last_error = cudaSuccess;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return coc::Api(cudaSuccess); }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) { return coc::Api(coc::Allocate(p, bytes, false)); }

@@ -1,0 +1,190 @@
+// The CUDA stand-in's own guarantees (README.md): what a GPU would get wrong must go wrong here
+// too, or the GPU tests run on it would pass where the card fails. Each kernel below is written
+// correctly once and once with the mistake, and the mistake must show.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cublas_v2.h"
+#include "kernels/cuda/launch.cuh"
+
+namespace qlorad {
+namespace {
+
+// Every thread reads the value thread `writer` put in shared memory. `publish`: with the
+// barrier between the write and the reads.
+__global__ void BroadcastKernel(int writer, bool publish, int* out) {
+  __shared__ int value;
+  if (static_cast<int>(threadIdx.x) == writer) value = 1000 + static_cast<int>(blockIdx.x);
+  if (publish) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = value;
+}
+
+// Two rounds through one shared slot per warp: each warp's lane 0 writes its round's value, the
+// block reads all slots, then the slots are rewritten. `guard_reuse`: with the barrier that
+// keeps the rewrite from overtaking a slow warp's reads.
+__global__ void TwoRoundsKernel(bool guard_reuse, int* out) {
+  __shared__ int slots[4];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  int sum = 0;
+  for (int round = 0; round < 2; ++round) {
+    if (guard_reuse) __syncthreads();
+    if (lane == 0) slots[warp] = (round + 1) * (warp + 1);
+    __syncthreads();
+    for (int w = 0; w < 4; ++w) sum += slots[w];
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sum;
+}
+
+__global__ void DivergentBarrierKernel() {
+  if (threadIdx.x < 16) __syncthreads();
+}
+
+__global__ void ShuffleSumKernel(const float* in, float* out) {
+  float v = in[threadIdx.x];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  out[threadIdx.x] = v;
+}
+
+__global__ void ButterflySumKernel(const float* in, float* out) {
+  out[threadIdx.x] = ::qlorad::cuda_on_cpu::WarpButterfly(in[threadIdx.x], false);
+}
+
+class StandInTest : public ::testing::Test {
+ protected:
+  void TearDown() override { cudaDeviceReset(); }  // no test's fault reaches the next
+};
+
+// Runs `launches` launches of `blocks` blocks (the stand-in alternates its turn orders between
+// blocks and launches) and counts the outputs that differ from `want`.
+template <typename Launch>
+int Wrong(int blocks, int threads, int launches, Launch launch, int (*want)(int block, int t)) {
+  int* out = nullptr;
+  EXPECT_EQ(cudaMalloc(&out, sizeof(int) * blocks * threads), cudaSuccess);
+  int wrong = 0;
+  for (int l = 0; l < launches; ++l) {
+    launch(out);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    for (int b = 0; b < blocks; ++b) {
+      for (int t = 0; t < threads; ++t) wrong += out[b * threads + t] != want(b, t);
+    }
+  }
+  cudaFree(out);
+  return wrong;
+}
+
+TEST_F(StandInTest, AReadBeforeThePublishingBarrierShowsWhicheverThreadWrites) {
+  auto want = [](int b, int) { return 1000 + b; };
+  for (int writer : {0, 127}) {
+    auto launch = [&](bool publish) {
+      return [=](int* out) {
+        QLORAD_LAUNCH(2, 128, 0, nullptr, BroadcastKernel, writer, publish, out);
+      };
+    };
+    EXPECT_EQ(Wrong(2, 128, 2, launch(true), want), 0) << "writer " << writer;
+    EXPECT_GT(Wrong(2, 128, 2, launch(false), want), 0) << "writer " << writer;
+  }
+}
+
+TEST_F(StandInTest, ARewriteBeforeTheReadersAreDoneShows) {
+  auto want = [](int, int) { return (1 + 2 + 3 + 4) * 3; };
+  auto launch = [](bool guard) {
+    return [=](int* out) { QLORAD_LAUNCH(2, 128, 0, nullptr, TwoRoundsKernel, guard, out); };
+  };
+  EXPECT_EQ(Wrong(2, 128, 2, launch(true), want), 0);
+  EXPECT_GT(Wrong(2, 128, 2, launch(false), want), 0);
+}
+
+TEST_F(StandInTest, ABarrierNotEveryThreadReachesFailsTheLaunchAndStaysFailed) {
+  QLORAD_LAUNCH(1, 64, 0, nullptr, DivergentBarrierKernel);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+  // A fault is sticky, as a GPU's lost context: every later call reports it.
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, 16), cudaErrorLaunchFailure);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+}
+
+TEST_F(StandInTest, ALaunchTheGpuRefusesFailsWithoutAFault) {
+  QLORAD_LAUNCH(1, 2048, 0, nullptr, DivergentBarrierKernel);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // cleared: not sticky
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+TEST_F(StandInTest, TheOneRendezvousButterflyEqualsTheShufflesBitForBit) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> d(0.0f, 1e3f);
+  float *in, *a, *b;
+  ASSERT_EQ(cudaMalloc(&in, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&a, 64 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&b, 64 * 4), cudaSuccess);
+  for (int trial = 0; trial < 20; ++trial) {
+    for (int i = 0; i < 64; ++i) in[i] = d(rng) * std::pow(10.0f, static_cast<float>(i % 7 - 3));
+    QLORAD_LAUNCH(1, 64, 0, nullptr, ShuffleSumKernel, in, a);
+    QLORAD_LAUNCH(1, 64, 0, nullptr, ButterflySumKernel, in, b);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    EXPECT_EQ(std::memcmp(a, b, 64 * 4), 0) << "trial " << trial;
+  }
+  cudaFree(in);
+  cudaFree(a);
+  cudaFree(b);
+}
+
+// The cuBLAS stand-in against the definition, column-major: C = alpha op(A) op(B) + beta C, for
+// each transpose, bf16 operands and output, and beta 0 never reading C (NaN there).
+TEST_F(StandInTest, CublasGemmIsTheColumnMajorDefinition) {
+  cublasHandle_t h;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  const int m = 5, n = 3, k = 4;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const int lda = (ta ? k : m) + 1, ldb = (tb ? n : k) + 2, ldc = m + 1;
+      std::vector<float> a(lda * (ta ? m : k)), b(ldb * (tb ? k : n));
+      for (float& x : a) x = u(rng);
+      for (float& x : b) x = u(rng);
+      auto A = [&](int i, int l) { return ta ? a[i * lda + l] : a[l * lda + i]; };
+      auto B = [&](int l, int j) { return tb ? b[l * ldb + j] : b[j * ldb + l]; };
+      std::vector<float> c(ldc * n, std::nanf("")), c2(ldc * n, 0.5f);
+      const float alpha = 1.5f, zero = 0.0f, beta = -2.0f;
+      ASSERT_EQ(
+          cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+                       &alpha, a.data(), CUDA_R_32F, lda, b.data(), CUDA_R_32F, ldb, &zero,
+                       c.data(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
+          CUBLAS_STATUS_SUCCESS);
+      ASSERT_EQ(cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m,
+                             n, k, &alpha, a.data(), CUDA_R_32F, lda, b.data(), CUDA_R_32F, ldb,
+                             &beta, c2.data(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC,
+                             CUBLAS_GEMM_DEFAULT),
+                CUBLAS_STATUS_SUCCESS);
+      for (int j = 0; j < n; ++j) {
+        for (int i = 0; i < m; ++i) {
+          double want = 0.0;
+          for (int l = 0; l < k; ++l) want += static_cast<double>(A(i, l)) * B(l, j);
+          EXPECT_NEAR(c[j * ldc + i], alpha * want, 1e-5) << ta << tb << " " << i << "," << j;
+          EXPECT_NEAR(c2[j * ldc + i], alpha * want + beta * 0.5, 1e-5);
+        }
+        EXPECT_TRUE(std::isnan(c[j * ldc + m])) << "the padding row is not C's";
+      }
+    }
+  }
+  // cuBLAS takes bf16 operands only under CUBLAS_COMPUTE_32F.
+  std::vector<__nv_bfloat16> x(16);
+  std::vector<float> y(16);
+  const float one = 1.0f, zero = 0.0f;
+  EXPECT_EQ(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, x.data(), CUDA_R_16BF, 2,
+                         x.data(), CUDA_R_16BF, 2, &zero, y.data(), CUDA_R_32F, 2,
+                         CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_NOT_SUPPORTED);
+  cublasDestroy(h);
+}
+
+}  // namespace
+}  // namespace qlorad
