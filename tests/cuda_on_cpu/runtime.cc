@@ -19,7 +19,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "cuda_runtime.h"
@@ -72,8 +71,9 @@ struct Allocation {
 };
 std::mutex allocations_mu;
 size_t allocated_bytes = 0;  // guarded by allocations_mu
-std::unordered_map<void*, Allocation>& Allocations() {
-  static auto* m = new std::unordered_map<void*, Allocation>;
+// By address, so that the allocation holding a pointer is one lookup (ManagedRange).
+std::map<const char*, Allocation>& Allocations() {
+  static auto* m = new std::map<const char*, Allocation>;
   return *m;
 }
 
@@ -86,7 +86,7 @@ cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
   // kernel could rely on.
   std::memset(q, 0xFF, bytes);
-  Allocations()[q] = {bytes, managed};
+  Allocations()[static_cast<const char*>(q)] = {bytes, managed};
   allocated_bytes += bytes;
   *p = q;
   return cudaSuccess;
@@ -95,12 +95,11 @@ cudaError_t Allocate(void** p, size_t bytes, bool managed) {
 // Whether [p, p + bytes) lies in one managed allocation.
 bool ManagedRange(const void* p, size_t bytes) {
   std::lock_guard<std::mutex> lock(allocations_mu);
-  for (const auto& [base, a] : Allocations()) {
-    const auto* b = static_cast<const char*>(base);
-    const auto* q = static_cast<const char*>(p);
-    if (q >= b && q + bytes <= b + a.bytes) return a.managed;
-  }
-  return false;
+  const auto* q = static_cast<const char*>(p);
+  auto it = Allocations().upper_bound(q);  // the first allocation past p
+  if (it == Allocations().begin()) return false;
+  --it;  // the last one at or before p
+  return q + bytes <= it->first + it->second.bytes && it->second.managed;
 }
 
 constexpr int kWarp = 32;
@@ -140,11 +139,8 @@ struct Fiber {
   FiberContext context;
   char* stack = nullptr;  // kFiberStack bytes, owned by RunGrid's pool
   uint3 index;
-  int linear = 0;
   FiberState state = FiberState::kRunnable;
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  void* fake_stack = nullptr;
-#endif
+  void* fake_stack = nullptr;  // ASan's, while the fiber is switched out
 };
 
 // One launch's block being run: its fibers and barriers.
@@ -167,19 +163,17 @@ struct Block {
   bool failed = false;
   std::string failure;
   // How this block's threads take turns (RunGrid alternates from block to block and launch to
-  // launch): `reverse` starts them, and releases them from every barrier, last thread first;
-  // `eager` runs the threads a barrier releases before any other runnable thread, and a warp's
-  // last lane to meet first, so one warp runs ahead of the rest of its block (a missing barrier
-  // before shared memory is rewritten then corrupts what a late warp reads). The default order
-  // makes every thread reach each point before any goes past it, thread 0 first (a missing
-  // barrier before shared memory is read then reads it unwritten, whichever thread writes).
-  bool reverse = false;
-  bool eager = false;
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  const void* scheduler_stack_bottom = nullptr;  // the calling thread's stack
+  // launch). In order: threads start, and leave every barrier, first to last, queued behind
+  // the runnable ones, so every thread reaches each point before any goes past it (a missing
+  // barrier before shared memory is read then reads it unwritten). `reversed`: last to first,
+  // ahead of the runnable ones, a warp's last lane to meet first, so one warp runs ahead of
+  // the rest of its block (a missing barrier before shared memory is rewritten then corrupts
+  // what a late warp reads); with both, it does not matter which thread writes.
+  bool reversed = false;
+  // The calling thread's stack and ASan's fake stack for it (read under ASan only).
+  const void* scheduler_stack_bottom = nullptr;
   size_t scheduler_stack_size = 0;
   void* scheduler_fake_stack = nullptr;
-#endif
 };
 
 thread_local Block* running = nullptr;
@@ -199,17 +193,18 @@ void Fail(Block& b, std::string why) {
 void Switch(FiberContext& from, void** from_fake_stack, FiberContext& to, const void* to_stack,
             size_t to_size);
 
+// From fiber `f` back to the scheduler; `fake_stack`: where ASan keeps f's, none for a fiber
+// that never resumes.
+void ToScheduler(Block& b, Fiber& f, void** fake_stack) {
+  Switch(f.context, fake_stack, b.scheduler, b.scheduler_stack_bottom, b.scheduler_stack_size);
+}
+
 // Fails the launch from the running fiber and abandons the block there: no thread of it runs
 // on with what a failed collective left, which could index memory anywhere.
 [[noreturn]] void FailHere(Block& b, std::string why) {
   Fail(b, std::move(why));
   b.run_queue.clear();
-  Fiber& f = b.fibers[b.current];
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  Switch(f.context, nullptr, b.scheduler, b.scheduler_stack_bottom, b.scheduler_stack_size);
-#else
-  Switch(f.context, nullptr, b.scheduler, nullptr, 0);
-#endif
+  ToScheduler(b, b.fibers[b.current], nullptr);
   std::abort();  // never resumed
 }
 
@@ -244,16 +239,9 @@ void Yield(bool finished) {
     FailHere(b, Where(f) + " returned while " + std::to_string(b.at_block_barrier) +
                     " threads wait at __syncthreads");
   }
-  void** fake = nullptr;
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-  if (!finished) fake = &f.fake_stack;
-#endif
+  void** fake = finished ? nullptr : &f.fake_stack;
   if (b.run_queue.empty()) {
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
-    Switch(f.context, fake, b.scheduler, b.scheduler_stack_bottom, b.scheduler_stack_size);
-#else
-    Switch(f.context, fake, b.scheduler, nullptr, 0);
-#endif
+    ToScheduler(b, f, fake);
     return;
   }
   const int next = b.run_queue.front();
@@ -283,18 +271,18 @@ void Release(Block& b, FiberState state, int warp) {
   b.released.clear();
   // A warp's last lane to meet goes on first in eager blocks (its warp runs ahead); otherwise
   // the completing thread takes its place in the block's order.
-  const bool completer_first = b.eager && warp >= 0;
+  const bool completer_first = b.reversed && warp >= 0;
   if (completer_first) b.released.push_back(b.current);
   b.fibers[b.current].state = completer_first ? FiberState::kRunnable : state;
   for (int k = 0; k < n; ++k) {
-    const int i = first + (b.reverse ? n - 1 - k : k);
+    const int i = first + (b.reversed ? n - 1 - k : k);
     Fiber& f = b.fibers[i];
     if (f.state == state) {
       f.state = FiberState::kRunnable;
       b.released.push_back(i);
     }
   }
-  if (b.eager) {
+  if (b.reversed) {
     b.run_queue.insert(b.run_queue.begin(), b.released.begin(), b.released.end());
   } else {
     b.run_queue.insert(b.run_queue.end(), b.released.begin(), b.released.end());
@@ -309,11 +297,7 @@ void RunBlock(Block& b) {
   b.run_queue.pop_front();
   Fiber& first = b.fibers[b.current];
   threadIdx = first.index;
-#if defined(QLORAD_FIBERS_UNDER_ASAN)
   Switch(b.scheduler, &b.scheduler_fake_stack, first.context, first.stack, kFiberStack);
-#else
-  Switch(b.scheduler, nullptr, first.context, first.stack, kFiberStack);
-#endif
   if (b.failed) return;  // abandoned where it failed (FailHere)
   int done = 0;
   for (const Fiber& f : b.fibers) done += f.state == FiberState::kDone;
@@ -352,10 +336,6 @@ const char* ErrorName(cudaError_t e) {
   }
   return "unknown error";
 }
-
-}  // namespace
-
-namespace {
 
 // QLORAD_CUDA_ON_CPU_PROFILE=1: at exit, each kernel's launches, threads run and time on stderr
 // (where a test's time goes: some kernels cost far more here than on a GPU).
@@ -452,15 +432,14 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
     blockIdx = {static_cast<unsigned>(block_number % grid.x),
                 static_cast<unsigned>(block_number / grid.x % grid.y),
                 static_cast<unsigned>(block_number / (uint64_t{grid.x} * grid.y))};
-    b.reverse = b.eager = (launch + k) % 2 == 1;
+    b.reversed = (launch + k) % 2 == 1;
     if (b.dynamic_bytes > 0) std::memset(b.dynamic_shared.get(), 0xFF, b.dynamic_bytes);
     b.run_queue.clear();
     b.at_block_barrier = 0;
     std::fill(b.at_warp_barrier.begin(), b.at_warp_barrier.end(), 0);
     for (uint64_t t = 0; t < threads; ++t) {
-      const int i = static_cast<int>(b.reverse ? threads - 1 - t : t);
+      const int i = static_cast<int>(b.reversed ? threads - 1 - t : t);
       Fiber& f = b.fibers[i];
-      f.linear = i;
       f.index = {static_cast<unsigned>(i % block.x), static_cast<unsigned>(i / block.x % block.y),
                  static_cast<unsigned>(i / (uint64_t{block.x} * block.y))};
       f.state = FiberState::kRunnable;
@@ -510,7 +489,7 @@ void BlockBarrier() {
 // The running thread's warp meets for `kind`: it waits until every lane of its warp has arrived
 // (at the same kind of collective: a lane at another one fails the launch).
 void WarpRendezvous(Block& b, Fiber& f, WarpCollective kind) {
-  const int warp = f.linear / kWarp;
+  const int warp = b.current / kWarp;
   if (b.at_warp_barrier[warp] == 0) {
     b.warp_kind[warp] = kind;
   } else if (b.warp_kind[warp] != kind) {
@@ -529,7 +508,7 @@ void WarpRendezvous(Block& b, Fiber& f, WarpCollective kind) {
 
 // Whether `mask` names every lane of the running thread's warp; if not, the launch fails there.
 void WholeWarp(Block& b, Fiber& f, unsigned mask, const char* what) {
-  const int lanes = WarpSize(b, f.linear / kWarp);
+  const int lanes = WarpSize(b, b.current / kWarp);
   const unsigned all = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
   if (mask == all) return;
   FailHere(b, Where(f) + ": " + what + " with mask " + std::to_string(mask) + " in a warp of " +
@@ -541,26 +520,26 @@ uint64_t ShuffleXor(unsigned mask, uint64_t v, int lane_mask, int width) {
   Fiber& f = b.fibers[b.current];
   WholeWarp(b, f, mask, "a shuffle");
   if (width != kWarp || lane_mask < 0 || lane_mask >= kWarp ||
-      (f.linear % kWarp ^ lane_mask) >= WarpSize(b, f.linear / kWarp)) {
+      (b.current % kWarp ^ lane_mask) >= WarpSize(b, b.current / kWarp)) {
     FailHere(b, Where(f) + ": a shuffle of width " + std::to_string(width) + " with lane mask " +
                     std::to_string(lane_mask) + " (only whole-warp xor shuffles are modelled)");
   }
   // Double-buffered by generation: a lane cannot get two shuffles ahead of its partner, since
   // the next rendezvous waits for it.
-  const int g = b.shuffle_generation[f.linear] ^= 1;
-  b.slots[g][f.linear] = v;
+  const int g = b.shuffle_generation[b.current] ^= 1;
+  b.slots[g][b.current] = v;
   WarpRendezvous(b, f, WarpCollective::kShuffle);
-  return b.slots[g][f.linear ^ lane_mask];
+  return b.slots[g][b.current ^ lane_mask];
 }
 
 float WarpButterfly(float v, bool max) {
   Block& b = *running;
   Fiber& f = b.fibers[b.current];
   WholeWarp(b, f, 0xFFFFFFFFu, "a butterfly reduction");
-  const int g = b.shuffle_generation[f.linear] ^= 1, warp = f.linear / kWarp;
+  const int g = b.shuffle_generation[b.current] ^= 1, warp = b.current / kWarp;
   float* in = &b.butterfly[g][static_cast<size_t>(warp) * 2 * kWarp];
   float* out = in + kWarp;
-  in[f.linear % kWarp] = v;
+  in[b.current % kWarp] = v;
   if (b.at_warp_barrier[warp] + 1 == kWarp) {
     // The last lane to arrive runs every lane's value through the five rounds, as the shuffles
     // would leave them; the others read their own.
@@ -572,7 +551,7 @@ float WarpButterfly(float v, bool max) {
     }
   }
   WarpRendezvous(b, f, WarpCollective::kButterfly);
-  return out[f.linear % kWarp];
+  return out[b.current % kWarp];
 }
 
 void SyncWarp(unsigned mask) {
@@ -688,7 +667,7 @@ cudaError_t cudaFree(void* p) {
   if (p == nullptr) return coc::Api(cudaSuccess);
   {
     std::lock_guard<std::mutex> lock(coc::allocations_mu);
-    auto it = coc::Allocations().find(p);
+    auto it = coc::Allocations().find(static_cast<const char*>(p));
     if (it == coc::Allocations().end()) return coc::Api(cudaErrorInvalidDevicePointer);
     coc::allocated_bytes -= it->second.bytes;
     coc::Allocations().erase(it);

@@ -136,6 +136,24 @@ TEST_F(StandInTest, TheOneRendezvousButterflyEqualsTheShufflesBitForBit) {
   cudaFree(b);
 }
 
+// Paging advice applies to managed memory only, and within one allocation, as the runtime's.
+TEST_F(StandInTest, PagingAdviceTakesManagedRangesOnly) {
+  char *managed, *plain;
+  ASSERT_EQ(cudaMallocManaged(&managed, 1000), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&plain, 1000), cudaSuccess);
+  const cudaMemLocation host{cudaMemLocationTypeHost, 0};
+  EXPECT_EQ(cudaMemAdvise(managed, 1000, cudaMemAdviseSetPreferredLocation, host), cudaSuccess);
+  EXPECT_EQ(cudaMemPrefetchAsync(managed + 200, 800, host, 0, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaMemPrefetchAsync(managed + 200, 801, host, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemAdvise(plain, 1000, cudaMemAdviseSetPreferredLocation, host),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);  // the most recent failure
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(cudaFree(managed), cudaSuccess);
+  EXPECT_EQ(cudaFree(plain), cudaSuccess);
+  EXPECT_EQ(cudaFree(plain), cudaErrorInvalidDevicePointer);
+}
+
 // The cuBLAS stand-in against the definition, column-major: C = alpha op(A) op(B) + beta C, for
 // each transpose, bf16 operands and output, and beta 0 never reading C (NaN there).
 TEST_F(StandInTest, CublasGemmIsTheColumnMajorDefinition) {
