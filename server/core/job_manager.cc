@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -151,6 +152,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
                     : CreateCpuDevice(w->threads, fault->second);
     w->pool = std::make_unique<ModelPool>(w->device.get());
     w->description = w->device->name();
+    w->PublishUsage();  // the card's figures from the start, not the budget until a first job
     m->workers_.push_back(std::move(w));
   };
   for (const std::string& name : names) {
@@ -180,6 +182,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
                                                 : std::min(u.device_total / 10 * 9, u.device_free);
     w->pool = std::make_unique<ModelPool>(w->device.get());
     w->description = w->device->name();
+    w->PublishUsage();
     m->workers_.push_back(std::move(w));
   }
   if (m->workers_.empty()) {  // auto, and no GPU could serve: the CPU does
@@ -1121,8 +1124,10 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       a.failure_parameter = "hyperparameters.learning_rate";
       a.failure_is_user = true;
     } else if (absl::IsResourceExhausted(s)) {
+      // The device's own message names the card (a GPU's starts "cuda:N (model, ...)").
+      const bool named = absl::StartsWith(s.message(), w->name);
       a.failure = absl::ResourceExhaustedError(
-          absl::StrCat("out of memory on ", w->name, ": ", s.message()));
+          absl::StrCat("out of memory on ", named ? "" : absl::StrCat(w->name, ": "), s.message()));
     }
     return StepOutcome::kFailed;
   }

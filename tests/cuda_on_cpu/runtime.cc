@@ -69,6 +69,23 @@ struct Allocation {
   size_t bytes;
   bool managed;
 };
+// The card's memory: 16 GiB, or QLORAD_CUDA_ON_CPU_MEMORY_BYTES (a test's small card, which
+// runs out of memory).
+size_t CardBytes() {
+  static const size_t bytes = [] {
+    const char* v = std::getenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES");
+    if (v == nullptr) return size_t{16} << 30;
+    char* end = nullptr;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (end == v || *end != '\0' || n == 0) {
+      std::fprintf(stderr, "cuda_on_cpu: QLORAD_CUDA_ON_CPU_MEMORY_BYTES='%s' is not a size\n", v);
+      std::abort();
+    }
+    return static_cast<size_t>(n);
+  }();
+  return bytes;
+}
+
 std::mutex allocations_mu;
 size_t allocated_bytes = 0;  // guarded by allocations_mu
 // By address, so that the allocation holding a pointer is one lookup (ManagedRange).
@@ -80,7 +97,7 @@ std::map<const char*, Allocation>& Allocations() {
 cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   *p = nullptr;
   std::lock_guard<std::mutex> lock(allocations_mu);
-  if (bytes > kStandInMemoryBytes - allocated_bytes) return cudaErrorMemoryAllocation;
+  if (bytes > CardBytes() - allocated_bytes) return cudaErrorMemoryAllocation;
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(bytes, 1)) != 0) return cudaErrorMemoryAllocation;
   // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
@@ -331,6 +348,8 @@ const char* ErrorName(cudaError_t e) {
       return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle:
       return "invalid resource handle";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure:
       return "unspecified launch failure";
   }
@@ -363,6 +382,15 @@ std::map<std::string, KernelProfile>* Profile() {
   return profile;
 }
 
+// QLORAD_CUDA_ON_CPU_FAULT_FILE=PATH: the first launch that finds PATH removes it and faults
+// as a GPU does on an illegal address (an Xid): the kernel does not run and the error is sticky.
+// A test creates the file when it wants the card lost (tests/integration/
+// cuda_on_cpu_daemon_test.cc); removing it makes one launch fault, however many threads launch.
+bool InjectedFault() {
+  static const char* const path = std::getenv("QLORAD_CUDA_ON_CPU_FAULT_FILE");
+  return path != nullptr && unlink(path) == 0;
+}
+
 }  // namespace
 
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*stream*/,
@@ -380,6 +408,13 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
                  kernel_name, grid.x, grid.y, grid.z, block.x, block.y, block.z,
                  dynamic_shared_bytes);
     Api(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (InjectedFault()) {
+    std::fprintf(stderr, "cuda_on_cpu: %s: injected fault (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
+                 kernel_name);
+    Api(cudaErrorIllegalAddress);
+    sticky_error = cudaErrorIllegalAddress;
     return;
   }
   if (running != nullptr) {  // a launch from inside a kernel: dynamic parallelism, unused
@@ -677,8 +712,8 @@ cudaError_t cudaFree(void* p) {
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   std::lock_guard<std::mutex> lock(coc::allocations_mu);
-  *total_bytes = coc::kStandInMemoryBytes;
-  *free_bytes = coc::kStandInMemoryBytes - coc::allocated_bytes;
+  *total_bytes = coc::CardBytes();
+  *free_bytes = coc::CardBytes() - coc::allocated_bytes;
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemAdvise(const void* p, size_t bytes, cudaMemoryAdvise, cudaMemLocation) {
@@ -706,7 +741,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return coc::Api(cudaErrorInvalidDevice);
   *prop = {};
   std::snprintf(prop->name, sizeof(prop->name), "CUDA stand-in on the CPU (tests/cuda_on_cpu)");
-  prop->totalGlobalMem = coc::kStandInMemoryBytes;
+  prop->totalGlobalMem = coc::CardBytes();
   prop->multiProcessorCount = 132;
   prop->major = 9;
   prop->minor = 0;

@@ -11,6 +11,12 @@ export compiler=$1 root=$2 extra=$3 foreign_pattern='/absl/|nlohmann'
 [ "$4" = engine ] && foreign_pattern='/absl/'
 mode=$4
 shift 4
+# A source list CMake failed to find (a library's sources moved to an object library) must not
+# pass as a check of nothing.
+for src in "$@"; do
+  [ -f "$src" ] || { echo "not a source file: $src"; exit 1; }
+done
+[ $# -ge 10 ] || { echo "only $# sources given: the $mode's sources are missing"; exit 1; }
 
 check() {  # one source: a real syntax check (-M alone would only preprocess), deps aside
   local src=$1 deps

@@ -13,12 +13,16 @@
 
 #include "server/core/tenants.h"
 #include "tests/common/stories260k.h"
+#include "tests/http_get.h"
 
 namespace qlorad::testing {
 namespace fs = std::filesystem;
 
-DaemonProcess::DaemonProcess(std::string dir, std::vector<std::string> extra_flags)
-    : dir_(std::move(dir)), flags_(std::move(extra_flags)) {
+DaemonProcess::DaemonProcess(std::string dir, std::vector<std::string> extra_flags,
+                             std::string binary)
+    : dir_(std::move(dir)),
+      flags_(std::move(extra_flags)),
+      binary_(binary.empty() ? QLORAD_DAEMON_BINARY : std::move(binary)) {
   fs::create_directories(dir_);
   std::ofstream t(fs::path(dir_) / "tenants.json");
   t << "{\"tenants\": ["
@@ -38,7 +42,7 @@ bool DaemonProcess::Start() {
   const std::string port_file = (fs::path(dir_) / "port").string();
   fs::remove(port_file);
   std::vector<std::string> args = {
-      QLORAD_DAEMON_BINARY,
+      binary_,
       "--listen=127.0.0.1:0",
       "--port-file=" + port_file,
       "--data-dir=" + (fs::path(dir_) / "data").string(),
@@ -92,6 +96,27 @@ int DaemonProcess::Stop(int sig, int timeout_s) {
 
 std::string DaemonProcess::log() const {
   std::ifstream in(fs::path(dir_) / "qlorad.log");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string ScrapeMetrics(const DaemonProcess& daemon) {
+  std::ifstream in(fs::path(daemon.dir()) / "metrics_port");
+  int port = 0;
+  in >> port;
+  const std::string response = HttpGet(port, "/metrics");
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+double Sample(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series + " ");
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
+}
+
+std::string ReadTestData(const std::string& name) {
+  std::ifstream in(fs::path(QLORAD_TEST_DATA_DIR) / name);
   std::stringstream s;
   s << in.rdbuf();
   return s.str();

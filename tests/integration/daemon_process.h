@@ -19,7 +19,9 @@ inline constexpr char kGlobexKey[] = "globex-secret-key";
 class DaemonProcess {
  public:
   // `dir`: the test's folder (data, tenants file and log live there; kept across restarts).
-  explicit DaemonProcess(std::string dir, std::vector<std::string> extra_flags = {});
+  // `binary`: the daemon to run; empty for qlorad (QLORAD_DAEMON_BINARY).
+  explicit DaemonProcess(std::string dir, std::vector<std::string> extra_flags = {},
+                         std::string binary = "");
   ~DaemonProcess();  // SIGKILL if still running
 
   // Starts the daemon and waits (up to 30 s) for its port; false with the log on failure.
@@ -36,11 +38,20 @@ class DaemonProcess {
  private:
   std::string dir_;
   std::vector<std::string> flags_;
+  std::string binary_;
   pid_t pid_ = -1;
   int port_ = 0;
 };
 
+// A file of tests/data (QLORAD_TEST_DATA_DIR), whole.
+std::string ReadTestData(const std::string& name);
+
 // Where the shared stories260K GGUF file is ("" when absent).
 std::string Stories260kGguf();
+
+// The body of the daemon's Prometheus page ("" when it does not answer), and one series' value
+// in it (-1 when absent).
+std::string ScrapeMetrics(const DaemonProcess& daemon);
+double Sample(const std::string& text, const std::string& series);
 
 }  // namespace qlorad::testing

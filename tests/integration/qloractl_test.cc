@@ -19,7 +19,6 @@
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/http_get.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/server/test_dirs.h"
 
@@ -313,21 +312,6 @@ TEST_F(QloractlTest, DownloadedAdapterGivesTheServersResultsInTheEngine) {
   EXPECT_EQ(gen.out, text->substr(prompt_text->size()) + "\n");
 }
 
-// The daemon's Prometheus endpoint after a finished job.
-std::string ScrapeMetrics(const std::string& dir) {
-  std::ifstream in(dir + "/metrics_port");
-  int port = 0;
-  in >> port;
-  const std::string response = HttpGet(port, "/metrics");
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
-double Sample(const std::string& text, const std::string& series) {
-  const size_t at = text.find("\n" + series + " ");
-  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
-}
-
 TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
   const auto [job, adapter] = TrainedJob();
   // One generation: the inference device then holds the base model and the adapter.
@@ -335,7 +319,7 @@ TEST_F(QloractlTest, MetricsDescribeTrainingAndMemory) {
                            "Once", "--max-tokens", "2"})
                 .code,
             0);
-  const std::string text = ScrapeMetrics(*dir_);
+  const std::string text = ScrapeMetrics(*daemon_);
   ASSERT_FALSE(text.empty());
   EXPECT_GE(Sample(text, "qlorad_trained_tokens_total{device=\"cpu:0\"}"), 60 * 8 * 10);
   EXPECT_GE(Sample(text, "qlorad_jobs_finished_total{result=\"succeeded\"}"), 1);
@@ -369,7 +353,7 @@ TEST_F(QloractlTest, MetricsPassPromtool) {
     GTEST_SKIP() << "promtool not installed (Debian package prometheus, in scripts/install-deps)";
   }
   TrainedJob();
-  const std::string path = WriteFile("metrics.txt", ScrapeMetrics(*dir_));
+  const std::string path = WriteFile("metrics.txt", ScrapeMetrics(*daemon_));
   const std::string cmd = "promtool check metrics < " + path + " > " + path + ".out 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << Slurp(path + ".out");
 }

@@ -15,13 +15,6 @@ namespace qlorad::testing {
 namespace {
 namespace fs = std::filesystem;
 
-std::string ReadFacts() {
-  std::ifstream in(std::string(QLORAD_TEST_DATA_DIR) + "/facts_train.jsonl");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 v1::CreateJobRequest TwinRequest(const std::string& dataset) {
   v1::CreateJobRequest req;
   req.set_model("stories");
@@ -51,7 +44,7 @@ class RecoveryTest : public ::testing::Test {
                                        "--inference-threads=1"});
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
     ASSERT_TRUE(Ops().RegisterModel("stories", gguf_).ok());
-    auto ds = Acme().Upload("facts", ReadFacts());
+    auto ds = Acme().Upload("facts", ReadTestData("facts_train.jsonl"));
     ASSERT_TRUE(ds.ok()) << ds.status();
     dataset_ = ds->id();
   }

@@ -13,6 +13,7 @@
 #include "client/connection.h"
 #include "qlorad/v1/adapters.grpc.pb.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
+#include "qlorad/v1/devices.grpc.pb.h"
 #include "qlorad/v1/inference.grpc.pb.h"
 #include "qlorad/v1/jobs.grpc.pb.h"
 #include "qlorad/v1/models.grpc.pb.h"
@@ -114,6 +115,12 @@ class RpcClient {
     req.set_dataset_id(dataset);
     v1::EvaluateResponse out;
     return Result(v1::InferenceService::NewStub(channel_)->Evaluate(c.get(), req, &out), out);
+  }
+
+  absl::StatusOr<v1::ListDevicesResponse> Devices() {
+    auto c = Context();
+    v1::ListDevicesResponse out;
+    return Result(v1::DeviceService::NewStub(channel_)->ListDevices(c.get(), {}, &out), out);
   }
 
   // Writes the adapter's files into `dir`.

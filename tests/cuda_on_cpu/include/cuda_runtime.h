@@ -67,6 +67,7 @@ enum cudaError_t {
   cudaErrorInvalidDevicePointer = 17,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
 };
 using cudaStream_t = struct CUstream_st*;
@@ -133,7 +134,8 @@ cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size
                               cudaStream_t stream);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
-// The stand-in's card: kStandInMemoryBytes in all, less what is allocated.
+// The stand-in's card: 16 GiB in all (QLORAD_CUDA_ON_CPU_MEMORY_BYTES, runtime.cc), less what
+// is allocated.
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
@@ -237,7 +239,6 @@ float WarpButterfly(float v, bool max);
 // Fails the running launch (cudaErrorLaunchFailure) with `what`, as a fault would on the GPU.
 void ReportViolation(const char* what);
 
-inline constexpr size_t kStandInMemoryBytes = size_t{16} << 30;
 
 template <typename Body, typename... Args>
 void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,

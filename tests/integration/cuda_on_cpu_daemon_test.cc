@@ -1,0 +1,292 @@
+// The daemon's GPU paths end to end, on a machine without a GPU: qlorad-cuda-on-cpu is qlorad
+// with its CUDA device built against the CPU stand-in of CUDA (tests/cuda_on_cpu), so that
+// --devices auto finds one card, cuda:0 (16 GiB). What runs here is the daemon's own code for a
+// card: its budget from cudaMemGetInfo, training and generation through the CUDA device,
+// jobs taking turns with the waiting one's optimizer paged out, and a card lost to a fault.
+// What the stand-in cannot show (speed, the card's own arithmetic) is tests/gpu's, on a GPU.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/integration/daemon_process.h"
+#include "tests/integration/rpc_client.h"
+#include "tests/server/test_dirs.h"
+
+namespace qlorad::testing {
+namespace {
+namespace fs = std::filesystem;
+
+// The stand-in's card unless QLORAD_CUDA_ON_CPU_MEMORY_BYTES says otherwise (tests/cuda_on_cpu).
+constexpr int64_t kCardBytes = int64_t{16} << 30;
+
+// A short fine-tune (a step costs seconds on the stand-in). No dropout: the CPU twin must see
+// the same computation.
+v1::CreateJobRequest ShortJob(const std::string& dataset, int seed, int steps) {
+  v1::CreateJobRequest req;
+  req.set_model("stories");
+  req.set_training_dataset(dataset);
+  v1::Hyperparameters* h = req.mutable_hyperparameters();
+  h->set_rank(4);
+  h->set_alpha(8);
+  h->set_dropout(0.0f);
+  h->set_learning_rate(3e-3);
+  h->set_max_steps(steps);
+  h->set_batch_size(4);
+  h->set_seq_len(64);
+  h->set_seed(seed);
+  return req;
+}
+
+std::vector<double> StepLosses(const std::vector<v1::JobEvent>& events) {
+  std::vector<double> losses;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_progress()) losses.push_back(e.progress().loss());
+  }
+  return losses;
+}
+
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+class CudaOnCpuDaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    gguf_ = Stories260kGguf();
+    if (gguf_.empty()) GTEST_SKIP() << "stories260K.gguf not found (QLORAD_TEST_MODELS)";
+    dir_ = FreshTestDir("cuda_on_cpu_daemon");
+  }
+  void TearDown() override {
+    unsetenv("QLORAD_CUDA_ON_CPU_FAULT_FILE");
+    unsetenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES");
+    for (auto* d : {&card_, &cpu_}) {
+      if (*d) (*d)->Stop(SIGKILL, 10);
+    }
+    if (!dir_.empty() && !HasFailure()) fs::remove_all(dir_);
+  }
+
+  // The stand-in daemon in dir_/card with `flags`, the model registered and the facts uploaded.
+  void StartCard(std::vector<std::string> flags) {
+    flags.push_back("--progress-interval=0");
+    card_ =
+        std::make_unique<DaemonProcess>(dir_ + "/card", flags, QLORAD_DAEMON_CUDA_ON_CPU_BINARY);
+    ASSERT_TRUE(card_->Start()) << card_->log();
+    ASSERT_TRUE(Ops(*card_).RegisterModel("stories", gguf_).ok());
+    auto train = Acme(*card_).Upload("facts", ReadTestData("facts_train.jsonl"));
+    ASSERT_TRUE(train.ok()) << train.status();
+    train_ = train->id();
+  }
+
+  RpcClient Ops(const DaemonProcess& d) { return RpcClient(d.address(), kOpsKey); }
+  RpcClient Acme(const DaemonProcess& d) { return RpcClient(d.address(), kAcmeKey); }
+
+  // Submits and watches to the end; the job as it ended and the losses of its steps.
+  std::pair<v1::Job, std::vector<double>> RunJob(const DaemonProcess& d,
+                                                 const v1::CreateJobRequest& req) {
+    auto job = Acme(d).CreateJob(req);
+    EXPECT_TRUE(job.ok()) << job.status();
+    if (!job.ok()) return {};
+    return WatchToEnd(d, job->id());
+  }
+  std::pair<v1::Job, std::vector<double>> WatchToEnd(const DaemonProcess& d,
+                                                     const std::string& id) {
+    auto events = Acme(d).Watch(id);
+    EXPECT_TRUE(events.ok()) << events.status();
+    auto job = Acme(d).GetJob(id);
+    EXPECT_TRUE(job.ok()) << job.status();
+    if (!events.ok() || !job.ok()) return {};
+    return {*job, StepLosses(*events)};
+  }
+
+  std::string gguf_, dir_, train_;
+  std::unique_ptr<DaemonProcess> card_, cpu_;
+};
+
+// --devices auto and --inference-device auto find the card; admission's budget is 90% of it, and
+// operators see the card's own figures before any job has run. A fine-tune on it gives the losses
+// the CPU daemon gives for the same request, within bf16 GEMM rounding (the tolerance of
+// tests/gpu/real_model_gpu_test.cc), and its adapter evaluates on the card as on the CPU.
+TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterThere) {
+  StartCard({"--devices=auto", "--inference-device=auto"});
+  EXPECT_TRUE(Contains(card_->log(), "devices cuda:0(")) << card_->log();
+  auto devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  ASSERT_EQ(devices->devices_size(), 1);
+  const v1::Device& card = devices->devices(0);
+  EXPECT_EQ(card.name(), "cuda:0");
+  EXPECT_TRUE(Contains(card.description(), "CUDA stand-in")) << card.description();
+  EXPECT_EQ(card.memory().device_total(), kCardBytes);
+  EXPECT_EQ(card.memory_budget(), kCardBytes / 10 * 9);
+  EXPECT_FALSE(card.lost());
+  EXPECT_TRUE(Contains(devices->inference_device(), "cuda:0")) << devices->inference_device();
+  const std::string before = ScrapeMetrics(*card_);
+  EXPECT_EQ(Sample(before, "qlorad_device_memory_bytes{device=\"cuda:0\",state=\"total\"}"),
+            static_cast<double>(kCardBytes))
+      << before;
+  EXPECT_EQ(Sample(before, "qlorad_device_up{device=\"cuda:0\"}"), 1);
+
+  auto valid = Acme(*card_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  const auto [job, losses] = RunJob(*card_, ShortJob(train_, 3, 4));
+  ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error().message() << "\n" << card_->log();
+  EXPECT_EQ(job.device(), "cuda:0");
+  ASSERT_EQ(losses.size(), 4u);
+
+  // The same request on the CPU daemon.
+  cpu_ = std::make_unique<DaemonProcess>(
+      dir_ + "/cpu", std::vector<std::string>{"--devices=cpu:0", "--progress-interval=0"});
+  ASSERT_TRUE(cpu_->Start()) << cpu_->log();
+  ASSERT_TRUE(Ops(*cpu_).RegisterModel("stories", gguf_).ok());
+  auto cpu_train = Acme(*cpu_).Upload("facts", ReadTestData("facts_train.jsonl"));
+  auto cpu_valid = Acme(*cpu_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
+  ASSERT_TRUE(cpu_train.ok() && cpu_valid.ok());
+  const auto [cpu_job, cpu_losses] = RunJob(*cpu_, ShortJob(cpu_train->id(), 3, 4));
+  ASSERT_EQ(cpu_job.state(), v1::SUCCEEDED) << cpu_job.error().message();
+  ASSERT_EQ(cpu_losses.size(), losses.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    EXPECT_NEAR(losses[i], cpu_losses[i], 2e-2 * std::abs(cpu_losses[i])) << "step " << i + 1;
+    worst = std::max(worst, std::abs(losses[i] / cpu_losses[i] - 1.0));
+  }
+  std::printf("step losses, card against cpu: worst relative difference %.2e\n", worst);
+
+  // Evaluation on the card (the inference device), base model and adapter, against the CPU's.
+  for (const bool with_adapter : {false, true}) {
+    auto on_card =
+        Acme(*card_).Evaluate("stories", with_adapter ? job.adapter_id() : "", valid->id());
+    auto on_cpu =
+        Acme(*cpu_).Evaluate("stories", with_adapter ? cpu_job.adapter_id() : "", cpu_valid->id());
+    ASSERT_TRUE(on_card.ok()) << on_card.status() << "\n" << card_->log();
+    ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+    EXPECT_NEAR(on_card->loss(), on_cpu->loss(), 2e-2 * on_cpu->loss())
+        << (with_adapter ? "with the adapter" : "base model");
+    std::printf("evaluation %s: card %.6f, cpu %.6f\n",
+                with_adapter ? "with the adapter" : "of the base model", on_card->loss(),
+                on_cpu->loss());
+  }
+
+  const std::string after = ScrapeMetrics(*card_);
+  EXPECT_GT(
+      Sample(after, "qlorad_engine_memory_bytes{device=\"cuda:0\",category=\"base_weights\"}"), 0)
+      << after;
+  EXPECT_GE(Sample(after, "qlorad_trained_tokens_total{device=\"cuda:0\"}"), 4 * 4);
+  EXPECT_EQ(Sample(after, "qlorad_inference_models_loaded{device=\"cuda:0\"}"), 1) << after;
+  EXPECT_GT(
+      Sample(after, "qlorad_inference_memory_bytes{device=\"cuda:0\",category=\"base_weights\"}"),
+      0);
+}
+
+// Two jobs on one card take turns step by step; between its steps the waiting job's AdamW moments
+// are paged out to host memory (the card then holds neither job's moments), and the turns change
+// nothing: each job's losses are bit for bit those of the same job run alone.
+TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsAlone) {
+  StartCard({"--devices=cuda:0", "--max-jobs-per-device=2"});
+  auto a = Acme(*card_).CreateJob(ShortJob(train_, 3, 4));
+  auto b = Acme(*card_).CreateJob(ShortJob(train_, 5, 4));
+  ASSERT_TRUE(a.ok() && b.ok());
+  // While both run: the card's figures as the devices service shows them to an admin.
+  bool both_paged_out = false;
+  for (int i = 0; i < 1200 && !both_paged_out; ++i) {
+    auto devices = Ops(*card_).Devices();
+    ASSERT_TRUE(devices.ok()) << devices.status();
+    const v1::Device& card = devices->devices(0);
+    both_paged_out = card.jobs_running() == 2 && card.memory().optimizer_host() > 0 &&
+                     card.memory().optimizer_device() == 0;
+    auto job_a = Acme(*card_).GetJob(a->id());
+    ASSERT_TRUE(job_a.ok());
+    if (job_a->state() == v1::SUCCEEDED || job_a->state() == v1::FAILED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(both_paged_out) << "never saw both jobs' moments in host memory\n" << card_->log();
+  const auto [job_a, losses_a] = WatchToEnd(*card_, a->id());
+  const auto [job_b, losses_b] = WatchToEnd(*card_, b->id());
+  ASSERT_EQ(job_a.state(), v1::SUCCEEDED) << job_a.error().message();
+  ASSERT_EQ(job_b.state(), v1::SUCCEEDED) << job_b.error().message();
+  ASSERT_EQ(losses_a.size(), 4u);
+
+  const auto [alone, losses_alone] = RunJob(*card_, ShortJob(train_, 3, 4));
+  ASSERT_EQ(alone.state(), v1::SUCCEEDED) << alone.error().message();
+  EXPECT_EQ(losses_alone, losses_a);
+  EXPECT_NE(losses_b, losses_a);  // another seed, another job: the comparison can tell them apart
+}
+
+// A fault on the card (an illegal address, injected by the stand-in) loses it: the running job
+// goes back to the queue saying why, the device service and metrics show the card lost, and the
+// daemon keeps serving. After a restart the card serves again and the job resumes from its last
+// checkpoint and succeeds.
+TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
+  const std::string fault = dir_ + "/fault";
+  setenv("QLORAD_CUDA_ON_CPU_FAULT_FILE", fault.c_str(), 1);  // inherited by the daemon
+  StartCard({"--devices=cuda:0", "--checkpoint-every=2"});
+  auto job = Acme(*card_).CreateJob(ShortJob(train_, 3, 6));
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto checkpointed = Acme(*card_).Watch(job->id(), [](const v1::JobEvent& e) {
+    return e.has_checkpoint() && e.checkpoint().step() >= 2;
+  });
+  ASSERT_TRUE(checkpointed.ok()) << checkpointed.status();
+  ASSERT_TRUE(!checkpointed->empty() && checkpointed->back().has_checkpoint()) << card_->log();
+  std::ofstream(fault) << "fault\n";  // the next kernel launch faults
+
+  auto requeued = Acme(*card_).Watch(job->id(), [](const v1::JobEvent& e) {
+    return e.has_state_change() && e.state_change().to() == v1::QUEUED &&
+           e.state_change().from() == v1::RUNNING;
+  });
+  ASSERT_TRUE(requeued.ok()) << requeued.status();
+  ASSERT_FALSE(requeued->empty());
+  EXPECT_TRUE(Contains(requeued->back().state_change().reason(), "is lost"))
+      << requeued->back().state_change().reason();
+  EXPECT_FALSE(fs::exists(fault)) << "no launch met the fault";
+  auto devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  EXPECT_TRUE(devices->devices(0).lost());
+  EXPECT_TRUE(Contains(devices->devices(0).lost_reason(), "illegal memory access"))
+      << devices->devices(0).lost_reason();
+  const std::string metrics = ScrapeMetrics(*card_);
+  EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"cuda:0\"}"), 0) << metrics;
+  auto queued = Acme(*card_).GetJob(job->id());
+  ASSERT_TRUE(queued.ok());
+  EXPECT_EQ(queued->state(), v1::QUEUED);
+  EXPECT_GE(queued->steps_completed(), 2);
+  EXPECT_EQ(card_->Stop(SIGTERM), 0) << card_->log();
+
+  ASSERT_TRUE(card_->Start()) << card_->log();
+  auto restarted = Ops(*card_).Devices();
+  ASSERT_TRUE(restarted.ok());
+  EXPECT_FALSE(restarted->devices(0).lost());
+  const auto [done, losses] = WatchToEnd(*card_, job->id());
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message() << "\n" << card_->log();
+  EXPECT_EQ(done.steps_completed(), 6);
+  EXPECT_FALSE(done.adapter_id().empty());
+}
+
+// A card that runs out of memory mid-job (a 4 MiB card here; admission was told 1 GB, as when
+// another process took the card after the start): that job fails saying so, the card stays up,
+// and the job after it trains in the memory the failed one gave back.
+TEST_F(CudaOnCpuDaemonTest, AnOutOfMemoryOnTheCardFailsThatJobAlone) {
+  setenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES", "4194304", 1);  // inherited by the daemon
+  StartCard({"--devices=cuda:0", "--device-memory-bytes=1000000000"});
+  const v1::Job fits = RunJob(*card_, ShortJob(train_, 3, 1)).first;
+  ASSERT_EQ(fits.state(), v1::SUCCEEDED) << "a batch of 4 fits the 4 MiB card\n" << card_->log();
+  v1::CreateJobRequest too_big = ShortJob(train_, 3, 1);
+  too_big.mutable_hyperparameters()->set_batch_size(64);
+  const v1::Job failed = RunJob(*card_, too_big).first;
+  ASSERT_EQ(failed.state(), v1::FAILED) << card_->log();
+  EXPECT_TRUE(Contains(failed.error().message(), "out of memory on cuda:0 (") &&
+              Contains(failed.error().message(), "cannot allocate"))
+      << failed.error().message();
+  auto devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  EXPECT_FALSE(devices->devices(0).lost()) << devices->devices(0).lost_reason();
+  EXPECT_EQ(Sample(ScrapeMetrics(*card_), "qlorad_device_up{device=\"cuda:0\"}"), 1);
+  const auto [after, losses] = RunJob(*card_, ShortJob(train_, 5, 2));
+  ASSERT_EQ(after.state(), v1::SUCCEEDED) << after.error().message() << "\n" << card_->log();
+  EXPECT_EQ(losses.size(), 2u);
+}
+
+}  // namespace
+}  // namespace qlorad::testing
