@@ -48,6 +48,14 @@ bool ValidName(const std::string& s, size_t max_len) {
   return true;
 }
 
+// A device's refused allocation as the job's error, naming the device once (a GPU's own message
+// starts "cuda:N (model, ...)", a CPU device's "cpu: ...").
+absl::Status OutOfMemoryOn(const std::string& device, const absl::Status& s) {
+  const bool named = absl::StartsWith(s.message(), device);
+  return absl::ResourceExhaustedError(
+      absl::StrCat("out of memory on ", named ? "" : absl::StrCat(device, ": "), s.message()));
+}
+
 int64_t PhysicalMemoryBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : int64_t{8} << 30;
@@ -71,7 +79,8 @@ struct JobManager::Worker {
   // Why a start or a step found the device lost (kUnavailable), until LoseDevice acts on it:
   // the worker thread's alone.
   absl::Status lost_cause;
-  // The device's memory accounting, published by the worker thread (which alone drives it).
+  // The device's memory accounting: published once when the device is made, then by the worker
+  // thread (which alone drives it) each round.
   absl::Mutex usage_mu;
   DeviceMemoryUsage usage ABSL_GUARDED_BY(usage_mu);
   std::string lost_reason ABSL_GUARDED_BY(usage_mu);
@@ -1033,8 +1042,10 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   to.paged_optimizer = w->name.rfind("cuda:", 0) == 0;
   auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]), to);
   if (!trainer.ok()) {
-    const bool oom = absl::IsResourceExhausted(trainer.status());
-    return fail(trainer.status(), oom ? "" : "hyperparameters", !oom);
+    if (absl::IsResourceExhausted(trainer.status())) {
+      return fail(OutOfMemoryOn(w->name, trainer.status()), "", false);
+    }
+    return fail(trainer.status(), "hyperparameters", true);
   }
   a->trainer = std::move(*trainer);
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
@@ -1124,10 +1135,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       a.failure_parameter = "hyperparameters.learning_rate";
       a.failure_is_user = true;
     } else if (absl::IsResourceExhausted(s)) {
-      // The device's own message names the card (a GPU's starts "cuda:N (model, ...)").
-      const bool named = absl::StartsWith(s.message(), w->name);
-      a.failure = absl::ResourceExhaustedError(
-          absl::StrCat("out of memory on ", named ? "" : absl::StrCat(w->name, ": "), s.message()));
+      a.failure = OutOfMemoryOn(w->name, s);
     }
     return StepOutcome::kFailed;
   }

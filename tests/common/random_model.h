@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <random>
+#include <vector>
 
+#include "engine/dataset.h"
 #include "engine/llama_weights.h"
 
 namespace qlorad::testing {
@@ -37,6 +39,25 @@ LlamaWeights RandomLlamaWeights(const LlamaConfig& config, Rng& rng, float stdde
     for (float& x : *s.data) x = norm ? 1.0f + norm_jitter * normal(rng) : stddev * normal(rng);
   }
   return w;
+}
+
+// `n` rows of `seq` random tokens (ids 3 and up: past the special ones), one example each, every
+// position but the last with its next token as target.
+template <typename Rng>
+std::vector<TrainingRow> RandomTrainingRows(Rng& rng, int64_t n, int64_t seq, int64_t vocab) {
+  std::vector<TrainingRow> rows;
+  std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(vocab - 1));
+  for (int64_t i = 0; i < n; ++i) {
+    TrainingRow r;
+    for (int64_t t = 0; t < seq; ++t) {
+      r.tokens.push_back(tok(rng));
+      r.positions.push_back(static_cast<int32_t>(t));
+      r.segments.push_back(0);
+    }
+    for (int64_t t = 0; t < seq; ++t) r.targets.push_back(t + 1 < seq ? r.tokens[t + 1] : -1);
+    rows.push_back(std::move(r));
+  }
+  return rows;
 }
 
 }  // namespace qlorad::testing

@@ -1,11 +1,16 @@
 // The CPU stand-in's cuBLAS (include/cublas_v2.h): a plain GEMM, one dot product per output,
 // for the small models the GPU tests train.
+#include <cstdio>
 #include <vector>
 
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
 
+// A handle belongs to the card current when it was made: cuBLAS runs its GEMMs there, into its
+// stream, and fails (CUBLAS_STATUS_EXECUTION_FAILED) where another card is current, the stream
+// is another card's, or the card has faulted.
 struct cublasContext {
+  int card = 0;
   cudaStream_t stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
 };
@@ -87,6 +92,7 @@ cublasStatus_t Check(cublasHandle_t handle, cublasOperation_t ta, cublasOperatio
 
 cublasStatus_t cublasCreate(cublasHandle_t* handle) {
   *handle = new cublasContext;
+  cudaGetDevice(&(*handle)->card);
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDestroy(cublasHandle_t handle) {
@@ -123,6 +129,19 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   const cublasStatus_t s = Check(handle, trans_a, trans_b, m, n, k, a_type, lda, b_type, ldb,
                                  c_type, ldc, batch_count, compute);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
+  int current = -1;
+  cudaGetDevice(&current);
+  const int stream_card = qlorad::cuda_on_cpu::StreamCard(handle->stream);
+  if (current != handle->card || stream_card != handle->card) {
+    std::fprintf(stderr,
+                 "cuda_on_cpu: cuBLAS handle of card %d used with card %d current and a "
+                 "stream of card %d\n",
+                 handle->card, current, stream_card);
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
+  if (qlorad::cuda_on_cpu::CardFault(handle->card) != cudaSuccess) {
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
   // FAST_16BF lets cuBLAS round float operands to bf16 for the tensor cores; here they always
   // are, the coarser of what the card may do.
   const bool operands_bf16 = compute == CUBLAS_COMPUTE_32F_FAST_16BF;

@@ -24,6 +24,13 @@
 #include "cuda_runtime.h"
 #include "fiber.h"
 
+// Streams: launches finish before they return, so a stream orders nothing; it belongs to the
+// card current when it was made, and work given to it while another card is current fails, as
+// on the GPU (cudaErrorInvalidResourceHandle).
+struct CUstream_st {
+  int card;
+};
+
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)  // older clang does not define __SANITIZE_ADDRESS__
 #define QLORAD_FIBERS_UNDER_ASAN 1
@@ -46,16 +53,39 @@ thread_local dim3 gridDim;
 namespace qlorad::cuda_on_cpu {
 namespace {
 
+// The cards: one, or QLORAD_CUDA_ON_CPU_DEVICES (up to kMaxCards), each with its own memory and
+// its own context; a thread works on its current card (cudaSetDevice), card 0 until it sets one.
+constexpr int kMaxCards = 8;
+int CardCount() {
+  static const int n = [] {
+    const char* v = std::getenv("QLORAD_CUDA_ON_CPU_DEVICES");
+    if (v == nullptr) return 1;
+    const int cards = std::atoi(v);
+    if (cards < 1 || cards > kMaxCards) {
+      std::fprintf(stderr, "cuda_on_cpu: QLORAD_CUDA_ON_CPU_DEVICES='%s' is not 1 to %d\n", v,
+                   kMaxCards);
+      std::abort();
+    }
+    return cards;
+  }();
+  return n;
+}
+thread_local int current_card = 0;
+
+// What the process asked of the runtime (Counts): where the host waits for a card, and the calls
+// a steady training step should not make.
+std::atomic<uint64_t> synchronizes{0}, copies_to_host{0}, allocations{0}, frees{0}, launches{0};
+
 // Errors as the runtime keeps them: every failing call records the most recent error, which
 // cudaGetLastError returns and clears; a failed kernel (a deadlock, a partial-warp shuffle, a
-// violation: a fault on the GPU) is sticky instead: every later call returns it, as a GPU's
-// context is lost after a fault.
+// violation: a fault on the GPU) is sticky instead: every later call on that card returns it, as
+// a card's context is lost after a fault (the other cards' are not).
 thread_local cudaError_t last_error = cudaSuccess;
-std::atomic<cudaError_t> sticky_error{cudaSuccess};
+std::atomic<cudaError_t> sticky_error[kMaxCards];  // zero: cudaSuccess
 
-// What an API call that did `e` returns.
-cudaError_t Api(cudaError_t e) {
-  const cudaError_t sticky = sticky_error.load();
+// What an API call on `card` (the current one unless said) that did `e` returns.
+cudaError_t Api(cudaError_t e, int card = current_card) {
+  const cudaError_t sticky = sticky_error[card].load();
   if (sticky != cudaSuccess) return sticky;
   if (e != cudaSuccess) last_error = e;
   return e;
@@ -68,6 +98,7 @@ cudaError_t Api(cudaError_t e) {
 struct Allocation {
   size_t bytes;
   bool managed;
+  int card;
 };
 // The card's memory: 16 GiB, or QLORAD_CUDA_ON_CPU_MEMORY_BYTES (a test's small card, which
 // runs out of memory).
@@ -87,7 +118,7 @@ size_t CardBytes() {
 }
 
 std::mutex allocations_mu;
-size_t allocated_bytes = 0;  // guarded by allocations_mu
+size_t allocated_bytes[kMaxCards] = {};  // each card's; guarded by allocations_mu
 // By address, so that the allocation holding a pointer is one lookup (ManagedRange).
 std::map<const char*, Allocation>& Allocations() {
   static auto* m = new std::map<const char*, Allocation>;
@@ -97,14 +128,15 @@ std::map<const char*, Allocation>& Allocations() {
 cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   *p = nullptr;
   std::lock_guard<std::mutex> lock(allocations_mu);
-  if (bytes > CardBytes() - allocated_bytes) return cudaErrorMemoryAllocation;
+  size_t& allocated = allocated_bytes[current_card];
+  if (bytes > CardBytes() - allocated) return cudaErrorMemoryAllocation;
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(bytes, 1)) != 0) return cudaErrorMemoryAllocation;
   // Fresh device memory holds whatever was there: here NaNs (all bits set), never zeros a
   // kernel could rely on.
   std::memset(q, 0xFF, bytes);
-  Allocations()[static_cast<const char*>(q)] = {bytes, managed};
-  allocated_bytes += bytes;
+  Allocations()[static_cast<const char*>(q)] = {bytes, managed, current_card};
+  allocated += bytes;
   *p = q;
   return cudaSuccess;
 }
@@ -362,13 +394,20 @@ struct KernelProfile {
   uint64_t launches = 0, threads = 0;
   double seconds = 0.0;
 };
+// Threads launch at once in the daemon (a worker per card, the inference device): the map is
+// theirs under profile_mu, the exit report's too.
+std::mutex profile_mu;
 std::map<std::string, KernelProfile>* Profile() {
   static std::map<std::string, KernelProfile>* profile = [] {
     const char* on = std::getenv("QLORAD_CUDA_ON_CPU_PROFILE");
     if (on == nullptr || std::string(on) != "1") return static_cast<decltype(profile)>(nullptr);
     auto* p = new std::map<std::string, KernelProfile>;
     std::atexit([] {
-      std::vector<std::pair<std::string, KernelProfile>> rows(Profile()->begin(), Profile()->end());
+      std::vector<std::pair<std::string, KernelProfile>> rows;
+      {
+        std::lock_guard<std::mutex> lock(profile_mu);
+        rows.assign(Profile()->begin(), Profile()->end());
+      }
       std::sort(rows.begin(), rows.end(),
                 [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
       for (const auto& [name, k] : rows) {
@@ -383,17 +422,26 @@ std::map<std::string, KernelProfile>* Profile() {
 }
 
 // QLORAD_CUDA_ON_CPU_FAULT_FILE=PATH: the first launch that finds PATH removes it and faults
-// as a GPU does on an illegal address (an Xid): the kernel does not run and the error is sticky.
-// A test creates the file when it wants the card lost (tests/integration/
-// cuda_on_cpu_daemon_test.cc); removing it makes one launch fault, however many threads launch.
+// as a GPU does on an illegal address (an Xid): the kernel does not run and the error is sticky
+// on that card. If the file holds a card's number, only a launch on that card does. A test
+// creates the file when it wants a card lost (tests/integration/cuda_on_cpu_daemon_test.cc;
+// written whole, renamed into place); removing it makes one launch fault, however many threads
+// launch.
 bool InjectedFault() {
   static const char* const path = std::getenv("QLORAD_CUDA_ON_CPU_FAULT_FILE");
-  return path != nullptr && unlink(path) == 0;
+  if (path == nullptr) return false;
+  std::FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return false;
+  char text[16] = {};
+  const size_t n = std::fread(text, 1, sizeof text - 1, f);
+  std::fclose(f);
+  if (n > 0 && text[0] >= '0' && text[0] <= '9' && std::atoi(text) != current_card) return false;
+  return unlink(path) == 0;
 }
 
 }  // namespace
 
-void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*stream*/,
+void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
              const char* kernel_name, const std::function<void()>& thread) {
   const auto started = std::chrono::steady_clock::now();
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -410,17 +458,24 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
     Api(cudaErrorInvalidConfiguration);
     return;
   }
+  if (stream != nullptr && stream->card != current_card) {
+    std::fprintf(stderr, "cuda_on_cpu: %s: launched on card %d into a stream of card %d\n",
+                 kernel_name, current_card, stream->card);
+    Api(cudaErrorInvalidResourceHandle);
+    return;
+  }
   if (InjectedFault()) {
     std::fprintf(stderr, "cuda_on_cpu: %s: injected fault (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
                  kernel_name);
     Api(cudaErrorIllegalAddress);
-    sticky_error = cudaErrorIllegalAddress;
+    sticky_error[current_card] = cudaErrorIllegalAddress;
     return;
   }
   if (running != nullptr) {  // a launch from inside a kernel: dynamic parallelism, unused
     std::fprintf(stderr, "cuda_on_cpu: %s launched from a kernel\n", kernel_name);
     std::abort();
   }
+  ++launches;
   // Fiber stacks live as long as the thread, reused from launch to launch.
   thread_local std::vector<std::unique_ptr<FiberStack>> stacks;
   while (stacks.size() < threads) stacks.push_back(std::make_unique<FiberStack>());
@@ -495,6 +550,7 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   blockDim = saved_block_dim;
   gridDim = saved_grid_dim;
   if (auto* profile = Profile(); profile != nullptr) {
+    std::lock_guard<std::mutex> lock(profile_mu);
     KernelProfile& k = (*profile)[kernel_name];
     ++k.launches;
     k.threads += threads * grid.x * grid.y * grid.z;
@@ -503,7 +559,7 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t /*
   if (b.failed) {
     std::fprintf(stderr, "cuda_on_cpu: %s: %s\n", kernel_name, b.failure.c_str());
     Api(cudaErrorLaunchFailure);
-    sticky_error = cudaErrorLaunchFailure;
+    sticky_error[current_card] = cudaErrorLaunchFailure;
   }
 }
 
@@ -623,6 +679,14 @@ void ReportViolation(const char* what) {
   FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
+ApiCounts Counts() {
+  return {synchronizes.load(), copies_to_host.load(), allocations.load(), frees.load(),
+          launches.load()};
+}
+
+int StreamCard(cudaStream_t stream) { return stream != nullptr ? stream->card : current_card; }
+cudaError_t CardFault(int card) { return sticky_error[card].load(); }
+
 }  // namespace qlorad::cuda_on_cpu
 
 namespace coc = qlorad::cuda_on_cpu;
@@ -649,28 +713,28 @@ const char* cudaGetErrorString(cudaError_t e) { return coc::ErrorName(e); }
 // Every call below returns through coc::Api: a sticky fault first, else its own result,
 // recorded as the most recent error when it failed.
 cudaError_t cudaGetLastError() {
-  const cudaError_t sticky = coc::sticky_error.load();
+  const cudaError_t sticky = coc::sticky_error[coc::current_card].load();
   if (sticky != cudaSuccess) return sticky;
   const cudaError_t e = coc::last_error;
   coc::last_error = cudaSuccess;
   return e;
 }
 cudaError_t cudaPeekAtLastError() {
-  const cudaError_t sticky = coc::sticky_error.load();
+  const cudaError_t sticky = coc::sticky_error[coc::current_card].load();
   return sticky != cudaSuccess ? sticky : coc::last_error;
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = coc::CardCount();
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = coc::current_card;
   return coc::Api(cudaSuccess);
 }
 // An H200's (the card the GPU tests are written for): launchers size their grids by these.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return coc::Api(cudaErrorInvalidValue);
+  if (device < 0 || device >= coc::CardCount()) return coc::Api(cudaErrorInvalidValue);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
       *value = 132;
@@ -686,25 +750,37 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 }
 
 // Launches finish before they return: synchronising only reports a fault.
-cudaError_t cudaDeviceSynchronize() { return coc::Api(cudaSuccess); }
+cudaError_t cudaDeviceSynchronize() {
+  ++coc::synchronizes;
+  return coc::Api(cudaSuccess);
+}
 cudaError_t cudaDeviceReset() {
-  coc::sticky_error = cudaSuccess;
+  coc::sticky_error[coc::current_card] = cudaSuccess;
   coc::last_error = cudaSuccess;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return coc::Api(cudaSuccess); }
+// A stream's errors are its card's, whichever card is current.
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  ++coc::synchronizes;
+  return coc::Api(cudaSuccess, coc::StreamCard(stream));
+}
 
-cudaError_t cudaMalloc(void** p, size_t bytes) { return coc::Api(coc::Allocate(p, bytes, false)); }
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  ++coc::allocations;
+  return coc::Api(coc::Allocate(p, bytes, false));
+}
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) {
+  ++coc::allocations;
   return coc::Api(coc::Allocate(p, bytes, true));
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return coc::Api(cudaSuccess);
+  ++coc::frees;
   {
     std::lock_guard<std::mutex> lock(coc::allocations_mu);
     auto it = coc::Allocations().find(static_cast<const char*>(p));
     if (it == coc::Allocations().end()) return coc::Api(cudaErrorInvalidDevicePointer);
-    coc::allocated_bytes -= it->second.bytes;
+    coc::allocated_bytes[it->second.card] -= it->second.bytes;
     coc::Allocations().erase(it);
   }
   std::free(p);
@@ -713,7 +789,7 @@ cudaError_t cudaFree(void* p) {
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   std::lock_guard<std::mutex> lock(coc::allocations_mu);
   *total_bytes = coc::CardBytes();
-  *free_bytes = coc::CardBytes() - coc::allocated_bytes;
+  *free_bytes = coc::CardBytes() - coc::allocated_bytes[coc::current_card];
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemAdvise(const void* p, size_t bytes, cudaMemoryAdvise, cudaMemLocation) {
@@ -735,10 +811,12 @@ cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size
 }
 
 cudaError_t cudaSetDevice(int device) {
-  return coc::Api(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+  if (device < 0 || device >= coc::CardCount()) return coc::Api(cudaErrorInvalidDevice);
+  coc::current_card = device;
+  return coc::Api(cudaSuccess);
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return coc::Api(cudaErrorInvalidDevice);
+  if (device < 0 || device >= coc::CardCount()) return coc::Api(cudaErrorInvalidDevice);
   *prop = {};
   std::snprintf(prop->name, sizeof(prop->name), "CUDA stand-in on the CPU (tests/cuda_on_cpu)");
   prop->totalGlobalMem = coc::CardBytes();
@@ -748,15 +826,13 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return coc::Api(cudaSuccess);
 }
 
-// Streams and events: launches finish before they return, so a stream orders nothing; events
-// read the host clock.
-struct CUstream_st {};
+// Events read the host clock.
 struct CUevent_st {
   std::chrono::steady_clock::time_point at;
   bool recorded = false;
 };
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  *stream = new CUstream_st;
+  *stream = new CUstream_st{coc::current_card};
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
@@ -786,15 +862,19 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return coc::Api(cudaFree(p)); }
 
+// The synchronous forms wait for the card.
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  ++coc::synchronizes;
   std::memset(p, value, bytes);
-  return coc::Api(cudaSuccess);
-}
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
-  if (bytes > 0) std::memmove(dst, src, bytes);
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t) {
-  return coc::Api(cudaMemcpy(dst, src, bytes, kind));
+  coc::copies_to_host += kind == cudaMemcpyDeviceToHost;
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return coc::Api(cudaSuccess);
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  ++coc::synchronizes;
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
 }

@@ -16,6 +16,11 @@
 namespace qlorad {
 namespace {
 
+// Two cards for this binary (the stand-in reads the count once, at its first call, after this
+// static initialisation): EachCardHasItsOwn... needs them; the other tests use card 0, as on a
+// one-card machine.
+const bool kTwoCards = setenv("QLORAD_CUDA_ON_CPU_DEVICES", "2", 1) == 0;
+
 // Every thread reads the value thread `writer` put in shared memory. `publish`: with the
 // barrier between the write and the reads.
 __global__ void BroadcastKernel(int writer, bool publish, int* out) {
@@ -54,6 +59,8 @@ __global__ void ShuffleSumKernel(const float* in, float* out) {
 __global__ void ButterflySumKernel(const float* in, float* out) {
   out[threadIdx.x] = ::qlorad::cuda_on_cpu::WarpButterfly(in[threadIdx.x], false);
 }
+
+__global__ void FillKernel(int value, int* out) { out[threadIdx.x] = value; }
 
 class StandInTest : public ::testing::Test {
  protected:
@@ -202,6 +209,96 @@ TEST_F(StandInTest, CublasGemmIsTheColumnMajorDefinition) {
                          CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
             CUBLAS_STATUS_NOT_SUPPORTED);
   cublasDestroy(h);
+}
+
+// The counts step_runtime_calls_test reads: each call counted where it belongs, once.
+TEST_F(StandInTest, RuntimeCallsAreCountedWhereTheyBelong) {
+  namespace coc = ::qlorad::cuda_on_cpu;
+  const coc::ApiCounts a = coc::Counts();
+  int* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 64 * sizeof(int)), cudaSuccess);
+  QLORAD_LAUNCH(1, 64, 0, nullptr, FillKernel, 3, d);
+  int host[64] = {};
+  ASSERT_EQ(cudaMemcpyAsync(host, d, sizeof host, cudaMemcpyDeviceToHost, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(d, host, sizeof host, cudaMemcpyHostToDevice, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(host, d, sizeof host, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaFree(d), cudaSuccess);
+  const coc::ApiCounts b = coc::Counts();
+  EXPECT_EQ(host[63], 3);
+  EXPECT_EQ(b.allocations - a.allocations, 1u);
+  EXPECT_EQ(b.launches - a.launches, 1u);
+  EXPECT_EQ(b.copies_to_host - a.copies_to_host, 2u);  // the host-to-device copy is not one
+  EXPECT_EQ(b.synchronizes - a.synchronizes, 2u);      // the stream's, and cudaMemcpy's own
+  EXPECT_EQ(b.frees - a.frees, 1u);
+}
+
+// Card by card, as the runtime keeps them: memory, streams and cuBLAS handles belong to the card
+// current when they were made (work given to another card's stream or handle fails without a
+// fault), and a fault loses its own card's context alone. The CUDA device makes its card current
+// before each call (engine/cuda_device.cc, Enter); a call it missed would fail here.
+TEST_F(StandInTest, EachCardHasItsOwnMemoryStreamsHandlesAndFaults) {
+  ASSERT_TRUE(kTwoCards);
+  int cards = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&cards), cudaSuccess);
+  ASSERT_EQ(cards, 2);
+  EXPECT_EQ(cudaSetDevice(2), cudaErrorInvalidDevice);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidDevice);
+  size_t free0 = 0, free1 = 0, now = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
+  int* on1 = nullptr;
+  ASSERT_EQ(cudaMalloc(&on1, 1 << 20), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&now, &total), cudaSuccess);
+  EXPECT_EQ(free1 - now, size_t{1} << 20);
+  cudaStream_t s1 = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking), cudaSuccess);
+  cublasHandle_t h1 = nullptr;
+  ASSERT_EQ(cublasCreate(&h1), CUBLAS_STATUS_SUCCESS);
+  cublasSetStream(h1, s1);
+  const float one = 1.0f, zero = 0.0f, a[4] = {1, 2, 3, 4};
+  float c[4] = {};
+  auto gemm = [&] {
+    return cublasGemmEx(h1, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, a, CUDA_R_32F, 2, a,
+                        CUDA_R_32F, 2, &zero, c, CUDA_R_32F, 2, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT);
+  };
+  EXPECT_EQ(gemm(), CUBLAS_STATUS_SUCCESS);  // on its card
+  QLORAD_LAUNCH(1, 32, 0, s1, FillKernel, 7, on1);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(on1[31], 7);
+
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&now, &total), cudaSuccess);
+  EXPECT_EQ(now, free0) << "card 1's allocation counted on card 0";
+  QLORAD_LAUNCH(1, 32, 0, s1, FillKernel, 9, on1);  // card 1's stream, card 0 current
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+  EXPECT_EQ(on1[31], 7) << "the refused launch ran";
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // not a fault
+  EXPECT_EQ(gemm(), CUBLAS_STATUS_EXECUTION_FAILED);
+
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  QLORAD_LAUNCH(1, 64, 0, s1, DivergentBarrierKernel);
+  EXPECT_EQ(cudaStreamSynchronize(s1), cudaErrorLaunchFailure);
+  EXPECT_EQ(gemm(), CUBLAS_STATUS_EXECUTION_FAILED);  // a faulted card runs nothing
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);           // card 0 is sound
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  int* on0 = nullptr;
+  EXPECT_EQ(cudaMalloc(&on0, 16), cudaSuccess);
+  EXPECT_EQ(cudaFree(on0), cudaSuccess);
+  // A stream's errors are its card's, whichever card is current.
+  EXPECT_EQ(cudaStreamSynchronize(s1), cudaErrorLaunchFailure);
+
+  ASSERT_EQ(cudaSetDevice(1), cudaErrorLaunchFailure);
+  EXPECT_EQ(cudaDeviceReset(), cudaSuccess);  // card 1's context made anew
+  EXPECT_EQ(cudaFree(on1), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&now, &total), cudaSuccess);
+  EXPECT_EQ(now, free1);
+  cublasDestroy(h1);
+  cudaStreamDestroy(s1);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
 }
 
 }  // namespace

@@ -476,25 +476,10 @@ void CheckpointingChangesNothing(Device* gpu, ActivationPrecision activations) {
   std::printf("  checkpointing: the same loss and gradients, bit for bit\n");
 }
 
-std::vector<TrainingRow> RandomRows(int64_t n, int64_t seq, int64_t vocab) {
-  std::vector<TrainingRow> rows;
-  std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(vocab - 1));
-  for (int64_t i = 0; i < n; ++i) {
-    TrainingRow r;
-    for (int64_t t = 0; t < seq; ++t) {
-      r.tokens.push_back(tok(rng));
-      r.positions.push_back(static_cast<int32_t>(t));
-      r.segments.push_back(0);
-    }
-    for (int64_t t = 0; t < seq; ++t) r.targets.push_back(t + 1 < seq ? r.tokens[t + 1] : -1);
-    rows.push_back(std::move(r));
-  }
-  return rows;
-}
-
 void TrainerAgrees(Device* cpu, Device* gpu) {
   const LlamaWeights weights = RandomModel();
-  const std::vector<TrainingRow> rows = RandomRows(16, 64, weights.config.vocab_size);
+  const std::vector<TrainingRow> rows =
+      testing::RandomTrainingRows(rng, 16, 64, weights.config.vocab_size);
   TrainerOptions o;
   o.lora.rank = 8;
   o.lora.dropout = 0.05f;

@@ -54,6 +54,21 @@ bool Contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+// The step the job's last resume started from (its state change says "resumed from the
+// checkpoint at step N"), or -1 when it never resumed.
+int64_t ResumedFromStep(const std::vector<v1::JobEvent>& events) {
+  const std::string said = "resumed from the checkpoint at step ";
+  int64_t step = -1;
+  for (const v1::JobEvent& e : events) {
+    if (!e.has_state_change()) continue;
+    const std::string& reason = e.state_change().reason();
+    if (const size_t at = reason.find(said); at != std::string::npos) {
+      step = std::stoll(reason.substr(at + said.size()));
+    }
+  }
+  return step;
+}
+
 class CudaOnCpuDaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -62,19 +77,18 @@ class CudaOnCpuDaemonTest : public ::testing::Test {
     dir_ = FreshTestDir("cuda_on_cpu_daemon");
   }
   void TearDown() override {
-    unsetenv("QLORAD_CUDA_ON_CPU_FAULT_FILE");
-    unsetenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES");
     for (auto* d : {&card_, &cpu_}) {
       if (*d) (*d)->Stop(SIGKILL, 10);
     }
     if (!dir_.empty() && !HasFailure()) fs::remove_all(dir_);
   }
 
-  // The stand-in daemon in dir_/card with `flags`, the model registered and the facts uploaded.
-  void StartCard(std::vector<std::string> flags) {
+  // The stand-in daemon in dir_/card with `flags` and the stand-in's settings in `env`
+  // (tests/cuda_on_cpu/README.md), the model registered and the facts uploaded.
+  void StartCard(std::vector<std::string> flags, DaemonProcess::Environment env = {}) {
     flags.push_back("--progress-interval=0");
-    card_ =
-        std::make_unique<DaemonProcess>(dir_ + "/card", flags, QLORAD_DAEMON_CUDA_ON_CPU_BINARY);
+    card_ = std::make_unique<DaemonProcess>(dir_ + "/card", flags, QLORAD_DAEMON_CUDA_ON_CPU_BINARY,
+                                            std::move(env));
     ASSERT_TRUE(card_->Start()) << card_->log();
     ASSERT_TRUE(Ops(*card_).RegisterModel("stories", gguf_).ok());
     auto train = Acme(*card_).Upload("facts", ReadTestData("facts_train.jsonl"));
@@ -85,22 +99,25 @@ class CudaOnCpuDaemonTest : public ::testing::Test {
   RpcClient Ops(const DaemonProcess& d) { return RpcClient(d.address(), kOpsKey); }
   RpcClient Acme(const DaemonProcess& d) { return RpcClient(d.address(), kAcmeKey); }
 
-  // Submits and watches to the end; the job as it ended and the losses of its steps.
-  std::pair<v1::Job, std::vector<double>> RunJob(const DaemonProcess& d,
-                                                 const v1::CreateJobRequest& req) {
+  struct Ended {
+    v1::Job job;
+    std::vector<double> losses;  // each step's, in order
+    std::vector<v1::JobEvent> events;
+  };
+  // Submits and watches to the end.
+  Ended RunJob(const DaemonProcess& d, const v1::CreateJobRequest& req) {
     auto job = Acme(d).CreateJob(req);
     EXPECT_TRUE(job.ok()) << job.status();
     if (!job.ok()) return {};
     return WatchToEnd(d, job->id());
   }
-  std::pair<v1::Job, std::vector<double>> WatchToEnd(const DaemonProcess& d,
-                                                     const std::string& id) {
+  Ended WatchToEnd(const DaemonProcess& d, const std::string& id) {
     auto events = Acme(d).Watch(id);
     EXPECT_TRUE(events.ok()) << events.status();
     auto job = Acme(d).GetJob(id);
     EXPECT_TRUE(job.ok()) << job.status();
     if (!events.ok() || !job.ok()) return {};
-    return {*job, StepLosses(*events)};
+    return {*job, StepLosses(*events), *events};
   }
 
   std::string gguf_, dir_, train_;
@@ -109,11 +126,10 @@ class CudaOnCpuDaemonTest : public ::testing::Test {
 
 // --devices auto and --inference-device auto find the card; admission's budget is 90% of it, and
 // operators see the card's own figures before any job has run. A fine-tune on it gives the losses
-// the CPU daemon gives for the same request, within bf16 GEMM rounding (the tolerance of
-// tests/gpu/real_model_gpu_test.cc), and its adapter evaluates on the card as on the CPU.
+// the CPU daemon gives for the same request, within bf16 GEMM rounding (5e-3 relative; 1.0e-3 seen
+// at worst), and its adapter evaluates on the card as on the CPU.
 TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterThere) {
   StartCard({"--devices=auto", "--inference-device=auto"});
-  EXPECT_TRUE(Contains(card_->log(), "devices cuda:0(")) << card_->log();
   auto devices = Ops(*card_).Devices();
   ASSERT_TRUE(devices.ok()) << devices.status();
   ASSERT_EQ(devices->devices_size(), 1);
@@ -132,7 +148,7 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
 
   auto valid = Acme(*card_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
   ASSERT_TRUE(valid.ok()) << valid.status();
-  const auto [job, losses] = RunJob(*card_, ShortJob(train_, 3, 4));
+  const auto [job, losses, job_events] = RunJob(*card_, ShortJob(train_, 3, 4));
   ASSERT_EQ(job.state(), v1::SUCCEEDED) << job.error().message() << "\n" << card_->log();
   EXPECT_EQ(job.device(), "cuda:0");
   ASSERT_EQ(losses.size(), 4u);
@@ -145,12 +161,12 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
   auto cpu_train = Acme(*cpu_).Upload("facts", ReadTestData("facts_train.jsonl"));
   auto cpu_valid = Acme(*cpu_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
   ASSERT_TRUE(cpu_train.ok() && cpu_valid.ok());
-  const auto [cpu_job, cpu_losses] = RunJob(*cpu_, ShortJob(cpu_train->id(), 3, 4));
+  const auto [cpu_job, cpu_losses, cpu_job_events] = RunJob(*cpu_, ShortJob(cpu_train->id(), 3, 4));
   ASSERT_EQ(cpu_job.state(), v1::SUCCEEDED) << cpu_job.error().message();
   ASSERT_EQ(cpu_losses.size(), losses.size());
   double worst = 0.0;
   for (size_t i = 0; i < losses.size(); ++i) {
-    EXPECT_NEAR(losses[i], cpu_losses[i], 2e-2 * std::abs(cpu_losses[i])) << "step " << i + 1;
+    EXPECT_NEAR(losses[i], cpu_losses[i], 5e-3 * std::abs(cpu_losses[i])) << "step " << i + 1;
     worst = std::max(worst, std::abs(losses[i] / cpu_losses[i] - 1.0));
   }
   std::printf("step losses, card against cpu: worst relative difference %.2e\n", worst);
@@ -163,7 +179,7 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
         Acme(*cpu_).Evaluate("stories", with_adapter ? cpu_job.adapter_id() : "", cpu_valid->id());
     ASSERT_TRUE(on_card.ok()) << on_card.status() << "\n" << card_->log();
     ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
-    EXPECT_NEAR(on_card->loss(), on_cpu->loss(), 2e-2 * on_cpu->loss())
+    EXPECT_NEAR(on_card->loss(), on_cpu->loss(), 5e-3 * on_cpu->loss())
         << (with_adapter ? "with the adapter" : "base model");
     std::printf("evaluation %s: card %.6f, cpu %.6f\n",
                 with_adapter ? "with the adapter" : "of the base model", on_card->loss(),
@@ -174,7 +190,11 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
   EXPECT_GT(
       Sample(after, "qlorad_engine_memory_bytes{device=\"cuda:0\",category=\"base_weights\"}"), 0)
       << after;
-  EXPECT_GE(Sample(after, "qlorad_trained_tokens_total{device=\"cuda:0\"}"), 4 * 4);
+  // The same batches on both daemons: the same tokens trained, and the card's counter says so.
+  EXPECT_GT(job.tokens_trained(), 0);
+  EXPECT_EQ(job.tokens_trained(), cpu_job.tokens_trained());
+  EXPECT_EQ(Sample(after, "qlorad_trained_tokens_total{device=\"cuda:0\"}"),
+            static_cast<double>(job.tokens_trained()));
   EXPECT_EQ(Sample(after, "qlorad_inference_models_loaded{device=\"cuda:0\"}"), 1) << after;
   EXPECT_GT(
       Sample(after, "qlorad_inference_memory_bytes{device=\"cuda:0\",category=\"base_weights\"}"),
@@ -182,8 +202,11 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
 }
 
 // Two jobs on one card take turns step by step; between its steps the waiting job's AdamW moments
-// are paged out to host memory (the card then holds neither job's moments), and the turns change
-// nothing: each job's losses are bit for bit those of the same job run alone.
+// are paged out to host memory (the card then holds neither job's moments: the accounting and the
+// advice calls; on the stand-in paging moves no data, so whether the card's prefetches keep the
+// moments intact is tests/gpu's to show), and the turns change nothing: each job's losses are bit
+// for bit those of the same job run alone, so no state of one job leaks into the other through
+// what they share on the card (the base model, the device's workspaces).
 TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsAlone) {
   StartCard({"--devices=cuda:0", "--max-jobs-per-device=2"});
   auto a = Acme(*card_).CreateJob(ShortJob(train_, 3, 4));
@@ -203,13 +226,13 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(both_paged_out) << "never saw both jobs' moments in host memory\n" << card_->log();
-  const auto [job_a, losses_a] = WatchToEnd(*card_, a->id());
-  const auto [job_b, losses_b] = WatchToEnd(*card_, b->id());
+  const auto [job_a, losses_a, job_a_events] = WatchToEnd(*card_, a->id());
+  const auto [job_b, losses_b, job_b_events] = WatchToEnd(*card_, b->id());
   ASSERT_EQ(job_a.state(), v1::SUCCEEDED) << job_a.error().message();
   ASSERT_EQ(job_b.state(), v1::SUCCEEDED) << job_b.error().message();
   ASSERT_EQ(losses_a.size(), 4u);
 
-  const auto [alone, losses_alone] = RunJob(*card_, ShortJob(train_, 3, 4));
+  const auto [alone, losses_alone, alone_events] = RunJob(*card_, ShortJob(train_, 3, 4));
   ASSERT_EQ(alone.state(), v1::SUCCEEDED) << alone.error().message();
   EXPECT_EQ(losses_alone, losses_a);
   EXPECT_NE(losses_b, losses_a);  // another seed, another job: the comparison can tell them apart
@@ -221,8 +244,8 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
 // checkpoint and succeeds.
 TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   const std::string fault = dir_ + "/fault";
-  setenv("QLORAD_CUDA_ON_CPU_FAULT_FILE", fault.c_str(), 1);  // inherited by the daemon
-  StartCard({"--devices=cuda:0", "--checkpoint-every=2"});
+  StartCard({"--devices=cuda:0", "--checkpoint-every=2"},
+            {{"QLORAD_CUDA_ON_CPU_FAULT_FILE", fault}});
   auto job = Acme(*card_).CreateJob(ShortJob(train_, 3, 6));
   ASSERT_TRUE(job.ok()) << job.status();
   auto checkpointed = Acme(*card_).Watch(job->id(), [](const v1::JobEvent& e) {
@@ -230,7 +253,10 @@ TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   });
   ASSERT_TRUE(checkpointed.ok()) << checkpointed.status();
   ASSERT_TRUE(!checkpointed->empty() && checkpointed->back().has_checkpoint()) << card_->log();
-  std::ofstream(fault) << "fault\n";  // the next kernel launch faults
+  {  // the next kernel launch faults (written whole, then put in place)
+    std::ofstream(fault + ".tmp") << "0";
+    fs::rename(fault + ".tmp", fault);
+  }
 
   auto requeued = Acme(*card_).Watch(job->id(), [](const v1::JobEvent& e) {
     return e.has_state_change() && e.state_change().to() == v1::QUEUED &&
@@ -258,32 +284,95 @@ TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   auto restarted = Ops(*card_).Devices();
   ASSERT_TRUE(restarted.ok());
   EXPECT_FALSE(restarted->devices(0).lost());
-  const auto [done, losses] = WatchToEnd(*card_, job->id());
+  const auto [done, losses, done_events] = WatchToEnd(*card_, job->id());
   ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message() << "\n" << card_->log();
   EXPECT_EQ(done.steps_completed(), 6);
+  EXPECT_GE(ResumedFromStep(done_events), 2) << "not resumed from its checkpoint";
   EXPECT_FALSE(done.adapter_id().empty());
 }
 
+// Two cards (QLORAD_CUDA_ON_CPU_DEVICES=2): --devices auto takes both, a worker each, and each
+// card keeps its own memory, streams and faults (the stand-in refuses work given to another
+// card's stream or cuBLAS handle, so a device call that did not make its card current fails).
+// A job whose card faults goes back to the queue and resumes from its checkpoint on the other
+// card, which goes on taking jobs while the lost one stays lost.
+TEST_F(CudaOnCpuDaemonTest, AJobOfALostCardResumesOnTheOtherCard) {
+  const std::string fault = dir_ + "/fault";
+  StartCard({"--devices=auto", "--checkpoint-every=2"},
+            {{"QLORAD_CUDA_ON_CPU_DEVICES", "2"}, {"QLORAD_CUDA_ON_CPU_FAULT_FILE", fault}});
+  auto devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  ASSERT_EQ(devices->devices_size(), 2);
+  EXPECT_EQ(devices->devices(0).name(), "cuda:0");
+  EXPECT_EQ(devices->devices(1).name(), "cuda:1");
+
+  auto job = Acme(*card_).CreateJob(ShortJob(train_, 3, 6));
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto checkpointed = Acme(*card_).Watch(job->id(), [](const v1::JobEvent& e) {
+    return e.has_checkpoint() && e.checkpoint().step() >= 2;
+  });
+  ASSERT_TRUE(checkpointed.ok()) << checkpointed.status();
+  auto running = Acme(*card_).GetJob(job->id());
+  ASSERT_TRUE(running.ok());
+  const std::string first = running->device();
+  ASSERT_TRUE(first == "cuda:0" || first == "cuda:1")
+      << "'" << first << "': " << running->error().message() << "\n"
+      << card_->log();
+  const std::string other = first == "cuda:0" ? "cuda:1" : "cuda:0";
+  {  // the next launch on the job's card faults (written whole, then put in place)
+    std::ofstream(fault + ".tmp") << first.substr(5);
+    fs::rename(fault + ".tmp", fault);
+  }
+
+  const auto [done, losses, done_events] = WatchToEnd(*card_, job->id());
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message() << "\n" << card_->log();
+  EXPECT_EQ(done.device(), other);
+  EXPECT_EQ(done.steps_completed(), 6);
+  EXPECT_GE(ResumedFromStep(done_events), 2) << "not resumed from its checkpoint";
+  EXPECT_FALSE(fs::exists(fault)) << "no launch on " << first << " met the fault";
+  EXPECT_TRUE(Contains(card_->log(), "qlorad: " + first + " is lost")) << card_->log();
+  devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  for (const v1::Device& d : devices->devices()) {
+    EXPECT_EQ(d.lost(), d.name() == first) << d.name() << ": " << d.lost_reason();
+  }
+  const std::string metrics = ScrapeMetrics(*card_);
+  EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"" + first + "\"}"), 0) << metrics;
+  EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"" + other + "\"}"), 1);
+  const v1::Job next = RunJob(*card_, ShortJob(train_, 5, 1)).job;
+  EXPECT_EQ(next.state(), v1::SUCCEEDED) << next.error().message();
+  EXPECT_EQ(next.device(), other);
+}
+
 // A card that runs out of memory mid-job (a 4 MiB card here; admission was told 1 GB, as when
-// another process took the card after the start): that job fails saying so, the card stays up,
-// and the job after it trains in the memory the failed one gave back.
-TEST_F(CudaOnCpuDaemonTest, AnOutOfMemoryOnTheCardFailsThatJobAlone) {
-  setenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES", "4194304", 1);  // inherited by the daemon
-  StartCard({"--devices=cuda:0", "--device-memory-bytes=1000000000"});
-  const v1::Job fits = RunJob(*card_, ShortJob(train_, 3, 1)).first;
+// another process took the card after the start): that job fails saying so, the card stays up
+// with as much memory free as before the job, and the next job trains.
+TEST_F(CudaOnCpuDaemonTest, AnOutOfMemoryOnTheCardFailsThatJobAndGivesItsMemoryBack) {
+  StartCard({"--devices=cuda:0", "--device-memory-bytes=1000000000"},
+            {{"QLORAD_CUDA_ON_CPU_MEMORY_BYTES", "4194304"}});
+  auto card_free = [&] {
+    auto devices = Ops(*card_).Devices();
+    EXPECT_TRUE(devices.ok()) << devices.status();
+    return devices.ok() ? devices->devices(0).memory().device_free() : -1;
+  };
+  const v1::Job fits = RunJob(*card_, ShortJob(train_, 3, 1)).job;
   ASSERT_EQ(fits.state(), v1::SUCCEEDED) << "a batch of 4 fits the 4 MiB card\n" << card_->log();
+  const int64_t free_before = card_free();
+  std::printf("the 4 MiB card after a batch of 4: %lld bytes free\n",
+              static_cast<long long>(free_before));
   v1::CreateJobRequest too_big = ShortJob(train_, 3, 1);
   too_big.mutable_hyperparameters()->set_batch_size(64);
-  const v1::Job failed = RunJob(*card_, too_big).first;
+  const v1::Job failed = RunJob(*card_, too_big).job;
   ASSERT_EQ(failed.state(), v1::FAILED) << card_->log();
   EXPECT_TRUE(Contains(failed.error().message(), "out of memory on cuda:0 (") &&
               Contains(failed.error().message(), "cannot allocate"))
       << failed.error().message();
+  EXPECT_EQ(card_free(), free_before);
   auto devices = Ops(*card_).Devices();
   ASSERT_TRUE(devices.ok()) << devices.status();
   EXPECT_FALSE(devices->devices(0).lost()) << devices->devices(0).lost_reason();
   EXPECT_EQ(Sample(ScrapeMetrics(*card_), "qlorad_device_up{device=\"cuda:0\"}"), 1);
-  const auto [after, losses] = RunJob(*card_, ShortJob(train_, 5, 2));
+  const auto [after, losses, after_events] = RunJob(*card_, ShortJob(train_, 5, 2));
   ASSERT_EQ(after.state(), v1::SUCCEEDED) << after.error().message() << "\n" << card_->log();
   EXPECT_EQ(losses.size(), 2u);
 }

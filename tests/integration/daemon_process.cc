@@ -19,10 +19,11 @@ namespace qlorad::testing {
 namespace fs = std::filesystem;
 
 DaemonProcess::DaemonProcess(std::string dir, std::vector<std::string> extra_flags,
-                             std::string binary)
+                             std::string binary, Environment env)
     : dir_(std::move(dir)),
       flags_(std::move(extra_flags)),
-      binary_(binary.empty() ? QLORAD_DAEMON_BINARY : std::move(binary)) {
+      binary_(binary.empty() ? QLORAD_DAEMON_BINARY : std::move(binary)),
+      env_(std::move(env)) {
   fs::create_directories(dir_);
   std::ofstream t(fs::path(dir_) / "tenants.json");
   t << "{\"tenants\": ["
@@ -51,15 +52,28 @@ bool DaemonProcess::Start() {
       "--metrics-port-file=" + (fs::path(dir_) / "metrics_port").string()};
   args.insert(args.end(), flags_.begin(), flags_.end());
   const std::string log_path = (fs::path(dir_) / "qlorad.log").string();
+  // The environment is made before fork (the child only execs): this process's, with env_ over
+  // it.
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var(*e);
+    bool replaced = false;
+    for (const auto& [name, value] : env_) replaced = replaced || var.rfind(name + "=", 0) == 0;
+    if (!replaced) env.push_back(var);
+  }
+  for (const auto& [name, value] : env_) env.push_back(name + "=" + value);
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_ = fork();
   if (pid_ == 0) {
     const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   for (int i = 0; i < 300; ++i) {

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qlorad::testing {
@@ -19,9 +20,11 @@ inline constexpr char kGlobexKey[] = "globex-secret-key";
 class DaemonProcess {
  public:
   // `dir`: the test's folder (data, tenants file and log live there; kept across restarts).
-  // `binary`: the daemon to run; empty for qlorad (QLORAD_DAEMON_BINARY).
+  // `binary`: the daemon to run; empty for qlorad (QLORAD_DAEMON_BINARY). `env`: variables set
+  // for the daemon (over this process's), at every start.
+  using Environment = std::vector<std::pair<std::string, std::string>>;
   explicit DaemonProcess(std::string dir, std::vector<std::string> extra_flags = {},
-                         std::string binary = "");
+                         std::string binary = "", Environment env = {});
   ~DaemonProcess();  // SIGKILL if still running
 
   // Starts the daemon and waits (up to 30 s) for its port; false with the log on failure.
@@ -39,6 +42,7 @@ class DaemonProcess {
   std::string dir_;
   std::vector<std::string> flags_;
   std::string binary_;
+  Environment env_;
   pid_t pid_ = -1;
   int port_ = 0;
 };

@@ -239,6 +239,19 @@ float WarpButterfly(float v, bool max);
 // Fails the running launch (cudaErrorLaunchFailure) with `what`, as a fault would on the GPU.
 void ReportViolation(const char* what);
 
+// What the process has asked of the runtime, on every card: host waits for a card
+// (cudaStreamSynchronize, cudaDeviceSynchronize and the synchronous cudaMemcpy and cudaMemset),
+// copies to the host (each waits too: host memory is pageable), allocations (cudaMalloc,
+// cudaMallocManaged, cudaMallocAsync), frees and kernel launches that ran.
+struct ApiCounts {
+  uint64_t synchronizes, copies_to_host, allocations, frees, launches;
+};
+ApiCounts Counts();
+
+// The card a stream belongs to (the current one for the default stream), and a card's sticky
+// fault (cudaSuccess while its context is sound): for the cuBLAS stand-in.
+int StreamCard(cudaStream_t stream);
+cudaError_t CardFault(int card);
 
 template <typename Body, typename... Args>
 void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
