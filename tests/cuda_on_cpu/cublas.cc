@@ -8,7 +8,7 @@
 
 // A handle belongs to the card current when it was made: cuBLAS runs its GEMMs there, into its
 // stream, and fails (CUBLAS_STATUS_EXECUTION_FAILED) where another card is current, the stream
-// is another card's, or the card has faulted.
+// is another card's, the card has faulted, or an operand is memory the card cannot reach.
 struct cublasContext {
   int card = 0;
   cudaStream_t stream = nullptr;
@@ -141,6 +141,13 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   }
   if (qlorad::cuda_on_cpu::CardFault(handle->card) != cudaSuccess) {
     return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
+  // The operands must be memory the card reaches, as a kernel's (a fault otherwise).
+  int operand = 0;
+  for (const void* p : {a, b, static_cast<const void*>(c)}) {
+    if (!qlorad::cuda_on_cpu::KernelPointer(p, "cublasGemmEx", operand++)) {
+      return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
   }
   // FAST_16BF lets cuBLAS round float operands to bf16 for the tensor cores; here they always
   // are, the coarser of what the card may do.

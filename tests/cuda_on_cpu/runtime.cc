@@ -481,8 +481,8 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
   while (stacks.size() < threads) stacks.push_back(std::make_unique<FiberStack>());
   // Launches alternate which of a block's two turn orders its first block takes, and run
   // their blocks first to last or last to first (no block may depend on another's writes).
-  static std::atomic<uint64_t> launches{0};
-  const uint64_t launch = launches++;
+  static std::atomic<uint64_t> launch_number{0};
+  const uint64_t launch = launch_number++;
 
   Block b;
   b.thread = &thread;
@@ -679,11 +679,34 @@ void ReportViolation(const char* what) {
   FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
+bool KernelPointer(const void* p, const char* kernel_name, int argument) {
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(allocations_mu);
+    const auto* q = static_cast<const char*>(p);
+    auto it = Allocations().upper_bound(q);  // the first allocation past p
+    const bool inside = it != Allocations().begin() && (--it, q <= it->first + it->second.bytes);
+    if (!inside) {
+      why = "is not device memory (a host pointer, or freed)";
+    } else if (it->second.card != current_card && !it->second.managed) {
+      why = "is card " + std::to_string(it->second.card) + "'s memory";
+    } else {
+      return true;
+    }
+  }
+  std::fprintf(stderr, "cuda_on_cpu: %s on card %d: pointer argument %d %s\n", kernel_name,
+               current_card, argument, why.c_str());
+  Api(cudaErrorIllegalAddress);
+  sticky_error[current_card] = cudaErrorIllegalAddress;
+  return false;
+}
+
 ApiCounts Counts() {
   return {synchronizes.load(), copies_to_host.load(), allocations.load(), frees.load(),
           launches.load()};
 }
 
+int CurrentCard() { return current_card; }
 int StreamCard(cudaStream_t stream) { return stream != nullptr ? stream->card : current_card; }
 cudaError_t CardFault(int card) { return sticky_error[card].load(); }
 
@@ -754,7 +777,22 @@ cudaError_t cudaDeviceSynchronize() {
   ++coc::synchronizes;
   return coc::Api(cudaSuccess);
 }
+// The card's context is made anew: its memory is freed (its streams, events and cuBLAS handles
+// go stale too; nothing here tracks them).
 cudaError_t cudaDeviceReset() {
+  {
+    std::lock_guard<std::mutex> lock(coc::allocations_mu);
+    auto& all = coc::Allocations();
+    for (auto it = all.begin(); it != all.end();) {
+      if (it->second.card != coc::current_card) {
+        ++it;
+        continue;
+      }
+      coc::allocated_bytes[coc::current_card] -= it->second.bytes;
+      std::free(const_cast<char*>(it->first));
+      it = all.erase(it);
+    }
+  }
   coc::sticky_error[coc::current_card] = cudaSuccess;
   coc::last_error = cudaSuccess;
   return cudaSuccess;
@@ -765,12 +803,17 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return coc::Api(cudaSuccess, coc::StreamCard(stream));
 }
 
+// A faulted card allocates nothing.
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   ++coc::allocations;
+  *p = nullptr;
+  if (coc::CardFault(coc::current_card) != cudaSuccess) return coc::Api(cudaSuccess);
   return coc::Api(coc::Allocate(p, bytes, false));
 }
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) {
   ++coc::allocations;
+  *p = nullptr;
+  if (coc::CardFault(coc::current_card) != cudaSuccess) return coc::Api(cudaSuccess);
   return coc::Api(coc::Allocate(p, bytes, true));
 }
 cudaError_t cudaFree(void* p) {

@@ -62,6 +62,25 @@ __global__ void ButterflySumKernel(const float* in, float* out) {
 
 __global__ void FillKernel(int value, int* out) { out[threadIdx.x] = value; }
 
+// `values` in managed memory: every card reaches it (cuBLAS's operands must be device memory),
+// and so does the host that checks the results.
+template <typename T>
+class Managed {
+ public:
+  explicit Managed(const std::vector<T>& values) {
+    EXPECT_EQ(cudaMallocManaged(&p_, values.size() * sizeof(T), cudaMemAttachGlobal), cudaSuccess);
+    std::memcpy(p_, values.data(), values.size() * sizeof(T));
+  }
+  ~Managed() { cudaFree(p_); }
+  Managed(const Managed&) = delete;
+  Managed& operator=(const Managed&) = delete;
+  T* get() const { return p_; }
+  T& operator[](size_t i) const { return p_[i]; }
+
+ private:
+  T* p_ = nullptr;
+};
+
 class StandInTest : public ::testing::Test {
  protected:
   void TearDown() override { cudaDeviceReset(); }  // no test's fault reaches the next
@@ -177,18 +196,19 @@ TEST_F(StandInTest, CublasGemmIsTheColumnMajorDefinition) {
       for (float& x : b) x = u(rng);
       auto A = [&](int i, int l) { return ta ? a[i * lda + l] : a[l * lda + i]; };
       auto B = [&](int l, int j) { return tb ? b[l * ldb + j] : b[j * ldb + l]; };
-      std::vector<float> c(ldc * n, std::nanf("")), c2(ldc * n, 0.5f);
+      const Managed<float> da(a), db(b), c(std::vector<float>(ldc * n, std::nanf(""))),
+          c2(std::vector<float>(ldc * n, 0.5f));
       const float alpha = 1.5f, zero = 0.0f, beta = -2.0f;
       ASSERT_EQ(
           cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
-                       &alpha, a.data(), CUDA_R_32F, lda, b.data(), CUDA_R_32F, ldb, &zero,
-                       c.data(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
+                       &alpha, da.get(), CUDA_R_32F, lda, db.get(), CUDA_R_32F, ldb, &zero, c.get(),
+                       CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
           CUBLAS_STATUS_SUCCESS);
-      ASSERT_EQ(cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m,
-                             n, k, &alpha, a.data(), CUDA_R_32F, lda, b.data(), CUDA_R_32F, ldb,
-                             &beta, c2.data(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC,
-                             CUBLAS_GEMM_DEFAULT),
-                CUBLAS_STATUS_SUCCESS);
+      ASSERT_EQ(
+          cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+                       &alpha, da.get(), CUDA_R_32F, lda, db.get(), CUDA_R_32F, ldb, &beta,
+                       c2.get(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT),
+          CUBLAS_STATUS_SUCCESS);
       for (int j = 0; j < n; ++j) {
         for (int i = 0; i < m; ++i) {
           double want = 0.0;
@@ -200,6 +220,15 @@ TEST_F(StandInTest, CublasGemmIsTheColumnMajorDefinition) {
       }
     }
   }
+  // Host memory is not an operand: the GEMM faults as its kernel would.
+  std::vector<float> host(4, 1.0f);
+  const float one_f = 1.0f, zero_f = 0.0f;
+  EXPECT_EQ(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one_f, host.data(), CUDA_R_32F, 2,
+                         host.data(), CUDA_R_32F, 2, &zero_f, host.data(), CUDA_R_32F, 2,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_EXECUTION_FAILED);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
   // cuBLAS takes bf16 operands only under CUBLAS_COMPUTE_32F.
   std::vector<__nv_bfloat16> x(16);
   std::vector<float> y(16);
@@ -258,11 +287,11 @@ TEST_F(StandInTest, EachCardHasItsOwnMemoryStreamsHandlesAndFaults) {
   cublasHandle_t h1 = nullptr;
   ASSERT_EQ(cublasCreate(&h1), CUBLAS_STATUS_SUCCESS);
   cublasSetStream(h1, s1);
-  const float one = 1.0f, zero = 0.0f, a[4] = {1, 2, 3, 4};
-  float c[4] = {};
+  const float one = 1.0f, zero = 0.0f;
+  const Managed<float> a({1, 2, 3, 4}), c(std::vector<float>(4));
   auto gemm = [&] {
-    return cublasGemmEx(h1, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, a, CUDA_R_32F, 2, a,
-                        CUDA_R_32F, 2, &zero, c, CUDA_R_32F, 2, CUBLAS_COMPUTE_32F,
+    return cublasGemmEx(h1, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, a.get(), CUDA_R_32F, 2,
+                        a.get(), CUDA_R_32F, 2, &zero, c.get(), CUDA_R_32F, 2, CUBLAS_COMPUTE_32F,
                         CUBLAS_GEMM_DEFAULT);
   };
   EXPECT_EQ(gemm(), CUBLAS_STATUS_SUCCESS);  // on its card
@@ -292,12 +321,40 @@ TEST_F(StandInTest, EachCardHasItsOwnMemoryStreamsHandlesAndFaults) {
   EXPECT_EQ(cudaStreamSynchronize(s1), cudaErrorLaunchFailure);
 
   ASSERT_EQ(cudaSetDevice(1), cudaErrorLaunchFailure);
-  EXPECT_EQ(cudaDeviceReset(), cudaSuccess);  // card 1's context made anew
-  EXPECT_EQ(cudaFree(on1), cudaSuccess);
+  EXPECT_EQ(cudaDeviceReset(), cudaSuccess);  // card 1's context made anew, its memory freed
+  EXPECT_EQ(cudaFree(on1), cudaErrorInvalidDevicePointer);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidDevicePointer);
   ASSERT_EQ(cudaMemGetInfo(&now, &total), cudaSuccess);
   EXPECT_EQ(now, free1);
-  cublasDestroy(h1);
+  cublasDestroy(h1);  // stale since the reset; here plain host objects
   cudaStreamDestroy(s1);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+}
+
+// A kernel reaches its own card's memory and managed memory; a host pointer or another card's
+// memory (no peer access) faults the launch, as the card would on the first touch.
+TEST_F(StandInTest, AKernelGivenMemoryItsCardCannotReachFaults) {
+  int host[32] = {};
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 1, host);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  EXPECT_EQ(host[0], 0) << "the kernel ran";
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorIllegalAddress);  // sticky
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+
+  int *on1 = nullptr, *managed = nullptr;
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&on1, 32 * sizeof(int)), cudaSuccess);
+  ASSERT_EQ(cudaMallocManaged(&managed, 32 * sizeof(int), cudaMemAttachGlobal), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 2, managed);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(managed[31], 2);
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 3, on1);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  EXPECT_EQ(cudaFree(on1), cudaSuccess);  // card 1 never faulted
+  EXPECT_EQ(cudaFree(managed), cudaSuccess);
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
 }
 

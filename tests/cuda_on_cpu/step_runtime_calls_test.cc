@@ -62,6 +62,8 @@ TEST_P(StepRuntimeCallsTest, OneWaitOneCopyToTheHostAndNoAllocationPerStep) {
     ASSERT_TRUE(t.RunUntil(t.step() + 1).ok());
     if (c.paged) {
       ASSERT_TRUE(t.PageOutOptimizer().ok());
+      const DeviceMemoryUsage u = (*device)->memory_usage();
+      ASSERT_TRUE(u.optimizer_host > 0 && u.optimizer_device == 0) << "the moments were not paged";
     }
   };
   step();  // the workspaces grow to the step's size

@@ -53,11 +53,12 @@ bool DaemonProcess::Start() {
   args.insert(args.end(), flags_.begin(), flags_.end());
   const std::string log_path = (fs::path(dir_) / "qlorad.log").string();
   // The environment is made before fork (the child only execs): this process's, with env_ over
-  // it.
+  // it. The CUDA stand-in's settings come from env_ alone: one left in the shell that runs the
+  // tests (a fault file, more cards) must not reach a daemon that did not ask for it.
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string var(*e);
-    bool replaced = false;
+    bool replaced = var.rfind("QLORAD_CUDA_ON_CPU_", 0) == 0;
     for (const auto& [name, value] : env_) replaced = replaced || var.rfind(name + "=", 0) == 0;
     if (!replaced) env.push_back(var);
   }

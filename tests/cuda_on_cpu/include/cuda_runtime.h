@@ -251,7 +251,24 @@ ApiCounts Counts();
 // The card a stream belongs to (the current one for the default stream), and a card's sticky
 // fault (cudaSuccess while its context is sound): for the cuBLAS stand-in.
 int StreamCard(cudaStream_t stream);
+int CurrentCard();
 cudaError_t CardFault(int card);
+
+// Whether a kernel's pointer argument may be read by a launch on the current card: null, or in
+// an allocation of this card (or managed memory, which every card reaches). Anything else (host
+// memory, another card's memory without peer access, a freed allocation) fails the launch as the
+// GPU would when the kernel touches it: a sticky cudaErrorIllegalAddress on the current card.
+bool KernelPointer(const void* p, const char* kernel_name, int argument);
+
+template <typename T>
+bool KernelArgument(const T& value, const char* kernel_name, int argument) {
+  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>) {
+    return value == nullptr ||
+           KernelPointer(static_cast<const void*>(value), kernel_name, argument);
+  } else {
+    return true;  // a value, or a struct whose pointers are not looked into
+  }
+}
 
 template <typename Body, typename... Args>
 void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
@@ -259,6 +276,18 @@ void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t str
   // Kernel parameters are copied at the launch, as the GPU does; each thread then receives them
   // by value.
   std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
+  // A launch into another card's stream is refused before it runs (RunGrid), its pointers
+  // untouched; otherwise each pointer argument must be memory this card reaches.
+  bool reachable = true;
+  int argument = 0;
+  if (StreamCard(stream) == CurrentCard()) {
+    std::apply(
+        [&](const auto&... a) {
+          ((reachable = KernelArgument(a, kernel_name, argument++) && reachable), ...);
+        },
+        params);
+  }
+  if (!reachable) return;
   RunGrid(grid, block, dynamic_shared_bytes, stream, kernel_name,
           [&] { std::apply(body, params); });
 }
