@@ -66,7 +66,21 @@ TEST_P(StepRuntimeCallsTest, OneWaitOneCopyToTheHostAndNoAllocationPerStep) {
       ASSERT_TRUE(u.optimizer_host > 0 && u.optimizer_device == 0) << "the moments were not paged";
     }
   };
-  step();  // the workspaces grow to the step's size
+  // The first step grows the workspaces; its op profile says which paths ran (profiling adds
+  // events, so the counted steps run without it).
+  ASSERT_TRUE(StartCudaOpProfile(device->get()));
+  step();
+  const bool flash = c.hidden == 128;
+  int64_t attention_forwards = -1;
+  for (const CudaOpTime& op : TakeCudaOpProfile(device->get())) {
+    if (op.op == (flash ? "flash attention forward" : "gemm attention forward")) {
+      attention_forwards = op.calls;
+    }
+  }
+  // Each layer's attention once per row of each micro-batch, and again where checkpointing
+  // recomputes it.
+  EXPECT_EQ(attention_forwards, 2 * o.batch_size * c.grad_accum * (c.checkpointing ? 2 : 1))
+      << (flash ? "flash" : "gemm") << " attention forwards in a step";
   const coc::ApiCounts before = coc::Counts();
   constexpr int kSteps = 3;
   for (int i = 0; i < kSteps; ++i) step();
