@@ -1,8 +1,10 @@
 // The daemon's GPU paths end to end, on a machine without a GPU: qlorad-cuda-on-cpu is qlorad
 // with its CUDA device built against the CPU stand-in of CUDA (tests/cuda_on_cpu), so that
 // --devices auto finds one card, cuda:0 (16 GiB). What runs here is the daemon's own code for a
-// card: its budget from cudaMemGetInfo, training and generation through the CUDA device,
-// jobs taking turns with the waiting one's optimizer paged out, and a card lost to a fault.
+// card: its budget from cudaMemGetInfo, training and evaluation through the CUDA device, jobs
+// taking turns with the waiting one's optimizer paged out, a card lost to a fault (with one card
+// and with two), and a card out of memory. The stand-in's settings (more cards, a smaller card,
+// a fault) reach each daemon through its environment (DaemonProcess).
 // What the stand-in cannot show (speed, the card's own arithmetic) is tests/gpu's, on a GPU.
 #include <algorithm>
 #include <cmath>
