@@ -870,7 +870,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 // Events read the host clock.
+// An event belongs to the card current when it was made, and is recorded only into that card's
+// streams (cudaErrorInvalidResourceHandle otherwise, as the runtime documents).
 struct CUevent_st {
+  int card;
   std::chrono::steady_clock::time_point at;
   bool recorded = false;
 };
@@ -883,14 +886,15 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
-  *event = new CUevent_st;
+  *event = new CUevent_st{coc::current_card, {}, false};
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
   return coc::Api(cudaSuccess);
 }
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (coc::StreamCard(stream) != event->card) return coc::Api(cudaErrorInvalidResourceHandle);
   event->at = std::chrono::steady_clock::now();
   event->recorded = true;
   return coc::Api(cudaSuccess);

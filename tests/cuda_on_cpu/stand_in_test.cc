@@ -307,6 +307,12 @@ TEST_F(StandInTest, EachCardHasItsOwnMemoryStreamsHandlesAndFaults) {
   EXPECT_EQ(on1[31], 7) << "the refused launch ran";
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // not a fault
   EXPECT_EQ(gemm(), CUBLAS_STATUS_EXECUTION_FAILED);
+  cudaEvent_t event0 = nullptr;  // an event of card 0 goes into card 0's streams only
+  ASSERT_EQ(cudaEventCreate(&event0), cudaSuccess);
+  EXPECT_EQ(cudaEventRecord(event0, s1), cudaErrorInvalidResourceHandle);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+  EXPECT_EQ(cudaEventRecord(event0, nullptr), cudaSuccess);
+  cudaEventDestroy(event0);
 
   ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
   QLORAD_LAUNCH(1, 64, 0, s1, DivergentBarrierKernel);
