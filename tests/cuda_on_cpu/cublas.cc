@@ -145,7 +145,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   // The operands must be memory the card reaches, as a kernel's (a fault otherwise).
   int operand = 0;
   for (const void* p : {a, b, static_cast<const void*>(c)}) {
-    if (!qlorad::cuda_on_cpu::KernelPointer(p, "cublasGemmEx", operand++)) {
+    if (!qlorad::cuda_on_cpu::ReachableOrFault(p, "cublasGemmEx", operand++)) {
       return CUBLAS_STATUS_EXECUTION_FAILED;
     }
   }

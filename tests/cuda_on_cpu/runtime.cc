@@ -53,21 +53,26 @@ thread_local dim3 gridDim;
 namespace qlorad::cuda_on_cpu {
 namespace {
 
+// A test's setting of the stand-in (README.md): `fallback` where unset; a value that is not a
+// whole number from 1 to `max` stops the process, naming it.
+uint64_t Setting(const char* name, uint64_t fallback, uint64_t max) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return fallback;
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(v, &end, 10);
+  if (end == v || *end != '\0' || v[0] == '-' || n == 0 || n > max) {
+    std::fprintf(stderr, "cuda_on_cpu: %s='%s' is not a whole number from 1 to %llu\n", name, v,
+                 static_cast<unsigned long long>(max));
+    std::abort();
+  }
+  return n;
+}
+
 // The cards: one, or QLORAD_CUDA_ON_CPU_DEVICES (up to kMaxCards), each with its own memory and
 // its own context; a thread works on its current card (cudaSetDevice), card 0 until it sets one.
 constexpr int kMaxCards = 8;
 int CardCount() {
-  static const int n = [] {
-    const char* v = std::getenv("QLORAD_CUDA_ON_CPU_DEVICES");
-    if (v == nullptr) return 1;
-    const int cards = std::atoi(v);
-    if (cards < 1 || cards > kMaxCards) {
-      std::fprintf(stderr, "cuda_on_cpu: QLORAD_CUDA_ON_CPU_DEVICES='%s' is not 1 to %d\n", v,
-                   kMaxCards);
-      std::abort();
-    }
-    return cards;
-  }();
+  static const int n = static_cast<int>(Setting("QLORAD_CUDA_ON_CPU_DEVICES", 1, kMaxCards));
   return n;
 }
 thread_local int current_card = 0;
@@ -91,6 +96,12 @@ cudaError_t Api(cudaError_t e, int card = current_card) {
   return e;
 }
 
+// A fault on the current card (`e`): reported now and by every later call on the card.
+void Fault(cudaError_t e) {
+  Api(e);
+  sticky_error[current_card] = e;
+}
+
 // Device allocations: host memory of exactly the size asked for (so that the sanitizer build
 // catches an access one past the end), 256-byte aligned as cudaMalloc's, each remembered (with
 // its size, and whether it is managed memory) so that a cudaFree of anything else, or advice on
@@ -103,17 +114,8 @@ struct Allocation {
 // The card's memory: 16 GiB, or QLORAD_CUDA_ON_CPU_MEMORY_BYTES (a test's small card, which
 // runs out of memory).
 size_t CardBytes() {
-  static const size_t bytes = [] {
-    const char* v = std::getenv("QLORAD_CUDA_ON_CPU_MEMORY_BYTES");
-    if (v == nullptr) return size_t{16} << 30;
-    char* end = nullptr;
-    const unsigned long long n = std::strtoull(v, &end, 10);
-    if (end == v || *end != '\0' || n == 0) {
-      std::fprintf(stderr, "cuda_on_cpu: QLORAD_CUDA_ON_CPU_MEMORY_BYTES='%s' is not a size\n", v);
-      std::abort();
-    }
-    return static_cast<size_t>(n);
-  }();
+  static const size_t bytes =
+      Setting("QLORAD_CUDA_ON_CPU_MEMORY_BYTES", size_t{16} << 30, uint64_t{1} << 48);
   return bytes;
 }
 
@@ -127,6 +129,10 @@ std::map<const char*, Allocation>& Allocations() {
 
 cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   *p = nullptr;
+  // A faulted card allocates nothing (its error is what the call returns).
+  if (const cudaError_t sticky = sticky_error[current_card].load(); sticky != cudaSuccess) {
+    return sticky;
+  }
   std::lock_guard<std::mutex> lock(allocations_mu);
   size_t& allocated = allocated_bytes[current_card];
   if (bytes > CardBytes() - allocated) return cudaErrorMemoryAllocation;
@@ -141,14 +147,21 @@ cudaError_t Allocate(void** p, size_t bytes, bool managed) {
   return cudaSuccess;
 }
 
+// The allocation holding [p, p + bytes) (bytes 0: p up to one past its end), or null. The
+// caller holds allocations_mu.
+const Allocation* Holding(const void* p, size_t bytes) {
+  const auto* q = static_cast<const char*>(p);
+  auto it = Allocations().upper_bound(q);  // the first allocation past p
+  if (it == Allocations().begin()) return nullptr;
+  --it;  // the last one at or before p
+  return q + bytes <= it->first + it->second.bytes ? &it->second : nullptr;
+}
+
 // Whether [p, p + bytes) lies in one managed allocation.
 bool ManagedRange(const void* p, size_t bytes) {
   std::lock_guard<std::mutex> lock(allocations_mu);
-  const auto* q = static_cast<const char*>(p);
-  auto it = Allocations().upper_bound(q);  // the first allocation past p
-  if (it == Allocations().begin()) return false;
-  --it;  // the last one at or before p
-  return q + bytes <= it->first + it->second.bytes && it->second.managed;
+  const Allocation* a = Holding(p, bytes);
+  return a != nullptr && a->managed;
 }
 
 constexpr int kWarp = 32;
@@ -442,7 +455,8 @@ bool InjectedFault() {
 }  // namespace
 
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-             const char* kernel_name, const std::function<void()>& thread) {
+             const char* kernel_name, const std::vector<const void*>& pointers,
+             const std::function<void()>& thread) {
   const auto started = std::chrono::steady_clock::now();
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   // The launch limits of every GPU since sm_30 (CUDA C++ Programming Guide, "Technical
@@ -464,11 +478,13 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
     Api(cudaErrorInvalidResourceHandle);
     return;
   }
+  for (size_t i = 0; i < pointers.size(); ++i) {
+    if (!ReachableOrFault(pointers[i], kernel_name, static_cast<int>(i))) return;
+  }
   if (InjectedFault()) {
     std::fprintf(stderr, "cuda_on_cpu: %s: injected fault (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
                  kernel_name);
-    Api(cudaErrorIllegalAddress);
-    sticky_error[current_card] = cudaErrorIllegalAddress;
+    Fault(cudaErrorIllegalAddress);
     return;
   }
   if (running != nullptr) {  // a launch from inside a kernel: dynamic parallelism, unused
@@ -558,8 +574,7 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
   }
   if (b.failed) {
     std::fprintf(stderr, "cuda_on_cpu: %s: %s\n", kernel_name, b.failure.c_str());
-    Api(cudaErrorLaunchFailure);
-    sticky_error[current_card] = cudaErrorLaunchFailure;
+    Fault(cudaErrorLaunchFailure);
   }
 }
 
@@ -679,25 +694,23 @@ void ReportViolation(const char* what) {
   FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
-bool KernelPointer(const void* p, const char* kernel_name, int argument) {
+bool ReachableOrFault(const void* p, const char* what, int argument) {
+  if (p == nullptr) return true;
   std::string why;
   {
     std::lock_guard<std::mutex> lock(allocations_mu);
-    const auto* q = static_cast<const char*>(p);
-    auto it = Allocations().upper_bound(q);  // the first allocation past p
-    const bool inside = it != Allocations().begin() && (--it, q <= it->first + it->second.bytes);
-    if (!inside) {
+    const Allocation* a = Holding(p, 0);
+    if (a == nullptr) {
       why = "is not device memory (a host pointer, or freed)";
-    } else if (it->second.card != current_card && !it->second.managed) {
-      why = "is card " + std::to_string(it->second.card) + "'s memory";
+    } else if (a->card != current_card && !a->managed) {
+      why = "is card " + std::to_string(a->card) + "'s memory";
     } else {
       return true;
     }
   }
-  std::fprintf(stderr, "cuda_on_cpu: %s on card %d: pointer argument %d %s\n", kernel_name,
-               current_card, argument, why.c_str());
-  Api(cudaErrorIllegalAddress);
-  sticky_error[current_card] = cudaErrorIllegalAddress;
+  std::fprintf(stderr, "cuda_on_cpu: %s on card %d: pointer argument %d %s\n", what, current_card,
+               argument, why.c_str());
+  Fault(cudaErrorIllegalAddress);
   return false;
 }
 
@@ -706,7 +719,6 @@ ApiCounts Counts() {
           launches.load()};
 }
 
-int CurrentCard() { return current_card; }
 int StreamCard(cudaStream_t stream) { return stream != nullptr ? stream->card : current_card; }
 cudaError_t CardFault(int card) { return sticky_error[card].load(); }
 
@@ -803,17 +815,12 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return coc::Api(cudaSuccess, coc::StreamCard(stream));
 }
 
-// A faulted card allocates nothing.
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   ++coc::allocations;
-  *p = nullptr;
-  if (coc::CardFault(coc::current_card) != cudaSuccess) return coc::Api(cudaSuccess);
   return coc::Api(coc::Allocate(p, bytes, false));
 }
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) {
   ++coc::allocations;
-  *p = nullptr;
-  if (coc::CardFault(coc::current_card) != cudaSuccess) return coc::Api(cudaSuccess);
   return coc::Api(coc::Allocate(p, bytes, true));
 }
 cudaError_t cudaFree(void* p) {

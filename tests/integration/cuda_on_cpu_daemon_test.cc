@@ -57,10 +57,10 @@ bool Contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-// Polls `done` every 100 ms for up to 20 s: the worker publishes what a job's end changed a
-// moment after the job's record says it ended.
-bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 200; ++i) {
+// Polls `done` every 100 ms for up to `seconds` (the worker publishes what a job's end changed a
+// moment after the job's record says it ended).
+bool Eventually(const std::function<bool()>& done, int seconds = 20) {
+  for (int i = 0; i < 10 * seconds; ++i) {
     if (done()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -227,17 +227,17 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
   ASSERT_TRUE(a.ok() && b.ok());
   // While both run: the card's figures as the devices service shows them to an admin.
   bool both_paged_out = false;
-  for (int i = 0; i < 1200 && !both_paged_out; ++i) {
-    auto devices = Ops(*card_).Devices();
-    ASSERT_TRUE(devices.ok()) << devices.status();
-    const v1::Device& card = devices->devices(0);
-    both_paged_out = card.jobs_running() == 2 && card.memory().optimizer_host() > 0 &&
-                     card.memory().optimizer_device() == 0;
-    auto job_a = Acme(*card_).GetJob(a->id());
-    ASSERT_TRUE(job_a.ok());
-    if (job_a->state() == v1::SUCCEEDED || job_a->state() == v1::FAILED) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  Eventually(
+      [&] {
+        auto devices = Ops(*card_).Devices();
+        auto job_a = Acme(*card_).GetJob(a->id());
+        if (!devices.ok() || !job_a.ok()) return false;
+        const v1::Device& card = devices->devices(0);
+        both_paged_out = card.jobs_running() == 2 && card.memory().optimizer_host() > 0 &&
+                         card.memory().optimizer_device() == 0;
+        return both_paged_out || job_a->state() == v1::SUCCEEDED || job_a->state() == v1::FAILED;
+      },
+      120);
   EXPECT_TRUE(both_paged_out) << "never saw both jobs' moments in host memory\n" << card_->log();
   const auto [job_a, losses_a, job_a_events] = WatchToEnd(*card_, a->id());
   const auto [job_b, losses_b, job_b_events] = WatchToEnd(*card_, b->id());

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #define QLORAD_CUDA_ON_CPU 1
 // The runtime API version this stand-in follows (the toolkit here is 13.0).
@@ -224,8 +225,11 @@ namespace qlorad::cuda_on_cpu {
 // whichever thread is late. A configuration the GPU would refuse fails with
 // cudaErrorInvalidConfiguration (cudaGetLastError); a deadlock (a barrier some threads never
 // reach) or a shuffle by part of a warp is reported and fails with cudaErrorLaunchFailure.
+// `pointers`: the kernel's arguments that are pointers, null for the others; each must be memory
+// the card reaches (ReachableOrFault).
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-             const char* kernel_name, const std::function<void()>& thread);
+             const char* kernel_name, const std::vector<const void*>& pointers,
+             const std::function<void()>& thread);
 
 // The running block's dynamic shared memory (QLORAD_DYNAMIC_SHARED): the launch's bytes,
 // 128-byte aligned, all bits set (NaNs) when the block starts.
@@ -251,22 +255,22 @@ ApiCounts Counts();
 // The card a stream belongs to (the current one for the default stream), and a card's sticky
 // fault (cudaSuccess while its context is sound): for the cuBLAS stand-in.
 int StreamCard(cudaStream_t stream);
-int CurrentCard();
 cudaError_t CardFault(int card);
 
-// Whether a kernel's pointer argument may be read by a launch on the current card: null, or in
-// an allocation of this card (or managed memory, which every card reaches). Anything else (host
-// memory, another card's memory without peer access, a freed allocation) fails the launch as the
-// GPU would when the kernel touches it: a sticky cudaErrorIllegalAddress on the current card.
-bool KernelPointer(const void* p, const char* kernel_name, int argument);
+// Whether the current card's kernels (or GEMMs) may read `p`, argument `argument` of `what`:
+// null, or in an allocation of this card (or managed memory, which every card reaches).
+// Anything else (host memory, another card's memory without peer access, a freed allocation)
+// faults the card as the GPU would when the kernel touches it: a sticky cudaErrorIllegalAddress.
+bool ReachableOrFault(const void* p, const char* what, int argument);
 
+// A kernel argument as RunGrid checks it: the pointer, or null for a value (or a struct, whose
+// pointers are not looked into).
 template <typename T>
-bool KernelArgument(const T& value, const char* kernel_name, int argument) {
+const void* PointerArgument(const T& value) {
   if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>) {
-    return value == nullptr ||
-           KernelPointer(static_cast<const void*>(value), kernel_name, argument);
+    return static_cast<const void*>(value);
   } else {
-    return true;  // a value, or a struct whose pointers are not looked into
+    return nullptr;
   }
 }
 
@@ -276,19 +280,9 @@ void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t str
   // Kernel parameters are copied at the launch, as the GPU does; each thread then receives them
   // by value.
   std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
-  // A launch into another card's stream is refused before it runs (RunGrid), its pointers
-  // untouched; otherwise each pointer argument must be memory this card reaches.
-  bool reachable = true;
-  int argument = 0;
-  if (StreamCard(stream) == CurrentCard()) {
-    std::apply(
-        [&](const auto&... a) {
-          ((reachable = KernelArgument(a, kernel_name, argument++) && reachable), ...);
-        },
-        params);
-  }
-  if (!reachable) return;
-  RunGrid(grid, block, dynamic_shared_bytes, stream, kernel_name,
+  std::vector<const void*> pointers;
+  std::apply([&](const auto&... a) { (pointers.push_back(PointerArgument(a)), ...); }, params);
+  RunGrid(grid, block, dynamic_shared_bytes, stream, kernel_name, pointers,
           [&] { std::apply(body, params); });
 }
 
