@@ -6,6 +6,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -32,27 +34,46 @@ namespace kc = kernels::cuda;
 
 struct Counters {
   int64_t base_weights = 0, adapters = 0, optimizer_device = 0, optimizer_host = 0, activations = 0;
+  // Every byte this device object holds (the categories above and its scratch), and the most it
+  // may hold (CudaDeviceOptions::memory_limit_bytes; 0: what the card gives). Atomic because a
+  // buffer may be dropped by another thread than the one allocating (the limit check and the
+  // add are not one step: allocations on one device object come from one thread at a time).
+  std::atomic<int64_t> held{0};
+  std::atomic<int64_t> peak{0};  // the most `held` has been
+  int64_t limit = 0;
 };
 
 // Device memory owned by one object, released when it goes away: on the card it came from,
 // made current for the free (the thread that drops the last owner, the daemon's main thread at
-// shutdown say, may have another card current).
+// shutdown say, may have another card current). Counted in its device's `held`, and refused as
+// out of memory beyond the device's limit.
 class CudaMemory {
  public:
-  CudaMemory() = default;
-  explicit CudaMemory(bool managed) : managed_(managed) {}
+  explicit CudaMemory(Counters* counters, bool managed = false)
+      : counters_(counters), managed_(managed) {}
   CudaMemory(const CudaMemory&) = delete;
   CudaMemory& operator=(const CudaMemory&) = delete;
   // cudaFree waits for the device, so work still reading the memory finishes first.
   ~CudaMemory() { Free(); }
   cudaError_t Allocate(size_t bytes) {
     Free();
+    const auto wanted = static_cast<int64_t>(bytes);
+    if (counters_->limit > 0 && counters_->held.load() + wanted > counters_->limit) {
+      return cudaErrorMemoryAllocation;  // as the card itself would refuse it
+    }
     cudaGetDevice(&device_);  // the caller made its card current
     const cudaError_t e = managed_ ? cudaMallocManaged(&p_, bytes > 0 ? bytes : 1)
                                    : cudaMalloc(&p_, bytes > 0 ? bytes : 1);
-    if (e == cudaSuccess) bytes_ = bytes;
+    if (e == cudaSuccess) {
+      bytes_ = bytes;
+      const int64_t now = counters_->held += wanted;
+      int64_t peak = counters_->peak.load();
+      while (now > peak && !counters_->peak.compare_exchange_weak(peak, now)) {
+      }
+    }
     return e;
   }
+  void Release() { Free(); }
   void* get() const { return p_; }
   size_t bytes() const { return bytes_; }
   bool managed() const { return managed_; }
@@ -65,11 +86,13 @@ class CudaMemory {
       int current = -1;
       if (cudaGetDevice(&current) != cudaSuccess || current != device_) cudaSetDevice(device_);
       cudaFree(p_);
+      counters_->held -= static_cast<int64_t>(bytes_);
     }
     p_ = nullptr;
     bytes_ = 0;
   }
 
+  Counters* counters_;  // the device's, which outlives its memory
   void* p_ = nullptr;
   size_t bytes_ = 0;
   bool managed_ = false;
@@ -81,7 +104,10 @@ class CudaBuffer : public DeviceBuffer {
   // Paged optimizer state lives in managed memory so that it can move to the host.
   CudaBuffer(std::shared_ptr<Counters> counters, int64_t Counters::*category, int64_t floats,
              bool managed = false)
-      : counters_(std::move(counters)), category_(category), floats_(floats), mem_(managed) {}
+      : counters_(std::move(counters)),
+        category_(category),
+        floats_(floats),
+        mem_(counters_.get(), managed) {}
   // Moves the bytes between categories (paging) without reallocating.
   void Recount(int64_t Counters::*category) {
     (*counters_).*category_ -= floats_ * 4;
@@ -112,6 +138,7 @@ class CudaBuffer : public DeviceBuffer {
 
 // Ints copied from the host (token ids, positions, segments, targets) and what they were.
 struct HostIntsCopy {
+  explicit HostIntsCopy(Counters* counters) : device(counters) {}
   CudaMemory device;
   std::vector<int32_t> held;
 };
@@ -119,7 +146,14 @@ struct HostIntsCopy {
 class CudaLinear : public DeviceLinear {
  public:
   CudaLinear(std::shared_ptr<Counters> counters, int64_t out, int64_t in, bool quantized)
-      : counters_(std::move(counters)), out_(out), in_(in), quantized_(quantized) {}
+      : counters_(std::move(counters)),
+        packed(counters_.get()),
+        absmax_q(counters_.get()),
+        nested(counters_.get()),
+        values(counters_.get()),
+        out_(out),
+        in_(in),
+        quantized_(quantized) {}
   ~CudaLinear() override { counters_->base_weights -= counted_; }
   // Adds this weight's bytes to the device's base-weight count (taken back when it goes).
   void Count() {
@@ -134,13 +168,16 @@ class CudaLinear : public DeviceLinear {
                                 values.bytes());
   }
 
+ private:
+  std::shared_ptr<Counters> counters_;  // before the memory below, which counts into it
+
+ public:
   CudaMemory packed, absmax_q, nested, values;  // NF4 + double quant, or float32 values
   float offset = 0.0f;
   int blocksize = 64, nested_blocksize = 256;
   int64_t numel = 0;
 
  private:
-  std::shared_ptr<Counters> counters_;
   int64_t counted_ = 0;
   int64_t out_, in_;
   bool quantized_;
@@ -210,7 +247,8 @@ class CudaDevice : public Device {
 
   std::string name() const override {
     return absl::StrCat("cuda:", ordinal_, " (", device_name_,
-                        options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", FlashNote(), ")");
+                        options_.bf16_gemm ? ", bf16 GEMMs" : ", float32 GEMMs", FlashNote(),
+                        LimitNote(), ")");
   }
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(int64_t floats, BufferKind kind) override {
@@ -363,7 +401,7 @@ class CudaDevice : public Device {
     const int64_t blocks = (n + o.blocksize - 1) / o.blocksize;
     const int64_t nested = (blocks + o.nested_blocksize - 1) / o.nested_blocksize;
     auto lin = std::make_unique<CudaLinear>(counters_, out, in, true);
-    CudaMemory staging, absmax;
+    CudaMemory staging(counters_.get()), absmax(counters_.get());
     cudaError_t e = lin->packed.Allocate((n + 1) / 2);
     if (e == cudaSuccess) e = lin->absmax_q.Allocate(blocks);
     if (e == cudaSuccess) e = lin->nested.Allocate(nested * 4);
@@ -865,6 +903,22 @@ class CudaDevice : public Device {
     return profiler_.Take(stream_);
   }
 
+  int64_t ReleaseScratch() override {
+    Enter();
+    int64_t freed = 0;
+    for (CudaMemory* m : {&workspace_, &scores_, &row_loss_, &delta_, &workspace_bf16_, &act_bf16_,
+                          &lora_partial_, &lora_bf16_, &conversion_}) {
+      freed += static_cast<int64_t>(m->bytes());
+      m->Release();  // cudaFree waits for the work that may still read it
+    }
+    for (HostIntsCopy* c : {&ids_, &positions_, &targets_, &segments_}) {
+      freed += static_cast<int64_t>(c->device.bytes());
+      c->device.Release();
+      c->held.clear();  // nothing is held on the card any more
+    }
+    return freed;
+  }
+
   DeviceMemoryUsage memory_usage() const override {
     DeviceMemoryUsage u;
     u.base_weights = counters_->base_weights;
@@ -872,6 +926,7 @@ class CudaDevice : public Device {
     u.optimizer_device = counters_->optimizer_device;
     u.optimizer_host = counters_->optimizer_host;
     u.activations = counters_->activations;
+    u.peak_held = counters_->peak.load();
     size_t free_bytes = 0, total = 0;
     // cudaMemGetInfo reports the calling thread's current device, which on a thread that has
     // not yet run work here (or ran another card's) is not this one.
@@ -894,8 +949,9 @@ class CudaDevice : public Device {
   float* ConversionScratch(int64_t floats) override { return Scratch(&conversion_, floats); }
 
  private:
-  CudaDevice(int ordinal, const CudaDeviceOptions& options)
-      : ordinal_(ordinal), options_(options) {}
+  CudaDevice(int ordinal, const CudaDeviceOptions& options) : ordinal_(ordinal), options_(options) {
+    counters_->limit = std::max<int64_t>(0, options.memory_limit_bytes);
+  }
 
   // Flash attention where asked for, bf16 GEMMs are on, head_dim has kernels and the card gives
   // a block the shared memory they need (fixed for the device's life, as the training graph
@@ -905,6 +961,14 @@ class CudaDevice : public Device {
            kc::FlashAttentionSupports(d.head_dim) && d.tokens <= kc::kFlashAttentionMaxTokens &&
            kc::FlashAttentionSharedBytes(d.head_dim) <= max_shared_optin_;
   }
+  // The share of the card this device object keeps to, where it has one.
+  std::string LimitNote() const {
+    const int64_t limit = counters_->limit;
+    if (limit <= 0) return "";
+    return limit % (1 << 20) == 0 ? absl::StrCat(", limited to ", limit >> 20, " MiB")
+                                  : absl::StrCat(", limited to ", limit, " bytes");
+  }
+
   std::string FlashNote() const {
     for (int hd : {128, 64, 32}) {
       if (Flash({1, 1, 1, hd})) return absl::StrCat(", flash attention to head_dim ", hd);
@@ -1239,11 +1303,12 @@ class CudaDevice : public Device {
   bool pageable_ = true;      // the card can page managed memory: kPagedOptimizer buffers use it
   absl::Status error_;        // the first failure since TakeError last took one; reads are NaN then
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
-  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
+  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();  // before the memory below
   CudaOpProfiler profiler_;
-  CudaMemory code8_, partial_, workspace_, scores_, row_loss_, delta_, workspace_bf16_, act_bf16_,
-      lora_partial_, lora_bf16_, conversion_;
-  HostIntsCopy ids_, positions_, targets_, segments_;
+  Counters* const c_ = counters_.get();
+  CudaMemory code8_{c_}, partial_{c_}, workspace_{c_}, scores_{c_}, row_loss_{c_}, delta_{c_},
+      workspace_bf16_{c_}, act_bf16_{c_}, lora_partial_{c_}, lora_bf16_{c_}, conversion_{c_};
+  HostIntsCopy ids_{c_}, positions_{c_}, targets_{c_}, segments_{c_};
 };
 
 }  // namespace

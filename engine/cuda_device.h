@@ -30,6 +30,11 @@ struct CudaDeviceOptions {
   // Training graphs keep bf16 activations (Device::PrefersBf16Activations) where bf16 GEMMs
   // are on: half the activation memory and elementwise traffic of float32.
   bool bf16_activations = true;
+  // The most memory this device object may hold, in bytes (weights, adapters, optimizer state,
+  // activations, scratch; not the CUDA context nor cuBLAS's own workspace); 0: what the card
+  // gives. Beyond it an allocation fails as out of memory, so a device object sharing a card
+  // (the daemon's generation and evaluation beside training) keeps to its share.
+  int64_t memory_limit_bytes = 0;
 };
 
 // The device `ordinal`. A CUDA error inside an operation is reported once on stderr and makes

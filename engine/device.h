@@ -30,6 +30,10 @@ struct DeviceMemoryUsage {
   int64_t workspace = 0;
   // The device's own figures (cudaMemGetInfo on a GPU); 0 where the device has none.
   int64_t device_total = 0, device_free = 0;
+  // The most the engine has held on the device at once since it was made (all the categories
+  // above, optimizer state paged out to the host included, and transient staging): what a memory
+  // limit must allow. 0 where it is not tracked.
+  int64_t peak_held = 0;
 };
 
 // The engine's categories above by name (metrics labels), in a fixed order.
@@ -297,6 +301,10 @@ class Device {
   virtual void Fill(float* x, int64_t n, float value) = 0;
 
   virtual DeviceMemoryUsage memory_usage() const = 0;
+  // Frees the scratch buffers the device keeps between operations, grown to the largest asked for
+  // (they grow again when next needed), and returns the bytes freed: for a device with a memory
+  // limit, after one large request. Only between operations: no scratch pointer is held then.
+  virtual int64_t ReleaseScratch() { return 0; }
 
   // The first failure of the device's queued work since the last call (a kernel launch or
   // fault, an allocation, a library call), then cleared. Operations are queued and return

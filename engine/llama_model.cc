@@ -167,6 +167,9 @@ absl::Status LlamaModel::Forward(const std::vector<int32_t>& tokens, KvCache* ca
   const int64_t rows = all_logits ? T : 1;
   const float* last = x->data() + (T - rows) * h;
   device_->RmsNorm(last, norm_->data(), rows, h, c.rms_norm_eps, xn->data());
+  // A failure the layers met (a scratch buffer refused) is this call's: taken here, not left on
+  // the device for the next call, where the allocation below returns early. No wait while sound.
+  RETURN_IF_ERROR(device_->TakeError());
   ASSIGN_OR_RETURN(auto out, device_->Alloc(rows * c.vocab_size));
   device_->MatmulTransposed(lm_head(), c.vocab_size, h, xn->data(), rows, out->data());
   logits->resize(rows * c.vocab_size);

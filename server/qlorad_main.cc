@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -56,6 +57,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload")
 ABSL_FLAG(std::string, inference_device, "cpu",
           "Device of Generate/Evaluate: cpu, cuda:N (a device object of its own on that GPU), or "
           "auto (the first GPU of --devices that opens, else the CPU)");
+ABSL_FLAG(int64_t, inference_memory_bytes, 0,
+          "Memory Generate/Evaluate may hold on their GPU. On a card that also trains it comes out "
+          "of that card's training budget; 0: a quarter of it there, the whole card elsewhere");
 ABSL_FLAG(int32_t, inference_threads, 0, "Threads of the CPU generation/evaluation device; 0: all");
 ABSL_FLAG(int32_t, inference_cached_adapters, 4,
           "Adapters kept placed on the generation/evaluation device between requests");
@@ -144,43 +148,74 @@ absl::StatusOr<std::string> DefaultTenantsFile(const std::string& data_dir) {
   return path;
 }
 
-// The inference device on a card that also trains: that card's training budget was taken before
-// the inference device existed, so the inference models are not in it. Said once, at start.
-void WarnIfSharingATrainingCard(const Device& inference, const core::JobManager& manager) {
+// What generation and evaluation may hold of `card`. On a card that also trains, their share
+// (--inference-memory-bytes, else a quarter of its budget) comes out of training's budget
+// (JobManager::ShareWithInference, which refuses a share that leaves training nothing), so that
+// the engine's buffers for an evaluation never take what an admitted job counted on; on a card
+// of their own, the flag (0: the whole card).
+int64_t InferenceShare(const std::string& card, const core::JobManager& manager) {
+  const int64_t asked = absl::GetFlag(FLAGS_inference_memory_bytes);
   for (const core::DeviceInfo& d : manager.Devices()) {
-    if (d.name.rfind("cuda:", 0) == 0 && inference.name().rfind(d.name + " ", 0) == 0) {
-      Log("warn", absl::StrCat("--inference-device shares ", d.name,
-                               " with training, whose budget (", d.memory_budget >> 20,
-                               " MiB) leaves out the inference models: lower "
-                               "--device-memory-bytes by their size, or use --inference-device "
-                               "cpu"));
-    }
+    if (d.name == card) return asked > 0 ? asked : d.memory_budget / 4;
   }
+  return asked;
 }
 
-// --inference-device auto: the first GPU that trains here and opens a second time (never a card
-// --devices leaves out, nor one that failed), else the CPU, saying which and why.
+// The device of generation and evaluation: --inference-device cpu, cuda:N, or auto (the first
+// GPU that trains here and opens a second time, never a card --devices leaves out nor one that
+// failed; else the CPU, saying which and why). On a training card it takes its share of that
+// card's budget (InferenceShare).
 absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& spec, int threads,
-                                                            const core::JobManager& manager) {
-  if (spec != "auto") {
-    auto opened = OpenDevice(spec, threads);
+                                                            core::JobManager& manager) {
+  std::vector<std::string> gpus;  // the cards it may open
+  if (spec == "auto") {
+    for (const core::DeviceInfo& d : manager.Devices()) {
+      if (d.name.rfind("cuda:", 0) == 0) gpus.push_back(d.name);
+    }
+  } else if (CudaOrdinal(spec) >= 0) {
+    gpus.push_back(absl::StrCat("cuda:", CudaOrdinal(spec)));
+  }
+  if (absl::GetFlag(FLAGS_inference_memory_bytes) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--inference-memory-bytes: ", absl::GetFlag(FLAGS_inference_memory_bytes), " is negative"));
+  }
+  std::map<int, int64_t> shares;  // by ordinal
+  for (const std::string& card : gpus) shares[CudaOrdinal(card)] = InferenceShare(card, manager);
+  const CudaOptionsFor options_for = [&](int ordinal) {
+    CudaDeviceOptions o;
+    o.memory_limit_bytes = shares[ordinal];
+    return o;
+  };
+  std::unique_ptr<Device> device;
+  if (spec == "auto") {
+    std::vector<std::string> skipped;
+    device = OpenFirstUsableGpu(gpus, threads, &skipped, options_for);
+    for (const std::string& s : skipped) Log("info", "--inference-device auto: skipped " + s);
+    Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ",
+                             device->name(), gpus.empty() ? " (no GPU among --devices)" : ""));
+  } else {
+    auto opened = OpenDevice(spec, threads, options_for);
     if (!opened.ok()) {
       return absl::Status(opened.status().code(),
                           absl::StrCat("--inference-device: ", opened.status().message()));
     }
-    WarnIfSharingATrainingCard(**opened, manager);
-    return opened;
+    device = std::move(*opened);
   }
-  std::vector<std::string> gpus;
+  if (device->name().rfind("cuda:", 0) != 0 && absl::GetFlag(FLAGS_inference_memory_bytes) > 0) {
+    Log("warn", "--inference-memory-bytes applies to a GPU; generation and evaluation run on " +
+                    device->name());
+  }
   for (const core::DeviceInfo& d : manager.Devices()) {
-    if (d.name.rfind("cuda:", 0) == 0) gpus.push_back(d.name);
+    if (d.name.rfind("cuda:", 0) != 0 || device->name().rfind(d.name + " ", 0) != 0) continue;
+    const int64_t share = shares[CudaOrdinal(d.name)];
+    if (absl::Status s = manager.ShareWithInference(d.name, share); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("--inference-memory-bytes: ", s.message(),
+                                                 "; ask for less, or use --inference-device cpu"));
+    }
+    Log("info", absl::StrCat("generation and evaluation share ", d.name, " with training: ", share,
+                             " bytes for them (--inference-memory-bytes), ",
+                             d.memory_budget - share, " for training jobs"));
   }
-  std::vector<std::string> skipped;
-  std::unique_ptr<Device> device = OpenFirstUsableGpu(gpus, threads, &skipped);
-  for (const std::string& s : skipped) Log("info", "--inference-device auto: skipped " + s);
-  Log("info", absl::StrCat("--inference-device auto: generation and evaluation on ", device->name(),
-                           gpus.empty() ? " (no GPU among --devices)" : ""));
-  WarnIfSharingATrainingCard(*device, manager);
   return device;
 }
 
@@ -239,9 +274,8 @@ absl::Status Run() {
                                       node.adapters.get(), node.checkpoints.get(),
                                       node.tenants.get(), node.metrics.get()},
                                      mo));
-  // Generation and evaluation run on a device of their own: the CPU, or a CUDA device object
-  // of their own (its base models are not in that card's training budget: lower
-  // --device-memory-bytes by what they take).
+  // Generation and evaluation run on a device of their own: the CPU, or a CUDA device object of
+  // their own, which keeps to its share of a card that also trains.
   ASSIGN_OR_RETURN(std::unique_ptr<Device> inference_dev,
                    OpenInferenceDevice(absl::GetFlag(FLAGS_inference_device),
                                        absl::GetFlag(FLAGS_inference_threads), *node.manager));

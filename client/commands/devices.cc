@@ -45,6 +45,10 @@ absl::Status Devices(const Invocation& invocation) {
     for (const v1::Device& d : response.devices()) {
       std::printf("%s: %s\n", d.name().c_str(), d.description().c_str());
       if (d.lost()) std::printf("  lost: %s\n", d.lost_reason().c_str());
+      if (d.inference_memory_bytes() > 0) {
+        std::printf("  generation and evaluation share it: up to %s, outside its budget\n",
+                    FormatBytes(d.inference_memory_bytes()).c_str());
+      }
     }
     std::printf("largest job (with its base model): %s\n",
                 FormatBytes(response.max_job_bytes()).c_str());

@@ -91,6 +91,9 @@ void InferenceRunner::CollectMetrics(metrics::Registry& r) const {
   for (const auto& [category, bytes] : MemoryCategories(u.memory)) {
     r.Set(metrics::kInferenceMemory, {device, category}, static_cast<double>(bytes));
   }
+  if (u.memory.peak_held > 0) {
+    r.Set(metrics::kInferenceMemoryPeak, {device}, static_cast<double>(u.memory.peak_held));
+  }
   r.Set(metrics::kInferenceModelsLoaded, {device}, u.models_loaded);
 }
 
@@ -131,7 +134,7 @@ absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
   if (!meta.ok()) return meta.status();
   // An entry counts only for the base model the pool serves now: a model registered anew under
   // the same name (perhaps of another shape) is a new pooled model.
-  const std::string key = absl::StrCat(tenant, "/", id);
+  const std::string key = AdapterKey(tenant, id);
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
     if (it->key == key && it->model.lock() == model) {
       cache_.splice(cache_.begin(), cache_, it);  // now the most recently used
@@ -166,60 +169,96 @@ int InferenceRunner::models_loaded() const {
   return pool_->LoadedCount();
 }
 
+std::string InferenceRunner::AdapterKey(const std::string& tenant, const std::string& id) {
+  return id.empty() ? "" : absl::StrCat(tenant, "/", id);
+}
+
+absl::Status InferenceRunner::WithRoom(const std::string& model, const std::string& adapter_key,
+                                       const std::function<absl::Status()>& attempt,
+                                       const bool& answered) {
+  // An error that a failed request left on the device (an allocation refused where nothing
+  // took the error) was that request's, not this one's; a lost device stays lost.
+  auto run = [&]() -> absl::Status {
+    if (absl::Status stale = device_->TakeError(); absl::IsUnavailable(stale)) return stale;
+    return attempt();
+  };
+  absl::Status s = run();
+  if (!absl::IsResourceExhausted(s) || answered) return s;
+  const auto others = std::erase_if(
+      cache_, [&](const CachedAdapter& e) { return e.key != adapter_key; });  // freed now: unused
+  const int64_t freed = pool_->EvictUnused({model}) + device_->ReleaseScratch();
+  if (freed == 0 && others == 0) return s;  // it does not fit even alone
+  return run();
+}
+
 absl::StatusOr<std::string> InferenceRunner::Generate(
     const std::string& tenant, const v1::GenerateRequest& req,
     const std::function<bool(const std::string&)>& on_text) {
   ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
-  SamplingOptions so;
-  so.max_new_tokens = req.max_tokens() > 0 ? req.max_tokens() : 64;
-  if (so.max_new_tokens > 4096) return absl::InvalidArgumentError("max_tokens: at most 4096");
-  so.temperature = req.temperature();
-  so.top_p = req.top_p() > 0.0f ? req.top_p() : 1.0f;
-  so.seed = req.seed();
-  if (absl::Status s = ValidateSamplingOptions(so); !s.ok()) {
+  SamplingOptions options;
+  options.max_new_tokens = req.max_tokens() > 0 ? req.max_tokens() : 64;
+  if (options.max_new_tokens > 4096) return absl::InvalidArgumentError("max_tokens: at most 4096");
+  options.temperature = req.temperature();
+  options.top_p = req.top_p() > 0.0f ? req.top_p() : 1.0f;
+  options.seed = req.seed();
+  if (absl::Status s = ValidateSamplingOptions(options); !s.ok()) {
     return absl::InvalidArgumentError(s.message());
   }
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
-  ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
-  const std::shared_ptr<PooledModel>& pooled = loaded.model;
-  const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
-  const LlamaConfig& config = pooled->model->config();
-  const Tokenizer& tok = *pooled->tokenizer;
-  std::vector<int32_t> prompt = {tok.bos_id()};
-  if (!req.prompt().empty()) {
-    ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(req.prompt()));
-    prompt.insert(prompt.end(), ids.begin(), ids.end());
-  }
-  if (static_cast<int64_t>(prompt.size()) + so.max_new_tokens > config.max_position_embeddings) {
-    so.max_new_tokens =
-        std::max<int64_t>(0, config.max_position_embeddings - static_cast<int64_t>(prompt.size()));
-    if (so.max_new_tokens == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt.size(),
-                                                     " tokens fill the model's context of ",
-                                                     config.max_position_embeddings));
-    }
-  }
-  ASSIGN_OR_RETURN(TextStream stream, TextStream::Start(tok, prompt));
-  absl::Status stream_status;
-  bool client_left = false;
-  auto on_token = [&](int32_t id) {
-    auto text = stream.Push(id);
-    if (!text.ok()) {
-      stream_status = text.status();
-      return false;
-    }
-    if (!text->empty() && !on_text(*text)) {
-      client_left = true;
-      return false;
-    }
-    return true;
-  };
-  ASSIGN_OR_RETURN(GenerationResult r, qlorad::Generate(*pooled->model, prompt, so, on_token,
-                                                        adapter ? adapter->weights() : nullptr));
-  RETURN_IF_ERROR(stream_status);
-  if (client_left) return absl::CancelledError("the client left");
-  return std::string(r.stopped_at_eos ? "eos" : "max_tokens");
+  bool answered = false;  // text went to the client: a second try would repeat it
+  std::string finish;
+  RETURN_IF_ERROR(WithRoom(
+      model.name(), AdapterKey(tenant, req.adapter_id()),
+      [&]() -> absl::Status {
+        SamplingOptions so = options;
+        ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
+        const std::shared_ptr<PooledModel>& pooled = loaded.model;
+        const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
+        const LlamaConfig& config = pooled->model->config();
+        const Tokenizer& tok = *pooled->tokenizer;
+        std::vector<int32_t> prompt = {tok.bos_id()};
+        if (!req.prompt().empty()) {
+          ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(req.prompt()));
+          prompt.insert(prompt.end(), ids.begin(), ids.end());
+        }
+        if (static_cast<int64_t>(prompt.size()) + so.max_new_tokens >
+            config.max_position_embeddings) {
+          so.max_new_tokens = std::max<int64_t>(
+              0, config.max_position_embeddings - static_cast<int64_t>(prompt.size()));
+          if (so.max_new_tokens == 0) {
+            return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt.size(),
+                                                           " tokens fill the model's context of ",
+                                                           config.max_position_embeddings));
+          }
+        }
+        ASSIGN_OR_RETURN(TextStream stream, TextStream::Start(tok, prompt));
+        absl::Status stream_status;
+        bool client_left = false;
+        auto on_token = [&](int32_t id) {
+          auto text = stream.Push(id);
+          if (!text.ok()) {
+            stream_status = text.status();
+            return false;
+          }
+          if (text->empty()) return true;
+          answered = true;
+          if (!on_text(*text)) {
+            client_left = true;
+            return false;
+          }
+          return true;
+        };
+        ASSIGN_OR_RETURN(GenerationResult r,
+                         qlorad::Generate(*pooled->model, prompt, so, on_token,
+                                          adapter ? adapter->weights() : nullptr));
+        RETURN_IF_ERROR(stream_status);
+        if (client_left) return absl::CancelledError("the client left");
+        finish = r.stopped_at_eos ? "eos" : "max_tokens";
+        return absl::OkStatus();
+      },
+      answered));
+  return finish;
 }
 
 absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string& tenant,
@@ -232,22 +271,29 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
   if (!content.ok()) return content.status();
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
-  ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
-  const std::shared_ptr<PooledModel>& pooled = loaded.model;
-  const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
-  const LlamaConfig& config = pooled->model->config();
-  auto examples = TokenizeJsonl(*content, *pooled->tokenizer, req.dataset_id());
-  if (!examples.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset_id: ", examples.status().message()));
-  }
-  ASSIGN_OR_RETURN(EvalResult r,
-                   EvaluateExamples(*pooled->model, *examples, config.max_position_embeddings,
-                                    adapter ? adapter->weights() : nullptr));
   v1::EvaluateResponse out;
-  out.set_loss(r.loss);
-  out.set_perplexity(r.perplexity);
-  out.set_target_tokens(r.target_tokens);
-  out.set_examples(r.examples);
+  RETURN_IF_ERROR(WithRoom(
+      model.name(), AdapterKey(tenant, req.adapter_id()),
+      [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
+        const std::shared_ptr<PooledModel>& pooled = loaded.model;
+        const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
+        const LlamaConfig& config = pooled->model->config();
+        auto examples = TokenizeJsonl(*content, *pooled->tokenizer, req.dataset_id());
+        if (!examples.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("dataset_id: ", examples.status().message()));
+        }
+        ASSIGN_OR_RETURN(EvalResult r,
+                         EvaluateExamples(*pooled->model, *examples, config.max_position_embeddings,
+                                          adapter ? adapter->weights() : nullptr));
+        out.set_loss(r.loss);
+        out.set_perplexity(r.perplexity);
+        out.set_target_tokens(r.target_tokens);
+        out.set_examples(r.examples);
+        return absl::OkStatus();
+      },
+      /*answered=*/false));
   return out;
 }
 

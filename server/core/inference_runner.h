@@ -3,7 +3,9 @@
 // worker's, whose engine only that worker drives). Base
 // models are loaded once into this runner's pool; the most recently used adapters stay placed
 // on the device (adapters never change once stored, and each use first checks that the
-// tenant still has it); requests run one at a time.
+// tenant still has it); requests run one at a time. A request that runs out of device memory
+// while other base models or adapters are held has them dropped and runs once more, so a device
+// with a memory limit (a share of a training card) serves whatever fits it alone.
 #pragma once
 
 #include <cstdint>
@@ -75,6 +77,15 @@ class InferenceRunner {
   absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
                               const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishUsage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `attempt` (a request's work on the device with base model `model` and the tenant's
+  // adapter `adapter_key`, "tenant/id" or empty; it holds nothing once it returns). Where it ran
+  // out of memory and dropping every other base model and cached adapter, and the device's grown
+  // scratch, freed some: once more, unless `answered` (part of the answer is with the client).
+  absl::Status WithRoom(const std::string& model, const std::string& adapter_key,
+                        const std::function<absl::Status()>& attempt, const bool& answered)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // "tenant/id", the adapter cache's key; empty for no adapter.
+  static std::string AdapterKey(const std::string& tenant, const std::string& id);
   // Publishes when a request's scope ends, whichever way it returns (declared after its lock,
   // so it runs while mu_ is still held, once the request's own buffers are gone).
   struct PublishOnExit {

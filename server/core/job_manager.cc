@@ -68,6 +68,7 @@ struct JobManager::Worker {
   std::string description;  // Device::name, taken once the device is made
   int threads = 0;
   int64_t budget = 0;
+  int64_t inference_bytes = 0;  // taken out of the budget for generation and evaluation
   std::thread thread;
   std::unique_ptr<Device> device;
   std::unique_ptr<ModelPool> pool;
@@ -265,6 +266,30 @@ QueuedJob JobManager::QueueEntry(const v1::Job& job) const {
     q.job_bytes = JobBytes(ConfigFromModel(*model), job.resolved());
   }
   return q;
+}
+
+absl::Status JobManager::ShareWithInference(const std::string& name, int64_t bytes) {
+  {
+    absl::MutexLock lock(&mu_);  // once started, the workers read budgets without a lock
+    if (started_) return absl::FailedPreconditionError("the job manager is already started");
+  }
+  for (const auto& w : workers_) {
+    if (w->name != name) continue;
+    if (bytes <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, "'s budget (", w->budget, " bytes) is too small to share"));
+    }
+    if (bytes >= w->budget) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(bytes, " bytes for generation and evaluation would leave ", name,
+                       " no training budget (it has ", w->budget,
+                       " bytes: --device-memory-bytes, else 90% of the card)"));
+    }
+    w->budget -= bytes;
+    w->inference_bytes += bytes;
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat(name, " does not train here"));
 }
 
 absl::Status JobManager::Start() {
@@ -608,6 +633,7 @@ std::vector<DeviceInfo> JobManager::Devices() const {
     d.name = w->name;
     d.description = w->description;
     d.memory_budget = w->budget;
+    d.inference_memory_bytes = w->inference_bytes;
     if (w->pool) {
       d.base_model_bytes = w->pool->ResidentBytes();
       d.base_models_loaded = w->pool->LoadedCount();
@@ -934,10 +960,17 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
     for (const auto& [category, bytes] : MemoryCategories(u)) {
       r.Set(metrics::kEngineMemory, {d.name, category}, static_cast<double>(bytes));
     }
+    if (u.peak_held > 0) {
+      r.Set(metrics::kEngineMemoryPeak, {d.name}, static_cast<double>(u.peak_held));
+    }
     r.Set(metrics::kBaseModelsLoaded, {d.name}, d.base_models_loaded);
     r.Set(metrics::kDeviceUp, {d.name}, d.lost ? 0.0 : 1.0);
     r.Set(metrics::kDeviceAdmission, {d.name, "budget"}, static_cast<double>(d.memory_budget));
     r.Set(metrics::kDeviceAdmission, {d.name, "reserved"}, static_cast<double>(d.memory_reserved));
+    if (d.inference_memory_bytes > 0) {
+      r.Set(metrics::kDeviceAdmission, {d.name, "inference"},
+            static_cast<double>(d.inference_memory_bytes));
+    }
   }
   {
     absl::MutexLock lock(&mu_);

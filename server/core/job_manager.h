@@ -74,6 +74,9 @@ struct DeviceInfo {
   DeviceMemoryUsage usage;  // the engine's accounting, as of the worker's last round
   int64_t memory_budget = 0;
   int64_t memory_reserved = 0;  // base models + admitted jobs' estimates
+  // Of the card, what generation and evaluation may hold where they share it (ShareWithInference):
+  // outside memory_budget, which it was taken from.
+  int64_t inference_memory_bytes = 0;
   int64_t base_model_bytes = 0;
   int base_models_loaded = 0;
   int jobs_running = 0;
@@ -89,6 +92,11 @@ class JobManager {
                                                             const JobManagerOptions& options);
   ~JobManager();  // Shutdown()
 
+  // Gives `bytes` of device `name`'s budget to generation and evaluation, which run on that card
+  // too, under that limit (before Start, so that admission only ever sees the smaller budget).
+  // NOT_FOUND for a device that is not here, INVALID_ARGUMENT for nothing to give or where no
+  // budget would be left, FAILED_PRECONDITION once started.
+  absl::Status ShareWithInference(const std::string& name, int64_t bytes);
   // Requeues what the store holds unfinished, then starts the device workers.
   absl::Status Start();
   // Checkpoints running jobs and marks them QUEUED (they resume on the next start), then stops

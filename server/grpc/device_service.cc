@@ -19,6 +19,7 @@ grpc::Status DeviceServiceImpl::ListDevices(grpc::ServerContext* c,
     p->set_memory_budget(d.memory_budget);
     p->set_lost(d.lost);
     p->set_lost_reason(d.lost_reason);
+    p->set_inference_memory_bytes(d.inference_memory_bytes);
     if (!activity) continue;
     p->set_memory_reserved(d.memory_reserved);
     p->set_base_model_bytes(d.base_model_bytes);

@@ -55,20 +55,29 @@ void DeclareDaemonMetrics(Registry& r) {
             "Memory the engine holds on a device by category; base weights are counted once "
             "per device however many jobs share them.",
             {"device", "category"});
+  r.Declare(kEngineMemoryPeak, Type::kGauge,
+            "The most the engine has held on a GPU at once since the daemon started (weights, "
+            "adapters, optimizer state, activations, scratch).",
+            {"device"});
   r.Declare(kBaseModelsLoaded, Type::kGauge, "Base models loaded on a device.", {"device"});
   r.Declare(kDeviceAdmission, Type::kGauge,
             "What admission lets jobs and base models reserve on a device (state=budget) and "
             "what loaded base models and admitted jobs' estimates reserve now (state=reserved): "
-            "jobs wait in the queue while the next one does not fit between them.",
+            "jobs wait in the queue while the next one does not fit between them. Where "
+            "Generate/Evaluate share the card, their limit (state=inference), outside the budget.",
             {"device", "state"});
   r.Declare(kDeviceUp, Type::kGauge,
             "1 while a device trains; 0 once it failed for good (a GPU fault) until a restart.",
             {"device"});
   r.Declare(kInferenceMemory, Type::kGauge,
             "Memory the Generate/Evaluate device holds by category (base models, cached adapters, "
-            "activations, workspace), as of the end of the last request; outside any training "
-            "budget, also where it shares a training card.",
+            "activations, workspace), as of the end of the last request. On a card that also "
+            "trains, it keeps to its share (qlorad_device_admission_bytes{state=\"inference\"}).",
             {"device", "category"});
+  r.Declare(kInferenceMemoryPeak, Type::kGauge,
+            "The most the Generate/Evaluate GPU device has held at once since the daemon "
+            "started: what --inference-memory-bytes must allow for the requests served so far.",
+            {"device"});
   r.Declare(kInferenceModelsLoaded, Type::kGauge,
             "Base models loaded on the Generate/Evaluate device (--inference-cached-models).",
             {"device"});

@@ -6,14 +6,16 @@
 
 namespace qlorad::metrics {
 
-inline constexpr char kDeviceMemory[] = "qlorad_device_memory_bytes";        // device, state
-inline constexpr char kEngineMemory[] = "qlorad_engine_memory_bytes";        // device, category
-inline constexpr char kBaseModelsLoaded[] = "qlorad_base_models_loaded";     // device
-inline constexpr char kDeviceUp[] = "qlorad_device_up";                      // device
-inline constexpr char kDeviceAdmission[] = "qlorad_device_admission_bytes";  // device, state
-inline constexpr char kInferenceMemory[] = "qlorad_inference_memory_bytes";  // device, category
-inline constexpr char kInferenceModelsLoaded[] = "qlorad_inference_models_loaded";  // device
-inline constexpr char kJobs[] = "qlorad_jobs";                                      // state
+inline constexpr char kDeviceMemory[] = "qlorad_device_memory_bytes";           // device, state
+inline constexpr char kEngineMemory[] = "qlorad_engine_memory_bytes";           // device, category
+inline constexpr char kBaseModelsLoaded[] = "qlorad_base_models_loaded";        // device
+inline constexpr char kDeviceUp[] = "qlorad_device_up";                         // device
+inline constexpr char kDeviceAdmission[] = "qlorad_device_admission_bytes";     // device, state
+inline constexpr char kInferenceMemory[] = "qlorad_inference_memory_bytes";     // device, category
+inline constexpr char kEngineMemoryPeak[] = "qlorad_engine_memory_peak_bytes";  // device
+inline constexpr char kInferenceMemoryPeak[] = "qlorad_inference_memory_peak_bytes";  // device
+inline constexpr char kInferenceModelsLoaded[] = "qlorad_inference_models_loaded";    // device
+inline constexpr char kJobs[] = "qlorad_jobs";                                        // state
 inline constexpr char kQueueDepth[] = "qlorad_queue_depth";
 inline constexpr char kJobsFinished[] = "qlorad_jobs_finished_total";            // result
 inline constexpr char kTrainedTokens[] = "qlorad_trained_tokens_total";          // device

@@ -575,6 +575,76 @@ void ProfileNamesTheStepsOperations(const std::vector<CudaOpTime>& ops, bool fla
               ops.empty() ? "" : ops[0].op.c_str(), ops.empty() ? 0.0 : ops[0].ms);
 }
 
+// The scratch a device keeps grown between operations (here the float32 GEMM's dequantized
+// weight, 100 x 192 floats) is given back by ReleaseScratch, and the next operation grows it
+// again with the same result, bit for bit.
+void ScratchIsReleased(Device* gpu) {
+  const int64_t out = 100, in = 192, tokens = 8;
+  auto lin = gpu->QuantizeLinear(Normal(out * in, 0.05f), out, in, Nf4Options{});
+  auto x = gpu->Alloc(tokens * in);
+  auto y = gpu->Alloc(tokens * out);
+  GPU_CHECK(lin.ok() && x.ok() && y.ok(), "setup");
+  if (!lin.ok() || !x.ok() || !y.ok()) return;
+  const std::vector<float> xs = Normal(tokens * in, 1.0f);
+  gpu->CopyFromHost(xs.data(), tokens * in, (*x)->data());
+  std::vector<float> first(tokens * out), again(tokens * out);
+  gpu->Linear(**lin, (*x)->data(), tokens, (*y)->data());
+  gpu->CopyToHost((*y)->data(), tokens * out, first.data());
+  const int64_t grown = gpu->memory_usage().workspace;
+  const int64_t freed = gpu->ReleaseScratch();
+  const int64_t left = gpu->memory_usage().workspace;
+  GPU_CHECK(freed >= out * in * 4 && left == grown - freed, "workspace %lld, %lld freed, %lld left",
+            static_cast<long long>(grown), static_cast<long long>(freed),
+            static_cast<long long>(left));
+  gpu->Linear(**lin, (*x)->data(), tokens, (*y)->data());
+  gpu->CopyToHost((*y)->data(), tokens * out, again.data());
+  GPU_CHECK(again == first && gpu->TakeError().ok(), "after the release the linear differs");
+  GPU_CHECK(gpu->memory_usage().workspace > left, "the scratch did not grow again");
+}
+
+// A device object with a memory limit (a share of a card that also trains) refuses what would
+// pass it as out of memory, as the card itself would, without losing the device; what it frees
+// is its again.
+void MemoryLimitHolds() {
+  constexpr int64_t kLimit = 1 << 20;
+  constexpr int64_t kFloats = kLimit / 4 / 2;  // half the limit
+  CudaDeviceOptions o;
+  o.memory_limit_bytes = kLimit;
+  auto limited = CreateCudaDevice(0, o);
+  GPU_CHECK(limited.ok(), "limited device: %s", std::string(limited.status().message()).c_str());
+  if (!limited.ok()) return;
+  Device* d = limited->get();
+  GPU_CHECK(d->name().find("limited to 1 MiB") != std::string::npos, "name: %s", d->name().c_str());
+  auto first = d->Alloc(kFloats, BufferKind::kActivations);
+  GPU_CHECK(first.ok(), "half the limit: %s", std::string(first.status().message()).c_str());
+  // The device's own scratch (the 8-bit code table, reduction partials) is held too.
+  auto second = d->Alloc(kFloats, BufferKind::kActivations);
+  GPU_CHECK(absl::IsResourceExhausted(second.status()) &&
+                second.status().message().find("limited to 1 MiB") != std::string::npos,
+            "past the limit: %s", std::string(second.status().message()).c_str());
+  GPU_CHECK(d->TakeError().ok(), "a refused allocation lost the device");
+  GPU_CHECK(d->memory_usage().activations == kFloats * 4, "activations %lld",
+            static_cast<long long>(d->memory_usage().activations));
+  first->reset();
+  auto again = d->Alloc(kFloats, BufferKind::kActivations);
+  GPU_CHECK(again.ok(), "after a free: %s", std::string(again.status().message()).c_str());
+  // Without the limit the same two buffers fit.
+  auto unlimited = CreateCudaDevice(0);
+  if (!unlimited.ok()) return;
+  auto a = (*unlimited)->Alloc(kFloats, BufferKind::kActivations);
+  auto b = (*unlimited)->Alloc(kFloats, BufferKind::kActivations);
+  GPU_CHECK(a.ok() && b.ok(), "an unlimited device refused 1 MiB");
+  // OpenFirstUsableGpu hands each card its options.
+  std::vector<std::string> why;
+  auto chosen = OpenFirstUsableGpu({"cuda:0"}, 1, &why, [](int ordinal) {
+    CudaDeviceOptions c;
+    c.memory_limit_bytes = int64_t{3} << 20 << ordinal;
+    return c;
+  });
+  GPU_CHECK(chosen->name().find("limited to 3 MiB") != std::string::npos, "chosen: %s",
+            chosen->name().c_str());
+}
+
 }  // namespace
 }  // namespace qlorad
 
@@ -598,6 +668,8 @@ int main() {
     GPU_CHECK(first->name().rfind("cuda:0 ", 0) == 0 && why.size() == 1,
               "OpenFirstUsableGpu took %s after %zu skipped", first->name().c_str(), why.size());
   }
+  qlorad::MemoryLimitHolds();
+  qlorad::ScratchIsReleased(gpu->get());
   qlorad::QuantizeOnCardMatchesHost(gpu->get());
   qlorad::TrainingStepAgrees(cpu.get(), gpu->get(), qlorad::ActivationPrecision::kFloat32, 1e-4,
                              1e-3);

@@ -109,6 +109,19 @@ class CudaOnCpuDaemonTest : public ::testing::Test {
     train_ = train->id();
   }
 
+  // The stand-in daemon stopped and started again in dir_/card (what it stored stays), now with
+  // `flags`; whether it started. `new_log`: what it logged this time.
+  bool RestartCard(std::vector<std::string> flags, std::string* new_log = nullptr) {
+    card_->Stop();
+    const size_t logged = card_->log().size();  // one log file across restarts
+    flags.push_back("--progress-interval=0");
+    card_ =
+        std::make_unique<DaemonProcess>(dir_ + "/card", flags, QLORAD_DAEMON_CUDA_ON_CPU_BINARY);
+    const bool started = card_->Start();
+    if (new_log != nullptr) *new_log = card_->log().substr(logged);
+    return started;
+  }
+
   RpcClient Ops(const DaemonProcess& d) { return RpcClient(d.address(), kOpsKey); }
   RpcClient Acme(const DaemonProcess& d) { return RpcClient(d.address(), kAcmeKey); }
 
@@ -137,7 +150,8 @@ class CudaOnCpuDaemonTest : public ::testing::Test {
   std::unique_ptr<DaemonProcess> card_, cpu_;
 };
 
-// --devices auto and --inference-device auto find the card; admission's budget is 90% of it, and
+// --devices auto and --inference-device auto find the card; admission's budget is 90% of it less
+// the quarter generation and evaluation take (they share the card), and
 // operators see the card's own figures before any job has run. A fine-tune on it gives the losses
 // the CPU daemon gives for the same request, within bf16 GEMM rounding (5e-3 relative; 1.0e-3 seen
 // at worst), and its adapter evaluates on the card as on the CPU.
@@ -150,9 +164,13 @@ TEST_F(CudaOnCpuDaemonTest, AutoFindsTheCardTrainsOnItAndEvaluatesTheAdapterTher
   EXPECT_EQ(card.name(), "cuda:0");
   EXPECT_TRUE(Contains(card.description(), "CUDA stand-in")) << card.description();
   EXPECT_EQ(card.memory().device_total(), kCardBytes);
-  EXPECT_EQ(card.memory_budget(), kCardBytes / 10 * 9);
+  // 90% of the card, of which generation and evaluation, sharing it, take a quarter.
+  constexpr int64_t kOurs = kCardBytes / 10 * 9;
+  EXPECT_EQ(card.inference_memory_bytes(), kOurs / 4);
+  EXPECT_EQ(card.memory_budget(), kOurs - kOurs / 4);
   EXPECT_FALSE(card.lost());
   EXPECT_TRUE(Contains(devices->inference_device(), "cuda:0")) << devices->inference_device();
+  EXPECT_TRUE(Contains(devices->inference_device(), "limited to")) << devices->inference_device();
   const std::string before = ScrapeMetrics(*card_);
   EXPECT_EQ(Sample(before, "qlorad_device_memory_bytes{device=\"cuda:0\",state=\"total\"}"),
             static_cast<double>(kCardBytes))
@@ -227,6 +245,7 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
   ASSERT_TRUE(a.ok() && b.ok());
   // While both run: the card's figures as the devices service shows them to an admin.
   bool both_paged_out = false;
+  int64_t reserved_for_both = 0;  // the model and both jobs' estimates, as admission counts them
   Eventually(
       [&] {
         auto devices = Ops(*card_).Devices();
@@ -235,6 +254,7 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
         const v1::Device& card = devices->devices(0);
         both_paged_out = card.jobs_running() == 2 && card.memory().optimizer_host() > 0 &&
                          card.memory().optimizer_device() == 0;
+        if (card.jobs_running() == 2) reserved_for_both = card.memory_reserved();
         return both_paged_out || job_a->state() == v1::SUCCEEDED || job_a->state() == v1::FAILED;
       },
       120);
@@ -244,6 +264,20 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
   ASSERT_EQ(job_a.state(), v1::SUCCEEDED) << job_a.error().message();
   ASSERT_EQ(job_b.state(), v1::SUCCEEDED) << job_b.error().message();
   ASSERT_EQ(losses_a.size(), 4u);
+  // Admission's estimates hold on the card: the most the engine ever held there (paged-out moments
+  // counted too) is within what it reserved for the model and the two jobs. Read once the worker
+  // has published the jobs' end (their adapters gone), so the peak covers all their steps.
+  EXPECT_TRUE(Eventually([&] {
+    auto devices = Ops(*card_).Devices();
+    return devices.ok() && devices->devices(0).jobs_running() == 0 &&
+           devices->devices(0).memory().adapters() == 0;
+  }));
+  const std::string metrics = ScrapeMetrics(*card_);
+  const double peak = Sample(metrics, "qlorad_engine_memory_peak_bytes{device=\"cuda:0\"}");
+  EXPECT_GT(peak, 0) << metrics;
+  EXPECT_LE(peak, static_cast<double>(reserved_for_both)) << metrics;
+  std::printf("card: peak %.0f bytes held, %lld reserved for the model and both jobs\n", peak,
+              static_cast<long long>(reserved_for_both));
 
   const auto [alone, losses_alone, alone_events] = RunJob(*card_, ShortJob(train_, 3, 4));
   ASSERT_EQ(alone.state(), v1::SUCCEEDED) << alone.error().message();
@@ -393,6 +427,107 @@ TEST_F(CudaOnCpuDaemonTest, AnOutOfMemoryOnTheCardFailsThatJobAndGivesItsMemoryB
   const auto [after, losses, after_events] = RunJob(*card_, ShortJob(train_, 5, 2));
   ASSERT_EQ(after.state(), v1::SUCCEEDED) << after.error().message() << "\n" << card_->log();
   EXPECT_EQ(losses.size(), 2u);
+}
+
+// The inference device on a training card keeps to its share (--inference-memory-bytes), which
+// comes out of the card's training budget. Within a share that holds one base model but not two,
+// evaluating a second model drops the first and runs (the same loss as with room for both); a
+// share too small for one model fails evaluations with RESOURCE_EXHAUSTED naming the limit, and
+// the card stays up and trains. A share that leaves training nothing stops the start.
+TEST_F(CudaOnCpuDaemonTest, AnInferenceDeviceOnATrainingCardKeepsToItsShare) {
+  constexpr int64_t kOurs = kCardBytes / 10 * 9;
+  constexpr int64_t kRoomy = int64_t{64} << 20;
+  StartCard({"--devices=cuda:0", "--inference-device=cuda:0",
+             "--inference-memory-bytes=" + std::to_string(kRoomy)});
+  auto devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  EXPECT_EQ(devices->devices(0).memory_budget(), kOurs - kRoomy);
+  EXPECT_EQ(devices->devices(0).inference_memory_bytes(), kRoomy);
+  EXPECT_TRUE(Contains(devices->inference_device(), "limited to 64 MiB"))
+      << devices->inference_device();
+  EXPECT_EQ(Sample(ScrapeMetrics(*card_),
+                   "qlorad_device_admission_bytes{device=\"cuda:0\",state=\"inference\"}"),
+            static_cast<double>(kRoomy));
+  ASSERT_TRUE(Ops(*card_).RegisterModel("stories-b", gguf_).ok());
+  auto valid = Acme(*card_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  // The most the device held at once for one model, its weights, and with a second model.
+  auto first = Acme(*card_).Evaluate("stories", "", valid->id());
+  ASSERT_TRUE(first.ok()) << first.status() << card_->log();
+  const std::string peak = "qlorad_inference_memory_peak_bytes{device=\"cuda:0\"}";
+  std::string metrics = ScrapeMetrics(*card_);
+  const auto one_model_peak = static_cast<int64_t>(Sample(metrics, peak));
+  const auto model_bytes = static_cast<int64_t>(Sample(
+      metrics, "qlorad_inference_memory_bytes{device=\"cuda:0\",category=\"base_weights\"}"));
+  ASSERT_GT(model_bytes, 0) << metrics;
+  ASSERT_GT(one_model_peak, model_bytes) << metrics;
+  auto second = Acme(*card_).Evaluate("stories-b", "", valid->id());
+  ASSERT_TRUE(second.ok()) << second.status() << card_->log();
+  metrics = ScrapeMetrics(*card_);
+  ASSERT_EQ(Sample(metrics, "qlorad_inference_models_loaded{device=\"cuda:0\"}"), 2) << metrics;
+  // The same evaluation again, the first model's weights held besides.
+  EXPECT_GE(static_cast<int64_t>(Sample(metrics, peak)), one_model_peak + model_bytes) << metrics;
+  std::printf("inference device: peak %lld bytes with one model of %lld bytes\n",
+              static_cast<long long>(one_model_peak), static_cast<long long>(model_bytes));
+
+  // Room for one model and the scratch, not two.
+  const int64_t one = one_model_peak + model_bytes / 2;
+  ASSERT_TRUE(RestartCard({"--devices=cuda:0", "--inference-device=cuda:0",
+                           "--inference-memory-bytes=" + std::to_string(one)}))
+      << card_->log();
+  devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  EXPECT_EQ(devices->devices(0).inference_memory_bytes(), one);
+  EXPECT_EQ(devices->devices(0).memory_budget(), kOurs - one);
+  for (const char* model : {"stories", "stories-b", "stories"}) {
+    auto r = Acme(*card_).Evaluate(model, "", valid->id());
+    ASSERT_TRUE(r.ok()) << model << ": " << r.status() << "\n" << card_->log();
+    EXPECT_NEAR(r->loss(), first->loss(), 1e-6 * first->loss()) << model;
+    metrics = ScrapeMetrics(*card_);
+    EXPECT_EQ(Sample(metrics, "qlorad_inference_models_loaded{device=\"cuda:0\"}"), 1) << model;
+  }
+  // An evaluation too large for the share alone (long examples: their activations) fails, and
+  // leaves nothing behind: the next one, which fits, runs.
+  std::string long_rows;
+  for (int i = 0; i < 4; ++i) {
+    std::string text;
+    for (int w = 0; w < 120; ++w) text += "Once upon a time there was a little dog. ";
+    long_rows += "{\"prompt\": \"Tell a story.\", \"completion\": \"" + text + "\"}\n";
+  }
+  auto long_set = Acme(*card_).Upload("long", long_rows);
+  ASSERT_TRUE(long_set.ok()) << long_set.status();
+  auto too_large = Acme(*card_).Evaluate("stories", "", long_set->id());
+  ASSERT_FALSE(too_large.ok());
+  EXPECT_EQ(too_large.status().code(), absl::StatusCode::kResourceExhausted) << too_large.status();
+  auto after = Acme(*card_).Evaluate("stories", "", valid->id());
+  ASSERT_TRUE(after.ok()) << after.status() << "\n" << card_->log();
+  EXPECT_NEAR(after->loss(), first->loss(), 1e-6 * first->loss());
+
+  // Too little for one model: the request fails, saying why; the card is not lost, and trains.
+  ASSERT_TRUE(RestartCard({"--devices=cuda:0", "--inference-device=cuda:0",
+                           "--inference-memory-bytes=" + std::to_string(model_bytes / 2)}))
+      << card_->log();
+  for (int i = 0; i < 2; ++i) {
+    auto r = Acme(*card_).Evaluate("stories", "", valid->id());
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+    EXPECT_TRUE(Contains(std::string(r.status().message()), "limited to")) << r.status();
+  }
+  devices = Ops(*card_).Devices();
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  EXPECT_FALSE(devices->devices(0).lost());
+  const auto [job, losses, events] = RunJob(*card_, ShortJob(train_, 3, 2));
+  EXPECT_EQ(job.state(), v1::SUCCEEDED) << job.error().message() << "\n" << card_->log();
+  EXPECT_EQ(losses.size(), 2u);
+
+  // A share that leaves training no budget is refused at start, naming the flag.
+  std::string refused;
+  EXPECT_FALSE(RestartCard({"--devices=cuda:0", "--inference-device=cuda:0",
+                            "--inference-memory-bytes=" + std::to_string(kOurs)},
+                           &refused));
+  EXPECT_TRUE(Contains(refused, "--inference-memory-bytes: ") &&
+              Contains(refused, "no training budget"))
+      << refused;
 }
 
 }  // namespace

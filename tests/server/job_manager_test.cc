@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "absl/time/clock.h"
@@ -53,7 +54,9 @@ class JobManagerTest : public ::testing::Test {
     if (manager_) manager_->Shutdown();
   }
 
-  void StartManager(JobManagerOptions o) {
+  // `before_start`: what the daemon does between making the manager and starting it.
+  void StartManager(JobManagerOptions o,
+                    const std::function<void(JobManager&)>& before_start = nullptr) {
     o.scratch_dir = dir_ + "/scratch";
     o.progress_interval_seconds = 0;
     if (o.threads_per_device == 0) o.threads_per_device = 1;
@@ -62,6 +65,7 @@ class JobManagerTest : public ::testing::Test {
                                 o);
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
+    if (before_start) before_start(*manager_);
     ASSERT_TRUE(manager_->Start().ok());
   }
 
@@ -204,6 +208,33 @@ TEST_F(JobManagerTest, AJobLargerThanEveryDeviceIsRefusedAtCreation) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(r.status().message().find("hyperparameters.batch_size"), absl::string_view::npos);
   EXPECT_TRUE(jobs_->List("a", {}, 10, "")->empty());
+}
+
+// Generation and evaluation sharing a device take their share out of its budget before the
+// workers start: admission sees only the rest, so a job that fits the whole budget but not the
+// rest is refused at creation. A share of nothing, one that leaves training nothing, one for a
+// device that is not here and one after the start are refused.
+TEST_F(JobManagerTest, AShareForInferenceComesOutOfTheBudgetBeforeTheStart) {
+  const int64_t budget = model_.quantized_bytes() + JobBytes() + 1000;
+  constexpr int64_t kShare = 2000;
+  StartManager(Options("cpu:0", budget), [&](JobManager& m) {
+    EXPECT_EQ(m.ShareWithInference("cpu:1", kShare).code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(m.ShareWithInference("cpu:0", 0).code(), absl::StatusCode::kInvalidArgument);
+    const absl::Status all = m.ShareWithInference("cpu:0", budget);
+    EXPECT_EQ(all.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(all.message().find("no training budget"), absl::string_view::npos) << all;
+    EXPECT_EQ(m.Devices()[0].memory_budget, budget);  // refusals change nothing
+    EXPECT_TRUE(m.ShareWithInference("cpu:0", kShare).ok());
+  });
+  const DeviceInfo d = manager_->Devices()[0];
+  EXPECT_EQ(d.memory_budget, budget - kShare);
+  EXPECT_EQ(d.inference_memory_bytes, kShare);
+  EXPECT_EQ(manager_->MaxDeviceBudget(), budget - kShare);
+  auto r = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_EQ(manager_->ShareWithInference("cpu:0", 10).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
