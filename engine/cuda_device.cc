@@ -905,11 +905,12 @@ class CudaDevice : public Device {
 
   int64_t ReleaseScratch() override {
     Enter();
+    Check(cudaStreamSynchronize(stream_), "release scratch");  // nothing queued still reads it
     int64_t freed = 0;
     for (CudaMemory* m : {&workspace_, &scores_, &row_loss_, &delta_, &workspace_bf16_, &act_bf16_,
                           &lora_partial_, &lora_bf16_, &conversion_}) {
       freed += static_cast<int64_t>(m->bytes());
-      m->Release();  // cudaFree waits for the work that may still read it
+      m->Release();
     }
     for (HostIntsCopy* c : {&ids_, &positions_, &targets_, &segments_}) {
       freed += static_cast<int64_t>(c->device.bytes());

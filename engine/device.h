@@ -304,6 +304,8 @@ class Device {
   // Frees the scratch buffers the device keeps between operations, grown to the largest asked for
   // (they grow again when next needed), and returns the bytes freed: for a device with a memory
   // limit, after one large request. Only between operations: no scratch pointer is held then.
+  // Not on a device whose trainer reserved its conversion scratch (ReserveConversionScratch):
+  // that reservation would be gone.
   virtual int64_t ReleaseScratch() { return 0; }
 
   // The first failure of the device's queued work since the last call (a kernel launch or

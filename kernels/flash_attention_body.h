@@ -45,6 +45,10 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#if defined(QLORAD_CUDA_ON_CPU)
+#include <utility>
+#include <vector>
+#endif
 
 #if defined(__CUDACC__)
 #define QLORAD_FLASH_FN __device__ inline
@@ -73,6 +77,20 @@ struct FlashArgs {
   int T = 0, H = 0, KV = 0;
   float scale = 1.0f;  // 1 / sqrt(HD)
 };
+
+#if defined(QLORAD_CUDA_ON_CPU)
+// The pointers a launch hands the kernels inside FlashArgs, for the CUDA stand-in's check that
+// each is memory the card reaches (tests/cuda_on_cpu). The binding names every member, so one
+// added to the struct stops this building until it is listed here too.
+template <typename X>
+std::vector<std::pair<const char*, const void*>> KernelPointers(const FlashArgs<X>& args) {
+  [[maybe_unused]] const auto& [q, k, v, segments, out, lse, dout, delta, dq, dk, dv, T, H, KV,
+                                scale] = args;
+  return {{"q", q},     {"k", k},     {"v", v},       {"segments", segments},
+          {"out", out}, {"lse", lse}, {"dout", dout}, {"delta", delta},
+          {"dq", dq},   {"dk", dk},   {"dv", dv}};
+}
+#endif
 
 constexpr int kFlashThreads = 128;    // 4 warps, each owning 16 rows of a 64-row tile
 constexpr int kFlashTile = 64;        // queries per forward / dQ block, keys per key tile

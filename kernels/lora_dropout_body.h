@@ -16,6 +16,10 @@
 #pragma once
 
 #include <cstdint>
+#if defined(QLORAD_CUDA_ON_CPU)
+#include <utility>
+#include <vector>
+#endif
 
 #include "kernels/cpu/dropout.h"
 #include "kernels/element.h"
@@ -54,6 +58,19 @@ struct LoraDropoutArgs {
   float* da = nullptr;       // [r, in]
   X* dx = nullptr;           // [n, in]
 };
+
+#if defined(QLORAD_CUDA_ON_CPU)
+// The pointers a launch hands the kernels inside LoraDropoutArgs, for the CUDA stand-in's check
+// that each is memory the card reaches (tests/cuda_on_cpu).
+// The binding names every member, so one added to the struct stops this building until it is
+// listed here too.
+template <typename X>
+std::vector<std::pair<const char*, const void*>> KernelPointers(const LoraDropoutArgs<X>& args) {
+  [[maybe_unused]] const auto& [x, a, dh, n, in, r, p, scale, seed, stream, h, partial, da, dx] =
+      args;
+  return {{"x", x}, {"a", a}, {"dh", dh}, {"h", h}, {"partial", partial}, {"da", da}, {"dx", dx}};
+}
+#endif
 
 QLORAD_HOST_DEVICE inline int64_t GradTokenBlocks(int64_t n) {
   return (n + kGradTokens - 1) / kGradTokens;

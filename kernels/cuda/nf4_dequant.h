@@ -8,6 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#if defined(QLORAD_CUDA_ON_CPU)
+#include <utility>
+#include <vector>
+#endif
 
 namespace qlorad::kernels::cuda {
 
@@ -25,6 +29,21 @@ struct Nf4DqArgs {
   // takes cols a multiple of 32 and ld a multiple of 16 bytes.
   int64_t cols = 0, ld = 0;
 };
+
+#if defined(QLORAD_CUDA_ON_CPU)
+// The pointers a launch hands the kernels inside Nf4DqArgs, for the CUDA stand-in's check that
+// each is memory the card reaches (tests/cuda_on_cpu).
+// The binding names every member, so one added to the struct stops this building until it is
+// listed here too.
+inline std::vector<std::pair<const char*, const void*>> KernelPointers(const Nf4DqArgs& args) {
+  [[maybe_unused]] const auto& [packed, absmax_q, nested_absmax, code8, offset, n, blocksize,
+                                nested_blocksize, cols, ld] = args;
+  return {{"packed", packed},
+          {"absmax_q", absmax_q},
+          {"nested_absmax", nested_absmax},
+          {"code8", code8}};
+}
+#endif
 
 // Returns cudaErrorInvalidValue for bad arguments (null pointers, blocksize other than a
 // positive even number, with cols > 0: ld < cols or n not whole rows of cols), otherwise the

@@ -1,3 +1,6 @@
+#include <utility>
+#include <vector>
+
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -19,6 +22,10 @@ constexpr int kMaxHalf = 128;  // head_dim up to 256
 struct InvFreq {
   float v[kMaxHalf];
 };
+#if defined(QLORAD_CUDA_ON_CPU)
+// No pointers in it, for the CUDA stand-in's launch check (tests/cuda_on_cpu).
+std::vector<std::pair<const char*, const void*>> KernelPointers(const InvFreq&) { return {}; }
+#endif
 
 // Rotates the pair (a, b) by the angle of position `pos` at frequency `freq` (sign -1: back),
 // for the scalar and the eight-wide kernels alike.

@@ -455,7 +455,7 @@ bool InjectedFault() {
 }  // namespace
 
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-             const char* kernel_name, const std::vector<const void*>& pointers,
+             const char* kernel_name, const std::vector<KernelPointer>& pointers,
              const std::function<void()>& thread) {
   const auto started = std::chrono::steady_clock::now();
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -478,8 +478,8 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
     Api(cudaErrorInvalidResourceHandle);
     return;
   }
-  for (size_t i = 0; i < pointers.size(); ++i) {
-    if (!ReachableOrFault(pointers[i], kernel_name, static_cast<int>(i))) return;
+  for (const KernelPointer& k : pointers) {
+    if (!ReachableOrFault(k.p, kernel_name, k.argument, k.member)) return;
   }
   if (InjectedFault()) {
     std::fprintf(stderr, "cuda_on_cpu: %s: injected fault (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
@@ -694,7 +694,7 @@ void ReportViolation(const char* what) {
   FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
-bool ReachableOrFault(const void* p, const char* what, int argument) {
+bool ReachableOrFault(const void* p, const char* what, int argument, const char* member) {
   if (p == nullptr) return true;
   std::string why;
   {
@@ -708,8 +708,9 @@ bool ReachableOrFault(const void* p, const char* what, int argument) {
       return true;
     }
   }
-  std::fprintf(stderr, "cuda_on_cpu: %s on card %d: pointer argument %d %s\n", what, current_card,
-               argument, why.c_str());
+  std::fprintf(stderr, "cuda_on_cpu: %s on card %d: pointer argument %d%s%s %s\n", what,
+               current_card, argument, member != nullptr ? " ." : "",
+               member != nullptr ? member : "", why.c_str());
   Fault(cudaErrorIllegalAddress);
   return false;
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "cublas_v2.h"
@@ -61,6 +62,17 @@ __global__ void ButterflySumKernel(const float* in, float* out) {
 }
 
 __global__ void FillKernel(int value, int* out) { out[threadIdx.x] = value; }
+
+// Pointers handed to a kernel inside a struct argument, as the flash and LoRA kernels take
+// theirs; KernelPointers lists them for the launch check.
+struct FillArgs {
+  int value = 0;
+  int* out = nullptr;
+};
+std::vector<std::pair<const char*, const void*>> KernelPointers(const FillArgs& a) {
+  return {{"out", a.out}};
+}
+__global__ void FillThroughStructKernel(FillArgs a) { a.out[threadIdx.x] = a.value; }
 
 // `values` in managed memory: every card reaches it (cuBLAS's operands must be device memory),
 // and so does the host that checks the results.
@@ -362,6 +374,25 @@ TEST_F(StandInTest, AKernelGivenMemoryItsCardCannotReachFaults) {
   EXPECT_EQ(cudaFree(on1), cudaSuccess);  // card 1 never faulted
   EXPECT_EQ(cudaFree(managed), cudaSuccess);
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+}
+
+// The same inside a struct argument: its device pointer passes, a host or freed one faults.
+TEST_F(StandInTest, APointerInsideAStructArgumentIsCheckedToo) {
+  int* device = nullptr;
+  ASSERT_EQ(cudaMalloc(&device, 32 * sizeof(int)), cudaSuccess);
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillThroughStructKernel, FillArgs{4, device});
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  int back[32] = {};
+  ASSERT_EQ(cudaMemcpy(back, device, sizeof(back), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back[31], 4);
+  ASSERT_EQ(cudaFree(device), cudaSuccess);
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillThroughStructKernel, FillArgs{5, device});
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress) << "a freed buffer";
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+  int host[32] = {};
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillThroughStructKernel, FillArgs{6, host});
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress) << "host memory";
+  EXPECT_EQ(host[0], 0) << "the kernel ran";
 }
 
 }  // namespace

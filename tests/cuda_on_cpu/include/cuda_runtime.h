@@ -225,10 +225,11 @@ namespace qlorad::cuda_on_cpu {
 // whichever thread is late. A configuration the GPU would refuse fails with
 // cudaErrorInvalidConfiguration (cudaGetLastError); a deadlock (a barrier some threads never
 // reach) or a shuffle by part of a warp is reported and fails with cudaErrorLaunchFailure.
-// `pointers`: the kernel's arguments that are pointers, null for the others; each must be memory
-// the card reaches (ReachableOrFault).
+// `pointers`: what the kernel's arguments point to (KernelPointer); each must be memory the card
+// reaches (ReachableOrFault).
+struct KernelPointer;
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
-             const char* kernel_name, const std::vector<const void*>& pointers,
+             const char* kernel_name, const std::vector<KernelPointer>& pointers,
              const std::function<void()>& thread);
 
 // The running block's dynamic shared memory (QLORAD_DYNAMIC_SHARED): the launch's bytes,
@@ -257,20 +258,37 @@ ApiCounts Counts();
 int StreamCard(cudaStream_t stream);
 cudaError_t CardFault(int card);
 
-// Whether the current card's kernels (or GEMMs) may read `p`, argument `argument` of `what`:
-// null, or in an allocation of this card (or managed memory, which every card reaches).
-// Anything else (host memory, another card's memory without peer access, a freed allocation)
-// faults the card as the GPU would when the kernel touches it: a sticky cudaErrorIllegalAddress.
-bool ReachableOrFault(const void* p, const char* what, int argument);
+// Whether the current card's kernels (or GEMMs) may read `p`, argument `argument` of `what`
+// (its member `member` where the argument is a struct): null, or in an allocation of this card
+// (or managed memory, which every card reaches). Anything else (host memory, another card's
+// memory without peer access, a freed allocation) faults the card as the GPU would when the
+// kernel touches it: a sticky cudaErrorIllegalAddress.
+bool ReachableOrFault(const void* p, const char* what, int argument, const char* member = nullptr);
 
-// A kernel argument as RunGrid checks it: the pointer, or null for a value (or a struct, whose
-// pointers are not looked into).
+// A pointer a launch hands its kernel: argument `argument` itself, or its member `member` where
+// the argument is a struct.
+struct KernelPointer {
+  const void* p;
+  int argument;
+  const char* member;  // null for a pointer argument
+};
+
+// The pointers in kernel argument `argument`: itself where it is one; a struct's, as the
+// overload of KernelPointers(const T&) beside the struct lists them (found by argument-dependent
+// lookup: kernels/flash_attention_body.h, kernels/lora_dropout_body.h, kernels/cuda/
+// nf4_dequant.h). A struct argument without one does not build, so none goes unchecked.
 template <typename T>
-const void* PointerArgument(const T& value) {
-  if constexpr (std::is_pointer_v<T> && std::is_object_v<std::remove_pointer_t<T>>) {
-    return static_cast<const void*>(value);
-  } else {
-    return nullptr;
+void AddKernelPointers(const T& value, int argument, std::vector<KernelPointer>* out) {
+  if constexpr (std::is_pointer_v<T>) {
+    if constexpr (!std::is_function_v<std::remove_pointer_t<T>>) {
+      out->push_back({static_cast<const void*>(value), argument, nullptr});
+    }
+  } else if constexpr (std::is_class_v<T> || std::is_union_v<T>) {
+    static_assert(
+        requires(const T& v) { KernelPointers(v); },
+        "a struct kernel argument lists its pointers: KernelPointers(const T&) beside it, "
+        "declared where this stand-in's cuda_runtime.h is already included");
+    for (const auto& [member, p] : KernelPointers(value)) out->push_back({p, argument, member});
   }
 }
 
@@ -280,8 +298,9 @@ void Launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t str
   // Kernel parameters are copied at the launch, as the GPU does; each thread then receives them
   // by value.
   std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
-  std::vector<const void*> pointers;
-  std::apply([&](const auto&... a) { (pointers.push_back(PointerArgument(a)), ...); }, params);
+  std::vector<KernelPointer> pointers;
+  int argument = 0;
+  std::apply([&](const auto&... a) { (AddKernelPointers(a, argument++, &pointers), ...); }, params);
   RunGrid(grid, block, dynamic_shared_bytes, stream, kernel_name, pointers,
           [&] { std::apply(body, params); });
 }
