@@ -448,6 +448,16 @@ TEST_F(CudaOnCpuDaemonTest, AnInferenceDeviceOnATrainingCardKeepsToItsShare) {
   EXPECT_EQ(Sample(ScrapeMetrics(*card_),
                    "qlorad_device_admission_bytes{device=\"cuda:0\",state=\"inference\"}"),
             static_cast<double>(kRoomy));
+  // Operators see the split in `qloractl devices` too.
+  const std::string ctl = std::string(QLORAD_CTL_BINARY) + " --server " + card_->address() +
+                          " --token " + kOpsKey + " devices";
+  std::string shown;
+  if (FILE* p = popen(ctl.c_str(), "r")) {
+    char buf[4096];
+    for (size_t got; (got = fread(buf, 1, sizeof buf, p)) > 0;) shown.append(buf, got);
+    EXPECT_EQ(pclose(p), 0) << shown;
+  }
+  EXPECT_TRUE(Contains(shown, "generation and evaluation share it: up to 64.0 MiB")) << shown;
   ASSERT_TRUE(Ops(*card_).RegisterModel("stories-b", gguf_).ok());
   auto valid = Acme(*card_).Upload("facts-valid", ReadTestData("facts_valid.jsonl"));
   ASSERT_TRUE(valid.ok()) << valid.status();
