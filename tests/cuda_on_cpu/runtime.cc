@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <memory>
@@ -87,6 +88,10 @@ std::atomic<uint64_t> synchronizes{0}, copies_to_host{0}, allocations{0}, frees{
 // a card's context is lost after a fault (the other cards' are not).
 thread_local cudaError_t last_error = cudaSuccess;
 std::atomic<cudaError_t> sticky_error[kMaxCards];  // zero: cudaSuccess
+// A fault in a kernel the host has not waited for yet (an injected "async" fault): as on the
+// GPU, the launch and the calls after it return success (their work does not run: the context
+// is gone) until the host waits for the card (Wait), which makes it sticky and reports it.
+std::atomic<cudaError_t> pending_fault[kMaxCards];
 
 // What an API call on `card` (the current one unless said) that did `e` returns.
 cudaError_t Api(cudaError_t e, int card = current_card) {
@@ -100,6 +105,15 @@ cudaError_t Api(cudaError_t e, int card = current_card) {
 void Fault(cudaError_t e) {
   Api(e);
   sticky_error[current_card] = e;
+}
+
+// What a call that waits for `card` returns: a pending fault shows here and stays.
+cudaError_t Wait(int card) {
+  ++synchronizes;
+  if (const cudaError_t p = pending_fault[card].exchange(cudaSuccess); p != cudaSuccess) {
+    sticky_error[card] = p;
+  }
+  return Api(cudaSuccess, card);
 }
 
 // Device allocations: host memory of exactly the size asked for (so that the sanitizer build
@@ -436,20 +450,25 @@ std::map<std::string, KernelProfile>* Profile() {
 
 // QLORAD_CUDA_ON_CPU_FAULT_FILE=PATH: the first launch that finds PATH removes it and faults
 // as a GPU does on an illegal address (an Xid): the kernel does not run and the error is sticky
-// on that card. If the file holds a card's number, only a launch on that card does. A test
-// creates the file when it wants a card lost (tests/integration/cuda_on_cpu_daemon_test.cc;
-// written whole, renamed into place); removing it makes one launch fault, however many threads
-// launch.
-bool InjectedFault() {
+// on that card. If the file starts with a card's number, only a launch on that card does; if it
+// says "async", the fault shows at the host's next wait for the card, not at the launch
+// (pending_fault). A test creates the file when it wants a card lost
+// (tests/integration/cuda_on_cpu_daemon_test.cc; written whole, renamed into place); removing
+// it makes one launch fault, however many threads launch.
+enum class Injected { kNone, kNow, kAtNextWait };
+Injected InjectedFault() {
   static const char* const path = std::getenv("QLORAD_CUDA_ON_CPU_FAULT_FILE");
-  if (path == nullptr) return false;
+  if (path == nullptr) return Injected::kNone;
   std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return false;
+  if (f == nullptr) return Injected::kNone;
   char text[16] = {};
   const size_t n = std::fread(text, 1, sizeof text - 1, f);
   std::fclose(f);
-  if (n > 0 && text[0] >= '0' && text[0] <= '9' && std::atoi(text) != current_card) return false;
-  return unlink(path) == 0;
+  if (n > 0 && text[0] >= '0' && text[0] <= '9' && std::atoi(text) != current_card) {
+    return Injected::kNone;
+  }
+  if (unlink(path) != 0) return Injected::kNone;
+  return std::strstr(text, "async") != nullptr ? Injected::kAtNextWait : Injected::kNow;
 }
 
 }  // namespace
@@ -481,10 +500,15 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
   for (const KernelPointer& k : pointers) {
     if (!ReachableOrFault(k.p, kernel_name, k.argument, k.member)) return;
   }
-  if (InjectedFault()) {
-    std::fprintf(stderr, "cuda_on_cpu: %s: injected fault (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
-                 kernel_name);
-    Fault(cudaErrorIllegalAddress);
+  if (pending_fault[current_card].load() != cudaSuccess) return;  // the context is gone
+  if (const Injected injected = InjectedFault(); injected != Injected::kNone) {
+    std::fprintf(stderr, "cuda_on_cpu: %s: injected fault%s (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
+                 kernel_name, injected == Injected::kAtNextWait ? ", shown at the next wait" : "");
+    if (injected == Injected::kNow) {
+      Fault(cudaErrorIllegalAddress);
+    } else {
+      pending_fault[current_card] = cudaErrorIllegalAddress;
+    }
     return;
   }
   if (running != nullptr) {  // a launch from inside a kernel: dynamic parallelism, unused
@@ -722,6 +746,7 @@ ApiCounts Counts() {
 
 int StreamCard(cudaStream_t stream) { return stream != nullptr ? stream->card : current_card; }
 cudaError_t CardFault(int card) { return sticky_error[card].load(); }
+bool CardFaultPending(int card) { return pending_fault[card].load() != cudaSuccess; }
 
 }  // namespace qlorad::cuda_on_cpu
 
@@ -786,10 +811,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 }
 
 // Launches finish before they return: synchronising only reports a fault.
-cudaError_t cudaDeviceSynchronize() {
-  ++coc::synchronizes;
-  return coc::Api(cudaSuccess);
-}
+cudaError_t cudaDeviceSynchronize() { return coc::Wait(coc::current_card); }
 // The card's context is made anew: its memory is freed (its streams, events and cuBLAS handles
 // go stale too; nothing here tracks them).
 cudaError_t cudaDeviceReset() {
@@ -807,13 +829,13 @@ cudaError_t cudaDeviceReset() {
     }
   }
   coc::sticky_error[coc::current_card] = cudaSuccess;
+  coc::pending_fault[coc::current_card] = cudaSuccess;
   coc::last_error = cudaSuccess;
   return cudaSuccess;
 }
 // A stream's errors are its card's, whichever card is current.
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  ++coc::synchronizes;
-  return coc::Api(cudaSuccess, coc::StreamCard(stream));
+  return coc::Wait(coc::StreamCard(stream));
 }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
@@ -919,17 +941,24 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return coc::Api(cudaFree(p));
 
 // The synchronous forms wait for the card.
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-  ++coc::synchronizes;
   std::memset(p, value, bytes);
-  return coc::Api(cudaSuccess);
+  return coc::Wait(coc::current_card);
 }
+// A copy to pageable host memory waits for the stream's work first (it is counted as a copy to
+// the host, not as a wait): a pending fault shows there.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
+                            cudaStream_t stream) {
   coc::copies_to_host += kind == cudaMemcpyDeviceToHost;
   if (bytes > 0) std::memmove(dst, src, bytes);
-  return coc::Api(cudaSuccess);
+  const int card = coc::StreamCard(stream);
+  if (kind == cudaMemcpyDeviceToHost) {
+    if (const cudaError_t p = coc::pending_fault[card].exchange(cudaSuccess); p != cudaSuccess) {
+      coc::sticky_error[card] = p;
+    }
+  }
+  return coc::Api(cudaSuccess, card);
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  ++coc::synchronizes;
-  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+  const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+  return e != cudaSuccess ? e : coc::Wait(coc::current_card);
 }

@@ -4,10 +4,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -21,6 +24,17 @@ namespace {
 // static initialisation): EachCardHasItsOwn... needs them; the other tests use card 0, as on a
 // one-card machine.
 const bool kTwoCards = setenv("QLORAD_CUDA_ON_CPU_DEVICES", "2", 1) == 0;
+// The injected-fault file (read once, like the count); only the fault tests create it.
+const std::string kFaultFile = "/tmp/qlorad_stand_in_fault_" + std::to_string(getpid());
+const bool kFaultFileSet = setenv("QLORAD_CUDA_ON_CPU_FAULT_FILE", kFaultFile.c_str(), 1) == 0;
+
+void InjectFault(const std::string& content) {
+  std::FILE* f = std::fopen((kFaultFile + ".tmp").c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(content.c_str(), f);
+  std::fclose(f);
+  ASSERT_EQ(std::rename((kFaultFile + ".tmp").c_str(), kFaultFile.c_str()), 0);
+}
 
 // Every thread reads the value thread `writer` put in shared memory. `publish`: with the
 // barrier between the write and the reads.
@@ -374,6 +388,39 @@ TEST_F(StandInTest, AKernelGivenMemoryItsCardCannotReachFaults) {
   EXPECT_EQ(cudaFree(on1), cudaSuccess);  // card 1 never faulted
   EXPECT_EQ(cudaFree(managed), cudaSuccess);
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+}
+
+// An injected fault shows at the launch, or (as a GPU shows a kernel's fault) at the host's next
+// wait for the card: until then the calls succeed and the card's work does not run; then the
+// fault is sticky.
+TEST_F(StandInTest, AnInjectedFaultShowsAtTheLaunchOrAtTheNextWait) {
+  int* out = nullptr;
+  ASSERT_EQ(cudaMalloc(&out, 32 * sizeof(int)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(out, 0, 32 * sizeof(int)), cudaSuccess);
+  InjectFault("0");
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 1, out);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorIllegalAddress);
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);  // frees `out`
+
+  ASSERT_EQ(cudaMalloc(&out, 32 * sizeof(int)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(out, 0, 32 * sizeof(int)), cudaSuccess);
+  InjectFault("0 async");
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 2, out);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "shown at the launch";
+  QLORAD_LAUNCH(1, 32, 0, nullptr, FillKernel, 3, out);  // after the fault: never runs
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  int* more = nullptr;
+  EXPECT_EQ(cudaMalloc(&more, 4), cudaSuccess);
+  int back[32] = {-1};
+  EXPECT_EQ(cudaMemcpyAsync(back, out, sizeof(back), cudaMemcpyDeviceToHost, nullptr),
+            cudaErrorIllegalAddress)
+      << "a copy to the host waits, and shows it";
+  EXPECT_EQ(back[0], 0) << "a kernel ran on the faulted card";
+  EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaErrorIllegalAddress) << "sticky";
+  EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 // The same inside a struct argument: its device pointer passes, a host or freed one faults.

@@ -287,7 +287,9 @@ TEST_F(CudaOnCpuDaemonTest, JobsTakingTurnsPageOutTheWaitingOptimizerAndTrainAsA
 
 // A fault on the card (an illegal address, injected by the stand-in) loses it: the running job
 // goes back to the queue saying why, the device service and metrics show the card lost, and the
-// daemon keeps serving. After a restart the card serves again and the job resumes from its last
+// daemon keeps serving. The fault shows as a GPU shows a kernel's fault, at the host's next wait
+// for the card (the step's loss read), not at the launch (the two-card test below faults at the
+// launch). After a restart the card serves again and the job resumes from its last
 // checkpoint and succeeds.
 TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   const std::string fault = dir_ + "/fault";
@@ -300,8 +302,8 @@ TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   });
   ASSERT_TRUE(checkpointed.ok()) << checkpointed.status();
   ASSERT_TRUE(!checkpointed->empty() && checkpointed->back().has_checkpoint()) << card_->log();
-  {  // the next kernel launch faults (written whole, then put in place)
-    std::ofstream(fault + ".tmp") << "0";
+  {  // the next kernel launch faults, shown at the next wait (written whole, then put in place)
+    std::ofstream(fault + ".tmp") << "0 async";
     fs::rename(fault + ".tmp", fault);
   }
 

@@ -257,6 +257,9 @@ ApiCounts Counts();
 // fault (cudaSuccess while its context is sound): for the cuBLAS stand-in.
 int StreamCard(cudaStream_t stream);
 cudaError_t CardFault(int card);
+// Whether a fault on `card` waits to be shown at the host's next wait (QLORAD_CUDA_ON_CPU_FAULT_
+// FILE saying "async"): the card's work does not run meanwhile.
+bool CardFaultPending(int card);
 
 // Whether the current card's kernels (or GEMMs) may read `p`, argument `argument` of `what`
 // (its member `member` where the argument is a struct): null, or in an allocation of this card
