@@ -946,16 +946,20 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
 }
 // A copy to pageable host memory waits for the stream's work first (it is counted as a copy to
 // the host, not as a wait): a pending fault shows there.
+// On a faulted card nothing is copied: a pending fault's copy to the host reports it, any other
+// copy is queued work that never runs.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   coc::copies_to_host += kind == cudaMemcpyDeviceToHost;
-  if (bytes > 0) std::memmove(dst, src, bytes);
   const int card = coc::StreamCard(stream);
   if (kind == cudaMemcpyDeviceToHost) {
     if (const cudaError_t p = coc::pending_fault[card].exchange(cudaSuccess); p != cudaSuccess) {
       coc::sticky_error[card] = p;
     }
   }
+  const bool faulted = coc::sticky_error[card].load() != cudaSuccess ||
+                       coc::pending_fault[card].load() != cudaSuccess;
+  if (bytes > 0 && !faulted) std::memmove(dst, src, bytes);
   return coc::Api(cudaSuccess, card);
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
