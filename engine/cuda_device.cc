@@ -936,11 +936,10 @@ class CudaDevice : public Device {
       u.device_total = static_cast<int64_t>(total);
       u.device_free = static_cast<int64_t>(free_bytes);
     }
-    u.workspace = static_cast<int64_t>(
-        workspace_.bytes() + scores_.bytes() + row_loss_.bytes() + ids_.device.bytes() +
-        positions_.device.bytes() + targets_.device.bytes() + segments_.device.bytes() +
-        partial_.bytes() + code8_.bytes() + delta_.bytes() + workspace_bf16_.bytes() +
-        act_bf16_.bytes() + lora_partial_.bytes() + lora_bf16_.bytes() + conversion_.bytes());
+    // Everything held that is in no category above: the scratch and the fixed tables (every
+    // allocation is a CudaMemory counted in `held`; between operations nothing is in transit).
+    u.workspace = counters_->held.load() - u.base_weights - u.adapters - u.optimizer_device -
+                  u.optimizer_host - u.activations;
     return u;
   }
 

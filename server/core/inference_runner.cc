@@ -176,19 +176,13 @@ std::string InferenceRunner::AdapterKey(const std::string& tenant, const std::st
 absl::Status InferenceRunner::WithRoom(const std::string& model, const std::string& adapter_key,
                                        const std::function<absl::Status()>& attempt,
                                        const bool& answered) {
-  // An error that a failed request left on the device (an allocation refused where nothing
-  // took the error) was that request's, not this one's; a lost device stays lost.
-  auto run = [&]() -> absl::Status {
-    if (absl::Status stale = device_->TakeError(); absl::IsUnavailable(stale)) return stale;
-    return attempt();
-  };
-  absl::Status s = run();
+  absl::Status s = attempt();
   if (!absl::IsResourceExhausted(s) || answered) return s;
   const auto others = std::erase_if(
       cache_, [&](const CachedAdapter& e) { return e.key != adapter_key; });  // freed now: unused
   const int64_t freed = pool_->EvictUnused({model}) + device_->ReleaseScratch();
   if (freed == 0 && others == 0) return s;  // it does not fit even alone
-  return run();
+  return attempt();
 }
 
 absl::StatusOr<std::string> InferenceRunner::Generate(

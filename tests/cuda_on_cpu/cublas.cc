@@ -139,17 +139,16 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                  handle->card, current, stream_card);
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }
-  if (qlorad::cuda_on_cpu::CardFault(handle->card) != cudaSuccess) {
-    return CUBLAS_STATUS_EXECUTION_FAILED;
-  }
-  // A fault not yet shown: the GEMM is queued as far as the host knows, and never runs.
-  if (qlorad::cuda_on_cpu::CardFaultPending(handle->card)) return CUBLAS_STATUS_SUCCESS;
-  // The operands must be memory the card reaches, as a kernel's (a fault otherwise).
-  int operand = 0;
-  for (const void* p : {a, b, static_cast<const void*>(c)}) {
-    if (!qlorad::cuda_on_cpu::ReachableOrFault(p, "cublasGemmEx", operand++)) {
+  // As a kernel launch: not on a faulted card, and only on memory the card reaches. A fault not
+  // yet shown leaves the GEMM queued as far as the host knows; it never runs.
+  switch (qlorad::cuda_on_cpu::AdmitWork("cublasGemmEx",
+                                         {{a, 0, nullptr}, {b, 1, nullptr}, {c, 2, nullptr}})) {
+    case qlorad::cuda_on_cpu::Admission::kFaulted:
       return CUBLAS_STATUS_EXECUTION_FAILED;
-    }
+    case qlorad::cuda_on_cpu::Admission::kPending:
+      return CUBLAS_STATUS_SUCCESS;
+    case qlorad::cuda_on_cpu::Admission::kRun:
+      break;
   }
   // FAST_16BF lets cuBLAS round float operands to bf16 for the tensor cores; here they always
   // are, the coarser of what the card may do.

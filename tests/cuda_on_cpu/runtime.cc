@@ -107,12 +107,17 @@ void Fault(cudaError_t e) {
   sticky_error[current_card] = e;
 }
 
-// What a call that waits for `card` returns: a pending fault shows here and stays.
-cudaError_t Wait(int card) {
-  ++synchronizes;
+// The host waits for `card`'s work: a pending fault shows from now on (sticky).
+void ShowPendingFault(int card) {
   if (const cudaError_t p = pending_fault[card].exchange(cudaSuccess); p != cudaSuccess) {
     sticky_error[card] = p;
   }
+}
+
+// What a call that waits for `card` returns.
+cudaError_t Wait(int card) {
+  ++synchronizes;
+  ShowPendingFault(card);
   return Api(cudaSuccess, card);
 }
 
@@ -139,6 +144,14 @@ size_t allocated_bytes[kMaxCards] = {};  // each card's; guarded by allocations_
 std::map<const char*, Allocation>& Allocations() {
   static auto* m = new std::map<const char*, Allocation>;
   return *m;
+}
+
+// Gives allocation `it` back (allocations_mu held); the next one.
+std::map<const char*, Allocation>::iterator Release(
+    std::map<const char*, Allocation>::iterator it) {
+  allocated_bytes[it->second.card] -= it->second.bytes;
+  std::free(const_cast<char*>(it->first));
+  return Allocations().erase(it);
 }
 
 cudaError_t Allocate(void** p, size_t bytes, bool managed) {
@@ -497,10 +510,7 @@ void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t st
     Api(cudaErrorInvalidResourceHandle);
     return;
   }
-  for (const KernelPointer& k : pointers) {
-    if (!ReachableOrFault(k.p, kernel_name, k.argument, k.member)) return;
-  }
-  if (pending_fault[current_card].load() != cudaSuccess) return;  // the context is gone
+  if (AdmitWork(kernel_name, pointers) != Admission::kRun) return;
   if (const Injected injected = InjectedFault(); injected != Injected::kNone) {
     std::fprintf(stderr, "cuda_on_cpu: %s: injected fault%s (QLORAD_CUDA_ON_CPU_FAULT_FILE)\n",
                  kernel_name, injected == Injected::kAtNextWait ? ", shown at the next wait" : "");
@@ -718,6 +728,9 @@ void ReportViolation(const char* what) {
   FailHere(*running, Where(running->fibers[running->current]) + ": " + what);
 }
 
+// Whether the current card's work may touch `p`, argument `argument` of `what` (its member
+// `member` where the argument is a struct): null, its own allocation or managed memory. Anything
+// else faults the card (AdmitWork).
 bool ReachableOrFault(const void* p, const char* what, int argument, const char* member) {
   if (p == nullptr) return true;
   std::string why;
@@ -739,14 +752,21 @@ bool ReachableOrFault(const void* p, const char* what, int argument, const char*
   return false;
 }
 
+Admission AdmitWork(const char* what, const std::vector<KernelPointer>& pointers) {
+  if (sticky_error[current_card].load() != cudaSuccess) return Admission::kFaulted;
+  if (pending_fault[current_card].load() != cudaSuccess) return Admission::kPending;
+  for (const KernelPointer& k : pointers) {
+    if (!ReachableOrFault(k.p, what, k.argument, k.member)) return Admission::kFaulted;
+  }
+  return Admission::kRun;
+}
+
 ApiCounts Counts() {
   return {synchronizes.load(), copies_to_host.load(), allocations.load(), frees.load(),
           launches.load()};
 }
 
 int StreamCard(cudaStream_t stream) { return stream != nullptr ? stream->card : current_card; }
-cudaError_t CardFault(int card) { return sticky_error[card].load(); }
-bool CardFaultPending(int card) { return pending_fault[card].load() != cudaSuccess; }
 
 }  // namespace qlorad::cuda_on_cpu
 
@@ -823,9 +843,7 @@ cudaError_t cudaDeviceReset() {
         ++it;
         continue;
       }
-      coc::allocated_bytes[coc::current_card] -= it->second.bytes;
-      std::free(const_cast<char*>(it->first));
-      it = all.erase(it);
+      it = coc::Release(it);
     }
   }
   coc::sticky_error[coc::current_card] = cudaSuccess;
@@ -853,10 +871,8 @@ cudaError_t cudaFree(void* p) {
     std::lock_guard<std::mutex> lock(coc::allocations_mu);
     auto it = coc::Allocations().find(static_cast<const char*>(p));
     if (it == coc::Allocations().end()) return coc::Api(cudaErrorInvalidDevicePointer);
-    coc::allocated_bytes[it->second.card] -= it->second.bytes;
-    coc::Allocations().erase(it);
+    coc::Release(it);
   }
-  std::free(p);
   return coc::Api(cudaSuccess);
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
@@ -952,11 +968,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
                             cudaStream_t stream) {
   coc::copies_to_host += kind == cudaMemcpyDeviceToHost;
   const int card = coc::StreamCard(stream);
-  if (kind == cudaMemcpyDeviceToHost) {
-    if (const cudaError_t p = coc::pending_fault[card].exchange(cudaSuccess); p != cudaSuccess) {
-      coc::sticky_error[card] = p;
-    }
-  }
+  if (kind == cudaMemcpyDeviceToHost) coc::ShowPendingFault(card);
   const bool faulted = coc::sticky_error[card].load() != cudaSuccess ||
                        coc::pending_fault[card].load() != cudaSuccess;
   if (bytes > 0 && !faulted) std::memmove(dst, src, bytes);

@@ -226,7 +226,7 @@ namespace qlorad::cuda_on_cpu {
 // cudaErrorInvalidConfiguration (cudaGetLastError); a deadlock (a barrier some threads never
 // reach) or a shuffle by part of a warp is reported and fails with cudaErrorLaunchFailure.
 // `pointers`: what the kernel's arguments point to (KernelPointer); each must be memory the card
-// reaches (ReachableOrFault).
+// reaches (AdmitWork).
 struct KernelPointer;
 void RunGrid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, cudaStream_t stream,
              const char* kernel_name, const std::vector<KernelPointer>& pointers,
@@ -253,20 +253,8 @@ struct ApiCounts {
 };
 ApiCounts Counts();
 
-// The card a stream belongs to (the current one for the default stream), and a card's sticky
-// fault (cudaSuccess while its context is sound): for the cuBLAS stand-in.
+// The card a stream belongs to (the current one for the default stream): for the cuBLAS stand-in.
 int StreamCard(cudaStream_t stream);
-cudaError_t CardFault(int card);
-// Whether a fault on `card` waits to be shown at the host's next wait (QLORAD_CUDA_ON_CPU_FAULT_
-// FILE saying "async"): the card's work does not run meanwhile.
-bool CardFaultPending(int card);
-
-// Whether the current card's kernels (or GEMMs) may read `p`, argument `argument` of `what`
-// (its member `member` where the argument is a struct): null, or in an allocation of this card
-// (or managed memory, which every card reaches). Anything else (host memory, another card's
-// memory without peer access, a freed allocation) faults the card as the GPU would when the
-// kernel touches it: a sticky cudaErrorIllegalAddress.
-bool ReachableOrFault(const void* p, const char* what, int argument, const char* member = nullptr);
 
 // A pointer a launch hands its kernel: argument `argument` itself, or its member `member` where
 // the argument is a struct.
@@ -275,6 +263,16 @@ struct KernelPointer {
   int argument;
   const char* member;  // null for a pointer argument
 };
+
+// Whether work (a kernel launch or a GEMM, `what`) runs on the current card, the one check both
+// make: kFaulted where the card has faulted (its work no longer runs; its calls return the
+// fault) or where one of `pointers` is memory the card cannot reach: host memory, another card's
+// memory without peer access, a freed buffer (null is fine; managed memory every card reaches).
+// That faults the card as the GPU does on the first touch: a sticky cudaErrorIllegalAddress.
+// kPending where a fault waits to be shown at the host's next wait (QLORAD_CUDA_ON_CPU_FAULT_FILE
+// saying "async"): the work does not run, and its call succeeds.
+enum class Admission { kRun, kFaulted, kPending };
+Admission AdmitWork(const char* what, const std::vector<KernelPointer>& pointers);
 
 // The pointers in kernel argument `argument`: itself where it is one; a struct's, as the
 // overload of KernelPointers(const T&) beside the struct lists them (found by argument-dependent
