@@ -101,21 +101,22 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
                                                               const v1::Model& model,
                                                               const std::string& adapter_id) {
   Loaded l;
-  if (!pool_->IsLoaded(model.name())) {
+  const std::string key = ModelPool::Key(model);
+  if (!pool_->IsLoaded(key)) {
     // Room for it: the base models served least recently go (requests run one at a time, so
     // none is in use; an adapter placed for a dropped model goes with it, by its weak_ptr).
     std::set<std::string> keep;
-    for (const std::string& name : recent_models_) {
+    for (const std::string& recent : recent_models_) {
       if (static_cast<int>(keep.size()) + 1 >= cached_models_) break;
-      keep.insert(name);
+      keep.insert(recent);
     }
     pool_->EvictUnused(keep);
     ++model_loads_;
   }
   ASSIGN_OR_RETURN(l.model, pool_->Acquire(model));
-  recent_models_.remove(model.name());
-  recent_models_.push_front(model.name());
-  // Only the most recent cached_models_ names are ever read: a node asked about many models
+  recent_models_.remove(key);
+  recent_models_.push_front(key);
+  // Only the most recent cached_models_ keys are ever read: a node asked about many models
   // (deleted ones too) keeps a short list.
   if (static_cast<int>(recent_models_.size()) > cached_models_)
     recent_models_.resize(cached_models_);
@@ -203,7 +204,7 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
   bool answered = false;  // text went to the client: a second try would repeat it
   std::string finish;
   RETURN_IF_ERROR(WithRoom(
-      model.name(), AdapterKey(tenant, req.adapter_id()),
+      ModelPool::Key(model), AdapterKey(tenant, req.adapter_id()),
       [&]() -> absl::Status {
         SamplingOptions so = options;
         ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
@@ -267,7 +268,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
   const PublishOnExit publish{this};
   v1::EvaluateResponse out;
   RETURN_IF_ERROR(WithRoom(
-      model.name(), AdapterKey(tenant, req.adapter_id()),
+      ModelPool::Key(model), AdapterKey(tenant, req.adapter_id()),
       [&]() -> absl::Status {
         ASSIGN_OR_RETURN(Loaded loaded, Load(tenant, model, req.adapter_id()));
         const std::shared_ptr<PooledModel>& pooled = loaded.model;

@@ -77,7 +77,8 @@ class InferenceRunner {
   absl::StatusOr<Loaded> Load(const std::string& tenant, const v1::Model& model,
                               const std::string& adapter_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishUsage() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs `attempt` (a request's work on the device with base model `model` and the tenant's
+  // Runs `attempt` (a request's work on the device with base model `model`, a ModelPool::Key,
+  // and the tenant's
   // adapter `adapter_key`, "tenant/id" or empty; it holds nothing once it returns). Where it ran
   // out of memory and dropping every other base model and cached adapter, and the device's grown
   // scratch, freed some: once more, unless `answered` (part of the answer is with the client).
@@ -114,7 +115,8 @@ class InferenceRunner {
   std::list<CachedAdapter> cache_ ABSL_GUARDED_BY(mu_);  // most recently used first
   int64_t adapter_loads_ ABSL_GUARDED_BY(mu_) = 0;
   const int cached_models_;
-  std::list<std::string> recent_models_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  // ModelPool::Key of the base models served, most recently used first.
+  std::list<std::string> recent_models_ ABSL_GUARDED_BY(mu_);
   int64_t model_loads_ ABSL_GUARDED_BY(mu_) = 0;
   mutable absl::Mutex usage_mu_;
   Usage usage_ ABSL_GUARDED_BY(usage_mu_);

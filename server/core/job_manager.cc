@@ -75,6 +75,9 @@ struct JobManager::Worker {
   // Reserved bytes of admitted jobs (their estimates), for admission and DeviceInfo.
   std::atomic<int64_t> jobs_bytes{0};
   std::atomic<int> jobs_running{0};
+  // Jobs admitted here and not yet gone (started or not), under JobManager::mu_: placement
+  // reads it for every device, and it never lags an admission.
+  int resident = 0;
   // The device failed for good: its jobs are back in the queue and the worker has stopped.
   std::atomic<bool> lost{false};
   // Why a start or a step found the device lost (kUnavailable), until LoseDevice acts on it:
@@ -262,6 +265,7 @@ QueuedJob JobManager::QueueEntry(const v1::Job& job) const {
   q.model = job.model();
   auto model = stores_.models->Get(job.model());
   if (model.ok()) {
+    q.model_key = ModelPool::Key(*model);
     q.model_bytes = model->quantized_bytes();
     q.job_bytes = JobBytes(ConfigFromModel(*model), job.resolved());
   }
@@ -657,23 +661,26 @@ std::vector<DeviceInfo> JobManager::Devices() const {
 void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<ActiveJob>>& active,
                              std::vector<QueuedJob>* admitted,
                              std::vector<std::shared_ptr<PooledModel>>* evicted) {
-  std::set<std::string> models_admitted;
+  std::set<std::string> models_admitted;  // ModelPool::Key of the admitted jobs' base models
   // One ordering per call: admitting a job raises its tenant's share exactly as QueueOrder
-  // counts the jobs placed ahead, so walking this order matches recomputing it each time.
+  // counts the jobs placed ahead, so walking this order matches recomputing it each time. A job
+  // left to an idle device does not change that: the idle device, walking the same order, takes
+  // it when it looks (IdleDeviceFitsBetter).
   const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
   std::set<size_t> taken;
   for (size_t next : order) {
-    if (static_cast<int>(active.size() + admitted->size()) >= options_.max_jobs_per_device) break;
+    const int resident = static_cast<int>(active.size() + admitted->size());
+    if (resident >= options_.max_jobs_per_device) break;
     const QueuedJob& q = queue_[next];
     bool loaded = false;
-    for (const auto& a : active) loaded = loaded || a->entry.model == q.model;
-    loaded = loaded || models_admitted.count(q.model) || w->pool->IsLoaded(q.model);
+    for (const auto& a : active) loaded = loaded || a->entry.model_key == q.model_key;
+    loaded = loaded || models_admitted.count(q.model_key) || w->pool->IsLoaded(q.model_key);
     int64_t pending = 0;
     for (const QueuedJob& p : *admitted) pending += p.job_bytes;
     for (const std::string& m : models_admitted) {
       if (!w->pool->IsLoaded(m)) {
         for (const QueuedJob& p : *admitted) {
-          if (p.model == m) {
+          if (p.model_key == m) {
             pending += p.model_bytes;
             break;
           }
@@ -685,23 +692,30 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
       // that it does not hold up the jobs behind it.
       admitted->push_back(q);
       ++running_by_tenant_[q.tenant];
+      ++w->resident;
       taken.insert(next);
       continue;
     }
+    // Not an overtaking: that device takes it when it looks, at the latest when its idle
+    // worker's wait ends.
+    if (IdleDeviceFitsBetter(w, resident, loaded, q)) continue;
     const int64_t needed = q.job_bytes + (loaded ? 0 : q.model_bytes);
     int64_t available = w->budget - w->pool->ResidentBytes() - w->jobs_bytes.load() - pending;
     if (needed > available) {
-      // Unused base models make room; otherwise the job waits for this device or another
-      // (jobs never overtake each other, so a large job is not starved by small ones).
-      if (loaded || needed > available + w->pool->UnusedBytes()) break;
+      // Unused base models (other than those of this job and of the jobs here) make room;
+      // otherwise the job waits for this device or another (jobs never overtake each other, so
+      // a large job is not starved by small ones).
       std::set<std::string> keep = models_admitted;
-      for (const auto& a : active) keep.insert(a->entry.model);
+      keep.insert(q.model_key);
+      for (const auto& a : active) keep.insert(a->entry.model_key);
+      if (needed > available + w->pool->UnusedBytes(keep)) break;
       available += w->pool->EvictUnused(keep, evicted);
       if (needed > available) break;
     }
-    models_admitted.insert(q.model);
+    models_admitted.insert(q.model_key);
     admitted->push_back(q);
     ++running_by_tenant_[q.tenant];
+    ++w->resident;
     taken.insert(next);
   }
   // Erase from the back so that the indices of the rest stay valid.
@@ -741,7 +755,7 @@ void JobManager::WorkerLoop(Worker* w) {
         active.push_back(std::move(a));
       } else {
         w->jobs_bytes -= q.job_bytes;
-        ReleaseQuota(q.tenant);
+        ReleaseQuota(w, q.tenant);
         // Not started. A job that met a lost device went through RequeueFromLostDevice, which
         // kept or released its flags itself (another worker may already run it); any other
         // (failed, cancelled, vanished) is released here.
@@ -778,7 +792,7 @@ void JobManager::WorkerLoop(Worker* w) {
         w->lost_cause = (*it)->failure;
         break;
       }
-      ReleaseQuota((*it)->job.tenant());
+      ReleaseQuota(w, (*it)->job.tenant());
       Finish(**it, outcome);
       Release((*it)->job.id());
       w->jobs_bytes -= (*it)->entry.job_bytes;
@@ -795,7 +809,7 @@ void JobManager::WorkerLoop(Worker* w) {
   }
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
   for (auto& a : active) {
-    ReleaseQuota(a->job.tenant());
+    ReleaseQuota(w, a->job.tenant());
     if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
       Finish(*a, StepOutcome::kCancelled);
       Release(a->job.id());
@@ -827,7 +841,7 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
   std::fprintf(stderr, "qlorad: %s is lost; its %zu jobs go back to the queue: %s\n",
                w->name.c_str(), active.size(), std::string(why.message()).c_str());
   for (auto& a : active) {
-    ReleaseQuota(a->job.tenant());
+    ReleaseQuota(w, a->job.tenant());
     RequeueFromLostDevice(a->entry, why);
     w->jobs_bytes -= a->entry.job_bytes;
     --w->jobs_running;
@@ -838,7 +852,9 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
     absl::MutexLock lock(&w->usage_mu);
     w->lost_reason = std::string(why.message());
   }
-  w->lost = true;  // last: whoever sees it sees the jobs back in the queue
+  absl::MutexLock lock(&mu_);
+  w->lost = true;        // last: whoever sees it sees the jobs back in the queue
+  work_cv_.SignalAll();  // a job left to this device while it was leaving goes elsewhere now
 }
 
 void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
@@ -880,9 +896,25 @@ void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Statu
   Notify();
 }
 
-void JobManager::ReleaseQuota(const std::string& tenant) {
+void JobManager::ReleaseQuota(Worker* w, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
   if (--running_by_tenant_[tenant] <= 0) running_by_tenant_.erase(tenant);
+  --w->resident;
+}
+
+// Placement among devices: a job runs faster on a device of its own than taking turns, and
+// starts sooner where its base model is already loaded. Only an idle device is preferred
+// because only of an idle device is it sure that it admits the job at its next look (nothing of
+// its budget is reserved, every model it holds is unused, so evictable): a device passed over
+// for one that then refused would leave the job waiting on neither.
+bool JobManager::IdleDeviceFitsBetter(const Worker* w, int resident, bool loaded,
+                                      const QueuedJob& q) const {
+  for (const auto& other : workers_) {
+    if (other.get() == w || other->lost || other->resident > 0) continue;
+    if (q.job_bytes + q.model_bytes > other->budget) continue;
+    if (resident > 0 || (!loaded && other->pool->IsLoaded(q.model_key))) return true;
+  }
+  return false;
 }
 
 void JobManager::Release(const std::string& id) {

@@ -4,9 +4,12 @@
 // Scheduling: one global queue (job_queue.h: priority, fair share, FIFO). A device worker
 // admits the next job when its memory estimate fits the device's budget beside the jobs
 // already there, counting each base model once per device (model_pool.h shares it); jobs never
-// overtake one another. A worker keeps up to `max_jobs_per_device` jobs resident and gives
-// each one optimizer step in turn, so small jobs make progress beside large ones and a device's
-// engine is only ever driven from its own thread.
+// overtake one another on a device. A busy device leaves a job to an idle one that can hold it,
+// and an idle device leaves it to another idle one that has its base model loaded, so jobs
+// spread over the devices rather than take turns on one, and a model is loaded again only where
+// that buys a device of its own. A worker keeps up to `max_jobs_per_device` jobs resident and
+// gives each one optimizer step in turn, so small jobs make progress beside large ones and a
+// device's engine is only ever driven from its own thread.
 //
 // Durability: every state change, progress record and event goes through JobStore (synced).
 // Checkpoints go to RocksDB every `checkpoint_every` steps and at shutdown. On start, jobs found
@@ -180,8 +183,12 @@ class JobManager {
   void ForgetJobSeries(const std::string& id);
   void CollectMetrics(metrics::Registry& r);
   // The job no longer counts as running for its tenant (before its terminal write, so that a
-  // client told "ended" can start the next one at once).
-  void ReleaseQuota(const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
+  // client told "ended" can start the next one at once), nor as resident on `w`.
+  void ReleaseQuota(Worker* w, const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether an idle device other than `w` should take `q` rather than `w`, which holds
+  // `resident` jobs and has `q`'s base model loaded or not (`loaded`).
+  bool IdleDeviceFitsBetter(const Worker* w, int resident, bool loaded, const QueuedJob& q) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):

@@ -16,6 +16,7 @@ struct QueuedJob {
   int32_t priority = 0;
   int64_t arrival = 0;  // FIFO order
   std::string model;
+  std::string model_key;    // ModelPool::Key: which registration of `model` it trains on
   int64_t job_bytes = 0;    // JobMemoryBytes
   int64_t model_bytes = 0;  // the base model's loaded size, counted once per device
 };

@@ -10,7 +10,7 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(model.name());
-    if (it != models_.end() && it->second->registration == model.SerializeAsString()) {
+    if (it != models_.end() && it->second->registration == Key(model)) {
       return it->second;
     }
   }
@@ -22,7 +22,7 @@ absl::StatusOr<std::shared_ptr<PooledModel>> ModelPool::Acquire(const v1::Model&
   }
   auto pooled = std::make_shared<PooledModel>();
   pooled->name = model.name();
-  pooled->registration = model.SerializeAsString();
+  pooled->registration = Key(model);
   pooled->bytes = model.quantized_bytes();
   pooled->tokenizer = std::move(source.tokenizer);
   ModelOptions options;
@@ -47,9 +47,12 @@ std::vector<std::shared_ptr<PooledModel>> ModelPool::RetiredAlive() const {
   return alive;
 }
 
-bool ModelPool::IsLoaded(const std::string& name) const {
+bool ModelPool::IsLoaded(const std::string& key) const {
   absl::MutexLock lock(&mu_);
-  return models_.count(name) > 0;
+  for (const auto& [name, m] : models_) {
+    if (m->registration == key) return true;
+  }
+  return false;
 }
 
 int64_t ModelPool::ResidentBytes() const {
@@ -60,11 +63,11 @@ int64_t ModelPool::ResidentBytes() const {
   return total;
 }
 
-int64_t ModelPool::UnusedBytes() const {
+int64_t ModelPool::UnusedBytes(const std::set<std::string>& except) const {
   absl::MutexLock lock(&mu_);
   int64_t total = 0;
   for (const auto& [name, m] : models_) {
-    if (m.use_count() == 1) total += m->bytes;
+    if (m.use_count() == 1 && except.count(m->registration) == 0) total += m->bytes;
   }
   return total;
 }
@@ -79,7 +82,7 @@ int64_t ModelPool::EvictUnused(const std::set<std::string>& keep,
   absl::MutexLock lock(&mu_);
   int64_t freed = 0;
   for (auto it = models_.begin(); it != models_.end();) {
-    if (it->second.use_count() == 1 && keep.count(it->first) == 0) {
+    if (it->second.use_count() == 1 && keep.count(it->second->registration) == 0) {
       freed += it->second->bytes;
       if (evicted != nullptr) evicted->push_back(std::move(it->second));
       it = models_.erase(it);

@@ -80,9 +80,9 @@ class JobManagerTest : public ::testing::Test {
     return req;
   }
 
-  int64_t JobBytes() {
-    v1::Hyperparameters h = Request("a", 1).hyperparameters();
-    auto r = ResolveHyperparameters(h, model_, {}, false);
+  int64_t JobBytes() { return JobBytes(Request("a", 1)); }
+  int64_t JobBytes(const v1::CreateJobRequest& req) {
+    auto r = ResolveHyperparameters(req.hyperparameters(), model_, {}, false);
     const LlamaConfig c = ConfigFromModel(model_);
     // the tests' devices are CPUs: their attention state, float32 activations
     return JobMemoryBytes(c, *r, CpuAttentionSavedPerRow(c, *r), false);
@@ -130,6 +130,20 @@ class JobManagerTest : public ::testing::Test {
     return job->id();
   }
 
+  // Polls until each device runs `jobs` jobs (a job is RUNNING in the store a moment before
+  // its device counts it).
+  void WaitForJobsOnEachDevice(int jobs) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    auto all = [&] {
+      for (const DeviceInfo& d : manager_->Devices()) {
+        if (d.jobs_running != jobs) return false;
+      }
+      return true;
+    };
+    while (!all() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+    for (const DeviceInfo& d : manager_->Devices()) EXPECT_EQ(d.jobs_running, jobs) << d.name;
+  }
+
   const Tenant& T(const std::string& name) { return *tenants_->Find(name); }
 
   std::string dir_;
@@ -158,20 +172,109 @@ auto HasEnded = [](const v1::Job& j) {
   return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED || j.state() == v1::CANCELLED;
 };
 
-TEST_F(JobManagerTest, TwoDevicesRunTwoJobsAtOnce) {
-  StartManager(Options("cpu:0,cpu:1", 0, 1));
+// Each device could hold both jobs (four a device): the second goes to the idle device rather
+// than take turns with the first.
+TEST_F(JobManagerTest, TwoJobsSpreadOverTwoDevices) {
+  StartManager(Options("cpu:0,cpu:1"));
   auto a = manager_->CreateJob(T("a"), Request("a", 100000));
   auto b = manager_->CreateJob(T("b"), Request("b", 100000));
   ASSERT_TRUE(a.ok() && b.ok());
   const v1::Job ra = WaitFor("a", a->id(), IsRunning);
   const v1::Job rb = WaitFor("b", b->id(), IsRunning);
   EXPECT_NE(ra.device(), rb.device());
+  WaitForJobsOnEachDevice(1);
   for (const DeviceInfo& d : manager_->Devices()) {
-    EXPECT_EQ(d.jobs_running, 1) << d.name;
     EXPECT_EQ(d.base_models_loaded, 1) << d.name;  // each device loads its own copy
   }
   EXPECT_EQ(manager_->CancelJob("a", a->id())->state(), v1::CANCELLED);
   EXPECT_EQ(manager_->CancelJob("b", b->id())->state(), v1::CANCELLED);
+}
+
+// Jobs queued when the daemon starts (here after a restart that added a device) are all there
+// when the workers first look: the first worker to look takes one and leaves the other to the
+// idle device, rather than take both in turns.
+TEST_F(JobManagerTest, JobsQueuedAtTheStartSpreadOverTheDevices) {
+  StartManager(Options("cpu:0"));
+  auto a = manager_->CreateJob(T("a"), Request("a", 100000));
+  auto b = manager_->CreateJob(T("b"), Request("b", 100000));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(WaitFor("a", a->id(), IsRunning).device(), "cpu:0");
+  EXPECT_EQ(WaitFor("b", b->id(), IsRunning).device(), "cpu:0");
+  manager_->Shutdown();  // both back to QUEUED, with their checkpoints
+  StartManager(Options("cpu:0,cpu:1"));
+  const v1::Job ra = WaitFor("a", a->id(), IsRunning);
+  const v1::Job rb = WaitFor("b", b->id(), IsRunning);
+  EXPECT_NE(ra.device(), rb.device());
+  WaitForJobsOnEachDevice(1);
+  EXPECT_EQ(manager_->CancelJob("a", a->id())->state(), v1::CANCELLED);
+  EXPECT_EQ(manager_->CancelJob("b", b->id())->state(), v1::CANCELLED);
+}
+
+// Of two idle devices, a job goes to the one that has its base model loaded, every time; a
+// device that already runs a job leaves the next one to an idle device, even one that has to
+// load the model.
+TEST_F(JobManagerTest, AJobGoesToTheIdleDeviceThatHasItsModel) {
+  StartManager(Options("cpu:0,cpu:1"));
+  auto first = manager_->CreateJob(T("a"), Request("a", 2));
+  ASSERT_TRUE(first.ok()) << first.status();
+  const v1::Job done = WaitFor("a", first->id(), HasEnded);
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  const std::string holder = done.device();
+  for (int i = 0; i < 4; ++i) {
+    auto next = manager_->CreateJob(T("a"), Request("a", 2));
+    ASSERT_TRUE(next.ok()) << next.status();
+    const v1::Job ended = WaitFor("a", next->id(), HasEnded);
+    EXPECT_EQ(ended.state(), v1::SUCCEEDED) << ended.error().message();
+    EXPECT_EQ(ended.device(), holder) << "job " << i;
+  }
+  for (const DeviceInfo& d : manager_->Devices()) {
+    EXPECT_EQ(d.base_models_loaded, d.name == holder ? 1 : 0) << d.name;
+  }
+  auto busy = manager_->CreateJob(T("a"), Request("a", 100000));
+  ASSERT_TRUE(busy.ok());
+  EXPECT_EQ(WaitFor("a", busy->id(), IsRunning).device(), holder);
+  auto other = manager_->CreateJob(T("b"), Request("b", 100000));
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(WaitFor("b", other->id(), IsRunning).device(), holder);
+  EXPECT_EQ(manager_->CancelJob("a", busy->id())->state(), v1::CANCELLED);
+  EXPECT_EQ(manager_->CancelJob("b", other->id())->state(), v1::CANCELLED);
+}
+
+// A job whose base model is loaded but finds the budget taken by another model no job uses
+// gets that model evicted, rather than waiting for a job that will never end.
+TEST_F(JobManagerTest, AnUnusedModelMakesRoomForAJobWhoseModelIsLoaded) {
+  auto second = models_->Register("stories-b", StoriesGguf());
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->quantized_bytes(), model_.quantized_bytes());
+  const int64_t m = model_.quantized_bytes();
+  auto shaped = [&](const char* model, int64_t seq) {
+    v1::CreateJobRequest r = Request("a", 2);
+    r.set_model(model);
+    r.mutable_hyperparameters()->set_batch_size(1);
+    r.mutable_hyperparameters()->set_seq_len(seq);
+    return r;
+  };
+  // The longest facts example takes 41 tokens.
+  const int64_t small = JobBytes(shaped("stories", 48));
+  // A larger job of the same model that fits beside that model alone, not beside both.
+  int64_t big_seq = 0;
+  for (int64_t seq = 49; seq <= 256 && big_seq == 0; ++seq) {
+    const int64_t big = JobBytes(shaped("stories", seq));
+    if (big > small && big <= m + small) big_seq = seq;
+  }
+  ASSERT_GT(big_seq, 0) << "no seq_len gives a job between " << small << " and " << m + small;
+  StartManager(Options("cpu:0", 2 * m + small));
+  for (const char* model : {"stories", "stories-b"}) {  // both stay loaded, unused
+    auto job = manager_->CreateJob(T("a"), shaped(model, 48));
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ(WaitFor("a", job->id(), HasEnded).state(), v1::SUCCEEDED);
+  }
+  EXPECT_EQ(manager_->Devices()[0].base_models_loaded, 2);
+  auto big = manager_->CreateJob(T("a"), shaped("stories", big_seq));
+  ASSERT_TRUE(big.ok()) << big.status();
+  const v1::Job done = WaitFor("a", big->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(manager_->Devices()[0].base_models_loaded, 1);
 }
 
 TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
@@ -372,7 +475,7 @@ TEST_F(JobManagerTest, AJobOfALostDeviceResumesOnTheOtherDevice) {
   auto a = manager_->CreateJob(T("a"), Request("a", 12));
   auto b = manager_->CreateJob(T("b"), Request("b", 12));
   ASSERT_TRUE(a.ok() && b.ok());
-  // One job a device (as in TwoDevicesRunTwoJobsAtOnce); the one on cpu:0 meets the fault.
+  // One job a device; the one on cpu:0 meets the fault.
   const v1::Job ra = WaitFor("a", a->id(), IsRunning), rb = WaitFor("b", b->id(), IsRunning);
   ASSERT_NE(ra.device(), rb.device());
   const bool a_on_lost = ra.device() == "cpu:0";
