@@ -1,7 +1,5 @@
 #include "server/core/adapter_store.h"
 
-#include <google/protobuf/util/time_util.h>
-
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +7,7 @@
 #include "engine/status_macros.h"
 #include "server/core/ids.h"
 #include "server/core/record_layout.h"
+#include "server/core/timestamps.h"
 
 namespace qlorad::core {
 namespace fs = std::filesystem;
@@ -47,7 +46,7 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
   }
   meta.set_id(NewId("ad"));
   meta.set_bytes(bytes);
-  *meta.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  *meta.mutable_create_time() = NowTimestamp();
   storage::WriteSet w;
   ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, meta.id()));
   w.Put(Family::kAdapters, meta_key, meta.SerializeAsString());

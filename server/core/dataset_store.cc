@@ -1,7 +1,5 @@
 #include "server/core/dataset_store.h"
 
-#include <google/protobuf/util/time_util.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/dataset.h"
@@ -9,6 +7,7 @@
 #include "server/core/ids.h"
 #include "server/core/record_layout.h"
 #include "server/core/tenants.h"
+#include "server/core/timestamps.h"
 
 namespace qlorad::core {
 namespace {
@@ -56,7 +55,7 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
   d.set_examples(examples);
   d.set_bytes(size);
   d.set_sha256(Sha256Hex(content));
-  *d.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  *d.mutable_create_time() = NowTimestamp();
   ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, d.id()));
   ASSIGN_OR_RETURN(std::string data_key, StoreKey({tenant, d.id(), "data"}));
   storage::WriteSet w;

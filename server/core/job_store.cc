@@ -1,10 +1,9 @@
 #include "server/core/job_store.h"
 
-#include <google/protobuf/util/time_util.h>
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"  // header-only
+#include "server/core/timestamps.h"
 
 namespace qlorad::core {
 namespace {
@@ -13,7 +12,7 @@ using storage::Family;
 using storage::StoreKey;
 using storage::WriteSet;
 
-google::protobuf::Timestamp Now() { return google::protobuf::util::TimeUtil::GetCurrentTime(); }
+google::protobuf::Timestamp Now() { return NowTimestamp(); }
 
 absl::StatusOr<v1::Job> ParseJob(std::string_view bytes) {
   v1::Job job;

@@ -1,13 +1,12 @@
 #include "server/core/model_store.h"
 
-#include <google/protobuf/util/time_util.h>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/llama_weights.h"
 #include "engine/model_source.h"
 #include "engine/nf4_tensor.h"
 #include "engine/status_macros.h"
+#include "server/core/timestamps.h"
 
 namespace qlorad::core {
 namespace {
@@ -72,7 +71,7 @@ absl::StatusOr<v1::Model> ModelStore::Register(const std::string& name, const st
   a->set_rms_norm_eps(c.rms_norm_eps);
   m.set_parameter_count(c.ParameterCount());
   m.set_quantized_bytes(LoadedModelBytes(c));
-  *m.mutable_create_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  *m.mutable_create_time() = NowTimestamp();
   RETURN_IF_ERROR(db_->Put(Family::kModels, name, m.SerializeAsString()));
   return m;
 }

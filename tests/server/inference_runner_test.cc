@@ -131,6 +131,24 @@ TEST_F(InferenceRunnerTest, TheLeastRecentlyServedBaseModelIsDropped) {
   EXPECT_EQ(runner.models_loaded(), 2);
 }
 
+// A model deleted and registered again under its name is another copy: loaded anew (counted as
+// a load), in place of the old one, which no request can reach any more.
+TEST_F(InferenceRunnerTest, AModelRegisteredAgainIsLoadedAgainInPlaceOfTheOldCopy) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1,
+                         /*cached_adapters=*/4, /*cached_models=*/2);
+  auto before = Loss(runner, "a", "");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_TRUE(Loss(runner, "a", "").ok());
+  EXPECT_EQ(runner.model_loads(), 1);
+  ASSERT_TRUE(models_->Delete("stories").ok());
+  ASSERT_TRUE(models_->Register("stories", StoriesGguf()).ok());
+  auto after = Loss(runner, "a", "");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after, *before);  // the same file
+  EXPECT_EQ(runner.model_loads(), 2);
+  EXPECT_EQ(runner.models_loaded(), 1);
+}
+
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
   InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
   const std::string id = StoreRandomAdapter("a", 3);

@@ -210,6 +210,32 @@ TEST_F(JobManagerTest, JobsQueuedAtTheStartSpreadOverTheDevices) {
   EXPECT_EQ(manager_->CancelJob("b", b->id())->state(), v1::CANCELLED);
 }
 
+// Jobs queued at a restart keep their order (first come, first served), however quickly they
+// came: records made within one second used to tie.
+TEST_F(JobManagerTest, TheQueueKeepsItsOrderAcrossARestart) {
+  StartManager(Options("cpu:0", 0, 1));
+  auto running = manager_->CreateJob(T("a"), Request("a", 100000));
+  ASSERT_TRUE(running.ok()) << running.status();
+  WaitFor("a", running->id(), IsRunning);
+  std::vector<std::string> waiting;
+  for (int i = 0; i < 5; ++i) {
+    auto job = manager_->CreateJob(T("a"), Request("a", 100000));
+    ASSERT_TRUE(job.ok()) << job.status();
+    waiting.push_back(job->id());
+  }
+  manager_->Shutdown();
+  StartManager(Options("cpu:0", 0, 1));
+  EXPECT_EQ(WaitFor("a", running->id(), IsRunning).device(), "cpu:0");  // the oldest first
+  for (size_t i = 0; i < waiting.size(); ++i) {
+    auto job = manager_->GetJob("a", waiting[i]);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_EQ(job->state(), v1::QUEUED);
+    EXPECT_EQ(job->queue_position(), static_cast<int>(i)) << waiting[i];
+  }
+  for (const std::string& id : waiting) manager_->CancelJob("a", id).IgnoreError();
+  EXPECT_EQ(manager_->CancelJob("a", running->id())->state(), v1::CANCELLED);
+}
+
 // Of two idle devices, a job goes to the one that has its base model loaded, every time; a
 // device that already runs a job leaves the next one to an idle device, even one that has to
 // load the model.
