@@ -699,6 +699,9 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
     // Not an overtaking: that device takes it when it looks, at the latest when its idle
     // worker's wait ends.
     if (IdleDeviceFitsBetter(w, resident, loaded, q)) continue;
+    // Never here (a smaller budget: the share of generation and evaluation), so not an
+    // overtaking either: it waits for a device it fits.
+    if (q.job_bytes + q.model_bytes > w->budget) continue;
     const int64_t needed = q.job_bytes + (loaded ? 0 : q.model_bytes);
     int64_t available = w->budget - w->pool->ResidentBytes() - w->jobs_bytes.load() - pending;
     if (needed > available) {
@@ -745,7 +748,10 @@ void JobManager::WorkerLoop(Worker* w) {
     for (const QueuedJob& q : admitted) {
       w->jobs_bytes += q.job_bytes;
       std::unique_ptr<ActiveJob> a;
-      if (w->lost_cause.ok()) {
+      if (stop_requested_) {
+        // Stopping: the running jobs' checkpoints come first (a start can take long, loading a
+        // model). The job stays QUEUED in the store and starts after the restart.
+      } else if (w->lost_cause.ok()) {
         a = StartJob(w, q);
       } else {
         RequeueFromLostDevice(q, w->lost_cause);  // not started on a lost device
@@ -792,8 +798,7 @@ void JobManager::WorkerLoop(Worker* w) {
         w->lost_cause = (*it)->failure;
         break;
       }
-      ReleaseQuota(w, (*it)->job.tenant());
-      Finish(**it, outcome);
+      Finish(w, **it, outcome);
       Release((*it)->job.id());
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
@@ -809,12 +814,12 @@ void JobManager::WorkerLoop(Worker* w) {
   }
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
   for (auto& a : active) {
-    ReleaseQuota(w, a->job.tenant());
     if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
-      Finish(*a, StepOutcome::kCancelled);
+      Finish(w, *a, StepOutcome::kCancelled);
       Release(a->job.id());
       continue;
     }
+    ReleaseQuota(w, a->job.tenant());
     absl::Status saved = SaveCheckpoint(*a);
     const int64_t step = a->trainer->step();
     auto moved = stores_.jobs->Transition(
@@ -841,8 +846,10 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
   std::fprintf(stderr, "qlorad: %s is lost; its %zu jobs go back to the queue: %s\n",
                w->name.c_str(), active.size(), std::string(why.message()).c_str());
   for (auto& a : active) {
-    ReleaseQuota(w, a->job.tenant());
+    // Back in the queue before its running count goes, so that the tenant's limit never misses
+    // it in between.
     RequeueFromLostDevice(a->entry, why);
+    ReleaseQuota(w, a->job.tenant());
     w->jobs_bytes -= a->entry.job_bytes;
     --w->jobs_running;
     ForgetJobSeries(a->job.id());  // back when the job runs again
@@ -1290,15 +1297,17 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   return StepOutcome::kContinue;
 }
 
-void JobManager::Finish(ActiveJob& a, StepOutcome outcome) {
+void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   const std::string& tenant = a.job.tenant();
   const std::string& id = a.job.id();
   const int64_t step = a.trainer->step();
   if (outcome == StepOutcome::kFailed) {
+    ReleaseQuota(w, tenant);
     FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
     return;
   }
   if (outcome == StepOutcome::kCancelled) {
+    ReleaseQuota(w, tenant);
     // The state first: a crash in between must not leave a RUNNING job without its checkpoint.
     auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
                                           absl::StrCat("cancelled by the client after step ", step),
@@ -1326,6 +1335,7 @@ void JobManager::Finish(ActiveJob& a, StepOutcome outcome) {
   eo.base_model_name_or_path = a.job.model();
   absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo);
   if (!saved.ok()) {
+    ReleaseQuota(w, tenant);
     FailJob(tenant, id, saved, "", false);
     return;
   }
@@ -1343,6 +1353,9 @@ void JobManager::Finish(ActiveJob& a, StepOutcome outcome) {
   const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
   auto adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
   fs::remove_all(dir, ec);
+  // Only now: until its adapter is stored, the job counts against the tenant's adapter limit
+  // as an unfinished job, so CreateJob never lets in a job whose adapter will not fit.
+  ReleaseQuota(w, tenant);
   if (!adapter.ok()) {
     FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
     return;

@@ -155,7 +155,9 @@ class JobManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
-  void Finish(ActiveJob& a, StepOutcome outcome);
+  // Records how the job ended; gives back its place on `w` and its tenant's running count
+  // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.
+  void Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
   // The worker's device is lost (Device::TakeError said kUnavailable): it takes no more jobs,
   // and each of `active` goes back to the queue.
   void LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,
