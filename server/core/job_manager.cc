@@ -102,6 +102,10 @@ struct JobManager::ActiveJob {
   std::unique_ptr<Trainer> trainer;
   std::shared_ptr<std::atomic<bool>> cancel;
   std::chrono::steady_clock::time_point last_progress{};
+  // Wall-clock time from one of its steps to the next, smoothed: with jobs taking turns on the
+  // device it includes their steps, which the trainer's own timing (this job's step) leaves out.
+  std::chrono::steady_clock::time_point last_step_end{};
+  double seconds_per_step = 0.0;
   int64_t tokens = 0;
   double last_loss = 0.0;
   absl::Status failure;
@@ -1223,6 +1227,18 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (stepped) {
     a.tokens += report.tokens;
     a.last_loss = report.loss;
+    // ETA and speed as the job sees them: from its steps' wall-clock pace on this device (the
+    // other jobs' turns, evaluations and checkpoints included), once there is a pace to go by.
+    const auto end = std::chrono::steady_clock::now();
+    if (a.last_step_end != std::chrono::steady_clock::time_point{}) {
+      const double wall = std::chrono::duration<double>(end - a.last_step_end).count();
+      a.seconds_per_step =
+          std::max(a.seconds_per_step == 0.0 ? wall : 0.8 * a.seconds_per_step + 0.2 * wall, 1e-9);
+      report.eta_seconds =
+          a.seconds_per_step * static_cast<double>(report.total_steps - report.step);
+      report.tokens_per_second = static_cast<double>(report.tokens) / a.seconds_per_step;
+    }
+    a.last_step_end = end;
     {
       absl::MutexLock lock(&mu_);
       live_[a.job.id()] =

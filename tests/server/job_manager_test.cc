@@ -303,6 +303,30 @@ TEST_F(JobManagerTest, AnUnusedModelMakesRoomForAJobWhoseModelIsLoaded) {
   EXPECT_EQ(manager_->Devices()[0].base_models_loaded, 1);
 }
 
+// Two equal jobs taking turns on one device: each one's ETA counts the other's turns (the
+// trainer alone times only the job's own step, which would promise half the time). The bounds
+// are loose for a busy machine; the old estimate sat near 0.5 of the truth.
+TEST_F(JobManagerTest, TheEtaCountsTheTurnsOfTheJobsSharingTheDevice) {
+  StartManager(Options("cpu:0"));
+  auto a = manager_->CreateJob(T("a"), Request("a", 100));
+  auto b = manager_->CreateJob(T("b"), Request("b", 100));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const v1::Job at = WaitFor("a", a->id(), [](const v1::Job& j) {
+    return j.steps_completed() >= 30 || (j.state() != v1::QUEUED && j.state() != v1::RUNNING);
+  });
+  const absl::Time measured = absl::Now();
+  ASSERT_EQ(at.state(), v1::RUNNING);
+  ASSERT_EQ(manager_->GetJob("b", b->id())->state(), v1::RUNNING);  // still taking turns
+  const v1::Job done = WaitFor("a", a->id(), HasEnded);
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  const double actual = absl::ToDoubleSeconds(absl::Now() - measured);
+  std::printf("ETA at step %lld: %.2f s; it took %.2f s\n", (long long)at.steps_completed(),
+              at.eta_seconds(), actual);
+  EXPECT_GT(at.eta_seconds(), 0.6 * actual) << "actual " << actual;
+  EXPECT_LT(at.eta_seconds(), 1.67 * actual) << "actual " << actual;
+  WaitFor("b", b->id(), HasEnded);
+}
+
 TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
   // Room for the model once and two jobs, not for the model twice: both jobs must fit.
   const int64_t budget = model_.quantized_bytes() + 2 * JobBytes() + model_.quantized_bytes() / 2;
