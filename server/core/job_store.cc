@@ -172,7 +172,12 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::List(const std::string& tenant,
   prefix += "/";
   std::string start;
   if (!page_token.empty()) {
-    ASSIGN_OR_RETURN(start, StoreKey({tenant, page_token}));
+    auto key = StoreKey({tenant, page_token});
+    if (!key.ok()) {  // a token is a job id, as the previous page's next_page_token gave it
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token: '", page_token, "' is not one a listing returned"));
+    }
+    start = *std::move(key);
   }
   std::vector<v1::Job> out;
   absl::Status parse_error;

@@ -128,6 +128,9 @@ TEST_F(JobStoreTest, ListFiltersPagesAndFindsUnfinishedJobs) {
   ASSERT_TRUE(page1.ok() && page2.ok());
   EXPECT_EQ((*page1)[0].id(), "j0");
   EXPECT_EQ((*page2)[0].id(), "j2");
+  auto bad = store_->List("acme", {}, 2, "../beta");  // never a token a listing gives
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("page_token"), absl::string_view::npos) << bad.status();
   auto unfinished = store_->Unfinished();
   ASSERT_TRUE(unfinished.ok());
   EXPECT_EQ(unfinished->size(), 4u);  // all but the failed one
