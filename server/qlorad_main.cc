@@ -240,6 +240,7 @@ absl::Status Run() {
           static_cast<double>(db->IntProperty("rocksdb.is-write-stopped")));
     r.Set(metrics::kRocksdbDelayedRate, {},
           static_cast<double>(db->IntProperty("rocksdb.actual-delayed-write-rate")));
+    r.Set(metrics::kStoreWriteFailures, {}, static_cast<double>(db->failed_writes()));
   });
   // Databases written before the metadata had its own key range move once, at start.
   for (const storage::Family f : {storage::Family::kDatasets, storage::Family::kAdapters}) {

@@ -92,7 +92,18 @@ absl::StatusOr<std::string> KvStore::Get(Family f, std::string_view key) const {
   return value;
 }
 
+void WriteSet::ForEach(
+    const std::function<void(Family, std::string_view, std::string_view)>& visit) const {
+  for (const Op& op : ops_) visit(op.family, op.key, op.value);
+}
+
 absl::Status KvStore::Write(const WriteSet& writes) {
+  if (options_.write_fault) {
+    if (absl::Status fault = options_.write_fault(writes); !fault.ok()) {
+      ++failed_writes_;
+      return fault;
+    }
+  }
   rocksdb::WriteBatch batch;
   for (const WriteSet::Op& op : writes.ops_) {
     rocksdb::Status s;
@@ -117,7 +128,9 @@ absl::Status KvStore::Write(const WriteSet& writes) {
   }
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
-  return FromRocks(db_->Write(wo, &batch), "write");
+  absl::Status written = FromRocks(db_->Write(wo, &batch), "write");
+  if (!written.ok()) ++failed_writes_;
+  return written;
 }
 
 absl::Status KvStore::Put(Family f, std::string_view key, std::string_view value) {

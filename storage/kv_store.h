@@ -8,6 +8,7 @@
 // (RocksDB's own guarantees); handles are owned here and released in the destructor.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,6 +30,8 @@ enum class Family { kModels = 0, kDatasets, kJobs, kEvents, kCheckpoints, kAdapt
 inline constexpr int kNumFamilies = 7;
 const char* FamilyName(Family f);
 
+class WriteSet;
+
 struct KvStoreOptions {
   // fsync the WAL on every write. Default: true (job state must survive kill -9).
   bool sync_writes = true;
@@ -36,6 +39,9 @@ struct KvStoreOptions {
   uint64_t min_blob_size = 64 * 1024;
   // Create the database when the directory holds none. Default: true.
   bool create_if_missing = true;
+  // Tests only: asked before each write; a non-OK answer fails that write with it and stores
+  // nothing, as a full or failing disk does, so that how the daemon copes can be tested.
+  std::function<absl::Status(const WriteSet&)> write_fault;
 };
 
 // A set of puts and deletes applied atomically by KvStore::Write.
@@ -48,6 +54,9 @@ class WriteSet {
   // Deletes every key of `f` that starts with `prefix` (at Write time).
   void DeletePrefix(Family f, std::string_view prefix);
   int size() const { return static_cast<int>(ops_.size()); }
+  // Each op's family, key and value (empty for deletes): what a write_fault looks at.
+  void ForEach(
+      const std::function<void(Family, std::string_view key, std::string_view value)>& visit) const;
 
  private:
   friend class KvStore;
@@ -83,6 +92,8 @@ class KvStore {
   int64_t IntProperty(const std::string& property) const;
   // A consistent copy of the database in `dir` (RocksDB checkpoint: hard links where possible).
   absl::Status Checkpoint(const std::string& dir) const;
+  // Writes that failed since the store was opened (a full disk, an I/O error).
+  int64_t failed_writes() const { return failed_writes_.load(); }
 
  private:
   KvStore() = default;
@@ -90,6 +101,7 @@ class KvStore {
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned: destroyed before db_
   KvStoreOptions options_;
+  std::atomic<int64_t> failed_writes_{0};
 };
 
 // Keys: components joined by '/', each checked to be non-empty and slash-free, so that one

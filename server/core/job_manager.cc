@@ -106,6 +106,7 @@ struct JobManager::ActiveJob {
   // device it includes their steps, which the trainer's own timing (this job's step) leaves out.
   std::chrono::steady_clock::time_point last_step_end{};
   double seconds_per_step = 0.0;
+  bool records_failing = false;  // its last progress record could not be stored
   int64_t tokens = 0;
   double last_loss = 0.0;
   absl::Status failure;
@@ -969,10 +970,13 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
                                  j.set_eta_seconds(0);
                                });
   if (!moved.ok()) {
+    // Still RUNNING in the store: its checkpoint stays, so that a restart resumes it rather
+    // than training it again from the start.
     std::fprintf(stderr, "qlorad: job %s: cannot record its failure: %s\n", id.c_str(),
                  std::string(moved.status().message()).c_str());
+  } else {
+    (void)stores_.checkpoints->Delete(tenant, id);
   }
-  (void)stores_.checkpoints->Delete(tenant, id);
   JobEnded(id, "failed");
   Notify();
 }
@@ -1282,10 +1286,15 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
             },
             eval);
       }
-      if (!recorded.ok()) {
-        a.failure = recorded.status();
-        return StepOutcome::kFailed;
+      // A progress record that cannot be stored (a full disk) ends nothing: the job trains on,
+      // its next record carries everything, and its checkpoints and end are written as usual.
+      if (!recorded.ok() && !a.records_failing) {
+        std::fprintf(stderr, "qlorad: job %s: progress is not being stored: %s\n",
+                     a.job.id().c_str(), std::string(recorded.status().message()).c_str());
+      } else if (recorded.ok() && a.records_failing) {
+        std::fprintf(stderr, "qlorad: job %s: progress is stored again\n", a.job.id().c_str());
       }
+      a.records_failing = !recorded.ok();
       Notify();
     }
   }

@@ -99,6 +99,10 @@ void DeclareDaemonMetrics(Registry& r) {
             {});
   r.Declare(kRocksdbDelayedRate, Type::kGauge,
             "RocksDB's delayed write rate in bytes/s while it slows writes (0 otherwise).", {});
+  r.Declare(kStoreWriteFailures, Type::kCounter,
+            "Writes to the node's RocksDB that failed (a full disk, an I/O error): progress, "
+            "checkpoints or results not stored.",
+            {});
   r.Declare("process_cpu_seconds_total", Type::kCounter, "User and system CPU time.", {});
   r.Declare("process_start_time_seconds", Type::kGauge, "Start time since the Unix epoch.", {});
   r.Declare("process_resident_memory_bytes", Type::kGauge, "Resident memory size.", {});

@@ -27,6 +27,7 @@ inline constexpr char kGrpcDuration[] = "qlorad_grpc_request_duration_seconds"; 
 inline constexpr char kRocksdbSize[] = "qlorad_rocksdb_size_bytes";
 inline constexpr char kRocksdbWriteStopped[] = "qlorad_rocksdb_write_stopped";
 inline constexpr char kRocksdbDelayedRate[] = "qlorad_rocksdb_delayed_write_rate_bytes";
+inline constexpr char kStoreWriteFailures[] = "qlorad_store_write_failures_total";
 
 // Declares every family above and the process_* ones (with their collector) in `r`.
 void DeclareDaemonMetrics(Registry& r);

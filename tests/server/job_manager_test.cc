@@ -7,6 +7,7 @@
 #include <functional>
 #include <sstream>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/cuda_device.h"
 #include "gtest/gtest.h"
@@ -18,12 +19,38 @@ namespace {
 
 using ::qlorad::testing::FactsJsonl;
 using ::qlorad::testing::StoriesGguf;
+using WriteFault = std::function<absl::Status(const storage::WriteSet&)>;
+
+// Whether a write stores a progress event, or moves a job to `state`.
+bool StoresProgress(const storage::WriteSet& w) {
+  bool progress = false;
+  w.ForEach([&](storage::Family f, std::string_view, std::string_view value) {
+    v1::JobEvent e;
+    progress |= f == storage::Family::kEvents &&
+                e.ParseFromArray(value.data(), static_cast<int>(value.size())) && e.has_progress();
+  });
+  return progress;
+}
+bool MovesAJobTo(const storage::WriteSet& w, v1::JobState state) {
+  bool moves = false;
+  w.ForEach([&](storage::Family f, std::string_view, std::string_view value) {
+    v1::Job j;
+    moves |= f == storage::Family::kJobs &&
+             j.ParseFromArray(value.data(), static_cast<int>(value.size())) && j.state() == state;
+  });
+  return moves;
+}
 
 class JobManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = ::qlorad::testing::FreshTestDir("jm");
-    auto db = storage::KvStore::Open(dir_ + "/db");
+    storage::KvStoreOptions so;
+    so.write_fault = [faults = faults_](const storage::WriteSet& w) {
+      absl::MutexLock lock(&faults->mu);
+      return faults->fault ? faults->fault(w) : absl::OkStatus();
+    };
+    auto db = storage::KvStore::Open(dir_ + "/db", so);
     ASSERT_TRUE(db.ok());
     db_ = std::move(*db);
     jobs_ = std::make_unique<JobStore>(db_.get());
@@ -145,6 +172,17 @@ class JobManagerTest : public ::testing::Test {
   }
 
   const Tenant& T(const std::string& name) { return *tenants_->Find(name); }
+
+  // What the store's writes meet from now on (a full disk, say); null for none.
+  void SetWriteFault(WriteFault fault) {
+    absl::MutexLock lock(&faults_->mu);
+    faults_->fault = std::move(fault);
+  }
+  struct WriteFaults {
+    absl::Mutex mu;
+    WriteFault fault ABSL_GUARDED_BY(mu);
+  };
+  std::shared_ptr<WriteFaults> faults_ = std::make_shared<WriteFaults>();
 
   std::string dir_;
   std::unique_ptr<storage::KvStore> db_;
@@ -564,6 +602,60 @@ TEST_F(JobManagerTest, ARecoverableDeviceErrorFailsOnlyTheJobThatMetIt) {
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(WaitFor("b", second->id(), HasEnded).state(), v1::SUCCEEDED);
   EXPECT_FALSE(manager_->Devices()[0].lost);
+}
+
+// A store that cannot take progress records (a full disk) ends no job: it trains on, and its
+// end is recorded once the store takes writes.
+TEST_F(JobManagerTest, AJobTrainsOnWhileItsProgressCannotBeStored) {
+  SetWriteFault([](const storage::WriteSet& w) {
+    return StoresProgress(w) ? absl::UnavailableError("injected: no space left") : absl::OkStatus();
+  });
+  StartManager(Options("cpu:0"));
+  auto job = manager_->CreateJob(T("a"), Request("a", 6));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 6);
+  EXPECT_FALSE(done.adapter_id().empty());
+  EXPECT_GE(db_->failed_writes(), 6);  // every step's record
+}
+
+// A job that fails when its failure cannot be recorded is still RUNNING in the store: it keeps
+// its checkpoint, so that once the disk is mended a restart resumes it from there.
+TEST_F(JobManagerTest, AJobWhoseFailureCannotBeRecordedKeepsItsCheckpoint) {
+  JobManagerOptions o = Options("cpu:0", 0, 1);
+  o.checkpoint_every = 2;
+  // The seventh read of results, in step 4, after the checkpoint of step 2 (as in
+  // JobBackFromALostDevice), is refused: a recoverable error, which fails the job.
+  o.cpu_device_faults["cpu:0"] = {6, absl::ResourceExhaustedError("injected: out of memory")};
+  SetWriteFault([](const storage::WriteSet& w) {
+    return MovesAJobTo(w, v1::FAILED) ? absl::UnavailableError("injected: no space left")
+                                      : absl::OkStatus();
+  });
+  StartManager(o);
+  auto job = manager_->CreateJob(T("a"), Request("a", 8));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while ((db_->failed_writes() == 0 || manager_->Devices()[0].jobs_running > 0) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_GE(db_->failed_writes(), 1);
+  EXPECT_EQ(manager_->GetJob("a", job->id())->state(), v1::RUNNING);
+  auto kept = checkpoints_->List();
+  ASSERT_TRUE(kept.ok());
+  ASSERT_EQ(kept->size(), 1u);
+  EXPECT_EQ((*kept)[0].second, job->id());
+
+  manager_->Shutdown();
+  SetWriteFault(nullptr);
+  JobManagerOptions mended = Options("cpu:0", 0, 1);
+  mended.checkpoint_every = 2;
+  StartManager(mended);
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_TRUE(
+      AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
 }
 
 TEST_F(JobManagerTest, UnknownDevicesAreRefused) {

@@ -93,6 +93,27 @@ TEST(KvStore, ScanIsOrderedPrefixBoundAndResumable) {
   EXPECT_EQ(seen, (std::vector<std::string>{"13", "14"}));  // numeric order, other job excluded
 }
 
+// A write the fault refuses stores nothing of its set and is counted, as one RocksDB refuses.
+TEST(KvStore, AFailedWriteStoresNothingAndIsCounted) {
+  KvStoreOptions o;
+  o.write_fault = [](const WriteSet& w) {
+    bool refused = false;
+    w.ForEach([&](Family, std::string_view key, std::string_view) { refused |= key == "bad"; });
+    return refused ? absl::UnavailableError("injected: no space left") : absl::OkStatus();
+  };
+  auto db = KvStore::Open(FreshDir("fault"), o);
+  ASSERT_TRUE(db.ok()) << db.status();
+  WriteSet w;
+  w.Put(Family::kJobs, "good", "1");
+  w.Put(Family::kJobs, "bad", "2");
+  EXPECT_EQ((*db)->Write(w).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*db)->Get(Family::kJobs, "good").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*db)->failed_writes(), 1);
+  ASSERT_TRUE((*db)->Put(Family::kJobs, "good", "1").ok());
+  EXPECT_EQ(*(*db)->Get(Family::kJobs, "good"), "1");
+  EXPECT_EQ((*db)->failed_writes(), 1);
+}
+
 TEST(KvStore, KeysRejectSlashesAndEmptyParts) {
   EXPECT_EQ(*StoreKey({"acme", "job-1"}), "acme/job-1");
   EXPECT_FALSE(StoreKey({"acme/evil", "x"}).ok());
