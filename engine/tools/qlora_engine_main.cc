@@ -173,6 +173,8 @@ absl::Status GenerateCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(GenerationResult r,
                    Generate(*model, prompt, so, on_token, adapter ? adapter->weights() : nullptr));
   RETURN_IF_ERROR(stream_status);
+  ASSIGN_OR_RETURN(const std::string rest, stream.Rest());
+  std::fputs(rest.c_str(), stdout);
   std::fputs("\n", stdout);
   std::fflush(stdout);  // the text before the timing line on a shared terminal
   const double secs =

@@ -249,6 +249,11 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
                                           adapter ? adapter->weights() : nullptr));
         RETURN_IF_ERROR(stream_status);
         if (client_left) return absl::CancelledError("the client left");
+        ASSIGN_OR_RETURN(const std::string rest, stream.Rest());
+        if (!rest.empty()) {
+          answered = true;
+          if (!on_text(rest)) return absl::CancelledError("the client left");
+        }
         finish = r.stopped_at_eos ? "eos" : "max_tokens";
         return absl::OkStatus();
       },
