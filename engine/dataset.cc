@@ -12,7 +12,44 @@ namespace {
 
 using Json = nlohmann::json;
 
+// Our formats nest three deep ({"messages": [{...}]}). A line nested far deeper is refused
+// before the parser builds it level by level: a megabyte of '[' would cost it tens of bytes a
+// level, a whole upload's worth gigabytes.
+constexpr int kMaxNesting = 8;
+
+absl::Status CheckNesting(std::string_view text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("nested deeper than ", kMaxNesting, " levels"));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Json> ParseLine(const std::string& line) {
+  if (line.size() > kMaxExampleLineBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("longer than ", kMaxExampleLineBytes >> 20,
+                                                   " MiB (", line.size(),
+                                                   " bytes in one example)"));
+  }
+  RETURN_IF_ERROR(CheckNesting(line));
   Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
@@ -171,6 +208,7 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
 
 absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
                                                       const Tokenizer& tokenizer) {
+  RETURN_IF_ERROR(CheckNesting(messages_json));
   Json j = Json::parse(messages_json, nullptr, false);
   if (j.is_discarded() || !j.is_array())
     return absl::InvalidArgumentError("messages must be a JSON array");

@@ -29,6 +29,10 @@ struct TokenizedExample {
   int64_t num_targets() const;
 };
 
+// The longest JSONL line taken as one example (16 MiB: far past any sequence length, short
+// of what would let one upload's lines multiply in memory).
+inline constexpr size_t kMaxExampleLineBytes = size_t{16} << 20;
+
 // Checks one JSONL line's shape without tokenizing (for upload-time validation). Errors name
 // the field; the caller adds the line number.
 absl::Status ValidateExampleJson(const std::string& line);

@@ -86,6 +86,13 @@ TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
        "messages[0].role must be system, user or assistant"},
       {"{\"messages\": [{\"role\": \"assistant\"}]}", "messages[0].content must be a string"},
       {"\n\n", "bad.jsonl: no examples"},
+      // Nesting far past our formats' three levels is refused before it is parsed; brackets
+      // inside strings do not count.
+      {"{\"text\": \"[[[[[[[[[[\"}\n{\"text\": [[[[[[[[[[1]]]]]]]]]]}",
+       "bad.jsonl:2: nested deeper than 8 levels"},
+      {std::string(1 << 20, '['), "bad.jsonl:1: nested deeper than 8 levels"},
+      {"{\"text\": \"" + std::string(kMaxExampleLineBytes, 'a') + "\"}",
+       "bad.jsonl:1: longer than 16 MiB"},
   };
   for (const Case& c : cases) {
     auto ex = TokenizeJsonl(c.text, *tok_, "bad.jsonl");
