@@ -3,18 +3,24 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
 namespace qlorad {
 
 absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
                                             const std::vector<TokenizedExample>& examples,
-                                            int64_t max_tokens, const LoraWeights* lora) {
+                                            int64_t max_tokens, const LoraWeights* lora,
+                                            const std::function<bool()>& stop) {
   EvalResult r;
   double total = 0.0;
   const int64_t V = model.config().vocab_size;
   std::vector<float> logits;
   for (const TokenizedExample& ex : examples) {
+    if (stop && stop()) {
+      return absl::CancelledError(absl::StrCat("stopped after ", &ex - examples.data(), " of ",
+                                               examples.size(), " examples"));
+    }
     const int64_t len = std::min<int64_t>(static_cast<int64_t>(ex.tokens.size()), max_tokens);
     if (len < 2) continue;
     const std::vector<int32_t> tokens(ex.tokens.begin(), ex.tokens.begin() + len);

@@ -2,6 +2,7 @@
 // through the inference forward pass: the sum of -log p(target) over every target token.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,8 +19,10 @@ struct EvalResult {
 };
 
 // Examples longer than `max_tokens` are truncated to it (their remaining targets counted).
+// `stop` (optional), asked before each example, ends the evaluation with CANCELLED.
 absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
                                             const std::vector<TokenizedExample>& examples,
-                                            int64_t max_tokens, const LoraWeights* lora = nullptr);
+                                            int64_t max_tokens, const LoraWeights* lora = nullptr,
+                                            const std::function<bool()>& stop = nullptr);
 
 }  // namespace qlorad

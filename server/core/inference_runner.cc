@@ -186,19 +186,54 @@ absl::Status InferenceRunner::WithRoom(const std::string& model, const std::stri
   return attempt();
 }
 
+InferenceRunner::Turn::~Turn() {
+  if (!held_) return;
+  absl::MutexLock lock(&runner_->turn_mu_);
+  runner_->turn_taken_ = false;
+}
+
+absl::Status InferenceRunner::Turn::Wait(const std::function<bool()>& client_left) {
+  absl::MutexLock lock(&runner_->turn_mu_);
+  const absl::Condition free(
+      +[](bool* taken) { return !*taken; }, &runner_->turn_taken_);
+  while (!runner_->turn_mu_.AwaitWithTimeout(free, absl::Milliseconds(100))) {
+    if (client_left && client_left()) {
+      return absl::CancelledError("the client left while waiting for the device");
+    }
+  }
+  runner_->turn_taken_ = true;
+  held_ = true;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> InferenceRunner::Generate(
     const std::string& tenant, const v1::GenerateRequest& req,
-    const std::function<bool(const std::string&)>& on_text) {
+    const std::function<bool(const std::string&)>& on_text,
+    const std::function<bool()>& client_left) {
   ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
   SamplingOptions options;
+  if (req.max_tokens() < 0) {
+    return absl::InvalidArgumentError("max_tokens: must be positive (0 or unset: 64)");
+  }
   options.max_new_tokens = req.max_tokens() > 0 ? req.max_tokens() : 64;
   if (options.max_new_tokens > 4096) return absl::InvalidArgumentError("max_tokens: at most 4096");
   options.temperature = req.temperature();
-  options.top_p = req.top_p() > 0.0f ? req.top_p() : 1.0f;
+  options.top_p = req.top_p() == 0.0f ? 1.0f : req.top_p();  // 0: unset
   options.seed = req.seed();
   if (absl::Status s = ValidateSamplingOptions(options); !s.ok()) {
     return absl::InvalidArgumentError(s.message());
   }
+  // A prompt far longer than the context is refused before it is tokenized (megabytes of
+  // text would take gigabytes to tokenize): no token of a vocabulary we load spans more
+  // than 64 bytes of text in practice, so such a prompt cannot fit.
+  const int64_t context = model.architecture().max_position_embeddings();
+  if (context > 0 && static_cast<int64_t>(req.prompt().size()) > 64 * context) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", req.prompt().size(),
+                                                   " bytes, far more than the model's context of ",
+                                                   context, " tokens"));
+  }
+  Turn turn(this);
+  RETURN_IF_ERROR(turn.Wait(client_left));
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
   bool answered = false;  // text went to the client: a second try would repeat it
@@ -261,14 +296,17 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
   return finish;
 }
 
-absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string& tenant,
-                                                               const v1::EvaluateRequest& req) {
+absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(
+    const std::string& tenant, const v1::EvaluateRequest& req,
+    const std::function<bool()>& client_left) {
   ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
   if (req.dataset_id().empty()) return absl::InvalidArgumentError("dataset_id: required");
   auto content = datasets_->Content(tenant, req.dataset_id());
   if (absl::IsNotFound(content.status()) || absl::IsInvalidArgument(content.status()))
     return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
   if (!content.ok()) return content.status();
+  Turn turn(this);
+  RETURN_IF_ERROR(turn.Wait(client_left));
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
   v1::EvaluateResponse out;
@@ -286,7 +324,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(const std::string
         }
         ASSIGN_OR_RETURN(EvalResult r,
                          EvaluateExamples(*pooled->model, *examples, config.max_position_embeddings,
-                                          adapter ? adapter->weights() : nullptr));
+                                          adapter ? adapter->weights() : nullptr, client_left));
         out.set_loss(r.loss);
         out.set_perplexity(r.perplexity);
         out.set_target_tokens(r.target_tokens);

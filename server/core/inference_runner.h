@@ -40,13 +40,18 @@ class InferenceRunner {
                   std::string scratch_dir, std::unique_ptr<Device> device, int cached_adapters,
                   int cached_models = 2);
 
+  // Requests run one at a time. `client_left` (optional) is asked while a request waits for its
+  // turn and, in Evaluate, before each example: once it says so the request ends CANCELLED.
+  //
   // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
   // returning false (the client left) stops generation. Returns the finish reason.
   absl::StatusOr<std::string> Generate(const std::string& tenant, const v1::GenerateRequest& req,
-                                       const std::function<bool(const std::string&)>& on_text)
+                                       const std::function<bool(const std::string&)>& on_text,
+                                       const std::function<bool()>& client_left = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& tenant,
-                                                const v1::EvaluateRequest& req)
+                                                const v1::EvaluateRequest& req,
+                                                const std::function<bool()>& client_left = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Adapters read from the store and placed on the device so far (cache misses).
@@ -103,6 +108,20 @@ class InferenceRunner {
   AdapterStore* adapters_;
   std::string scratch_dir_;
   std::string device_name_;
+  // The device's turn: held by one request at a time, waited for by the others, which give up
+  // when their client leaves (mu_ itself is held through a whole request).
+  class Turn {
+   public:
+    explicit Turn(InferenceRunner* runner) : runner_(runner) {}
+    ~Turn();
+    absl::Status Wait(const std::function<bool()>& client_left);
+
+   private:
+    InferenceRunner* runner_;
+    bool held_ = false;
+  };
+  absl::Mutex turn_mu_;
+  bool turn_taken_ ABSL_GUARDED_BY(turn_mu_) = false;
   mutable absl::Mutex mu_;
   std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);

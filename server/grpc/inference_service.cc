@@ -9,12 +9,15 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::Ge
   Call call(c, "Generate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   int tokens = 0;
-  auto reason = node_->inference->Generate(call.tenant().name, *req, [&](const std::string& text) {
-    v1::GenerateResponse r;
-    r.set_text(text);
-    r.set_tokens(++tokens);
-    return !c->IsCancelled() && writer->Write(r);
-  });
+  auto reason = node_->inference->Generate(
+      call.tenant().name, *req,
+      [&](const std::string& text) {
+        v1::GenerateResponse r;
+        r.set_text(text);
+        r.set_tokens(++tokens);
+        return !c->IsCancelled() && writer->Write(r);
+      },
+      [c] { return c->IsCancelled(); });
   if (!reason.ok()) return call.Finish(reason.status());
   v1::GenerateResponse last;
   last.set_tokens(tokens);
@@ -28,7 +31,7 @@ grpc::Status InferenceServiceImpl::Evaluate(grpc::ServerContext* c, const v1::Ev
                                             v1::EvaluateResponse* out) {
   Call call(c, "Evaluate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
-  auto r = node_->inference->Evaluate(call.tenant().name, *req);
+  auto r = node_->inference->Evaluate(call.tenant().name, *req, [c] { return c->IsCancelled(); });
   if (r.ok()) *out = *r;
   return call.Finish(r.status());
 }

@@ -4,10 +4,14 @@
 // recently served first.
 #include "server/core/inference_runner.h"
 
+#include <cmath>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "engine/lora.h"
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
@@ -147,6 +151,71 @@ TEST_F(InferenceRunnerTest, AModelRegisteredAgainIsLoadedAgainInPlaceOfTheOldCop
   EXPECT_EQ(*after, *before);  // the same file
   EXPECT_EQ(runner.model_loads(), 2);
   EXPECT_EQ(runner.models_loaded(), 1);
+}
+
+// Requests take turns on the device; one whose client left gives up its wait, and an evaluation
+// stops between examples once its client leaves.
+TEST_F(InferenceRunnerTest, ARequestWhoseClientLeftStopsWaitingAndEvaluating) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  absl::Notification streaming, release;
+  std::thread holder([&] {
+    v1::GenerateRequest g;
+    g.set_model("stories");
+    g.set_max_tokens(8);
+    auto r = runner.Generate("a", g, [&](const std::string&) {
+      if (!streaming.HasBeenNotified()) streaming.Notify();
+      release.WaitForNotificationWithTimeout(absl::Seconds(20));  // holds the device meanwhile
+      return true;
+    });
+    EXPECT_TRUE(r.ok()) << r.status();
+  });
+  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  v1::EvaluateRequest req;
+  req.set_model("stories");
+  req.set_dataset_id(dataset_);
+  const absl::Time asked = absl::Now();
+  auto waited = runner.Evaluate("a", req, [] { return true; });
+  const absl::Duration took = absl::Now() - asked;
+  release.Notify();
+  holder.join();
+  EXPECT_EQ(waited.status().code(), absl::StatusCode::kCancelled) << waited.status();
+  EXPECT_LT(took, absl::Seconds(5));  // not after the generation, which waits 20 s for us
+
+  int asked_times = 0;  // the turn is free now: asked once before each example
+  auto stopped = runner.Evaluate("a", req, [&] { return ++asked_times == 3; });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  EXPECT_NE(stopped.status().message().find("stopped after 2 of 40 examples"), std::string::npos)
+      << stopped.status();
+  EXPECT_TRUE(Loss(runner, "a", "").ok());  // the device serves the next request
+}
+
+// Sampling options out of range are refused naming the field, not silently replaced; a prompt
+// that could never fit the context is refused before it is tokenized.
+TEST_F(InferenceRunnerTest, BadGenerationRequestsNameTheField) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  auto generate = [&](const std::function<void(v1::GenerateRequest&)>& set) {
+    v1::GenerateRequest g;
+    g.set_model("stories");
+    g.set_max_tokens(4);
+    set(g);
+    return runner.Generate("a", g, [](const std::string&) { return true; }).status();
+  };
+  const struct {
+    std::function<void(v1::GenerateRequest&)> set;
+    std::string needle;
+  } cases[] = {
+      {[](v1::GenerateRequest& g) { g.set_max_tokens(-1); }, "max_tokens"},
+      {[](v1::GenerateRequest& g) { g.set_top_p(std::nanf("")); }, "top_p"},
+      {[](v1::GenerateRequest& g) { g.set_top_p(-0.5f); }, "top_p"},
+      {[](v1::GenerateRequest& g) { g.set_temperature(-1.0f); }, "temperature"},
+      {[](v1::GenerateRequest& g) { g.set_prompt(std::string(64 * 512 + 1, 'a')); }, "prompt"},
+  };
+  for (const auto& c : cases) {
+    const absl::Status s = generate(c.set);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message().rfind(c.needle, 0), 0u) << s;
+  }
+  EXPECT_TRUE(generate([](v1::GenerateRequest&) {}).ok());  // unset top_p and temperature
 }
 
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
