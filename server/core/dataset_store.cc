@@ -1,5 +1,7 @@
 #include "server/core/dataset_store.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/dataset.h"
@@ -25,9 +27,42 @@ absl::StatusOr<v1::Dataset> ParseMeta(std::string_view bytes) {
 
 }  // namespace
 
+DatasetStore::Upload::~Upload() {
+  absl::MutexLock lock(&store_->upload_mu_);
+  if ((store_->in_flight_[tenant_] -= taken_) <= 0) store_->in_flight_.erase(tenant_);
+}
+
+absl::Status DatasetStore::Upload::Grow(int64_t bytes) {
+  absl::MutexLock lock(&store_->upload_mu_);
+  int64_t& in_flight = store_->in_flight_[tenant_];
+  const int64_t others = in_flight - taken_;
+  const int64_t room = std::min(max_upload_bytes_, max_total_bytes_ - used_ - others);
+  if (taken_ + bytes > room) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the upload exceeds the ", std::max<int64_t>(room, 0), " bytes left of tenant '", tenant_,
+        "' (dataset quota ", max_total_bytes_, ", ", used_, " bytes stored, ", others,
+        " in other uploads in progress; per-upload limit ", max_upload_bytes_, ")"));
+  }
+  taken_ += bytes;
+  in_flight += bytes;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::StartUpload(
+    const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes) {
+  ASSIGN_OR_RETURN(const int64_t used, BytesUsed(tenant));
+  return std::unique_ptr<Upload>(new Upload(this, tenant, used, max_total_bytes, max_upload_bytes));
+}
+
 absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, const std::string& name,
                                                  const std::string& content,
                                                  int64_t max_total_bytes) {
+  if (name.size() > 256 || std::any_of(name.begin(), name.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+      })) {
+    return absl::InvalidArgumentError(
+        "name: at most 256 bytes of text, without control characters");
+  }
   // Validate everything first: a bad upload stores nothing.
   int64_t examples = 0, line_no = 0;
   for (absl::string_view raw : absl::StrSplit(content, '\n')) {

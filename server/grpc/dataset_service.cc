@@ -16,22 +16,23 @@ grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
         absl::InvalidArgumentError("header: the first message of an upload must be the header"));
   }
   const std::string name = msg.header().name();
-  auto used = node_->datasets->BytesUsed(tenant.name);
-  if (!used.ok()) return call.Finish(used.status());
-  const int64_t room = std::min(node_->max_upload_bytes, tenant.limits.max_dataset_bytes - *used);
+  auto upload = node_->datasets->StartUpload(tenant.name, tenant.limits.max_dataset_bytes,
+                                             node_->max_upload_bytes);
+  if (!upload.ok()) return call.Finish(upload.status());
   std::string content;
   while (reader->Read(&msg)) {
     if (!msg.has_chunk() && msg.has_header()) {
       return call.Finish(absl::InvalidArgumentError("header: sent twice in one upload"));
     }
-    content += msg.chunk();
     // Stop reading as soon as the upload cannot fit: nothing is stored.
-    if (static_cast<int64_t>(content.size()) > room) {
-      return call.Finish(absl::ResourceExhaustedError(
-          absl::StrCat("the upload exceeds the ", room, " bytes left of tenant '", tenant.name,
-                       "' (dataset quota ", tenant.limits.max_dataset_bytes, ", per-upload limit ",
-                       node_->max_upload_bytes, ")")));
+    if (absl::Status s = (*upload)->Grow(static_cast<int64_t>(msg.chunk().size())); !s.ok()) {
+      return call.Finish(s);
     }
+    content += msg.chunk();
+  }
+  // The reads also end when the client cancels or goes away: what came is not the dataset.
+  if (c->IsCancelled()) {
+    return call.Finish(absl::CancelledError("the upload was cut off; nothing is stored"));
   }
   auto ds = node_->datasets->Create(tenant.name, name, content, tenant.limits.max_dataset_bytes);
   if (ds.ok()) *out = *ds;

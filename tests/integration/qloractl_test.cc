@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/rpc_client.h"
 #include "tests/server/test_dirs.h"
 
 namespace qlorad::testing {
@@ -446,6 +447,20 @@ TEST_F(QloractlTest, IdempotencyKeys) {
                              "--max-steps", "4", "--idempotency-key", "k1"}),
               "ALREADY_EXISTS", "k1");
   EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", first.json()["id"]}).code, 0);
+}
+
+// An upload its client cancels stores nothing, even where what arrived ends on a whole line.
+TEST_F(QloractlTest, ACancelledUploadStoresNothing) {
+  RpcClient rpc(daemon_->address(), kAcmeKey);
+  auto before = rpc.ListDatasets();
+  ASSERT_TRUE(before.ok()) << before.status();
+  const absl::Status cut =
+      rpc.UploadThenCancel("cut", "{\"text\": \"Tom has a red ball.\"}\n", absl::Milliseconds(500));
+  EXPECT_EQ(cut.code(), absl::StatusCode::kCancelled) << cut;
+  absl::SleepFor(absl::Milliseconds(500));  // the daemon's side of the call has ended
+  auto after = rpc.ListDatasets();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->size(), before->size());
 }
 
 TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {

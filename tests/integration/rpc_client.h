@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "client/connection.h"
 #include "qlorad/v1/adapters.grpc.pb.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
@@ -51,6 +52,24 @@ class RpcClient {
     }
     writer->WritesDone();
     return Result(writer->Finish(), out);
+  }
+
+  // Sends the header and `content` (whole lines), waits `pause` (the daemon reads them), then
+  // cancels the upload instead of finishing it; returns how the call ended.
+  absl::Status UploadThenCancel(const std::string& name, const std::string& content,
+                                absl::Duration pause) {
+    auto c = Context();
+    v1::Dataset out;
+    auto writer = v1::DatasetService::NewStub(channel_)->UploadDataset(c.get(), &out);
+    v1::UploadDatasetRequest header;
+    header.mutable_header()->set_name(name);
+    writer->Write(header);
+    v1::UploadDatasetRequest chunk;
+    chunk.set_chunk(content);
+    writer->Write(chunk);
+    absl::SleepFor(pause);
+    c->TryCancel();
+    return client::ToAbslStatus(writer->Finish());
   }
 
   absl::StatusOr<std::vector<v1::Dataset>> ListDatasets() {

@@ -65,5 +65,35 @@ TEST_F(DatasetStoreTest, QuotaTenantIsolationAndDelete) {
   EXPECT_EQ(store_->List("beta")->size(), 1u);
 }
 
+// Uploads in progress share the tenant's quota as their bytes arrive: two that fit one at a
+// time cannot both be held at once, and bytes come back when an upload goes.
+TEST_F(DatasetStoreTest, UploadsInProgressShareTheQuota) {
+  auto first = store_->StartUpload("acme", 1000, 800);
+  auto second = store_->StartUpload("acme", 1000, 800);
+  auto other_tenant = store_->StartUpload("beta", 1000, 800);
+  ASSERT_TRUE(first.ok() && second.ok() && other_tenant.ok());
+  ASSERT_TRUE((*first)->Grow(600).ok());
+  const absl::Status refused = (*second)->Grow(600);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("400 bytes left of tenant 'acme'"), std::string::npos)
+      << refused;
+  EXPECT_TRUE((*second)->Grow(400).ok());        // what is left
+  EXPECT_TRUE((*other_tenant)->Grow(800).ok());  // another tenant's quota
+  EXPECT_EQ((*first)->Grow(300).code(), absl::StatusCode::kResourceExhausted);  // 600 + 400 taken
+  first->reset();  // the first upload gives its 600 bytes back
+  EXPECT_TRUE((*second)->Grow(400).ok());
+  EXPECT_EQ((*second)->Grow(1).code(), absl::StatusCode::kResourceExhausted);  // 800: per upload
+}
+
+TEST_F(DatasetStoreTest, ANameWithControlCharactersOrTooLongIsRefused) {
+  for (const std::string& name : {std::string("a\nb"), std::string(257, 'x')}) {
+    auto d = store_->Create("acme", name, kGood, 1 << 20);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(d.status().message().rfind("name: ", 0), 0u) << d.status();
+  }
+  EXPECT_TRUE(store_->Create("acme", "caf\xC3\xA9 facts", kGood, 1 << 20).ok());
+  EXPECT_TRUE(store_->List("acme")->size() == 1);
+}
+
 }  // namespace
 }  // namespace qlorad::core
