@@ -363,6 +363,7 @@ absl::Status Run() {
   sigwait(&set, &sig);
   Log("info", absl::StrCat("received ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                            "; stopping: no new calls, running jobs checkpointed"));
+  node.draining = true;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   node.manager->Shutdown();
   server->Wait();

@@ -105,6 +105,12 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* c, const v1::WatchJob
     // means every event has been sent.
     if (core::IsTerminal(static_cast<core::JobState>(job->state()))) break;
     if (c->IsCancelled()) return call.Finish(absl::CancelledError("the client went away"));
+    if (node_->draining) {
+      return call.Finish(absl::UnavailableError(absl::StrCat(
+          "qlorad is shutting down; the job resumes from its checkpoint when it is back: watch "
+          "again then (after_sequence ",
+          after, ")")));
+    }
     node_->manager->WaitForChange(seen, absl::Seconds(1));
   }
   return call.Finish(absl::OkStatus());

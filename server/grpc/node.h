@@ -2,6 +2,7 @@
 // manager and the inference runner. Owned by the daemon's main; services hold a pointer.
 #pragma once
 
+#include <atomic>
 #include <memory>
 
 #include "server/core/adapter_store.h"
@@ -29,6 +30,9 @@ struct Node {
   std::unique_ptr<core::JobManager> manager;
   std::unique_ptr<core::InferenceRunner> inference;
   int64_t max_upload_bytes = int64_t{1} << 30;
+  // Set when the daemon stops taking calls: long calls (WatchJob) end with a status that says
+  // so, before the server cancels them.
+  std::atomic<bool> draining{false};
 };
 
 }  // namespace qlorad::server

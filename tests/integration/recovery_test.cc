@@ -2,6 +2,7 @@
 // resumes from its last checkpoint in RocksDB and ends with the adapter an uninterrupted twin
 // produces; nothing stored before the crash is lost.
 #include <filesystem>
+#include <future>
 
 #include "engine/model_source.h"
 #include "engine/peft_adapter.h"
@@ -156,7 +157,14 @@ TEST_F(RecoveryTest, KillNineDuringTrainingResumesToTheSameAdapter) {
 
 TEST_F(RecoveryTest, SigtermCheckpointsRunningJobsAndTheyResume) {
   const std::string id = StartAndReachCheckpoint();
+  // A watch open across the stop is told why it ends and how to go on, not "cancelled".
+  auto watch = std::async(std::launch::async, [&] { return Acme().Watch(id); });
+  absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->log();
+  const absl::StatusOr<std::vector<v1::JobEvent>> watched = watch.get();
+  EXPECT_EQ(watched.status().code(), absl::StatusCode::kUnavailable) << watched.status();
+  EXPECT_NE(watched.status().message().find("shutting down"), std::string::npos)
+      << watched.status();
   ASSERT_TRUE(daemon_->Start()) << daemon_->log();
   const v1::Job resumed = WaitForEnd(id);
   ExpectSameAdapterAsTwin(resumed);
