@@ -565,7 +565,7 @@ absl::StatusOr<std::vector<v1::Job>> JobManager::ListJobs(
     const std::string& tenant, const std::vector<v1::JobState>& states,
     const std::map<std::string, std::string>& labels, int page_size, const std::string& page_token,
     std::string* next_page_token) const {
-  if (page_size <= 0 || page_size > 1000) page_size = 100;
+  page_size = page_size <= 0 ? 100 : std::min(page_size, 1000);
   std::vector<v1::Job> out;
   std::string cursor = page_token;
   next_page_token->clear();

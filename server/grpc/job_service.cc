@@ -36,7 +36,12 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobs
     return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
   }
   std::vector<v1::JobState> states;
-  for (int s : req->states()) states.push_back(static_cast<v1::JobState>(s));
+  for (int s : req->states()) {
+    if (!v1::JobState_IsValid(s) || s == v1::JOB_STATE_UNSPECIFIED) {
+      return call.Finish(absl::InvalidArgumentError(absl::StrCat("states: no state ", s)));
+    }
+    states.push_back(static_cast<v1::JobState>(s));
+  }
   std::map<std::string, std::string> labels(req->labels().begin(), req->labels().end());
   std::string next;
   auto jobs = node_->manager->ListJobs(call.tenant().name, states, labels, req->page_size(),
@@ -66,6 +71,9 @@ grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
                                            v1::ListJobEventsResponse* out) {
   Call call(c, "ListJobEvents", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  if (req->page_size() < 0) {
+    return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
+  }
   const int page = req->page_size() > 0 ? std::min(req->page_size(), 1000) : 100;
   auto job = node_->jobs->Get(call.tenant().name, req->id());
   if (!job.ok()) return call.Finish(job.status());

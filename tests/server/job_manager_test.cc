@@ -658,6 +658,26 @@ TEST_F(JobManagerTest, AJobWhoseFailureCannotBeRecordedKeepsItsCheckpoint) {
       AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
 }
 
+// A page holds what was asked for up to 1000 jobs (asking for more gave the default 100).
+TEST_F(JobManagerTest, ALargePageIsCutTo1000NotTo100) {
+  for (int i = 0; i < 150; ++i) {
+    v1::Job j;
+    j.set_id("job-" + std::to_string(1000 + i));
+    j.set_tenant("a");
+    j.set_model("stories");
+    ASSERT_TRUE(jobs_->Create(j, "", "").ok());
+    ASSERT_TRUE(jobs_->Transition("a", j.id(), JobState::kFailed, "listed only").ok());
+  }
+  StartManager(Options("cpu:0"));
+  std::string next;
+  auto page = manager_->ListJobs("a", {}, {}, 5000, "", &next);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->size(), 150u);
+  page = manager_->ListJobs("a", {}, {}, 0, "", &next);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->size(), 100u);  // the default
+}
+
 TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
   JobManagerOptions o;
   o.devices = "gpu0";
