@@ -459,6 +459,11 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   }
   if (req.priority() < -1000 || req.priority() > 1000)
     return absl::InvalidArgumentError("priority: must be in [-1000, 1000]");
+  if (req.priority() > tenant.limits.max_priority) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("priority: at most ", tenant.limits.max_priority, " for tenant '", tenant.name,
+                     "' (its limits.max_priority in the tenants file)"));
+  }
   if (req.idempotency_key().size() > 128 || req.idempotency_key().find('/') != std::string::npos)
     return absl::InvalidArgumentError("idempotency_key: at most 128 characters, no '/'");
   ASSIGN_OR_RETURN(v1::Hyperparameters resolved,

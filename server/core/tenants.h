@@ -19,6 +19,10 @@ struct TenantLimits {
   int64_t max_concurrent_jobs = 2;                 // queued + running
   int64_t max_dataset_bytes = int64_t{256} << 20;  // all datasets together
   int64_t max_adapters = 100;
+  // The highest job priority the tenant may ask for. Priority orders the node's queue before
+  // fair share, so a tenant allowed more can go ahead of every other tenant's jobs: 0 by
+  // default (a tenant can still lower its own jobs'), raised per tenant by the operator.
+  int64_t max_priority = 0;
 };
 
 struct Tenant {

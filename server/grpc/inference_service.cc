@@ -54,6 +54,7 @@ grpc::Status LimitsServiceImpl::GetLimits(grpc::ServerContext* c, const v1::GetL
   out->set_max_concurrent_jobs(t.limits.max_concurrent_jobs);
   out->set_max_dataset_bytes(t.limits.max_dataset_bytes);
   out->set_max_adapters(t.limits.max_adapters);
+  out->set_max_priority(t.limits.max_priority);
   auto used = node_->datasets->BytesUsed(t.name);
   if (!used.ok()) return call.Finish(used.status());
   out->set_dataset_bytes_used(*used);

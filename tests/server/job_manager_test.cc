@@ -62,7 +62,7 @@ class JobManagerTest : public ::testing::Test {
         R"({"tenants": [{"name": "a", "key_sha256": ")" + Sha256Hex("ka") +
             R"(", "limits": {"max_concurrent_jobs": 8}},
                         {"name": "b", "key_sha256": ")" +
-            Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8}},
+            Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8, "max_priority": 10}},
                         {"name": "c", "key_sha256": ")" +
             Sha256Hex("kc") + R"(", "limits": {"max_concurrent_jobs": 8, "max_adapters": 1}}]})",
         "test");
@@ -676,6 +676,24 @@ TEST_F(JobManagerTest, ALargePageIsCutTo1000NotTo100) {
   page = manager_->ListJobs("a", {}, {}, 0, "", &next);
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_EQ(page->size(), 100u);  // the default
+}
+
+// Priority goes before fair share, so a tenant asks for no more than its limit allows: 0 unless
+// the tenants file raises it; lowering one's own jobs is always allowed.
+TEST_F(JobManagerTest, ATenantAsksForNoHigherPriorityThanItsLimit) {
+  StartManager(Options("cpu:0"));
+  v1::CreateJobRequest high = Request("a", 3);
+  high.set_priority(5);
+  auto refused = manager_->CreateJob(T("a"), high);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message().rfind("priority: at most 0 for tenant 'a'", 0), 0u)
+      << refused.status();
+  v1::CreateJobRequest low = Request("a", 3);
+  low.set_priority(-5);
+  EXPECT_TRUE(manager_->CreateJob(T("a"), low).ok());
+  high = Request("b", 3);
+  high.set_priority(10);  // b's limit
+  EXPECT_TRUE(manager_->CreateJob(T("b"), high).ok());
 }
 
 TEST_F(JobManagerTest, UnknownDevicesAreRefused) {
