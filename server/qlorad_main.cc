@@ -7,9 +7,11 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -54,6 +56,9 @@ ABSL_FLAG(int64_t, max_seq_len, 4096, "Longest training sequence accepted");
 ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message in either direction");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload");
+ABSL_FLAG(int32_t, max_rpc_threads, 512,
+          "Threads serving calls at once (each open call holds one); past it a call is refused "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, inference_device, "cpu",
           "Device of Generate/Evaluate: cpu, cuda:N (a device object of its own on that GPU), or "
           "auto (the first GPU of --devices that opens, else the CPU)");
@@ -331,6 +336,18 @@ absl::Status Run() {
       std::min<int64_t>(absl::GetFlag(FLAGS_max_message_bytes), std::numeric_limits<int>::max()));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
+  // A client that vanished (a closed laptop, a dropped link) is found within minutes rather than
+  // gRPC's default two hours, so that its open watch stops holding a thread: a ping every
+  // minute on an idle connection, even in a call that sends nothing for a while.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Each call in progress holds a thread of the synchronous server: bounded, so that a flood
+  // of calls is refused rather than taking every thread the process can make.
+  grpc::ResourceQuota quota("qlorad-rpc");
+  quota.SetMaxThreads(std::max(8, absl::GetFlag(FLAGS_max_rpc_threads)));
+  builder.SetResourceQuota(quota);
   for (grpc::Service* s : std::initializer_list<grpc::Service*>{
            &models, &datasets, &jobs, &adapters, &inference, &limits, &devices_service, &admin}) {
     builder.RegisterService(s);
