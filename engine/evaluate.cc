@@ -15,7 +15,7 @@ absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
   EvalResult r;
   double total = 0.0;
   const int64_t V = model.config().vocab_size;
-  std::vector<float> logits;
+  std::vector<float> logits, previous_last_row;
   for (const TokenizedExample& ex : examples) {
     if (stop && stop()) {
       return absl::CancelledError(absl::StrCat("stopped after ", &ex - examples.data(), " of ",
@@ -25,15 +25,25 @@ absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,
     if (len < 2) continue;
     const std::vector<int32_t> tokens(ex.tokens.begin(), ex.tokens.begin() + len);
     ASSIGN_OR_RETURN(auto cache, model.NewKvCache(len));
-    RETURN_IF_ERROR(model.Forward(tokens, cache.get(), /*all_logits=*/true, &logits, lora));
-    for (int64_t i = 1; i < len; ++i) {
-      if (!ex.is_target[i]) continue;
-      const float* row = logits.data() + (i - 1) * V;
-      const float mx = *std::max_element(row, row + V);
-      double sum = 0.0;
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
-      total += std::log(sum) + mx - row[tokens[i]];
-      ++r.target_tokens;
+    // In chunks through the KV cache: the logits of one chunk at a time ([chunk, vocab]), not of
+    // the whole example, which for a long context and a large vocabulary would be gigabytes.
+    for (int64_t begin = 0; begin < len; begin += kEvalChunkTokens) {
+      const int64_t end = std::min(len, begin + kEvalChunkTokens);
+      const std::vector<int32_t> chunk(tokens.begin() + begin, tokens.begin() + end);
+      RETURN_IF_ERROR(model.Forward(chunk, cache.get(), /*all_logits=*/true, &logits, lora));
+      // Token i is predicted from the logits of token i - 1: the previous chunk's last row
+      // for the first token of a chunk.
+      for (int64_t i = std::max<int64_t>(begin, 1); i < end; ++i) {
+        if (!ex.is_target[i]) continue;
+        const float* row =
+            i - 1 >= begin ? logits.data() + (i - 1 - begin) * V : previous_last_row.data();
+        const float mx = *std::max_element(row, row + V);
+        double sum = 0.0;
+        for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+        total += std::log(sum) + mx - row[tokens[i]];
+        ++r.target_tokens;
+      }
+      previous_last_row.assign(logits.end() - V, logits.end());
     }
     ++r.examples;
   }

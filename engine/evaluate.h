@@ -18,6 +18,9 @@ struct EvalResult {
   int64_t examples = 0;
 };
 
+// Tokens run through the model at once while evaluating: the logits held are [this, vocab].
+inline constexpr int64_t kEvalChunkTokens = 256;
+
 // Examples longer than `max_tokens` are truncated to it (their remaining targets counted).
 // `stop` (optional), asked before each example, ends the evaluation with CANCELLED.
 absl::StatusOr<EvalResult> EvaluateExamples(LlamaModel& model,

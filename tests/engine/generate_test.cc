@@ -5,6 +5,7 @@
 #include <random>
 
 #include "engine/device.h"
+#include "engine/evaluate.h"
 #include "engine/llama_model.h"
 #include "engine/model_source.h"
 #include "gtest/gtest.h"
@@ -80,6 +81,38 @@ TEST(Generate, IncrementalDecodingEqualsFullRecompute) {
     ASSERT_TRUE(model->Forward({seq[t]}, cache->get(), false, &step).ok());
     for (int64_t v = 0; v < V; ++v) ASSERT_NEAR(step[v], full[t * V + v], 1e-4) << t << " " << v;
   }
+}
+
+// Evaluation runs a long example through the KV cache a chunk at a time (never holding all its
+// logits): the loss equals the one of a single forward pass over the whole example.
+TEST(Generate, EvaluationInChunksEqualsOneForwardPass) {
+  auto device = CreateCpuDevice();
+  auto model = LoadStories(device.get(), false);
+  const int64_t V = model->config().vocab_size, n = kEvalChunkTokens + 201;  // two chunks
+  ASSERT_LE(n, model->config().max_position_embeddings);
+  std::mt19937 rng(7);
+  TokenizedExample ex;
+  for (int64_t i = 0; i < n; ++i) {
+    ex.tokens.push_back(i == 0 ? 1 : static_cast<int32_t>(3 + rng() % (V - 3)));
+    ex.is_target.push_back(i > 0 && i % 3 != 0);  // some tokens are not targets
+  }
+  auto cache = model->NewKvCache(n);
+  std::vector<float> logits;
+  ASSERT_TRUE(model->Forward(ex.tokens, cache->get(), true, &logits).ok());
+  double total = 0.0;
+  int64_t targets = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (!ex.is_target[i]) continue;
+    const float* row = logits.data() + (i - 1) * V;
+    double sum = 0.0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]));
+    total += std::log(sum) - row[ex.tokens[i]];
+    ++targets;
+  }
+  auto r = EvaluateExamples(*model, {ex}, n);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->target_tokens, targets);
+  EXPECT_NEAR(r->loss, total / targets, 1e-5 * total / targets);
 }
 
 TEST(Generate, StopsAtTheTokenLimitAndRejectsBadInput) {
