@@ -122,6 +122,8 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
   r.set_packing(req.has_packing() && req.packing());
   r.set_eval_every(req.has_eval_every() ? req.eval_every() : 0);
   if (r.eval_every() < 0) return Bad("eval_every", "must be >= 0");
+  if (r.eval_every() > 0 && !has_validation_set)
+    return Bad("eval_every", "needs a validation_dataset");
   r.set_early_stopping_patience(req.has_early_stopping_patience() ? req.early_stopping_patience()
                                                                   : 0);
   if (r.early_stopping_patience() < 0) return Bad("early_stopping_patience", "must be >= 0");

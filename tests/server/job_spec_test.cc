@@ -58,6 +58,7 @@ TEST(JobSpecTest, ErrorsNameTheField) {
        "hyperparameters.max_steps"},
       {[](auto& h) { h.set_early_stopping_patience(2); },
        "hyperparameters.early_stopping_patience"},
+      {[](auto& h) { h.set_eval_every(10); }, "hyperparameters.eval_every"},
   };
   for (const Case& c : cases) {
     v1::Hyperparameters h;
