@@ -309,9 +309,12 @@ absl::Status JobManager::Start() {
   }
   ASSIGN_OR_RETURN(std::vector<v1::Job> unfinished, stores_.jobs->Unfinished());
   // Oldest first, so that FIFO order survives a restart.
+  // Records from before microsecond timestamps tie within a second: their ids break the tie,
+  // so the order is at least the same at every start.
   std::sort(unfinished.begin(), unfinished.end(), [](const v1::Job& a, const v1::Job& b) {
-    return TimeUtil::TimestampToNanoseconds(a.create_time()) <
-           TimeUtil::TimestampToNanoseconds(b.create_time());
+    const int64_t ta = TimeUtil::TimestampToNanoseconds(a.create_time()),
+                  tb = TimeUtil::TimestampToNanoseconds(b.create_time());
+    return ta != tb ? ta < tb : a.id() < b.id();
   });
   for (const v1::Job& job : unfinished) {
     if (job.state() == v1::QUEUED) {
@@ -760,7 +763,11 @@ void JobManager::WorkerLoop(Worker* w) {
       std::unique_ptr<ActiveJob> a;
       if (stop_requested_) {
         // Stopping: the running jobs' checkpoints come first (a start can take long, loading a
-        // model). The job stays QUEUED in the store and starts after the restart.
+        // model). The job stays QUEUED in the store and starts after the restart, unless a
+        // cancel waits for it (StartJob would have honoured it).
+        if (CancelAsked(q.id)) {
+          (void)EndCancelled(q.tenant, q.id, "cancelled by the client while the daemon stopped");
+        }
       } else if (w->lost_cause.ok()) {
         a = StartJob(w, q);
       } else {
@@ -877,13 +884,8 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
 void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
   auto job = stores_.jobs->Get(entry.tenant, entry.id);
   if (!job.ok()) return Release(entry.id);
-  bool cancel_asked = false;
-  {
-    absl::MutexLock lock(&mu_);
-    auto flag = cancel_flags_.find(entry.id);
-    cancel_asked = flag != cancel_flags_.end() && flag->second->load();
-  }
-  if (cancel_asked) {  // a cancel waits for this job: honoured, not deferred to another device
+  if (CancelAsked(
+          entry.id)) {  // a cancel waits for this job: honoured, not deferred to another device
     (void)EndCancelled(entry.tenant, entry.id,
                        absl::StrCat("cancelled by the client (", why.message(), ")"));
     return Release(entry.id);
@@ -934,6 +936,12 @@ bool JobManager::IdleDeviceFitsBetter(const Worker* w, int resident, bool loaded
   return false;
 }
 
+bool JobManager::CancelAsked(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto flag = cancel_flags_.find(id);
+  return flag != cancel_flags_.end() && flag->second->load();
+}
+
 void JobManager::Release(const std::string& id) {
   absl::MutexLock lock(&mu_);
   cancel_flags_.erase(id);
@@ -975,11 +983,13 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
                                  j.set_eta_seconds(0);
                                });
   if (!moved.ok()) {
-    // Still RUNNING in the store: its checkpoint stays, so that a restart resumes it rather
-    // than training it again from the start.
     std::fprintf(stderr, "qlorad: job %s: cannot record its failure: %s\n", id.c_str(),
                  std::string(moved.status().message()).c_str());
-  } else {
+  }
+  // A job still unfinished in the store (its failure not written) keeps its checkpoint, so
+  // that a restart resumes it rather than training it again from the start.
+  auto stored = stores_.jobs->Get(tenant, id);
+  if (moved.ok() || (stored.ok() && IsTerminal(static_cast<JobState>(stored->state())))) {
     (void)stores_.checkpoints->Delete(tenant, id);
   }
   JobEnded(id, "failed");
@@ -1242,7 +1252,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     if (a.last_step_end != std::chrono::steady_clock::time_point{}) {
       const double wall = std::chrono::duration<double>(end - a.last_step_end).count();
       a.seconds_per_step =
-          std::max(a.seconds_per_step == 0.0 ? wall : 0.8 * a.seconds_per_step + 0.2 * wall, 1e-9);
+          std::max(a.seconds_per_step == 0.0 ? wall : 0.9 * a.seconds_per_step + 0.1 * wall, 1e-9);
       report.eta_seconds =
           a.seconds_per_step * static_cast<double>(report.total_steps - report.step);
       report.tokens_per_second = static_cast<double>(report.tokens) / a.seconds_per_step;
@@ -1279,17 +1289,20 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
             j.set_eta_seconds(report.eta_seconds);
           },
           event);
-      if (recorded.ok() && report.eval_loss) {
+      if (report.eval_loss) {  // stored on its own: a failed progress record loses no eval
         v1::JobEvent eval;
         eval.mutable_eval()->set_step(report.step);
         eval.mutable_eval()->set_loss(*report.eval_loss);
         const std::optional<double> best = a.trainer->best_eval_loss();
-        recorded = stores_.jobs->Record(
-            a.job.tenant(), a.job.id(),
-            [&](v1::Job& j) {
-              if (best) j.set_best_eval_loss(*best);
-            },
-            eval);
+        absl::Status eval_recorded = stores_.jobs
+                                         ->Record(
+                                             a.job.tenant(), a.job.id(),
+                                             [&](v1::Job& j) {
+                                               if (best) j.set_best_eval_loss(*best);
+                                             },
+                                             eval)
+                                         .status();
+        if (recorded.ok() && !eval_recorded.ok()) recorded = eval_recorded;
       }
       // A progress record that cannot be stored (a full disk) ends nothing: the job trains on,
       // its next record carries everything, and its checkpoints and end are written as usual.
@@ -1381,11 +1394,16 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   if (a.trainer->best_eval_loss()) meta.set_best_eval_loss(*a.trainer->best_eval_loss());
   const Tenant* t = stores_.tenants->Find(tenant);
   const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
-  auto adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
+  absl::StatusOr<v1::Adapter> adapter;
+  {
+    // Only now: until its adapter is stored, the job counts against the tenant's adapter limit
+    // as an unfinished job, so CreateJob never lets in a job whose adapter will not fit. Under
+    // CreateJob's lock, so that no check sees the job counted twice (as a job and an adapter).
+    absl::MutexLock create_lock(&create_mu_);
+    adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
+    ReleaseQuota(w, tenant);
+  }
   fs::remove_all(dir, ec);
-  // Only now: until its adapter is stored, the job counts against the tenant's adapter limit
-  // as an unfinished job, so CreateJob never lets in a job whose adapter will not fit.
-  ReleaseQuota(w, tenant);
   if (!adapter.ok()) {
     FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
     return;

@@ -191,6 +191,8 @@ class JobManager {
   // `resident` jobs and has `q`'s base model loaded or not (`loaded`).
   bool IdleDeviceFitsBetter(const Worker* w, int resident, bool loaded, const QueuedJob& q) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a client asked to cancel the job (its flag is set).
+  bool CancelAsked(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):

@@ -158,8 +158,16 @@ TEST_F(RecoveryTest, KillNineDuringTrainingResumesToTheSameAdapter) {
 TEST_F(RecoveryTest, SigtermCheckpointsRunningJobsAndTheyResume) {
   const std::string id = StartAndReachCheckpoint();
   // A watch open across the stop is told why it ends and how to go on, not "cancelled".
-  auto watch = std::async(std::launch::async, [&] { return Acme().Watch(id); });
-  absl::SleepFor(absl::Milliseconds(300));
+  std::promise<void> replaying;  // the watch is open on the daemon once an event came back
+  auto watch = std::async(std::launch::async, [&] {
+    bool first = true;
+    return Acme().Watch(id, [&](const v1::JobEvent&) {
+      if (first) replaying.set_value();
+      first = false;
+      return false;  // keep watching
+    });
+  });
+  ASSERT_EQ(replaying.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready);
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->log();
   const absl::StatusOr<std::vector<v1::JobEvent>> watched = watch.get();
   EXPECT_EQ(watched.status().code(), absl::StatusCode::kUnavailable) << watched.status();
