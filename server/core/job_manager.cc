@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -1140,10 +1141,20 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     if (absl::IsResourceExhausted(trainer.status())) {
       return fail(OutOfMemoryOn(w->name, trainer.status()), "", false);
     }
-    return fail(trainer.status(), "hyperparameters", true);
+    // The options were checked at creation: what the trainer still refuses is the job's
+    // input (INVALID_ARGUMENT); anything else is the system's, not the user's to fix.
+    if (absl::IsInvalidArgument(trainer.status())) {
+      return fail(trainer.status(), "hyperparameters", true);
+    }
+    return fail(trainer.status(), "", false);
   }
   a->trainer = std::move(*trainer);
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
+  // The restored files go whichever way the start ends.
+  const absl::Cleanup remove_resume_files = [&dir] {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  };
   auto restored = stores_.checkpoints->Restore(q.tenant, q.id, dir);
   std::string reason = "started";
   if (restored.ok() && *restored) {
@@ -1155,8 +1166,6 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   } else if (!restored.ok()) {
     return fail(restored.status(), "", false);
   }
-  std::error_code ec;
-  fs::remove_all(dir, ec);
   const int64_t total = a->trainer->total_steps();
   const int64_t step = a->trainer->step();
   auto running =
