@@ -11,9 +11,17 @@
 
 namespace qlorad::server {
 
+std::string ShortenedMessage(absl::string_view message) {
+  if (message.size() <= kMaxStatusMessageBytes) return std::string(message);
+  size_t cut = kMaxStatusMessageBytes;
+  // Not inside a UTF-8 character: back to the first byte of the one the cut falls in.
+  while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat(message.substr(0, cut), "... (", message.size() - cut, " bytes more)");
+}
+
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), ShortenedMessage(s.message()));
 }
 
 Call::Call(grpc::ServerContext* context, const char* method, const Node& node)
@@ -33,8 +41,9 @@ Call::~Call() {
       " tenant=", tenant_ ? tenant_->name : "-", " peer=", context_->peer(),
       " code=", absl::StatusCodeToString(result_.code()), " ms=", absl::StrFormat("%.1f", ms));
   if (!result_.ok()) {
-    absl::StrAppend(&line, " error=\"",
-                    absl::StrReplaceAll(result_.message(), {{"\"", "'"}, {"\n", " "}}), "\"");
+    absl::StrAppend(
+        &line, " error=\"",
+        absl::StrReplaceAll(ShortenedMessage(result_.message()), {{"\"", "'"}, {"\n", " "}}), "\"");
   }
   std::fprintf(stderr, "%s\n", line.c_str());
   if (metrics_ != nullptr) {

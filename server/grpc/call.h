@@ -7,14 +7,21 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstddef>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "server/core/tenants.h"
 #include "server/grpc/node.h"
 
 namespace qlorad::server {
 
+// A status message, as sent and logged, is at most this long (it starts with the field it is
+// about): past it the rest is cut, so that a rejected value a client sent whole (a long name)
+// never pushes the answer past gRPC's metadata limit, nor floods the log.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+std::string ShortenedMessage(absl::string_view message);
 grpc::Status ToGrpc(const absl::Status& s);
 
 class Call {

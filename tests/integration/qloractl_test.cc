@@ -449,6 +449,21 @@ TEST_F(QloractlTest, IdempotencyKeys) {
   EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", first.json()["id"]}).code, 0);
 }
 
+// A rejected value sent whole (a 100 KB model name) comes back in an error that still names
+// the field and stays short: gRPC's metadata limit would otherwise replace it with its own.
+TEST_F(QloractlTest, AnErrorAboutAHugeValueStaysShortAndNamesTheField) {
+  RpcClient rpc(daemon_->address(), kAcmeKey);
+  v1::CreateJobRequest req;
+  req.set_model(std::string(100 * 1024, 'm'));
+  req.set_training_dataset(*dataset_);
+  auto job = rpc.CreateJob(req);
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kNotFound)
+      << job.status().message().substr(0, 200);
+  EXPECT_EQ(job.status().message().rfind("model: no base model named 'mmm", 0), 0u);
+  EXPECT_LE(job.status().message().size(), 1100u);
+  EXPECT_NE(job.status().message().find("bytes more)"), absl::string_view::npos);
+}
+
 // An upload its client cancels stores nothing, even where what arrived ends on a whole line.
 TEST_F(QloractlTest, ACancelledUploadStoresNothing) {
   RpcClient rpc(daemon_->address(), kAcmeKey);
