@@ -206,9 +206,9 @@ absl::Status InferenceRunner::Turn::Wait(const std::function<bool()>& client_lef
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> InferenceRunner::Generate(
+absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
     const std::string& tenant, const v1::GenerateRequest& req,
-    const std::function<bool(const std::string&)>& on_text,
+    const std::function<bool(const std::string&, int64_t)>& on_text,
     const std::function<bool()>& client_left) {
   ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
   SamplingOptions options;
@@ -237,7 +237,7 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
   bool answered = false;  // text went to the client: a second try would repeat it
-  std::string finish;
+  Generated done;
   RETURN_IF_ERROR(WithRoom(
       ModelPool::Key(model), AdapterKey(tenant, req.adapter_id()),
       [&]() -> absl::Status {
@@ -265,7 +265,9 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
         ASSIGN_OR_RETURN(TextStream stream, TextStream::Start(tok, prompt));
         absl::Status stream_status;
         bool client_left = false;
+        int64_t generated = 0;
         auto on_token = [&](int32_t id) {
+          ++generated;
           auto text = stream.Push(id);
           if (!text.ok()) {
             stream_status = text.status();
@@ -273,7 +275,7 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
           }
           if (text->empty()) return true;
           answered = true;
-          if (!on_text(*text)) {
+          if (!on_text(*text, generated)) {
             client_left = true;
             return false;
           }
@@ -287,13 +289,14 @@ absl::StatusOr<std::string> InferenceRunner::Generate(
         ASSIGN_OR_RETURN(const std::string rest, stream.Rest());
         if (!rest.empty()) {
           answered = true;
-          if (!on_text(rest)) return absl::CancelledError("the client left");
+          if (!on_text(rest, generated)) return absl::CancelledError("the client left");
         }
-        finish = r.stopped_at_eos ? "eos" : "max_tokens";
+        done.finish_reason = r.stopped_at_eos ? "eos" : "max_tokens";
+        done.tokens = static_cast<int64_t>(r.tokens.size());
         return absl::OkStatus();
       },
       answered));
-  return finish;
+  return done;
 }
 
 absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(

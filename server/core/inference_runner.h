@@ -43,12 +43,16 @@ class InferenceRunner {
   // Requests run one at a time. `client_left` (optional) is asked while a request waits for its
   // turn and, in Evaluate, before each example: once it says so the request ends CANCELLED.
   //
-  // Calls `on_text` with the text of each new token (UTF-8 characters whole); `on_text`
-  // returning false (the client left) stops generation. Returns the finish reason.
-  absl::StatusOr<std::string> Generate(const std::string& tenant, const v1::GenerateRequest& req,
-                                       const std::function<bool(const std::string&)>& on_text,
-                                       const std::function<bool()>& client_left = nullptr)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Calls `on_text` with the text new tokens complete (UTF-8 characters whole) and the number
+  // of tokens generated so far; `on_text` returning false (the client left) stops generation.
+  struct Generated {
+    std::string finish_reason;  // "eos" or "max_tokens"
+    int64_t tokens = 0;         // generated (EOS excluded)
+  };
+  absl::StatusOr<Generated> Generate(
+      const std::string& tenant, const v1::GenerateRequest& req,
+      const std::function<bool(const std::string& text, int64_t tokens)>& on_text,
+      const std::function<bool()>& client_left = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& tenant,
                                                 const v1::EvaluateRequest& req,
                                                 const std::function<bool()>& client_left = nullptr)

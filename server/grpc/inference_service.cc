@@ -8,21 +8,20 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::Ge
                                             grpc::ServerWriter<v1::GenerateResponse>* writer) {
   Call call(c, "Generate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
-  int tokens = 0;
-  auto reason = node_->inference->Generate(
+  auto done = node_->inference->Generate(
       call.tenant().name, *req,
-      [&](const std::string& text) {
+      [&](const std::string& text, int64_t tokens) {
         v1::GenerateResponse r;
         r.set_text(text);
-        r.set_tokens(++tokens);
+        r.set_tokens(static_cast<int32_t>(tokens));
         return !c->IsCancelled() && writer->Write(r);
       },
       [c] { return c->IsCancelled(); });
-  if (!reason.ok()) return call.Finish(reason.status());
+  if (!done.ok()) return call.Finish(done.status());
   v1::GenerateResponse last;
-  last.set_tokens(tokens);
+  last.set_tokens(static_cast<int32_t>(done->tokens));
   last.set_finished(true);
-  last.set_finish_reason(*reason);
+  last.set_finish_reason(done->finish_reason);
   writer->Write(last);
   return call.Finish(absl::OkStatus());
 }

@@ -162,7 +162,7 @@ TEST_F(InferenceRunnerTest, ARequestWhoseClientLeftStopsWaitingAndEvaluating) {
     v1::GenerateRequest g;
     g.set_model("stories");
     g.set_max_tokens(8);
-    auto r = runner.Generate("a", g, [&](const std::string&) {
+    auto r = runner.Generate("a", g, [&](const std::string&, int64_t) {
       if (!streaming.HasBeenNotified()) streaming.Notify();
       release.WaitForNotificationWithTimeout(absl::Seconds(20));  // holds the device meanwhile
       return true;
@@ -198,7 +198,7 @@ TEST_F(InferenceRunnerTest, BadGenerationRequestsNameTheField) {
     g.set_model("stories");
     g.set_max_tokens(4);
     set(g);
-    return runner.Generate("a", g, [](const std::string&) { return true; }).status();
+    return runner.Generate("a", g, [](const std::string&, int64_t) { return true; }).status();
   };
   const struct {
     std::function<void(v1::GenerateRequest&)> set;
@@ -216,6 +216,33 @@ TEST_F(InferenceRunnerTest, BadGenerationRequestsNameTheField) {
     EXPECT_EQ(s.message().rfind(c.needle, 0), 0u) << s;
   }
   EXPECT_TRUE(generate([](v1::GenerateRequest&) {}).ok());  // unset top_p and temperature
+}
+
+// Each message carries the number of tokens generated so far; the end, all of them.
+TEST_F(InferenceRunnerTest, GenerationCountsTokensNotMessages) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  v1::GenerateRequest g;
+  g.set_model("stories");
+  g.set_prompt("Once upon a time");
+  g.set_max_tokens(24);
+  g.set_temperature(0.8f);
+  g.set_seed(3);
+  std::vector<int64_t> counts;
+  std::string text;
+  auto done = runner.Generate("a", g, [&](const std::string& t, int64_t tokens) {
+    text += t;
+    counts.push_back(tokens);
+    return true;
+  });
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_FALSE(counts.empty());
+  for (size_t i = 1; i < counts.size(); ++i) EXPECT_GT(counts[i], counts[i - 1]);
+  EXPECT_LE(counts.back(), done->tokens);
+  if (done->finish_reason == "max_tokens") {
+    EXPECT_EQ(done->tokens, 24);
+  }
+  EXPECT_LE(done->tokens, 24);
+  EXPECT_FALSE(text.empty());
 }
 
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
