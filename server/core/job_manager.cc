@@ -1288,8 +1288,11 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       p->set_eta_seconds(report.eta_seconds);
       p->set_epoch(report.epoch);
       const int64_t tokens = a.tokens;
-      auto recorded = stores_.jobs->Record(
-          a.job.tenant(), a.job.id(),
+      // The job's record and one event, in one write.
+      auto record = [&](const std::function<void(v1::Job&)>& update, const v1::JobEvent& e) {
+        return stores_.jobs->Record(a.job.tenant(), a.job.id(), update, e).status();
+      };
+      absl::Status recorded = record(
           [&](v1::Job& j) {
             j.set_steps_completed(report.step);
             j.set_total_steps(report.total_steps);
@@ -1303,21 +1306,17 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
         eval.mutable_eval()->set_step(report.step);
         eval.mutable_eval()->set_loss(*report.eval_loss);
         const std::optional<double> best = a.trainer->best_eval_loss();
-        absl::Status eval_recorded = stores_.jobs
-                                         ->Record(
-                                             a.job.tenant(), a.job.id(),
-                                             [&](v1::Job& j) {
-                                               if (best) j.set_best_eval_loss(*best);
-                                             },
-                                             eval)
-                                         .status();
-        if (recorded.ok() && !eval_recorded.ok()) recorded = eval_recorded;
+        recorded.Update(record(
+            [&](v1::Job& j) {
+              if (best) j.set_best_eval_loss(*best);
+            },
+            eval));
       }
       // A progress record that cannot be stored (a full disk) ends nothing: the job trains on,
       // its next record carries everything, and its checkpoints and end are written as usual.
       if (!recorded.ok() && !a.records_failing) {
         std::fprintf(stderr, "qlorad: job %s: progress is not being stored: %s\n",
-                     a.job.id().c_str(), std::string(recorded.status().message()).c_str());
+                     a.job.id().c_str(), std::string(recorded.message()).c_str());
       } else if (recorded.ok() && a.records_failing) {
         std::fprintf(stderr, "qlorad: job %s: progress is stored again\n", a.job.id().c_str());
       }

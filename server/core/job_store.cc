@@ -12,8 +12,6 @@ using storage::Family;
 using storage::StoreKey;
 using storage::WriteSet;
 
-google::protobuf::Timestamp Now() { return NowTimestamp(); }
-
 absl::StatusOr<v1::Job> ParseJob(std::string_view bytes) {
   v1::Job job;
   if (!job.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
@@ -69,7 +67,7 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
     return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " exists"));
   v1::Job stored = job;
   stored.set_state(v1::VALIDATING);
-  *stored.mutable_create_time() = Now();
+  *stored.mutable_create_time() = NowTimestamp();
   v1::JobEvent event;
   event.set_sequence(1);
   *event.mutable_time() = stored.create_time();
@@ -112,7 +110,7 @@ absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::st
   ASSIGN_OR_RETURN(int64_t seq, LastSequence(tenant, id));
   ++seq;
   event->set_sequence(seq);
-  *event->mutable_time() = Now();
+  *event->mutable_time() = NowTimestamp();
   ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, id}));
   ASSIGN_OR_RETURN(std::string event_key, StoreKey({tenant, id, storage::SequenceKeyPart(seq)}));
   ASSIGN_OR_RETURN(std::string seq_key, StoreKey({"jobseq", tenant, id}));
@@ -141,8 +139,9 @@ absl::StatusOr<v1::Job> JobStore::Transition(const std::string& tenant, const st
         if (mutate) mutate(job);
         job.set_state(static_cast<v1::JobState>(static_cast<int>(to)));
         // A resumed job keeps the time it first started.
-        if (to == JobState::kRunning && !job.has_start_time()) *job.mutable_start_time() = Now();
-        if (IsTerminal(to)) *job.mutable_end_time() = Now();
+        if (to == JobState::kRunning && !job.has_start_time())
+          *job.mutable_start_time() = NowTimestamp();
+        if (IsTerminal(to)) *job.mutable_end_time() = NowTimestamp();
         return absl::OkStatus();
       },
       &event);

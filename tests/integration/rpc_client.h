@@ -6,6 +6,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,10 @@ class RpcClient {
     return Result(v1::ModelService::NewStub(channel_)->RegisterModel(c.get(), req, &out), out);
   }
 
-  absl::StatusOr<v1::Dataset> Upload(const std::string& name, const std::string& content) {
+  // With `cancel_after`, the upload is cancelled that long after the last chunk (the daemon
+  // has read them) instead of finished.
+  absl::StatusOr<v1::Dataset> Upload(const std::string& name, const std::string& content,
+                                     std::optional<absl::Duration> cancel_after = std::nullopt) {
     auto c = Context();
     v1::Dataset out;
     auto writer = v1::DatasetService::NewStub(channel_)->UploadDataset(c.get(), &out);
@@ -50,26 +54,13 @@ class RpcClient {
       chunk.set_chunk(content.substr(off, 4096));
       if (!writer->Write(chunk)) break;  // the server ended the call (e.g. over quota)
     }
-    writer->WritesDone();
+    if (cancel_after) {
+      absl::SleepFor(*cancel_after);
+      c->TryCancel();
+    } else {
+      writer->WritesDone();
+    }
     return Result(writer->Finish(), out);
-  }
-
-  // Sends the header and `content` (whole lines), waits `pause` (the daemon reads them), then
-  // cancels the upload instead of finishing it; returns how the call ended.
-  absl::Status UploadThenCancel(const std::string& name, const std::string& content,
-                                absl::Duration pause) {
-    auto c = Context();
-    v1::Dataset out;
-    auto writer = v1::DatasetService::NewStub(channel_)->UploadDataset(c.get(), &out);
-    v1::UploadDatasetRequest header;
-    header.mutable_header()->set_name(name);
-    writer->Write(header);
-    v1::UploadDatasetRequest chunk;
-    chunk.set_chunk(content);
-    writer->Write(chunk);
-    absl::SleepFor(pause);
-    c->TryCancel();
-    return client::ToAbslStatus(writer->Finish());
   }
 
   absl::StatusOr<std::vector<v1::Dataset>> ListDatasets() {
