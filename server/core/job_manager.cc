@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -51,6 +52,13 @@ bool ValidName(const std::string& s, size_t max_len) {
 
 // A device's refused allocation as the job's error, naming the device once (a GPU's own message
 // starts "cuda:N (model, ...)", a CPU device's "cpu: ...").
+// A store error that may pass (a full disk, an I/O error, a busy store), rather than a record
+// that is missing or unreadable for good.
+bool StoreMayMend(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsInternal(s) ||
+         absl::IsAborted(s) || absl::IsDeadlineExceeded(s);
+}
+
 absl::Status OutOfMemoryOn(const std::string& device, const absl::Status& s) {
   const bool named = absl::StartsWith(s.message(), device);
   return absl::ResourceExhaustedError(
@@ -505,10 +513,14 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   absl::MutexLock create_lock(&create_mu_);
   ASSIGN_OR_RETURN(const bool retry,
                    stores_.jobs->IdempotencyKeyUsed(tenant.name, req.idempotency_key()));
+  std::optional<v1::Job> unqueued;
   if (retry) {  // the stored job, or ALREADY_EXISTS when the request differs; no quota applies
     ASSIGN_OR_RETURN(v1::Job stored,
                      stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
-    return WithLiveFields(stored);
+    // Still VALIDATING under create_mu_: its QUEUED write failed. This retry queues it, within
+    // the quota (it counted nowhere meanwhile).
+    if (stored.state() != v1::VALIDATING) return WithLiveFields(stored);
+    unqueued = std::move(stored);
   }
   const int active = ActiveJobs(tenant.name);
   if (active >= tenant.limits.max_concurrent_jobs) {
@@ -524,14 +536,41 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
                      active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
                      " adapters: delete one first"));
   }
-  ASSIGN_OR_RETURN(v1::Job stored,
-                   stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
-  if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
-  ASSIGN_OR_RETURN(stored,
-                   stores_.jobs->Transition(tenant.name, job.id(), JobState::kQueued, "validated"));
-  Requeue(stored);
+  if (!unqueued) {
+    ASSIGN_OR_RETURN(v1::Job stored,
+                     stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
+    if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
+  }
+  const std::string& id = unqueued ? unqueued->id() : job.id();
+  auto queued = stores_.jobs->Transition(tenant.name, id, JobState::kQueued, "validated");
+  if (!queued.ok()) return NotQueued(tenant.name, id, req.idempotency_key(), queued.status());
+  Requeue(*queued);
   Notify();
-  return WithLiveFields(stored);
+  return WithLiveFields(*queued);
+}
+
+absl::Status JobManager::NotQueued(const std::string& tenant, const std::string& id,
+                                   const std::string& idempotency_key, const absl::Status& why) {
+  if (!idempotency_key.empty()) {
+    // Left VALIDATING: the same request again queues it (a restart would too).
+    return absl::Status(
+        why.code(), absl::StrCat("job ", id, " is stored but could not be queued (", why.message(),
+                                 "); send the request again with the same "
+                                 "idempotency_key to queue it"));
+  }
+  // Without a key the client cannot name this job in a retry, and it would create another: the
+  // job ends here, so that nothing trains behind the client's back (when this write succeeds).
+  v1::JobError error;
+  error.set_code(absl::StatusCodeToString(why.code()));
+  error.set_message(absl::StrCat("the job could not be queued: ", why.message()));
+  auto failed = stores_.jobs->Transition(tenant, id, JobState::kFailed, error.message(),
+                                         [&](v1::Job& j) { *j.mutable_error() = error; });
+  return absl::Status(
+      why.code(),
+      absl::StrCat("job ", id, " could not be queued (", why.message(), "); ",
+                   failed.ok() ? "it is marked FAILED: create it again"
+                               : "nor marked FAILED: it is queued when qlorad restarts, or "
+                                 "cancel it; an idempotency_key makes such a retry safe"));
 }
 
 v1::Job JobManager::WithLiveFields(v1::Job job) const {
@@ -681,11 +720,13 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
   // left to an idle device does not change that: the idle device, walking the same order, takes
   // it when it looks (IdleDeviceFitsBetter).
   const std::vector<size_t> order = QueueOrder(queue_, running_by_tenant_);
+  const absl::Time now = absl::Now();
   std::set<size_t> taken;
   for (size_t next : order) {
     const int resident = static_cast<int>(active.size() + admitted->size());
     if (resident >= options_.max_jobs_per_device) break;
     const QueuedJob& q = queue_[next];
+    if (q.not_before > now) continue;  // its store failed: no overtaking, a pause
     bool loaded = false;
     for (const auto& a : active) loaded = loaded || a->entry.model_key == q.model_key;
     loaded = loaded || models_admitted.count(q.model_key) || w->pool->IsLoaded(q.model_key);
@@ -761,7 +802,7 @@ void JobManager::WorkerLoop(Worker* w) {
     if (stopping) break;
     for (const QueuedJob& q : admitted) {
       w->jobs_bytes += q.job_bytes;
-      std::unique_ptr<ActiveJob> a;
+      Started started;
       if (stop_requested_) {
         // Stopping: the running jobs' checkpoints come first (a start can take long, loading a
         // model). The job stays QUEUED in the store and starts after the restart, unless a
@@ -770,20 +811,20 @@ void JobManager::WorkerLoop(Worker* w) {
           (void)EndCancelled(q.tenant, q.id, "cancelled by the client while the daemon stopped");
         }
       } else if (w->lost_cause.ok()) {
-        a = StartJob(w, q);
+        started = StartJob(w, q);
       } else {
         RequeueFromLostDevice(q, w->lost_cause);  // not started on a lost device
       }
-      if (a) {
+      if (started.job) {
         ++w->jobs_running;
-        active.push_back(std::move(a));
+        active.push_back(std::move(started.job));
       } else {
         w->jobs_bytes -= q.job_bytes;
         ReleaseQuota(w, q.tenant);
-        // Not started. A job that met a lost device went through RequeueFromLostDevice, which
-        // kept or released its flags itself (another worker may already run it); any other
-        // (failed, cancelled, vanished) is released here.
-        if (w->lost_cause.ok()) Release(q.id);
+        // Not started. A job that met a lost device went through RequeueFromLostDevice, and one
+        // queued again through StartLater: each kept or released its flags itself (another
+        // worker may already run it); any other (failed, cancelled, vanished) is released here.
+        if (w->lost_cause.ok() && !started.queued_again) Release(q.id);
       }
     }
     if (!w->lost_cause.ok()) {
@@ -1050,7 +1091,7 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
   }
 }
 
-std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const QueuedJob& q) {
+JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   auto a = std::make_unique<ActiveJob>();
   a->entry = q;
   {
@@ -1061,42 +1102,44 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     cancel_flags_[q.id] = a->cancel;
   }
   auto job = stores_.jobs->Get(q.tenant, q.id);
+  if (!job.ok() && StoreMayMend(job.status())) return StartLater(q, job.status());
   if (!job.ok()) {
     std::fprintf(stderr, "qlorad: queued job %s vanished: %s\n", q.id.c_str(),
                  std::string(job.status().message()).c_str());
-    return nullptr;
+    return {};
   }
   a->job = *job;
-  if (a->job.state() != v1::QUEUED) return nullptr;  // cancelled meanwhile
-  if (a->cancel->load()) {  // cancelled between admission and now: no setup
+  if (a->job.state() != v1::QUEUED) return {};  // cancelled meanwhile
+  if (a->cancel->load()) {                      // cancelled between admission and now: no setup
     (void)EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
-    return nullptr;
+    return {};
   }
-  auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) {
+  auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) -> Started {
     // A setup error on a device that is now lost is the device's: the job waits for another.
     if (DeviceLost(w, &w->lost_cause)) {  // the worker loses the device once its starts are done
       RequeueFromLostDevice(q, w->lost_cause);
-      return nullptr;
+      return {};
     }
     FailJob(q.tenant, q.id, s, parameter, user);
-    return nullptr;
+    return {};
   };
-  // A crash between storing the adapter and recording success leaves the adapter: finish.
+  // A crash between storing the adapter and recording success leaves the adapter: finish. Not
+  // knowing whether it did, the job does not train again (a second adapter).
   auto adapters = stores_.adapters->List(q.tenant);
-  if (adapters.ok()) {
-    for (const v1::Adapter& ad : *adapters) {
-      if (ad.job_id() != q.id) continue;
-      auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
-                                              "its adapter was stored before a restart");
-      if (running.ok()) {
-        (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
-                                       "finished before the restart",
-                                       [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
-        (void)stores_.checkpoints->Delete(q.tenant, q.id);
-      }
-      Notify();
-      return nullptr;
+  if (!adapters.ok()) return StartLater(q, adapters.status());
+  for (const v1::Adapter& ad : *adapters) {
+    if (ad.job_id() != q.id) continue;
+    auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
+                                            "its adapter was stored before a restart");
+    if (!running.ok() && StoreMayMend(running.status())) return StartLater(q, running.status());
+    if (running.ok()) {
+      (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
+                                     "finished before the restart",
+                                     [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
+      (void)stores_.checkpoints->Delete(q.tenant, q.id);
     }
+    Notify();
+    return {};
   }
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
     // The user's to fix only where no device of this node could ever hold it; where a lost
@@ -1111,6 +1154,7 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
         user ? "hyperparameters.batch_size" : "", user);
   }
   auto model = stores_.models->Get(q.model);
+  if (!model.ok() && StoreMayMend(model.status())) return StartLater(q, model.status());
   if (!model.ok()) {
     return fail(absl::NotFoundError(absl::StrCat("base model '", q.model, "' is gone")), "model",
                 true);
@@ -1125,6 +1169,7 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
   for (int k = 0; k < 2; ++k) {
     if (ids[k].empty()) continue;
     auto content = stores_.datasets->Content(q.tenant, ids[k]);
+    if (!content.ok() && StoreMayMend(content.status())) return StartLater(q, content.status());
     if (!content.ok()) return fail(Field(fields[k], content.status()), fields[k], true);
     auto examples = TokenizeJsonl(*content, *a->model->tokenizer, ids[k]);
     if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
@@ -1164,6 +1209,7 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     if (tokens.ok()) (void)absl::SimpleAtoi(*tokens, &a->tokens);
     reason = absl::StrCat("resumed from the checkpoint at step ", a->trainer->step());
   } else if (!restored.ok()) {
+    if (StoreMayMend(restored.status())) return StartLater(q, restored.status());
     return fail(restored.status(), "", false);
   }
   const int64_t total = a->trainer->total_steps();
@@ -1175,10 +1221,11 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
         j.set_steps_completed(step);
         j.set_tokens_trained(a->tokens);
       });
+  if (!running.ok() && StoreMayMend(running.status())) return StartLater(q, running.status());
   if (!running.ok()) {
     std::fprintf(stderr, "qlorad: job %s cannot start: %s\n", q.id.c_str(),
                  std::string(running.status().message()).c_str());
-    return nullptr;
+    return {};
   }
   a->job = *running;
   Notify();
@@ -1187,7 +1234,25 @@ std::unique_ptr<JobManager::ActiveJob> JobManager::StartJob(Worker* w, const Que
     live_[q.id] = Live{step, total, a->tokens, 0.0, 0.0};
   }
   a->last_progress = std::chrono::steady_clock::now();
-  return a;
+  return {std::move(a)};
+}
+
+JobManager::Started JobManager::StartLater(const QueuedJob& q, const absl::Status& why) {
+  QueuedJob again = q;
+  ++again.start_failures;
+  const absl::Duration pause =
+      std::min(absl::Seconds(30), absl::Seconds(1 << std::min(again.start_failures - 1, 5)));
+  again.not_before = absl::Now() + pause;
+  std::fprintf(stderr, "qlorad: job %s cannot start yet (try %d: %s); next try in %s\n",
+               q.id.c_str(), again.start_failures, std::string(why.message()).c_str(),
+               absl::FormatDuration(pause).c_str());
+  {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(again));  // its old arrival: its old place in the queue
+    work_cv_.SignalAll();
+  }
+  Notify();
+  return {nullptr, /*queued_again=*/true};
 }
 
 absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {

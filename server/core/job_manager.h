@@ -153,7 +153,16 @@ class JobManager {
                    std::vector<QueuedJob>* admitted,
                    std::vector<std::shared_ptr<PooledModel>>* evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::unique_ptr<ActiveJob> StartJob(Worker* w, const QueuedJob& q);
+  // What StartJob did: the job runs (`job`), or it does not: it ended or failed, or it waits in
+  // the queue again (`queued_again`: the store failed to answer), its flags kept.
+  struct Started {
+    std::unique_ptr<ActiveJob> job;
+    bool queued_again = false;
+  };
+  Started StartJob(Worker* w, const QueuedJob& q);
+  // A start that failed on the store, not on the job: the job goes back to its place in the
+  // queue and is tried again after a pause (1 s, doubling up to 30 s).
+  Started StartLater(const QueuedJob& q, const absl::Status& why) ABSL_LOCKS_EXCLUDED(mu_);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   // Records how the job ended; gives back its place on `w` and its tenant's running count
   // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.
@@ -172,6 +181,11 @@ class JobManager {
   // and live fields are released here: the caller never guesses which.
   void RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The error for a job stored by CreateJob whose QUEUED write failed (`why`): with an
+  // idempotency key the job is left VALIDATING for the client's retry to queue; without one it is
+  // marked FAILED where the store allows, so that it never runs unseen.
+  absl::Status NotQueued(const std::string& tenant, const std::string& id,
+                         const std::string& idempotency_key, const absl::Status& why);
   void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
                const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);

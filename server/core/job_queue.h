@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
+
 namespace qlorad::core {
 
 struct QueuedJob {
@@ -19,6 +21,9 @@ struct QueuedJob {
   std::string model_key;    // ModelPool::Key: which registration of `model` it trains on
   int64_t job_bytes = 0;    // JobMemoryBytes
   int64_t model_bytes = 0;  // the base model's loaded size, counted once per device
+  // A start the store could not answer (a full disk, an I/O error) is tried again from then.
+  absl::Time not_before = absl::InfinitePast();
+  int start_failures = 0;  // in a row; the pause before the next try doubles with each
 };
 
 // Indices into `queue` in start order. `running`: jobs running now, by tenant.

@@ -178,6 +178,16 @@ class JobManagerTest : public ::testing::Test {
     absl::MutexLock lock(&faults_->mu);
     faults_->fault = std::move(fault);
   }
+  // CreateJob's second write (VALIDATING to QUEUED) fails once, as on a busy disk.
+  void RefuseTheFirstQueuedWrite() {
+    auto refused = std::make_shared<std::atomic<int>>(0);
+    SetWriteFault([refused](const storage::WriteSet& w) {
+      if (MovesAJobTo(w, v1::QUEUED) && refused->fetch_add(1) < 1) {
+        return absl::UnavailableError("injected: the disk is busy");
+      }
+      return absl::OkStatus();
+    });
+  }
   struct WriteFaults {
     absl::Mutex mu;
     WriteFault fault ABSL_GUARDED_BY(mu);
@@ -667,6 +677,83 @@ TEST_F(JobManagerTest, AJobWhoseFailureCannotBeRecordedKeepsItsCheckpoint) {
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
   EXPECT_TRUE(
       AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
+}
+
+// A start whose RUNNING write the store refuses (a full disk) is the store's failure, not the
+// job's: the job waits in the queue and starts once the store takes writes again. It used to
+// stay QUEUED, never tried again until a restart. A job queued behind it is not held up.
+TEST_F(JobManagerTest, AJobWhoseStartCannotBeStoredStartsOnceTheStoreMends) {
+  auto refused = std::make_shared<std::atomic<int>>(0);
+  SetWriteFault([refused](const storage::WriteSet& w) {
+    bool starts_a = false;  // tenant a's job, moving to RUNNING
+    w.ForEach([&](storage::Family f, std::string_view, std::string_view value) {
+      v1::Job j;
+      starts_a |= f == storage::Family::kJobs &&
+                  j.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
+                  j.tenant() == "a" && j.state() == v1::RUNNING;
+    });
+    if (starts_a && refused->load() < 2) {  // the first two starts
+      ++*refused;
+      return absl::ResourceExhaustedError("injected: no space left on device");
+    }
+    return absl::OkStatus();
+  });
+  // One device, one job at a time: the second job starts only if the first stops blocking.
+  StartManager(Options("cpu:0", 0, 1));
+  auto first = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = manager_->CreateJob(T("b"), Request("b", 2));
+  ASSERT_TRUE(second.ok()) << second.status();
+  const v1::Job second_done = WaitFor("b", second->id(), HasEnded);
+  EXPECT_EQ(second_done.state(), v1::SUCCEEDED) << second_done.error().message();
+  const v1::Job done = WaitFor("a", first->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 3);
+  EXPECT_EQ(refused->load(), 2);
+}
+
+// CreateJob stores the job (VALIDATING), then queues it. Where the second write fails, the
+// client is told, and its retry with the same idempotency key queues that job; before, the retry
+// returned it VALIDATING as a success and it never ran.
+TEST_F(JobManagerTest, AJobThatCouldNotBeQueuedIsQueuedByTheRetry) {
+  RefuseTheFirstQueuedWrite();
+  StartManager(Options("cpu:0"));
+  v1::CreateJobRequest req = Request("a", 2);
+  req.set_idempotency_key("nightly-1");
+  auto first = manager_->CreateJob(T("a"), req);
+  ASSERT_FALSE(first.ok());
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(first.status().message().find("could not be queued"), std::string::npos)
+      << first.status();
+  EXPECT_NE(first.status().message().find("same idempotency_key"), std::string::npos);
+  auto retry = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_NE(retry->state(), v1::VALIDATING);
+  const v1::Job done = WaitFor("a", retry->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  std::string next;
+  auto all = manager_->ListJobs("a", {}, {}, 100, "", &next);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);  // the retry queued the stored job, it made no second one
+}
+
+// Without an idempotency key the client's retry would make a second job: the one that could not
+// be queued is marked FAILED, so that a restart does not train it behind the client's back.
+TEST_F(JobManagerTest, AJobWithoutAKeyThatCouldNotBeQueuedEndsFailed) {
+  RefuseTheFirstQueuedWrite();
+  StartManager(Options("cpu:0"));
+  auto first = manager_->CreateJob(T("a"), Request("a", 2));
+  ASSERT_FALSE(first.ok());
+  EXPECT_NE(first.status().message().find("marked FAILED"), std::string::npos) << first.status();
+  std::string next;
+  auto all = manager_->ListJobs("a", {}, {}, 100, "", &next);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].state(), v1::FAILED);
+  EXPECT_FALSE((*all)[0].error().user_error());
+  manager_->Shutdown();
+  StartManager(Options("cpu:0"));  // a restart leaves it ended
+  EXPECT_EQ(manager_->GetJob("a", (*all)[0].id())->state(), v1::FAILED);
 }
 
 // A page holds what was asked for up to 1000 jobs (asking for more gave the default 100).
