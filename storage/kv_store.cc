@@ -1,6 +1,8 @@
 #include "storage/kv_store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
@@ -48,7 +50,12 @@ void WriteSet::DeletePrefix(Family f, std::string_view prefix) {
 
 absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& dir,
                                                        const KvStoreOptions& options) {
+  auto store = std::unique_ptr<KvStore>(new KvStore());
   rocksdb::Options db_options;
+  if (options.file_system) {
+    store->env_ = rocksdb::NewCompositeEnv(options.file_system);
+    db_options.env = store->env_.get();
+  }
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
@@ -66,7 +73,6 @@ absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Open(const std::string& dir,
   rocksdb::DB* raw = nullptr;
   const rocksdb::Status s = rocksdb::DB::Open(db_options, dir, families, &handles, &raw);
   if (!s.ok()) return FromRocks(s, absl::StrCat("cannot open database ", dir));
-  auto store = std::unique_ptr<KvStore>(new KvStore());
   store->db_.reset(raw);
   store->handles_ = std::move(handles);
   store->options_ = options;

@@ -20,6 +20,8 @@
 
 namespace rocksdb {
 class DB;
+class Env;
+class FileSystem;
 class ColumnFamilyHandle;
 class WriteBatch;
 }  // namespace rocksdb
@@ -42,6 +44,9 @@ struct KvStoreOptions {
   // Tests only: asked before each write; a non-OK answer fails that write with it and stores
   // nothing, as a full or failing disk does, so that how the daemon copes can be tested.
   std::function<absl::Status(const WriteSet&)> write_fault;
+  // Tests only: the file system RocksDB writes through (null: the real one), so that a disk
+  // that fills up and then has room again can be played under RocksDB itself.
+  std::shared_ptr<rocksdb::FileSystem> file_system;
 };
 
 // A set of puts and deletes applied atomically by KvStore::Write.
@@ -98,6 +103,7 @@ class KvStore {
  private:
   KvStore() = default;
   rocksdb::ColumnFamilyHandle* Handle(Family f) const;
+  std::unique_ptr<rocksdb::Env> env_;  // options.file_system's; outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned: destroyed before db_
   KvStoreOptions options_;

@@ -1,10 +1,14 @@
 #include "storage/kv_store.h"
 
+#include <rocksdb/file_system.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -112,6 +116,82 @@ TEST(KvStore, AFailedWriteStoresNothingAndIsCounted) {
   ASSERT_TRUE((*db)->Put(Family::kJobs, "good", "1").ok());
   EXPECT_EQ(*(*db)->Get(Family::kJobs, "good"), "1");
   EXPECT_EQ((*db)->failed_writes(), 1);
+}
+
+// A disk that can be made full: every append and sync to a file opened through it fails with
+// ENOSPC while `full` is set, as the real disk's would.
+class FillableDisk : public rocksdb::FileSystemWrapper {
+ public:
+  FillableDisk() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
+  const char* Name() const override { return "FillableDisk"; }
+  std::atomic<bool> full{false};
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* file,
+                                    rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewWritableFile(name, options, file, dbg);
+    if (s.ok()) *file = std::make_unique<File>(std::move(*file), this);
+    return s;
+  }
+
+ private:
+  class File : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    File(std::unique_ptr<rocksdb::FSWritableFile> file, const FillableDisk* disk)
+        : FSWritableFileOwnerWrapper(std::move(file)), disk_(disk) {}
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             rocksdb::IODebugContext* dbg) override {
+      if (disk_->full) return rocksdb::IOStatus::NoSpace("the test's disk is full");
+      return FSWritableFileOwnerWrapper::Append(data, o, dbg);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             const rocksdb::DataVerificationInfo& info,
+                             rocksdb::IODebugContext* dbg) override {
+      if (disk_->full) return rocksdb::IOStatus::NoSpace("the test's disk is full");
+      return FSWritableFileOwnerWrapper::Append(data, o, info, dbg);
+    }
+    rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+      if (disk_->full) return rocksdb::IOStatus::NoSpace("the test's disk is full");
+      return FSWritableFileOwnerWrapper::Sync(o, dbg);
+    }
+
+   private:
+    const FillableDisk* disk_;
+  };
+};
+
+// A disk that fills up stops writes with RESOURCE_EXHAUSTED; once it has room again the store
+// takes writes by itself (RocksDB recovers from the failed WAL write), with no reopen: qlorad
+// needs no restart after an operator frees space. What was refused is not stored.
+TEST(KvStore, WritesResumeOnceAFullDiskHasRoomAgain) {
+  const std::string dir = FreshDir("full-disk");
+  auto disk = std::make_shared<FillableDisk>();
+  KvStoreOptions o;
+  o.file_system = disk;
+  auto db = KvStore::Open(dir, o);
+  ASSERT_TRUE(db.ok()) << db.status();
+  ASSERT_TRUE((*db)->Put(Family::kJobs, "before", "1").ok());
+  disk->full = true;
+  const absl::Status refused = (*db)->Put(Family::kJobs, "while-full", "2");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_EQ((*db)->failed_writes(), 1);
+  disk->full = false;
+  // RocksDB recovers in a background thread: writes fail until it has (well under 100 ms here).
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status after;
+  do {
+    after = (*db)->Put(Family::kJobs, "after", "3");
+    if (!after.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (!after.ok() && std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  ASSERT_TRUE(after.ok()) << after;
+  EXPECT_EQ(*(*db)->Get(Family::kJobs, "before"), "1");
+  EXPECT_EQ((*db)->Get(Family::kJobs, "while-full").status().code(), absl::StatusCode::kNotFound);
+  db->reset();
+  auto reopened = KvStore::Open(dir);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(*(*reopened)->Get(Family::kJobs, "after"), "3");
+  EXPECT_EQ((*reopened)->Get(Family::kJobs, "while-full").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(KvStore, KeysRejectSlashesAndEmptyParts) {
