@@ -362,6 +362,12 @@ absl::Status JobManager::Start() {
   }
   if (stores_.metrics != nullptr) {
     stores_.metrics->AddCollector([this](metrics::Registry& r) { CollectMetrics(r); });
+    // Counters exist from the start at 0: a rate over a series that appears with its first
+    // event misses that event, and an alert joining on one (no token trained yet) never fires.
+    for (const char* result : {"succeeded", "failed", "cancelled"}) {
+      stores_.metrics->Add(metrics::kJobsFinished, {result}, 0);
+    }
+    for (const auto& w : workers_) stores_.metrics->Add(metrics::kTrainedTokens, {w->name}, 0);
   }
   stop_requested_ = false;
   for (auto& w : workers_) {
@@ -565,6 +571,7 @@ absl::Status JobManager::NotQueued(const std::string& tenant, const std::string&
   error.set_message(absl::StrCat("the job could not be queued: ", why.message()));
   auto failed = stores_.jobs->Transition(tenant, id, JobState::kFailed, error.message(),
                                          [&](v1::Job& j) { *j.mutable_error() = error; });
+  if (failed.ok()) JobEnded(id, "failed");
   return absl::Status(
       why.code(),
       absl::StrCat("job ", id, " could not be queued (", why.message(), "); ",
@@ -1133,10 +1140,11 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
                                             "its adapter was stored before a restart");
     if (!running.ok() && StoreMayMend(running.status())) return StartLater(q, running.status());
     if (running.ok()) {
-      (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
-                                     "finished before the restart",
-                                     [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
+      auto succeeded = stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
+                                                "finished before the restart",
+                                                [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
       (void)stores_.checkpoints->Delete(q.tenant, q.id);
+      if (succeeded.ok()) JobEnded(q.id, "succeeded");
     }
     Notify();
     return {};

@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -77,19 +79,29 @@ void HttpExposer::Serve() {
 }
 
 void HttpExposer::Answer(int client) {
-  // Read the request head (up to 8 KiB, 5 s); only its first line matters.
+  // Read the request head (up to 8 KiB, within 5 s in all: one client trickling bytes must not
+  // hold the only serving thread, and every scrape, for longer); only its first line matters.
   std::string head;
   char buf[1024];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (head.find("\r\n\r\n") == std::string::npos && head.size() < 8192) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     pollfd p{client, POLLIN, 0};
-    if (poll(&p, 1, 5000) <= 0) return;
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
     const ssize_t n = recv(client, buf, sizeof buf, 0);
     if (n <= 0) return;
     head.append(buf, static_cast<size_t>(n));
   }
   const std::string line = head.substr(0, head.find("\r\n"));
+  // "GET <path>[?<query>] HTTP/1.x": a scrape config's params arrive as a query, ignored here.
+  std::string path;
+  if (line.rfind("GET ", 0) == 0) {
+    path = line.substr(4, line.find(' ', 4) - 4);
+    path.resize(std::min(path.size(), path.find('?')));
+  }
   std::string status = "200 OK", type = "text/plain; version=0.0.4; charset=utf-8", body;
-  if (line.rfind("GET /metrics ", 0) == 0 || line.rfind("GET /metrics? ", 0) == 0) {
+  if (path == "/metrics") {
     body = registry_->Serialize();
   } else if (line.rfind("GET ", 0) == 0) {
     status = "404 Not Found";

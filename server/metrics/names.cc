@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -13,35 +14,53 @@ namespace {
 
 using Type = Registry::Type;
 
+// When the machine booted, in seconds since the epoch (/proc/stat's btime): a fixed point, so
+// that the process's start time is the same at every scrape.
+double BootTime() {
+  std::ifstream stat("/proc/stat");
+  for (std::string key; stat >> key;) {
+    if (key == "btime") {
+      double btime = 0;
+      stat >> btime;
+      return btime;
+    }
+    stat.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
+
 // process_* from /proc/self, as the Prometheus client libraries export them.
 void CollectProcess(Registry& r) {
-  std::ifstream stat("/proc/self/stat");
-  std::string content((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const size_t close_paren = content.rfind(')');
-  if (close_paren != std::string::npos) {
-    std::istringstream fields(content.substr(close_paren + 2));
-    std::vector<std::string> f;
-    for (std::string x; fields >> x;) f.push_back(x);
-    // Fields from 3 (state) on: utime is 14, stime 15, starttime 22, rss 24 (1-based).
-    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
-    if (f.size() > 21) {
-      r.Set("process_cpu_seconds_total", {}, (std::stod(f[11]) + std::stod(f[12])) / tick);
-      std::ifstream up("/proc/uptime");
-      double uptime = 0;
-      up >> uptime;
-      r.Set("process_start_time_seconds", {},
-            static_cast<double>(time(nullptr)) - uptime + std::stod(f[19]) / tick);
-      r.Set("process_resident_memory_bytes", {},
-            std::stod(f[21]) * static_cast<double>(sysconf(_SC_PAGESIZE)));
-      r.Set("process_virtual_memory_bytes", {}, std::stod(f[20]));
+  {
+    std::ifstream stat("/proc/self/stat");  // closed before the fds are counted
+    std::string content((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const size_t close_paren = content.rfind(')');
+    if (close_paren != std::string::npos) {
+      std::istringstream fields(content.substr(close_paren + 2));
+      std::vector<std::string> f;
+      for (std::string x; fields >> x;) f.push_back(x);
+      // Fields from 3 (state) on: utime is 14, stime 15, starttime 22, rss 24 (1-based).
+      const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+      if (f.size() > 21) {
+        r.Set("process_cpu_seconds_total", {}, (std::stod(f[11]) + std::stod(f[12])) / tick);
+        static const double boot_time = BootTime();
+        r.Set("process_start_time_seconds", {}, boot_time + std::stod(f[19]) / tick);
+        r.Set("process_resident_memory_bytes", {},
+              std::stod(f[21]) * static_cast<double>(sysconf(_SC_PAGESIZE)));
+        r.Set("process_virtual_memory_bytes", {}, std::stod(f[20]));
+      }
     }
   }
   int fds = 0;
   if (DIR* d = opendir("/proc/self/fd")) {
-    while (readdir(d) != nullptr) ++fds;
+    const std::string own = std::to_string(dirfd(d));  // the listing's own, not the process's
+    while (const dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      fds += name != "." && name != ".." && name != own;
+    }
     closedir(d);
   }
-  r.Set("process_open_fds", {}, fds - 2);  // "." and ".."
+  r.Set("process_open_fds", {}, fds);
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 #include "absl/time/clock.h"
 #include "engine/cuda_device.h"
 #include "gtest/gtest.h"
+#include "server/metrics/names.h"
+#include "server/metrics/registry.h"
 #include "tests/server/test_dirs.h"
 #include "tests/server/test_inputs.h"
 
@@ -83,12 +85,13 @@ class JobManagerTest : public ::testing::Test {
 
   // `before_start`: what the daemon does between making the manager and starting it.
   void StartManager(JobManagerOptions o,
-                    const std::function<void(JobManager&)>& before_start = nullptr) {
+                    const std::function<void(JobManager&)>& before_start = nullptr,
+                    metrics::Registry* metrics = nullptr) {
     o.scratch_dir = dir_ + "/scratch";
     o.progress_interval_seconds = 0;
     if (o.threads_per_device == 0) o.threads_per_device = 1;
     auto m = JobManager::Create({jobs_.get(), models_.get(), datasets_.get(), adapters_.get(),
-                                 checkpoints_.get(), tenants_.get()},
+                                 checkpoints_.get(), tenants_.get(), metrics},
                                 o);
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
@@ -754,6 +757,28 @@ TEST_F(JobManagerTest, AJobWithoutAKeyThatCouldNotBeQueuedEndsFailed) {
   manager_->Shutdown();
   StartManager(Options("cpu:0"));  // a restart leaves it ended
   EXPECT_EQ(manager_->GetJob("a", (*all)[0].id())->state(), v1::FAILED);
+}
+
+// The counters the alerts read exist at 0 from the start: a rate over a series that appears with
+// its first event misses that event, and QloradQueueStuck (queued jobs, no token trained) joins
+// on the trained-tokens series, so it could not fire before the first token. A job that could
+// not be queued counts as failed.
+TEST_F(JobManagerTest, CountersStartAtZeroAndEveryEndIsCounted) {
+  metrics::Registry registry;
+  metrics::DeclareDaemonMetrics(registry);
+  RefuseTheFirstQueuedWrite();
+  StartManager(Options("cpu:0,cpu:1"), nullptr, &registry);
+  const std::string text = registry.Serialize();
+  for (const char* series : {"qlorad_jobs_finished_total{result=\"succeeded\"} 0\n",
+                             "qlorad_jobs_finished_total{result=\"failed\"} 0\n",
+                             "qlorad_jobs_finished_total{result=\"cancelled\"} 0\n",
+                             "qlorad_trained_tokens_total{device=\"cpu:0\"} 0\n",
+                             "qlorad_trained_tokens_total{device=\"cpu:1\"} 0\n"}) {
+    EXPECT_NE(text.find(series), std::string::npos) << series << text;
+  }
+  EXPECT_FALSE(manager_->CreateJob(T("a"), Request("a", 2)).ok());  // marked FAILED
+  EXPECT_NE(registry.Serialize().find("qlorad_jobs_finished_total{result=\"failed\"} 1\n"),
+            std::string::npos);
 }
 
 // A page holds what was asked for up to 1000 jobs (asking for more gave the default 100).

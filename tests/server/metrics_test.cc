@@ -1,7 +1,14 @@
+#include <fcntl.h>
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "server/metrics/http_exposer.h"
+#include "server/metrics/names.h"
 #include "server/metrics/registry.h"
 #include "tests/http_get.h"
 
@@ -69,10 +76,70 @@ TEST(HttpExposerTest, ServesMetricsOnItsOwnPort) {
   EXPECT_NE(ok.find("\r\n\r\n# HELP up_gauge Up.\n# TYPE up_gauge gauge\nup_gauge 1\n"),
             std::string::npos);
   EXPECT_EQ(HttpGet((*e)->port(), "/other").rfind("HTTP/1.1 404", 0), 0u);
+  // A scrape config's params arrive as a query string (they were answered 404).
+  EXPECT_EQ(HttpGet((*e)->port(), "/metrics?module=qlorad").rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  EXPECT_EQ(HttpGet((*e)->port(), "/metricsx").rfind("HTTP/1.1 404", 0), 0u);
   EXPECT_FALSE(HttpExposer::Start("127.0.0.1:notaport", &r).ok());
   // The port is taken: a clear error, no crash.
   EXPECT_EQ(HttpExposer::Start("127.0.0.1:" + std::to_string((*e)->port()), &r).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+// One sample of a scrape ("name value" line), -1 when absent.
+double ScrapedValue(Registry& r, const std::string& name) {
+  const std::string text = r.Serialize();
+  const size_t at = text.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
+}
+
+// process_open_fds counts the process's descriptors, not the scrape's own (the stat file and the
+// listing were counted, 2 too many); process_start_time_seconds stays put from one scrape to the
+// next (it jittered by up to a second, which restart detection reads as a restart).
+TEST(ProcessMetricsTest, OpenFdsAreExactAndTheStartTimeStaysPut) {
+  Registry r;
+  DeclareDaemonMetrics(r);
+  int open_fds = 0;  // probed without opening anything
+  for (int fd = 0; fd < 65536; ++fd) open_fds += fcntl(fd, F_GETFD) != -1;
+  EXPECT_EQ(ScrapedValue(r, "process_open_fds"), open_fds);
+  const double start = ScrapedValue(r, "process_start_time_seconds");
+  EXPECT_GT(start, 1.6e9);
+  EXPECT_LE(start, static_cast<double>(time(nullptr)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1050));
+  EXPECT_EQ(ScrapedValue(r, "process_start_time_seconds"), start);
+}
+
+// A client that trickles its request head (a byte every 200 ms, for 12 s) holds the one serving
+// thread, and every scrape behind it, for at most the 5 s a head may take; each byte used to
+// restart the 5 s.
+TEST(HttpExposerTest, ATricklingClientHoldsScrapesBackAtMost5Seconds) {
+  Registry r;
+  r.Declare("up_gauge", Registry::Type::kGauge, "Up.", {});
+  r.Set("up_gauge", {}, 1);
+  auto e = HttpExposer::Start("127.0.0.1:0", &r);
+  ASSERT_TRUE(e.ok()) << e.status();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>((*e)->port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    for (int i = 0; i < 60 && !stop; ++i) {
+      send(fd, "G", 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the trickler is being served
+  const auto start = std::chrono::steady_clock::now();
+  const std::string scraped = HttpGet((*e)->port(), "/metrics");
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stop = true;
+  trickle.join();
+  close(fd);
+  EXPECT_EQ(scraped.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << scraped;
+  EXPECT_LT(waited, 6.0);  // 4.7 s of the trickler's 5 s left, then this scrape
 }
 
 }  // namespace
