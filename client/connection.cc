@@ -74,6 +74,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOpt
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(options.max_message_bytes);
   arguments.SetMaxSendMessageSize(options.max_message_bytes);
+  // A daemon that vanished (a node lost, a link black-holed) sends no FIN: without pings a
+  // watch or download would wait on it forever. A ping every 30 s during a call (the daemon
+  // accepts them from 20 s apart), unanswered for 20 s, ends the call with UNAVAILABLE.
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // A restarted daemon is found again within 10 s (gRPC's default backoff grows to 2 minutes).
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 10 * 1000);
   return grpc::CreateCustomChannel(options.server, credentials, arguments);
 }
 

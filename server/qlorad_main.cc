@@ -343,6 +343,9 @@ absl::Status Run() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Clients ping too (qloractl and the Python client every 30 s during a call), to find a
+  // daemon that vanished; gRPC's default would answer pings closer than 5 minutes with GOAWAY.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 20 * 1000);
   // Each call in progress holds a thread of the synchronous server: bounded, so that a flood
   // of calls is refused rather than taking every thread the process can make.
   grpc::ResourceQuota quota("qlorad-rpc");

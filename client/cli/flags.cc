@@ -1,5 +1,6 @@
 #include "client/cli/flags.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/ascii.h"
@@ -59,6 +60,17 @@ absl::StatusOr<ParsedArgs> ParsedArgs::Parse(const std::vector<std::string>& arg
     }
     if (flag->takes_value && !value.has_value()) {
       if (i + 1 >= args.size()) return UsageError(absl::StrCat(FlagName(name), " needs a value"));
+      // "--out --rslora-as-plain": the value was forgotten, and taking the next flag as it would
+      // drop that flag silently. A value that does start with a flag's name is given with '='.
+      if (const std::string& next = args[i + 1]; next.size() > 1 && next[0] == '-') {
+        std::string next_name = next.substr(next[1] == '-' ? 2 : 1);
+        next_name.resize(std::min(next_name.size(), next_name.find('=')));
+        if (Find(flags, next_name) != nullptr) {
+          return UsageError(absl::StrCat(FlagName(name), " needs a value, got the flag '", next,
+                                         "' (for a value that starts with '-', write ",
+                                         FlagName(name), "=VALUE)"));
+        }
+      }
       value = args[++i];
     }
     std::vector<std::string>& values = parsed.values_[name];

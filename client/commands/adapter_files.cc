@@ -1,8 +1,10 @@
 #include "client/commands/adapter_files.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -25,8 +27,24 @@ absl::StatusOr<AdapterFileWriter> AdapterFileWriter::Create(std::string director
   if (error) {
     return LocalError(absl::StrCat("cannot create directory '", directory, "': ", error.message()));
   }
-  return AdapterFileWriter(std::move(directory));
+  // In the directory itself, so that the final moves are renames on one filesystem.
+  std::string pattern = (std::filesystem::path(directory) / ".qloractl-download-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return LocalError(absl::StrCat("cannot create a staging folder in '", directory,
+                                   "': ", std::strerror(errno)));
+  }
+  return AdapterFileWriter(std::move(directory), std::move(pattern));
 }
+
+AdapterFileWriter::AdapterFileWriter(AdapterFileWriter&& other) noexcept
+    : directory_(std::move(other.directory_)),
+      staging_(std::exchange(other.staging_, std::string())),
+      out_(std::move(other.out_)),
+      name_(std::move(other.name_)),
+      current_(std::move(other.current_)),
+      files_(std::move(other.files_)) {}
+
+AdapterFileWriter::~AdapterFileWriter() { Abandon(); }
 
 absl::Status AdapterFileWriter::Add(const v1::AdapterFileChunk& chunk) {
   if (name_.empty()) {
@@ -34,12 +52,12 @@ absl::Status AdapterFileWriter::Add(const v1::AdapterFileChunk& chunk) {
       return LocalError(
           absl::StrCat("the server sent an unsafe file name '", chunk.file_name(), "'"));
     }
-    std::string path = (std::filesystem::path(directory_) / chunk.file_name()).string();
     for (const File& file : files_) {
-      if (file.path == path) {
+      if (std::filesystem::path(file.path).filename() == chunk.file_name()) {
         return LocalError(absl::StrCat("the server sent '", chunk.file_name(), "' twice"));
       }
     }
+    std::string path = (std::filesystem::path(staging_) / chunk.file_name()).string();
     out_.open(path, std::ios::binary | std::ios::trunc);
     if (!out_) {
       return LocalError(absl::StrCat("cannot create '", path, "': ", std::strerror(errno)));
@@ -64,16 +82,32 @@ absl::Status AdapterFileWriter::Add(const v1::AdapterFileChunk& chunk) {
 }
 
 absl::Status AdapterFileWriter::Finish() {
-  if (name_.empty()) return absl::OkStatus();
-  return LocalError(absl::StrCat("the download ended inside '", name_, "'"));
+  if (!name_.empty()) {
+    return LocalError(absl::StrCat("the download ended inside '", name_, "'"));
+  }
+  if (files_.empty()) return LocalError("the download came without files");
+  for (File& file : files_) {
+    const std::filesystem::path staged = file.path;
+    const std::string final_path = (std::filesystem::path(directory_) / staged.filename()).string();
+    std::error_code error;
+    std::filesystem::rename(staged, final_path, error);
+    if (error) {
+      return LocalError(absl::StrCat("cannot move '", staged.string(), "' to '", final_path,
+                                     "': ", error.message()));
+    }
+    file.path = final_path;
+  }
+  Abandon();  // the staging folder, empty now
+  return absl::OkStatus();
 }
 
 void AdapterFileWriter::Abandon() {
-  if (name_.empty()) return;
-  out_.close();
-  std::error_code ignored;
-  std::filesystem::remove(current_.path, ignored);
+  if (out_.is_open()) out_.close();
   name_.clear();
+  if (staging_.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(staging_, ignored);
+  staging_.clear();
 }
 
 }  // namespace qlorad::ctl

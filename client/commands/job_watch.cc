@@ -4,6 +4,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/commands/jobs.h"
 #include "engine/status_macros.h"
 #include "qlorad/v1/jobs.grpc.pb.h"
@@ -17,6 +19,38 @@ using v1::JobService;
 // from the last event seen; this many resumes in a row without a new event give up.
 constexpr int kMaxIdleResumes = 3;
 constexpr absl::Duration kResumePause = absl::Seconds(1);
+// A daemon restarting (SIGTERM ends its watches with UNAVAILABLE; the jobs resume after the
+// start) or out of reach for a while does not end the watch: it starts again from the last event
+// seen, after a pause that doubles up to kMaxReconnectPause, until the daemon has been out of
+// reach for kReconnectFor.
+constexpr absl::Duration kReconnectFor = absl::Minutes(10);
+constexpr absl::Duration kMaxReconnectPause = absl::Seconds(10);
+
+class Reconnection {
+ public:
+  // After a call that reached the daemon.
+  void Reached() {
+    since_ = absl::InfiniteFuture();
+    pause_ = absl::Seconds(1);
+  }
+  // After `why` (UNAVAILABLE): false once the daemon has been out of reach for kReconnectFor,
+  // else waits for the next try.
+  bool WaitToTryAgain(const absl::Status& why) {
+    const absl::Time now = absl::Now();
+    if (since_ == absl::InfiniteFuture()) since_ = now;
+    if (now - since_ >= kReconnectFor) return false;
+    std::cerr << "qloractl: " << why.message() << "\nqloractl: watching again in "
+              << absl::FormatDuration(pause_) << "\n"
+              << std::flush;
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(pause_));
+    pause_ = std::min(pause_ * 2, kMaxReconnectPause);
+    return true;
+  }
+
+ private:
+  absl::Time since_ = absl::InfiniteFuture();
+  absl::Duration pause_ = absl::Seconds(1);
+};
 
 // Text mode: events as lines on stdout; progress on stderr, as one line rewritten in place
 // when stderr is a terminal, else one line per event.
@@ -75,6 +109,7 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
   auto stub = JobService::NewStub(invocation.channel);
   EventPrinter printer(!invocation.json() && StderrIsTerminal());
   int idle_resumes = 0;
+  Reconnection reconnection;
   for (;;) {
     v1::WatchJobRequest request;
     request.set_id(id);
@@ -85,6 +120,7 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
     bool new_events = false;
     while (reader->Read(&event)) {
       new_events = true;
+      reconnection.Reached();
       after_sequence = std::max(after_sequence, event.sequence());
       if (!invocation.json()) {
         printer.Print(event);
@@ -97,13 +133,22 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
       }
     }
     printer.EndLiveLine();
-    RETURN_IF_ERROR(RpcStatus(reader->Finish()));
-
-    v1::GetJobRequest get;
-    get.set_id(id);
+    absl::Status watched = RpcStatus(reader->Finish());
     v1::Job job;
-    auto get_context = invocation.Context(kUnaryTimeout);
-    RETURN_IF_ERROR(RpcStatus(stub->GetJob(get_context.get(), get, &job)));
+    if (watched.ok()) {
+      v1::GetJobRequest get;
+      get.set_id(id);
+      auto get_context = invocation.Context(kUnaryTimeout);
+      watched = RpcStatus(stub->GetJob(get_context.get(), get, &job));
+    }
+    if (absl::IsUnavailable(watched)) {
+      if (reconnection.WaitToTryAgain(watched)) continue;
+      return absl::UnavailableError(
+          absl::StrCat("qlorad has been out of reach for ", absl::FormatDuration(kReconnectFor),
+                       " while watching job ", id, ": ", watched.message()));
+    }
+    RETURN_IF_ERROR(watched);
+    reconnection.Reached();
     if (Finished(job.state())) return Conclude(invocation, job);
     idle_resumes = new_events ? 0 : idle_resumes + 1;
     if (idle_resumes >= kMaxIdleResumes) {

@@ -39,12 +39,12 @@ DaemonProcess::~DaemonProcess() {
   if (pid_ > 0) Stop(SIGKILL, 10);
 }
 
-bool DaemonProcess::Start() {
+bool DaemonProcess::Start(bool same_address) {
   const std::string port_file = (fs::path(dir_) / "port").string();
   fs::remove(port_file);
   std::vector<std::string> args = {
       binary_,
-      "--listen=127.0.0.1:0",
+      "--listen=127.0.0.1:" + std::to_string(same_address ? port_ : 0),
       "--port-file=" + port_file,
       "--data-dir=" + (fs::path(dir_) / "data").string(),
       "--tenants=" + (fs::path(dir_) / "tenants.json").string(),

@@ -28,7 +28,9 @@ class DaemonProcess {
   ~DaemonProcess();  // SIGKILL if still running
 
   // Starts the daemon and waits (up to 30 s) for its port; false with the log on failure.
-  bool Start();
+  // `same_address`: listens on the port of the last start, as a restarted node does (clients
+  // reconnect to it); otherwise on a free port the daemon picks.
+  bool Start(bool same_address = false);
   // Sends `sig` and waits up to `timeout_s` for the exit; returns the exit status (-1: timeout,
   // 128 + n for a signal).
   int Stop(int sig = SIGTERM, int timeout_s = 30);

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import uuid
@@ -44,8 +45,8 @@ if not MODEL_PATH.is_file():
     sys.exit(SKIP)
 
 sys.path.insert(0, str(REPO / "client" / "python"))
-from qlorad_client import (TERMINAL_STATES, Client, QloradError, jobs_pb2,  # noqa: E402
-                           statefulset_target)
+from qlorad_client import (TERMINAL_STATES, Client, QloradError, adapters_pb2,  # noqa: E402
+                           jobs_pb2, statefulset_target)
 
 JobState = jobs_pb2.JobState
 _tmp = None  # the temporary folder; main() prints the daemon's log from it when a test failed
@@ -82,9 +83,21 @@ class PythonClientTest(unittest.TestCase):
             {"name": "globex", "key_sha256": _sha256(b"globex-key"), "admin": False},
         ]}
         (cls.tmp / "tenants.json").write_text(json.dumps(tenants, indent=2))
+        cls.target = f"127.0.0.1:{cls._start_daemon()}"
+        cls.clients = {name: Client(cls.target, token=key, timeout=RPC_TIMEOUT)
+                       for name, key in KEYS.items()}
+        cls.ops, cls.acme, cls.globex = (cls.clients[n] for n in ("ops", "acme", "globex"))
+        cls._dataset = None
+
+    @classmethod
+    def _start_daemon(cls, port=0):
+        """Starts qlorad on 127.0.0.1:port (0: a free port it picks) with the class's data
+        folder; returns the port."""
         port_file = cls.tmp / "port"
-        cls.log = open(cls.tmp / "qlorad.log", "wb")
-        cmd = [BINARY, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+        if port_file.exists():
+            port_file.unlink()
+        cls.log = open(cls.tmp / "qlorad.log", "ab")
+        cmd = [BINARY, "--listen", f"127.0.0.1:{port}", "--port-file", str(port_file),
                "--data-dir", str(cls.tmp / "data"), "--tenants", str(cls.tmp / "tenants.json"),
                "--devices", "cpu:0", "--checkpoint-every", "5",
                "--metrics-listen", "127.0.0.1:0"]
@@ -105,11 +118,7 @@ class PythonClientTest(unittest.TestCase):
                    else "wrote no port file within 30 s")
             cls._stop_daemon()
             raise RuntimeError(f"qlorad {why}: {' '.join(cmd)}")  # main() prints its log
-        cls.target = f"127.0.0.1:{port}"
-        cls.clients = {name: Client(cls.target, token=key, timeout=RPC_TIMEOUT)
-                       for name, key in KEYS.items()}
-        cls.ops, cls.acme, cls.globex = (cls.clients[n] for n in ("ops", "acme", "globex"))
-        cls._dataset = None
+        return port
 
     @classmethod
     def tearDownClass(cls):
@@ -205,6 +214,18 @@ class PythonClientTest(unittest.TestCase):
         self.assertFalse(devices.activity_shown)  # a tenant key: no one's activity
         self.assertFalse(devices.devices[0].HasField("memory"))
         self.assertTrue(self.ops.list_devices().activity_shown)
+
+        # No target: $QLORAD_SERVER, as qloractl reads it (the README exports it for both).
+        saved = os.environ.get("QLORAD_SERVER")
+        os.environ["QLORAD_SERVER"] = self.target
+        try:
+            with Client(token="acme-key", timeout=RPC_TIMEOUT) as from_environment:
+                self.assertEqual(from_environment.get_limits().max_concurrent_jobs, 2)
+        finally:
+            if saved is None:
+                del os.environ["QLORAD_SERVER"]
+            else:
+                os.environ["QLORAD_SERVER"] = saved
 
     # -- (b) datasets -----------------------------------------------------------------------
 
@@ -374,6 +395,74 @@ class PythonClientTest(unittest.TestCase):
                         b"qlorad.v1.InferenceService", b"qlorad.v1.LimitsService",
                         b"grpc.health.v1.Health"):
             self.assertIn(service, replies[0])
+
+    def test_h_wait_outlives_a_restart(self):
+        """A deploy restarts the daemon under wait_job: SIGTERM ends the watch with UNAVAILABLE
+        and checkpoints the job, the new daemon (same address) resumes it, and wait_job returns
+        the job's end. It used to raise UNAVAILABLE at the stop."""
+        job = self.acme.create_job(
+            model=self.model(), training_dataset=self.dataset().id, rank=4, max_steps=150,
+            batch_size=8, seq_len=64)
+        events, outcome = [], {}
+        training = threading.Event()
+
+        def on_event(e):
+            events.append(e)
+            if e.WhichOneof("kind") == "progress" and e.progress.step >= 5:
+                training.set()
+
+        def wait():
+            try:
+                outcome["job"] = self.acme.wait_job(job.id, on_event=on_event,
+                                                    timeout=TRAIN_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - reported by the test thread
+                outcome["error"] = e
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        try:
+            self.assertTrue(training.wait(120), "the job never reached step 5")
+            port = int(self.target.rsplit(":", 1)[1])
+            self.assertFalse(self._stop_daemon(), "qlorad did not stop on SIGTERM")
+            self._start_daemon(port)
+            waiter.join(TRAIN_TIMEOUT)
+        finally:
+            if waiter.is_alive() or "job" not in outcome:
+                self.finish(job.id)
+                waiter.join()
+        self.assertNotIn("error", outcome)
+        self.assertEqual(_state(outcome["job"].state), "SUCCEEDED", outcome["job"].error)
+        reasons = [e.state_change.reason for e in events
+                   if e.WhichOneof("kind") == "state_change"]
+        self.assertTrue(any("resumed from the checkpoint" in r for r in reasons), reasons)
+        self.assertEqual(max(e.progress.step for e in events
+                             if e.WhichOneof("kind") == "progress"), 150)
+
+    def test_i_a_download_cut_short_keeps_the_old_files(self):
+        """The download's files move into place only once all came: one cut inside its second
+        file leaves the folder's older adapter whole (before, the new adapter_config.json sat
+        beside the old weights, which PEFT loads without complaint)."""
+        out = self.tmp / "cut-download"
+        out.mkdir()
+        (out / "adapter_config.json").write_text("old config")
+        (out / "adapter_model.safetensors").write_text("old weights")
+        chunk = adapters_pb2.AdapterFileChunk
+
+        def cut_stream(*args, **kwargs):
+            yield chunk(file_name="adapter_config.json", data=b"new config", end_of_file=True)
+            yield chunk(file_name="adapter_model.safetensors", data=b"new wei")
+            raise QloradError("UNAVAILABLE", "the connection dropped")
+
+        client = Client("127.0.0.1:1", token="")
+        client._stream = cut_stream
+        try:
+            self.assertRpcError("UNAVAILABLE", client.download_adapter, "a-1", str(out))
+        finally:
+            client.close()
+        self.assertEqual((out / "adapter_config.json").read_text(), "old config")
+        self.assertEqual((out / "adapter_model.safetensors").read_text(), "old weights")
+        self.assertEqual(sorted(os.listdir(out)),
+                         ["adapter_config.json", "adapter_model.safetensors"])
 
     def test_g_routing_matches_qloractl(self):
         """The Python client sends a tenant to the same StatefulSet pod as qloractl."""

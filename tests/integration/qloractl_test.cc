@@ -7,9 +7,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <thread>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "engine/dataset.h"
 #include "engine/device_adapter.h"
 #include "engine/evaluate.h"
@@ -80,10 +83,12 @@ class QloractlTest : public ::testing::Test {
     return path;
   }
 
-  // Runs qloractl with `token` (empty: none) against the daemon.
-  static CtlResult Run(const std::string& token, std::vector<std::string> args) {
+  // Runs qloractl with `token` (empty: none) against the daemon. Its stderr goes to `err_path`
+  // (default: a fresh file of the test folder), where a test can follow it while it runs.
+  static CtlResult Run(const std::string& token, std::vector<std::string> args,
+                       std::string err_path = "") {
     static int n = 0;
-    const std::string err_path = *dir_ + "/ctl-stderr-" + std::to_string(++n);
+    if (err_path.empty()) err_path = *dir_ + "/ctl-stderr-" + std::to_string(++n);
     std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server " + daemon_->address();
     if (!token.empty()) cmd += " --token " + token;
     for (const std::string& a : args) {
@@ -411,6 +416,20 @@ TEST_F(QloractlTest, AuthErrors) {
   EXPECT_EQ(usage.code, 2);
 }
 
+// "--out --rslora-as-plain" forgot the folder: taking the next flag as the value would write
+// into "./--rslora-as-plain/" without the rewrite asked for, and exit 0.
+TEST_F(QloractlTest, AFlagMissingItsValueDoesNotSwallowTheNextFlag) {
+  auto swallowed =
+      Run(kAcmeKey, {"adapters", "download", "adapter-x", "--out", "--rslora-as-plain"});
+  EXPECT_EQ(swallowed.code, 2) << swallowed.out << swallowed.err;
+  EXPECT_NE(swallowed.err.find("--out needs a value, got the flag '--rslora-as-plain'"),
+            std::string::npos)
+      << swallowed.err;
+  // With '=' a value may start with a dash; the download then fails on the server's answer.
+  ExpectError(Run(kAcmeKey, {"adapters", "download", "adapter-x", "--out=" + *dir_ + "/-odd"}),
+              "NOT_FOUND", "adapter-x");
+}
+
 TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
   const std::string before = Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out;
   auto create = [&](std::vector<std::string> extra) {
@@ -462,6 +481,38 @@ TEST_F(QloractlTest, AnErrorAboutAHugeValueStaysShortAndNamesTheField) {
   EXPECT_EQ(job.status().message().rfind("model: no base model named 'mmm", 0), 0u);
   EXPECT_LE(job.status().message().size(), 1100u);
   EXPECT_NE(job.status().message().find("bytes more)"), absl::string_view::npos);
+}
+
+// A deploy restarts the daemon under a watch: SIGTERM ends the watch with UNAVAILABLE and
+// checkpoints the job, and the new daemon (same address) resumes it. qloractl watches again
+// from the last event seen and ends with the job's outcome; it used to exit 1 at the stop.
+TEST_F(QloractlTest, AWatchOutlivesARestartOfTheDaemon) {
+  auto created =
+      Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train", *dataset_,
+                     "--rank", "4", "--max-steps", "150", "--batch-size", "8", "--seq-len", "64"});
+  ASSERT_EQ(created.code, 0) << created.err;
+  const std::string job = created.json()["id"].get<std::string>();
+  const std::string err_path = *dir_ + "/watch-across-restart.err";
+  auto watch = std::async(std::launch::async, [&] {
+    return Run(kAcmeKey, {"jobs", "watch", job}, err_path);
+  });
+  // The watch prints progress to stderr (one line per event off a terminal): once it has shown
+  // step 5 it is open on the daemon, and the job is far from its end.
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  while (Slurp(err_path).find("step 5/") == std::string::npos && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_NE(Slurp(err_path).find("step 5/"), std::string::npos) << Slurp(err_path);
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->log();
+  ASSERT_TRUE(daemon_->Start(/*same_address=*/true)) << daemon_->log();
+  const CtlResult watched = watch.get();
+  EXPECT_EQ(watched.code, 0) << watched.err << daemon_->log();
+  EXPECT_NE(watched.out.find("adapter: "), std::string::npos) << watched.out;
+  EXPECT_NE(watched.err.find("shutting down"), std::string::npos) << watched.err;
+  EXPECT_NE(watched.err.find("watching again"), std::string::npos) << watched.err;
+  EXPECT_NE(watched.err.find("step 150/150"), std::string::npos) << watched.err;
+  // The job really stopped and resumed (not finished before the stop).
+  EXPECT_NE(watched.out.find("resumed from the checkpoint"), std::string::npos) << watched.out;
 }
 
 // An upload its client cancels stores nothing, even where what arrived ends on a whole line.

@@ -1,6 +1,8 @@
 """The qlorad client: one channel, one method per RPC, errors as QloradError."""
 
 import os
+import shutil
+import tempfile
 import time
 
 import grpc
@@ -13,6 +15,8 @@ from ._gen.qlorad.v1 import (
 UPLOAD_CHUNK_BYTES = 1 << 20
 TERMINAL_STATES = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 _HYPERPARAMETERS = frozenset(jobs_pb2.Hyperparameters.DESCRIPTOR.fields_by_name)
+_CLIENT_TIMEOUT = object()  # a call's timeout left to the client's
+LONG_CALL_TIMEOUT = 3600     # seconds: model registration (quantizing) and evaluation
 
 
 class QloradError(Exception):
@@ -39,20 +43,31 @@ def _is_bytes(x):
 class Client:
     """A connection to qlorad.
 
-    target: "host:port". token: the API key sent as "authorization: Bearer <token>"; None takes
-    $QLORAD_TOKEN, "" sends none. root_certificates: PEM bytes, or a path to a PEM file, for TLS;
-    None is a plaintext channel. timeout: deadline in seconds of each unary call (None: none);
-    streaming calls take their own.
+    target: "host:port"; None takes $QLORAD_SERVER, else 127.0.0.1:50051 (as qloractl does).
+    token: the API key sent as "authorization: Bearer <token>"; None takes $QLORAD_TOKEN, ""
+    sends none. root_certificates: PEM bytes, or a path to a PEM file, for TLS; None is a
+    plaintext channel. timeout: deadline in seconds of each short unary call (None: none).
+    Calls that may take long have a timeout argument of their own instead: streams, uploads
+    (no deadline by default), model registration and evaluation (an hour by default).
     """
 
-    def __init__(self, target="127.0.0.1:50051", token=None, root_certificates=None,
+    def __init__(self, target=None, token=None, root_certificates=None,
                  max_message_bytes=64 << 20, timeout=None):
+        if target is None:
+            target = os.environ.get("QLORAD_SERVER") or "127.0.0.1:50051"
         if token is None:
             token = os.environ.get("QLORAD_TOKEN", "")
         self._metadata = (("authorization", "Bearer " + token),) if token else ()
         self.timeout = timeout
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   # A daemon that vanished sends no FIN: a ping every 30 s during a call,
+                   # unanswered for 20 s, ends the call with UNAVAILABLE (qlorad accepts pings
+                   # 20 s apart). A restarted daemon is found again within 10 s.
+                   ("grpc.keepalive_time_ms", 30000),
+                   ("grpc.keepalive_timeout_ms", 20000),
+                   ("grpc.http2.max_pings_without_data", 0),
+                   ("grpc.max_reconnect_backoff_ms", 10000)]
         if root_certificates is not None:
             if not _is_bytes(root_certificates):
                 with open(root_certificates, "rb") as f:
@@ -81,9 +96,12 @@ class Client:
         self.close()
         return False
 
-    def _unary(self, method, request):
+    def _unary(self, method, request, timeout=_CLIENT_TIMEOUT):
+        """timeout: seconds, None for no deadline; by default the client's."""
+        if timeout is _CLIENT_TIMEOUT:
+            timeout = self.timeout
         try:
-            return method(request, metadata=self._metadata, timeout=self.timeout)
+            return method(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as e:
             raise QloradError.from_rpc_error(e) from None
 
@@ -100,9 +118,10 @@ class Client:
 
     # -- models (admin) -------------------------------------------------------------------------
 
-    def register_model(self, name, path):
+    def register_model(self, name, path, timeout=LONG_CALL_TIMEOUT):
         return self._unary(self._models.RegisterModel,
-                           models_pb2.RegisterModelRequest(name=name, path=str(path)))
+                           models_pb2.RegisterModelRequest(name=name, path=str(path)),
+                           timeout=timeout)
 
     def list_models(self):
         return list(self._unary(self._models.ListModels, models_pb2.ListModelsRequest()).models)
@@ -115,9 +134,9 @@ class Client:
 
     # -- datasets -------------------------------------------------------------------------------
 
-    def upload_dataset(self, path_or_bytes, name=None):
+    def upload_dataset(self, path_or_bytes, name=None, timeout=None):
         """Uploads JSONL (a path, or the bytes); returns the stored Dataset. name defaults to the
-        file's base name."""
+        file's base name. timeout: seconds for the whole upload (None: no deadline)."""
         if _is_bytes(path_or_bytes):
             data = bytes(path_or_bytes)
             f = None
@@ -141,7 +160,7 @@ class Client:
                     yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
 
         try:
-            return self._unary(self._datasets.UploadDataset, requests())
+            return self._unary(self._datasets.UploadDataset, requests(), timeout=timeout)
         finally:
             if f is not None:
                 f.close()
@@ -220,23 +239,45 @@ class Client:
                             jobs_pb2.WatchJobRequest(id=id, after_sequence=after_sequence),
                             timeout=timeout)
 
-    def wait_job(self, id, on_event=None, timeout=None):
+    def wait_job(self, id, on_event=None, timeout=None, reconnect_for=600):
         """Follows the job's events (on_event(event) for each) until it ends; returns the final
-        Job. timeout (seconds) bounds the whole wait: QloradError("DEADLINE_EXCEEDED") past it."""
+        Job. timeout (seconds) bounds the whole wait: QloradError("DEADLINE_EXCEEDED") past it.
+
+        A daemon that restarts (SIGTERM ends its watches with UNAVAILABLE; the job resumes after
+        the start) or is out of reach for a while does not end the wait: it watches again from
+        the last event seen, after a pause that doubles from 1 s up to 10 s, until the daemon has
+        been out of reach for reconnect_for seconds (then the UNAVAILABLE error is raised)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         after = 0
+        unreachable_since, pause = None, 1.0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QloradError("DEADLINE_EXCEEDED", f"job {id} still running after {timeout}s")
-            for event in self.watch_job(id, after_sequence=after, timeout=remaining):
-                after = max(after, event.sequence)
-                if on_event is not None:
-                    on_event(event)
-            job = self.get_job(id)
+            try:
+                for event in self.watch_job(id, after_sequence=after, timeout=remaining):
+                    unreachable_since, pause = None, 1.0
+                    after = max(after, event.sequence)
+                    if on_event is not None:
+                        on_event(event)
+                job = self.get_job(id)
+            except QloradError as e:
+                if e.code != "UNAVAILABLE":
+                    raise
+                now = time.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                if now - unreachable_since >= reconnect_for:
+                    raise
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - now))
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            unreachable_since, pause = None, 1.0
             if job.state in TERMINAL_STATES:
                 return job
-            time.sleep(0.2)  # the stream ended early (server restart?): pick up where it left
+            time.sleep(0.2)  # the stream ended cleanly before the end: pick up where it left
 
     # -- adapters -------------------------------------------------------------------------------
 
@@ -252,11 +293,14 @@ class Client:
 
     def download_adapter(self, id, out_dir, rslora_as_plain=False, timeout=None):
         """Writes the adapter's PEFT files into out_dir (created if needed); returns their paths
-        in the order received. Each file is written to a .part file and renamed when whole."""
+        in the order received. The files arrive in a hidden staging folder inside out_dir and
+        move into place only once the whole download has come: a download cut short leaves
+        out_dir as it was, so an older adapter's files there are never mixed with this one's."""
         os.makedirs(out_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".qlorad-download-", dir=out_dir)
         request = adapters_pb2.DownloadAdapterRequest(id=id, rslora_as_plain=rslora_as_plain)
-        paths, seen = [], set()
-        current, f = None, None  # name and .part file of the file being received
+        names = []
+        current, f = None, None  # name and staged file of the file being received
         stream = self._stream(self._adapters.DownloadAdapter, request, timeout=timeout)
         try:
             for chunk in stream:
@@ -269,30 +313,31 @@ class Client:
                     if (name in (".", "..") or "/" in name or "\\" in name or ".." in name
                             or "\0" in name):
                         raise QloradError("INTERNAL", f"download: unsafe file name {name!r}")
-                    if name in seen:
+                    if name in names:
                         raise QloradError("INTERNAL", f"download: {name} sent twice")
-                    seen.add(name)
+                    names.append(name)
                     current = name
-                    f = open(os.path.join(out_dir, name + ".part"), "wb")
+                    f = open(os.path.join(staging, name), "wb")
                 f.write(chunk.data)
                 if chunk.end_of_file:
                     f.close()
                     f = None
-                    path = os.path.join(out_dir, name)
-                    os.replace(path + ".part", path)
-                    paths.append(path)
                     current = None
             if current is not None:
                 raise QloradError("INTERNAL", f"download: {current} cut short")
+            if not names:
+                raise QloradError("INTERNAL", f"download: adapter {id} came without files")
+            paths = []
+            for name in names:
+                path = os.path.join(out_dir, name)
+                os.replace(os.path.join(staging, name), path)
+                paths.append(path)
+            return paths
         finally:
             stream.close()
             if f is not None:
                 f.close()
-                try:
-                    os.unlink(os.path.join(out_dir, current + ".part"))
-                except OSError:
-                    pass
-        return paths
+            shutil.rmtree(staging, ignore_errors=True)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -305,9 +350,9 @@ class Client:
         return "".join(r.text for r in self._stream(self._inference.Generate, request,
                                                      timeout=timeout))
 
-    def evaluate(self, model, adapter_id, dataset_id):
+    def evaluate(self, model, adapter_id, dataset_id, timeout=LONG_CALL_TIMEOUT):
         return self._unary(self._inference.Evaluate, inference_pb2.EvaluateRequest(
-            model=model, adapter_id=adapter_id, dataset_id=dataset_id))
+            model=model, adapter_id=adapter_id, dataset_id=dataset_id), timeout=timeout)
 
     # -- limits ---------------------------------------------------------------------------------
 
