@@ -45,7 +45,8 @@ class InferenceRunnerTest : public ::testing::Test {
 
   // A rank-4 adapter on every linear layer with random B (so it changes the model's output),
   // stored for `tenant`.
-  std::string StoreRandomAdapter(const std::string& tenant, uint64_t seed) {
+  std::string StoreRandomAdapter(const std::string& tenant, uint64_t seed,
+                                 const std::string& base_model = "stories") {
     const LlamaConfig c = ConfigFromModel(model_);
     LoraConfig lora;
     lora.rank = 4;
@@ -59,6 +60,7 @@ class InferenceRunnerTest : public ::testing::Test {
     EXPECT_TRUE(SavePeftAdapter(peft, c, lora, params).ok());
     v1::Adapter meta;
     meta.set_name("random");
+    meta.set_base_model(base_model);
     auto stored = adapters_->Create(tenant, meta, peft, 10);
     EXPECT_TRUE(stored.ok()) << stored.status();
     return stored.ok() ? stored->id() : "";
@@ -101,6 +103,30 @@ TEST_F(InferenceRunnerTest, AdapterIsReadOnceThenServedFromTheCache) {
   ASSERT_TRUE(Loss(runner, "a", other).ok());
   EXPECT_EQ(*Loss(runner, "a", id), *first);
   EXPECT_EQ(runner.adapter_loads(), 3);
+}
+
+// An adapter answers only for the base model it was trained on: another one of the same shape
+// (here the same file registered as "stories-copy", as a chat variant would be) is refused,
+// naming the model to ask for, where it used to load and answer wrongly without a word.
+TEST_F(InferenceRunnerTest, AnAdapterServesOnlyItsOwnBaseModel) {
+  ASSERT_TRUE(models_->Register("stories-copy", StoriesGguf()).ok());
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1,
+                         /*cached_adapters=*/2);
+  const std::string id = StoreRandomAdapter("a", 1);
+  ASSERT_TRUE(Loss(runner, "a", id).ok());  // cached now: the check is not the store's alone
+  auto other = Loss(runner, "a", id, "stories-copy");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition) << other.status();
+  EXPECT_NE(other.status().message().find("trained on base model 'stories'"), std::string::npos)
+      << other.status();
+  v1::GenerateRequest gen;
+  gen.set_model("stories-copy");
+  gen.set_adapter_id(id);
+  gen.set_prompt("Once");
+  gen.set_max_tokens(2);
+  auto generated = runner.Generate("a", gen, [](const std::string&, int64_t) { return true; });
+  EXPECT_EQ(generated.status().code(), absl::StatusCode::kFailedPrecondition);
+  // Without the adapter the other model serves as before.
+  EXPECT_TRUE(Loss(runner, "a", "", "stories-copy").ok());
 }
 
 // Least recently used goes first: with room for two, A B A C keeps A (used last but one) and
