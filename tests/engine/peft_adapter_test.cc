@@ -148,6 +148,44 @@ TEST(PeftAdapter, WrongShapesAndUnknownTensorsAreNamed) {
             std::string::npos);
 }
 
+// Configs from other tools: null where a field is unset reads as the default; a field of the
+// wrong type is named (the JSON library threw, which ended qlora-engine); per-module scales or
+// ranks, DoRA and layer subsets are refused by name (a scale pattern was read silently with
+// the one alpha, so those modules had the wrong scale).
+TEST(PeftAdapter, ConfigsFromOtherToolsAreReadOrRefusedByName) {
+  auto w = LoadHfWeights(Stories260kHf());
+  ASSERT_TRUE(w.ok());
+  const LoraConfig c = SomeConfig();
+  const std::string dir = TempDir("peft_foreign");
+  ASSERT_TRUE(SavePeftAdapter(dir, w->config, c, RandomParams(w->config, c)).ok());
+  const auto original = nlohmann::json::parse(*ReadFileToString(dir + "/adapter_config.json"));
+  auto load_with = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json cfg = original;
+    cfg[key] = value;
+    EXPECT_TRUE(WriteStringToFile(dir + "/adapter_config.json", cfg.dump()).ok());
+    return LoadPeftAdapter(dir, w->config).status();
+  };
+  for (const char* key : {"bias", "use_rslora", "fan_in_fan_out", "use_dora", "alpha_pattern",
+                          "rank_pattern", "layers_to_transform"}) {
+    EXPECT_TRUE(load_with(key, nullptr).ok()) << key << " = null";
+  }
+  EXPECT_TRUE(load_with("alpha_pattern", nlohmann::json::object()).ok());
+  const std::pair<const char*, nlohmann::json> refused[] = {
+      {"use_rslora", "yes"},
+      {"bias", 3},
+      {"peft_type", nullptr},
+      {"use_dora", true},
+      {"alpha_pattern", {{"q_proj", 32}}},
+      {"rank_pattern", {{"q_proj", 8}}},
+      {"layers_to_transform", {0}},
+  };
+  for (const auto& [key, value] : refused) {
+    const absl::Status s = load_with(key, value);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << key << " = " << value.dump();
+    EXPECT_NE(s.message().find(key), std::string::npos) << s;
+  }
+}
+
 TEST(PeftAdapter, MergedModelEqualsBasePlusAdapter) {
   auto w = LoadHfWeights(Stories260kHf());
   ASSERT_TRUE(w.ok());
