@@ -254,7 +254,12 @@ int Run(const std::vector<std::string>& args) {
   }
   absl::StatusOr<Invocation> invocation = MakeInvocation(*parsed);
   if (!invocation.ok()) return ReportError(invocation.status());
-  return ReportError(command.run(*invocation));
+  absl::Status ran = command.run(*invocation);
+  // What the command printed must have arrived: a script reading `-o json` output from a full
+  // disk would otherwise take a cut file with exit 0.
+  std::cout.flush();
+  if (ran.ok() && !std::cout) ran = LocalError("cannot write the output (stdout)");
+  return ReportError(ran);
 }
 
 }  // namespace

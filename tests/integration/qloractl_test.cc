@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -428,6 +429,20 @@ TEST_F(QloractlTest, AFlagMissingItsValueDoesNotSwallowTheNextFlag) {
   // With '=' a value may start with a dash; the download then fails on the server's answer.
   ExpectError(Run(kAcmeKey, {"adapters", "download", "adapter-x", "--out=" + *dir_ + "/-odd"}),
               "NOT_FOUND", "adapter-x");
+}
+
+// Output that cannot be written (stdout on a full disk) fails the command: a script reading
+// `-o json` output must not take a cut file with exit 0.
+TEST_F(QloractlTest, OutputThatCannotBeWrittenFailsTheCommand) {
+  ASSERT_TRUE(fs::exists("/dev/full"));
+  const std::string err_path = *dir_ + "/full-disk.err";
+  const std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server " + daemon_->address() +
+                          " --token " + kAcmeKey + " -o json datasets list >/dev/full 2>" +
+                          err_path;
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << Slurp(err_path);
+  EXPECT_NE(Slurp(err_path).find("cannot write the output"), std::string::npos) << Slurp(err_path);
 }
 
 TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
