@@ -87,6 +87,7 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
 }
 
 void JobStore::Recount(std::optional<v1::JobState> from, v1::JobState to) {
+  absl::MutexLock lock(&counts_mu_);
   if (!counts_ || from == to) return;
   if (from) --(*counts_)[*from];
   ++(*counts_)[to];
@@ -229,7 +230,14 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
 }
 
 absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
-  absl::MutexLock lock(&mu_);
+  {
+    absl::MutexLock lock(&counts_mu_);
+    if (counts_) return *counts_;
+  }
+  // The first count scans the store with writers held off, so that no change is missed or
+  // counted twice; later ones read the kept counts only.
+  absl::MutexLock writers(&mu_);
+  absl::MutexLock lock(&counts_mu_);
   if (!counts_) {
     std::map<v1::JobState, int64_t> counts;
     RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {

@@ -66,12 +66,15 @@ class JobStore {
                                 v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Moves one job from `from` to `to` in the kept counts (once they are counted).
-  void Recount(std::optional<v1::JobState> from, v1::JobState to)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Recount(std::optional<v1::JobState> from, v1::JobState to) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_)
+      ABSL_LOCKS_EXCLUDED(counts_mu_);
 
   storage::KvStore* db_;
-  mutable absl::Mutex mu_;
-  mutable std::optional<std::map<v1::JobState, int64_t>> counts_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex mu_;  // writers, one at a time (held across the RocksDB write)
+  // The counts have a lock of their own, so that a scrape reading them never waits behind a
+  // write that RocksDB holds up (a write stall): taken after mu_ where both are held.
+  mutable absl::Mutex counts_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  mutable std::optional<std::map<v1::JobState, int64_t>> counts_ ABSL_GUARDED_BY(counts_mu_);
 };
 
 }  // namespace qlorad::core

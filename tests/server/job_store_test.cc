@@ -3,7 +3,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <memory>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
 
@@ -169,6 +173,52 @@ TEST_F(JobStoreTest, CountsByStateStayEqualToTheStoredRecords) {
   EXPECT_EQ(kept->at(v1::CANCELLED), 1);
   Reopen();
   EXPECT_EQ(*store_->CountByState(), *kept);
+}
+
+// A write that RocksDB holds up (a write stall) holds the store's writers; the counts a scrape
+// reads do not wait behind it. They used to share the writers' lock, so /metrics hung for the
+// whole stall and Prometheus read the daemon as down.
+TEST_F(JobStoreTest, CountsAreReadWhileAWriteIsHeldUp) {
+  store_.reset();
+  db_.reset();
+  auto release = std::make_shared<absl::Notification>();
+  auto held = std::make_shared<absl::Notification>();
+  storage::KvStoreOptions o;
+  o.write_fault = [release, held](const storage::WriteSet& w) {
+    bool progress = false;
+    w.ForEach([&](storage::Family f, std::string_view, std::string_view value) {
+      v1::JobEvent e;
+      progress |= f == storage::Family::kEvents &&
+                  e.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
+                  e.has_progress();
+    });
+    if (progress && !release->HasBeenNotified()) {
+      held->Notify();
+      release->WaitForNotificationWithTimeout(absl::Seconds(30));
+    }
+    return absl::OkStatus();
+  };
+  auto db = storage::KvStore::Open(dir_, o);
+  ASSERT_TRUE(db.ok()) << db.status();
+  db_ = std::move(*db);
+  store_ = std::make_unique<JobStore>(db_.get());
+  ASSERT_TRUE(store_->Create(NewJob("acme", "job-0"), "", "").ok());
+  ASSERT_TRUE(store_->CountByState().ok());  // the first count
+  std::thread writer([&] {
+    v1::JobEvent progress;
+    progress.mutable_progress()->set_step(1);
+    (void)store_->Record(
+        "acme", "job-0", [](v1::Job&) {}, progress);
+  });
+  ASSERT_TRUE(held->WaitForNotificationWithTimeout(absl::Seconds(10)));
+  const absl::Time start = absl::Now();
+  auto counts = store_->CountByState();
+  const absl::Duration waited = absl::Now() - start;
+  release->Notify();
+  writer.join();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->at(v1::VALIDATING), 1);
+  EXPECT_LT(waited, absl::Seconds(1));
 }
 
 }  // namespace
