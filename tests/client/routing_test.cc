@@ -2,6 +2,8 @@
 // stable when the set grows: only tenants the new pod wins move, and only to it.
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "client/connection.h"
 #include "gtest/gtest.h"
@@ -47,6 +49,23 @@ TEST(PodForTenantTest, GrowingTheSetMovesOnlyTenantsToTheNewPod) {
     // About 1/(n+1) of the tenants move.
     const double share = static_cast<double>(moved) / tenants;
     EXPECT_NEAR(share, 1.0 / (n + 1), 0.05) << n << " -> " << n + 1;
+  }
+}
+
+// Fixed answers, computed apart from this code by a Python reimplementation of the rule stated in
+// connection.h (FNV-1a 64 checked against its published vectors, then splitmix64's finalizer):
+// a change to the hash would send every existing tenant's calls to another pod, which the
+// properties above would not notice.
+TEST(PodForTenantTest, FixedAnswersForKnownTenants) {
+  const std::pair<const char*, std::vector<int>> expected[] = {
+      {"acme", {0, 0, 0, 3, 7}},     {"globex", {0, 0, 0, 0, 0}},    {"initech", {0, 0, 2, 3, 6}},
+      {"umbrella", {0, 0, 2, 2, 6}}, {"tenant-42", {0, 0, 0, 0, 5}},
+  };
+  const int replicas[] = {1, 2, 3, 5, 8};
+  for (const auto& [tenant, pods] : expected) {
+    for (size_t k = 0; k < pods.size(); ++k) {
+      EXPECT_EQ(PodForTenant(tenant, replicas[k]), pods[k]) << tenant << " of " << replicas[k];
+    }
   }
 }
 
