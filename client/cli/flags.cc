@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/cli/utf8.h"
 
 namespace qlorad::ctl {
 namespace {
@@ -158,6 +159,9 @@ absl::StatusOr<std::map<std::string, std::string>> ParsedArgs::KeyValues(
   for (const std::string& text : GetAll(name)) {
     size_t eq = text.find('=');
     if (eq == std::string::npos || eq == 0) return BadValue(name, text, "KEY=VALUE");
+    if (!IsUtf8(text)) {
+      return UsageError(absl::StrCat(FlagName(name), ": '", ToValidUtf8(text), "' is not UTF-8"));
+    }
     pairs[text.substr(0, eq)] = text.substr(eq + 1);
   }
   return pairs;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/cli/command.h"
+#include "client/cli/utf8.h"
 #include "engine/status_macros.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
 
@@ -41,8 +42,9 @@ absl::Status Upload(const Invocation& invocation) {
   if (!in) return LocalError(absl::StrCat("cannot open '", path, "': ", std::strerror(errno)));
 
   v1::UploadDatasetRequest header;
-  header.mutable_header()->set_name(
-      invocation.args.Get("name").value_or(std::filesystem::path(path).filename().string()));
+  // A file name is bytes (a Latin-1 one is not UTF-8): its readable part names the dataset.
+  header.mutable_header()->set_name(ToValidUtf8(
+      invocation.args.Get("name").value_or(std::filesystem::path(path).filename().string())));
   v1::Dataset dataset;
   auto context = invocation.Context(std::nullopt);
   auto writer = DatasetService::NewStub(invocation.channel)->UploadDataset(context.get(), &dataset);

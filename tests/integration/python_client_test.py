@@ -250,6 +250,19 @@ class PythonClientTest(unittest.TestCase):
                             contains="line 3")
         self.assertEqual(len(self.acme.list_datasets()), before)
 
+        # A file whose name is not UTF-8 (Latin-1 bytes on disk, a str path with surrogates in
+        # Python) uploads under the readable part of its name. It failed with gRPC's UNKNOWN
+        # "Exception iterating requests!", the protobuf error hidden.
+        latin1 = os.path.join(os.fsencode(str(self.tmp)), b"donn\xe9es.jsonl")
+        with open(latin1, "wb") as f:
+            f.write(b'{"text": "Tom has a red ball."}\n')
+        odd = self.acme.upload_dataset(os.fsdecode(latin1))
+        try:
+            self.assertEqual(odd.name, "donn\ufffdes.jsonl")
+            self.assertEqual(odd.examples, 1)
+        finally:
+            self.acme.delete_dataset(odd.id)
+
     # -- (c) a job from start to end, and what it made --------------------------------------
 
     def test_c_job_lifecycle(self):

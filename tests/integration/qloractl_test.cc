@@ -445,6 +445,28 @@ TEST_F(QloractlTest, OutputThatCannotBeWrittenFailsTheCommand) {
   EXPECT_NE(Slurp(err_path).find("cannot write the output"), std::string::npos) << Slurp(err_path);
 }
 
+// File names and arguments are bytes. A Latin-1 file name names its dataset with U+FFFD for the
+// byte (as the Python client does); a Latin-1 prompt or label is refused naming the flag. Both
+// failed with an error that named nothing: the daemon could not parse the message.
+TEST_F(QloractlTest, TextThatIsNotUtf8IsRepairedOrRefusedByName) {
+  const std::string path = WriteFile(
+      "donn\xE9"
+      "es.jsonl",
+      "{\"text\": \"Tom has a red ball.\"}\n");
+  auto up = Run(kAcmeKey, {"-o", "json", "datasets", "upload", path});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_EQ(up.json()["name"],
+            "donn\xEF\xBF\xBD"
+            "es.jsonl");
+  EXPECT_EQ(Run(kAcmeKey, {"datasets", "delete", up.json()["id"].get<std::string>()}).code, 0);
+  auto prompt = Run(kAcmeKey, {"generate", "--model", "stories", "--prompt", "caf\xE9"});
+  EXPECT_EQ(prompt.code, 2) << prompt.err;
+  EXPECT_NE(prompt.err.find("--prompt: not UTF-8"), std::string::npos) << prompt.err;
+  auto label = Run(kAcmeKey, {"jobs", "list", "--label", "team=caf\xE9"});
+  EXPECT_EQ(label.code, 2) << label.err;
+  EXPECT_NE(label.err.find("--label: "), std::string::npos) << label.err;
+}
+
 TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
   const std::string before = Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out;
   auto create = [&](std::vector<std::string> extra) {

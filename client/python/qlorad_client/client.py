@@ -146,21 +146,38 @@ class Client:
             f = open(path_or_bytes, "rb")  # open here: a missing file is an OSError, not an RPC
             if name is None:
                 name = os.path.basename(os.fspath(path_or_bytes))
+        # The name travels as UTF-8: a file name the file system gave as undecodable bytes (a
+        # Latin-1 name) keeps its readable part, the rest becomes U+FFFD.
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).decode("utf-8", "replace")
+        else:
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        header = datasets_pb2.UploadDatasetRequest(header=datasets_pb2.DatasetHeader(name=name))
+        failure = []  # what went wrong on this side while the requests were sent
 
         def requests():
-            yield datasets_pb2.UploadDatasetRequest(header=datasets_pb2.DatasetHeader(name=name))
-            if f is None:
-                for i in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                    yield datasets_pb2.UploadDatasetRequest(chunk=data[i:i + UPLOAD_CHUNK_BYTES])
-            else:
-                while True:
-                    chunk = f.read(UPLOAD_CHUNK_BYTES)
-                    if not chunk:
-                        break
-                    yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
+            try:
+                yield header
+                if f is None:
+                    for i in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                        yield datasets_pb2.UploadDatasetRequest(
+                            chunk=data[i:i + UPLOAD_CHUNK_BYTES])
+                else:
+                    while True:
+                        chunk = f.read(UPLOAD_CHUNK_BYTES)
+                        if not chunk:
+                            break
+                        yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
+            except Exception as e:
+                failure.append(e)
+                raise
 
         try:
             return self._unary(self._datasets.UploadDataset, requests(), timeout=timeout)
+        except QloradError:
+            if failure:  # gRPC reports it as UNKNOWN "Exception iterating requests!"
+                raise failure[0] from None
+            raise
         finally:
             if f is not None:
                 f.close()
