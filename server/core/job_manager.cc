@@ -50,15 +50,19 @@ bool ValidName(const std::string& s, size_t max_len) {
   return true;
 }
 
-// A device's refused allocation as the job's error, naming the device once (a GPU's own message
-// starts "cuda:N (model, ...)", a CPU device's "cpu: ...").
-// A store error that may pass (a full disk, an I/O error, a busy store), rather than a record
-// that is missing or unreadable for good.
-bool StoreMayMend(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsInternal(s) ||
-         absl::IsAborted(s) || absl::IsDeadlineExceeded(s);
+// A store error worth another try at a job's start: one that may pass (a full disk, a busy or
+// timed-out store), or an INTERNAL one (RocksDB's unclassified I/O errors, a scratch folder that
+// cannot be written) a few times only, as it may be for good. Not a record that is missing or
+// unreadable (NOT_FOUND, DATA_LOSS).
+constexpr int kInternalErrorStartTries = 5;  // about 30 s of tries (1, 2, 4, 8, 16 s apart)
+bool StoreMayMend(const absl::Status& s, const QueuedJob& q) {
+  return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsAborted(s) ||
+         absl::IsDeadlineExceeded(s) ||
+         (absl::IsInternal(s) && q.start_failures < kInternalErrorStartTries);
 }
 
+// A device's refused allocation as the job's error, naming the device once (a GPU's own message
+// starts "cuda:N (model, ...)", a CPU device's "cpu: ...").
 absl::Status OutOfMemoryOn(const std::string& device, const absl::Status& s) {
   const bool named = absl::StartsWith(s.message(), device);
   return absl::ResourceExhaustedError(
@@ -663,9 +667,15 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     auto queued =
         std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
     if (queued == queue_.end()) return false;
-    queue_.erase(queued);
-    cancel_flags_.erase(id);
     *done = EndCancelled(tenant, id, "cancelled by the client while queued");
+    if (done->ok()) {
+      queue_.erase(queued);
+      cancel_flags_.erase(id);
+    } else if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end()) {
+      // Not recorded (a full disk): it stays queued with its flag set, so that its start ends
+      // it, rather than leaving the queue while QUEUED in the store.
+      flag->second->store(true);
+    }
     work_cv_.SignalAll();
     return true;
   };
@@ -733,7 +743,9 @@ void JobManager::AdmitLocked(Worker* w, const std::vector<std::unique_ptr<Active
     const int resident = static_cast<int>(active.size() + admitted->size());
     if (resident >= options_.max_jobs_per_device) break;
     const QueuedJob& q = queue_[next];
-    if (q.not_before > now) continue;  // its store failed: no overtaking, a pause
+    // Its start failed on the store: it waits out a pause, and the jobs behind it may start
+    // meanwhile (a store that fails for every job fails theirs too).
+    if (q.not_before > now) continue;
     bool loaded = false;
     for (const auto& a : active) loaded = loaded || a->entry.model_key == q.model_key;
     loaded = loaded || models_admitted.count(q.model_key) || w->pool->IsLoaded(q.model_key);
@@ -827,10 +839,11 @@ void JobManager::WorkerLoop(Worker* w) {
         active.push_back(std::move(started.job));
       } else {
         w->jobs_bytes -= q.job_bytes;
-        ReleaseQuota(w, q.tenant);
         // Not started. A job that met a lost device went through RequeueFromLostDevice, and one
-        // queued again through StartLater: each kept or released its flags itself (another
-        // worker may already run it); any other (failed, cancelled, vanished) is released here.
+        // queued again through StartLater (which released its running count already): each kept
+        // or released its flags itself (another worker may already run it); any other (failed,
+        // cancelled, vanished) is released here.
+        if (!started.queued_again) ReleaseQuota(w, q.tenant);
         if (w->lost_cause.ok() && !started.queued_again) Release(q.id);
       }
     }
@@ -966,6 +979,10 @@ void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Statu
 
 void JobManager::ReleaseQuota(Worker* w, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
+  ReleaseQuotaLocked(w, tenant);
+}
+
+void JobManager::ReleaseQuotaLocked(Worker* w, const std::string& tenant) {
   if (--running_by_tenant_[tenant] <= 0) running_by_tenant_.erase(tenant);
   --w->resident;
 }
@@ -1109,16 +1126,21 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     cancel_flags_[q.id] = a->cancel;
   }
   auto job = stores_.jobs->Get(q.tenant, q.id);
-  if (!job.ok() && StoreMayMend(job.status())) return StartLater(q, job.status());
+  if (!job.ok() && StoreMayMend(job.status(), q)) return StartLater(w, q, job.status());
   if (!job.ok()) {
     std::fprintf(stderr, "qlorad: queued job %s vanished: %s\n", q.id.c_str(),
                  std::string(job.status().message()).c_str());
     return {};
   }
   a->job = *job;
-  if (a->job.state() != v1::QUEUED) return {};  // cancelled meanwhile
-  if (a->cancel->load()) {                      // cancelled between admission and now: no setup
-    (void)EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
+  // Cancelled meanwhile. RUNNING only for a job that found its adapter stored (below) and could
+  // not record its success: it was sent back here to try again.
+  const bool finishing = a->job.state() == v1::RUNNING && q.start_failures > 0;
+  if (a->job.state() != v1::QUEUED && !finishing) return {};
+  if (a->cancel->load() && !finishing) {  // cancelled between admission and now: no setup
+    auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
+    // Its flag stays set: the next try ends it.
+    if (!ended.ok() && StoreMayMend(ended.status(), q)) return StartLater(w, q, ended.status());
     return {};
   }
   auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) -> Started {
@@ -1133,22 +1155,34 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   // A crash between storing the adapter and recording success leaves the adapter: finish. Not
   // knowing whether it did, the job does not train again (a second adapter).
   auto adapters = stores_.adapters->List(q.tenant);
-  if (!adapters.ok()) return StartLater(q, adapters.status());
+  if (!adapters.ok()) {
+    if (StoreMayMend(adapters.status(), q)) return StartLater(w, q, adapters.status());
+    return fail(adapters.status(), "", false);
+  }
   for (const v1::Adapter& ad : *adapters) {
     if (ad.job_id() != q.id) continue;
-    auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
-                                            "its adapter was stored before a restart");
-    if (!running.ok() && StoreMayMend(running.status())) return StartLater(q, running.status());
-    if (running.ok()) {
-      auto succeeded = stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
-                                                "finished before the restart",
-                                                [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
-      (void)stores_.checkpoints->Delete(q.tenant, q.id);
-      if (succeeded.ok()) JobEnded(q.id, "succeeded");
+    if (!finishing) {
+      auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
+                                              "its adapter was stored before a restart");
+      if (!running.ok() && StoreMayMend(running.status(), q)) {
+        return StartLater(w, q, running.status());
+      }
+      if (!running.ok()) return {};
     }
+    auto succeeded = stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
+                                              "finished before the restart",
+                                              [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
+    // RUNNING in the store now, and no one's but this queue's: tried again, so that it does not
+    // stay RUNNING with nothing running it until a restart.
+    if (!succeeded.ok() && StoreMayMend(succeeded.status(), q)) {
+      return StartLater(w, q, succeeded.status());
+    }
+    (void)stores_.checkpoints->Delete(q.tenant, q.id);
+    if (succeeded.ok()) JobEnded(q.id, "succeeded");
     Notify();
     return {};
   }
+  if (finishing) return {};  // its adapter is gone (deleted meanwhile): nothing to finish
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
     // The user's to fix only where no device of this node could ever hold it; where a lost
     // device could, the node's (a restart brings the device back).
@@ -1162,7 +1196,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
         user ? "hyperparameters.batch_size" : "", user);
   }
   auto model = stores_.models->Get(q.model);
-  if (!model.ok() && StoreMayMend(model.status())) return StartLater(q, model.status());
+  if (!model.ok() && StoreMayMend(model.status(), q)) return StartLater(w, q, model.status());
   if (!model.ok()) {
     return fail(absl::NotFoundError(absl::StrCat("base model '", q.model, "' is gone")), "model",
                 true);
@@ -1177,7 +1211,8 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   for (int k = 0; k < 2; ++k) {
     if (ids[k].empty()) continue;
     auto content = stores_.datasets->Content(q.tenant, ids[k]);
-    if (!content.ok() && StoreMayMend(content.status())) return StartLater(q, content.status());
+    if (!content.ok() && StoreMayMend(content.status(), q))
+      return StartLater(w, q, content.status());
     if (!content.ok()) return fail(Field(fields[k], content.status()), fields[k], true);
     auto examples = TokenizeJsonl(*content, *a->model->tokenizer, ids[k]);
     if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
@@ -1217,7 +1252,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     if (tokens.ok()) (void)absl::SimpleAtoi(*tokens, &a->tokens);
     reason = absl::StrCat("resumed from the checkpoint at step ", a->trainer->step());
   } else if (!restored.ok()) {
-    if (StoreMayMend(restored.status())) return StartLater(q, restored.status());
+    if (StoreMayMend(restored.status(), q)) return StartLater(w, q, restored.status());
     return fail(restored.status(), "", false);
   }
   const int64_t total = a->trainer->total_steps();
@@ -1229,7 +1264,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
         j.set_steps_completed(step);
         j.set_tokens_trained(a->tokens);
       });
-  if (!running.ok() && StoreMayMend(running.status())) return StartLater(q, running.status());
+  if (!running.ok() && StoreMayMend(running.status(), q)) return StartLater(w, q, running.status());
   if (!running.ok()) {
     std::fprintf(stderr, "qlorad: job %s cannot start: %s\n", q.id.c_str(),
                  std::string(running.status().message()).c_str());
@@ -1245,7 +1280,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   return {std::move(a)};
 }
 
-JobManager::Started JobManager::StartLater(const QueuedJob& q, const absl::Status& why) {
+JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const absl::Status& why) {
   QueuedJob again = q;
   ++again.start_failures;
   const absl::Duration pause =
@@ -1257,6 +1292,9 @@ JobManager::Started JobManager::StartLater(const QueuedJob& q, const absl::Statu
   {
     absl::MutexLock lock(&mu_);
     queue_.push_back(std::move(again));  // its old arrival: its old place in the queue
+    // Its running count goes in the same step, so that the tenant's limit never counts it twice
+    // (queued and running) nor misses it.
+    ReleaseQuotaLocked(w, q.tenant);
     work_cv_.SignalAll();
   }
   Notify();

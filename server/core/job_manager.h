@@ -162,7 +162,9 @@ class JobManager {
   Started StartJob(Worker* w, const QueuedJob& q);
   // A start that failed on the store, not on the job: the job goes back to its place in the
   // queue and is tried again after a pause (1 s, doubling up to 30 s).
-  Started StartLater(const QueuedJob& q, const absl::Status& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Its running count on `w` is released with it (ReleaseQuota).
+  Started StartLater(Worker* w, const QueuedJob& q, const absl::Status& why)
+      ABSL_LOCKS_EXCLUDED(mu_);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   // Records how the job ended; gives back its place on `w` and its tenant's running count
   // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.
@@ -201,6 +203,7 @@ class JobManager {
   // The job no longer counts as running for its tenant (before its terminal write, so that a
   // client told "ended" can start the next one at once), nor as resident on `w`.
   void ReleaseQuota(Worker* w, const std::string& tenant) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseQuotaLocked(Worker* w, const std::string& tenant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether an idle device other than `w` should take `q` rather than `w`, which holds
   // `resident` jobs and has `q`'s base model loaded or not (`loaded`).
   bool IdleDeviceFitsBetter(const Worker* w, int resident, bool loaded, const QueuedJob& q) const

@@ -709,10 +709,38 @@ TEST_F(JobManagerTest, AJobWhoseStartCannotBeStoredStartsOnceTheStoreMends) {
   ASSERT_TRUE(second.ok()) << second.status();
   const v1::Job second_done = WaitFor("b", second->id(), HasEnded);
   EXPECT_EQ(second_done.state(), v1::SUCCEEDED) << second_done.error().message();
+  // b went past it while it waited out its pauses (1 s, then 2 s): a waits still, unstarted.
+  EXPECT_EQ(manager_->GetJob("a", first->id())->state(), v1::QUEUED);
   const v1::Job done = WaitFor("a", first->id(), HasEnded);
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
   EXPECT_EQ(done.steps_completed(), 3);
   EXPECT_EQ(refused->load(), 2);
+}
+
+// A cancel of a queued job whose CANCELLED write fails (a full disk) leaves the job in the
+// queue with its cancel asked, so that its next start ends it. It used to leave the queue at
+// once: QUEUED in the store, in no queue and on no worker, until a restart trained it.
+TEST_F(JobManagerTest, AQueuedJobWhoseCancelCannotBeStoredIsCancelledOnItsNextStart) {
+  auto cancels_refused = std::make_shared<std::atomic<int>>(0);
+  SetWriteFault([cancels_refused](const storage::WriteSet& w) {
+    if (MovesAJobTo(w, v1::RUNNING)) return absl::UnavailableError("injected: disk busy");
+    if (MovesAJobTo(w, v1::CANCELLED) && cancels_refused->fetch_add(1) == 0) {
+      return absl::UnavailableError("injected: disk busy");
+    }
+    return absl::OkStatus();
+  });
+  StartManager(Options("cpu:0"));
+  auto job = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(job.ok()) << job.status();
+  // Its first start fails on the RUNNING write: it waits in the queue for its next try.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (db_->failed_writes() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  auto cancel = manager_->CancelJob("a", job->id(), absl::Seconds(1));
+  EXPECT_EQ(cancel.status().code(), absl::StatusCode::kUnavailable) << cancel.status();
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::CANCELLED);
+  EXPECT_EQ(cancels_refused->load(), 2);  // refused once, then stored by its start
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
 }
 
 // CreateJob stores the job (VALIDATING), then queues it. Where the second write fails, the
