@@ -101,6 +101,21 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
                                                               const v1::Model& model,
                                                               const std::string& adapter_id) {
   Loaded l;
+  if (!adapter_id.empty()) {
+    // Always asked of the store first (a deleted adapter is never served from the cache), and
+    // before the base model is loaded, so that a wrong pairing costs no load.
+    auto meta = adapters_->Get(tenant, adapter_id);
+    if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
+      return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", adapter_id, "'"));
+    if (!meta.ok()) return meta.status();
+    // An adapter is a correction to the weights it was trained on: on another base model of
+    // the same shape (a chat variant, say) it loads without complaint and answers wrongly.
+    if (!meta->base_model().empty() && meta->base_model() != model.name()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "adapter_id: adapter '", adapter_id, "' was trained on base model '", meta->base_model(),
+          "', not '", model.name(), "'; ask with model '", meta->base_model(), "'"));
+    }
+  }
   const std::string key = ModelPool::Key(model);
   if (!pool_->IsLoaded(key)) {
     // Room for it: the base models served least recently go (requests run one at a time, so
@@ -121,26 +136,13 @@ absl::StatusOr<InferenceRunner::Loaded> InferenceRunner::Load(const std::string&
   if (static_cast<int>(recent_models_.size()) > cached_models_)
     recent_models_.resize(cached_models_);
   if (!adapter_id.empty()) {
-    ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, adapter_id, model.name(), l.model));
+    ASSIGN_OR_RETURN(l.adapter, Adapter(tenant, adapter_id, l.model));
   }
   return l;
 }
 
 absl::StatusOr<std::shared_ptr<const DeviceAdapter>> InferenceRunner::Adapter(
-    const std::string& tenant, const std::string& id, const std::string& model_name,
-    const std::shared_ptr<PooledModel>& model) {
-  // Always asked of the store first: a deleted adapter is never served from the cache.
-  auto meta = adapters_->Get(tenant, id);
-  if (absl::IsNotFound(meta.status()) || absl::IsInvalidArgument(meta.status()))
-    return absl::NotFoundError(absl::StrCat("adapter_id: no adapter '", id, "'"));
-  if (!meta.ok()) return meta.status();
-  // An adapter is a correction to the weights it was trained on: on another base model of the
-  // same shape (a chat variant, say) it loads without complaint and answers wrongly.
-  if (!meta->base_model().empty() && meta->base_model() != model_name) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "adapter_id: adapter '", id, "' was trained on base model '", meta->base_model(),
-        "', not '", model_name, "'; ask with model '", meta->base_model(), "'"));
-  }
+    const std::string& tenant, const std::string& id, const std::shared_ptr<PooledModel>& model) {
   // An entry counts only for the base model the pool serves now: a model registered anew under
   // the same name (perhaps of another shape) is a new pooled model.
   const std::string key = AdapterKey(tenant, id);

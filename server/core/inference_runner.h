@@ -102,11 +102,11 @@ class InferenceRunner {
     InferenceRunner* runner;
     ~PublishOnExit() ABSL_NO_THREAD_SAFETY_ANALYSIS { runner->PublishUsage(); }
   };
-  // The tenant's adapter for the pooled `model` (registered as `model_name`), from the cache or
-  // the store (then cached). FAILED_PRECONDITION when it was trained on another base model.
+  // The tenant's adapter for the pooled `model`, from the cache or the store (then cached); Load
+  // has checked that it exists and fits the model.
   absl::StatusOr<std::shared_ptr<const DeviceAdapter>> Adapter(
-      const std::string& tenant, const std::string& id, const std::string& model_name,
-      const std::shared_ptr<PooledModel>& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      const std::string& tenant, const std::string& id, const std::shared_ptr<PooledModel>& model)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ModelStore* models_;
   DatasetStore* datasets_;

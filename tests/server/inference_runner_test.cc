@@ -125,8 +125,10 @@ TEST_F(InferenceRunnerTest, AnAdapterServesOnlyItsOwnBaseModel) {
   gen.set_max_tokens(2);
   auto generated = runner.Generate("a", gen, [](const std::string&, int64_t) { return true; });
   EXPECT_EQ(generated.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(runner.model_loads(), 1);  // refused before the other model was loaded
   // Without the adapter the other model serves as before.
   EXPECT_TRUE(Loss(runner, "a", "", "stories-copy").ok());
+  EXPECT_EQ(runner.model_loads(), 2);
 }
 
 // Least recently used goes first: with room for two, A B A C keeps A (used last but one) and
