@@ -87,9 +87,11 @@ exit status: 0 success; 1 RPC or local error ("qloractl: NOT_FOUND: <message>");
 
 const std::vector<FlagDef>& GlobalFlags() {
   static const std::vector<FlagDef> flags = {
-      {"server"},      {"token"},     {"tls-ca"},      {"o"},        {"timeout"},
-      {"help", false}, {"h", false},  {"statefulset"}, {"replicas"}, {"tenant"},
-      {"service"},     {"namespace"}, {"port"}};
+      {"server"},   {"token"},       {"tls-ca", true, false, /*path=*/true},
+      {"o"},        {"timeout"},     {"help", false},
+      {"h", false}, {"statefulset"}, {"replicas"},
+      {"tenant"},   {"service"},     {"namespace"},
+      {"port"}};
   return flags;
 }
 

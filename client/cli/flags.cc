@@ -74,6 +74,10 @@ absl::StatusOr<ParsedArgs> ParsedArgs::Parse(const std::vector<std::string>& arg
       }
       value = args[++i];
     }
+    if (value.has_value() && !flag->path && !IsUtf8(*value)) {
+      return UsageError(absl::StrCat(FlagName(name), ": '", ToValidUtf8(*value),
+                                     "' is not UTF-8 text (set the terminal to UTF-8)"));
+    }
     std::vector<std::string>& values = parsed.values_[name];
     if (!values.empty() && !flag->repeatable) {
       return UsageError(absl::StrCat(FlagName(name), " given more than once"));
@@ -159,9 +163,6 @@ absl::StatusOr<std::map<std::string, std::string>> ParsedArgs::KeyValues(
   for (const std::string& text : GetAll(name)) {
     size_t eq = text.find('=');
     if (eq == std::string::npos || eq == 0) return BadValue(name, text, "KEY=VALUE");
-    if (!IsUtf8(text)) {
-      return UsageError(absl::StrCat(FlagName(name), ": '", ToValidUtf8(text), "' is not UTF-8"));
-    }
     pairs[text.substr(0, eq)] = text.substr(eq + 1);
   }
   return pairs;

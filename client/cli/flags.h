@@ -24,6 +24,9 @@ struct FlagDef {
   std::string name;  // without the dashes
   bool takes_value = true;
   bool repeatable = false;
+  // A local path, which may be any bytes. Every other value goes into the API's UTF-8 strings
+  // and is refused, naming the flag, when it is not UTF-8.
+  bool path = false;
 };
 
 class ParsedArgs {

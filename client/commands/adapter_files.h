@@ -1,8 +1,10 @@
 // Writes the files of a DownloadAdapter stream into a directory. The names come from the
 // server and are trusted only as plain file names: one containing '/' or ".." is refused.
 // The files arrive in a hidden staging folder inside the directory and move into place only
-// once the whole download has come (Finish): a download cut short (an error, Ctrl-C) leaves the
-// directory as it was, so an older adapter's files there are never mixed with this one's.
+// once the whole download has come (Finish): a download cut short leaves the directory's files
+// as they were, so an older adapter's files there are never mixed with this one's. (One killed
+// outright, by Ctrl-C, also leaves its .qloractl-download-* folder behind; the final names are
+// untouched.)
 // Not thread-safe.
 #pragma once
 

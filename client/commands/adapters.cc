@@ -117,7 +117,11 @@ std::vector<Command> AdapterCommands() {
   return {
       {"adapters", "list", {}, {}, List},
       {"adapters", "get", {"ID"}, {}, Get},
-      {"adapters", "download", {"ID"}, {{"out"}, {"rslora-as-plain", false}}, Download},
+      {"adapters",
+       "download",
+       {"ID"},
+       {{"out", true, false, /*path=*/true}, {"rslora-as-plain", false}},
+       Download},
       {"adapters", "delete", {"ID"}, {}, Delete},
   };
 }

@@ -5,7 +5,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/cli/command.h"
-#include "client/cli/utf8.h"
 #include "engine/status_macros.h"
 #include "qlorad/v1/inference.grpc.pb.h"
 
@@ -19,11 +18,6 @@ absl::StatusOr<v1::GenerateRequest> ParseGenerate(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(*request.mutable_model(), args.Required("model"));
   request.set_adapter_id(args.Get("adapter").value_or(""));
   ASSIGN_OR_RETURN(*request.mutable_prompt(), args.Required("prompt"));
-  if (!IsUtf8(request.prompt())) {
-    // The model reads text: a prompt in another encoding (a Latin-1 terminal) would be refused
-    // by the daemon as an unreadable message, without saying which field.
-    return UsageError("--prompt: not UTF-8 text (set the terminal to UTF-8, or convert it)");
-  }
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens,
                    args.Int("max-tokens", 0, std::numeric_limits<int32_t>::max()));
   request.set_max_tokens(static_cast<int32_t>(max_tokens.value_or(0)));

@@ -427,11 +427,12 @@ class PythonClientTest(unittest.TestCase):
         def wait():
             try:
                 outcome["job"] = self.acme.wait_job(job.id, on_event=on_event,
-                                                    timeout=TRAIN_TIMEOUT)
+                                                    timeout=TRAIN_TIMEOUT, reconnect_for=120)
             except Exception as e:  # noqa: BLE001 - reported by the test thread
                 outcome["error"] = e
 
-        waiter = threading.Thread(target=wait)
+        # A daemon thread: a failed restart must not keep the test process alive.
+        waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
         try:
             self.assertTrue(training.wait(120), "the job never reached step 5")
@@ -441,8 +442,10 @@ class PythonClientTest(unittest.TestCase):
             waiter.join(TRAIN_TIMEOUT)
         finally:
             if waiter.is_alive() or "job" not in outcome:
-                self.finish(job.id)
-                waiter.join()
+                try:
+                    self.finish(job.id)
+                finally:
+                    waiter.join(150)
         self.assertNotIn("error", outcome)
         self.assertEqual(_state(outcome["job"].state), "SUCCEEDED", outcome["job"].error)
         reasons = [e.state_change.reason for e in events

@@ -461,7 +461,8 @@ TEST_F(QloractlTest, TextThatIsNotUtf8IsRepairedOrRefusedByName) {
   EXPECT_EQ(Run(kAcmeKey, {"datasets", "delete", up.json()["id"].get<std::string>()}).code, 0);
   auto prompt = Run(kAcmeKey, {"generate", "--model", "stories", "--prompt", "caf\xE9"});
   EXPECT_EQ(prompt.code, 2) << prompt.err;
-  EXPECT_NE(prompt.err.find("--prompt: not UTF-8"), std::string::npos) << prompt.err;
+  EXPECT_NE(prompt.err.find("--prompt: 'caf\xEF\xBF\xBD' is not UTF-8"), std::string::npos)
+      << prompt.err;
   auto label = Run(kAcmeKey, {"jobs", "list", "--label", "team=caf\xE9"});
   EXPECT_EQ(label.code, 2) << label.err;
   EXPECT_NE(label.err.find("--label: "), std::string::npos) << label.err;

@@ -16,7 +16,6 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 TERMINAL_STATES = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 _HYPERPARAMETERS = frozenset(jobs_pb2.Hyperparameters.DESCRIPTOR.fields_by_name)
 _CLIENT_TIMEOUT = object()  # a call's timeout left to the client's
-LONG_CALL_TIMEOUT = 3600     # seconds: model registration (quantizing) and evaluation
 
 
 class QloradError(Exception):
@@ -40,6 +39,19 @@ def _is_bytes(x):
     return isinstance(x, (bytes, bytearray, memoryview))
 
 
+def _utf8_name(name):
+    """A name as the API's UTF-8 string: a file name the file system gave as undecodable bytes
+    (a Latin-1 name, which Python spells with surrogates) keeps its readable part, the rest
+    becomes U+FFFD, as qloractl does."""
+    name = os.fspath(name)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
 class Client:
     """A connection to qlorad.
 
@@ -47,8 +59,8 @@ class Client:
     token: the API key sent as "authorization: Bearer <token>"; None takes $QLORAD_TOKEN, ""
     sends none. root_certificates: PEM bytes, or a path to a PEM file, for TLS; None is a
     plaintext channel. timeout: deadline in seconds of each short unary call (None: none).
-    Calls that may take long have a timeout argument of their own instead: streams, uploads
-    (no deadline by default), model registration and evaluation (an hour by default).
+    Calls that may take long have a timeout argument of their own instead, with no deadline by
+    default: streams, uploads, model registration (quantizing) and evaluation.
     """
 
     def __init__(self, target=None, token=None, root_certificates=None,
@@ -118,7 +130,7 @@ class Client:
 
     # -- models (admin) -------------------------------------------------------------------------
 
-    def register_model(self, name, path, timeout=LONG_CALL_TIMEOUT):
+    def register_model(self, name, path, timeout=None):
         return self._unary(self._models.RegisterModel,
                            models_pb2.RegisterModelRequest(name=name, path=str(path)),
                            timeout=timeout)
@@ -137,22 +149,15 @@ class Client:
     def upload_dataset(self, path_or_bytes, name=None, timeout=None):
         """Uploads JSONL (a path, or the bytes); returns the stored Dataset. name defaults to the
         file's base name. timeout: seconds for the whole upload (None: no deadline)."""
+        if name is None:
+            name = "" if _is_bytes(path_or_bytes) else os.path.basename(os.fspath(path_or_bytes))
+        header = datasets_pb2.UploadDatasetRequest(
+            header=datasets_pb2.DatasetHeader(name=_utf8_name(name)))
         if _is_bytes(path_or_bytes):
             data = bytes(path_or_bytes)
             f = None
-            if name is None:
-                name = ""
         else:
             f = open(path_or_bytes, "rb")  # open here: a missing file is an OSError, not an RPC
-            if name is None:
-                name = os.path.basename(os.fspath(path_or_bytes))
-        # The name travels as UTF-8: a file name the file system gave as undecodable bytes (a
-        # Latin-1 name) keeps its readable part, the rest becomes U+FFFD.
-        if isinstance(name, (bytes, bytearray)):
-            name = bytes(name).decode("utf-8", "replace")
-        else:
-            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        header = datasets_pb2.UploadDatasetRequest(header=datasets_pb2.DatasetHeader(name=name))
         failure = []  # what went wrong on this side while the requests were sent
 
         def requests():
@@ -367,7 +372,7 @@ class Client:
         return "".join(r.text for r in self._stream(self._inference.Generate, request,
                                                      timeout=timeout))
 
-    def evaluate(self, model, adapter_id, dataset_id, timeout=LONG_CALL_TIMEOUT):
+    def evaluate(self, model, adapter_id, dataset_id, timeout=None):
         return self._unary(self._inference.Evaluate, inference_pb2.EvaluateRequest(
             model=model, adapter_id=adapter_id, dataset_id=dataset_id), timeout=timeout)
 
