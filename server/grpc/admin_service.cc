@@ -21,6 +21,12 @@ grpc::Status AdminServiceImpl::BackupDatabase(grpc::ServerContext* c,
     return call.Finish(absl::AlreadyExistsError(
         absl::StrCat("path: ", req->path(), " exists; backups go to a new folder")));
   }
+  // RocksDB makes only the last folder: the ones above it (a backups folder on a new node)
+  // are made here.
+  if (fs::create_directories(path.parent_path(), ec); ec) {
+    return call.Finish(absl::FailedPreconditionError(
+        absl::StrCat("path: cannot create ", path.parent_path().string(), ": ", ec.message())));
+  }
   if (absl::Status s = node_->db->Checkpoint(req->path()); !s.ok()) return call.Finish(s);
   int64_t bytes = 0;
   for (const auto& entry : fs::recursive_directory_iterator(path, ec)) {

@@ -212,7 +212,8 @@ TEST_F(RecoveryTest, ABackupTakenWhileServingRestoresIntoANewDaemon) {
   ASSERT_EQ(done.state(), v1::SUCCEEDED);
   const std::vector<float> params = AdapterParams(done.adapter_id());
 
-  const std::string backup = dir_ + "/backup";
+  // In a folder that does not exist yet (the docs' /var/lib/qlorad/backups/DATE on a new node).
+  const std::string backup = dir_ + "/backups/1";
   EXPECT_EQ(Backup(daemon_->address(), kAcmeKey, backup).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Backup(daemon_->address(), kOpsKey, "relative/dir").status().code(),
