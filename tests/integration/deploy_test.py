@@ -66,8 +66,12 @@ class KubernetesTest(unittest.TestCase):
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         self.assertEqual(mounts["data"], "/var/lib/qlorad")
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             self.assertEqual(c[probe]["grpc"]["port"], ports["grpc"], probe)
+        # A long start (a storage layout move) must not end in liveness restarts: the startup
+        # probe allows far longer than liveness alone would (initial delay + failures x period).
+        startup = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+        self.assertGreaterEqual(startup, 1200)
         self.assertGreaterEqual(spec["template"]["spec"]["terminationGracePeriodSeconds"], 60)
 
     def test_services_and_monitor(self):
@@ -85,6 +89,15 @@ class KubernetesTest(unittest.TestCase):
         port = mon["spec"]["endpoints"][0]["port"]
         self.assertIn(port, [p["name"] for p in headless["spec"]["ports"]])
         self.assertEqual(mon["spec"]["endpoints"][0]["path"], "/metrics")
+        # The alerts and the dashboard select job="qlorad": the job label must come from the
+        # Services' app.kubernetes.io/name (the Operator's default is the Service's name).
+        label = mon["spec"]["jobLabel"]
+        self.assertEqual(headless["metadata"]["labels"][label], "qlorad")
+
+    def test_prometheus_rule_holds_the_alerts(self):
+        (rule,) = self.by_kind["PrometheusRule"]
+        alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+        self.assertEqual(rule["spec"]["groups"], alerts["groups"])
 
     def test_configmap_keys_are_daemon_flags(self):
         (cm,) = self.by_kind["ConfigMap"]

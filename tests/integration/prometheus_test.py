@@ -64,6 +64,17 @@ def wait_file(path, proc, what, timeout=60):
     raise RuntimeError(f"{what} did not start in {timeout} s")
 
 
+def alert_rules():
+    """deploy/prometheus/alerts.yml's rules: alert name -> expression."""
+    try:
+        import yaml
+    except ImportError:  # an interpreter outside Debian's (pyenv): the apt package python3-yaml
+        sys.path.append("/usr/lib/python3/dist-packages")
+        import yaml
+    doc = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    return {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"]}
+
+
 class PrometheusTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -172,6 +183,13 @@ class PrometheusTest(unittest.TestCase):
                       "the ended job's progress series disappears")
         self.wait_for('qlorad_jobs_finished_total{result="cancelled"}',
                       lambda r: sum(r.values()) == 1, "the cancelled job is counted")
+
+        # Every alert selects series on a live daemon: each comparison made a `bool` one (0 or 1
+        # per series, none filtered out), the rule must give at least one series. A rule whose
+        # sides never match (a label on one side only) gives none, and so could never fire.
+        for name, expr in alert_rules().items():
+            as_bool = re.sub(r" (==|!=|>=|<=|>|<) ", r" \1 bool ", expr)
+            self.wait_for(as_bool, lambda r: len(r) > 0, f"alert {name} selects series")
 
     def test_dashboard_queries_only_exported_metrics(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
