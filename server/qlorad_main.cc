@@ -101,7 +101,16 @@ absl::StatusOr<std::vector<std::string>> ConfigArgs(const std::string& path) {
   int line_no = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
-    line = absl::StripAsciiWhitespace(line.substr(0, line.find('#')));
+    // A comment starts with '#' at the start of the line or after a space: a '#' inside a value
+    // (a path, a key file) is the value's.
+    for (size_t hash = line.find('#'); hash != absl::string_view::npos;
+         hash = line.find('#', hash + 1)) {
+      if (hash == 0 || line[hash - 1] == ' ' || line[hash - 1] == '\t') {
+        line = line.substr(0, hash);
+        break;
+      }
+    }
+    line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
     const size_t eq = line.find('=');
     if (eq == absl::string_view::npos) {

@@ -57,15 +57,28 @@ absl::StatusOr<std::unique_ptr<TenantRegistry>> TenantRegistry::FromJson(
     const auto& t = j["tenants"][i];
     const std::string where = absl::StrCat("tenants[", i, "]");
     if (!t.is_object()) return bad(absl::StrCat(where, " is not an object"));
+    // Every field checked for its type (the JSON library would throw, ending the daemon without
+    // naming the line) and unknown ones refused: a misspelt "is_admin" or a limit put beside
+    // "limits" rather than in it would otherwise be ignored without a word.
+    for (const auto& [key, value] : t.items()) {
+      if (key != "name" && key != "key_sha256" && key != "admin" && key != "limits") {
+        return bad(absl::StrCat(where, " has unknown field '", key,
+                                "' (name, key_sha256, admin, limits)"));
+      }
+    }
     Tenant tenant;
-    tenant.name = t.value("name", "");
+    if (t.contains("name") && t["name"].is_string()) tenant.name = t["name"].get<std::string>();
     if (!ValidTenantName(tenant.name))
-      return bad(absl::StrCat(where, ".name must match [a-z0-9_-]{1,64}"));
-    const std::string hash = absl::AsciiStrToLower(t.value("key_sha256", ""));
+      return bad(absl::StrCat(where, ".name must be a string matching [a-z0-9_-]{1,64}"));
+    const std::string hash = absl::AsciiStrToLower(
+        t.contains("key_sha256") && t["key_sha256"].is_string() ? t["key_sha256"].get<std::string>()
+                                                                : "");
     if (!IsHex64(hash))
       return bad(absl::StrCat(
           where, ".key_sha256 must be 64 hex digits (the key itself is never stored)"));
-    tenant.admin = t.value("admin", false);
+    if (t.contains("admin") && !t["admin"].is_boolean())
+      return bad(absl::StrCat(where, ".admin must be true or false"));
+    tenant.admin = t.contains("admin") && t["admin"].get<bool>();
     if (t.contains("limits")) {
       const auto& l = t["limits"];
       if (!l.is_object()) return bad(absl::StrCat(where, ".limits is not an object"));

@@ -168,6 +168,34 @@ class HostTest(unittest.TestCase):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def test_a_hash_inside_a_config_value_is_the_values(self):
+        """'#' starts a comment at the start of a line or after a space; inside a value (a
+        path) it is the value's. The data folder 'data#1' used to be cut to 'data'."""
+        tmp = Path(tempfile.mkdtemp(prefix="qlorad-deploy-"))
+        try:
+            (tmp / "tenants.json").write_text(
+                '{"tenants": [{"name": "ops", "key_sha256": "' + "0" * 64 + '", "admin": true}]}')
+            (tmp / "qlorad.conf").write_text(
+                "# a comment line\n"
+                f"data-dir = {tmp / 'data#1'}   # a comment after a space\n"
+                f"tenants = {tmp / 'tenants.json'}\n")
+            log = open(tmp / "log", "wb")
+            proc = subprocess.Popen(
+                [BINARY, "--config", str(tmp / "qlorad.conf"), "--listen=127.0.0.1:0",
+                 "--metrics-listen=127.0.0.1:0", "--devices=cpu:0", f"--port-file={tmp / 'port'}"],
+                stdout=log, stderr=log)
+            deadline = time.time() + 30
+            while time.time() < deadline and not (tmp / "port").exists():
+                self.assertIsNone(proc.poll(), (tmp / "log").read_text())
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(30), 0)
+            log.close()
+            self.assertTrue((tmp / "data#1").is_dir(), (tmp / "log").read_text())
+            self.assertFalse((tmp / "data").exists())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 if __name__ == "__main__":
     unittest.main()

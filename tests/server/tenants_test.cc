@@ -57,6 +57,15 @@ TEST(Tenants, BadFilesNameTheField) {
       {R"({"tenants": [{"name": "a", "key_sha256": ")" + h +
            R"("}, {"name": "b", "key_sha256": ")" + h + R"("}]})",
        "reuses another tenant's key"},
+      // Wrong types (the JSON library threw, ending the daemon) and misplaced fields (ignored).
+      {R"({"tenants": [{"name": "a", "key_sha256": ")" + h + R"(", "admin": "true"}]})",
+       "tenants[0].admin must be true or false"},
+      {R"({"tenants": [{"name": 5, "key_sha256": ")" + h + R"("}]})", "tenants[0].name"},
+      {R"({"tenants": [{"name": "a", "key_sha256": 7}]})", "tenants[0].key_sha256"},
+      {R"({"tenants": [{"name": "a", "key_sha256": ")" + h + R"(", "is_admin": true}]})",
+       "unknown field 'is_admin'"},
+      {R"({"tenants": [{"name": "a", "key_sha256": ")" + h + R"(", "max_priority": 10}]})",
+       "unknown field 'max_priority'"},
   };
   for (const Case& c : cases) {
     auto reg = TenantRegistry::FromJson(c.json, "t.json");
