@@ -25,6 +25,7 @@
 #include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
 #include "engine/trainer.h"
+#include "server/core/host_memory.h"
 #include "server/core/ids.h"
 #include "server/core/job_state.h"
 #include "server/core/model_pool.h"
@@ -67,11 +68,6 @@ absl::Status OutOfMemoryOn(const std::string& device, const absl::Status& s) {
   const bool named = absl::StartsWith(s.message(), device);
   return absl::ResourceExhaustedError(
       absl::StrCat("out of memory on ", named ? "" : absl::StrCat(device, ": "), s.message()));
-}
-
-int64_t PhysicalMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : int64_t{8} << 30;
 }
 
 }  // namespace
@@ -176,7 +172,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
     w->threads = options.threads_per_device > 0 ? options.threads_per_device
                                                 : std::max(1, cores / cpu_count);
     w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
-                                                : PhysicalMemoryBytes() / 2 / cpu_count;
+                                                : UsableMemoryBytes() / 2 / cpu_count;
     auto fault = options.cpu_device_faults.find(name);
     w->device = fault == options.cpu_device_faults.end()
                     ? CreateCpuDevice(w->threads)

@@ -48,8 +48,10 @@ struct PooledModel;  // server/core/model_pool.h
 struct JobManagerOptions {
   // "cuda:0,cpu:0,..."; "auto": every GPU, or one CPU device where there is none.
   std::string devices = "auto";
-  int threads_per_device = 0;       // 0: the machine's cores shared among the devices
-  int64_t device_memory_bytes = 0;  // a CPU device's budget; 0: half the RAM among the devices
+  int threads_per_device = 0;  // 0: the machine's cores shared among the devices
+  // A CPU device's budget; 0: half the usable RAM (the container's limit where lower; see
+  // server/core/host_memory.h) among the devices.
+  int64_t device_memory_bytes = 0;
   int max_jobs_per_device = 4;
   int64_t checkpoint_every = 50;  // steps; 0: only at shutdown
   // Progress events at most this often (the first and last step, and evaluations, always).
