@@ -59,6 +59,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "Largest dataset upload")
 ABSL_FLAG(int32_t, max_rpc_threads, 512,
           "Threads serving calls at once (each open call holds one); past it a call is refused "
           "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int32_t, max_calls_per_tenant, 64,
+          "Calls one tenant may have in progress at once (0: no bound); past it its calls are "
+          "refused RESOURCE_EXHAUSTED, so that one tenant cannot hold every server thread");
 ABSL_FLAG(std::string, inference_device, "cpu",
           "Device of Generate/Evaluate: cpu, cuda:N (a device object of its own on that GPU), or "
           "auto (the first GPU of --devices that opens, else the CPU)");
@@ -270,6 +273,8 @@ absl::Status Run() {
   node.adapters = std::make_unique<core::AdapterStore>(node.db.get());
   node.checkpoints = std::make_unique<core::CheckpointStore>(node.db.get());
   node.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  node.calls =
+      std::make_unique<server::TenantCalls>(std::max(0, absl::GetFlag(FLAGS_max_calls_per_tenant)));
   const std::string scratch = (fs::path(data_dir) / "scratch").string();
   fs::remove_all(scratch, ec);  // leftovers of a previous run
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/status_macros.h"
 #include "server/metrics/names.h"
 
 namespace qlorad::server {
@@ -29,9 +30,11 @@ Call::Call(grpc::ServerContext* context, const char* method, const Node& node)
       method_(method),
       tenants_(*node.tenants),
       metrics_(node.metrics.get()),
+      calls_(node.calls.get()),
       start_(std::chrono::steady_clock::now()) {}
 
 Call::~Call() {
+  if (counted_) calls_->End(tenant_->name);
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
   // logfmt: one line per call, values quoted when they may hold spaces.
@@ -60,6 +63,10 @@ absl::Status Call::Authenticate() {
   auto tenant = tenants_.Authenticate(header);
   if (!tenant.ok()) return tenant.status();
   tenant_ = *tenant;
+  if (calls_ != nullptr && !counted_) {
+    RETURN_IF_ERROR(calls_->Begin(tenant_->name));
+    counted_ = true;
+  }
   return absl::OkStatus();
 }
 

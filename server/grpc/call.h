@@ -29,7 +29,8 @@ class Call {
   Call(grpc::ServerContext* context, const char* method, const Node& node);
   ~Call();
 
-  // UNAUTHENTICATED unless a known key came with the call.
+  // UNAUTHENTICATED unless a known key came with the call; RESOURCE_EXHAUSTED when its tenant
+  // has as many calls in progress as it may (the call counts until it ends).
   absl::Status Authenticate();
   // Authenticate, then PERMISSION_DENIED unless the key is an admin's.
   absl::Status AuthenticateAdmin();
@@ -42,7 +43,9 @@ class Call {
   const char* method_;
   const core::TenantRegistry& tenants_;
   metrics::Registry* metrics_;
+  TenantCalls* calls_;
   const core::Tenant* tenant_ = nullptr;
+  bool counted_ = false;  // in calls_, until the destructor
   absl::Status result_ = absl::UnknownError("the handler did not finish");
   std::chrono::steady_clock::time_point start_;
 };
