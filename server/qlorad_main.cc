@@ -18,6 +18,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -398,8 +399,13 @@ absl::Status Run() {
   Log("info", absl::StrCat("received ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                            "; stopping: no new calls, running jobs checkpointed"));
   node.draining = true;
+  // The running jobs' checkpoints start now, beside the calls' end rather than after it: the
+  // server's Shutdown waits for every handler to return (a backup copying files to another disk
+  // can take minutes), and a stop that outlasts the grace period (then SIGKILL) would lose what
+  // the jobs trained since their last checkpoint.
+  std::thread checkpoints([&node] { node.manager->Shutdown(); });
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
-  node.manager->Shutdown();
+  checkpoints.join();
   server->Wait();
   Log("info", "stopped");
   return absl::OkStatus();
