@@ -59,7 +59,7 @@ constexpr int kInternalErrorStartTries = 5;  // about 30 s of tries (1, 2, 4, 8,
 bool StoreMayMend(const absl::Status& s, const QueuedJob& q) {
   return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsAborted(s) ||
          absl::IsDeadlineExceeded(s) ||
-         (absl::IsInternal(s) && q.start_failures < kInternalErrorStartTries);
+         (absl::IsInternal(s) && q.internal_failures < kInternalErrorStartTries);
 }
 
 // A device's refused allocation as the job's error, naming the device once (a GPU's own message
@@ -663,6 +663,11 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     auto queued =
         std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
     if (queued == queue_.end()) return false;
+    // RUNNING while queued: its adapter is stored and its success not yet recorded (StartJob's
+    // `finishing`). It ends SUCCEEDED at its next try; cancelling it would orphan the adapter.
+    if (auto now = stores_.jobs->Get(tenant, id); now.ok() && now->state() == v1::RUNNING) {
+      return false;
+    }
     *done = EndCancelled(tenant, id, "cancelled by the client while queued");
     if (done->ok()) {
       queue_.erase(queued);
@@ -693,6 +698,13 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   }
   auto now = stores_.jobs->Get(tenant, id);
   if (!now.ok()) return now.status();
+  // QUEUED in the store, yet in no queue and on no worker: the daemon put it back for its next
+  // start while it stopped, and the flag set here went with it. The cancel is honoured here, or
+  // the job would train again after the restart.
+  if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
+      std::none_of(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; })) {
+    return EndCancelled(tenant, id, "cancelled by the client while the daemon stopped");
+  }
   return *now;
 }
 
@@ -839,7 +851,7 @@ void JobManager::WorkerLoop(Worker* w) {
         // queued again through StartLater (which released its running count already): each kept
         // or released its flags itself (another worker may already run it); any other (failed,
         // cancelled, vanished) is released here.
-        if (!started.queued_again) ReleaseQuota(w, q.tenant);
+        if (!started.count_released) ReleaseQuota(w, q.tenant);
         if (w->lost_cause.ok() && !started.queued_again) Release(q.id);
       }
     }
@@ -1121,9 +1133,29 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
         flag != cancel_flags_.end() ? flag->second : std::make_shared<std::atomic<bool>>(false);
     cancel_flags_[q.id] = a->cancel;
   }
+  // A start that ends the job releases its running count before the terminal write (as Finish
+  // does), so that a client told it ended can create the next one at once.
+  constexpr bool kCountReleased = true;
+  auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) -> Started {
+    // A setup error on a device that is now lost is the device's: the job waits for another.
+    if (DeviceLost(w, &w->lost_cause)) {  // the worker loses the device once its starts are done
+      RequeueFromLostDevice(q, w->lost_cause);
+      return {};
+    }
+    ReleaseQuota(w, q.tenant);
+    FailJob(q.tenant, q.id, s, parameter, user);
+    return {nullptr, /*queued_again=*/false, kCountReleased};
+  };
+  // A store error: tried again where it may pass; an INTERNAL one past its tries fails the job
+  // as the system's, never as the user's input (which the error says nothing about).
+  auto store_failed = [&](const absl::Status& s) -> std::optional<Started> {
+    if (StoreMayMend(s, q)) return StartLater(w, q, s);
+    if (absl::IsInternal(s)) return fail(s, "", false);
+    return std::nullopt;
+  };
   auto job = stores_.jobs->Get(q.tenant, q.id);
-  if (!job.ok() && StoreMayMend(job.status(), q)) return StartLater(w, q, job.status());
   if (!job.ok()) {
+    if (auto handled = store_failed(job.status())) return std::move(*handled);
     std::fprintf(stderr, "qlorad: queued job %s vanished: %s\n", q.id.c_str(),
                  std::string(job.status().message()).c_str());
     return {};
@@ -1134,36 +1166,31 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   const bool finishing = a->job.state() == v1::RUNNING && q.start_failures > 0;
   if (a->job.state() != v1::QUEUED && !finishing) return {};
   if (a->cancel->load() && !finishing) {  // cancelled between admission and now: no setup
+    ReleaseQuota(w, q.tenant);
     auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
     // Its flag stays set: the next try ends it.
-    if (!ended.ok() && StoreMayMend(ended.status(), q)) return StartLater(w, q, ended.status());
-    return {};
-  }
-  auto fail = [&](const absl::Status& s, const std::string& parameter, bool user) -> Started {
-    // A setup error on a device that is now lost is the device's: the job waits for another.
-    if (DeviceLost(w, &w->lost_cause)) {  // the worker loses the device once its starts are done
-      RequeueFromLostDevice(q, w->lost_cause);
-      return {};
+    if (!ended.ok() && StoreMayMend(ended.status(), q)) {
+      return StartLater(w, q, ended.status(), kCountReleased);
     }
-    FailJob(q.tenant, q.id, s, parameter, user);
-    return {};
-  };
+    return {nullptr, /*queued_again=*/false, kCountReleased};
+  }
   // A crash between storing the adapter and recording success leaves the adapter: finish. Not
   // knowing whether it did, the job does not train again (a second adapter).
   auto adapters = stores_.adapters->List(q.tenant);
   if (!adapters.ok()) {
-    if (StoreMayMend(adapters.status(), q)) return StartLater(w, q, adapters.status());
+    if (auto handled = store_failed(adapters.status())) return std::move(*handled);
     return fail(adapters.status(), "", false);
   }
   for (const v1::Adapter& ad : *adapters) {
     if (ad.job_id() != q.id) continue;
+    ReleaseQuota(w, q.tenant);
     if (!finishing) {
       auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
                                               "its adapter was stored before a restart");
       if (!running.ok() && StoreMayMend(running.status(), q)) {
-        return StartLater(w, q, running.status());
+        return StartLater(w, q, running.status(), kCountReleased);
       }
-      if (!running.ok()) return {};
+      if (!running.ok()) return {nullptr, /*queued_again=*/false, kCountReleased};
     }
     auto succeeded = stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
                                               "finished before the restart",
@@ -1171,12 +1198,12 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     // RUNNING in the store now, and no one's but this queue's: tried again, so that it does not
     // stay RUNNING with nothing running it until a restart.
     if (!succeeded.ok() && StoreMayMend(succeeded.status(), q)) {
-      return StartLater(w, q, succeeded.status());
+      return StartLater(w, q, succeeded.status(), kCountReleased);
     }
     (void)stores_.checkpoints->Delete(q.tenant, q.id);
     if (succeeded.ok()) JobEnded(q.id, "succeeded");
     Notify();
-    return {};
+    return {nullptr, /*queued_again=*/false, kCountReleased};
   }
   if (finishing) return {};  // its adapter is gone (deleted meanwhile): nothing to finish
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
@@ -1192,8 +1219,8 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
         user ? "hyperparameters.batch_size" : "", user);
   }
   auto model = stores_.models->Get(q.model);
-  if (!model.ok() && StoreMayMend(model.status(), q)) return StartLater(w, q, model.status());
   if (!model.ok()) {
+    if (auto handled = store_failed(model.status())) return std::move(*handled);
     return fail(absl::NotFoundError(absl::StrCat("base model '", q.model, "' is gone")), "model",
                 true);
   }
@@ -1207,8 +1234,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   for (int k = 0; k < 2; ++k) {
     if (ids[k].empty()) continue;
     auto content = stores_.datasets->Content(q.tenant, ids[k]);
-    if (!content.ok() && StoreMayMend(content.status(), q))
-      return StartLater(w, q, content.status());
+    if (!content.ok()) {
+      if (auto handled = store_failed(content.status())) return std::move(*handled);
+    }
     if (!content.ok()) return fail(Field(fields[k], content.status()), fields[k], true);
     auto examples = TokenizeJsonl(*content, *a->model->tokenizer, ids[k]);
     if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
@@ -1248,7 +1276,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     if (tokens.ok()) (void)absl::SimpleAtoi(*tokens, &a->tokens);
     reason = absl::StrCat("resumed from the checkpoint at step ", a->trainer->step());
   } else if (!restored.ok()) {
-    if (StoreMayMend(restored.status(), q)) return StartLater(w, q, restored.status());
+    if (auto handled = store_failed(restored.status())) return std::move(*handled);
     return fail(restored.status(), "", false);
   }
   const int64_t total = a->trainer->total_steps();
@@ -1260,7 +1288,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
         j.set_steps_completed(step);
         j.set_tokens_trained(a->tokens);
       });
-  if (!running.ok() && StoreMayMend(running.status(), q)) return StartLater(w, q, running.status());
+  if (!running.ok()) {
+    if (auto handled = store_failed(running.status())) return std::move(*handled);
+  }
   if (!running.ok()) {
     std::fprintf(stderr, "qlorad: job %s cannot start: %s\n", q.id.c_str(),
                  std::string(running.status().message()).c_str());
@@ -1273,12 +1303,17 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     live_[q.id] = Live{step, total, a->tokens, 0.0, 0.0};
   }
   a->last_progress = std::chrono::steady_clock::now();
+  // Started: a later trip through the queue (a lost device) starts its tries afresh.
+  a->entry.start_failures = a->entry.internal_failures = 0;
+  a->entry.not_before = absl::InfinitePast();
   return {std::move(a)};
 }
 
-JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const absl::Status& why) {
+JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const absl::Status& why,
+                                           bool count_released) {
   QueuedJob again = q;
   ++again.start_failures;
+  if (absl::IsInternal(why)) ++again.internal_failures;
   const absl::Duration pause =
       std::min(absl::Seconds(30), absl::Seconds(1 << std::min(again.start_failures - 1, 5)));
   again.not_before = absl::Now() + pause;
@@ -1290,11 +1325,11 @@ JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const 
     queue_.push_back(std::move(again));  // its old arrival: its old place in the queue
     // Its running count goes in the same step, so that the tenant's limit never counts it twice
     // (queued and running) nor misses it.
-    ReleaseQuotaLocked(w, q.tenant);
+    if (!count_released) ReleaseQuotaLocked(w, q.tenant);
     work_cv_.SignalAll();
   }
   Notify();
-  return {nullptr, /*queued_again=*/true};
+  return {nullptr, /*queued_again=*/true, /*count_released=*/true};
 }
 
 absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {

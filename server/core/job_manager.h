@@ -160,13 +160,14 @@ class JobManager {
   struct Started {
     std::unique_ptr<ActiveJob> job;
     bool queued_again = false;
+    bool count_released = false;  // its running count on the worker is released already
   };
   Started StartJob(Worker* w, const QueuedJob& q);
   // A start that failed on the store, not on the job: the job goes back to its place in the
   // queue and is tried again after a pause (1 s, doubling up to 30 s).
-  // Its running count on `w` is released with it (ReleaseQuota).
-  Started StartLater(Worker* w, const QueuedJob& q, const absl::Status& why)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Its running count on `w` is released with it (ReleaseQuota) unless `count_released`.
+  Started StartLater(Worker* w, const QueuedJob& q, const absl::Status& why,
+                     bool count_released = false) ABSL_LOCKS_EXCLUDED(mu_);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   // Records how the job ended; gives back its place on `w` and its tenant's running count
   // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.

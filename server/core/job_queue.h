@@ -23,7 +23,8 @@ struct QueuedJob {
   int64_t model_bytes = 0;  // the base model's loaded size, counted once per device
   // A start the store could not answer (a full disk, an I/O error) is tried again from then.
   absl::Time not_before = absl::InfinitePast();
-  int start_failures = 0;  // in a row; the pause before the next try doubles with each
+  int start_failures = 0;     // in a row; the pause before the next try doubles with each
+  int internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
 };
 
 // Indices into `queue` in start order. `running`: jobs running now, by tenant.

@@ -12,7 +12,8 @@ grpc::Status AdminServiceImpl::BackupDatabase(grpc::ServerContext* c,
                                               v1::BackupDatabaseResponse* out) {
   Call call(c, "BackupDatabase", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
-  const fs::path path(req->path());
+  fs::path path(req->path());
+  if (!path.has_filename()) path = path.parent_path();  // "/backups/1/" names the folder 1
   if (req->path().empty() || !path.is_absolute()) {
     return call.Finish(absl::InvalidArgumentError("path: an absolute server-side path is needed"));
   }
@@ -27,7 +28,7 @@ grpc::Status AdminServiceImpl::BackupDatabase(grpc::ServerContext* c,
     return call.Finish(absl::FailedPreconditionError(
         absl::StrCat("path: cannot create ", path.parent_path().string(), ": ", ec.message())));
   }
-  if (absl::Status s = node_->db->Checkpoint(req->path()); !s.ok()) return call.Finish(s);
+  if (absl::Status s = node_->db->Checkpoint(path.string()); !s.ok()) return call.Finish(s);
   int64_t bytes = 0;
   for (const auto& entry : fs::recursive_directory_iterator(path, ec)) {
     if (entry.is_regular_file(ec)) bytes += static_cast<int64_t>(entry.file_size(ec));

@@ -223,6 +223,10 @@ TEST_F(RecoveryTest, ABackupTakenWhileServingRestoresIntoANewDaemon) {
   EXPECT_GT(taken->bytes(), 0);
   EXPECT_EQ(Backup(daemon_->address(), kOpsKey, backup).status().code(),
             absl::StatusCode::kAlreadyExists);
+  // A trailing slash names the same kind of folder (RocksDB refused it once its parent was made).
+  auto slashed = Backup(daemon_->address(), kOpsKey, dir_ + "/backups/2/");
+  ASSERT_TRUE(slashed.ok()) << slashed.status();
+  EXPECT_GT(slashed->bytes(), 0);
 
   // Restore: the backup folder becomes the database of a fresh daemon.
   const std::string restored_dir = dir_ + "-restored";

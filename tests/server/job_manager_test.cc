@@ -2,6 +2,8 @@
 // per device, waiting jobs, cancellation, and jobs failing on their own input.
 #include "server/core/job_manager.h"
 
+#include <google/protobuf/util/time_util.h>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,6 +21,7 @@
 namespace qlorad::core {
 namespace {
 
+using ::google::protobuf::util::TimeUtil;
 using ::qlorad::testing::FactsJsonl;
 using ::qlorad::testing::StoriesGguf;
 using WriteFault = std::function<absl::Status(const storage::WriteSet&)>;
@@ -709,12 +712,45 @@ TEST_F(JobManagerTest, AJobWhoseStartCannotBeStoredStartsOnceTheStoreMends) {
   ASSERT_TRUE(second.ok()) << second.status();
   const v1::Job second_done = WaitFor("b", second->id(), HasEnded);
   EXPECT_EQ(second_done.state(), v1::SUCCEEDED) << second_done.error().message();
-  // b went past it while it waited out its pauses (1 s, then 2 s): a waits still, unstarted.
-  EXPECT_EQ(manager_->GetJob("a", first->id())->state(), v1::QUEUED);
   const v1::Job done = WaitFor("a", first->id(), HasEnded);
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
   EXPECT_EQ(done.steps_completed(), 3);
   EXPECT_EQ(refused->load(), 2);
+  // b went past it while it waited out its pauses: b ended before a started.
+  const auto when = [&](const std::string& tenant, const std::string& id, v1::JobState to) {
+    auto events = jobs_->Events(tenant, id, 0, 1000);
+    EXPECT_TRUE(events.ok());
+    for (const v1::JobEvent& e : *events) {
+      if (e.has_state_change() && e.state_change().to() == to) {
+        return TimeUtil::TimestampToNanoseconds(e.time());
+      }
+    }
+    return int64_t{-1};
+  };
+  const int64_t b_ended = when("b", second->id(), v1::SUCCEEDED);
+  const int64_t a_started = when("a", first->id(), v1::RUNNING);
+  ASSERT_GT(b_ended, 0);
+  EXPECT_LT(b_ended, a_started);
+}
+
+// An INTERNAL store error (RocksDB's unclassified I/O errors) may be for good: a start meeting
+// it is tried five times (about 30 s), then the job fails as the system's fault with the
+// store's error, never as the user's input.
+TEST_F(JobManagerTest, AStartThatKeepsMeetingAnInternalStoreErrorFailsAsTheSystems) {
+  SetWriteFault([](const storage::WriteSet& w) {
+    return MovesAJobTo(w, v1::RUNNING) ? absl::InternalError("injected: input/output error")
+                                       : absl::OkStatus();
+  });
+  StartManager(Options("cpu:0"));
+  auto job = manager_->CreateJob(T("a"), Request("a", 2));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::FAILED);
+  EXPECT_EQ(done.error().code(), "INTERNAL");
+  EXPECT_NE(done.error().message().find("injected: input/output error"), std::string::npos);
+  EXPECT_FALSE(done.error().user_error());
+  EXPECT_EQ(db_->failed_writes(), 6);  // the first start and five tries
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
 }
 
 // A cancel of a queued job whose CANCELLED write fails (a full disk) leaves the job in the

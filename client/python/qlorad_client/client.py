@@ -43,13 +43,15 @@ def _utf8_name(name):
     """A name as the API's UTF-8 string: a file name the file system gave as undecodable bytes
     (a Latin-1 name, which Python spells with surrogates) keeps its readable part, the rest
     becomes U+FFFD, as qloractl does."""
+    if _is_bytes(name):
+        return bytes(name).decode("utf-8", "replace")
     name = os.fspath(name)
     if isinstance(name, bytes):
         return name.decode("utf-8", "replace")
     try:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
-        return name.encode("utf-8", "replace").decode("utf-8")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made: U+FFFD as well
+        return name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 class Client:
