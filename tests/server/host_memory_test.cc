@@ -69,7 +69,9 @@ TEST(HostMemory, UsableMemoryIsAtMostTheMachinesAndTheGroupsLimit) {
   EXPECT_GT(usable, 0);
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   EXPECT_LE(usable, static_cast<int64_t>(pages) * page);
-  if (auto limit = CgroupMemoryLimit()) EXPECT_LE(usable, *limit);
+  if (auto limit = CgroupMemoryLimit()) {
+    EXPECT_LE(usable, *limit);
+  }
 }
 
 }  // namespace
