@@ -1,14 +1,39 @@
 // `jobs create`: a CreateJobRequest from flags, setting only the hyperparameters given.
 #include <iostream>
 #include <limits>
+#include <random>
+#include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "client/commands/jobs.h"
 #include "engine/status_macros.h"
 #include "qlorad/v1/jobs.grpc.pb.h"
 
 namespace qlorad::ctl {
 namespace {
+
+// Every create carries an idempotency key (the user's, or a fresh one), so that a call whose
+// answer was lost (a timeout, the daemon restarting) can be sent again for the same job.
+std::string NewIdempotencyKey() {
+  std::random_device random;
+  return absl::StrFormat("qloractl-%08x%08x", random(), random());
+}
+
+// Where the answer does not say whether the job was stored, the error tells how to retry
+// without making a second job.
+absl::Status WithRetryHint(absl::Status s, const std::string& key) {
+  const bool unknown_outcome = absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
+                               absl::IsUnknown(s) || absl::IsInternal(s) || absl::IsAborted(s) ||
+                               absl::IsCancelled(s) ||
+                               absl::StrContains(s.message(), "could not be queued");
+  if (s.ok() || !unknown_outcome) return s;
+  return absl::Status(s.code(), absl::StrCat(s.message(),
+                                             "\nThe job may have been stored: run the same command "
+                                             "with --idempotency-key ",
+                                             key, " to get it rather than a second one"));
+}
 
 // Calls `set` with the flag's value when the flag was given; a bad value passes its error on.
 template <typename T, typename Setter>
@@ -67,7 +92,7 @@ absl::StatusOr<v1::CreateJobRequest> ParseCreateJob(const ParsedArgs& args) {
   request.set_suffix(args.Get("suffix").value_or(""));
   ASSIGN_OR_RETURN(auto labels, args.KeyValues("label"));
   request.mutable_labels()->insert(labels.begin(), labels.end());
-  request.set_idempotency_key(args.Get("idempotency-key").value_or(""));
+  request.set_idempotency_key(args.Get("idempotency-key").value_or(NewIdempotencyKey()));
   ASSIGN_OR_RETURN(std::optional<int64_t> priority,
                    args.Int("priority", std::numeric_limits<int32_t>::min(),
                             std::numeric_limits<int32_t>::max()));
@@ -98,8 +123,10 @@ absl::Status CreateJob(const Invocation& invocation) {
   ASSIGN_OR_RETURN(v1::CreateJobRequest request, ParseCreateJob(invocation.args));
   v1::Job job;
   auto context = invocation.Context(kUnaryTimeout);
-  RETURN_IF_ERROR(RpcStatus(
-      v1::JobService::NewStub(invocation.channel)->CreateJob(context.get(), request, &job)));
+  RETURN_IF_ERROR(WithRetryHint(
+      RpcStatus(
+          v1::JobService::NewStub(invocation.channel)->CreateJob(context.get(), request, &job)),
+      request.idempotency_key()));
   RETURN_IF_ERROR(Emit(invocation, job, [&] {
     std::cout << "job " << job.id() << " " << v1::JobState_Name(job.state()) << "\n" << std::flush;
   }));

@@ -468,6 +468,33 @@ TEST_F(QloractlTest, TextThatIsNotUtf8IsRepairedOrRefusedByName) {
   EXPECT_NE(label.err.find("--label: "), std::string::npos) << label.err;
 }
 
+// A create whose answer is lost cannot tell whether the job was stored: the error gives the
+// idempotency key qloractl sent (it sends one always), and the same command with it gets one
+// job, never a second.
+TEST_F(QloractlTest, ACreateWithoutAnAnswerNamesItsKeyForTheRetry) {
+  const std::string err_path = *dir_ + "/lost-answer.err";
+  const std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server 127.0.0.1:1 --token " +
+                          kAcmeKey + " jobs create --model stories --train " + *dataset_ +
+                          " --max-steps 2 2>" + err_path;
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  const std::string err = Slurp(err_path);
+  const std::string flag = "--idempotency-key ";
+  const size_t at = err.find(flag + "qloractl-");
+  ASSERT_NE(at, std::string::npos) << err;
+  const size_t from = at + flag.size();
+  const std::string key = err.substr(from, err.find(' ', from) - from);
+  const std::vector<std::string> retry = {
+      "-o",      "json",    "jobs",        "create", "--model",           "stories",
+      "--train", *dataset_, "--max-steps", "2",      "--idempotency-key", key};
+  auto first = Run(kAcmeKey, retry);
+  auto again = Run(kAcmeKey, retry);
+  ASSERT_EQ(first.code, 0) << first.err;
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(first.json()["id"], again.json()["id"]);
+}
+
 TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
   const std::string before = Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out;
   auto create = [&](std::vector<std::string> extra) {
