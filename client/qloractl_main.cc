@@ -11,6 +11,7 @@
 #include "client/cli/command.h"
 #include "client/cli/errors.h"
 #include "client/cli/flags.h"
+#include "client/cli/utf8.h"
 #include "client/connection.h"
 #include "engine/status_macros.h"
 
@@ -206,6 +207,14 @@ absl::Status CheckPositionals(const Command& command, const ParsedArgs& args) {
   if (given.size() > command.positionals.size()) {
     return UsageError(
         absl::StrCat(label, ": unexpected argument '", given[command.positionals.size()], "'"));
+  }
+  // Every argument but a local FILE goes into the API's UTF-8 strings (IDs, names, the daemon's
+  // own paths); a local file's path may be any bytes.
+  for (size_t k = 0; k < given.size(); ++k) {
+    if (command.positionals[k] != "FILE" && !IsUtf8(given[k])) {
+      return UsageError(absl::StrCat(label, ": ", command.positionals[k], " '",
+                                     ToValidUtf8(given[k]), "' is not UTF-8 text"));
+    }
   }
   return absl::OkStatus();
 }

@@ -466,6 +466,11 @@ TEST_F(QloractlTest, TextThatIsNotUtf8IsRepairedOrRefusedByName) {
   auto label = Run(kAcmeKey, {"jobs", "list", "--label", "team=caf\xE9"});
   EXPECT_EQ(label.code, 2) << label.err;
   EXPECT_NE(label.err.find("--label: "), std::string::npos) << label.err;
+  // Arguments too, but for a local file's path.
+  auto id = Run(kAcmeKey, {"jobs", "get", "job-caf\xE9"});
+  EXPECT_EQ(id.code, 2) << id.err;
+  EXPECT_NE(id.err.find("jobs get: ID 'job-caf\xEF\xBF\xBD' is not UTF-8"), std::string::npos)
+      << id.err;
 }
 
 // A create whose answer is lost cannot tell whether the job was stored: the error gives the
