@@ -1,6 +1,7 @@
 #include "client/commands/adapter_files.h"
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -13,10 +14,24 @@
 namespace qlorad::ctl {
 namespace {
 
+constexpr char kStagingPrefix[] = ".qloractl-download-";
+
 bool SafeFileName(const std::string& name) {
   return !name.empty() && name != "." && !absl::StrContains(name, "/") &&
          !absl::StrContains(name, "\\") && !absl::StrContains(name, "..") &&
          name.find('\0') == std::string::npos;
+}
+
+// Staging folders of downloads killed outright (Ctrl-C: no destructor ran) stay behind; one an
+// hour old is no download in progress any more, and goes.
+void RemoveAbandonedStaging(const std::string& directory) {
+  std::error_code ec;
+  const auto cutoff = std::filesystem::file_time_type::clock::now() - std::chrono::hours(1);
+  for (const auto& entry : std::filesystem::directory_iterator(directory, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(kStagingPrefix, 0) != 0 || !entry.is_directory(ec)) continue;
+    if (entry.last_write_time(ec) < cutoff && !ec) std::filesystem::remove_all(entry.path(), ec);
+  }
 }
 
 }  // namespace
@@ -27,8 +42,10 @@ absl::StatusOr<AdapterFileWriter> AdapterFileWriter::Create(std::string director
   if (error) {
     return LocalError(absl::StrCat("cannot create directory '", directory, "': ", error.message()));
   }
+  RemoveAbandonedStaging(directory);
   // In the directory itself, so that the final moves are renames on one filesystem.
-  std::string pattern = (std::filesystem::path(directory) / ".qloractl-download-XXXXXX").string();
+  std::string pattern =
+      (std::filesystem::path(directory) / (std::string(kStagingPrefix) + "XXXXXX")).string();
   if (mkdtemp(pattern.data()) == nullptr) {
     return LocalError(absl::StrCat("cannot create a staging folder in '", directory,
                                    "': ", std::strerror(errno)));

@@ -4,7 +4,7 @@
 // once the whole download has come (Finish): a download cut short leaves the directory's files
 // as they were, so an older adapter's files there are never mixed with this one's. (One killed
 // outright, by Ctrl-C, also leaves its .qloractl-download-* folder behind; the final names are
-// untouched.)
+// untouched; the next download into the directory removes such a folder once it is an hour old.)
 // Not thread-safe.
 #pragma once
 

@@ -2,6 +2,7 @@
 #include "client/commands/adapter_files.h"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,6 +75,24 @@ TEST(AdapterFileWriter, AWholeDownloadReplacesTheFilesAndLeavesNoStaging) {
   EXPECT_EQ(Slurp(fs::path(dir) / "adapter_model.safetensors"), "new weights");
   EXPECT_EQ(Entries(dir),
             (std::vector<std::string>{"adapter_config.json", "adapter_model.safetensors"}));
+}
+
+// A download killed outright (Ctrl-C) leaves its staging folder; the next download into the
+// folder removes one an hour old, and leaves a younger one (a download in progress) alone.
+TEST(AdapterFileWriter, AbandonedStagingFoldersAreRemovedOnceStale) {
+  const std::string dir = FreshTestDir("files");
+  const fs::path stale = fs::path(dir) / ".qloractl-download-OLD123";
+  const fs::path fresh = fs::path(dir) / ".qloractl-download-NEW123";
+  fs::create_directories(stale);
+  fs::create_directories(fresh);
+  std::ofstream(stale / "adapter_model.safetensors") << "cut";
+  fs::last_write_time(stale, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  {
+    auto writer = AdapterFileWriter::Create(dir);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+  }
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(fresh));
 }
 
 TEST(AdapterFileWriter, UnsafeNamesAndRepeatsAreRefused) {

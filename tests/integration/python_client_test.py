@@ -462,6 +462,12 @@ class PythonClientTest(unittest.TestCase):
         out.mkdir()
         (out / "adapter_config.json").write_text("old config")
         (out / "adapter_model.safetensors").write_text("old weights")
+        # A download killed outright two hours ago left its staging folder: this one removes it.
+        stale = out / ".qlorad-download-killed"
+        stale.mkdir()
+        (stale / "adapter_model.safetensors").write_text("cut")
+        two_hours_ago = time.time() - 7200
+        os.utime(stale, (two_hours_ago, two_hours_ago))
         chunk = adapters_pb2.AdapterFileChunk
 
         def cut_stream(*args, **kwargs):

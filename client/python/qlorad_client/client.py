@@ -39,6 +39,22 @@ def _is_bytes(x):
     return isinstance(x, (bytes, bytearray, memoryview))
 
 
+_STAGING_PREFIX = ".qlorad-download-"
+
+
+def _remove_abandoned_staging(out_dir):
+    """Staging folders of downloads killed outright (the process ended before its cleanup) stay
+    behind; one an hour old is no download in progress any more, and goes."""
+    cutoff = time.time() - 3600
+    for entry in os.scandir(out_dir):
+        try:
+            if (entry.name.startswith(_STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _utf8_name(name):
     """A name as the API's UTF-8 string: a file name the file system gave as undecodable bytes
     (a Latin-1 name, which Python spells with surrogates) keeps its readable part, the rest
@@ -321,7 +337,8 @@ class Client:
         move into place only once the whole download has come: a download cut short leaves
         out_dir as it was, so an older adapter's files there are never mixed with this one's."""
         os.makedirs(out_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".qlorad-download-", dir=out_dir)
+        _remove_abandoned_staging(out_dir)
+        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir)
         request = adapters_pb2.DownloadAdapterRequest(id=id, rslora_as_plain=rslora_as_plain)
         names = []
         current, f = None, None  # name and staged file of the file being received
