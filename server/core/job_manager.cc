@@ -1039,9 +1039,9 @@ absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, cons
   return moved;
 }
 
-void JobManager::FailJob(const std::string& tenant, const std::string& id,
-                         const absl::Status& status, const std::string& parameter,
-                         bool user_error) {
+absl::Status JobManager::FailJob(const std::string& tenant, const std::string& id,
+                                 const absl::Status& status, const std::string& parameter,
+                                 bool user_error) {
   v1::JobError error;
   error.set_code(absl::StatusCodeToString(status.code()));
   error.set_message(std::string(status.message()));
@@ -1066,8 +1066,14 @@ void JobManager::FailJob(const std::string& tenant, const std::string& id,
   if (moved.ok() || (stored.ok() && IsTerminal(static_cast<JobState>(stored->state())))) {
     (void)stores_.checkpoints->Delete(tenant, id);
   }
-  JobEnded(id, "failed");
+  // Counted as failed only once recorded: a job whose failure is not stored runs again.
+  if (moved.ok()) {
+    JobEnded(id, "failed");
+  } else {
+    ForgetJobSeries(id);
+  }
   Notify();
+  return moved.status();
 }
 
 void JobManager::JobEnded(const std::string& id, const char* result) {
@@ -1143,7 +1149,13 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
       return {};
     }
     ReleaseQuota(w, q.tenant);
-    FailJob(q.tenant, q.id, s, parameter, user);
+    const absl::Status recorded = FailJob(q.tenant, q.id, s, parameter, user);
+    // Not recorded (the store failing too): the job stays QUEUED in the store, so it stays in
+    // the queue, tried again, rather than waiting in no queue for a restart. Unless it ended
+    // meanwhile (a cancel): FAILED_PRECONDITION from the state machine.
+    if (!recorded.ok() && !absl::IsFailedPrecondition(recorded) && !absl::IsNotFound(recorded)) {
+      return StartLater(w, q, recorded, kCountReleased);
+    }
     return {nullptr, /*queued_again=*/false, kCountReleased};
   };
   // A store error: tried again where it may pass; an INTERNAL one past its tries fails the job
@@ -1168,8 +1180,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   if (a->cancel->load() && !finishing) {  // cancelled between admission and now: no setup
     ReleaseQuota(w, q.tenant);
     auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
-    // Its flag stays set: the next try ends it.
-    if (!ended.ok() && StoreMayMend(ended.status(), q)) {
+    // Not recorded: its flag stays set and the next try ends it (unless it ended meanwhile).
+    if (!ended.ok() && !absl::IsFailedPrecondition(ended.status()) &&
+        !absl::IsNotFound(ended.status())) {
       return StartLater(w, q, ended.status(), kCountReleased);
     }
     return {nullptr, /*queued_again=*/false, kCountReleased};
@@ -1205,7 +1218,11 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     Notify();
     return {nullptr, /*queued_again=*/false, kCountReleased};
   }
-  if (finishing) return {};  // its adapter is gone (deleted meanwhile): nothing to finish
+  if (finishing) {  // its adapter was deleted meanwhile: nothing to finish, RUNNING no more
+    return fail(absl::FailedPreconditionError(
+                    "its adapter was deleted before its success could be recorded"),
+                "", false);
+  }
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
     // The user's to fix only where no device of this node could ever hold it; where a lost
     // device could, the node's (a restart brings the device back).
@@ -1496,7 +1513,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   const int64_t step = a.trainer->step();
   if (outcome == StepOutcome::kFailed) {
     ReleaseQuota(w, tenant);
-    FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
+    (void)FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
     return;
   }
   if (outcome == StepOutcome::kCancelled) {
@@ -1529,7 +1546,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo);
   if (!saved.ok()) {
     ReleaseQuota(w, tenant);
-    FailJob(tenant, id, saved, "", false);
+    (void)FailJob(tenant, id, saved, "", false);
     return;
   }
   v1::Adapter meta;
@@ -1555,7 +1572,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   }
   fs::remove_all(dir, ec);
   if (!adapter.ok()) {
-    FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
+    (void)FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
     return;
   }
   const std::string reason =

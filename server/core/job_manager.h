@@ -191,8 +191,9 @@ class JobManager {
   // marked FAILED where the store allows, so that it never runs unseen.
   absl::Status NotQueued(const std::string& tenant, const std::string& id,
                          const std::string& idempotency_key, const absl::Status& why);
-  void FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
-               const std::string& parameter, bool user_error);
+  // Records the failure (an error event, then FAILED); the status of the FAILED write.
+  absl::Status FailJob(const std::string& tenant, const std::string& id, const absl::Status& status,
+                       const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
   // Sizes from the registered model (zero when it is gone: StartJob then fails the job).
