@@ -1,5 +1,6 @@
 #include "client/commands/adapter_files.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -22,15 +23,22 @@ bool SafeFileName(const std::string& name) {
          name.find('\0') == std::string::npos;
 }
 
-// Staging folders of downloads killed outright (Ctrl-C: no destructor ran) stay behind; one an
-// hour old is no download in progress any more, and goes.
+// Staging folders of downloads killed outright (Ctrl-C: no destructor ran) stay behind; one
+// untouched for an hour (neither the folder nor a file in it written to) is no download in
+// progress any more, and goes.
 void RemoveAbandonedStaging(const std::string& directory) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  const auto cutoff = std::filesystem::file_time_type::clock::now() - std::chrono::hours(1);
-  for (const auto& entry : std::filesystem::directory_iterator(directory, ec)) {
+  const auto cutoff = fs::file_time_type::clock::now() - std::chrono::hours(1);
+  for (const auto& entry : fs::directory_iterator(directory, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(kStagingPrefix, 0) != 0 || !entry.is_directory(ec)) continue;
-    if (entry.last_write_time(ec) < cutoff && !ec) std::filesystem::remove_all(entry.path(), ec);
+    fs::file_time_type newest = entry.last_write_time(ec);
+    if (ec) continue;
+    for (const auto& file : fs::directory_iterator(entry.path(), ec)) {
+      newest = std::max(newest, file.last_write_time(ec));
+    }
+    if (!ec && newest < cutoff) fs::remove_all(entry.path(), ec);
   }
 }
 

@@ -1,8 +1,10 @@
 // `jobs create`: a CreateJobRequest from flags, setting only the hyperparameters given.
+#include <chrono>
 #include <iostream>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -21,19 +23,25 @@ std::string NewIdempotencyKey() {
   return absl::StrFormat("qloractl-%08x%08x", random(), random());
 }
 
-// Where the answer does not say whether the job was stored, the error tells how to retry
-// without making a second job.
+// An answer that does not say whether the job was stored (or says it was stored and not
+// queued): the same request again, with the same key, gets that one job.
+bool OutcomeUnknown(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsUnknown(s) ||
+         absl::IsInternal(s) || absl::IsAborted(s) || absl::IsCancelled(s) ||
+         absl::StrContains(s.message(), "could not be queued");
+}
+
+// The error tells how to retry without making a second job.
 absl::Status WithRetryHint(absl::Status s, const std::string& key) {
-  const bool unknown_outcome = absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
-                               absl::IsUnknown(s) || absl::IsInternal(s) || absl::IsAborted(s) ||
-                               absl::IsCancelled(s) ||
-                               absl::StrContains(s.message(), "could not be queued");
-  if (s.ok() || !unknown_outcome) return s;
+  if (s.ok() || key.empty() || !OutcomeUnknown(s)) return s;
   return absl::Status(s.code(), absl::StrCat(s.message(),
                                              "\nThe job may have been stored: run the same command "
-                                             "with --idempotency-key ",
-                                             key, " to get it rather than a second one"));
+                                             "with --idempotency-key '",
+                                             key, "' to get it rather than a second one"));
 }
+
+// Tries of a create whose outcome is unknown, with its key, before the error is reported.
+constexpr int kCreateTries = 3;
 
 // Calls `set` with the flag's value when the flag was given; a bad value passes its error on.
 template <typename T, typename Setter>
@@ -122,11 +130,21 @@ std::vector<FlagDef> CreateJobFlags() {
 absl::Status CreateJob(const Invocation& invocation) {
   ASSIGN_OR_RETURN(v1::CreateJobRequest request, ParseCreateJob(invocation.args));
   v1::Job job;
-  auto context = invocation.Context(kUnaryTimeout);
-  RETURN_IF_ERROR(WithRetryHint(
-      RpcStatus(
-          v1::JobService::NewStub(invocation.channel)->CreateJob(context.get(), request, &job)),
-      request.idempotency_key()));
+  // Tried again with the same key (1 s, then 2 s later) while the outcome is unknown (a daemon
+  // restarting, a job stored but not queued): a user who just runs the command again would
+  // make a second job, and the first would train after the daemon's next restart.
+  absl::Status created;
+  for (int attempt = 1;; ++attempt) {
+    auto context = invocation.Context(kUnaryTimeout);
+    created = RpcStatus(
+        v1::JobService::NewStub(invocation.channel)->CreateJob(context.get(), request, &job));
+    if (created.ok() || request.idempotency_key().empty() || !OutcomeUnknown(created) ||
+        attempt == kCreateTries) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(attempt));
+  }
+  RETURN_IF_ERROR(WithRetryHint(created, request.idempotency_key()));
   RETURN_IF_ERROR(Emit(invocation, job, [&] {
     std::cout << "job " << job.id() << " " << v1::JobState_Name(job.state()) << "\n" << std::flush;
   }));

@@ -86,13 +86,21 @@ TEST(AdapterFileWriter, AbandonedStagingFoldersAreRemovedOnceStale) {
   fs::create_directories(stale);
   fs::create_directories(fresh);
   std::ofstream(stale / "adapter_model.safetensors") << "cut";
-  fs::last_write_time(stale, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  const auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  fs::last_write_time(stale / "adapter_model.safetensors", two_hours_ago);
+  fs::last_write_time(stale, two_hours_ago);
+  // A slow download: its folder untouched for two hours, its file written to just now.
+  const fs::path slow = fs::path(dir) / ".qloractl-download-SLOW12";
+  fs::create_directories(slow);
+  std::ofstream(slow / "adapter_model.safetensors") << "streaming";
+  fs::last_write_time(slow, two_hours_ago);
   {
     auto writer = AdapterFileWriter::Create(dir);
     ASSERT_TRUE(writer.ok()) << writer.status();
   }
   EXPECT_FALSE(fs::exists(stale));
   EXPECT_TRUE(fs::exists(fresh));
+  EXPECT_TRUE(fs::exists(slow));
 }
 
 TEST(AdapterFileWriter, UnsafeNamesAndRepeatsAreRefused) {

@@ -467,6 +467,7 @@ class PythonClientTest(unittest.TestCase):
         stale.mkdir()
         (stale / "adapter_model.safetensors").write_text("cut")
         two_hours_ago = time.time() - 7200
+        os.utime(stale / "adapter_model.safetensors", (two_hours_ago, two_hours_ago))
         os.utime(stale, (two_hours_ago, two_hours_ago))
         chunk = adapters_pb2.AdapterFileChunk
 

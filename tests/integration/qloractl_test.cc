@@ -485,11 +485,11 @@ TEST_F(QloractlTest, ACreateWithoutAnAnswerNamesItsKeyForTheRetry) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1);
   const std::string err = Slurp(err_path);
-  const std::string flag = "--idempotency-key ";
+  const std::string flag = "--idempotency-key '";
   const size_t at = err.find(flag + "qloractl-");
   ASSERT_NE(at, std::string::npos) << err;
   const size_t from = at + flag.size();
-  const std::string key = err.substr(from, err.find(' ', from) - from);
+  const std::string key = err.substr(from, err.find('\'', from) - from);
   const std::vector<std::string> retry = {
       "-o",      "json",    "jobs",        "create", "--model",           "stories",
       "--train", *dataset_, "--max-steps", "2",      "--idempotency-key", key};

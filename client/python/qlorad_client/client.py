@@ -44,12 +44,16 @@ _STAGING_PREFIX = ".qlorad-download-"
 
 def _remove_abandoned_staging(out_dir):
     """Staging folders of downloads killed outright (the process ended before its cleanup) stay
-    behind; one an hour old is no download in progress any more, and goes."""
+    behind; one untouched for an hour (neither the folder nor a file being written in it) is no
+    download in progress any more, and goes."""
     cutoff = time.time() - 3600
     for entry in os.scandir(out_dir):
         try:
-            if (entry.name.startswith(_STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
-                    and entry.stat(follow_symlinks=False).st_mtime < cutoff):
+            if not entry.name.startswith(_STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            newest = max([entry.stat(follow_symlinks=False).st_mtime]
+                         + [f.stat(follow_symlinks=False).st_mtime for f in os.scandir(entry.path)])
+            if newest < cutoff:
                 shutil.rmtree(entry.path, ignore_errors=True)
         except OSError:
             pass
