@@ -13,6 +13,7 @@ Environment: QLORAD_BINARY (required; exit 77 = skipped without it), QLORAD_TEST
 import hashlib
 import json
 import math
+import re
 import os
 import shutil
 import signal
@@ -486,6 +487,27 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual((out / "adapter_model.safetensors").read_text(), "old weights")
         self.assertEqual(sorted(os.listdir(out)),
                          ["adapter_config.json", "adapter_model.safetensors"])
+
+    def test_j_a_create_without_an_answer_names_its_key(self):
+        """create_job sends an idempotency key always; where the answer is lost (here no daemon
+        answers) it tries again with it and then names it, and a call with that key gets one
+        job however often it is made."""
+        lost = Client("127.0.0.1:1", token="acme-key", timeout=5)
+        try:
+            start = time.monotonic()
+            err = self.assertRpcError("UNAVAILABLE", lost.create_job, self.model(),
+                                      self.dataset().id, max_steps=2)
+            self.assertGreaterEqual(time.monotonic() - start, 3.0)  # two paced retries
+        finally:
+            lost.close()
+        key = re.search(r"idempotency_key='(python-[0-9a-f]+)'", err.message)
+        self.assertIsNotNone(key, err.message)
+        first = self.acme.create_job(self.model(), self.dataset().id, max_steps=2,
+                                     idempotency_key=key.group(1))
+        again = self.acme.create_job(self.model(), self.dataset().id, max_steps=2,
+                                     idempotency_key=key.group(1))
+        self.assertEqual(first.id, again.id)
+        self.finish(first.id)
 
     def test_g_routing_matches_qloractl(self):
         """The Python client sends a tenant to the same StatefulSet pod as qloractl."""

@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 
 import grpc
 
@@ -16,6 +17,9 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 TERMINAL_STATES = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 _HYPERPARAMETERS = frozenset(jobs_pb2.Hyperparameters.DESCRIPTOR.fields_by_name)
 _CLIENT_TIMEOUT = object()  # a call's timeout left to the client's
+_CREATE_TRIES = 3  # of a create whose outcome is unknown, with its idempotency key
+_OUTCOME_UNKNOWN_CODES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL", "ABORTED", "CANCELLED"})
 
 
 class QloradError(Exception):
@@ -222,10 +226,15 @@ class Client:
     # -- jobs -----------------------------------------------------------------------------------
 
     def create_job(self, model, training_dataset, validation_dataset="", suffix="", labels=None,
-                   idempotency_key="", priority=0, **hyperparameters):
+                   idempotency_key=None, priority=0, **hyperparameters):
         """Queues a fine-tune job; returns the Job. Keyword arguments beyond these are
         Hyperparameters fields (rank=8, learning_rate=2e-4, target_modules=["q_proj"], ...);
-        None leaves a field unset (the server's default)."""
+        None leaves a field unset (the server's default).
+
+        idempotency_key: None sends a fresh one (as qloractl does), "" none. Where the answer
+        leaves the outcome unknown (UNAVAILABLE, a deadline, a job stored but not queued) the
+        same request is sent twice more with the key, 1 s and 2 s later; the error raised then
+        names the key, with which a later call gets that one job rather than a second."""
         unknown = sorted(set(hyperparameters) - _HYPERPARAMETERS)
         if unknown:
             raise TypeError(f"create_job() got unknown hyperparameters: {', '.join(unknown)} "
@@ -240,11 +249,26 @@ class Client:
                 hp.target_modules.extend(value)
             else:
                 setattr(hp, key, value)
+        if idempotency_key is None:
+            idempotency_key = "python-" + uuid.uuid4().hex[:16]
         request = jobs_pb2.CreateJobRequest(
             model=model, training_dataset=training_dataset, validation_dataset=validation_dataset,
             hyperparameters=hp, suffix=suffix, labels=dict(labels or {}),
             idempotency_key=idempotency_key, priority=priority)
-        return self._unary(self._jobs.CreateJob, request)
+        for attempt in range(1, _CREATE_TRIES + 1):
+            try:
+                return self._unary(self._jobs.CreateJob, request)
+            except QloradError as e:
+                unknown = (e.code in _OUTCOME_UNKNOWN_CODES
+                           or "could not be queued" in (e.message or ""))
+                if not idempotency_key or not unknown:
+                    raise
+                if attempt == _CREATE_TRIES:
+                    raise QloradError(e.code, f"{e.message}\nThe job may have been stored: call "
+                                      f"create_job again with idempotency_key="
+                                      f"{idempotency_key!r} to get it rather than a second "
+                                      f"one") from None
+                time.sleep(attempt)
 
     def get_job(self, id):
         return self._unary(self._jobs.GetJob, jobs_pb2.GetJobRequest(id=id))
