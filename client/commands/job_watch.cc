@@ -141,7 +141,9 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
       auto get_context = invocation.Context(kUnaryTimeout);
       watched = RpcStatus(stub->GetJob(get_context.get(), get, &job));
     }
-    if (absl::IsUnavailable(watched)) {
+    // A daemon stopping refuses new calls with CANCELLED before its port closes (then
+    // UNAVAILABLE); qloractl cancels none of these calls itself.
+    if (absl::IsUnavailable(watched) || absl::IsCancelled(watched)) {
       if (reconnection.WaitToTryAgain(watched)) continue;
       return absl::UnavailableError(
           absl::StrCat("qlorad has been out of reach for ", absl::FormatDuration(kReconnectFor),

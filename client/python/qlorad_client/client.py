@@ -330,7 +330,9 @@ class Client:
                         on_event(event)
                 job = self.get_job(id)
             except QloradError as e:
-                if e.code != "UNAVAILABLE":
+                # A daemon stopping refuses new calls with CANCELLED before its port closes (then
+                # UNAVAILABLE); this client cancels none of these calls itself.
+                if e.code not in ("UNAVAILABLE", "CANCELLED"):
                     raise
                 now = time.monotonic()
                 if unreachable_since is None:
