@@ -15,7 +15,8 @@
 namespace qlorad::ctl {
 namespace {
 
-constexpr char kStagingPrefix[] = ".qloractl-download-";
+// The Python client's too: each cleans up what the other left.
+constexpr char kStagingPrefix[] = ".qlorad-download-";
 
 bool SafeFileName(const std::string& name) {
   return !name.empty() && name != "." && !absl::StrContains(name, "/") &&

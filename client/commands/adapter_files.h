@@ -3,7 +3,7 @@
 // The files arrive in a hidden staging folder inside the directory and move into place only
 // once the whole download has come (Finish): a download cut short leaves the directory's files
 // as they were, so an older adapter's files there are never mixed with this one's. (One killed
-// outright, by Ctrl-C, also leaves its .qloractl-download-* folder behind; the final names are
+// outright, by Ctrl-C, also leaves its .qlorad-download-* folder behind; the final names are
 // untouched; the next download into the directory removes such a folder once it is an hour old.)
 // Not thread-safe.
 #pragma once

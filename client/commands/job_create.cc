@@ -6,7 +6,6 @@
 #include <string>
 #include <thread>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/commands/jobs.h"
@@ -23,12 +22,11 @@ std::string NewIdempotencyKey() {
   return absl::StrFormat("qloractl-%08x%08x", random(), random());
 }
 
-// An answer that does not say whether the job was stored (or says it was stored and not
-// queued): the same request again, with the same key, gets that one job.
+// An answer that does not say whether the job was stored, or says to send it again (ABORTED: a
+// job stored and not queued): the same request, with the same key, gets that one job.
 bool OutcomeUnknown(const absl::Status& s) {
   return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsUnknown(s) ||
-         absl::IsInternal(s) || absl::IsAborted(s) || absl::IsCancelled(s) ||
-         absl::StrContains(s.message(), "could not be queued");
+         absl::IsInternal(s) || absl::IsAborted(s) || absl::IsCancelled(s);
 }
 
 // The error tells how to retry without making a second job.

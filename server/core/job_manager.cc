@@ -558,11 +558,14 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
 absl::Status JobManager::NotQueued(const std::string& tenant, const std::string& id,
                                    const std::string& idempotency_key, const absl::Status& why) {
   if (!idempotency_key.empty()) {
-    // Left VALIDATING: the same request again queues it (a restart would too).
+    // Left VALIDATING: the same request again queues it (a restart would too). ABORTED whatever
+    // the store said (a full disk is RESOURCE_EXHAUSTED, which clients take as final): the
+    // code that tells a client to send the same request again.
     return absl::Status(
-        why.code(), absl::StrCat("job ", id, " is stored but could not be queued (", why.message(),
-                                 "); send the request again with the same "
-                                 "idempotency_key to queue it"));
+        absl::StatusCode::kAborted,
+        absl::StrCat("job ", id, " is stored but could not be queued (", why.message(),
+                     "); send the request again with the same "
+                     "idempotency_key to queue it"));
   }
   // Without a key the client cannot name this job in a retry, and it would create another: the
   // job ends here, so that nothing trains behind the client's back (when this write succeeds).
@@ -663,11 +666,9 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     auto queued =
         std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
     if (queued == queue_.end()) return false;
-    // RUNNING while queued: its adapter is stored and its success not yet recorded (StartJob's
-    // `finishing`). It ends SUCCEEDED at its next try; cancelling it would orphan the adapter.
-    if (auto now = stores_.jobs->Get(tenant, id); now.ok() && now->state() == v1::RUNNING) {
-      return false;
-    }
+    // Its adapter is stored and its success still to be recorded: it ends SUCCEEDED at its next
+    // try; cancelling it would orphan the adapter.
+    if (queued->finishing) return false;
     *done = EndCancelled(tenant, id, "cancelled by the client while queued");
     if (done->ok()) {
       queue_.erase(queued);
@@ -1062,10 +1063,11 @@ absl::Status JobManager::FailJob(const std::string& tenant, const std::string& i
   }
   // A job still unfinished in the store (its failure not written) keeps its checkpoint, so
   // that a restart resumes it rather than training it again from the start.
-  auto stored = stores_.jobs->Get(tenant, id);
-  if (moved.ok() || (stored.ok() && IsTerminal(static_cast<JobState>(stored->state())))) {
-    (void)stores_.checkpoints->Delete(tenant, id);
-  }
+  const auto ended_anyway = [&] {
+    auto stored = stores_.jobs->Get(tenant, id);
+    return stored.ok() && IsTerminal(static_cast<JobState>(stored->state()));
+  };
+  if (moved.ok() || ended_anyway()) (void)stores_.checkpoints->Delete(tenant, id);
   // Counted as failed only once recorded: a job whose failure is not stored runs again.
   if (moved.ok()) {
     JobEnded(id, "failed");
@@ -1175,7 +1177,7 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   a->job = *job;
   // Cancelled meanwhile. RUNNING only for a job that found its adapter stored (below) and could
   // not record its success: it was sent back here to try again.
-  const bool finishing = a->job.state() == v1::RUNNING && q.start_failures > 0;
+  const bool finishing = a->job.state() == v1::RUNNING && q.finishing;
   if (a->job.state() != v1::QUEUED && !finishing) return {};
   if (a->cancel->load() && !finishing) {  // cancelled between admission and now: no setup
     ReleaseQuota(w, q.tenant);
@@ -1211,7 +1213,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     // RUNNING in the store now, and no one's but this queue's: tried again, so that it does not
     // stay RUNNING with nothing running it until a restart.
     if (!succeeded.ok() && StoreMayMend(succeeded.status(), q)) {
-      return StartLater(w, q, succeeded.status(), kCountReleased);
+      QueuedJob again = q;
+      again.finishing = true;
+      return StartLater(w, again, succeeded.status(), kCountReleased);
     }
     (void)stores_.checkpoints->Delete(q.tenant, q.id);
     if (succeeded.ok()) JobEnded(q.id, "succeeded");

@@ -81,8 +81,8 @@ TEST(AdapterFileWriter, AWholeDownloadReplacesTheFilesAndLeavesNoStaging) {
 // folder removes one an hour old, and leaves a younger one (a download in progress) alone.
 TEST(AdapterFileWriter, AbandonedStagingFoldersAreRemovedOnceStale) {
   const std::string dir = FreshTestDir("files");
-  const fs::path stale = fs::path(dir) / ".qloractl-download-OLD123";
-  const fs::path fresh = fs::path(dir) / ".qloractl-download-NEW123";
+  const fs::path stale = fs::path(dir) / ".qlorad-download-OLD123";
+  const fs::path fresh = fs::path(dir) / ".qlorad-download-NEW123";
   fs::create_directories(stale);
   fs::create_directories(fresh);
   std::ofstream(stale / "adapter_model.safetensors") << "cut";
@@ -90,7 +90,7 @@ TEST(AdapterFileWriter, AbandonedStagingFoldersAreRemovedOnceStale) {
   fs::last_write_time(stale / "adapter_model.safetensors", two_hours_ago);
   fs::last_write_time(stale, two_hours_ago);
   // A slow download: its folder untouched for two hours, its file written to just now.
-  const fs::path slow = fs::path(dir) / ".qloractl-download-SLOW12";
+  const fs::path slow = fs::path(dir) / ".qlorad-download-SLOW12";
   fs::create_directories(slow);
   std::ofstream(slow / "adapter_model.safetensors") << "streaming";
   fs::last_write_time(slow, two_hours_ago);

@@ -185,12 +185,12 @@ class JobManagerTest : public ::testing::Test {
     absl::MutexLock lock(&faults_->mu);
     faults_->fault = std::move(fault);
   }
-  // CreateJob's second write (VALIDATING to QUEUED) fails once, as on a busy disk.
+  // CreateJob's second write (VALIDATING to QUEUED) fails once, as on a full disk.
   void RefuseTheFirstQueuedWrite() {
     auto refused = std::make_shared<std::atomic<int>>(0);
     SetWriteFault([refused](const storage::WriteSet& w) {
       if (MovesAJobTo(w, v1::QUEUED) && refused->fetch_add(1) < 1) {
-        return absl::UnavailableError("injected: the disk is busy");
+        return absl::ResourceExhaustedError("injected: no space left on device");
       }
       return absl::OkStatus();
     });
@@ -791,7 +791,9 @@ TEST_F(JobManagerTest, AJobThatCouldNotBeQueuedIsQueuedByTheRetry) {
   req.set_idempotency_key("nightly-1");
   auto first = manager_->CreateJob(T("a"), req);
   ASSERT_FALSE(first.ok());
-  EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable);
+  // ABORTED, which clients send again, not the full disk's RESOURCE_EXHAUSTED, which they take
+  // as final.
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kAborted);
   EXPECT_NE(first.status().message().find("could not be queued"), std::string::npos)
       << first.status();
   EXPECT_NE(first.status().message().find("same idempotency_key"), std::string::npos);

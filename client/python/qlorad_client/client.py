@@ -43,7 +43,7 @@ def _is_bytes(x):
     return isinstance(x, (bytes, bytearray, memoryview))
 
 
-_STAGING_PREFIX = ".qlorad-download-"
+_STAGING_PREFIX = ".qlorad-download-"  # qloractl's too: each cleans up after the other
 
 
 def _remove_abandoned_staging(out_dir):
@@ -175,11 +175,12 @@ class Client:
     def upload_dataset(self, path_or_bytes, name=None, timeout=None):
         """Uploads JSONL (a path, or the bytes); returns the stored Dataset. name defaults to the
         file's base name. timeout: seconds for the whole upload (None: no deadline)."""
+        in_memory = _is_bytes(path_or_bytes)
         if name is None:
-            name = "" if _is_bytes(path_or_bytes) else os.path.basename(os.fspath(path_or_bytes))
+            name = "" if in_memory else os.path.basename(os.fspath(path_or_bytes))
         header = datasets_pb2.UploadDatasetRequest(
             header=datasets_pb2.DatasetHeader(name=_utf8_name(name)))
-        if _is_bytes(path_or_bytes):
+        if in_memory:
             data = bytes(path_or_bytes)
             f = None
         else:
@@ -232,7 +233,7 @@ class Client:
         None leaves a field unset (the server's default).
 
         idempotency_key: None sends a fresh one (as qloractl does), "" none. Where the answer
-        leaves the outcome unknown (UNAVAILABLE, a deadline, a job stored but not queued) the
+        leaves the outcome unknown (UNAVAILABLE, a deadline; ABORTED: a job stored, not queued) the
         same request is sent twice more with the key, 1 s and 2 s later; the error raised then
         names the key, with which a later call gets that one job rather than a second."""
         unknown = sorted(set(hyperparameters) - _HYPERPARAMETERS)
@@ -259,9 +260,7 @@ class Client:
             try:
                 return self._unary(self._jobs.CreateJob, request)
             except QloradError as e:
-                unknown = (e.code in _OUTCOME_UNKNOWN_CODES
-                           or "could not be queued" in (e.message or ""))
-                if not idempotency_key or not unknown:
+                if not idempotency_key or e.code not in _OUTCOME_UNKNOWN_CODES:
                     raise
                 if attempt == _CREATE_TRIES:
                     raise QloradError(e.code, f"{e.message}\nThe job may have been stored: call "
