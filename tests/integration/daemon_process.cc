@@ -125,11 +125,6 @@ std::string ScrapeMetrics(const DaemonProcess& daemon) {
   return body == std::string::npos ? "" : response.substr(body + 4);
 }
 
-double Sample(const std::string& text, const std::string& series) {
-  const size_t at = text.find("\n" + series + " ");
-  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
-}
-
 std::string ReadTestData(const std::string& name) {
   std::ifstream in(fs::path(QLORAD_TEST_DATA_DIR) / name);
   std::stringstream s;

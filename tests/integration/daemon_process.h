@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/http_get.h"
+
 namespace qlorad::testing {
 
 // Keys of the tenants every integration test has: "ops" (admin), "acme" and "globex".
@@ -55,9 +57,8 @@ std::string ReadTestData(const std::string& name);
 // Where the shared stories260K GGUF file is ("" when absent).
 std::string Stories260kGguf();
 
-// The body of the daemon's Prometheus page ("" when it does not answer), and one series' value
-// in it (-1 when absent).
+// The body of the daemon's Prometheus page ("" when it does not answer); Sample (http_get.h)
+// reads one series' value in it.
 std::string ScrapeMetrics(const DaemonProcess& daemon);
-double Sample(const std::string& text, const std::string& series);
 
 }  // namespace qlorad::testing

@@ -137,20 +137,14 @@ class HostTest(unittest.TestCase):
         for src in re.findall(r"(?m)^COPY (deploy/\S+)", text):
             self.assertTrue((REPO / src).exists(), src)
 
-    def test_sample_config_starts_the_daemon_and_the_command_line_wins(self):
-        text = (DEPLOY / "config" / "qlorad.conf").read_text()
-        flags = daemon_flags()
-        for key in config_keys(text):
-            self.assertIn(key, flags)
-        tmp = Path(tempfile.mkdtemp(prefix="qlorad-deploy-"))
-        try:
-            (tmp / "tenants.json").write_text(
-                '{"tenants": [{"name": "ops", "key_sha256": "' + "0" * 64 + '", "admin": true}]}')
-            log = open(tmp / "log", "wb")
+    def start_and_stop(self, tmp, args):
+        """Starts the daemon with `args` (a tenants file in `tmp`, a port file there), waits for
+        its port, stops it with SIGTERM (exit 0) and returns its log."""
+        (tmp / "tenants.json").write_text(
+            '{"tenants": [{"name": "ops", "key_sha256": "' + "0" * 64 + '", "admin": true}]}')
+        with open(tmp / "log", "wb") as log:
             proc = subprocess.Popen(
-                [BINARY, "--config", str(DEPLOY / "config" / "qlorad.conf"),
-                 "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                 f"--data-dir={tmp / 'data'}", f"--tenants={tmp / 'tenants.json'}",
+                [BINARY, *args, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
                  "--devices=cpu:0", f"--port-file={tmp / 'port'}"],
                 stdout=log, stderr=log)
             deadline = time.time() + 30
@@ -160,8 +154,18 @@ class HostTest(unittest.TestCase):
             self.assertTrue((tmp / "port").exists(), (tmp / "log").read_text())
             proc.send_signal(signal.SIGTERM)
             self.assertEqual(proc.wait(30), 0)
-            log.close()
-            started = (tmp / "log").read_text()
+        return (tmp / "log").read_text()
+
+    def test_sample_config_starts_the_daemon_and_the_command_line_wins(self):
+        text = (DEPLOY / "config" / "qlorad.conf").read_text()
+        flags = daemon_flags()
+        for key in config_keys(text):
+            self.assertIn(key, flags)
+        tmp = Path(tempfile.mkdtemp(prefix="qlorad-deploy-"))
+        try:
+            started = self.start_and_stop(tmp, [
+                "--config", str(DEPLOY / "config" / "qlorad.conf"),
+                f"--data-dir={tmp / 'data'}", f"--tenants={tmp / 'tenants.json'}"])
             # The command line's listen address, not the file's.
             self.assertIn("127.0.0.1:0", started)
             self.assertNotIn("0.0.0.0:50051", started)
@@ -173,29 +177,15 @@ class HostTest(unittest.TestCase):
         path) it is the value's. The data folder 'data#1' used to be cut to 'data'."""
         tmp = Path(tempfile.mkdtemp(prefix="qlorad-deploy-"))
         try:
-            (tmp / "tenants.json").write_text(
-                '{"tenants": [{"name": "ops", "key_sha256": "' + "0" * 64 + '", "admin": true}]}')
             (tmp / "qlorad.conf").write_text(
                 "# a comment line\n"
                 f"data-dir = {tmp / 'data#1'}   # a comment after a space\n"
                 f"tenants = {tmp / 'tenants.json'}\n")
-            log = open(tmp / "log", "wb")
-            proc = subprocess.Popen(
-                [BINARY, "--config", str(tmp / "qlorad.conf"), "--listen=127.0.0.1:0",
-                 "--metrics-listen=127.0.0.1:0", "--devices=cpu:0", f"--port-file={tmp / 'port'}"],
-                stdout=log, stderr=log)
-            deadline = time.time() + 30
-            while time.time() < deadline and not (tmp / "port").exists():
-                self.assertIsNone(proc.poll(), (tmp / "log").read_text())
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            self.assertEqual(proc.wait(30), 0)
-            log.close()
-            self.assertTrue((tmp / "data#1").is_dir(), (tmp / "log").read_text())
+            log = self.start_and_stop(tmp, ["--config", str(tmp / "qlorad.conf")])
+            self.assertTrue((tmp / "data#1").is_dir(), log)
             self.assertFalse((tmp / "data").exists())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
 
 if __name__ == "__main__":
     unittest.main()

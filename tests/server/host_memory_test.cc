@@ -1,8 +1,6 @@
 // A container's memory limit bounds the CPU devices' default budget.
 #include "server/core/host_memory.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -62,16 +60,6 @@ TEST(HostMemory, NoLimitWhereTheGroupHasNone) {
   Write(v1.root / "memory" / "memory.limit_in_bytes", "9223372036854771712\n");
   EXPECT_EQ(v1.Limit(), std::nullopt);
   EXPECT_EQ(Cgroups("none", "0::/\n").Limit(), std::nullopt);
-}
-
-TEST(HostMemory, UsableMemoryIsAtMostTheMachinesAndTheGroupsLimit) {
-  const int64_t usable = UsableMemoryBytes();
-  EXPECT_GT(usable, 0);
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  EXPECT_LE(usable, static_cast<int64_t>(pages) * page);
-  if (auto limit = CgroupMemoryLimit()) {
-    EXPECT_LE(usable, *limit);
-  }
 }
 
 }  // namespace

@@ -62,11 +62,17 @@ TEST(MetricsRegistryTest, SeriesGoAwayAndCollectorsRunAtEachScrape) {
 }
 
 using ::qlorad::testing::HttpGet;
+using ::qlorad::testing::Sample;
+
+// A registry with one gauge, up_gauge 1.
+void DeclareUp(Registry& r) {
+  r.Declare("up_gauge", Registry::Type::kGauge, "Up.", {});
+  r.Set("up_gauge", {}, 1);
+}
 
 TEST(HttpExposerTest, ServesMetricsOnItsOwnPort) {
   Registry r;
-  r.Declare("up_gauge", Registry::Type::kGauge, "Up.", {});
-  r.Set("up_gauge", {}, 1);
+  DeclareUp(r);
   auto e = HttpExposer::Start("127.0.0.1:0", &r);
   ASSERT_TRUE(e.ok()) << e.status();
   ASSERT_GT((*e)->port(), 0);
@@ -85,13 +91,6 @@ TEST(HttpExposerTest, ServesMetricsOnItsOwnPort) {
             absl::StatusCode::kUnavailable);
 }
 
-// One sample of a scrape ("name value" line), -1 when absent.
-double ScrapedValue(Registry& r, const std::string& name) {
-  const std::string text = r.Serialize();
-  const size_t at = text.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
-}
-
 // process_open_fds counts the process's descriptors, not the scrape's own (the stat file and the
 // listing were counted, 2 too many); process_start_time_seconds stays put from one scrape to the
 // next (it jittered by up to a second, which restart detection reads as a restart).
@@ -100,13 +99,13 @@ TEST(ProcessMetricsTest, OpenFdsAreExactAndTheStartTimeStaysPut) {
   DeclareDaemonMetrics(r);
   int open_fds = 0;  // probed without opening anything
   for (int fd = 0; fd < 65536; ++fd) open_fds += fcntl(fd, F_GETFD) != -1;
-  EXPECT_EQ(ScrapedValue(r, "process_open_fds"), open_fds);
-  const double start = ScrapedValue(r, "process_start_time_seconds");
+  EXPECT_EQ(Sample(r.Serialize(), "process_open_fds"), open_fds);
+  const double start = Sample(r.Serialize(), "process_start_time_seconds");
   EXPECT_GT(start, 1.6e9);
   // The boot time is in whole seconds, so a process that just started may read up to 1 s ahead.
   EXPECT_LE(start, static_cast<double>(time(nullptr)) + 1.0);
   std::this_thread::sleep_for(std::chrono::milliseconds(1050));
-  EXPECT_EQ(ScrapedValue(r, "process_start_time_seconds"), start);
+  EXPECT_EQ(Sample(r.Serialize(), "process_start_time_seconds"), start);
 }
 
 // A client that trickles its request head (a byte every 200 ms, for 12 s) holds the one serving
@@ -114,16 +113,11 @@ TEST(ProcessMetricsTest, OpenFdsAreExactAndTheStartTimeStaysPut) {
 // restart the 5 s.
 TEST(HttpExposerTest, ATricklingClientHoldsScrapesBackAtMost5Seconds) {
   Registry r;
-  r.Declare("up_gauge", Registry::Type::kGauge, "Up.", {});
-  r.Set("up_gauge", {}, 1);
+  DeclareUp(r);
   auto e = HttpExposer::Start("127.0.0.1:0", &r);
   ASSERT_TRUE(e.ok()) << e.status();
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>((*e)->port()));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int fd = ::qlorad::testing::ConnectLoopback((*e)->port());
+  ASSERT_GE(fd, 0);
   std::atomic<bool> stop{false};
   std::thread trickle([&] {
     for (int i = 0; i < 60 && !stop; ++i) {
