@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "engine/json_fields.h"
 #include "engine/mapped_file.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
@@ -74,28 +75,23 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaC
     return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", what));
   };
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-  // Optional fields: absent or null read as the default (PEFT writes null for unset ones); any
-  // other type is named rather than thrown by the JSON library.
-  auto text_field = [&](const char* key, std::string fallback) -> absl::StatusOr<std::string> {
-    if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_string()) return bad(absl::StrCat("field '", key, "' must be a string"));
-    return j[key].get<std::string>();
-  };
-  auto flag_field = [&](const char* key) -> absl::StatusOr<bool> {
-    if (!j.contains(key) || j[key].is_null()) return false;
-    if (!j[key].is_boolean()) return bad(absl::StrCat("field '", key, "' must be true or false"));
-    return j[key].get<bool>();
-  };
-  ASSIGN_OR_RETURN(const std::string peft_type, text_field("peft_type", ""));
+  const JsonFields f(j, cfg_path);
+  std::string peft_type;
+  RETURN_IF_ERROR(f.Text("peft_type", &peft_type));
   if (peft_type != "LORA") return bad("peft_type must be LORA");
-  if (!j.contains("r") || !j["r"].is_number_integer()) return bad("field 'r' must be an integer");
-  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number())
-    return bad("field 'lora_alpha' must be a number");
-  ASSIGN_OR_RETURN(const std::string bias, text_field("bias", "none"));
+  PeftAdapter a;
+  RETURN_IF_ERROR(f.Int("r", true, &a.config.rank));
+  RETURN_IF_ERROR(f.Number("lora_alpha", true, &a.config.alpha));
+  a.config.dropout = 0.0f;  // PEFT's default
+  RETURN_IF_ERROR(f.Number("lora_dropout", false, &a.config.dropout));
+  RETURN_IF_ERROR(f.Flag("use_rslora", &a.config.use_rslora));
+  std::string bias = "none";
+  RETURN_IF_ERROR(f.Text("bias", &bias));
   if (bias != "none") return bad("only bias 'none' is supported");
-  ASSIGN_OR_RETURN(const bool fan_in_fan_out, flag_field("fan_in_fan_out"));
+  bool fan_in_fan_out = false, dora = false;
+  RETURN_IF_ERROR(f.Flag("fan_in_fan_out", &fan_in_fan_out));
   if (fan_in_fan_out) return bad("fan_in_fan_out adapters are not supported");
-  ASSIGN_OR_RETURN(const bool dora, flag_field("use_dora"));
+  RETURN_IF_ERROR(f.Flag("use_dora", &dora));
   if (dora) return bad("DoRA adapters (use_dora) are not supported");
   // Per-module ranks or scales: every module here has the one r and lora_alpha. A scale pattern
   // would otherwise be read silently with the wrong scale.
@@ -108,13 +104,6 @@ absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaC
   if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
     return bad("field 'layers_to_transform' is not supported (every layer is adapted)");
   }
-  PeftAdapter a;
-  a.config.rank = j["r"].get<int64_t>();
-  a.config.alpha = j["lora_alpha"].get<float>();
-  a.config.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number()
-                         ? j["lora_dropout"].get<float>()
-                         : 0.0f;
-  ASSIGN_OR_RETURN(a.config.use_rslora, flag_field("use_rslora"));
   const auto& tm = j.contains("target_modules") ? j["target_modules"] : nlohmann::json();
   if (tm.is_string()) {
     auto parsed = ParseTargetModules(tm.get<std::string>() == "all-linear" ? "all-linear"

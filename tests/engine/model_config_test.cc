@@ -75,6 +75,18 @@ TEST(ModelConfig, ErrorsNameTheField) {
   ExpectError(R"({"model_type": "llama", "hidden_size": 0, "intermediate_size": 1,
                   "num_hidden_layers": 1, "num_attention_heads": 1, "vocab_size": 1})",
               "hidden_size must be positive");
+  // Types the JSON library would have thrown on, ending the daemon that read the upload.
+  ExpectError(R"({"model_type": 5})", "'model_type' must be a string");
+  const std::string dims = R"("model_type": "llama", "hidden_size": 64, "intermediate_size": 1,
+                  "num_hidden_layers": 1, "num_attention_heads": 8, "vocab_size": 1)";
+  ExpectError("{" + dims + R"(, "eos_token_id": ["2"]})", "'eos_token_id' must list integers");
+  ExpectError("{" + dims + R"(, "rope_theta": 1e39})", "'rope_theta' must be a finite number");
+  ExpectError("{" + dims + R"(, "rope_parameters": {"rope_theta": "1e6"}})",
+              "'rope_parameters.rope_theta' must be a finite number");
+  ExpectError("{" + dims + R"(, "attention_bias": "no"})",
+              "'attention_bias' must be true or false");
+  ExpectError("{" + dims + R"(, "vocab_size": 18446744073709551615})",
+              "'vocab_size' must be an integer");
 }
 
 }  // namespace

@@ -170,6 +170,9 @@ TEST(PeftAdapter, ConfigsFromOtherToolsAreReadOrRefusedByName) {
     EXPECT_TRUE(load_with(key, nullptr).ok()) << key << " = null";
   }
   EXPECT_TRUE(load_with("alpha_pattern", nlohmann::json::object()).ok());
+  EXPECT_TRUE(load_with("lora_dropout", nullptr).ok());
+  ASSERT_TRUE(load_with("lora_dropout", 0.25).ok());
+  EXPECT_FLOAT_EQ(LoadPeftAdapter(dir, w->config)->config.dropout, 0.25f);
   const std::pair<const char*, nlohmann::json> refused[] = {
       {"use_rslora", "yes"},
       {"bias", 3},
@@ -178,6 +181,10 @@ TEST(PeftAdapter, ConfigsFromOtherToolsAreReadOrRefusedByName) {
       {"alpha_pattern", {{"q_proj", 32}}},
       {"rank_pattern", {{"q_proj", 8}}},
       {"layers_to_transform", {0}},
+      {"lora_dropout", "0.1"},  // was read as 0
+      {"lora_alpha", 1e39},     // past float: an infinite scale
+      {"r", nullptr},
+      {"r", 4.5},
   };
   for (const auto& [key, value] : refused) {
     const absl::Status s = load_with(key, value);
