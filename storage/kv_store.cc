@@ -27,6 +27,17 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view context) {
 
 rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.size()); }
 
+// The least key above every key that starts with `prefix`, or "" when there is none (an empty
+// prefix, or one of 0xFF bytes only). A scan bounded by it stops without positioning on the key
+// past its range: a RocksDB 7.8 iterator reads the value of every key it lands on, and the key
+// after a tenant's metadata may be another tenant's dataset in a blob file.
+std::string PrefixEnd(std::string_view prefix) {
+  std::string end(prefix);
+  while (!end.empty() && static_cast<uint8_t>(end.back()) == 0xFF) end.pop_back();
+  if (!end.empty()) end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+  return end;
+}
+
 }  // namespace
 
 const char* FamilyName(Family f) {
@@ -121,12 +132,13 @@ absl::Status KvStore::Write(const WriteSet& writes) {
         s = batch.Delete(Handle(op.family), ToSlice(op.key));
         break;
       case WriteSet::Op::kDeletePrefix: {
-        // Point deletes of the keys present now: exact, and cheap for our key ranges.
-        absl::Status scan = Scan(op.family, op.key, [&](std::string_view key, std::string_view) {
-          s = batch.Delete(Handle(op.family), ToSlice(key));
-          return s.ok();
-        });
-        if (!scan.ok()) return scan;
+        // One range tombstone: it reads nothing (listing the keys would read each value, a whole
+        // dataset to delete it) and also covers keys written since.
+        const std::string end = PrefixEnd(op.key);
+        if (op.key.empty() || end.empty()) {
+          return absl::InvalidArgumentError("a deleted prefix must be a bounded key range");
+        }
+        s = batch.DeleteRange(Handle(op.family), ToSlice(op.key), ToSlice(end));
         break;
       }
     }
@@ -149,6 +161,9 @@ absl::Status KvStore::Scan(Family f, std::string_view prefix,
                            const std::function<bool(std::string_view, std::string_view)>& visit,
                            std::string_view start_after) const {
   rocksdb::ReadOptions ro;
+  const std::string end = PrefixEnd(prefix);
+  const rocksdb::Slice upper_bound = ToSlice(end);  // read by the iterator: outlives it
+  if (!end.empty()) ro.iterate_upper_bound = &upper_bound;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, Handle(f)));
   if (start_after.empty()) {
     it->Seek(ToSlice(prefix));

@@ -65,17 +65,29 @@ absl::Status CheckpointStore::Delete(const std::string& tenant, const std::strin
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> CheckpointStore::List() const {
+  // One key per job: a scan reads the value of each key it lands on, and a checkpoint's later
+  // files (the optimizer moments) are large. A job's first file is adapter_config.json, small.
   std::vector<std::pair<std::string, std::string>> out;
-  RETURN_IF_ERROR(db_->Scan(Family::kCheckpoints, "", [&](std::string_view key, std::string_view) {
-    const size_t a = key.find('/');
-    const size_t b = a == std::string_view::npos ? a : key.find('/', a + 1);
-    if (b == std::string_view::npos) return true;
-    std::pair<std::string, std::string> job(std::string(key.substr(0, a)),
-                                            std::string(key.substr(a + 1, b - a - 1)));
-    if (out.empty() || out.back() != job) out.push_back(std::move(job));
-    return true;
-  }));
-  return out;
+  std::string resume_after;
+  while (true) {
+    bool found = false;
+    RETURN_IF_ERROR(db_->Scan(
+        Family::kCheckpoints, "",
+        [&](std::string_view key, std::string_view) {
+          const size_t a = key.find('/');
+          const size_t b = a == std::string_view::npos ? a : key.find('/', a + 1);
+          if (b == std::string_view::npos) return true;  // not a checkpoint file's key
+          out.emplace_back(std::string(key.substr(0, a)),
+                           std::string(key.substr(a + 1, b - a - 1)));
+          // "<tenant>/<job>0" sorts after every "<tenant>/<job>/<file>" and before any later
+          // job's keys; no key is ever exactly it (keys have three parts).
+          resume_after = std::string(key.substr(0, b)) + "0";
+          found = true;
+          return false;
+        },
+        resume_after));
+    if (!found) return out;
+  }
 }
 
 }  // namespace qlorad::core

@@ -194,6 +194,88 @@ TEST(KvStore, WritesResumeOnceAFullDiskHasRoomAgain) {
             absl::StatusCode::kNotFound);
 }
 
+// A disk that counts the bytes RocksDB reads from blob files (where large values live).
+class BlobReadCountingDisk : public rocksdb::FileSystemWrapper {
+ public:
+  BlobReadCountingDisk() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
+  const char* Name() const override { return "BlobReadCountingDisk"; }
+  std::atomic<int64_t> blob_bytes_read{0};
+
+  rocksdb::IOStatus NewRandomAccessFile(const std::string& name,
+                                        const rocksdb::FileOptions& options,
+                                        std::unique_ptr<rocksdb::FSRandomAccessFile>* file,
+                                        rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewRandomAccessFile(name, options, file, dbg);
+    if (s.ok() && name.size() > 5 && name.substr(name.size() - 5) == ".blob") {
+      *file = std::make_unique<File>(std::move(*file), this);
+    }
+    return s;
+  }
+
+ private:
+  class File : public rocksdb::FSRandomAccessFileOwnerWrapper {
+   public:
+    File(std::unique_ptr<rocksdb::FSRandomAccessFile> file, BlobReadCountingDisk* disk)
+        : FSRandomAccessFileOwnerWrapper(std::move(file)), disk_(disk) {}
+    rocksdb::IOStatus Read(uint64_t offset, size_t n, const rocksdb::IOOptions& o,
+                           rocksdb::Slice* result, char* scratch,
+                           rocksdb::IODebugContext* dbg) const override {
+      disk_->blob_bytes_read += static_cast<int64_t>(n);
+      return FSRandomAccessFileOwnerWrapper::Read(offset, n, o, result, scratch, dbg);
+    }
+    rocksdb::IOStatus MultiRead(rocksdb::FSReadRequest* reqs, size_t num_reqs,
+                                const rocksdb::IOOptions& o,
+                                rocksdb::IODebugContext* dbg) override {
+      for (size_t i = 0; i < num_reqs; ++i) disk_->blob_bytes_read += reqs[i].len;
+      return FSRandomAccessFileOwnerWrapper::MultiRead(reqs, num_reqs, o, dbg);
+    }
+
+   private:
+    BlobReadCountingDisk* disk_;
+  };
+};
+
+// Listing one tenant's records must not read the next tenant's dataset (the key after the
+// listed range), and deleting a dataset must not read it: both used to read the whole value.
+TEST(KvStore, ScansAndDeletesReadNoLargeValueOutsideWhatTheyReturn) {
+  const std::string dir = FreshDir("blob-reads");
+  auto disk = std::make_shared<BlobReadCountingDisk>();
+  KvStoreOptions o;
+  o.file_system = disk;
+  constexpr int64_t kBlob = 4 << 20;
+  {
+    auto db = KvStore::Open(dir, o);
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->Put(Family::kDatasets, "t/meta/ds-1", "small record").ok());
+    ASSERT_TRUE((*db)->Put(Family::kDatasets, "u/ds-2/data", std::string(kBlob, 'u')).ok());
+    ASSERT_TRUE((*db)->Put(Family::kDatasets, "u/ds-3/data", std::string(kBlob, 'v')).ok());
+  }
+  auto db = KvStore::Open(dir, o);  // reopening flushed the values into blob files
+  ASSERT_TRUE(db.ok()) << db.status();
+  disk->blob_bytes_read = 0;
+  std::vector<std::string> listed;
+  ASSERT_TRUE((*db)
+                  ->Scan(Family::kDatasets, "t/meta/",
+                         [&](std::string_view k, std::string_view) {
+                           listed.emplace_back(k);
+                           return true;
+                         })
+                  .ok());
+  EXPECT_EQ(listed, std::vector<std::string>{"t/meta/ds-1"});
+  EXPECT_LT(disk->blob_bytes_read, kBlob / 16);
+  disk->blob_bytes_read = 0;
+  WriteSet del;
+  del.DeletePrefix(Family::kDatasets, "u/ds-2/");
+  ASSERT_TRUE((*db)->Write(del).ok());
+  EXPECT_LT(disk->blob_bytes_read, kBlob / 16);
+  EXPECT_EQ((*db)->Get(Family::kDatasets, "u/ds-2/data").status().code(),
+            absl::StatusCode::kNotFound);
+  // The counting sees reads: the kept value reads whole.
+  disk->blob_bytes_read = 0;
+  EXPECT_EQ((*db)->Get(Family::kDatasets, "u/ds-3/data")->size(), static_cast<size_t>(kBlob));
+  EXPECT_GE(disk->blob_bytes_read, kBlob);
+}
+
 TEST(KvStore, KeysRejectSlashesAndEmptyParts) {
   EXPECT_EQ(*StoreKey({"acme", "job-1"}), "acme/job-1");
   EXPECT_FALSE(StoreKey({"acme/evil", "x"}).ok());
