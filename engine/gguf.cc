@@ -1,5 +1,7 @@
 #include "engine/gguf.h"
 
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -182,17 +184,23 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path
   uint64_t alignment = 32;
   if (auto it = g->kv_.find("general.alignment");
       it != g->kv_.end() && !it->second.numbers.empty()) {
-    alignment = static_cast<uint64_t>(it->second.numbers[0]);
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    const double a = it->second.numbers[0];
+    alignment = a >= 1 && a <= 4096 ? static_cast<uint64_t>(a) : 0;
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || a != std::floor(a)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": general.alignment ", alignment, " is not a power of two"));
+          absl::StrCat(path, ": general.alignment ", a, " is not a power of two"));
     }
   }
   const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
   const uint64_t size = g->file_->size();
   for (Pending& t : pending) {
-    int64_t numel = 1;
-    for (int64_t d : t.info.shape) numel *= d;
+    uint64_t numel = 1;
+    bool overflow = false;
+    for (int64_t d : t.info.shape) overflow |= __builtin_mul_overflow(numel, d, &numel);
+    if (overflow || numel > size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor '", t.name, "' is larger than the file"));
+    }
     uint64_t elem;
     if (t.info.ggml_type == 0) {
       elem = 4;
@@ -228,6 +236,19 @@ absl::StatusOr<double> Number(const GgufFile& g, const std::string& key, bool re
   return it->second.numbers[0];
 }
 
+// A metadata number used as a count or an id: a whole number in [min, max] (casting NaN or a
+// value past int64 to an integer is undefined).
+absl::StatusOr<int64_t> Integer(const GgufFile& g, const std::string& key, bool required,
+                                int64_t fallback, int64_t min = 0, int64_t max = int64_t{1} << 40) {
+  ASSIGN_OR_RETURN(double v, Number(g, key, required, static_cast<double>(fallback)));
+  if (!(v >= static_cast<double>(min) && v <= static_cast<double>(max)) || v != std::floor(v)) {
+    return absl::InvalidArgumentError(absl::StrCat(g.path(), ": metadata '", key, "' is ", v,
+                                                   "; a whole number from ", min, " to ", max,
+                                                   " is expected"));
+  }
+  return static_cast<int64_t>(v);
+}
+
 }  // namespace
 
 absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path) {
@@ -239,22 +260,18 @@ absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path) {
   }
   GgufModel m;
   LlamaConfig& c = m.weights.config;
-  ASSIGN_OR_RETURN(double dim, Number(*g, "llama.embedding_length", true, 0));
-  ASSIGN_OR_RETURN(double layers, Number(*g, "llama.block_count", true, 0));
-  ASSIGN_OR_RETURN(double ffn, Number(*g, "llama.feed_forward_length", true, 0));
-  ASSIGN_OR_RETURN(double heads, Number(*g, "llama.attention.head_count", true, 0));
-  ASSIGN_OR_RETURN(double kv_heads, Number(*g, "llama.attention.head_count_kv", false, heads));
+  ASSIGN_OR_RETURN(c.hidden_size, Integer(*g, "llama.embedding_length", true, 0));
+  ASSIGN_OR_RETURN(c.num_hidden_layers, Integer(*g, "llama.block_count", true, 0));
+  ASSIGN_OR_RETURN(c.intermediate_size, Integer(*g, "llama.feed_forward_length", true, 0));
+  ASSIGN_OR_RETURN(c.num_attention_heads, Integer(*g, "llama.attention.head_count", true, 0));
+  ASSIGN_OR_RETURN(c.num_key_value_heads,
+                   Integer(*g, "llama.attention.head_count_kv", false, c.num_attention_heads));
   ASSIGN_OR_RETURN(double eps, Number(*g, "llama.attention.layer_norm_rms_epsilon", false, 1e-5));
   ASSIGN_OR_RETURN(double theta, Number(*g, "llama.rope.freq_base", false, 10000.0));
-  ASSIGN_OR_RETURN(double ctx, Number(*g, "llama.context_length", false, 2048));
-  c.hidden_size = static_cast<int64_t>(dim);
-  c.num_hidden_layers = static_cast<int64_t>(layers);
-  c.intermediate_size = static_cast<int64_t>(ffn);
-  c.num_attention_heads = static_cast<int64_t>(heads);
-  c.num_key_value_heads = static_cast<int64_t>(kv_heads);
-  c.rms_norm_eps = static_cast<float>(eps);
-  c.rope_theta = static_cast<float>(theta);
-  c.max_position_embeddings = static_cast<int64_t>(ctx);
+  ASSIGN_OR_RETURN(c.max_position_embeddings, Integer(*g, "llama.context_length", false, 2048));
+  // Out of float's range reads as infinity, which Validate refuses (casting it is undefined).
+  c.rms_norm_eps = std::fabs(eps) <= FLT_MAX ? static_cast<float>(eps) : INFINITY;
+  c.rope_theta = std::fabs(theta) <= FLT_MAX ? static_cast<float>(theta) : INFINITY;
 
   // Tokenizer.
   auto tok_model = g->metadata().find("tokenizer.ggml.model");
@@ -286,25 +303,26 @@ absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path) {
     p.piece = tokens->second.strings[i];
     if (scores != g->metadata().end()) p.score = static_cast<float>(scores->second.numbers[i]);
     if (types != g->metadata().end()) {
-      const int t = static_cast<int>(types->second.numbers[i]);
-      if (t < 1 || t > 6)
+      const double t = types->second.numbers[i];
+      if (!(t >= 1 && t <= 6) || t != std::floor(t))
         return absl::InvalidArgumentError(
             absl::StrCat(path, ": token ", i, " has unknown type ", t));
-      p.type = static_cast<PieceType>(t);
+      p.type = static_cast<PieceType>(static_cast<int>(t));
     }
     spec.pieces.push_back(std::move(p));
   }
-  ASSIGN_OR_RETURN(double bos, Number(*g, "tokenizer.ggml.bos_token_id", false, 1));
-  ASSIGN_OR_RETURN(double eos, Number(*g, "tokenizer.ggml.eos_token_id", false, 2));
-  ASSIGN_OR_RETURN(double unk, Number(*g, "tokenizer.ggml.unknown_token_id", false, 0));
+  // Special ids name tokens of the list; llama.vocab_size (the embedding's rows) may pad it.
+  const int64_t last_id = static_cast<int64_t>(vocab) - 1;
+  ASSIGN_OR_RETURN(int64_t bos, Integer(*g, "tokenizer.ggml.bos_token_id", false, 1, 0, last_id));
+  ASSIGN_OR_RETURN(int64_t eos, Integer(*g, "tokenizer.ggml.eos_token_id", false, 2, 0, last_id));
+  ASSIGN_OR_RETURN(int64_t unk,
+                   Integer(*g, "tokenizer.ggml.unknown_token_id", false, 0, 0, last_id));
   spec.bos_id = static_cast<int>(bos);
   spec.eos_id = static_cast<int>(eos);
   spec.unk_id = static_cast<int>(unk);
   c.bos_token_id = spec.bos_id;
   c.eos_token_id = spec.eos_id;
-  ASSIGN_OR_RETURN(double vocab_meta,
-                   Number(*g, "llama.vocab_size", false, static_cast<double>(vocab)));
-  c.vocab_size = static_cast<int64_t>(vocab_meta);
+  ASSIGN_OR_RETURN(c.vocab_size, Integer(*g, "llama.vocab_size", false, last_id + 1, last_id + 1));
 
   // Tensors: the output head is tied when output.weight is absent or equals the embedding.
   const auto& t = g->tensors();

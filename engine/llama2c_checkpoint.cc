@@ -15,7 +15,8 @@ absl::StatusOr<LlamaWeights> ReadLlama2cCheckpoint(const std::string& path) {
   }
   int32_t h[7];
   std::memcpy(h, file->data(), sizeof(h));
-  const int32_t dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kv_heads = h[4];
+  // 64-bit from here: products such as dim * dim pass int32 for dims Validate allows.
+  const int64_t dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kv_heads = h[4];
   const bool shared = h[5] > 0;
   const int32_t vocab = shared ? h[5] : -h[5];
   const int32_t seq_len = h[6];

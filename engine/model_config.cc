@@ -11,20 +11,30 @@ int64_t LlamaConfig::ParameterCount() const {
 }
 
 absl::Status LlamaConfig::Validate() const {
-  auto positive = [](int64_t v, const char* name) -> absl::Status {
-    if (v <= 0)
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: ", name, " must be positive, got ", v));
-    return absl::OkStatus();
+  // Upper bounds well past any published LLaMA-family model: a header can claim any size, and
+  // sizes are allocated from (a trillion layers) and multiplied (past int64) before any tensor
+  // is read.
+  struct Dimension {
+    int64_t value;
+    const char* name;
+    int64_t max;
   };
-  for (auto [v, name] : {std::pair{hidden_size, "hidden_size"},
-                         {intermediate_size, "intermediate_size"},
-                         {num_hidden_layers, "num_hidden_layers"},
-                         {num_attention_heads, "num_attention_heads"},
-                         {num_key_value_heads, "num_key_value_heads"},
-                         {vocab_size, "vocab_size"},
-                         {max_position_embeddings, "max_position_embeddings"}}) {
-    if (auto s = positive(v, name); !s.ok()) return s;
+  for (const Dimension& d :
+       {Dimension{hidden_size, "hidden_size", int64_t{1} << 17},
+        Dimension{intermediate_size, "intermediate_size", int64_t{1} << 19},
+        Dimension{num_hidden_layers, "num_hidden_layers", 1024},
+        Dimension{num_attention_heads, "num_attention_heads", 1024},
+        Dimension{num_key_value_heads, "num_key_value_heads", 1024},
+        Dimension{vocab_size, "vocab_size", int64_t{1} << 22},
+        Dimension{max_position_embeddings, "max_position_embeddings", int64_t{1} << 24}}) {
+    if (d.value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: ", d.name, " must be positive, got ", d.value));
+    }
+    if (d.value > d.max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: ", d.name, " is ", d.value, "; at most ", d.max, " is supported"));
+    }
   }
   if (hidden_size % num_attention_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("config: hidden_size ", hidden_size,

@@ -28,7 +28,8 @@ struct LlamaConfig {
   // Parameters of the whole model (embeddings counted once when tied).
   int64_t ParameterCount() const;
 
-  // Every dimension positive, heads divide hidden size, kv heads divide heads, even head_dim.
+  // Every dimension positive and within bounds, heads divide hidden size, kv heads divide
+  // heads, even head_dim.
   absl::Status Validate() const;
 };
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/hf_model_io.h"
+#include "engine/json_fields.h"
 #include "engine/mapped_file.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
@@ -87,16 +88,22 @@ absl::StatusOr<Nf4Tensor> LoadQuantized(const ShardSet& shards, const std::strin
     return absl::InvalidArgumentError(absl::StrCat(name, kQuantStateSuffix, ": ", what));
   };
   if (st.is_discarded() || !st.is_object()) return bad("not JSON");
-  if (st.value("quant_type", "") != "nf4") return bad("quant_type must be 'nf4'");
-  if (!st.contains("blocksize") || !st["blocksize"].is_number_integer())
-    return bad("missing blocksize");
-  if (!st.contains("shape") || !st["shape"].is_array()) return bad("missing shape");
+  const JsonFields f(st, name + kQuantStateSuffix);
+  std::string quant_type;
+  RETURN_IF_ERROR(f.Text("quant_type", &quant_type));
+  if (quant_type != "nf4") return bad("quant_type must be 'nf4'");
+  int64_t blocksize = 0, nested_blocksize = 256;
+  RETURN_IF_ERROR(f.Int("blocksize", true, &blocksize));
+  if (blocksize <= 0 || blocksize > 4096) return bad("blocksize must be from 1 to 4096");
+  // The shape is compared with the one config.json implies, not read: any other is refused.
+  if (!st.contains("shape") || st["shape"] != nlohmann::json(expected_shape)) {
+    return bad("shape differs from what config.json implies");
+  }
   Nf4Tensor t;
-  t.shape = st["shape"].get<std::vector<int64_t>>();
-  if (t.shape != expected_shape) return bad("shape differs from what config.json implies");
+  t.shape = expected_shape;
   t.numel = 1;
   for (int64_t d : t.shape) t.numel *= d;
-  t.blocksize = st["blocksize"].get<int>();
+  t.blocksize = static_cast<int>(blocksize);
   ASSIGN_OR_RETURN(const SafetensorsEntry* packed, shards.Need(name, DType::kU8));
   t.packed = Copy<uint8_t>(*packed);
   ASSIGN_OR_RETURN(const SafetensorsEntry* qmap, shards.Need(name + ".quant_map", DType::kF32));
@@ -104,11 +111,14 @@ absl::StatusOr<Nf4Tensor> LoadQuantized(const ShardSet& shards, const std::strin
   if (code.size() != 16 || std::memcmp(code.data(), kernels::kNf4Code.data(), 64) != 0) {
     return bad("quant_map is not the NF4 code");
   }
-  t.double_quant = st.contains("nested_offset");
+  t.double_quant = f.Has("nested_offset");
   if (t.double_quant) {
-    if (!st["nested_offset"].is_number()) return bad("nested_offset is not a number");
-    t.offset = st["nested_offset"].get<float>();
-    t.nested_blocksize = st.value("nested_blocksize", 256);
+    RETURN_IF_ERROR(f.Number("nested_offset", true, &t.offset));
+    RETURN_IF_ERROR(f.Int("nested_blocksize", false, &nested_blocksize));
+    if (nested_blocksize <= 0 || nested_blocksize > 4096) {
+      return bad("nested_blocksize must be from 1 to 4096");
+    }
+    t.nested_blocksize = static_cast<int>(nested_blocksize);
     ASSIGN_OR_RETURN(const SafetensorsEntry* aq, shards.Need(name + ".absmax", DType::kU8));
     t.absmax_q = Copy<uint8_t>(*aq);
     ASSIGN_OR_RETURN(const SafetensorsEntry* na, shards.Need(name + ".nested_absmax", DType::kF32));
@@ -134,11 +144,21 @@ absl::StatusOr<bool> IsNf4Checkpoint(const std::string& dir) {
   ASSIGN_OR_RETURN(nlohmann::json j, ReadConfigJson(dir));
   if (!j.contains("quantization_config")) return false;
   const auto& q = j["quantization_config"];
-  if (!q.is_object() || q.value("quant_method", "") != "bitsandbytes") {
+  if (!q.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, "/config.json: quantization_config is not an object"));
+  }
+  const JsonFields f(q, dir + "/config.json", "quantization_config.");
+  std::string method, quant_type = "nf4";
+  bool four_bit = false;
+  RETURN_IF_ERROR(f.Text("quant_method", &method));
+  RETURN_IF_ERROR(f.Flag("load_in_4bit", &four_bit));
+  RETURN_IF_ERROR(f.Text("bnb_4bit_quant_type", &quant_type));
+  if (method != "bitsandbytes") {
     return absl::InvalidArgumentError(
         absl::StrCat(dir, "/config.json: quantization_config is not a bitsandbytes one"));
   }
-  if (!q.value("load_in_4bit", false) || q.value("bnb_4bit_quant_type", "nf4") != "nf4") {
+  if (!four_bit || quant_type != "nf4") {
     return absl::InvalidArgumentError(
         absl::StrCat(dir, "/config.json: only bitsandbytes 4-bit NF4 checkpoints are supported"));
   }

@@ -79,10 +79,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       return Bad(path, absl::StrCat("tensor '", name, "' data_offsets [", begin, ", ", end,
                                     ") lie outside the ", data_size, "-byte data section"));
     }
-    if (end - begin != static_cast<uint64_t>(numel) * DTypeSize(e.dtype)) {
-      return Bad(path,
-                 absl::StrCat("tensor '", name, "' holds ", end - begin,
-                              " bytes but its dtype and shape need ", numel * DTypeSize(e.dtype)));
+    // Divided, not multiplied: numel * size can wrap to the byte count of a tiny range.
+    const uint64_t elem = DTypeSize(e.dtype);
+    if ((end - begin) % elem != 0 || (end - begin) / elem != static_cast<uint64_t>(numel)) {
+      return Bad(path, absl::StrCat("tensor '", name, "' holds ", end - begin, " bytes but its ",
+                                    numel, " elements of ", elem, " bytes need more or fewer"));
     }
     e.data = data_begin + begin;
     e.bytes = end - begin;
@@ -100,6 +101,10 @@ absl::StatusOr<const SafetensorsEntry*> SafetensorsFile::Get(const std::string& 
 }
 
 absl::StatusOr<std::vector<float>> EntryToF32(const SafetensorsEntry& e, const std::string& name) {
+  if (e.dtype != DType::kF32 && e.dtype != DType::kF16 && e.dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' has dtype ", DTypeName(e.dtype), "; expected F32, F16 or BF16"));
+  }
   const int64_t n = e.numel();
   std::vector<float> out(n);
   switch (e.dtype) {
@@ -115,8 +120,7 @@ absl::StatusOr<std::vector<float>> EntryToF32(const SafetensorsEntry& e, const s
       }
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' has dtype ", DTypeName(e.dtype), "; expected F32, F16 or BF16"));
+      break;  // refused above
   }
   return out;
 }

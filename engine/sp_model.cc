@@ -73,6 +73,25 @@ size_t Utf8Length(unsigned char c) {
   return 1;
 }
 
+// The byte a "<0xHH>" piece stands for, or -1 when `piece` is not spelled so.
+int BytePieceValue(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  int value = 0;
+  for (const char c : piece.substr(3, 2)) {
+    value *= 16;
+    if (c >= '0' && c <= '9') {
+      value += c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      value += c - 'A' + 10;
+    } else if (c >= 'a' && c <= 'f') {
+      value += c - 'a' + 10;
+    } else {
+      return -1;
+    }
+  }
+  return value;
+}
+
 // Length of a well-formed UTF-8 character at s[i] (no overlongs, surrogates or values past
 // U+10FFFF), or 0 when the bytes there are malformed.
 size_t ValidUtf8Length(std::string_view s, size_t i) {
@@ -178,23 +197,43 @@ absl::StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Parse(
   }
   const int32_t n = m->size();
   for (int32_t id : {m->unk_id_, m->bos_id_, m->eos_id_}) {
-    if (id >= n)
+    if (id < 0 || id >= n)  // -1 (a disabled token) too: generation and training need all three
       return absl::InvalidArgumentError(
           absl::StrCat("special token id ", id, " is outside the vocabulary of ", n));
   }
   std::fill(std::begin(m->byte_ids_), std::end(m->byte_ids_), -1);
   for (int32_t id = 0; id < n; ++id) {
     const VocabPiece& p = m->pieces_[id];
+    const int type = static_cast<int>(p.type);
+    if (type < static_cast<int>(PieceType::kNormal) || type > static_cast<int>(PieceType::kByte)) {
+      return absl::InvalidArgumentError(absl::StrCat("piece ", id, " has unknown type ", type));
+    }
+    if (p.type == PieceType::kByte) {
+      const int byte = BytePieceValue(p.piece);
+      if (byte < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("byte piece ", id, " is not spelled <0xHH> (two hex digits)"));
+      }
+      m->byte_ids_[byte] = id;
+      continue;
+    }
+    // Pieces become generated text, which the API carries in UTF-8 string fields.
+    for (size_t i = 0; i < p.piece.size();) {
+      const size_t len = ValidUtf8Length(p.piece, i);
+      if (len == 0) return absl::InvalidArgumentError(absl::StrCat("piece ", id, " is not UTF-8"));
+      i += len;
+    }
     if (p.type == PieceType::kNormal || p.type == PieceType::kUserDefined)
       m->mergeable_.emplace(p.piece, id);
     if (p.type == PieceType::kUserDefined) m->user_defined_.push_back(p.piece);
-    if (p.type == PieceType::kByte && p.piece.size() == 6) {
-      m->byte_ids_[std::stoi(p.piece.substr(3, 2), nullptr, 16)] = id;
-    }
   }
   std::sort(m->user_defined_.begin(), m->user_defined_.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
   return m;
+}
+
+char SentencePieceModel::ByteOf(int32_t id) const {
+  return static_cast<char>(BytePieceValue(pieces_[id].piece));
 }
 
 std::string SentencePieceModel::Normalize(std::string_view text) const {
@@ -333,7 +372,7 @@ std::string SentencePieceModel::Decode(const std::vector<int32_t>& ids) const {
     if (id < 0 || id >= size()) continue;
     const VocabPiece& p = pieces_[id];
     if (p.type == PieceType::kByte) {
-      bytes.push_back(static_cast<char>(std::stoi(p.piece.substr(3, 2), nullptr, 16)));
+      bytes.push_back(ByteOf(id));
       continue;
     }
     flush_bytes();

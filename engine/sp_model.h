@@ -36,6 +36,8 @@ class SentencePieceModel {
   const std::string& IdToPiece(int32_t id) const { return pieces_[id].piece; }
   bool IsControl(int32_t id) const { return pieces_[id].type == PieceType::kControl; }
   bool IsByte(int32_t id) const { return pieces_[id].type == PieceType::kByte; }
+  // The byte a byte piece stands for (Parse checked each is spelled "<0xHH>").
+  char ByteOf(int32_t id) const;
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
   int32_t unk_id() const { return unk_id_; }

@@ -44,11 +44,8 @@ absl::StatusOr<std::string> Tokenizer::Decode(const std::vector<int32_t>& ids) c
 
 std::string Tokenizer::PieceText(int32_t id) const {
   if (id < 0 || id >= vocab_size() || sp_->IsControl(id)) return "";
+  if (sp_->IsByte(id)) return std::string(1, sp_->ByteOf(id));  // "<0xAB>" -> the raw byte
   const std::string& piece = sp_->IdToPiece(id);
-  if (sp_->IsByte(id)) {
-    // "<0xAB>" -> the raw byte.
-    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
-  }
   std::string out;
   for (size_t i = 0; i < piece.size(); ++i) {
     if (piece.compare(i, 3, "\xE2\x96\x81") == 0) {

@@ -170,15 +170,17 @@ std::string AsF16(const std::vector<float>& v) {
   return out;
 }
 
-// stories260K written back out as an F16 GGUF (q/k in Meta order, as llama.cpp stores them).
-std::string Stories260kAsF16Gguf(const std::string& architecture, uint32_t matrix_type) {
+// stories260K written back out as an F16 GGUF (q/k in Meta order, as llama.cpp stores them);
+// `claimed_layers`, when set, is the block count its metadata states instead.
+std::string Stories260kAsF16Gguf(const std::string& architecture, uint32_t matrix_type,
+                                 uint32_t claimed_layers = 0) {
   auto m = LoadGgufModel(Stories260kGguf());
   EXPECT_TRUE(m.ok());
   const LlamaConfig& c = m->weights.config;
   GgufWriter w;
   w.Str("general.architecture", architecture);
   w.U32("llama.embedding_length", c.hidden_size);
-  w.U32("llama.block_count", c.num_hidden_layers);
+  w.U32("llama.block_count", claimed_layers != 0 ? claimed_layers : c.num_hidden_layers);
   w.U32("llama.feed_forward_length", c.intermediate_size);
   w.U32("llama.attention.head_count", c.num_attention_heads);
   w.U32("llama.attention.head_count_kv", c.num_key_value_heads);
@@ -249,6 +251,17 @@ TEST(Gguf, OtherArchitecturesAndQuantizedTypesAreRefusedByName) {
   auto q = LoadGgufModel(dir + "/q4.gguf");
   ASSERT_FALSE(q.ok());
   EXPECT_NE(q.status().message().find("ggml type 2"), std::string::npos) << q.status();
+}
+
+// A block count is allocated from once the embedding has loaded: four billion layers ended the
+// process (std::bad_alloc) instead of naming the field.
+TEST(Gguf, AnAbsurdLayerCountIsRefusedBeforeAnythingIsAllocated) {
+  const std::string path = TempDir("gguf_layers") + "/layers.gguf";
+  ASSERT_TRUE(WriteStringToFile(path, Stories260kAsF16Gguf("llama", 1, 4000000000u)).ok());
+  auto m = LoadGgufModel(path);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("num_hidden_layers is 4000000000"), std::string::npos)
+      << m.status();
 }
 
 }  // namespace

@@ -87,6 +87,11 @@ TEST(ModelConfig, ErrorsNameTheField) {
               "'attention_bias' must be true or false");
   ExpectError("{" + dims + R"(, "vocab_size": 18446744073709551615})",
               "'vocab_size' must be an integer");
+  // Sizes that are allocated from before any tensor is read.
+  ExpectError("{" + dims + R"(, "num_hidden_layers": 1000000000000})",
+              "num_hidden_layers is 1000000000000; at most 1024 is supported");
+  ExpectError("{" + dims + R"(, "max_position_embeddings": 288230376151711745})",
+              "max_position_embeddings is 288230376151711745");
 }
 
 }  // namespace

@@ -88,6 +88,30 @@ TEST(Nf4Checkpoint, PrequantizedModelGivesTheSameLogitsAsQuantizingOnLoad) {
   EXPECT_EQ((*pre)->linear_weight_bytes(), (*fresh)->linear_weight_bytes());
 }
 
+// IsNf4Checkpoint reads every Hugging Face folder registered: a wrong type is named (the JSON
+// library threw, ending the daemon).
+TEST(Nf4Checkpoint, QuantizationConfigTypesAreNamed) {
+  const std::string dir = TempDir("nf4_config_types");
+  auto with = [&](const nlohmann::json& q) {
+    nlohmann::json config = {{"model_type", "llama"}, {"quantization_config", q}};
+    EXPECT_TRUE(WriteStringToFile(dir + "/config.json", config.dump()).ok());
+    return IsNf4Checkpoint(dir);
+  };
+  auto yes = with({{"quant_method", "bitsandbytes"}, {"load_in_4bit", "yes"}});
+  ASSERT_FALSE(yes.ok());
+  EXPECT_NE(yes.status().message().find("'quantization_config.load_in_4bit' must be true or false"),
+            std::string::npos)
+      << yes.status();
+  auto method = with({{"quant_method", 4}});
+  ASSERT_FALSE(method.ok());
+  EXPECT_NE(method.status().message().find("'quantization_config.quant_method' must be a string"),
+            std::string::npos)
+      << method.status();
+  auto nf4 = with({{"quant_method", "bitsandbytes"}, {"load_in_4bit", true}});
+  ASSERT_TRUE(nf4.ok()) << nf4.status();
+  EXPECT_TRUE(*nf4);
+}
+
 TEST(Nf4Checkpoint, DamagedCheckpointsAreRejected) {
   auto w = LoadHfWeights(Stories260kHf());
   ASSERT_TRUE(w.ok());

@@ -65,6 +65,11 @@ TEST(Safetensors, RejectsMalformedFilesWithClearErrors) {
   ExpectInvalid(WithHeader(R"({"w":{"dtype":"Q8","shape":[1],"data_offsets":[0,1]}})", 1),
                 "unsupported tensor dtype");
   ExpectInvalid(WithHeader(R"({"w":{"shape":[1]}})", 0), "lacks dtype");
+  // 2^62 elements of 4 bytes: the product wraps to 0, the size of the empty range given.
+  ExpectInvalid(
+      WithHeader(R"({"w":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})",
+                 0),
+      "'w' holds 0 bytes");
 }
 
 TEST(Safetensors, MissingFileIsNotFound) {

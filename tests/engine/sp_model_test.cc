@@ -101,5 +101,42 @@ TEST(SentencePieceModel, RejectsWhatItDoesNotImplement) {
   EXPECT_FALSE(SentencePieceModel::Parse("\x0a\xff").ok());  // truncated
 }
 
+// A registered tokenizer comes from an admin's file: a piece spelled wrong is refused by name at
+// parse time. A byte piece "<0x-1>" used to write before the byte table, one "<0xZZ>" or "ab" to
+// throw (at parse or at the first decode of it), ending the daemon.
+TEST(SentencePieceModel, MalformedPiecesAndIdsAreRefused) {
+  auto parse_with = [](VocabPiece extra, int bos_id) {
+    SentencePieceSpec spec;
+    spec.pieces = {{"<unk>", 0, PieceType::kUnknown},
+                   {"<s>", 0, PieceType::kControl},
+                   {"</s>", 0, PieceType::kControl},
+                   {"<0x41>", 0, PieceType::kByte},
+                   std::move(extra)};
+    spec.bos_id = bos_id;
+    return SentencePieceModel::Parse(SerializeSentencePieceModel(spec));
+  };
+  auto good = parse_with({"<0x0a>", 0, PieceType::kByte}, 1);  // lower-case hex is fine
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ((*good)->Decode({3, 4}), "A\n");
+  const std::pair<VocabPiece, const char*> refused[] = {
+      {{"<0x-1>", 0, PieceType::kByte}, "byte piece 4 is not spelled <0xHH>"},
+      {{"<0xZZ>", 0, PieceType::kByte}, "byte piece 4 is not spelled <0xHH>"},
+      {{"ab", 0, PieceType::kByte}, "byte piece 4 is not spelled <0xHH>"},
+      {{"<0x4142>", 0, PieceType::kByte}, "byte piece 4 is not spelled <0xHH>"},
+      {{"\xff\xfe", 0, PieceType::kNormal}, "piece 4 is not UTF-8"},
+      {{"x", 0, static_cast<PieceType>(9)}, "piece 4 has unknown type 9"},
+  };
+  for (const auto& [piece, message] : refused) {
+    auto m = parse_with(piece, 1);
+    ASSERT_FALSE(m.ok()) << message;
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(m.status().message().find(message), std::string::npos) << m.status();
+  }
+  auto no_bos = parse_with({"x", 0, PieceType::kNormal}, -1);
+  ASSERT_FALSE(no_bos.ok());
+  EXPECT_NE(no_bos.status().message().find("special token id -1"), std::string::npos)
+      << no_bos.status();
+}
+
 }  // namespace
 }  // namespace qlorad
