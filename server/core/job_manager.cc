@@ -122,6 +122,12 @@ struct JobManager::ActiveJob {
   std::string failure_parameter;
   bool failure_is_user = false;
   std::vector<float> final_params;  // the adapter, read once the last step is done
+  // Trained, its adapter not yet stored: the store refused it (a full disk, the tenant's adapter
+  // limit lowered since the job was accepted). The job keeps its device and tries again from
+  // then, rather than throwing the training away.
+  bool trained = false;
+  int store_tries = 0;
+  absl::Time store_again_at = absl::InfinitePast();
 };
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerStores& stores,
@@ -886,7 +892,10 @@ void JobManager::WorkerLoop(Worker* w) {
         w->lost_cause = (*it)->failure;
         break;
       }
-      Finish(w, **it, outcome);
+      if (!Finish(w, **it, outcome)) {
+        ++it;
+        continue;
+      }
       Release((*it)->job.id());
       w->jobs_bytes -= (*it)->entry.job_bytes;
       --w->jobs_running;
@@ -903,7 +912,7 @@ void JobManager::WorkerLoop(Worker* w) {
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
   for (auto& a : active) {
     if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
-      Finish(w, *a, StepOutcome::kCancelled);
+      (void)Finish(w, *a, StepOutcome::kCancelled);
       Release(a->job.id());
       continue;
     }
@@ -1295,6 +1304,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     if (!loaded.ok()) return fail(loaded, "", false);
     auto tokens = ReadFileToString((fs::path(dir) / kTokensFile).string());
     if (tokens.ok()) (void)absl::SimpleAtoi(*tokens, &a->tokens);
+    // The last loss recorded: the adapter's final loss where no step is left to run (a job
+    // stopped while its adapter waited to be stored).
+    a->last_loss = a->job.last_loss();
     reason = absl::StrCat("resumed from the checkpoint at step ", a->trainer->step());
   } else if (!restored.ok()) {
     if (auto handled = store_failed(restored.status())) return std::move(*handled);
@@ -1383,6 +1395,14 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (a.cancel->load()) return StepOutcome::kCancelled;
+  if (a.trained) {  // waiting to store its adapter again
+    const absl::Duration left = a.store_again_at - absl::Now();
+    if (left <= absl::ZeroDuration()) return StepOutcome::kSucceeded;
+    // Paced, not spun: a stop, a cancel or another job's work wakes the wait.
+    absl::MutexLock lock(&mu_);
+    if (!stop_requested_) work_cv_.WaitWithTimeout(&mu_, std::min(left, absl::Milliseconds(200)));
+    return StepOutcome::kContinue;
+  }
   StepReport report;
   bool stepped = false;
   const auto started = std::chrono::steady_clock::now();
@@ -1495,6 +1515,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       return DeviceLost(w, &a.failure) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
     }
     a.final_params = *std::move(params);
+    a.trained = true;
     return StepOutcome::kSucceeded;
   }
   if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {
@@ -1511,14 +1532,14 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   return StepOutcome::kContinue;
 }
 
-void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
+bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   const std::string& tenant = a.job.tenant();
   const std::string& id = a.job.id();
   const int64_t step = a.trainer->step();
   if (outcome == StepOutcome::kFailed) {
     ReleaseQuota(w, tenant);
     (void)FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
-    return;
+    return true;
   }
   if (outcome == StepOutcome::kCancelled) {
     ReleaseQuota(w, tenant);
@@ -1538,7 +1559,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     }
     JobEnded(id, "cancelled");
     Notify();
-    return;
+    return true;
   }
   const LlamaConfig& config = a.model->model->config();
   const TrainerOptions& o = a.trainer->options();
@@ -1551,7 +1572,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   if (!saved.ok()) {
     ReleaseQuota(w, tenant);
     (void)FailJob(tenant, id, saved, "", false);
-    return;
+    return true;
   }
   v1::Adapter meta;
   meta.set_name(absl::StrCat(a.job.model(), "-", a.job.suffix().empty() ? id : a.job.suffix()));
@@ -1572,12 +1593,36 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     // CreateJob's lock, so that no check sees the job counted twice (as a job and an adapter).
     absl::MutexLock create_lock(&create_mu_);
     adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
-    ReleaseQuota(w, tenant);
+    // A store error that may pass (StoreMayMend: a full disk; also the tenant's adapter limit,
+    // lowered since the job was accepted) keeps the training: the job waits on its device and
+    // tries again (or is cancelled; a stop keeps it in a checkpoint at its last step). Meanwhile
+    // it counts as running still.
+    if (adapter.ok() || !StoreMayMend(adapter.status(), a.entry)) ReleaseQuota(w, tenant);
   }
   fs::remove_all(dir, ec);
+  if (!adapter.ok() && StoreMayMend(adapter.status(), a.entry)) {
+    ++a.store_tries;
+    if (absl::IsInternal(adapter.status())) ++a.entry.internal_failures;
+    const absl::Duration pause =
+        std::min(absl::Seconds(30), absl::Seconds(1 << std::min(a.store_tries - 1, 5)));
+    a.store_again_at = absl::Now() + pause;
+    std::fprintf(stderr,
+                 "qlorad: job %s: its adapter cannot be stored yet (try %d: %s); next try in %s\n",
+                 id.c_str(), a.store_tries, std::string(adapter.status().message()).c_str(),
+                 absl::FormatDuration(pause).c_str());
+    if (a.store_tries == 1) {  // said once, where the client sees it (if the store takes it)
+      v1::JobEvent warning;
+      warning.set_warning(
+          absl::StrCat("trained; its adapter cannot be stored yet (", adapter.status().message(),
+                       "); it is tried again until it is, or the job is cancelled"));
+      (void)stores_.jobs->Record(tenant, id, {}, warning);
+      Notify();
+    }
+    return false;
+  }
   if (!adapter.ok()) {
-    (void)FailJob(tenant, id, adapter.status(), "", absl::IsResourceExhausted(adapter.status()));
-    return;
+    (void)FailJob(tenant, id, adapter.status(), "", false);
+    return true;
   }
   const std::string reason =
       a.trainer->stopped_early()
@@ -1599,6 +1644,7 @@ void JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   (void)stores_.checkpoints->Delete(tenant, id);
   JobEnded(id, "succeeded");
   Notify();
+  return true;
 }
 
 }  // namespace qlorad::core

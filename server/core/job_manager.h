@@ -171,7 +171,9 @@ class JobManager {
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   // Records how the job ended; gives back its place on `w` and its tenant's running count
   // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.
-  void Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
+  // False for a trained job whose adapter the store refused for now: it stays on `w` (RunStep
+  // tries again after a pause).
+  bool Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
   // The worker's device is lost (Device::TakeError said kUnavailable): it takes no more jobs,
   // and each of `active` goes back to the queue.
   void LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,

@@ -686,6 +686,86 @@ TEST_F(JobManagerTest, AJobWhoseFailureCannotBeRecordedKeepsItsCheckpoint) {
       AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 2"));
 }
 
+bool StoresAnAdapter(const storage::WriteSet& w) {
+  bool adapter = false;
+  w.ForEach([&](storage::Family f, std::string_view, std::string_view) {
+    adapter |= f == storage::Family::kAdapters;
+  });
+  return adapter;
+}
+
+std::vector<std::string> Warnings(JobStore& jobs, const std::string& tenant,
+                                  const std::string& id) {
+  std::vector<std::string> out;
+  auto events = jobs.Events(tenant, id, 0, 1000);
+  EXPECT_TRUE(events.ok());
+  if (!events.ok()) return out;
+  for (const v1::JobEvent& e : *events) {
+    if (e.has_warning()) out.push_back(e.warning());
+  }
+  return out;
+}
+
+// A trained job whose adapter the store refuses (a full disk at the end of hours of training)
+// keeps its training and stores the adapter once the store takes it. It used to fail, its
+// checkpoint deleted, blamed on the user (RESOURCE_EXHAUSTED read as the adapter quota).
+TEST_F(JobManagerTest, ATrainedJobWhoseAdapterCannotBeStoredYetStoresItLater) {
+  auto refused = std::make_shared<std::atomic<int>>(0);
+  SetWriteFault([refused](const storage::WriteSet& w) {
+    if (StoresAnAdapter(w) && refused->fetch_add(1) < 2) {
+      return absl::ResourceExhaustedError("injected: no space left on device");
+    }
+    return absl::OkStatus();
+  });
+  StartManager(Options("cpu:0", 0, 1));
+  auto job = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 3);
+  EXPECT_EQ(refused->load(), 3);
+  auto adapter = adapters_->Get("a", done.adapter_id());
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  EXPECT_EQ(adapter->job_id(), job->id());
+  EXPECT_TRUE(AnyContains(Warnings(*jobs_, "a", job->id()),
+                          "its adapter cannot be stored yet (injected: no space left on device)"));
+  auto kept = checkpoints_->List();
+  ASSERT_TRUE(kept.ok());
+  EXPECT_TRUE(kept->empty());
+}
+
+// A daemon stopped while a trained job waits to store its adapter keeps the training in a
+// checkpoint at the last step: after the restart the job stores its adapter without training
+// again, with the final loss it had.
+TEST_F(JobManagerTest, AJobStoppedWhileItsAdapterWaitsStoresItAfterTheRestart) {
+  SetWriteFault([](const storage::WriteSet& w) {
+    return StoresAnAdapter(w) ? absl::ResourceExhaustedError("injected: no space left on device")
+                              : absl::OkStatus();
+  });
+  StartManager(Options("cpu:0", 0, 1));
+  auto job = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (Warnings(*jobs_, "a", job->id()).empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_FALSE(Warnings(*jobs_, "a", job->id()).empty());
+  const double trained_loss = manager_->GetJob("a", job->id())->last_loss();
+  EXPECT_GT(trained_loss, 0.0);
+  manager_->Shutdown();
+  EXPECT_EQ(manager_->GetJob("a", job->id())->state(), v1::QUEUED);
+  SetWriteFault(nullptr);
+  StartManager(Options("cpu:0", 0, 1));
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 3);
+  EXPECT_TRUE(
+      AnyContains(StateChanges(*jobs_, "a", job->id()), "resumed from the checkpoint at step 3"));
+  auto adapter = adapters_->Get("a", done.adapter_id());
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  EXPECT_DOUBLE_EQ(adapter->final_loss(), trained_loss);
+}
+
 // A start whose RUNNING write the store refuses (a full disk) is the store's failure, not the
 // job's: the job waits in the queue and starts once the store takes writes again. It used to
 // stay QUEUED, never tried again until a restart. A job queued behind it is not held up.
