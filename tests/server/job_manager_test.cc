@@ -518,14 +518,19 @@ TEST_F(JobManagerTest, AnIdempotentRetryIsAnsweredEvenAtTheJobLimit) {
   for (const std::string& id : ids) EXPECT_EQ(manager_->CancelJob("a", id)->state(), v1::CANCELLED);
 }
 
+// The events recorded for a job (its first thousand).
+std::vector<v1::JobEvent> EventsOf(JobStore& jobs, const std::string& tenant,
+                                   const std::string& id) {
+  auto events = jobs.Events(tenant, id, 0, 1000);
+  EXPECT_TRUE(events.ok()) << events.status();
+  return events.ok() ? *std::move(events) : std::vector<v1::JobEvent>{};
+}
+
 // The state changes recorded for a job, as "FROM->TO: reason" lines.
 std::vector<std::string> StateChanges(JobStore& jobs, const std::string& tenant,
                                       const std::string& id) {
   std::vector<std::string> out;
-  auto events = jobs.Events(tenant, id, 0, 1000);
-  EXPECT_TRUE(events.ok());
-  if (!events.ok()) return out;
-  for (const v1::JobEvent& e : *events) {
+  for (const v1::JobEvent& e : EventsOf(jobs, tenant, id)) {
     if (!e.has_state_change()) continue;
     out.push_back(v1::JobState_Name(e.state_change().from()) + "->" +
                   v1::JobState_Name(e.state_change().to()) + ": " + e.state_change().reason());
@@ -697,10 +702,7 @@ bool StoresAnAdapter(const storage::WriteSet& w) {
 std::vector<std::string> Warnings(JobStore& jobs, const std::string& tenant,
                                   const std::string& id) {
   std::vector<std::string> out;
-  auto events = jobs.Events(tenant, id, 0, 1000);
-  EXPECT_TRUE(events.ok());
-  if (!events.ok()) return out;
-  for (const v1::JobEvent& e : *events) {
+  for (const v1::JobEvent& e : EventsOf(jobs, tenant, id)) {
     if (e.has_warning()) out.push_back(e.warning());
   }
   return out;
@@ -799,9 +801,7 @@ TEST_F(JobManagerTest, AJobWhoseStartCannotBeStoredStartsOnceTheStoreMends) {
   EXPECT_EQ(refused->load(), 2);
   // b went past it while it waited out its pauses: b ended before a started.
   const auto when = [&](const std::string& tenant, const std::string& id, v1::JobState to) {
-    auto events = jobs_->Events(tenant, id, 0, 1000);
-    EXPECT_TRUE(events.ok());
-    for (const v1::JobEvent& e : *events) {
+    for (const v1::JobEvent& e : EventsOf(*jobs_, tenant, id)) {
       if (e.has_state_change() && e.state_change().to() == to) {
         return TimeUtil::TimestampToNanoseconds(e.time());
       }
