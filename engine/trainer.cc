@@ -239,8 +239,10 @@ absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
   if (!due && !force) return absl::OkStatus();
   ASSIGN_OR_RETURN(double loss, EvaluateLoss(valid_));
   report->eval_loss = loss;
+  last_eval_ = loss;
   if (!best_eval_ || loss < *best_eval_) {
     best_eval_ = loss;
+    best_step_ = step_;
     evals_without_improvement_ = 0;
     if (options_.early_stopping_patience > 0) {
       ASSIGN_OR_RETURN(best_params_, ReadParams());
@@ -249,6 +251,10 @@ absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
              ++evals_without_improvement_ >= options_.early_stopping_patience) {
     // Keep the best adapter seen, as load_best_model_at_end does.
     stopped_early_ = true;
+    device_->CopyFromHost(best_params_.data(), best_params_.size(), d_params_->data());
+  } else if (step_ == total_steps_ && kept_best()) {
+    // The last step came before the patience ran out: still the best adapter is the one kept
+    // (it was kept labelled with the best loss, though the last one's was worse).
     device_->CopyFromHost(best_params_.data(), best_params_.size(), d_params_->data());
   }
   return absl::OkStatus();

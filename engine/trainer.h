@@ -112,6 +112,10 @@ class Trainer {
   int64_t total_steps() const { return total_steps_; }
   bool stopped_early() const { return stopped_early_; }
   std::optional<double> best_eval_loss() const { return best_eval_; }
+  // Once training ended: the step whose adapter the trainer holds (with early stopping the best
+  // evaluated one, as load_best_model_at_end keeps it; else the last) and its validation loss.
+  int64_t kept_step() const { return kept_best() ? best_step_ : step_; }
+  std::optional<double> kept_eval_loss() const { return kept_best() ? best_eval_ : last_eval_; }
 
  private:
   // A device buffer's contents, checked against the device's errors.
@@ -123,6 +127,7 @@ class Trainer {
   MicroBatch Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
                     int64_t begin, int64_t end) const;
   absl::Status MaybeEvaluate(StepReport* report, bool force);
+  bool kept_best() const { return options_.early_stopping_patience > 0 && !best_params_.empty(); }
 
   LlamaModel* model_ = nullptr;
   Device* device_ = nullptr;
@@ -136,8 +141,9 @@ class Trainer {
   // A step's summed loss and squared gradient norm, made on the device and read at once.
   std::unique_ptr<DeviceBuffer> d_step_sums_;
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
-  std::optional<double> loss_ema_, min_loss_ema_, best_eval_;
-  std::vector<float> best_params_;
+  std::optional<double> loss_ema_, min_loss_ema_, best_eval_, last_eval_;
+  std::vector<float> best_params_;  // with early stopping: the adapter at best_step_
+  int64_t best_step_ = 0;
   int64_t evals_without_improvement_ = 0;
   bool stopped_early_ = false;
   double seconds_ = 0.0;

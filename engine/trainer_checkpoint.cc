@@ -60,6 +60,8 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   if (loss_ema_) state["loss_ema"] = *loss_ema_;
   if (min_loss_ema_) state["min_loss_ema"] = *min_loss_ema_;
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
+  if (last_eval_) state["last_eval_loss"] = *last_eval_;
+  state["best_step"] = best_step_;
   RETURN_IF_ERROR(
       WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
   const std::string old = dir + ".old";
@@ -118,9 +120,12 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   loss_ema_.reset();
   min_loss_ema_.reset();
   best_eval_.reset();
+  last_eval_.reset();
   if (st.contains("loss_ema")) loss_ema_ = st["loss_ema"].get<double>();
   if (st.contains("min_loss_ema")) min_loss_ema_ = st["min_loss_ema"].get<double>();
   if (st.contains("best_eval_loss")) best_eval_ = st["best_eval_loss"].get<double>();
+  if (st.contains("last_eval_loss")) last_eval_ = st["last_eval_loss"].get<double>();
+  best_step_ = st.value("best_step", int64_t{0});
   return absl::OkStatus();
 }
 

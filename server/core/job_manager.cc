@@ -1583,7 +1583,8 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   for (const std::string& m : o.lora.target_modules) meta.add_target_modules(m);
   meta.set_trainable_parameters(a.trainer->layout().num_params());
   meta.set_final_loss(a.last_loss);
-  if (a.trainer->best_eval_loss()) meta.set_best_eval_loss(*a.trainer->best_eval_loss());
+  // The validation loss of the adapter stored (with early stopping the best, else the last).
+  if (a.trainer->kept_eval_loss()) meta.set_best_eval_loss(*a.trainer->kept_eval_loss());
   const Tenant* t = stores_.tenants->Find(tenant);
   const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
   absl::StatusOr<v1::Adapter> adapter;
@@ -1624,10 +1625,12 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     (void)FailJob(tenant, id, adapter.status(), "", false);
     return true;
   }
-  const std::string reason =
-      a.trainer->stopped_early()
-          ? absl::StrCat("stopped early at step ", step, "; the best adapter is kept")
-          : absl::StrCat("finished ", step, " steps");
+  const int64_t kept = a.trainer->kept_step();
+  const std::string kept_best =
+      kept == step ? "" : absl::StrCat("; the adapter of step ", kept, " (best eval loss) is kept");
+  const std::string reason = a.trainer->stopped_early()
+                                 ? absl::StrCat("stopped early at step ", step, kept_best)
+                                 : absl::StrCat("finished ", step, " steps", kept_best);
   const std::optional<double> best = a.trainer->best_eval_loss();
   auto moved = stores_.jobs->Transition(tenant, id, JobState::kSucceeded, reason, [&](v1::Job& j) {
     j.set_adapter_id(adapter->id());

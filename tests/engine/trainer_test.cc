@@ -259,6 +259,48 @@ TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
   EXPECT_NEAR(*now, *t->best_eval_loss(), 1e-9);  // the kept adapter is the best one
 }
 
+// Early stopping keeps the best adapter also where the last step comes before the patience runs
+// out. It used to keep the last one, labelled with the best loss. Without early stopping the
+// last adapter is kept, labelled with its own loss.
+TEST_F(TrainerTest, TheBestAdapterIsKeptWhenTrainingEndsBeforeThePatience) {
+  auto vtext = ReadFileToString(DataFile("facts_valid.jsonl"));
+  ASSERT_TRUE(vtext.ok());
+  auto vex = TokenizeJsonl(*vtext, *tok_, "facts_valid.jsonl");
+  ASSERT_TRUE(vex.ok());
+  auto vrows = BuildRows(*vex, {48, false}, "valid");
+  ASSERT_TRUE(vrows.ok());
+  for (const int64_t patience : {int64_t{1000}, int64_t{0}}) {
+    SCOPED_TRACE(patience);
+    TrainerOptions o = Small();
+    o.learning_rate = 1e-2;  // overfits: the reworded prompts' loss falls, then rises
+    o.max_steps = 60;
+    o.eval_every = 5;
+    o.early_stopping_patience = patience;
+    auto t = Make(o, Rows(), *vrows);
+    std::vector<double> evals;
+    ASSERT_TRUE(t->Run([&](const StepReport& r) {
+                   if (r.eval_loss) evals.push_back(*r.eval_loss);
+                   return true;
+                 }).ok());
+    ASSERT_EQ(evals.size(), 12u);
+    const auto best = std::min_element(evals.begin(), evals.end());
+    ASSERT_GT(evals.back(), *best) << "the setup must overfit before its last step";
+    EXPECT_FALSE(t->stopped_early());
+    EXPECT_EQ(t->step(), 60);
+    auto now = t->EvaluateLoss(*vrows);
+    ASSERT_TRUE(now.ok());
+    ASSERT_TRUE(t->kept_eval_loss().has_value());
+    EXPECT_NEAR(*now, *t->kept_eval_loss(), 1e-9);  // the label is the kept adapter's loss
+    if (patience > 0) {
+      EXPECT_EQ(*t->kept_eval_loss(), *best);
+      EXPECT_EQ(t->kept_step(), 5 * (best - evals.begin() + 1));
+    } else {
+      EXPECT_EQ(*t->kept_eval_loss(), evals.back());
+      EXPECT_EQ(t->kept_step(), 60);
+    }
+  }
+}
+
 TEST_F(TrainerTest, CancellationStopsWithinOneStep) {
   auto t = Make(Small());
   int seen = 0;
