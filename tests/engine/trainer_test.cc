@@ -42,6 +42,16 @@ class TrainerTest : public ::testing::Test {
     EXPECT_TRUE(rows.ok());
     return *rows;
   }
+  // facts_valid.jsonl: the training facts reworded.
+  std::vector<TrainingRow> ValidRows() {
+    auto text = ReadFileToString(DataFile("facts_valid.jsonl"));
+    EXPECT_TRUE(text.ok());
+    auto ex = TokenizeJsonl(text.ok() ? *text : "", *tok_, "facts_valid.jsonl");
+    EXPECT_TRUE(ex.ok()) << ex.status();
+    auto rows = BuildRows(ex.ok() ? *ex : std::vector<TokenizedExample>{}, {48, false}, "valid");
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() ? *rows : std::vector<TrainingRow>{};
+  }
   static TrainerOptions Small() {
     TrainerOptions o;
     o.lora.rank = 4;
@@ -233,18 +243,14 @@ TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
 }
 
 TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
-  auto vtext = ReadFileToString(DataFile("facts_valid.jsonl"));
-  ASSERT_TRUE(vtext.ok());
-  auto vex = TokenizeJsonl(*vtext, *tok_, "facts_valid.jsonl");
-  ASSERT_TRUE(vex.ok());
-  auto vrows = BuildRows(*vex, {48, false}, "valid");
-  ASSERT_TRUE(vrows.ok());
+  const std::vector<TrainingRow> vrows = ValidRows();
+  ASSERT_FALSE(vrows.empty());
   TrainerOptions o = Small();
   o.learning_rate = 1e-2;  // overfits the training prompts quickly; reworded prompts get worse
   o.max_steps = 200;
   o.eval_every = 5;
   o.early_stopping_patience = 2;
-  auto t = Make(o, Rows(), *vrows);
+  auto t = Make(o, Rows(), vrows);
   std::vector<double> evals;
   ASSERT_TRUE(t->Run([&](const StepReport& r) {
                  if (r.eval_loss) evals.push_back(*r.eval_loss);
@@ -254,7 +260,7 @@ TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
   EXPECT_LT(t->step(), 200);
   ASSERT_TRUE(t->best_eval_loss().has_value());
   EXPECT_EQ(*t->best_eval_loss(), *std::min_element(evals.begin(), evals.end()));
-  auto now = t->EvaluateLoss(*vrows);
+  auto now = t->EvaluateLoss(vrows);
   ASSERT_TRUE(now.ok());
   EXPECT_NEAR(*now, *t->best_eval_loss(), 1e-9);  // the kept adapter is the best one
 }
@@ -263,12 +269,8 @@ TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
 // out. It used to keep the last one, labelled with the best loss. Without early stopping the
 // last adapter is kept, labelled with its own loss.
 TEST_F(TrainerTest, TheBestAdapterIsKeptWhenTrainingEndsBeforeThePatience) {
-  auto vtext = ReadFileToString(DataFile("facts_valid.jsonl"));
-  ASSERT_TRUE(vtext.ok());
-  auto vex = TokenizeJsonl(*vtext, *tok_, "facts_valid.jsonl");
-  ASSERT_TRUE(vex.ok());
-  auto vrows = BuildRows(*vex, {48, false}, "valid");
-  ASSERT_TRUE(vrows.ok());
+  const std::vector<TrainingRow> vrows = ValidRows();
+  ASSERT_FALSE(vrows.empty());
   for (const int64_t patience : {int64_t{1000}, int64_t{0}}) {
     SCOPED_TRACE(patience);
     TrainerOptions o = Small();
@@ -276,7 +278,7 @@ TEST_F(TrainerTest, TheBestAdapterIsKeptWhenTrainingEndsBeforeThePatience) {
     o.max_steps = 60;
     o.eval_every = 5;
     o.early_stopping_patience = patience;
-    auto t = Make(o, Rows(), *vrows);
+    auto t = Make(o, Rows(), vrows);
     std::vector<double> evals;
     ASSERT_TRUE(t->Run([&](const StepReport& r) {
                    if (r.eval_loss) evals.push_back(*r.eval_loss);
@@ -287,7 +289,7 @@ TEST_F(TrainerTest, TheBestAdapterIsKeptWhenTrainingEndsBeforeThePatience) {
     ASSERT_GT(evals.back(), *best) << "the setup must overfit before its last step";
     EXPECT_FALSE(t->stopped_early());
     EXPECT_EQ(t->step(), 60);
-    auto now = t->EvaluateLoss(*vrows);
+    auto now = t->EvaluateLoss(vrows);
     ASSERT_TRUE(now.ok());
     ASSERT_TRUE(t->kept_eval_loss().has_value());
     EXPECT_NEAR(*now, *t->kept_eval_loss(), 1e-9);  // the label is the kept adapter's loss
