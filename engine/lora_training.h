@@ -52,7 +52,8 @@ class LoraTrainingGraph {
 
   // Forward and backward of one micro-batch. `params` and `grads` are device arrays of the
   // layout's size; gradients accumulate (+=) scaled by `loss_scale` (1 / target tokens of
-  // the whole accumulated batch). Dropout masks come from (dropout_seed, step). Adds the
+  // the whole accumulated batch). Dropout masks come from (dropout_seed, step): `step` names the
+  // micro-batch, each of an optimizer step's its own (equal masks would correlate them). Adds the
   // micro-batch's summed (unscaled) loss to `loss_sum`, one float in device memory, without
   // waiting for the device.
   absl::Status ForwardBackward(const MicroBatch& batch, const float* params, float* grads,

@@ -162,8 +162,12 @@ absl::StatusOr<StepReport> Trainer::Step() {
   const float scale = 1.0f / static_cast<float>(std::max<int64_t>(1, targets));
   for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
     const MicroBatch b = Gather(train_, order, mb, std::min(end, mb + options_.batch_size));
+    // Each micro-batch its own dropout masks: the masks index tokens within the micro-batch,
+    // so with the step's one stream every micro-batch of it dropped the same elements.
+    const uint64_t micro_batch =
+        static_cast<uint64_t>(step_ * options_.grad_accum + (mb - begin) / options_.batch_size);
     RETURN_IF_ERROR(graph_->ForwardBackward(b, d_params_->data(), d_grads_->data(), scale,
-                                            options_.seed, step_, sums));
+                                            options_.seed, micro_batch, sums));
   }
   device_->SumSquares(d_grads_->data(), n, sums + 1);
   // The step's one wait for the device: the checks below must see the loss and the gradient

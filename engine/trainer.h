@@ -5,7 +5,7 @@
 // Data order is a function of (seed, epoch): a seeded permutation of the rows each epoch, and
 // optimizer step s takes the rows [s' * B * G, (s' + 1) * B * G) of its epoch's permutation
 // (s' = s mod steps_per_epoch; the last step of an epoch may be short). Dropout masks are a
-// function of (seed, step). A checkpoint therefore needs only the step, the adapter, the AdamW
+// function of (seed, step, micro-batch). A checkpoint therefore needs only the step, the adapter, the AdamW
 // moments and the early-stopping state. Not thread-safe.
 #pragma once
 

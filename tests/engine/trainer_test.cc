@@ -174,6 +174,30 @@ TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
 }
 
 // Packed examples never attend to each other: the loss of a packed set equals the unpacked one.
+// The micro-batches of one step draw their own dropout masks. They used to share the step's:
+// two micro-batches of the same row then gave exactly the gradient of one, as if with one.
+TEST_F(TrainerTest, EachMicroBatchOfAStepDrawsItsOwnDropoutMasks) {
+  const TrainingRow row = Rows()[0];
+  for (const float dropout : {0.0f, 0.1f}) {
+    SCOPED_TRACE(dropout);
+    TrainerOptions twice = Small(), once = Small();
+    twice.lora.dropout = once.lora.dropout = dropout;
+    twice.batch_size = once.batch_size = 1;
+    twice.grad_accum = 2;  // the row twice, in two micro-batches
+    once.grad_accum = 1;
+    auto a = Make(twice, {row, row}), b = Make(once, {row});
+    // Three steps: the first one's update is about lr * sign(gradient) (AdamW's first step), and
+    // B = 0 keeps A's gradient at 0 until then.
+    ASSERT_TRUE(a->RunUntil(3).ok());
+    ASSERT_TRUE(b->RunUntil(3).ok());
+    if (dropout == 0.0f) {
+      EXPECT_EQ(a->params(), b->params());  // the setup differs in nothing else
+    } else {
+      EXPECT_NE(a->params(), b->params());
+    }
+  }
+}
+
 TEST_F(TrainerTest, PackingDoesNotLetExamplesAttendToEachOther) {
   auto t = Make(Small());
   ASSERT_TRUE(t->RunUntil(2).ok());  // a non-trivial adapter
