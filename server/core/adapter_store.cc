@@ -97,6 +97,14 @@ absl::StatusOr<std::map<std::string, std::string>> AdapterStore::Files(
         files[std::string(key.substr(prefix.size()))] = std::string(value);
         return true;
       }));
+  // A delete between the record's read and the scan leaves a part or nothing: never handed out
+  // as the adapter (a download that ends OK with no files).
+  for (const char* name : kPeftFiles) {
+    if (files.count(name) == 0) {
+      RETURN_IF_ERROR(Get(tenant, id).status());
+      return absl::DataLossError(absl::StrCat("adapter ", id, " has no stored ", name));
+    }
+  }
   return files;
 }
 

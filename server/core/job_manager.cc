@@ -442,7 +442,7 @@ absl::StatusOr<bool> JobManager::ModelInUse(const std::string& model) const {
 
 absl::StatusOr<bool> JobManager::DatasetInUse(const std::string& tenant,
                                               const std::string& dataset) const {
-  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, stores_.jobs->Unfinished());
+  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, stores_.jobs->Unfinished(tenant));
   for (const v1::Job& j : jobs) {
     if (j.tenant() == tenant &&
         (j.training_dataset() == dataset || j.validation_dataset() == dataset)) {

@@ -1,5 +1,7 @@
 #include "server/core/job_store.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"  // header-only
@@ -250,20 +252,25 @@ absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
   return *counts_;
 }
 
-absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished() const {
+absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished(const std::string& tenant) const {
+  std::string prefix;
+  if (!tenant.empty()) {
+    ASSIGN_OR_RETURN(prefix, StoreKey({tenant}));
+    prefix += "/";
+  }
   std::vector<v1::Job> out;
-  absl::Status parse_error;
-  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
-    auto job = ParseJob(value);
-    if (!job.ok()) {
-      parse_error = job.status();
-      return false;
-    }
-    if (!IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))))
-      out.push_back(std::move(*job));
-    return true;
-  }));
-  RETURN_IF_ERROR(parse_error);
+  RETURN_IF_ERROR(
+      db_->Scan(Family::kJobs, prefix, [&](std::string_view key, std::string_view value) {
+        auto job = ParseJob(value);
+        if (!job.ok()) {
+          std::fprintf(stderr, "qlorad: job record %s is left out: %s\n", std::string(key).c_str(),
+                       std::string(job.status().message()).c_str());
+          return true;
+        }
+        if (!IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))))
+          out.push_back(std::move(*job));
+        return true;
+      }));
   return out;
 }
 

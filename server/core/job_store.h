@@ -56,8 +56,10 @@ class JobStore {
   // current by this store's own writes (the only writer of job records), so a scrape costs
   // nothing however many jobs the node has kept.
   absl::StatusOr<std::map<v1::JobState, int64_t>> CountByState() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Every job of every tenant not in a terminal state (restart recovery).
-  absl::StatusOr<std::vector<v1::Job>> Unfinished() const;
+  // The jobs not in a terminal state of `tenant`, or of every tenant where it is empty (restart
+  // recovery). A record that does not parse is left out and logged: one damaged record must not
+  // keep the daemon from starting, nor every tenant from deleting a dataset.
+  absl::StatusOr<std::vector<v1::Job>> Unfinished(const std::string& tenant = "") const;
 
  private:
   absl::StatusOr<int64_t> LastSequence(const std::string& tenant, const std::string& id) const;

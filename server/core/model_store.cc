@@ -45,6 +45,9 @@ absl::StatusOr<v1::Model> ModelStore::Register(const std::string& name, const st
     if (existing->source_path() == path) return *existing;
     return absl::AlreadyExistsError(
         absl::StrCat("model '", name, "' is registered from ", existing->source_path()));
+  } else if (!absl::IsNotFound(existing.status())) {
+    // Unreadable is not absent: writing over it would move the jobs of a registered model.
+    return existing.status();
   }
   auto src = OpenModelSource(path);
   if (!src.ok())
@@ -102,7 +105,10 @@ absl::StatusOr<std::vector<v1::Model>> ModelStore::List() const {
 
 absl::Status ModelStore::Delete(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  RETURN_IF_ERROR(Get(name).status());
+  // A damaged record can be deleted: it is how the admin registers the name again.
+  if (auto existing = Get(name); !existing.ok() && !absl::IsDataLoss(existing.status())) {
+    return existing.status();
+  }
   storage::WriteSet w;
   w.Delete(Family::kModels, name);
   return db_->Write(w);

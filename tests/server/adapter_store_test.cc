@@ -63,6 +63,25 @@ TEST_F(AdapterStoreTest, StoredFilesLoadBackIntoTheEngineUnchanged) {
   EXPECT_EQ(loaded->params, params_);
 }
 
+// Files read while a delete ran (the record read before, the files gone after) are not handed
+// out as the adapter: a download ended OK with no files, an export made an empty folder.
+TEST_F(AdapterStoreTest, AnAdapterMissingAFileIsNeverHandedOutInPart) {
+  auto a = store_->Create("acme", Meta(), dir_ + "/peft", 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(db_->Write([&] {
+                   storage::WriteSet w;
+                   w.Delete(storage::Family::kAdapters,
+                            "acme/" + a->id() + "/file/adapter_model.safetensors");
+                   return w;
+                 }())
+                  .ok());
+  auto files = store_->Files("acme", a->id());
+  EXPECT_EQ(files.status().code(), absl::StatusCode::kDataLoss) << files.status();
+  EXPECT_NE(files.status().message().find("adapter_model.safetensors"), std::string::npos);
+  EXPECT_FALSE(store_->ExportToDir("acme", a->id(), dir_ + "/partial").ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/partial"));
+}
+
 TEST_F(AdapterStoreTest, EachAdapterIsItsOwnModuleTenantScopedAndCounted) {
   auto a1 = store_->Create("acme", Meta(), dir_ + "/peft", 2);
   auto a2 = store_->Create("acme", Meta(), dir_ + "/peft", 2);

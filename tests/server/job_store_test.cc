@@ -140,6 +140,24 @@ TEST_F(JobStoreTest, ListFiltersPagesAndFindsUnfinishedJobs) {
   EXPECT_EQ(unfinished->size(), 4u);  // all but the failed one
 }
 
+// One damaged record is left out, not every job: it used to end Unfinished with DATA_LOSS, so
+// the daemon did not start and no tenant could delete a dataset. A tenant's jobs are its own.
+TEST_F(JobStoreTest, UnfinishedSkipsADamagedRecordAndFiltersByTenant) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "j1"), "", "").ok());
+  ASSERT_TRUE(store_->Create(NewJob("acme2", "j2"), "", "").ok());
+  ASSERT_TRUE(store_->Create(NewJob("beta", "j3"), "", "").ok());
+  ASSERT_TRUE(db_->Put(storage::Family::kJobs, "beta/j4", "\xff\xff not a job").ok());
+  auto all = store_->Unfinished();
+  ASSERT_TRUE(all.ok()) << all.status();
+  std::vector<std::string> ids;
+  for (const v1::Job& j : *all) ids.push_back(j.id());
+  EXPECT_EQ(ids, (std::vector<std::string>{"j1", "j2", "j3"}));
+  auto acme = store_->Unfinished("acme");
+  ASSERT_TRUE(acme.ok()) << acme.status();
+  ASSERT_EQ(acme->size(), 1u);  // not acme2's
+  EXPECT_EQ((*acme)[0].id(), "j1");
+}
+
 // The counts a scrape reads are counted once, then kept by the store's writes: after jobs are
 // created, moved through states, refused an illegal move and recorded, they equal a fresh count
 // of the stored records (a store reopened on the same database).

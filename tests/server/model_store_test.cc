@@ -48,6 +48,17 @@ TEST_F(ModelStoreTest, RegistersAValidatedModelIdempotently) {
   EXPECT_EQ(store_->Get("stories260K").status().code(), absl::StatusCode::kNotFound);
 }
 
+// A record that cannot be read is not written over as if absent (the jobs of that model would
+// move to another file); the error says what is wrong, and the record stays for the admin.
+TEST_F(ModelStoreTest, AnUnreadableRecordIsNotOverwritten) {
+  ASSERT_TRUE(db_->Put(storage::Family::kModels, "stories260K", "\xff\xff damaged").ok());
+  auto m = store_->Register("stories260K", StoriesGguf());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDataLoss) << m.status();
+  EXPECT_EQ(*db_->Get(storage::Family::kModels, "stories260K"), "\xff\xff damaged");
+  ASSERT_TRUE(store_->Delete("stories260K").ok());
+  EXPECT_TRUE(store_->Register("stories260K", StoriesGguf()).ok());
+}
+
 // The size the scheduler counts per device equals what quantizing the model really stores.
 TEST_F(ModelStoreTest, LoadedBytesMatchTheQuantizedModel) {
   auto g = LoadGgufModel(StoriesGguf());
