@@ -452,8 +452,28 @@ absl::StatusOr<bool> JobManager::DatasetInUse(const std::string& tenant,
   return false;
 }
 
-absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
-                                              const v1::CreateJobRequest& req) {
+absl::Status JobManager::DeleteModel(const std::string& model) {
+  absl::MutexLock create_lock(&create_mu_);
+  ASSIGN_OR_RETURN(const bool in_use, ModelInUse(model));
+  if (in_use) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", model, "' is used by unfinished jobs"));
+  }
+  return stores_.models->Delete(model);
+}
+
+absl::Status JobManager::DeleteDataset(const std::string& tenant, const std::string& dataset) {
+  absl::MutexLock create_lock(&create_mu_);
+  ASSIGN_OR_RETURN(const bool in_use, DatasetInUse(tenant, dataset));
+  if (in_use) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset ", dataset, " is used by an unfinished job"));
+  }
+  return stores_.datasets->Delete(tenant, dataset);
+}
+
+absl::StatusOr<v1::Model> JobManager::JobInputs(const std::string& tenant,
+                                                const v1::CreateJobRequest& req) const {
   if (req.model().empty()) return absl::InvalidArgumentError("model: required");
   auto model = stores_.models->Get(req.model());
   if (absl::IsNotFound(model.status()) || absl::IsInvalidArgument(model.status())) {
@@ -466,12 +486,19 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
        {std::pair<std::string, std::string>{"training_dataset", req.training_dataset()},
         {"validation_dataset", req.validation_dataset()}}) {
     if (id.empty()) continue;
-    auto ds = stores_.datasets->Get(tenant.name, id);
+    auto ds = stores_.datasets->Get(tenant, id);
     if (absl::IsNotFound(ds.status()) || absl::IsInvalidArgument(ds.status())) {
       return absl::NotFoundError(absl::StrCat(field, ": no dataset '", id, "'"));
     }
     if (!ds.ok()) return ds.status();
   }
+  return model;
+}
+
+absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
+                                              const v1::CreateJobRequest& req) {
+  auto model = JobInputs(tenant.name, req);
+  if (!model.ok()) return model.status();
   if (!ValidName(req.suffix(), 40))
     return absl::InvalidArgumentError("suffix: at most 40 characters of [a-zA-Z0-9._-]");
   if (req.labels_size() > 32) return absl::InvalidArgumentError("labels: at most 32 labels");
@@ -548,6 +575,9 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
                      active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
                      " adapters: delete one first"));
   }
+  // Again under the lock deletes take (DeleteModel, DeleteDataset): one since the first look
+  // would leave the job without its inputs, failing at its start.
+  RETURN_IF_ERROR(JobInputs(tenant.name, req).status());
   if (!unqueued) {
     ASSIGN_OR_RETURN(v1::Job stored,
                      stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));

@@ -130,6 +130,12 @@ class JobManager {
   // Whether an unfinished job uses the model, or the tenant's dataset.
   absl::StatusOr<bool> ModelInUse(const std::string& model) const;
   absl::StatusOr<bool> DatasetInUse(const std::string& tenant, const std::string& dataset) const;
+  // Deletes the model or the tenant's dataset unless an unfinished job uses it
+  // (FAILED_PRECONDITION): the check and the delete under the lock CreateJob stores a job under,
+  // so that no job is accepted on inputs deleted a moment later.
+  absl::Status DeleteModel(const std::string& model) ABSL_LOCKS_EXCLUDED(create_mu_);
+  absl::Status DeleteDataset(const std::string& tenant, const std::string& dataset)
+      ABSL_LOCKS_EXCLUDED(create_mu_);
 
   std::vector<DeviceInfo> Devices() const;
   const JobManagerOptions& options() const { return options_; }
@@ -163,6 +169,10 @@ class JobManager {
     bool count_released = false;  // its running count on the worker is released already
   };
   Started StartJob(Worker* w, const QueuedJob& q);
+  // The request's base model, once it and the tenant's datasets it names are found (NOT_FOUND
+  // naming the field otherwise).
+  absl::StatusOr<v1::Model> JobInputs(const std::string& tenant,
+                                      const v1::CreateJobRequest& req) const;
   // A start that failed on the store, not on the job: the job goes back to its place in the
   // queue and is tried again after a pause (1 s, doubling up to 30 s).
   // Its running count on `w` is released with it (ReleaseQuota) unless `count_released`.

@@ -67,13 +67,7 @@ grpc::Status DatasetServiceImpl::DeleteDataset(grpc::ServerContext* c,
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto ds = node_->datasets->Get(call.tenant().name, req->id());
   if (!ds.ok()) return call.Finish(ds.status());
-  auto in_use = node_->manager->DatasetInUse(call.tenant().name, req->id());
-  if (!in_use.ok()) return call.Finish(in_use.status());
-  if (*in_use) {
-    return call.Finish(absl::FailedPreconditionError(
-        absl::StrCat("dataset ", req->id(), " is used by an unfinished job")));
-  }
-  return call.Finish(node_->datasets->Delete(call.tenant().name, req->id()));
+  return call.Finish(node_->manager->DeleteDataset(call.tenant().name, req->id()));
 }
 
 }  // namespace qlorad::server

@@ -39,13 +39,7 @@ grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* c,
                                            v1::DeleteModelResponse*) {
   Call call(c, "DeleteModel", *node_);
   if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
-  auto in_use = node_->manager->ModelInUse(req->name());
-  if (!in_use.ok()) return call.Finish(in_use.status());
-  if (*in_use) {
-    return call.Finish(absl::FailedPreconditionError(
-        absl::StrCat("model '", req->name(), "' is used by unfinished jobs")));
-  }
-  return call.Finish(node_->models->Delete(req->name()));
+  return call.Finish(node_->manager->DeleteModel(req->name()));
 }
 
 }  // namespace qlorad::server

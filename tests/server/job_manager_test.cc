@@ -480,6 +480,28 @@ TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
   EXPECT_EQ(WaitFor("a", good->id(), HasEnded).state(), v1::SUCCEEDED);
 }
 
+// A model or dataset an unfinished job uses is not deleted; once the job ended it is.
+TEST_F(JobManagerTest, InputsOfAnUnfinishedJobAreNotDeleted) {
+  StartManager(Options("cpu:0"));
+  auto job = manager_->CreateJob(T("a"), Request("a", 2));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::Status dataset = manager_->DeleteDataset("a", dataset_["a"]);
+  EXPECT_EQ(dataset.code(), absl::StatusCode::kFailedPrecondition) << dataset;
+  EXPECT_NE(dataset.message().find("used by an unfinished job"), std::string::npos);
+  EXPECT_EQ(manager_->DeleteModel("stories").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(datasets_->Get("a", dataset_["a"]).ok());
+  EXPECT_TRUE(models_->Get("stories").ok());
+  // Another tenant's job is not this tenant's: b's dataset goes.
+  EXPECT_TRUE(manager_->DeleteDataset("b", dataset_["b"]).ok());
+  EXPECT_EQ(WaitFor("a", job->id(), HasEnded).state(), v1::SUCCEEDED);
+  EXPECT_TRUE(manager_->DeleteDataset("a", dataset_["a"]).ok());
+  EXPECT_EQ(datasets_->Get("a", dataset_["a"]).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(manager_->DeleteModel("stories").ok());
+  // A job asked for now names what is missing.
+  auto late = manager_->CreateJob(T("c"), Request("c", 2));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kNotFound) << late.status();
+}
+
 TEST_F(JobManagerTest, TheAdapterQuotaIsCheckedBeforeTraining) {
   StartManager(Options("cpu:0"));
   auto first = manager_->CreateJob(T("c"), Request("c", 2));
