@@ -1321,6 +1321,17 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return fail(trainer.status(), "", false);
   }
   a->trainer = std::move(*trainer);
+  // Epochs bound the steps only through the data's size, known from here: max_steps was bounded
+  // at creation, epochs only to 1000 (2M rows one at a time for 1000 epochs are 2e9 steps).
+  if (a->trainer->total_steps() > options_.limits.max_total_steps) {
+    const v1::Hyperparameters& r = a->job.resolved();
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+                    "hyperparameters.epochs: ", r.epochs(), " epochs of batch ", r.batch_size(),
+                    " x grad_accum ", r.grad_accum(), " make ", a->trainer->total_steps(),
+                    " steps on this data; at most ", options_.limits.max_total_steps,
+                    " are allowed: give fewer epochs, a larger batch or max_steps")),
+                "hyperparameters.epochs", true);
+  }
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
   // The restored files go whichever way the start ends.
   const absl::Cleanup remove_resume_files = [&dir] {

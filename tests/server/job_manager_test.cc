@@ -480,6 +480,25 @@ TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
   EXPECT_EQ(WaitFor("a", good->id(), HasEnded).state(), v1::SUCCEEDED);
 }
 
+// Epochs bound the steps through the data only: a job whose epochs make more steps than the
+// node allows fails at its start naming the field (it used to run them all).
+TEST_F(JobManagerTest, EpochsThatMakeTooManyStepsAreRefusedByName) {
+  JobManagerOptions o = Options("cpu:0");
+  o.limits.max_total_steps = 5;
+  StartManager(o);
+  v1::CreateJobRequest req = Request("a", 1);
+  req.mutable_hyperparameters()->clear_max_steps();
+  req.mutable_hyperparameters()->set_epochs(3);  // the facts make at least 2 steps an epoch
+  auto job = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const v1::Job f = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(f.state(), v1::FAILED);
+  EXPECT_TRUE(f.error().user_error());
+  EXPECT_EQ(f.error().parameter(), "hyperparameters.epochs");
+  EXPECT_NE(f.error().message().find("at most 5 are allowed"), std::string::npos)
+      << f.error().message();
+}
+
 // A model or dataset an unfinished job uses is not deleted; once the job ended it is.
 TEST_F(JobManagerTest, InputsOfAnUnfinishedJobAreNotDeleted) {
   StartManager(Options("cpu:0"));
