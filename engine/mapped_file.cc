@@ -9,14 +9,18 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
 namespace qlorad {
 
-absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+
+// A descriptor of `path` and its size, or an error: only a regular file is read. A FIFO would
+// block the open (O_NONBLOCK) or the read for ever, a device such as /dev/zero never end, and
+// both are a path away in a model registration.
+absl::StatusOr<int> OpenRegularFile(const std::string& path, size_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   }
@@ -26,18 +30,31 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
     ::close(fd);
     return absl::InternalError(absl::StrCat("cannot stat ", path, ": ", std::strerror(err)));
   }
-  const size_t size = static_cast<size_t>(st.st_size);
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  }
+  *size = static_cast<size_t>(st.st_size);
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+  size_t size = 0;
+  auto fd = OpenRegularFile(path, &size);
+  if (!fd.ok()) return fd.status();
   const uint8_t* data = nullptr;
   if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, *fd, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
-      ::close(fd);
+      ::close(*fd);
       return absl::InternalError(absl::StrCat("cannot map ", path, ": ", std::strerror(err)));
     }
     data = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);  // The mapping stays valid after the descriptor is closed.
+  ::close(*fd);  // The mapping stays valid after the descriptor is closed.
   return std::unique_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
@@ -46,12 +63,27 @@ MappedFile::~MappedFile() {
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return ss.str();
+  size_t size = 0;
+  auto fd = OpenRegularFile(path, &size);
+  if (!fd.ok()) return fd.status();
+  std::string out;
+  out.resize(size);
+  size_t have = 0;
+  while (true) {  // to the end, which may have moved since the stat
+    if (have == out.size()) out.resize(out.size() + 4096);
+    const ssize_t n = ::read(*fd, out.data() + have, out.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(*fd);
+      return absl::DataLossError(absl::StrCat("error reading ", path, ": ", std::strerror(err)));
+    }
+    if (n == 0) break;
+    have += static_cast<size_t>(n);
+  }
+  ::close(*fd);
+  out.resize(have);
+  return out;
 }
 
 absl::Status WriteStringToFile(const std::string& path, const std::string& contents) {
