@@ -1,6 +1,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/grpc/call.h"
 #include "server/grpc/services.h"
+#include "server/grpc/stream_writer.h"
 
 namespace qlorad::server {
 
@@ -8,22 +9,33 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::Ge
                                             grpc::ServerWriter<v1::GenerateResponse>* writer) {
   Call call(c, "Generate", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  // Text goes out from a thread of its own: generation holds the node's inference turn and
+  // must not wait on a client that does not read.
+  StreamWriter<v1::GenerateResponse> out(
+      [writer](const v1::GenerateResponse& r) { return writer->Write(r); },
+      [c] { c->TryCancel(); });
   auto done = node_->inference->Generate(
       call.tenant().name, *req,
       [&](const std::string& text, int64_t tokens) {
         v1::GenerateResponse r;
         r.set_text(text);
         r.set_tokens(static_cast<int32_t>(tokens));
-        return !c->IsCancelled() && writer->Write(r);
+        return !c->IsCancelled() && out.Push(std::move(r));
       },
       [c] { return c->IsCancelled(); });
-  if (!done.ok()) return call.Finish(done.status());
-  v1::GenerateResponse last;
-  last.set_tokens(static_cast<int32_t>(done->tokens));
-  last.set_finished(true);
-  last.set_finish_reason(done->finish_reason);
-  writer->Write(last);
-  return call.Finish(absl::OkStatus());
+  if (done.ok()) {
+    v1::GenerateResponse last;
+    last.set_tokens(static_cast<int32_t>(done->tokens));
+    last.set_finished(true);
+    last.set_finish_reason(done->finish_reason);
+    (void)out.Push(std::move(last));
+  }
+  // A client still not reading after this long has its call ended (the thread is the server's).
+  constexpr absl::Duration kReadGrace = absl::Seconds(30);
+  if (!out.Finish(kReadGrace) && done.ok()) {
+    return call.Finish(absl::CancelledError("the client did not read the generated text"));
+  }
+  return call.Finish(done.status());
 }
 
 grpc::Status InferenceServiceImpl::Evaluate(grpc::ServerContext* c, const v1::EvaluateRequest* req,
