@@ -314,12 +314,23 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(
     const std::function<bool()>& client_left) {
   ASSIGN_OR_RETURN(v1::Model model, FindModel(models_, req.model()));
   if (req.dataset_id().empty()) return absl::InvalidArgumentError("dataset_id: required");
-  auto content = datasets_->Content(tenant, req.dataset_id());
-  if (absl::IsNotFound(content.status()) || absl::IsInvalidArgument(content.status()))
+  auto dataset = datasets_->Get(tenant, req.dataset_id());
+  if (absl::IsNotFound(dataset.status()) || absl::IsInvalidArgument(dataset.status()))
     return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
-  if (!content.ok()) return content.status();
+  if (!dataset.ok()) return dataset.status();
+  if (dataset->bytes() > max_evaluate_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset_id: ", dataset->bytes(), " bytes; Evaluate reads at most ", max_evaluate_bytes_,
+        " (it holds the device for every tenant): evaluate a sample, or give the data to a job "
+        "as its validation_dataset"));
+  }
   Turn turn(this);
   RETURN_IF_ERROR(turn.Wait(client_left));
+  // Read only now: calls waiting for the turn hold no dataset in memory.
+  auto content = datasets_->Content(tenant, req.dataset_id());
+  if (absl::IsNotFound(content.status()))
+    return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
+  if (!content.ok()) return content.status();
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
   v1::EvaluateResponse out;
@@ -334,6 +345,14 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(
         if (!examples.ok()) {
           return absl::InvalidArgumentError(
               absl::StrCat("dataset_id: ", examples.status().message()));
+        }
+        int64_t tokens = 0;
+        for (const TokenizedExample& ex : *examples) tokens += ex.tokens.size();
+        if (tokens > max_evaluate_tokens_) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "dataset_id: ", tokens, " tokens; Evaluate reads at most ", max_evaluate_tokens_,
+              " (it holds the device for every tenant): evaluate a sample, or give the data to a "
+              "job as its validation_dataset"));
         }
         ASSIGN_OR_RETURN(EvalResult r,
                          EvaluateExamples(*pooled->model, *examples, config.max_position_embeddings,

@@ -53,10 +53,20 @@ class InferenceRunner {
       const std::string& tenant, const v1::GenerateRequest& req,
       const std::function<bool(const std::string& text, int64_t tokens)>& on_text,
       const std::function<bool()>& client_left = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
+  // Evaluate holds the device for every other tenant: a dataset past `kMaxEvaluateBytes`
+  // (refused before its turn) or `kMaxEvaluateTokens` (once tokenized) is INVALID_ARGUMENT on
+  // dataset_id. A larger one is a job's validation set.
   absl::StatusOr<v1::EvaluateResponse> Evaluate(const std::string& tenant,
                                                 const v1::EvaluateRequest& req,
                                                 const std::function<bool()>& client_left = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
+  static constexpr int64_t kMaxEvaluateBytes = int64_t{64} << 20;
+  static constexpr int64_t kMaxEvaluateTokens = int64_t{1} << 23;
+  // Other bounds than those (tests).
+  void set_evaluate_limits(int64_t max_bytes, int64_t max_tokens) {
+    max_evaluate_bytes_ = max_bytes;
+    max_evaluate_tokens_ = max_tokens;
+  }
 
   // Adapters read from the store and placed on the device so far (cache misses).
   int64_t adapter_loads() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -142,6 +152,8 @@ class InferenceRunner {
   // ModelPool::Key of the base models served, most recently used first.
   std::list<std::string> recent_models_ ABSL_GUARDED_BY(mu_);
   int64_t model_loads_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t max_evaluate_bytes_ = kMaxEvaluateBytes;
+  int64_t max_evaluate_tokens_ = kMaxEvaluateTokens;
   mutable absl::Mutex usage_mu_;
   Usage usage_ ABSL_GUARDED_BY(usage_mu_);
 };

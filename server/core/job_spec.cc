@@ -67,8 +67,11 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
     return Bad("rank", absl::StrCat("must be in [1, ", limits.max_rank, "], got ", r.rank()));
   }
   r.set_alpha(req.has_alpha() ? req.alpha() : 2.0f * static_cast<float>(r.rank()));
-  if (!(r.alpha() > 0.0f) || !std::isfinite(r.alpha()))
-    return Bad("alpha", absl::StrCat("must be positive, got ", r.alpha()));
+  // Bounded: a huge alpha trains (B starts at 0) into an adapter whose exported plain alpha
+  // (alpha * sqrt(r) for rsLoRA) is infinite, and whose outputs are NaN.
+  constexpr float kMaxAlpha = 65536.0f;
+  if (!(r.alpha() > 0.0f && r.alpha() <= kMaxAlpha))
+    return Bad("alpha", absl::StrCat("must be in (0, ", kMaxAlpha, "], got ", r.alpha()));
   r.set_dropout(req.has_dropout() ? req.dropout() : 0.05f);
   if (!(r.dropout() >= 0.0f && r.dropout() < 1.0f))
     return Bad("dropout", absl::StrCat("must be in [0, 1), got ", r.dropout()));
@@ -115,8 +118,8 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
                                        "', got ", r.seq_len()));
   }
   r.set_weight_decay(req.has_weight_decay() ? req.weight_decay() : 0.0);
-  if (!(r.weight_decay() >= 0.0) || !std::isfinite(r.weight_decay()))
-    return Bad("weight_decay", absl::StrCat("must be >= 0, got ", r.weight_decay()));
+  if (!(r.weight_decay() >= 0.0 && r.weight_decay() <= 10.0))
+    return Bad("weight_decay", absl::StrCat("must be in [0, 10], got ", r.weight_decay()));
   // A seed is always recorded, so that a job can be repeated exactly.
   r.set_seed(req.has_seed() ? req.seed() : (std::random_device{}() & 0x7FFFFFFF));
   r.set_packing(req.has_packing() && req.packing());

@@ -44,9 +44,15 @@ Call::~Call() {
       " tenant=", tenant_ ? tenant_->name : "-", " peer=", context_->peer(),
       " code=", absl::StatusCodeToString(result_.code()), " ms=", absl::StrFormat("%.1f", ms));
   if (!result_.ok()) {
-    absl::StrAppend(
-        &line, " error=\"",
-        absl::StrReplaceAll(ShortenedMessage(result_.message()), {{"\"", "'"}, {"\n", " "}}), "\"");
+    // Quotes and control bytes (a client's ids and names reach errors) cannot break the line
+    // or reach the operator's terminal.
+    std::string error = ShortenedMessage(result_.message());
+    for (char& ch : error) {
+      const auto byte = static_cast<unsigned char>(ch);
+      if (ch == '"') ch = '\'';
+      if (byte < 0x20 || byte == 0x7f) ch = ' ';
+    }
+    absl::StrAppend(&line, " error=\"", error, "\"");
   }
   std::fprintf(stderr, "%s\n", line.c_str());
   if (metrics_ != nullptr) {

@@ -35,12 +35,17 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobs
   if (req->page_size() < 0) {
     return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
   }
+  // Filters bounded as a job's labels are: every job listed is matched against each.
   std::vector<v1::JobState> states;
   for (int s : req->states()) {
     if (!v1::JobState_IsValid(s) || s == v1::JOB_STATE_UNSPECIFIED) {
       return call.Finish(absl::InvalidArgumentError(absl::StrCat("states: no state ", s)));
     }
-    states.push_back(static_cast<v1::JobState>(s));
+    const auto state = static_cast<v1::JobState>(s);
+    if (std::find(states.begin(), states.end(), state) == states.end()) states.push_back(state);
+  }
+  if (req->labels_size() > 32) {
+    return call.Finish(absl::InvalidArgumentError("labels: at most 32 label filters"));
   }
   std::map<std::string, std::string> labels(req->labels().begin(), req->labels().end());
   std::string next;

@@ -264,6 +264,13 @@ TEST_F(QloractlTest, JobLifecycleAndWatch) {
   EXPECT_EQ(listed.json()["jobs"].size(), 1u);
   auto none = Run(kAcmeKey, {"-o", "json", "jobs", "list", "--label", "team=other"});
   EXPECT_FALSE(none.json().contains("jobs"));
+  // Filters are bounded as labels are: each is matched against every job listed.
+  std::vector<std::string> many = {"jobs", "list"};
+  for (int i = 0; i < 33; ++i) {
+    many.push_back("--label");
+    many.push_back("k" + std::to_string(i) + "=v");
+  }
+  ExpectError(Run(kAcmeKey, many), "INVALID_ARGUMENT", "labels: at most 32 label filters");
 }
 
 TEST_F(QloractlTest, DownloadedAdapterGivesTheServersResultsInTheEngine) {

@@ -273,6 +273,29 @@ TEST_F(InferenceRunnerTest, GenerationCountsTokensNotMessages) {
   EXPECT_FALSE(text.empty());
 }
 
+// Evaluate holds the device for every tenant: a dataset past the bounds is refused naming the
+// field (the bytes before waiting for the device, the tokens once counted), and the device
+// serves the next request.
+TEST_F(InferenceRunnerTest, EvaluateRefusesDatasetsPastItsBounds) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  const int64_t bytes = static_cast<int64_t>(FactsJsonl().size());
+  runner.set_evaluate_limits(bytes - 1, InferenceRunner::kMaxEvaluateTokens);
+  auto too_big = Loss(runner, "a", "");
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kInvalidArgument) << too_big.status();
+  EXPECT_NE(too_big.status().message().find("dataset_id: " + std::to_string(bytes) +
+                                            " bytes; Evaluate reads at most"),
+            std::string::npos)
+      << too_big.status();
+  runner.set_evaluate_limits(bytes, 100);
+  auto too_long = Loss(runner, "a", "");
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument) << too_long.status();
+  EXPECT_NE(too_long.status().message().find("tokens; Evaluate reads at most 100"),
+            std::string::npos)
+      << too_long.status();
+  runner.set_evaluate_limits(bytes, InferenceRunner::kMaxEvaluateTokens);
+  EXPECT_TRUE(Loss(runner, "a", "").ok());
+}
+
 TEST_F(InferenceRunnerTest, DeletedOrForeignAdaptersAreNeverServed) {
   InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
   const std::string id = StoreRandomAdapter("a", 3);

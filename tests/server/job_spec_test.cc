@@ -47,6 +47,8 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](auto& h) { h.set_rank(257); }, "hyperparameters.rank"},
       {[](auto& h) { h.set_learning_rate(-1); }, "hyperparameters.learning_rate"},
       {[](auto& h) { h.set_dropout(1.0f); }, "hyperparameters.dropout"},
+      {[](auto& h) { h.set_alpha(1e38f); }, "hyperparameters.alpha"},  // inf once exported
+      {[](auto& h) { h.set_weight_decay(1e30); }, "hyperparameters.weight_decay"},
       {[](auto& h) { h.set_schedule("step"); }, "hyperparameters.schedule"},
       {[](auto& h) { h.add_target_modules("qq_proj"); }, "hyperparameters.target_modules"},
       {[](auto& h) { h.set_seq_len(513); }, "hyperparameters.seq_len"},
