@@ -200,18 +200,59 @@ InferenceRunner::Turn::~Turn() {
   if (!held_) return;
   absl::MutexLock lock(&runner_->turn_mu_);
   runner_->turn_taken_ = false;
+  runner_->last_served_ = tenant_;
+}
+
+uint64_t InferenceRunner::NextTicket() const {
+  if (waiting_.empty()) return 0;
+  auto next = waiting_.upper_bound(last_served_);
+  if (next == waiting_.end()) next = waiting_.begin();
+  return next->second.front();
+}
+
+void InferenceRunner::Forget(const std::string& tenant, uint64_t ticket) {
+  auto it = waiting_.find(tenant);
+  if (it == waiting_.end()) return;
+  std::deque<uint64_t>& tickets = it->second;
+  tickets.erase(std::remove(tickets.begin(), tickets.end(), ticket), tickets.end());
+  if (tickets.empty()) waiting_.erase(it);
+}
+
+int InferenceRunner::waiting_requests() const {
+  absl::MutexLock lock(&turn_mu_);
+  int n = 0;
+  for (const auto& [tenant, tickets] : waiting_) n += static_cast<int>(tickets.size());
+  return n;
 }
 
 absl::Status InferenceRunner::Turn::Wait(const std::function<bool()>& client_left) {
-  absl::MutexLock lock(&runner_->turn_mu_);
-  const absl::Condition free(
-      +[](bool* taken) { return !*taken; }, &runner_->turn_taken_);
-  while (!runner_->turn_mu_.AwaitWithTimeout(free, absl::Milliseconds(100))) {
+  InferenceRunner* r = runner_;
+  absl::MutexLock lock(&r->turn_mu_);
+  std::deque<uint64_t>& mine = r->waiting_[tenant_];
+  if (static_cast<int>(mine.size()) >= kMaxWaitingPerTenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant '", tenant_, "' has ", kMaxWaitingPerTenant,
+        " generation or evaluation requests waiting for the device already; wait for them"));
+  }
+  const uint64_t ticket = ++r->last_ticket_;
+  mine.push_back(ticket);
+  struct Mine {
+    InferenceRunner* r;
+    uint64_t ticket;
+  } me{r, ticket};
+  const absl::Condition my_turn(
+      +[](Mine* m) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return !m->r->turn_taken_ && m->r->NextTicket() == m->ticket;
+      },
+      &me);
+  while (!r->turn_mu_.AwaitWithTimeout(my_turn, absl::Milliseconds(100))) {
     if (client_left && client_left()) {
+      r->Forget(tenant_, ticket);
       return absl::CancelledError("the client left while waiting for the device");
     }
   }
-  runner_->turn_taken_ = true;
+  r->Forget(tenant_, ticket);
+  r->turn_taken_ = true;
   held_ = true;
   return absl::OkStatus();
 }
@@ -242,7 +283,7 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
                                                    " bytes, far more than the model's context of ",
                                                    context, " tokens"));
   }
-  Turn turn(this);
+  Turn turn(this, tenant);
   RETURN_IF_ERROR(turn.Wait(client_left));
   absl::MutexLock lock(&mu_);
   const PublishOnExit publish{this};
@@ -324,7 +365,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(
         " (it holds the device for every tenant): evaluate a sample, or give the data to a job "
         "as its validation_dataset"));
   }
-  Turn turn(this);
+  Turn turn(this, tenant);
   RETURN_IF_ERROR(turn.Wait(client_left));
   // Read only now: calls waiting for the turn hold no dataset in memory.
   auto content = datasets_->Content(tenant, req.dataset_id());

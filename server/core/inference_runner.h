@@ -9,8 +9,10 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -60,6 +62,10 @@ class InferenceRunner {
                                                 const v1::EvaluateRequest& req,
                                                 const std::function<bool()>& client_left = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Requests one tenant may have waiting for the device (each holds a server thread meanwhile).
+  static constexpr int kMaxWaitingPerTenant = 8;
+  // Requests waiting for the device now.
+  int waiting_requests() const ABSL_LOCKS_EXCLUDED(turn_mu_);
   static constexpr int64_t kMaxEvaluateBytes = int64_t{64} << 20;
   static constexpr int64_t kMaxEvaluateTokens = int64_t{1} << 23;
   // Other bounds than those (tests).
@@ -124,19 +130,30 @@ class InferenceRunner {
   std::string scratch_dir_;
   std::string device_name_;
   // The device's turn: held by one request at a time, waited for by the others, which give up
-  // when their client leaves (mu_ itself is held through a whole request).
+  // when their client leaves (mu_ itself is held through a whole request). Tenants take turns:
+  // the next is the oldest request of the first tenant after the one served last (in name
+  // order, round), so a tenant with many requests waiting gets no more turns than one with one.
   class Turn {
    public:
-    explicit Turn(InferenceRunner* runner) : runner_(runner) {}
+    Turn(InferenceRunner* runner, std::string tenant)
+        : runner_(runner), tenant_(std::move(tenant)) {}
     ~Turn();
+    // RESOURCE_EXHAUSTED where the tenant has kMaxWaitingPerTenant requests waiting already.
     absl::Status Wait(const std::function<bool()>& client_left);
 
    private:
     InferenceRunner* runner_;
+    const std::string tenant_;
     bool held_ = false;
   };
-  absl::Mutex turn_mu_;
+  // The ticket whose turn is next (0: none waits).
+  uint64_t NextTicket() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(turn_mu_);
+  void Forget(const std::string& tenant, uint64_t ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(turn_mu_);
+  mutable absl::Mutex turn_mu_;
   bool turn_taken_ ABSL_GUARDED_BY(turn_mu_) = false;
+  std::map<std::string, std::deque<uint64_t>> waiting_ ABSL_GUARDED_BY(turn_mu_);
+  std::string last_served_ ABSL_GUARDED_BY(turn_mu_);
+  uint64_t last_ticket_ ABSL_GUARDED_BY(turn_mu_) = 0;
   mutable absl::Mutex mu_;
   std::unique_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ModelPool> pool_ ABSL_GUARDED_BY(mu_);

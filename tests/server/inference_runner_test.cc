@@ -217,6 +217,64 @@ TEST_F(InferenceRunnerTest, ARequestWhoseClientLeftStopsWaitingAndEvaluating) {
   EXPECT_TRUE(Loss(runner, "a", "").ok());  // the device serves the next request
 }
 
+// Tenants take turns on the device: with a's three requests waiting before b's one, b's goes
+// next, and a tenant's requests past the waiting bound are refused at once.
+TEST_F(InferenceRunnerTest, TenantsTakeTurnsOnTheDevice) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  absl::Notification streaming, release;
+  auto generate = [&](const std::string& tenant, const std::function<void()>& on_first) {
+    v1::GenerateRequest g;
+    g.set_model("stories");
+    g.set_max_tokens(2);
+    bool first = true;
+    return runner.Generate(tenant, g, [&](const std::string&, int64_t) {
+      if (first) on_first();
+      first = false;
+      return true;
+    });
+  };
+  std::thread holder([&] {
+    auto r = generate("a", [&] {
+      streaming.Notify();
+      release.WaitForNotificationWithTimeout(absl::Seconds(20));  // holds the device meanwhile
+    });
+    EXPECT_TRUE(r.ok()) << r.status();
+  });
+  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  absl::Mutex order_mu;
+  std::vector<std::string> order;
+  std::vector<std::thread> waiting;
+  auto wait_for = [&](int n) {
+    for (int i = 0; i < 2000 && runner.waiting_requests() < n; ++i) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_EQ(runner.waiting_requests(), n);
+  };
+  for (const std::string tenant : {"a", "a", "a", "b"}) {
+    waiting.emplace_back([&, tenant] {
+      auto r = generate(tenant, [&] {
+        absl::MutexLock lock(&order_mu);
+        order.push_back(tenant);
+      });
+      EXPECT_TRUE(r.ok()) << r.status();
+    });
+    wait_for(static_cast<int>(waiting.size()));  // in this order
+  }
+  std::vector<std::thread> more;
+  for (int i = 0; i < InferenceRunner::kMaxWaitingPerTenant - 3; ++i) {
+    more.emplace_back([&] { EXPECT_TRUE(generate("a", [] {}).ok()); });
+  }
+  wait_for(InferenceRunner::kMaxWaitingPerTenant + 1);
+  auto refused = generate("a", [] {});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  release.Notify();
+  holder.join();
+  for (auto& t : waiting) t.join();
+  for (auto& t : more) t.join();
+  ASSERT_GE(order.size(), 2u);
+  EXPECT_EQ(order[0], "b");  // before a's, which came first: a had the last turn
+}
+
 // Sampling options out of range are refused naming the field, not silently replaced; a prompt
 // that could never fit the context is refused before it is tokenized.
 TEST_F(InferenceRunnerTest, BadGenerationRequestsNameTheField) {
