@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/status_macros.h"
+#include "engine/utf8.h"
 
 namespace qlorad {
 namespace {
@@ -92,34 +93,11 @@ int BytePieceValue(std::string_view piece) {
   return value;
 }
 
-// Length of a well-formed UTF-8 character at s[i] (no overlongs, surrogates or values past
-// U+10FFFF), or 0 when the bytes there are malformed.
+// Length of a well-formed UTF-8 character at s[i], or 0 when the bytes there are malformed
+// (libsentencepiece then replaces one byte).
 size_t ValidUtf8Length(std::string_view s, size_t i) {
-  const unsigned char c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return 1;
-  size_t len;
-  uint32_t cp;
-  if ((c >> 5) == 0x6) {
-    len = 2;
-    cp = c & 0x1F;
-  } else if ((c >> 4) == 0xE) {
-    len = 3;
-    cp = c & 0x0F;
-  } else if ((c >> 3) == 0x1E) {
-    len = 4;
-    cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + len > s.size()) return 0;
-  for (size_t k = 1; k < len; ++k) {
-    const unsigned char cc = static_cast<unsigned char>(s[i + k]);
-    if ((cc >> 6) != 0x2) return 0;
-    cp = (cp << 6) | (cc & 0x3F);
-  }
-  static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return len;
+  const Utf8Char c = Utf8CharAt(s, i);
+  return c.valid ? c.length : 0;
 }
 
 }  // namespace
