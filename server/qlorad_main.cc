@@ -274,6 +274,13 @@ absl::Status Run() {
   node.adapters = std::make_unique<core::AdapterStore>(node.db.get());
   node.checkpoints = std::make_unique<core::CheckpointStore>(node.db.get());
   node.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  // A dataset is one RocksDB value, and a write batch holds values below 4 GiB: a larger upload
+  // would be refused only once all of it had come.
+  constexpr int64_t kMaxUploadBytes = int64_t{3} << 30;
+  if (node.max_upload_bytes < 1 || node.max_upload_bytes > kMaxUploadBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-upload-bytes must be in [1, ", kMaxUploadBytes, "], got ", node.max_upload_bytes));
+  }
   node.calls =
       std::make_unique<server::TenantCalls>(std::max(0, absl::GetFlag(FLAGS_max_calls_per_tenant)));
   const std::string scratch = (fs::path(data_dir) / "scratch").string();

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
@@ -17,6 +18,8 @@ using storage::Family;
 using storage::StoreKey;
 
 constexpr const char* kPeftFiles[] = {"adapter_config.json", "adapter_model.safetensors"};
+// Marks the quota's RESOURCE_EXHAUSTED apart from the store's (a full disk).
+constexpr const char kQuotaPayload[] = "qlorad.dev/quota";
 
 absl::StatusOr<v1::Adapter> ParseMeta(std::string_view bytes) {
   v1::Adapter a;
@@ -40,9 +43,11 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(std::vector<v1::Adapter> existing, List(tenant));
   if (static_cast<int64_t>(existing.size()) >= max_adapters) {
-    return absl::ResourceExhaustedError(absl::StrCat("adapter quota reached: ", existing.size(),
-                                                     " of ", max_adapters,
-                                                     "; delete an adapter first"));
+    absl::Status quota = absl::ResourceExhaustedError(
+        absl::StrCat("adapter quota reached: ", existing.size(), " of ", max_adapters,
+                     "; delete an adapter first"));
+    quota.SetPayload(kQuotaPayload, absl::Cord("max_adapters"));
+    return quota;
   }
   meta.set_id(NewId("ad"));
   meta.set_bytes(bytes);
@@ -56,6 +61,10 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
   }
   RETURN_IF_ERROR(db_->Write(w));
   return meta;
+}
+
+bool AdapterStore::IsQuotaError(const absl::Status& s) {
+  return absl::IsResourceExhausted(s) && s.GetPayload(kQuotaPayload).has_value();
 }
 
 absl::StatusOr<v1::Adapter> AdapterStore::Get(const std::string& tenant,

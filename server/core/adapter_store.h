@@ -21,10 +21,11 @@ class AdapterStore {
   explicit AdapterStore(storage::KvStore* db) : db_(db) {}
 
   // Stores the PEFT files of `peft_dir` with `meta` (its id is assigned here). RESOURCE_EXHAUSTED
-  // when the tenant already holds `max_adapters`.
+  // when the tenant already holds `max_adapters` (IsQuotaError tells it from a full disk's).
   absl::StatusOr<v1::Adapter> Create(const std::string& tenant, v1::Adapter meta,
                                      const std::string& peft_dir, int64_t max_adapters)
       ABSL_LOCKS_EXCLUDED(mu_);
+  static bool IsQuotaError(const absl::Status& s);
   absl::StatusOr<v1::Adapter> Get(const std::string& tenant, const std::string& id) const;
   absl::StatusOr<std::vector<v1::Adapter>> List(const std::string& tenant) const;
   // File name -> bytes, in name order.

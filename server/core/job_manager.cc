@@ -56,10 +56,18 @@ bool ValidName(const std::string& s, size_t max_len) {
 // cannot be written) a few times only, as it may be for good. Not a record that is missing or
 // unreadable (NOT_FOUND, DATA_LOSS).
 constexpr int kInternalErrorStartTries = 5;  // about 30 s of tries (1, 2, 4, 8, 16 s apart)
-bool StoreMayMend(const absl::Status& s, const QueuedJob& q) {
+bool StoreMayMend(const absl::Status& s, int internal_failures) {
   return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsAborted(s) ||
          absl::IsDeadlineExceeded(s) ||
-         (absl::IsInternal(s) && q.internal_failures < kInternalErrorStartTries);
+         (absl::IsInternal(s) && internal_failures < kInternalErrorStartTries);
+}
+bool StoreMayMend(const absl::Status& s, const QueuedJob& q) {
+  return StoreMayMend(s, q.internal_failures);
+}
+
+// The pause before try `tries` + 1 of a write the store refused: 1 s, doubling up to 30 s.
+absl::Duration PauseAfter(int tries) {
+  return std::min(absl::Seconds(30), absl::Seconds(1 << std::min(tries - 1, 5)));
 }
 
 // A device's refused allocation as the job's error, naming the device once (a GPU's own message
@@ -127,6 +135,7 @@ struct JobManager::ActiveJob {
   // then, rather than throwing the training away.
   bool trained = false;
   int store_tries = 0;
+  int store_internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
   absl::Time store_again_at = absl::InfinitePast();
 };
 
@@ -903,10 +912,13 @@ void JobManager::WorkerLoop(Worker* w) {
       if (!stopping_) work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(200));
       continue;
     }
+    bool worked = false;  // a step, or a try to store an adapter, this round
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       StepOutcome outcome = RunStep(w, **it);
-      if (outcome == StepOutcome::kContinue && active.size() > 1) {
+      const bool waits = (*it)->trained && outcome == StepOutcome::kContinue;
+      worked |= !waits;
+      if (outcome == StepOutcome::kContinue && active.size() > 1 && !waits) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
         if (absl::Status paged = (*it)->trainer->PageOutOptimizer(); !paged.ok()) {
           (*it)->failure = paged;
@@ -933,6 +945,17 @@ void JobManager::WorkerLoop(Worker* w) {
       // A worker left idle waits at the top of the loop and publishes nothing until the next
       // job: said now that the last job's memory is free (with jobs left, the next round does).
       if (active.empty()) w->PublishUsage();
+    }
+    if (!worked && !active.empty()) {
+      // Every job here waits to store its adapter: paced to the first one's next try, not spun;
+      // a new job, a stop or a cancel (within 200 ms) ends the wait.
+      absl::Time first = absl::InfiniteFuture();
+      for (const auto& a : active) first = std::min(first, a->store_again_at);
+      absl::MutexLock lock(&mu_);
+      if (!stop_requested_) {
+        work_cv_.WaitWithTimeout(
+            &mu_, std::clamp(first - absl::Now(), absl::ZeroDuration(), absl::Milliseconds(200)));
+      }
     }
     if (!w->lost_cause.ok()) {
       LoseDevice(w, active, w->lost_cause);
@@ -1388,8 +1411,7 @@ JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const 
   QueuedJob again = q;
   ++again.start_failures;
   if (absl::IsInternal(why)) ++again.internal_failures;
-  const absl::Duration pause =
-      std::min(absl::Seconds(30), absl::Seconds(1 << std::min(again.start_failures - 1, 5)));
+  const absl::Duration pause = PauseAfter(again.start_failures);
   again.not_before = absl::Now() + pause;
   std::fprintf(stderr, "qlorad: job %s cannot start yet (try %d: %s); next try in %s\n",
                q.id.c_str(), again.start_failures, std::string(why.message()).c_str(),
@@ -1436,13 +1458,8 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (a.cancel->load()) return StepOutcome::kCancelled;
-  if (a.trained) {  // waiting to store its adapter again
-    const absl::Duration left = a.store_again_at - absl::Now();
-    if (left <= absl::ZeroDuration()) return StepOutcome::kSucceeded;
-    // Paced, not spun: a stop, a cancel or another job's work wakes the wait.
-    absl::MutexLock lock(&mu_);
-    if (!stop_requested_) work_cv_.WaitWithTimeout(&mu_, std::min(left, absl::Milliseconds(200)));
-    return StepOutcome::kContinue;
+  if (a.trained) {  // waiting to store its adapter again (WorkerLoop paces the tries)
+    return absl::Now() >= a.store_again_at ? StepOutcome::kSucceeded : StepOutcome::kContinue;
   }
   StepReport report;
   bool stepped = false;
@@ -1609,12 +1626,8 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   fs::remove_all(dir, ec);
   PeftExportOptions eo;
   eo.base_model_name_or_path = a.job.model();
+  // Written to the scratch folder first, on the store's disk: a full disk fails it too.
   absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo);
-  if (!saved.ok()) {
-    ReleaseQuota(w, tenant);
-    (void)FailJob(tenant, id, saved, "", false);
-    return true;
-  }
   v1::Adapter meta;
   meta.set_name(absl::StrCat(a.job.model(), "-", a.job.suffix().empty() ? id : a.job.suffix()));
   meta.set_job_id(id);
@@ -1628,25 +1641,30 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   if (a.trainer->kept_eval_loss()) meta.set_best_eval_loss(*a.trainer->kept_eval_loss());
   const Tenant* t = stores_.tenants->Find(tenant);
   const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
-  absl::StatusOr<v1::Adapter> adapter;
-  {
+  // An error that may pass (a full disk, for the scratch folder or the store) keeps the
+  // training: the job waits on its device and tries again (or is cancelled; a stop keeps it in a
+  // checkpoint at its last step), counted as running meanwhile. Not the tenant's adapter limit
+  // (lowered since the job was accepted): that waits for the user, so the job fails as before.
+  auto may_store_later = [&](const absl::Status& s) {
+    return !AdapterStore::IsQuotaError(s) &&
+           (!saved.ok() || StoreMayMend(s, a.store_internal_failures));
+  };
+  absl::StatusOr<v1::Adapter> adapter = absl::UnknownError("not stored");
+  if (!saved.ok()) {
+    adapter = saved;  // tried again: the job still counts as running
+  } else {
     // Only now: until its adapter is stored, the job counts against the tenant's adapter limit
     // as an unfinished job, so CreateJob never lets in a job whose adapter will not fit. Under
     // CreateJob's lock, so that no check sees the job counted twice (as a job and an adapter).
     absl::MutexLock create_lock(&create_mu_);
     adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
-    // A store error that may pass (StoreMayMend: a full disk; also the tenant's adapter limit,
-    // lowered since the job was accepted) keeps the training: the job waits on its device and
-    // tries again (or is cancelled; a stop keeps it in a checkpoint at its last step). Meanwhile
-    // it counts as running still.
-    if (adapter.ok() || !StoreMayMend(adapter.status(), a.entry)) ReleaseQuota(w, tenant);
+    if (adapter.ok() || !may_store_later(adapter.status())) ReleaseQuota(w, tenant);
   }
   fs::remove_all(dir, ec);
-  if (!adapter.ok() && StoreMayMend(adapter.status(), a.entry)) {
+  if (!adapter.ok() && may_store_later(adapter.status())) {
     ++a.store_tries;
-    if (absl::IsInternal(adapter.status())) ++a.entry.internal_failures;
-    const absl::Duration pause =
-        std::min(absl::Seconds(30), absl::Seconds(1 << std::min(a.store_tries - 1, 5)));
+    if (absl::IsInternal(adapter.status())) ++a.store_internal_failures;
+    const absl::Duration pause = PauseAfter(a.store_tries);
     a.store_again_at = absl::Now() + pause;
     std::fprintf(stderr,
                  "qlorad: job %s: its adapter cannot be stored yet (try %d: %s); next try in %s\n",
@@ -1663,7 +1681,7 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     return false;
   }
   if (!adapter.ok()) {
-    (void)FailJob(tenant, id, adapter.status(), "", false);
+    (void)FailJob(tenant, id, adapter.status(), "", AdapterStore::IsQuotaError(adapter.status()));
     return true;
   }
   const int64_t kept = a.trainer->kept_step();

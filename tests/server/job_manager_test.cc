@@ -775,6 +775,7 @@ TEST_F(JobManagerTest, ATrainedJobWhoseAdapterCannotBeStoredYetStoresItLater) {
   auto kept = checkpoints_->List();
   ASSERT_TRUE(kept.ok());
   EXPECT_TRUE(kept->empty());
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);  // counted while it waited, released once
 }
 
 // A daemon stopped while a trained job waits to store its adapter keeps the training in a
@@ -807,6 +808,7 @@ TEST_F(JobManagerTest, AJobStoppedWhileItsAdapterWaitsStoresItAfterTheRestart) {
   auto adapter = adapters_->Get("a", done.adapter_id());
   ASSERT_TRUE(adapter.ok()) << adapter.status();
   EXPECT_DOUBLE_EQ(adapter->final_loss(), trained_loss);
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
 }
 
 // A start whose RUNNING write the store refuses (a full disk) is the store's failure, not the
