@@ -1,5 +1,6 @@
 #include "engine/text_stream.h"
 
+#include <algorithm>
 #include <string_view>
 
 #include "engine/status_macros.h"
@@ -13,8 +14,20 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 absl::StatusOr<TextStream> TextStream::Start(const Tokenizer& tokenizer,
                                              std::vector<int32_t> prompt) {
-  ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(prompt));
-  return TextStream(tokenizer, std::move(prompt), std::move(text));
+  // Only the prompt's last tokens are kept, as context: each push decodes the kept ids again,
+  // and a prompt near a 32k-token context made every token of the answer decode all of it.
+  // Enough of them that their text is not blank, so that the first generated piece's leading
+  // space is not taken for the start of the text (and dropped as a dummy prefix).
+  constexpr size_t kPromptContext = 16;
+  size_t keep = std::min(prompt.size(), kPromptContext);
+  while (true) {
+    std::vector<int32_t> tail(prompt.end() - static_cast<std::ptrdiff_t>(keep), prompt.end());
+    ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(tail));
+    if (keep == prompt.size() || text.find_first_not_of(' ') != std::string::npos) {
+      return TextStream(tokenizer, std::move(tail), std::move(text));
+    }
+    keep = std::min(prompt.size(), 2 * keep);
+  }
 }
 
 std::string TextStream::Fresh(const std::string& text, size_t end) {

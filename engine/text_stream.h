@@ -1,5 +1,6 @@
-// Streams generated text: decodes the whole sequence after each new token and hands out only
-// what is new, so that byte-fallback pieces forming one UTF-8 character come out whole.
+// Streams generated text: decodes the generated tokens after the prompt's last few again after
+// each new token and hands out only what is new, so that byte-fallback pieces forming one UTF-8
+// character come out whole.
 #pragma once
 
 #include <cstdint>

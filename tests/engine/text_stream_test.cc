@@ -11,9 +11,12 @@ namespace {
 
 constexpr char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD
 
-// Pushes `ids` after BOS one by one; returns what each push handed out, then the rest.
-std::vector<std::string> Stream(const Tokenizer& tok, const std::vector<int32_t>& ids) {
-  auto stream = TextStream::Start(tok, {tok.bos_id()});
+// Pushes `ids` after `prompt` (BOS where empty) one by one; returns what each push handed out,
+// then the rest.
+std::vector<std::string> Stream(const Tokenizer& tok, const std::vector<int32_t>& ids,
+                                std::vector<int32_t> prompt = {}) {
+  if (prompt.empty()) prompt = {tok.bos_id()};
+  auto stream = TextStream::Start(tok, std::move(prompt));
   EXPECT_TRUE(stream.ok()) << stream.status();
   std::vector<std::string> out;
   for (int32_t id : ids) {
@@ -70,6 +73,35 @@ TEST(TextStream, BytesThatNeverFormACharacterComeOutAtTheEnd) {
   const std::vector<std::string> parts = Stream(**tok, *ids);
   EXPECT_EQ(Joined(parts), *whole);
   EXPECT_EQ(parts.back(), three);
+}
+
+// The stream keeps only the prompt's last tokens as context: what it hands out after a long
+// prompt, or one ending in blanks, is still the whole decode's continuation, leading spaces and
+// byte-piece characters included.
+TEST(TextStream, AfterALongPromptTheTextIsTheWholeDecodesContinuation) {
+  auto tok = Tokenizer::FromModelFile(::qlorad::testing::Stories260kDir() + "/tok512.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string story;
+  for (int i = 0; i < 40; ++i) story += "Tom saw a big dog in the park. ";
+  auto answer = (*tok)->Encode(" The dog ran to \xF0\x9F\x90\xB1 and Tom laughed.");
+  ASSERT_TRUE(answer.ok());
+  // The last case ends in 20 control tokens, which decode to nothing: a context of those alone
+  // would take the answer's first space for a dummy prefix.
+  for (const auto& [prompt_text, trailing_controls] :
+       {std::pair{story, 0},
+        {std::string("Tom said") + std::string(40, ' '), 0},
+        {std::string("Tom said"), 20}}) {
+    auto prompt = (*tok)->Encode(prompt_text);
+    ASSERT_TRUE(prompt.ok());
+    prompt->insert(prompt->begin(), (*tok)->bos_id());
+    prompt->insert(prompt->end(), trailing_controls, (*tok)->bos_id());
+    std::vector<int32_t> all = *prompt;
+    all.insert(all.end(), answer->begin(), answer->end());
+    const std::string before = *(*tok)->Decode(*prompt), whole = *(*tok)->Decode(all);
+    ASSERT_EQ(whole.compare(0, before.size(), before), 0);
+    EXPECT_EQ(Joined(Stream(**tok, *answer, *prompt)), whole.substr(before.size()))
+        << prompt->size() << " prompt tokens";
+  }
 }
 
 }  // namespace
