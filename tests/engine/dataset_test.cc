@@ -93,7 +93,16 @@ TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
       {std::string(1 << 20, '['), "bad.jsonl:1: nested deeper than 8 levels"},
       {"{\"text\": \"" + std::string(kMaxExampleLineBytes, 'a') + "\"}",
        "bad.jsonl:1: longer than 16 MiB"},
+      // Very many small values, each a node of the parsed tree: refused before it is built.
+      {[] {
+         std::string many = "{\"text\": [{}";
+         for (int i = 0; i < 70000; ++i) many += ",{}";
+         return many + "]}";
+       }(),
+       "bad.jsonl:1: more than 65536 JSON values in one example"},
   };
+  // Commas inside a string are text, not values.
+  EXPECT_TRUE(ValidateExampleJson("{\"text\": \"" + std::string(100000, ',') + "\"}").ok());
   for (const Case& c : cases) {
     auto ex = TokenizeJsonl(c.text, *tok_, "bad.jsonl");
     ASSERT_FALSE(ex.ok()) << c.text;
