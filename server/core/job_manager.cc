@@ -1325,6 +1325,15 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
     auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
     if (!built.ok()) return fail(Field(fields[k], built.status()), fields[k], true);
+    const int64_t tokens = static_cast<int64_t>(built->size()) * r.seq_len();
+    if (k == 1 && tokens > options_.limits.max_validation_tokens) {
+      return fail(
+          absl::InvalidArgumentError(absl::StrCat(
+              "validation_dataset: ", built->size(), " rows of ", r.seq_len(),
+              " tokens; a validation set holds at most ", options_.limits.max_validation_tokens,
+              " (it is evaluated whole, while the device's other jobs wait): use a sample")),
+          fields[k], true);
+    }
     rows[k] = std::move(*built);
   }
   TrainerOptions to = TrainerOptionsFrom(r);

@@ -24,6 +24,9 @@ struct ServerLimits {
   int64_t max_seq_len = 4096;
   int64_t max_batch_size = 256;
   int64_t max_total_steps = 1000000;
+  // A validation set is evaluated whole at each evaluation, within one step, while the jobs
+  // sharing its device wait: its rows' tokens are bounded (as Evaluate's are).
+  int64_t max_validation_tokens = int64_t{1} << 23;
 };
 
 // The architecture a registered model recorded, as the engine's config.

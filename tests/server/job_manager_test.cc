@@ -135,6 +135,20 @@ class JobManagerTest : public ::testing::Test {
     ADD_FAILURE() << "timed out waiting for job " << id;
     return *manager_->GetJob(tenant, id);
   }
+  // Creates the job, which is accepted, and waits for it to fail at its start as the user's,
+  // naming `parameter` and saying `message`.
+  void ExpectFailsAtItsStart(const std::string& tenant, const v1::CreateJobRequest& req,
+                             const std::string& parameter, const std::string& message) {
+    auto job = manager_->CreateJob(T(tenant), req);
+    ASSERT_TRUE(job.ok()) << job.status();
+    const v1::Job f = WaitFor(tenant, job->id(), [](const v1::Job& j) {
+      return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED || j.state() == v1::CANCELLED;
+    });
+    EXPECT_EQ(f.state(), v1::FAILED);
+    EXPECT_TRUE(f.error().user_error());
+    EXPECT_EQ(f.error().parameter(), parameter);
+    EXPECT_NE(f.error().message().find(message), std::string::npos) << f.error().message();
+  }
 
   // One job on a single device that is lost at its fourth step (after the checkpoint of step
   // 2): checks that it went back to the queue, not failed, and returns its id.
@@ -489,14 +503,19 @@ TEST_F(JobManagerTest, EpochsThatMakeTooManyStepsAreRefusedByName) {
   v1::CreateJobRequest req = Request("a", 1);
   req.mutable_hyperparameters()->clear_max_steps();
   req.mutable_hyperparameters()->set_epochs(3);  // the facts make at least 2 steps an epoch
-  auto job = manager_->CreateJob(T("a"), req);
-  ASSERT_TRUE(job.ok()) << job.status();
-  const v1::Job f = WaitFor("a", job->id(), HasEnded);
-  EXPECT_EQ(f.state(), v1::FAILED);
-  EXPECT_TRUE(f.error().user_error());
-  EXPECT_EQ(f.error().parameter(), "hyperparameters.epochs");
-  EXPECT_NE(f.error().message().find("at most 5 are allowed"), std::string::npos)
-      << f.error().message();
+  ExpectFailsAtItsStart("a", req, "hyperparameters.epochs", "at most 5 are allowed");
+}
+
+// A validation set is evaluated whole within one step while the device's other jobs wait: one
+// past the bound fails the job at its start, naming the field.
+TEST_F(JobManagerTest, AValidationSetPastItsBoundIsRefusedByName) {
+  JobManagerOptions o = Options("cpu:0");
+  o.limits.max_validation_tokens = 64 * 3;  // three rows of seq_len 64
+  StartManager(o);
+  v1::CreateJobRequest req = Request("a", 2);
+  req.set_validation_dataset(dataset_["a"]);  // the facts: more than three rows
+  req.mutable_hyperparameters()->set_eval_every(1);
+  ExpectFailsAtItsStart("a", req, "validation_dataset", "a validation set holds at most 192");
 }
 
 // A model or dataset an unfinished job uses is not deleted; once the job ended it is.
