@@ -25,6 +25,7 @@ absl::Status Limits(const Invocation& invocation) {
         {"dataset bytes", absl::StrCat(FormatBytes(limits.dataset_bytes_used()), " used of ",
                                        FormatBytes(limits.max_dataset_bytes()))},
         {"adapters", absl::StrCat(limits.adapters_used(), " of ", limits.max_adapters())},
+        {"datasets", absl::StrCat(limits.datasets_used(), " of ", limits.max_datasets())},
         {"max priority", absl::StrCat(limits.max_priority())},
     });
   });

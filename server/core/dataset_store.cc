@@ -48,15 +48,35 @@ absl::Status DatasetStore::Upload::Grow(int64_t bytes) {
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::Status DatasetLimitReached(size_t held, int64_t max_datasets) {
+  return absl::ResourceExhaustedError(absl::StrCat("dataset limit reached: ", held, " of ",
+                                                   max_datasets, "; delete a dataset first"));
+}
+
+int64_t TotalBytes(const std::vector<v1::Dataset>& all) {
+  int64_t total = 0;
+  for (const v1::Dataset& d : all) total += d.bytes();
+  return total;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::StartUpload(
-    const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes) {
-  ASSIGN_OR_RETURN(const int64_t used, BytesUsed(tenant));
+    const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes,
+    int64_t max_datasets) {
+  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> held, List(tenant));
+  if (static_cast<int64_t>(held.size()) >= max_datasets) {
+    return DatasetLimitReached(held.size(), max_datasets);
+  }
+  const int64_t used = TotalBytes(held);
   return std::unique_ptr<Upload>(new Upload(this, tenant, used, max_total_bytes, max_upload_bytes));
 }
 
 absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, const std::string& name,
                                                  const std::string& content,
-                                                 int64_t max_total_bytes) {
+                                                 int64_t max_total_bytes, int64_t max_datasets) {
   if (name.size() > 256 || std::any_of(name.begin(), name.end(), [](char c) {
         return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
       })) {
@@ -77,7 +97,11 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
   }
   if (examples == 0) return absl::InvalidArgumentError("the dataset has no examples");
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(int64_t used, BytesUsed(tenant));
+  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> held, List(tenant));
+  if (static_cast<int64_t>(held.size()) >= max_datasets) {
+    return DatasetLimitReached(held.size(), max_datasets);
+  }
+  const int64_t used = TotalBytes(held);
   const int64_t size = static_cast<int64_t>(content.size());
   if (used + size > max_total_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("dataset quota exceeded: ", used,
@@ -148,9 +172,7 @@ absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& 
 
 absl::StatusOr<int64_t> DatasetStore::BytesUsed(const std::string& tenant) const {
   ASSIGN_OR_RETURN(std::vector<v1::Dataset> all, List(tenant));
-  int64_t total = 0;
-  for (const v1::Dataset& d : all) total += d.bytes();
-  return total;
+  return TotalBytes(all);
 }
 
 }  // namespace qlorad::core

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "qlorad/v1/datasets.pb.h"
+#include "server/core/tenants.h"
 #include "storage/kv_store.h"
 
 namespace qlorad::core {
@@ -46,16 +47,19 @@ class DatasetStore {
     int64_t used_, max_total_bytes_, max_upload_bytes_;
     int64_t taken_ = 0;
   };
-  // `max_total_bytes`: the tenant's quota; `max_upload_bytes`: one upload's limit.
-  absl::StatusOr<std::unique_ptr<Upload>> StartUpload(const std::string& tenant,
-                                                      int64_t max_total_bytes,
-                                                      int64_t max_upload_bytes);
+  // `max_total_bytes`: the tenant's quota; `max_upload_bytes`: one upload's limit;
+  // `max_datasets`: RESOURCE_EXHAUSTED before any byte is sent where the tenant holds as many.
+  absl::StatusOr<std::unique_ptr<Upload>> StartUpload(
+      const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes,
+      int64_t max_datasets = TenantLimits{}.max_datasets);
 
   // INVALID_ARGUMENT "line N: ..." for the first bad line (or an empty upload), "name: ..."
   // for a name longer than 256 bytes or holding control characters (it may be empty);
-  // RESOURCE_EXHAUSTED when the tenant's datasets would exceed `max_total_bytes`.
+  // RESOURCE_EXHAUSTED when the tenant's datasets would exceed `max_total_bytes`, or number
+  // more than `max_datasets`.
   absl::StatusOr<v1::Dataset> Create(const std::string& tenant, const std::string& name,
-                                     const std::string& content, int64_t max_total_bytes)
+                                     const std::string& content, int64_t max_total_bytes,
+                                     int64_t max_datasets = TenantLimits{}.max_datasets)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::Dataset> Get(const std::string& tenant, const std::string& id) const;
   absl::StatusOr<std::string> Content(const std::string& tenant, const std::string& id) const;

@@ -91,6 +91,8 @@ absl::StatusOr<std::unique_ptr<TenantRegistry>> TenantRegistry::FromJson(
           tenant.limits.max_dataset_bytes = value;
         else if (key == "max_adapters")
           tenant.limits.max_adapters = value;
+        else if (key == "max_datasets")
+          tenant.limits.max_datasets = value;
         else if (key == "max_priority")
           tenant.limits.max_priority = value;
         else

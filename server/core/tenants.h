@@ -1,7 +1,7 @@
 // Tenants and their API keys, from a JSON file. Keys are stored only as SHA-256 hashes:
 //   {"tenants": [{"name": "acme", "key_sha256": "<64 hex>", "admin": false,
 //                 "limits": {"max_concurrent_jobs": 2, "max_dataset_bytes": 268435456,
-//                            "max_adapters": 100}}]}
+//                            "max_adapters": 100, "max_datasets": 1000}}]}
 // Requests carry "authorization: Bearer <key>". Immutable after loading: thread-safe.
 #pragma once
 
@@ -19,6 +19,9 @@ struct TenantLimits {
   int64_t max_concurrent_jobs = 2;                 // queued + running
   int64_t max_dataset_bytes = int64_t{256} << 20;  // all datasets together
   int64_t max_adapters = 100;
+  // Datasets kept: each upload and quota check reads every one's record, and ListDatasets
+  // returns them all.
+  int64_t max_datasets = 1000;
   // The highest job priority the tenant may ask for. Priority orders the node's queue before
   // fair share, so a tenant allowed more can go ahead of every other tenant's jobs: 0 by
   // default (a tenant can still lower its own jobs'), raised per tenant by the operator.

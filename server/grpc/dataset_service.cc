@@ -17,7 +17,7 @@ grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
   }
   const std::string name = msg.header().name();
   auto upload = node_->datasets->StartUpload(tenant.name, tenant.limits.max_dataset_bytes,
-                                             node_->max_upload_bytes);
+                                             node_->max_upload_bytes, tenant.limits.max_datasets);
   if (!upload.ok()) return call.Finish(upload.status());
   std::string content;
   while (reader->Read(&msg)) {
@@ -34,7 +34,8 @@ grpc::Status DatasetServiceImpl::UploadDataset(grpc::ServerContext* c,
   if (c->IsCancelled()) {
     return call.Finish(absl::CancelledError("the upload was cut off; nothing is stored"));
   }
-  auto ds = node_->datasets->Create(tenant.name, name, content, tenant.limits.max_dataset_bytes);
+  auto ds = node_->datasets->Create(tenant.name, name, content, tenant.limits.max_dataset_bytes,
+                                    tenant.limits.max_datasets);
   if (ds.ok()) *out = *ds;
   return call.Finish(ds.status());
 }

@@ -66,9 +66,13 @@ grpc::Status LimitsServiceImpl::GetLimits(grpc::ServerContext* c, const v1::GetL
   out->set_max_dataset_bytes(t.limits.max_dataset_bytes);
   out->set_max_adapters(t.limits.max_adapters);
   out->set_max_priority(t.limits.max_priority);
-  auto used = node_->datasets->BytesUsed(t.name);
-  if (!used.ok()) return call.Finish(used.status());
-  out->set_dataset_bytes_used(*used);
+  out->set_max_datasets(t.limits.max_datasets);
+  auto datasets = node_->datasets->List(t.name);
+  if (!datasets.ok()) return call.Finish(datasets.status());
+  int64_t used = 0;
+  for (const v1::Dataset& d : *datasets) used += d.bytes();
+  out->set_dataset_bytes_used(used);
+  out->set_datasets_used(static_cast<int64_t>(datasets->size()));
   auto adapters = node_->adapters->List(t.name);
   if (!adapters.ok()) return call.Finish(adapters.status());
   out->set_adapters_used(static_cast<int64_t>(adapters->size()));

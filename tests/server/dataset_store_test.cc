@@ -65,6 +65,20 @@ TEST_F(DatasetStoreTest, QuotaTenantIsolationAndDelete) {
   EXPECT_EQ(store_->List("beta")->size(), 1u);
 }
 
+// The number of datasets is bounded too: each upload and quota check reads every record, and a
+// listing returns them all. A tenant at its limit is refused before its upload sends a byte.
+TEST_F(DatasetStoreTest, TheNumberOfDatasetsIsBounded) {
+  ASSERT_TRUE(store_->Create("acme", "a", kGood, 1 << 20, 2).ok());
+  ASSERT_TRUE(store_->Create("acme", "b", kGood, 1 << 20, 2).ok());
+  const absl::Status third = store_->Create("acme", "c", kGood, 1 << 20, 2).status();
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
+  EXPECT_NE(third.message().find("dataset limit reached: 2 of 2"), std::string::npos) << third;
+  const absl::Status upload = store_->StartUpload("acme", 1 << 20, 1 << 20, 2).status();
+  EXPECT_EQ(upload.code(), absl::StatusCode::kResourceExhausted) << upload;
+  EXPECT_TRUE(store_->Create("beta", "a", kGood, 1 << 20, 2).ok());  // per tenant
+  EXPECT_TRUE(store_->StartUpload("acme", 1 << 20, 1 << 20, 3).ok());
+}
+
 // Uploads in progress share the tenant's quota as their bytes arrive: two that fit one at a
 // time cannot both be held at once, and bytes come back when an upload goes.
 TEST_F(DatasetStoreTest, UploadsInProgressShareTheQuota) {

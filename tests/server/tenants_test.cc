@@ -8,7 +8,7 @@ namespace {
 std::string Registry() {
   return R"({"tenants": [
     {"name": "acme", "key_sha256": ")" +
-         Sha256Hex("acme-secret") + R"(", "limits": {"max_concurrent_jobs": 1}},
+         Sha256Hex("acme-secret") + R"(", "limits": {"max_concurrent_jobs": 1, "max_datasets": 5}},
     {"name": "ops", "key_sha256": ")" +
          Sha256Hex("ops-secret") + R"(", "admin": true}]})";
 }
@@ -27,6 +27,7 @@ TEST(Tenants, BearerKeysMapToTheirTenant) {
   EXPECT_FALSE((*acme)->admin);
   EXPECT_EQ((*acme)->limits.max_concurrent_jobs, 1);
   EXPECT_EQ((*acme)->limits.max_adapters, 100);  // default
+  EXPECT_EQ((*acme)->limits.max_datasets, 5);
   EXPECT_TRUE((*(*reg)->Authenticate("Bearer ops-secret"))->admin);
   for (const char* bad :
        {"", "Bearer ", "Basic acme-secret", "Bearer acme-secret2", "acme-secret"}) {
