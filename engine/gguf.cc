@@ -251,6 +251,56 @@ absl::StatusOr<int64_t> Integer(const GgufFile& g, const std::string& key, bool 
 
 }  // namespace
 
+absl::StatusOr<SentencePieceSpec> ReadGgufTokenizer(const GgufFile& g) {
+  auto tok_model = g.metadata().find("tokenizer.ggml.model");
+  if (tok_model == g.metadata().end() || tok_model->second.strings.empty() ||
+      tok_model->second.strings[0] != "llama") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(g.path(), ": tokenizer.ggml.model must be 'llama' (SentencePiece)"));
+  }
+  auto tokens = g.metadata().find("tokenizer.ggml.tokens");
+  if (tokens == g.metadata().end() || tokens->second.strings.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(g.path(), ": missing tokenizer.ggml.tokens"));
+  }
+  const size_t vocab = tokens->second.strings.size();
+  auto scores = g.metadata().find("tokenizer.ggml.scores");
+  auto types = g.metadata().find("tokenizer.ggml.token_type");
+  if (scores != g.metadata().end() && scores->second.numbers.size() != vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(g.path(), ": tokenizer.ggml.scores has ",
+                                                   scores->second.numbers.size(), " entries for ",
+                                                   vocab, " tokens"));
+  }
+  if (types != g.metadata().end() && types->second.numbers.size() != vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(g.path(), ": tokenizer.ggml.token_type has ",
+                                                   types->second.numbers.size(), " entries for ",
+                                                   vocab, " tokens"));
+  }
+  SentencePieceSpec spec;
+  for (size_t i = 0; i < vocab; ++i) {
+    VocabPiece p;
+    p.piece = tokens->second.strings[i];
+    if (scores != g.metadata().end()) p.score = static_cast<float>(scores->second.numbers[i]);
+    if (types != g.metadata().end()) {
+      const double t = types->second.numbers[i];
+      if (!(t >= 1 && t <= 6) || t != std::floor(t))
+        return absl::InvalidArgumentError(
+            absl::StrCat(g.path(), ": token ", i, " has unknown type ", t));
+      p.type = static_cast<PieceType>(static_cast<int>(t));
+    }
+    spec.pieces.push_back(std::move(p));
+  }
+  // Special ids name tokens of the list; llama.vocab_size (the embedding's rows) may pad it.
+  const int64_t last_id = static_cast<int64_t>(vocab) - 1;
+  ASSIGN_OR_RETURN(int64_t bos, Integer(g, "tokenizer.ggml.bos_token_id", false, 1, 0, last_id));
+  ASSIGN_OR_RETURN(int64_t eos, Integer(g, "tokenizer.ggml.eos_token_id", false, 2, 0, last_id));
+  ASSIGN_OR_RETURN(int64_t unk,
+                   Integer(g, "tokenizer.ggml.unknown_token_id", false, 0, 0, last_id));
+  spec.bos_id = static_cast<int>(bos);
+  spec.eos_id = static_cast<int>(eos);
+  spec.unk_id = static_cast<int>(unk);
+  return spec;
+}
+
 absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path) {
   ASSIGN_OR_RETURN(auto g, GgufFile::Open(path));
   auto arch = g->metadata().find("general.architecture");
@@ -273,53 +323,9 @@ absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path) {
   c.rms_norm_eps = std::fabs(eps) <= FLT_MAX ? static_cast<float>(eps) : INFINITY;
   c.rope_theta = std::fabs(theta) <= FLT_MAX ? static_cast<float>(theta) : INFINITY;
 
-  // Tokenizer.
-  auto tok_model = g->metadata().find("tokenizer.ggml.model");
-  if (tok_model == g->metadata().end() || tok_model->second.strings.empty() ||
-      tok_model->second.strings[0] != "llama") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": tokenizer.ggml.model must be 'llama' (SentencePiece)"));
-  }
-  auto tokens = g->metadata().find("tokenizer.ggml.tokens");
-  if (tokens == g->metadata().end() || tokens->second.strings.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": missing tokenizer.ggml.tokens"));
-  }
-  const size_t vocab = tokens->second.strings.size();
-  auto scores = g->metadata().find("tokenizer.ggml.scores");
-  auto types = g->metadata().find("tokenizer.ggml.token_type");
-  if (scores != g->metadata().end() && scores->second.numbers.size() != vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tokenizer.ggml.scores has ",
-                                                   scores->second.numbers.size(), " entries for ",
-                                                   vocab, " tokens"));
-  }
-  if (types != g->metadata().end() && types->second.numbers.size() != vocab) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tokenizer.ggml.token_type has ",
-                                                   types->second.numbers.size(), " entries for ",
-                                                   vocab, " tokens"));
-  }
-  SentencePieceSpec& spec = m.tokenizer;
-  for (size_t i = 0; i < vocab; ++i) {
-    VocabPiece p;
-    p.piece = tokens->second.strings[i];
-    if (scores != g->metadata().end()) p.score = static_cast<float>(scores->second.numbers[i]);
-    if (types != g->metadata().end()) {
-      const double t = types->second.numbers[i];
-      if (!(t >= 1 && t <= 6) || t != std::floor(t))
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": token ", i, " has unknown type ", t));
-      p.type = static_cast<PieceType>(static_cast<int>(t));
-    }
-    spec.pieces.push_back(std::move(p));
-  }
-  // Special ids name tokens of the list; llama.vocab_size (the embedding's rows) may pad it.
-  const int64_t last_id = static_cast<int64_t>(vocab) - 1;
-  ASSIGN_OR_RETURN(int64_t bos, Integer(*g, "tokenizer.ggml.bos_token_id", false, 1, 0, last_id));
-  ASSIGN_OR_RETURN(int64_t eos, Integer(*g, "tokenizer.ggml.eos_token_id", false, 2, 0, last_id));
-  ASSIGN_OR_RETURN(int64_t unk,
-                   Integer(*g, "tokenizer.ggml.unknown_token_id", false, 0, 0, last_id));
-  spec.bos_id = static_cast<int>(bos);
-  spec.eos_id = static_cast<int>(eos);
-  spec.unk_id = static_cast<int>(unk);
+  ASSIGN_OR_RETURN(m.tokenizer, ReadGgufTokenizer(*g));
+  const SentencePieceSpec& spec = m.tokenizer;
+  const int64_t last_id = static_cast<int64_t>(spec.pieces.size()) - 1;
   c.bos_token_id = spec.bos_id;
   c.eos_token_id = spec.eos_id;
   ASSIGN_OR_RETURN(c.vocab_size, Integer(*g, "llama.vocab_size", false, last_id + 1, last_id + 1));

@@ -52,5 +52,7 @@ struct GgufModel {
 };
 
 absl::StatusOr<GgufModel> LoadGgufModel(const std::string& path);
+// The file's SentencePiece vocabulary alone (tokenizer.ggml.*), without reading any tensor.
+absl::StatusOr<SentencePieceSpec> ReadGgufTokenizer(const GgufFile& g);
 
 }  // namespace qlorad

@@ -49,4 +49,16 @@ absl::StatusOr<ModelSource> OpenModelSource(const std::string& path) {
   return src;
 }
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> OpenModelTokenizer(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
+    ASSIGN_OR_RETURN(auto gguf, GgufFile::Open(path));
+    ASSIGN_OR_RETURN(SentencePieceSpec spec, ReadGgufTokenizer(*gguf));
+    return Tokenizer::FromSerializedProto(SerializeSentencePieceModel(spec));
+  }
+  const fs::path tok = fs::path(path) / "tokenizer.model";
+  if (!fs::exists(tok, ec)) return absl::NotFoundError(absl::StrCat(path, " has no tokenizer"));
+  return Tokenizer::FromModelFile(tok.string());
+}
+
 }  // namespace qlorad

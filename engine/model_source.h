@@ -23,5 +23,8 @@ struct ModelSource {
 };
 
 absl::StatusOr<ModelSource> OpenModelSource(const std::string& path);
+// The tokenizer OpenModelSource gives for `path`, without reading any weight (NOT_FOUND for a
+// directory without tokenizer.model).
+absl::StatusOr<std::unique_ptr<Tokenizer>> OpenModelTokenizer(const std::string& path);
 
 }  // namespace qlorad

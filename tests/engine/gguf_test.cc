@@ -253,6 +253,26 @@ TEST(Gguf, OtherArchitecturesAndQuantizedTypesAreRefusedByName) {
   EXPECT_NE(q.status().message().find("ggml type 2"), std::string::npos) << q.status();
 }
 
+// The tokenizer alone (what the daemon checks a queued job's data with) is the one the whole
+// model source gives, for a GGUF file and for a Hugging Face folder.
+TEST(Gguf, TheTokenizerAloneIsTheModelSourcesTokenizer) {
+  const std::string text = "Once upon a time, Lily saw a \xF0\x9F\x90\xB1.";
+  for (const std::string& path : {Stories260kGguf(), ::qlorad::testing::Stories260kHf()}) {
+    SCOPED_TRACE(path);
+    auto source = OpenModelSource(path);
+    ASSERT_TRUE(source.ok()) << source.status();
+    ASSERT_NE(source->tokenizer, nullptr);
+    auto alone = OpenModelTokenizer(path);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ((*alone)->vocab_size(), source->tokenizer->vocab_size());
+    EXPECT_EQ((*alone)->bos_id(), source->tokenizer->bos_id());
+    EXPECT_EQ((*alone)->eos_id(), source->tokenizer->eos_id());
+    EXPECT_EQ(*(*alone)->Encode(text), *source->tokenizer->Encode(text));
+  }
+  EXPECT_EQ(OpenModelTokenizer(TempDir("no_tokenizer")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 // A block count is allocated from once the embedding has loaded: four billion layers ended the
 // process (std::bad_alloc) instead of naming the field.
 TEST(Gguf, AnAbsurdLayerCountIsRefusedBeforeAnythingIsAllocated) {
