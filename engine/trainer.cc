@@ -63,8 +63,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   t->valid_ = std::move(valid);
   const int64_t per_step = options.batch_size * options.grad_accum;
   t->steps_per_epoch_ = (static_cast<int64_t>(t->train_.size()) + per_step - 1) / per_step;
-  t->total_steps_ =
-      options.max_steps > 0 ? options.max_steps : options.epochs * t->steps_per_epoch_;
+  t->total_steps_ = TotalSteps(static_cast<int64_t>(t->train_.size()), options);
   t->warmup_steps_ = WarmupSteps(options.warmup_ratio, t->total_steps_);
   const int64_t n = t->layout_->num_params();
   ASSIGN_OR_RETURN(t->d_params_, t->device_->Alloc(n, BufferKind::kAdapter));
@@ -228,6 +227,12 @@ absl::StatusOr<StepReport> Trainer::Step() {
   r.tokens_per_second = tokens / std::max(secs, 1e-9);
   r.eta_seconds = seconds_ / timed_steps_ * static_cast<double>(total_steps_ - step_);
   return r;
+}
+
+int64_t Trainer::TotalSteps(int64_t train_rows, const TrainerOptions& options) {
+  if (options.max_steps > 0) return options.max_steps;
+  const int64_t per_step = options.batch_size * options.grad_accum;
+  return options.epochs * ((train_rows + per_step - 1) / per_step);
 }
 
 absl::Status Trainer::PageOutOptimizer() {

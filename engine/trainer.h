@@ -5,8 +5,8 @@
 // Data order is a function of (seed, epoch): a seeded permutation of the rows each epoch, and
 // optimizer step s takes the rows [s' * B * G, (s' + 1) * B * G) of its epoch's permutation
 // (s' = s mod steps_per_epoch; the last step of an epoch may be short). Dropout masks are a
-// function of (seed, step, micro-batch). A checkpoint therefore needs only the step, the adapter, the AdamW
-// moments and the early-stopping state. Not thread-safe.
+// function of (seed, step, micro-batch). A checkpoint therefore needs only the step, the adapter,
+// the AdamW moments and the early-stopping state. Not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -111,6 +111,8 @@ class Trainer {
   bool bf16_activations() const;
   int64_t total_steps() const { return total_steps_; }
   bool stopped_early() const { return stopped_early_; }
+  // The optimizer steps `options` make of `train_rows` rows (max_steps, or epochs of them).
+  static int64_t TotalSteps(int64_t train_rows, const TrainerOptions& options);
   std::optional<double> best_eval_loss() const { return best_eval_; }
   // Once training ended: the step whose adapter the trainer holds (with early stopping the best
   // evaluated one, as load_best_model_at_end keeps it; else the last) and its validation loss.

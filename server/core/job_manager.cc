@@ -22,6 +22,7 @@
 #include "engine/dataset.h"
 #include "engine/device.h"
 #include "engine/mapped_file.h"
+#include "engine/model_source.h"
 #include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
 #include "engine/trainer.h"
@@ -389,6 +390,7 @@ absl::Status JobManager::Start() {
     Worker* raw = w.get();
     w->thread = std::thread([this, raw] { WorkerLoop(raw); });
   }
+  checker_ = std::thread([this] { CheckLoop(); });
   return absl::OkStatus();
 }
 
@@ -398,6 +400,7 @@ void JobManager::Requeue(const v1::Job& job) {
   q.arrival = arrivals_++;
   queue_.push_back(std::move(q));
   cancel_flags_[job.id()] = std::make_shared<std::atomic<bool>>(false);
+  to_check_.emplace_back(job.tenant(), job.id());
   work_cv_.SignalAll();
 }
 
@@ -412,6 +415,7 @@ void JobManager::Shutdown() {
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
   }
+  if (checker_.joinable()) checker_.join();
 }
 
 void JobManager::Notify() const {
@@ -1193,6 +1197,95 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
   }
 }
 
+absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(const v1::Job& job,
+                                                            const Tokenizer& tokenizer,
+                                                            std::string* field) const {
+  const v1::Hyperparameters& r = job.resolved();
+  JobData data;
+  const std::string ids[2] = {job.training_dataset(), job.validation_dataset()};
+  const char* fields[2] = {"training_dataset", "validation_dataset"};
+  for (int k = 0; k < 2; ++k) {
+    if (ids[k].empty()) continue;
+    *field = fields[k];
+    auto content = stores_.datasets->Content(job.tenant(), ids[k]);
+    if (!content.ok()) return content.status();
+    auto examples = TokenizeJsonl(*content, tokenizer, ids[k]);
+    if (!examples.ok()) return Field(fields[k], examples.status());
+    auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
+    if (!built.ok()) return Field(fields[k], built.status());
+    const int64_t tokens = static_cast<int64_t>(built->size()) * r.seq_len();
+    if (k == 1 && tokens > options_.limits.max_validation_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "validation_dataset: ", built->size(), " rows of ", r.seq_len(),
+          " tokens; a validation set holds at most ", options_.limits.max_validation_tokens,
+          " (it is evaluated whole, while the device's other jobs wait): use a sample"));
+    }
+    data.rows[k] = std::move(*built);
+  }
+  // Epochs bound the steps only through the data's size, known from here: max_steps was bounded
+  // at creation, epochs only to 1000 (2M rows one at a time for 1000 epochs are 2e9 steps).
+  const int64_t steps =
+      Trainer::TotalSteps(static_cast<int64_t>(data.rows[0].size()), TrainerOptionsFrom(r));
+  if (steps > options_.limits.max_total_steps) {
+    *field = "hyperparameters.epochs";
+    return absl::InvalidArgumentError(
+        absl::StrCat("hyperparameters.epochs: ", r.epochs(), " epochs of batch ", r.batch_size(),
+                     " x grad_accum ", r.grad_accum(), " make ", steps,
+                     " steps on this data; at most ", options_.limits.max_total_steps,
+                     " are allowed: give fewer epochs, a larger batch or max_steps"));
+  }
+  return data;
+}
+
+void JobManager::CheckLoop() {
+  // Tokenizers by ModelPool::Key, a few: read from the model's files alone, no weights.
+  std::map<std::string, std::shared_ptr<const Tokenizer>> tokenizers;
+  while (true) {
+    std::string tenant, id;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](JobManager* m)
+               ABSL_NO_THREAD_SAFETY_ANALYSIS { return m->stopping_ || !m->to_check_.empty(); },
+          this));
+      if (stopping_) return;
+      std::tie(tenant, id) = to_check_.front();
+      to_check_.pop_front();
+      // Only a job still waiting: one taken by a worker is checked by its start.
+      if (std::none_of(queue_.begin(), queue_.end(),
+                       [&](const QueuedJob& q) { return q.id == id; })) {
+        continue;
+      }
+    }
+    // Whatever the check cannot read (the store, the model's files) is left to the start.
+    auto job = stores_.jobs->Get(tenant, id);
+    if (!job.ok() || job->state() != v1::QUEUED) continue;
+    auto model = stores_.models->Get(job->model());
+    if (!model.ok()) continue;
+    const std::string key = ModelPool::Key(*model);
+    if (tokenizers.count(key) == 0) {
+      auto tokenizer = OpenModelTokenizer(model->source_path());
+      if (!tokenizer.ok()) continue;
+      if (tokenizers.size() >= 4) tokenizers.clear();
+      tokenizers[key] = std::move(*tokenizer);
+    }
+    std::string field;
+    auto data = ReadJobData(*job, *tokenizers[key], &field);
+    if (data.ok() || !absl::IsInvalidArgument(data.status())) continue;
+    // Data the job cannot train on: it fails now, not when a device takes it (hours later on a
+    // busy node), if it still waits in the queue.
+    absl::MutexLock lock(&mu_);
+    auto queued =
+        std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+    if (queued == queue_.end() || queued->finishing) continue;
+    if (FailJob(tenant, id, data.status(), field, true).ok()) {
+      queue_.erase(queued);
+      cancel_flags_.erase(id);
+      work_cv_.SignalAll();
+    }
+  }
+}
+
 JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   auto a = std::make_unique<ActiveJob>();
   a->entry = q;
@@ -1310,37 +1403,24 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   auto pooled = w->pool->Acquire(*model);
   if (!pooled.ok()) return fail(pooled.status(), "model", false);
   a->model = *pooled;
-  const v1::Hyperparameters& r = a->job.resolved();
-  std::vector<TrainingRow> rows[2];
-  const std::string ids[2] = {a->job.training_dataset(), a->job.validation_dataset()};
-  const char* fields[2] = {"training_dataset", "validation_dataset"};
-  for (int k = 0; k < 2; ++k) {
-    if (ids[k].empty()) continue;
-    auto content = stores_.datasets->Content(q.tenant, ids[k]);
-    if (!content.ok()) {
-      if (auto handled = store_failed(content.status())) return std::move(*handled);
+  std::string data_field;
+  auto data = ReadJobData(a->job, *a->model->tokenizer, &data_field);
+  if (!data.ok()) {
+    // A dataset the store could not read: tried again where that may pass; gone or damaged,
+    // the user's (it names the field).
+    if (!absl::IsInvalidArgument(data.status())) {
+      if (auto handled = store_failed(data.status())) return std::move(*handled);
+      return fail(Field(data_field, data.status()), data_field, true);
     }
-    if (!content.ok()) return fail(Field(fields[k], content.status()), fields[k], true);
-    auto examples = TokenizeJsonl(*content, *a->model->tokenizer, ids[k]);
-    if (!examples.ok()) return fail(Field(fields[k], examples.status()), fields[k], true);
-    auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
-    if (!built.ok()) return fail(Field(fields[k], built.status()), fields[k], true);
-    const int64_t tokens = static_cast<int64_t>(built->size()) * r.seq_len();
-    if (k == 1 && tokens > options_.limits.max_validation_tokens) {
-      return fail(
-          absl::InvalidArgumentError(absl::StrCat(
-              "validation_dataset: ", built->size(), " rows of ", r.seq_len(),
-              " tokens; a validation set holds at most ", options_.limits.max_validation_tokens,
-              " (it is evaluated whole, while the device's other jobs wait): use a sample")),
-          fields[k], true);
-    }
-    rows[k] = std::move(*built);
+    return fail(data.status(), data_field, true);
   }
+  const v1::Hyperparameters& r = a->job.resolved();
   TrainerOptions to = TrainerOptionsFrom(r);
   // On a GPU the AdamW moments are pageable (as QLoRA does it): they wait in host memory while
   // other jobs step on the card, so jobs waiting for their turn hold less of it.
   to.paged_optimizer = w->name.rfind("cuda:", 0) == 0;
-  auto trainer = Trainer::Create(a->model->model.get(), std::move(rows[0]), std::move(rows[1]), to);
+  auto trainer = Trainer::Create(a->model->model.get(), std::move(data->rows[0]),
+                                 std::move(data->rows[1]), to);
   if (!trainer.ok()) {
     if (absl::IsResourceExhausted(trainer.status())) {
       return fail(OutOfMemoryOn(w->name, trainer.status()), "", false);
@@ -1353,17 +1433,6 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return fail(trainer.status(), "", false);
   }
   a->trainer = std::move(*trainer);
-  // Epochs bound the steps only through the data's size, known from here: max_steps was bounded
-  // at creation, epochs only to 1000 (2M rows one at a time for 1000 epochs are 2e9 steps).
-  if (a->trainer->total_steps() > options_.limits.max_total_steps) {
-    const v1::Hyperparameters& r = a->job.resolved();
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-                    "hyperparameters.epochs: ", r.epochs(), " epochs of batch ", r.batch_size(),
-                    " x grad_accum ", r.grad_accum(), " make ", a->trainer->total_steps(),
-                    " steps on this data; at most ", options_.limits.max_total_steps,
-                    " are allowed: give fewer epochs, a larger batch or max_steps")),
-                "hyperparameters.epochs", true);
-  }
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
   // The restored files go whichever way the start ends.
   const absl::Cleanup remove_resume_files = [&dir] {

@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -29,7 +30,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "engine/dataset.h"
 #include "engine/device.h"
+#include "engine/tokenizer.h"
 #include "qlorad/v1/jobs.pb.h"
 #include "server/core/adapter_store.h"
 #include "server/core/checkpoint_store.h"
@@ -169,6 +172,19 @@ class JobManager {
     bool count_released = false;  // its running count on the worker is released already
   };
   Started StartJob(Worker* w, const QueuedJob& q);
+  // A job's training and validation rows, built with `tokenizer` as its start builds them, and
+  // checked against what the node allows. INVALID_ARGUMENT for the user's data (`field` names
+  // the request field); a dataset the store cannot give, its own error (`field` names it).
+  struct JobData {
+    std::vector<TrainingRow> rows[2];  // training, validation
+  };
+  absl::StatusOr<JobData> ReadJobData(const v1::Job& job, const Tokenizer& tokenizer,
+                                      std::string* field) const;
+  // The data check: each job put in the queue has its data read as its start will read it, on a
+  // thread of its own while it waits, so that data it cannot train on (an example whose targets
+  // seq_len cuts off, a validation set past its bound, epochs that make too many steps) fails
+  // it moments after its creation rather than when a device takes it.
+  void CheckLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // The request's base model, once it and the tenant's datasets it names are found (NOT_FOUND
   // naming the field otherwise).
   absl::StatusOr<v1::Model> JobInputs(const std::string& tenant,
@@ -252,6 +268,8 @@ class JobManager {
   };
   std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);  // by job id, while running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<std::pair<std::string, std::string>> to_check_ ABSL_GUARDED_BY(mu_);  // tenant, id
+  std::thread checker_;
   std::atomic<bool> stop_requested_{false};  // read by workers between steps
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex create_mu_;  // quota check and creation together

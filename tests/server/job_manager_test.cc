@@ -135,9 +135,20 @@ class JobManagerTest : public ::testing::Test {
     ADD_FAILURE() << "timed out waiting for job " << id;
     return *manager_->GetJob(tenant, id);
   }
-  // Creates the job, which is accepted, and waits for it to fail at its start as the user's,
-  // naming `parameter` and saying `message`.
-  void ExpectFailsAtItsStart(const std::string& tenant, const v1::CreateJobRequest& req,
+  // Creates the job, which is accepted, and waits for it to fail as the user's (while queued, or
+  // at its start), naming `parameter` and saying `message`.
+  // A dataset of `tenant` whose examples keep no target within seq_len 64: each one's prompt
+  // fills it.
+  std::string LongPromptsDataset(const std::string& tenant) {
+    std::string long_prompts;
+    for (int i = 0; i < 3; ++i) {
+      long_prompts += "{\"prompt\": \"" + std::string(400, 'x') + "\", \"completion\": \"y\"}\n";
+    }
+    auto ds = datasets_->Create(tenant, "long", long_prompts, 1 << 20);
+    EXPECT_TRUE(ds.ok()) << ds.status();
+    return ds.ok() ? ds->id() : "";
+  }
+  void ExpectFailsOnItsInput(const std::string& tenant, const v1::CreateJobRequest& req,
                              const std::string& parameter, const std::string& message) {
     auto job = manager_->CreateJob(T(tenant), req);
     ASSERT_TRUE(job.ok()) << job.status();
@@ -472,25 +483,13 @@ TEST_F(JobManagerTest, AShareForInferenceComesOutOfTheBudgetBeforeTheStart) {
 
 TEST_F(JobManagerTest, ADatasetTheModelCannotTrainOnFailsThatJobOnly) {
   StartManager(Options("cpu:0", 0, 2));
-  // Every example longer than seq_len keeps no target within it once its prompt fills it.
-  std::string long_prompts;
-  for (int i = 0; i < 3; ++i) {
-    long_prompts += "{\"prompt\": \"" + std::string(400, 'x') + "\", \"completion\": \"y\"}\n";
-  }
-  auto ds = datasets_->Create("b", "long", long_prompts, 1 << 20);
-  ASSERT_TRUE(ds.ok()) << ds.status();
+  const std::string ds = LongPromptsDataset("b");
   v1::CreateJobRequest bad = Request("b", 5);
-  bad.set_training_dataset(ds->id());
+  bad.set_training_dataset(ds);
   auto good = manager_->CreateJob(T("a"), Request("a", 5));
-  auto failing = manager_->CreateJob(T("b"), bad);
-  ASSERT_TRUE(good.ok() && failing.ok());
-  const v1::Job f = WaitFor("b", failing->id(), HasEnded);
-  EXPECT_EQ(f.state(), v1::FAILED);
-  EXPECT_TRUE(f.error().user_error());
-  EXPECT_EQ(f.error().parameter(), "training_dataset");
+  ASSERT_TRUE(good.ok()) << good.status();
   // "<dataset id>:<line>: ...", like a compiler's file:line.
-  EXPECT_NE(f.error().message().find(ds->id() + ":1: no target token"), std::string::npos)
-      << f.error().message();
+  ExpectFailsOnItsInput("b", bad, "training_dataset", ds + ":1: no target token");
   EXPECT_EQ(WaitFor("a", good->id(), HasEnded).state(), v1::SUCCEEDED);
 }
 
@@ -503,7 +502,7 @@ TEST_F(JobManagerTest, EpochsThatMakeTooManyStepsAreRefusedByName) {
   v1::CreateJobRequest req = Request("a", 1);
   req.mutable_hyperparameters()->clear_max_steps();
   req.mutable_hyperparameters()->set_epochs(3);  // the facts make at least 2 steps an epoch
-  ExpectFailsAtItsStart("a", req, "hyperparameters.epochs", "at most 5 are allowed");
+  ExpectFailsOnItsInput("a", req, "hyperparameters.epochs", "at most 5 are allowed");
 }
 
 // A validation set is evaluated whole within one step while the device's other jobs wait: one
@@ -515,7 +514,23 @@ TEST_F(JobManagerTest, AValidationSetPastItsBoundIsRefusedByName) {
   v1::CreateJobRequest req = Request("a", 2);
   req.set_validation_dataset(dataset_["a"]);  // the facts: more than three rows
   req.mutable_hyperparameters()->set_eval_every(1);
-  ExpectFailsAtItsStart("a", req, "validation_dataset", "a validation set holds at most 192");
+  ExpectFailsOnItsInput("a", req, "validation_dataset", "a validation set holds at most 192");
+}
+
+// Data a job cannot train on fails it while it waits in the queue, not when a device takes it:
+// here the only device is busy with a long job the whole time.
+TEST_F(JobManagerTest, DataAJobCannotTrainOnFailsItWhileItWaits) {
+  StartManager(Options("cpu:0", 0, 1));
+  auto busy = manager_->CreateJob(T("a"), Request("a", 100000));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  WaitFor("a", busy->id(), IsRunning);
+  const std::string ds = LongPromptsDataset("b");
+  v1::CreateJobRequest bad = Request("b", 5);
+  bad.set_training_dataset(ds);
+  ExpectFailsOnItsInput("b", bad, "training_dataset", ds + ":1: no target token");
+  EXPECT_EQ(manager_->GetJob("a", busy->id())->state(), v1::RUNNING);  // the device never freed
+  EXPECT_EQ(manager_->ActiveJobs("b"), 0);
+  ASSERT_TRUE(manager_->CancelJob("a", busy->id(), absl::Seconds(30)).ok());
 }
 
 // A model or dataset an unfinished job uses is not deleted; once the job ended it is.
