@@ -64,7 +64,9 @@ absl::Status SavePeftAdapter(const std::string& dir, const LlamaConfig& model,
       {"modules_to_save", nullptr},
   };
   RETURN_IF_ERROR(w.WriteTo((fs::path(dir) / "adapter_model.safetensors").string()));
-  return WriteStringToFile((fs::path(dir) / "adapter_config.json").string(), cfg.dump(2) + "\n");
+  return WriteStringToFile(
+      (fs::path(dir) / "adapter_config.json").string(),
+      cfg.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 absl::StatusOr<PeftAdapter> LoadPeftAdapter(const std::string& dir, const LlamaConfig& model) {

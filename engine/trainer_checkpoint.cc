@@ -34,6 +34,14 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   // Write a sibling folder, then swap it in: a crash leaves the old checkpoint or the new one.
   const std::string tmp = dir + ".partial";
   std::error_code ec;
+  // The swap deletes what `dir` held: only ever a checkpoint (a folder of the user's, named
+  // by mistake, would be lost whole).
+  if (fs::exists(dir, ec) &&
+      (!fs::is_directory(dir, ec) ||
+       (!fs::is_empty(dir, ec) && !fs::exists(fs::path(dir) / "trainer_state.json", ec)))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir, " holds other files than a checkpoint; checkpoints go to a folder of their own"));
+  }
   fs::remove_all(tmp, ec);
   // Read before anything is written: a failed device's values (NaN) are never stored.
   ASSIGN_OR_RETURN(std::vector<float> params, ReadParams());

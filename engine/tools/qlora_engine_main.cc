@@ -28,6 +28,7 @@
 #include "engine/text_stream.h"
 #include "engine/tools/args.h"
 #include "engine/tools/commands.h"
+#include "engine/tools/output_path.h"
 
 namespace qlorad {
 namespace {
@@ -63,6 +64,7 @@ absl::Status ConvertLlama2c(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string ck, a.Required("checkpoint"));
   ASSIGN_OR_RETURN(std::string tok, a.Required("tokenizer"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  RETURN_IF_ERROR(CheckOutput(out, {ck, tok}));
   RETURN_IF_ERROR(ConvertLlama2cToHf(ck, tok, out));
   std::cerr << "wrote Hugging Face model to " << out << "\n";
   return absl::OkStatus();
@@ -72,6 +74,7 @@ absl::Status Quantize(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv, {"model", "out"}, {"no-double-quant"}));
   ASSIGN_OR_RETURN(std::string model, a.Required("model"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  RETURN_IF_ERROR(CheckOutput(out, {model}));
   ASSIGN_OR_RETURN(ModelSource src, OpenModelSource(model));
   if (!src.prequantized.empty())
     return absl::FailedPreconditionError(absl::StrCat(model, " is already 4-bit quantized"));
@@ -192,21 +195,27 @@ int Main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   absl::Status s;
-  if (cmd == "convert-llama2c") {
-    s = ConvertLlama2c(argc - 2, argv + 2);
-  } else if (cmd == "quantize") {
-    s = Quantize(argc - 2, argv + 2);
-  } else if (cmd == "generate") {
-    s = GenerateCommand(argc - 2, argv + 2);
-  } else if (cmd == "train") {
-    s = TrainCommand(argc - 2, argv + 2);
-  } else if (cmd == "eval") {
-    s = EvalCommand(argc - 2, argv + 2);
-  } else if (cmd == "merge") {
-    s = MergeCommand(argc - 2, argv + 2);
-  } else {
-    std::fprintf(stderr, "qlora-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
-    return 2;
+  // The commands return errors; an exception that still escapes (a library's, a bug) is reported
+  // as one rather than aborting the process with a core dump.
+  try {
+    if (cmd == "convert-llama2c") {
+      s = ConvertLlama2c(argc - 2, argv + 2);
+    } else if (cmd == "quantize") {
+      s = Quantize(argc - 2, argv + 2);
+    } else if (cmd == "generate") {
+      s = GenerateCommand(argc - 2, argv + 2);
+    } else if (cmd == "train") {
+      s = TrainCommand(argc - 2, argv + 2);
+    } else if (cmd == "eval") {
+      s = EvalCommand(argc - 2, argv + 2);
+    } else if (cmd == "merge") {
+      s = MergeCommand(argc - 2, argv + 2);
+    } else {
+      std::fprintf(stderr, "qlora-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+      return 2;
+    }
+  } catch (const std::exception& e) {
+    s = absl::InternalError(absl::StrCat("unexpected error: ", e.what()));
   }
   if (!s.ok()) {
     std::fprintf(stderr, "qlora-engine %s: %s\n", cmd.c_str(), std::string(s.message()).c_str());

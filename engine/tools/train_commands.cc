@@ -14,6 +14,7 @@
 #include "engine/device_select.h"
 #include "engine/evaluate.h"
 #include "engine/hf_model_io.h"
+#include "engine/json_fields.h"
 #include "engine/llama_model.h"
 #include "engine/mapped_file.h"
 #include "engine/model_source.h"
@@ -21,6 +22,7 @@
 #include "engine/status_macros.h"
 #include "engine/tools/args.h"
 #include "engine/tools/commands.h"
+#include "engine/tools/output_path.h"
 #include "engine/trainer.h"
 #include "nlohmann/json.hpp"
 
@@ -77,6 +79,19 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, const 
 
 }  // namespace
 
+// The seed a checkpoint was trained with (its trainer_state.json), which a resume must repeat.
+static absl::StatusOr<int64_t> CheckpointSeed(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "trainer_state.json").string();
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  const nlohmann::json state = nlohmann::json::parse(text, nullptr, false);
+  if (state.is_discarded() || !state.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  int64_t seed = -1;
+  RETURN_IF_ERROR(JsonFields(state, path).Int("seed", true, &seed));
+  return seed;
+}
+
 absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
                                        {"model",
@@ -110,6 +125,7 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  RETURN_IF_ERROR(CheckOutput(out, {model_path, a.Get("resume", "")}));
   if (a.Has("epochs") && a.Has("max-steps"))
     return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
   TrainerOptions o;
@@ -132,8 +148,12 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.weight_decay, a.Number("weight-decay", 0.0));
   ASSIGN_OR_RETURN(o.max_grad_norm, a.Number("max-grad-norm", 1.0));
   o.activation_checkpointing = a.Has("activation-checkpointing");
-  // A seed is always recorded: the user's, or a fresh one printed with the run.
+  // A seed is always recorded: the user's, the resumed checkpoint's, or a fresh one printed
+  // with the run.
   ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", -1));
+  if (seed < 0 && a.Has("resume")) {
+    ASSIGN_OR_RETURN(seed, CheckpointSeed(a.Get("resume", "")));
+  }
   o.seed = seed >= 0 ? static_cast<uint64_t>(seed) : (std::random_device{}() & 0x7FFFFFFF);
   ASSIGN_OR_RETURN(int64_t checkpoint_every, a.Integer("checkpoint-every", 0));
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
@@ -215,8 +235,9 @@ absl::Status TrainCommand(int argc, char** argv) {
                                     {"trainable_parameters", trainer->layout().num_params()},
                                     {"history", history}};
   if (trainer->best_eval_loss()) summary["best_eval_loss"] = *trainer->best_eval_loss();
-  RETURN_IF_ERROR(WriteStringToFile((fs::path(out) / "training_summary.json").string(),
-                                    summary.dump(2) + "\n"));
+  RETURN_IF_ERROR(WriteStringToFile(
+      (fs::path(out) / "training_summary.json").string(),
+      summary.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n"));
   std::fprintf(stderr, "wrote PEFT adapter to %s%s\n", out.c_str(),
                trainer->stopped_early() ? " (stopped early: best validation loss kept)" : "");
   return absl::OkStatus();
@@ -252,6 +273,7 @@ absl::Status MergeCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string adapter_path, a.Required("adapter"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
+  RETURN_IF_ERROR(CheckOutput(out, {model_path, adapter_path}));
   const std::string dtype_name = a.Get("dtype", "float32");
   DType dtype;
   if (dtype_name == "float32")

@@ -130,11 +130,25 @@ TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
                         "checkpoint/optimizer.safetensors", "checkpoint/trainer_state.json"}) {
     EXPECT_TRUE(std::filesystem::exists(dir + "/adapter/" + f)) << f;
   }
-  // Resuming from the last checkpoint of a finished run has nothing left to do.
+  // Resuming from the last checkpoint of a finished run has nothing left to do. The seed comes
+  // from the checkpoint where none is given (a resume with another one is refused).
+  std::string no_seed = common;
+  no_seed.replace(no_seed.find(" --seed 3"), 9, "");
   CliRun resumed = RunEngine(
-      "train" + common + " --out " + dir + "/again --resume " + dir + "/adapter/checkpoint", true);
+      "train" + no_seed + " --out " + dir + "/again --resume " + dir + "/adapter/checkpoint", true);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.out;
   EXPECT_NE(resumed.out.find("resumed at step 60"), std::string::npos) << resumed.out;
+  EXPECT_NE(resumed.out.find("seed 3,"), std::string::npos) << resumed.out;
+  // A checkpoint folder that holds anything else is never swapped out (its files deleted).
+  std::filesystem::create_directories(dir + "/mine");
+  ASSERT_EQ(std::system(("echo precious > " + dir + "/mine/notes.txt").c_str()), 0);
+  CliRun clobber = RunEngine("train" + common + " --out " + dir + "/third --checkpoint-every 20" +
+                                 " --checkpoint-dir " + dir + "/mine",
+                             true);
+  EXPECT_NE(clobber.exit_code, 0);
+  EXPECT_NE(clobber.out.find("holds other files than a checkpoint"), std::string::npos)
+      << clobber.out;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/mine/notes.txt"));
 
   const CliRun base =
       RunEngine("eval --model " + model + " --data " + DataFile("facts_valid.jsonl"));
@@ -158,6 +172,15 @@ TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
                                       "/merged --prompt 'The name of the dragon in Pipville is' "
                                       "--max-tokens 6 --temperature 0 --fp32");
   EXPECT_EQ(merged_gen.out.rfind(" Zorbo.", 0), 0u) << merged_gen.out;
+  // No command writes over its input, nor starts on an --out it could not write.
+  const CliRun over = RunEngine("quantize --model " + model + " --out " + model, true);
+  EXPECT_EQ(over.exit_code, 2);
+  EXPECT_NE(over.out.find("is the input"), std::string::npos) << over.out;
+  const CliRun onto_file = RunEngine("merge --model " + model + " --adapter " + dir +
+                                         "/adapter --out " + DataFile("facts_train.jsonl"),
+                                     true);
+  EXPECT_EQ(onto_file.exit_code, 2);
+  EXPECT_NE(onto_file.out.find("exists and is not a folder"), std::string::npos) << onto_file.out;
   // Merging into an NF4 checkpoint is refused: merges go into the 16-bit originals.
   ASSERT_EQ(RunEngine("quantize --model " + model + " --out " + dir + "/nf4").exit_code, 0);
   const CliRun refused = RunEngine(
