@@ -17,6 +17,27 @@ namespace {
 
 constexpr int kCheckpointVersion = 1;
 
+// FNV-1a over the rows' tokens, targets and segments, as a decimal string (JSON numbers are
+// doubles to some readers): what a resume compares its training data with.
+std::string RowsHash(const std::vector<TrainingRow>& rows) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::vector<int32_t>& v) {
+    for (const int32_t x : v) {
+      uint32_t u = static_cast<uint32_t>(x);
+      for (int b = 0; b < 4; ++b, u >>= 8) {
+        h ^= u & 0xFF;
+        h *= 1099511628211ull;
+      }
+    }
+  };
+  for (const TrainingRow& r : rows) {
+    mix(r.tokens);
+    mix(r.targets);
+    mix(r.segments);
+  }
+  return std::to_string(h);
+}
+
 }  // namespace
 
 absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
@@ -62,6 +83,7 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
       {"seed", options_.seed},
       {"num_params", n},
       {"train_rows", train_.size()},
+      {"train_rows_hash", RowsHash(train_)},
       {"evals_without_improvement", evals_without_improvement_},
       {"stopped_early", stopped_early_},
   };
@@ -103,6 +125,10 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   if (st.value("num_params", int64_t{-1}) != n) return mismatch("adapter shape");
   if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
   if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
+  // Other data of the same row count changes the run as much (absent in older checkpoints).
+  if (st.contains("train_rows_hash") && st["train_rows_hash"] != RowsHash(train_)) {
+    return mismatch("training set");
+  }
   if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");
   ASSIGN_OR_RETURN(PeftAdapter adapter, LoadPeftAdapter(dir, model_->config()));
   if (adapter.config.rank != options_.lora.rank ||

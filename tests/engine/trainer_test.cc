@@ -130,6 +130,13 @@ TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
   auto mismatched = Make(other);
   const absl::Status s = mismatched->LoadCheckpoint(dir);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  // So is one from other data with as many rows (one token of one row differs).
+  std::vector<TrainingRow> edited = Rows();
+  edited[0].tokens[1] = edited[0].tokens[1] == 5 ? 6 : 5;
+  auto other_data = Make(Small(), edited);
+  const absl::Status d = other_data->LoadCheckpoint(dir);
+  EXPECT_EQ(d.code(), absl::StatusCode::kFailedPrecondition) << d;
+  EXPECT_NE(d.message().find("training set"), std::string::npos) << d;
 }
 
 TEST_F(TrainerTest, SameSeedSameAdapterOtherSeedOtherAdapter) {
