@@ -111,6 +111,9 @@ class Trainer {
   bool bf16_activations() const;
   int64_t total_steps() const { return total_steps_; }
   bool stopped_early() const { return stopped_early_; }
+  // OK where SaveCheckpoint(dir) would replace nothing but a checkpoint of ours (it replaces
+  // `dir` and deletes `dir`.partial and `dir`.old); FAILED_PRECONDITION naming the folder else.
+  static absl::Status CanSaveCheckpointIn(const std::string& dir);
   // The optimizer steps `options` make of `train_rows` rows (max_steps, or epochs of them).
   static int64_t TotalSteps(int64_t train_rows, const TrainerOptions& options);
   std::optional<double> best_eval_loss() const { return best_eval_; }

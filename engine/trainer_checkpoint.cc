@@ -51,18 +51,29 @@ absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
   return absl::OkStatus();
 }
 
+absl::Status Trainer::CanSaveCheckpointIn(const std::string& dir) {
+  // A save replaces `dir` and deletes `dir`.partial and `dir`.old: each may only ever hold one
+  // of our checkpoints (a folder of the user's, named by mistake, would be lost whole).
+  for (const std::string& path : {dir, dir + ".partial", dir + ".old"}) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) continue;
+    const bool ours =
+        fs::is_directory(path, ec) &&
+        (fs::is_empty(path, ec) || (fs::exists(fs::path(path) / "trainer_state.json", ec) &&
+                                    fs::exists(fs::path(path) / "optimizer.safetensors", ec)));
+    if (!ours) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " holds other files than a checkpoint; checkpoints go to a folder of their own"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   // Write a sibling folder, then swap it in: a crash leaves the old checkpoint or the new one.
   const std::string tmp = dir + ".partial";
   std::error_code ec;
-  // The swap deletes what `dir` held: only ever a checkpoint (a folder of the user's, named
-  // by mistake, would be lost whole).
-  if (fs::exists(dir, ec) &&
-      (!fs::is_directory(dir, ec) ||
-       (!fs::is_empty(dir, ec) && !fs::exists(fs::path(dir) / "trainer_state.json", ec)))) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        dir, " holds other files than a checkpoint; checkpoints go to a folder of their own"));
-  }
+  RETURN_IF_ERROR(CanSaveCheckpointIn(dir));
   fs::remove_all(tmp, ec);
   // Read before anything is written: a failed device's values (NaN) are never stored.
   ASSIGN_OR_RETURN(std::vector<float> params, ReadParams());

@@ -126,6 +126,10 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
   RETURN_IF_ERROR(CheckOutput(out, {model_path, a.Get("resume", "")}));
+  // Checked now, not at the first checkpoint (hours in).
+  const std::string checkpoint_dir =
+      a.Get("checkpoint-dir", (fs::path(out) / "checkpoint").string());
+  RETURN_IF_ERROR(Trainer::CanSaveCheckpointIn(checkpoint_dir));
   if (a.Has("epochs") && a.Has("max-steps"))
     return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
   TrainerOptions o;
@@ -201,8 +205,6 @@ absl::Status TrainCommand(int argc, char** argv) {
     history.push_back(h);
     return true;
   };
-  const std::string checkpoint_dir =
-      a.Get("checkpoint-dir", (fs::path(out) / "checkpoint").string());
   RETURN_IF_ERROR(trainer->Run(on_step, checkpoint_every, checkpoint_dir));
   PeftExportOptions eo;
   eo.base_model_name_or_path = model_path;

@@ -1197,24 +1197,30 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
   }
 }
 
-absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(const v1::Job& job,
-                                                            const Tokenizer& tokenizer,
-                                                            std::string* field) const {
+absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(
+    const v1::Job& job, const Tokenizer& tokenizer, std::string* field,
+    const std::function<bool()>& still_wanted) const {
   const v1::Hyperparameters& r = job.resolved();
+  auto wanted = [&] { return !still_wanted || still_wanted(); };
+  // The bounds came after some jobs started: one that trained already keeps its data (failing it
+  // now would throw its checkpoint away).
+  const bool started_before = job.steps_completed() > 0;
   JobData data;
   const std::string ids[2] = {job.training_dataset(), job.validation_dataset()};
   const char* fields[2] = {"training_dataset", "validation_dataset"};
   for (int k = 0; k < 2; ++k) {
     if (ids[k].empty()) continue;
+    if (!wanted()) return absl::CancelledError("no longer wanted");
     *field = fields[k];
     auto content = stores_.datasets->Content(job.tenant(), ids[k]);
     if (!content.ok()) return content.status();
     auto examples = TokenizeJsonl(*content, tokenizer, ids[k]);
     if (!examples.ok()) return Field(fields[k], examples.status());
+    if (!wanted()) return absl::CancelledError("no longer wanted");
     auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
     if (!built.ok()) return Field(fields[k], built.status());
     const int64_t tokens = static_cast<int64_t>(built->size()) * r.seq_len();
-    if (k == 1 && tokens > options_.limits.max_validation_tokens) {
+    if (k == 1 && tokens > options_.limits.max_validation_tokens && !started_before) {
       return absl::InvalidArgumentError(absl::StrCat(
           "validation_dataset: ", built->size(), " rows of ", r.seq_len(),
           " tokens; a validation set holds at most ", options_.limits.max_validation_tokens,
@@ -1226,7 +1232,7 @@ absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(const v1::Job& job,
   // at creation, epochs only to 1000 (2M rows one at a time for 1000 epochs are 2e9 steps).
   const int64_t steps =
       Trainer::TotalSteps(static_cast<int64_t>(data.rows[0].size()), TrainerOptionsFrom(r));
-  if (steps > options_.limits.max_total_steps) {
+  if (steps > options_.limits.max_total_steps && !started_before) {
     *field = "hyperparameters.epochs";
     return absl::InvalidArgumentError(
         absl::StrCat("hyperparameters.epochs: ", r.epochs(), " epochs of batch ", r.batch_size(),
@@ -1270,14 +1276,23 @@ void JobManager::CheckLoop() {
       tokenizers[key] = std::move(*tokenizer);
     }
     std::string field;
-    auto data = ReadJobData(*job, *tokenizers[key], &field);
+    // Given up once a worker takes the job (its start reads the data itself) or the daemon stops.
+    auto data = ReadJobData(*job, *tokenizers[key], &field, [&] {
+      absl::MutexLock lock(&mu_);
+      return !stopping_ && std::any_of(queue_.begin(), queue_.end(),
+                                       [&](const QueuedJob& q) { return q.id == id; });
+    });
     if (data.ok() || !absl::IsInvalidArgument(data.status())) continue;
     // Data the job cannot train on: it fails now, not when a device takes it (hours later on a
     // busy node), if it still waits in the queue.
     absl::MutexLock lock(&mu_);
     auto queued =
         std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
-    if (queued == queue_.end() || queued->finishing) continue;
+    if (queued == queue_.end() || queued->finishing || stopping_) continue;
+    // A cancel whose record could not be written waits for the job's start, which honours it.
+    if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end() && flag->second->load()) {
+      continue;
+    }
     if (FailJob(tenant, id, data.status(), field, true).ok()) {
       queue_.erase(queued);
       cancel_flags_.erase(id);
@@ -1508,13 +1523,14 @@ JobManager::Started JobManager::StartLater(Worker* w, const QueuedJob& q, const 
 
 absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
   const std::string dir = (fs::path(options_.scratch_dir) / (a.job.id() + "-checkpoint")).string();
+  std::error_code ec;
+  fs::remove_all(dir, ec);  // the daemon's own: a leftover of a failed removal goes
   RETURN_IF_ERROR(a.trainer->SaveCheckpoint(dir));
   {
     std::ofstream out(fs::path(dir) / kTokensFile, std::ios::trunc);
     out << a.tokens;
   }
   absl::Status s = stores_.checkpoints->Save(a.job.tenant(), a.job.id(), dir);
-  std::error_code ec;
   fs::remove_all(dir, ec);
   RETURN_IF_ERROR(s);
   v1::JobEvent event;

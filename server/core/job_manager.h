@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -178,8 +179,10 @@ class JobManager {
   struct JobData {
     std::vector<TrainingRow> rows[2];  // training, validation
   };
+  // `still_wanted` (optional) is asked between the stages; once false, CANCELLED.
   absl::StatusOr<JobData> ReadJobData(const v1::Job& job, const Tokenizer& tokenizer,
-                                      std::string* field) const;
+                                      std::string* field,
+                                      const std::function<bool()>& still_wanted = nullptr) const;
   // The data check: each job put in the queue has its data read as its start will read it, on a
   // thread of its own while it waits, so that data it cannot train on (an example whose targets
   // seq_len cuts off, a validation set past its bound, epochs that make too many steps) fails

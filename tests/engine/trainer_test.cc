@@ -139,6 +139,34 @@ TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
   EXPECT_NE(d.message().find("training set"), std::string::npos) << d;
 }
 
+// A save replaces its folder and deletes the folder's .partial and .old siblings: never one
+// holding anything but a checkpoint of ours (a user's backup, another tool's checkpoint).
+TEST_F(TrainerTest, ASaveNeverReplacesAFolderThatIsNotOurCheckpoint) {
+  auto t = Make(Small());
+  ASSERT_TRUE(t->RunUntil(1).ok());
+  const std::string root = TempDir("ckpt_guard");
+  for (const std::string& taken : {"/ckpt", "/ckpt.old", "/ckpt.partial"}) {
+    SCOPED_TRACE(taken);
+    std::filesystem::remove_all(root);
+    std::filesystem::create_directories(root + taken);
+    ASSERT_TRUE(WriteStringToFile(root + taken + "/notes.txt", "mine").ok());
+    const absl::Status s = t->SaveCheckpoint(root + "/ckpt");
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_TRUE(std::filesystem::exists(root + taken + "/notes.txt"));
+  }
+  // Another tool's checkpoint (a trainer_state.json, no optimizer.safetensors) is not ours.
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root + "/ckpt");
+  ASSERT_TRUE(WriteStringToFile(root + "/ckpt/trainer_state.json", "{}").ok());
+  EXPECT_FALSE(t->SaveCheckpoint(root + "/ckpt").ok());
+  // Ours is replaced, as is an empty folder.
+  std::filesystem::remove_all(root + "/ckpt");
+  std::filesystem::create_directories(root + "/ckpt");
+  ASSERT_TRUE(t->SaveCheckpoint(root + "/ckpt").ok());
+  ASSERT_TRUE(t->RunUntil(2).ok());
+  ASSERT_TRUE(t->SaveCheckpoint(root + "/ckpt").ok());
+}
+
 TEST_F(TrainerTest, SameSeedSameAdapterOtherSeedOtherAdapter) {
   auto a = Make(Small()), b = Make(Small());
   ASSERT_TRUE(a->RunUntil(3).ok());

@@ -533,6 +533,25 @@ TEST_F(JobManagerTest, DataAJobCannotTrainOnFailsItWhileItWaits) {
   ASSERT_TRUE(manager_->CancelJob("a", busy->id(), absl::Seconds(30)).ok());
 }
 
+// The bounds checked at a start came after some jobs trained: such a job keeps its data after
+// a restart (failing it would throw its checkpoint away).
+TEST_F(JobManagerTest, AJobThatTrainedBeforeABoundCameKeepsItsData) {
+  StartManager(Options("cpu:0", 0, 1));
+  v1::CreateJobRequest req = Request("a", 60);
+  req.set_validation_dataset(dataset_["a"]);
+  req.mutable_hyperparameters()->set_eval_every(30);
+  auto job = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  WaitFor("a", job->id(), [](const v1::Job& j) { return j.steps_completed() >= 2; });
+  manager_->Shutdown();  // its checkpoint is stored
+  JobManagerOptions bounded = Options("cpu:0", 0, 1);
+  bounded.limits.max_validation_tokens = 64;  // less than its validation set
+  StartManager(bounded);
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 60);
+}
+
 // A model or dataset an unfinished job uses is not deleted; once the job ended it is.
 TEST_F(JobManagerTest, InputsOfAnUnfinishedJobAreNotDeleted) {
   StartManager(Options("cpu:0"));
