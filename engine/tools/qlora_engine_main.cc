@@ -1,8 +1,8 @@
 // qlora-engine: the engine without the daemon.
 //   qlora-engine convert-llama2c --checkpoint FILE --tokenizer FILE --out DIR
 //   qlora-engine quantize --model DIR|FILE.gguf --out DIR [--no-double-quant]
-//   qlora-engine generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N
-//                         --temperature T [--top-p P] [--seed S] [--fp32]
+//   qlora-engine generate --model DIR|FILE.gguf [--prompt TEXT] [--max-tokens N]
+//                         [--temperature T] [--top-p P] [--seed S] [--fp32]
 // Errors go to stderr with a non-zero exit status; `generate` prints only the text on stdout.
 #include <chrono>
 #include <cmath>
@@ -40,7 +40,7 @@ constexpr char kUsage[] =
     "      llama2.c checkpoint + tokenizer (tokenizer.model or llama2.c .bin) -> Hugging Face dir\n"
     "  quantize --model DIR|FILE.gguf --out DIR [--no-double-quant]\n"
     "      write the bitsandbytes 4-bit (NF4) layout; prints bits/param and the weight error\n"
-    "  generate --model DIR|FILE.gguf [--prompt TEXT] --max-tokens N --temperature T\n"
+    "  generate --model DIR|FILE.gguf [--prompt TEXT] [--max-tokens N (64)] [--temperature T (0)]\n"
     "           [--top-p P] [--seed S] [--fp32] [--device cpu|cuda:N|auto]\n"
     "           [--adapter DIR]\n"
     "      print generated text (base weights NF4 + double quantization unless --fp32)\n"
@@ -119,8 +119,9 @@ absl::Status GenerateCommand(int argc, char** argv) {
                                        {"fp32"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   SamplingOptions so;
-  ASSIGN_OR_RETURN(so.max_new_tokens, a.Integer("max-tokens", 256));
-  ASSIGN_OR_RETURN(double temperature, a.Number("temperature", 1.0));
+  // The daemon's Generate defaults: 64 tokens, greedy.
+  ASSIGN_OR_RETURN(so.max_new_tokens, a.Integer("max-tokens", 64));
+  ASSIGN_OR_RETURN(double temperature, a.Number("temperature", 0.0));
   ASSIGN_OR_RETURN(double top_p, a.Number("top-p", 1.0));
   ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", 0));
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));

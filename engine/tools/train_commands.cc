@@ -121,7 +121,7 @@ absl::Status TrainCommand(int argc, char** argv) {
                                         "threads",
                                         "device"},
                                        {"packing", "rslora", "fp32", "activation-checkpointing",
-                                        "export-rslora-as-plain"}));
+                                        "no-activation-checkpointing", "export-rslora-as-plain"}));
   ASSIGN_OR_RETURN(std::string model_path, a.Required("model"));
   ASSIGN_OR_RETURN(std::string data_path, a.Required("data"));
   ASSIGN_OR_RETURN(std::string out, a.Required("out"));
@@ -151,7 +151,12 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.early_stopping_patience, a.Integer("early-stopping", 0));
   ASSIGN_OR_RETURN(o.weight_decay, a.Number("weight-decay", 0.0));
   ASSIGN_OR_RETURN(o.max_grad_norm, a.Number("max-grad-norm", 1.0));
-  o.activation_checkpointing = a.Has("activation-checkpointing");
+  // On by default, as the daemon's jobs (gradient_checkpointing): a run that fits there fits here.
+  if (a.Has("activation-checkpointing") && a.Has("no-activation-checkpointing")) {
+    return absl::InvalidArgumentError(
+        "give --activation-checkpointing or --no-activation-checkpointing, not both");
+  }
+  o.activation_checkpointing = !a.Has("no-activation-checkpointing");
   // A seed is always recorded: the user's, the resumed checkpoint's, or a fresh one printed
   // with the run.
   ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", -1));

@@ -62,6 +62,17 @@ TEST(QloraEngineCli, PromptIsContinuedNotEchoed) {
   EXPECT_EQ(gen.out.rfind(", there was a little girl", 0), 0u) << gen.out;
 }
 
+// generate's defaults are the daemon's Generate's: 64 tokens, greedy.
+TEST(QloraEngineCli, GenerateDefaultsToTheDaemonsGreedy64Tokens) {
+  const std::string model = " --model " + Stories260kGguf() + " --fp32";
+  const CliRun plain = RunEngine("generate" + model);
+  const CliRun greedy = RunEngine("generate" + model + " --max-tokens 64 --temperature 0");
+  ASSERT_EQ(plain.exit_code, 0);
+  ASSERT_EQ(greedy.exit_code, 0);
+  EXPECT_EQ(plain.out, greedy.out);
+  EXPECT_NE(plain.out, RunEngine("generate" + model + " --max-tokens 65 --temperature 0").out);
+}
+
 TEST(QloraEngineCli, QuantizeReportsBitsAndWritesALoadableModel) {
   const std::string out = TempDir("cli_quant") + "/q";
   const CliRun q = RunEngine("quantize --model " + Stories260kGguf() + " --out " + out);
