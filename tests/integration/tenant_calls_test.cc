@@ -23,11 +23,15 @@ struct OpenUpload {
 
   OpenUpload(const std::shared_ptr<grpc::Channel>& channel, const client::ConnectionOptions& o) {
     context = client::MakeClientContext(o, absl::Seconds(60));
+    // Waits out a channel still connecting (a loaded machine): failing fast, the call ended
+    // at once and held nothing, and the test saw no bound.
+    context->set_wait_for_ready(true);
     writer = v1::DatasetService::NewStub(channel)->UploadDataset(context.get(), &out);
     v1::UploadDatasetRequest header;
     header.mutable_header()->set_name("held");
-    writer->Write(header);
+    sent = writer->Write(header);
   }
+  bool sent = false;
   ~OpenUpload() {
     context->TryCancel();
     (void)writer->Finish();
@@ -46,6 +50,7 @@ TEST(TenantCallsTest, ATenantsOpenCallsAreBoundedAndOthersAreServed) {
     std::vector<std::unique_ptr<OpenUpload>> held;
     held.push_back(std::make_unique<OpenUpload>(channel, acme));
     held.push_back(std::make_unique<OpenUpload>(channel, acme));
+    for (const auto& h : held) ASSERT_TRUE(h->sent) << "a held upload could not send its header";
     // The daemon counts a call once it has read its key: a third call waits for that.
     absl::StatusOr<std::vector<v1::Dataset>> third;
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
