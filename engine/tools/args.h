@@ -31,6 +31,8 @@ class Args {
         name = name.substr(0, eq);
         has_value = true;
       }
+      // Given twice, the last one silently won.
+      if (a.Has(name)) return absl::InvalidArgumentError(absl::StrCat("--", name, " given twice"));
       if (switches.count(name)) {
         if (has_value)
           return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
@@ -39,6 +41,15 @@ class Args {
         if (!has_value) {
           if (i + 1 >= argc)
             return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+          // Another option where the value belongs (`--out --rank 8` wrote into ./--rank).
+          const std::string next = argv[i + 1];
+          const std::string next_name =
+              next.rfind("--", 0) == 0 ? next.substr(2, next.find('=') - 2) : "";
+          if (values.count(next_name) || switches.count(next_name)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("--", name, " needs a value, not the option ", next, " (write --",
+                             name, "=VALUE for a value that starts with --)"));
+          }
           value = argv[++i];
         }
         a.values_[name] = value;

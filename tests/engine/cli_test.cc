@@ -225,6 +225,17 @@ TEST(QloraEngineCli, BadArgumentsFailWithAMessage) {
   EXPECT_EQ(r.exit_code, 2);
   r = RunEngine("generate --model " + Stories260kGguf() + " --bogus 1", true);
   EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+  r = RunEngine("generate --model " + Stories260kGguf() + " --max-tokens 5 --max-tokens 9", true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("--max-tokens given twice"), std::string::npos) << r.out;
+  r = RunEngine("quantize --model " + Stories260kGguf() + " --out --no-double-quant", true);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("--out needs a value, not the option --no-double-quant"), std::string::npos)
+      << r.out;
+  // A value that only starts like an option is a value.
+  r = RunEngine("generate --model " + Stories260kGguf() +
+                " --fp32 --max-tokens 3 --prompt '--- Once upon a time'");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
 }
 
 }  // namespace
