@@ -196,11 +196,8 @@ absl::StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Parse(
       continue;
     }
     // Pieces become generated text, which the API carries in UTF-8 string fields.
-    for (size_t i = 0; i < p.piece.size();) {
-      const size_t len = ValidUtf8Length(p.piece, i);
-      if (len == 0) return absl::InvalidArgumentError(absl::StrCat("piece ", id, " is not UTF-8"));
-      i += len;
-    }
+    if (!IsUtf8(p.piece))
+      return absl::InvalidArgumentError(absl::StrCat("piece ", id, " is not UTF-8"));
     if (p.type == PieceType::kNormal || p.type == PieceType::kUserDefined)
       m->mergeable_.emplace(p.piece, id);
     if (p.type == PieceType::kUserDefined) m->user_defined_.push_back(p.piece);

@@ -61,8 +61,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   t->graph_ = std::make_unique<LoraTrainingGraph>(model, t->layout_.get(), t->options_.lora, go);
   t->train_ = std::move(train);
   t->valid_ = std::move(valid);
-  const int64_t per_step = options.batch_size * options.grad_accum;
-  t->steps_per_epoch_ = (static_cast<int64_t>(t->train_.size()) + per_step - 1) / per_step;
+  t->steps_per_epoch_ = StepsPerEpoch(static_cast<int64_t>(t->train_.size()), options);
   t->total_steps_ = TotalSteps(static_cast<int64_t>(t->train_.size()), options);
   t->warmup_steps_ = WarmupSteps(options.warmup_ratio, t->total_steps_);
   const int64_t n = t->layout_->num_params();
@@ -229,10 +228,14 @@ absl::StatusOr<StepReport> Trainer::Step() {
   return r;
 }
 
-int64_t Trainer::TotalSteps(int64_t train_rows, const TrainerOptions& options) {
-  if (options.max_steps > 0) return options.max_steps;
+int64_t Trainer::StepsPerEpoch(int64_t train_rows, const TrainerOptions& options) {
   const int64_t per_step = options.batch_size * options.grad_accum;
-  return options.epochs * ((train_rows + per_step - 1) / per_step);
+  return (train_rows + per_step - 1) / per_step;
+}
+
+int64_t Trainer::TotalSteps(int64_t train_rows, const TrainerOptions& options) {
+  return options.max_steps > 0 ? options.max_steps
+                               : options.epochs * StepsPerEpoch(train_rows, options);
 }
 
 absl::Status Trainer::PageOutOptimizer() {

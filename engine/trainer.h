@@ -114,8 +114,12 @@ class Trainer {
   // OK where SaveCheckpoint(dir) would replace nothing but a checkpoint of ours (it replaces
   // `dir` and deletes `dir`.partial and `dir`.old); FAILED_PRECONDITION naming the folder else.
   static absl::Status CanSaveCheckpointIn(const std::string& dir);
-  // The optimizer steps `options` make of `train_rows` rows (max_steps, or epochs of them).
+  // The optimizer steps `options` make of `train_rows` rows (max_steps, or epochs of them), and
+  // those of one epoch (the last one may be short).
   static int64_t TotalSteps(int64_t train_rows, const TrainerOptions& options);
+  static int64_t StepsPerEpoch(int64_t train_rows, const TrainerOptions& options);
+  // The seed the checkpoint in `dir` was trained with, which a resume must repeat.
+  static absl::StatusOr<uint64_t> CheckpointSeed(const std::string& dir);
   std::optional<double> best_eval_loss() const { return best_eval_; }
   // Once training ended: the step whose adapter the trainer holds (with early stopping the best
   // evaluated one, as load_best_model_at_end keeps it; else the last) and its validation loss.
@@ -148,6 +152,9 @@ class Trainer {
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
   std::optional<double> loss_ema_, min_loss_ema_, best_eval_, last_eval_;
   std::vector<float> best_params_;  // with early stopping: the adapter at best_step_
+  // A hash of train_ (which never changes), made at the first checkpoint save or load.
+  mutable std::string train_rows_hash_;
+  const std::string& TrainRowsHash() const;
   int64_t best_step_ = 0;
   int64_t evals_without_improvement_ = 0;
   bool stopped_early_ = false;

@@ -40,6 +40,22 @@ std::string RowsHash(const std::vector<TrainingRow>& rows) {
 
 }  // namespace
 
+const std::string& Trainer::TrainRowsHash() const {
+  if (train_rows_hash_.empty()) train_rows_hash_ = RowsHash(train_);
+  return train_rows_hash_;
+}
+
+absl::StatusOr<uint64_t> Trainer::CheckpointSeed(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "trainer_state.json").string();
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  const nlohmann::json state = nlohmann::json::parse(text, nullptr, false);
+  if (state.is_discarded() || !state.is_object() || !state.contains("seed") ||
+      !state["seed"].is_number_unsigned()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no seed recorded"));
+  }
+  return state["seed"].get<uint64_t>();
+}
+
 absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
                           int64_t checkpoint_every, const std::string& checkpoint_dir) {
   while (step_ < total_steps_ && !stopped_early_) {
@@ -94,7 +110,7 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
       {"seed", options_.seed},
       {"num_params", n},
       {"train_rows", train_.size()},
-      {"train_rows_hash", RowsHash(train_)},
+      {"train_rows_hash", TrainRowsHash()},
       {"evals_without_improvement", evals_without_improvement_},
       {"stopped_early", stopped_early_},
   };
@@ -137,7 +153,7 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
   if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
   // Other data of the same row count changes the run as much (absent in older checkpoints).
-  if (st.contains("train_rows_hash") && st["train_rows_hash"] != RowsHash(train_)) {
+  if (st.contains("train_rows_hash") && st["train_rows_hash"] != TrainRowsHash()) {
     return mismatch("training set");
   }
   if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");

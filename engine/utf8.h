@@ -44,4 +44,14 @@ inline Utf8Char Utf8CharAt(std::string_view text, size_t i) {
   return {k, k == length};
 }
 
+// Whether all of `text` is well-formed UTF-8.
+inline bool IsUtf8(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const Utf8Char c = Utf8CharAt(text, i);
+    if (!c.valid) return false;
+    i += c.length;
+  }
+  return true;
+}
+
 }  // namespace qlorad

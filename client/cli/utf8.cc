@@ -4,15 +4,6 @@
 
 namespace qlorad::ctl {
 
-bool IsUtf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    const Utf8Char c = Utf8CharAt(text, i);
-    if (!c.valid) return false;
-    i += c.length;
-  }
-  return true;
-}
-
 std::string ToValidUtf8(std::string_view text) {
   std::string out;
   out.reserve(text.size());

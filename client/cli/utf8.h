@@ -6,11 +6,12 @@
 #include <string>
 #include <string_view>
 
+#include "engine/utf8.h"
+
 namespace qlorad::ctl {
 
-// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or values past
-// U+10FFFF).
-bool IsUtf8(std::string_view text);
+// IsUtf8 (well-formed: no overlong forms, surrogates or values past U+10FFFF) is engine/utf8.h's.
+using ::qlorad::IsUtf8;
 
 // `text` with each ill-formed part replaced by U+FFFD, as Python's decode("utf-8", "replace")
 // does (the maximal subpart of a broken character is one U+FFFD), so that both clients name a

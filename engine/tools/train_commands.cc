@@ -14,7 +14,6 @@
 #include "engine/device_select.h"
 #include "engine/evaluate.h"
 #include "engine/hf_model_io.h"
-#include "engine/json_fields.h"
 #include "engine/llama_model.h"
 #include "engine/mapped_file.h"
 #include "engine/model_source.h"
@@ -78,19 +77,6 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, const 
 }
 
 }  // namespace
-
-// The seed a checkpoint was trained with (its trainer_state.json), which a resume must repeat.
-static absl::StatusOr<int64_t> CheckpointSeed(const std::string& dir) {
-  const std::string path = (fs::path(dir) / "trainer_state.json").string();
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  const nlohmann::json state = nlohmann::json::parse(text, nullptr, false);
-  if (state.is_discarded() || !state.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  }
-  int64_t seed = -1;
-  RETURN_IF_ERROR(JsonFields(state, path).Int("seed", true, &seed));
-  return seed;
-}
 
 absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(Args a, Args::Parse(argc, argv,
@@ -161,7 +147,8 @@ absl::Status TrainCommand(int argc, char** argv) {
   // with the run.
   ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", -1));
   if (seed < 0 && a.Has("resume")) {
-    ASSIGN_OR_RETURN(seed, CheckpointSeed(a.Get("resume", "")));
+    ASSIGN_OR_RETURN(const uint64_t recorded, Trainer::CheckpointSeed(a.Get("resume", "")));
+    seed = static_cast<int64_t>(recorded);  // written from a non-negative int64 seed
   }
   o.seed = seed >= 0 ? static_cast<uint64_t>(seed) : (std::random_device{}() & 0x7FFFFFFF);
   ASSIGN_OR_RETURN(int64_t checkpoint_every, a.Integer("checkpoint-every", 0));

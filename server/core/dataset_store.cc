@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/dataset.h"
@@ -50,15 +51,9 @@ absl::Status DatasetStore::Upload::Grow(int64_t bytes) {
 
 namespace {
 
-absl::Status DatasetLimitReached(size_t held, int64_t max_datasets) {
+absl::Status DatasetLimitReached(int64_t held, int64_t max_datasets) {
   return absl::ResourceExhaustedError(absl::StrCat("dataset limit reached: ", held, " of ",
                                                    max_datasets, "; delete a dataset first"));
-}
-
-int64_t TotalBytes(const std::vector<v1::Dataset>& all) {
-  int64_t total = 0;
-  for (const v1::Dataset& d : all) total += d.bytes();
-  return total;
 }
 
 }  // namespace
@@ -66,11 +61,9 @@ int64_t TotalBytes(const std::vector<v1::Dataset>& all) {
 absl::StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::StartUpload(
     const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes,
     int64_t max_datasets) {
-  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> held, List(tenant));
-  if (static_cast<int64_t>(held.size()) >= max_datasets) {
-    return DatasetLimitReached(held.size(), max_datasets);
-  }
-  const int64_t used = TotalBytes(held);
+  ASSIGN_OR_RETURN(const Usage usage, UsageOf(tenant));
+  if (usage.datasets >= max_datasets) return DatasetLimitReached(usage.datasets, max_datasets);
+  const int64_t used = usage.bytes;
   return std::unique_ptr<Upload>(new Upload(this, tenant, used, max_total_bytes, max_upload_bytes));
 }
 
@@ -78,7 +71,7 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
                                                  const std::string& content,
                                                  int64_t max_total_bytes, int64_t max_datasets) {
   if (name.size() > 256 || std::any_of(name.begin(), name.end(), [](char c) {
-        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+        return absl::ascii_iscntrl(static_cast<unsigned char>(c));
       })) {
     return absl::InvalidArgumentError(
         "name: at most 256 bytes of text, without control characters");
@@ -97,11 +90,9 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
   }
   if (examples == 0) return absl::InvalidArgumentError("the dataset has no examples");
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> held, List(tenant));
-  if (static_cast<int64_t>(held.size()) >= max_datasets) {
-    return DatasetLimitReached(held.size(), max_datasets);
-  }
-  const int64_t used = TotalBytes(held);
+  ASSIGN_OR_RETURN(const Usage usage, UsageOf(tenant));
+  if (usage.datasets >= max_datasets) return DatasetLimitReached(usage.datasets, max_datasets);
+  const int64_t used = usage.bytes;
   const int64_t size = static_cast<int64_t>(content.size());
   if (used + size > max_total_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("dataset quota exceeded: ", used,
@@ -170,9 +161,12 @@ absl::Status DatasetStore::Delete(const std::string& tenant, const std::string& 
   return db_->Write(w);
 }
 
-absl::StatusOr<int64_t> DatasetStore::BytesUsed(const std::string& tenant) const {
-  ASSIGN_OR_RETURN(std::vector<v1::Dataset> all, List(tenant));
-  return TotalBytes(all);
+absl::StatusOr<DatasetStore::Usage> DatasetStore::UsageOf(const std::string& tenant) const {
+  ASSIGN_OR_RETURN(const std::vector<v1::Dataset> all, List(tenant));
+  Usage usage;
+  usage.datasets = static_cast<int64_t>(all.size());
+  for (const v1::Dataset& d : all) usage.bytes += d.bytes();
+  return usage;
 }
 
 }  // namespace qlorad::core

@@ -65,7 +65,12 @@ class DatasetStore {
   absl::StatusOr<std::string> Content(const std::string& tenant, const std::string& id) const;
   absl::StatusOr<std::vector<v1::Dataset>> List(const std::string& tenant) const;
   absl::Status Delete(const std::string& tenant, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<int64_t> BytesUsed(const std::string& tenant) const;
+  // What the tenant's datasets take: their number and bytes (the two limits).
+  struct Usage {
+    int64_t datasets = 0;
+    int64_t bytes = 0;
+  };
+  absl::StatusOr<Usage> UsageOf(const std::string& tenant) const;
 
  private:
   storage::KvStore* db_;

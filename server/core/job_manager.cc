@@ -131,10 +131,10 @@ struct JobManager::ActiveJob {
   std::string failure_parameter;
   bool failure_is_user = false;
   std::vector<float> final_params;  // the adapter, read once the last step is done
-  // Trained, its adapter not yet stored: the store refused it (a full disk, the tenant's adapter
-  // limit lowered since the job was accepted). The job keeps its device and tries again from
-  // then, rather than throwing the training away.
-  bool trained = false;
+  // Trained (its adapter read) and, while still on its device, its adapter not yet stored: the
+  // store refused it (a full disk, a busy store). The job keeps its device and tries again from
+  // store_again_at, rather than throwing the training away.
+  bool trained() const { return !final_params.empty(); }
   int store_tries = 0;
   int store_internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
   absl::Time store_again_at = absl::InfinitePast();
@@ -394,13 +394,19 @@ absl::Status JobManager::Start() {
   return absl::OkStatus();
 }
 
+std::vector<QueuedJob>::iterator JobManager::FindQueued(const std::string& id) {
+  return std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+}
+
 void JobManager::Requeue(const v1::Job& job) {
   QueuedJob q = QueueEntry(job);
   absl::MutexLock lock(&mu_);
   q.arrival = arrivals_++;
   queue_.push_back(std::move(q));
   cancel_flags_[job.id()] = std::make_shared<std::atomic<bool>>(false);
-  to_check_.emplace_back(job.tenant(), job.id());
+  // The data check, for a job that has not trained (one that has keeps its data: its start
+  // skips the bounds too).
+  if (job.steps_completed() == 0) to_check_.emplace_back(job.tenant(), job.id());
   work_cv_.SignalAll();
 }
 
@@ -457,8 +463,7 @@ absl::StatusOr<bool> JobManager::DatasetInUse(const std::string& tenant,
                                               const std::string& dataset) const {
   ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, stores_.jobs->Unfinished(tenant));
   for (const v1::Job& j : jobs) {
-    if (j.tenant() == tenant &&
-        (j.training_dataset() == dataset || j.validation_dataset() == dataset)) {
+    if (j.training_dataset() == dataset || j.validation_dataset() == dataset) {
       return true;
     }
   }
@@ -510,11 +515,16 @@ absl::StatusOr<v1::Model> JobManager::JobInputs(const std::string& tenant,
 
 absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
                                               const v1::CreateJobRequest& req) {
+  // The whole creation under the lock deletes take (DeleteModel, DeleteDataset): the inputs
+  // found here are still there when the job is stored.
+  absl::MutexLock create_lock(&create_mu_);
   auto model = JobInputs(tenant.name, req);
   if (!model.ok()) return model.status();
   if (!ValidName(req.suffix(), 40))
     return absl::InvalidArgumentError("suffix: at most 40 characters of [a-zA-Z0-9._-]");
-  if (req.labels_size() > 32) return absl::InvalidArgumentError("labels: at most 32 labels");
+  if (req.labels_size() > kMaxLabels) {
+    return absl::InvalidArgumentError(absl::StrCat("labels: at most ", kMaxLabels, " labels"));
+  }
   for (const auto& [k, v] : req.labels()) {
     if (k.empty() || !ValidName(k, 63) || v.size() > 256) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -562,7 +572,6 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   *job.mutable_labels() = req.labels();
   job.set_priority(req.priority());
 
-  absl::MutexLock create_lock(&create_mu_);
   ASSIGN_OR_RETURN(const bool retry,
                    stores_.jobs->IdempotencyKeyUsed(tenant.name, req.idempotency_key()));
   std::optional<v1::Job> unqueued;
@@ -588,9 +597,6 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
                      active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
                      " adapters: delete one first"));
   }
-  // Again under the lock deletes take (DeleteModel, DeleteDataset): one since the first look
-  // would leave the job without its inputs, failing at its start.
-  RETURN_IF_ERROR(JobInputs(tenant.name, req).status());
   if (!unqueued) {
     ASSIGN_OR_RETURN(v1::Job stored,
                      stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
@@ -712,8 +718,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   absl::MutexLock lock(&mu_);
   // A queued job is cancelled here and now; false where it is not in the queue.
   auto cancel_queued = [&](absl::StatusOr<v1::Job>* done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto queued =
-        std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+    auto queued = FindQueued(id);
     if (queued == queue_.end()) return false;
     // Its adapter is stored and its success still to be recorded: it ends SUCCEEDED at its next
     // try; cancelling it would orphan the adapter.
@@ -752,7 +757,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   // start while it stopped, and the flag set here went with it. The cancel is honoured here, or
   // the job would train again after the restart.
   if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
-      std::none_of(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; })) {
+      FindQueued(id) == queue_.end()) {
     return EndCancelled(tenant, id, "cancelled by the client while the daemon stopped");
   }
   return *now;
@@ -920,7 +925,7 @@ void JobManager::WorkerLoop(Worker* w) {
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       StepOutcome outcome = RunStep(w, **it);
-      const bool waits = (*it)->trained && outcome == StepOutcome::kContinue;
+      const bool waits = (*it)->trained() && outcome == StepOutcome::kContinue;
       worked |= !waits;
       if (outcome == StepOutcome::kContinue && active.size() > 1 && !waits) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
@@ -1258,10 +1263,7 @@ void JobManager::CheckLoop() {
       std::tie(tenant, id) = to_check_.front();
       to_check_.pop_front();
       // Only a job still waiting: one taken by a worker is checked by its start.
-      if (std::none_of(queue_.begin(), queue_.end(),
-                       [&](const QueuedJob& q) { return q.id == id; })) {
-        continue;
-      }
+      if (FindQueued(id) == queue_.end()) continue;
     }
     // Whatever the check cannot read (the store, the model's files) is left to the start.
     auto job = stores_.jobs->Get(tenant, id);
@@ -1279,15 +1281,13 @@ void JobManager::CheckLoop() {
     // Given up once a worker takes the job (its start reads the data itself) or the daemon stops.
     auto data = ReadJobData(*job, *tokenizers[key], &field, [&] {
       absl::MutexLock lock(&mu_);
-      return !stopping_ && std::any_of(queue_.begin(), queue_.end(),
-                                       [&](const QueuedJob& q) { return q.id == id; });
+      return !stopping_ && FindQueued(id) != queue_.end();
     });
     if (data.ok() || !absl::IsInvalidArgument(data.status())) continue;
     // Data the job cannot train on: it fails now, not when a device takes it (hours later on a
     // busy node), if it still waits in the queue.
     absl::MutexLock lock(&mu_);
-    auto queued =
-        std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
+    auto queued = FindQueued(id);
     if (queued == queue_.end() || queued->finishing || stopping_) continue;
     // A cancel whose record could not be written waits for the job's start, which honours it.
     if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end() && flag->second->load()) {
@@ -1552,7 +1552,7 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (a.cancel->load()) return StepOutcome::kCancelled;
-  if (a.trained) {  // waiting to store its adapter again (WorkerLoop paces the tries)
+  if (a.trained()) {  // waiting to store its adapter again (WorkerLoop paces the tries)
     return absl::Now() >= a.store_again_at ? StepOutcome::kSucceeded : StepOutcome::kContinue;
   }
   StepReport report;
@@ -1667,7 +1667,6 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       return DeviceLost(w, &a.failure) ? StepOutcome::kDeviceLost : StepOutcome::kFailed;
     }
     a.final_params = *std::move(params);
-    a.trained = true;
     return StepOutcome::kSucceeded;
   }
   if (options_.checkpoint_every > 0 && a.trainer->step() % options_.checkpoint_every == 0) {

@@ -227,6 +227,9 @@ class JobManager {
                        const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+  // The job's entry in queue_, or queue_.end().
+  std::vector<QueuedJob>::iterator FindQueued(const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sizes from the registered model (zero when it is gone: StartJob then fails the job).
   QueuedJob QueueEntry(const v1::Job& job) const;
   void Notify() const;

@@ -18,6 +18,9 @@
 
 namespace qlorad::core {
 
+// A job's labels, and the label filters of a listing (each matched against every job listed).
+constexpr int kMaxLabels = 32;
+
 // What the server accepts for any job (the daemon's flags); a model's context caps seq_len.
 struct ServerLimits {
   int64_t max_rank = 256;

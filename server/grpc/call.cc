@@ -2,9 +2,9 @@
 
 #include <cstdio>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/status_macros.h"
@@ -48,9 +48,8 @@ Call::~Call() {
     // or reach the operator's terminal.
     std::string error = ShortenedMessage(result_.message());
     for (char& ch : error) {
-      const auto byte = static_cast<unsigned char>(ch);
       if (ch == '"') ch = '\'';
-      if (byte < 0x20 || byte == 0x7f) ch = ' ';
+      if (absl::ascii_iscntrl(static_cast<unsigned char>(ch))) ch = ' ';
     }
     absl::StrAppend(&line, " error=\"", error, "\"");
   }

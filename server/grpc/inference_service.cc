@@ -67,12 +67,10 @@ grpc::Status LimitsServiceImpl::GetLimits(grpc::ServerContext* c, const v1::GetL
   out->set_max_adapters(t.limits.max_adapters);
   out->set_max_priority(t.limits.max_priority);
   out->set_max_datasets(t.limits.max_datasets);
-  auto datasets = node_->datasets->List(t.name);
-  if (!datasets.ok()) return call.Finish(datasets.status());
-  int64_t used = 0;
-  for (const v1::Dataset& d : *datasets) used += d.bytes();
-  out->set_dataset_bytes_used(used);
-  out->set_datasets_used(static_cast<int64_t>(datasets->size()));
+  auto usage = node_->datasets->UsageOf(t.name);
+  if (!usage.ok()) return call.Finish(usage.status());
+  out->set_dataset_bytes_used(usage->bytes);
+  out->set_datasets_used(usage->datasets);
   auto adapters = node_->adapters->List(t.name);
   if (!adapters.ok()) return call.Finish(adapters.status());
   out->set_adapters_used(static_cast<int64_t>(adapters->size()));

@@ -44,8 +44,9 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* c, const v1::ListJobs
     const auto state = static_cast<v1::JobState>(s);
     if (std::find(states.begin(), states.end(), state) == states.end()) states.push_back(state);
   }
-  if (req->labels_size() > 32) {
-    return call.Finish(absl::InvalidArgumentError("labels: at most 32 label filters"));
+  if (req->labels_size() > core::kMaxLabels) {
+    return call.Finish(absl::InvalidArgumentError(
+        absl::StrCat("labels: at most ", core::kMaxLabels, " label filters")));
   }
   std::map<std::string, std::string> labels(req->labels().begin(), req->labels().end());
   std::string next;

@@ -52,6 +52,24 @@ class TrainerTest : public ::testing::Test {
     EXPECT_TRUE(rows.ok()) << rows.status();
     return rows.ok() ? *rows : std::vector<TrainingRow>{};
   }
+  // A run that overfits the training prompts (lr 1e-2): the reworded validation prompts' loss
+  // falls, then rises. Evaluated every 5 steps; the losses go to `evals`. Null if it failed.
+  std::unique_ptr<Trainer> RunOverfitting(int64_t max_steps, int64_t patience,
+                                          const std::vector<TrainingRow>& valid,
+                                          std::vector<double>* evals) {
+    TrainerOptions o = Small();
+    o.learning_rate = 1e-2;
+    o.max_steps = max_steps;
+    o.eval_every = 5;
+    o.early_stopping_patience = patience;
+    auto t = Make(o, Rows(), valid);
+    const absl::Status run = t->Run([&](const StepReport& r) {
+      if (r.eval_loss) evals->push_back(*r.eval_loss);
+      return true;
+    });
+    EXPECT_TRUE(run.ok()) << run;
+    return run.ok() ? std::move(t) : nullptr;
+  }
   static TrainerOptions Small() {
     TrainerOptions o;
     o.lora.rank = 4;
@@ -145,7 +163,7 @@ TEST_F(TrainerTest, ASaveNeverReplacesAFolderThatIsNotOurCheckpoint) {
   auto t = Make(Small());
   ASSERT_TRUE(t->RunUntil(1).ok());
   const std::string root = TempDir("ckpt_guard");
-  for (const std::string& taken : {"/ckpt", "/ckpt.old", "/ckpt.partial"}) {
+  for (const char* taken : {"/ckpt", "/ckpt.old", "/ckpt.partial"}) {
     SCOPED_TRACE(taken);
     std::filesystem::remove_all(root);
     std::filesystem::create_directories(root + taken);
@@ -208,7 +226,6 @@ TEST_F(TrainerTest, GradientAccumulationEqualsOneLargeBatch) {
   EXPECT_LT(max_diff, 1e-5);
 }
 
-// Packed examples never attend to each other: the loss of a packed set equals the unpacked one.
 // The micro-batches of one step draw their own dropout masks. They used to share the step's:
 // two micro-batches of the same row then gave exactly the gradient of one, as if with one.
 TEST_F(TrainerTest, EachMicroBatchOfAStepDrawsItsOwnDropoutMasks) {
@@ -233,6 +250,7 @@ TEST_F(TrainerTest, EachMicroBatchOfAStepDrawsItsOwnDropoutMasks) {
   }
 }
 
+// Packed examples never attend to each other: the loss of a packed set equals the unpacked one.
 TEST_F(TrainerTest, PackingDoesNotLetExamplesAttendToEachOther) {
   auto t = Make(Small());
   ASSERT_TRUE(t->RunUntil(2).ok());  // a non-trivial adapter
@@ -304,17 +322,9 @@ TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
 TEST_F(TrainerTest, EarlyStoppingKeepsTheBestAdapter) {
   const std::vector<TrainingRow> vrows = ValidRows();
   ASSERT_FALSE(vrows.empty());
-  TrainerOptions o = Small();
-  o.learning_rate = 1e-2;  // overfits the training prompts quickly; reworded prompts get worse
-  o.max_steps = 200;
-  o.eval_every = 5;
-  o.early_stopping_patience = 2;
-  auto t = Make(o, Rows(), vrows);
   std::vector<double> evals;
-  ASSERT_TRUE(t->Run([&](const StepReport& r) {
-                 if (r.eval_loss) evals.push_back(*r.eval_loss);
-                 return true;
-               }).ok());
+  auto t = RunOverfitting(200, 2, vrows, &evals);
+  ASSERT_NE(t, nullptr);
   ASSERT_TRUE(t->stopped_early());
   EXPECT_LT(t->step(), 200);
   ASSERT_TRUE(t->best_eval_loss().has_value());
@@ -332,17 +342,9 @@ TEST_F(TrainerTest, TheBestAdapterIsKeptWhenTrainingEndsBeforeThePatience) {
   ASSERT_FALSE(vrows.empty());
   for (const int64_t patience : {int64_t{1000}, int64_t{0}}) {
     SCOPED_TRACE(patience);
-    TrainerOptions o = Small();
-    o.learning_rate = 1e-2;  // overfits: the reworded prompts' loss falls, then rises
-    o.max_steps = 60;
-    o.eval_every = 5;
-    o.early_stopping_patience = patience;
-    auto t = Make(o, Rows(), vrows);
     std::vector<double> evals;
-    ASSERT_TRUE(t->Run([&](const StepReport& r) {
-                   if (r.eval_loss) evals.push_back(*r.eval_loss);
-                   return true;
-                 }).ok());
+    auto t = RunOverfitting(60, patience, vrows, &evals);
+    ASSERT_NE(t, nullptr);
     ASSERT_EQ(evals.size(), 12u);
     const auto best = std::min_element(evals.begin(), evals.end());
     ASSERT_GT(evals.back(), *best) << "the setup must overfit before its last step";

@@ -6,6 +6,7 @@
 #include "engine/mapped_file.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
+#include "tests/storage/blob_read_counting_disk.h"
 
 namespace qlorad::core {
 namespace {
@@ -65,6 +66,31 @@ TEST(CheckpointStore, ListNamesEachStoredJobOnceAcrossTenants) {
   restored = store.Restore("acme", "j", out);
   ASSERT_TRUE(restored.ok() && *restored);
   EXPECT_EQ(fs::file_size(fs::path(out) / "optimizer.safetensors"), 300000u);
+}
+
+// At startup List names every stored checkpoint's job: it reads one small file per job, never
+// the large ones (it used to read every checkpoint whole).
+TEST(CheckpointStore, ListReadsNoLargeFile) {
+  const std::string root = ::qlorad::testing::FreshTestDir("ck");
+  auto disk = std::make_shared<storage::BlobReadCountingDisk>();
+  storage::KvStoreOptions o;
+  o.file_system = disk;
+  {
+    auto db = storage::KvStore::Open(root + "/db", o);
+    ASSERT_TRUE(db.ok()) << db.status();
+    CheckpointStore store(db->get());
+    for (const char* job : {"j1", "j2", "j3"}) {
+      ASSERT_TRUE(store.Save("acme", job, MakeCheckpointDir(root, job)).ok());
+    }
+  }
+  auto db = storage::KvStore::Open(root + "/db", o);  // reopening flushed them into blob files
+  ASSERT_TRUE(db.ok()) << db.status();
+  CheckpointStore store(db->get());
+  disk->blob_bytes_read = 0;
+  auto listed = store.List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->size(), 3u);
+  EXPECT_LT(disk->blob_bytes_read, 200000);  // less than one adapter file
 }
 
 }  // namespace

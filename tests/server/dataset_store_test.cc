@@ -36,7 +36,8 @@ TEST_F(DatasetStoreTest, StoresCountsHashesAndReadsBack) {
   EXPECT_EQ(d->id().rfind("ds-", 0), 0u);
   EXPECT_EQ(*store_->Content("acme", d->id()), kGood);
   EXPECT_EQ(store_->List("acme")->size(), 1u);
-  EXPECT_EQ(*store_->BytesUsed("acme"), d->bytes());
+  EXPECT_EQ(store_->UsageOf("acme")->bytes, d->bytes());
+  EXPECT_EQ(store_->UsageOf("acme")->datasets, 1);
 }
 
 TEST_F(DatasetStoreTest, TheFirstBadLineIsNamedAndNothingIsStored) {
@@ -61,7 +62,7 @@ TEST_F(DatasetStoreTest, QuotaTenantIsolationAndDelete) {
   EXPECT_EQ(store_->Delete("beta", d->id()).code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(store_->Delete("acme", d->id()).ok());
   EXPECT_EQ(store_->Get("acme", d->id()).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(*store_->BytesUsed("acme"), 0);
+  EXPECT_EQ(store_->UsageOf("acme")->bytes, 0);
   EXPECT_EQ(store_->List("beta")->size(), 1u);
 }
 

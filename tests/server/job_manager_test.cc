@@ -135,8 +135,6 @@ class JobManagerTest : public ::testing::Test {
     ADD_FAILURE() << "timed out waiting for job " << id;
     return *manager_->GetJob(tenant, id);
   }
-  // Creates the job, which is accepted, and waits for it to fail as the user's (while queued, or
-  // at its start), naming `parameter` and saying `message`.
   // A dataset of `tenant` whose examples keep no target within seq_len 64: each one's prompt
   // fills it.
   std::string LongPromptsDataset(const std::string& tenant) {
@@ -148,6 +146,8 @@ class JobManagerTest : public ::testing::Test {
     EXPECT_TRUE(ds.ok()) << ds.status();
     return ds.ok() ? ds->id() : "";
   }
+  // Creates the job, which is accepted, and waits for it to fail as the user's (while queued, or
+  // at its start), naming `parameter` and saying `message`.
   void ExpectFailsOnItsInput(const std::string& tenant, const v1::CreateJobRequest& req,
                              const std::string& parameter, const std::string& message) {
     auto job = manager_->CreateJob(T(tenant), req);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/storage/blob_read_counting_disk.h"
 
 namespace qlorad::storage {
 namespace {
@@ -21,6 +22,17 @@ std::string FreshDir(const std::string& name) {
       fs::temp_directory_path() / ("qlorad_kv_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   return dir.string();
+}
+
+// The keys of `f` under `prefix`, in order.
+std::vector<std::string> Keys(const KvStore& db, Family f, std::string_view prefix) {
+  std::vector<std::string> keys;
+  const absl::Status s = db.Scan(f, prefix, [&](std::string_view k, std::string_view) {
+    keys.emplace_back(k);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  return keys;
 }
 
 TEST(KvStore, ValuesSurviveReopenAndFamiliesAreSeparate) {
@@ -55,15 +67,8 @@ TEST(KvStore, WriteSetIsAtomicAndDeletePrefixRemovesOneRangeOnly) {
   del.DeletePrefix(Family::kAdapters, "t1/a1/");
   del.Put(Family::kJobs, "t1/j1", "adapter deleted");
   ASSERT_TRUE((*db)->Write(del).ok());
-  std::vector<std::string> left;
-  ASSERT_TRUE((*db)
-                  ->Scan(Family::kAdapters, "",
-                         [&](std::string_view k, std::string_view) {
-                           left.emplace_back(k);
-                           return true;
-                         })
-                  .ok());
-  EXPECT_EQ(left, (std::vector<std::string>{"t1/a10/meta", "t2/a1/meta"}));
+  EXPECT_EQ(Keys(**db, Family::kAdapters, ""),
+            (std::vector<std::string>{"t1/a10/meta", "t2/a1/meta"}));
   EXPECT_EQ(*(*db)->Get(Family::kJobs, "t1/j1"), "adapter deleted");
 }
 
@@ -194,47 +199,6 @@ TEST(KvStore, WritesResumeOnceAFullDiskHasRoomAgain) {
             absl::StatusCode::kNotFound);
 }
 
-// A disk that counts the bytes RocksDB reads from blob files (where large values live).
-class BlobReadCountingDisk : public rocksdb::FileSystemWrapper {
- public:
-  BlobReadCountingDisk() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
-  const char* Name() const override { return "BlobReadCountingDisk"; }
-  std::atomic<int64_t> blob_bytes_read{0};
-
-  rocksdb::IOStatus NewRandomAccessFile(const std::string& name,
-                                        const rocksdb::FileOptions& options,
-                                        std::unique_ptr<rocksdb::FSRandomAccessFile>* file,
-                                        rocksdb::IODebugContext* dbg) override {
-    rocksdb::IOStatus s = target()->NewRandomAccessFile(name, options, file, dbg);
-    if (s.ok() && name.size() > 5 && name.substr(name.size() - 5) == ".blob") {
-      *file = std::make_unique<File>(std::move(*file), this);
-    }
-    return s;
-  }
-
- private:
-  class File : public rocksdb::FSRandomAccessFileOwnerWrapper {
-   public:
-    File(std::unique_ptr<rocksdb::FSRandomAccessFile> file, BlobReadCountingDisk* disk)
-        : FSRandomAccessFileOwnerWrapper(std::move(file)), disk_(disk) {}
-    rocksdb::IOStatus Read(uint64_t offset, size_t n, const rocksdb::IOOptions& o,
-                           rocksdb::Slice* result, char* scratch,
-                           rocksdb::IODebugContext* dbg) const override {
-      disk_->blob_bytes_read += static_cast<int64_t>(n);
-      return FSRandomAccessFileOwnerWrapper::Read(offset, n, o, result, scratch, dbg);
-    }
-    rocksdb::IOStatus MultiRead(rocksdb::FSReadRequest* reqs, size_t num_reqs,
-                                const rocksdb::IOOptions& o,
-                                rocksdb::IODebugContext* dbg) override {
-      for (size_t i = 0; i < num_reqs; ++i) disk_->blob_bytes_read += reqs[i].len;
-      return FSRandomAccessFileOwnerWrapper::MultiRead(reqs, num_reqs, o, dbg);
-    }
-
-   private:
-    BlobReadCountingDisk* disk_;
-  };
-};
-
 // Listing one tenant's records must not read the next tenant's dataset (the key after the
 // listed range), and deleting a dataset must not read it: both used to read the whole value.
 TEST(KvStore, ScansAndDeletesReadNoLargeValueOutsideWhatTheyReturn) {
@@ -253,15 +217,7 @@ TEST(KvStore, ScansAndDeletesReadNoLargeValueOutsideWhatTheyReturn) {
   auto db = KvStore::Open(dir, o);  // reopening flushed the values into blob files
   ASSERT_TRUE(db.ok()) << db.status();
   disk->blob_bytes_read = 0;
-  std::vector<std::string> listed;
-  ASSERT_TRUE((*db)
-                  ->Scan(Family::kDatasets, "t/meta/",
-                         [&](std::string_view k, std::string_view) {
-                           listed.emplace_back(k);
-                           return true;
-                         })
-                  .ok());
-  EXPECT_EQ(listed, std::vector<std::string>{"t/meta/ds-1"});
+  EXPECT_EQ(Keys(**db, Family::kDatasets, "t/meta/"), std::vector<std::string>{"t/meta/ds-1"});
   EXPECT_LT(disk->blob_bytes_read, kBlob / 16);
   disk->blob_bytes_read = 0;
   WriteSet del;
