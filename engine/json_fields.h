@@ -52,6 +52,17 @@ class JsonFields {
     return absl::OkStatus();
   }
 
+  // A finite number kept as a double (a learning rate read back as a float would not compare).
+  absl::Status Real(const char* key, bool required, double* out) const {
+    if (!Has(key)) return Missing(key, required);
+    const nlohmann::json& v = j_[key];
+    if (!v.is_number() || !std::isfinite(v.get<double>())) {
+      return Error(key, "must be a finite number");
+    }
+    *out = v.get<double>();
+    return absl::OkStatus();
+  }
+
   absl::Status Text(const char* key, std::string* out) const {
     if (!Has(key)) return absl::OkStatus();
     if (!j_[key].is_string()) return Error(key, "must be a string");

@@ -10,21 +10,42 @@
 
 namespace qlorad {
 
-absl::Status TrainerOptions::Validate() const {
-  RETURN_IF_ERROR(lora.Validate());
-  auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
-  if (!(learning_rate > 0.0) || !std::isfinite(learning_rate))
-    return bad(absl::StrCat("learning_rate must be positive, got ", learning_rate));
+absl::Status TrainerOptions::Validate(
+    const std::function<std::string(const std::string&)>& name_of) const {
+  auto bad = [&](const std::string& field, const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(name_of ? name_of(field) : field, ": ", what));
+  };
+  if (lora.rank < 1) return bad("rank", absl::StrCat("must be at least 1, got ", lora.rank));
+  // Bounded: a huge alpha trains (B starts at 0) into an adapter whose exported plain alpha
+  // (alpha * sqrt(r) for rsLoRA) is infinite, and whose outputs are NaN.
+  constexpr float kMaxAlpha = 65536.0f;
+  if (!(lora.alpha > 0.0f && lora.alpha <= kMaxAlpha))
+    return bad("alpha", absl::StrCat("must be in (0, ", kMaxAlpha, "], got ", lora.alpha));
+  if (!(lora.dropout >= 0.0f && lora.dropout < 1.0f))
+    return bad("dropout", absl::StrCat("must be in [0, 1), got ", lora.dropout));
+  if (absl::Status s = lora.Validate(); !s.ok())
+    return bad("target_modules", std::string(s.message()));
+  if (!(learning_rate > 0.0 && learning_rate <= 1.0))
+    return bad("learning_rate", absl::StrCat("must be in (0, 1], got ", learning_rate));
   if (!(warmup_ratio >= 0.0 && warmup_ratio < 1.0))
-    return bad(absl::StrCat("warmup_ratio must be in [0, 1), got ", warmup_ratio));
-  if (epochs <= 0 && max_steps <= 0) return bad("give epochs > 0 or max_steps > 0");
-  if (max_steps < 0) return bad(absl::StrCat("max_steps must be >= 0, got ", max_steps));
-  if (batch_size <= 0) return bad(absl::StrCat("batch_size must be positive, got ", batch_size));
-  if (grad_accum <= 0) return bad(absl::StrCat("grad_accum must be positive, got ", grad_accum));
-  if (!(weight_decay >= 0.0))
-    return bad(absl::StrCat("weight_decay must be >= 0, got ", weight_decay));
-  if (eval_every < 0) return bad("eval_every must be >= 0");
-  if (early_stopping_patience < 0) return bad("early_stopping_patience must be >= 0");
+    return bad("warmup_ratio", absl::StrCat("must be in [0, 1), got ", warmup_ratio));
+  if (epochs < 0 || epochs > 1000)
+    return bad("epochs", absl::StrCat("must be in [1, 1000], got ", epochs));
+  if (max_steps < 0) return bad("max_steps", absl::StrCat("must be at least 1, got ", max_steps));
+  if (epochs == 0 && max_steps == 0) return bad("epochs", "give epochs or max_steps");
+  if (batch_size < 1)
+    return bad("batch_size", absl::StrCat("must be at least 1, got ", batch_size));
+  if (grad_accum < 1 || grad_accum > 1024)
+    return bad("grad_accum", absl::StrCat("must be in [1, 1024], got ", grad_accum));
+  if (!(weight_decay >= 0.0 && weight_decay <= 10.0))
+    return bad("weight_decay", absl::StrCat("must be in [0, 10], got ", weight_decay));
+  if (!(max_grad_norm >= 0.0) || !std::isfinite(max_grad_norm))
+    return bad("max_grad_norm", absl::StrCat("must be >= 0 (0: no clipping), got ", max_grad_norm));
+  if (eval_every < 0) return bad("eval_every", absl::StrCat("must be >= 0, got ", eval_every));
+  if (early_stopping_patience < 0) {
+    return bad("early_stopping_patience",
+               absl::StrCat("must be >= 0, got ", early_stopping_patience));
+  }
   return absl::OkStatus();
 }
 
@@ -36,6 +57,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   if (train.empty()) return absl::InvalidArgumentError("the training set has no rows");
   if (options.early_stopping_patience > 0 && valid.empty()) {
     return absl::InvalidArgumentError("early stopping needs a validation set");
+  }
+  if (options.eval_every > 0 && valid.empty()) {
+    return absl::InvalidArgumentError("eval_every needs a validation set");
   }
   const int64_t seq_len = static_cast<int64_t>(train[0].tokens.size());
   for (const auto* set : {&train, &valid}) {

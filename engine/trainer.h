@@ -36,7 +36,7 @@ struct TrainerOptions {
   int64_t max_steps = 0;  // > 0 overrides epochs
   int64_t batch_size = 8;
   int64_t grad_accum = 1;
-  double max_grad_norm = 1.0;  // <= 0: no clipping
+  double max_grad_norm = 1.0;  // 0: no clipping
   double weight_decay = 0.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   uint64_t seed = 0;       // data order, dropout and initialisation (recorded)
@@ -54,7 +54,12 @@ struct TrainerOptions {
   double blowup_ratio = 0.5;
   double blowup_margin = 2.0;
 
-  absl::Status Validate() const;
+  // INVALID_ARGUMENT "<name>: <what is wrong>" for the first field out of range. The bounds are
+  // the daemon's and qlora-engine's alike; `name_of` spells a field's name for the caller (the
+  // field names here are those of the daemon's hyperparameters: "learning_rate"), and may be
+  // empty to use them as they are.
+  absl::Status Validate(
+      const std::function<std::string(const std::string& field)>& name_of = nullptr) const;
 };
 
 struct StepReport {

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "engine/json_fields.h"
 #include "engine/mapped_file.h"
 #include "engine/peft_adapter.h"
 #include "engine/safetensors.h"
@@ -36,6 +37,24 @@ std::string RowsHash(const std::vector<TrainingRow>& rows) {
     mix(r.segments);
   }
   return std::to_string(h);
+}
+
+// The options that shape the run beyond what the step count, the seed, the rows and the adapter's
+// shape already pin down. A resume with another value would go on as another run than the one
+// checkpointed (a different alpha rescales what was learnt), so it is refused naming the option.
+nlohmann::json RunOptions(const TrainerOptions& o) {
+  return {{"alpha", o.lora.alpha},
+          {"dropout", o.lora.dropout},
+          {"use_rslora", o.lora.use_rslora},
+          {"learning_rate", o.learning_rate},
+          {"schedule", LrScheduleName(o.schedule)},
+          {"warmup_ratio", o.warmup_ratio},
+          {"batch_size", o.batch_size},
+          {"grad_accum", o.grad_accum},
+          {"weight_decay", o.weight_decay},
+          {"max_grad_norm", o.max_grad_norm},
+          {"eval_every", o.eval_every},
+          {"early_stopping_patience", o.early_stopping_patience}};
 }
 
 }  // namespace
@@ -113,6 +132,7 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
       {"train_rows_hash", TrainRowsHash()},
       {"evals_without_improvement", evals_without_improvement_},
       {"stopped_early", stopped_early_},
+      {"options", RunOptions(options_)},
   };
   if (loss_ema_) state["loss_ema"] = *loss_ema_;
   if (min_loss_ema_) state["min_loss_ema"] = *min_loss_ema_;
@@ -136,27 +156,63 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
 }
 
 absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
-  ASSIGN_OR_RETURN(std::string text,
-                   ReadFileToString((fs::path(dir) / "trainer_state.json").string()));
-  nlohmann::json st = nlohmann::json::parse(text, nullptr, false);
-  if (st.is_discarded() || !st.is_object() || st.value("version", 0) != kCheckpointVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, "/trainer_state.json: not a version ",
-                                                   kCheckpointVersion, " checkpoint"));
+  const std::string path = (fs::path(dir) / "trainer_state.json").string();
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  const nlohmann::json st = nlohmann::json::parse(text, nullptr, false);
+  if (st.is_discarded() || !st.is_object() || !st.contains("version") ||
+      st["version"] != kCheckpointVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a version ", kCheckpointVersion, " checkpoint"));
   }
+  // Every field is read by type: a damaged file is an error naming the field, never an
+  // exception (the daemon resumes from these files).
+  const JsonFields f(st, path);
+  int64_t num_params = 0, train_rows = 0, total_steps = 0, step = 0;
+  RETURN_IF_ERROR(f.Int("num_params", true, &num_params));
+  RETURN_IF_ERROR(f.Int("train_rows", true, &train_rows));
+  RETURN_IF_ERROR(f.Int("total_steps", true, &total_steps));
+  RETURN_IF_ERROR(f.Int("step", true, &step));
+  if (step < 0 || step > total_steps) return f.Error("step", "is out of range");
+  if (!st.contains("seed") || !st["seed"].is_number_unsigned())
+    return f.Error("seed", "must be a non-negative integer");
+  int64_t evals_without_improvement = 0, best_step = 0;
+  bool stopped_early = false;
+  RETURN_IF_ERROR(f.Int("evals_without_improvement", false, &evals_without_improvement));
+  RETURN_IF_ERROR(f.Int("best_step", false, &best_step));
+  RETURN_IF_ERROR(f.Flag("stopped_early", &stopped_early));
+  std::optional<double> losses[4];
+  const char* loss_keys[4] = {"loss_ema", "min_loss_ema", "best_eval_loss", "last_eval_loss"};
+  for (int i = 0; i < 4; ++i) {
+    if (!f.Has(loss_keys[i])) continue;
+    double v = 0.0;
+    RETURN_IF_ERROR(f.Real(loss_keys[i], true, &v));
+    losses[i] = v;
+  }
+
   const int64_t n = layout_->num_params();
   auto mismatch = [&](const std::string& what) {
     return absl::FailedPreconditionError(
         absl::StrCat(dir, ": the checkpoint was written with a different ", what,
                      "; resume with the options it was trained with"));
   };
-  if (st.value("num_params", int64_t{-1}) != n) return mismatch("adapter shape");
-  if (st.value("seed", uint64_t{0}) != options_.seed) return mismatch("seed");
-  if (st.value("train_rows", size_t{0}) != train_.size()) return mismatch("training set");
+  if (num_params != n) return mismatch("adapter shape");
+  if (st["seed"].get<uint64_t>() != options_.seed) return mismatch("seed");
+  if (train_rows != static_cast<int64_t>(train_.size())) return mismatch("training set");
   // Other data of the same row count changes the run as much (absent in older checkpoints).
   if (st.contains("train_rows_hash") && st["train_rows_hash"] != TrainRowsHash()) {
     return mismatch("training set");
   }
-  if (st.value("total_steps", int64_t{-1}) != total_steps_) return mismatch("schedule length");
+  if (total_steps != total_steps_) return mismatch("schedule length");
+  // Absent in older checkpoints; an option recorded since is compared by value.
+  if (st.contains("options") && st["options"].is_object()) {
+    const nlohmann::json& saved = st["options"];
+    const nlohmann::json current = RunOptions(options_);  // outlives the loop over its items
+    for (const auto& [name, now] : current.items()) {
+      if (saved.contains(name) && saved[name] != now) {
+        return mismatch(absl::StrCat(name, " (", saved[name].dump(), ", now ", now.dump(), ")"));
+      }
+    }
+  }
   ASSIGN_OR_RETURN(PeftAdapter adapter, LoadPeftAdapter(dir, model_->config()));
   if (adapter.config.rank != options_.lora.rank ||
       adapter.config.target_modules != options_.lora.target_modules) {
@@ -168,25 +224,24 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   ASSIGN_OR_RETURN(std::vector<float> v, opt->ReadF32("exp_avg_sq"));
   if (static_cast<int64_t>(m.size()) != n || static_cast<int64_t>(v.size()) != n)
     return mismatch("optimizer state size");
-  best_params_.clear();
+  std::vector<float> best;
   if (opt->Has("best_params")) {
-    ASSIGN_OR_RETURN(best_params_, opt->ReadF32("best_params"));
+    ASSIGN_OR_RETURN(best, opt->ReadF32("best_params"));
+    if (static_cast<int64_t>(best.size()) != n) return mismatch("optimizer state size");
   }
+  // Nothing is changed before here: a refused checkpoint leaves the trainer as it was.
+  best_params_ = std::move(best);
   device_->CopyFromHost(adapter.params.data(), n, d_params_->data());
   device_->CopyFromHost(m.data(), n, d_m_->data());
   device_->CopyFromHost(v.data(), n, d_v_->data());
-  step_ = st["step"].get<int64_t>();
-  evals_without_improvement_ = st.value("evals_without_improvement", int64_t{0});
-  stopped_early_ = st.value("stopped_early", false);
-  loss_ema_.reset();
-  min_loss_ema_.reset();
-  best_eval_.reset();
-  last_eval_.reset();
-  if (st.contains("loss_ema")) loss_ema_ = st["loss_ema"].get<double>();
-  if (st.contains("min_loss_ema")) min_loss_ema_ = st["min_loss_ema"].get<double>();
-  if (st.contains("best_eval_loss")) best_eval_ = st["best_eval_loss"].get<double>();
-  if (st.contains("last_eval_loss")) last_eval_ = st["last_eval_loss"].get<double>();
-  best_step_ = st.value("best_step", int64_t{0});
+  step_ = step;
+  evals_without_improvement_ = evals_without_improvement;
+  stopped_early_ = stopped_early;
+  loss_ema_ = losses[0];
+  min_loss_ema_ = losses[1];
+  best_eval_ = losses[2];
+  last_eval_ = losses[3];
+  best_step_ = best_step;
   return absl::OkStatus();
 }
 

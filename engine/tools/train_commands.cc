@@ -1,4 +1,5 @@
 // qlora-engine train | eval | merge.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -76,6 +77,16 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, bool fp32, const 
   return m;
 }
 
+// The flag that sets a TrainerOptions field, for its errors ("--lr: must be in (0, 1], ...").
+std::string FlagOf(const std::string& field) {
+  if (field == "learning_rate") return "--lr";
+  if (field == "target_modules") return "--targets";
+  if (field == "early_stopping_patience") return "--early-stopping";
+  std::string flag = "--" + field;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
 }  // namespace
 
 absl::Status TrainCommand(int argc, char** argv) {
@@ -118,6 +129,11 @@ absl::Status TrainCommand(int argc, char** argv) {
   RETURN_IF_ERROR(Trainer::CanSaveCheckpointIn(checkpoint_dir));
   if (a.Has("epochs") && a.Has("max-steps"))
     return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
+  // As the daemon's jobs: evaluations need a validation set, and were dropped without one.
+  for (const char* flag : {"eval-every", "early-stopping"}) {
+    if (a.Has(flag) && !a.Has("valid"))
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --valid"));
+  }
   TrainerOptions o;
   ASSIGN_OR_RETURN(o.lora.rank, a.Integer("rank", 16));
   ASSIGN_OR_RETURN(double alpha, a.Number("alpha", 2.0 * o.lora.rank));
@@ -131,6 +147,11 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.warmup_ratio, a.Number("warmup-ratio", 0.03));
   ASSIGN_OR_RETURN(o.epochs, a.Integer("epochs", 1));
   ASSIGN_OR_RETURN(o.max_steps, a.Integer("max-steps", 0));
+  // 0 is how the options say "not given"; given, each must be at least 1.
+  if (a.Has("epochs") && o.epochs < 1)
+    return absl::InvalidArgumentError("--epochs: must be at least 1");
+  if (a.Has("max-steps") && o.max_steps < 1)
+    return absl::InvalidArgumentError("--max-steps: must be at least 1");
   ASSIGN_OR_RETURN(o.batch_size, a.Integer("batch-size", 8));
   ASSIGN_OR_RETURN(o.grad_accum, a.Integer("grad-accum", 1));
   ASSIGN_OR_RETURN(o.eval_every, a.Integer("eval-every", 0));
@@ -146,6 +167,10 @@ absl::Status TrainCommand(int argc, char** argv) {
   // A seed is always recorded: the user's, the resumed checkpoint's, or a fresh one printed
   // with the run.
   ASSIGN_OR_RETURN(int64_t seed, a.Integer("seed", -1));
+  if (a.Has("seed") && seed < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed: must be >= 0 (leave it out for a fresh one), got ", seed));
+  }
   if (seed < 0 && a.Has("resume")) {
     ASSIGN_OR_RETURN(const uint64_t recorded, Trainer::CheckpointSeed(a.Get("resume", "")));
     seed = static_cast<int64_t>(recorded);  // written from a non-negative int64 seed
@@ -153,12 +178,23 @@ absl::Status TrainCommand(int argc, char** argv) {
   o.seed = seed >= 0 ? static_cast<uint64_t>(seed) : (std::random_device{}() & 0x7FFFFFFF);
   ASSIGN_OR_RETURN(int64_t checkpoint_every, a.Integer("checkpoint-every", 0));
   ASSIGN_OR_RETURN(int64_t threads, a.Integer("threads", 0));
-  RETURN_IF_ERROR(o.Validate());
+  for (const auto& [flag, value] :
+       {std::pair{"checkpoint-every", checkpoint_every}, std::pair{"threads", threads}}) {
+    if (value < 0)
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": must be >= 0, got ", value));
+  }
+  RETURN_IF_ERROR(o.Validate(FlagOf));
 
   ASSIGN_OR_RETURN(LoadedModel m, LoadModel(model_path, a.Has("fp32"), a, threads));
   const LlamaConfig& config = m.model->config();
   ASSIGN_OR_RETURN(int64_t seq_len,
                    a.Integer("seq-len", std::min<int64_t>(512, config.max_position_embeddings)));
+  // Checked before the data is read and tokenized (minutes for a large set).
+  if (seq_len < 2 || seq_len > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq-len: must be in [2, ",
+                                                   config.max_position_embeddings,
+                                                   "] for this model, got ", seq_len));
+  }
   RowOptions ro{seq_len, a.Has("packing")};
   ASSIGN_OR_RETURN(auto train_examples, ReadExamples(data_path, *m.source.tokenizer));
   ASSIGN_OR_RETURN(auto train_rows, BuildRows(train_examples, ro, data_path));

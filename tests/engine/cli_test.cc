@@ -232,6 +232,26 @@ TEST(QloraEngineCli, BadArgumentsFailWithAMessage) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.out.find("--out needs a value, not the option --no-double-quant"), std::string::npos)
       << r.out;
+  // Training options are bounded as the daemon's hyperparameters are, and named by their flag,
+  // before the model is read.
+  const std::string train = "train --model " + Stories260kGguf() + " --data " +
+                            DataFile("facts_train.jsonl") + " --out " + TempDir("cli_bounds") +
+                            "/out ";
+  for (const auto& [flags, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"--max-grad-norm -1", "--max-grad-norm: must be >= 0"},
+           {"--alpha 1e38", "--alpha: must be in (0, 65536]"},
+           {"--lr 5", "--lr: must be in (0, 1]"},
+           {"--early-stopping 2", "--early-stopping needs --valid"},
+           {"--eval-every 5", "--eval-every needs --valid"},
+           {"--max-steps 0", "--max-steps: must be at least 1"},
+           {"--seed -5", "--seed: must be >= 0"},
+           {"--grad-accum 5000", "--grad-accum: must be in [1, 1024]"},
+           {"--seq-len 1", "--seq-len: must be in [2, 2048]"},
+       }) {
+    r = RunEngine(train + flags, true);
+    EXPECT_EQ(r.exit_code, 2) << flags << ": " << r.out;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << flags << ": " << r.out;
+  }
   // A value that only starts like an option is a value.
   r = RunEngine("generate --model " + Stories260kGguf() +
                 " --fp32 --max-tokens 3 --prompt '--- Once upon a time'");

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "engine/device.h"
 #include "engine/evaluate.h"
@@ -155,6 +156,49 @@ TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
   const absl::Status d = other_data->LoadCheckpoint(dir);
   EXPECT_EQ(d.code(), absl::StatusCode::kFailedPrecondition) << d;
   EXPECT_NE(d.message().find("training set"), std::string::npos) << d;
+  // And one resumed with another learning rate or alpha, named with both values: the same step
+  // count, seed and rows would otherwise go on as another run.
+  TrainerOptions other_lr = Small();
+  other_lr.learning_rate = 1e-3;
+  const absl::Status lr = Make(other_lr)->LoadCheckpoint(dir);
+  EXPECT_EQ(lr.code(), absl::StatusCode::kFailedPrecondition) << lr;
+  EXPECT_NE(lr.message().find("learning_rate (0.003, now 0.001)"), std::string::npos) << lr;
+  TrainerOptions other_alpha = Small();
+  other_alpha.lora.alpha = 16;
+  const absl::Status alpha = Make(other_alpha)->LoadCheckpoint(dir);
+  EXPECT_NE(alpha.message().find("alpha (8.0, now 16.0)"), std::string::npos) << alpha;
+}
+
+// A damaged trainer_state.json (a field of the wrong type, a step past the end) is an error that
+// names the field, never an exception, and leaves the trainer as it was.
+TEST_F(TrainerTest, ADamagedCheckpointIsRefusedNamingTheField) {
+  const std::string dir = TempDir("damaged") + "/ckpt";
+  auto first = Make(Small());
+  ASSERT_TRUE(first->RunUntil(2).ok());
+  ASSERT_TRUE(first->SaveCheckpoint(dir).ok());
+  const std::string state_path = dir + "/trainer_state.json";
+  auto state = ReadFileToString(state_path);
+  ASSERT_TRUE(state.ok());
+  struct Case {
+    std::string from, to, field;
+  };
+  for (const Case& c :
+       {Case{"\"step\": 2", "\"step\": \"2\"", "'step'"},
+        Case{"\"step\": 2", "\"step\": 21", "'step'"},
+        Case{"\"num_params\": ", "\"num_params\": [], \"x\": ", "'num_params'"},
+        Case{"\"seed\": 17", "\"seed\": -17", "'seed'"},
+        Case{"\"stopped_early\": false", "\"stopped_early\": 0", "'stopped_early'"}}) {
+    std::string damaged = *state;
+    const size_t at = damaged.find(c.from);
+    ASSERT_NE(at, std::string::npos) << c.from << " in " << damaged;
+    damaged.replace(at, c.from.size(), c.to);
+    ASSERT_TRUE(WriteStringToFile(state_path, damaged).ok());
+    auto t = Make(Small());
+    const absl::Status s = t->LoadCheckpoint(dir);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.to << ": " << s;
+    EXPECT_NE(s.message().find(c.field), std::string::npos) << s;
+    EXPECT_EQ(t->step(), 0);
+  }
 }
 
 // A save replaces its folder and deletes the folder's .partial and .old siblings: never one
@@ -296,7 +340,7 @@ TEST_F(TrainerTest, DefaultsAreTheCommonOnes) {
 
 TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
   TrainerOptions o = Small();
-  o.learning_rate = 50.0;  // absurd: the loss doubles within two steps
+  o.learning_rate = 1.0;  // the largest a job may ask for, and absurd
   o.max_grad_norm = 0.0;
   o.blowup_ratio = 0.2;  // stricter than the default, so that 20 steps show it
   o.blowup_margin = 1.0;
@@ -308,9 +352,11 @@ TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
   EXPECT_NE(s.message().find("lower the learning rate"), std::string::npos) << s;
   // Weights that overflow make the loss NaN: named as such.
   o = Small();
-  o.weight_decay = 1e6;  // p *= 1 - lr*wd = -2999 every step
+  o.learning_rate = 1.0;
+  o.weight_decay = 10.0;  // both the largest allowed: p *= 1 - lr*wd = -9 every step
+  o.blowup_margin = 1e30;  // the rise alone would be named first
   auto u = Make(o);
-  s = u->RunUntil(20);
+  s = u->RunUntil(40);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(s.message().find("loss became nan") != std::string::npos ||
@@ -381,12 +427,50 @@ TEST_F(TrainerTest, BadOptionsAreRejected) {
   o.lora.target_modules = {"q_proj", "lm_head"};
   EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
             absl::StatusCode::kInvalidArgument);
-  o = Small();
-  o.early_stopping_patience = 2;  // without a validation set
-  EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  for (const bool evals : {false, true}) {  // evaluations without a validation set
+    o = Small();
+    (evals ? o.eval_every : o.early_stopping_patience) = 2;
+    EXPECT_EQ(Trainer::Create(model_.get(), Rows(), {}, o).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   EXPECT_EQ(Trainer::Create(model_.get(), Rows(false, 600), {}, Small()).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// One set of bounds serves the daemon and qlora-engine, each naming the field its own way.
+TEST(TrainerOptionsTest, BoundsNameTheFieldAsTheCallerSpellsIt) {
+  struct Case {
+    std::function<void(TrainerOptions&)> set;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& o) { o.lora.rank = 0; }, "rank"},
+      {[](auto& o) { o.lora.alpha = 1e38f; }, "alpha"},
+      {[](auto& o) { o.lora.dropout = 1.0f; }, "dropout"},
+      {[](auto& o) { o.lora.target_modules = {"lm_head"}; }, "target_modules"},
+      {[](auto& o) { o.learning_rate = 2.0; }, "learning_rate"},
+      {[](auto& o) { o.learning_rate = std::nan(""); }, "learning_rate"},
+      {[](auto& o) { o.warmup_ratio = 1.0; }, "warmup_ratio"},
+      {[](auto& o) { o.epochs = 1001; }, "epochs"},
+      {[](auto& o) { o.max_steps = -1; }, "max_steps"},
+      {[](auto& o) { o.batch_size = 0; }, "batch_size"},
+      {[](auto& o) { o.grad_accum = 1025; }, "grad_accum"},
+      {[](auto& o) { o.weight_decay = 11; }, "weight_decay"},
+      {[](auto& o) { o.max_grad_norm = -1; }, "max_grad_norm"},
+      {[](auto& o) { o.max_grad_norm = INFINITY; }, "max_grad_norm"},
+      {[](auto& o) { o.eval_every = -1; }, "eval_every"},
+      {[](auto& o) { o.early_stopping_patience = -1; }, "early_stopping_patience"},
+  };
+  EXPECT_TRUE(TrainerOptions().Validate().ok());
+  for (const Case& c : cases) {
+    TrainerOptions o;
+    c.set(o);
+    const absl::Status plain = o.Validate();
+    EXPECT_EQ(plain.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_EQ(std::string(plain.message()).rfind(c.field + ": ", 0), 0u) << plain;
+    const absl::Status named = o.Validate([](const std::string& f) { return "<" + f + ">"; });
+    EXPECT_EQ(std::string(named.message()).rfind("<" + c.field + ">: ", 0), 0u) << named;
+  }
 }
 
 }  // namespace

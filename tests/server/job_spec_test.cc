@@ -49,6 +49,10 @@ TEST(JobSpecTest, ErrorsNameTheField) {
       {[](auto& h) { h.set_dropout(1.0f); }, "hyperparameters.dropout"},
       {[](auto& h) { h.set_alpha(1e38f); }, "hyperparameters.alpha"},  // inf once exported
       {[](auto& h) { h.set_weight_decay(1e30); }, "hyperparameters.weight_decay"},
+      {[](auto& h) { h.set_grad_accum(0); }, "hyperparameters.grad_accum"},
+      {[](auto& h) { h.set_max_grad_norm(-1); }, "hyperparameters.max_grad_norm"},
+      {[](auto& h) { h.set_epochs(0); }, "hyperparameters.epochs"},
+      {[](auto& h) { h.set_epochs(1001); }, "hyperparameters.epochs"},
       {[](auto& h) { h.set_schedule("step"); }, "hyperparameters.schedule"},
       {[](auto& h) { h.add_target_modules("qq_proj"); }, "hyperparameters.target_modules"},
       {[](auto& h) { h.set_seq_len(513); }, "hyperparameters.seq_len"},
