@@ -23,6 +23,12 @@ inline absl::Status CheckOutput(const std::string& out, std::initializer_list<st
   if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
     return absl::InvalidArgumentError(absl::StrCat("--out ", out, " exists and is not a folder"));
   }
+  // A link to nowhere: exists() is false, yet no folder can be made there.
+  if (fs::is_symlink(fs::symlink_status(out, ec)) && !fs::exists(out, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("--out ", out, " is a link to ",
+                                                   fs::read_symlink(out, ec).string(),
+                                                   ", which does not exist"));
+  }
   for (const std::string& input : inputs) {
     if (fs::equivalent(out, input, ec)) {
       return absl::InvalidArgumentError(
@@ -33,6 +39,11 @@ inline absl::Status CheckOutput(const std::string& out, std::initializer_list<st
   fs::path where = fs::absolute(out, ec);
   while (!where.empty() && !fs::exists(where, ec) && where != where.parent_path()) {
     where = where.parent_path();
+  }
+  // out = notes.txt/adapter: the nearest existing path is a file, which passed access().
+  if (!fs::is_directory(where, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out ", out, ": ", where.string(), " is not a folder"));
   }
   if (::access(where.c_str(), W_OK) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--out ", out, ": cannot write in ",
