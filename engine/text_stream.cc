@@ -9,24 +9,37 @@ namespace qlorad {
 namespace {
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+// The context decoded with each new token: only the last tokens, since decoding them all made a
+// prompt near a 32k-token context, or a long answer, cost O(n) per token.
+constexpr size_t kContextTokens = 16;
 
 }  // namespace
 
 absl::StatusOr<TextStream> TextStream::Start(const Tokenizer& tokenizer,
                                              std::vector<int32_t> prompt) {
-  // Only the prompt's last tokens are kept, as context: each push decodes the kept ids again,
-  // and a prompt near a 32k-token context made every token of the answer decode all of it.
-  // Enough of them that their text is not blank, so that the first generated piece's leading
-  // space is not taken for the start of the text (and dropped as a dummy prefix).
-  constexpr size_t kPromptContext = 16;
-  size_t keep = std::min(prompt.size(), kPromptContext);
+  TextStream stream(tokenizer);
+  RETURN_IF_ERROR(stream.KeepTail(prompt));
+  return stream;
+}
+
+absl::Status TextStream::KeepTail(const std::vector<int32_t>& ids) {
+  // Enough tokens that their text is not empty: the decoder drops the leading space of pieces
+  // written to an empty text (the dummy prefix; all leading spaces where extra whitespace is
+  // removed), and would drop the next piece's. Control tokens decode to nothing, so a model
+  // that emits only those keeps them all (each push then decodes all it emitted, as before).
+  size_t keep = std::min(ids.size(), kContextTokens);
   while (true) {
-    std::vector<int32_t> tail(prompt.end() - static_cast<std::ptrdiff_t>(keep), prompt.end());
-    ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(tail));
-    if (keep == prompt.size() || text.find_first_not_of(' ') != std::string::npos) {
-      return TextStream(tokenizer, std::move(tail), std::move(text));
+    std::vector<int32_t> tail(ids.end() - static_cast<std::ptrdiff_t>(keep), ids.end());
+    ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(tail));
+    if (keep == ids.size() || !text.empty()) {
+      ids_ = std::move(tail);
+      text_ = std::move(text);
+      // The next drop once the context has doubled: a wide one (empty text) is not decoded
+      // again at every push.
+      drop_at_ = 2 * std::max(ids_.size(), kContextTokens);
+      return absl::OkStatus();
     }
-    keep = std::min(prompt.size(), 2 * keep);
+    keep = std::min(ids.size(), 2 * keep);
   }
 }
 
@@ -52,7 +65,11 @@ absl::StatusOr<std::string> TextStream::Push(int32_t token) {
              kReplacement) {
     settled -= kReplacement.size();
   }
-  return Fresh(text, settled);
+  std::string fresh = Fresh(text, settled);
+  // Once all is handed out (no partial character pending), the context drops back to its last
+  // few tokens, every kContextTokens pushes or so: the decodes stay short.
+  if (settled == text.size() && ids_.size() >= drop_at_) RETURN_IF_ERROR(KeepTail(ids_));
+  return fresh;
 }
 
 absl::StatusOr<std::string> TextStream::Rest() {

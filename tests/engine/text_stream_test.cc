@@ -3,6 +3,9 @@
 // after it still comes out.
 #include "engine/text_stream.h"
 
+#include <algorithm>
+#include <tuple>
+
 #include "gtest/gtest.h"
 #include "tests/engine/test_models.h"
 
@@ -101,6 +104,43 @@ TEST(TextStream, AfterALongPromptTheTextIsTheWholeDecodesContinuation) {
     ASSERT_EQ(whole.compare(0, before.size(), before), 0);
     EXPECT_EQ(Joined(Stream(**tok, *answer, *prompt)), whole.substr(before.size()))
         << prompt->size() << " prompt tokens";
+  }
+}
+
+// A long answer comes out as the whole decode's continuation while each push decodes only a
+// few tokens besides the new one: decoding the whole answer at every token cost O(n^2).
+TEST(TextStream, ALongAnswerIsStreamedWholeFromAShortContext) {
+  auto tok = Tokenizer::FromModelFile(::qlorad::testing::Stories260kDir() + "/tok512.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string long_text;
+  for (int i = 0; i < 80; ++i) long_text += " Tom saw a \xF0\x9F\x90\xB1 in the park.";
+  // The second answer starts with 3000 control tokens, which decode to nothing: the context
+  // keeps them (dropping them would drop the space of " Tom.").
+  for (const auto& [answer_text, blanks, most_context] :
+       {std::tuple{long_text, 0, size_t{64}},
+        std::tuple{std::string(" Tom."), 3000, size_t{3100}}}) {
+    auto prompt = (*tok)->Encode("Once upon a time");
+    auto answer = (*tok)->Encode(answer_text);
+    ASSERT_TRUE(prompt.ok() && answer.ok());
+    answer->insert(answer->begin(), blanks, (*tok)->bos_id());
+    ASSERT_GT(answer->size(), 1000u);
+    prompt->insert(prompt->begin(), (*tok)->bos_id());
+    std::vector<int32_t> all = *prompt;
+    all.insert(all.end(), answer->begin(), answer->end());
+    const std::string before = *(*tok)->Decode(*prompt), whole = *(*tok)->Decode(all);
+    auto stream = TextStream::Start(**tok, *prompt);
+    ASSERT_TRUE(stream.ok());
+    std::string streamed;
+    size_t widest = 0;
+    for (int32_t id : *answer) {
+      widest = std::max(widest, stream->context_tokens());
+      auto part = stream->Push(id);
+      ASSERT_TRUE(part.ok()) << part.status();
+      streamed += *part;
+    }
+    streamed += *stream->Rest();
+    EXPECT_EQ(streamed, whole.substr(before.size()));
+    EXPECT_LE(widest, most_context) << answer->size() << " tokens";
   }
 }
 
