@@ -254,12 +254,7 @@ absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedEx
   int32_t segment = 0;
   auto flush = [&]() {
     if (current.tokens.empty()) return;
-    while (static_cast<int64_t>(current.tokens.size()) < T) {
-      current.tokens.push_back(0);
-      current.positions.push_back(0);
-      current.segments.push_back(-1);
-      current.targets.push_back(-1);
-    }
+    current.seq_len = T;  // padded in a batch, not here
     rows.push_back(std::move(current));
     current = TrainingRow();
     segment = 0;

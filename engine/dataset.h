@@ -12,6 +12,7 @@
 // Loss on each assistant {content} and the EOS that ends it; headers and other turns are context.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -49,13 +50,17 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
 absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
                                                       const Tokenizer& tokenizer);
 
-// One training row of exactly seq_len tokens: one example (truncated if longer), or several
-// packed ones that never attend to each other; padded at the end.
+// One training row of seq_len positions: one example (truncated if longer), or several packed
+// ones that never attend to each other. Kept up to the end of its last example: the padding
+// that follows is added only in a batch (Trainer::Gather). A row of one short example is mostly
+// padding, 16 bytes a position, and a job holds all its rows while it runs.
 struct TrainingRow {
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens;     // all four of the same size, at most seq_len
   std::vector<int32_t> positions;  // restart at 0 for each packed example
-  std::vector<int32_t> segments;   // example index within the row; -1 for padding
+  std::vector<int32_t> segments;   // example index within the row (-1 marks padding in a batch)
   std::vector<int32_t> targets;    // next target token or -1
+  int64_t seq_len = 0;             // the length in a batch; 0: tokens.size() (no padding)
+  int64_t length() const { return std::max(seq_len, static_cast<int64_t>(tokens.size())); }
   int64_t num_targets() const;
 };
 

@@ -61,11 +61,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   if (options.eval_every > 0 && valid.empty()) {
     return absl::InvalidArgumentError("eval_every needs a validation set");
   }
-  const int64_t seq_len = static_cast<int64_t>(train[0].tokens.size());
+  const int64_t seq_len = train[0].length();
   for (const auto* set : {&train, &valid}) {
     for (const TrainingRow& r : *set) {
-      if (static_cast<int64_t>(r.tokens.size()) != seq_len)
-        return absl::InvalidArgumentError("rows have different lengths");
+      const size_t n = r.tokens.size();
+      if (r.length() != seq_len) return absl::InvalidArgumentError("rows have different lengths");
+      if (r.positions.size() != n || r.segments.size() != n || r.targets.size() != n)
+        return absl::InvalidArgumentError(
+            "a row's tokens, positions, segments and targets differ in size");
     }
   }
   if (seq_len > model->config().max_position_embeddings) {
@@ -133,17 +136,27 @@ const std::vector<int64_t>& Trainer::EpochOrder(int64_t epoch) {
   return order_;
 }
 
-MicroBatch Trainer::Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
-                           int64_t begin, int64_t end) const {
+MicroBatch GatherRows(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
+                      int64_t begin, int64_t end) {
   MicroBatch b;
   b.rows = end - begin;
-  b.seq_len = static_cast<int64_t>(rows[0].tokens.size());
+  b.seq_len = rows[0].length();  // Create made them all as long
+  const size_t n = static_cast<size_t>(b.rows * b.seq_len);
+  b.tokens.reserve(n);
+  b.positions.reserve(n);
+  b.segments.reserve(n);
+  b.targets.reserve(n);
   for (int64_t i = begin; i < end; ++i) {
     const TrainingRow& r = rows[order.empty() ? i : order[i]];
+    const size_t pad = static_cast<size_t>(b.seq_len) - r.tokens.size();
     b.tokens.insert(b.tokens.end(), r.tokens.begin(), r.tokens.end());
+    b.tokens.insert(b.tokens.end(), pad, 0);
     b.positions.insert(b.positions.end(), r.positions.begin(), r.positions.end());
+    b.positions.insert(b.positions.end(), pad, 0);
     b.segments.insert(b.segments.end(), r.segments.begin(), r.segments.end());
+    b.segments.insert(b.segments.end(), pad, -1);
     b.targets.insert(b.targets.end(), r.targets.begin(), r.targets.end());
+    b.targets.insert(b.targets.end(), pad, -1);
   }
   return b;
 }
@@ -154,7 +167,7 @@ absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& row
   int64_t targets = 0;
   for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += options_.batch_size) {
     const int64_t end = std::min<int64_t>(rows.size(), begin + options_.batch_size);
-    const MicroBatch b = Gather(rows, {}, begin, end);
+    const MicroBatch b = GatherRows(rows, {}, begin, end);
     ASSIGN_OR_RETURN(double l, graph_->Loss(b, d_params_->data()));
     loss += l;
     targets += b.num_targets();
@@ -173,7 +186,7 @@ absl::StatusOr<StepReport> Trainer::Step() {
   int64_t targets = 0, tokens = 0;
   for (int64_t i = begin; i < end; ++i) {
     targets += train_[order[i]].num_targets();
-    for (int32_t s : train_[order[i]].segments) tokens += s >= 0;
+    tokens += static_cast<int64_t>(train_[order[i]].tokens.size());  // padding is not kept
   }
   const int64_t n = layout_->num_params();
   device_->Fill(d_grads_->data(), n, 0.0f);
@@ -183,7 +196,7 @@ absl::StatusOr<StepReport> Trainer::Step() {
   // so accumulation gives the gradient of one large batch.
   const float scale = 1.0f / static_cast<float>(std::max<int64_t>(1, targets));
   for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
-    const MicroBatch b = Gather(train_, order, mb, std::min(end, mb + options_.batch_size));
+    const MicroBatch b = GatherRows(train_, order, mb, std::min(end, mb + options_.batch_size));
     // Each micro-batch its own dropout masks: the masks index tokens within the micro-batch,
     // so with the step's one stream every micro-batch of it dropped the same elements.
     const uint64_t micro_batch =

@@ -75,6 +75,12 @@ struct StepReport {
   std::optional<double> eval_loss;
 };
 
+// Rows [begin, end) of `order` (of `rows` themselves where `order` is empty) as a micro-batch,
+// each padded to its seq_len (all rows of a trainer are as long): padding has token 0, position
+// 0, segment -1 and no target.
+MicroBatch GatherRows(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
+                      int64_t begin, int64_t end);
+
 class Trainer {
  public:
   // `model` must outlive the trainer. Rows come from BuildRows; `valid` may be empty.
@@ -138,8 +144,6 @@ class Trainer {
   absl::StatusOr<StepReport> Step();
   // The seeded row permutation of `epoch`, computed once per epoch (not per step).
   const std::vector<int64_t>& EpochOrder(int64_t epoch);
-  MicroBatch Gather(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
-                    int64_t begin, int64_t end) const;
   absl::Status MaybeEvaluate(StepReport* report, bool force);
   bool kept_best() const { return options_.early_stopping_patience > 0 && !best_params_.empty(); }
 

@@ -18,23 +18,26 @@ namespace {
 
 constexpr int kCheckpointVersion = 1;
 
-// FNV-1a over the rows' tokens, targets and segments, as a decimal string (JSON numbers are
-// doubles to some readers): what a resume compares its training data with.
+// FNV-1a over the rows' tokens, targets and segments as a batch holds them (padded to seq_len,
+// as rows were kept before: older checkpoints compare equal), as a decimal string (JSON numbers
+// are doubles to some readers): what a resume compares its training data with.
 std::string RowsHash(const std::vector<TrainingRow>& rows) {
   uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](const std::vector<int32_t>& v) {
-    for (const int32_t x : v) {
-      uint32_t u = static_cast<uint32_t>(x);
-      for (int b = 0; b < 4; ++b, u >>= 8) {
-        h ^= u & 0xFF;
-        h *= 1099511628211ull;
-      }
+  auto mix_one = [&h](int32_t x) {
+    uint32_t u = static_cast<uint32_t>(x);
+    for (int b = 0; b < 4; ++b, u >>= 8) {
+      h ^= u & 0xFF;
+      h *= 1099511628211ull;
     }
   };
+  auto mix = [&](const std::vector<int32_t>& v, int64_t length, int32_t padding) {
+    for (const int32_t x : v) mix_one(x);
+    for (int64_t i = static_cast<int64_t>(v.size()); i < length; ++i) mix_one(padding);
+  };
   for (const TrainingRow& r : rows) {
-    mix(r.tokens);
-    mix(r.targets);
-    mix(r.segments);
+    mix(r.tokens, r.length(), 0);
+    mix(r.targets, r.length(), -1);
+    mix(r.segments, r.length(), -1);
   }
   return std::to_string(h);
 }

@@ -1,5 +1,6 @@
 #include "engine/dataset.h"
 
+#include "engine/trainer.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_models.h"
 
@@ -122,14 +123,24 @@ TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_EQ(rows->size(), 2u);
   const TrainingRow& r1 = (*rows)[1];
-  ASSERT_EQ(r1.tokens.size(), 16u);
   const int64_t len = static_cast<int64_t>((*ex)[1].tokens.size());
-  for (int64_t i = len; i < 16; ++i) {  // padding: no segment, no target, whatever the token
-    EXPECT_EQ(r1.segments[i], -1);
-    EXPECT_EQ(r1.targets[i], -1);
-  }
+  // The row keeps its example only; a batch pads it to 16.
+  ASSERT_EQ(r1.tokens.size(), static_cast<size_t>(len));
+  EXPECT_EQ(r1.length(), 16);
   EXPECT_EQ(r1.targets[len - 2], 2);  // the EOS is the last target
   EXPECT_EQ(r1.num_targets(), (*ex)[1].num_targets());
+  const MicroBatch b = GatherRows(*rows, {1, 0}, 0, 2);  // the short row first
+  ASSERT_EQ(b.seq_len, 16);
+  ASSERT_EQ(b.tokens.size(), 32u);
+  for (int64_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(b.tokens[i], i < len ? r1.tokens[i] : 0) << i;
+    EXPECT_EQ(b.segments[i], i < len ? 0 : -1) << i;  // padding: no segment, no target
+    EXPECT_EQ(b.targets[i], i < len ? r1.targets[i] : -1) << i;
+    EXPECT_EQ(b.positions[i], i < len ? i : 0) << i;
+  }
+  const std::vector<int32_t>& r0 = (*rows)[0].tokens;
+  EXPECT_EQ(std::vector<int32_t>(b.tokens.begin() + 16, b.tokens.begin() + 16 + r0.size()), r0);
+  EXPECT_EQ(b.num_targets(), r1.num_targets() + (*rows)[0].num_targets());
   // A sequence length that cuts off the whole completion leaves nothing to learn: rejected.
   const int64_t prompt_len =
       static_cast<int64_t>(Enc("Once upon a time there was a girl").size()) + 1;
