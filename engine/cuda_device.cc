@@ -285,20 +285,34 @@ class CudaDevice : public Device {
       return;  // only optimizer state pages
     if (now == resident || b.size() == 0 || !b.managed()) return;
     Enter();
+    if (resident) {
+      // Never more managed memory on the card than it has free (other jobs may have filled it
+      // while this one was paged out): the state then stays on the host, where the optimizer
+      // step reads it over the bus, and the next step tries again.
+      size_t free_bytes = 0, total = 0;
+      if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess ||
+          static_cast<size_t>(b.size()) * 4 > free_bytes) {
+        cudaGetLastError();
+        return;
+      }
+    }
+    cudaError_t advised, prefetched;
 #if CUDART_VERSION >= 13000
     cudaMemLocation target{};
     target.type = resident ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
     target.id = resident ? ordinal_ : 0;
-    Check(cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target),
-          "page advise");
-    Check(cudaMemPrefetchAsync(b.data(), b.size() * 4, target, 0, stream_), "page prefetch");
+    advised = cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target);
+    prefetched = cudaMemPrefetchAsync(b.data(), b.size() * 4, target, 0, stream_);
 #else
     const int target = resident ? ordinal_ : cudaCpuDeviceId;
-    Check(cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target),
-          "page advise");
-    Check(cudaMemPrefetchAsync(b.data(), b.size() * 4, target, stream_), "page prefetch");
+    advised = cudaMemAdvise(b.data(), b.size() * 4, cudaMemAdviseSetPreferredLocation, target);
+    prefetched = cudaMemPrefetchAsync(b.data(), b.size() * 4, target, stream_);
 #endif
-    b.Recount(resident ? &Counters::optimizer_device : &Counters::optimizer_host);
+    Check(advised, "page advise");
+    Check(prefetched, "page prefetch");
+    // Counted where it went only once it went: the memory figures stay true to the card.
+    if (advised == cudaSuccess && prefetched == cudaSuccess)
+      b.Recount(resident ? &Counters::optimizer_device : &Counters::optimizer_host);
   }
 
   // Host bytes to the device, in order with the work on stream_ and landed on return. A plain
@@ -413,6 +427,7 @@ class CudaDevice : public Device {
     q.absmax_q = static_cast<uint8_t*>(lin->absmax_q.get());
     q.nested_absmax = static_cast<float*>(lin->nested.get());
     q.absmax_scratch = static_cast<float*>(absmax.get());
+    q.code8 = static_cast<const float*>(code8_.get());
     if (e == cudaSuccess) {  // returns once the stream is done, so staging can go
       e = kc::Nf4QuantizeDoubleQuant(static_cast<const float*>(staging.get()), n, o.blocksize,
                                      o.nested_blocksize, &q, stream_);
@@ -483,7 +498,7 @@ class CudaDevice : public Device {
                float* inv_rms) override {
     const auto timed = Time("rmsnorm");
     Enter();
-    // The kernel reads a row fully before writing it, so x and y may alias.
+    // x and y must not alias: the kernels take them __restrict__ (no caller passes one buffer).
     Check(kc::RmsNormForward<float>(x, w, rows, dim, eps, y, inv_rms, stream_), "rmsnorm");
   }
 

@@ -98,13 +98,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LlamaModel* model,
   // device memory, which cannot oversubscribe the card.
   const BufferKind moments =
       options.paged_optimizer ? BufferKind::kPagedOptimizer : BufferKind::kOptimizer;
+  // Each moment is written before the next is asked for: managed memory takes no card memory
+  // until it is touched, so a second request checked against the free memory would not see the
+  // first.
   ASSIGN_OR_RETURN(t->d_m_, t->device_->Alloc(n, moments));
+  t->device_->Fill(t->d_m_->data(), n, 0.0f);
   ASSIGN_OR_RETURN(t->d_v_, t->device_->Alloc(n, moments));
+  t->device_->Fill(t->d_v_->data(), n, 0.0f);
   ASSIGN_OR_RETURN(t->d_step_sums_, t->device_->Alloc(2));
   const std::vector<float> init = InitLoraParams(*t->layout_, t->options_.lora);
   t->device_->CopyFromHost(init.data(), n, t->d_params_->data());
-  t->device_->Fill(t->d_m_->data(), n, 0.0f);
-  t->device_->Fill(t->d_v_->data(), n, 0.0f);
   return t;
 }
 

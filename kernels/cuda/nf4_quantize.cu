@@ -115,7 +115,7 @@ cudaError_t Nf4QuantizeDoubleQuant(const float* x, int64_t n, int blocksize, int
                                    Nf4QuantizeOutputs* out, cudaStream_t stream) {
   if (x == nullptr || out == nullptr || n <= 0 || blocksize <= 0 || blocksize % 2 != 0 ||
       nested_blocksize <= 0 || !out->packed || !out->absmax_q || !out->nested_absmax ||
-      !out->absmax_scratch) {
+      !out->absmax_scratch || !out->code8) {
     return cudaErrorInvalidValue;
   }
   Thresholds t;
@@ -137,19 +137,13 @@ cudaError_t Nf4QuantizeDoubleQuant(const float* x, int64_t n, int blocksize, int
   double sum = 0.0;
   for (float a : absmax) sum += a;
   out->offset = static_cast<float>(sum / static_cast<double>(blocks));
-  float* code = nullptr;
-  if ((e = cudaMallocAsync(reinterpret_cast<void**>(&code), 256 * 4, stream)) != cudaSuccess)
-    return e;
-  e = cudaMemcpyAsync(code, SignedDynamicMap().data(), 256 * 4, cudaMemcpyHostToDevice, stream);
-  if (e == cudaSuccess) {
-    const int64_t nested = (blocks + nested_blocksize - 1) / nested_blocksize;
-    QLORAD_LAUNCH(Grid(nested), 128, 0, stream, Quantize8Kernel, out->absmax_scratch, blocks,
-                  nested_blocksize, out->offset, code, out->absmax_q, out->nested_absmax);
-    e = cudaGetLastError();
-  }
-  const cudaError_t f = cudaFreeAsync(code, stream);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);  // `code` staging is host memory
-  return e != cudaSuccess ? e : f;
+  const int64_t nested = (blocks + nested_blocksize - 1) / nested_blocksize;
+  QLORAD_LAUNCH(Grid(nested), 128, 0, stream, Quantize8Kernel, out->absmax_scratch, blocks,
+                nested_blocksize, out->offset, out->code8, out->absmax_q, out->nested_absmax);
+  e = cudaGetLastError();
+  // Returns once the stream is done: the caller may free `x` and the scratch at once.
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  return e;
 }
 
 }  // namespace qlorad::kernels::cuda

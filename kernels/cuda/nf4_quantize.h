@@ -15,7 +15,10 @@ struct Nf4QuantizeOutputs {
   uint8_t* absmax_q = nullptr;      // ceil(n/blocksize) bytes, device
   float* nested_absmax = nullptr;   // ceil(blocks/nested_blocksize) floats, device
   float* absmax_scratch = nullptr;  // ceil(n/blocksize) floats, device (overwritten)
-  float offset = 0.0f;              // written: the mean of the block absmax values
+  // The 8-bit dynamic map (kernels::SignedDynamicMap), 256 floats on the device: a device keeps
+  // one for all its weights, rather than one allocated (stream-ordered) per weight.
+  const float* code8 = nullptr;
+  float offset = 0.0f;  // written: the mean of the block absmax values
 };
 
 // x: n float32 values on the device. blocksize and nested_blocksize as in Nf4Options (64, 256).

@@ -50,6 +50,10 @@ void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n, bool with_nan = false) 
   out.absmax_q = dq;
   out.nested_absmax = dnested;
   out.absmax_scratch = dscratch;
+  float* dcode8 = nullptr;
+  CUDA_OK(cudaMalloc(&dcode8, 256 * 4));
+  CUDA_OK(cudaMemcpy(dcode8, kernels::SignedDynamicMap().data(), 256 * 4, cudaMemcpyHostToDevice));
+  out.code8 = dcode8;
   CUDA_OK(kernels::cuda::Nf4QuantizeDoubleQuant(dx, n, bs, nbs, &out, nullptr));
   std::vector<uint8_t> got_packed(packed.size()), got_q(blocks);
   std::vector<float> got_nested(nested);
@@ -69,6 +73,7 @@ void QuantizeMatchesCpu(std::mt19937_64& rng, int64_t n, bool with_nan = false) 
   cudaFree(dnested);
   cudaFree(dpacked);
   cudaFree(dq);
+  cudaFree(dcode8);
 }
 
 }  // namespace

@@ -17,6 +17,9 @@ if [ -z "${QLORAD_TEST_MODELS:-}" ]; then
   done
 fi
 out="${OUT:-$(pwd)/gpu-out}"
+# CMake finds nvcc on PATH only: a toolkit in its usual place would otherwise build no CUDA and
+# run no GPU test.
+command -v nvcc > /dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"; }
 mkdir -p "$out"
 jobs="$(nproc 2>/dev/null || echo 4)"
 arch="${CUDA_ARCH:-90}"
@@ -77,6 +80,10 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQLORAD_GPU_CHECK=ON -DQLORA
     -DCMAKE_CUDA_ARCHITECTURES="$arch" >> "$out/configure.log" 2>&1 || status=1
 }
 echo "build scope: $scope" >> "$out/machine.txt"
+if [ $status -eq 0 ] && ! grep -q "qlorad: CUDA kernels ON" "$out/configure.log"; then
+  echo "CMake found no CUDA compiler: no kernel or GPU test would be built" >> "$out/configure.log"
+  status=1
+fi
 grep "qlorad: GPU check" "$out/configure.log" >> "$out/machine.txt"  # absl-lite? engine core only?
 if [ $status -eq 0 ]; then
   phase "build ($scope)"
@@ -103,7 +110,7 @@ if [ $status -eq 0 ]; then
   cap=$(( hard - ($(date +%s) - start) - 40 ))
   [ $cap -le 300 ] || cap=300
   if [ $cap -gt 30 ]; then
-    (cd build-gpu && timeout -k 10 $cap ctest -L gpu -V --timeout 90) > "$out/ctest.log" 2>&1 || status=3
+    (cd build-gpu && timeout -k 10 $cap ctest -L gpu -V --timeout 90 --no-tests=error) > "$out/ctest.log" 2>&1 || status=3
   else
     phase "ctest skipped: no time left after the build"; status=3
   fi
