@@ -26,7 +26,7 @@ absl::StatusOr<v1::GenerateRequest> ParseGenerate(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(std::optional<float> top_p, args.Float("top-p"));
   request.set_top_p(top_p.value_or(0));
   ASSIGN_OR_RETURN(std::optional<uint64_t> seed, args.Uint("seed"));
-  request.set_seed(seed.value_or(0));
+  if (seed) request.set_seed(*seed);  // else the daemon draws one, and says which
   return request;
 }
 
@@ -48,6 +48,12 @@ absl::Status Generate(const Invocation& invocation) {
   }
   if (!printed.ok()) context->TryCancel();
   if (wrote_text) std::cout << "\n" << std::flush;
+  // Sampled text with a seed the daemon drew: how to get the same text again (stderr, so that
+  // stdout stays the text alone).
+  if (!invocation.json() && response.finished() && request.temperature() > 0 &&
+      !request.has_seed()) {
+    std::cerr << "sampled with --seed " << response.seed() << "\n";
+  }
   absl::Status finished = RpcStatus(reader->Finish());
   return printed.ok() ? finished : printed;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -270,7 +271,13 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
   if (options.max_new_tokens > 4096) return absl::InvalidArgumentError("max_tokens: at most 4096");
   options.temperature = req.temperature();
   options.top_p = req.top_p() == 0.0f ? 1.0f : req.top_p();  // 0: unset
-  options.seed = req.seed();
+  // Unset: a fresh seed, so that sampling twice gives two texts (0 for everyone gave one).
+  if (req.has_seed()) {
+    options.seed = req.seed();
+  } else {
+    std::random_device entropy;
+    options.seed = (uint64_t{entropy()} << 32) | entropy();
+  }
   if (absl::Status s = ValidateSamplingOptions(options); !s.ok()) {
     return absl::InvalidArgumentError(s.message());
   }
@@ -343,6 +350,7 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
           if (!on_text(rest, generated)) return absl::CancelledError("the client left");
         }
         done.finish_reason = r.stopped_at_eos ? "eos" : "max_tokens";
+        done.seed = so.seed;
         done.tokens = static_cast<int64_t>(r.tokens.size());
         return absl::OkStatus();
       },

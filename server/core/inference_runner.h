@@ -50,6 +50,7 @@ class InferenceRunner {
   struct Generated {
     std::string finish_reason;  // "eos" or "max_tokens"
     int64_t tokens = 0;         // generated (EOS excluded)
+    uint64_t seed = 0;          // sampled with: the request's, or one drawn for it
   };
   absl::StatusOr<Generated> Generate(
       const std::string& tenant, const v1::GenerateRequest& req,

@@ -28,6 +28,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* c, const v1::Ge
     last.set_tokens(static_cast<int32_t>(done->tokens));
     last.set_finished(true);
     last.set_finish_reason(done->finish_reason);
+    last.set_seed(done->seed);
     (void)out.Push(std::move(last));
   }
   // A client still not reading after this long has its call ended (the thread is the server's).

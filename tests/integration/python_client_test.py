@@ -330,6 +330,20 @@ class PythonClientTest(unittest.TestCase):
                                   adapter_id=final.adapter_id, max_tokens=16)
         self.assertIsInstance(text, str)
         self.assertTrue(text, "empty generation")
+        # Sampling without a seed draws one, given on the last message: two requests draw two,
+        # and the seed given back repeats the text.
+        prompt = "Once upon a time"
+        runs = [list(self.acme.generate_stream(model, prompt, adapter_id=final.adapter_id,
+                                               max_tokens=24, temperature=1.0))
+                for _ in range(2)]
+        for parts in runs:
+            self.assertTrue(parts[-1].finished)
+            self.assertIn(parts[-1].finish_reason, ("eos", "max_tokens"))
+        seeds = [parts[-1].seed for parts in runs]
+        self.assertNotEqual(seeds[0], seeds[1])
+        again = self.acme.generate(model, prompt, adapter_id=final.adapter_id, max_tokens=24,
+                                   temperature=1.0, seed=seeds[0])
+        self.assertEqual(again, "".join(p.text for p in runs[0]))
 
         tuned = self.acme.evaluate(model, final.adapter_id, ds.id)
         base = self.acme.evaluate(model, "", ds.id)

@@ -411,14 +411,25 @@ class Client:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def generate(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0, top_p=1.0,
-                 seed=0, timeout=None):
-        """The generated text (the stream's pieces joined)."""
+    def generate_stream(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0,
+                        top_p=1.0, seed=None, timeout=None):
+        """Yields the GenerateResponse messages as the text is made: `text` each, and on the last
+        one (`finished`) `finish_reason` ("eos" or "max_tokens"), `tokens` and the `seed` sampled
+        with. Leaving the loop early ends the generation. `seed` None: the daemon draws one."""
         request = inference_pb2.GenerateRequest(
             model=model, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
-            temperature=temperature, top_p=top_p, seed=seed)
-        return "".join(r.text for r in self._stream(self._inference.Generate, request,
-                                                     timeout=timeout))
+            temperature=temperature, top_p=top_p)
+        if seed is not None:
+            request.seed = seed
+        return self._stream(self._inference.Generate, request, timeout=timeout)
+
+    def generate(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0, top_p=1.0,
+                 seed=None, timeout=None):
+        """The generated text (the stream's pieces joined). For the finish reason and the seed
+        sampled with, or the text as it comes, use generate_stream."""
+        return "".join(r.text for r in self.generate_stream(
+            model, prompt, adapter_id=adapter_id, max_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, timeout=timeout))
 
     def evaluate(self, model, adapter_id, dataset_id, timeout=None):
         return self._unary(self._inference.Evaluate, inference_pb2.EvaluateRequest(
