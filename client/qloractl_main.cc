@@ -34,7 +34,7 @@ global flags (anywhere on the line):
                        none for uploads, downloads, generate and watch)
   -h, --help           this text
 
-models (admin key):
+models (register and delete need an admin key):
   models register NAME PATH    register a base model from a directory or GGUF file on the server
   models list | get NAME | delete NAME
 

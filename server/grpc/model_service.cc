@@ -14,13 +14,26 @@ grpc::Status ModelServiceImpl::RegisterModel(grpc::ServerContext* c,
   return call.Finish(model.status());
 }
 
+namespace {
+
+// What a tenant sees of a base model: all but where its files lie on the server.
+void ForCaller(const core::Tenant& caller, v1::Model* model) {
+  if (!caller.admin) model->clear_source_path();
+}
+
+}  // namespace
+
+// Any tenant may list and read the base models: it names one in every job and generation.
 grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext* c, const v1::ListModelsRequest*,
                                           v1::ListModelsResponse* out) {
   Call call(c, "ListModels", *node_);
-  if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto models = node_->models->List();
   if (models.ok()) {
-    for (v1::Model& m : *models) *out->add_models() = std::move(m);
+    for (v1::Model& m : *models) {
+      ForCaller(call.tenant(), &m);
+      *out->add_models() = std::move(m);
+    }
   }
   return call.Finish(models.status());
 }
@@ -28,9 +41,12 @@ grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext* c, const v1::List
 grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext* c, const v1::GetModelRequest* req,
                                         v1::Model* out) {
   Call call(c, "GetModel", *node_);
-  if (absl::Status s = call.AuthenticateAdmin(); !s.ok()) return call.Finish(s);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
   auto model = node_->models->Get(req->name());
-  if (model.ok()) *out = *model;
+  if (model.ok()) {
+    *out = *model;
+    ForCaller(call.tenant(), out);
+  }
   return call.Finish(model.status());
 }
 

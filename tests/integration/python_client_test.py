@@ -192,7 +192,13 @@ class PythonClientTest(unittest.TestCase):
 
         self.assertRpcError("PERMISSION_DENIED", self.acme.register_model, "mine",
                             str(MODEL_PATH))
-        self.assertRpcError("PERMISSION_DENIED", self.acme.list_models)
+        self.assertRpcError("PERMISSION_DENIED", self.acme.delete_model, "stories")
+        # A tenant sees the models it may train on, but not where their files lie.
+        seen = [x for x in self.acme.list_models() if x.name == "stories"]
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(seen[0].source_path, "")
+        self.assertGreater(seen[0].architecture.vocab_size, 0)
+        self.assertEqual(self.acme.get_model("stories").source_path, "")
         with Client(self.target, token="", timeout=RPC_TIMEOUT) as anonymous:
             self.assertRpcError("UNAUTHENTICATED", anonymous.register_model, "stories",
                                 str(MODEL_PATH))
