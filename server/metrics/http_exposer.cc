@@ -16,6 +16,13 @@
 #include "absl/strings/str_cat.h"
 
 namespace qlorad::metrics {
+namespace {
+
+constexpr int kAnsweringThreads = 4;
+constexpr size_t kMaxWaiting = 64;  // accepted connections waiting for a thread
+constexpr int kSliceMs = 200;       // how often a waiting thread looks at stop_
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(const std::string& address,
                                                                 Registry* registry) {
@@ -56,40 +63,84 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(const std::strin
       ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                                         : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   auto e = std::unique_ptr<HttpExposer>(new HttpExposer(fd, bound_port, registry));
-  e->thread_ = std::thread([raw = e.get()] { raw->Serve(); });
+  for (int i = 0; i < kAnsweringThreads; ++i) {
+    e->answerers_.emplace_back([raw = e.get()] { raw->Serve(); });
+  }
+  e->acceptor_ = std::thread([raw = e.get()] { raw->Accept(); });
   return e;
 }
 
 HttpExposer::~HttpExposer() {
   stop_ = true;
   shutdown(fd_, SHUT_RDWR);
-  if (thread_.joinable()) thread_.join();
+  if (acceptor_.joinable()) acceptor_.join();
+  ready_.notify_all();
+  for (std::thread& t : answerers_) t.join();  // each notices stop_ within a poll slice
+  for (const int client : accepted_) close(client);
   close(fd_);
 }
 
-void HttpExposer::Serve() {
+void HttpExposer::Accept() {
   while (!stop_) {
     pollfd p{fd_, POLLIN, 0};
-    if (poll(&p, 1, 200) <= 0) continue;  // wake up now and then to notice stop_
-    const int client = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (poll(&p, 1, kSliceMs) <= 0) continue;  // wake up now and then to notice stop_
+    const int client = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (client < 0) continue;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (accepted_.size() >= kMaxWaiting) {
+      close(client);  // every thread held and a queue behind them: this one is refused
+      continue;
+    }
+    accepted_.push_back(client);
+    ready_.notify_one();
+  }
+}
+
+void HttpExposer::Serve() {
+  while (true) {
+    int client;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ready_.wait(lock, [this] { return stop_ || !accepted_.empty(); });
+      if (stop_) return;
+      client = accepted_.front();
+      accepted_.pop_front();
+    }
     Answer(client);
     close(client);
   }
 }
 
+namespace {
+
+// Waits until `client` can be read (POLLIN) or written (POLLOUT), in slices so that a stop is
+// noticed; false once `deadline` passed, the exposer stops, or the connection failed.
+bool WaitFor(int client, short events, std::chrono::steady_clock::time_point deadline,
+             const std::atomic<bool>& stop) {
+  while (!stop) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{client, events, 0};
+    const int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), kSliceMs)));
+    if (n < 0 && errno != EINTR) return false;
+    if (n > 0) return (p.revents & events) != 0;
+  }
+  return false;
+}
+
+}  // namespace
+
 void HttpExposer::Answer(int client) {
-  // Read the request head (up to 8 KiB, within 5 s in all: one client trickling bytes must not
-  // hold the only serving thread, and every scrape, for longer); only its first line matters.
+  // The request head (up to 8 KiB; only its first line matters) and the answer, within 5 s in
+  // all: a client trickling bytes, or not reading, holds this thread no longer.
   std::string head;
   char buf[1024];
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (head.find("\r\n\r\n") == std::string::npos && head.size() < 8192) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    pollfd p{client, POLLIN, 0};
-    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
+    if (!WaitFor(client, POLLIN, deadline, stop_)) return;
     const ssize_t n = recv(client, buf, sizeof buf, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) return;
     head.append(buf, static_cast<size_t>(n));
   }
@@ -117,7 +168,9 @@ void HttpExposer::Answer(int client) {
                    "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body);
   size_t sent = 0;
   while (sent < response.size()) {
+    if (!WaitFor(client, POLLOUT, deadline, stop_)) return;
     const ssize_t n = send(client, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) return;
     sent += static_cast<size_t>(n);
   }

@@ -1,12 +1,19 @@
 // The pull endpoint Prometheus scrapes: a small HTTP/1.1 server on its own port answering
-// GET /metrics with the registry's text exposition (and 404 elsewhere), one connection at a
-// time, each closed after its answer. RAII: the listening socket and the thread end with it.
+// GET /metrics with the registry's text exposition (and 404 elsewhere), each connection closed
+// after its answer. A few threads answer, and each connection has 5 s in all to send its request
+// and take the answer: a client that trickles its request or never reads holds one thread for
+// 5 s at most, never the scrapes behind it nor the daemon's exit. RAII: the listening socket
+// and the threads end with it.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/metrics/registry.h"
@@ -26,14 +33,19 @@ class HttpExposer {
 
  private:
   HttpExposer(int fd, int port, Registry* registry) : fd_(fd), port_(port), registry_(registry) {}
-  void Serve();
+  void Accept();
+  void Serve();  // one answering thread: takes accepted connections until stop_
   void Answer(int client);
 
   int fd_;
   int port_;
   Registry* registry_;
   std::atomic<bool> stop_{false};
-  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<int> accepted_;  // connections waiting for an answering thread (guarded by mu_)
+  std::thread acceptor_;
+  std::vector<std::thread> answerers_;
 };
 
 }  // namespace qlorad::metrics

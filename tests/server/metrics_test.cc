@@ -108,10 +108,10 @@ TEST(ProcessMetricsTest, OpenFdsAreExactAndTheStartTimeStaysPut) {
   EXPECT_EQ(Sample(r.Serialize(), "process_start_time_seconds"), start);
 }
 
-// A client that trickles its request head (a byte every 200 ms, for 12 s) holds the one serving
-// thread, and every scrape behind it, for at most the 5 s a head may take; each byte used to
-// restart the 5 s.
-TEST(HttpExposerTest, ATricklingClientHoldsScrapesBackAtMost5Seconds) {
+// A client that trickles its request head (a byte every 200 ms, for 12 s) holds one answering
+// thread for at most 5 s, and no scrape behind it: it used to hold the only one, and each byte
+// restarted the 5 s.
+TEST(HttpExposerTest, ATricklingClientHoldsNoScrapeBack) {
   Registry r;
   DeclareUp(r);
   auto e = HttpExposer::Start("127.0.0.1:0", &r);
@@ -134,8 +134,32 @@ TEST(HttpExposerTest, ATricklingClientHoldsScrapesBackAtMost5Seconds) {
   trickle.join();
   close(fd);
   EXPECT_EQ(scraped.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << scraped;
-  // 4.7 s of the trickler's 5 s left, then this scrape; the old per-byte wait took 12 s.
-  EXPECT_LT(waited, 8.0);
+  EXPECT_LT(waited, 2.0);  // was 4.7 s (the trickler's 5 s left), before that 12 s
+}
+
+// A client that asks for a large answer and never reads it: its answer stops after 5 s, scrapes
+// are answered meanwhile, and the exposer (the daemon's exit) does not wait for it. A blocking
+// send used to hold the only thread, every scrape and the exit for as long as the client lived.
+TEST(HttpExposerTest, AClientThatDoesNotReadHoldsNeitherScrapesNorTheExit) {
+  Registry r;
+  r.Declare("wide", Registry::Type::kGauge, "Many series.", {"name"});
+  const std::string padding(200, 'x');
+  for (int i = 0; i < 50000; ++i) r.Set("wide", {padding + std::to_string(i)}, i);  // ~12 MB
+  auto e = HttpExposer::Start("127.0.0.1:0", &r);
+  ASSERT_TRUE(e.ok()) << e.status();
+  const int fd = ::qlorad::testing::ConnectLoopback((*e)->port());
+  ASSERT_GE(fd, 0);
+  const std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its answer fills the buffers
+  auto start = std::chrono::steady_clock::now();
+  const std::string scraped = HttpGet((*e)->port(), "/metrics");
+  EXPECT_EQ(scraped.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << scraped.substr(0, 100);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 4.0);
+  start = std::chrono::steady_clock::now();
+  e->reset();  // the client is still connected, reading nothing
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 2.0);
+  close(fd);
 }
 
 }  // namespace
