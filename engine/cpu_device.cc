@@ -89,11 +89,15 @@ class CpuLinear : public DeviceLinear {
 
 class CpuDevice : public Device {
  public:
-  explicit CpuDevice(int threads, CpuDeviceFaults faults = {}) : faults_(std::move(faults)) {
+  explicit CpuDevice(int threads, CpuDeviceFaults faults = {})
+      : threads_(threads), faults_(std::move(faults)) {
+    EnterThread();
+  }
+
+  void EnterThread() override {
 #ifdef _OPENMP
-    if (threads > 0) omp_set_num_threads(threads);
+    if (threads_ > 0) omp_set_num_threads(threads_);
 #endif
-    (void)threads;
   }
 
   std::string name() const override {
@@ -288,6 +292,7 @@ class CpuDevice : public Device {
   }
 
  private:
+  const int threads_;  // 0: OpenMP's default
   // The weight as float32: the values themselves, or the NF4 weight dequantized into the
   // workspace (valid until the next call).
   const float* Weights(const CpuLinear& lin) {

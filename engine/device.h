@@ -110,6 +110,11 @@ class Device {
  public:
   virtual ~Device() = default;
   virtual std::string name() const = 0;
+  // Called by a thread before it computes on this device. A CPU device's thread count belongs to
+  // the calling thread (OpenMP's setting), so a device made on one thread and used from another
+  // (the daemon's inference device, from gRPC threads) computed with that thread's count: all
+  // the cores.
+  virtual void EnterThread() {}
 
   virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Alloc(
       int64_t floats, BufferKind kind = BufferKind::kActivations) = 0;

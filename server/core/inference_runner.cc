@@ -293,6 +293,7 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
   Turn turn(this, tenant);
   RETURN_IF_ERROR(turn.Wait(client_left));
   absl::MutexLock lock(&mu_);
+  device_->EnterThread();  // this gRPC thread computes with the device's thread count
   const PublishOnExit publish{this};
   bool answered = false;  // text went to the client: a second try would repeat it
   Generated done;
@@ -381,6 +382,7 @@ absl::StatusOr<v1::EvaluateResponse> InferenceRunner::Evaluate(
     return absl::NotFoundError(absl::StrCat("dataset_id: no dataset '", req.dataset_id(), "'"));
   if (!content.ok()) return content.status();
   absl::MutexLock lock(&mu_);
+  device_->EnterThread();  // this gRPC thread computes with the device's thread count
   const PublishOnExit publish{this};
   v1::EvaluateResponse out;
   RETURN_IF_ERROR(WithRoom(

@@ -1,7 +1,12 @@
 #include "engine/device_select.h"
 
 #include <string>
+#include <thread>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "engine/cuda_device.h"
 #include "gtest/gtest.h"
@@ -55,6 +60,25 @@ TEST(OpenDevice, AutoWithoutAGpuIsTheCpuAndSaysWhy) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_TRUE(IsCpu(**cpu));
 }
+
+#ifdef _OPENMP
+// A CPU device computes with its own thread count on whichever thread uses it: the daemon makes
+// its inference device on the main thread and computes on gRPC threads, which had all the cores.
+TEST(CpuDevice, ItsThreadCountHoldsOnTheThreadThatComputes) {
+  const int all = omp_get_num_procs();
+  std::unique_ptr<Device> d = CreateCpuDevice(1);
+  int before = 0, entered = 0;
+  std::thread other([&] {
+    omp_set_num_threads(all + 3);  // a thread that had other settings
+    before = omp_get_max_threads();
+    d->EnterThread();
+    entered = omp_get_max_threads();
+  });
+  other.join();
+  EXPECT_EQ(before, all + 3);
+  EXPECT_EQ(entered, 1);
+}
+#endif
 
 }  // namespace
 }  // namespace qlorad
