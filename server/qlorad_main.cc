@@ -48,7 +48,9 @@ ABSL_FLAG(std::string, tenants, "",
 ABSL_FLAG(std::string, devices, "auto",
           "auto (every GPU, else cpu:0), or a list of cuda:N and cpu:N");
 ABSL_FLAG(int32_t, threads_per_device, 0, "Compute threads per CPU device; 0: cores / devices");
-ABSL_FLAG(int64_t, device_memory_bytes, 0, "Memory budget of a CPU device; 0: RAM/2 / devices");
+ABSL_FLAG(int64_t, device_memory_bytes, 0,
+          "Memory budget of each training device; 0: a CPU device RAM/2 / devices, a GPU 90% of "
+          "the card (at most what is free); never more than a card has");
 ABSL_FLAG(int32_t, max_jobs_per_device, 4, "Jobs resident on one device, taking turns");
 ABSL_FLAG(int64_t, checkpoint_every, 50, "Checkpoint running jobs every N steps (0: at exit)");
 ABSL_FLAG(double, progress_interval, 1.0, "Seconds between stored progress events of a job");
@@ -237,7 +239,50 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   return device;
 }
 
+// The numeric flags' bounds, checked before anything starts. Out of range, most were clamped or
+// read as "off" without a word (a negative --checkpoint-every: no checkpoints; --max-rank 0: every
+// job refused while the node looked healthy; --max-message-bytes 0: every request refused).
+absl::Status CheckNumericFlags() {
+  struct Bound {
+    const char* flag;
+    double value, lo, hi;
+    const char* why;  // what the low end protects, where it is not obvious
+  };
+  constexpr double kInt = std::numeric_limits<int32_t>::max();
+  constexpr double kBig = 9.2e18;  // int64's range
+  const Bound bounds[] = {
+      {"threads-per-device", double(absl::GetFlag(FLAGS_threads_per_device)), 0, 4096, ""},
+      {"device-memory-bytes", double(absl::GetFlag(FLAGS_device_memory_bytes)), 0, kBig, ""},
+      {"max-jobs-per-device", double(absl::GetFlag(FLAGS_max_jobs_per_device)), 1, 1024, ""},
+      {"checkpoint-every", double(absl::GetFlag(FLAGS_checkpoint_every)), 0, kBig,
+       " (0: only at exit)"},
+      {"progress-interval", absl::GetFlag(FLAGS_progress_interval), 0, 3600,
+       " (0: an event every step)"},
+      {"max-rank", double(absl::GetFlag(FLAGS_max_rank)), 1, 65536, ""},
+      {"max-seq-len", double(absl::GetFlag(FLAGS_max_seq_len)), 2, 1 << 24, ""},
+      {"max-batch-size", double(absl::GetFlag(FLAGS_max_batch_size)), 1, 65536, ""},
+      // Downloads and the Python client's uploads send 1 MiB chunks.
+      {"max-message-bytes", double(absl::GetFlag(FLAGS_max_message_bytes)), 2 << 20, kInt,
+       " (adapter downloads and uploads send 1 MiB chunks)"},
+      {"max-rpc-threads", double(absl::GetFlag(FLAGS_max_rpc_threads)), 8, 65536, ""},
+      {"max-calls-per-tenant", double(absl::GetFlag(FLAGS_max_calls_per_tenant)), 0, kInt,
+       " (0: no bound)"},
+      {"inference-threads", double(absl::GetFlag(FLAGS_inference_threads)), 0, 4096, " (0: all)"},
+      {"inference-cached-adapters", double(absl::GetFlag(FLAGS_inference_cached_adapters)), 0, 4096,
+       ""},
+      {"inference-cached-models", double(absl::GetFlag(FLAGS_inference_cached_models)), 1, 64, ""},
+  };
+  for (const Bound& b : bounds) {
+    if (!(b.value >= b.lo && b.value <= b.hi)) {  // NaN too
+      return absl::InvalidArgumentError(absl::StrCat("--", b.flag, " must be in [", b.lo, ", ",
+                                                     b.hi, "]", b.why, ", got ", b.value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
+  RETURN_IF_ERROR(CheckNumericFlags());
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   std::error_code ec;
   fs::create_directories(data_dir, ec);
@@ -281,8 +326,7 @@ absl::Status Run() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-upload-bytes must be in [1, ", kMaxUploadBytes, "], got ", node.max_upload_bytes));
   }
-  node.calls =
-      std::make_unique<server::TenantCalls>(std::max(0, absl::GetFlag(FLAGS_max_calls_per_tenant)));
+  node.calls = std::make_unique<server::TenantCalls>(absl::GetFlag(FLAGS_max_calls_per_tenant));
   const std::string scratch = (fs::path(data_dir) / "scratch").string();
   fs::remove_all(scratch, ec);  // leftovers of a previous run
 
@@ -290,7 +334,7 @@ absl::Status Run() {
   mo.devices = absl::GetFlag(FLAGS_devices);
   mo.threads_per_device = absl::GetFlag(FLAGS_threads_per_device);
   mo.device_memory_bytes = absl::GetFlag(FLAGS_device_memory_bytes);
-  mo.max_jobs_per_device = std::max(1, absl::GetFlag(FLAGS_max_jobs_per_device));
+  mo.max_jobs_per_device = absl::GetFlag(FLAGS_max_jobs_per_device);
   mo.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   mo.progress_interval_seconds = absl::GetFlag(FLAGS_progress_interval);
   mo.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
@@ -371,7 +415,7 @@ absl::Status Run() {
   // Each call in progress holds a thread of the synchronous server: bounded, so that a flood
   // of calls is refused rather than taking every thread the process can make.
   grpc::ResourceQuota quota("qlorad-rpc");
-  quota.SetMaxThreads(std::max(8, absl::GetFlag(FLAGS_max_rpc_threads)));
+  quota.SetMaxThreads(absl::GetFlag(FLAGS_max_rpc_threads));
   builder.SetResourceQuota(quota);
   for (grpc::Service* s : std::initializer_list<grpc::Service*>{
            &models, &datasets, &jobs, &adapters, &inference, &limits, &devices_service, &admin}) {

@@ -179,6 +179,12 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
     n = canonical;
     cpu_devices += cpu;
   }
+  // A CPU budget past the host's memory admits jobs until the kernel's OOM killer ends the daemon.
+  if (cpu_devices > 0 && options.device_memory_bytes > UsableMemoryBytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device-memory-bytes: ", options.device_memory_bytes,
+                     " is more than this host's usable memory (", UsableMemoryBytes(), " bytes)"));
+  }
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   // Devices are made here, before the worker threads start, so that Devices() never races
   // with them.
@@ -221,6 +227,13 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerS
     // Room for the CUDA context and allocator slack: up to 90% of the card, and no more than
     // is free now (other processes; not the inference device, opened after this).
     const DeviceMemoryUsage u = w->device->memory_usage();
+    // A budget past the card would admit jobs the card cannot hold, each then failing out of
+    // memory instead of waiting in the queue.
+    if (options.device_memory_bytes > u.device_total) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--device-memory-bytes: ", options.device_memory_bytes, " is more than ",
+                       name, " has (", u.device_total, " bytes)"));
+    }
     w->budget = options.device_memory_bytes > 0 ? options.device_memory_bytes
                                                 : std::min(u.device_total / 10 * 9, u.device_free);
     w->pool = std::make_unique<ModelPool>(w->device.get());

@@ -159,6 +159,21 @@ TEST(QloradFlags, AnUnusableInferenceDeviceStopsTheStartNamingTheFlag) {
   }
 }
 
+// A numeric flag out of range stops the start naming the flag: it used to be clamped or read as
+// "off" without a word (a node refusing every job, or every request, while it looked healthy).
+TEST(QloradFlags, ANumericFlagOutOfRangeStopsTheStartNamingIt) {
+  const std::string dir = FreshTestDir("numeric_flags");
+  int run = 0;
+  for (const char* flag :
+       {"--max-rank=0", "--max-message-bytes=0", "--checkpoint-every=-5", "--progress-interval=nan",
+        "--max-calls-per-tenant=-1", "--device-memory-bytes=999999999999999999"}) {
+    DaemonProcess daemon(dir + "/" + std::to_string(run++), {"--devices=cpu:0", flag});
+    EXPECT_FALSE(daemon.Start()) << flag;
+    const std::string name = std::string(flag).substr(0, std::string(flag).find('='));
+    EXPECT_NE(daemon.log().find(name), std::string::npos) << flag << ": " << daemon.log();
+  }
+}
+
 // What an admin sees of the node's devices: after a job on cpu:0, its base model stays loaded
 // there and is counted, and its adapter, optimizer and activations are given back (the worker
 // publishes its accounting a round after the job ends: polled); the largest job is that
