@@ -137,6 +137,14 @@ size_t CardBytes() {
       Setting("QLORAD_CUDA_ON_CPU_MEMORY_BYTES", size_t{16} << 30, uint64_t{1} << 48);
   return bytes;
 }
+// The card's size as reported (total memory): CardBytes, or QLORAD_CUDA_ON_CPU_TOTAL_BYTES for a
+// larger card of which other processes hold all but CardBytes.
+size_t ReportedTotalBytes() {
+  static const size_t bytes = std::max(
+      CardBytes(),
+      static_cast<size_t>(Setting("QLORAD_CUDA_ON_CPU_TOTAL_BYTES", 0, uint64_t{1} << 48)));
+  return bytes;
+}
 
 std::mutex allocations_mu;
 size_t allocated_bytes[kMaxCards] = {};  // each card's; guarded by allocations_mu
@@ -877,7 +885,7 @@ cudaError_t cudaFree(void* p) {
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   std::lock_guard<std::mutex> lock(coc::allocations_mu);
-  *total_bytes = coc::CardBytes();
+  *total_bytes = coc::ReportedTotalBytes();
   *free_bytes = coc::CardBytes() - coc::allocated_bytes[coc::current_card];
   return coc::Api(cudaSuccess);
 }
@@ -908,7 +916,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device < 0 || device >= coc::CardCount()) return coc::Api(cudaErrorInvalidDevice);
   *prop = {};
   std::snprintf(prop->name, sizeof(prop->name), "CUDA stand-in on the CPU (tests/cuda_on_cpu)");
-  prop->totalGlobalMem = coc::CardBytes();
+  prop->totalGlobalMem = coc::ReportedTotalBytes();
   prop->multiProcessorCount = 132;
   prop->major = 9;
   prop->minor = 0;

@@ -397,12 +397,13 @@ TEST_F(CudaOnCpuDaemonTest, AJobOfALostCardResumesOnTheOtherCard) {
   EXPECT_EQ(next.device(), other);
 }
 
-// A card that runs out of memory mid-job (a 4 MiB card here; admission was told 1 GB, as when
-// another process took the card after the start): that job fails saying so, the card stays up
-// with as much memory free as before the job, and the next job trains.
+// A card that runs out of memory mid-job (a 2 GB card of which other processes hold all but
+// 4 MiB; admission was told 1 GB, as when they took it after the start): that job fails saying
+// so, the card stays up with as much memory free as before the job, and the next job trains.
 TEST_F(CudaOnCpuDaemonTest, AnOutOfMemoryOnTheCardFailsThatJobAndGivesItsMemoryBack) {
   StartCard({"--devices=cuda:0", "--device-memory-bytes=1000000000"},
-            {{"QLORAD_CUDA_ON_CPU_MEMORY_BYTES", "4194304"}});
+            {{"QLORAD_CUDA_ON_CPU_MEMORY_BYTES", "4194304"},
+             {"QLORAD_CUDA_ON_CPU_TOTAL_BYTES", "2000000000"}});
   auto card_free = [&] {
     auto devices = Ops(*card_).Devices();
     EXPECT_TRUE(devices.ok()) << devices.status();
