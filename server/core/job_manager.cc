@@ -135,9 +135,16 @@ struct JobManager::ActiveJob {
   // store refused it (a full disk, a busy store). The job keeps its device and tries again from
   // store_again_at, rather than throwing the training away.
   bool trained() const { return !final_params.empty(); }
+  // Its adapter, once stored: only the SUCCEEDED record is left, and a later try (or a cancel,
+  // which no longer applies) must not store a second one.
+  std::optional<v1::Adapter> stored_adapter;
+  // How it ends (its adapter, or its SUCCEEDED or CANCELLED record) could not be stored: it stays
+  // on its device and tries again from store_again_at.
+  bool waiting_to_end = false;
   int store_tries = 0;
   int store_internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
   absl::Time store_again_at = absl::InfinitePast();
+  bool quota_released = false;  // its running count, given back once (ReleaseQuotaOf)
 };
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const JobManagerStores& stores,
@@ -938,7 +945,7 @@ void JobManager::WorkerLoop(Worker* w) {
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       StepOutcome outcome = RunStep(w, **it);
-      const bool waits = (*it)->trained() && outcome == StepOutcome::kContinue;
+      const bool waits = (*it)->waiting_to_end && outcome == StepOutcome::kContinue;
       worked |= !waits;
       if (outcome == StepOutcome::kContinue && active.size() > 1 && !waits) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
@@ -986,12 +993,18 @@ void JobManager::WorkerLoop(Worker* w) {
   }
   // Shutdown: each running job keeps its progress in a checkpoint and goes back to QUEUED.
   for (auto& a : active) {
-    if (a->cancel->load()) {  // a cancel asked before the stop is honoured, not lost
-      (void)Finish(w, *a, StepOutcome::kCancelled);
+    // A stored adapter is recorded, and a cancel asked before the stop honoured, if the store
+    // takes it now; else the job keeps a checkpoint like the others (its adapter is not stored
+    // twice: the next start finds it).
+    const bool ended =
+        (a->stored_adapter && Finish(w, *a, StepOutcome::kSucceeded, /*may_wait=*/false)) ||
+        (!a->stored_adapter && a->cancel->load() &&
+         Finish(w, *a, StepOutcome::kCancelled, /*may_wait=*/false));
+    if (ended) {
       Release(a->job.id());
       continue;
     }
-    ReleaseQuota(w, a->job.tenant());
+    ReleaseQuotaOf(w, *a);
     absl::Status saved = SaveCheckpoint(*a);
     const int64_t step = a->trainer->step();
     auto moved = stores_.jobs->Transition(
@@ -1021,7 +1034,7 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
     // Back in the queue before its running count goes, so that the tenant's limit never misses
     // it in between.
     RequeueFromLostDevice(a->entry, why);
-    ReleaseQuota(w, a->job.tenant());
+    ReleaseQuotaOf(w, *a);
     w->jobs_bytes -= a->entry.job_bytes;
     --w->jobs_running;
     ForgetJobSeries(a->job.id());  // back when the job runs again
@@ -1073,6 +1086,31 @@ void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Statu
 void JobManager::ReleaseQuota(Worker* w, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
   ReleaseQuotaLocked(w, tenant);
+}
+
+void JobManager::ReleaseQuotaOf(Worker* w, ActiveJob& a) {
+  if (a.quota_released) return;
+  a.quota_released = true;
+  ReleaseQuota(w, a.job.tenant());
+}
+
+bool JobManager::WaitToEnd(ActiveJob& a, const absl::Status& why, const std::string& what) {
+  ++a.store_tries;
+  if (absl::IsInternal(why)) ++a.store_internal_failures;
+  const absl::Duration pause = PauseAfter(a.store_tries);
+  a.store_again_at = absl::Now() + pause;
+  a.waiting_to_end = true;
+  std::fprintf(stderr, "qlorad: job %s: %s cannot be stored yet (try %d: %s); next try in %s\n",
+               a.job.id().c_str(), what.c_str(), a.store_tries, std::string(why.message()).c_str(),
+               absl::FormatDuration(pause).c_str());
+  if (a.store_tries == 1) {  // said once, where the client sees it (if the store takes it)
+    v1::JobEvent warning;
+    warning.set_warning(absl::StrCat(what, " cannot be stored yet (", why.message(),
+                                     "); it is tried again until it is"));
+    (void)stores_.jobs->Record(a.job.tenant(), a.job.id(), {}, warning);
+    Notify();
+  }
+  return false;
 }
 
 void JobManager::ReleaseQuotaLocked(Worker* w, const std::string& tenant) {
@@ -1564,10 +1602,11 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 }
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
+  // Waiting to store how it ended: tried again from store_again_at (WorkerLoop paces the tries).
+  if (a.waiting_to_end && absl::Now() < a.store_again_at) return StepOutcome::kContinue;
+  if (a.stored_adapter) return StepOutcome::kSucceeded;  // a cancel comes too late
   if (a.cancel->load()) return StepOutcome::kCancelled;
-  if (a.trained()) {  // waiting to store its adapter again (WorkerLoop paces the tries)
-    return absl::Now() >= a.store_again_at ? StepOutcome::kSucceeded : StepOutcome::kContinue;
-  }
+  if (a.trained()) return StepOutcome::kSucceeded;
   StepReport report;
   bool stepped = false;
   const auto started = std::chrono::steady_clock::now();
@@ -1696,17 +1735,19 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   return StepOutcome::kContinue;
 }
 
-bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
+bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_wait) {
   const std::string& tenant = a.job.tenant();
   const std::string& id = a.job.id();
   const int64_t step = a.trainer->step();
   if (outcome == StepOutcome::kFailed) {
-    ReleaseQuota(w, tenant);
+    ReleaseQuotaOf(w, a);
     (void)FailJob(tenant, id, a.failure, a.failure_parameter, a.failure_is_user);
     return true;
   }
   if (outcome == StepOutcome::kCancelled) {
-    ReleaseQuota(w, tenant);
+    // Given back before the record (and kept so while a refused record waits), so that a client
+    // told the job ended can create the next one at once.
+    ReleaseQuotaOf(w, a);
     // The state first: a crash in between must not leave a RUNNING job without its checkpoint.
     auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled,
                                           absl::StrCat("cancelled by the client after step ", step),
@@ -1715,6 +1756,10 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
                                             j.set_tokens_trained(a.tokens);
                                             j.set_eta_seconds(0);
                                           });
+    // Unrecorded, the cancel would be lost: after a restart the job would train to its end.
+    if (!moved.ok() && may_wait && StoreMayMend(moved.status(), a.store_internal_failures)) {
+      return WaitToEnd(a, moved.status(), "its cancellation");
+    }
     if (!moved.ok()) {
       std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
                    std::string(moved.status().message()).c_str());
@@ -1725,6 +1770,59 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
     Notify();
     return true;
   }
+  if (!a.stored_adapter) {
+    absl::StatusOr<v1::Adapter> adapter = StoreAdapter(w, a);
+    if (!adapter.ok()) {
+      // An error that may pass (a full disk, for the scratch folder or the store) keeps the
+      // training: the job waits on its device and tries again (or is cancelled; a stop keeps it
+      // in a checkpoint at its last step), counted as running meanwhile. Not the tenant's
+      // adapter limit (lowered since the job was accepted): that waits for the user, so the job
+      // fails.
+      const bool quota = AdapterStore::IsQuotaError(adapter.status());
+      if (!quota && may_wait && StoreMayMend(adapter.status(), a.store_internal_failures)) {
+        return WaitToEnd(a, adapter.status(), "trained; its adapter");
+      }
+      ReleaseQuotaOf(w, a);
+      (void)FailJob(tenant, id, adapter.status(), "", quota);
+      return true;
+    }
+    a.stored_adapter = *std::move(adapter);
+  }
+  const int64_t kept = a.trainer->kept_step();
+  const std::string kept_best =
+      kept == step ? "" : absl::StrCat("; the adapter of step ", kept, " (best eval loss) is kept");
+  const std::string reason = a.trainer->stopped_early()
+                                 ? absl::StrCat("stopped early at step ", step, kept_best)
+                                 : absl::StrCat("finished ", step, " steps", kept_best);
+  const std::optional<double> best = a.trainer->best_eval_loss();
+  auto moved = stores_.jobs->Transition(tenant, id, JobState::kSucceeded, reason, [&](v1::Job& j) {
+    j.set_adapter_id(a.stored_adapter->id());
+    j.set_steps_completed(step);
+    j.set_tokens_trained(a.tokens);
+    j.set_last_loss(a.last_loss);
+    j.set_eta_seconds(0);
+    if (best) j.set_best_eval_loss(*best);
+  });
+  // Unrecorded, the job would stay RUNNING with nothing running it, its watchers waiting.
+  if (!moved.ok() && may_wait && StoreMayMend(moved.status(), a.store_internal_failures)) {
+    return WaitToEnd(a, moved.status(), "its success");
+  }
+  if (!moved.ok()) {
+    std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                 std::string(moved.status().message()).c_str());
+    if (!may_wait) return false;  // a stop: it keeps its checkpoint, and the next start ends it
+  } else {
+    (void)stores_.checkpoints->Delete(tenant, id);
+  }
+  ReleaseQuotaOf(w, a);
+  JobEnded(id, "succeeded");
+  Notify();
+  return true;
+}
+
+absl::StatusOr<v1::Adapter> JobManager::StoreAdapter(Worker* w, ActiveJob& a) {
+  const std::string& tenant = a.job.tenant();
+  const std::string& id = a.job.id();
   const LlamaConfig& config = a.model->model->config();
   const TrainerOptions& o = a.trainer->options();
   const std::string dir = (fs::path(options_.scratch_dir) / (id + "-adapter")).string();
@@ -1732,8 +1830,12 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   fs::remove_all(dir, ec);
   PeftExportOptions eo;
   eo.base_model_name_or_path = a.job.model();
-  // Written to the scratch folder first, on the store's disk: a full disk fails it too.
-  absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo);
+  // Written to the scratch folder first, on the store's disk: a full disk fails it too, and is
+  // tried again as the store's refusals are.
+  if (absl::Status saved = SavePeftAdapter(dir, config, o.lora, a.final_params, eo); !saved.ok()) {
+    fs::remove_all(dir, ec);
+    return absl::UnavailableError(absl::StrCat("the scratch folder: ", saved.message()));
+  }
   v1::Adapter meta;
   meta.set_name(absl::StrCat(a.job.model(), "-", a.job.suffix().empty() ? id : a.job.suffix()));
   meta.set_job_id(id);
@@ -1747,72 +1849,17 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome) {
   if (a.trainer->kept_eval_loss()) meta.set_best_eval_loss(*a.trainer->kept_eval_loss());
   const Tenant* t = stores_.tenants->Find(tenant);
   const int64_t max_adapters = t ? t->limits.max_adapters : TenantLimits{}.max_adapters;
-  // An error that may pass (a full disk, for the scratch folder or the store) keeps the
-  // training: the job waits on its device and tries again (or is cancelled; a stop keeps it in a
-  // checkpoint at its last step), counted as running meanwhile. Not the tenant's adapter limit
-  // (lowered since the job was accepted): that waits for the user, so the job fails as before.
-  auto may_store_later = [&](const absl::Status& s) {
-    return !AdapterStore::IsQuotaError(s) &&
-           (!saved.ok() || StoreMayMend(s, a.store_internal_failures));
-  };
-  absl::StatusOr<v1::Adapter> adapter = absl::UnknownError("not stored");
-  if (!saved.ok()) {
-    adapter = saved;  // tried again: the job still counts as running
-  } else {
+  absl::StatusOr<v1::Adapter> adapter;
+  {
     // Only now: until its adapter is stored, the job counts against the tenant's adapter limit
     // as an unfinished job, so CreateJob never lets in a job whose adapter will not fit. Under
     // CreateJob's lock, so that no check sees the job counted twice (as a job and an adapter).
     absl::MutexLock create_lock(&create_mu_);
     adapter = stores_.adapters->Create(tenant, meta, dir, max_adapters);
-    if (adapter.ok() || !may_store_later(adapter.status())) ReleaseQuota(w, tenant);
+    if (adapter.ok()) ReleaseQuotaOf(w, a);
   }
   fs::remove_all(dir, ec);
-  if (!adapter.ok() && may_store_later(adapter.status())) {
-    ++a.store_tries;
-    if (absl::IsInternal(adapter.status())) ++a.store_internal_failures;
-    const absl::Duration pause = PauseAfter(a.store_tries);
-    a.store_again_at = absl::Now() + pause;
-    std::fprintf(stderr,
-                 "qlorad: job %s: its adapter cannot be stored yet (try %d: %s); next try in %s\n",
-                 id.c_str(), a.store_tries, std::string(adapter.status().message()).c_str(),
-                 absl::FormatDuration(pause).c_str());
-    if (a.store_tries == 1) {  // said once, where the client sees it (if the store takes it)
-      v1::JobEvent warning;
-      warning.set_warning(
-          absl::StrCat("trained; its adapter cannot be stored yet (", adapter.status().message(),
-                       "); it is tried again until it is, or the job is cancelled"));
-      (void)stores_.jobs->Record(tenant, id, {}, warning);
-      Notify();
-    }
-    return false;
-  }
-  if (!adapter.ok()) {
-    (void)FailJob(tenant, id, adapter.status(), "", AdapterStore::IsQuotaError(adapter.status()));
-    return true;
-  }
-  const int64_t kept = a.trainer->kept_step();
-  const std::string kept_best =
-      kept == step ? "" : absl::StrCat("; the adapter of step ", kept, " (best eval loss) is kept");
-  const std::string reason = a.trainer->stopped_early()
-                                 ? absl::StrCat("stopped early at step ", step, kept_best)
-                                 : absl::StrCat("finished ", step, " steps", kept_best);
-  const std::optional<double> best = a.trainer->best_eval_loss();
-  auto moved = stores_.jobs->Transition(tenant, id, JobState::kSucceeded, reason, [&](v1::Job& j) {
-    j.set_adapter_id(adapter->id());
-    j.set_steps_completed(step);
-    j.set_tokens_trained(a.tokens);
-    j.set_last_loss(a.last_loss);
-    j.set_eta_seconds(0);
-    if (best) j.set_best_eval_loss(*best);
-  });
-  if (!moved.ok()) {
-    std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
-                 std::string(moved.status().message()).c_str());
-  }
-  (void)stores_.checkpoints->Delete(tenant, id);
-  JobEnded(id, "succeeded");
-  Notify();
-  return true;
+  return adapter;
 }
 
 }  // namespace qlorad::core

@@ -199,10 +199,18 @@ class JobManager {
                      bool count_released = false) ABSL_LOCKS_EXCLUDED(mu_);
   StepOutcome RunStep(Worker* w, ActiveJob& a);
   // Records how the job ended; gives back its place on `w` and its tenant's running count
-  // (ReleaseQuota) before the terminal write, and for a success only once its adapter is stored.
-  // False for a trained job whose adapter the store refused for now: it stays on `w` (RunStep
-  // tries again after a pause).
-  bool Finish(Worker* w, ActiveJob& a, StepOutcome outcome);
+  // (ReleaseQuotaOf), for a success once its adapter is stored. False while the store refuses
+  // for now its adapter or its SUCCEEDED or CANCELLED record (WaitToEnd): it stays on `w` and
+  // RunStep tries again after a pause; with `may_wait` false (a stop), false only for a success
+  // whose record could not be written, which then keeps its checkpoint.
+  bool Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_wait = true);
+  // Stores the job's adapter (an earlier run's is found by StartJob, which trains no more).
+  absl::StatusOr<v1::Adapter> StoreAdapter(Worker* w, ActiveJob& a);
+  // Schedules the next try of storing how `a` ended (`what`: "its success"), warning once.
+  // Returns false (Finish's answer).
+  bool WaitToEnd(ActiveJob& a, const absl::Status& why, const std::string& what);
+  // ReleaseQuota for an active job, once whatever path ends it.
+  void ReleaseQuotaOf(Worker* w, ActiveJob& a);
   // The worker's device is lost (Device::TakeError said kUnavailable): it takes no more jobs,
   // and each of `active` goes back to the queue.
   void LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& active,

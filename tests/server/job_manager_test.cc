@@ -210,15 +210,24 @@ class JobManagerTest : public ::testing::Test {
     absl::MutexLock lock(&faults_->mu);
     faults_->fault = std::move(fault);
   }
+  // The store refuses the first `n` writes that `matches` with `error` (a full disk that
+  // mends). Returns the count of matching writes seen so far.
+  std::shared_ptr<std::atomic<int>> RefuseFirst(
+      int n, std::function<bool(const storage::WriteSet&)> matches, absl::Status error) {
+    auto seen = std::make_shared<std::atomic<int>>(0);
+    SetWriteFault([=](const storage::WriteSet& w) {
+      return matches(w) && seen->fetch_add(1) < n ? error : absl::OkStatus();
+    });
+    return seen;
+  }
+  // A 3-step job on a fresh one-job manager, once it warned (a write of how it ended refused).
+  void StartAJobUntilItWarns(std::optional<v1::Job>* job);
+
   // CreateJob's second write (VALIDATING to QUEUED) fails once, as on a full disk.
   void RefuseTheFirstQueuedWrite() {
-    auto refused = std::make_shared<std::atomic<int>>(0);
-    SetWriteFault([refused](const storage::WriteSet& w) {
-      if (MovesAJobTo(w, v1::QUEUED) && refused->fetch_add(1) < 1) {
-        return absl::ResourceExhaustedError("injected: no space left on device");
-      }
-      return absl::OkStatus();
-    });
+    RefuseFirst(
+        1, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::QUEUED); },
+        absl::ResourceExhaustedError("injected: no space left on device"));
   }
   struct WriteFaults {
     absl::Mutex mu;
@@ -620,6 +629,27 @@ std::vector<v1::JobEvent> EventsOf(JobStore& jobs, const std::string& tenant,
   return events.ok() ? *std::move(events) : std::vector<v1::JobEvent>{};
 }
 
+std::vector<std::string> Warnings(JobStore& jobs, const std::string& tenant,
+                                  const std::string& id) {
+  std::vector<std::string> out;
+  for (const v1::JobEvent& e : EventsOf(jobs, tenant, id)) {
+    if (e.has_warning()) out.push_back(e.warning());
+  }
+  return out;
+}
+
+void JobManagerTest::StartAJobUntilItWarns(std::optional<v1::Job>* job) {
+  StartManager(Options("cpu:0", 0, 1));
+  auto created = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(created.ok()) << created.status();
+  *job = *created;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (Warnings(*jobs_, "a", created->id()).empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_FALSE(Warnings(*jobs_, "a", created->id()).empty());
+}
+
 // The state changes recorded for a job, as "FROM->TO: reason" lines.
 std::vector<std::string> StateChanges(JobStore& jobs, const std::string& tenant,
                                       const std::string& id) {
@@ -793,26 +823,12 @@ bool StoresAnAdapter(const storage::WriteSet& w) {
   return adapter;
 }
 
-std::vector<std::string> Warnings(JobStore& jobs, const std::string& tenant,
-                                  const std::string& id) {
-  std::vector<std::string> out;
-  for (const v1::JobEvent& e : EventsOf(jobs, tenant, id)) {
-    if (e.has_warning()) out.push_back(e.warning());
-  }
-  return out;
-}
-
 // A trained job whose adapter the store refuses (a full disk at the end of hours of training)
 // keeps its training and stores the adapter once the store takes it. It used to fail, its
 // checkpoint deleted, blamed on the user (RESOURCE_EXHAUSTED read as the adapter quota).
 TEST_F(JobManagerTest, ATrainedJobWhoseAdapterCannotBeStoredYetStoresItLater) {
-  auto refused = std::make_shared<std::atomic<int>>(0);
-  SetWriteFault([refused](const storage::WriteSet& w) {
-    if (StoresAnAdapter(w) && refused->fetch_add(1) < 2) {
-      return absl::ResourceExhaustedError("injected: no space left on device");
-    }
-    return absl::OkStatus();
-  });
+  auto refused = RefuseFirst(2, StoresAnAdapter,
+                             absl::ResourceExhaustedError("injected: no space left on device"));
   StartManager(Options("cpu:0", 0, 1));
   auto job = manager_->CreateJob(T("a"), Request("a", 3));
   ASSERT_TRUE(job.ok()) << job.status();
@@ -835,18 +851,10 @@ TEST_F(JobManagerTest, ATrainedJobWhoseAdapterCannotBeStoredYetStoresItLater) {
 // checkpoint at the last step: after the restart the job stores its adapter without training
 // again, with the final loss it had.
 TEST_F(JobManagerTest, AJobStoppedWhileItsAdapterWaitsStoresItAfterTheRestart) {
-  SetWriteFault([](const storage::WriteSet& w) {
-    return StoresAnAdapter(w) ? absl::ResourceExhaustedError("injected: no space left on device")
-                              : absl::OkStatus();
-  });
-  StartManager(Options("cpu:0", 0, 1));
-  auto job = manager_->CreateJob(T("a"), Request("a", 3));
-  ASSERT_TRUE(job.ok()) << job.status();
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (Warnings(*jobs_, "a", job->id()).empty() && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  ASSERT_FALSE(Warnings(*jobs_, "a", job->id()).empty());
+  RefuseFirst(INT_MAX, StoresAnAdapter,
+              absl::ResourceExhaustedError("injected: no space left on device"));
+  std::optional<v1::Job> job;
+  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(&job));
   const double trained_loss = manager_->GetJob("a", job->id())->last_loss();
   EXPECT_GT(trained_loss, 0.0);
   manager_->Shutdown();
@@ -861,6 +869,72 @@ TEST_F(JobManagerTest, AJobStoppedWhileItsAdapterWaitsStoresItAfterTheRestart) {
   auto adapter = adapters_->Get("a", done.adapter_id());
   ASSERT_TRUE(adapter.ok()) << adapter.status();
   EXPECT_DOUBLE_EQ(adapter->final_loss(), trained_loss);
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
+}
+
+// A trained job whose SUCCEEDED record the store refuses (its adapter stored) waits on its
+// device and records it once the store takes it, with the adapter it stored: no second one. It
+// used to stay RUNNING with nothing running it, its watchers waiting until a restart.
+TEST_F(JobManagerTest, ASuccessThatCannotBeRecordedYetIsRecordedLater) {
+  auto refused = RefuseFirst(
+      2, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::SUCCEEDED); },
+      absl::UnavailableError("injected: no space left on device"));
+  StartManager(Options("cpu:0", 0, 1));
+  auto job = manager_->CreateJob(T("a"), Request("a", 3));
+  ASSERT_TRUE(job.ok()) << job.status();
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(refused->load(), 3);
+  ASSERT_EQ(adapters_->List("a")->size(), 1u);
+  EXPECT_EQ(adapters_->List("a")->front().id(), done.adapter_id());
+  EXPECT_TRUE(AnyContains(Warnings(*jobs_, "a", job->id()),
+                          "its success cannot be stored yet (injected: no space left on device)"));
+  EXPECT_TRUE(checkpoints_->List()->empty());
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);  // released once
+}
+
+// Stopped while its SUCCEEDED record waits, the job keeps a checkpoint; after the restart it
+// finds the adapter it stored and records it, rather than storing a second.
+TEST_F(JobManagerTest, ASuccessUnrecordedAtAStopIsRecordedAfterTheRestartWithItsAdapter) {
+  RefuseFirst(
+      INT_MAX, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::SUCCEEDED); },
+      absl::UnavailableError("injected: no space left"));
+  std::optional<v1::Job> job;
+  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(&job));
+  ASSERT_EQ(adapters_->List("a")->size(), 1u);
+  const std::string stored = adapters_->List("a")->front().id();
+  manager_->Shutdown();
+  SetWriteFault(nullptr);
+  StartManager(Options("cpu:0", 0, 1));
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.adapter_id(), stored);
+  EXPECT_TRUE(
+      AnyContains(StateChanges(*jobs_, "a", job->id()), "its adapter was stored before a restart"));
+  EXPECT_EQ(adapters_->List("a")->size(), 1u);
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
+}
+
+// A running job whose CANCELLED record the store refuses stays on its device, stopped, and
+// records the cancel once the store takes it. The cancel used to be lost: the job stayed
+// RUNNING, and after a restart trained to its end.
+TEST_F(JobManagerTest, ACancelThatCannotBeRecordedYetIsRecordedLater) {
+  auto refused = RefuseFirst(
+      2, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::CANCELLED); },
+      absl::UnavailableError("injected: no space left on device"));
+  JobManagerOptions o = Options("cpu:0", 0, 1);
+  o.checkpoint_every = 1;
+  StartManager(o);
+  auto job = manager_->CreateJob(T("a"), Request("a", 100000));
+  ASSERT_TRUE(job.ok()) << job.status();
+  WaitFor("a", job->id(), [](const v1::Job& j) { return j.steps_completed() >= 1; });
+  (void)manager_->CancelJob("a", job->id());
+  const v1::Job done = WaitFor("a", job->id(), HasEnded);
+  EXPECT_EQ(done.state(), v1::CANCELLED) << done.error().message();
+  EXPECT_EQ(refused->load(), 3);
+  EXPECT_LT(done.steps_completed(), 100);  // it stopped training while it waited
+  EXPECT_TRUE(AnyContains(Warnings(*jobs_, "a", job->id()), "its cancellation cannot be stored"));
+  EXPECT_TRUE(checkpoints_->List()->empty());
   EXPECT_EQ(manager_->ActiveJobs("a"), 0);
 }
 
