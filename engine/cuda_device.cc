@@ -258,6 +258,9 @@ class CudaDevice : public Device {
     const bool managed = kind == BufferKind::kPagedOptimizer && pageable_;
     if (managed) {
       // Managed memory can oversubscribe the card silently; never ask for more than is free.
+      // What is queued lands first (the fill of the buffer before, say): only then does the
+      // free memory count it.
+      cudaStreamSynchronize(stream_);
       size_t free_bytes = 0, total = 0;
       cudaMemGetInfo(&free_bytes, &total);
       if (static_cast<size_t>(floats) * 4 > free_bytes) {
@@ -289,6 +292,9 @@ class CudaDevice : public Device {
       // Never more managed memory on the card than it has free (other jobs may have filled it
       // while this one was paged out): the state then stays on the host, where the optimizer
       // step reads it over the bus, and the next step tries again.
+      // The prefetch of the buffer before (the other moment) lands first, so that the free
+      // memory counts it; the optimizer step waits for it anyway.
+      cudaStreamSynchronize(stream_);
       size_t free_bytes = 0, total = 0;
       if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess ||
           static_cast<size_t>(b.size()) * 4 > free_bytes) {

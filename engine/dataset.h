@@ -52,8 +52,8 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& message
 
 // One training row of seq_len positions: one example (truncated if longer), or several packed
 // ones that never attend to each other. Kept up to the end of its last example: the padding
-// that follows is added only in a batch (Trainer::Gather). A row of one short example is mostly
-// padding, 16 bytes a position, and a job holds all its rows while it runs.
+// that follows is added only in a batch (GatherRows, engine/trainer.h). A row of one short example
+// is mostly padding, 16 bytes a position, and a job holds all its rows while it runs.
 struct TrainingRow {
   std::vector<int32_t> tokens;     // all four of the same size, at most seq_len
   std::vector<int32_t> positions;  // restart at 0 for each packed example

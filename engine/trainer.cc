@@ -166,6 +166,11 @@ MicroBatch GatherRows(const std::vector<TrainingRow>& rows, const std::vector<in
 
 absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& rows) {
   if (rows.empty()) return absl::FailedPreconditionError("no validation rows");
+  for (const TrainingRow& r : rows) {  // GatherRows pads each to the first's length
+    if (r.length() != rows[0].length()) {
+      return absl::InvalidArgumentError("rows have different lengths");
+    }
+  }
   double loss = 0.0;
   int64_t targets = 0;
   for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += options_.batch_size) {
@@ -199,6 +204,13 @@ absl::StatusOr<StepReport> Trainer::Step() {
   // so accumulation gives the gradient of one large batch.
   const float scale = 1.0f / static_cast<float>(std::max<int64_t>(1, targets));
   for (int64_t mb = begin; mb < end; mb += options_.batch_size) {
+    // Nothing of the step is kept yet (the gradients are refilled by the next one; the data
+    // order and dropout masks are functions of the step): it can end here unapplied.
+    if (interrupt_ && interrupt_()) {
+      // Its micro-batches' failures are this job's, not the next one's to read.
+      RETURN_IF_ERROR(device_->TakeError());
+      return absl::AbortedError(absl::StrCat("step ", step_ + 1, " interrupted"));
+    }
     const MicroBatch b = GatherRows(train_, order, mb, std::min(end, mb + options_.batch_size));
     // Each micro-batch its own dropout masks: the masks index tokens within the micro-batch,
     // so with the step's one stream every micro-batch of it dropped the same elements.

@@ -76,8 +76,8 @@ struct StepReport {
 };
 
 // Rows [begin, end) of `order` (of `rows` themselves where `order` is empty) as a micro-batch,
-// each padded to its seq_len (all rows of a trainer are as long): padding has token 0, position
-// 0, segment -1 and no target.
+// each padded to its seq_len: padding has token 0, position 0, segment -1 and no target. The
+// rows must all have the same length() (Trainer::Create and EvaluateLoss check it).
 MicroBatch GatherRows(const std::vector<TrainingRow>& rows, const std::vector<int64_t>& order,
                       int64_t begin, int64_t end);
 
@@ -97,6 +97,10 @@ class Trainer {
                    int64_t checkpoint_every = 0, const std::string& checkpoint_dir = "");
   // Runs up to (not beyond) `step` optimizer steps in total.
   absl::Status RunUntil(int64_t step, const std::function<bool(const StepReport&)>& on_step = {});
+  // Asked before each micro-batch of a step: once true, the step ends unapplied (ABORTED) and
+  // the trainer is as before it, so that a stop or a cancel does not wait out a long step (many
+  // micro-batches of a large model). Evaluations are not interrupted.
+  void set_interrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
 
   // Directory: the PEFT adapter plus optimizer.safetensors and trainer_state.json.
   absl::Status SaveCheckpoint(const std::string& dir) const;
@@ -161,6 +165,7 @@ class Trainer {
   int64_t steps_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, step_ = 0;
   std::optional<double> loss_ema_, min_loss_ema_, best_eval_, last_eval_;
   std::vector<float> best_params_;  // with early stopping: the adapter at best_step_
+  std::function<bool()> interrupt_;
   // A hash of train_ (which never changes), made at the first checkpoint save or load.
   mutable std::string train_rows_hash_;
   const std::string& TrainRowsHash() const;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -272,10 +273,16 @@ absl::Status CheckNumericFlags() {
        ""},
       {"inference-cached-models", double(absl::GetFlag(FLAGS_inference_cached_models)), 1, 64, ""},
   };
+  // Whole numbers in full (StrCat's 6 digits made 2097151 read as 2.09715e+06).
+  auto text = [](double v) {
+    return v == std::floor(v) && std::fabs(v) < 1e18 ? absl::StrCat(static_cast<int64_t>(v))
+                                                     : absl::StrCat(v);
+  };
   for (const Bound& b : bounds) {
     if (!(b.value >= b.lo && b.value <= b.hi)) {  // NaN too
-      return absl::InvalidArgumentError(absl::StrCat("--", b.flag, " must be in [", b.lo, ", ",
-                                                     b.hi, "]", b.why, ", got ", b.value));
+      return absl::InvalidArgumentError(absl::StrCat("--", b.flag, " must be in [", text(b.lo),
+                                                     ", ", text(b.hi), "]", b.why, ", got ",
+                                                     text(b.value)));
     }
   }
   return absl::OkStatus();

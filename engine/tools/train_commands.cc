@@ -129,11 +129,6 @@ absl::Status TrainCommand(int argc, char** argv) {
   RETURN_IF_ERROR(Trainer::CanSaveCheckpointIn(checkpoint_dir));
   if (a.Has("epochs") && a.Has("max-steps"))
     return absl::InvalidArgumentError("give --epochs or --max-steps, not both");
-  // As the daemon's jobs: evaluations need a validation set, and were dropped without one.
-  for (const char* flag : {"eval-every", "early-stopping"}) {
-    if (a.Has(flag) && !a.Has("valid"))
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --valid"));
-  }
   TrainerOptions o;
   ASSIGN_OR_RETURN(o.lora.rank, a.Integer("rank", 16));
   ASSIGN_OR_RETURN(double alpha, a.Number("alpha", 2.0 * o.lora.rank));
@@ -156,6 +151,12 @@ absl::Status TrainCommand(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.grad_accum, a.Integer("grad-accum", 1));
   ASSIGN_OR_RETURN(o.eval_every, a.Integer("eval-every", 0));
   ASSIGN_OR_RETURN(o.early_stopping_patience, a.Integer("early-stopping", 0));
+  // As the daemon's jobs: evaluations need a validation set, and were dropped without one.
+  for (const auto& [flag, value] : {std::pair{"eval-every", o.eval_every},
+                                    std::pair{"early-stopping", o.early_stopping_patience}}) {
+    if (value > 0 && !a.Has("valid"))
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --valid"));
+  }
   ASSIGN_OR_RETURN(o.weight_decay, a.Number("weight-decay", 0.0));
   ASSIGN_OR_RETURN(o.max_grad_norm, a.Number("max-grad-norm", 1.0));
   // On by default, as the daemon's jobs (gradient_checkpointing): a run that fits there fits here.

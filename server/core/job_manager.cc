@@ -141,6 +141,7 @@ struct JobManager::ActiveJob {
   // How it ends (its adapter, or its SUCCEEDED or CANCELLED record) could not be stored: it stays
   // on its device and tries again from store_again_at.
   bool waiting_to_end = false;
+  bool recording_cancel = false;  // of those, a wait for its CANCELLED record
   int store_tries = 0;
   int store_internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
   absl::Time store_again_at = absl::InfinitePast();
@@ -1033,7 +1034,7 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
   for (auto& a : active) {
     // Back in the queue before its running count goes, so that the tenant's limit never misses
     // it in between.
-    RequeueFromLostDevice(a->entry, why);
+    RequeueFromLostDevice(a->entry, why, a->stored_adapter.has_value());
     ReleaseQuotaOf(w, *a);
     w->jobs_bytes -= a->entry.job_bytes;
     --w->jobs_running;
@@ -1049,10 +1050,12 @@ void JobManager::LoseDevice(Worker* w, std::vector<std::unique_ptr<ActiveJob>>& 
   work_cv_.SignalAll();  // a job left to this device while it was leaving goes elsewhere now
 }
 
-void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why) {
+void JobManager::RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why,
+                                       bool adapter_stored) {
   auto job = stores_.jobs->Get(entry.tenant, entry.id);
   if (!job.ok()) return Release(entry.id);
-  if (CancelAsked(
+  if (!adapter_stored &&
+      CancelAsked(
           entry.id)) {  // a cancel waits for this job: honoured, not deferred to another device
     (void)EndCancelled(entry.tenant, entry.id,
                        absl::StrCat("cancelled by the client (", why.message(), ")"));
@@ -1498,6 +1501,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     }
     return fail(trainer.status(), "", false);
   }
+  // A stop or a cancel ends a long step between its micro-batches, unapplied.
+  (*trainer)->set_interrupt(
+      [this, cancel = a->cancel] { return stop_requested_.load() || cancel->load(); });
   a->trainer = std::move(*trainer);
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
   // The restored files go whichever way the start ends.
@@ -1602,10 +1608,17 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 }
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
-  // Waiting to store how it ended: tried again from store_again_at (WorkerLoop paces the tries).
+  if (a.stored_adapter) {  // only its SUCCEEDED record is left: a cancel comes too late
+    return a.waiting_to_end && absl::Now() < a.store_again_at ? StepOutcome::kContinue
+                                                              : StepOutcome::kSucceeded;
+  }
+  // A cancel ends a wait for the adapter's store at once; a wait for the cancel's own record
+  // is paced (store_again_at), as a wait for the adapter is.
+  if (a.cancel->load()) {
+    return a.recording_cancel && absl::Now() < a.store_again_at ? StepOutcome::kContinue
+                                                                : StepOutcome::kCancelled;
+  }
   if (a.waiting_to_end && absl::Now() < a.store_again_at) return StepOutcome::kContinue;
-  if (a.stored_adapter) return StepOutcome::kSucceeded;  // a cancel comes too late
-  if (a.cancel->load()) return StepOutcome::kCancelled;
   if (a.trained()) return StepOutcome::kSucceeded;
   StepReport report;
   bool stepped = false;
@@ -1617,6 +1630,10 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   });
   const double step_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (absl::IsAborted(s) && (stop_requested_.load() || a.cancel->load())) {
+    // Interrupted (set_interrupt): the trainer is as after its last step.
+    return a.cancel->load() ? StepOutcome::kCancelled : StepOutcome::kContinue;
+  }
   if (!s.ok()) {
     // A failure that left the device lost is the device's, whatever the step reported (an
     // allocation refused by a faulted card reads as out of memory).
@@ -1758,11 +1775,15 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_w
                                           });
     // Unrecorded, the cancel would be lost: after a restart the job would train to its end.
     if (!moved.ok() && may_wait && StoreMayMend(moved.status(), a.store_internal_failures)) {
+      a.recording_cancel = true;
       return WaitToEnd(a, moved.status(), "its cancellation");
     }
     if (!moved.ok()) {
       std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
                    std::string(moved.status().message()).c_str());
+      // A stop: it keeps a checkpoint as the other jobs do (the cancel itself, held in memory,
+      // does not outlive the process).
+      if (!may_wait) return false;
     } else {
       (void)stores_.checkpoints->Delete(tenant, id);
     }

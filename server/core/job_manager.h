@@ -222,9 +222,10 @@ class JobManager {
   // A job of a lost device goes back to the queue in its old place, to resume from its last
   // checkpoint (or its start) on another device; nothing is read from the lost device again.
   // Where it does not go back (a cancel waited for it, it ended, the store failed) its flags
-  // and live fields are released here: the caller never guesses which.
-  void RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // and live fields are released here: the caller never guesses which. `adapter_stored`: only
+  // its SUCCEEDED record was left, which its next start writes (a cancel comes too late).
+  void RequeueFromLostDevice(const QueuedJob& entry, const absl::Status& why,
+                             bool adapter_stored = false) ABSL_LOCKS_EXCLUDED(mu_);
   // The error for a job stored by CreateJob whose QUEUED write failed (`why`): with an
   // idempotency key the job is left VALIDATING for the client's retry to queue; without one it is
   // marked FAILED where the store allows, so that it never runs unseen.

@@ -86,8 +86,12 @@ grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
   auto events = node_->jobs->Events(call.tenant().name, req->id(), req->after_sequence(), page);
   if (!events.ok()) return call.Finish(events.status());
   for (v1::JobEvent& e : *events) *out->add_events() = std::move(e);
+  // A full page says there may be more; one event past it tells (a job with exactly a page of
+  // events pointed to an empty next page).
   if (static_cast<int>(out->events_size()) == page) {
-    out->set_next_after_sequence(out->events(page - 1).sequence());
+    const int64_t last = out->events(page - 1).sequence();
+    auto more = node_->jobs->Events(call.tenant().name, req->id(), last, 1);
+    if (more.ok() && !more->empty()) out->set_next_after_sequence(last);
   }
   return call.Finish(absl::OkStatus());
 }

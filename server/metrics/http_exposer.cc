@@ -71,7 +71,11 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(const std::strin
 }
 
 HttpExposer::~HttpExposer() {
-  stop_ = true;
+  {
+    // Under the lock: a thread between its look at stop_ and its wait would miss the notify.
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
   shutdown(fd_, SHUT_RDWR);
   if (acceptor_.joinable()) acceptor_.join();
   ready_.notify_all();

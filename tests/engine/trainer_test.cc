@@ -169,6 +169,26 @@ TEST_F(TrainerTest, TenStepsSaveRestoreTenStepsEqualsTwentyStraight) {
   EXPECT_NE(alpha.message().find("alpha (8.0, now 16.0)"), std::string::npos) << alpha;
 }
 
+// A step interrupted between its micro-batches (a stop, a cancel) ends unapplied: the trainer
+// goes on as if it had never begun it, bitwise.
+TEST_F(TrainerTest, AnInterruptedStepLeavesNoTrace) {
+  auto straight = Make(Small());
+  ASSERT_TRUE(straight->RunUntil(3).ok());
+  auto t = Make(Small());
+  ASSERT_TRUE(t->RunUntil(1).ok());
+  const std::vector<float> before = t->params();
+  int asked = 0;
+  t->set_interrupt([&] { return ++asked == 2; });  // after the first of step 2's 2 micro-batches
+  const absl::Status s = t->RunUntil(3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(t->step(), 1);
+  EXPECT_EQ(t->params(), before);
+  t->set_interrupt(nullptr);
+  ASSERT_TRUE(t->RunUntil(3).ok());
+  EXPECT_EQ(t->params(), straight->params());
+}
+
 // A damaged trainer_state.json (a field of the wrong type, a step past the end) is an error that
 // names the field, never an exception, and leaves the trainer as it was.
 TEST_F(TrainerTest, ADamagedCheckpointIsRefusedNamingTheField) {
@@ -353,7 +373,7 @@ TEST_F(TrainerTest, WatchdogFailsABlowUpWithAClearReason) {
   // Weights that overflow make the loss NaN: named as such.
   o = Small();
   o.learning_rate = 1.0;
-  o.weight_decay = 10.0;  // both the largest allowed: p *= 1 - lr*wd = -9 every step
+  o.weight_decay = 10.0;   // both the largest allowed: p *= 1 - lr*wd = -9 every step
   o.blowup_margin = 1e30;  // the rise alone would be named first
   auto u = Make(o);
   s = u->RunUntil(40);

@@ -890,7 +890,7 @@ TEST_F(JobManagerTest, ASuccessThatCannotBeRecordedYetIsRecordedLater) {
   EXPECT_TRUE(AnyContains(Warnings(*jobs_, "a", job->id()),
                           "its success cannot be stored yet (injected: no space left on device)"));
   EXPECT_TRUE(checkpoints_->List()->empty());
-  EXPECT_EQ(manager_->ActiveJobs("a"), 0);  // released once
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);  // its running count given back
 }
 
 // Stopped while its SUCCEEDED record waits, the job keeps a checkpoint; after the restart it
@@ -913,6 +913,22 @@ TEST_F(JobManagerTest, ASuccessUnrecordedAtAStopIsRecordedAfterTheRestartWithIts
       AnyContains(StateChanges(*jobs_, "a", job->id()), "its adapter was stored before a restart"));
   EXPECT_EQ(adapters_->List("a")->size(), 1u);
   EXPECT_EQ(manager_->ActiveJobs("a"), 0);
+}
+
+// A cancel of a trained job waiting for its adapter's store ends the wait at once, not at the
+// next try (up to 30 s later).
+TEST_F(JobManagerTest, ACancelEndsAWaitForTheAdaptersStoreAtOnce) {
+  RefuseFirst(INT_MAX, StoresAnAdapter,
+              absl::ResourceExhaustedError("injected: no space left on device"));
+  std::optional<v1::Job> job;
+  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(&job));
+  absl::SleepFor(absl::Seconds(1.5));  // past the first try: the next one is 2 s after it
+  const absl::Time asked = absl::Now();
+  auto cancelled = manager_->CancelJob("a", job->id(), absl::Seconds(10));
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_LT(absl::Now() - asked, absl::Milliseconds(900));
+  EXPECT_TRUE(adapters_->List("a")->empty());
 }
 
 // A running job whose CANCELLED record the store refuses stays on its device, stopped, and

@@ -147,8 +147,16 @@ TEST(HttpExposerTest, AClientThatDoesNotReadHoldsNeitherScrapesNorTheExit) {
   for (int i = 0; i < 50000; ++i) r.Set("wide", {padding + std::to_string(i)}, i);  // ~12 MB
   auto e = HttpExposer::Start("127.0.0.1:0", &r);
   ASSERT_TRUE(e.ok()) << e.status();
-  const int fd = ::qlorad::testing::ConnectLoopback((*e)->port());
-  ASSERT_GE(fd, 0);
+  // A small receive buffer, so that the answer cannot fit the socket buffers whatever the host's
+  // defaults: the answering thread must wait on the send.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>((*e)->port()));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
   const std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // its answer fills the buffers
