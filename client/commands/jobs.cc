@@ -95,6 +95,13 @@ absl::Status Cancel(const Invocation& invocation) {
       RpcStatus(JobService::NewStub(invocation.channel)->CancelJob(context.get(), request, &job)));
   return Emit(invocation, job, [&] {
     std::cout << "job " << job.id() << " " << v1::JobState_Name(job.state()) << "\n";
+    // A step longer than the call's wait: the cancel stands, and "RUNNING" alone read as if it
+    // had not been taken.
+    if (job.state() == v1::RUNNING) {
+      std::cerr << "cancellation requested: the job stops after its current step (qloractl jobs "
+                   "watch "
+                << job.id() << ")\n";
+    }
   });
 }
 
@@ -124,7 +131,15 @@ absl::Status Events(const Invocation& invocation) {
 
 absl::Status Watch(const Invocation& invocation) {
   ASSIGN_OR_RETURN(std::optional<int64_t> after, invocation.args.Int("after", 0));
-  return WatchJob(invocation, invocation.args.positionals()[0], after.value_or(0));
+  // One look first: an unknown job or an unreachable daemon is an error at once, and a daemon
+  // reached is reconnected to if it restarts while no new event has come yet.
+  v1::GetJobRequest get;
+  get.set_id(invocation.args.positionals()[0]);
+  v1::Job job;
+  auto context = invocation.Context(kUnaryTimeout);
+  RETURN_IF_ERROR(
+      RpcStatus(JobService::NewStub(invocation.channel)->GetJob(context.get(), get, &job)));
+  return WatchJob(invocation, job.id(), after.value_or(0), /*reached=*/true);
 }
 
 }  // namespace

@@ -387,7 +387,10 @@ class PythonClientTest(unittest.TestCase):
     def test_e_cancel(self):
         model, ds = self.model(), self.dataset()
         job = self.acme.create_job(model, ds.id, rank=4, alpha=8, max_steps=100000, batch_size=8,
-                                   seq_len=64, seed=1)
+                                   seq_len=64, seed=1, target_modules="q_proj, v_proj")
+        # Modules as qloractl takes them (a comma list), states in any case.
+        self.assertEqual(list(job.resolved.target_modules), ["q_proj", "v_proj"])
+        self.assertIn(job.id, [j.id for j in self.acme.list_jobs(states=["queued", "Running"])])
         try:
             watch = self.acme.watch_job(job.id, timeout=TRAIN_TIMEOUT)
             try:

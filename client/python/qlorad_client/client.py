@@ -84,13 +84,14 @@ class Client:
     target: "host:port"; None takes $QLORAD_SERVER, else 127.0.0.1:50051 (as qloractl does).
     token: the API key sent as "authorization: Bearer <token>"; None takes $QLORAD_TOKEN, ""
     sends none. root_certificates: PEM bytes, or a path to a PEM file, for TLS; None is a
-    plaintext channel. timeout: deadline in seconds of each short unary call (None: none).
+    plaintext channel. timeout: deadline in seconds of each short unary call (30 s, as qloractl;
+    None: none).
     Calls that may take long have a timeout argument of their own instead, with no deadline by
     default: streams, uploads, model registration (quantizing) and evaluation.
     """
 
     def __init__(self, target=None, token=None, root_certificates=None,
-                 max_message_bytes=64 << 20, timeout=None):
+                 max_message_bytes=64 << 20, timeout=30.0):
         if target is None:
             target = os.environ.get("QLORAD_SERVER") or "127.0.0.1:50051"
         if token is None:
@@ -245,8 +246,8 @@ class Client:
             if value is None:
                 continue
             if key == "target_modules":
-                if isinstance(value, str):
-                    value = [value]
+                if isinstance(value, str):  # "q_proj,v_proj", as qloractl takes it
+                    value = [v.strip() for v in value.split(",") if v.strip()]
                 hp.target_modules.extend(value)
             else:
                 setattr(hp, key, value)
@@ -275,7 +276,8 @@ class Client:
     def list_jobs(self, states=None, labels=None):
         """All the tenant's jobs (every page), optionally only those in states (JobState values
         or names like "RUNNING") carrying all of labels."""
-        states = [jobs_pb2.JobState.Value(s) if isinstance(s, str) else s for s in states or ()]
+        states = [jobs_pb2.JobState.Value(s.upper()) if isinstance(s, str) else s
+                  for s in states or ()]
         jobs, token = [], ""
         while True:
             page = self._unary(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(
@@ -317,12 +319,15 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         after = 0
         unreachable_since, pause = None, 1.0
+        idle_resumes = 0  # streams in a row that ended with no event, the job not ended
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QloradError("DEADLINE_EXCEEDED", f"job {id} still running after {timeout}s")
+            new_events = False
             try:
                 for event in self.watch_job(id, after_sequence=after, timeout=remaining):
+                    new_events = True
                     unreachable_since, pause = None, 1.0
                     after = max(after, event.sequence)
                     if on_event is not None:
@@ -346,7 +351,13 @@ class Client:
             unreachable_since, pause = None, 1.0
             if job.state in TERMINAL_STATES:
                 return job
-            time.sleep(0.2)  # the stream ended cleanly before the end: pick up where it left
+            # The stream ended cleanly before the end: pick up where it left, but not forever
+            # (as qloractl: three resumes in a row without an event).
+            idle_resumes = 0 if new_events else idle_resumes + 1
+            if idle_resumes >= 3:
+                raise QloradError("UNAVAILABLE", f"the event stream of job {id} keeps ending "
+                                  f"while the job is {jobs_pb2.JobState.Name(job.state)}")
+            time.sleep(0.2)
 
     # -- adapters -------------------------------------------------------------------------------
 
