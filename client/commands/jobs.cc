@@ -17,13 +17,19 @@ using v1::JobService;
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
-absl::Status Get(const Invocation& invocation) {
+// The job the command's first argument names.
+absl::StatusOr<v1::Job> GetNamedJob(const Invocation& invocation) {
   v1::GetJobRequest request;
   request.set_id(invocation.args.positionals()[0]);
   v1::Job job;
   auto context = invocation.Context(kUnaryTimeout);
   RETURN_IF_ERROR(
       RpcStatus(JobService::NewStub(invocation.channel)->GetJob(context.get(), request, &job)));
+  return job;
+}
+
+absl::Status Get(const Invocation& invocation) {
+  ASSIGN_OR_RETURN(v1::Job job, GetNamedJob(invocation));
   return Emit(invocation, job, [&] { PrintJob(job); });
 }
 
@@ -133,12 +139,7 @@ absl::Status Watch(const Invocation& invocation) {
   ASSIGN_OR_RETURN(std::optional<int64_t> after, invocation.args.Int("after", 0));
   // One look first: an unknown job or an unreachable daemon is an error at once, and a daemon
   // reached is reconnected to if it restarts while no new event has come yet.
-  v1::GetJobRequest get;
-  get.set_id(invocation.args.positionals()[0]);
-  v1::Job job;
-  auto context = invocation.Context(kUnaryTimeout);
-  RETURN_IF_ERROR(
-      RpcStatus(JobService::NewStub(invocation.channel)->GetJob(context.get(), get, &job)));
+  ASSIGN_OR_RETURN(v1::Job job, GetNamedJob(invocation));
   return WatchJob(invocation, job.id(), after.value_or(0), /*reached=*/true);
 }
 
