@@ -522,6 +522,22 @@ TEST_F(QloractlTest, ACreateWithoutAnAnswerNamesItsKeyForTheRetry) {
   EXPECT_EQ(first.json()["id"], again.json()["id"]);
 }
 
+// Watching with no daemon at the address (a typo, a daemon not started) fails at once: it
+// retried for 10 minutes, which looked like a hang.
+TEST_F(QloractlTest, AWatchOfANeverReachedDaemonFailsAtOnce) {
+  const std::string err_path = *dir_ + "/unreached-watch.err";
+  const std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server 127.0.0.1:1 --token " +
+                          kAcmeKey + " jobs watch job-0123456789abcdef 2>" + err_path;
+  const auto start = std::chrono::steady_clock::now();
+  const int status = std::system(cmd.c_str());
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(Slurp(err_path).find("UNAVAILABLE"), std::string::npos) << Slurp(err_path);
+  EXPECT_LT(took, 10.0);
+}
+
 TEST_F(QloractlTest, BadJobRequestsGetTheRightCodeAndStoreNothing) {
   const std::string before = Run(kAcmeKey, {"-o", "json", "jobs", "list"}).out;
   auto create = [&](std::vector<std::string> extra) {
