@@ -261,6 +261,7 @@ class CudaDevice : public Device {
       // What is queued lands first (the fill of the buffer before, say): only then does the
       // free memory count it.
       cudaStreamSynchronize(stream_);
+      prefetching_in_ = 0;
       size_t free_bytes = 0, total = 0;
       cudaMemGetInfo(&free_bytes, &total);
       if (static_cast<size_t>(floats) * 4 > free_bytes) {
@@ -292,12 +293,11 @@ class CudaDevice : public Device {
       // Never more managed memory on the card than it has free (other jobs may have filled it
       // while this one was paged out): the state then stays on the host, where the optimizer
       // step reads it over the bus, and the next step tries again.
-      // The prefetch of the buffer before (the other moment) lands first, so that the free
-      // memory counts it; the optimizer step waits for it anyway.
-      cudaStreamSynchronize(stream_);
+      // A prefetch still under way (the other moment's) is not in the free memory yet: it is
+      // counted here until the step's wait for its loss. No wait of its own: a step waits once.
       size_t free_bytes = 0, total = 0;
       if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess ||
-          static_cast<size_t>(b.size()) * 4 > free_bytes) {
+          static_cast<size_t>(b.size()) * 4 + prefetching_in_ > free_bytes) {
         cudaGetLastError();
         return;
       }
@@ -317,8 +317,10 @@ class CudaDevice : public Device {
     Check(advised, "page advise");
     Check(prefetched, "page prefetch");
     // Counted where it went only once it went: the memory figures stay true to the card.
-    if (advised == cudaSuccess && prefetched == cudaSuccess)
+    if (advised == cudaSuccess && prefetched == cudaSuccess) {
       b.Recount(resident ? &Counters::optimizer_device : &Counters::optimizer_host);
+      if (resident) prefetching_in_ += static_cast<size_t>(b.size()) * 4;
+    }
   }
 
   // Host bytes to the device, in order with the work on stream_ and landed on return. A plain
@@ -341,6 +343,7 @@ class CudaDevice : public Device {
     Enter();
     Check(cudaMemcpyAsync(host, device, n * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     Check(cudaStreamSynchronize(stream_), "copy to host");
+    prefetching_in_ = 0;  // landed, and counted in the free memory from here
     if (!error_.ok()) std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
   }
 
@@ -1101,6 +1104,7 @@ class CudaDevice : public Device {
     std::vector<float> host(rows);
     Check(cudaMemcpyAsync(host.data(), loss, rows * 4, cudaMemcpyDeviceToHost, stream_), "loss");
     Check(cudaStreamSynchronize(stream_), "loss");
+    prefetching_in_ = 0;
     if (!error_.ok()) return std::numeric_limits<double>::quiet_NaN();
     double total = 0.0;
     for (float l : host) total += l;
@@ -1321,7 +1325,8 @@ class CudaDevice : public Device {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   bool lost_ = false;
-  bool pageable_ = true;      // the card can page managed memory: kPagedOptimizer buffers use it
+  bool pageable_ = true;       // the card can page managed memory: kPagedOptimizer buffers use it
+  size_t prefetching_in_ = 0;  // bytes paged in since the stream last finished (SetResident)
   absl::Status error_;        // the first failure since TakeError last took one; reads are NaN then
   int max_shared_optin_ = 0;  // bytes of shared memory a block may opt in to
   std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();  // before the memory below
