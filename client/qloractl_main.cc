@@ -64,8 +64,11 @@ adapters:
   adapters download ID --out DIR [--rslora-as-plain]   write the PEFT files into DIR
 
 inference:
-  generate --model M [--adapter ID] --prompt TEXT [--max-tokens N] [--temperature X]
-           [--top-p X] [--seed N]     stream the generated text
+  generate --model M [--adapter ID] --prompt TEXT | --messages JSON [--max-tokens N]
+           [--temperature X] [--top-p X] [--seed N]
+                               stream the generated text; --messages '[{"role": "user",
+                               "content": "Hi"}]' answers a conversation in the chat layout
+                               jobs train on
   eval --model M [--adapter ID] --dataset ID   loss, perplexity, target tokens, examples
 
 limits [--model M]             what the server accepts and what this tenant uses

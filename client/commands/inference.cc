@@ -5,7 +5,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/cli/command.h"
+#include "client/cli/errors.h"
 #include "engine/status_macros.h"
+#include "nlohmann/json.hpp"
 #include "qlorad/v1/inference.grpc.pb.h"
 
 namespace qlorad::ctl {
@@ -13,11 +15,38 @@ namespace {
 
 using v1::InferenceService;
 
+// --messages '[{"role": "user", "content": "Hi"}]': a conversation, as in a chat dataset.
+absl::Status ParseMessages(const std::string& text, v1::GenerateRequest* request) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array() || j.empty()) {
+    return UsageError("--messages: expected a JSON array of {\"role\", \"content\"} objects");
+  }
+  for (size_t i = 0; i < j.size(); ++i) {
+    const nlohmann::json& m = j[i];
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string()) {
+      return UsageError(
+          absl::StrCat("--messages: message ", i, " needs string \"role\" and \"content\""));
+    }
+    v1::ChatMessage* out = request->add_messages();
+    out->set_role(m["role"].get<std::string>());
+    out->set_content(m["content"].get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::GenerateRequest> ParseGenerate(const ParsedArgs& args) {
   v1::GenerateRequest request;
   ASSIGN_OR_RETURN(*request.mutable_model(), args.Required("model"));
   request.set_adapter_id(args.Get("adapter").value_or(""));
-  ASSIGN_OR_RETURN(*request.mutable_prompt(), args.Required("prompt"));
+  if (args.Has("prompt") == args.Has("messages")) {
+    return UsageError("give --prompt TEXT or --messages JSON (a chat conversation), one of them");
+  }
+  if (args.Has("messages")) {
+    RETURN_IF_ERROR(ParseMessages(args.Get("messages").value_or(""), &request));
+  } else {
+    request.set_prompt(args.Get("prompt").value_or(""));
+  }
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens,
                    args.Int("max-tokens", 0, std::numeric_limits<int32_t>::max()));
   request.set_max_tokens(static_cast<int32_t>(max_tokens.value_or(0)));
@@ -85,7 +114,14 @@ std::vector<Command> InferenceCommands() {
       {"generate",
        "",
        {},
-       {{"model"}, {"adapter"}, {"prompt"}, {"max-tokens"}, {"temperature"}, {"top-p"}, {"seed"}},
+       {{"model"},
+        {"adapter"},
+        {"prompt"},
+        {"messages"},
+        {"max-tokens"},
+        {"temperature"},
+        {"top-p"},
+        {"seed"}},
        Generate},
       {"eval", "", {}, {{"model"}, {"adapter"}, {"dataset"}}, Evaluate},
   };

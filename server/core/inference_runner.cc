@@ -14,12 +14,36 @@
 #include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
 #include "engine/text_stream.h"
+#include "nlohmann/json.hpp"
 #include "server/core/ids.h"
 #include "server/metrics/names.h"
 
 namespace qlorad::core {
 namespace fs = std::filesystem;
 namespace {
+
+// The request's text as tokens: BOS and its prompt, or its messages in the chat layout jobs
+// train on (ChatPromptTokens), ending with the assistant's header.
+absl::StatusOr<std::vector<int32_t>> PromptTokens(const v1::GenerateRequest& req,
+                                                  const Tokenizer& tok) {
+  if (req.messages_size() == 0) {
+    std::vector<int32_t> prompt = {tok.bos_id()};
+    if (!req.prompt().empty()) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(req.prompt()));
+      prompt.insert(prompt.end(), ids.begin(), ids.end());
+    }
+    return prompt;
+  }
+  nlohmann::json messages = nlohmann::json::array();
+  for (const v1::ChatMessage& m : req.messages()) {
+    messages.push_back({{"role", m.role()}, {"content", m.content()}});
+  }
+  auto tokens = ChatPromptTokens(
+      messages.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), tok);
+  if (!tokens.ok())
+    return absl::InvalidArgumentError(absl::StrCat("messages: ", tokens.status().message()));
+  return tokens;
+}
 
 absl::StatusOr<v1::Model> FindModel(ModelStore* models, const std::string& name) {
   if (name.empty()) return absl::InvalidArgumentError("model: required");
@@ -290,6 +314,25 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
                                                    " bytes, far more than the model's context of ",
                                                    context, " tokens"));
   }
+  if (req.messages_size() > 0) {
+    if (!req.prompt().empty()) {
+      return absl::InvalidArgumentError("messages: give prompt or messages, not both");
+    }
+    int64_t bytes = 0;
+    for (int i = 0; i < req.messages_size(); ++i) {
+      const std::string& role = req.messages(i).role();
+      if (role != "system" && role != "user" && role != "assistant") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "messages[", i, "].role: must be system, user or assistant, got '", role, "'"));
+      }
+      bytes += static_cast<int64_t>(req.messages(i).content().size()) + 16;  // + its header
+    }
+    if (context > 0 && bytes > 64 * context) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages: ", bytes, " bytes, far more than the model's context of ",
+                       context, " tokens"));
+    }
+  }
   Turn turn(this, tenant);
   RETURN_IF_ERROR(turn.Wait(client_left));
   absl::MutexLock lock(&mu_);
@@ -306,11 +349,7 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
         const std::shared_ptr<const DeviceAdapter>& adapter = loaded.adapter;
         const LlamaConfig& config = pooled->model->config();
         const Tokenizer& tok = *pooled->tokenizer;
-        std::vector<int32_t> prompt = {tok.bos_id()};
-        if (!req.prompt().empty()) {
-          ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(req.prompt()));
-          prompt.insert(prompt.end(), ids.begin(), ids.end());
-        }
+        ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(req, tok));
         if (static_cast<int64_t>(prompt.size()) + so.max_new_tokens >
             config.max_position_embeddings) {
           so.max_new_tokens = std::max<int64_t>(

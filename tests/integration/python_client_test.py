@@ -350,6 +350,11 @@ class PythonClientTest(unittest.TestCase):
         again = self.acme.generate(model, prompt, adapter_id=final.adapter_id, max_tokens=24,
                                    temperature=1.0, seed=seeds[0])
         self.assertEqual(again, "".join(p.text for p in runs[0]))
+        # A conversation, in the chat layout jobs train on; not with a prompt besides.
+        chat = [{"role": "user", "content": "Tell me about Pipville."}]
+        answer = list(self.acme.generate_stream(model, messages=chat, max_tokens=8))
+        self.assertTrue(answer[-1].finished)
+        self.assertRpcError("INVALID_ARGUMENT", self.acme.generate, model, "Hi", messages=chat)
 
         tuned = self.acme.evaluate(model, final.adapter_id, ds.id)
         base = self.acme.evaluate(model, "", ds.id)

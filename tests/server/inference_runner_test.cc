@@ -12,7 +12,12 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "engine/dataset.h"
+#include "engine/device.h"
+#include "engine/generate.h"
+#include "engine/llama_model.h"
 #include "engine/lora.h"
+#include "engine/model_source.h"
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
 #include "server/core/job_spec.h"
@@ -295,6 +300,17 @@ TEST_F(InferenceRunnerTest, BadGenerationRequestsNameTheField) {
       {[](v1::GenerateRequest& g) { g.set_top_p(-0.5f); }, "top_p"},
       {[](v1::GenerateRequest& g) { g.set_temperature(-1.0f); }, "temperature"},
       {[](v1::GenerateRequest& g) { g.set_prompt(std::string(64 * 512 + 1, 'a')); }, "prompt"},
+      {[](v1::GenerateRequest& g) {
+         g.set_prompt("Hi");
+         g.add_messages()->set_role("user");
+       },
+       "messages"},
+      {[](v1::GenerateRequest& g) {
+         auto* m = g.add_messages();
+         m->set_role("narrator");
+         m->set_content("Hi");
+       },
+       "messages[0].role"},
   };
   for (const auto& c : cases) {
     const absl::Status s = generate(c.set);
@@ -329,6 +345,50 @@ TEST_F(InferenceRunnerTest, GenerationCountsTokensNotMessages) {
   }
   EXPECT_LE(done->tokens, 24);
   EXPECT_FALSE(text.empty());
+}
+
+// A conversation is answered from the chat layout jobs train on (ChatPromptTokens): the text is
+// the engine's own greedy continuation of those tokens, which a prompt typed as the template
+// would not give (its parts are tokenized apart in training).
+TEST_F(InferenceRunnerTest, MessagesAreAnsweredInTheChatLayoutJobsTrainOn) {
+  InferenceRunner runner(models_.get(), datasets_.get(), adapters_.get(), dir_ + "/scratch", 1);
+  v1::GenerateRequest g;
+  g.set_model("stories");
+  g.set_max_tokens(12);
+  g.set_temperature(0.0f);
+  auto* system = g.add_messages();
+  system->set_role("system");
+  system->set_content("You tell short stories.");
+  auto* user = g.add_messages();
+  user->set_role("user");
+  user->set_content("Tell me about a cat.");
+  std::string text;
+  auto done = runner.Generate("a", g, [&](const std::string& t, int64_t) {
+    text += t;
+    return true;
+  });
+  ASSERT_TRUE(done.ok()) << done.status();
+
+  auto source = OpenModelSource(StoriesGguf());
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::unique_ptr<Device> cpu = CreateCpuDevice(1);
+  auto model = LlamaModel::Create(std::move(source->weights), cpu.get(), {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto prompt = ChatPromptTokens(
+      R"([{"role": "system", "content": "You tell short stories."},
+          {"role": "user", "content": "Tell me about a cat."}])",
+      *source->tokenizer);
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  SamplingOptions greedy;
+  greedy.max_new_tokens = 12;
+  auto expected = Generate(**model, *prompt, greedy);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  std::vector<int32_t> all = *prompt;
+  all.insert(all.end(), expected->tokens.begin(), expected->tokens.end());
+  const std::string before = *source->tokenizer->Decode(*prompt);
+  const std::string whole = *source->tokenizer->Decode(all);
+  EXPECT_EQ(text, whole.substr(before.size()));
+  EXPECT_EQ(done->tokens, static_cast<int64_t>(expected->tokens.size()));
 }
 
 // Evaluate holds the device for every tenant: a dataset past the bounds is refused naming the

@@ -422,25 +422,29 @@ class Client:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def generate_stream(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0,
-                        top_p=1.0, seed=None, timeout=None):
+    def generate_stream(self, model, prompt="", adapter_id="", max_tokens=64, temperature=0.0,
+                        top_p=1.0, seed=None, timeout=None, messages=None):
         """Yields the GenerateResponse messages as the text is made: `text` each, and on the last
         one (`finished`) `finish_reason` ("eos" or "max_tokens"), `tokens` and the `seed` sampled
-        with. Leaving the loop early ends the generation. `seed` None: the daemon draws one."""
+        with. Leaving the loop early ends the generation. `seed` None: the daemon draws one.
+        messages: instead of prompt, a conversation ([{"role": "user", "content": "Hi"}], as in
+        a chat dataset), answered as the assistant's next message in the layout jobs train on."""
         request = inference_pb2.GenerateRequest(
             model=model, adapter_id=adapter_id, prompt=prompt, max_tokens=max_tokens,
             temperature=temperature, top_p=top_p)
+        for m in messages or ():
+            request.messages.add(role=m["role"], content=m["content"])
         if seed is not None:
             request.seed = seed
         return self._stream(self._inference.Generate, request, timeout=timeout)
 
-    def generate(self, model, prompt, adapter_id="", max_tokens=64, temperature=0.0, top_p=1.0,
-                 seed=None, timeout=None):
+    def generate(self, model, prompt="", adapter_id="", max_tokens=64, temperature=0.0,
+                 top_p=1.0, seed=None, timeout=None, messages=None):
         """The generated text (the stream's pieces joined). For the finish reason and the seed
-        sampled with, or the text as it comes, use generate_stream."""
+        sampled with, or the text as it comes, use generate_stream (messages: as there)."""
         return "".join(r.text for r in self.generate_stream(
             model, prompt, adapter_id=adapter_id, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, timeout=timeout))
+            top_p=top_p, seed=seed, timeout=timeout, messages=messages))
 
     def evaluate(self, model, adapter_id, dataset_id, timeout=None):
         return self._unary(self._inference.Evaluate, inference_pb2.EvaluateRequest(
