@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -34,6 +35,7 @@
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
 #include "server/core/record_layout.h"
+#include "server/grpc/device_health.h"
 #include "server/grpc/node.h"
 #include "server/grpc/services.h"
 #include "server/metrics/http_exposer.h"
@@ -432,6 +434,11 @@ absl::Status Run() {
   if (!server || port == 0) {
     node.manager->Shutdown();
     return absl::UnavailableError(absl::StrCat("--listen ", listen, ": cannot listen there"));
+  }
+  // Ended before the server (declared after it): it sets the server's health.
+  std::optional<server::DeviceHealth> device_health;
+  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+    device_health.emplace(node.manager.get(), health);
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     RETURN_IF_ERROR(

@@ -326,6 +326,10 @@ TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   EXPECT_TRUE(Contains(card.lost_reason(), "illegal memory access")) << card.lost_reason();
   const std::string metrics = ScrapeMetrics(*card_);
   EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"cuda:0\"}"), 0) << metrics;
+  // Its only device lost, the node says NOT_SERVING (2) to health probes, within the second it
+  // looks: a liveness probe restarts it.
+  EXPECT_TRUE(Eventually([&] { return Ops(*card_).HealthStatus().value_or(-1) == 2; }))
+      << Ops(*card_).HealthStatus().status();
   auto queued = Acme(*card_).GetJob(job->id());
   ASSERT_TRUE(queued.ok());
   EXPECT_EQ(queued->state(), v1::QUEUED);
@@ -336,6 +340,7 @@ TEST_F(CudaOnCpuDaemonTest, ALostCardRequeuesItsJobAndARestartFinishesIt) {
   auto restarted = Ops(*card_).Devices();
   ASSERT_TRUE(restarted.ok());
   EXPECT_FALSE(restarted->devices(0).lost());
+  EXPECT_EQ(Ops(*card_).HealthStatus().value_or(-1), 1);  // SERVING again
   const auto [done, losses, done_events] = WatchToEnd(*card_, job->id());
   ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message() << "\n" << card_->log();
   EXPECT_EQ(done.steps_completed(), 6);
@@ -392,6 +397,9 @@ TEST_F(CudaOnCpuDaemonTest, AJobOfALostCardResumesOnTheOtherCard) {
   const std::string metrics = ScrapeMetrics(*card_);
   EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"" + first + "\"}"), 0) << metrics;
   EXPECT_EQ(Sample(metrics, "qlorad_device_up{device=\"" + other + "\"}"), 1);
+  // One card of two left: the node still serves (its watch looks once a second).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(Ops(*card_).HealthStatus().value_or(-1), 1);
   const v1::Job next = RunJob(*card_, ShortJob(train_, 5, 1)).job;
   EXPECT_EQ(next.state(), v1::SUCCEEDED) << next.error().message();
   EXPECT_EQ(next.device(), other);

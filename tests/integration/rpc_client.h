@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/connection.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "qlorad/v1/adapters.grpc.pb.h"
 #include "qlorad/v1/datasets.grpc.pb.h"
 #include "qlorad/v1/devices.grpc.pb.h"
@@ -149,6 +151,41 @@ class RpcClient {
       std::ofstream(std::filesystem::path(dir) / name, std::ios::binary) << data;
     }
     return absl::OkStatus();
+  }
+
+  // The standard health check of the whole server (grpc.health.v1.Health/Check, service ""),
+  // as a Kubernetes gRPC probe asks it: 1 SERVING, 2 NOT_SERVING. The messages are written by
+  // hand (an empty request; the answer is field 1, a varint), there being no stub for them.
+  absl::StatusOr<int> HealthStatus() {
+    grpc::GenericStub stub(channel_);
+    grpc::CompletionQueue cq;
+    auto c = Context();
+    grpc::Slice empty;
+    grpc::ByteBuffer request(&empty, 1);
+    auto call = stub.PrepareUnaryCall(c.get(), "/grpc.health.v1.Health/Check", request, &cq);
+    call->StartCall();
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq.Next(&tag, &ok) || !ok) return absl::UnavailableError("the health check did not end");
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    absl::Status s = client::ToAbslStatus(status);
+    if (!s.ok()) return s;
+    std::vector<grpc::Slice> slices;
+    if (!response.Dump(&slices).ok()) return absl::InternalError("unreadable health answer");
+    std::string bytes;
+    for (const grpc::Slice& slice : slices) {
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    if (bytes.size() != 2 || bytes[0] != 0x08) {
+      return absl::InternalError(
+          absl::StrCat("unexpected health answer of ", bytes.size(), " bytes"));
+    }
+    return static_cast<int>(bytes[1]);
   }
 
  private:
