@@ -336,6 +336,7 @@ absl::Status Run() {
         "--max-upload-bytes must be in [1, ", kMaxUploadBytes, "], got ", node.max_upload_bytes));
   }
   node.calls = std::make_unique<server::TenantCalls>(absl::GetFlag(FLAGS_max_calls_per_tenant));
+  node.log_limiter = std::make_unique<server::LogLimiter>();
   const std::string scratch = (fs::path(data_dir) / "scratch").string();
   fs::remove_all(scratch, ec);  // leftovers of a previous run
 

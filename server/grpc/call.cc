@@ -31,12 +31,22 @@ Call::Call(grpc::ServerContext* context, const char* method, const Node& node)
       tenants_(*node.tenants),
       metrics_(node.metrics.get()),
       calls_(node.calls.get()),
+      log_limiter_(node.log_limiter.get()),
       start_(std::chrono::steady_clock::now()) {}
 
 Call::~Call() {
   if (counted_) calls_->End(tenant_->name);
-  const double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+  const auto end = std::chrono::steady_clock::now();
+  const double ms = std::chrono::duration<double, std::milli>(end - start_).count();
+  if (metrics_ != nullptr) {  // every call, logged or not
+    metrics_->Add(metrics::kGrpcRequests, {method_, absl::StatusCodeToString(result_.code())}, 1);
+    metrics_->Observe(metrics::kGrpcDuration, {method_}, ms / 1000.0);
+  }
+  int64_t dropped = 0;
+  if (log_limiter_ != nullptr &&
+      !log_limiter_->Allow(tenant_ ? tenant_->name : "-", end, &dropped)) {
+    return;
+  }
   // logfmt: one line per call, values quoted when they may hold spaces.
   std::string line = absl::StrCat(
       "ts=", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
@@ -53,11 +63,9 @@ Call::~Call() {
     }
     absl::StrAppend(&line, " error=\"", error, "\"");
   }
+  // Lines of this key left out since its last one (a flood of its calls).
+  if (dropped > 0) absl::StrAppend(&line, " lines_dropped_before=", dropped);
   std::fprintf(stderr, "%s\n", line.c_str());
-  if (metrics_ != nullptr) {
-    metrics_->Add(metrics::kGrpcRequests, {method_, absl::StatusCodeToString(result_.code())}, 1);
-    metrics_->Observe(metrics::kGrpcDuration, {method_}, ms / 1000.0);
-  }
 }
 
 absl::Status Call::Authenticate() {

@@ -44,6 +44,7 @@ class Call {
   const core::TenantRegistry& tenants_;
   metrics::Registry* metrics_;
   TenantCalls* calls_;
+  LogLimiter* log_limiter_;
   const core::Tenant* tenant_ = nullptr;
   bool counted_ = false;  // in calls_, until the destructor
   absl::Status result_ = absl::UnknownError("the handler did not finish");

@@ -13,6 +13,7 @@
 #include "server/core/job_store.h"
 #include "server/core/model_store.h"
 #include "server/core/tenants.h"
+#include "server/grpc/log_limiter.h"
 #include "server/grpc/tenant_calls.h"
 #include "server/metrics/registry.h"
 #include "storage/kv_store.h"
@@ -33,6 +34,8 @@ struct Node {
   int64_t max_upload_bytes = int64_t{1} << 30;
   // Calls in progress per tenant (--max-calls-per-tenant); null: no bound (tests).
   std::unique_ptr<TenantCalls> calls;
+  // The per-call log lines, per tenant; null: every line (tests).
+  std::unique_ptr<LogLimiter> log_limiter;
   // Set when the daemon stops taking calls: long calls (WatchJob) end with a status that says
   // so, before the server cancels them.
   std::atomic<bool> draining{false};
