@@ -47,6 +47,13 @@ void RemoveAbandonedStaging(const std::string& directory) {
 
 absl::StatusOr<AdapterFileWriter> AdapterFileWriter::Create(std::string directory) {
   std::error_code error;
+  // The highest folder this download makes: a failed download takes it away again (empty).
+  std::filesystem::path created;
+  for (std::filesystem::path p = std::filesystem::absolute(directory, error);
+       !p.empty() && !std::filesystem::exists(p, error) && p != p.parent_path();
+       p = p.parent_path()) {
+    created = p;
+  }
   std::filesystem::create_directories(directory, error);
   if (error) {
     return LocalError(absl::StrCat("cannot create directory '", directory, "': ", error.message()));
@@ -59,7 +66,9 @@ absl::StatusOr<AdapterFileWriter> AdapterFileWriter::Create(std::string director
     return LocalError(absl::StrCat("cannot create a staging folder in '", directory,
                                    "': ", std::strerror(errno)));
   }
-  return AdapterFileWriter(std::move(directory), std::move(pattern));
+  AdapterFileWriter writer(std::move(directory), std::move(pattern));
+  writer.created_ = created.string();
+  return writer;
 }
 
 AdapterFileWriter::AdapterFileWriter(AdapterFileWriter&& other) noexcept
@@ -68,7 +77,8 @@ AdapterFileWriter::AdapterFileWriter(AdapterFileWriter&& other) noexcept
       out_(std::move(other.out_)),
       name_(std::move(other.name_)),
       current_(std::move(other.current_)),
-      files_(std::move(other.files_)) {}
+      files_(std::move(other.files_)),
+      created_(std::exchange(other.created_, std::string())) {}
 
 AdapterFileWriter::~AdapterFileWriter() { Abandon(); }
 
@@ -123,7 +133,8 @@ absl::Status AdapterFileWriter::Finish() {
     }
     file.path = final_path;
   }
-  Abandon();  // the staging folder, empty now
+  created_.clear();  // the directory holds the adapter now
+  Abandon();         // the staging folder, empty now
   return absl::OkStatus();
 }
 
@@ -134,6 +145,13 @@ void AdapterFileWriter::Abandon() {
   std::error_code ignored;
   std::filesystem::remove_all(staging_, ignored);
   staging_.clear();
+  // Folders this download made, from the directory up to the highest, while empty: a download
+  // that failed leaves no empty folder behind.
+  if (created_.empty()) return;
+  for (std::filesystem::path p = std::filesystem::absolute(directory_, ignored);
+       std::filesystem::remove(p, ignored) && p != created_; p = p.parent_path()) {
+  }
+  created_.clear();
 }
 
 }  // namespace qlorad::ctl

@@ -39,7 +39,8 @@ class AdapterFileWriter {
   // After the stream ended OK: moves the staged files into the directory. An error when a file
   // is still open (its end never came), when none came, or when a move fails.
   absl::Status Finish();
-  // After an error: drops everything staged; the directory keeps what it held before.
+  // After an error: drops everything staged; the directory keeps what it held before, and a
+  // directory this download made is removed (while empty).
   void Abandon();
 
   // The files in the directory, once Finish succeeded.
@@ -55,6 +56,7 @@ class AdapterFileWriter {
   std::string name_;  // of the open file; empty when none is open
   File current_;
   std::vector<File> files_;
+  std::string created_;  // the highest folder Create made; empty once kept (Finish) or removed
 };
 
 }  // namespace qlorad::ctl

@@ -59,6 +59,28 @@ TEST(AdapterFileWriter, ADownloadCutShortLeavesTheDirectoryAsItWas) {
             (std::vector<std::string>{"adapter_config.json", "adapter_model.safetensors"}));
 }
 
+// A failed download into folders it made (an unknown adapter id, a dropped connection) takes
+// them away again: it left an empty --out folder behind. A folder that held anything stays.
+TEST(AdapterFileWriter, AFailedDownloadRemovesTheFoldersItMade) {
+  const std::string root = FreshTestDir("made");
+  const std::string out = root + "/new/adapter";
+  {
+    auto writer = AdapterFileWriter::Create(out);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE(fs::is_directory(out));
+  }  // no file came: the call failed
+  EXPECT_FALSE(fs::exists(root + "/new"));
+  EXPECT_TRUE(fs::exists(root));  // made before: not this download's
+  // A whole download keeps the folders it made.
+  {
+    auto writer = AdapterFileWriter::Create(out);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE(writer->Add(Chunk("adapter_config.json", "{}", true)).ok());
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+  EXPECT_EQ(Entries(out), (std::vector<std::string>{"adapter_config.json"}));
+}
+
 TEST(AdapterFileWriter, AWholeDownloadReplacesTheFilesAndLeavesNoStaging) {
   const std::string dir = FreshTestDir("files");
   std::ofstream(fs::path(dir) / "adapter_config.json") << "old config";
