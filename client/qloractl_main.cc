@@ -30,8 +30,9 @@ global flags (anywhere on the line):
                        namespace default, port 50051 unless given; $QLORAD_TENANT)
   -o json|text         output format (default text); json prints the response messages in the
                        canonical proto3 JSON mapping, one per line
-  --timeout SECONDS    deadline of each call (default 30 s; 1 h for models register and eval;
-                       none for uploads, downloads, generate and watch)
+  --timeout SECONDS    deadline of each call (default 30 s; 1 h for models register, eval and
+                       admin backup; none for uploads, downloads, generate and watch). Given, it
+                       bounds a watch too (jobs create --watch): the job goes on
   -h, --help           this text
 
 models (register and delete need an admin key):

@@ -157,6 +157,13 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
           absl::StrCat("qlorad has been out of reach for ", absl::FormatDuration(kReconnectFor),
                        " while watching job ", id, ": ", watched.message()));
     }
+    // --timeout bounds the watch too: the job trains on, and the message says how to go on.
+    if (absl::IsDeadlineExceeded(watched) && invocation.timeout.has_value()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "stopped watching job ", id, " after --timeout ",
+          absl::FormatDuration(*invocation.timeout), "; the job goes on (qloractl jobs watch ", id,
+          " --after ", after_sequence, ")"));
+    }
     RETURN_IF_ERROR(watched);
     reconnection.Reached();
     if (Finished(job.state())) return Conclude(invocation, job);

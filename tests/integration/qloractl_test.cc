@@ -681,6 +681,11 @@ TEST_F(QloractlTest, ConcurrentJobQuota) {
               "RESOURCE_EXHAUSTED", "limit");
   auto limits = Run(kAcmeKey, {"-o", "json", "limits"});
   EXPECT_EQ(limits.json()["activeJobs"], "3");
+  // A --timeout bounds a watch too; the message says the job goes on, and how to follow it.
+  auto bounded = Run(kAcmeKey, {"--timeout", "1", "jobs", "watch", ids[0]});
+  ExpectError(bounded, "DEADLINE_EXCEEDED", "stopped watching job " + ids[0]);
+  EXPECT_NE(bounded.err.find("the job goes on (qloractl jobs watch " + ids[0]), std::string::npos)
+      << bounded.err;
   for (const std::string& id : ids) EXPECT_EQ(Run(kAcmeKey, {"jobs", "cancel", id}).code, 0);
   auto r = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
                           *dataset_, "--max-steps", "2"});
