@@ -163,7 +163,11 @@ absl::StatusOr<std::map<std::string, std::string>> ParsedArgs::KeyValues(
   for (const std::string& text : GetAll(name)) {
     size_t eq = text.find('=');
     if (eq == std::string::npos || eq == 0) return BadValue(name, text, "KEY=VALUE");
-    pairs[text.substr(0, eq)] = text.substr(eq + 1);
+    // Given twice (--label team=a --label team=b), the last one silently won.
+    if (!pairs.emplace(text.substr(0, eq), text.substr(eq + 1)).second) {
+      return UsageError(
+          absl::StrCat("--", name, ": key '", text.substr(0, eq), "' is given twice"));
+    }
   }
   return pairs;
 }

@@ -279,6 +279,10 @@ TEST_F(QloractlTest, JobLifecycleAndWatch) {
   EXPECT_EQ(listed.json()["jobs"].size(), 1u);
   auto none = Run(kAcmeKey, {"-o", "json", "jobs", "list", "--label", "team=other"});
   EXPECT_FALSE(none.json().contains("jobs"));
+  // A key given twice is refused (the last one silently won).
+  auto twice = Run(kAcmeKey, {"jobs", "list", "--label", "team=search", "--label", "team=x"});
+  EXPECT_EQ(twice.code, 2) << twice.err;
+  EXPECT_NE(twice.err.find("--label: key 'team' is given twice"), std::string::npos) << twice.err;
   // Filters are bounded as labels are: each is matched against every job listed.
   std::vector<std::string> many = {"jobs", "list"};
   for (int i = 0; i < 33; ++i) {
