@@ -515,6 +515,15 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual((out / "adapter_model.safetensors").read_text(), "old weights")
         self.assertEqual(sorted(os.listdir(out)),
                          ["adapter_config.json", "adapter_model.safetensors"])
+        # Into folders it makes, a failed download takes them away again.
+        fresh = out.parent / "fresh" / "adapter"
+        client = Client("127.0.0.1:1", token="")
+        client._stream = cut_stream
+        try:
+            self.assertRpcError("UNAVAILABLE", client.download_adapter, "a-1", str(fresh))
+        finally:
+            client.close()
+        self.assertFalse((out.parent / "fresh").exists())
 
     def test_j_a_create_without_an_answer_names_its_key(self):
         """create_job sends an idempotency key always; where the answer is lost (here no daemon

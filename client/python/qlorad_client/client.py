@@ -375,7 +375,13 @@ class Client:
         """Writes the adapter's PEFT files into out_dir (created if needed); returns their paths
         in the order received. The files arrive in a hidden staging folder inside out_dir and
         move into place only once the whole download has come: a download cut short leaves
-        out_dir as it was, so an older adapter's files there are never mixed with this one's."""
+        out_dir as it was, so an older adapter's files there are never mixed with this one's, and
+        a download that fails removes the folders it made (while empty)."""
+        # The highest folder this download makes, taken away again if it fails.
+        created = None
+        probe = os.path.abspath(out_dir)
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            created, probe = probe, os.path.dirname(probe)
         os.makedirs(out_dir, exist_ok=True)
         _remove_abandoned_staging(out_dir)
         staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir)
@@ -413,12 +419,23 @@ class Client:
                 path = os.path.join(out_dir, name)
                 os.replace(os.path.join(staging, name), path)
                 paths.append(path)
+            created = None  # the folders hold the adapter now
             return paths
         finally:
             stream.close()
             if f is not None:
                 f.close()
             shutil.rmtree(staging, ignore_errors=True)
+            if created is not None:  # failed: the empty folders it made go
+                folder = os.path.abspath(out_dir)
+                while True:
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
+                    if folder == created:
+                        break
+                    folder = os.path.dirname(folder)
 
     # -- inference ------------------------------------------------------------------------------
 
