@@ -244,21 +244,16 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& message
   return ex.tokens;
 }
 
-absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
-                                                   const RowOptions& options,
-                                                   const std::string& source) {
+namespace {
+
+// Where each example goes, decided in this one place for BuildRows and CountRows: after the
+// checks, `place(example, kept_tokens, starts_a_row)` for each example in order.
+template <typename Place>
+absl::Status LayOutRows(const std::vector<TokenizedExample>& examples, const RowOptions& options,
+                        const std::string& source, Place place) {
   const int64_t T = options.seq_len;
   if (T < 2) return absl::InvalidArgumentError(absl::StrCat("seq_len must be at least 2, got ", T));
-  std::vector<TrainingRow> rows;
-  TrainingRow current;
-  int32_t segment = 0;
-  auto flush = [&]() {
-    if (current.tokens.empty()) return;
-    current.seq_len = T;  // padded in a batch, not here
-    rows.push_back(std::move(current));
-    current = TrainingRow();
-    segment = 0;
-  };
+  int64_t used = 0;  // tokens in the row being filled
   for (const TokenizedExample& ex : examples) {
     const int64_t len = std::min<int64_t>(static_cast<int64_t>(ex.tokens.size()), T);
     // Targets: position i predicts token i+1 when that token is a target.
@@ -269,16 +264,46 @@ absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedEx
           absl::StrCat(source, ":", ex.line, ": no target token within the sequence length of ", T,
                        " (the example has ", ex.tokens.size(), " tokens)"));
     }
-    if (!options.packing || static_cast<int64_t>(current.tokens.size()) + len > T) flush();
-    for (int64_t i = 0; i < len; ++i) {
-      current.tokens.push_back(ex.tokens[i]);
-      current.positions.push_back(static_cast<int32_t>(i));
-      current.segments.push_back(segment);
-      current.targets.push_back(i + 1 < len && ex.is_target[i + 1] ? ex.tokens[i + 1] : -1);
-    }
-    ++segment;
+    const bool starts = used == 0 || !options.packing || used + len > T;
+    if (starts) used = 0;
+    place(ex, len, starts);
+    used += len;
   }
-  flush();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
+                                                   const RowOptions& options,
+                                                   const std::string& source) {
+  std::vector<TrainingRow> rows;
+  int32_t segment = 0;
+  RETURN_IF_ERROR(LayOutRows(
+      examples, options, source, [&](const TokenizedExample& ex, int64_t len, bool starts) {
+        if (starts) {
+          rows.emplace_back();
+          rows.back().seq_len = options.seq_len;  // padded in a batch, not here
+          segment = 0;
+        }
+        TrainingRow& row = rows.back();
+        for (int64_t i = 0; i < len; ++i) {
+          row.tokens.push_back(ex.tokens[i]);
+          row.positions.push_back(static_cast<int32_t>(i));
+          row.segments.push_back(segment);
+          row.targets.push_back(i + 1 < len && ex.is_target[i + 1] ? ex.tokens[i + 1] : -1);
+        }
+        ++segment;
+      }));
+  return rows;
+}
+
+absl::StatusOr<int64_t> CountRows(const std::vector<TokenizedExample>& examples,
+                                  const RowOptions& options, const std::string& source) {
+  int64_t rows = 0;
+  RETURN_IF_ERROR(
+      LayOutRows(examples, options, source,
+                 [&](const TokenizedExample&, int64_t, bool starts) { rows += starts; }));
   return rows;
 }
 

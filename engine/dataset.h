@@ -73,5 +73,9 @@ struct RowOptions {
 absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
                                                    const RowOptions& options,
                                                    const std::string& source);
+// How many rows BuildRows would make, with the same checks, without making them (the daemon's
+// check of a queued job's data: the rows are 16 bytes a token, for the whole dataset).
+absl::StatusOr<int64_t> CountRows(const std::vector<TokenizedExample>& examples,
+                                  const RowOptions& options, const std::string& source);
 
 }  // namespace qlorad

@@ -1258,7 +1258,7 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
 
 absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(
     const v1::Job& job, const Tokenizer& tokenizer, std::string* field,
-    const std::function<bool()>& still_wanted) const {
+    const std::function<bool()>& still_wanted, bool count_only) const {
   const v1::Hyperparameters& r = job.resolved();
   auto wanted = [&] { return !still_wanted || still_wanted(); };
   // The bounds came after some jobs started: one that trained already keeps its data (failing it
@@ -1276,21 +1276,27 @@ absl::StatusOr<JobManager::JobData> JobManager::ReadJobData(
     auto examples = TokenizeJsonl(*content, tokenizer, ids[k]);
     if (!examples.ok()) return Field(fields[k], examples.status());
     if (!wanted()) return absl::CancelledError("no longer wanted");
-    auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
-    if (!built.ok()) return Field(fields[k], built.status());
-    const int64_t tokens = static_cast<int64_t>(built->size()) * r.seq_len();
+    if (count_only) {
+      auto counted = CountRows(*examples, RowOptionsFrom(r), ids[k]);
+      if (!counted.ok()) return Field(fields[k], counted.status());
+      data.row_count[k] = *counted;
+    } else {
+      auto built = BuildRows(*examples, RowOptionsFrom(r), ids[k]);
+      if (!built.ok()) return Field(fields[k], built.status());
+      data.row_count[k] = static_cast<int64_t>(built->size());
+      data.rows[k] = std::move(*built);
+    }
+    const int64_t tokens = data.row_count[k] * r.seq_len();
     if (k == 1 && tokens > options_.limits.max_validation_tokens && !started_before) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "validation_dataset: ", built->size(), " rows of ", r.seq_len(),
+          "validation_dataset: ", data.row_count[k], " rows of ", r.seq_len(),
           " tokens; a validation set holds at most ", options_.limits.max_validation_tokens,
           " (it is evaluated whole, while the device's other jobs wait): use a sample"));
     }
-    data.rows[k] = std::move(*built);
   }
   // Epochs bound the steps only through the data's size, known from here: max_steps was bounded
   // at creation, epochs only to 1000 (2M rows one at a time for 1000 epochs are 2e9 steps).
-  const int64_t steps =
-      Trainer::TotalSteps(static_cast<int64_t>(data.rows[0].size()), TrainerOptionsFrom(r));
+  const int64_t steps = Trainer::TotalSteps(data.row_count[0], TrainerOptionsFrom(r));
   if (steps > options_.limits.max_total_steps && !started_before) {
     *field = "hyperparameters.epochs";
     return absl::InvalidArgumentError(
@@ -1333,10 +1339,14 @@ void JobManager::CheckLoop() {
     }
     std::string field;
     // Given up once a worker takes the job (its start reads the data itself) or the daemon stops.
-    auto data = ReadJobData(*job, *tokenizers[key], &field, [&] {
-      absl::MutexLock lock(&mu_);
-      return !stopping_ && FindQueued(id) != queue_.end();
-    });
+    // Counted, not built: the rows would double the memory the job's start takes.
+    auto data = ReadJobData(
+        *job, *tokenizers[key], &field,
+        [&] {
+          absl::MutexLock lock(&mu_);
+          return !stopping_ && FindQueued(id) != queue_.end();
+        },
+        /*count_only=*/true);
     if (data.ok() || !absl::IsInvalidArgument(data.status())) continue;
     // Data the job cannot train on: it fails now, not when a device takes it (hours later on a
     // busy node), if it still waits in the queue.

@@ -177,12 +177,15 @@ class JobManager {
   // checked against what the node allows. INVALID_ARGUMENT for the user's data (`field` names
   // the request field); a dataset the store cannot give, its own error (`field` names it).
   struct JobData {
-    std::vector<TrainingRow> rows[2];  // training, validation
+    std::vector<TrainingRow> rows[2];  // training, validation; empty when only counted
+    int64_t row_count[2] = {0, 0};
   };
-  // `still_wanted` (optional) is asked between the stages; once false, CANCELLED.
+  // `still_wanted` (optional) is asked between the stages; once false, CANCELLED. `count_only`
+  // (the data check): the same checks, the rows counted and not kept.
   absl::StatusOr<JobData> ReadJobData(const v1::Job& job, const Tokenizer& tokenizer,
                                       std::string* field,
-                                      const std::function<bool()>& still_wanted = nullptr) const;
+                                      const std::function<bool()>& still_wanted = nullptr,
+                                      bool count_only = false) const;
   // The data check: each job put in the queue has its data read as its start will read it, on a
   // thread of its own while it waits, so that data it cannot train on (an example whose targets
   // seq_len cuts off, a validation set past its bound, epochs that make too many steps) fails

@@ -151,6 +151,31 @@ TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
       << cut.status();
 }
 
+// CountRows is BuildRows without the rows: the same count, packed or not, at every length, and
+// the same error for an example that keeps no target.
+TEST_F(DatasetTest, CountRowsAgreesWithBuildRows) {
+  auto ex = TokenizeJsonl(
+      "{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n{\"text\": \"A big red ball.\"}\n"
+      "{\"prompt\": \"Once upon a time there was a girl\", \"completion\": \" Lily.\"}\n",
+      *tok_, "c.jsonl");
+  ASSERT_TRUE(ex.ok()) << ex.status();
+  int checked = 0;
+  for (const bool packing : {false, true}) {
+    for (int64_t seq_len = 2; seq_len <= 40; ++seq_len) {
+      auto built = BuildRows(*ex, {seq_len, packing}, "c.jsonl");
+      auto counted = CountRows(*ex, {seq_len, packing}, "c.jsonl");
+      ASSERT_EQ(built.ok(), counted.ok()) << seq_len << " " << packing;
+      if (!built.ok()) {
+        EXPECT_EQ(built.status(), counted.status());
+        continue;
+      }
+      EXPECT_EQ(static_cast<int64_t>(built->size()), *counted) << seq_len << " " << packing;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 20);  // most lengths keep every example's targets
+}
+
 TEST_F(DatasetTest, PackingRestartsPositionsAndSeparatesSegments) {
   auto ex = TokenizeJsonl(
       "{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n{\"text\": \"A big red ball.\"}\n",
