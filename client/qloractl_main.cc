@@ -158,7 +158,12 @@ absl::StatusOr<const Command*> FindCommand(const std::vector<Command>& commands,
 absl::StatusOr<Invocation> MakeInvocation(const ParsedArgs& args) {
   client::ConnectionOptions connection = client::ConnectionOptionsFromEnvironment();
   connection.server = args.Get("server").value_or(connection.server);
-  if (args.Get("statefulset").has_value()) {
+  if (!args.Get("statefulset").has_value()) {
+    // They only shape a --statefulset address: without it they were ignored without a word.
+    for (const char* flag : {"replicas", "tenant", "service", "namespace", "port"}) {
+      if (args.Has(flag)) return UsageError(absl::StrCat("--", flag, " goes with --statefulset"));
+    }
+  } else {
     // A cluster: the tenant's pod of the StatefulSet, by rendezvous hashing (connection.h).
     if (args.Get("server").has_value()) {
       return UsageError("--server and --statefulset: give one or the other");

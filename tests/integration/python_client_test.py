@@ -557,6 +557,10 @@ class PythonClientTest(unittest.TestCase):
                      tenant, "--namespace", "ml", "route"],
                     capture_output=True, text=True, check=True).stdout.strip()
                 self.assertEqual(out, statefulset_target(tenant, replicas, namespace="ml"))
+        # Without --statefulset those flags would be ignored: refused, naming the flag.
+        lone = subprocess.run([ctl, "--port", "9999", "route"], capture_output=True, text=True)
+        self.assertEqual(lone.returncode, 2, lone.stderr)
+        self.assertIn("--port goes with --statefulset", lone.stderr)
 
 
 def main():
