@@ -101,7 +101,7 @@ absl::Status ValidateParsed(const Json& j) {
         return absl::InvalidArgumentError(absl::StrCat(where, ".role must be a string"));
       }
       const std::string role = m[i]["role"];
-      if (role != "system" && role != "user" && role != "assistant") {
+      if (!IsChatRole(role)) {
         return absl::InvalidArgumentError(
             absl::StrCat(where, ".role must be system, user or assistant, got '", role, "'"));
       }
@@ -159,19 +159,24 @@ std::string RoleHeader(const std::string& role) {
   return "### Assistant:\n";
 }
 
+// One turn in the chat layout, the same for training and for a generation prompt: an assistant
+// turn is its header, its content and EOS (learnt from when `learn`), any other its header and
+// content and a blank line.
+absl::Status AppendTurn(const Tokenizer& tok, const std::string& role, const std::string& content,
+                        bool learn, TokenizedExample* ex) {
+  if (role != "assistant") return Append(tok, RoleHeader(role) + content + "\n\n", false, ex);
+  RETURN_IF_ERROR(Append(tok, RoleHeader(role), false, ex));
+  RETURN_IF_ERROR(Append(tok, content, learn, ex));
+  AppendToken(tok.eos_id(), learn, ex);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TokenizedExample> Tokenize(const Json& j, const Tokenizer& tok) {
   TokenizedExample ex;
   AppendToken(tok.bos_id(), false, &ex);
   if (j.contains("messages")) {
     for (const Json& m : j["messages"]) {
-      const std::string role = m["role"], content = m["content"];
-      if (role == "assistant") {
-        RETURN_IF_ERROR(Append(tok, RoleHeader(role), false, &ex));
-        RETURN_IF_ERROR(Append(tok, content, true, &ex));
-        AppendToken(tok.eos_id(), true, &ex);
-      } else {
-        RETURN_IF_ERROR(Append(tok, RoleHeader(role) + content + "\n\n", false, &ex));
-      }
+      RETURN_IF_ERROR(AppendTurn(tok, m["role"], m["content"], /*learn=*/true, &ex));
     }
   } else if (j.contains("prompt")) {
     RETURN_IF_ERROR(Append(tok, j["prompt"].get<std::string>(), false, &ex));
@@ -218,27 +223,20 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
+bool IsChatRole(std::string_view role) {
+  return role == "system" || role == "user" || role == "assistant";
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::vector<ChatTurn>& turns,
                                                       const Tokenizer& tokenizer) {
-  RETURN_IF_ERROR(CheckNesting(messages_json));
-  Json j = Json::parse(messages_json, nullptr, false);
-  if (j.is_discarded() || !j.is_array())
-    return absl::InvalidArgumentError("messages must be a JSON array");
   TokenizedExample ex;
   AppendToken(tokenizer.bos_id(), false, &ex);
-  for (const Json& m : j) {
-    if (!m.is_object() || !m.contains("role") || !m.contains("content") || !m["role"].is_string() ||
-        !m["content"].is_string()) {
-      return absl::InvalidArgumentError("each message needs string 'role' and 'content'");
+  for (size_t i = 0; i < turns.size(); ++i) {
+    if (!IsChatRole(turns[i].role)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "messages[", i, "].role must be system, user or assistant, got '", turns[i].role, "'"));
     }
-    const std::string role = m["role"], content = m["content"];
-    if (role == "assistant") {
-      RETURN_IF_ERROR(Append(tokenizer, RoleHeader(role), false, &ex));
-      RETURN_IF_ERROR(Append(tokenizer, content, false, &ex));
-      AppendToken(tokenizer.eos_id(), false, &ex);
-    } else {
-      RETURN_IF_ERROR(Append(tokenizer, RoleHeader(role) + content + "\n\n", false, &ex));
-    }
+    RETURN_IF_ERROR(AppendTurn(tokenizer, turns[i].role, turns[i].content, /*learn=*/false, &ex));
   }
   RETURN_IF_ERROR(Append(tokenizer, RoleHeader("assistant"), false, &ex));
   return ex.tokens;

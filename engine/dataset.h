@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,9 +46,18 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
                                                             const Tokenizer& tokenizer,
                                                             const std::string& source);
 
-// The prompt of a chat conversation for generation: everything up to and including the next
-// "### Assistant:\n" header.
-absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::string& messages_json,
+// One turn of a chat conversation, as in a dataset's "messages".
+struct ChatTurn {
+  std::string role;  // IsChatRole
+  std::string content;
+};
+// "system", "user" or "assistant": the roles a chat dataset and a chat prompt may use.
+bool IsChatRole(std::string_view role);
+
+// The prompt of a chat conversation for generation, laid out and tokenized as training lays out
+// a chat example: everything up to and including the next "### Assistant:\n" header.
+// INVALID_ARGUMENT "messages[i].role ..." for another role.
+absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::vector<ChatTurn>& turns,
                                                       const Tokenizer& tokenizer);
 
 // One training row of seq_len positions: one example (truncated if longer), or several packed

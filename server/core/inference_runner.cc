@@ -14,7 +14,6 @@
 #include "engine/peft_adapter.h"
 #include "engine/status_macros.h"
 #include "engine/text_stream.h"
-#include "nlohmann/json.hpp"
 #include "server/core/ids.h"
 #include "server/metrics/names.h"
 
@@ -34,15 +33,9 @@ absl::StatusOr<std::vector<int32_t>> PromptTokens(const v1::GenerateRequest& req
     }
     return prompt;
   }
-  nlohmann::json messages = nlohmann::json::array();
-  for (const v1::ChatMessage& m : req.messages()) {
-    messages.push_back({{"role", m.role()}, {"content", m.content()}});
-  }
-  auto tokens = ChatPromptTokens(
-      messages.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), tok);
-  if (!tokens.ok())
-    return absl::InvalidArgumentError(absl::StrCat("messages: ", tokens.status().message()));
-  return tokens;
+  std::vector<ChatTurn> turns;
+  for (const v1::ChatMessage& m : req.messages()) turns.push_back({m.role(), m.content()});
+  return ChatPromptTokens(turns, tok);
 }
 
 absl::StatusOr<v1::Model> FindModel(ModelStore* models, const std::string& name) {
@@ -320,10 +313,11 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
     }
     int64_t bytes = 0;
     for (int i = 0; i < req.messages_size(); ++i) {
-      const std::string& role = req.messages(i).role();
-      if (role != "system" && role != "user" && role != "assistant") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "messages[", i, "].role: must be system, user or assistant, got '", role, "'"));
+      // Checked before the turn is waited for; ChatPromptTokens checks it again.
+      if (!IsChatRole(req.messages(i).role())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("messages[", i, "].role must be system, user or assistant, got '",
+                         req.messages(i).role(), "'"));
       }
       bytes += static_cast<int64_t>(req.messages(i).content().size()) + 16;  // + its header
     }

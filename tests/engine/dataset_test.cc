@@ -64,8 +64,10 @@ TEST_F(DatasetTest, ChatTemplateTrainsAssistantTurnsOnly) {
   expected.push_back(2);
   EXPECT_EQ(trained, expected);
   // Generation prompts end with the assistant header.
-  auto prompt = ChatPromptTokens(R"([{"role": "user", "content": "Hi"}])", *tok_);
+  auto prompt = ChatPromptTokens({{"user", "Hi"}}, *tok_);
   ASSERT_TRUE(prompt.ok());
+  EXPECT_EQ(ChatPromptTokens({{"narrator", "Hi"}}, *tok_).status().message(),
+            "messages[0].role must be system, user or assistant, got 'narrator'");
   const auto header = Enc("### Assistant:\n");
   EXPECT_TRUE(std::equal(header.rbegin(), header.rend(), prompt->rbegin()));
 }

@@ -374,10 +374,9 @@ TEST_F(InferenceRunnerTest, MessagesAreAnsweredInTheChatLayoutJobsTrainOn) {
   std::unique_ptr<Device> cpu = CreateCpuDevice(1);
   auto model = LlamaModel::Create(std::move(source->weights), cpu.get(), {});
   ASSERT_TRUE(model.ok()) << model.status();
-  auto prompt = ChatPromptTokens(
-      R"([{"role": "system", "content": "You tell short stories."},
-          {"role": "user", "content": "Tell me about a cat."}])",
-      *source->tokenizer);
+  auto prompt =
+      ChatPromptTokens({{"system", "You tell short stories."}, {"user", "Tell me about a cat."}},
+                       *source->tokenizer);
   ASSERT_TRUE(prompt.ok()) << prompt.status();
   SamplingOptions greedy;
   greedy.max_new_tokens = 12;
