@@ -139,8 +139,8 @@ struct JobManager::ActiveJob {
   // which no longer applies) must not store a second one.
   std::optional<v1::Adapter> stored_adapter;
   // How it ends (its adapter, or its SUCCEEDED or CANCELLED record) could not be stored: it stays
-  // on its device and tries again from store_again_at.
-  bool waiting_to_end = false;
+  // on its device and tries again from store_again_at (WaitToEnd).
+  bool waiting_to_end() const { return store_tries > 0; }
   bool recording_cancel = false;  // of those, a wait for its CANCELLED record
   int store_tries = 0;
   int store_internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
@@ -946,7 +946,7 @@ void JobManager::WorkerLoop(Worker* w) {
     for (auto it = active.begin(); it != active.end();) {
       if (stop_requested_) break;  // checkpoint at once, not after a round of steps
       StepOutcome outcome = RunStep(w, **it);
-      const bool waits = (*it)->waiting_to_end && outcome == StepOutcome::kContinue;
+      const bool waits = (*it)->waiting_to_end() && outcome == StepOutcome::kContinue;
       worked |= !waits;
       if (outcome == StepOutcome::kContinue && active.size() > 1 && !waits) {
         // Other jobs step before this one again: its optimizer state waits in host memory.
@@ -1102,7 +1102,6 @@ bool JobManager::WaitToEnd(ActiveJob& a, const absl::Status& why, const std::str
   if (absl::IsInternal(why)) ++a.store_internal_failures;
   const absl::Duration pause = PauseAfter(a.store_tries);
   a.store_again_at = absl::Now() + pause;
-  a.waiting_to_end = true;
   std::fprintf(stderr, "qlorad: job %s: %s cannot be stored yet (try %d: %s); next try in %s\n",
                a.job.id().c_str(), what.c_str(), a.store_tries, std::string(why.message()).c_str(),
                absl::FormatDuration(pause).c_str());
@@ -1619,8 +1618,7 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   if (a.stored_adapter) {  // only its SUCCEEDED record is left: a cancel comes too late
-    return a.waiting_to_end && absl::Now() < a.store_again_at ? StepOutcome::kContinue
-                                                              : StepOutcome::kSucceeded;
+    return absl::Now() < a.store_again_at ? StepOutcome::kContinue : StepOutcome::kSucceeded;
   }
   // A cancel ends a wait for the adapter's store at once; a wait for the cancel's own record
   // is paced (store_again_at), as a wait for the adapter is.
@@ -1628,7 +1626,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     return a.recording_cancel && absl::Now() < a.store_again_at ? StepOutcome::kContinue
                                                                 : StepOutcome::kCancelled;
   }
-  if (a.waiting_to_end && absl::Now() < a.store_again_at) return StepOutcome::kContinue;
+  if (absl::Now() < a.store_again_at) return StepOutcome::kContinue;  // InfinitePast until a wait
   if (a.trained()) return StepOutcome::kSucceeded;
   StepReport report;
   bool stepped = false;
