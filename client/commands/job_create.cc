@@ -147,7 +147,7 @@ absl::Status CreateJob(const Invocation& invocation) {
     std::cout << "job " << job.id() << " " << v1::JobState_Name(job.state()) << "\n" << std::flush;
   }));
   if (!invocation.args.Has("watch")) return absl::OkStatus();
-  return WatchJob(invocation, job.id(), /*after_sequence=*/0, /*reached=*/true);
+  return WatchJob(invocation, job.id(), /*after_sequence=*/0);
 }
 
 }  // namespace qlorad::ctl

@@ -28,19 +28,14 @@ constexpr absl::Duration kMaxReconnectPause = absl::Seconds(10);
 
 class Reconnection {
  public:
-  explicit Reconnection(bool reached) : ever_reached_(reached) {}
   // After a call that reached the daemon.
   void Reached() {
     since_ = absl::InfiniteFuture();
     pause_ = absl::Seconds(1);
-    ever_reached_ = true;
   }
-  bool ever_reached() const { return ever_reached_; }
   // After `why` (UNAVAILABLE): false once the daemon has been out of reach for kReconnectFor,
-  // or at once when it was never reached (a wrong address, a daemon not started: waiting ten
-  // minutes would look like a hang), else waits for the next try.
+  // else waits for the next try.
   bool WaitToTryAgain(const absl::Status& why) {
-    if (!ever_reached_) return false;
     const absl::Time now = absl::Now();
     if (since_ == absl::InfiniteFuture()) since_ = now;
     if (now - since_ >= kReconnectFor) return false;
@@ -55,7 +50,6 @@ class Reconnection {
  private:
   absl::Time since_ = absl::InfiniteFuture();
   absl::Duration pause_ = absl::Seconds(1);
-  bool ever_reached_;
 };
 
 // Text mode: events as lines on stdout; progress on stderr, as one line rewritten in place
@@ -111,12 +105,11 @@ absl::Status Conclude(const Invocation& invocation, const v1::Job& job) {
 
 }  // namespace
 
-absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64_t after_sequence,
-                      bool reached) {
+absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64_t after_sequence) {
   auto stub = JobService::NewStub(invocation.channel);
   EventPrinter printer(!invocation.json() && StderrIsTerminal());
   int idle_resumes = 0;
-  Reconnection reconnection(reached);
+  Reconnection reconnection;
   for (;;) {
     v1::WatchJobRequest request;
     request.set_id(id);
@@ -152,7 +145,6 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
     // UNAVAILABLE); qloractl cancels none of these calls itself.
     if (absl::IsUnavailable(watched) || absl::IsCancelled(watched)) {
       if (reconnection.WaitToTryAgain(watched)) continue;
-      if (!reconnection.ever_reached()) return watched;  // as any call that reached nothing
       return absl::UnavailableError(
           absl::StrCat("qlorad has been out of reach for ", absl::FormatDuration(kReconnectFor),
                        " while watching job ", id, ": ", watched.message()));

@@ -140,7 +140,7 @@ absl::Status Watch(const Invocation& invocation) {
   // One look first: an unknown job or an unreachable daemon is an error at once, and a daemon
   // reached is reconnected to if it restarts while no new event has come yet.
   ASSIGN_OR_RETURN(v1::Job job, GetNamedJob(invocation));
-  return WatchJob(invocation, job.id(), after.value_or(0), /*reached=*/true);
+  return WatchJob(invocation, job.id(), after.value_or(0));
 }
 
 }  // namespace

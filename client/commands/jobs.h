@@ -17,10 +17,9 @@ absl::Status CreateJob(const Invocation& invocation);
 
 // job_watch.cc: follows the job's events from after `after_sequence` until it ends, then exits
 // 0 (SUCCEEDED, printing the adapter), 3 (FAILED) or 4 (CANCELLED) through the status.
-// Reconnects for up to 10 minutes once the daemon was reached (`reached`: a call before this
-// one did, as jobs create's); a daemon never reached is an error at once.
-absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64_t after_sequence,
-                      bool reached = false);
+// Reconnects for up to 10 minutes; its callers have reached the daemon first (jobs create's
+// call, jobs watch's GetJob), so that a daemon never reached is an error at once.
+absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64_t after_sequence);
 
 // job_view.cc: text forms.
 void PrintJob(const v1::Job& job);
