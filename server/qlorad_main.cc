@@ -198,10 +198,6 @@ absl::StatusOr<std::unique_ptr<Device>> OpenInferenceDevice(const std::string& s
   } else if (CudaOrdinal(spec) >= 0) {
     gpus.push_back(absl::StrCat("cuda:", CudaOrdinal(spec)));
   }
-  if (absl::GetFlag(FLAGS_inference_memory_bytes) < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--inference-memory-bytes: ", absl::GetFlag(FLAGS_inference_memory_bytes), " is negative"));
-  }
   std::map<int, int64_t> shares;  // by ordinal
   for (const std::string& card : gpus) shares[CudaOrdinal(card)] = InferenceShare(card, manager);
   const CudaOptionsFor options_for = [&](int ordinal) {
@@ -267,6 +263,11 @@ absl::Status CheckNumericFlags() {
       // Downloads and the Python client's uploads send 1 MiB chunks.
       {"max-message-bytes", double(absl::GetFlag(FLAGS_max_message_bytes)), 2 << 20, kInt,
        " (adapter downloads and uploads send 1 MiB chunks)"},
+      // A dataset is one RocksDB value, and a write batch holds values below 4 GiB: a larger
+      // upload would be refused only once all of it had come.
+      {"max-upload-bytes", double(absl::GetFlag(FLAGS_max_upload_bytes)), 1, 3.0 * (1 << 30),
+       " (a dataset is one RocksDB value)"},
+      {"inference-memory-bytes", double(absl::GetFlag(FLAGS_inference_memory_bytes)), 0, kBig, ""},
       {"max-rpc-threads", double(absl::GetFlag(FLAGS_max_rpc_threads)), 8, 65536, ""},
       {"max-calls-per-tenant", double(absl::GetFlag(FLAGS_max_calls_per_tenant)), 0, kInt,
        " (0: no bound)"},
@@ -277,8 +278,8 @@ absl::Status CheckNumericFlags() {
   };
   // Whole numbers in full (StrCat's 6 digits made 2097151 read as 2.09715e+06).
   auto text = [](double v) {
-    return v == std::floor(v) && std::fabs(v) < 1e18 ? absl::StrCat(static_cast<int64_t>(v))
-                                                     : absl::StrCat(v);
+    return v == std::floor(v) && std::fabs(v) < 9.3e18 ? absl::StrCat(static_cast<int64_t>(v))
+                                                       : absl::StrCat(v);
   };
   for (const Bound& b : bounds) {
     if (!(b.value >= b.lo && b.value <= b.hi)) {  // NaN too
@@ -328,13 +329,6 @@ absl::Status Run() {
   node.adapters = std::make_unique<core::AdapterStore>(node.db.get());
   node.checkpoints = std::make_unique<core::CheckpointStore>(node.db.get());
   node.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
-  // A dataset is one RocksDB value, and a write batch holds values below 4 GiB: a larger upload
-  // would be refused only once all of it had come.
-  constexpr int64_t kMaxUploadBytes = int64_t{3} << 30;
-  if (node.max_upload_bytes < 1 || node.max_upload_bytes > kMaxUploadBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max-upload-bytes must be in [1, ", kMaxUploadBytes, "], got ", node.max_upload_bytes));
-  }
   node.calls = std::make_unique<server::TenantCalls>(absl::GetFlag(FLAGS_max_calls_per_tenant));
   node.log_limiter = std::make_unique<server::LogLimiter>();
   const std::string scratch = (fs::path(data_dir) / "scratch").string();
@@ -408,8 +402,7 @@ absl::Status Run() {
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, creds, &port);
-  const int max_message = static_cast<int>(
-      std::min<int64_t>(absl::GetFlag(FLAGS_max_message_bytes), std::numeric_limits<int>::max()));
+  const int max_message = static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));  // checked
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
   // A client that vanished (a closed laptop, a dropped link) is found within minutes rather than
