@@ -505,24 +505,21 @@ class PythonClientTest(unittest.TestCase):
             yield chunk(file_name="adapter_model.safetensors", data=b"new wei")
             raise QloradError("UNAVAILABLE", "the connection dropped")
 
-        client = Client("127.0.0.1:1", token="")
-        client._stream = cut_stream
-        try:
-            self.assertRpcError("UNAVAILABLE", client.download_adapter, "a-1", str(out))
-        finally:
-            client.close()
+        def download_cut_short(dest):
+            client = Client("127.0.0.1:1", token="")
+            client._stream = cut_stream
+            try:
+                self.assertRpcError("UNAVAILABLE", client.download_adapter, "a-1", str(dest))
+            finally:
+                client.close()
+
+        download_cut_short(out)
         self.assertEqual((out / "adapter_config.json").read_text(), "old config")
         self.assertEqual((out / "adapter_model.safetensors").read_text(), "old weights")
         self.assertEqual(sorted(os.listdir(out)),
                          ["adapter_config.json", "adapter_model.safetensors"])
         # Into folders it makes, a failed download takes them away again.
-        fresh = out.parent / "fresh" / "adapter"
-        client = Client("127.0.0.1:1", token="")
-        client._stream = cut_stream
-        try:
-            self.assertRpcError("UNAVAILABLE", client.download_adapter, "a-1", str(fresh))
-        finally:
-            client.close()
+        download_cut_short(out.parent / "fresh" / "adapter")
         self.assertFalse((out.parent / "fresh").exists())
 
     def test_j_a_create_without_an_answer_names_its_key(self):
