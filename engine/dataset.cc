@@ -191,6 +191,28 @@ absl::StatusOr<TokenizedExample> Tokenize(const Json& j, const Tokenizer& tok) {
 
 }  // namespace
 
+void BadLines::Add(int64_t line, absl::string_view what) {
+  if (++count_ > kMaxShown) return;
+  const bool cut = what.size() > kMaxWhatBytes;
+  if (cut) {
+    size_t end = kMaxWhatBytes;  // never inside a UTF-8 sequence
+    while (end > 0 && (static_cast<unsigned char>(what[end]) & 0xC0) == 0x80) --end;
+    what = what.substr(0, end);
+  }
+  absl::StrAppend(&shown_, shown_.empty() ? "" : "; ",
+                  source_.empty() ? absl::StrCat("line ", line) : absl::StrCat(source_, ":", line),
+                  ": ", what, cut ? "..." : "");
+}
+
+absl::Status BadLines::ToStatus() const {
+  if (count_ == 0) return absl::OkStatus();
+  if (count_ == 1) return absl::InvalidArgumentError(shown_);
+  // The count first: the daemon shortens a long error from its end (server/grpc/call.h).
+  return absl::InvalidArgumentError(absl::StrCat(
+      count_, " bad lines", count_ > kMaxShown ? absl::StrCat(", the first ", kMaxShown) : "", ": ",
+      shown_));
+}
+
 absl::Status ValidateExampleJson(const std::string& line) {
   ASSIGN_OR_RETURN(Json j, ParseLine(line));
   return ValidateParsed(j);
@@ -200,25 +222,36 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
                                                             const Tokenizer& tokenizer,
                                                             const std::string& source) {
   std::vector<TokenizedExample> out;
+  BadLines bad(source);
   int64_t line_no = 0;
   for (absl::string_view raw : absl::StrSplit(text, '\n')) {
     ++line_no;
     std::string line(raw);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    auto fail = [&](const absl::Status& s) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ":", line_no, ": ", s.message()));
-    };
     auto j = ParseLine(line);
-    if (!j.ok()) return fail(j.status());
-    if (auto s = ValidateParsed(*j); !s.ok()) return fail(s);
+    if (!j.ok()) {
+      bad.Add(line_no, j.status().message());
+      continue;
+    }
+    if (auto s = ValidateParsed(*j); !s.ok()) {
+      bad.Add(line_no, s.message());
+      continue;
+    }
     auto ex = Tokenize(*j, tokenizer);
-    if (!ex.ok()) return fail(ex.status());
-    if (ex->num_targets() == 0)
-      return fail(absl::InvalidArgumentError("no target token to learn from"));
+    if (!ex.ok()) {
+      bad.Add(line_no, ex.status().message());
+      continue;
+    }
+    if (ex->num_targets() == 0) {
+      bad.Add(line_no, "no target token to learn from");
+      continue;
+    }
+    if (bad.count() > 0) continue;  // the set fails: keep no more examples
     ex->line = line_no;
     out.push_back(std::move(*ex));
   }
+  RETURN_IF_ERROR(bad.ToStatus());
   if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no examples"));
   return out;
 }
@@ -252,22 +285,23 @@ absl::Status LayOutRows(const std::vector<TokenizedExample>& examples, const Row
   const int64_t T = options.seq_len;
   if (T < 2) return absl::InvalidArgumentError(absl::StrCat("seq_len must be at least 2, got ", T));
   int64_t used = 0;  // tokens in the row being filled
+  BadLines bad(source);
   for (const TokenizedExample& ex : examples) {
     const int64_t len = std::min<int64_t>(static_cast<int64_t>(ex.tokens.size()), T);
     // Targets: position i predicts token i+1 when that token is a target.
     int64_t kept_targets = 0;
     for (int64_t i = 1; i < len; ++i) kept_targets += ex.is_target[i];
     if (kept_targets == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ":", ex.line, ": no target token within the sequence length of ", T,
-                       " (the example has ", ex.tokens.size(), " tokens)"));
+      bad.Add(ex.line, absl::StrCat("no target token within the sequence length of ", T,
+                                    " (the example has ", ex.tokens.size(), " tokens)"));
     }
+    if (bad.count() > 0) continue;  // the layout fails: place nothing more
     const bool starts = used == 0 || !options.packing || used + len > T;
     if (starts) used = 0;
     place(ex, len, starts);
     used += len;
   }
-  return absl::OkStatus();
+  return bad.ToStatus();
 }
 
 }  // namespace

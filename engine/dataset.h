@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/tokenizer.h"
 
 namespace qlorad {
@@ -39,9 +40,32 @@ inline constexpr size_t kMaxExampleLineBytes = size_t{16} << 20;
 // the field; the caller adds the line number.
 absl::Status ValidateExampleJson(const std::string& line);
 
-// Parses and tokenizes a whole JSONL text. Blank lines are skipped. The first bad line fails
-// the whole set with "<source>:<line>: <what is wrong>"; so does an example with no target
-// token. An empty set is an error.
+// The bad lines of one JSONL text, gathered so that one error says how many there were and names
+// the first kMaxShown: a user fixes a file in one round, not one upload per bad line.
+// "line 5: ..." for one; "13 bad lines, the first 10: line 2: ...; line 4: ..." for more.
+class BadLines {
+ public:
+  static constexpr int kMaxShown = 10;
+  // Each shown line reads "<source>:<line>: <what>", or "line <line>: <what>" where `source` is
+  // empty.
+  explicit BadLines(std::string source) : source_(std::move(source)) {}
+  // `what` is cut at kMaxWhatBytes: it may quote a field name of any length, and the whole error
+  // travels in a gRPC trailer, whose size is bounded.
+  void Add(int64_t line, absl::string_view what);
+  int64_t count() const { return count_; }
+  // OK when no line was added; INVALID_ARGUMENT naming them otherwise.
+  absl::Status ToStatus() const;
+
+ private:
+  static constexpr size_t kMaxWhatBytes = 200;
+  std::string source_;
+  std::string shown_;
+  int64_t count_ = 0;
+};
+
+// Parses and tokenizes a whole JSONL text. Blank lines are skipped. Bad lines (and examples
+// with no target token) fail the whole set, named as BadLines does with `source`. An empty set
+// is an error.
 absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& text,
                                                             const Tokenizer& tokenizer,
                                                             const std::string& source);
@@ -79,7 +103,7 @@ struct RowOptions {
   bool packing = false;
 };
 
-// Fails with the line number of an example that keeps no target token within seq_len.
+// Fails naming the lines (BadLines) of the examples that keep no target token within seq_len.
 absl::StatusOr<std::vector<TrainingRow>> BuildRows(const std::vector<TokenizedExample>& examples,
                                                    const RowOptions& options,
                                                    const std::string& source);

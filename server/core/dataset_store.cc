@@ -76,18 +76,19 @@ absl::StatusOr<v1::Dataset> DatasetStore::Create(const std::string& tenant, cons
     return absl::InvalidArgumentError(
         "name: at most 256 bytes of text, without control characters");
   }
-  // Validate everything first: a bad upload stores nothing.
+  // Validate everything first: a bad upload stores nothing, and its error names every bad line
+  // (the first ten of them).
   int64_t examples = 0, line_no = 0;
+  BadLines bad("");
   for (absl::string_view raw : absl::StrSplit(content, '\n')) {
     ++line_no;
     std::string line(raw);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    if (auto s = ValidateExampleJson(line); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("line ", line_no, ": ", s.message()));
-    }
+    if (auto s = ValidateExampleJson(line); !s.ok()) bad.Add(line_no, s.message());
     ++examples;
   }
+  RETURN_IF_ERROR(bad.ToStatus());
   if (examples == 0) return absl::InvalidArgumentError("the dataset has no examples");
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const Usage usage, UsageOf(tenant));

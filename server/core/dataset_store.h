@@ -53,9 +53,9 @@ class DatasetStore {
       const std::string& tenant, int64_t max_total_bytes, int64_t max_upload_bytes,
       int64_t max_datasets = TenantLimits{}.max_datasets);
 
-  // INVALID_ARGUMENT "line N: ..." for the first bad line (or an empty upload), "name: ..."
-  // for a name longer than 256 bytes or holding control characters (it may be empty);
-  // RESOURCE_EXHAUSTED when the tenant's datasets would exceed `max_total_bytes`, or number
+  // INVALID_ARGUMENT "line N: ..." naming the first ten bad lines (BadLines) or for an empty
+  // upload, "name: ..." for a name longer than 256 bytes or holding control characters (it may be
+  // empty); RESOURCE_EXHAUSTED when the tenant's datasets would exceed `max_total_bytes`, or number
   // more than `max_datasets`.
   absl::StatusOr<v1::Dataset> Create(const std::string& tenant, const std::string& name,
                                      const std::string& content, int64_t max_total_bytes,

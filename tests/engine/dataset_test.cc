@@ -115,6 +115,31 @@ TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
   }
 }
 
+// One error names the first ten bad lines and counts them all, so a file is fixed in one round.
+TEST_F(DatasetTest, EveryBadLineIsCountedAndTheFirstTenNamed) {
+  std::string text;
+  for (int line = 1; line <= 26; ++line) {
+    text += line % 2 ? "{\"text\": \"ok\"}\n" : "{\"txt\": \"typo\"}\n";  // even lines bad
+  }
+  auto ex = TokenizeJsonl(text, *tok_, "bad.jsonl");
+  ASSERT_FALSE(ex.ok());
+  const std::string message(ex.status().message());
+  EXPECT_EQ(message.rfind("13 bad lines, the first 10: bad.jsonl:2: expected one of", 0), 0u)
+      << message;
+  EXPECT_NE(message.find("; bad.jsonl:20: expected one of"), std::string::npos) << message;
+  EXPECT_EQ(message.find("bad.jsonl:22:"), std::string::npos) << message;
+  EXPECT_EQ(message.find("bad.jsonl:1:"), std::string::npos) << message;
+
+  // A field name of any length is cut, and never inside a UTF-8 character (3 bytes each here).
+  std::string euros;
+  for (int i = 0; i < 400; ++i) euros += "\u20ac";
+  auto long_key = TokenizeJsonl("{\"text\": \"a\", \"" + euros + "\": 1}", *tok_, "k.jsonl");
+  ASSERT_FALSE(long_key.ok());
+  // "unexpected field '" is 18 bytes: 60 whole euro signs fit in the 200 shown, 61 do not.
+  EXPECT_EQ(long_key.status().message(),
+            "k.jsonl:1: unexpected field '" + euros.substr(0, 60 * 3) + "...");
+}
+
 TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
   auto ex = TokenizeJsonl(
       "{\"prompt\": \"Once upon a time there was a girl\", \"completion\": \" Lily.\"}\n"
@@ -151,6 +176,20 @@ TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {
   EXPECT_NE(cut.status().message().find("r.jsonl:1: no target token within the sequence length"),
             std::string::npos)
       << cut.status();
+  // Every example it cuts off is named, and CountRows says the same.
+  auto three = TokenizeJsonl(
+      "{\"prompt\": \"Once upon a time there was a girl\", \"completion\": \" Lily.\"}\n"
+      "{\"text\": \"Hi\"}\n"
+      "{\"prompt\": \"Once upon a time there was a boy\", \"completion\": \" Tom.\"}\n",
+      *tok_, "r.jsonl");
+  ASSERT_TRUE(three.ok()) << three.status();
+  auto both = BuildRows(*three, {prompt_len, false}, "r.jsonl");
+  ASSERT_FALSE(both.ok());
+  const std::string message(both.status().message());
+  EXPECT_EQ(message.rfind("2 bad lines: r.jsonl:1: no target", 0), 0u) << message;
+  EXPECT_NE(message.find("; r.jsonl:3: no target"), std::string::npos) << message;
+  EXPECT_EQ(message.find("r.jsonl:2:"), std::string::npos) << message;
+  EXPECT_EQ(CountRows(*three, {prompt_len, false}, "r.jsonl").status(), both.status());
 }
 
 // CountRows is BuildRows without the rows: the same count, packed or not, at every length, and

@@ -647,8 +647,9 @@ TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {
   ExpectError(Run(kAcmeKey, {"datasets", "upload",
                              WriteFile("bad.jsonl",
                                        "{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n"
-                                       "{\"text\": 3}\n")}),
-              "INVALID_ARGUMENT", "line 3");
+                                       "{\"text\": 3}\n{\"txt\": \"typo\"}\n")}),
+              "INVALID_ARGUMENT",
+              "2 bad lines: line 3: field 'text' must be a string; line 4: expected one of");
   ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("empty.jsonl", "")}),
               "INVALID_ARGUMENT", "");
   ExpectError(Run(kAcmeKey, {"datasets", "upload", WriteFile("broken.jsonl", "{\"text\": ")}),

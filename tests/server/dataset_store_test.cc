@@ -40,12 +40,15 @@ TEST_F(DatasetStoreTest, StoresCountsHashesAndReadsBack) {
   EXPECT_EQ(store_->UsageOf("acme")->datasets, 1);
 }
 
-TEST_F(DatasetStoreTest, TheFirstBadLineIsNamedAndNothingIsStored) {
-  const std::string bad = std::string(kGood) + "{\"text\": \"ok\"}\n{\"prompt\": 3}\n";
+TEST_F(DatasetStoreTest, EveryBadLineIsNamedAndNothingIsStored) {
+  const std::string bad =
+      std::string(kGood) + "{\"text\": \"ok\"}\n{\"prompt\": 3}\n{\"text\": \"ok\"}\n[]\n";
   auto d = store_->Create("acme", "bad", bad, 1 << 20);
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(d.status().message().find("line 5:"), std::string::npos) << d.status();
+  EXPECT_EQ(d.status().message().rfind("2 bad lines: line 5: ", 0), 0u) << d.status();
+  EXPECT_NE(d.status().message().find("; line 7: not a JSON object"), std::string::npos)
+      << d.status();
   EXPECT_TRUE(store_->List("acme")->empty());
   EXPECT_EQ(store_->Create("acme", "empty", "\n \n", 1 << 20).status().code(),
             absl::StatusCode::kInvalidArgument);
