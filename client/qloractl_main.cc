@@ -56,6 +56,7 @@ jobs:
   jobs get ID
   jobs list [--state STATE[,STATE]]... [--label k=v]... [--page-size N] [--page-token T] [--all]
   jobs cancel ID
+  jobs delete ID               delete a finished job's record and events (its adapter stays)
   jobs events ID [--after N] [--page-size N]
   jobs watch ID [--after N]    follow the job's events until it ends; exit 0 when it SUCCEEDED
                                (prints "adapter: ID"), 3 when it FAILED, 4 when CANCELLED

@@ -57,6 +57,9 @@ ABSL_FLAG(int64_t, device_memory_bytes, 0,
 ABSL_FLAG(int32_t, max_jobs_per_device, 4, "Jobs resident on one device, taking turns");
 ABSL_FLAG(int64_t, checkpoint_every, 50, "Checkpoint running jobs every N steps (0: at exit)");
 ABSL_FLAG(double, progress_interval, 1.0, "Seconds between stored progress events of a job");
+ABSL_FLAG(double, job_retention_days, 0,
+          "Delete finished jobs (record and events; adapters stay) this many days after they "
+          "ended; 0: keep them until deleted");
 ABSL_FLAG(int64_t, max_rank, 256, "Largest LoRA rank accepted");
 ABSL_FLAG(int64_t, max_seq_len, 4096, "Longest training sequence accepted");
 ABSL_FLAG(int64_t, max_batch_size, 256, "Largest micro-batch accepted");
@@ -257,6 +260,8 @@ absl::Status CheckNumericFlags() {
        " (0: only at exit)"},
       {"progress-interval", absl::GetFlag(FLAGS_progress_interval), 0, 3600,
        " (0: an event every step)"},
+      {"job-retention-days", absl::GetFlag(FLAGS_job_retention_days), 0, 36500,
+       " (0: keep finished jobs)"},
       {"max-rank", double(absl::GetFlag(FLAGS_max_rank)), 1, 65536, ""},
       {"max-seq-len", double(absl::GetFlag(FLAGS_max_seq_len)), 2, 1 << 24, ""},
       {"max-batch-size", double(absl::GetFlag(FLAGS_max_batch_size)), 1, 65536, ""},
@@ -341,6 +346,10 @@ absl::Status Run() {
   mo.max_jobs_per_device = absl::GetFlag(FLAGS_max_jobs_per_device);
   mo.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   mo.progress_interval_seconds = absl::GetFlag(FLAGS_progress_interval);
+  mo.finished_job_retention = absl::Hours(24 * absl::GetFlag(FLAGS_job_retention_days));
+  // Hourly, or more often for a retention under ten hours (a test's).
+  mo.retention_sweep_interval =
+      std::clamp(mo.finished_job_retention / 10, absl::Seconds(1), absl::Hours(1));
   mo.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
   mo.limits.max_seq_len = absl::GetFlag(FLAGS_max_seq_len);
   mo.limits.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);

@@ -1,4 +1,4 @@
-// qloractl jobs get|list|cancel|events|watch (create: job_create.cc).
+// qloractl jobs get|list|cancel|delete|events|watch (create: job_create.cc).
 #include "client/commands/jobs.h"
 
 #include <iostream>
@@ -111,6 +111,16 @@ absl::Status Cancel(const Invocation& invocation) {
   });
 }
 
+absl::Status Delete(const Invocation& invocation) {
+  v1::DeleteJobRequest request;
+  request.set_id(invocation.args.positionals()[0]);
+  v1::DeleteJobResponse response;
+  auto context = invocation.Context(kUnaryTimeout);
+  RETURN_IF_ERROR(RpcStatus(
+      JobService::NewStub(invocation.channel)->DeleteJob(context.get(), request, &response)));
+  return Emit(invocation, response, [&] { std::cout << "deleted job " << request.id() << "\n"; });
+}
+
 absl::Status Events(const Invocation& invocation) {
   v1::ListJobEventsRequest request;
   request.set_id(invocation.args.positionals()[0]);
@@ -159,6 +169,7 @@ std::vector<Command> JobCommands() {
         {"all", false}},
        List},
       {"jobs", "cancel", {"ID"}, {}, Cancel},
+      {"jobs", "delete", {"ID"}, {}, Delete},
       {"jobs", "events", {"ID"}, {{"after"}, {"page-size"}}, Events},
       {"jobs", "watch", {"ID"}, {{"after"}}, Watch},
   };

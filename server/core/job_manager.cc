@@ -412,6 +412,9 @@ absl::Status JobManager::Start() {
     w->thread = std::thread([this, raw] { WorkerLoop(raw); });
   }
   checker_ = std::thread([this] { CheckLoop(); });
+  if (options_.finished_job_retention > absl::ZeroDuration()) {
+    pruner_ = std::thread([this] { PruneLoop(); });
+  }
   return absl::OkStatus();
 }
 
@@ -443,6 +446,50 @@ void JobManager::Shutdown() {
     if (w->thread.joinable()) w->thread.join();
   }
   if (checker_.joinable()) checker_.join();
+  if (pruner_.joinable()) pruner_.join();
+}
+
+absl::Status JobManager::DeleteJob(const std::string& tenant, const std::string& id) {
+  RETURN_IF_ERROR(stores_.jobs->Delete(tenant, id));
+  Notify();  // a watch of the job ends (NOT_FOUND) instead of waiting for its timeout
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> JobManager::PruneFinishedJobs(absl::Time cutoff) {
+  // In batches, each found by a scan that holds no lock: a node may keep many thousands.
+  constexpr int kBatch = 1000;
+  int64_t deleted = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(const auto batch, stores_.jobs->FinishedBefore(cutoff, kBatch));
+    for (const auto& [tenant, id] : batch) {
+      absl::Status s = stores_.jobs->Delete(tenant, id);
+      if (absl::IsNotFound(s)) continue;  // deleted by its tenant meanwhile
+      RETURN_IF_ERROR(s);
+      ++deleted;
+    }
+    if (static_cast<int>(batch.size()) < kBatch) break;
+  }
+  if (deleted > 0) Notify();
+  return deleted;
+}
+
+void JobManager::PruneLoop() {
+  while (true) {
+    const absl::Duration keep = options_.finished_job_retention;
+    auto pruned = PruneFinishedJobs(absl::Now() - keep);
+    if (!pruned.ok()) {
+      std::fprintf(stderr, "qlorad: deleting jobs that ended over %s ago failed: %s\n",
+                   absl::FormatDuration(keep).c_str(),
+                   std::string(pruned.status().message()).c_str());
+    } else if (*pruned > 0) {
+      std::fprintf(stderr, "qlorad: deleted %lld jobs that ended over %s ago\n",
+                   static_cast<long long>(*pruned), absl::FormatDuration(keep).c_str());
+    }
+    absl::MutexLock lock(&mu_);
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.retention_sweep_interval)) {
+      return;
+    }
+  }
 }
 
 void JobManager::Notify() const {

@@ -60,6 +60,10 @@ struct JobManagerOptions {
   int64_t checkpoint_every = 50;  // steps; 0: only at shutdown
   // Progress events at most this often (the first and last step, and evaluations, always).
   double progress_interval_seconds = 1.0;
+  // Finished jobs that ended longer ago are deleted (record and events; adapters stay), checked
+  // every `retention_sweep_interval`. Zero: kept until deleted (DeleteJob).
+  absl::Duration finished_job_retention = absl::ZeroDuration();
+  absl::Duration retention_sweep_interval = absl::Hours(1);
   ServerLimits limits;
   std::string scratch_dir;  // temporary files (checkpoint and adapter folders)
   // Faults for CPU devices to report, by name ("cpu:0"), for tests of what the daemon does
@@ -123,6 +127,12 @@ class JobManager {
   // `wait`). Cancelling a cancelled job returns it; other finished jobs: FAILED_PRECONDITION.
   absl::StatusOr<v1::Job> CancelJob(const std::string& tenant, const std::string& id,
                                     absl::Duration wait = absl::Seconds(30));
+
+  // Deletes a finished job (JobStore::Delete): NOT_FOUND, or FAILED_PRECONDITION for a job
+  // not yet SUCCEEDED, FAILED or CANCELLED.
+  absl::Status DeleteJob(const std::string& tenant, const std::string& id);
+  // Deletes every finished job of any tenant that ended before `cutoff`; returns how many.
+  absl::StatusOr<int64_t> PruneFinishedJobs(absl::Time cutoff);
 
   // A counter that rises with every job write; WaitForChange blocks until it passes `seen` or
   // the timeout ends (watch streams poll the store after each change).
@@ -191,6 +201,8 @@ class JobManager {
   // seq_len cuts off, a validation set past its bound, epochs that make too many steps) fails
   // it moments after its creation rather than when a device takes it.
   void CheckLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Applies finished_job_retention every retention_sweep_interval until the manager stops.
+  void PruneLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // The request's base model, once it and the tenant's datasets it names are found (NOT_FOUND
   // naming the field otherwise).
   absl::StatusOr<v1::Model> JobInputs(const std::string& tenant,
@@ -288,6 +300,7 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::pair<std::string, std::string>> to_check_ ABSL_GUARDED_BY(mu_);  // tenant, id
   std::thread checker_;
+  std::thread pruner_;                       // only with a finished_job_retention
   std::atomic<bool> stop_requested_{false};  // read by workers between steps
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex create_mu_;  // quota check and creation together

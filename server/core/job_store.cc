@@ -42,6 +42,9 @@ absl::StatusOr<bool> JobStore::IdempotencyKeyUsed(const std::string& tenant,
   auto existing = db_->Get(Family::kMeta, key);
   if (absl::IsNotFound(existing.status())) return false;
   if (!existing.ok()) return existing.status();
+  auto job = Get(tenant, existing->substr(0, existing->find('\n')));
+  if (absl::IsNotFound(job.status())) return false;  // deleted: the key is free again
+  if (!job.ok()) return job.status();
   return true;
 }
 
@@ -56,14 +59,19 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
     if (existing.ok()) {
       const size_t sep = existing->find('\n');
       const std::string job_id = existing->substr(0, sep);
-      if (sep == std::string::npos || existing->substr(sep + 1) != fingerprint) {
-        return absl::AlreadyExistsError(absl::StrCat("idempotency key '", idempotency_key,
-                                                     "' was used for job ", job_id,
-                                                     " with a different request"));
+      auto used_for = Get(job.tenant(), job_id);
+      // A job deleted before the key's reverse record existed frees its key here.
+      if (!absl::IsNotFound(used_for.status())) {
+        if (sep == std::string::npos || existing->substr(sep + 1) != fingerprint) {
+          return absl::AlreadyExistsError(absl::StrCat("idempotency key '", idempotency_key,
+                                                       "' was used for job ", job_id,
+                                                       " with a different request"));
+        }
+        return used_for;
       }
-      return Get(job.tenant(), job_id);
+    } else if (!absl::IsNotFound(existing.status())) {
+      return existing.status();
     }
-    if (!absl::IsNotFound(existing.status())) return existing.status();
   }
   if (db_->Get(Family::kJobs, key).ok())
     return absl::AlreadyExistsError(absl::StrCat("job ", job.id(), " exists"));
@@ -82,17 +90,65 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
   w.Put(Family::kJobs, key, stored.SerializeAsString());
   w.Put(Family::kEvents, event_key, event.SerializeAsString());
   w.Put(Family::kMeta, seq_key, "1");
-  if (!idem_key.empty()) w.Put(Family::kMeta, idem_key, absl::StrCat(job.id(), "\n", fingerprint));
+  if (!idem_key.empty()) {
+    w.Put(Family::kMeta, idem_key, absl::StrCat(job.id(), "\n", fingerprint));
+    // So that deleting the job frees its key: the record above is found by key, not by job.
+    ASSIGN_OR_RETURN(std::string reverse_key, StoreKey({"idemof", job.tenant(), job.id()}));
+    w.Put(Family::kMeta, reverse_key, idempotency_key);
+  }
   RETURN_IF_ERROR(db_->Write(w));
   Recount(std::nullopt, stored.state());
   return stored;
 }
 
-void JobStore::Recount(std::optional<v1::JobState> from, v1::JobState to) {
+void JobStore::Recount(std::optional<v1::JobState> from, std::optional<v1::JobState> to) {
   absl::MutexLock lock(&counts_mu_);
   if (!counts_ || from == to) return;
-  if (from) --(*counts_)[*from];
-  ++(*counts_)[to];
+  // A state no job is in is left out, as a fresh count leaves it out.
+  if (from && --(*counts_)[*from] == 0) counts_->erase(*from);
+  if (to) ++(*counts_)[*to];
+}
+
+absl::Status JobStore::Delete(const std::string& tenant, const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const v1::Job job, Get(tenant, id));
+  if (!IsTerminal(static_cast<JobState>(static_cast<int>(job.state())))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", v1::JobState_Name(job.state()),
+        ": only a SUCCEEDED, FAILED or CANCELLED job can be deleted (cancel it first)"));
+  }
+  ASSIGN_OR_RETURN(const std::string key, StoreKey({tenant, id}));
+  ASSIGN_OR_RETURN(const std::string seq_key, StoreKey({"jobseq", tenant, id}));
+  ASSIGN_OR_RETURN(const std::string reverse_key, StoreKey({"idemof", tenant, id}));
+  WriteSet w;
+  w.Delete(Family::kJobs, key);
+  w.DeletePrefix(Family::kEvents, key + "/");
+  w.Delete(Family::kMeta, seq_key);
+  auto idempotency_key = db_->Get(Family::kMeta, reverse_key);
+  if (idempotency_key.ok()) {
+    ASSIGN_OR_RETURN(const std::string idem_key, StoreKey({"idem", tenant, *idempotency_key}));
+    w.Delete(Family::kMeta, idem_key);
+    w.Delete(Family::kMeta, reverse_key);
+  } else if (!absl::IsNotFound(idempotency_key.status())) {
+    return idempotency_key.status();
+  }
+  RETURN_IF_ERROR(db_->Write(w));
+  Recount(job.state(), std::nullopt);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> JobStore::FinishedBefore(
+    absl::Time cutoff, int limit) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
+    auto job = ParseJob(value);
+    if (job.ok() && IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))) &&
+        job->has_end_time() && FromTimestamp(job->end_time()) < cutoff) {
+      out.emplace_back(job->tenant(), job->id());
+    }
+    return static_cast<int>(out.size()) < limit;
+  }));
+  return out;
 }
 
 absl::StatusOr<v1::Job> JobStore::Get(const std::string& tenant, const std::string& id) const {

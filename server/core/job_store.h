@@ -10,10 +10,12 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "qlorad/v1/jobs.pb.h"
 #include "server/core/job_state.h"
 #include "storage/kv_store.h"
@@ -30,7 +32,8 @@ class JobStore {
   absl::StatusOr<v1::Job> Create(const v1::Job& job, const std::string& idempotency_key,
                                  const std::string& fingerprint) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::Job> Get(const std::string& tenant, const std::string& id) const;
-  // Whether the tenant already created a job with this key (a retry: quotas do not apply).
+  // Whether the tenant already created a job with this key that is still stored (a retry:
+  // quotas do not apply). The key of a deleted job is free again.
   absl::StatusOr<bool> IdempotencyKeyUsed(const std::string& tenant,
                                           const std::string& idempotency_key) const;
 
@@ -44,6 +47,15 @@ class JobStore {
   absl::StatusOr<v1::Job> Record(const std::string& tenant, const std::string& id,
                                  const std::function<void(v1::Job&)>& mutate, v1::JobEvent event)
       ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Deletes a finished job: its record, its events and its idempotency key (a create retried
+  // with that key makes a new job). NOT_FOUND for no such job of the tenant, FAILED_PRECONDITION
+  // for one not yet SUCCEEDED, FAILED or CANCELLED. Its adapter is its own record and stays.
+  absl::Status Delete(const std::string& tenant, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // The finished jobs of every tenant that ended before `cutoff`, as (tenant, id), at most
+  // `limit` of them (retention). Records that do not parse are left out.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FinishedBefore(absl::Time cutoff,
+                                                                                  int limit) const;
 
   // The tenant's jobs in id order, filtered by state (empty: all); `page_token` is the last id
   // of the previous page.
@@ -68,8 +80,9 @@ class JobStore {
                                 v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Moves one job from `from` to `to` in the kept counts (once they are counted).
-  void Recount(std::optional<v1::JobState> from, v1::JobState to) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_)
-      ABSL_LOCKS_EXCLUDED(counts_mu_);
+  // `to` empty: the job was deleted.
+  void Recount(std::optional<v1::JobState> from, std::optional<v1::JobState> to)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) ABSL_LOCKS_EXCLUDED(counts_mu_);
 
   storage::KvStore* db_;
   mutable absl::Mutex mu_;  // writers, one at a time (held across the RocksDB write)

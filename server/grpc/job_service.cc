@@ -72,6 +72,13 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJ
   return call.Finish(job.status());
 }
 
+grpc::Status JobServiceImpl::DeleteJob(grpc::ServerContext* c, const v1::DeleteJobRequest* req,
+                                       v1::DeleteJobResponse*) {
+  Call call(c, "DeleteJob", *node_);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  return call.Finish(node_->manager->DeleteJob(call.tenant().name, req->id()));
+}
+
 grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
                                            const v1::ListJobEventsRequest* req,
                                            v1::ListJobEventsResponse* out) {

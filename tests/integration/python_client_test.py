@@ -416,6 +416,10 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(_state(final.state), "CANCELLED")
         self.assertFalse(final.adapter_id)
         self.assertLess(final.steps_completed, 100000)
+        # A finished job can be deleted, record and events.
+        self.acme.delete_job(job.id)
+        self.assertRpcError("NOT_FOUND", self.acme.get_job, job.id, contains=job.id)
+        self.assertNotIn(job.id, [j.id for j in self.acme.list_jobs()])
 
     def test_f_health_and_reflection(self):
         """Standard gRPC health checking and server reflection, called as raw methods (the

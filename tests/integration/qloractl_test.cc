@@ -578,7 +578,23 @@ TEST_F(QloractlTest, IdempotencyKeys) {
   ExpectError(Run(kAcmeKey, {"jobs", "create", "--model", "stories", "--train", *dataset_,
                              "--max-steps", "4", "--idempotency-key", "k1"}),
               "ALREADY_EXISTS", "k1");
-  EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", first.json()["id"]}).code, 0);
+  const std::string id = first.json()["id"];
+  ExpectError(Run(kAcmeKey, {"jobs", "delete", id}), "FAILED_PRECONDITION", "cancel it first");
+  EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", id}).code, 0);
+  // Deleting the finished job frees its key, and keeps its adapter.
+  const std::string adapter = Run(kAcmeKey, {"-o", "json", "jobs", "get", id}).json()["adapterId"];
+  ExpectError(Run(kGlobexKey, {"jobs", "delete", id}), "NOT_FOUND", id);
+  auto deleted = Run(kAcmeKey, {"jobs", "delete", id});
+  ASSERT_EQ(deleted.code, 0) << deleted.err;
+  EXPECT_EQ(deleted.out, "deleted job " + id + "\n");
+  ExpectError(Run(kAcmeKey, {"jobs", "get", id}), "NOT_FOUND", id);
+  ExpectError(Run(kAcmeKey, {"jobs", "events", id}), "NOT_FOUND", id);
+  EXPECT_EQ(Run(kAcmeKey, {"adapters", "get", adapter}).code, 0);
+  auto fresh = Run(kAcmeKey, {"-o", "json", "jobs", "create", "--model", "stories", "--train",
+                              *dataset_, "--max-steps", "4", "--idempotency-key", "k1"});
+  ASSERT_EQ(fresh.code, 0) << fresh.err;
+  EXPECT_NE(fresh.json()["id"], id);
+  EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", fresh.json()["id"]}).code, 0);
 }
 
 // A rejected value sent whole (a 100 KB model name) comes back in an error that still names

@@ -253,6 +253,46 @@ TEST_F(RecoveryTest, ABackupTakenWhileServingRestoresIntoANewDaemon) {
   std::filesystem::remove_all(restored_dir);
 }
 
+// With --job-retention-days, a finished job is deleted once it ended that long ago: at the start
+// for one that ended before, and by the periodic sweep for one that ends while the daemon runs.
+// Their adapters stay.
+TEST_F(RecoveryTest, FinishedJobsPastTheRetentionAreDeletedAndTheirAdaptersKept) {
+  v1::CreateJobRequest small = TwinRequest(dataset_);
+  small.mutable_hyperparameters()->set_max_steps(3);
+  auto before = Acme().CreateJob(small);
+  ASSERT_TRUE(before.ok()) << before.status();
+  const v1::Job ended = WaitForEnd(before->id());
+  ASSERT_EQ(ended.state(), v1::SUCCEEDED);
+  ASSERT_EQ(daemon_->Stop(SIGTERM), 0);
+  absl::SleepFor(absl::Seconds(1));
+
+  // 0.00001 days is 0.864 s, swept every second.
+  daemon_ = std::make_unique<DaemonProcess>(
+      dir_, std::vector<std::string>{"--devices=cpu:0", "--threads-per-device=1",
+                                     "--job-retention-days=0.00001"});
+  ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+  auto gone = [&](const std::string& id) {
+    for (int i = 0; i < 100; ++i) {
+      if (absl::IsNotFound(Acme().GetJob(id).status())) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  };
+  EXPECT_TRUE(gone(ended.id())) << daemon_->log();
+  // A job that ends now is kept for the retention, then swept.
+  auto after = Acme().CreateJob(small);
+  ASSERT_TRUE(after.ok()) << after.status();
+  const v1::Job done = WaitForEnd(after->id());
+  ASSERT_EQ(done.state(), v1::SUCCEEDED);
+  EXPECT_TRUE(gone(done.id())) << daemon_->log();
+  EXPECT_NE(daemon_->log().find("qlorad: deleted 1 jobs that ended over"), std::string::npos)
+      << daemon_->log();
+  for (const std::string& adapter : {ended.adapter_id(), done.adapter_id()}) {
+    EXPECT_FALSE(AdapterParams(adapter).empty()) << adapter;
+  }
+  EXPECT_EQ(daemon_->Stop(SIGTERM), 0);
+}
+
 TEST_F(RecoveryTest, CancelStopsARunningJobWithinAStep) {
   v1::CreateJobRequest req = TwinRequest(dataset_);
   req.mutable_hyperparameters()->set_max_steps(100000);

@@ -119,6 +119,75 @@ TEST_F(JobStoreTest, IdempotencyKeyReturnsTheSameJobOrRefusesAnotherRequest) {
   EXPECT_TRUE(store_->Create(NewJob("beta", "j4"), "key-1", "request-B").ok());
 }
 
+// A finished job's record, events, event counter and idempotency key all go; another tenant's
+// delete and one of an unfinished job change nothing.
+TEST_F(JobStoreTest, DeleteRemovesAFinishedJobAndFreesItsKey) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "j1"), "key-1", "request-A").ok());
+  ASSERT_TRUE(store_->Create(NewJob("acme", "j2"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "j1", JobState::kQueued, "validated").ok());
+  const absl::Status unfinished = store_->Delete("acme", "j1");
+  EXPECT_EQ(unfinished.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(unfinished.message().find("job j1 is QUEUED"), absl::string_view::npos) << unfinished;
+  ASSERT_TRUE(store_->Transition("acme", "j1", JobState::kCancelled, "cancelled").ok());
+  EXPECT_EQ(store_->Delete("beta", "j1").code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(*store_->IdempotencyKeyUsed("acme", "key-1"));
+  ASSERT_EQ(store_->Events("acme", "j1", 0, 0)->size(), 3u);
+
+  ASSERT_TRUE(store_->Delete("acme", "j1").ok());
+  EXPECT_EQ(store_->Get("acme", "j1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Events("acme", "j1", 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Delete("acme", "j1").code(), absl::StatusCode::kNotFound);
+  int left = 0;  // nothing of j1 is left in any family
+  for (storage::Family f :
+       {storage::Family::kJobs, storage::Family::kEvents, storage::Family::kMeta}) {
+    ASSERT_TRUE(db_->Scan(f, "",
+                          [&](std::string_view key, std::string_view value) {
+                            left += key.find("j1") != std::string_view::npos ||
+                                    value.find("j1") != std::string_view::npos;
+                            return true;
+                          })
+                    .ok());
+  }
+  EXPECT_EQ(left, 0);
+  EXPECT_TRUE(store_->Get("acme", "j2").ok());
+  // The key is free: a create with it, even for another request, makes a new job.
+  EXPECT_FALSE(*store_->IdempotencyKeyUsed("acme", "key-1"));
+  auto again = store_->Create(NewJob("acme", "j3"), "key-1", "request-B");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->id(), "j3");
+}
+
+// A key stored before deletes freed keys (no reverse record) still frees once its job is gone.
+TEST_F(JobStoreTest, AKeyWhoseJobIsGoneIsFree) {
+  ASSERT_TRUE(db_->Put(storage::Family::kMeta, "idem/acme/old-key", "j-gone\nrequest-A").ok());
+  EXPECT_FALSE(*store_->IdempotencyKeyUsed("acme", "old-key"));
+  auto created = store_->Create(NewJob("acme", "j1"), "old-key", "request-B");
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->id(), "j1");
+  EXPECT_EQ(store_->Create(NewJob("acme", "j2"), "old-key", "request-B")->id(), "j1");
+}
+
+// Retention finds the finished jobs that ended before the cutoff, of every tenant, up to a limit.
+TEST_F(JobStoreTest, FinishedBeforeFindsOnlyJobsThatEndedBeforeTheCutoff) {
+  ASSERT_TRUE(store_->Create(NewJob("acme", "old"), "", "").ok());
+  ASSERT_TRUE(store_->Create(NewJob("beta", "old2"), "", "").ok());
+  ASSERT_TRUE(store_->Create(NewJob("acme", "running"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "old", JobState::kFailed, "").ok());
+  ASSERT_TRUE(store_->Transition("beta", "old2", JobState::kCancelled, "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "running", JobState::kQueued, "").ok());
+  absl::SleepFor(absl::Milliseconds(20));
+  const absl::Time cutoff = absl::Now();
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(store_->Create(NewJob("acme", "new"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "new", JobState::kFailed, "").ok());
+  auto found = store_->FinishedBefore(cutoff, 100);
+  ASSERT_TRUE(found.ok()) << found.status();
+  using Ids = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(*found, (Ids{{"acme", "old"}, {"beta", "old2"}}));
+  EXPECT_EQ(*store_->FinishedBefore(cutoff, 1), (Ids{{"acme", "old"}}));
+  EXPECT_EQ(store_->FinishedBefore(absl::Now(), 100)->size(), 3u);
+}
+
 TEST_F(JobStoreTest, ListFiltersPagesAndFindsUnfinishedJobs) {
   for (int i = 0; i < 5; ++i)
     ASSERT_TRUE(store_->Create(NewJob("acme", "j" + std::to_string(i)), "", "").ok());
@@ -183,12 +252,16 @@ TEST_F(JobStoreTest, CountsByStateStayEqualToTheStoredRecords) {
                   ->Record(
                       "acme", "job-2", [](v1::Job&) {}, progress)
                   .ok());
+  ASSERT_TRUE(store_->Transition("acme", "job-4", JobState::kFailed, "bad data").ok());
+  ASSERT_TRUE(store_->Delete("acme", "job-4").ok());   // FAILED: none left
+  EXPECT_FALSE(store_->Delete("acme", "job-2").ok());  // RUNNING: refused, still counted
   const auto kept = store_->CountByState();
   ASSERT_TRUE(kept.ok());
-  EXPECT_EQ(kept->at(v1::VALIDATING), 3);  // job-0, job-4, job-9
+  EXPECT_EQ(kept->at(v1::VALIDATING), 2);  // job-0, job-9
   EXPECT_EQ(kept->at(v1::QUEUED), 1);
   EXPECT_EQ(kept->at(v1::RUNNING), 1);
   EXPECT_EQ(kept->at(v1::CANCELLED), 1);
+  EXPECT_EQ(kept->count(v1::FAILED), 0u);
   Reopen();
   EXPECT_EQ(*store_->CountByState(), *kept);
 }

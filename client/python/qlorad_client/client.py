@@ -290,6 +290,10 @@ class Client:
     def cancel_job(self, id):
         return self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=id))
 
+    def delete_job(self, id):
+        """Deletes a finished job's record and events; its adapter stays."""
+        self._unary(self._jobs.DeleteJob, jobs_pb2.DeleteJobRequest(id=id))
+
     def job_events(self, id, after_sequence=0):
         """The job's stored events after after_sequence (every page), as a list."""
         events = []
