@@ -1,8 +1,11 @@
 #include "server/core/adapter_store.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/mapped_file.h"
 #include "engine/status_macros.h"
@@ -56,8 +59,15 @@ absl::StatusOr<v1::Adapter> AdapterStore::Create(const std::string& tenant, v1::
   ASSIGN_OR_RETURN(std::string meta_key, MetaKey(tenant, meta.id()));
   w.Put(Family::kAdapters, meta_key, meta.SerializeAsString());
   for (const auto& [name, data] : files) {
-    ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, meta.id(), "file", name}));
-    w.Put(Family::kAdapters, key, data);
+    int64_t part = 0;
+    size_t offset = 0;
+    do {  // part 0 even of an empty file, so that every stored file has one
+      const size_t n = std::min(kAdapterPartBytes, data.size() - offset);
+      ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, meta.id(), "file", name,
+                                                  storage::SequenceKeyPart(part++)}));
+      w.Put(Family::kAdapters, key, std::string_view(data).substr(offset, n));
+      offset += n;
+    } while (offset < data.size());
   }
   RETURN_IF_ERROR(db_->Write(w));
   return meta;
@@ -95,38 +105,96 @@ absl::StatusOr<std::vector<v1::Adapter>> AdapterStore::List(const std::string& t
   return out;
 }
 
-absl::StatusOr<std::map<std::string, std::string>> AdapterStore::Files(
-    const std::string& tenant, const std::string& id) const {
+absl::Status AdapterStore::VisitFiles(const std::string& tenant, const std::string& id,
+                                      const PartVisitor& visit) const {
   RETURN_IF_ERROR(Get(tenant, id).status());
   ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id, "file"}));
   prefix += "/";
-  std::map<std::string, std::string> files;
+  // Each part is visited once the key after it is seen, which tells whether it was its file's
+  // last: the part held meanwhile is the most this holds.
+  std::string held_name, held_data;
+  int64_t held_part = -1;          // -1: none held
+  std::vector<std::string> names;  // the files seen, in order
+  absl::Status error;
+  auto missing = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat("adapter ", id, " has no stored ", what));
+  };
   RETURN_IF_ERROR(
       db_->Scan(Family::kAdapters, prefix, [&](std::string_view key, std::string_view value) {
-        files[std::string(key.substr(prefix.size()))] = std::string(value);
+        const std::string_view rest = key.substr(prefix.size());
+        const size_t slash = rest.find('/');
+        const std::string name(rest.substr(0, slash));
+        int64_t part = 0;  // an adapter stored before parts: the whole file in one value
+        if (slash != std::string_view::npos &&
+            !absl::SimpleAtoi(absl::string_view(rest.data() + slash + 1, rest.size() - slash - 1),
+                              &part)) {
+          error = absl::DataLossError(absl::StrCat("adapter ", id, ": a stored key ",
+                                                   std::string(key), " is not a file part"));
+          return false;
+        }
+        const bool same_file = held_part >= 0 && name == held_name;
+        if (part != (same_file ? held_part + 1 : 0)) {
+          error = missing(absl::StrCat("part ", same_file ? held_part + 1 : 0, " of ", name));
+          return false;
+        }
+        if (held_part >= 0) {
+          error = visit(held_name, held_data, /*last=*/!same_file);
+          if (!error.ok()) return false;
+        }
+        if (!same_file) names.push_back(name);
+        held_name = name;
+        held_data.assign(value.data(), value.size());
+        held_part = part;
         return true;
       }));
-  // A delete between the record's read and the scan leaves a part or nothing: never handed out
-  // as the adapter (a download that ends OK with no files).
+  RETURN_IF_ERROR(error);
+  // A delete between the record's read and the scan leaves nothing: never handed out as the
+  // adapter (a download that ends OK with no files).
   for (const char* name : kPeftFiles) {
-    if (files.count(name) == 0) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
       RETURN_IF_ERROR(Get(tenant, id).status());
-      return absl::DataLossError(absl::StrCat("adapter ", id, " has no stored ", name));
+      return missing(name);
     }
   }
+  return visit(held_name, held_data, /*last=*/true);
+}
+
+absl::StatusOr<std::map<std::string, std::string>> AdapterStore::Files(
+    const std::string& tenant, const std::string& id) const {
+  std::map<std::string, std::string> files;
+  RETURN_IF_ERROR(VisitFiles(tenant, id, [&](const std::string& name, std::string_view data, bool) {
+    files[name].append(data);
+    return absl::OkStatus();
+  }));
   return files;
 }
 
 absl::Status AdapterStore::ExportToDir(const std::string& tenant, const std::string& id,
                                        const std::string& dir) const {
-  ASSIGN_OR_RETURN(auto files, Files(tenant, id));
+  RETURN_IF_ERROR(Get(tenant, id).status());
   std::error_code ec;
-  fs::create_directories(dir, ec);
+  const bool made = fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  for (const auto& [name, data] : files) {
-    RETURN_IF_ERROR(WriteStringToFile((fs::path(dir) / name).string(), data));
+  std::ofstream out;
+  std::vector<std::string> written;
+  absl::Status s = VisitFiles(
+      tenant, id, [&](const std::string& name, std::string_view data, bool last) -> absl::Status {
+        const std::string path = (fs::path(dir) / name).string();
+        if (!out.is_open()) {
+          out.open(path, std::ios::binary | std::ios::trunc);
+          written.push_back(path);
+        }
+        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        if (last) out.close();
+        if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+        return absl::OkStatus();
+      });
+  if (!s.ok()) {  // a part missing shows only once the parts before it are written
+    out.close();
+    for (const std::string& path : written) fs::remove(path, ec);
+    if (made) fs::remove_all(dir, ec);
   }
-  return absl::OkStatus();
+  return s;
 }
 
 absl::Status AdapterStore::Delete(const std::string& tenant, const std::string& id) {

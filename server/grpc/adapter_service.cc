@@ -1,5 +1,6 @@
 #include "absl/strings/str_cat.h"
 #include "engine/lora.h"
+#include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc/call.h"
 #include "server/grpc/services.h"
@@ -49,27 +50,31 @@ grpc::Status AdapterServiceImpl::DownloadAdapter(grpc::ServerContext* c,
                                                  grpc::ServerWriter<v1::AdapterFileChunk>* writer) {
   Call call(c, "DownloadAdapter", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
-  auto files = node_->adapters->Files(call.tenant().name, req->id());
-  if (!files.ok()) return call.Finish(files.status());
-  // adapter_config.json first, as the API promises (the map is in name order already).
-  for (auto& [name, data] : *files) {
-    if (name == "adapter_config.json" && req->rslora_as_plain()) {
-      auto rewritten = RsloraAsPlain(data);
-      if (!rewritten.ok()) return call.Finish(rewritten.status());
-      data = *rewritten;
-    }
+  // Sends each stored part as it is read (adapter_config.json first, as the API promises): the
+  // call holds one part, never the whole adapter.
+  std::string config;  // gathered whole where it is rewritten (a few hundred bytes)
+  auto send = [&](const std::string& name, std::string_view data, bool last) -> absl::Status {
     size_t offset = 0;
     do {
       v1::AdapterFileChunk chunk;
       chunk.set_file_name(name);
       const size_t n = std::min(kChunkBytes, data.size() - offset);
-      chunk.set_data(data.substr(offset, n));
+      chunk.set_data(std::string(data.substr(offset, n)));
       offset += n;
-      chunk.set_end_of_file(offset == data.size());
-      if (!writer->Write(chunk)) return call.Finish(absl::CancelledError("the client went away"));
+      chunk.set_end_of_file(last && offset == data.size());
+      if (!writer->Write(chunk)) return absl::CancelledError("the client went away");
     } while (offset < data.size());
-  }
-  return call.Finish(absl::OkStatus());
+    return absl::OkStatus();
+  };
+  return call.Finish(node_->adapters->VisitFiles(
+      call.tenant().name, req->id(),
+      [&](const std::string& name, std::string_view data, bool last) -> absl::Status {
+        if (name != "adapter_config.json" || !req->rslora_as_plain()) return send(name, data, last);
+        config.append(data);
+        if (!last) return absl::OkStatus();
+        ASSIGN_OR_RETURN(const std::string rewritten, RsloraAsPlain(config));
+        return send(name, rewritten, true);
+      }));
 }
 
 grpc::Status AdapterServiceImpl::DeleteAdapter(grpc::ServerContext* c,

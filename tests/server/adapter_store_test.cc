@@ -7,6 +7,7 @@
 
 #include "engine/gguf.h"
 #include "engine/lora.h"
+#include "engine/mapped_file.h"
 #include "engine/peft_adapter.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_dirs.h"
@@ -70,8 +71,8 @@ TEST_F(AdapterStoreTest, AnAdapterMissingAFileIsNeverHandedOutInPart) {
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(db_->Write([&] {
                    storage::WriteSet w;
-                   w.Delete(storage::Family::kAdapters,
-                            "acme/" + a->id() + "/file/adapter_model.safetensors");
+                   w.DeletePrefix(storage::Family::kAdapters,
+                                  "acme/" + a->id() + "/file/adapter_model.safetensors/");
                    return w;
                  }())
                   .ok());
@@ -80,6 +81,84 @@ TEST_F(AdapterStoreTest, AnAdapterMissingAFileIsNeverHandedOutInPart) {
   EXPECT_NE(files.status().message().find("adapter_model.safetensors"), std::string::npos);
   EXPECT_FALSE(store_->ExportToDir("acme", a->id(), dir_ + "/partial").ok());
   EXPECT_FALSE(fs::exists(dir_ + "/partial"));
+}
+
+// A file larger than a part is stored in parts and read back one part at a time, whole and in
+// order; a part missing is DATA_LOSS found before anything after it is handed out.
+TEST_F(AdapterStoreTest, ALargeFileIsStoredInPartsAndReadBackAPartAtATime) {
+  const std::string peft = dir_ + "/large";
+  fs::create_directories(peft);
+  fs::copy_file(dir_ + "/peft/adapter_config.json", peft + "/adapter_config.json");
+  std::string big(2 * kAdapterPartBytes + 5, '\0');
+  std::mt19937 rng(7);
+  for (char& c : big) c = static_cast<char>(rng());
+  ASSERT_TRUE(WriteStringToFile(peft + "/adapter_model.safetensors", big).ok());
+  auto a = store_->Create("acme", Meta(), peft, 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+
+  struct Part {
+    std::string name;
+    size_t bytes;
+    bool last;
+    bool operator==(const Part&) const = default;
+  };
+  std::vector<Part> parts;
+  std::string model;
+  ASSERT_TRUE(store_
+                  ->VisitFiles("acme", a->id(),
+                               [&](const std::string& name, std::string_view data, bool last) {
+                                 parts.push_back({name, data.size(), last});
+                                 if (name == "adapter_model.safetensors") model.append(data);
+                                 return absl::OkStatus();
+                               })
+                  .ok());
+  const size_t config_bytes = fs::file_size(peft + "/adapter_config.json");
+  EXPECT_EQ(parts, (std::vector<Part>{{"adapter_config.json", config_bytes, true},
+                                      {"adapter_model.safetensors", kAdapterPartBytes, false},
+                                      {"adapter_model.safetensors", kAdapterPartBytes, false},
+                                      {"adapter_model.safetensors", 5, true}}));
+  EXPECT_TRUE(model == big);
+  ASSERT_TRUE(store_->ExportToDir("acme", a->id(), dir_ + "/large-out").ok());
+  EXPECT_TRUE(*ReadFileToString(dir_ + "/large-out/adapter_model.safetensors") == big);
+
+  // The middle part gone: DATA_LOSS naming it, with the part before it not handed out, and an
+  // export leaves nothing behind.
+  ASSERT_TRUE(db_->Write([&] {
+                   storage::WriteSet w;
+                   w.Delete(storage::Family::kAdapters, "acme/" + a->id() +
+                                                            "/file/adapter_model.safetensors/" +
+                                                            storage::SequenceKeyPart(1));
+                   return w;
+                 }())
+                  .ok());
+  size_t model_parts = 0;
+  const absl::Status gap =
+      store_->VisitFiles("acme", a->id(), [&](const std::string& name, std::string_view, bool) {
+        model_parts += name == "adapter_model.safetensors";
+        return absl::OkStatus();
+      });
+  EXPECT_EQ(gap.code(), absl::StatusCode::kDataLoss) << gap;
+  EXPECT_NE(gap.message().find("part 1 of adapter_model.safetensors"), std::string::npos) << gap;
+  EXPECT_EQ(model_parts, 0u);
+  EXPECT_FALSE(store_->ExportToDir("acme", a->id(), dir_ + "/gap-out").ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/gap-out"));
+}
+
+// Adapters stored before parts hold each file in one value; they read as before.
+TEST_F(AdapterStoreTest, AnAdapterStoredBeforePartsReadsBack) {
+  auto a = store_->Create("acme", Meta(), dir_ + "/peft", 10);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string files = "acme/" + a->id() + "/file/";
+  storage::WriteSet w;
+  w.DeletePrefix(storage::Family::kAdapters, files);
+  for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
+    w.Put(storage::Family::kAdapters, files + name, *ReadFileToString(dir_ + "/peft/" + name));
+  }
+  ASSERT_TRUE(db_->Write(w).ok());
+  ASSERT_TRUE(store_->ExportToDir("acme", a->id(), dir_ + "/old-out").ok());
+  auto loaded = LoadPeftAdapter(dir_ + "/old-out", config_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->params, params_);
 }
 
 TEST_F(AdapterStoreTest, EachAdapterIsItsOwnModuleTenantScopedAndCounted) {
