@@ -57,7 +57,8 @@ class BadLines {
   absl::Status ToStatus() const;
 
  private:
-  static constexpr size_t kMaxWhatBytes = 200;
+  // Ten lines of this fit the 1024 bytes the daemon's errors keep (server/grpc/call.h).
+  static constexpr size_t kMaxWhatBytes = 80;
   std::string source_;
   std::string shown_;
   int64_t count_ = 0;

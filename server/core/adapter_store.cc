@@ -107,54 +107,64 @@ absl::StatusOr<std::vector<v1::Adapter>> AdapterStore::List(const std::string& t
 
 absl::Status AdapterStore::VisitFiles(const std::string& tenant, const std::string& id,
                                       const PartVisitor& visit) const {
-  RETURN_IF_ERROR(Get(tenant, id).status());
+  ASSIGN_OR_RETURN(const v1::Adapter meta, Get(tenant, id));
   ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id, "file"}));
   prefix += "/";
   // Each part is visited once the key after it is seen, which tells whether it was its file's
-  // last: the part held meanwhile is the most this holds.
+  // last: the part held meanwhile is the most this holds. Each key is found by a scan of its
+  // own, released before the visit: a download to a slow client must not hold an iterator,
+  // which keeps RocksDB from reclaiming the files of whatever is deleted meanwhile.
   std::string held_name, held_data;
   int64_t held_part = -1;          // -1: none held
+  int64_t bytes = 0;               // of the parts read
   std::vector<std::string> names;  // the files seen, in order
-  absl::Status error;
-  auto missing = [&](const std::string& what) {
+  auto missing = [&](const std::string& what) -> absl::Status {
+    RETURN_IF_ERROR(Get(tenant, id).status());  // deleted meanwhile: NOT_FOUND, not a loss
     return absl::DataLossError(absl::StrCat("adapter ", id, " has no stored ", what));
   };
-  RETURN_IF_ERROR(
-      db_->Scan(Family::kAdapters, prefix, [&](std::string_view key, std::string_view value) {
-        const std::string_view rest = key.substr(prefix.size());
-        const size_t slash = rest.find('/');
-        const std::string name(rest.substr(0, slash));
-        int64_t part = 0;  // an adapter stored before parts: the whole file in one value
-        if (slash != std::string_view::npos &&
-            !absl::SimpleAtoi(absl::string_view(rest.data() + slash + 1, rest.size() - slash - 1),
-                              &part)) {
-          error = absl::DataLossError(absl::StrCat("adapter ", id, ": a stored key ",
-                                                   std::string(key), " is not a file part"));
+  std::string after;  // the last key read
+  while (true) {
+    bool found = false;
+    std::string key, value;
+    RETURN_IF_ERROR(db_->Scan(
+        Family::kAdapters, prefix,
+        [&](std::string_view k, std::string_view v) {
+          found = true;
+          key.assign(k);
+          value.assign(v);
           return false;
-        }
-        const bool same_file = held_part >= 0 && name == held_name;
-        if (part != (same_file ? held_part + 1 : 0)) {
-          error = missing(absl::StrCat("part ", same_file ? held_part + 1 : 0, " of ", name));
-          return false;
-        }
-        if (held_part >= 0) {
-          error = visit(held_name, held_data, /*last=*/!same_file);
-          if (!error.ok()) return false;
-        }
-        if (!same_file) names.push_back(name);
-        held_name = name;
-        held_data.assign(value.data(), value.size());
-        held_part = part;
-        return true;
-      }));
-  RETURN_IF_ERROR(error);
-  // A delete between the record's read and the scan leaves nothing: never handed out as the
-  // adapter (a download that ends OK with no files).
-  for (const char* name : kPeftFiles) {
-    if (std::find(names.begin(), names.end(), name) == names.end()) {
-      RETURN_IF_ERROR(Get(tenant, id).status());
-      return missing(name);
+        },
+        after));
+    if (!found) break;
+    after = key;
+    const std::string_view rest = std::string_view(key).substr(prefix.size());
+    const size_t slash = rest.find('/');
+    const std::string name(rest.substr(0, slash));
+    int64_t part = 0;  // an adapter stored before parts: the whole file in one value
+    if (slash != std::string_view::npos &&
+        !absl::SimpleAtoi(absl::string_view(rest.data() + slash + 1, rest.size() - slash - 1),
+                          &part)) {
+      return absl::DataLossError(
+          absl::StrCat("adapter ", id, ": a stored key ", key, " is not a file part"));
     }
+    const bool same_file = held_part >= 0 && name == held_name;
+    if (part != (same_file ? held_part + 1 : 0)) {
+      return missing(absl::StrCat("part ", same_file ? held_part + 1 : 0, " of ", name));
+    }
+    if (held_part >= 0) RETURN_IF_ERROR(visit(held_name, held_data, /*last=*/!same_file));
+    if (!same_file) names.push_back(name);
+    held_name = name;
+    held_data = std::move(value);
+    held_part = part;
+    bytes += static_cast<int64_t>(held_data.size());
+  }
+  // A delete between the record's read and the scans leaves a part or nothing: never handed
+  // out as the adapter (a download that ends OK with no files, or cut short).
+  for (const char* name : kPeftFiles) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) return missing(name);
+  }
+  if (bytes != meta.bytes()) {  // a file's last parts gone: no gap shows it
+    return missing(absl::StrCat("part of its files: ", bytes, " bytes of ", meta.bytes()));
   }
   return visit(held_name, held_data, /*last=*/true);
 }

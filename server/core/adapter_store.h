@@ -36,8 +36,9 @@ class AdapterStore {
   absl::StatusOr<std::vector<v1::Adapter>> List(const std::string& tenant) const;
   // Visits the adapter's files in name order (adapter_config.json first), each in its stored
   // parts, in order; `last` marks a file's last part. Stops at the first error `visit` returns.
-  // NOT_FOUND for no such adapter; DATA_LOSS for a file or part missing (found before the part
-  // after the gap is visited: a download may have sent the parts before it).
+  // NOT_FOUND for no such adapter (deleted meanwhile too); DATA_LOSS for a file or part missing,
+  // found before the part before the gap is visited, or for a file's last parts, before the
+  // adapter's last part is (a download may have sent the parts before).
   using PartVisitor =
       std::function<absl::Status(const std::string& name, std::string_view data, bool last)>;
   absl::Status VisitFiles(const std::string& tenant, const std::string& id,

@@ -450,6 +450,9 @@ void JobManager::Shutdown() {
 }
 
 absl::Status JobManager::DeleteJob(const std::string& tenant, const std::string& id) {
+  // Under the creation lock: a create retried with the job's key, between its check of the key
+  // and its store, would otherwise store a second job outside the quota it then refuses.
+  absl::MutexLock create_lock(&create_mu_);
   RETURN_IF_ERROR(stores_.jobs->Delete(tenant, id));
   Notify();  // a watch of the job ends (NOT_FOUND) instead of waiting for its timeout
   return absl::OkStatus();
@@ -461,13 +464,23 @@ absl::StatusOr<int64_t> JobManager::PruneFinishedJobs(absl::Time cutoff) {
   int64_t deleted = 0;
   while (true) {
     ASSIGN_OR_RETURN(const auto batch, stores_.jobs->FinishedBefore(cutoff, kBatch));
+    int64_t deleted_now = 0;
+    bool stopping = false;
     for (const auto& [tenant, id] : batch) {
+      {
+        absl::MutexLock lock(&mu_);
+        stopping = stopping_;  // a stop never waits for a long sweep
+      }
+      if (stopping) break;
+      absl::MutexLock create_lock(&create_mu_);  // as DeleteJob
       absl::Status s = stores_.jobs->Delete(tenant, id);
       if (absl::IsNotFound(s)) continue;  // deleted by its tenant meanwhile
       RETURN_IF_ERROR(s);
-      ++deleted;
+      ++deleted_now;
     }
-    if (static_cast<int>(batch.size()) < kBatch) break;
+    deleted += deleted_now;
+    // A full batch of which nothing went (records the delete cannot find) is not scanned again.
+    if (stopping || static_cast<int>(batch.size()) < kBatch || deleted_now == 0) break;
   }
   if (deleted > 0) Notify();
   return deleted;

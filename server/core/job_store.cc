@@ -143,7 +143,8 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> JobStore::Finis
   RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
     auto job = ParseJob(value);
     if (job.ok() && IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))) &&
-        job->has_end_time() && FromTimestamp(job->end_time()) < cutoff) {
+        // Records from before end times were kept go by their creation.
+        FromTimestamp(job->has_end_time() ? job->end_time() : job->create_time()) < cutoff) {
       out.emplace_back(job->tenant(), job->id());
     }
     return static_cast<int>(out.size()) < limit;

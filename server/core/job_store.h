@@ -52,8 +52,9 @@ class JobStore {
   // with that key makes a new job). NOT_FOUND for no such job of the tenant, FAILED_PRECONDITION
   // for one not yet SUCCEEDED, FAILED or CANCELLED. Its adapter is its own record and stays.
   absl::Status Delete(const std::string& tenant, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  // The finished jobs of every tenant that ended before `cutoff`, as (tenant, id), at most
-  // `limit` of them (retention). Records that do not parse are left out.
+  // The finished jobs of every tenant that ended before `cutoff` (were created before it, for a
+  // record without an end time), as (tenant, id), at most `limit` of them (retention). Records
+  // that do not parse are left out.
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FinishedBefore(absl::Time cutoff,
                                                                                   int limit) const;
 

@@ -135,9 +135,9 @@ TEST_F(DatasetTest, EveryBadLineIsCountedAndTheFirstTenNamed) {
   for (int i = 0; i < 400; ++i) euros += "\u20ac";
   auto long_key = TokenizeJsonl("{\"text\": \"a\", \"" + euros + "\": 1}", *tok_, "k.jsonl");
   ASSERT_FALSE(long_key.ok());
-  // "unexpected field '" is 18 bytes: 60 whole euro signs fit in the 200 shown, 61 do not.
+  // "unexpected field '" is 18 bytes: 20 whole euro signs fit in the 80 shown, 21 do not.
   EXPECT_EQ(long_key.status().message(),
-            "k.jsonl:1: unexpected field '" + euros.substr(0, 60 * 3) + "...");
+            "k.jsonl:1: unexpected field '" + euros.substr(0, 20 * 3) + "...");
 }
 
 TEST_F(DatasetTest, RowsTruncatePadAndRejectExamplesWithoutTargets) {

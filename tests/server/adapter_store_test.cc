@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "engine/gguf.h"
 #include "engine/lora.h"
 #include "engine/mapped_file.h"
@@ -142,6 +143,36 @@ TEST_F(AdapterStoreTest, ALargeFileIsStoredInPartsAndReadBackAPartAtATime) {
   EXPECT_EQ(model_parts, 0u);
   EXPECT_FALSE(store_->ExportToDir("acme", a->id(), dir_ + "/gap-out").ok());
   EXPECT_FALSE(fs::exists(dir_ + "/gap-out"));
+
+  // The last part gone too (no gap left to see): the bytes fall short of the record's.
+  ASSERT_TRUE(db_->Write([&] {
+                   storage::WriteSet w;
+                   w.Delete(storage::Family::kAdapters, "acme/" + a->id() +
+                                                            "/file/adapter_model.safetensors/" +
+                                                            storage::SequenceKeyPart(2));
+                   return w;
+                 }())
+                  .ok());
+  bool last_visited = false;
+  const absl::Status short_file = store_->VisitFiles(
+      "acme", a->id(), [&](const std::string& name, std::string_view, bool last) {
+        last_visited |= name == "adapter_model.safetensors" && last;
+        return absl::OkStatus();
+      });
+  EXPECT_EQ(short_file.code(), absl::StatusCode::kDataLoss) << short_file;
+  EXPECT_NE(short_file.message().find(
+                absl::StrCat(config_bytes + kAdapterPartBytes, " bytes of ", a->bytes())),
+            std::string::npos)
+      << short_file;
+  EXPECT_FALSE(last_visited);
+  // Deleted: NOT_FOUND, whatever was left of it.
+  ASSERT_TRUE(store_->Delete("acme", a->id()).ok());
+  EXPECT_EQ(
+      store_
+          ->VisitFiles("acme", a->id(),
+                       [](const std::string&, std::string_view, bool) { return absl::OkStatus(); })
+          .code(),
+      absl::StatusCode::kNotFound);
 }
 
 // Adapters stored before parts hold each file in one value; they read as before.

@@ -50,6 +50,14 @@ TEST_F(DatasetStoreTest, EveryBadLineIsNamedAndNothingIsStored) {
   EXPECT_NE(d.status().message().find("; line 7: not a JSON object"), std::string::npos)
       << d.status();
   EXPECT_TRUE(store_->List("acme")->empty());
+  // Ten bad lines, each naming a long field, still fit the 1024 bytes a daemon's error keeps
+  // (server/grpc/call.h), count first.
+  std::string many;
+  for (int i = 0; i < 12; ++i) many += "{\"text\": \"a\", \"" + std::string(500, 'k') + "\": 1}\n";
+  auto long_keys = store_->Create("acme", "many", many, 1 << 20);
+  EXPECT_EQ(long_keys.status().message().rfind("12 bad lines, the first 10: line 1: ", 0), 0u);
+  EXPECT_LE(long_keys.status().message().size(), 1024u);
+  EXPECT_NE(long_keys.status().message().find("; line 10: unexpected field"), std::string::npos);
   EXPECT_EQ(store_->Create("acme", "empty", "\n \n", 1 << 20).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
