@@ -56,10 +56,14 @@ jobs:
   jobs get ID
   jobs list [--state STATE[,STATE]]... [--label k=v]... [--page-size N] [--page-token T] [--all]
   jobs cancel ID
+  jobs pause ID                stop a queued or running job (after its step, with a checkpoint)
+                               until `jobs resume ID`; a paused job holds no device or quota
+  jobs resume ID               queue a paused job again: it goes on from its checkpoint
   jobs delete ID               delete a finished job's record and events (its adapter stays)
   jobs events ID [--after N] [--page-size N]
   jobs watch ID [--after N]    follow the job's events until it ends; exit 0 when it SUCCEEDED
-                               (prints "adapter: ID"), 3 when it FAILED, 4 when CANCELLED
+                               (prints "adapter: ID"), 3 when it FAILED, 4 when CANCELLED,
+                               5 when it is PAUSED
 
 adapters:
   adapters list | get ID | delete ID
@@ -88,7 +92,7 @@ route                          print the address the flags lead to (with --state
                                pod holds the tenant); no call is made
 
 exit status: 0 success; 1 RPC or local error ("qloractl: NOT_FOUND: <message>");
-2 usage error; 3 watched job FAILED; 4 watched job CANCELLED.
+2 usage error; 3 watched job FAILED; 4 watched job CANCELLED; 5 watched job PAUSED.
 )";
 
 const std::vector<FlagDef>& GlobalFlags() {

@@ -16,6 +16,7 @@ inline constexpr int kExitError = 1;
 inline constexpr int kExitUsage = 2;
 inline constexpr int kExitJobFailed = 3;
 inline constexpr int kExitJobCancelled = 4;
+inline constexpr int kExitJobPaused = 5;
 
 // A usage error: exit 2, with a pointer to `qloractl help`.
 absl::Status UsageError(std::string_view message);

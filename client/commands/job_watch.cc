@@ -85,8 +85,10 @@ class EventPrinter {
   bool live_line_shown_ = false;
 };
 
+// Where a watch ends: the job ended, or waits paused for a client to resume it.
 bool Finished(v1::JobState state) {
-  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED;
+  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED ||
+         state == v1::PAUSED;
 }
 
 absl::Status Conclude(const Invocation& invocation, const v1::Job& job) {
@@ -98,6 +100,11 @@ absl::Status Conclude(const Invocation& invocation, const v1::Job& job) {
     case v1::FAILED:
       return ExitError(kExitJobFailed,
                        absl::StrCat("job ", job.id(), " FAILED: ", FormatJobError(job.error())));
+    case v1::PAUSED:
+      return ExitError(kExitJobPaused, absl::StrCat("job ", job.id(),
+                                                    " is PAUSED; it goes on after qloractl jobs "
+                                                    "resume ",
+                                                    job.id()));
     default:
       return ExitError(kExitJobCancelled, absl::StrCat("job ", job.id(), " was CANCELLED"));
   }

@@ -119,6 +119,7 @@ struct JobManager::ActiveJob {
   std::shared_ptr<PooledModel> model;
   std::unique_ptr<Trainer> trainer;
   std::shared_ptr<std::atomic<bool>> cancel;
+  std::shared_ptr<std::atomic<bool>> pause;  // PauseJob: checkpoint and leave after this step
   std::chrono::steady_clock::time_point last_progress{};
   // Wall-clock time from one of its steps to the next, smoothed: with jobs taking turns on the
   // device it includes their steps, which the trainer's own timing (this job's step) leaves out.
@@ -367,6 +368,7 @@ absl::Status JobManager::Start() {
       Requeue(job);
       continue;
     }
+    if (job.state() == v1::PAUSED) continue;  // until a client resumes it
     if (job.state() != v1::RUNNING && job.state() != v1::VALIDATING) {
       std::fprintf(stderr, "qlorad: job %s/%s has state %d; left alone\n", job.tenant().c_str(),
                    job.id().c_str(), static_cast<int>(job.state()));
@@ -664,6 +666,21 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
     if (stored.state() != v1::VALIDATING) return WithLiveFields(stored);
     unqueued = std::move(stored);
   }
+  RETURN_IF_ERROR(RoomForAnotherJob(tenant));
+  if (!unqueued) {
+    ASSIGN_OR_RETURN(v1::Job stored,
+                     stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
+    if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
+  }
+  const std::string& id = unqueued ? unqueued->id() : job.id();
+  auto queued = stores_.jobs->Transition(tenant.name, id, JobState::kQueued, "validated");
+  if (!queued.ok()) return NotQueued(tenant.name, id, req.idempotency_key(), queued.status());
+  Requeue(*queued);
+  Notify();
+  return WithLiveFields(*queued);
+}
+
+absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant) const {
   const int active = ActiveJobs(tenant.name);
   if (active >= tenant.limits.max_concurrent_jobs) {
     return absl::ResourceExhaustedError(
@@ -678,17 +695,7 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
                      active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
                      " adapters: delete one first"));
   }
-  if (!unqueued) {
-    ASSIGN_OR_RETURN(v1::Job stored,
-                     stores_.jobs->Create(job, req.idempotency_key(), RequestFingerprint(req)));
-    if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
-  }
-  const std::string& id = unqueued ? unqueued->id() : job.id();
-  auto queued = stores_.jobs->Transition(tenant.name, id, JobState::kQueued, "validated");
-  if (!queued.ok()) return NotQueued(tenant.name, id, req.idempotency_key(), queued.status());
-  Requeue(*queued);
-  Notify();
-  return WithLiveFields(*queued);
+  return absl::OkStatus();
 }
 
 absl::Status JobManager::NotQueued(const std::string& tenant, const std::string& id,
@@ -842,6 +849,92 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     return EndCancelled(tenant, id, "cancelled by the client while the daemon stopped");
   }
   return *now;
+}
+
+absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const std::string& id,
+                                             absl::Duration wait) {
+  ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
+  if (job.state() == v1::PAUSED) return job;
+  if (IsTerminal(static_cast<JobState>(job.state()))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+  }
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
+  // A queued job is paused here and now (out of the queue); false where it is not queued.
+  auto pause_queued = [&](absl::StatusOr<v1::Job>* done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto queued = FindQueued(id);
+    if (queued == queue_.end()) return false;
+    if (queued->finishing) {
+      *done = absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " has its adapter stored and is recording its success: nothing to pause"));
+      return true;
+    }
+    *done = stores_.jobs->Transition(tenant, id, JobState::kPaused,
+                                     "paused by the client while queued");
+    if (done->ok()) {
+      queue_.erase(queued);
+      cancel_flags_.erase(id);
+      pause_flags_.erase(id);
+      work_cv_.SignalAll();
+    }
+    return true;
+  };
+  absl::StatusOr<v1::Job> done;
+  if (pause_queued(&done)) {
+    if (done.ok()) Notify();
+    return done;
+  }
+  if (cancel_flags_.count(id) == 0) {
+    // Neither queued nor on a worker (a store write failed on its way, or it is still being
+    // validated): recorded as paused, to resume from its last checkpoint, where the state
+    // machine allows it.
+    auto moved = stores_.jobs->Transition(tenant, id, JobState::kPaused, "paused by the client");
+    if (moved.ok()) Notify();
+    return moved;
+  }
+  auto& flag = pause_flags_[id];
+  if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
+  flag->store(true);
+  // The worker pauses it after the current step; wait for it to leave the worker. A job sent
+  // back to the queue meanwhile (its device was lost) is paused from there.
+  while (absl::Now() < deadline && cancel_flags_.count(id) != 0) {
+    if (pause_queued(&done)) {
+      if (done.ok()) Notify();
+      return done;
+    }
+    work_cv_.WaitWithDeadline(&mu_, deadline);
+  }
+  return stores_.jobs->Get(tenant, id);
+}
+
+absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::string& id) {
+  // Under the creation lock: the quota check and the requeue are one step, as CreateJob's.
+  absl::MutexLock create_lock(&create_mu_);
+  ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant.name, id));
+  if (IsTerminal(static_cast<JobState>(job.state()))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+  }
+  if (job.state() != v1::PAUSED) {
+    {  // not paused (yet): a pause asked and not yet taken is withdrawn
+      absl::MutexLock lock(&mu_);
+      if (auto flag = pause_flags_.find(id); flag != pause_flags_.end()) {
+        flag->second->store(false);
+      }
+    }
+    return WithLiveFields(job);
+  }
+  RETURN_IF_ERROR(RoomForAnotherJob(tenant));
+  auto moved = stores_.jobs->Transition(
+      tenant.name, id, JobState::kQueued,
+      job.steps_completed() > 0
+          ? absl::StrCat("resumed by the client; resumes from step ", job.steps_completed())
+          : "resumed by the client");
+  if (!moved.ok()) return moved.status();
+  Requeue(*moved);
+  Notify();
+  return WithLiveFields(*moved);
 }
 
 std::vector<DeviceInfo> JobManager::Devices() const {
@@ -1024,7 +1117,7 @@ void JobManager::WorkerLoop(Worker* w) {
         w->lost_cause = (*it)->failure;
         break;
       }
-      if (!Finish(w, **it, outcome)) {
+      if (outcome == StepOutcome::kPaused ? !Pause(w, **it) : !Finish(w, **it, outcome)) {
         ++it;
         continue;
       }
@@ -1062,6 +1155,10 @@ void JobManager::WorkerLoop(Worker* w) {
         (!a->stored_adapter && a->cancel->load() &&
          Finish(w, *a, StepOutcome::kCancelled, /*may_wait=*/false));
     if (ended) {
+      Release(a->job.id());
+      continue;
+    }
+    if (a->pause->load() && Pause(w, *a)) {  // a pause asked before the stop stays after it
       Release(a->job.id());
       continue;
     }
@@ -1204,6 +1301,7 @@ bool JobManager::CancelAsked(const std::string& id) const {
 void JobManager::Release(const std::string& id) {
   absl::MutexLock lock(&mu_);
   cancel_flags_.erase(id);
+  pause_flags_.erase(id);
   live_.erase(id);
   work_cv_.SignalAll();
 }
@@ -1306,7 +1404,7 @@ void JobManager::CollectMetrics(metrics::Registry& r) {
   }
   auto counts = stores_.jobs->CountByState();
   if (counts.ok()) {
-    for (int s = v1::VALIDATING; s <= v1::CANCELLED; ++s) {
+    for (int s = v1::VALIDATING; s <= v1::PAUSED; ++s) {
       const auto state = static_cast<v1::JobState>(s);
       auto it = counts->find(state);
       r.Set(metrics::kJobs, {v1::JobState_Name(state)},
@@ -1433,6 +1531,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     a->cancel =
         flag != cancel_flags_.end() ? flag->second : std::make_shared<std::atomic<bool>>(false);
     cancel_flags_[q.id] = a->cancel;
+    auto& pause = pause_flags_[q.id];  // set already where a pause came while it started
+    if (!pause) pause = std::make_shared<std::atomic<bool>>(false);
+    a->pause = pause;
   }
   // A start that ends the job releases its running count before the terminal write (as Finish
   // does), so that a client told it ended can create the next one at once.
@@ -1688,6 +1789,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   }
   if (absl::Now() < a.store_again_at) return StepOutcome::kContinue;  // InfinitePast until a wait
   if (a.trained()) return StepOutcome::kSucceeded;
+  if (a.pause->load()) return StepOutcome::kPaused;
   StepReport report;
   bool stepped = false;
   const auto started = std::chrono::steady_clock::now();
@@ -1905,6 +2007,32 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_w
   }
   ReleaseQuotaOf(w, a);
   JobEnded(id, "succeeded");
+  Notify();
+  return true;
+}
+
+bool JobManager::Pause(Worker* w, ActiveJob& a) {
+  const absl::Status saved = SaveCheckpoint(a);
+  const int64_t step = a.trainer->step();
+  auto moved = stores_.jobs->Transition(
+      a.job.tenant(), a.job.id(), JobState::kPaused,
+      saved.ok() ? absl::StrCat("paused by the client at step ", step)
+                 : absl::StrCat("paused by the client at step ", step, "; the checkpoint failed (",
+                                saved.message(), "): it resumes from the previous one"),
+      [&](v1::Job& j) {
+        j.clear_device();
+        if (saved.ok()) j.set_steps_completed(step);
+      });
+  if (!moved.ok()) {
+    // Still RUNNING in the store: it trains on rather than leave its device unrecorded, and the
+    // client's pause, which waits for the job to leave, is answered RUNNING.
+    std::fprintf(stderr, "qlorad: job %s: cannot be paused: %s\n", a.job.id().c_str(),
+                 std::string(moved.status().message()).c_str());
+    a.pause->store(false);
+    return false;
+  }
+  ReleaseQuotaOf(w, a);
+  ForgetJobSeries(a.job.id());
   Notify();
   return true;
 }

@@ -128,11 +128,24 @@ class JobManager {
   absl::StatusOr<v1::Job> CancelJob(const std::string& tenant, const std::string& id,
                                     absl::Duration wait = absl::Seconds(30));
 
+  // Stops a queued job at once, a running one after its current step (waits for it, up to
+  // `wait`), with a checkpoint, and keeps it PAUSED: no device, no place in the queue, not
+  // counted in the tenant's running jobs. Pausing a paused job returns it; a finished job, or
+  // one whose adapter is stored and its success still to be recorded: FAILED_PRECONDITION.
+  absl::StatusOr<v1::Job> PauseJob(const std::string& tenant, const std::string& id,
+                                   absl::Duration wait = absl::Seconds(30));
+  // Queues a paused job again (it resumes from its checkpoint), within the tenant's quotas
+  // (RESOURCE_EXHAUSTED past them). A queued or running job is returned as it is, any pause
+  // asked of it and not yet taken withdrawn; a finished one: FAILED_PRECONDITION.
+  absl::StatusOr<v1::Job> ResumeJob(const Tenant& tenant, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(create_mu_);
   // Deletes a finished job (JobStore::Delete): NOT_FOUND, or FAILED_PRECONDITION for a job
   // not yet SUCCEEDED, FAILED or CANCELLED.
-  absl::Status DeleteJob(const std::string& tenant, const std::string& id);
-  // Deletes every finished job of any tenant that ended before `cutoff`; returns how many.
-  absl::StatusOr<int64_t> PruneFinishedJobs(absl::Time cutoff);
+  absl::Status DeleteJob(const std::string& tenant, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(create_mu_);
+  // Deletes every finished job of any tenant that ended before `cutoff`; returns how many. Ends
+  // early once the manager stops.
+  absl::StatusOr<int64_t> PruneFinishedJobs(absl::Time cutoff) ABSL_LOCKS_EXCLUDED(create_mu_);
 
   // A counter that rises with every job write; WaitForChange blocks until it passes `seen` or
   // the timeout ends (watch streams poll the store after each change).
@@ -166,7 +179,7 @@ class JobManager {
  private:
   struct Worker;
   struct ActiveJob;
-  enum class StepOutcome { kContinue, kSucceeded, kFailed, kCancelled, kDeviceLost };
+  enum class StepOutcome { kContinue, kSucceeded, kFailed, kCancelled, kDeviceLost, kPaused };
 
   JobManager(const JobManagerStores& stores, const JobManagerOptions& options);
   void WorkerLoop(Worker* w);
@@ -219,6 +232,13 @@ class JobManager {
   // RunStep tries again after a pause; with `may_wait` false (a stop), false only for a success
   // whose record could not be written, which then keeps its checkpoint.
   bool Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_wait = true);
+  // Checkpoints a job whose pause was asked and records it PAUSED; gives back its place on `w`
+  // and its tenant's running count. False (and the pause dropped) where the store refuses the
+  // record: the job trains on.
+  bool Pause(Worker* w, ActiveJob& a);
+  // The tenant's quotas for one more queued or running job: its concurrent jobs, and its
+  // adapters with every unfinished job's to come. RESOURCE_EXHAUSTED naming the limit.
+  absl::Status RoomForAnotherJob(const Tenant& tenant) const;
   // Stores the job's adapter (an earlier run's is found by StartJob, which trains no more).
   absl::StatusOr<v1::Adapter> StoreAdapter(Worker* w, ActiveJob& a);
   // Schedules the next try of storing how `a` ended (`what`: "its success"), warning once.
@@ -292,6 +312,8 @@ class JobManager {
   int64_t arrivals_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int> running_by_tenant_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> cancel_flags_ ABSL_GUARDED_BY(mu_);
+  // PauseJob's flags, by job id, while a job is started or stepped (released with its others).
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> pause_flags_ ABSL_GUARDED_BY(mu_);
   struct Live {
     int64_t steps = 0, total_steps = 0, tokens = 0;
     double loss = 0.0, eta_seconds = 0.0;

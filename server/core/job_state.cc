@@ -18,6 +18,8 @@ const char* JobStateName(JobState s) {
       return "FAILED";
     case JobState::kCancelled:
       return "CANCELLED";
+    case JobState::kPaused:
+      return "PAUSED";
   }
   return "UNSPECIFIED";
 }
@@ -33,11 +35,15 @@ absl::Status CheckTransition(JobState from, JobState to) {
       legal = to == JobState::kQueued || to == JobState::kFailed || to == JobState::kCancelled;
       break;
     case JobState::kQueued:
-      legal = to == JobState::kRunning || to == JobState::kFailed || to == JobState::kCancelled;
+      legal = to == JobState::kRunning || to == JobState::kFailed || to == JobState::kCancelled ||
+              to == JobState::kPaused;
       break;
     case JobState::kRunning:
       legal = to == JobState::kSucceeded || to == JobState::kFailed || to == JobState::kCancelled ||
-              to == JobState::kQueued;
+              to == JobState::kQueued || to == JobState::kPaused;
+      break;
+    case JobState::kPaused:
+      legal = to == JobState::kQueued || to == JobState::kCancelled || to == JobState::kFailed;
       break;
     default:
       legal = false;  // terminal

@@ -4,7 +4,9 @@
 //   VALIDATING -> QUEUED | FAILED | CANCELLED
 //   QUEUED     -> RUNNING | FAILED | CANCELLED
 //   RUNNING    -> SUCCEEDED | FAILED | CANCELLED | QUEUED (requeued to resume from its
-//                 checkpoint after a restart)
+//                 checkpoint after a restart) | PAUSED
+//   QUEUED     -> PAUSED too (a client's pause)
+//   PAUSED     -> QUEUED (resumed: from its checkpoint) | CANCELLED | FAILED
 //   SUCCEEDED, FAILED, CANCELLED: terminal
 #pragma once
 
@@ -18,7 +20,8 @@ enum class JobState {
   kRunning = 3,
   kSucceeded = 4,
   kFailed = 5,
-  kCancelled = 6
+  kCancelled = 6,
+  kPaused = 7
 };
 
 const char* JobStateName(JobState s);

@@ -9,6 +9,16 @@
 #include "server/grpc/services.h"
 
 namespace qlorad::server {
+namespace {
+
+// How long a cancel or a pause waits for a running job to leave its device (one step): within
+// the caller's deadline, leaving it time for the answer, and never past 30 s.
+absl::Duration StepWait(const grpc::ServerContext& c) {
+  const absl::Duration left = absl::FromChrono(c.deadline() - std::chrono::system_clock::now());
+  return std::clamp(left - absl::Milliseconds(200), absl::ZeroDuration(), absl::Seconds(30));
+}
+
+}  // namespace
 
 grpc::Status JobServiceImpl::CreateJob(grpc::ServerContext* c, const v1::CreateJobRequest* req,
                                        v1::Job* out) {
@@ -63,11 +73,25 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* c, const v1::CancelJ
                                        v1::Job* out) {
   Call call(c, "CancelJob", *node_);
   if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
-  // Waits for a running job to stop (one step), within the caller's deadline.
-  const absl::Duration left = absl::FromChrono(c->deadline() - std::chrono::system_clock::now());
-  auto job = node_->manager->CancelJob(
-      call.tenant().name, req->id(),
-      std::clamp(left - absl::Milliseconds(200), absl::ZeroDuration(), absl::Seconds(30)));
+  auto job = node_->manager->CancelJob(call.tenant().name, req->id(), StepWait(*c));
+  if (job.ok()) *out = *job;
+  return call.Finish(job.status());
+}
+
+grpc::Status JobServiceImpl::PauseJob(grpc::ServerContext* c, const v1::PauseJobRequest* req,
+                                      v1::Job* out) {
+  Call call(c, "PauseJob", *node_);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto job = node_->manager->PauseJob(call.tenant().name, req->id(), StepWait(*c));
+  if (job.ok()) *out = *job;
+  return call.Finish(job.status());
+}
+
+grpc::Status JobServiceImpl::ResumeJob(grpc::ServerContext* c, const v1::ResumeJobRequest* req,
+                                       v1::Job* out) {
+  Call call(c, "ResumeJob", *node_);
+  if (absl::Status s = call.Authenticate(); !s.ok()) return call.Finish(s);
+  auto job = node_->manager->ResumeJob(call.tenant(), req->id());
   if (job.ok()) *out = *job;
   return call.Finish(job.status());
 }
@@ -127,8 +151,11 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* c, const v1::WatchJob
       if (events->size() < 256) break;
     }
     // The job's final record is written with its last event, so a terminal state read above
-    // means every event has been sent.
-    if (core::IsTerminal(static_cast<core::JobState>(job->state()))) break;
+    // means every event has been sent. A paused job ends the watch too: nothing comes until a
+    // client resumes it, and a script waiting on the watch would wait for that forever.
+    if (core::IsTerminal(static_cast<core::JobState>(job->state())) || job->state() == v1::PAUSED) {
+      break;
+    }
     if (c->IsCancelled()) return call.Finish(absl::CancelledError("the client went away"));
     if (node_->draining) {
       return call.Finish(absl::UnavailableError(absl::StrCat(

@@ -62,6 +62,10 @@ class JobServiceImpl final : public v1::JobService::Service {
                              v1::ListJobEventsResponse* out) override;
   grpc::Status WatchJob(grpc::ServerContext* c, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::Status PauseJob(grpc::ServerContext* c, const v1::PauseJobRequest* req,
+                        v1::Job* out) override;
+  grpc::Status ResumeJob(grpc::ServerContext* c, const v1::ResumeJobRequest* req,
+                         v1::Job* out) override;
   grpc::Status DeleteJob(grpc::ServerContext* c, const v1::DeleteJobRequest* req,
                          v1::DeleteJobResponse* out) override;
 

@@ -407,6 +407,12 @@ class PythonClientTest(unittest.TestCase):
             finally:
                 watch.close()
             self.assertEqual(_state(self.acme.get_job(job.id).state), "RUNNING")
+            # Paused after its step, a wait returns it; resumed, it trains on.
+            paused = self.acme.pause_job(job.id)
+            self.assertEqual(_state(paused.state), "PAUSED")
+            self.assertEqual(_state(self.acme.wait_job(job.id, timeout=60).state), "PAUSED")
+            self.assertIn(job.id, [j.id for j in self.acme.list_jobs(states=["paused"])])
+            self.assertIn(_state(self.acme.resume_job(job.id).state), ("QUEUED", "RUNNING"))
             cancelled = self.acme.cancel_job(job.id)
             self.assertIn(_state(cancelled.state), ("RUNNING", "CANCELLED"))
             final = self.acme.wait_job(job.id, timeout=120)

@@ -579,7 +579,6 @@ TEST_F(QloractlTest, IdempotencyKeys) {
                              "--max-steps", "4", "--idempotency-key", "k1"}),
               "ALREADY_EXISTS", "k1");
   const std::string id = first.json()["id"];
-  ExpectError(Run(kAcmeKey, {"jobs", "delete", id}), "FAILED_PRECONDITION", "cancel it first");
   EXPECT_EQ(Run(kAcmeKey, {"jobs", "watch", id}).code, 0);
   // Deleting the finished job frees its key, and keeps its adapter.
   const std::string adapter = Run(kAcmeKey, {"-o", "json", "jobs", "get", id}).json()["adapterId"];
@@ -685,7 +684,26 @@ TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {
   ASSERT_EQ(running.code, 0) << running.err;
   ExpectError(Run(kAcmeKey, {"datasets", "delete", *dataset_}), "FAILED_PRECONDITION", "used");
   ExpectError(Run(kOpsKey, {"models", "delete", "stories"}), "FAILED_PRECONDITION", "used");
-  auto cancelled = Run(kAcmeKey, {"-o", "json", "jobs", "cancel", running.json()["id"]});
+  const std::string id = running.json()["id"];
+  ExpectError(Run(kAcmeKey, {"jobs", "delete", id}), "FAILED_PRECONDITION", "cancel it first");
+  // Paused, the job still holds its dataset; a watch ends there with status 5.
+  auto paused = Run(kAcmeKey, {"-o", "json", "jobs", "pause", id});
+  ASSERT_EQ(paused.code, 0) << paused.err;
+  EXPECT_EQ(paused.json()["state"], "PAUSED");
+  ExpectError(Run(kAcmeKey, {"datasets", "delete", *dataset_}), "FAILED_PRECONDITION", "used");
+  auto watched = Run(kAcmeKey, {"jobs", "watch", id});
+  EXPECT_EQ(watched.code, 5) << watched.err;
+  EXPECT_NE(watched.err.find("is PAUSED; it goes on after qloractl jobs resume " + id),
+            std::string::npos)
+      << watched.err;
+  auto listed = Run(kAcmeKey, {"-o", "json", "jobs", "list", "--state", "paused"});
+  ASSERT_EQ(listed.code, 0) << listed.err;
+  ASSERT_EQ(listed.json()["jobs"].size(), 1u);
+  EXPECT_EQ(listed.json()["jobs"][0]["id"], id);
+  auto resumed = Run(kAcmeKey, {"-o", "json", "jobs", "resume", id});
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.json()["state"], "PAUSED");
+  auto cancelled = Run(kAcmeKey, {"-o", "json", "jobs", "cancel", id});
   ASSERT_EQ(cancelled.code, 0) << cancelled.err;
   EXPECT_EQ(cancelled.json()["state"], "CANCELLED");
 }

@@ -69,14 +69,16 @@ class JobManagerTest : public ::testing::Test {
                         {"name": "b", "key_sha256": ")" +
             Sha256Hex("kb") + R"(", "limits": {"max_concurrent_jobs": 8, "max_priority": 10}},
                         {"name": "c", "key_sha256": ")" +
-            Sha256Hex("kc") + R"(", "limits": {"max_concurrent_jobs": 8, "max_adapters": 1}}]})",
+            Sha256Hex("kc") + R"(", "limits": {"max_concurrent_jobs": 8, "max_adapters": 1}},
+                        {"name": "d", "key_sha256": ")" +
+            Sha256Hex("kd") + R"(", "limits": {"max_concurrent_jobs": 2}}]})",
         "test");
     ASSERT_TRUE(tenants.ok()) << tenants.status();
     tenants_ = std::move(*tenants);
     auto model = models_->Register("stories", StoriesGguf());
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
-    for (const char* t : {"a", "b", "c"}) {
+    for (const char* t : {"a", "b", "c", "d"}) {
       auto ds = datasets_->Create(t, "facts", FactsJsonl(), 1 << 20);
       ASSERT_TRUE(ds.ok());
       dataset_[t] = ds->id();
@@ -667,6 +669,102 @@ bool AnyContains(const std::vector<std::string>& lines, const std::string& part)
     if (l.find(part) != std::string::npos) return true;
   }
   return false;
+}
+
+// A paused job leaves its device with a checkpoint of its step and holds no quota; it stays
+// paused across a restart, and once resumed ends with the adapter an uninterrupted run makes.
+TEST_F(JobManagerTest, APausedJobResumesToTheAdapterOfAnUninterruptedRun) {
+  JobManagerOptions o = Options("cpu:0");
+  o.checkpoint_every = 1000;  // the pause's checkpoint is the only one
+  StartManager(o);
+  v1::CreateJobRequest req = Request("a", 40);
+  req.mutable_hyperparameters()->set_seed(7);
+  auto job = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string id = job->id();
+  WaitFor("a", id, [](const v1::Job& j) { return j.steps_completed() >= 3; });
+  auto paused = manager_->PauseJob("a", id);
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  ASSERT_EQ(paused->state(), v1::PAUSED);
+  const int64_t step = paused->steps_completed();
+  EXPECT_GE(step, 3);
+  EXPECT_LT(step, 40);
+  EXPECT_TRUE(paused->device().empty());
+  EXPECT_EQ(manager_->ActiveJobs("a"), 0);
+  EXPECT_EQ(manager_->Devices()[0].jobs_running, 0);
+  ASSERT_EQ(checkpoints_->List()->size(), 1u);
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", id),
+                          "RUNNING->PAUSED: paused by the client at step " + std::to_string(step)));
+  EXPECT_EQ(manager_->PauseJob("a", id)->state(), v1::PAUSED);  // idempotent
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(manager_->GetJob("a", id)->steps_completed(), step);  // it trains no more
+
+  manager_->Shutdown();
+  manager_.reset();
+  StartManager(o);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(manager_->GetJob("a", id)->state(), v1::PAUSED);  // not queued by the restart
+
+  auto resumed = manager_->ResumeJob(T("a"), id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_NE(resumed->state(), v1::PAUSED);
+  const v1::Job done = WaitFor("a", id, HasEnded);
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.steps_completed(), 40);
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", id),
+                          "resumed from the checkpoint at step " + std::to_string(step)));
+  EXPECT_TRUE(checkpoints_->List()->empty());
+  auto twin = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(twin.ok()) << twin.status();
+  const v1::Job twin_done = WaitFor("a", twin->id(), HasEnded);
+  ASSERT_EQ(twin_done.state(), v1::SUCCEEDED);
+  auto resumed_files = adapters_->Files("a", done.adapter_id());
+  auto twin_files = adapters_->Files("a", twin_done.adapter_id());
+  ASSERT_TRUE(resumed_files.ok() && twin_files.ok());
+  EXPECT_TRUE(resumed_files->at("adapter_model.safetensors") ==
+              twin_files->at("adapter_model.safetensors"));
+  EXPECT_EQ(done.tokens_trained(), twin_done.tokens_trained());
+}
+
+// A queued job is paused at once and leaves the queue. A paused job does not count against the
+// tenant's running jobs, is resumed only within them, and can be cancelled; a finished one can
+// be neither paused nor resumed.
+TEST_F(JobManagerTest, AQueuedJobPausesAtOnceAndResumesWithinTheQuota) {
+  StartManager(Options("cpu:0", 0, 1));  // one job at a time: the second waits in the queue
+  auto first = manager_->CreateJob(T("d"), Request("d", 100000));
+  ASSERT_TRUE(first.ok()) << first.status();
+  WaitFor("d", first->id(), IsRunning);
+  auto second = manager_->CreateJob(T("d"), Request("d", 5));
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto paused = manager_->PauseJob("d", second->id());
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_EQ(paused->state(), v1::PAUSED);
+  EXPECT_EQ(manager_->GetJob("d", second->id())->queue_position(), -1);
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "d", second->id()),
+                          "QUEUED->PAUSED: paused by the client while queued"));
+  EXPECT_EQ(manager_->ActiveJobs("d"), 1);
+  // Its place is free: a third job fits the limit of two, and the paused one no longer does.
+  auto third = manager_->CreateJob(T("d"), Request("d", 100000));
+  ASSERT_TRUE(third.ok()) << third.status();
+  const absl::Status full = manager_->ResumeJob(T("d"), second->id()).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_EQ(manager_->GetJob("d", second->id())->state(), v1::PAUSED);
+  ASSERT_TRUE(manager_->CancelJob("d", third->id()).ok());
+  auto resumed = manager_->ResumeJob(T("d"), second->id());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), v1::QUEUED);
+  EXPECT_EQ(resumed->queue_position(), 0);
+  // Paused again, then cancelled: it ends CANCELLED with nothing kept.
+  ASSERT_EQ(manager_->PauseJob("d", second->id())->state(), v1::PAUSED);
+  auto cancelled = manager_->CancelJob("d", second->id());
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_EQ(manager_->PauseJob("d", second->id()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->ResumeJob(T("d"), second->id()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->PauseJob("a", first->id()).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(manager_->CancelJob("d", first->id()).ok());
 }
 
 // A device that fails for good mid-job (what a GPU kernel fault does to the CUDA context): the

@@ -11,7 +11,8 @@ namespace qlorad::core {
 namespace {
 
 constexpr JobState kAll[] = {JobState::kValidating, JobState::kQueued, JobState::kRunning,
-                             JobState::kSucceeded,  JobState::kFailed, JobState::kCancelled};
+                             JobState::kSucceeded,  JobState::kFailed, JobState::kCancelled,
+                             JobState::kPaused};
 
 TEST(JobState, ExactlyTheDocumentedEdgesAreLegal) {
   using S = JobState;
@@ -19,7 +20,8 @@ TEST(JobState, ExactlyTheDocumentedEdgesAreLegal) {
       {S::kValidating, S::kQueued}, {S::kValidating, S::kFailed}, {S::kValidating, S::kCancelled},
       {S::kQueued, S::kRunning},    {S::kQueued, S::kFailed},     {S::kQueued, S::kCancelled},
       {S::kRunning, S::kSucceeded}, {S::kRunning, S::kFailed},    {S::kRunning, S::kCancelled},
-      {S::kRunning, S::kQueued},
+      {S::kRunning, S::kQueued},    {S::kQueued, S::kPaused},     {S::kRunning, S::kPaused},
+      {S::kPaused, S::kQueued},     {S::kPaused, S::kCancelled},  {S::kPaused, S::kFailed},
   };
   for (S from : kAll) {
     for (S to : kAll) {
@@ -33,7 +35,7 @@ TEST(JobState, ExactlyTheDocumentedEdgesAreLegal) {
     }
   }
   for (S s : {S::kSucceeded, S::kFailed, S::kCancelled}) EXPECT_TRUE(IsTerminal(s));
-  for (S s : {S::kValidating, S::kQueued, S::kRunning}) EXPECT_FALSE(IsTerminal(s));
+  for (S s : {S::kValidating, S::kQueued, S::kRunning, S::kPaused}) EXPECT_FALSE(IsTerminal(s));
 }
 
 TEST(JobState, NumbersAndNamesMatchTheApi) {

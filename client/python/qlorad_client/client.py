@@ -290,6 +290,15 @@ class Client:
     def cancel_job(self, id):
         return self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=id))
 
+    def pause_job(self, id):
+        """Stops a queued or running job (a running one after its step, with a checkpoint) and
+        keeps it PAUSED, holding no device or quota, until resume_job."""
+        return self._unary(self._jobs.PauseJob, jobs_pb2.PauseJobRequest(id=id))
+
+    def resume_job(self, id):
+        """Queues a paused job again; it goes on from its checkpoint."""
+        return self._unary(self._jobs.ResumeJob, jobs_pb2.ResumeJobRequest(id=id))
+
     def delete_job(self, id):
         """Deletes a finished job's record and events; its adapter stays."""
         self._unary(self._jobs.DeleteJob, jobs_pb2.DeleteJobRequest(id=id))
@@ -313,8 +322,8 @@ class Client:
                             timeout=timeout)
 
     def wait_job(self, id, on_event=None, timeout=None, reconnect_for=600):
-        """Follows the job's events (on_event(event) for each) until it ends; returns the final
-        Job. timeout (seconds) bounds the whole wait: QloradError("DEADLINE_EXCEEDED") past it.
+        """Follows the job's events (on_event(event) for each) until it ends or is PAUSED;
+        returns the Job as it is then (check its state). timeout (seconds) bounds the whole wait: QloradError("DEADLINE_EXCEEDED") past it.
 
         A daemon that restarts (SIGTERM ends its watches with UNAVAILABLE; the job resumes after
         the start) or is out of reach for a while does not end the wait: it watches again from
@@ -353,7 +362,7 @@ class Client:
                 pause = min(pause * 2, 10.0)
                 continue
             unreachable_since, pause = None, 1.0
-            if job.state in TERMINAL_STATES:
+            if job.state in TERMINAL_STATES or job.state == jobs_pb2.PAUSED:
                 return job
             # The stream ended cleanly before the end: pick up where it left, but not forever
             # (as qloractl: three resumes in a row without an event).
