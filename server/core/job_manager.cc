@@ -427,9 +427,14 @@ std::vector<QueuedJob>::iterator JobManager::FindQueued(const std::string& id) {
 void JobManager::Requeue(const v1::Job& job) {
   QueuedJob q = QueueEntry(job);
   absl::MutexLock lock(&mu_);
+  RequeueLocked(std::move(q), job);
+}
+
+void JobManager::RequeueLocked(QueuedJob q, const v1::Job& job) {
   q.arrival = arrivals_++;
   queue_.push_back(std::move(q));
   cancel_flags_[job.id()] = std::make_shared<std::atomic<bool>>(false);
+  pause_flags_.erase(job.id());  // a run queued afresh has no pause asked of it
   // The data check, for a job that has not trained (one that has keeps its data: its start
   // skips the bounds too).
   if (job.steps_completed() == 0) to_check_.emplace_back(job.tenant(), job.id());
@@ -680,20 +685,26 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
   return WithLiveFields(*queued);
 }
 
-absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant) const {
+absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant, bool resuming) const {
   const int active = ActiveJobs(tenant.name);
   if (active >= tenant.limits.max_concurrent_jobs) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' already has ", tenant.limits.max_concurrent_jobs,
                      " queued or running jobs (its limit); wait for one to finish"));
   }
-  // Each job ends with an adapter: refuse now rather than after hours of training.
+  // Each job ends with an adapter, a paused one too: refuse now rather than after hours of
+  // training. This also bounds the paused jobs, each of which keeps a checkpoint.
   ASSIGN_OR_RETURN(std::vector<v1::Adapter> adapters, stores_.adapters->List(tenant.name));
-  if (static_cast<int64_t>(adapters.size()) + active >= tenant.limits.max_adapters) {
+  ASSIGN_OR_RETURN(std::vector<v1::Job> paused,
+                   stores_.jobs->List(tenant.name, {v1::PAUSED}, 0, ""));
+  // A job resumed is one of the paused: it adds no adapter to come.
+  const int64_t unfinished =
+      active + static_cast<int64_t>(paused.size()) - (resuming && !paused.empty() ? 1 : 0);
+  if (static_cast<int64_t>(adapters.size()) + unfinished >= tenant.limits.max_adapters) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' holds ", adapters.size(), " adapters and has ",
-                     active, " unfinished jobs; its limit is ", tenant.limits.max_adapters,
-                     " adapters: delete one first"));
+                     unfinished, " unfinished jobs (paused ones too); its limit is ",
+                     tenant.limits.max_adapters, " adapters: delete one first"));
   }
   return absl::OkStatus();
 }
@@ -815,6 +826,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     if (done->ok()) {
       queue_.erase(queued);
       cancel_flags_.erase(id);
+      pause_flags_.erase(id);
     } else if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end()) {
       // Not recorded (a full disk): it stays queued with its flag set, so that its start ends
       // it, rather than leaving the queue while QUEUED in the store.
@@ -893,19 +905,29 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
     if (moved.ok()) Notify();
     return moved;
   }
-  auto& flag = pause_flags_[id];
-  if (!flag) flag = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<std::atomic<bool>> flag = pause_flags_[id];
+  if (!flag) flag = pause_flags_[id] = std::make_shared<std::atomic<bool>>(false);
   flag->store(true);
   // The worker pauses it after the current step; wait for it to leave the worker. A job sent
-  // back to the queue meanwhile (its device was lost) is paused from there.
-  while (absl::Now() < deadline && cancel_flags_.count(id) != 0) {
+  // back to the queue meanwhile (its device was lost) is paused from there. The flag dropped
+  // (a resume withdrew it, its end is being stored, the store refused the record) ends the wait.
+  while (absl::Now() < deadline && cancel_flags_.count(id) != 0 && flag->load()) {
     if (pause_queued(&done)) {
       if (done.ok()) Notify();
       return done;
     }
     work_cv_.WaitWithDeadline(&mu_, deadline);
   }
-  return stores_.jobs->Get(tenant, id);
+  auto now = stores_.jobs->Get(tenant, id);
+  if (!now.ok()) return now.status();
+  // QUEUED in the store, yet in no queue and on no worker: the daemon put it back for its next
+  // start while it stopped, and the flag set here went with it. Paused here instead.
+  if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
+      FindQueued(id) == queue_.end()) {
+    return stores_.jobs->Transition(tenant, id, JobState::kPaused,
+                                    "paused by the client while the daemon stopped");
+  }
+  return now;
 }
 
 absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::string& id) {
@@ -925,14 +947,21 @@ absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::s
     }
     return WithLiveFields(job);
   }
-  RETURN_IF_ERROR(RoomForAnotherJob(tenant));
-  auto moved = stores_.jobs->Transition(
-      tenant.name, id, JobState::kQueued,
-      job.steps_completed() > 0
-          ? absl::StrCat("resumed by the client; resumes from step ", job.steps_completed())
-          : "resumed by the client");
-  if (!moved.ok()) return moved.status();
-  Requeue(*moved);
+  RETURN_IF_ERROR(RoomForAnotherJob(tenant, /*resuming=*/true));
+  QueuedJob entry = QueueEntry(job);
+  absl::StatusOr<v1::Job> moved;
+  {
+    // The record and the queue in one section, so that a pause finds the job in one or the
+    // other, never between them.
+    absl::MutexLock lock(&mu_);
+    moved = stores_.jobs->Transition(
+        tenant.name, id, JobState::kQueued,
+        job.steps_completed() > 0
+            ? absl::StrCat("resumed by the client; resumes from step ", job.steps_completed())
+            : "resumed by the client");
+    if (!moved.ok()) return moved.status();
+    RequeueLocked(std::move(entry), *moved);
+  }
   Notify();
   return WithLiveFields(*moved);
 }
@@ -1065,6 +1094,9 @@ void JobManager::WorkerLoop(Worker* w) {
         // cancel waits for it (StartJob would have honoured it).
         if (CancelAsked(q.id)) {
           (void)EndCancelled(q.tenant, q.id, "cancelled by the client while the daemon stopped");
+        } else if (PauseAsked(q.id)) {
+          (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kPaused,
+                                         "paused by the client while the daemon stopped");
         }
       } else if (w->lost_cause.ok()) {
         started = StartJob(w, q);
@@ -1117,7 +1149,20 @@ void JobManager::WorkerLoop(Worker* w) {
         w->lost_cause = (*it)->failure;
         break;
       }
-      if (outcome == StepOutcome::kPaused ? !Pause(w, **it) : !Finish(w, **it, outcome)) {
+      if (outcome == StepOutcome::kPaused) {
+        const PauseResult paused = Pause(w, **it);
+        if (paused == PauseResult::kTrainsOn) {
+          ++it;
+          continue;
+        }
+        if (paused == PauseResult::kPaused) {  // released by Pause, its flags too
+          it = active.erase(it);
+          if (active.empty()) w->PublishUsage();
+          continue;
+        }
+        outcome = StepOutcome::kCancelled;  // a cancel came while it checkpointed
+      }
+      if (!Finish(w, **it, outcome)) {
         ++it;
         continue;
       }
@@ -1158,10 +1203,9 @@ void JobManager::WorkerLoop(Worker* w) {
       Release(a->job.id());
       continue;
     }
-    if (a->pause->load() && Pause(w, *a)) {  // a pause asked before the stop stays after it
-      Release(a->job.id());
-      continue;
-    }
+    // A pause asked before the stop stays after it (not of a job whose adapter is stored: only
+    // its SUCCEEDED record is left, which the next start writes).
+    if (!a->stored_adapter && a->pause->load() && Pause(w, *a) == PauseResult::kPaused) continue;
     ReleaseQuotaOf(w, *a);
     absl::Status saved = SaveCheckpoint(*a);
     const int64_t step = a->trainer->step();
@@ -1296,6 +1340,12 @@ bool JobManager::CancelAsked(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   auto flag = cancel_flags_.find(id);
   return flag != cancel_flags_.end() && flag->second->load();
+}
+
+bool JobManager::PauseAsked(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto flag = pause_flags_.find(id);
+  return flag != pause_flags_.end() && flag->second->load();
 }
 
 void JobManager::Release(const std::string& id) {
@@ -1517,6 +1567,7 @@ void JobManager::CheckLoop() {
     if (FailJob(tenant, id, data.status(), field, true).ok()) {
       queue_.erase(queued);
       cancel_flags_.erase(id);
+      pause_flags_.erase(id);
       work_cv_.SignalAll();
     }
   }
@@ -1778,6 +1829,9 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 }
 
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
+  // A job whose end is being stored is not paused: the pause is dropped, which ends its
+  // PauseJob's wait.
+  if (a.waiting_to_end() || a.stored_adapter) a.pause->store(false);
   if (a.stored_adapter) {  // only its SUCCEEDED record is left: a cancel comes too late
     return absl::Now() < a.store_again_at ? StepOutcome::kContinue : StepOutcome::kSucceeded;
   }
@@ -2011,30 +2065,49 @@ bool JobManager::Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_w
   return true;
 }
 
-bool JobManager::Pause(Worker* w, ActiveJob& a) {
+JobManager::PauseResult JobManager::Pause(Worker* w, ActiveJob& a) {
   const absl::Status saved = SaveCheckpoint(a);
   const int64_t step = a.trainer->step();
-  auto moved = stores_.jobs->Transition(
-      a.job.tenant(), a.job.id(), JobState::kPaused,
-      saved.ok() ? absl::StrCat("paused by the client at step ", step)
-                 : absl::StrCat("paused by the client at step ", step, "; the checkpoint failed (",
-                                saved.message(), "): it resumes from the previous one"),
-      [&](v1::Job& j) {
-        j.clear_device();
-        if (saved.ok()) j.set_steps_completed(step);
-      });
-  if (!moved.ok()) {
-    // Still RUNNING in the store: it trains on rather than leave its device unrecorded, and the
-    // client's pause, which waits for the job to leave, is answered RUNNING.
-    std::fprintf(stderr, "qlorad: job %s: cannot be paused: %s\n", a.job.id().c_str(),
-                 std::string(moved.status().message()).c_str());
-    a.pause->store(false);
-    return false;
+  const std::string& id = a.job.id();
+  {
+    // One section with the record: no client sees PAUSED (and resumes the job, which queues it
+    // with fresh flags) before this run's place, quota and flags are given back.
+    absl::MutexLock lock(&mu_);
+    // Asked while it checkpointed: a cancel ends it; a resume withdrew the pause.
+    if (a.cancel->load()) return PauseResult::kCancelled;
+    if (!a.pause->load()) return PauseResult::kTrainsOn;
+    auto moved = stores_.jobs->Transition(
+        a.job.tenant(), id, JobState::kPaused,
+        saved.ok()
+            ? absl::StrCat("paused by the client at step ", step)
+            : absl::StrCat("paused by the client at step ", step, "; the checkpoint failed (",
+                           saved.message(), "): it resumes from the previous one"),
+        [&](v1::Job& j) {
+          j.clear_device();
+          if (saved.ok()) j.set_steps_completed(step);
+        });
+    if (!moved.ok()) {
+      // Still RUNNING in the store: it trains on rather than leave its device unrecorded, and
+      // the client's pause, which waits for the job to leave, is answered RUNNING.
+      std::fprintf(stderr, "qlorad: job %s: cannot be paused: %s\n", id.c_str(),
+                   std::string(moved.status().message()).c_str());
+      a.pause->store(false);
+      return PauseResult::kTrainsOn;
+    }
+    if (!a.quota_released) {
+      a.quota_released = true;
+      ReleaseQuotaLocked(w, a.job.tenant());
+    }
+    w->jobs_bytes -= a.entry.job_bytes;
+    --w->jobs_running;
+    cancel_flags_.erase(id);
+    pause_flags_.erase(id);
+    live_.erase(id);
+    work_cv_.SignalAll();
   }
-  ReleaseQuotaOf(w, a);
-  ForgetJobSeries(a.job.id());
+  ForgetJobSeries(id);
   Notify();
-  return true;
+  return PauseResult::kPaused;
 }
 
 absl::StatusOr<v1::Adapter> JobManager::StoreAdapter(Worker* w, ActiveJob& a) {

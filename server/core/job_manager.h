@@ -130,8 +130,10 @@ class JobManager {
 
   // Stops a queued job at once, a running one after its current step (waits for it, up to
   // `wait`), with a checkpoint, and keeps it PAUSED: no device, no place in the queue, not
-  // counted in the tenant's running jobs. Pausing a paused job returns it; a finished job, or
-  // one whose adapter is stored and its success still to be recorded: FAILED_PRECONDITION.
+  // counted in the tenant's running jobs. Pausing a paused job returns it; a finished job, or a
+  // queued one whose adapter is stored and its success still to be recorded:
+  // FAILED_PRECONDITION. On a worker, a job whose end is being stored drops the pause: the call
+  // answers RUNNING.
   absl::StatusOr<v1::Job> PauseJob(const std::string& tenant, const std::string& id,
                                    absl::Duration wait = absl::Seconds(30));
   // Queues a paused job again (it resumes from its checkpoint), within the tenant's quotas
@@ -232,13 +234,16 @@ class JobManager {
   // RunStep tries again after a pause; with `may_wait` false (a stop), false only for a success
   // whose record could not be written, which then keeps its checkpoint.
   bool Finish(Worker* w, ActiveJob& a, StepOutcome outcome, bool may_wait = true);
-  // Checkpoints a job whose pause was asked and records it PAUSED; gives back its place on `w`
-  // and its tenant's running count. False (and the pause dropped) where the store refuses the
-  // record: the job trains on.
-  bool Pause(Worker* w, ActiveJob& a);
+  // Checkpoints a job whose pause was asked and records it PAUSED, giving back its place on `w`,
+  // its tenant's running count and its flags in the same section (kPaused: the caller drops it).
+  // kTrainsOn where a resume withdrew the pause meanwhile or the store refuses the record (the
+  // pause is dropped); kCancelled where a cancel came meanwhile (the caller finishes it so).
+  enum class PauseResult { kPaused, kTrainsOn, kCancelled };
+  PauseResult Pause(Worker* w, ActiveJob& a) ABSL_LOCKS_EXCLUDED(mu_);
   // The tenant's quotas for one more queued or running job: its concurrent jobs, and its
-  // adapters with every unfinished job's to come. RESOURCE_EXHAUSTED naming the limit.
-  absl::Status RoomForAnotherJob(const Tenant& tenant) const;
+  // adapters with every unfinished job's to come, paused ones included (`resuming`: one of
+  // those is the job). RESOURCE_EXHAUSTED naming the limit.
+  absl::Status RoomForAnotherJob(const Tenant& tenant, bool resuming = false) const;
   // Stores the job's adapter (an earlier run's is found by StartJob, which trains no more).
   absl::StatusOr<v1::Adapter> StoreAdapter(Worker* w, ActiveJob& a);
   // Schedules the next try of storing how `a` ended (`what`: "its success"), warning once.
@@ -271,6 +276,7 @@ class JobManager {
                        const std::string& parameter, bool user_error);
   absl::Status SaveCheckpoint(ActiveJob& a);
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+  void RequeueLocked(QueuedJob q, const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's entry in queue_, or queue_.end().
   std::vector<QueuedJob>::iterator FindQueued(const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -292,6 +298,8 @@ class JobManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a client asked to cancel the job (its flag is set).
   bool CancelAsked(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a client asked to pause the job (its flag is set).
+  bool PauseAsked(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):

@@ -438,9 +438,9 @@ TEST_F(JobManagerTest, BaseModelIsCountedOncePerDevice) {
   ASSERT_TRUE(a.ok() && b.ok());
   WaitFor("a", a->id(), IsRunning);
   WaitFor("b", b->id(), IsRunning);
+  WaitForJobsOnEachDevice(2);  // RUNNING in the store a moment before the device counts it
   const DeviceInfo d = manager_->Devices()[0];
   EXPECT_EQ(d.base_models_loaded, 1);
-  EXPECT_EQ(d.jobs_running, 2);
   EXPECT_EQ(d.memory_reserved, model_.quantized_bytes() + 2 * JobBytes());
 
   // A third job does not fit: it waits at the head of the queue, and starts when one ends.
@@ -677,7 +677,8 @@ TEST_F(JobManagerTest, APausedJobResumesToTheAdapterOfAnUninterruptedRun) {
   JobManagerOptions o = Options("cpu:0");
   o.checkpoint_every = 1000;  // the pause's checkpoint is the only one
   StartManager(o);
-  v1::CreateJobRequest req = Request("a", 40);
+  // Steps enough that it is still running when the pause comes, on a loaded machine too.
+  v1::CreateJobRequest req = Request("a", 120);
   req.mutable_hyperparameters()->set_seed(7);
   auto job = manager_->CreateJob(T("a"), req);
   ASSERT_TRUE(job.ok()) << job.status();
@@ -688,7 +689,7 @@ TEST_F(JobManagerTest, APausedJobResumesToTheAdapterOfAnUninterruptedRun) {
   ASSERT_EQ(paused->state(), v1::PAUSED);
   const int64_t step = paused->steps_completed();
   EXPECT_GE(step, 3);
-  EXPECT_LT(step, 40);
+  EXPECT_LT(step, 120);
   EXPECT_TRUE(paused->device().empty());
   EXPECT_EQ(manager_->ActiveJobs("a"), 0);
   EXPECT_EQ(manager_->Devices()[0].jobs_running, 0);
@@ -710,7 +711,7 @@ TEST_F(JobManagerTest, APausedJobResumesToTheAdapterOfAnUninterruptedRun) {
   EXPECT_NE(resumed->state(), v1::PAUSED);
   const v1::Job done = WaitFor("a", id, HasEnded);
   ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
-  EXPECT_EQ(done.steps_completed(), 40);
+  EXPECT_EQ(done.steps_completed(), 120);
   EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", id),
                           "resumed from the checkpoint at step " + std::to_string(step)));
   EXPECT_TRUE(checkpoints_->List()->empty());
@@ -759,12 +760,31 @@ TEST_F(JobManagerTest, AQueuedJobPausesAtOnceAndResumesWithinTheQuota) {
   auto cancelled = manager_->CancelJob("d", second->id());
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_TRUE(checkpoints_->List()->empty());
   EXPECT_EQ(manager_->PauseJob("d", second->id()).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->ResumeJob(T("d"), second->id()).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->PauseJob("a", first->id()).status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(manager_->CancelJob("d", first->id()).ok());
+}
+
+// A paused job will end with an adapter too: it counts against the adapter limit (which also
+// bounds the paused jobs, each keeping a checkpoint), and its own resume fits.
+TEST_F(JobManagerTest, APausedJobCountsAgainstTheAdapterLimit) {
+  StartManager(Options("cpu:0"));
+  auto job = manager_->CreateJob(T("c"), Request("c", 100000));  // c may hold one adapter
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto paused = manager_->PauseJob("c", job->id());
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  ASSERT_EQ(paused->state(), v1::PAUSED);
+  const absl::Status another = manager_->CreateJob(T("c"), Request("c", 5)).status();
+  EXPECT_EQ(another.code(), absl::StatusCode::kResourceExhausted) << another;
+  EXPECT_NE(another.message().find("1 unfinished jobs (paused ones too)"), std::string::npos)
+      << another;
+  auto resumed = manager_->ResumeJob(T("c"), job->id());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE(manager_->CancelJob("c", job->id()).ok());
 }
 
 // A device that fails for good mid-job (what a GPU kernel fault does to the CUDA context): the
