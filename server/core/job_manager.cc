@@ -368,7 +368,11 @@ absl::Status JobManager::Start() {
       Requeue(job);
       continue;
     }
-    if (job.state() == v1::PAUSED) continue;  // until a client resumes it
+    if (job.state() == v1::PAUSED) {  // until a client resumes it
+      absl::MutexLock lock(&mu_);
+      ++paused_by_tenant_[job.tenant()];
+      continue;
+    }
     if (job.state() != v1::RUNNING && job.state() != v1::VALIDATING) {
       std::fprintf(stderr, "qlorad: job %s/%s has state %d; left alone\n", job.tenant().c_str(),
                    job.id().c_str(), static_cast<int>(job.state()));
@@ -533,6 +537,10 @@ void JobManager::WaitForChange(int64_t seen, absl::Duration timeout) const {
 
 int JobManager::ActiveJobs(const std::string& tenant) const {
   absl::MutexLock lock(&mu_);
+  return ActiveJobsLocked(tenant);
+}
+
+int JobManager::ActiveJobsLocked(const std::string& tenant) const {
   int n = 0;
   for (const QueuedJob& q : queue_) n += q.tenant == tenant;
   auto it = running_by_tenant_.find(tenant);
@@ -678,15 +686,30 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
     if (stored.id() != job.id()) return WithLiveFields(stored);  // an idempotent retry
   }
   const std::string& id = unqueued ? unqueued->id() : job.id();
-  auto queued = stores_.jobs->Transition(tenant.name, id, JobState::kQueued, "validated");
+  QueuedJob entry = QueueEntry(unqueued ? *unqueued : job);
+  absl::StatusOr<v1::Job> queued;
+  {
+    // The record and the queue in one section: a pause finds the job in one or the other.
+    absl::MutexLock lock(&mu_);
+    queued = stores_.jobs->Transition(tenant.name, id, JobState::kQueued, "validated");
+    if (queued.ok()) RequeueLocked(std::move(entry), *queued);
+  }
   if (!queued.ok()) return NotQueued(tenant.name, id, req.idempotency_key(), queued.status());
-  Requeue(*queued);
   Notify();
   return WithLiveFields(*queued);
 }
 
 absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant, bool resuming) const {
-  const int active = ActiveJobs(tenant.name);
+  int active = 0;
+  int64_t paused = 0;
+  {
+    // Both in one section: a pause moves a job from one count to the other under mu_.
+    absl::MutexLock lock(&mu_);
+    active = ActiveJobsLocked(tenant.name);
+    if (auto it = paused_by_tenant_.find(tenant.name); it != paused_by_tenant_.end()) {
+      paused = it->second;
+    }
+  }
   if (active >= tenant.limits.max_concurrent_jobs) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' already has ", tenant.limits.max_concurrent_jobs,
@@ -695,11 +718,8 @@ absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant, bool resuming) 
   // Each job ends with an adapter, a paused one too: refuse now rather than after hours of
   // training. This also bounds the paused jobs, each of which keeps a checkpoint.
   ASSIGN_OR_RETURN(std::vector<v1::Adapter> adapters, stores_.adapters->List(tenant.name));
-  ASSIGN_OR_RETURN(std::vector<v1::Job> paused,
-                   stores_.jobs->List(tenant.name, {v1::PAUSED}, 0, ""));
   // A job resumed is one of the paused: it adds no adapter to come.
-  const int64_t unfinished =
-      active + static_cast<int64_t>(paused.size()) - (resuming && !paused.empty() ? 1 : 0);
+  const int64_t unfinished = active + paused - (resuming && paused > 0 ? 1 : 0);
   if (static_cast<int64_t>(adapters.size()) + unfinished >= tenant.limits.max_adapters) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' holds ", adapters.size(), " adapters and has ",
@@ -839,9 +859,14 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   if (cancel_queued(&done)) return done;
   auto flag = cancel_flags_.find(id);
   if (flag == cancel_flags_.end()) {
-    // Neither queued nor on a worker (a store write failed on its way): nothing else will end
-    // it, so end it here.
-    return EndCancelled(tenant, id, "cancelled by the client");
+    // Neither queued nor on a worker (paused, or a store write failed on its way): nothing else
+    // will end it, so end it here.
+    auto before = stores_.jobs->Get(tenant, id);
+    const bool paused = before.ok() && before->state() == v1::PAUSED;
+    auto ended = EndCancelled(
+        tenant, id, paused ? "cancelled by the client while paused" : "cancelled by the client");
+    if (ended.ok() && paused && --paused_by_tenant_[tenant] <= 0) paused_by_tenant_.erase(tenant);
+    return ended;
   }
   flag->second->store(true);
   // The worker stops it after the current step; wait for the record to say so. A job sent back
@@ -888,6 +913,7 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
       queue_.erase(queued);
       cancel_flags_.erase(id);
       pause_flags_.erase(id);
+      ++paused_by_tenant_[tenant];
       work_cv_.SignalAll();
     }
     return true;
@@ -902,7 +928,10 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
     // validated): recorded as paused, to resume from its last checkpoint, where the state
     // machine allows it.
     auto moved = stores_.jobs->Transition(tenant, id, JobState::kPaused, "paused by the client");
-    if (moved.ok()) Notify();
+    if (moved.ok()) {
+      ++paused_by_tenant_[tenant];
+      Notify();
+    }
     return moved;
   }
   std::shared_ptr<std::atomic<bool>> flag = pause_flags_[id];
@@ -924,8 +953,10 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   // start while it stopped, and the flag set here went with it. Paused here instead.
   if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
       FindQueued(id) == queue_.end()) {
-    return stores_.jobs->Transition(tenant, id, JobState::kPaused,
-                                    "paused by the client while the daemon stopped");
+    auto moved = stores_.jobs->Transition(tenant, id, JobState::kPaused,
+                                          "paused by the client while the daemon stopped");
+    if (moved.ok()) ++paused_by_tenant_[tenant];
+    return moved;
   }
   return now;
 }
@@ -939,13 +970,25 @@ absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::s
         absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
   }
   if (job.state() != v1::PAUSED) {
-    {  // not paused (yet): a pause asked and not yet taken is withdrawn
+    bool paused_since = false;
+    {
       absl::MutexLock lock(&mu_);
-      if (auto flag = pause_flags_.find(id); flag != pause_flags_.end()) {
+      // Read again under mu_, which every move to PAUSED holds: a pause that took effect since
+      // the read above is resumed below, not answered as if the job ran.
+      ASSIGN_OR_RETURN(job, stores_.jobs->Get(tenant.name, id));
+      paused_since = job.state() == v1::PAUSED;
+      // Not paused (yet): a pause asked and not yet taken is withdrawn, its wait ended.
+      auto flag = pause_flags_.find(id);
+      if (!paused_since && flag != pause_flags_.end()) {
         flag->second->store(false);
+        work_cv_.SignalAll();
       }
     }
-    return WithLiveFields(job);
+    if (IsTerminal(static_cast<JobState>(job.state()))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+    }
+    if (!paused_since) return WithLiveFields(job);
   }
   RETURN_IF_ERROR(RoomForAnotherJob(tenant, /*resuming=*/true));
   QueuedJob entry = QueueEntry(job);
@@ -960,6 +1003,7 @@ absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::s
             ? absl::StrCat("resumed by the client; resumes from step ", job.steps_completed())
             : "resumed by the client");
     if (!moved.ok()) return moved.status();
+    if (--paused_by_tenant_[tenant.name] <= 0) paused_by_tenant_.erase(tenant.name);
     RequeueLocked(std::move(entry), *moved);
   }
   Notify();
@@ -1094,9 +1138,9 @@ void JobManager::WorkerLoop(Worker* w) {
         // cancel waits for it (StartJob would have honoured it).
         if (CancelAsked(q.id)) {
           (void)EndCancelled(q.tenant, q.id, "cancelled by the client while the daemon stopped");
-        } else if (PauseAsked(q.id)) {
-          (void)stores_.jobs->Transition(q.tenant, q.id, JobState::kPaused,
-                                         "paused by the client while the daemon stopped");
+        } else if (!q.finishing && PauseAdmitted(w, q)) {
+          w->jobs_bytes -= q.job_bytes;  // released by PauseAdmitted, its quota and flags too
+          continue;
         }
       } else if (w->lost_cause.ok()) {
         started = StartJob(w, q);
@@ -1342,10 +1386,20 @@ bool JobManager::CancelAsked(const std::string& id) const {
   return flag != cancel_flags_.end() && flag->second->load();
 }
 
-bool JobManager::PauseAsked(const std::string& id) const {
-  absl::MutexLock lock(&mu_);
-  auto flag = pause_flags_.find(id);
-  return flag != pause_flags_.end() && flag->second->load();
+bool JobManager::PauseAdmitted(Worker* w, const QueuedJob& q) {
+  absl::MutexLock lock(&mu_);  // the record, the quota and the flags in one section, as Pause
+  auto flag = pause_flags_.find(q.id);
+  if (flag == pause_flags_.end() || !flag->second->load()) return false;
+  auto moved = stores_.jobs->Transition(q.tenant, q.id, JobState::kPaused,
+                                        "paused by the client while the daemon stopped");
+  if (!moved.ok()) return false;
+  ReleaseQuotaLocked(w, q.tenant);
+  cancel_flags_.erase(q.id);
+  pause_flags_.erase(q.id);
+  live_.erase(q.id);
+  ++paused_by_tenant_[q.tenant];
+  work_cv_.SignalAll();
+  return true;
 }
 
 void JobManager::Release(const std::string& id) {
@@ -1831,7 +1885,10 @@ absl::Status JobManager::SaveCheckpoint(ActiveJob& a) {
 JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   // A job whose end is being stored is not paused: the pause is dropped, which ends its
   // PauseJob's wait.
-  if (a.waiting_to_end() || a.stored_adapter) a.pause->store(false);
+  if ((a.waiting_to_end() || a.stored_adapter) && a.pause->exchange(false)) {
+    absl::MutexLock lock(&mu_);
+    work_cv_.SignalAll();
+  }
   if (a.stored_adapter) {  // only its SUCCEEDED record is left: a cancel comes too late
     return absl::Now() < a.store_again_at ? StepOutcome::kContinue : StepOutcome::kSucceeded;
   }
@@ -2092,8 +2149,11 @@ JobManager::PauseResult JobManager::Pause(Worker* w, ActiveJob& a) {
       std::fprintf(stderr, "qlorad: job %s: cannot be paused: %s\n", id.c_str(),
                    std::string(moved.status().message()).c_str());
       a.pause->store(false);
+      work_cv_.SignalAll();
       return PauseResult::kTrainsOn;
     }
+    a.pause->store(false);  // taken: a PauseJob still waiting must not pause a later run again
+    ++paused_by_tenant_[a.job.tenant()];
     if (!a.quota_released) {
       a.quota_released = true;
       ReleaseQuotaLocked(w, a.job.tenant());

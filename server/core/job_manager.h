@@ -298,8 +298,11 @@ class JobManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a client asked to cancel the job (its flag is set).
   bool CancelAsked(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Whether a client asked to pause the job (its flag is set).
-  bool PauseAsked(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
+  // A job admitted while the daemon stops, whose pause was asked: recorded PAUSED, its quota
+  // and flags given back in the same section (as Pause). False where no pause was asked, or the
+  // store refused the record.
+  bool PauseAdmitted(Worker* w, const QueuedJob& q) ABSL_LOCKS_EXCLUDED(mu_);
+  int ActiveJobsLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):
@@ -322,6 +325,9 @@ class JobManager {
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> cancel_flags_ ABSL_GUARDED_BY(mu_);
   // PauseJob's flags, by job id, while a job is started or stepped (released with its others).
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> pause_flags_ ABSL_GUARDED_BY(mu_);
+  // Paused jobs by tenant (their adapters to come count against max_adapters): counted from the
+  // store at the start, then kept by every move to or from PAUSED, each made under mu_.
+  std::map<std::string, int64_t> paused_by_tenant_ ABSL_GUARDED_BY(mu_);
   struct Live {
     int64_t steps = 0, total_steps = 0, tokens = 0;
     double loss = 0.0, eta_seconds = 0.0;

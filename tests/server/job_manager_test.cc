@@ -782,6 +782,12 @@ TEST_F(JobManagerTest, APausedJobCountsAgainstTheAdapterLimit) {
   EXPECT_EQ(another.code(), absl::StatusCode::kResourceExhausted) << another;
   EXPECT_NE(another.message().find("1 unfinished jobs (paused ones too)"), std::string::npos)
       << another;
+  // Counted again from the store after a restart.
+  manager_->Shutdown();
+  manager_.reset();
+  StartManager(Options("cpu:0"));
+  EXPECT_EQ(manager_->CreateJob(T("c"), Request("c", 5)).status().code(),
+            absl::StatusCode::kResourceExhausted);
   auto resumed = manager_->ResumeJob(T("c"), job->id());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   ASSERT_TRUE(manager_->CancelJob("c", job->id()).ok());
@@ -1047,6 +1053,24 @@ TEST_F(JobManagerTest, ACancelEndsAWaitForTheAdaptersStoreAtOnce) {
   EXPECT_EQ(cancelled->state(), v1::CANCELLED);
   EXPECT_LT(absl::Now() - asked, absl::Milliseconds(900));
   EXPECT_TRUE(adapters_->List("a")->empty());
+}
+
+// A job whose adapter waits for the store is not paused: the pause is dropped and answered
+// RUNNING at once, not after the whole wait, and the job stays on its device to end.
+TEST_F(JobManagerTest, AJobWhoseAdapterWaitsForTheStoreIsNotPaused) {
+  RefuseFirst(INT_MAX, StoresAnAdapter,
+              absl::ResourceExhaustedError("injected: no space left on device"));
+  std::optional<v1::Job> job;
+  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(&job));
+  const absl::Time asked = absl::Now();
+  auto paused = manager_->PauseJob("a", job->id(), absl::Seconds(20));
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_EQ(paused->state(), v1::RUNNING);
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(5));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(manager_->GetJob("a", job->id())->state(), v1::RUNNING);
+  EXPECT_TRUE(checkpoints_->List()->empty());
+  EXPECT_EQ(manager_->CancelJob("a", job->id(), absl::Seconds(10))->state(), v1::CANCELLED);
 }
 
 // A running job whose CANCELLED record the store refuses stays on its device, stopped, and
