@@ -368,6 +368,8 @@ absl::Status JobManager::Start() {
       Requeue(job);
       continue;
     }
+    // Counted here once: Start runs before the server takes calls (qlorad_main.cc), so no pause
+    // came before this read.
     if (job.state() == v1::PAUSED) {  // until a client resumes it
       absl::MutexLock lock(&mu_);
       ++paused_by_tenant_[job.tenant()];
@@ -861,8 +863,11 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   if (flag == cancel_flags_.end()) {
     // Neither queued nor on a worker (paused, or a store write failed on its way): nothing else
     // will end it, so end it here.
+    // Read under mu_, which every move to PAUSED holds; a read that fails cancels nothing (the
+    // count of paused jobs must follow the record).
     auto before = stores_.jobs->Get(tenant, id);
-    const bool paused = before.ok() && before->state() == v1::PAUSED;
+    if (!before.ok()) return before.status();
+    const bool paused = before->state() == v1::PAUSED;
     auto ended = EndCancelled(
         tenant, id, paused ? "cancelled by the client while paused" : "cancelled by the client");
     if (ended.ok() && paused && --paused_by_tenant_[tenant] <= 0) paused_by_tenant_.erase(tenant);
