@@ -285,6 +285,9 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
       },
       start));
   RETURN_IF_ERROR(parse_error);
+  // Deleted between the read above and the scan: NOT_FOUND, not a history cut short (a watch
+  // would end OK on it).
+  RETURN_IF_ERROR(Get(tenant, id).status());
   return out;
 }
 
