@@ -120,6 +120,9 @@ struct JobManager::ActiveJob {
   std::unique_ptr<Trainer> trainer;
   std::shared_ptr<std::atomic<bool>> cancel;
   std::shared_ptr<std::atomic<bool>> pause;  // PauseJob: checkpoint and leave after this step
+  // Set when the trainer's interrupt ended a step (a stop, a cancel or a pause), so that the
+  // step's ABORTED is read as that even if the pause is withdrawn before RunStep looks.
+  std::shared_ptr<std::atomic<bool>> interrupted = std::make_shared<std::atomic<bool>>(false);
   std::chrono::steady_clock::time_point last_progress{};
   // Wall-clock time from one of its steps to the next, smoothed: with jobs taking turns on the
   // device it includes their steps, which the trainer's own timing (this job's step) leaves out.
@@ -1781,9 +1784,13 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     }
     return fail(trainer.status(), "", false);
   }
-  // A stop or a cancel ends a long step between its micro-batches, unapplied.
+  // A stop, a cancel or a pause ends a long step between its micro-batches, unapplied.
   (*trainer)->set_interrupt(
-      [this, cancel = a->cancel] { return stop_requested_.load() || cancel->load(); });
+      [this, cancel = a->cancel, pause = a->pause, interrupted = a->interrupted] {
+        const bool now = stop_requested_.load() || cancel->load() || pause->load();
+        if (now) interrupted->store(true);
+        return now;
+      });
   a->trainer = std::move(*trainer);
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
   // The restored files go whichever way the start ends.
@@ -1916,10 +1923,14 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   });
   const double step_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (absl::IsAborted(s) && (stop_requested_.load() || a.cancel->load())) {
-    // Interrupted (set_interrupt): the trainer is as after its last step.
-    return a.cancel->load() ? StepOutcome::kCancelled : StepOutcome::kContinue;
+  if (absl::IsAborted(s) && a.interrupted->exchange(false)) {
+    // Interrupted (set_interrupt): the trainer is as after its last step. A pause withdrawn
+    // since trains on, the step done again from the start.
+    if (a.cancel->load()) return StepOutcome::kCancelled;
+    return a.pause->load() && !stop_requested_.load() ? StepOutcome::kPaused
+                                                      : StepOutcome::kContinue;
   }
+  a.interrupted->store(false);  // asked after the step's last micro-batch: nothing was cut
   if (!s.ok()) {
     // A failure that left the device lost is the device's, whatever the step reported (an
     // allocation refused by a faulted card reads as out of memory).
