@@ -56,7 +56,7 @@ jobs:
   jobs get ID
   jobs list [--state STATE[,STATE]]... [--label k=v]... [--page-size N] [--page-token T] [--all]
   jobs cancel ID
-  jobs pause ID                stop a queued or running job (after its step, with a checkpoint)
+  jobs pause ID                stop a queued or running job (with a checkpoint of its last step)
                                until `jobs resume ID`; a paused job holds no device or quota
   jobs resume ID               queue a paused job again: it goes on from its checkpoint
   jobs delete ID               delete a finished job's record and events (its adapter stays)

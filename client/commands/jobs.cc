@@ -132,7 +132,7 @@ absl::Status PauseOrResume(const Invocation& invocation, bool pause) {
     // A step longer than the call's wait: the pause stands, and "RUNNING" alone read as if it
     // had not been taken.
     if (pause && job.state() == v1::RUNNING) {
-      std::cerr << "pause requested: the job pauses after its current step (qloractl jobs watch "
+      std::cerr << "pause requested: the job pauses within its current step (qloractl jobs watch "
                 << job.id() << ")\n";
     }
   });

@@ -945,7 +945,7 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   std::shared_ptr<std::atomic<bool>> flag = pause_flags_[id];
   if (!flag) flag = pause_flags_[id] = std::make_shared<std::atomic<bool>>(false);
   flag->store(true);
-  // The worker pauses it after the current step; wait for it to leave the worker. A job sent
+  // The worker pauses it within the current step; wait for it to leave the worker. A job sent
   // back to the queue meanwhile (its device was lost) is paused from there. The flag dropped
   // (a resume withdrew it, its end is being stored, the store refused the record) ends the wait.
   while (absl::Now() < deadline && cancel_flags_.count(id) != 0 && flag->load()) {

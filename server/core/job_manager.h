@@ -128,7 +128,7 @@ class JobManager {
   absl::StatusOr<v1::Job> CancelJob(const std::string& tenant, const std::string& id,
                                     absl::Duration wait = absl::Seconds(30));
 
-  // Stops a queued job at once, a running one after its current step (waits for it, up to
+  // Stops a queued job at once, a running one within its current step (waits for it, up to
   // `wait`), with a checkpoint, and keeps it PAUSED: no device, no place in the queue, not
   // counted in the tenant's running jobs. Pausing a paused job returns it; a finished job, or a
   // queued one whose adapter is stored and its success still to be recorded:

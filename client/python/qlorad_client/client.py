@@ -291,7 +291,7 @@ class Client:
         return self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=id))
 
     def pause_job(self, id):
-        """Stops a queued or running job (a running one after its step, with a checkpoint) and
+        """Stops a queued or running job (a running one with a checkpoint of its last step) and
         keeps it PAUSED, holding no device or quota, until resume_job."""
         return self._unary(self._jobs.PauseJob, jobs_pb2.PauseJobRequest(id=id))
 
