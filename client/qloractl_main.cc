@@ -40,7 +40,8 @@ models (register and delete need an admin key):
   models list | get NAME | delete NAME
 
 datasets:
-  datasets upload FILE [--name NAME]   upload JSONL (name defaults to the file's base name)
+  datasets upload FILE [--name NAME]   upload JSONL (name defaults to the file's base name);
+                                       FILE '-' reads stdin (then --name is required)
   datasets list | get ID | delete ID
 
 jobs:

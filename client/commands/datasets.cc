@@ -30,16 +30,28 @@ void PrintDataset(const v1::Dataset& dataset) {
   });
 }
 
-// Streams the header, then the file in 1 MiB chunks. A stream the server closed early (say,
-// over quota) stops the writes; Finish() then carries the server's status.
+// Streams the header, then the file (or stdin, for "-": a pipeline's output) in 1 MiB chunks.
+// A stream the server closed early (say, over quota) stops the writes; Finish() then carries
+// the server's status.
 absl::Status Upload(const Invocation& invocation) {
   const std::string& path = invocation.args.positionals()[0];
-  std::error_code error;
-  if (std::filesystem::is_directory(path, error)) {
-    return LocalError(absl::StrCat("'", path, "' is a directory"));
+  const bool from_stdin = path == "-";
+  std::ifstream file;
+  std::istream* input = &std::cin;
+  if (from_stdin) {
+    if (!invocation.args.Get("name")) {
+      return UsageError("--name: required when the dataset comes from stdin ('-')");
+    }
+  } else {
+    std::error_code error;
+    if (std::filesystem::is_directory(path, error)) {
+      return LocalError(absl::StrCat("'", path, "' is a directory"));
+    }
+    file.open(path, std::ios::binary);
+    if (!file) return LocalError(absl::StrCat("cannot open '", path, "': ", std::strerror(errno)));
+    input = &file;
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return LocalError(absl::StrCat("cannot open '", path, "': ", std::strerror(errno)));
+  std::istream& in = *input;
 
   v1::UploadDatasetRequest header;
   // A file name is bytes (a Latin-1 one is not UTF-8): its readable part names the dataset.
@@ -67,7 +79,8 @@ absl::Status Upload(const Invocation& invocation) {
   if (read_failed) {
     context->TryCancel();
     (void)writer->Finish();
-    return LocalError(absl::StrCat("cannot read '", path, "'"));
+    return LocalError(from_stdin ? std::string("cannot read stdin")
+                                 : absl::StrCat("cannot read '", path, "'"));
   }
   if (open) writer->WritesDone();
   RETURN_IF_ERROR(RpcStatus(writer->Finish()));

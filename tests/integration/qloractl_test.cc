@@ -86,8 +86,9 @@ class QloractlTest : public ::testing::Test {
 
   // Runs qloractl with `token` (empty: none) against the daemon. Its stderr goes to `err_path`
   // (default: a fresh file of the test folder), where a test can follow it while it runs.
+  // `stdin_path`: a file for its stdin (empty: this process's).
   static CtlResult Run(const std::string& token, std::vector<std::string> args,
-                       std::string err_path = "") {
+                       std::string err_path = "", const std::string& stdin_path = "") {
     static int n = 0;
     if (err_path.empty()) err_path = *dir_ + "/ctl-stderr-" + std::to_string(++n);
     std::string cmd = std::string(QLORAD_CTL_BINARY) + " --server " + daemon_->address();
@@ -98,6 +99,7 @@ class QloractlTest : public ::testing::Test {
       cmd += " " + quoted + "'";
     }
     cmd += " 2>" + err_path;
+    if (!stdin_path.empty()) cmd += " <" + stdin_path;
     CtlResult r;
     FILE* p = popen(cmd.c_str(), "r");
     char buf[4096];
@@ -655,6 +657,23 @@ TEST_F(QloractlTest, ACancelledUploadStoresNothing) {
   auto after = rpc.ListDatasets();
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->size(), before->size());
+}
+
+// "-" uploads what comes on stdin (a pipeline's output), under the --name it then needs.
+TEST_F(QloractlTest, AnUploadReadsStdinForADash) {
+  const std::string piped =
+      WriteFile("piped.jsonl", "{\"text\": \"Lily ran.\"}\n{\"text\": \"Tom sat.\"}\n");
+  auto up = Run(kAcmeKey, {"-o", "json", "datasets", "upload", "-", "--name", "piped"}, "", piped);
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_EQ(up.json()["name"], "piped");
+  EXPECT_EQ(up.json()["examples"], "2");
+  EXPECT_EQ(up.json()["bytes"], std::to_string(Slurp(piped).size()));
+  auto unnamed = Run(kAcmeKey, {"datasets", "upload", "-"}, "", piped);
+  EXPECT_EQ(unnamed.code, 2) << unnamed.err;
+  EXPECT_NE(unnamed.err.find("--name: required when the dataset comes from stdin"),
+            std::string::npos)
+      << unnamed.err;
+  EXPECT_EQ(Run(kAcmeKey, {"datasets", "delete", up.json()["id"]}).code, 0);
 }
 
 TEST_F(QloractlTest, BadDatasetsAreRefusedWithTheLineAndNothingIsStored) {
