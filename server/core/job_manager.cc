@@ -358,6 +358,9 @@ absl::Status JobManager::Start() {
     started_ = true;
   }
   ASSIGN_OR_RETURN(std::vector<v1::Job> unfinished, stores_.jobs->Unfinished());
+  // The store's kept counts, made now (one scan, which the first metrics scrape would make
+  // anyway) rather than by the first quota check, which reads them holding mu_.
+  RETURN_IF_ERROR(stores_.jobs->CountByState().status());
   // Oldest first, so that FIFO order survives a restart.
   // Records from before microsecond timestamps tie within a second: their ids break the tie,
   // so the order is at least the same at every start.
@@ -371,13 +374,7 @@ absl::Status JobManager::Start() {
       Requeue(job);
       continue;
     }
-    // Counted here once: Start runs before the server takes calls (qlorad_main.cc), so no pause
-    // came before this read.
-    if (job.state() == v1::PAUSED) {  // until a client resumes it
-      absl::MutexLock lock(&mu_);
-      ++paused_by_tenant_[job.tenant()];
-      continue;
-    }
+    if (job.state() == v1::PAUSED) continue;  // until a client resumes it
     if (job.state() != v1::RUNNING && job.state() != v1::VALIDATING) {
       std::fprintf(stderr, "qlorad: job %s/%s has state %d; left alone\n", job.tenant().c_str(),
                    job.id().c_str(), static_cast<int>(job.state()));
@@ -706,15 +703,15 @@ absl::StatusOr<v1::Job> JobManager::CreateJob(const Tenant& tenant,
 
 absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant, bool resuming) const {
   int active = 0;
-  int64_t paused = 0;
+  absl::StatusOr<int64_t> paused;
   {
-    // Both in one section: a pause moves a job from one count to the other under mu_.
+    // Both in one section: every move to or from PAUSED is made under mu_, taking the job from
+    // one count to the other (the store keeps its count of paused jobs with the record).
     absl::MutexLock lock(&mu_);
     active = ActiveJobsLocked(tenant.name);
-    if (auto it = paused_by_tenant_.find(tenant.name); it != paused_by_tenant_.end()) {
-      paused = it->second;
-    }
+    paused = stores_.jobs->CountOf(tenant.name, v1::PAUSED);
   }
+  RETURN_IF_ERROR(paused.status());
   if (active >= tenant.limits.max_concurrent_jobs) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' already has ", tenant.limits.max_concurrent_jobs,
@@ -724,7 +721,7 @@ absl::Status JobManager::RoomForAnotherJob(const Tenant& tenant, bool resuming) 
   // training. This also bounds the paused jobs, each of which keeps a checkpoint.
   ASSIGN_OR_RETURN(std::vector<v1::Adapter> adapters, stores_.adapters->List(tenant.name));
   // A job resumed is one of the paused: it adds no adapter to come.
-  const int64_t unfinished = active + paused - (resuming && paused > 0 ? 1 : 0);
+  const int64_t unfinished = active + *paused - (resuming && *paused > 0 ? 1 : 0);
   if (static_cast<int64_t>(adapters.size()) + unfinished >= tenant.limits.max_adapters) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tenant '", tenant.name, "' holds ", adapters.size(), " adapters and has ",
@@ -865,16 +862,8 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   auto flag = cancel_flags_.find(id);
   if (flag == cancel_flags_.end()) {
     // Neither queued nor on a worker (paused, or a store write failed on its way): nothing else
-    // will end it, so end it here.
-    // Read under mu_, which every move to PAUSED holds; a read that fails cancels nothing (the
-    // count of paused jobs must follow the record).
-    auto before = stores_.jobs->Get(tenant, id);
-    if (!before.ok()) return before.status();
-    const bool paused = before->state() == v1::PAUSED;
-    auto ended = EndCancelled(
-        tenant, id, paused ? "cancelled by the client while paused" : "cancelled by the client");
-    if (ended.ok() && paused && --paused_by_tenant_[tenant] <= 0) paused_by_tenant_.erase(tenant);
-    return ended;
+    // will end it, so end it here (the event's `from` says which).
+    return EndCancelled(tenant, id, "cancelled by the client");
   }
   flag->second->store(true);
   // The worker stops it after the current step; wait for the record to say so. A job sent back
@@ -921,7 +910,6 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
       queue_.erase(queued);
       cancel_flags_.erase(id);
       pause_flags_.erase(id);
-      ++paused_by_tenant_[tenant];
       work_cv_.SignalAll();
     }
     return true;
@@ -936,10 +924,7 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
     // validated): recorded as paused, to resume from its last checkpoint, where the state
     // machine allows it.
     auto moved = stores_.jobs->Transition(tenant, id, JobState::kPaused, "paused by the client");
-    if (moved.ok()) {
-      ++paused_by_tenant_[tenant];
-      Notify();
-    }
+    if (moved.ok()) Notify();
     return moved;
   }
   std::shared_ptr<std::atomic<bool>> flag = pause_flags_[id];
@@ -961,10 +946,8 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   // start while it stopped, and the flag set here went with it. Paused here instead.
   if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
       FindQueued(id) == queue_.end()) {
-    auto moved = stores_.jobs->Transition(tenant, id, JobState::kPaused,
-                                          "paused by the client while the daemon stopped");
-    if (moved.ok()) ++paused_by_tenant_[tenant];
-    return moved;
+    return stores_.jobs->Transition(tenant, id, JobState::kPaused,
+                                    "paused by the client while the daemon stopped");
   }
   return now;
 }
@@ -1011,7 +994,6 @@ absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::s
             ? absl::StrCat("resumed by the client; resumes from step ", job.steps_completed())
             : "resumed by the client");
     if (!moved.ok()) return moved.status();
-    if (--paused_by_tenant_[tenant.name] <= 0) paused_by_tenant_.erase(tenant.name);
     RequeueLocked(std::move(entry), *moved);
   }
   Notify();
@@ -1405,7 +1387,6 @@ bool JobManager::PauseAdmitted(Worker* w, const QueuedJob& q) {
   cancel_flags_.erase(q.id);
   pause_flags_.erase(q.id);
   live_.erase(q.id);
-  ++paused_by_tenant_[q.tenant];
   work_cv_.SignalAll();
   return true;
 }
@@ -2169,7 +2150,6 @@ JobManager::PauseResult JobManager::Pause(Worker* w, ActiveJob& a) {
       return PauseResult::kTrainsOn;
     }
     a.pause->store(false);  // taken: a PauseJob still waiting must not pause a later run again
-    ++paused_by_tenant_[a.job.tenant()];
     if (!a.quota_released) {
       a.quota_released = true;
       ReleaseQuotaLocked(w, a.job.tenant());

@@ -325,9 +325,6 @@ class JobManager {
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> cancel_flags_ ABSL_GUARDED_BY(mu_);
   // PauseJob's flags, by job id, while a job is started or stepped (released with its others).
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> pause_flags_ ABSL_GUARDED_BY(mu_);
-  // Paused jobs by tenant (their adapters to come count against max_adapters): counted from the
-  // store at the start, then kept by every move to or from PAUSED, each made under mu_.
-  std::map<std::string, int64_t> paused_by_tenant_ ABSL_GUARDED_BY(mu_);
   struct Live {
     int64_t steps = 0, total_steps = 0, tokens = 0;
     double loss = 0.0, eta_seconds = 0.0;

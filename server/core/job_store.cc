@@ -97,16 +97,17 @@ absl::StatusOr<v1::Job> JobStore::Create(const v1::Job& job, const std::string& 
     w.Put(Family::kMeta, reverse_key, idempotency_key);
   }
   RETURN_IF_ERROR(db_->Write(w));
-  Recount(std::nullopt, stored.state());
+  Recount(job.tenant(), std::nullopt, stored.state());
   return stored;
 }
 
-void JobStore::Recount(std::optional<v1::JobState> from, std::optional<v1::JobState> to) {
+void JobStore::Recount(const std::string& tenant, std::optional<v1::JobState> from,
+                       std::optional<v1::JobState> to) {
   absl::MutexLock lock(&counts_mu_);
   if (!counts_ || from == to) return;
   // A state no job is in is left out, as a fresh count leaves it out.
-  if (from && --(*counts_)[*from] == 0) counts_->erase(*from);
-  if (to) ++(*counts_)[*to];
+  if (from && --(*counts_)[{tenant, *from}] == 0) counts_->erase({tenant, *from});
+  if (to) ++(*counts_)[{tenant, *to}];
 }
 
 absl::Status JobStore::Delete(const std::string& tenant, const std::string& id) {
@@ -133,7 +134,7 @@ absl::Status JobStore::Delete(const std::string& tenant, const std::string& id) 
     return idempotency_key.status();
   }
   RETURN_IF_ERROR(db_->Write(w));
-  Recount(job.state(), std::nullopt);
+  Recount(tenant, job.state(), std::nullopt);
   return absl::OkStatus();
 }
 
@@ -179,7 +180,7 @@ absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::st
   w.Put(Family::kEvents, event_key, event->SerializeAsString());
   w.Put(Family::kMeta, seq_key, absl::StrCat(seq));
   RETURN_IF_ERROR(db_->Write(w));
-  Recount(before, job.state());
+  Recount(tenant, before, job.state());
   return job;
 }
 
@@ -291,25 +292,40 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
   return out;
 }
 
-absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
+absl::Status JobStore::EnsureCounted() const {
   {
     absl::MutexLock lock(&counts_mu_);
-    if (counts_) return *counts_;
+    if (counts_) return absl::OkStatus();
   }
   // The first count scans the store with writers held off, so that no change is missed or
   // counted twice; later ones read the kept counts only.
   absl::MutexLock writers(&mu_);
   absl::MutexLock lock(&counts_mu_);
   if (!counts_) {
-    std::map<v1::JobState, int64_t> counts;
+    Counts counts;
     RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
       auto job = ParseJob(value);
-      if (job.ok()) ++counts[job->state()];
+      if (job.ok()) ++counts[{job->tenant(), job->state()}];
       return true;
     }));
     counts_ = std::move(counts);
   }
-  return *counts_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<v1::JobState, int64_t>> JobStore::CountByState() const {
+  RETURN_IF_ERROR(EnsureCounted());
+  absl::MutexLock lock(&counts_mu_);
+  std::map<v1::JobState, int64_t> by_state;
+  for (const auto& [key, n] : *counts_) by_state[key.second] += n;
+  return by_state;
+}
+
+absl::StatusOr<int64_t> JobStore::CountOf(const std::string& tenant, v1::JobState state) const {
+  RETURN_IF_ERROR(EnsureCounted());
+  absl::MutexLock lock(&counts_mu_);
+  auto it = counts_->find({tenant, state});
+  return it == counts_->end() ? 0 : it->second;
 }
 
 absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished(const std::string& tenant) const {

@@ -69,6 +69,10 @@ class JobStore {
   // current by this store's own writes (the only writer of job records), so a scrape costs
   // nothing however many jobs the node has kept.
   absl::StatusOr<std::map<v1::JobState, int64_t>> CountByState() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The tenant's jobs in `state`, from the same kept counts (the paused jobs a quota counts):
+  // current as of this store's last write.
+  absl::StatusOr<int64_t> CountOf(const std::string& tenant, v1::JobState state) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The jobs not in a terminal state of `tenant`, or of every tenant where it is empty (restart
   // recovery). A record that does not parse is left out and logged: one damaged record must not
   // keep the daemon from starting, nor every tenant from deleting a dataset.
@@ -80,17 +84,21 @@ class JobStore {
                                 const std::function<absl::Status(v1::Job&)>& change,
                                 v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Moves one job from `from` to `to` in the kept counts (once they are counted).
-  // `to` empty: the job was deleted.
-  void Recount(std::optional<v1::JobState> from, std::optional<v1::JobState> to)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) ABSL_LOCKS_EXCLUDED(counts_mu_);
+  // Moves one of the tenant's jobs from `from` to `to` in the kept counts (once they are
+  // counted); `from` empty: a new job, `to` empty: a deleted one.
+  void Recount(const std::string& tenant, std::optional<v1::JobState> from,
+               std::optional<v1::JobState> to) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_)
+      ABSL_LOCKS_EXCLUDED(counts_mu_);
+  // Counts every stored job once, on first use (holding writers off).
+  absl::Status EnsureCounted() const ABSL_LOCKS_EXCLUDED(mu_, counts_mu_);
 
   storage::KvStore* db_;
   mutable absl::Mutex mu_;  // writers, one at a time (held across the RocksDB write)
   // The counts have a lock of their own, so that a scrape reading them never waits behind a
   // write that RocksDB holds up (a write stall): taken after mu_ where both are held.
   mutable absl::Mutex counts_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  mutable std::optional<std::map<v1::JobState, int64_t>> counts_ ABSL_GUARDED_BY(counts_mu_);
+  using Counts = std::map<std::pair<std::string, v1::JobState>, int64_t>;  // (tenant, state)
+  mutable std::optional<Counts> counts_ ABSL_GUARDED_BY(counts_mu_);
 };
 
 }  // namespace qlorad::core
