@@ -426,6 +426,11 @@ absl::Status JobManager::Start() {
   return absl::OkStatus();
 }
 
+bool JobManager::PutBackAtStopLocked(const v1::Job& job) {
+  return job.state() == v1::QUEUED && cancel_flags_.count(job.id()) == 0 &&
+         FindQueued(job.id()) == queue_.end();
+}
+
 std::vector<QueuedJob>::iterator JobManager::FindQueued(const std::string& id) {
   return std::find_if(queue_.begin(), queue_.end(), [&](const QueuedJob& q) { return q.id == id; });
 }
@@ -827,13 +832,22 @@ absl::StatusOr<std::vector<v1::Job>> JobManager::ListJobs(
   return out;
 }
 
+namespace {
+
+// What CancelJob, PauseJob and ResumeJob answer for a job that ended.
+absl::Status AlreadyEnded(const v1::Job& job) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("job ", job.id(), " already ended: ", v1::JobState_Name(job.state())));
+}
+
+}  // namespace
+
 absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const std::string& id,
                                               absl::Duration wait) {
   ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
   if (job.state() == v1::CANCELLED) return job;
   if (IsTerminal(static_cast<JobState>(job.state()))) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+    return AlreadyEnded(job);
   }
   const absl::Time deadline = absl::Now() + wait;
   absl::MutexLock lock(&mu_);
@@ -847,8 +861,7 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
     *done = EndCancelled(tenant, id, "cancelled by the client while queued");
     if (done->ok()) {
       queue_.erase(queued);
-      cancel_flags_.erase(id);
-      pause_flags_.erase(id);
+      ReleaseLocked(id);
     } else if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end()) {
       // Not recorded (a full disk): it stays queued with its flag set, so that its start ends
       // it, rather than leaving the queue while QUEUED in the store.
@@ -875,11 +888,9 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   }
   auto now = stores_.jobs->Get(tenant, id);
   if (!now.ok()) return now.status();
-  // QUEUED in the store, yet in no queue and on no worker: the daemon put it back for its next
-  // start while it stopped, and the flag set here went with it. The cancel is honoured here, or
-  // the job would train again after the restart.
-  if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
-      FindQueued(id) == queue_.end()) {
+  // The daemon put it back for its next start while it stopped, and the flag set here went
+  // with it. The cancel is honoured here, or the job would train again after the restart.
+  if (PutBackAtStopLocked(*now)) {
     return EndCancelled(tenant, id, "cancelled by the client while the daemon stopped");
   }
   return *now;
@@ -890,8 +901,7 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
   if (job.state() == v1::PAUSED) return job;
   if (IsTerminal(static_cast<JobState>(job.state()))) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
+    return AlreadyEnded(job);
   }
   const absl::Time deadline = absl::Now() + wait;
   absl::MutexLock lock(&mu_);
@@ -908,9 +918,7 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
                                      "paused by the client while queued");
     if (done->ok()) {
       queue_.erase(queued);
-      cancel_flags_.erase(id);
-      pause_flags_.erase(id);
-      work_cv_.SignalAll();
+      ReleaseLocked(id);
     }
     return true;
   };
@@ -942,10 +950,9 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   }
   auto now = stores_.jobs->Get(tenant, id);
   if (!now.ok()) return now.status();
-  // QUEUED in the store, yet in no queue and on no worker: the daemon put it back for its next
-  // start while it stopped, and the flag set here went with it. Paused here instead.
-  if (now->state() == v1::QUEUED && cancel_flags_.count(id) == 0 &&
-      FindQueued(id) == queue_.end()) {
+  // The daemon put it back for its next start while it stopped, and the flag set here went
+  // with it. Paused here instead.
+  if (PutBackAtStopLocked(*now)) {
     return stores_.jobs->Transition(tenant, id, JobState::kPaused,
                                     "paused by the client while the daemon stopped");
   }
@@ -955,32 +962,20 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
 absl::StatusOr<v1::Job> JobManager::ResumeJob(const Tenant& tenant, const std::string& id) {
   // Under the creation lock: the quota check and the requeue are one step, as CreateJob's.
   absl::MutexLock create_lock(&create_mu_);
-  ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant.name, id));
-  if (IsTerminal(static_cast<JobState>(job.state()))) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
-  }
-  if (job.state() != v1::PAUSED) {
-    bool paused_since = false;
-    {
-      absl::MutexLock lock(&mu_);
-      // Read again under mu_, which every move to PAUSED holds: a pause that took effect since
-      // the read above is resumed below, not answered as if the job ran.
-      ASSIGN_OR_RETURN(job, stores_.jobs->Get(tenant.name, id));
-      paused_since = job.state() == v1::PAUSED;
-      // Not paused (yet): a pause asked and not yet taken is withdrawn, its wait ended.
-      auto flag = pause_flags_.find(id);
-      if (!paused_since && flag != pause_flags_.end()) {
-        flag->second->store(false);
-        work_cv_.SignalAll();
-      }
+  v1::Job job;
+  {
+    // Read under mu_, which every move to PAUSED holds: a pause taking effect now is either
+    // seen here (and resumed below) or not yet asked of a worker (and withdrawn here).
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(job, stores_.jobs->Get(tenant.name, id));
+    auto flag = pause_flags_.find(id);
+    if (job.state() != v1::PAUSED && flag != pause_flags_.end()) {
+      flag->second->store(false);  // a pause asked and not yet taken: withdrawn, its wait ended
+      work_cv_.SignalAll();
     }
-    if (IsTerminal(static_cast<JobState>(job.state()))) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("job ", id, " already ended: ", v1::JobState_Name(job.state())));
-    }
-    if (!paused_since) return WithLiveFields(job);
   }
+  if (IsTerminal(static_cast<JobState>(job.state()))) return AlreadyEnded(job);
+  if (job.state() != v1::PAUSED) return WithLiveFields(job);
   RETURN_IF_ERROR(RoomForAnotherJob(tenant, /*resuming=*/true));
   QueuedJob entry = QueueEntry(job);
   absl::StatusOr<v1::Job> moved;
@@ -1384,15 +1379,16 @@ bool JobManager::PauseAdmitted(Worker* w, const QueuedJob& q) {
                                         "paused by the client while the daemon stopped");
   if (!moved.ok()) return false;
   ReleaseQuotaLocked(w, q.tenant);
-  cancel_flags_.erase(q.id);
-  pause_flags_.erase(q.id);
-  live_.erase(q.id);
-  work_cv_.SignalAll();
+  ReleaseLocked(q.id);
   return true;
 }
 
 void JobManager::Release(const std::string& id) {
   absl::MutexLock lock(&mu_);
+  ReleaseLocked(id);
+}
+
+void JobManager::ReleaseLocked(const std::string& id) {
   cancel_flags_.erase(id);
   pause_flags_.erase(id);
   live_.erase(id);
@@ -1609,9 +1605,7 @@ void JobManager::CheckLoop() {
     }
     if (FailJob(tenant, id, data.status(), field, true).ok()) {
       queue_.erase(queued);
-      cancel_flags_.erase(id);
-      pause_flags_.erase(id);
-      work_cv_.SignalAll();
+      ReleaseLocked(id);
     }
   }
 }
@@ -2156,10 +2150,7 @@ JobManager::PauseResult JobManager::Pause(Worker* w, ActiveJob& a) {
     }
     w->jobs_bytes -= a.entry.job_bytes;
     --w->jobs_running;
-    cancel_flags_.erase(id);
-    pause_flags_.erase(id);
-    live_.erase(id);
-    work_cv_.SignalAll();
+    ReleaseLocked(id);
   }
   ForgetJobSeries(id);
   Notify();

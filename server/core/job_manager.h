@@ -277,6 +277,9 @@ class JobManager {
   absl::Status SaveCheckpoint(ActiveJob& a);
   void Requeue(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
   void RequeueLocked(QueuedJob q, const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // QUEUED in the store, yet in no queue and on no worker: a job the daemon put back for its
+  // next start while it stopped (a cancel's or a pause's flag went with it).
+  bool PutBackAtStopLocked(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job's entry in queue_, or queue_.end().
   std::vector<QueuedJob>::iterator FindQueued(const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -305,6 +308,7 @@ class JobManager {
   int ActiveJobsLocked(const std::string& tenant) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets the job's flags and live fields (after its final write: CancelJob waits for it).
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):
   // recorded as such, its checkpoint (a resumed job's) gone, the metrics told.
   absl::StatusOr<v1::Job> EndCancelled(const std::string& tenant, const std::string& id,
