@@ -264,9 +264,9 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
                                                            const std::string& id,
                                                            int64_t after_sequence,
                                                            int limit) const {
-  ASSIGN_OR_RETURN(v1::Job job, Get(tenant, id));  // NOT_FOUND for unknown or foreign jobs
-  ASSIGN_OR_RETURN(std::string prefix, StoreKey({tenant, id}));
-  prefix += "/";
+  auto key = StoreKey({tenant, id});
+  if (!key.ok()) return absl::NotFoundError(absl::StrCat("no job ", id));
+  const std::string prefix = *key + "/";
   std::string start;
   if (after_sequence > 0) {
     ASSIGN_OR_RETURN(start, StoreKey({tenant, id, storage::SequenceKeyPart(after_sequence)}));
@@ -286,8 +286,8 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobStore::Events(const std::string& te
       },
       start));
   RETURN_IF_ERROR(parse_error);
-  // Deleted between the read above and the scan: NOT_FOUND, not a history cut short (a watch
-  // would end OK on it).
+  // Read after the scan: NOT_FOUND for an unknown or foreign job, and for one deleted while
+  // the scan ran (not a history cut short, which a watch would end OK on).
   RETURN_IF_ERROR(Get(tenant, id).status());
   return out;
 }

@@ -112,18 +112,14 @@ grpc::Status JobServiceImpl::ListJobEvents(grpc::ServerContext* c,
     return call.Finish(absl::InvalidArgumentError("page_size: must be >= 0"));
   }
   const int page = req->page_size() > 0 ? std::min(req->page_size(), 1000) : 100;
-  auto job = node_->jobs->Get(call.tenant().name, req->id());
-  if (!job.ok()) return call.Finish(job.status());
-  auto events = node_->jobs->Events(call.tenant().name, req->id(), req->after_sequence(), page);
+  // One event past the page tells whether there are more (a job with exactly a page of events
+  // pointed to an empty next page).
+  auto events = node_->jobs->Events(call.tenant().name, req->id(), req->after_sequence(), page + 1);
   if (!events.ok()) return call.Finish(events.status());
+  const bool more = static_cast<int>(events->size()) > page;
+  if (more) events->pop_back();
   for (v1::JobEvent& e : *events) *out->add_events() = std::move(e);
-  // A full page says there may be more; one event past it tells (a job with exactly a page of
-  // events pointed to an empty next page).
-  if (static_cast<int>(out->events_size()) == page) {
-    const int64_t last = out->events(page - 1).sequence();
-    auto more = node_->jobs->Events(call.tenant().name, req->id(), last, 1);
-    if (more.ok() && !more->empty()) out->set_next_after_sequence(last);
-  }
+  if (more) out->set_next_after_sequence(out->events(page - 1).sequence());
   return call.Finish(absl::OkStatus());
 }
 

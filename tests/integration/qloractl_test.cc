@@ -276,6 +276,27 @@ TEST_F(QloractlTest, JobLifecycleAndWatch) {
   EXPECT_EQ(last_step, 60);
   EXPECT_EQ(progress, 60);  // --progress-interval=0: every step
 
+  // Events in pages: a page that holds the rest points to no next one; one short of it does.
+  auto all = Run(kAcmeKey, {"-o", "json", "jobs", "events", job, "--page-size", "1000"});
+  ASSERT_EQ(all.code, 0) << all.err;
+  const nlohmann::json every = all.json()["events"];
+  const size_t n = every.size();
+  ASSERT_GT(n, 60u);
+  EXPECT_FALSE(all.json().contains("nextAfterSequence"));
+  auto exact = Run(kAcmeKey, {"jobs", "events", job, "--page-size", std::to_string(n)});
+  ASSERT_EQ(exact.code, 0) << exact.err;
+  EXPECT_EQ(exact.err.find("more events"), std::string::npos) << exact.err;
+  auto short_page =
+      Run(kAcmeKey, {"-o", "json", "jobs", "events", job, "--page-size", std::to_string(n - 1)});
+  ASSERT_EQ(short_page.code, 0) << short_page.err;
+  EXPECT_EQ(short_page.json()["events"].size(), n - 1);
+  const std::string after = every[n - 2]["sequence"];
+  EXPECT_EQ(short_page.json()["nextAfterSequence"], after);
+  auto rest = Run(kAcmeKey, {"-o", "json", "jobs", "events", job, "--after", after});
+  ASSERT_EQ(rest.code, 0) << rest.err;
+  ASSERT_EQ(rest.json()["events"].size(), 1u);
+  EXPECT_EQ(rest.json()["events"][0], every[n - 1]);
+
   auto listed = Run(
       kAcmeKey, {"-o", "json", "jobs", "list", "--state", "succeeded", "--label", "team=search"});
   ASSERT_EQ(listed.code, 0) << listed.err;
