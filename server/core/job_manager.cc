@@ -480,9 +480,9 @@ absl::StatusOr<int64_t> JobManager::PruneFinishedJobs(absl::Time cutoff) {
   // In batches, each found by a scan that holds no lock: a node may keep many thousands.
   constexpr int kBatch = 1000;
   int64_t deleted = 0;
+  std::string cursor;  // each batch's scan goes on where the last one stopped
   while (true) {
-    ASSIGN_OR_RETURN(const auto batch, stores_.jobs->FinishedBefore(cutoff, kBatch));
-    int64_t deleted_now = 0;
+    ASSIGN_OR_RETURN(const auto batch, stores_.jobs->FinishedBefore(cutoff, kBatch, &cursor));
     bool stopping = false;
     for (const auto& [tenant, id] : batch) {
       {
@@ -494,11 +494,9 @@ absl::StatusOr<int64_t> JobManager::PruneFinishedJobs(absl::Time cutoff) {
       absl::Status s = stores_.jobs->Delete(tenant, id);
       if (absl::IsNotFound(s)) continue;  // deleted by its tenant meanwhile
       RETURN_IF_ERROR(s);
-      ++deleted_now;
+      ++deleted;
     }
-    deleted += deleted_now;
-    // A full batch of which nothing went (records the delete cannot find) is not scanned again.
-    if (stopping || static_cast<int>(batch.size()) < kBatch || deleted_now == 0) break;
+    if (stopping || static_cast<int>(batch.size()) < kBatch) break;
   }
   if (deleted > 0) Notify();
   return deleted;

@@ -139,17 +139,23 @@ absl::Status JobStore::Delete(const std::string& tenant, const std::string& id) 
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> JobStore::FinishedBefore(
-    absl::Time cutoff, int limit) const {
+    absl::Time cutoff, int limit, std::string* cursor) const {
   std::vector<std::pair<std::string, std::string>> out;
-  RETURN_IF_ERROR(db_->Scan(Family::kJobs, "", [&](std::string_view, std::string_view value) {
-    auto job = ParseJob(value);
-    if (job.ok() && IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))) &&
-        // Records from before end times were kept go by their creation.
-        FromTimestamp(job->has_end_time() ? job->end_time() : job->create_time()) < cutoff) {
-      out.emplace_back(job->tenant(), job->id());
-    }
-    return static_cast<int>(out.size()) < limit;
-  }));
+  std::string last;
+  RETURN_IF_ERROR(db_->Scan(
+      Family::kJobs, "",
+      [&](std::string_view key, std::string_view value) {
+        last.assign(key);
+        auto job = ParseJob(value);
+        if (job.ok() && IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))) &&
+            // Records from before end times were kept go by their creation.
+            FromTimestamp(job->has_end_time() ? job->end_time() : job->create_time()) < cutoff) {
+          out.emplace_back(job->tenant(), job->id());
+        }
+        return static_cast<int>(out.size()) < limit;
+      },
+      cursor != nullptr ? *cursor : std::string()));
+  if (cursor != nullptr) *cursor = std::move(last);
   return out;
 }
 

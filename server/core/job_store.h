@@ -54,9 +54,10 @@ class JobStore {
   absl::Status Delete(const std::string& tenant, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // The finished jobs of every tenant that ended before `cutoff` (were created before it, for a
   // record without an end time), as (tenant, id), at most `limit` of them (retention). Records
-  // that do not parse are left out.
-  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FinishedBefore(absl::Time cutoff,
-                                                                                  int limit) const;
+  // that do not parse are left out. `cursor` (optional) is where a scan resumes and, after the
+  // call, where this one stopped: a sweep in batches reads each record once.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FinishedBefore(
+      absl::Time cutoff, int limit, std::string* cursor = nullptr) const;
 
   // The tenant's jobs in id order, filtered by state (empty: all); `page_token` is the last id
   // of the previous page.

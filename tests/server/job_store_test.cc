@@ -185,6 +185,11 @@ TEST_F(JobStoreTest, FinishedBeforeFindsOnlyJobsThatEndedBeforeTheCutoff) {
   using Ids = std::vector<std::pair<std::string, std::string>>;
   EXPECT_EQ(*found, (Ids{{"acme", "old"}, {"beta", "old2"}}));
   EXPECT_EQ(*store_->FinishedBefore(cutoff, 1), (Ids{{"acme", "old"}}));
+  // In batches: each goes on where the last one stopped, and the last comes back short.
+  std::string cursor;
+  EXPECT_EQ(*store_->FinishedBefore(cutoff, 1, &cursor), (Ids{{"acme", "old"}}));
+  EXPECT_EQ(*store_->FinishedBefore(cutoff, 1, &cursor), (Ids{{"beta", "old2"}}));
+  EXPECT_TRUE(store_->FinishedBefore(cutoff, 1, &cursor)->empty());
   EXPECT_EQ(store_->FinishedBefore(absl::Now(), 100)->size(), 3u);
 }
 
