@@ -281,9 +281,10 @@ absl::Status CheckNumericFlags() {
        ""},
       {"inference-cached-models", double(absl::GetFlag(FLAGS_inference_cached_models)), 1, 64, ""},
   };
-  // Whole numbers in full (StrCat's 6 digits made 2097151 read as 2.09715e+06).
+  // Whole numbers in full (StrCat's 6 digits made 2097151 read as 2.09715e+06), where int64
+  // holds them: INT64_MAX is 2^63 as a double, and casting that is undefined.
   auto text = [](double v) {
-    return v == std::floor(v) && std::fabs(v) < 9.3e18 ? absl::StrCat(static_cast<int64_t>(v))
+    return v == std::floor(v) && std::fabs(v) < 0x1p63 ? absl::StrCat(static_cast<int64_t>(v))
                                                        : absl::StrCat(v);
   };
   for (const Bound& b : bounds) {

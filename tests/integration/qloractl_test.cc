@@ -169,7 +169,8 @@ TEST(QloradFlags, ANumericFlagOutOfRangeStopsTheStartNamingIt) {
   for (const char* flag :
        {"--max-rank=0", "--max-message-bytes=0", "--checkpoint-every=-5", "--progress-interval=nan",
         "--max-calls-per-tenant=-1", "--device-memory-bytes=999999999999999999",
-        "--max-upload-bytes=0", "--inference-memory-bytes=-1"}) {
+        "--max-upload-bytes=0", "--inference-memory-bytes=-1",
+        "--device-memory-bytes=9223372036854775807"}) {
     DaemonProcess daemon(dir + "/" + std::to_string(run++), {"--devices=cpu:0", flag});
     EXPECT_FALSE(daemon.Start()) << flag;
     const std::string name = std::string(flag).substr(0, std::string(flag).find('='));
