@@ -101,10 +101,7 @@ absl::Status ValidateParsed(const Json& j) {
         return absl::InvalidArgumentError(absl::StrCat(where, ".role must be a string"));
       }
       const std::string role = m[i]["role"];
-      if (!IsChatRole(role)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ".role must be system, user or assistant, got '", role, "'"));
-      }
+      RETURN_IF_ERROR(CheckChatRole(i, role));
       if (!m[i].contains("content") || !m[i]["content"].is_string()) {
         return absl::InvalidArgumentError(absl::StrCat(where, ".content must be a string"));
       }
@@ -256,8 +253,10 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
   return out;
 }
 
-bool IsChatRole(std::string_view role) {
-  return role == "system" || role == "user" || role == "assistant";
+absl::Status CheckChatRole(size_t i, absl::string_view role) {
+  if (role == "system" || role == "user" || role == "assistant") return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("messages[", i, "].role must be system, user or assistant, got '", role, "'"));
 }
 
 absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::vector<ChatTurn>& turns,
@@ -265,10 +264,7 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const std::vector<ChatTurn
   TokenizedExample ex;
   AppendToken(tokenizer.bos_id(), false, &ex);
   for (size_t i = 0; i < turns.size(); ++i) {
-    if (!IsChatRole(turns[i].role)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "messages[", i, "].role must be system, user or assistant, got '", turns[i].role, "'"));
-    }
+    RETURN_IF_ERROR(CheckChatRole(i, turns[i].role));
     RETURN_IF_ERROR(AppendTurn(tokenizer, turns[i].role, turns[i].content, /*learn=*/false, &ex));
   }
   RETURN_IF_ERROR(Append(tokenizer, RoleHeader("assistant"), false, &ex));

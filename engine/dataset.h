@@ -73,11 +73,12 @@ absl::StatusOr<std::vector<TokenizedExample>> TokenizeJsonl(const std::string& t
 
 // One turn of a chat conversation, as in a dataset's "messages".
 struct ChatTurn {
-  std::string role;  // IsChatRole
+  std::string role;  // CheckChatRole
   std::string content;
 };
 // "system", "user" or "assistant": the roles a chat dataset and a chat prompt may use.
-bool IsChatRole(std::string_view role);
+// OK for those; INVALID_ARGUMENT "messages[i].role must be ..." naming the role otherwise.
+absl::Status CheckChatRole(size_t i, absl::string_view role);
 
 // The prompt of a chat conversation for generation, laid out and tokenized as training lays out
 // a chat example: everything up to and including the next "### Assistant:\n" header.

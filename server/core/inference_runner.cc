@@ -314,11 +314,7 @@ absl::StatusOr<InferenceRunner::Generated> InferenceRunner::Generate(
     int64_t bytes = 0;
     for (int i = 0; i < req.messages_size(); ++i) {
       // Checked before the turn is waited for; ChatPromptTokens checks it again.
-      if (!IsChatRole(req.messages(i).role())) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("messages[", i, "].role must be system, user or assistant, got '",
-                         req.messages(i).role(), "'"));
-      }
+      RETURN_IF_ERROR(CheckChatRole(i, req.messages(i).role()));
       bytes += static_cast<int64_t>(req.messages(i).content().size()) + 16;  // + its header
     }
     if (context > 0 && bytes > 64 * context) {

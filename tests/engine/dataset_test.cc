@@ -63,13 +63,28 @@ TEST_F(DatasetTest, ChatTemplateTrainsAssistantTurnsOnly) {
   expected.insert(expected.end(), a2.begin(), a2.end());
   expected.push_back(2);
   EXPECT_EQ(trained, expected);
-  // Generation prompts end with the assistant header.
-  auto prompt = ChatPromptTokens({{"user", "Hi"}}, *tok_);
-  ASSERT_TRUE(prompt.ok());
+  // A generation prompt is the layout docs/engine.md gives, each part tokenized on its own, up
+  // to the assistant header: what training saw before the answer it learnt.
+  auto prompt = ChatPromptTokens({{"system", "Be kind."}, {"user", "Hi"}}, *tok_);
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  std::vector<int32_t> layout = {tok_->bos_id()};
+  for (const char* part : {"### System:\nBe kind.\n\n", "### User:\nHi\n\n", "### Assistant:\n"}) {
+    const auto ids = Enc(part);
+    layout.insert(layout.end(), ids.begin(), ids.end());
+  }
+  EXPECT_EQ(*prompt, layout);
+  auto trained_on = TokenizeJsonl(
+      R"({"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},)"
+      R"( {"role": "assistant", "content": "Hello."}]})",
+      *tok_, "chat.jsonl");
+  ASSERT_TRUE(trained_on.ok()) << trained_on.status();
+  const std::vector<int32_t>& t = (*trained_on)[0].tokens;
+  ASSERT_GT(t.size(), prompt->size());
+  EXPECT_TRUE(std::equal(prompt->begin(), prompt->end(), t.begin()));
+  EXPECT_EQ(std::vector<int32_t>(t.begin() + static_cast<int64_t>(prompt->size()), t.end() - 1),
+            Enc("Hello."));
   EXPECT_EQ(ChatPromptTokens({{"narrator", "Hi"}}, *tok_).status().message(),
             "messages[0].role must be system, user or assistant, got 'narrator'");
-  const auto header = Enc("### Assistant:\n");
-  EXPECT_TRUE(std::equal(header.rbegin(), header.rend(), prompt->rbegin()));
 }
 
 TEST_F(DatasetTest, BadLinesAreNamedWithTheirNumber) {
