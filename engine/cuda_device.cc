@@ -240,7 +240,7 @@ class CudaDevice : public Device {
     cudaSetDevice(ordinal_);
     if (blas_ != nullptr) cublasDestroy(blas_);
     if (stream_ != nullptr) {
-      cudaStreamSynchronize(stream_);
+      SyncStream();
       cudaStreamDestroy(stream_);
     }
   }
@@ -260,8 +260,7 @@ class CudaDevice : public Device {
       // Managed memory can oversubscribe the card silently; never ask for more than is free.
       // What is queued lands first (the fill of the buffer before, say): only then does the
       // free memory count it.
-      cudaStreamSynchronize(stream_);
-      prefetching_in_ = 0;
+      SyncStream();
       size_t free_bytes = 0, total = 0;
       cudaMemGetInfo(&free_bytes, &total);
       if (static_cast<size_t>(floats) * 4 > free_bytes) {
@@ -328,22 +327,21 @@ class CudaDevice : public Device {
   // for, and from pageable memory it may return before its DMA lands.
   cudaError_t UploadBytes(void* device, const void* host, size_t bytes) {
     const cudaError_t e = cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_);
-    return e != cudaSuccess ? e : cudaStreamSynchronize(stream_);
+    return e != cudaSuccess ? e : SyncStream();
   }
 
   void CopyFromHost(const float* host, int64_t n, float* device) override {
     const auto timed = Time("copy to device");
     Enter();
     Check(cudaMemcpyAsync(device, host, n * 4, cudaMemcpyHostToDevice, stream_), "copy to device");
-    Check(cudaStreamSynchronize(stream_), "copy to device");  // `host` may go away on return
+    Check(SyncStream(), "copy to device");  // `host` may go away on return
   }
 
   void CopyToHost(const float* device, int64_t n, float* host) override {
     const auto timed = Time("copy to host");
     Enter();
     Check(cudaMemcpyAsync(host, device, n * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
-    Check(cudaStreamSynchronize(stream_), "copy to host");
-    prefetching_in_ = 0;  // landed, and counted in the free memory from here
+    Check(SyncStream(), "copy to host");
     if (!error_.ok()) std::fill(host, host + n, std::numeric_limits<float>::quiet_NaN());
   }
 
@@ -442,7 +440,7 @@ class CudaDevice : public Device {
                                      o.nested_blocksize, &q, stream_);
     }
     if (e != cudaSuccess) {
-      cudaStreamSynchronize(stream_);  // nothing may still read staging when it is freed
+      SyncStream();  // nothing may still read staging when it is freed
       return Refused(e, "cannot quantize a weight");
     }
     lin->offset = q.offset;
@@ -929,7 +927,7 @@ class CudaDevice : public Device {
 
   int64_t ReleaseScratch() override {
     Enter();
-    Check(cudaStreamSynchronize(stream_), "release scratch");  // nothing queued still reads it
+    Check(SyncStream(), "release scratch");  // nothing queued still reads it
     int64_t freed = 0;
     for (CudaMemory* m : {&workspace_, &scores_, &row_loss_, &delta_, &workspace_bf16_, &act_bf16_,
                           &lora_partial_, &lora_bf16_, &conversion_}) {
@@ -1053,7 +1051,7 @@ class CudaDevice : public Device {
     if (const cudaError_t last = cudaGetLastError(); last != cudaSuccess) Check(last, "a launch");
     if (error_.ok()) return absl::OkStatus();
     // A probe: a fault poisons the context, and the stream then fails for good.
-    if (const cudaError_t probe = cudaStreamSynchronize(stream_); probe != cudaSuccess) {
+    if (const cudaError_t probe = SyncStream(); probe != cudaSuccess) {
       lost_ = true;
       error_ = absl::UnavailableError(absl::StrCat(name(), " is lost until qlorad restarts (",
                                                    cudaGetErrorString(probe),
@@ -1065,10 +1063,17 @@ class CudaDevice : public Device {
 
  private:
   // A scratch buffer of at least `floats`, grown (never shrunk) as needed; null after a failure.
+  // Waits for everything queued on stream_. Prefetches included: what SetResident paged in has
+  // landed, and counts in the free memory from here (prefetching_in_ counts what has not).
+  cudaError_t SyncStream() {
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e == cudaSuccess) prefetching_in_ = 0;
+    return e;
+  }
   // Grows m to at least `bytes`, waiting for the stream first: the old buffer may still be in use.
   cudaError_t Grow(CudaMemory* m, size_t bytes) {
     if (m->bytes() >= bytes) return cudaSuccess;
-    Check(cudaStreamSynchronize(stream_), "scratch");
+    Check(SyncStream(), "scratch");
     return m->Allocate(bytes);
   }
   float* Scratch(CudaMemory* m, int64_t floats) {
@@ -1103,8 +1108,7 @@ class CudaDevice : public Device {
   double SumRowLoss(const float* loss, int64_t rows) {
     std::vector<float> host(rows);
     Check(cudaMemcpyAsync(host.data(), loss, rows * 4, cudaMemcpyDeviceToHost, stream_), "loss");
-    Check(cudaStreamSynchronize(stream_), "loss");
-    prefetching_in_ = 0;
+    Check(SyncStream(), "loss");
     if (!error_.ok()) return std::numeric_limits<double>::quiet_NaN();
     double total = 0.0;
     for (float l : host) total += l;
