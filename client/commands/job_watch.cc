@@ -86,7 +86,7 @@ class EventPrinter {
 };
 
 // Where a watch ends: the job ended, or waits paused for a client to resume it.
-bool Finished(v1::JobState state) {
+bool WatchEnds(v1::JobState state) {
   return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::CANCELLED ||
          state == v1::PAUSED;
 }
@@ -165,7 +165,7 @@ absl::Status WatchJob(const Invocation& invocation, const std::string& id, int64
     }
     RETURN_IF_ERROR(watched);
     reconnection.Reached();
-    if (Finished(job.state())) return Conclude(invocation, job);
+    if (WatchEnds(job.state())) return Conclude(invocation, job);
     idle_resumes = new_events ? 0 : idle_resumes + 1;
     if (idle_resumes >= kMaxIdleResumes) {
       return absl::UnavailableError(absl::StrCat("the event stream of job ", id,

@@ -43,6 +43,13 @@ class AdapterStoreTest : public ::testing::Test {
     a.set_rank(4);
     return a;
   }
+  // Deletes one stored part of acme's adapter `id`'s adapter_model.safetensors (a damaged store).
+  absl::Status DeleteModelPart(const std::string& id, int64_t part) {
+    storage::WriteSet w;
+    w.Delete(storage::Family::kAdapters,
+             "acme/" + id + "/file/adapter_model.safetensors/" + storage::SequenceKeyPart(part));
+    return db_->Write(w);
+  }
   std::string dir_;
   std::unique_ptr<storage::KvStore> db_;
   std::unique_ptr<AdapterStore> store_;
@@ -124,14 +131,7 @@ TEST_F(AdapterStoreTest, ALargeFileIsStoredInPartsAndReadBackAPartAtATime) {
 
   // The middle part gone: DATA_LOSS naming it, with the part before it not handed out, and an
   // export leaves nothing behind.
-  ASSERT_TRUE(db_->Write([&] {
-                   storage::WriteSet w;
-                   w.Delete(storage::Family::kAdapters, "acme/" + a->id() +
-                                                            "/file/adapter_model.safetensors/" +
-                                                            storage::SequenceKeyPart(1));
-                   return w;
-                 }())
-                  .ok());
+  ASSERT_TRUE(DeleteModelPart(a->id(), 1).ok());
   size_t model_parts = 0;
   const absl::Status gap =
       store_->VisitFiles("acme", a->id(), [&](const std::string& name, std::string_view, bool) {
@@ -145,14 +145,7 @@ TEST_F(AdapterStoreTest, ALargeFileIsStoredInPartsAndReadBackAPartAtATime) {
   EXPECT_FALSE(fs::exists(dir_ + "/gap-out"));
 
   // The last part gone too (no gap left to see): the bytes fall short of the record's.
-  ASSERT_TRUE(db_->Write([&] {
-                   storage::WriteSet w;
-                   w.Delete(storage::Family::kAdapters, "acme/" + a->id() +
-                                                            "/file/adapter_model.safetensors/" +
-                                                            storage::SequenceKeyPart(2));
-                   return w;
-                 }())
-                  .ok());
+  ASSERT_TRUE(DeleteModelPart(a->id(), 2).ok());
   bool last_visited = false;
   const absl::Status short_file = store_->VisitFiles(
       "acme", a->id(), [&](const std::string& name, std::string_view, bool last) {
