@@ -22,11 +22,13 @@ struct Nf4DqArgs {
   const float* code8 = nullptr;          // 256 floats (signed dynamic map), device
   float offset = 0.0f;
   int64_t n = 0;
-  int blocksize = 64;  // must be 64 (the QLoRA default) for the vectorized path
+  // The vectorized path takes power-of-two block sizes (QLoRA's: 64 and 256), blocksize a
+  // multiple of 8; other even blocksizes are dequantized one element per thread.
+  int blocksize = 64;
   int nested_blocksize = 256;
   // Row-strided output, for a weight [n / cols, cols] placed in a wider matrix: element e goes
   // to out[(e / cols) * ld + e % cols]. cols = 0: contiguous (out[e]). The vectorized path
-  // takes cols a multiple of 32 and ld a multiple of 16 bytes.
+  // takes cols a multiple of 8 (bf16) or 4 (float32) and ld a multiple of 16 bytes.
   int64_t cols = 0, ld = 0;
 };
 

@@ -24,21 +24,23 @@ struct Quantized {
   float offset = 0;
 };
 
-Quantized Quantize(const std::vector<float>& x) {
+// QLoRA's block sizes unless told: 64 values an absmax, 256 absmaxes a nested one.
+Quantized Quantize(const std::vector<float>& x, int blocksize = 64, int nested_blocksize = 256) {
   const int64_t n = static_cast<int64_t>(x.size());
-  const int64_t blocks = (n + 63) / 64;
+  const int64_t blocks = (n + blocksize - 1) / blocksize;
   Quantized q;
   q.packed.assign((n + 1) / 2, 0);
   std::vector<float> absmax(blocks);
-  kernels::Nf4QuantizeBlockwise(x.data(), n, 64, q.packed.data(), absmax.data());
+  kernels::Nf4QuantizeBlockwise(x.data(), n, blocksize, q.packed.data(), absmax.data());
   double sum = 0;
   for (float a : absmax) sum += a;
   q.offset = static_cast<float>(sum / blocks);
   for (float& a : absmax) a -= q.offset;
   q.absmax_q.resize(blocks);
-  q.nested.resize((blocks + 255) / 256);
-  kernels::QuantizeBlockwise8(absmax.data(), blocks, 256, kernels::SignedDynamicMap().data(),
-                              q.absmax_q.data(), q.nested.data());
+  q.nested.resize((blocks + nested_blocksize - 1) / nested_blocksize);
+  kernels::QuantizeBlockwise8(absmax.data(), blocks, nested_blocksize,
+                              kernels::SignedDynamicMap().data(), q.absmax_q.data(),
+                              q.nested.data());
   return q;
 }
 
@@ -64,16 +66,20 @@ kernels::cuda::Nf4DqArgs DeviceArgs(const Quantized& q, int64_t n) {
   return a;
 }
 
-void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
+// blocksize and nested_blocksize other than powers of two take the scalar path.
+void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output, int blocksize = 64,
+               int nested_blocksize = 256) {
   std::normal_distribution<float> g(0.0f, 0.02f);
   std::vector<float> x(n);
   for (auto& v : x) v = g(rng);
-  const Quantized q = Quantize(x);
+  const Quantized q = Quantize(x, blocksize, nested_blocksize);
   std::vector<float> ref(n);
   kernels::Nf4DequantizeDoubleQuant(q.packed.data(), q.absmax_q.data(), q.nested.data(),
-                                    kernels::SignedDynamicMap().data(), q.offset, n, 64, 256,
-                                    ref.data());
+                                    kernels::SignedDynamicMap().data(), q.offset, n, blocksize,
+                                    nested_blocksize, ref.data());
   kernels::cuda::Nf4DqArgs a = DeviceArgs(q, n);
+  a.blocksize = blocksize;
+  a.nested_blocksize = nested_blocksize;
   const int64_t shift = misalign_output ? 1 : 0;  // forces the scalar path
   std::vector<float> nan_f(n + shift, NAN);
   float* out_f = Upload(nan_f);
@@ -94,10 +100,10 @@ void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
     const __nv_bfloat16 want_b = __float2bfloat16_rn(ref[i]);
     if (std::memcmp(&got_b[i], &want_b, 2) != 0) ++bad_b;
   }
-  GPU_CHECK(bad_f == 0, "n=%lld misaligned=%d: %lld float32 outputs differ", (long long)n,
-            misalign_output, (long long)bad_f);
-  GPU_CHECK(bad_b == 0, "n=%lld misaligned=%d: %lld bf16 outputs differ", (long long)n,
-            misalign_output, (long long)bad_b);
+  GPU_CHECK(bad_f == 0, "n=%lld misaligned=%d blocks %d/%d: %lld float32 outputs differ",
+            (long long)n, misalign_output, blocksize, nested_blocksize, (long long)bad_f);
+  GPU_CHECK(bad_b == 0, "n=%lld misaligned=%d blocks %d/%d: %lld bf16 outputs differ", (long long)n,
+            misalign_output, blocksize, nested_blocksize, (long long)bad_b);
   for (void* p : {(void*)a.packed, (void*)a.absmax_q, (void*)a.nested_absmax, (void*)a.code8,
                   (void*)out_f, (void*)out_b})
     cudaFree(p);
@@ -105,7 +111,7 @@ void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output) {
 
 // A weight [rows, cols] dequantized into a wider bf16 matrix (leading dimension cols + pad, as
 // the fused LoRA GEMM's workspace): every element where the contiguous output has it, bit for
-// bit, and the padding columns untouched. cols a multiple of 32 takes the vectorized path.
+// bit, and the padding columns untouched. cols a multiple of 8 takes the vectorized path.
 void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
   const int64_t n = rows * cols, ld = cols + pad;
   std::normal_distribution<float> g(0.0f, 0.02f);
@@ -181,7 +187,17 @@ int main() {
   for (int i = 0; i < 4; ++i) qlorad::CheckSize(1 + rng() % 200000, rng, false);
   qlorad::CheckStrided(4096, 4096, 16, rng);  // a 7B attention weight and r 16
   qlorad::CheckStrided(37, 96, 8, rng);
-  qlorad::CheckStrided(29, 100, 4, rng);  // cols not a multiple of 32: the scalar path
+  qlorad::CheckStrided(41, 40, 8, rng);   // cols a multiple of 8, not of 32: vectorized
+  qlorad::CheckStrided(29, 100, 4, rng);  // cols not a multiple of 8: the scalar path
+  // Other power-of-two block sizes (vectorized, other shifts), and sizes that are not powers of
+  // two (the scalar path): bitsandbytes takes blocksizes from 64 to 4096.
+  for (int64_t n :
+       {int64_t{4096}, int64_t{64 * 257 + 5}, static_cast<int64_t>(1 + rng() % 300000)}) {
+    qlorad::CheckSize(n, rng, false, 128, 64);
+    qlorad::CheckSize(n, rng, false, 4096, 256);
+    qlorad::CheckSize(n, rng, false, 96, 256);
+    qlorad::CheckSize(n, rng, false, 64, 100);
+  }
   qlorad::CheckBadArguments();
   return qlorad::gpu_check::Finish("nf4_dequant_gpu_test");
 }
