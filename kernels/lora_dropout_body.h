@@ -36,11 +36,11 @@
 namespace qlorad::kernels::lora {
 
 constexpr int kLoraThreads = 256;
-constexpr int kRankChunk = 16;    // rank columns a thread keeps in registers at once
-constexpr int kDownRows = 4;      // tokens per block of the down-projection
-constexpr int kGradTokens = 128;  // tokens per block of dA's partial sums
-constexpr int kInputRows = 8;     // tokens per block of the input gradient
-constexpr int kMaxRank = 64;      // the shared memory below is sized for it
+constexpr int kRankChunk = 16;   // rank columns a thread keeps in registers at once
+constexpr int kDownRows = 4;     // tokens per block of the down-projection
+constexpr int kGradTokens = 64;  // tokens per block of dA's partial sums
+constexpr int kInputRows = 8;    // tokens per block of the input gradient
+constexpr int kMaxRank = 64;     // the shared memory below is sized for it
 
 // X: the element type of x and dx (the activations, kernels/element.h: float32, or bf16 in
 // the CUDA kernels); everything else is float32. dx is rounded once after its add.
@@ -99,6 +99,30 @@ QLORAD_LORA_FN void KeepTwoRows(C& cx, const DropoutStreamMask& mask, int64_t in
   const bool theirs = mask.KeepBits(static_cast<uint32_t>(other));
   keep[0] = odd ? theirs : own;  // selects, not a computed index: keep stays in registers
   keep[1] = odd ? own : theirs;
+}
+
+// d[jj] = row[jj] for the `count` (>= 1) rank columns of a chunk that exist, 0 past them. The
+// rows sit in shared memory, and every lane reads the same row: on the GPU a full chunk of a
+// rank that is a multiple of 4 is four 16-byte reads, not sixteen 4-byte ones (shared-memory
+// reads were the main stall of dA and dx on the H200; docs/benchmarks.md). The caller's
+// shared array is 16-byte aligned.
+QLORAD_LORA_FN void ReadRankChunk(const float* row, int count, bool aligned,
+                                  float (&d)[kRankChunk]) {
+#if defined(__CUDACC__)
+  if (aligned && count >= kRankChunk) {
+    QLORAD_UNROLL for (int q = 0; q < kRankChunk / 4; ++q) {
+      const float4 v = reinterpret_cast<const float4*>(row)[q];
+      d[4 * q] = v.x;
+      d[4 * q + 1] = v.y;
+      d[4 * q + 2] = v.z;
+      d[4 * q + 3] = v.w;
+    }
+    return;
+  }
+#else
+  (void)aligned;
+#endif
+  QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) d[jj] = jj < count ? row[jj] : 0.0f;
 }
 
 // Element (t, i) of dropout(v) given its keep decision: DropoutApply's value.
@@ -182,10 +206,9 @@ QLORAD_LORA_FN void GradABlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) 
         if (!column || tt + s >= tokens) continue;
         const int64_t t = t0 + tt + s;
         const float v = Dropped(a, keep[s], Element<X>::Load(a.x[t * a.in + i]));
-        const float* d = smem + (tt + s) * a.r + j0;
-        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-          if (j0 + jj < a.r) acc[jj] += d[jj] * v;
-        }
+        float d[kRankChunk];  // 0 past the rank: those sums are never stored
+        ReadRankChunk(smem + (tt + s) * a.r + j0, a.r - j0, a.r % 4 == 0, d);
+        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) acc[jj] += d[jj] * v;
       }
     }
     QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
@@ -231,9 +254,9 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float
     }
     QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) {
       if (rr < rows) {
-        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-          if (j0 + jj < a.r) val[rr] += smem[rr * a.r + j0 + jj] * w[jj];
-        }
+        float d[kRankChunk];  // 0 past the rank, where w is 0 too
+        ReadRankChunk(smem + rr * a.r + j0, a.r - j0, a.r % 4 == 0, d);
+        QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) val[rr] += d[jj] * w[jj];
       }
     }
   }

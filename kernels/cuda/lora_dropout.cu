@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(lo::kLoraThreads) DownKernel(lo::LoraDropoutAr
 
 template <typename X>
 __global__ void __launch_bounds__(lo::kLoraThreads) GradAKernel(lo::LoraDropoutArgs<X> a) {
-  __shared__ float smem[lo::kGradTokens * lo::kMaxRank];
+  __shared__ __align__(16) float smem[lo::kGradTokens * lo::kMaxRank];
   LoraBlockContext cx = Context();
   lo::GradABlock(cx, a, smem);
 }
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(lo::kLoraThreads) FinishGradAKernel(lo::LoraDr
 
 template <typename X>
 __global__ void __launch_bounds__(lo::kLoraThreads) BackwardInputKernel(lo::LoraDropoutArgs<X> a) {
-  __shared__ float smem[lo::kInputRows * lo::kMaxRank];
+  __shared__ __align__(16) float smem[lo::kInputRows * lo::kMaxRank];
   LoraBlockContext cx = Context();
   lo::BackwardInputBlock(cx, a, smem);
 }

@@ -166,7 +166,7 @@ TEST_P(LoraDropoutTest, EmulatedBlocksMatchTheCpuTwins) {
   ExpectNear(dx, dx_ref, 1e-4f, 1e-5f, "emulated dx");
 }
 
-// Tokens that fill neither a block of 4, of 8 nor of 128; inputs that fill no block of 256;
+// Tokens that fill neither a block of 4, of 8 nor of 64; inputs that fill no block of 256;
 // ranks below, across and at the 16-wide register chunk and the 64 maximum; odd row lengths,
 // where neighbouring lanes share no hash (KeepTwoRows's other path).
 INSTANTIATE_TEST_SUITE_P(Shapes, LoraDropoutTest,
