@@ -10,7 +10,6 @@
 // (tests/kernels/lora_dropout_test.cc). The context provides:
 //   int thread, block_x, block_y;   // threadIdx.x (0..kLoraThreads-1), blockIdx.x, blockIdx.y
 //   void SyncBlock();               // __syncthreads()
-//   float WarpSum(float v);         // the sum of v over the 32 lanes, in every lane
 //   float ShflXor(float v, int m);  // v of lane (this lane ^ m)
 // The CPU twins are kernels/cpu/lora_dropout.h.
 #pragma once
@@ -125,10 +124,40 @@ QLORAD_LORA_FN void ReadRankChunk(const float* row, int count, bool aligned,
   QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) d[jj] = jj < count ? row[jj] : 0.0f;
 }
 
+// w[jj] = A[j0 + jj, i] for the chunk's ranks that exist in a column that exists, else 0. A
+// full chunk of an existing column (all but the last column block, or the last rank chunk of a
+// rank that is not a multiple of 16) loads without a test per element: the tests were a tenth
+// of the down-projection's instructions.
+template <typename X>
+QLORAD_LORA_FN void ReadAColumn(const LoraDropoutArgs<X>& a, int j0, int64_t i, bool column,
+                                float (&w)[kRankChunk]) {
+  const float* col = a.a + static_cast<int64_t>(j0) * a.in + i;
+  if (column && j0 + kRankChunk <= a.r) {
+    QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) w[jj] = col[jj * a.in];
+    return;
+  }
+  QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
+    w[jj] = column && j0 + jj < a.r ? col[jj * a.in] : 0.0f;
+  }
+}
+
 // Element (t, i) of dropout(v) given its keep decision: DropoutApply's value.
 template <typename X>
 QLORAD_LORA_FN float Dropped(const LoraDropoutArgs<X>& a, bool keep, float v) {
   return keep ? v * a.scale : 0.0f;
+}
+
+// One step of DownBlock's reduce-scatter over a warp: of the first 2 kHalf values a lane holds,
+// it keeps one half (the upper where its lane bit kHalf / 2 is set) and adds the partner lane's
+// copy of that half (a compile-time size, so that v stays in registers).
+template <int kHalf, class C>
+QLORAD_LORA_FN void ReduceScatterStep(C& cx, int lane, float (&v)[64]) {
+  const bool upper = (lane & (kHalf / 2)) != 0;
+  QLORAD_UNROLL for (int k = 0; k < kHalf; ++k) {
+    const float send = upper ? v[k] : v[k + kHalf];
+    const float keep = upper ? v[k + kHalf] : v[k];
+    v[k] = keep + cx.ShflXor(send, kHalf / 2);  // every lane calls it
+  }
 }
 
 // h[t, j] = sum_i dropout(x)[t, i] A[j, i] for kDownRows tokens and kRankChunk ranks: grid
@@ -149,9 +178,7 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
     const int64_t i = i0 + cx.thread;
     const bool column = i < a.in;
     float w[kRankChunk];
-    QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      w[jj] = column && j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
-    }
+    ReadAColumn(a, j0, i, column, w);
     QLORAD_UNROLL for (int rr = 0; rr < kDownRows; rr += 2) {
       bool keep[2];
       KeepTwoRows(cx, mask, a.in, t0 + rr, i, keep);
@@ -163,13 +190,24 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
       }
     }
   }
+  // The warp's 64 sums over its lanes in one butterfly that reduces and scatters: at each of its
+  // five steps a lane keeps half of its values and adds the partner lane's copy of that half, so
+  // lane L ends with sums 2L and 2L + 1: 62 shuffles, where a WarpSum of each of the 64 took
+  // 320 (a sixth of the down-projection's instructions at in 4096). Each sum is WarpSum's, bit
+  // for bit: every step adds the same two partial sums.
+  static_assert(kDownRows * kRankChunk == 64, "two sums a lane after the butterfly");
   const int warp = cx.thread / 32, lane = cx.thread % 32;
+  float v[kDownRows * kRankChunk];
   QLORAD_UNROLL for (int rr = 0; rr < kDownRows; ++rr) {
-    QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      const float s = cx.WarpSum(acc[rr][jj]);  // every lane calls it
-      if (lane == 0) smem[(warp * kDownRows + rr) * kRankChunk + jj] = s;
-    }
+    QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) v[rr * kRankChunk + jj] = acc[rr][jj];
   }
+  ReduceScatterStep<32>(cx, lane, v);
+  ReduceScatterStep<16>(cx, lane, v);
+  ReduceScatterStep<8>(cx, lane, v);
+  ReduceScatterStep<4>(cx, lane, v);
+  ReduceScatterStep<2>(cx, lane, v);
+  smem[warp * 64 + 2 * lane] = v[0];  // smem[(warp * kDownRows + rr) * kRankChunk + jj]
+  smem[warp * 64 + 2 * lane + 1] = v[1];
   cx.SyncBlock();
   if (cx.thread < kDownRows * kRankChunk) {
     const int rr = cx.thread / kRankChunk, jj = cx.thread % kRankChunk;
@@ -249,9 +287,7 @@ QLORAD_LORA_FN void BackwardInputBlock(C& cx, const LoraDropoutArgs<X>& a, float
   QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) val[rr] = 0.0f;
   for (int j0 = 0; j0 < a.r; j0 += kRankChunk) {
     float w[kRankChunk];
-    QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) {
-      w[jj] = column && j0 + jj < a.r ? a.a[static_cast<int64_t>(j0 + jj) * a.in + i] : 0.0f;
-    }
+    ReadAColumn(a, j0, i, column, w);
     QLORAD_UNROLL for (int rr = 0; rr < kInputRows; ++rr) {
       if (rr < rows) {
         float d[kRankChunk];  // 0 past the rank, where w is 0 too

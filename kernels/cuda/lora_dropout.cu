@@ -1,7 +1,6 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/bf16_element.cuh"
-#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/lora_dropout.h"
 #include "kernels/lora_dropout_body.h"
@@ -14,7 +13,6 @@ namespace lo = kernels::lora;
 struct LoraBlockContext {
   int thread, block_x, block_y;
   __device__ void SyncBlock() { __syncthreads(); }
-  __device__ float WarpSum(float v) { return detail::WarpSum(v); }
   __device__ float ShflXor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 };
 
