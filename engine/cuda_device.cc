@@ -828,9 +828,7 @@ class CudaDevice : public Device {
       return Device::LinearLora(w, x, tokens, h, b, r, scale, y);
     FusedLoraGemm(lin, tokens, h, b, r, scale, B(y), [&](__nv_bfloat16* xs, int64_t k) {
       const auto timed = Time("copy activations into the LoRA operand");
-      Check(cudaMemcpy2DAsync(xs, k * 2, x, in * 2, in * 2, tokens, cudaMemcpyDeviceToDevice,
-                              stream_),
-            "activations into [x | h]");
+      Check(kc::CopyRowsBf16(B(x), tokens, in, in, xs, k, stream_), "activations into [x | h]");
     });
   }
 

@@ -82,6 +82,26 @@ __global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t row
   }
 }
 
+// Rows of bf16 into a wider matrix: kUnit values a copy, 8 (16 bytes) where every row start
+// is 16-byte aligned, else 1. Rows across blockIdx.x and threadIdx.y, units along threadIdx.x.
+template <int kUnit>
+__global__ void CopyRowsBf16Kernel(const __nv_bfloat16* __restrict__ src, int64_t rows,
+                                   int64_t units, int64_t src_ld, __nv_bfloat16* __restrict__ dst,
+                                   int64_t dst_ld) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const __nv_bfloat16* from = src + r * src_ld;
+    __nv_bfloat16* to = dst + r * dst_ld;
+    for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
+      if constexpr (kUnit == 8) {
+        reinterpret_cast<uint4*>(to)[u] = reinterpret_cast<const uint4*>(from)[u];
+      } else {
+        to[u] = from[u];
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void AddWideKernel(T* y, const T* x, int64_t chunks) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
@@ -321,6 +341,28 @@ cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int6
   const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
   QLORAD_LAUNCH(grid, block, 0, stream, ConvertRowsBf16Kernel, src, rows, cols, src_ld, scale,
                 padded_cols, dst, dst_ld);
+  return cudaGetLastError();
+}
+
+cudaError_t CopyRowsBf16(const __nv_bfloat16* src, int64_t rows, int64_t cols, int64_t src_ld,
+                         __nv_bfloat16* dst, int64_t dst_ld, cudaStream_t stream) {
+  if (src == nullptr || dst == nullptr || rows < 0 || cols < 0 || src_ld < cols || dst_ld < cols)
+    return cudaErrorInvalidValue;
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  const bool wide = cols % 8 == 0 && src_ld % 8 == 0 && dst_ld % 8 == 0 &&
+                    reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  const int64_t units = wide ? cols / 8 : cols;
+  const dim3 block(units <= 32 ? 32 : 256, units <= 32 ? 8 : 1);
+  const int64_t blocks = (rows + block.y - 1) / block.y;
+  const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+  if (wide) {
+    QLORAD_LAUNCH(grid, block, 0, stream, CopyRowsBf16Kernel<8>, src, rows, units, src_ld, dst,
+                  dst_ld);
+  } else {
+    QLORAD_LAUNCH(grid, block, 0, stream, CopyRowsBf16Kernel<1>, src, rows, units, src_ld, dst,
+                  dst_ld);
+  }
   return cudaGetLastError();
 }
 

@@ -897,16 +897,6 @@ cudaError_t cudaMemPrefetchAsync(const void* p, size_t bytes, cudaMemLocation, u
   return coc::Api(coc::ManagedRange(p, bytes) ? cudaSuccess : cudaErrorInvalidValue);
 }
 
-cudaError_t cudaMemcpy2DAsync(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
-                              size_t width, size_t height, cudaMemcpyKind, cudaStream_t) {
-  if (width > dst_pitch || width > src_pitch) return coc::Api(cudaErrorInvalidValue);
-  for (size_t r = 0; r < height; ++r) {
-    std::memmove(static_cast<char*>(dst) + r * dst_pitch,
-                 static_cast<const char*>(src) + r * src_pitch, width);
-  }
-  return coc::Api(cudaSuccess);
-}
-
 cudaError_t cudaSetDevice(int device) {
   if (device < 0 || device >= coc::CardCount()) return coc::Api(cudaErrorInvalidDevice);
   coc::current_card = device;

@@ -362,6 +362,42 @@ void ConvertRows() {
               static_cast<long long>(rows * dst_ld));
 }
 
+// bf16 rows into columns of a wider matrix (the fused LoRA GEMM's [x | h]): bit for bit, nothing
+// written past the copied columns; 16 bytes a copy where rows allow it (a 7B width into a
+// [x | h] of r 16), one value where they do not (odd widths, a misaligned start).
+void CopyRows() {
+  struct Shape {
+    int64_t rows, cols, src_ld, dst_ld, src_offset;
+  };
+  for (const Shape& s : {Shape{37, 4096, 4096, 4112, 0}, Shape{301, 21, 27, 40, 0},
+                         Shape{33, 64, 64, 80, 1}, Shape{5, 8, 8, 8, 0}}) {
+    std::vector<bf16> src(s.src_offset + s.rows * s.src_ld);
+    for (auto& v : src) v = __float2bfloat16(static_cast<float>(rng() % 2001) / 7.0f - 140.0f);
+    Dev<bf16> d_src(static_cast<int64_t>(src.size()));
+    Dev<bf16> d_dst(s.rows * s.dst_ld);  // 0xFF bytes: must survive past cols
+    CUDA_OK(cudaMemcpy(d_src.p, src.data(), src.size() * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(kc::CopyRowsBf16(d_src.p + s.src_offset, s.rows, s.cols, s.src_ld, d_dst.p, s.dst_ld,
+                             nullptr));
+    const std::vector<bf16> got = d_dst.Get();
+    int64_t bad = 0;
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t c = 0; c < s.dst_ld; ++c) {
+        uint16_t g, w = 0xFFFF;
+        std::memcpy(&g, &got[r * s.dst_ld + c], 2);
+        if (c < s.cols) std::memcpy(&w, &src[s.src_offset + r * s.src_ld + c], 2);
+        bad += g != w;
+      }
+    }
+    GPU_CHECK(bad == 0, "copy rows %lld x %lld (ld %lld -> %lld, offset %lld): %lld wrong",
+              static_cast<long long>(s.rows), static_cast<long long>(s.cols),
+              static_cast<long long>(s.src_ld), static_cast<long long>(s.dst_ld),
+              static_cast<long long>(s.src_offset), static_cast<long long>(bad));
+  }
+  GPU_CHECK(kc::CopyRowsBf16(nullptr, 1, 8, 8, nullptr, 8, nullptr) == cudaErrorInvalidValue,
+            "copy rows: null pointers accepted");
+  std::printf("  %-40s 4 shapes checked\n", "copy rows (fused LoRA operand)");
+}
+
 // The fused LoRA dropout kernels against their CPU twins: the down-projection, dA and the input
 // gradient through the mask, at a 7B-like width with ragged token and input counts, ranks
 // below, at and above one 16-wide register chunk, and even (lane pairs share hashes) and odd
@@ -454,6 +490,7 @@ int main() {
   qlorad::DeviceSums();
   qlorad::LoraDropout();
   qlorad::ConvertRows();
+  qlorad::CopyRows();
   qlorad::FillUniform();
   return qlorad::gpu_check::Finish("train_ops_gpu_test");
 }
