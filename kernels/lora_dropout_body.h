@@ -102,8 +102,8 @@ QLORAD_LORA_FN void KeepTwoRows(C& cx, const DropoutStreamMask& mask, int64_t in
 
 // d[jj] = row[jj] for the `count` (>= 1) rank columns of a chunk that exist, 0 past them. The
 // rows sit in shared memory, and every lane reads the same row: on the GPU a full chunk of a
-// rank that is a multiple of 4 is four 16-byte reads, not sixteen 4-byte ones (shared-memory
-// reads were the main stall of dA and dx on the H200; docs/benchmarks.md). The caller's
+// rank that is a multiple of 4 is four 16-byte reads, not sixteen 4-byte ones (ncu on the H200
+// found shared-memory reads the main stall of dA and dx; docs/benchmarks.md). The caller's
 // shared array is 16-byte aligned.
 QLORAD_LORA_FN void ReadRankChunk(const float* row, int count, bool aligned,
                                   float (&d)[kRankChunk]) {
@@ -124,10 +124,9 @@ QLORAD_LORA_FN void ReadRankChunk(const float* row, int count, bool aligned,
   QLORAD_UNROLL for (int jj = 0; jj < kRankChunk; ++jj) d[jj] = jj < count ? row[jj] : 0.0f;
 }
 
-// w[jj] = A[j0 + jj, i] for the chunk's ranks that exist in a column that exists, else 0. A
-// full chunk of an existing column (all but the last column block, or the last rank chunk of a
-// rank that is not a multiple of 16) loads without a test per element: the tests were a tenth
-// of the down-projection's instructions.
+// w[jj] = A[j0 + jj, i] for the chunk's ranks that exist in a column that exists, else 0. An
+// existing column and a full rank chunk (every thread but those past the last column, every
+// chunk but a last partial one) load without a test per value.
 template <typename X>
 QLORAD_LORA_FN void ReadAColumn(const LoraDropoutArgs<X>& a, int j0, int64_t i, bool column,
                                 float (&w)[kRankChunk]) {
@@ -193,8 +192,8 @@ QLORAD_LORA_FN void DownBlock(C& cx, const LoraDropoutArgs<X>& a, float* smem) {
   // The warp's 64 sums over its lanes in one butterfly that reduces and scatters: at each of its
   // five steps a lane keeps half of its values and adds the partner lane's copy of that half, so
   // lane L ends with sums 2L and 2L + 1: 62 shuffles, where a WarpSum of each of the 64 took
-  // 320 (a sixth of the down-projection's instructions at in 4096). Each sum is WarpSum's, bit
-  // for bit: every step adds the same two partial sums.
+  // 320. Each sum is WarpSum's, bit for bit: every step adds the same two partial sums. (With
+  // ReadAColumn, 53.1 -> 31.9 us at n 2048, in 4096, r 16 on the H200: docs/benchmarks.md.)
   static_assert(kDownRows * kRankChunk == 64, "two sums a lane after the butterfly");
   const int warp = cx.thread / 32, lane = cx.thread % 32;
   float v[kDownRows * kRankChunk];

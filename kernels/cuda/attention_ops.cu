@@ -83,7 +83,8 @@ __global__ void ConvertRowsBf16Kernel(const float* __restrict__ src, int64_t row
 }
 
 // Rows of bf16 into a wider matrix: kUnit values a copy, 8 (16 bytes) where every row start
-// is 16-byte aligned, else 1. Rows across blockIdx.x and threadIdx.y, units along threadIdx.x.
+// is 16-byte aligned and rows are whole 16-byte units (cols a multiple of 8), else 1. Rows across
+// blockIdx.x and threadIdx.y, units along threadIdx.x.
 template <int kUnit>
 __global__ void CopyRowsBf16Kernel(const __nv_bfloat16* __restrict__ src, int64_t rows,
                                    int64_t units, int64_t src_ld, __nv_bfloat16* __restrict__ dst,

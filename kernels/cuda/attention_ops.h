@@ -46,9 +46,9 @@ cudaError_t ConvertRowsToBf16(const float* src, int64_t rows, int64_t cols, int6
                               cudaStream_t stream);
 // dst[r * dst_ld + c] = src[r * src_ld + c] for c < cols, r < rows, bit for bit, the rest of
 // dst untouched: bf16 activations into a block of columns of a wider matrix (the fused LoRA
-// GEMM's operand [x | h]). Rows whose starts are all 16-byte aligned are copied 16 bytes a
-// thread, coalesced: cudaMemcpy2DAsync moved these rows at about 1.5 TB/s on an H200, a third
-// of its copy bandwidth (docs/benchmarks.md).
+// GEMM's operand [x | h]). Where every row start is 16-byte aligned and cols is a multiple of
+// 8, rows are copied 16 bytes a thread, coalesced: cudaMemcpy2DAsync moved these rows at about 1.5
+// TB/s on an H200, a third of its copy bandwidth (docs/benchmarks.md).
 cudaError_t CopyRowsBf16(const __nv_bfloat16* src, int64_t rows, int64_t cols, int64_t src_ld,
                          __nv_bfloat16* dst, int64_t dst_ld, cudaStream_t stream);
 // *out = sum of x^2 (accumulated in double), on the card: the host reads it when it needs it.

@@ -23,9 +23,10 @@ __device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* cod
 // or 4 float32, from 4 or 2 packed bytes), and the 32 lanes of a warp take 32 consecutive units,
 // so every load and every store instruction of a warp touches one contiguous span. Each lane
 // starts the loads of kUnitsPerLane units before it decodes any: loads in flight hide the
-// memory's latency. (On the H200 this ran at 83-91% of the device copy bandwidth; 16 values a
-// lane, each lane's 64-byte output written by four strided stores, ran at 43%:
-// docs/benchmarks.md.) Block and nested-block indices are shifts: the sizes are powers of two.
+// memory's latency. (On the H200 this runs at 82-91% of the device copy bandwidth on weights
+// larger than its L2, where 32 values a lane, each lane's 64-byte bf16 output written by four
+// stores 64 bytes apart, ran at 43-45%: docs/benchmarks.md.) Block and nested-block indices are
+// shifts: both block sizes are powers of two.
 // The NF4 table sits in shared memory: a warp's 32 lanes look up to 16 different entries at
 // once, which constant memory serves one address at a time, while 16 consecutive floats in
 // shared memory lie in 16 different banks and are read in one pass.

@@ -22,8 +22,9 @@ struct Nf4DqArgs {
   const float* code8 = nullptr;          // 256 floats (signed dynamic map), device
   float offset = 0.0f;
   int64_t n = 0;
-  // The vectorized path takes power-of-two block sizes (QLoRA's: 64 and 256), blocksize a
-  // multiple of 8; other even blocksizes are dequantized one element per thread.
+  // The vectorized path takes power-of-two blocksize and nested_blocksize (QLoRA's: 64 and
+  // 256), blocksize a multiple of 8 (bf16) or 4 (float32); other sizes are dequantized one
+  // element per thread.
   int blocksize = 64;
   int nested_blocksize = 256;
   // Row-strided output, for a weight [n / cols, cols] placed in a wider matrix: element e goes

@@ -13,6 +13,7 @@
 #include "engine/lora_training.h"
 #include "engine/lr_schedule.h"
 #include "engine/status_macros.h"
+#include "kernels/lora_dropout_body.h"
 #include "server/core/tenants.h"
 
 namespace qlorad::core {
@@ -164,11 +165,13 @@ int64_t JobMemoryBytes(const LlamaConfig& c, const v1::Hyperparameters& r,
   const int64_t activations =
       LoraTrainingGraph::ActivationBytes(c, lora.rank, r.gradient_checkpointing(), r.batch_size(),
                                          r.seq_len(), attention_saved_per_row, bf16_activations);
-  // The largest layer's dequantization workspace, and the per-128-token partial sums of dA that
-  // a GPU's fused LoRA dropout keeps (kernels/cuda/lora_dropout.h).
+  // The largest layer's dequantization workspace, and the partial sums of dA, one set per block
+  // of tokens, that a GPU's fused LoRA dropout keeps (kernels/cuda/lora_dropout.h's
+  // LoraDropoutPartialFloats, from the same block count).
   const int64_t widest = std::max(c.hidden_size, c.intermediate_size);
   const int64_t tokens = r.batch_size() * r.seq_len();
-  const int64_t workspace = widest * widest * 4 + (tokens + 127) / 128 * lora.rank * widest * 4;
+  const int64_t workspace =
+      widest * widest * 4 + kernels::lora::GradTokenBlocks(tokens) * lora.rank * widest * 4;
   return params * 20 + activations + workspace;
 }
 

@@ -89,6 +89,18 @@ std::vector<float> Bf16Normal(Rng& rng, int64_t n, float sd = 1.0f) {
   return v;
 }
 
+// v as a T: float, or bf16 rounded to nearest even.
+template <typename T>
+T FromFloat(float v);
+template <>
+inline float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+inline __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
 // Device memory for a test's lifetime (RAII): `n` elements with every bit set (NaN for floats,
 // so an element a kernel fails to write shows), or a copy of a host vector.
 template <typename T>

@@ -109,9 +109,20 @@ void CheckSize(int64_t n, std::mt19937& rng, bool misalign_output, int blocksize
     cudaFree(p);
 }
 
-// A weight [rows, cols] dequantized into a wider bf16 matrix (leading dimension cols + pad, as
-// the fused LoRA GEMM's workspace): every element where the contiguous output has it, bit for
-// bit, and the padding columns untouched. cols a multiple of 8 takes the vectorized path.
+// The kernel for T: Nf4DequantizeDoubleQuantBf16 or ...F32.
+cudaError_t Dequantize(const kernels::cuda::Nf4DqArgs& a, __nv_bfloat16* out) {
+  return kernels::cuda::Nf4DequantizeDoubleQuantBf16(a, out, nullptr);
+}
+cudaError_t Dequantize(const kernels::cuda::Nf4DqArgs& a, float* out) {
+  return kernels::cuda::Nf4DequantizeDoubleQuantF32(a, out, nullptr);
+}
+using gpu_check::FromFloat;
+
+// A weight [rows, cols] dequantized into a wider matrix of T (leading dimension cols + pad; in
+// bf16 the fused LoRA GEMM's workspace): every element where the contiguous output has it, bit
+// for bit, and the padding columns untouched. cols a multiple of the vectorized path's unit (8
+// bf16, 4 float32) takes that path.
+template <typename T>
 void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
   const int64_t n = rows * cols, ld = cols + pad;
   std::normal_distribution<float> g(0.0f, 0.02f);
@@ -119,31 +130,31 @@ void CheckStrided(int64_t rows, int64_t cols, int64_t pad, std::mt19937& rng) {
   for (auto& v : x) v = g(rng);
   const Quantized q = Quantize(x);
   kernels::cuda::Nf4DqArgs a = DeviceArgs(q, n);
-  __nv_bfloat16* dense = Upload(std::vector<__nv_bfloat16>(n, __float2bfloat16(NAN)));
-  const __nv_bfloat16 sentinel = __float2bfloat16(12345.0f);
-  __nv_bfloat16* wide = Upload(std::vector<__nv_bfloat16>(rows * ld, sentinel));
-  CUDA_OK(kernels::cuda::Nf4DequantizeDoubleQuantBf16(a, dense, nullptr));
+  T* dense = Upload(std::vector<T>(n, FromFloat<T>(NAN)));
+  const T sentinel = FromFloat<T>(12345.0f);
+  T* wide = Upload(std::vector<T>(rows * ld, sentinel));
+  CUDA_OK(Dequantize(a, dense));
   a.cols = cols;
   a.ld = ld;
-  CUDA_OK(kernels::cuda::Nf4DequantizeDoubleQuantBf16(a, wide, nullptr));
+  CUDA_OK(Dequantize(a, wide));
   CUDA_OK(cudaDeviceSynchronize());
-  std::vector<__nv_bfloat16> got_dense(n), got_wide(rows * ld);
-  CUDA_OK(cudaMemcpy(got_dense.data(), dense, n * 2, cudaMemcpyDeviceToHost));
-  CUDA_OK(cudaMemcpy(got_wide.data(), wide, rows * ld * 2, cudaMemcpyDeviceToHost));
+  std::vector<T> got_dense(n), got_wide(rows * ld);
+  CUDA_OK(cudaMemcpy(got_dense.data(), dense, n * sizeof(T), cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(got_wide.data(), wide, rows * ld * sizeof(T), cudaMemcpyDeviceToHost));
   int64_t bad = 0, pad_touched = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < ld; ++c) {
       if (c < cols) {
-        bad += std::memcmp(&got_wide[r * ld + c], &got_dense[r * cols + c], 2) != 0;
+        bad += std::memcmp(&got_wide[r * ld + c], &got_dense[r * cols + c], sizeof(T)) != 0;
       } else {
-        pad_touched += std::memcmp(&got_wide[r * ld + c], &sentinel, 2) != 0;
+        pad_touched += std::memcmp(&got_wide[r * ld + c], &sentinel, sizeof(T)) != 0;
       }
     }
   }
   GPU_CHECK(bad == 0 && pad_touched == 0,
-            "strided %lld x %lld (+%lld): %lld elements differ, %lld padding elements written",
-            (long long)rows, (long long)cols, (long long)pad, (long long)bad,
-            (long long)pad_touched);
+            "strided %s %lld x %lld (+%lld): %lld elements differ, %lld padding elements written",
+            sizeof(T) == 2 ? "bf16" : "float32", (long long)rows, (long long)cols, (long long)pad,
+            (long long)bad, (long long)pad_touched);
   for (void* p : {(void*)a.packed, (void*)a.absmax_q, (void*)a.nested_absmax, (void*)a.code8,
                   (void*)dense, (void*)wide})
     cudaFree(p);
@@ -185,10 +196,14 @@ int main() {
     if (n < 100000) qlorad::CheckSize(n, rng, true);
   }
   for (int i = 0; i < 4; ++i) qlorad::CheckSize(1 + rng() % 200000, rng, false);
-  qlorad::CheckStrided(4096, 4096, 16, rng);  // a 7B attention weight and r 16
-  qlorad::CheckStrided(37, 96, 8, rng);
-  qlorad::CheckStrided(41, 40, 8, rng);   // cols a multiple of 8, not of 32: vectorized
-  qlorad::CheckStrided(29, 100, 4, rng);  // cols not a multiple of 8: the scalar path
+  using bf16 = __nv_bfloat16;
+  qlorad::CheckStrided<bf16>(4096, 4096, 16, rng);  // a 7B attention weight and r 16
+  qlorad::CheckStrided<bf16>(37, 96, 8, rng);
+  qlorad::CheckStrided<bf16>(41, 40, 8, rng);   // a multiple of 8, not of 32: vectorized
+  qlorad::CheckStrided<bf16>(29, 100, 4, rng);  // not a multiple of 8: the scalar path
+  qlorad::CheckStrided<float>(37, 96, 8, rng);
+  qlorad::CheckStrided<float>(29, 100, 4, rng);  // a multiple of 4, not of 8: vectorized
+  qlorad::CheckStrided<float>(23, 98, 4, rng);   // not a multiple of 4: the scalar path
   // Other power-of-two block sizes (vectorized, other shifts), and sizes that are not powers of
   // two (the scalar path): bitsandbytes takes blocksizes from 64 to 4096.
   for (int64_t n :

@@ -137,7 +137,8 @@ TEST(JobSpecTest, GradientCheckpointingShrinksTheMemoryEstimate) {
   // float32 the head and scratch (the final norm's output and its float32 input, 1/rms, 32,000
   // logits, dh, the 11,008-wide LoRA dropout scratch: 205 KB a token): 0.72 GB. The 39,976,960
   // LoRA parameters at 20 bytes (0.80 GB), the largest layer's dequantization workspace
-  // (11,008^2 floats, 0.485 GB) and the dA partial sums (0.011 GB): 8.16 GB.
+  // (11,008^2 floats, 0.485 GB) and the dA partial sums (32 blocks of 64 tokens, 16 x 11,008
+  // floats each: 0.023 GB): 8.17 GB.
   const int64_t flash_bf16 = JobMemoryBytes(c, *full, 32 * 2048, /*bf16_activations=*/true);
   EXPECT_GT(flash_bf16, gb * 81 / 10);
   EXPECT_LT(flash_bf16, gb * 82 / 10);
