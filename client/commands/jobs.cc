@@ -109,6 +109,10 @@ absl::Status Cancel(const Invocation& invocation) {
                    "watch "
                 << job.id() << ")\n";
     }
+    if (job.state() == v1::SUCCEEDED) {
+      std::cerr << "too late to cancel: the job had stored its adapter " << job.adapter_id()
+                << "\n";
+    }
   });
 }
 

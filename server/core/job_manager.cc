@@ -1393,8 +1393,57 @@ void JobManager::ReleaseLocked(const std::string& id) {
   work_cv_.SignalAll();
 }
 
+absl::StatusOr<std::optional<v1::Adapter>> JobManager::StoredAdapterOf(const std::string& tenant,
+                                                                       const std::string& id) {
+  ASSIGN_OR_RETURN(std::vector<v1::Adapter> adapters, stores_.adapters->List(tenant));
+  for (v1::Adapter& ad : adapters) {
+    if (ad.job_id() == id) return std::optional<v1::Adapter>(std::move(ad));
+  }
+  return std::optional<v1::Adapter>();
+}
+
 absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, const std::string& id,
                                                  const std::string& reason) {
+  // A cancel that finds the job's adapter stored comes too late: the job has succeeded, only its
+  // record not yet saying so (its success could not be stored before a stop or a lost device,
+  // and it waits in the queue, or in the store, for its next start to record it). It ends
+  // SUCCEEDED with that adapter, as that start would end it, not CANCELLED beside an adapter
+  // whose job says it never finished. Where the adapters cannot be read (a damaged record), the
+  // cancel stands: refusing every cancel of the tenant's would be worse than the rare orphan.
+  absl::StatusOr<std::optional<v1::Adapter>> found = StoredAdapterOf(tenant, id);
+  if (!found.ok()) {
+    std::fprintf(stderr, "qlorad: job %s: its adapter, if any, cannot be looked up: %s\n",
+                 id.c_str(), std::string(found.status().message()).c_str());
+  }
+  const std::optional<v1::Adapter> adapter = found.ok() ? *found : std::nullopt;
+  if (adapter) {
+    // Left part way (a full disk): RUNNING in the store with its adapter, which the next start
+    // (a flag left set, the queue, or a restart) finishes the same way.
+    auto succeeded = [&]() -> absl::StatusOr<v1::Job> {
+      const std::string why = "the cancel came after its adapter was stored";
+      ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
+      if (job.state() == v1::PAUSED) {
+        RETURN_IF_ERROR(stores_.jobs->Transition(tenant, id, JobState::kQueued, why).status());
+        job.set_state(v1::QUEUED);
+      }
+      if (job.state() == v1::QUEUED) {
+        RETURN_IF_ERROR(stores_.jobs->Transition(tenant, id, JobState::kRunning, why).status());
+      }
+      return stores_.jobs->Transition(tenant, id, JobState::kSucceeded, why, [&](v1::Job& j) {
+        j.set_adapter_id(adapter->id());
+        j.set_eta_seconds(0);
+      });
+    }();
+    if (succeeded.ok()) {
+      (void)stores_.checkpoints->Delete(tenant, id);
+      JobEnded(id, "succeeded");
+    } else {
+      std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                   std::string(succeeded.status().message()).c_str());
+    }
+    Notify();
+    return succeeded;
+  }
   auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled, reason,
                                         [](v1::Job& j) { j.set_eta_seconds(0); });
   if (!moved.ok()) {
@@ -1655,11 +1704,16 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return {};
   }
   a->job = *job;
-  // Cancelled meanwhile. RUNNING only for a job that found its adapter stored (below) and could
-  // not record its success: it was sent back here to try again.
-  const bool finishing = a->job.state() == v1::RUNNING && q.finishing;
+  // A crash between storing the adapter and recording success leaves the adapter: finish. Not
+  // knowing whether it did, the job does not train again (a second adapter).
+  auto stored = StoredAdapterOf(q.tenant, q.id);
+  const bool adapter_stored = stored.ok() && stored->has_value();
+  // Cancelled meanwhile. RUNNING only for a job whose adapter is stored and whose success could
+  // not be recorded (here, or by a cancel that came too late): sent back here to try again.
+  const bool finishing = a->job.state() == v1::RUNNING && (q.finishing || adapter_stored);
   if (a->job.state() != v1::QUEUED && !finishing) return {};
-  if (a->cancel->load() && !finishing) {  // cancelled between admission and now: no setup
+  // Cancelled between admission and now: no setup. (With its adapter stored, too late: below.)
+  if (a->cancel->load() && !adapter_stored) {
     ReleaseQuota(w, q.tenant);
     auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
     // Not recorded: its flag stays set and the next try ends it (unless it ended meanwhile).
@@ -1669,15 +1723,12 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     }
     return {nullptr, /*queued_again=*/false, kCountReleased};
   }
-  // A crash between storing the adapter and recording success leaves the adapter: finish. Not
-  // knowing whether it did, the job does not train again (a second adapter).
-  auto adapters = stores_.adapters->List(q.tenant);
-  if (!adapters.ok()) {
-    if (auto handled = store_failed(adapters.status())) return std::move(*handled);
-    return fail(adapters.status(), "", false);
+  if (!stored.ok()) {
+    if (auto handled = store_failed(stored.status())) return std::move(*handled);
+    return fail(stored.status(), "", false);
   }
-  for (const v1::Adapter& ad : *adapters) {
-    if (ad.job_id() != q.id) continue;
+  if (adapter_stored) {
+    const v1::Adapter& ad = **stored;
     ReleaseQuota(w, q.tenant);
     if (!finishing) {
       auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,

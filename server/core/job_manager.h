@@ -310,9 +310,13 @@ class JobManager {
   void Release(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   void ReleaseLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A job cancelled where no worker steps it (queued, starting, sent back from a lost device):
-  // recorded as such, its checkpoint (a resumed job's) gone, the metrics told.
+  // recorded as such, its checkpoint (a resumed job's) gone, the metrics told. A job whose
+  // adapter is stored ends SUCCEEDED with it instead: the cancel came too late.
   absl::StatusOr<v1::Job> EndCancelled(const std::string& tenant, const std::string& id,
                                        const std::string& reason);
+  // The adapter the job stored (its success perhaps not recorded yet), if any.
+  absl::StatusOr<std::optional<v1::Adapter>> StoredAdapterOf(const std::string& tenant,
+                                                             const std::string& id);
   // Queue positions and a running job's live progress, which the stored record lags behind.
   v1::Job WithLiveFields(v1::Job job) const ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyLiveFields(std::vector<v1::Job>& jobs) const ABSL_LOCKS_EXCLUDED(mu_);

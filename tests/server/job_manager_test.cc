@@ -224,6 +224,9 @@ class JobManagerTest : public ::testing::Test {
   }
   // A 3-step job on a fresh one-job manager, once it warned (a write of how it ended refused).
   void StartAJobUntilItWarns(std::optional<v1::Job>* job);
+  // A 3-step job whose SUCCEEDED record the store refuses, stopped with its adapter stored (its
+  // id in `stored`); the store takes every write again after the stop.
+  void StopWithItsSuccessUnrecorded(std::optional<v1::Job>* job, std::string* stored);
 
   // CreateJob's second write (VALIDATING to QUEUED) fails once, as on a full disk.
   void RefuseTheFirstQueuedWrite() {
@@ -652,6 +655,18 @@ void JobManagerTest::StartAJobUntilItWarns(std::optional<v1::Job>* job) {
   ASSERT_FALSE(Warnings(*jobs_, "a", created->id()).empty());
 }
 
+void JobManagerTest::StopWithItsSuccessUnrecorded(std::optional<v1::Job>* job,
+                                                  std::string* stored) {
+  RefuseFirst(
+      INT_MAX, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::SUCCEEDED); },
+      absl::UnavailableError("injected: no space left"));
+  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(job));
+  ASSERT_EQ(adapters_->List("a")->size(), 1u);
+  *stored = adapters_->List("a")->front().id();
+  manager_->Shutdown();
+  SetWriteFault(nullptr);
+}
+
 // The state changes recorded for a job, as "FROM->TO: reason" lines.
 std::vector<std::string> StateChanges(JobStore& jobs, const std::string& tenant,
                                       const std::string& id) {
@@ -1023,15 +1038,9 @@ TEST_F(JobManagerTest, ASuccessThatCannotBeRecordedYetIsRecordedLater) {
 // Stopped while its SUCCEEDED record waits, the job keeps a checkpoint; after the restart it
 // finds the adapter it stored and records it, rather than storing a second.
 TEST_F(JobManagerTest, ASuccessUnrecordedAtAStopIsRecordedAfterTheRestartWithItsAdapter) {
-  RefuseFirst(
-      INT_MAX, [](const storage::WriteSet& w) { return MovesAJobTo(w, v1::SUCCEEDED); },
-      absl::UnavailableError("injected: no space left"));
   std::optional<v1::Job> job;
-  ASSERT_NO_FATAL_FAILURE(StartAJobUntilItWarns(&job));
-  ASSERT_EQ(adapters_->List("a")->size(), 1u);
-  const std::string stored = adapters_->List("a")->front().id();
-  manager_->Shutdown();
-  SetWriteFault(nullptr);
+  std::string stored;
+  ASSERT_NO_FATAL_FAILURE(StopWithItsSuccessUnrecorded(&job, &stored));
   StartManager(Options("cpu:0", 0, 1));
   const v1::Job done = WaitFor("a", job->id(), HasEnded);
   EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
@@ -1040,6 +1049,30 @@ TEST_F(JobManagerTest, ASuccessUnrecordedAtAStopIsRecordedAfterTheRestartWithIts
       AnyContains(StateChanges(*jobs_, "a", job->id()), "its adapter was stored before a restart"));
   EXPECT_EQ(adapters_->List("a")->size(), 1u);
   EXPECT_EQ(manager_->ActiveJobs("a"), 0);
+}
+
+// A cancel that finds the job's adapter stored comes too late: here the job's success could not
+// be recorded before the stop, so it is QUEUED in the store with its adapter, and a cancel
+// (one that reached the stopped daemon, or the queue after a restart) ends it SUCCEEDED with
+// that adapter. It used to end it CANCELLED beside an adapter whose job never finished.
+TEST_F(JobManagerTest, ACancelAfterTheAdapterWasStoredEndsTheJobSucceededWithIt) {
+  std::optional<v1::Job> job;
+  std::string stored;
+  ASSERT_NO_FATAL_FAILURE(StopWithItsSuccessUnrecorded(&job, &stored));
+  ASSERT_EQ(manager_->GetJob("a", job->id())->state(), v1::QUEUED);
+  auto cancelled = manager_->CancelJob("a", job->id(), absl::Seconds(1));
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), v1::SUCCEEDED);
+  EXPECT_EQ(cancelled->adapter_id(), stored);
+  EXPECT_TRUE(AnyContains(StateChanges(*jobs_, "a", job->id()),
+                          "RUNNING->SUCCEEDED: the cancel came after its adapter was stored"));
+  EXPECT_EQ(adapters_->List("a")->size(), 1u);
+  EXPECT_TRUE(checkpoints_->List()->empty());
+  // A job without an adapter is still cancelled.
+  StartManager(Options("cpu:0", 0, 1));
+  auto other = manager_->CreateJob(T("a"), Request("a", 100000));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(manager_->CancelJob("a", other->id())->state(), v1::CANCELLED);
 }
 
 // A cancel of a trained job waiting for its adapter's store ends the wait at once, not at the
