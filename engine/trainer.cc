@@ -164,7 +164,7 @@ MicroBatch GatherRows(const std::vector<TrainingRow>& rows, const std::vector<in
   return b;
 }
 
-absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& rows) {
+absl::StatusOr<double> Trainer::Evaluate(const std::vector<TrainingRow>& rows, bool* cut) {
   if (rows.empty()) return absl::FailedPreconditionError("no validation rows");
   for (const TrainingRow& r : rows) {  // GatherRows pads each to the first's length
     if (r.length() != rows[0].length()) {
@@ -175,6 +175,11 @@ absl::StatusOr<double> Trainer::EvaluateLoss(const std::vector<TrainingRow>& row
   int64_t targets = 0;
   for (int64_t begin = 0; begin < static_cast<int64_t>(rows.size()); begin += options_.batch_size) {
     const int64_t end = std::min<int64_t>(rows.size(), begin + options_.batch_size);
+    if (cut != nullptr && interrupt_ && interrupt_()) {
+      RETURN_IF_ERROR(device_->TakeError());  // its batches' failures are this job's
+      *cut = true;
+      return absl::AbortedError(absl::StrCat("the evaluation after step ", step_, " interrupted"));
+    }
     const MicroBatch b = GatherRows(rows, {}, begin, end);
     ASSIGN_OR_RETURN(double l, graph_->Loss(b, d_params_->data()));
     loss += l;
@@ -298,10 +303,22 @@ absl::Status Trainer::PageOutOptimizer() {
 }
 
 absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
-  if (valid_.empty()) return absl::OkStatus();
+  if (valid_.empty()) {  // nothing to evaluate (a pending mark of a checkpoint included)
+    eval_pending_ = false;
+    return absl::OkStatus();
+  }
   const bool due = options_.eval_every > 0 && step_ % options_.eval_every == 0;
   if (!due && !force) return absl::OkStatus();
-  ASSIGN_OR_RETURN(double loss, EvaluateLoss(valid_));
+  bool cut = false;
+  absl::StatusOr<double> evaluated = Evaluate(valid_, &cut);
+  if (cut) {
+    eval_pending_ = true;
+    pending_report_ = *report;
+    pending_report_.tokens = 0;
+    pending_report_.repeated = true;
+  }
+  ASSIGN_OR_RETURN(double loss, evaluated);
+  eval_pending_ = false;
   report->eval_loss = loss;
   last_eval_ = loss;
   if (!best_eval_ || loss < *best_eval_) {
@@ -326,10 +343,21 @@ absl::Status Trainer::MaybeEvaluate(StepReport* report, bool force) {
 
 absl::Status Trainer::RunUntil(int64_t last,
                                const std::function<bool(const StepReport&)>& on_step) {
+  if (eval_pending_) {  // cut from the last step: done before anything else
+    StepReport r = pending_report_;
+    RETURN_IF_ERROR(MaybeEvaluate(&r, /*force=*/true));
+    if (on_step && !on_step(r))
+      return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
+  }
   last = std::min(last, total_steps_);
   while (step_ < last && !stopped_early_) {
     ASSIGN_OR_RETURN(StepReport r, Step());
-    RETURN_IF_ERROR(MaybeEvaluate(&r, step_ == total_steps_));
+    const absl::Status evaluated = MaybeEvaluate(&r, step_ == total_steps_);
+    if (eval_pending_) {  // cut by the interrupt: the step stands and is reported without it
+      if (on_step) on_step(r);
+      return evaluated;
+    }
+    RETURN_IF_ERROR(evaluated);
     if (on_step && !on_step(r))
       return absl::CancelledError(absl::StrCat("cancelled after step ", step_));
   }

@@ -73,6 +73,9 @@ struct StepReport {
   double tokens_per_second = 0.0;
   double eta_seconds = 0.0;
   std::optional<double> eval_loss;
+  // The report of a step already reported, given again with the evaluation that an interrupt
+  // cut from it: no new step (tokens 0).
+  bool repeated = false;
 };
 
 // Rows [begin, end) of `order` (of `rows` themselves where `order` is empty) as a micro-batch,
@@ -99,8 +102,13 @@ class Trainer {
   absl::Status RunUntil(int64_t step, const std::function<bool(const StepReport&)>& on_step = {});
   // Asked before each micro-batch of a step: once true, the step ends unapplied (ABORTED) and
   // the trainer is as before it, so that a stop or a cancel does not wait out a long step (many
-  // micro-batches of a large model). Evaluations are not interrupted.
+  // micro-batches of a large model). Asked too before each batch of the evaluation that follows
+  // a step (up to 8M validation tokens): once true, RunUntil reports the step without its
+  // evaluation and returns ABORTED, the step kept; the evaluation is then pending
+  // (evaluation_pending(), kept in checkpoints) and the next RunUntil or Run does it first, so
+  // that the run goes on as one never interrupted.
   void set_interrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
+  bool evaluation_pending() const { return eval_pending_; }
 
   // Directory: the PEFT adapter plus optimizer.safetensors and trainer_state.json.
   absl::Status SaveCheckpoint(const std::string& dir) const;
@@ -111,8 +119,10 @@ class Trainer {
   // only its adapter on the card. No-op otherwise. An error is the device's (TakeError).
   absl::Status PageOutOptimizer();
 
-  // Mean validation loss per target token (no dropout).
-  absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows);
+  // Mean validation loss per target token (no dropout). Never interrupted.
+  absl::StatusOr<double> EvaluateLoss(const std::vector<TrainingRow>& rows) {
+    return Evaluate(rows, /*cut=*/nullptr);
+  }
 
   // The adapter's current parameters (a host copy), in layout() order; an error where the
   // device failed (Device::TakeError), so that a lost device's values are never stored.
@@ -148,6 +158,11 @@ class Trainer {
   absl::StatusOr<StepReport> Step();
   // The seeded row permutation of `epoch`, computed once per epoch (not per step).
   const std::vector<int64_t>& EpochOrder(int64_t epoch);
+  // EvaluateLoss; with `cut` (not null), ABORTED once the interrupt says so (asked before each
+  // batch), *cut then true.
+  absl::StatusOr<double> Evaluate(const std::vector<TrainingRow>& rows, bool* cut);
+  // The evaluation due after the step `report` tells of (every eval_every steps, or `force`):
+  // its loss into the report. Cut by the interrupt: ABORTED, and pending (below).
   absl::Status MaybeEvaluate(StepReport* report, bool force);
   bool kept_best() const { return options_.early_stopping_patience > 0 && !best_params_.empty(); }
 
@@ -172,6 +187,10 @@ class Trainer {
   int64_t best_step_ = 0;
   int64_t evals_without_improvement_ = 0;
   bool stopped_early_ = false;
+  // An evaluation cut by the interrupt, and the report of the step it follows (given again,
+  // with its loss, once done).
+  bool eval_pending_ = false;
+  StepReport pending_report_;
   double seconds_ = 0.0;
   int64_t timed_steps_ = 0;
 };

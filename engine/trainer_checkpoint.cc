@@ -80,7 +80,7 @@ absl::StatusOr<uint64_t> Trainer::CheckpointSeed(const std::string& dir) {
 
 absl::Status Trainer::Run(const std::function<bool(const StepReport&)>& on_step,
                           int64_t checkpoint_every, const std::string& checkpoint_dir) {
-  while (step_ < total_steps_ && !stopped_early_) {
+  while ((step_ < total_steps_ && !stopped_early_) || eval_pending_) {
     RETURN_IF_ERROR(RunUntil(step_ + 1, on_step));
     if (checkpoint_every > 0 && !checkpoint_dir.empty() && step_ % checkpoint_every == 0) {
       RETURN_IF_ERROR(SaveCheckpoint(checkpoint_dir));
@@ -142,6 +142,13 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) const {
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
   if (last_eval_) state["last_eval_loss"] = *last_eval_;
   state["best_step"] = best_step_;
+  if (eval_pending_) {  // the report of the step it follows, given again once it is done
+    state["evaluation_pending"] = true;
+    state["pending_step"] = {{"epoch", pending_report_.epoch},
+                             {"loss", pending_report_.loss},
+                             {"learning_rate", pending_report_.learning_rate},
+                             {"grad_norm", pending_report_.grad_norm}};
+  }
   RETURN_IF_ERROR(
       WriteStringToFile((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n"));
   const std::string old = dir + ".old";
@@ -183,6 +190,23 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   RETURN_IF_ERROR(f.Int("evals_without_improvement", false, &evals_without_improvement));
   RETURN_IF_ERROR(f.Int("best_step", false, &best_step));
   RETURN_IF_ERROR(f.Flag("stopped_early", &stopped_early));
+  bool evaluation_pending = false;
+  RETURN_IF_ERROR(f.Flag("evaluation_pending", &evaluation_pending));
+  StepReport pending;
+  if (evaluation_pending) {
+    if (!st.contains("pending_step") || !st["pending_step"].is_object()) {
+      return f.Error("pending_step", "must be an object beside evaluation_pending");
+    }
+    const JsonFields p(st["pending_step"], path, "pending_step.");
+    RETURN_IF_ERROR(p.Int("epoch", true, &pending.epoch));
+    if (pending.epoch < 0) return p.Error("epoch", "must not be negative");
+    RETURN_IF_ERROR(p.Real("loss", true, &pending.loss));
+    RETURN_IF_ERROR(p.Real("learning_rate", true, &pending.learning_rate));
+    RETURN_IF_ERROR(p.Real("grad_norm", true, &pending.grad_norm));
+    pending.step = step;
+    pending.total_steps = total_steps;
+    pending.repeated = true;
+  }
   std::optional<double> losses[4];
   const char* loss_keys[4] = {"loss_ema", "min_loss_ema", "best_eval_loss", "last_eval_loss"};
   for (int i = 0; i < 4; ++i) {
@@ -245,6 +269,8 @@ absl::Status Trainer::LoadCheckpoint(const std::string& dir) {
   best_eval_ = losses[2];
   last_eval_ = losses[3];
   best_step_ = best_step;
+  eval_pending_ = evaluation_pending;
+  pending_report_ = pending;
   return absl::OkStatus();
 }
 

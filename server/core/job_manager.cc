@@ -1940,22 +1940,28 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   StepReport report;
   bool stepped = false;
   const auto started = std::chrono::steady_clock::now();
-  absl::Status s = a.trainer->RunUntil(a.trainer->step() + 1, [&](const StepReport& r) {
+  // One report a call: an evaluation an interrupt cut from the last step is done on its own.
+  const int64_t until = a.trainer->step() + (a.trainer->evaluation_pending() ? 0 : 1);
+  absl::Status s = a.trainer->RunUntil(until, [&](const StepReport& r) {
     report = r;
     stepped = true;
     return true;
   });
   const double step_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (absl::IsAborted(s) && a.interrupted->exchange(false)) {
-    // Interrupted (set_interrupt): the trainer is as after its last step. A pause withdrawn
-    // since trains on, the step done again from the start.
+  // Interrupted (set_interrupt): in a step, the trainer is as after its last step; in the
+  // evaluation after one, that step stands (reported below) and its evaluation is pending.
+  const bool cut = absl::IsAborted(s) && a.interrupted->exchange(false);
+  // Either way a cancel ends the job; a pause pauses it; a pause withdrawn since trains on (the
+  // step done again from the start, or the evaluation first).
+  const auto after_cut = [&] {
     if (a.cancel->load()) return StepOutcome::kCancelled;
     return a.pause->load() && !stop_requested_.load() ? StepOutcome::kPaused
                                                       : StepOutcome::kContinue;
-  }
-  a.interrupted->store(false);  // asked after the step's last micro-batch: nothing was cut
-  if (!s.ok()) {
+  };
+  if (cut && !stepped) return after_cut();
+  if (!cut) a.interrupted->store(false);  // asked after the step's last micro-batch: nothing cut
+  if (!s.ok() && !cut) {
     // A failure that left the device lost is the device's, whatever the step reported (an
     // allocation refused by a faulted card reads as out of memory).
     a.failure = s;
@@ -1968,11 +1974,12 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     }
     return StepOutcome::kFailed;
   }
-  const bool done = a.trainer->step() >= a.trainer->total_steps() || a.trainer->stopped_early();
+  const bool done = !cut && !a.trainer->evaluation_pending() &&
+                    (a.trainer->step() >= a.trainer->total_steps() || a.trainer->stopped_early());
   if (stepped && stores_.metrics != nullptr) {
     metrics::Registry& m = *stores_.metrics;
     m.Add(metrics::kTrainedTokens, {w->name}, static_cast<double>(report.tokens));
-    m.Observe(metrics::kStepDuration, {w->name}, step_seconds);
+    if (!report.repeated) m.Observe(metrics::kStepDuration, {w->name}, step_seconds);
     m.Set(metrics::kJobLoss, {a.job.id()}, report.loss);
     m.Set(metrics::kJobProgress, {a.job.id()},
           report.total_steps > 0 ? static_cast<double>(report.step) / report.total_steps : 0.0);
@@ -1983,7 +1990,8 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
     // ETA and speed as the job sees them: from its steps' wall-clock pace on this device (the
     // other jobs' turns, evaluations and checkpoints included), once there is a pace to go by.
     const auto end = std::chrono::steady_clock::now();
-    if (a.last_step_end != std::chrono::steady_clock::time_point{}) {
+    // (A step reported again with its evaluation is no step: the pace waits for the next.)
+    if (a.last_step_end != std::chrono::steady_clock::time_point{} && !report.repeated) {
       const double wall = std::chrono::duration<double>(end - a.last_step_end).count();
       a.seconds_per_step =
           std::max(a.seconds_per_step == 0.0 ? wall : 0.9 * a.seconds_per_step + 0.1 * wall, 1e-9);
@@ -1992,7 +2000,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       report.tokens_per_second = static_cast<double>(report.tokens) / a.seconds_per_step;
     }
     a.last_step_end = end;
-    {
+    if (!report.repeated) {
       absl::MutexLock lock(&mu_);
       live_[a.job.id()] =
           Live{report.step, report.total_steps, a.tokens, report.loss, report.eta_seconds};
@@ -2017,15 +2025,18 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       auto record = [&](const std::function<void(v1::Job&)>& update, const v1::JobEvent& e) {
         return stores_.jobs->Record(a.job.tenant(), a.job.id(), update, e).status();
       };
-      absl::Status recorded = record(
-          [&](v1::Job& j) {
-            j.set_steps_completed(report.step);
-            j.set_total_steps(report.total_steps);
-            j.set_tokens_trained(tokens);
-            j.set_last_loss(report.loss);
-            j.set_eta_seconds(report.eta_seconds);
-          },
-          event);
+      absl::Status recorded;
+      if (!report.repeated) {  // a step reported again with its evaluation: only that is new
+        recorded = record(
+            [&](v1::Job& j) {
+              j.set_steps_completed(report.step);
+              j.set_total_steps(report.total_steps);
+              j.set_tokens_trained(tokens);
+              j.set_last_loss(report.loss);
+              j.set_eta_seconds(report.eta_seconds);
+            },
+            event);
+      }
       if (report.eval_loss) {  // stored on its own: a failed progress record loses no eval
         v1::JobEvent eval;
         eval.mutable_eval()->set_step(report.step);
@@ -2049,6 +2060,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       Notify();
     }
   }
+  if (cut) return after_cut();
   if (done) {
     // The adapter is read here, where a lost device can still send the job elsewhere.
     absl::StatusOr<std::vector<float>> params = a.trainer->ReadParams();

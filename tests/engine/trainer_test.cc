@@ -189,6 +189,70 @@ TEST_F(TrainerTest, AnInterruptedStepLeavesNoTrace) {
   EXPECT_EQ(t->params(), straight->params());
 }
 
+// An evaluation cut by the interrupt (a stop, a pause, a cancel during up to 8M validation
+// tokens) keeps the step before it: RunUntil reports that step without its evaluation and
+// returns ABORTED, and the evaluation is pending, kept in a checkpoint. The next run does it
+// first, reporting the step again with the same loss, and goes on to the same adapter and the
+// same evaluations as a run never interrupted.
+TEST_F(TrainerTest, AnEvaluationCutByTheInterruptIsDoneFirstWhenTheRunGoesOn) {
+  TrainerOptions o = Small();
+  o.max_steps = 4;
+  o.eval_every = 2;
+  struct Seen {
+    int64_t step;
+    std::optional<double> eval;
+    bool repeated;
+  };
+  auto record = [](std::vector<Seen>* seen) {
+    return [seen](const StepReport& r) {
+      seen->push_back({r.step, r.eval_loss, r.repeated});
+      return true;
+    };
+  };
+  std::vector<Seen> straight_seen;
+  auto straight = Make(o, Rows(), ValidRows());
+  ASSERT_TRUE(straight->Run(record(&straight_seen)).ok());
+  ASSERT_EQ(straight_seen.size(), 4u);
+  ASSERT_TRUE(straight_seen[1].eval.has_value());
+
+  for (const bool through_a_checkpoint : {false, true}) {
+    SCOPED_TRACE(through_a_checkpoint ? "through a checkpoint" : "on the same trainer");
+    auto t = Make(o, Rows(), ValidRows());
+    int asked = 0;
+    // Steps 1 and 2 ask twice each (two micro-batches); the 5th asks before step 2's
+    // evaluation's first batch.
+    t->set_interrupt([&] { return ++asked == 5; });
+    std::vector<Seen> seen;
+    const absl::Status s = t->RunUntil(4, record(&seen));
+    EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+    EXPECT_EQ(t->step(), 2);
+    EXPECT_TRUE(t->evaluation_pending());
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[1].step, 2);
+    EXPECT_FALSE(seen[1].eval.has_value());
+    t->set_interrupt(nullptr);
+    if (through_a_checkpoint) {
+      const std::string dir = TempDir("cut-evaluation") + "/ckpt";
+      ASSERT_TRUE(t->SaveCheckpoint(dir).ok());
+      t = Make(o, Rows(), ValidRows());
+      ASSERT_TRUE(t->LoadCheckpoint(dir).ok());
+      EXPECT_TRUE(t->evaluation_pending());
+      EXPECT_EQ(t->step(), 2);
+    }
+    seen.clear();
+    ASSERT_TRUE(t->Run(record(&seen)).ok());
+    ASSERT_EQ(seen.size(), 3u);  // step 2 again, with its evaluation; then steps 3 and 4
+    EXPECT_EQ(seen[0].step, 2);
+    EXPECT_TRUE(seen[0].repeated);
+    ASSERT_TRUE(seen[0].eval.has_value());
+    EXPECT_EQ(*seen[0].eval, *straight_seen[1].eval);
+    EXPECT_FALSE(seen[1].repeated);
+    EXPECT_EQ(seen[2].eval, straight_seen[3].eval);
+    EXPECT_FALSE(t->evaluation_pending());
+    EXPECT_EQ(t->params(), straight->params());
+  }
+}
+
 // A damaged trainer_state.json (a field of the wrong type, a step past the end) is an error that
 // names the field, never an exception, and leaves the trainer as it was.
 TEST_F(TrainerTest, ADamagedCheckpointIsRefusedNamingTheField) {
@@ -207,7 +271,15 @@ TEST_F(TrainerTest, ADamagedCheckpointIsRefusedNamingTheField) {
         Case{"\"step\": 2", "\"step\": 21", "'step'"},
         Case{"\"num_params\": ", "\"num_params\": [], \"x\": ", "'num_params'"},
         Case{"\"seed\": 17", "\"seed\": -17", "'seed'"},
-        Case{"\"stopped_early\": false", "\"stopped_early\": 0", "'stopped_early'"}}) {
+        Case{"\"stopped_early\": false", "\"stopped_early\": 0", "'stopped_early'"},
+        Case{"\"stopped_early\": false", "\"stopped_early\": false, \"evaluation_pending\": 1",
+             "'evaluation_pending'"},
+        Case{"\"stopped_early\": false", "\"stopped_early\": false, \"evaluation_pending\": true",
+             "'pending_step'"},
+        Case{"\"stopped_early\": false",
+             "\"stopped_early\": false, \"evaluation_pending\": true, \"pending_step\": "
+             "{\"epoch\": -1, \"loss\": 1, \"learning_rate\": 0, \"grad_norm\": 0}",
+             "'pending_step.epoch'"}}) {
     std::string damaged = *state;
     const size_t at = damaged.find(c.from);
     ASSERT_NE(at, std::string::npos) << c.from << " in " << damaged;

@@ -745,6 +745,67 @@ TEST_F(JobManagerTest, APausedJobResumesToTheAdapterOfAnUninterruptedRun) {
   EXPECT_EQ(done.tokens_trained(), twin_done.tokens_trained());
 }
 
+// The evaluations of a job, as (step, loss) pairs in the order recorded.
+std::vector<std::pair<int64_t, double>> Evaluations(JobStore& jobs, const std::string& tenant,
+                                                    const std::string& id) {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const v1::JobEvent& e : EventsOf(jobs, tenant, id)) {
+    if (e.has_eval()) out.emplace_back(e.eval().step(), e.eval().loss());
+  }
+  return out;
+}
+
+// A pause during an evaluation (here most of each step's time: the facts evaluated after every
+// one-batch step) cuts it: the job pauses at once, its step kept and its evaluation pending in
+// the checkpoint. Resumed, it evaluates first and ends with the adapter and the evaluations of
+// an uninterrupted run, each step evaluated once.
+TEST_F(JobManagerTest, APauseDuringAnEvaluationResumesToTheRunNeverPaused) {
+  JobManagerOptions o = Options("cpu:0");
+  o.checkpoint_every = 1000;  // the pause's checkpoint is the only one
+  StartManager(o);
+  constexpr int kSteps = 30;
+  v1::CreateJobRequest req = Request("a", kSteps);
+  req.set_validation_dataset(dataset_["a"]);
+  req.mutable_hyperparameters()->set_eval_every(1);
+  req.mutable_hyperparameters()->set_seed(11);
+  auto job = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string id = job->id();
+  // Paused and resumed until a pause lands in an evaluation, seen as its step having none yet
+  // (a pause that waited for the evaluation, as before, never shows that).
+  bool cut = false;
+  for (int tries = 0; tries < 6 && !cut; ++tries) {
+    const int64_t from = manager_->GetJob("a", id)->steps_completed();
+    WaitFor("a", id, [&](const v1::Job& j) { return j.steps_completed() > from; });
+    auto paused = manager_->PauseJob("a", id);
+    ASSERT_TRUE(paused.ok()) << paused.status();
+    ASSERT_EQ(paused->state(), v1::PAUSED);
+    ASSERT_LT(paused->steps_completed(), kSteps);
+    cut = true;
+    for (const auto& [step, loss] : Evaluations(*jobs_, "a", id)) {
+      if (step == paused->steps_completed()) cut = false;
+    }
+    auto resumed = manager_->ResumeJob(T("a"), id);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+  }
+  EXPECT_TRUE(cut) << "no pause of six came during an evaluation";
+  const v1::Job done = WaitFor("a", id, HasEnded);
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error().message();
+  auto twin = manager_->CreateJob(T("a"), req);
+  ASSERT_TRUE(twin.ok()) << twin.status();
+  const v1::Job twin_done = WaitFor("a", twin->id(), HasEnded);
+  ASSERT_EQ(twin_done.state(), v1::SUCCEEDED);
+  const auto evaluations = Evaluations(*jobs_, "a", id);
+  EXPECT_EQ(evaluations, Evaluations(*jobs_, "a", twin->id()));
+  EXPECT_EQ(evaluations.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(done.best_eval_loss(), twin_done.best_eval_loss());
+  auto files = adapters_->Files("a", done.adapter_id());
+  auto twin_files = adapters_->Files("a", twin_done.adapter_id());
+  ASSERT_TRUE(files.ok() && twin_files.ok());
+  EXPECT_TRUE(files->at("adapter_model.safetensors") ==
+              twin_files->at("adapter_model.safetensors"));
+}
+
 // A queued job is paused at once and leaves the queue. A paused job does not count against the
 // tenant's running jobs, is resumed only within them, and can be cancelled; a finished one can
 // be neither paused nor resumed.
