@@ -288,6 +288,9 @@ class Client:
             token = page.next_page_token
 
     def cancel_job(self, id):
+        """Cancels a job and returns it: CANCELLED, or still RUNNING where the call's wait for a
+        running one to stop ran out (it stops all the same). A job that had already stored its
+        adapter is not cancelled: it comes back SUCCEEDED with that adapter."""
         return self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=id))
 
     def pause_job(self, id):
