@@ -137,6 +137,7 @@ if [ $status -eq 0 ]; then
   gpu=build-gpu/tests/gpu
   bench 60 $gpu/nf4_dequant_gpu_bench
   bench 60 $gpu/flash_attention_gpu_bench
+  bench 60 $gpu/lora_kernels_gpu_bench
   if [ -x $gpu/train_step_gpu_bench ]; then
     # The whole 7B shape, ours (bf16 activations) and PyTorch + PEFT in bf16, each with and
     # without gradient checkpointing; ours with float32 activations; one decoder layer; then
