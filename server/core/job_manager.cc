@@ -1417,23 +1417,14 @@ absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, cons
   }
   const std::optional<v1::Adapter> adapter = found.ok() ? *found : std::nullopt;
   if (adapter) {
-    // Left part way (a full disk): RUNNING in the store with its adapter, which the next start
-    // (a flag left set, the queue, or a restart) finishes the same way.
-    auto succeeded = [&]() -> absl::StatusOr<v1::Job> {
-      const std::string why = "the cancel came after its adapter was stored";
-      ASSIGN_OR_RETURN(v1::Job job, stores_.jobs->Get(tenant, id));
-      if (job.state() == v1::PAUSED) {
-        RETURN_IF_ERROR(stores_.jobs->Transition(tenant, id, JobState::kQueued, why).status());
-        job.set_state(v1::QUEUED);
-      }
-      if (job.state() == v1::QUEUED) {
-        RETURN_IF_ERROR(stores_.jobs->Transition(tenant, id, JobState::kRunning, why).status());
-      }
-      return stores_.jobs->Transition(tenant, id, JobState::kSucceeded, why, [&](v1::Job& j) {
-        j.set_adapter_id(adapter->id());
-        j.set_eta_seconds(0);
-      });
-    }();
+    // Through QUEUED and RUNNING as the state machine has it, in one write: a refused write
+    // leaves the job as it was, for the cancel to be asked again (or its next start to finish it).
+    auto succeeded = stores_.jobs->TransitionAlong(
+        tenant, id, {JobState::kQueued, JobState::kRunning, JobState::kSucceeded},
+        "the cancel came after its adapter was stored", [&](v1::Job& j) {
+          j.set_adapter_id(adapter->id());
+          j.set_eta_seconds(0);
+        });
     if (succeeded.ok()) {
       (void)stores_.checkpoints->Delete(tenant, id);
       JobEnded(id, "succeeded");
@@ -1707,13 +1698,19 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
   // A crash between storing the adapter and recording success leaves the adapter: finish. Not
   // knowing whether it did, the job does not train again (a second adapter).
   auto stored = StoredAdapterOf(q.tenant, q.id);
+  // RUNNING in the store here only while its success waits to be recorded: what decides that
+  // cannot be read, so the start is tried again (or fails), never dropped.
+  if (a->job.state() == v1::RUNNING && !stored.ok()) {
+    if (auto handled = store_failed(stored.status())) return std::move(*handled);
+    return fail(stored.status(), "", false);
+  }
   const bool adapter_stored = stored.ok() && stored->has_value();
   // Cancelled meanwhile. RUNNING only for a job whose adapter is stored and whose success could
   // not be recorded (here, or by a cancel that came too late): sent back here to try again.
   const bool finishing = a->job.state() == v1::RUNNING && (q.finishing || adapter_stored);
   if (a->job.state() != v1::QUEUED && !finishing) return {};
   // Cancelled between admission and now: no setup. (With its adapter stored, too late: below.)
-  if (a->cancel->load() && !adapter_stored) {
+  if (a->cancel->load() && !adapter_stored && !finishing) {
     ReleaseQuota(w, q.tenant);
     auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
     // Not recorded: its flag stays set and the next try ends it (unless it ended meanwhile).

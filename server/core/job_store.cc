@@ -1,6 +1,8 @@
 #include "server/core/job_store.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -170,24 +172,58 @@ absl::StatusOr<v1::Job> JobStore::Get(const std::string& tenant, const std::stri
 
 absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::string& id,
                                         const std::function<absl::Status(v1::Job&)>& change,
-                                        v1::JobEvent* event) {
+                                        std::vector<v1::JobEvent>* events) {
   ASSIGN_OR_RETURN(v1::Job job, Get(tenant, id));
   const v1::JobState before = job.state();
   RETURN_IF_ERROR(change(job));
   ASSIGN_OR_RETURN(int64_t seq, LastSequence(tenant, id));
-  ++seq;
-  event->set_sequence(seq);
-  *event->mutable_time() = NowTimestamp();
   ASSIGN_OR_RETURN(std::string key, StoreKey({tenant, id}));
-  ASSIGN_OR_RETURN(std::string event_key, StoreKey({tenant, id, storage::SequenceKeyPart(seq)}));
   ASSIGN_OR_RETURN(std::string seq_key, StoreKey({"jobseq", tenant, id}));
   WriteSet w;
   w.Put(Family::kJobs, key, job.SerializeAsString());
-  w.Put(Family::kEvents, event_key, event->SerializeAsString());
+  const google::protobuf::Timestamp now = NowTimestamp();
+  for (v1::JobEvent& event : *events) {
+    ++seq;
+    event.set_sequence(seq);
+    *event.mutable_time() = now;
+    ASSIGN_OR_RETURN(std::string event_key, StoreKey({tenant, id, storage::SequenceKeyPart(seq)}));
+    w.Put(Family::kEvents, event_key, event.SerializeAsString());
+  }
   w.Put(Family::kMeta, seq_key, absl::StrCat(seq));
   RETURN_IF_ERROR(db_->Write(w));
   Recount(tenant, before, job.state());
   return job;
+}
+
+absl::StatusOr<v1::Job> JobStore::Apply(const std::string& tenant, const std::string& id,
+                                        const std::function<absl::Status(v1::Job&)>& change,
+                                        v1::JobEvent* event) {
+  std::vector<v1::JobEvent> events(1);
+  auto job = Apply(
+      tenant, id,
+      [&](v1::Job& j) -> absl::Status {
+        RETURN_IF_ERROR(change(j));
+        events[0] = *event;  // as `change` left it
+        return absl::OkStatus();
+      },
+      &events);
+  if (job.ok()) *event = std::move(events[0]);
+  return job;
+}
+
+absl::Status JobStore::MoveTo(v1::Job& job, JobState to, const std::string& reason,
+                              v1::JobEvent* event) {
+  const JobState from = static_cast<JobState>(static_cast<int>(job.state()));
+  RETURN_IF_ERROR(CheckTransition(from, to));
+  v1::StateChange* change = event->mutable_state_change();
+  change->set_from(job.state());
+  change->set_to(static_cast<v1::JobState>(static_cast<int>(to)));
+  change->set_reason(reason);
+  job.set_state(static_cast<v1::JobState>(static_cast<int>(to)));
+  // A resumed job keeps the time it first started.
+  if (to == JobState::kRunning && !job.has_start_time()) *job.mutable_start_time() = NowTimestamp();
+  if (IsTerminal(to)) *job.mutable_end_time() = NowTimestamp();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::Job> JobStore::Transition(const std::string& tenant, const std::string& id,
@@ -195,23 +231,39 @@ absl::StatusOr<v1::Job> JobStore::Transition(const std::string& tenant, const st
                                              const std::function<void(v1::Job&)>& mutate) {
   absl::MutexLock lock(&mu_);
   v1::JobEvent event;
-  event.mutable_state_change()->set_to(static_cast<v1::JobState>(static_cast<int>(to)));
-  event.mutable_state_change()->set_reason(reason);
   return Apply(
       tenant, id,
       [&](v1::Job& job) -> absl::Status {
-        const JobState from = static_cast<JobState>(static_cast<int>(job.state()));
-        RETURN_IF_ERROR(CheckTransition(from, to));
-        event.mutable_state_change()->set_from(job.state());
         if (mutate) mutate(job);
-        job.set_state(static_cast<v1::JobState>(static_cast<int>(to)));
-        // A resumed job keeps the time it first started.
-        if (to == JobState::kRunning && !job.has_start_time())
-          *job.mutable_start_time() = NowTimestamp();
-        if (IsTerminal(to)) *job.mutable_end_time() = NowTimestamp();
-        return absl::OkStatus();
+        return MoveTo(job, to, reason, &event);
       },
       &event);
+}
+
+absl::StatusOr<v1::Job> JobStore::TransitionAlong(const std::string& tenant, const std::string& id,
+                                                  const std::vector<JobState>& path,
+                                                  const std::string& reason,
+                                                  const std::function<void(v1::Job&)>& mutate) {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::JobEvent> events;
+  return Apply(
+      tenant, id,
+      [&](v1::Job& job) -> absl::Status {
+        const JobState now = static_cast<JobState>(static_cast<int>(job.state()));
+        auto next = std::find(path.begin(), path.end(), now);
+        next = next == path.end() ? path.begin() : next + 1;
+        if (next == path.end()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("the job is ", JobStateName(now), " already"));
+        }
+        if (mutate) mutate(job);
+        for (; next != path.end(); ++next) {
+          events.emplace_back();
+          RETURN_IF_ERROR(MoveTo(job, *next, reason, &events.back()));
+        }
+        return absl::OkStatus();
+      },
+      &events);
 }
 
 absl::StatusOr<v1::Job> JobStore::Record(const std::string& tenant, const std::string& id,

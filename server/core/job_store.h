@@ -43,6 +43,15 @@ class JobStore {
                                      const std::string& reason,
                                      const std::function<void(v1::Job&)>& mutate = {})
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Transition along `path` from where the job's state lies on it (from its start where it does
+  // not): one StateChange event an edge, every edge checked, all in one write, so that the job
+  // is never left part way (a refused write changes nothing). E.g. {QUEUED, RUNNING, SUCCEEDED}
+  // takes a PAUSED job through all three and a RUNNING one to SUCCEEDED.
+  absl::StatusOr<v1::Job> TransitionAlong(const std::string& tenant, const std::string& id,
+                                          const std::vector<JobState>& path,
+                                          const std::string& reason,
+                                          const std::function<void(v1::Job&)>& mutate = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Updates fields other than the state and appends `event` (sequence and time are filled in).
   absl::StatusOr<v1::Job> Record(const std::string& tenant, const std::string& id,
                                  const std::function<void(v1::Job&)>& mutate, v1::JobEvent event)
@@ -81,9 +90,18 @@ class JobStore {
 
  private:
   absl::StatusOr<int64_t> LastSequence(const std::string& tenant, const std::string& id) const;
+  // The record changed by `change`, and the events it fills in (each given its sequence and
+  // time here), in one write.
+  absl::StatusOr<v1::Job> Apply(const std::string& tenant, const std::string& id,
+                                const std::function<absl::Status(v1::Job&)>& change,
+                                std::vector<v1::JobEvent>* events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> Apply(const std::string& tenant, const std::string& id,
                                 const std::function<absl::Status(v1::Job&)>& change,
                                 v1::JobEvent* event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One edge of a transition: checked, its event filled in, the state (and times) set.
+  static absl::Status MoveTo(v1::Job& job, JobState to, const std::string& reason,
+                             v1::JobEvent* event);
 
   // Moves one of the tenant's jobs from `from` to `to` in the kept counts (once they are
   // counted); `from` empty: a new job, `to` empty: a deleted one.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <thread>
@@ -21,10 +22,10 @@ class JobStoreTest : public ::testing::Test {
     dir_ = ::qlorad::testing::FreshTestDir("jobstore");
     Reopen();
   }
-  void Reopen() {
+  void Reopen(const storage::KvStoreOptions& options = {}) {
     store_.reset();
     db_.reset();
-    auto db = storage::KvStore::Open(dir_);
+    auto db = storage::KvStore::Open(dir_, options);
     ASSERT_TRUE(db.ok()) << db.status();
     db_ = std::move(*db);
     store_ = std::make_unique<JobStore>(db_.get());
@@ -75,6 +76,74 @@ TEST_F(JobStoreTest, LifecycleWritesOneEventPerChangeAndSurvivesReopen) {
   ASSERT_TRUE(after.ok());
   ASSERT_EQ(after->size(), 1u);
   EXPECT_EQ((*after)[0].sequence(), 3);
+}
+
+// TransitionAlong takes a job along several edges in one write, one event an edge, from where
+// its state lies on the path (from the start where it does not); an illegal edge or a refused
+// write leaves the job and its events as they were.
+TEST_F(JobStoreTest, TransitionAlongTakesEveryEdgeInOneWriteOrNone) {
+  // Refused: a write that records a job SUCCEEDED. Edge by edge, the first two would land.
+  auto refuse = std::make_shared<std::atomic<bool>>(false);
+  storage::KvStoreOptions options;
+  options.write_fault = [refuse](const storage::WriteSet& w) {
+    bool succeeds = false;
+    w.ForEach([&](storage::Family f, std::string_view, std::string_view value) {
+      v1::Job j;
+      succeeds |= f == storage::Family::kJobs &&
+                  j.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
+                  j.state() == v1::SUCCEEDED;
+    });
+    return refuse->load() && succeeds ? absl::ResourceExhaustedError("injected: no space left")
+                                      : absl::OkStatus();
+  };
+  Reopen(options);
+  const std::vector<JobState> to_success = {JobState::kQueued, JobState::kRunning,
+                                            JobState::kSucceeded};
+  auto adapter = [](v1::Job& j) { j.set_adapter_id("ad-1"); };
+  // A paused job: through all three.
+  ASSERT_TRUE(store_->Create(NewJob("acme", "paused"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "paused", JobState::kQueued, "validated").ok());
+  ASSERT_TRUE(store_->Transition("acme", "paused", JobState::kPaused, "paused").ok());
+  refuse->store(true);
+  const auto refused = store_->TransitionAlong("acme", "paused", to_success, "late", adapter);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_EQ(store_->Get("acme", "paused")->state(), v1::PAUSED);
+  EXPECT_EQ(store_->Events("acme", "paused", 0, 0)->size(), 3u);
+  refuse->store(false);
+  auto done = store_->TransitionAlong("acme", "paused", to_success, "late", adapter);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::SUCCEEDED);
+  EXPECT_EQ(done->adapter_id(), "ad-1");
+  EXPECT_TRUE(done->has_start_time());
+  EXPECT_TRUE(done->has_end_time());
+  auto events = store_->Events("acme", "paused", 0, 0);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 6u);
+  const v1::JobState want[3][2] = {
+      {v1::PAUSED, v1::QUEUED}, {v1::QUEUED, v1::RUNNING}, {v1::RUNNING, v1::SUCCEEDED}};
+  for (int i = 0; i < 3; ++i) {
+    const v1::JobEvent& e = (*events)[3 + i];
+    EXPECT_EQ(e.sequence(), 4 + i);
+    EXPECT_EQ(e.state_change().from(), want[i][0]);
+    EXPECT_EQ(e.state_change().to(), want[i][1]);
+    EXPECT_EQ(e.state_change().reason(), "late");
+  }
+  // A running job: the last edge only. One at the path's end, or past it: refused.
+  ASSERT_TRUE(store_->Create(NewJob("acme", "running"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "running", JobState::kQueued, "validated").ok());
+  ASSERT_TRUE(store_->Transition("acme", "running", JobState::kRunning, "placed").ok());
+  ASSERT_TRUE(store_->TransitionAlong("acme", "running", to_success, "late").ok());
+  EXPECT_EQ(store_->Events("acme", "running", 0, 0)->size(), 4u);
+  EXPECT_EQ(store_->TransitionAlong("acme", "running", to_success, "again").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // An illegal edge (QUEUED to SUCCEEDED) changes nothing.
+  ASSERT_TRUE(store_->Create(NewJob("acme", "queued"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("acme", "queued", JobState::kQueued, "validated").ok());
+  EXPECT_EQ(
+      store_->TransitionAlong("acme", "queued", {JobState::kSucceeded}, "skip").status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Get("acme", "queued")->state(), v1::QUEUED);
+  EXPECT_EQ(store_->Events("acme", "queued", 0, 0)->size(), 2u);
 }
 
 TEST_F(JobStoreTest, IllegalTransitionsAreRefusedAndChangeNothing) {
