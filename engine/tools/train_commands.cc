@@ -221,6 +221,15 @@ absl::Status TrainCommand(int argc, char** argv) {
                a.Has("resume") ? absl::StrCat(", resumed at step ", trainer->step()).c_str() : "");
   std::vector<nlohmann::json> history;
   auto on_step = [&](const StepReport& r) {
+    if (r.repeated) {  // a resumed checkpoint's step, with the evaluation cut from it
+      if (r.eval_loss) {
+        std::fprintf(stderr, "step %lld/%lld | eval %.4f (the evaluation the checkpoint left)\n",
+                     static_cast<long long>(r.step), static_cast<long long>(r.total_steps),
+                     *r.eval_loss);
+        history.push_back({{"step", r.step}, {"eval_loss", *r.eval_loss}});
+      }
+      return true;
+    }
     std::string line = absl::StrFormat(
         "step %lld/%lld | epoch %lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s | eta %s",
         r.step, r.total_steps, r.epoch + 1, r.loss, r.learning_rate, r.grad_norm,

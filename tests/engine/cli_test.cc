@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -150,6 +152,34 @@ TEST(QloraEngineCli, TrainEvalResumeMergeAndGenerateWithTheAdapter) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.out;
   EXPECT_NE(resumed.out.find("resumed at step 60"), std::string::npos) << resumed.out;
   EXPECT_NE(resumed.out.find("seed 3,"), std::string::npos) << resumed.out;
+  // A checkpoint whose last evaluation was cut (the daemon's pause or stop) is resumed with
+  // that evaluation first: step 60's, the same loss as the run's own.
+  const std::string pending = dir + "/pending";
+  std::filesystem::copy(dir + "/adapter/checkpoint", pending);
+  std::string state;
+  {
+    std::ifstream in(pending + "/trainer_state.json");
+    state.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const size_t at = state.find("\"stopped_early\": false");
+  ASSERT_NE(at, std::string::npos) << state;
+  state.insert(at,
+               "\"evaluation_pending\": true, \"pending_step\": {\"epoch\": 0, \"loss\": 1, "
+               "\"learning_rate\": 0.003, \"grad_norm\": 1}, ");
+  std::ofstream(pending + "/trainer_state.json") << state;
+  CliRun evaluated =
+      RunEngine("train" + common + " --out " + dir + "/evaluated --resume " + pending, true);
+  ASSERT_EQ(evaluated.exit_code, 0) << evaluated.out;
+  const size_t last_line = train.out.find("step 60/60");
+  ASSERT_NE(last_line, std::string::npos);
+  const size_t eval_at = train.out.find("| eval ", last_line);
+  ASSERT_NE(eval_at, std::string::npos) << train.out;
+  const std::string eval =
+      train.out.substr(eval_at + 7, train.out.find_first_of(" \n", eval_at + 7) - eval_at - 7);
+  EXPECT_NE(
+      evaluated.out.find("step 60/60 | eval " + eval + " (the evaluation the checkpoint left)"),
+      std::string::npos)
+      << evaluated.out << "\nwanted eval " << eval;
   // A checkpoint folder that holds anything else is never swapped out (its files deleted).
   std::filesystem::create_directories(dir + "/mine");
   ASSERT_EQ(std::system(("echo precious > " + dir + "/mine/notes.txt").c_str()), 0);
