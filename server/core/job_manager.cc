@@ -853,9 +853,6 @@ absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& tenant, const s
   auto cancel_queued = [&](absl::StatusOr<v1::Job>* done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto queued = FindQueued(id);
     if (queued == queue_.end()) return false;
-    // Its adapter is stored and its success still to be recorded: it ends SUCCEEDED at its next
-    // try; cancelling it would orphan the adapter.
-    if (queued->finishing) return false;
     *done = EndCancelled(tenant, id, "cancelled by the client while queued");
     if (done->ok()) {
       queue_.erase(queued);
@@ -907,11 +904,6 @@ absl::StatusOr<v1::Job> JobManager::PauseJob(const std::string& tenant, const st
   auto pause_queued = [&](absl::StatusOr<v1::Job>* done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto queued = FindQueued(id);
     if (queued == queue_.end()) return false;
-    if (queued->finishing) {
-      *done = absl::FailedPreconditionError(absl::StrCat(
-          "job ", id, " has its adapter stored and is recording its success: nothing to pause"));
-      return true;
-    }
     *done = stores_.jobs->Transition(tenant, id, JobState::kPaused,
                                      "paused by the client while queued");
     if (done->ok()) {
@@ -1121,7 +1113,7 @@ void JobManager::WorkerLoop(Worker* w) {
         // cancel waits for it (StartJob would have honoured it).
         if (CancelAsked(q.id)) {
           (void)EndCancelled(q.tenant, q.id, "cancelled by the client while the daemon stopped");
-        } else if (!q.finishing && PauseAdmitted(w, q)) {
+        } else if (PauseAdmitted(w, q)) {
           w->jobs_bytes -= q.job_bytes;  // released by PauseAdmitted, its quota and flags too
           continue;
         }
@@ -1402,6 +1394,29 @@ absl::StatusOr<std::optional<v1::Adapter>> JobManager::StoredAdapterOf(const std
   return std::optional<v1::Adapter>();
 }
 
+absl::StatusOr<v1::Job> JobManager::SucceedWithStoredAdapter(const std::string& tenant,
+                                                             const std::string& id,
+                                                             const v1::Adapter& adapter,
+                                                             const std::string& reason) {
+  // Through QUEUED and RUNNING as the state machine has it, in one write: a refused write
+  // leaves the job as it was, to be tried again.
+  auto succeeded = stores_.jobs->TransitionAlong(
+      tenant, id, {JobState::kQueued, JobState::kRunning, JobState::kSucceeded}, reason,
+      [&](v1::Job& j) {
+        j.set_adapter_id(adapter.id());
+        j.set_eta_seconds(0);
+      });
+  if (succeeded.ok()) {
+    (void)stores_.checkpoints->Delete(tenant, id);
+    JobEnded(id, "succeeded");
+  } else {
+    std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
+                 std::string(succeeded.status().message()).c_str());
+  }
+  Notify();
+  return succeeded;
+}
+
 absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, const std::string& id,
                                                  const std::string& reason) {
   // A cancel that finds the job's adapter stored comes too late: the job has succeeded, only its
@@ -1415,25 +1430,9 @@ absl::StatusOr<v1::Job> JobManager::EndCancelled(const std::string& tenant, cons
     std::fprintf(stderr, "qlorad: job %s: its adapter, if any, cannot be looked up: %s\n",
                  id.c_str(), std::string(found.status().message()).c_str());
   }
-  const std::optional<v1::Adapter> adapter = found.ok() ? *found : std::nullopt;
-  if (adapter) {
-    // Through QUEUED and RUNNING as the state machine has it, in one write: a refused write
-    // leaves the job as it was, for the cancel to be asked again (or its next start to finish it).
-    auto succeeded = stores_.jobs->TransitionAlong(
-        tenant, id, {JobState::kQueued, JobState::kRunning, JobState::kSucceeded},
-        "the cancel came after its adapter was stored", [&](v1::Job& j) {
-          j.set_adapter_id(adapter->id());
-          j.set_eta_seconds(0);
-        });
-    if (succeeded.ok()) {
-      (void)stores_.checkpoints->Delete(tenant, id);
-      JobEnded(id, "succeeded");
-    } else {
-      std::fprintf(stderr, "qlorad: job %s: %s\n", id.c_str(),
-                   std::string(succeeded.status().message()).c_str());
-    }
-    Notify();
-    return succeeded;
+  if (found.ok() && found->has_value()) {
+    return SucceedWithStoredAdapter(tenant, id, **found,
+                                    "the cancel came after its adapter was stored");
   }
   auto moved = stores_.jobs->Transition(tenant, id, JobState::kCancelled, reason,
                                         [](v1::Job& j) { j.set_eta_seconds(0); });
@@ -1636,7 +1635,7 @@ void JobManager::CheckLoop() {
     // busy node), if it still waits in the queue.
     absl::MutexLock lock(&mu_);
     auto queued = FindQueued(id);
-    if (queued == queue_.end() || queued->finishing || stopping_) continue;
+    if (queued == queue_.end() || stopping_) continue;
     // A cancel whose record could not be written waits for the job's start, which honours it.
     if (auto flag = cancel_flags_.find(id); flag != cancel_flags_.end() && flag->second->load()) {
       continue;
@@ -1695,22 +1694,14 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return {};
   }
   a->job = *job;
-  // A crash between storing the adapter and recording success leaves the adapter: finish. Not
-  // knowing whether it did, the job does not train again (a second adapter).
+  if (a->job.state() != v1::QUEUED) return {};  // ended meanwhile (a cancel)
+  // A crash between storing the adapter and recording success leaves the adapter (so may a
+  // stop or a lost device while that record waited): the job finishes with it. Not knowing
+  // whether it did, the job does not train again (a second adapter).
   auto stored = StoredAdapterOf(q.tenant, q.id);
-  // RUNNING in the store here only while its success waits to be recorded: what decides that
-  // cannot be read, so the start is tried again (or fails), never dropped.
-  if (a->job.state() == v1::RUNNING && !stored.ok()) {
-    if (auto handled = store_failed(stored.status())) return std::move(*handled);
-    return fail(stored.status(), "", false);
-  }
   const bool adapter_stored = stored.ok() && stored->has_value();
-  // Cancelled meanwhile. RUNNING only for a job whose adapter is stored and whose success could
-  // not be recorded (here, or by a cancel that came too late): sent back here to try again.
-  const bool finishing = a->job.state() == v1::RUNNING && (q.finishing || adapter_stored);
-  if (a->job.state() != v1::QUEUED && !finishing) return {};
   // Cancelled between admission and now: no setup. (With its adapter stored, too late: below.)
-  if (a->cancel->load() && !adapter_stored && !finishing) {
+  if (a->cancel->load() && !adapter_stored) {
     ReleaseQuota(w, q.tenant);
     auto ended = EndCancelled(q.tenant, q.id, "cancelled by the client before it started");
     // Not recorded: its flag stays set and the next try ends it (unless it ended meanwhile).
@@ -1725,35 +1716,14 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return fail(stored.status(), "", false);
   }
   if (adapter_stored) {
-    const v1::Adapter& ad = **stored;
     ReleaseQuota(w, q.tenant);
-    if (!finishing) {
-      auto running = stores_.jobs->Transition(q.tenant, q.id, JobState::kRunning,
+    auto succeeded = SucceedWithStoredAdapter(q.tenant, q.id, **stored,
                                               "its adapter was stored before a restart");
-      if (!running.ok() && StoreMayMend(running.status(), q)) {
-        return StartLater(w, q, running.status(), kCountReleased);
-      }
-      if (!running.ok()) return {nullptr, /*queued_again=*/false, kCountReleased};
-    }
-    auto succeeded = stores_.jobs->Transition(q.tenant, q.id, JobState::kSucceeded,
-                                              "finished before the restart",
-                                              [&](v1::Job& j) { j.set_adapter_id(ad.id()); });
-    // RUNNING in the store now, and no one's but this queue's: tried again, so that it does not
-    // stay RUNNING with nothing running it until a restart.
+    // One write: refused, the job is still QUEUED here, and tried again.
     if (!succeeded.ok() && StoreMayMend(succeeded.status(), q)) {
-      QueuedJob again = q;
-      again.finishing = true;
-      return StartLater(w, again, succeeded.status(), kCountReleased);
+      return StartLater(w, q, succeeded.status(), kCountReleased);
     }
-    (void)stores_.checkpoints->Delete(q.tenant, q.id);
-    if (succeeded.ok()) JobEnded(q.id, "succeeded");
-    Notify();
     return {nullptr, /*queued_again=*/false, kCountReleased};
-  }
-  if (finishing) {  // its adapter was deleted meanwhile: nothing to finish, RUNNING no more
-    return fail(absl::FailedPreconditionError(
-                    "its adapter was deleted before its success could be recorded"),
-                "", false);
   }
   if (q.job_bytes + q.model_bytes > MaxDeviceBudget()) {
     // The user's to fix only where no device of this node could ever hold it; where a lost

@@ -314,6 +314,11 @@ class JobManager {
   // adapter is stored ends SUCCEEDED with it instead: the cancel came too late.
   absl::StatusOr<v1::Job> EndCancelled(const std::string& tenant, const std::string& id,
                                        const std::string& reason);
+  // A job that stored `adapter` (from QUEUED, PAUSED or RUNNING) recorded SUCCEEDED with it in
+  // one write, its checkpoint gone, the metrics told.
+  absl::StatusOr<v1::Job> SucceedWithStoredAdapter(const std::string& tenant, const std::string& id,
+                                                   const v1::Adapter& adapter,
+                                                   const std::string& reason);
   // The adapter the job stored (its success perhaps not recorded yet), if any.
   absl::StatusOr<std::optional<v1::Adapter>> StoredAdapterOf(const std::string& tenant,
                                                              const std::string& id);

@@ -25,8 +25,6 @@ struct QueuedJob {
   absl::Time not_before = absl::InfinitePast();
   int start_failures = 0;     // in a row; the pause before the next try doubles with each
   int internal_failures = 0;  // of those, INTERNAL ones (tried a few times only)
-  // RUNNING in the store with its adapter stored: only its success is left to record.
-  bool finishing = false;
 };
 
 // Indices into `queue` in start order. `running`: jobs running now, by tenant.
