@@ -106,7 +106,8 @@ class Trainer {
   // a step (up to 8M validation tokens): once true, RunUntil reports the step without its
   // evaluation and returns ABORTED, the step kept; the evaluation is then pending
   // (evaluation_pending(), kept in checkpoints) and the next RunUntil or Run does it first, so
-  // that the run goes on as one never interrupted.
+  // that the run goes on as one never interrupted. ABORTED from Run or RunUntil means the
+  // interrupt, and nothing else.
   void set_interrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
   bool evaluation_pending() const { return eval_pending_; }
 

@@ -120,9 +120,6 @@ struct JobManager::ActiveJob {
   std::unique_ptr<Trainer> trainer;
   std::shared_ptr<std::atomic<bool>> cancel;
   std::shared_ptr<std::atomic<bool>> pause;  // PauseJob: checkpoint and leave after this step
-  // Set when the trainer's interrupt ended a step (a stop, a cancel or a pause), so that the
-  // step's ABORTED is read as that even if the pause is withdrawn before RunStep looks.
-  std::shared_ptr<std::atomic<bool>> interrupted = std::make_shared<std::atomic<bool>>(false);
   std::chrono::steady_clock::time_point last_progress{};
   // Wall-clock time from one of its steps to the next, smoothed: with jobs taking turns on the
   // device it includes their steps, which the trainer's own timing (this job's step) leaves out.
@@ -1776,12 +1773,9 @@ JobManager::Started JobManager::StartJob(Worker* w, const QueuedJob& q) {
     return fail(trainer.status(), "", false);
   }
   // A stop, a cancel or a pause ends a long step between its micro-batches, unapplied.
-  (*trainer)->set_interrupt(
-      [this, cancel = a->cancel, pause = a->pause, interrupted = a->interrupted] {
-        const bool now = stop_requested_.load() || cancel->load() || pause->load();
-        if (now) interrupted->store(true);
-        return now;
-      });
+  (*trainer)->set_interrupt([this, cancel = a->cancel, pause = a->pause] {
+    return stop_requested_.load() || cancel->load() || pause->load();
+  });
   a->trainer = std::move(*trainer);
   const std::string dir = (fs::path(options_.scratch_dir) / (q.id + "-resume")).string();
   // The restored files go whichever way the start ends.
@@ -1916,9 +1910,10 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   });
   const double step_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  // Interrupted (set_interrupt): in a step, the trainer is as after its last step; in the
-  // evaluation after one, that step stands (reported below) and its evaluation is pending.
-  const bool cut = absl::IsAborted(s) && a.interrupted->exchange(false);
+  // Interrupted (set_interrupt; the trainer's only ABORTED, read as such even where a pause was
+  // withdrawn since): in a step, the trainer is as after its last step; in the evaluation after
+  // one, that step stands (reported below) and its evaluation is pending.
+  const bool cut = absl::IsAborted(s);
   // Either way a cancel ends the job; a pause pauses it; a pause withdrawn since trains on (the
   // step done again from the start, or the evaluation first).
   const auto after_cut = [&] {
@@ -1927,7 +1922,6 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
                                                       : StepOutcome::kContinue;
   };
   if (cut && !stepped) return after_cut();
-  if (!cut) a.interrupted->store(false);  // asked after the step's last micro-batch: nothing cut
   if (!s.ok() && !cut) {
     // A failure that left the device lost is the device's, whatever the step reported (an
     // allocation refused by a faulted card reads as out of memory).
