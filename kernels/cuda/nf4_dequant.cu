@@ -14,9 +14,10 @@ __constant__ float kNf4CodeDevice[16] = {QLORAD_NF4_CODE_VALUES};
 // Rounded after the product and after the sum, as the CPU twin (built with -ffp-contract=off)
 // and bitsandbytes: nvcc would otherwise fuse them into one FMA, a different scale in a few
 // blocks in ten. The _rn intrinsics are never contracted.
-__device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* code8, int64_t b) {
-  return __fadd_rn(__fmul_rn(code8[a.absmax_q[b]], a.nested_absmax[b / a.nested_blocksize]),
-                   a.offset);
+// Block b's absmax, its nested block `nested` (b / nested_blocksize, a shift where it can be).
+__device__ __forceinline__ float BlockScale(const Nf4DqArgs& a, const float* code8, int64_t b,
+                                            int64_t nested) {
+  return __fadd_rn(__fmul_rn(code8[a.absmax_q[b]], a.nested_absmax[nested]), a.offset);
 }
 
 // Vectorized path, for memory bandwidth: a lane's unit is the values of one 16-byte store (8 bf16
@@ -61,8 +62,7 @@ __global__ void DequantCoalesced(Nf4DqArgs a, int block_shift, int nested_shift,
       if (k >= units) break;
       const int64_t first = k * kValues;
       const int64_t block = first >> block_shift;
-      const float scale = __fadd_rn(
-          __fmul_rn(code8[a.absmax_q[block]], a.nested_absmax[block >> nested_shift]), a.offset);
+      const float scale = BlockScale(a, code8, block, block >> nested_shift);
       alignas(16) T vals[kValues];  // read back as one uint4 below
 #pragma unroll
       for (int byte = 0; byte < kValues / 2; ++byte) {
@@ -85,7 +85,9 @@ __global__ void DequantScalar(Nf4DqArgs a, int64_t begin, T* __restrict__ out) {
     const uint8_t byte = a.packed[i / 2];
     const uint8_t q = (i % 2 == 0) ? (byte >> 4) : (byte & 0xF);
     const int64_t at = a.cols > 0 ? i / a.cols * a.ld + i % a.cols : i;
-    out[at] = Element<T>::Round(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize));
+    out[at] =
+        Element<T>::Round(kNf4CodeDevice[q] * BlockScale(a, a.code8, i / a.blocksize,
+                                                         i / a.blocksize / a.nested_blocksize));
   }
 }
 
