@@ -1937,22 +1937,24 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
   }
   const bool done = !cut && !a.trainer->evaluation_pending() &&
                     (a.trainer->step() >= a.trainer->total_steps() || a.trainer->stopped_early());
-  if (stepped && stores_.metrics != nullptr) {
+  // A repeated report (a step again, with the evaluation cut from it before) is no new step:
+  // only its evaluation is recorded.
+  const bool new_step = stepped && !report.repeated;
+  if (new_step && stores_.metrics != nullptr) {
     metrics::Registry& m = *stores_.metrics;
     m.Add(metrics::kTrainedTokens, {w->name}, static_cast<double>(report.tokens));
-    if (!report.repeated) m.Observe(metrics::kStepDuration, {w->name}, step_seconds);
+    m.Observe(metrics::kStepDuration, {w->name}, step_seconds);
     m.Set(metrics::kJobLoss, {a.job.id()}, report.loss);
     m.Set(metrics::kJobProgress, {a.job.id()},
           report.total_steps > 0 ? static_cast<double>(report.step) / report.total_steps : 0.0);
   }
-  if (stepped) {
+  if (new_step) {
     a.tokens += report.tokens;
     a.last_loss = report.loss;
     // ETA and speed as the job sees them: from its steps' wall-clock pace on this device (the
     // other jobs' turns, evaluations and checkpoints included), once there is a pace to go by.
     const auto end = std::chrono::steady_clock::now();
-    // (A step reported again with its evaluation is no step: the pace waits for the next.)
-    if (a.last_step_end != std::chrono::steady_clock::time_point{} && !report.repeated) {
+    if (a.last_step_end != std::chrono::steady_clock::time_point{}) {
       const double wall = std::chrono::duration<double>(end - a.last_step_end).count();
       a.seconds_per_step =
           std::max(a.seconds_per_step == 0.0 ? wall : 0.9 * a.seconds_per_step + 0.1 * wall, 1e-9);
@@ -1961,11 +1963,11 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
       report.tokens_per_second = static_cast<double>(report.tokens) / a.seconds_per_step;
     }
     a.last_step_end = end;
-    if (!report.repeated) {
-      absl::MutexLock lock(&mu_);
-      live_[a.job.id()] =
-          Live{report.step, report.total_steps, a.tokens, report.loss, report.eta_seconds};
-    }
+    absl::MutexLock lock(&mu_);
+    live_[a.job.id()] =
+        Live{report.step, report.total_steps, a.tokens, report.loss, report.eta_seconds};
+  }
+  if (stepped) {
     const auto now = std::chrono::steady_clock::now();
     const double since = std::chrono::duration<double>(now - a.last_progress).count();
     if (report.step == 1 || done || report.eval_loss ||
@@ -1987,7 +1989,7 @@ JobManager::StepOutcome JobManager::RunStep(Worker* w, ActiveJob& a) {
         return stores_.jobs->Record(a.job.tenant(), a.job.id(), update, e).status();
       };
       absl::Status recorded;
-      if (!report.repeated) {  // a step reported again with its evaluation: only that is new
+      if (new_step) {
         recorded = record(
             [&](v1::Job& j) {
               j.set_steps_completed(report.step);
