@@ -354,10 +354,9 @@ absl::Status JobManager::Start() {
     if (started_) return absl::FailedPreconditionError("the job manager is already started");
     started_ = true;
   }
+  // The scan also makes the store's kept counts, now rather than in the first quota check,
+  // which reads them holding mu_.
   ASSIGN_OR_RETURN(std::vector<v1::Job> unfinished, stores_.jobs->Unfinished());
-  // The store's kept counts, made now (one scan, which the first metrics scrape would make
-  // anyway) rather than by the first quota check, which reads them holding mu_.
-  RETURN_IF_ERROR(stores_.jobs->CountByState().status());
   // Oldest first, so that FIFO order survives a restart.
   // Records from before microsecond timestamps tie within a second: their ids break the tie,
   // so the order is at least the same at every start.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -392,6 +393,16 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished(const std::string& ten
     ASSIGN_OR_RETURN(prefix, StoreKey({tenant}));
     prefix += "/";
   }
+  // A scan of every record that finds the kept counts not made yet makes them too (the
+  // daemon's start reads every record once, not twice), holding writers off as EnsureCounted.
+  bool count = false;
+  if (tenant.empty()) {
+    absl::MutexLock lock(&counts_mu_);
+    count = !counts_.has_value();
+  }
+  std::optional<absl::MutexLock> writers;
+  if (count) writers.emplace(&mu_);
+  Counts counts;
   std::vector<v1::Job> out;
   RETURN_IF_ERROR(
       db_->Scan(Family::kJobs, prefix, [&](std::string_view key, std::string_view value) {
@@ -401,10 +412,15 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::Unfinished(const std::string& ten
                        std::string(job.status().message()).c_str());
           return true;
         }
+        if (count) ++counts[{job->tenant(), job->state()}];
         if (!IsTerminal(static_cast<JobState>(static_cast<int>(job->state()))))
           out.push_back(std::move(*job));
         return true;
       }));
+  if (count) {
+    absl::MutexLock lock(&counts_mu_);
+    if (!counts_) counts_ = std::move(counts);
+  }
   return out;
 }
 

@@ -85,7 +85,8 @@ class JobStore {
       ABSL_LOCKS_EXCLUDED(mu_);
   // The jobs not in a terminal state of `tenant`, or of every tenant where it is empty (restart
   // recovery). A record that does not parse is left out and logged: one damaged record must not
-  // keep the daemon from starting, nor every tenant from deleting a dataset.
+  // keep the daemon from starting, nor every tenant from deleting a dataset. Every tenant's scan
+  // also makes the kept counts where they are not made yet (the start's one read of each record).
   absl::StatusOr<std::vector<v1::Job>> Unfinished(const std::string& tenant = "") const;
 
  private:

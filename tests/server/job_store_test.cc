@@ -338,6 +338,15 @@ TEST_F(JobStoreTest, CountsByStateStayEqualToTheStoredRecords) {
   EXPECT_EQ(kept->count(v1::FAILED), 0u);
   Reopen();
   EXPECT_EQ(*store_->CountByState(), *kept);
+  // Made by the daemon's start-up scan of every record (Unfinished), the same; a tenant's
+  // scan makes none (then the first count scans).
+  Reopen();
+  ASSERT_EQ(store_->Unfinished("acme")->size(), 3u);  // job-0, job-1, job-2
+  ASSERT_EQ(store_->Unfinished()->size(), 4u);        // and globex's job-9
+  ASSERT_TRUE(store_->Create(NewJob("globex", "job-11"), "", "").ok());
+  auto after_start = *kept;
+  ++after_start[v1::VALIDATING];
+  EXPECT_EQ(*store_->CountByState(), after_start);
 }
 
 // A write that RocksDB holds up (a write stall) holds the store's writers; the counts a scrape
